@@ -1,0 +1,213 @@
+#include "libs/bus/consumer.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "libs/common/log.h"
+#include "libs/common/metrics.h"
+
+namespace connecting::bus {
+namespace {
+
+prometheus::Family<prometheus::Counter>& ProcessedFamily() {
+  static auto& f = prometheus::BuildCounter()
+                       .Name("connecting_consumer_events_total")
+                       .Help("Events handled by consumers, by result "
+                             "(applied, duplicate, retried, dead_lettered)")
+                       .Register(*metrics::Registry());
+  return f;
+}
+
+prometheus::Family<prometheus::Gauge>& PendingFamily() {
+  static auto& f = prometheus::BuildGauge()
+                       .Name("connecting_consumer_lag")
+                       .Help("Messages in the stream not yet delivered to the consumer")
+                       .Register(*metrics::Registry());
+  return f;
+}
+
+std::string Header(natsMsg* msg, const char* key) {
+  const char* v = nullptr;
+  if (natsMsgHeader_Get(msg, key, &v) == NATS_OK && v != nullptr) return v;
+  return "";
+}
+
+}  // namespace
+
+Consumer::Consumer(ConsumerOptions options, db::Pool* pool, const Nats* nats, Handler handler)
+    : options_(std::move(options)), pool_(pool), nats_(nats), handler_(std::move(handler)) {}
+
+Consumer::~Consumer() { Stop(); }
+
+void Consumer::Start() { thread_ = std::thread([this] { Run(); }); }
+
+void Consumer::Stop() {
+  stopping_.store(true);
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::Status Consumer::Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub) {
+  if (absl::Status s = nats_->EnsureStream({.name = options_.stream,
+                                            .subjects = {options_.filter_subject}});
+      !s.ok() && !absl::IsNotFound(s)) {
+    return s;
+  }
+  // Create the durable consumer explicitly so that unsubscribing never deletes it.
+  jsConsumerConfig cc;
+  jsConsumerConfig_Init(&cc);
+  cc.Durable = options_.durable.c_str();
+  cc.AckPolicy = js_AckExplicit;
+  cc.DeliverPolicy = js_DeliverAll;
+  cc.FilterSubject = options_.filter_subject.c_str();
+  cc.MaxDeliver = options_.max_deliver + 1;  // the last one is ours to dead-letter
+  cc.AckWait = absl::ToInt64Nanoseconds(options_.ack_wait);
+  jsConsumerInfo* ci = nullptr;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus st = js_GetConsumerInfo(&ci, js, options_.stream.c_str(), options_.durable.c_str(),
+                                     nullptr, &jerr);
+  if (st == NATS_NOT_FOUND) {
+    st = js_AddConsumer(&ci, js, options_.stream.c_str(), &cc, nullptr, &jerr);
+  }
+  NatsPtr<jsConsumerInfo> ci_owner(ci);
+  if (st != NATS_OK) return FromNats(st, absl::StrCat("consumer ", options_.durable), jerr);
+
+  jsSubOptions so;
+  jsSubOptions_Init(&so);
+  so.Stream = options_.stream.c_str();
+  so.Consumer = options_.durable.c_str();
+  natsSubscription* raw = nullptr;
+  st = js_PullSubscribe(&raw, js, options_.filter_subject.c_str(), options_.durable.c_str(),
+                        nullptr, &so, &jerr);
+  if (st != NATS_OK) return FromNats(st, absl::StrCat("subscribe ", options_.durable), jerr);
+  sub->reset(raw);
+  return absl::OkStatus();
+}
+
+void Consumer::Process(natsMsg* msg) {
+  Delivery d;
+  d.subject = natsMsg_GetSubject(msg);
+  d.id = Header(msg, "ce-id");
+  if (d.id.empty()) d.id = Header(msg, "Nats-Msg-Id");
+  d.type = Header(msg, "ce-type");
+  d.traceparent = Header(msg, "traceparent");
+  d.payload.assign(natsMsg_GetData(msg), static_cast<size_t>(natsMsg_GetDataLength(msg)));
+  jsMsgMetaData* raw_meta = nullptr;
+  if (natsMsg_GetMetaData(&raw_meta, msg) == NATS_OK) {
+    NatsPtr<jsMsgMetaData> meta(raw_meta);
+    d.deliveries = meta->NumDelivered;
+    if (d.id.empty()) d.id = absl::StrCat(options_.stream, ":", meta->Sequence.Stream);
+  }
+  auto count = [&](const char* result) {
+    ProcessedFamily().Add({{"consumer", options_.durable}, {"result", result}}).Increment();
+  };
+
+  bool duplicate = false;
+  absl::Status s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
+    duplicate = false;
+    auto ins = tx.Exec(
+        "INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) "
+        "ON CONFLICT DO NOTHING",
+        {options_.durable, d.id, d.subject});
+    if (!ins.ok()) return ins.status();
+    if (ins->affected() == 0) {
+      duplicate = true;
+      return absl::OkStatus();
+    }
+    return handler_(tx, d);
+  });
+  if (s.ok()) {
+    count(duplicate ? "duplicate" : "applied");
+    natsMsg_Ack(msg, nullptr);
+    return;
+  }
+  bool give_up = absl::IsInvalidArgument(s) ||
+                 d.deliveries >= static_cast<uint64_t>(options_.max_deliver);
+  if (!give_up) {
+    count("retried");
+    log::Warn("event handling failed, will retry",
+              {{"consumer", options_.durable}, {"event_id", d.id}, {"subject", d.subject},
+               {"deliveries", absl::StrCat(d.deliveries)}, {"error", s.ToString()}});
+    int64_t delay_ms = std::min<int64_t>(30000, 250LL << std::min<uint64_t>(d.deliveries, 7));
+    natsMsg_NakWithDelay(msg, delay_ms, nullptr);
+    return;
+  }
+  absl::Status dl = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
+    auto ins = tx.Exec(
+        "INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) "
+        "ON CONFLICT DO NOTHING",
+        {options_.durable, d.id, d.subject});
+    if (!ins.ok()) return ins.status();
+    return tx.Exec("INSERT INTO dead_letters (consumer, event_id, subject, type, payload, error, "
+                   "deliveries) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                   {options_.durable, d.id, d.subject, d.type, d.payload, s.ToString(),
+                    static_cast<int64_t>(d.deliveries)})
+        .status();
+  });
+  if (!dl.ok()) {
+    natsMsg_NakWithDelay(msg, 5000, nullptr);  // cannot even record it: try later
+    return;
+  }
+  count("dead_lettered");
+  log::Error("event dead-lettered", {{"consumer", options_.durable}, {"event_id", d.id},
+                                     {"subject", d.subject}, {"error", s.ToString()}});
+  natsMsg_Term(msg, nullptr);
+}
+
+void Consumer::Run() {
+  NatsPtr<jsCtx> js;
+  NatsPtr<natsSubscription> sub;
+  absl::Time next_lag = absl::InfinitePast();
+  std::string last_error;
+  while (!stopping_.load()) {
+    if (sub == nullptr) {
+      absl::Status s;
+      if (js == nullptr) {
+        auto j = nats_->JetStream();
+        if (j.ok()) js = *std::move(j);
+        s = j.status();
+      }
+      if (s.ok()) s = Subscribe(js.get(), &sub);
+      if (!s.ok()) {
+        healthy_.store(false);
+        if (s.ToString() != last_error) {
+          log::Warn("consumer waiting", {{"consumer", options_.durable}, {"error", s.ToString()}});
+          last_error = s.ToString();
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        continue;
+      }
+      last_error.clear();
+      log::Info("consumer subscribed", {{"consumer", options_.durable},
+                                        {"subject", options_.filter_subject}});
+    }
+    natsMsgList list{};
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    natsStatus st = natsSubscription_Fetch(&list, sub.get(), options_.batch_size,
+                                           absl::ToInt64Milliseconds(options_.fetch_wait), &jerr);
+    if (st == NATS_OK) {
+      healthy_.store(true);
+      for (int i = 0; i < list.Count; ++i) {
+        Process(list.Msgs[i]);
+      }
+      natsMsgList_Destroy(&list);
+    } else if (st == NATS_TIMEOUT) {
+      healthy_.store(nats_->connected());
+    } else {
+      healthy_.store(false);
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    }
+    if (absl::Now() >= next_lag && js != nullptr) {
+      next_lag = absl::Now() + absl::Seconds(5);
+      jsConsumerInfo* ci = nullptr;
+      if (js_GetConsumerInfo(&ci, js.get(), options_.stream.c_str(), options_.durable.c_str(),
+                             nullptr, nullptr) == NATS_OK) {
+        PendingFamily().Add({{"consumer", options_.durable}}).Set(
+            static_cast<double>(ci->NumPending));
+        jsConsumerInfo_Destroy(ci);
+      }
+    }
+  }
+  if (sub != nullptr) (void)natsSubscription_Unsubscribe(sub.get());
+}
+
+}  // namespace connecting::bus

@@ -1,0 +1,76 @@
+// Durable JetStream pull consumers whose handlers take effect exactly once.
+//
+// For each message the consumer opens a transaction, records the event id in
+// the `inbox` table and runs the handler in that same transaction; it acks only
+// after COMMIT. A redelivered event (ack lost, crash before ack, a replica
+// racing) finds its inbox row, changes nothing and is acked. Replicas of a
+// service share one durable consumer, so each message goes to one of them.
+//
+// Handler results: OK → commit, ack. INVALID_ARGUMENT (the event cannot be
+// understood) → dead-lettered and terminated at once. Any other error → rolled
+// back and redelivered after a backoff; after `max_deliver` attempts it is
+// dead-lettered. Dead letters stay in the `dead_letters` table for operators.
+#ifndef CONNECTING_LIBS_BUS_CONSUMER_H_
+#define CONNECTING_LIBS_BUS_CONSUMER_H_
+
+#include <atomic>
+#include <functional>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "libs/bus/nats.h"
+#include "libs/db/db.h"
+
+namespace connecting::bus {
+
+// One event as a handler sees it.
+struct Delivery {
+  std::string id;       // ce-id (= Nats-Msg-Id)
+  std::string subject;  // e.g. connecting.partners.organisation.archived
+  std::string type;     // ce-type, the event proto's full name
+  std::string payload;  // canonical JSON of the event proto
+  std::string traceparent;
+  uint64_t deliveries = 1;  // 1 on first delivery
+};
+
+struct ConsumerOptions {
+  std::string stream;          // e.g. "PARTNERS"
+  std::string durable;         // e.g. "scheduling-partners"
+  std::string filter_subject;  // e.g. "connecting.partners.>"
+  int batch_size = 64;
+  int max_deliver = 10;
+  absl::Duration ack_wait = absl::Seconds(30);
+  absl::Duration fetch_wait = absl::Milliseconds(500);
+};
+
+using Handler = std::function<absl::Status(db::Conn& tx, const Delivery& event)>;
+
+class Consumer {
+ public:
+  Consumer(ConsumerOptions options, db::Pool* pool, const Nats* nats, Handler handler);
+  ~Consumer();
+  void Start();
+  // Finishes the message in hand, then stops fetching and unsubscribes (the
+  // durable consumer stays on the server).
+  void Stop();
+  bool healthy() const { return healthy_.load(); }
+
+ private:
+  void Run();
+  absl::Status Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub);
+  void Process(natsMsg* msg);
+
+  const ConsumerOptions options_;
+  db::Pool* const pool_;
+  const Nats* const nats_;
+  const Handler handler_;
+  std::thread thread_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> healthy_{false};
+};
+
+}  // namespace connecting::bus
+
+#endif  // CONNECTING_LIBS_BUS_CONSUMER_H_

@@ -1,0 +1,128 @@
+#include "libs/bus/nats.h"
+
+#include "absl/strings/str_cat.h"
+#include "libs/common/log.h"
+
+namespace connecting::bus {
+namespace {
+
+void OnDisconnected(natsConnection*, void*) { log::Warn("nats disconnected"); }
+void OnReconnected(natsConnection*, void*) { log::Info("nats reconnected"); }
+void OnConnected(natsConnection*, void*) { log::Info("nats connected"); }
+
+}  // namespace
+
+absl::Status FromNats(natsStatus s, absl::string_view what, jsErrCode jerr) {
+  if (s == NATS_OK) return absl::OkStatus();
+  std::string msg = absl::StrCat(what, ": ", natsStatus_GetText(s));
+  if (jerr != 0) absl::StrAppend(&msg, " (JetStream error ", static_cast<int>(jerr), ")");
+  switch (s) {
+    case NATS_TIMEOUT:
+    case NATS_CONNECTION_CLOSED:
+    case NATS_CONNECTION_DISCONNECTED:
+    case NATS_NO_SERVER:
+    case NATS_NOT_YET_CONNECTED:
+    case NATS_IO_ERROR:
+    case NATS_STALE_CONNECTION:
+    case NATS_NO_RESPONDERS:
+      return absl::UnavailableError(msg);
+    case NATS_NOT_FOUND:
+      return absl::NotFoundError(msg);
+    case NATS_INVALID_ARG:
+    case NATS_INVALID_SUBJECT:
+      return absl::InvalidArgumentError(msg);
+    default:
+      return absl::UnavailableError(msg);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Nats>> Nats::Connect(const std::string& url,
+                                                     const std::string& client_name) {
+  natsOptions* raw_opts = nullptr;
+  if (natsStatus s = natsOptions_Create(&raw_opts); s != NATS_OK) {
+    return FromNats(s, "nats options");
+  }
+  NatsPtr<natsOptions> opts(raw_opts);
+  natsStatus s = natsOptions_SetURL(opts.get(), url.c_str());
+  if (s == NATS_OK) s = natsOptions_SetName(opts.get(), client_name.c_str());
+  if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts.get(), -1);
+  if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts.get(), 250);
+  if (s == NATS_OK) s = natsOptions_SetTimeout(opts.get(), 2000);
+  if (s == NATS_OK) s = natsOptions_SetPingInterval(opts.get(), 5000);
+  if (s == NATS_OK) s = natsOptions_SetMaxPingsOut(opts.get(), 2);
+  // Keep publishing into the reconnect buffer short; the outbox holds events.
+  if (s == NATS_OK) s = natsOptions_SetReconnectBufSize(opts.get(), 8 * 1024 * 1024);
+  if (s == NATS_OK) s = natsOptions_SetRetryOnFailedConnect(opts.get(), true, OnConnected, nullptr);
+  if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts.get(), OnDisconnected, nullptr);
+  if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts.get(), OnReconnected, nullptr);
+  if (s != NATS_OK) return FromNats(s, absl::StrCat("nats options for ", url));
+  natsConnection* raw = nullptr;
+  s = natsConnection_Connect(&raw, opts.get());
+  if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
+    return FromNats(s, absl::StrCat("nats connect to ", url));
+  }
+  if (s == NATS_OK) log::Info("nats connected", {{"url", url}});
+  return std::unique_ptr<Nats>(new Nats(NatsPtr<natsConnection>(raw)));
+}
+
+Nats::~Nats() = default;
+
+bool Nats::connected() const {
+  return natsConnection_Status(conn_.get()) == NATS_CONN_STATUS_CONNECTED;
+}
+
+absl::StatusOr<NatsPtr<jsCtx>> Nats::JetStream(jsOptions* options) const {
+  jsCtx* js = nullptr;
+  if (natsStatus s = natsConnection_JetStream(&js, conn_.get(), options); s != NATS_OK) {
+    return FromNats(s, "jetstream context");
+  }
+  return NatsPtr<jsCtx>(js);
+}
+
+absl::Status Nats::EnsureStream(const StreamSpec& spec) const {
+  absl::StatusOr<NatsPtr<jsCtx>> js = JetStream();
+  if (!js.ok()) return js.status();
+  jsStreamInfo* info = nullptr;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetStreamInfo(&info, js->get(), spec.name.c_str(), nullptr, &jerr);
+  NatsPtr<jsStreamInfo> info_owner(info);
+  if (s == NATS_OK) return absl::OkStatus();
+  if (s != NATS_NOT_FOUND) return FromNats(s, absl::StrCat("stream info ", spec.name), jerr);
+
+  std::vector<const char*> subjects;
+  for (const std::string& subj : spec.subjects) subjects.push_back(subj.c_str());
+  jsStreamConfig cfg;
+  jsStreamConfig_Init(&cfg);
+  cfg.Name = spec.name.c_str();
+  cfg.Subjects = subjects.data();
+  cfg.SubjectsLen = static_cast<int>(subjects.size());
+  cfg.Storage = js_FileStorage;
+  cfg.Retention = js_LimitsPolicy;
+  cfg.Replicas = spec.replicas;
+  cfg.MaxAge = absl::ToInt64Nanoseconds(spec.max_age);
+  cfg.Duplicates = absl::ToInt64Nanoseconds(spec.duplicate_window);
+  jsStreamInfo* created = nullptr;
+  s = js_AddStream(&created, js->get(), &cfg, nullptr, &jerr);
+  NatsPtr<jsStreamInfo> created_owner(created);
+  if (s != NATS_OK) {
+    // Another replica may have created it in between.
+    jsStreamInfo* again = nullptr;
+    if (js_GetStreamInfo(&again, js->get(), spec.name.c_str(), nullptr, nullptr) == NATS_OK) {
+      jsStreamInfo_Destroy(again);
+      return absl::OkStatus();
+    }
+    return FromNats(s, absl::StrCat("create stream ", spec.name), jerr);
+  }
+  log::Info("created stream", {{"stream", spec.name}});
+  return absl::OkStatus();
+}
+
+void Nats::Close(absl::Duration timeout) {
+  if (conn_ == nullptr) return;
+  if (connected()) {
+    (void)natsConnection_FlushTimeout(conn_.get(), absl::ToInt64Milliseconds(timeout));
+  }
+  natsConnection_Close(conn_.get());
+}
+
+}  // namespace connecting::bus

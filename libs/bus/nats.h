@@ -1,0 +1,72 @@
+// The NATS JetStream connection a service shares between its outbox relay and
+// its consumers.
+//
+// The connection retries forever, also at start-up, so a service starts while
+// NATS is down and reports NOT_SERVING until it connects. natsStatus becomes
+// absl::Status here: timeouts and lost connections are UNAVAILABLE.
+#ifndef CONNECTING_LIBS_BUS_NATS_H_
+#define CONNECTING_LIBS_BUS_NATS_H_
+
+#include <nats/nats.h>
+
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace connecting::bus {
+
+struct NatsDeleter {
+  void operator()(natsConnection* c) const { natsConnection_Destroy(c); }
+  void operator()(natsOptions* o) const { natsOptions_Destroy(o); }
+  void operator()(jsCtx* j) const { jsCtx_Destroy(j); }
+  void operator()(natsMsg* m) const { natsMsg_Destroy(m); }
+  void operator()(natsSubscription* s) const { natsSubscription_Destroy(s); }
+  void operator()(jsStreamInfo* s) const { jsStreamInfo_Destroy(s); }
+  void operator()(jsConsumerInfo* c) const { jsConsumerInfo_Destroy(c); }
+  void operator()(jsMsgMetaData* m) const { jsMsgMetaData_Destroy(m); }
+};
+template <class T>
+using NatsPtr = std::unique_ptr<T, NatsDeleter>;
+
+// `what` names the operation in the message. jerr is the JetStream API error, if any.
+absl::Status FromNats(natsStatus s, absl::string_view what, jsErrCode jerr = static_cast<jsErrCode>(0));
+
+struct StreamSpec {
+  std::string name;                   // e.g. "PARTNERS"
+  std::vector<std::string> subjects;  // e.g. {"connecting.partners.>"}
+  int replicas = 1;
+  absl::Duration max_age = absl::Hours(24 * 365);
+  // JetStream drops a re-sent Nats-Msg-Id within this window.
+  absl::Duration duplicate_window = absl::Minutes(10);
+};
+
+class Nats {
+ public:
+  // Returns at once; connection happens (and is retried) in the background.
+  static absl::StatusOr<std::unique_ptr<Nats>> Connect(const std::string& url,
+                                                       const std::string& client_name);
+  ~Nats();
+
+  bool connected() const;
+  natsConnection* connection() const { return conn_.get(); }
+  // A fresh JetStream context with the given options (each component owns one).
+  absl::StatusOr<NatsPtr<jsCtx>> JetStream(jsOptions* options = nullptr) const;
+  // Creates the stream if it does not exist. An existing stream is left as the
+  // operator configured it (replicas, limits), only checked to exist.
+  absl::Status EnsureStream(const StreamSpec& spec) const;
+  // Flushes and closes the connection (bounded by `timeout`).
+  void Close(absl::Duration timeout);
+
+ private:
+  explicit Nats(NatsPtr<natsConnection> c) : conn_(std::move(c)) {}
+  NatsPtr<natsConnection> conn_;
+};
+
+}  // namespace connecting::bus
+
+#endif  // CONNECTING_LIBS_BUS_NATS_H_

@@ -1,0 +1,294 @@
+#include "libs/bus/outbox.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <unordered_set>
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "libs/common/log.h"
+#include "libs/common/metrics.h"
+
+namespace connecting::bus {
+namespace {
+
+struct RelayMetrics {
+  prometheus::Counter& published;
+  prometheus::Counter& failed;
+  prometheus::Gauge& pending;
+  prometheus::Gauge& oldest_seconds;
+
+  static RelayMetrics& Get() {
+    static RelayMetrics* m = [] {
+      auto& reg = *metrics::Registry();
+      auto& pub = prometheus::BuildCounter()
+                      .Name("connecting_outbox_published_total")
+                      .Help("Events published to JetStream and marked sent")
+                      .Register(reg);
+      auto& fail = prometheus::BuildCounter()
+                       .Name("connecting_outbox_publish_failures_total")
+                       .Help("Events not acknowledged by JetStream (retried)")
+                       .Register(reg);
+      auto& pending = prometheus::BuildGauge()
+                          .Name("connecting_outbox_pending")
+                          .Help("Events committed but not yet published")
+                          .Register(reg);
+      auto& lag = prometheus::BuildGauge()
+                      .Name("connecting_outbox_lag_seconds")
+                      .Help("Age of the oldest unpublished event (outbox lag)")
+                      .Register(reg);
+      return new RelayMetrics{pub.Add({}), fail.Add({}), pending.Add({}), lag.Add({})};
+    }();
+    return *m;
+  }
+};
+
+}  // namespace
+
+std::vector<db::Migration> SqlMigrations();  // generated from libs/bus/migrations
+
+db::MigrationSet Migrations() { return {"bus", SqlMigrations()}; }
+
+absl::Status Outbox::Emit(db::Conn& tx, absl::string_view subject_suffix,
+                          absl::string_view ce_subject, const google::protobuf::Message& event,
+                          absl::string_view traceparent) const {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions opts;
+  if (auto s = google::protobuf::util::MessageToJsonString(event, &json, opts); !s.ok()) {
+    return absl::InternalError(absl::StrCat("encode event ", event.GetTypeName(), ": ",
+                                            std::string(s.message())));
+  }
+  return tx.Exec("INSERT INTO outbox (subject, type, source, ce_subject, payload, traceparent) "
+                 "VALUES ($1, $2, $3, $4, $5, $6)",
+                 {absl::StrCat(prefix_, ".", subject_suffix), event.GetDescriptor()->full_name(),
+                  source_, ce_subject, json, traceparent})
+      .status();
+}
+
+OutboxRelay::OutboxRelay(RelayOptions options, const Nats* nats)
+    : options_(std::move(options)), nats_(nats) {
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  RelayMetrics::Get();
+}
+
+OutboxRelay::~OutboxRelay() {
+  Stop(absl::Now());
+  if (wake_fd_ >= 0) close(wake_fd_);
+}
+
+void OutboxRelay::Start() { thread_ = std::thread([this] { Run(); }); }
+
+void OutboxRelay::Stop(absl::Time flush_deadline) {
+  if (!thread_.joinable()) return;
+  flush_deadline_ = flush_deadline;
+  stopping_.store(true);
+  uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof one);
+  thread_.join();
+}
+
+void OutboxRelay::OnAck(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure) {
+  auto* self = static_cast<OutboxRelay*>(closure);
+  const char* id = nullptr;
+  if (pa != nullptr && pae == nullptr && natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK &&
+      id != nullptr) {
+    absl::MutexLock lock(&self->mu_);
+    self->acked_.emplace_back(id);
+  } else if (pae != nullptr) {
+    log::Warn("outbox publish rejected", {{"error", pae->ErrText ? pae->ErrText : ""}});
+  }
+  natsMsg_Destroy(msg);
+}
+
+void OutboxRelay::WaitForWork(db::Conn* conn) {
+  pollfd fds[2];
+  int n = 0;
+  fds[n++] = {wake_fd_, POLLIN, 0};
+  if (conn != nullptr && conn->healthy()) fds[n++] = {PQsocket(conn->raw()), POLLIN, 0};
+  (void)poll(fds, n, static_cast<int>(absl::ToInt64Milliseconds(options_.poll_interval)));
+  uint64_t drained;
+  (void)!read(wake_fd_, &drained, sizeof drained);
+  if (conn != nullptr && conn->healthy()) {
+    PQconsumeInput(conn->raw());
+    while (PGnotify* note = PQnotifies(conn->raw())) PQfreemem(note);
+  }
+}
+
+absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
+  if (absl::Status s = conn.ExecScript("BEGIN"); !s.ok()) return s;
+  auto rollback = [&](absl::Status s) {
+    if (conn.healthy()) (void)conn.ExecScript("ROLLBACK");
+    return s;
+  };
+  absl::StatusOr<db::Result> rows = conn.Exec(
+      "SELECT id, subject, type, source, ce_subject, payload, traceparent, "
+      "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
+      "FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+      {static_cast<int32_t>(options_.batch_size)});
+  if (!rows.ok()) return rollback(rows.status());
+  if (rows->rows() == 0) {
+    (void)conn.ExecScript("COMMIT");
+    return 0;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    acked_.clear();
+  }
+  std::unordered_set<std::string> claimed;
+  int sent = 0;
+  for (int r = 0; r < rows->rows(); ++r) {
+    std::string id = rows->String(r, 0);
+    std::string subject = rows->String(r, 1);
+    absl::string_view payload = rows->Text(r, 5);
+    natsMsg* raw = nullptr;
+    natsStatus s = natsMsg_Create(&raw, subject.c_str(), nullptr, payload.data(),
+                                  static_cast<int>(payload.size()));
+    if (s != NATS_OK) break;
+    NatsPtr<natsMsg> msg(raw);
+    const std::string headers[][2] = {
+        {"ce-specversion", "1.0"},          {"ce-id", id},
+        {"ce-source", rows->String(r, 3)},  {"ce-type", rows->String(r, 2)},
+        {"ce-time", rows->String(r, 7)},    {"ce-subject", rows->String(r, 4)},
+        {"content-type", "application/json"}, {"Nats-Msg-Id", id},
+        {"traceparent", rows->String(r, 6)}};
+    for (const auto& h : headers) {
+      if (!h[1].empty()) s = natsMsgHeader_Set(msg.get(), h[0].c_str(), h[1].c_str());
+    }
+    natsMsg* handoff = msg.release();
+    s = js_PublishMsgAsync(js, &handoff, nullptr);
+    if (s != NATS_OK) {
+      natsMsg_Destroy(handoff);  // still ours when the call failed
+      break;
+    }
+    claimed.insert(std::move(id));
+    ++sent;
+  }
+  jsPubOptions po;
+  jsPubOptions_Init(&po);
+  po.MaxWait = absl::ToInt64Milliseconds(options_.ack_timeout);
+  (void)js_PublishAsyncComplete(js, &po);  // on timeout, un-acked rows stay pending
+
+  std::vector<std::string> acked;
+  {
+    absl::MutexLock lock(&mu_);
+    for (std::string& id : acked_) {
+      // A late ack from an earlier batch may land here; only mark our own rows.
+      if (claimed.count(id) != 0) acked.push_back(std::move(id));
+    }
+    acked_.clear();
+  }
+  if (options_.crash_after_publish && !acked.empty()) {
+    log::Warn("test hook: exiting after PubAck, before marking sent");
+    std::_Exit(86);
+  }
+  int failed = static_cast<int>(rows->rows()) - static_cast<int>(acked.size());
+  if (failed > 0) RelayMetrics::Get().failed.Increment(failed);
+  if (!acked.empty()) {
+    absl::StatusOr<db::Result> upd =
+        conn.Exec("UPDATE outbox SET sent_at = now() WHERE id = ANY($1::uuid[])",
+                  {absl::StrCat("{", absl::StrJoin(acked, ","), "}")});
+    if (!upd.ok()) return rollback(upd.status());
+  }
+  if (absl::Status s = conn.ExecScript("COMMIT"); !s.ok()) return s;
+  RelayMetrics::Get().published.Increment(static_cast<double>(acked.size()));
+  if (failed > 0) {
+    return absl::UnavailableError(
+        absl::StrCat(failed, " of ", rows->rows(), " events not acknowledged by JetStream"));
+  }
+  return static_cast<int>(acked.size());
+}
+
+void OutboxRelay::Run() {
+  std::unique_ptr<db::Conn> conn;
+  NatsPtr<jsCtx> js;
+  bool stream_ready = false;
+  absl::Time next_housekeeping = absl::InfinitePast();
+  absl::Status last_error = absl::OkStatus();
+  auto report = [&](const absl::Status& s) {
+    healthy_.store(false);
+    if (s.ToString() != last_error.ToString()) {
+      log::Warn("outbox relay waiting", {{"error", s.ToString()}});
+      last_error = s;
+    }
+  };
+  while (true) {
+    const bool flushing = stopping_.load();
+    if (flushing && absl::Now() >= flush_deadline_) break;
+    if (conn == nullptr || !conn->healthy()) {
+      auto c = db::Conn::Open(options_.database_url, "outbox-relay");
+      if (!c.ok()) {
+        report(c.status());
+        if (flushing) break;
+        WaitForWork(nullptr);
+        continue;
+      }
+      conn = *std::move(c);
+      if (absl::Status s = conn->ExecScript("LISTEN connecting_outbox"); !s.ok()) {
+        report(s);
+        conn.reset();
+        continue;
+      }
+    }
+    if (js == nullptr) {
+      jsOptions jo;
+      jsOptions_Init(&jo);
+      jo.PublishAsync.AckHandler = &OutboxRelay::OnAck;
+      jo.PublishAsync.AckHandlerClosure = this;
+      jo.PublishAsync.MaxPending = options_.batch_size * 2;
+      auto j = nats_->JetStream(&jo);
+      if (!j.ok()) {
+        report(j.status());
+        if (flushing) break;
+        WaitForWork(conn.get());
+        continue;
+      }
+      js = *std::move(j);
+    }
+    if (!stream_ready) {
+      absl::Status s = nats_->EnsureStream(options_.stream);
+      if (!s.ok()) {
+        report(s);
+        if (flushing) break;
+        WaitForWork(conn.get());
+        continue;
+      }
+      stream_ready = true;
+    }
+    absl::StatusOr<int> n = PublishBatch(*conn, js.get());
+    if (!n.ok()) {
+      report(n.status());
+      if (!flushing) WaitForWork(conn.get());
+      continue;
+    }
+    healthy_.store(true);
+    if (!last_error.ok()) {
+      log::Info("outbox relay publishing again");
+      last_error = absl::OkStatus();
+    }
+    if (*n >= options_.batch_size) continue;  // more may be waiting
+    if (flushing) break;                      // the outbox is empty
+    if (absl::Now() >= next_housekeeping) {
+      next_housekeeping = absl::Now() + absl::Seconds(2);
+      auto g = conn->Exec(
+          "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 "
+          "FROM outbox WHERE sent_at IS NULL");
+      if (g.ok()) {
+        RelayMetrics::Get().pending.Set(static_cast<double>(g->Int(0, 0)));
+        RelayMetrics::Get().oldest_seconds.Set(std::strtod(g->String(0, 1).c_str(), nullptr));
+      }
+      (void)conn->Exec(
+          "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sent_at < now() - "
+          "make_interval(secs => $1::float8) LIMIT 10000)",
+          {absl::StrCat(absl::ToDoubleSeconds(options_.retention))});
+    }
+    WaitForWork(conn.get());
+  }
+}
+
+}  // namespace connecting::bus

@@ -1,0 +1,105 @@
+// The transactional outbox: how a service publishes events.
+//
+// A handler calls Outbox::Emit inside the same database transaction as the
+// state change, so the event exists if and only if the change committed. The
+// OutboxRelay (one thread per process) publishes pending rows to JetStream with
+// `Nats-Msg-Id` = the event id and marks them sent only after the PubAck. A
+// crash between publish and mark re-sends the row; JetStream's duplicate window
+// drops the copy, so each committed change yields exactly one stream message.
+// Several replicas can relay at once: rows are claimed FOR UPDATE SKIP LOCKED.
+//
+// Message format (CloudEvents NATS binding, binary mode): the payload is the
+// event proto as canonical JSON; headers ce-specversion, ce-id, ce-source,
+// ce-type (the proto's full name), ce-time, ce-subject, content-type,
+// Nats-Msg-Id and traceparent.
+#ifndef CONNECTING_LIBS_BUS_OUTBOX_H_
+#define CONNECTING_LIBS_BUS_OUTBOX_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <thread>
+
+#include <google/protobuf/message.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "libs/bus/nats.h"
+#include "libs/db/db.h"
+#include "libs/db/migrations.h"
+
+namespace connecting::bus {
+
+// The bus tables (outbox, inbox, dead_letters); apply before a service's own.
+db::MigrationSet Migrations();
+
+// Writes events into the caller's transaction.
+class Outbox {
+ public:
+  // subject_prefix: e.g. "connecting.partners"; source: e.g. "/connecting/partners".
+  Outbox(std::string subject_prefix, std::string source)
+      : prefix_(std::move(subject_prefix)), source_(std::move(source)) {}
+
+  // Adds `event` to the outbox within `tx`. subject_suffix: "<entity>.<verb>";
+  // ce_subject: the id of the resource it is about. traceparent may be empty.
+  absl::Status Emit(db::Conn& tx, absl::string_view subject_suffix, absl::string_view ce_subject,
+                    const google::protobuf::Message& event, absl::string_view traceparent) const;
+
+  const std::string& prefix() const { return prefix_; }
+
+ private:
+  std::string prefix_;
+  std::string source_;
+};
+
+struct RelayOptions {
+  std::string database_url;
+  StreamSpec stream;
+  int batch_size = 256;
+  // Polling fallback when no NOTIFY arrives (lost on reconnect, other writers).
+  absl::Duration poll_interval = absl::Seconds(1);
+  absl::Duration ack_timeout = absl::Seconds(5);
+  // Sent rows older than this are deleted.
+  absl::Duration retention = absl::Hours(24);
+  // Test hook: exit the process right after the PubAck, before marking sent.
+  bool crash_after_publish = false;
+};
+
+class OutboxRelay {
+ public:
+  OutboxRelay(RelayOptions options, const Nats* nats);
+  ~OutboxRelay();
+
+  void Start();
+  // Stops the relay. Before returning it keeps publishing what is pending
+  // until the outbox is empty or `flush_deadline` passes.
+  void Stop(absl::Time flush_deadline);
+  // True once the stream exists and the last round trip to PostgreSQL worked.
+  bool healthy() const { return healthy_.load(); }
+
+ private:
+  void Run();
+  // Publishes one batch; returns how many rows it marked sent.
+  absl::StatusOr<int> PublishBatch(db::Conn& conn, jsCtx* js);
+  void WaitForWork(db::Conn* conn);
+  static void OnAck(jsCtx* js, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure);
+
+  const RelayOptions options_;
+  const Nats* const nats_;
+  std::thread thread_;
+  int wake_fd_ = -1;  // eventfd: Stop() wakes the loop
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> healthy_{false};
+  absl::Time flush_deadline_ = absl::InfinitePast();
+
+  absl::Mutex mu_;
+  uint64_t batch_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::string> acked_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace connecting::bus
+
+#endif  // CONNECTING_LIBS_BUS_OUTBOX_H_

@@ -1,0 +1,217 @@
+#include "libs/db/db.h"
+
+#include <random>
+#include <thread>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace connecting::db {
+namespace {
+
+constexpr char kConstraintPayload[] = "connecting.db/constraint";
+
+std::string Trimmed(const char* s) {
+  std::string out = s != nullptr ? s : "";
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out;
+}
+
+}  // namespace
+
+int64_t Result::affected() const {
+  int64_t n = 0;
+  (void)absl::SimpleAtoi(PQcmdTuples(res_.get()), &n);
+  return n;
+}
+
+int64_t Result::Int(int row, int col) const {
+  int64_t n = 0;
+  (void)absl::SimpleAtoi(Text(row, col), &n);
+  return n;
+}
+
+absl::Status ErrorFromResult(PGconn* conn, const PGresult* res) {
+  if (conn == nullptr || PQstatus(conn) != CONNECTION_OK) {
+    return absl::UnavailableError(
+        absl::StrCat("database unavailable: ", Trimmed(conn ? PQerrorMessage(conn) : "")));
+  }
+  const char* state_c = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
+  std::string state = state_c ? state_c : "";
+  std::string msg = Trimmed(res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
+  const char* constraint = res ? PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME) : nullptr;
+  absl::Status st;
+  if (state == "23505") {
+    st = absl::AlreadyExistsError(msg);
+  } else if (state == "23503" || state == "23514" || state == "23502") {
+    st = absl::FailedPreconditionError(msg);
+  } else if (state == "40001" || state == "40P01") {
+    st = absl::AbortedError(msg);
+  } else if (state == "57014") {
+    st = absl::DeadlineExceededError(msg);
+  } else if (absl::StartsWith(state, "08") || state == "57P01" || state == "57P02" ||
+             state == "57P03" || state == "53300") {
+    st = absl::UnavailableError(absl::StrCat("database unavailable: ", msg));
+  } else {
+    st = absl::InternalError(absl::StrCat("database error ", state, ": ", msg));
+  }
+  if (constraint != nullptr) st.SetPayload(kConstraintPayload, absl::Cord(constraint));
+  return st;
+}
+
+std::string ConstraintOf(const absl::Status& status) {
+  auto p = status.GetPayload(kConstraintPayload);
+  return p ? std::string(*p) : std::string();
+}
+
+absl::StatusOr<std::unique_ptr<Conn>> Conn::Open(const std::string& url,
+                                                 absl::string_view application_name) {
+  std::string app(application_name);
+  // Later keywords win over earlier ones, and dbname expands the URL in place,
+  // so the URL can override the defaults given before it.
+  const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
+  const char* vals[] = {"5", app.c_str(), url.c_str(), nullptr};
+  PGconn* raw = PQconnectdbParams(keys, vals, /*expand_dbname=*/1);
+  std::unique_ptr<Conn> conn(new Conn(raw));
+  if (raw == nullptr || PQstatus(raw) != CONNECTION_OK) {
+    return absl::UnavailableError(absl::StrCat(
+        "database unavailable: ", Trimmed(raw ? PQerrorMessage(raw) : "out of memory")));
+  }
+  return conn;
+}
+
+absl::StatusOr<Result> Conn::Exec(absl::string_view sql, std::initializer_list<Param> params) {
+  return Exec(sql, std::vector<Param>(params));
+}
+
+absl::StatusOr<Result> Conn::Exec(absl::string_view sql, const std::vector<Param>& params) {
+  PGconn* c = conn_.get();
+  std::string key(sql);
+  auto it = prepared_.find(key);
+  if (it == prepared_.end()) {
+    std::string name = absl::StrCat("s", prepared_.size() + 1);
+    Result prep(PQprepare(c, name.c_str(), key.c_str(), static_cast<int>(params.size()), nullptr));
+    if (PQresultStatus(prep.raw_for_status()) != PGRES_COMMAND_OK) {
+      return ErrorFromResult(c, prep.raw_for_status());
+    }
+    it = prepared_.emplace(std::move(key), std::move(name)).first;
+  }
+  std::vector<const char*> values(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    values[i] = params[i].value() ? params[i].value()->c_str() : nullptr;
+  }
+  Result res(PQexecPrepared(c, it->second.c_str(), static_cast<int>(params.size()), values.data(),
+                            nullptr, nullptr, 0));
+  ExecStatusType st = PQresultStatus(res.raw_for_status());
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    return ErrorFromResult(c, res.raw_for_status());
+  }
+  return res;
+}
+
+absl::Status Conn::ExecScript(absl::string_view sql) {
+  std::string s(sql);
+  Result res(PQexec(conn_.get(), s.c_str()));
+  ExecStatusType st = PQresultStatus(res.raw_for_status());
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    return ErrorFromResult(conn_.get(), res.raw_for_status());
+  }
+  return absl::OkStatus();
+}
+
+Pool::Pool(std::string url, int size, std::string application_name)
+    : url_(std::move(url)), size_(size), application_name_(std::move(application_name)) {}
+
+Pool::Lease::~Lease() {
+  if (pool_ != nullptr && conn_ != nullptr) pool_->Release(std::move(conn_));
+}
+
+absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto can_take = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return !idle_.empty() || open_or_leased_ < size_;
+    };
+    if (!mu_.AwaitWithDeadline(absl::Condition(&can_take), deadline)) {
+      return absl::ResourceExhaustedError("all database connections are busy");
+    }
+    if (!idle_.empty()) {
+      std::unique_ptr<Conn> c = std::move(idle_.back());
+      idle_.pop_back();
+      return Lease(this, std::move(c));
+    }
+    ++open_or_leased_;
+  }
+  // Open outside the lock: connecting can take seconds when the server is down.
+  absl::StatusOr<std::unique_ptr<Conn>> c = Conn::Open(url_, application_name_);
+  if (!c.ok()) {
+    absl::MutexLock lock(&mu_);
+    --open_or_leased_;
+    return c.status();
+  }
+  return Lease(this, *std::move(c));
+}
+
+void Pool::Release(std::unique_ptr<Conn> conn) {
+  absl::MutexLock lock(&mu_);
+  // A connection left inside a transaction (a caller bug or a lost COMMIT) or
+  // broken is dropped rather than handed to the next caller.
+  if (!conn->healthy() || PQtransactionStatus(conn->raw()) != PQTRANS_IDLE) {
+    --open_or_leased_;
+    return;
+  }
+  idle_.push_back(std::move(conn));
+}
+
+absl::Status Transact(Pool& pool, const TxOptions& options,
+                      absl::FunctionRef<absl::Status(Conn&)> fn) {
+  static thread_local std::minstd_rand rng(std::random_device{}());
+  const char* begin = "BEGIN ISOLATION LEVEL READ COMMITTED";
+  if (options.isolation == Isolation::kRepeatableRead) {
+    begin = options.read_only ? "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+                              : "BEGIN ISOLATION LEVEL REPEATABLE READ";
+  } else if (options.isolation == Isolation::kSerializable) {
+    begin = options.read_only ? "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY"
+                              : "BEGIN ISOLATION LEVEL SERIALIZABLE";
+  } else if (options.read_only) {
+    begin = "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY";
+  }
+  absl::Status last;
+  for (int attempt = 1; attempt <= options.max_attempts; ++attempt) {
+    absl::StatusOr<Pool::Lease> lease = pool.Acquire(options.deadline);
+    if (!lease.ok()) return lease.status();
+    Conn& conn = **lease;
+    last = conn.ExecScript(begin);
+    if (last.ok() && options.deadline != absl::InfiniteFuture()) {
+      int64_t ms = absl::ToInt64Milliseconds(options.deadline - absl::Now());
+      if (ms <= 0) {
+        (void)conn.ExecScript("ROLLBACK");
+        return absl::DeadlineExceededError("deadline passed before the transaction started");
+      }
+      last = conn.ExecScript(absl::StrCat("SET LOCAL statement_timeout = ", ms));
+    }
+    if (last.ok()) last = fn(conn);
+    if (last.ok()) {
+      last = conn.ExecScript("COMMIT");
+      if (last.ok()) return last;
+      if (!conn.healthy()) {
+        // The COMMIT may or may not have landed; the caller must not assume either.
+        return absl::UnavailableError(
+            absl::StrCat("database connection lost during COMMIT: ", last.message()));
+      }
+    } else if (conn.healthy()) {
+      (void)conn.ExecScript("ROLLBACK");
+    }
+    if (!absl::IsAborted(last) || attempt == options.max_attempts) break;
+    // Jittered exponential backoff: 1, 2, 4 … ms, capped at 50 ms.
+    int cap = std::min(50, 1 << std::min(attempt, 6));
+    std::this_thread::sleep_for(std::chrono::microseconds(
+        std::uniform_int_distribution<int>(cap * 500, cap * 1000)(rng)));
+  }
+  return last;
+}
+
+}  // namespace connecting::db

@@ -1,0 +1,165 @@
+// PostgreSQL access for the services: a fixed-size libpq connection pool,
+// parameterised statements (prepared once per connection, text format), and
+// transactions that retry on serialization failure and deadlock.
+//
+// Errors become absl::Status here and nowhere else:
+//   unique violation (23505)           → ALREADY_EXISTS, constraint in ConstraintOf()
+//   foreign key / check (23503, 23514) → FAILED_PRECONDITION, constraint in ConstraintOf()
+//   serialization / deadlock           → ABORTED (Transact retries these)
+//   statement timeout (57014)          → DEADLINE_EXCEEDED
+//   lost or refused connection         → UNAVAILABLE
+//   anything else                      → INTERNAL (a bug in our SQL)
+//
+// Threading: a Conn belongs to one thread at a time (the Lease holder); Pool is
+// thread-safe.
+#ifndef CONNECTING_LIBS_DB_DB_H_
+#define CONNECTING_LIBS_DB_DB_H_
+
+#include <libpq-fe.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <optional>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <unordered_map>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace connecting::db {
+
+// One statement parameter in PostgreSQL text format; std::nullopt is NULL.
+class Param {
+ public:
+  Param(std::nullopt_t) {}  // NOLINT: implicit by design
+  Param(absl::string_view s) : v_(std::string(s)) {}  // NOLINT
+  Param(const char* s) : v_(std::string(s)) {}        // NOLINT
+  Param(const std::string& s) : v_(s) {}              // NOLINT
+  Param(std::string&& s) : v_(std::move(s)) {}        // NOLINT
+  Param(int64_t i) : v_(std::to_string(i)) {}         // NOLINT
+  Param(int32_t i) : v_(std::to_string(i)) {}         // NOLINT
+  Param(bool b) : v_(b ? "t" : "f") {}                // NOLINT
+  Param(std::optional<std::string> s) : v_(std::move(s)) {}  // NOLINT
+  const std::optional<std::string>& value() const { return v_; }
+
+ private:
+  std::optional<std::string> v_;
+};
+
+// Empty string → NULL, for optional text columns.
+inline Param NullIfEmpty(absl::string_view s) {
+  return s.empty() ? Param(std::nullopt) : Param(s);
+}
+
+// The rows of one statement. Accessors take (row, column) and must be in range.
+class Result {
+ public:
+  explicit Result(PGresult* r) : res_(r, &PQclear) {}
+  int rows() const { return PQntuples(res_.get()); }
+  // Rows changed by INSERT/UPDATE/DELETE.
+  int64_t affected() const;
+  bool IsNull(int row, int col) const { return PQgetisnull(res_.get(), row, col) != 0; }
+  absl::string_view Text(int row, int col) const {
+    return {PQgetvalue(res_.get(), row, col),
+            static_cast<size_t>(PQgetlength(res_.get(), row, col))};
+  }
+  std::string String(int row, int col) const { return std::string(Text(row, col)); }
+  int64_t Int(int row, int col) const;
+  bool Bool(int row, int col) const { return Text(row, col) == "t"; }
+  const PGresult* raw_for_status() const { return res_.get(); }
+
+ private:
+  std::unique_ptr<PGresult, decltype(&PQclear)> res_;
+};
+
+// One libpq connection.
+class Conn {
+ public:
+  // Connects (blocking, bounded by connect_timeout in the URL or 5 s).
+  static absl::StatusOr<std::unique_ptr<Conn>> Open(const std::string& url,
+                                                    absl::string_view application_name);
+  absl::StatusOr<Result> Exec(absl::string_view sql, std::initializer_list<Param> params = {});
+  absl::StatusOr<Result> Exec(absl::string_view sql, const std::vector<Param>& params);
+  // Runs several statements without parameters (migrations, BEGIN/COMMIT).
+  absl::Status ExecScript(absl::string_view sql);
+  bool healthy() const { return PQstatus(conn_.get()) == CONNECTION_OK; }
+  PGconn* raw() { return conn_.get(); }
+
+ private:
+  explicit Conn(PGconn* c) : conn_(c, &PQfinish) {}
+  std::unique_ptr<PGconn, decltype(&PQfinish)> conn_;
+  // SQL text → prepared statement name on this connection.
+  std::unordered_map<std::string, std::string> prepared_;
+};
+
+// The status for a failed libpq call (see the mapping above).
+absl::Status ErrorFromResult(PGconn* conn, const PGresult* res);
+// The constraint a violation named, or "" (from ALREADY_EXISTS/FAILED_PRECONDITION).
+std::string ConstraintOf(const absl::Status& status);
+
+// A fixed-size pool. Connections open lazily and are replaced when they break,
+// so the pool works across a database restart.
+class Pool {
+ public:
+  class Lease {
+   public:
+    Lease(Pool* pool, std::unique_ptr<Conn> conn) : pool_(pool), conn_(std::move(conn)) {}
+    Lease(Lease&&) = default;
+    Lease& operator=(Lease&&) = delete;
+    ~Lease();
+    Conn& operator*() { return *conn_; }
+    Conn* operator->() { return conn_.get(); }
+
+   private:
+    Pool* pool_;
+    std::unique_ptr<Conn> conn_;
+  };
+
+  Pool(std::string url, int size, std::string application_name);
+  // Waits for a free connection until `deadline`; RESOURCE_EXHAUSTED when none
+  // frees in time, UNAVAILABLE when the database cannot be reached.
+  absl::StatusOr<Lease> Acquire(absl::Time deadline);
+  const std::string& url() const { return url_; }
+  int size() const { return size_; }
+
+ private:
+  void Release(std::unique_ptr<Conn> conn);
+
+  const std::string url_;
+  const int size_;
+  const std::string application_name_;
+  absl::Mutex mu_;
+  std::vector<std::unique_ptr<Conn>> idle_ ABSL_GUARDED_BY(mu_);
+  int open_or_leased_ ABSL_GUARDED_BY(mu_) = 0;  // connections counted against size_
+};
+
+enum class Isolation { kReadCommitted, kRepeatableRead, kSerializable };
+
+struct TxOptions {
+  Isolation isolation = Isolation::kReadCommitted;
+  bool read_only = false;
+  // Attempts in all, for ABORTED (serialization failure, deadlock).
+  int max_attempts = 8;
+  // Bounds waiting for a connection and each statement (statement_timeout).
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+// Runs `fn` inside BEGIN … COMMIT on a pooled connection. `fn` returning an
+// error rolls back and returns it. On ABORTED the whole transaction is retried
+// with jittered backoff, so `fn` must have no effect outside the database
+// except on values it overwrites each attempt.
+absl::Status Transact(Pool& pool, const TxOptions& options,
+                      absl::FunctionRef<absl::Status(Conn&)> fn);
+inline absl::Status Transact(Pool& pool, absl::FunctionRef<absl::Status(Conn&)> fn) {
+  return Transact(pool, TxOptions{}, fn);
+}
+
+}  // namespace connecting::db
+
+#endif  // CONNECTING_LIBS_DB_DB_H_

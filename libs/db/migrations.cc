@@ -1,0 +1,69 @@
+#include "libs/db/migrations.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace connecting::db {
+namespace {
+
+// Any constant works; it only has to be the same for every replica.
+constexpr char kLockKey[] = "7355608120260101";
+
+absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
+                                                       const std::vector<MigrationSet>& sets) {
+  std::vector<std::string> applied;
+  for (const MigrationSet& set : sets) {
+    for (const Migration& m : set.migrations) {
+      absl::StatusOr<Result> seen = conn.Exec(
+          "SELECT checksum = md5($3) FROM schema_migrations WHERE component = $1 AND name = $2",
+          {set.component, m.name, m.sql});
+      if (!seen.ok()) return seen.status();
+      if (seen->rows() == 1) {
+        if (!seen->Bool(0, 0)) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("migration ", set.component, "/", m.name,
+                           " was edited after it was applied; add a new migration instead"));
+        }
+        continue;
+      }
+      if (absl::Status s = conn.ExecScript("BEGIN"); !s.ok()) return s;
+      absl::Status s = conn.ExecScript(m.sql);
+      if (s.ok()) {
+        s = conn.Exec("INSERT INTO schema_migrations (component, name, checksum) "
+                      "VALUES ($1, $2, md5($3))",
+                      {set.component, m.name, m.sql})
+                .status();
+      }
+      if (s.ok()) s = conn.ExecScript("COMMIT");
+      if (!s.ok()) {
+        (void)conn.ExecScript("ROLLBACK");
+        return absl::Status(s.code(), absl::StrCat("migration ", set.component, "/", m.name,
+                                                   " failed: ", s.message()));
+      }
+      applied.push_back(absl::StrCat(set.component, "/", m.name));
+    }
+  }
+  return applied;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn,
+                                                 const std::vector<MigrationSet>& sets) {
+  if (absl::Status s = conn.ExecScript(absl::StrCat("SELECT pg_advisory_lock(", kLockKey, ")"));
+      !s.ok()) {
+    return s;
+  }
+  absl::Status s = conn.ExecScript(
+      "CREATE TABLE IF NOT EXISTS schema_migrations ("
+      "  component text NOT NULL,"
+      "  name text NOT NULL,"
+      "  checksum text NOT NULL,"
+      "  applied_at timestamptz NOT NULL DEFAULT now(),"
+      "  PRIMARY KEY (component, name))");
+  absl::StatusOr<std::vector<std::string>> result =
+      s.ok() ? MigrateLocked(conn, sets) : absl::StatusOr<std::vector<std::string>>(s);
+  (void)conn.ExecScript(absl::StrCat("SELECT pg_advisory_unlock(", kLockKey, ")"));
+  return result;
+}
+
+}  // namespace connecting::db

@@ -1,0 +1,152 @@
+#include "libs/server/rpc.h"
+
+#include <random>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "libs/common/log.h"
+#include "libs/common/metrics.h"
+#include "libs/server/strict_parse.h"
+
+namespace connecting::server {
+namespace {
+
+const char* CodeName(grpc::StatusCode c) {
+  static const char* kNames[] = {"OK",
+                                 "CANCELLED",
+                                 "UNKNOWN",
+                                 "INVALID_ARGUMENT",
+                                 "DEADLINE_EXCEEDED",
+                                 "NOT_FOUND",
+                                 "ALREADY_EXISTS",
+                                 "PERMISSION_DENIED",
+                                 "RESOURCE_EXHAUSTED",
+                                 "FAILED_PRECONDITION",
+                                 "ABORTED",
+                                 "OUT_OF_RANGE",
+                                 "UNIMPLEMENTED",
+                                 "INTERNAL",
+                                 "UNAVAILABLE",
+                                 "DATA_LOSS",
+                                 "UNAUTHENTICATED"};
+  int i = static_cast<int>(c);
+  return (i >= 0 && i <= 16) ? kNames[i] : "UNKNOWN";
+}
+
+struct RpcMetrics {
+  prometheus::Family<prometheus::Counter>& requests;
+  prometheus::Family<prometheus::Histogram>& latency;
+
+  static RpcMetrics& Get() {
+    static RpcMetrics* m = new RpcMetrics{
+        prometheus::BuildCounter()
+            .Name("connecting_grpc_requests_total")
+            .Help("RPCs handled, by method and status code")
+            .Register(*metrics::Registry()),
+        prometheus::BuildHistogram()
+            .Name("connecting_grpc_request_duration_seconds")
+            .Help("RPC latency from receipt to finish, by method")
+            .Register(*metrics::Registry())};
+    return *m;
+  }
+};
+
+const prometheus::Histogram::BucketBoundaries& Buckets() {
+  static auto* b = new prometheus::Histogram::BucketBoundaries{
+      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  return *b;
+}
+
+bool IsLowerHex(absl::string_view s) {
+  for (char c : s) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+// Keeps a valid W3C traceparent, or starts a new trace.
+std::string TraceParent(absl::string_view incoming) {
+  if (incoming.size() == 55 && incoming.substr(0, 3) == "00-" && incoming[35] == '-' &&
+      incoming[52] == '-' && IsLowerHex(incoming.substr(3, 32)) &&
+      IsLowerHex(incoming.substr(36, 16)) && IsLowerHex(incoming.substr(53, 2)) &&
+      incoming.substr(3, 32) != std::string(32, '0')) {
+    return std::string(incoming);
+  }
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  return absl::StrFormat("00-%016x%016x-%016x-01", rng(), rng() | 1, rng() | 1);
+}
+
+absl::string_view Metadata(const grpc::CallbackServerContext* ctx, const char* key) {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find(key);
+  if (it == md.end()) return {};
+  return absl::string_view(it->second.data(), it->second.size());
+}
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status, absl::string_view method,
+                          absl::string_view traceparent) {
+  if (status.ok()) return grpc::Status::OK;
+  auto code = static_cast<grpc::StatusCode>(status.code());
+  if (code == grpc::StatusCode::INTERNAL || code == grpc::StatusCode::UNKNOWN) {
+    log::Error("internal error", {{"method", method},
+                                  {"traceparent", traceparent},
+                                  {"error", status.ToString()}});
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        absl::StrCat("internal error; the server log has the details under "
+                                     "traceparent ",
+                                     traceparent));
+  }
+  return grpc::Status(code, std::string(status.message()));
+}
+
+grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
+                                         const google::protobuf::Message* request,
+                                         const char* method, Work work) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  const absl::Time start = absl::Now();
+  auto finish = [reactor, method, start](const grpc::Status& s) {
+    RpcMetrics& m = RpcMetrics::Get();
+    m.requests.Add({{"method", method}, {"code", CodeName(s.error_code())}}).Increment();
+    m.latency.Add({{"method", method}}, Buckets()).Observe(absl::ToDoubleSeconds(absl::Now() - start));
+    reactor->Finish(s);
+  };
+  if (std::optional<std::string> bad = MalformedReason(*request)) {
+    finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *bad));
+    return reactor;
+  }
+  absl::StatusOr<Principal> principal = auth_->Authenticate(Metadata(ctx, "authorization"));
+  if (!principal.ok()) {
+    finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(principal.status().message())));
+    return reactor;
+  }
+  absl::Time deadline = std::min(absl::FromChrono(ctx->deadline()), start + max_deadline_);
+  std::string trace = TraceParent(Metadata(ctx, "traceparent"));
+  bool queued = executor_->TrySubmit(
+      [ctx, method, deadline, finish, work = std::move(work), trace = std::move(trace),
+       p = *std::move(principal)]() mutable {
+        if (ctx->IsCancelled()) {
+          finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
+          return;
+        }
+        if (absl::Now() >= deadline) {
+          finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                              "deadline passed while the request waited in the queue"));
+          return;
+        }
+        Call call{p, deadline, trace, method};
+        absl::Status s = work(call);
+        if (!s.ok()) log::Debug("rpc failed", {{"method", method}, {"error", s.ToString()}});
+        finish(ToGrpcStatus(s, method, trace));
+      });
+  if (!queued) {
+    finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        "server is at capacity; retry with backoff"));
+  }
+  return reactor;
+}
+
+}  // namespace connecting::server

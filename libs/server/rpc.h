@@ -1,0 +1,65 @@
+// RpcRunner: the one path every unary RPC takes.
+//
+//   grpc::ServerUnaryReactor* GetOrganisation(grpc::CallbackServerContext* ctx,
+//                                             const GetOrganisationRequest* req,
+//                                             Organisation* resp) override {
+//     return rpc_->Run(ctx, req, "GetOrganisation", [=](const Call& call) {
+//       return logic_.Get(call, *req, resp);
+//     });
+//   }
+//
+// On the gRPC thread it rejects malformed requests (INVALID_ARGUMENT naming the
+// field) and unauthenticated calls, then queues the work on the Executor
+// (RESOURCE_EXHAUSTED when full). On a worker it checks the deadline, runs the
+// work, maps absl::Status to grpc::Status, records metrics and finishes. The
+// work may write `resp` only; it is sent only when the status is OK.
+#ifndef CONNECTING_LIBS_SERVER_RPC_H_
+#define CONNECTING_LIBS_SERVER_RPC_H_
+
+#include <functional>
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include <google/protobuf/message.h>
+#include <grpcpp/server_context.h>
+#include <grpcpp/support/server_callback.h>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "libs/server/auth.h"
+#include "libs/server/executor.h"
+
+namespace connecting::server {
+
+// What the work knows about the call.
+struct Call {
+  const Principal& principal;
+  absl::Time deadline;      // the client's deadline, capped by the server default
+  std::string traceparent;  // W3C trace context: the caller's, or a new one
+  absl::string_view method;
+};
+
+// absl::Status → grpc::Status (same codes). INTERNAL details are logged, not sent.
+grpc::Status ToGrpcStatus(const absl::Status& status, absl::string_view method,
+                          absl::string_view traceparent);
+
+class RpcRunner {
+ public:
+  using Work = std::function<absl::Status(const Call&)>;
+
+  RpcRunner(Executor* executor, const Authenticator* auth, absl::Duration max_deadline)
+      : executor_(executor), auth_(auth), max_deadline_(max_deadline) {}
+
+  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx,
+                                const google::protobuf::Message* request, const char* method,
+                                Work work);
+
+ private:
+  Executor* const executor_;
+  const Authenticator* const auth_;
+  const absl::Duration max_deadline_;
+};
+
+}  // namespace connecting::server
+
+#endif  // CONNECTING_LIBS_SERVER_RPC_H_

@@ -1,0 +1,293 @@
+#include "libs/server/service_main.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+#include <prometheus/exposer.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "libs/common/config.h"
+#include "libs/common/log.h"
+#include "libs/common/metrics.h"
+
+namespace connecting::server {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: %s [--migrate]\n"
+    "  Serves the %s gRPC API. Configured by environment variables (see README.md).\n"
+    "  --migrate   apply database migrations and exit (needs only DATABASE_URL)\n";
+
+absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool migrate_only) {
+  config::EnvReader env;
+  ServiceConfig c;
+  c.database_url = env.Required("DATABASE_URL", "PostgreSQL URL, e.g. postgresql://user@host/db");
+  if (auto level = log::ParseLevel(env.String("LOG_LEVEL", "info")); level.ok()) {
+    log::SetLevel(*level);
+  } else {
+    env.AddError(absl::StrCat("LOG_LEVEL: ", level.status().message()));
+  }
+  if (migrate_only) {
+    if (absl::Status s = env.Finish(); !s.ok()) return s;
+    return c;
+  }
+  c.nats_url = env.String("NATS_URL", "nats://127.0.0.1:4222");
+  c.grpc_listen = env.Listen("GRPC_LISTEN", "0.0.0.0:50051");
+  c.metrics_listen = env.Listen("METRICS_LISTEN", "0.0.0.0:9090");
+  c.auth.algorithm = absl::AsciiStrToUpper(env.String("AUTH_JWT_ALG", "HS256"));
+  c.auth.key = env.String("AUTH_JWT_KEY", "");
+  std::string key_file = env.String("AUTH_JWT_KEY_FILE", "");
+  if (!key_file.empty()) {
+    std::ifstream in(key_file);
+    std::stringstream buf;
+    buf << in.rdbuf();
+    if (!in) env.AddError(absl::StrCat("AUTH_JWT_KEY_FILE: cannot read ", key_file));
+    c.auth.key = buf.str();
+  }
+  if (c.auth.key.empty()) {
+    env.AddError("AUTH_JWT_KEY or AUTH_JWT_KEY_FILE: required (token signing key)");
+  } else if (auto a = Authenticator::Create(c.auth); !a.ok()) {
+    env.AddError(absl::StrCat("AUTH_JWT_KEY: ", a.status().message()));
+  }
+  c.auth.issuer = env.String("AUTH_JWT_ISSUER", "");
+  c.page_token_key = env.String("PAGE_TOKEN_KEY", c.auth.algorithm == "HS256" ? c.auth.key : "");
+  if (c.page_token_key.size() < 16) {
+    env.AddError("PAGE_TOKEN_KEY: required (≥ 16 bytes) unless AUTH_JWT_ALG is HS256");
+  }
+  c.db_pool_size = static_cast<int>(env.Int("DB_POOL_SIZE", 16, 1, 512));
+  c.worker_threads = static_cast<int>(env.Int("WORKER_THREADS", c.db_pool_size, 1, 512));
+  c.max_queued_requests = static_cast<int>(env.Int("MAX_QUEUED_REQUESTS", 1024, 1, 1 << 20));
+  c.max_message_bytes =
+      static_cast<int>(env.Int("MAX_MESSAGE_BYTES", 1 << 20, 1024, 64 << 20));
+  c.max_deadline =
+      env.Duration("MAX_DEADLINE", absl::Seconds(30), absl::Milliseconds(100), absl::Hours(1));
+  c.shutdown_grace =
+      env.Duration("SHUTDOWN_GRACE", absl::Seconds(20), absl::ZeroDuration(), absl::Minutes(10));
+  c.migrate_on_start = env.Bool("MIGRATE_ON_START", true);
+  c.outbox_relay = env.Bool("OUTBOX_RELAY", true);
+  c.event_subject_prefix =
+      env.String("EVENT_SUBJECT_PREFIX", absl::StrCat("connecting.", def.name));
+  c.event_stream = env.String("EVENT_STREAM", def.stream);
+  c.event_stream_replicas = static_cast<int>(env.Int("EVENT_STREAM_REPLICAS", 1, 1, 5));
+  if (absl::Status s = env.Finish(); !s.ok()) return s;
+  return c;
+}
+
+absl::Status RunMigrations(const std::string& url, const std::vector<db::MigrationSet>& sets,
+                           absl::Duration wait_for_db) {
+  absl::Time give_up = absl::Now() + wait_for_db;
+  while (true) {
+    auto conn = db::Conn::Open(url, "migrations");
+    if (conn.ok()) {
+      auto applied = db::Migrate(**conn, sets);
+      if (!applied.ok()) return applied.status();
+      for (const std::string& m : *applied) log::Info("migration applied", {{"migration", m}});
+      log::Info("database schema is current");
+      return absl::OkStatus();
+    }
+    if (absl::Now() >= give_up) return conn.status();
+    log::Warn("waiting for database", {{"error", conn.status().ToString()}});
+    absl::SleepFor(absl::Seconds(1));
+  }
+}
+
+// Tracks PostgreSQL and NATS reachability and publishes it through the
+// standard health service: SERVING only while both are up. "liveness" stays
+// SERVING while the process works, so Kubernetes does not restart a pod
+// because its database is down.
+class HealthMonitor {
+ public:
+  HealthMonitor(std::string db_url, const bus::Nats* nats, grpc::HealthCheckServiceInterface* hs,
+                std::vector<std::string> names)
+      : db_url_(std::move(db_url)), nats_(nats), hs_(hs), names_(std::move(names)) {
+    names_.push_back("");
+    up_ = &prometheus::BuildGauge()
+               .Name("connecting_dependency_up")
+               .Help("1 while a dependency is reachable")
+               .Register(*metrics::Registry());
+    hs_->SetServingStatus("liveness", true);
+    Publish(false);
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~HealthMonitor() { Stop(); }
+  void Stop() {
+    if (!stop_.HasBeenNotified()) stop_.Notify();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Publish(bool serving) {
+    for (const std::string& n : names_) hs_->SetServingStatus(n, serving);
+  }
+  bool DatabaseUp() {
+    if (conn_ == nullptr || !conn_->healthy()) {
+      auto c = db::Conn::Open(db_url_, "health");
+      if (!c.ok()) return false;
+      conn_ = *std::move(c);
+    }
+    return conn_->ExecScript("SELECT 1").ok();
+  }
+  void Run() {
+    int last = -1;
+    do {
+      bool db_up = DatabaseUp();
+      bool nats_up = nats_->connected();
+      up_->Add({{"dependency", "postgresql"}}).Set(db_up ? 1 : 0);
+      up_->Add({{"dependency", "nats"}}).Set(nats_up ? 1 : 0);
+      int now = (db_up ? 1 : 0) | (nats_up ? 2 : 0);
+      if (now != last) {
+        Publish(db_up && nats_up);
+        log::Write(now == 3 ? log::Level::kInfo : log::Level::kWarn,
+                   now == 3 ? "health: SERVING" : "health: NOT_SERVING",
+                   {{"postgresql", db_up ? "up" : "down"}, {"nats", nats_up ? "up" : "down"}});
+        last = now;
+      }
+    } while (!stop_.WaitForNotificationWithTimeout(absl::Milliseconds(500)));
+  }
+
+  const std::string db_url_;
+  const bus::Nats* const nats_;
+  grpc::HealthCheckServiceInterface* const hs_;
+  std::vector<std::string> names_;
+  prometheus::Family<prometheus::Gauge>* up_;
+  std::unique_ptr<db::Conn> conn_;
+  absl::Notification stop_;
+  std::thread thread_;
+};
+
+}  // namespace
+
+int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
+  // Termination signals are blocked in every thread (they inherit this mask)
+  // and taken synchronously by the main thread below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  bool migrate_only = false;
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--migrate") {
+      migrate_only = true;
+    } else if (arg == "--help" || arg == "-h") {
+      std::printf(kUsage, argv[0], def.name.c_str());
+      return 0;
+    } else {
+      std::fprintf(stderr, "unknown argument %s\n", argv[i]);
+      std::fprintf(stderr, kUsage, argv[0], def.name.c_str());
+      return 2;
+    }
+  }
+  log::SetService(def.name);
+  absl::StatusOr<ServiceConfig> cfg = LoadConfig(def, migrate_only);
+  if (!cfg.ok()) {
+    std::fprintf(stderr, "%s: invalid configuration:\n%s\n", def.name.c_str(),
+                 std::string(cfg.status().message()).c_str());
+    log::Error("invalid configuration", {{"errors", cfg.status().message()}});
+    return 2;
+  }
+  const std::vector<db::MigrationSet> migrations = {bus::Migrations(), def.migrations()};
+  if (migrate_only || cfg->migrate_on_start) {
+    absl::Status s = RunMigrations(cfg->database_url, migrations,
+                                   migrate_only ? absl::Minutes(2) : absl::Minutes(1));
+    if (!s.ok()) {
+      log::Error("migrations failed", {{"error", s.ToString()}});
+      return 1;
+    }
+    if (migrate_only) return 0;
+  }
+
+  absl::StatusOr<Authenticator> auth = Authenticator::Create(cfg->auth);
+  absl::StatusOr<std::unique_ptr<bus::Nats>> nats = bus::Nats::Connect(cfg->nats_url, def.name);
+  if (!auth.ok() || !nats.ok()) {
+    log::Error("start-up failed", {{"error", (!auth.ok() ? auth.status() : nats.status()).ToString()}});
+    return 1;
+  }
+  db::Pool pool(cfg->database_url, cfg->db_pool_size, def.name);
+  bus::Outbox outbox(cfg->event_subject_prefix, absl::StrCat("/connecting/", def.name));
+  Executor executor(cfg->worker_threads, cfg->max_queued_requests);
+  RpcRunner rpc(&executor, &*auth, cfg->max_deadline);
+  PageTokens page_tokens(cfg->page_token_key);
+  std::vector<std::unique_ptr<bus::Consumer>> consumers;
+  ServiceContext ctx{*cfg, pool, **nats, outbox, rpc, page_tokens, consumers};
+  std::vector<std::unique_ptr<grpc::Service>> services = def.build(ctx);
+
+  bus::StreamSpec stream{.name = cfg->event_stream,
+                         .subjects = {absl::StrCat(cfg->event_subject_prefix, ".>")},
+                         .replicas = cfg->event_stream_replicas};
+  std::unique_ptr<bus::OutboxRelay> relay;
+  if (cfg->outbox_relay) {
+    bus::RelayOptions ro;
+    ro.database_url = cfg->database_url;
+    ro.stream = stream;
+    const char* crash = std::getenv("CONNECTING_TEST_CRASH_AFTER_PUBLISH");
+    ro.crash_after_publish = crash != nullptr && absl::string_view(crash) == "1";
+    relay = std::make_unique<bus::OutboxRelay>(ro, nats->get());
+    relay->Start();
+  } else {
+    log::Warn("outbox relay disabled (OUTBOX_RELAY=false): events stay in the outbox");
+  }
+  for (auto& c : consumers) c->Start();
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(cfg->grpc_listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(cfg->max_message_bytes);
+  builder.SetMaxSendMessageSize(cfg->max_message_bytes * 4);
+  for (auto& s : services) builder.RegisterService(s.get());
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    log::Error("cannot listen for gRPC", {{"listen", cfg->grpc_listen}});
+    return 1;
+  }
+  std::unique_ptr<prometheus::Exposer> exposer;
+  try {
+    exposer = std::make_unique<prometheus::Exposer>(cfg->metrics_listen);
+    exposer->RegisterCollectable(metrics::Registry());
+  } catch (const std::exception& e) {
+    log::Error("cannot listen for metrics", {{"listen", cfg->metrics_listen}, {"error", e.what()}});
+    server->Shutdown(std::chrono::system_clock::now());
+    return 1;
+  }
+  HealthMonitor health(cfg->database_url, nats->get(), server->GetHealthCheckService(),
+                       def.grpc_services);
+  log::Info("serving", {{"grpc", cfg->grpc_listen},
+                        {"metrics", cfg->metrics_listen},
+                        {"stream", cfg->event_stream},
+                        {"subjects", stream.subjects[0]}});
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  log::Info("shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  health.Stop();
+  server->GetHealthCheckService()->Shutdown();  // everything NOT_SERVING from here
+  // Stop accepting, let in-flight RPCs finish until the grace deadline, then cancel them.
+  server->Shutdown(absl::ToChronoTime(absl::Now() + cfg->shutdown_grace));
+  executor.Shutdown();
+  server->Wait();
+  for (auto& c : consumers) c->Stop();
+  if (relay != nullptr) relay->Stop(absl::Now() + absl::Seconds(5));  // flush the outbox
+  (*nats)->Close(absl::Seconds(2));
+  log::Info("stopped");
+  return 0;
+}
+
+}  // namespace connecting::server

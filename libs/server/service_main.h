@@ -1,0 +1,99 @@
+// The bootstrap every service binary runs: configuration from the environment,
+// migrations, the database pool, NATS, the outbox relay, consumers, the gRPC
+// server (health, reflection, size limits, auth), Prometheus metrics, and a
+// graceful SIGTERM drain. A service supplies only its definition:
+//
+//   int main(int argc, char** argv) {
+//     return connecting::server::ServiceMain(argc, argv, partners::Definition());
+//   }
+//
+// Environment (all services):
+//   DATABASE_URL          required; libpq URL or key=value string
+//   NATS_URL              nats://127.0.0.1:4222
+//   GRPC_LISTEN           0.0.0.0:50051
+//   METRICS_LISTEN        0.0.0.0:9090 (Prometheus /metrics)
+//   AUTH_JWT_ALG          HS256 | RS256 | ES256 (HS256)
+//   AUTH_JWT_KEY          HS256 secret (≥ 32 bytes) or PEM public key; or
+//   AUTH_JWT_KEY_FILE     a file holding it
+//   AUTH_JWT_ISSUER       required `iss`, if set
+//   PAGE_TOKEN_KEY        secret for page tokens (defaults to the HS256 key)
+//   LOG_LEVEL             debug | info | warn | error (info)
+//   DB_POOL_SIZE          16;  WORKER_THREADS = DB_POOL_SIZE
+//   MAX_QUEUED_REQUESTS   1024 (beyond: RESOURCE_EXHAUSTED)
+//   MAX_MESSAGE_BYTES     1048576
+//   MAX_DEADLINE          30s (caps every request's deadline)
+//   SHUTDOWN_GRACE        20s
+//   MIGRATE_ON_START      true
+//   OUTBOX_RELAY          true
+//   EVENT_SUBJECT_PREFIX  connecting.<service>
+//   EVENT_STREAM          <SERVICE>, e.g. PARTNERS
+//   EVENT_STREAM_REPLICAS 1
+#ifndef CONNECTING_LIBS_SERVER_SERVICE_MAIN_H_
+#define CONNECTING_LIBS_SERVER_SERVICE_MAIN_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/impl/codegen/service_type.h>
+
+#include "absl/time/time.h"
+#include "libs/bus/consumer.h"
+#include "libs/bus/nats.h"
+#include "libs/bus/outbox.h"
+#include "libs/db/db.h"
+#include "libs/db/migrations.h"
+#include "libs/server/page_token.h"
+#include "libs/server/rpc.h"
+
+namespace connecting::server {
+
+struct ServiceConfig {
+  std::string database_url;
+  std::string nats_url;
+  std::string grpc_listen;
+  std::string metrics_listen;
+  AuthOptions auth;
+  std::string page_token_key;
+  int db_pool_size = 16;
+  int worker_threads = 16;
+  int max_queued_requests = 1024;
+  int max_message_bytes = 1 << 20;
+  absl::Duration max_deadline = absl::Seconds(30);
+  absl::Duration shutdown_grace = absl::Seconds(20);
+  bool migrate_on_start = true;
+  bool outbox_relay = true;
+  std::string event_subject_prefix;
+  std::string event_stream;
+  int event_stream_replicas = 1;
+};
+
+// What a service's wiring gets to build its handlers from.
+struct ServiceContext {
+  const ServiceConfig& config;
+  db::Pool& pool;
+  const bus::Nats& nats;
+  const bus::Outbox& outbox;
+  RpcRunner& rpc;
+  const PageTokens& page_tokens;
+  // Consumers registered here start with the server and stop before it exits.
+  std::vector<std::unique_ptr<bus::Consumer>>& consumers;
+};
+
+struct ServiceDefinition {
+  std::string name;    // "partners": subjects connecting.partners.>, source /connecting/partners
+  std::string stream;  // "PARTNERS"
+  // Fully-qualified gRPC service names, reported by the health service.
+  std::vector<std::string> grpc_services;
+  // The service's own migrations (the bus tables are applied first).
+  std::function<db::MigrationSet()> migrations;
+  // Builds the gRPC services; called once, after the pool and NATS exist.
+  std::function<std::vector<std::unique_ptr<grpc::Service>>(ServiceContext&)> build;
+};
+
+int ServiceMain(int argc, char** argv, const ServiceDefinition& definition);
+
+}  // namespace connecting::server
+
+#endif  // CONNECTING_LIBS_SERVER_SERVICE_MAIN_H_

@@ -1,0 +1,45 @@
+// Strict request parsing for the callback API.
+//
+// When a request's bytes do not parse (invalid UTF-8 in a proto3 string field,
+// truncated bytes), gRPC's callback API answers UNIMPLEMENTED with no message.
+// CONNECTING_STRICT_REQUEST(T) replaces the parsing of request type T: a
+// malformed request reaches the handler empty but marked, and RpcRunner answers
+// INVALID_ARGUMENT naming the offending field. The generated "<name>.api.h"
+// headers apply it to every request type of a service; include those, never
+// the ".grpc.pb.h" directly, so that every translation unit agrees.
+#ifndef CONNECTING_LIBS_SERVER_STRICT_PARSE_H_
+#define CONNECTING_LIBS_SERVER_STRICT_PARSE_H_
+
+#include <optional>
+#include <string>
+
+#include <google/protobuf/message.h>
+#include <grpcpp/impl/codegen/proto_utils.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/status.h>
+
+namespace connecting::server {
+
+// Parses `buffer` into `msg`; on failure leaves `msg` empty and marked.
+grpc::Status ParseRequestStrictly(grpc::ByteBuffer* buffer, google::protobuf::Message* msg);
+// The reason a marked request failed to parse, or nullopt for a good request.
+std::optional<std::string> MalformedReason(const google::protobuf::Message& msg);
+
+}  // namespace connecting::server
+
+#define CONNECTING_STRICT_REQUEST(T)                                                        \
+  namespace grpc {                                                                          \
+  template <>                                                                               \
+  class SerializationTraits<T, void> {                                                      \
+   public:                                                                                  \
+    static Status Serialize(const ::google::protobuf::MessageLite& msg, ByteBuffer* bb,     \
+                            bool* own_buffer) {                                             \
+      return GenericSerialize<ProtoBufferWriter, T>(msg, bb, own_buffer);                   \
+    }                                                                                       \
+    static Status Deserialize(ByteBuffer* buffer, ::google::protobuf::MessageLite* msg) {   \
+      return ::connecting::server::ParseRequestStrictly(buffer, static_cast<T*>(msg));      \
+    }                                                                                       \
+  };                                                                                        \
+  }
+
+#endif  // CONNECTING_LIBS_SERVER_STRICT_PARSE_H_

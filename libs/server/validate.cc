@@ -1,0 +1,159 @@
+#include "libs/server/validate.h"
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace connecting::server {
+
+void FieldErrors::Add(absl::string_view field, absl::string_view rule) {
+  errors_.push_back(absl::StrCat(field, ": ", rule));
+}
+
+absl::Status FieldErrors::ToStatus() const {
+  if (errors_.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrJoin(errors_, "; "));
+}
+
+bool IsValidUtf8(absl::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    unsigned char c = s[i];
+    int n;
+    uint32_t cp;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c >> 5) == 0x6) {
+      n = 1;
+      cp = c & 0x1f;
+    } else if ((c >> 4) == 0xe) {
+      n = 2;
+      cp = c & 0x0f;
+    } else if ((c >> 3) == 0x1e) {
+      n = 3;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    for (int k = 1; k <= n; ++k) {
+      if (i + k >= s.size()) return false;
+      unsigned char cc = s[i + k];
+      if ((cc >> 6) != 0x2) return false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+        cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+      return false;
+    }
+    i += n + 1;
+  }
+  return true;
+}
+
+size_t Utf8Length(absl::string_view s) {
+  size_t n = 0;
+  for (unsigned char c : s) {
+    if ((c & 0xc0) != 0x80) ++n;
+  }
+  return n;
+}
+
+std::string CheckText(FieldErrors& errors, absl::string_view field, absl::string_view value,
+                      TextRule rule) {
+  absl::string_view t = absl::StripAsciiWhitespace(value);
+  if (!IsValidUtf8(t)) {
+    errors.Add(field, "must be valid UTF-8 text");
+    return std::string(t);
+  }
+  size_t len = Utf8Length(t);
+  if (len < rule.min_chars || len > rule.max_chars) {
+    if (rule.min_chars > 0 && len == 0) {
+      errors.Add(field, absl::StrCat("is required (1–", rule.max_chars, " characters)"));
+    } else {
+      errors.Add(field, absl::StrCat("must be ", rule.min_chars, "–", rule.max_chars,
+                                     " characters, got ", len));
+    }
+    return std::string(t);
+  }
+  for (size_t i = 0; i < t.size(); ++i) {
+    unsigned char c = t[i];
+    bool control = c < 0x20 || c == 0x7f ||
+                   (c == 0xc2 && i + 1 < t.size() && static_cast<unsigned char>(t[i + 1]) < 0xa0);
+    if (control && !(rule.multiline && (c == '\n' || c == '\t' || c == '\r'))) {
+      errors.Add(field, rule.multiline ? "must not contain control characters"
+                                       : "must be one line without control characters");
+      break;
+    }
+  }
+  return std::string(t);
+}
+
+bool IsUuid(absl::string_view s) {
+  if (s.size() != 36) return false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      if (c != '-') return false;
+    } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+absl::Status CheckUuid(absl::string_view field, absl::string_view value) {
+  if (value.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": is required"));
+  if (!IsUuid(value)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": must be a UUID in lower-case 8-4-4-4-12 form"));
+  }
+  return absl::OkStatus();
+}
+
+void CheckUuid(FieldErrors& errors, absl::string_view field, absl::string_view value,
+               bool required) {
+  if (value.empty()) {
+    if (required) errors.Add(field, "is required");
+    return;
+  }
+  if (!IsUuid(value)) errors.Add(field, "must be a UUID in lower-case 8-4-4-4-12 form");
+}
+
+void CheckRequestId(FieldErrors& errors, absl::string_view field, absl::string_view value) {
+  if (value.empty()) return;
+  bool printable = true;
+  for (char c : value) printable = printable && c > 0x20 && c < 0x7f;
+  if (value.size() > 64 || !printable) {
+    errors.Add(field, "must be 1–64 printable ASCII characters without spaces (a UUID is ideal)");
+  }
+}
+
+int PageSize(FieldErrors& errors, int32_t requested, int default_size, int max_size) {
+  if (requested == 0) return default_size;
+  if (requested < 0 || requested > max_size) {
+    errors.Add("page_size", absl::StrCat("must be between 1 and ", max_size, " (0 means ",
+                                         default_size, "), got ", requested));
+    return default_size;
+  }
+  return requested;
+}
+
+bool IsPlausibleEmail(absl::string_view s) {
+  if (s.size() < 3 || s.size() > 254) return false;
+  size_t at = s.find('@');
+  if (at == absl::string_view::npos || at == 0 || s.find('@', at + 1) != absl::string_view::npos) {
+    return false;
+  }
+  absl::string_view domain = s.substr(at + 1);
+  if (domain.size() < 3 || domain.find('.') == absl::string_view::npos || domain.front() == '.' ||
+      domain.back() == '.') {
+    return false;
+  }
+  for (char c : s) {
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return false;
+  }
+  return true;
+}
+
+}  // namespace connecting::server
