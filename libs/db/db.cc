@@ -214,4 +214,11 @@ absl::Status Transact(Pool& pool, const TxOptions& options,
   return last;
 }
 
+absl::Status WithConnection(Pool& pool, absl::Time deadline,
+                            absl::FunctionRef<absl::Status(Conn&)> fn) {
+  absl::StatusOr<Pool::Lease> lease = pool.Acquire(deadline);
+  if (!lease.ok()) return lease.status();
+  return fn(**lease);
+}
+
 }  // namespace connecting::db

@@ -160,6 +160,12 @@ inline absl::Status Transact(Pool& pool, absl::FunctionRef<absl::Status(Conn&)> 
   return Transact(pool, TxOptions{}, fn);
 }
 
+// Runs `fn` on a pooled connection without BEGIN/COMMIT (each statement
+// commits on its own): for reads that are a single statement, saving two
+// round trips. Waits for a connection until `deadline`.
+absl::Status WithConnection(Pool& pool, absl::Time deadline,
+                            absl::FunctionRef<absl::Status(Conn&)> fn);
+
 }  // namespace connecting::db
 
 #endif  // CONNECTING_LIBS_DB_DB_H_

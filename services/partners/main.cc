@@ -1,0 +1,26 @@
+// The partners service binary: configuration from the environment, then the
+// shared bootstrap (see libs/server/service_main.h).
+#include "libs/server/service_main.h"
+#include "services/partners/partners_service.h"
+
+namespace connecting::partners {
+std::vector<db::Migration> SqlMigrations();  // generated from migrations/
+}
+
+int main(int argc, char** argv) {
+  using namespace connecting;
+  server::ServiceDefinition def;
+  def.name = "partners";
+  def.stream = "PARTNERS";
+  def.grpc_services = {partners::v1::PartnersService::service_full_name()};
+  def.migrations = [] { return db::MigrationSet{"partners", partners::SqlMigrations()}; };
+  // Owned here for the life of the process; the gRPC service keeps pointers.
+  static std::unique_ptr<partners::PartnersLogic> logic;
+  def.build = [](server::ServiceContext& ctx) {
+    logic = std::make_unique<partners::PartnersLogic>(ctx.pool, ctx.outbox, ctx.page_tokens);
+    std::vector<std::unique_ptr<grpc::Service>> services;
+    services.push_back(std::make_unique<partners::PartnersGrpc>(logic.get(), &ctx.rpc));
+    return services;
+  };
+  return server::ServiceMain(argc, argv, def);
+}

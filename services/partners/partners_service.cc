@@ -1,0 +1,639 @@
+#include "services/partners/partners_service.h"
+
+#include <google/protobuf/util/field_mask_util.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "connecting/events/v1/partners_events.pb.h"
+#include "libs/server/validate.h"
+#include "services/partners/partners_rules.h"
+#include "services/partners/store.h"
+
+namespace connecting::partners {
+namespace {
+
+namespace ev = ::connecting::events::v1;
+using google::protobuf::FieldMask;
+using google::protobuf::util::FieldMaskUtil;
+using server::FieldErrors;
+
+db::TxOptions Tx(const Call& call) {
+  db::TxOptions o;
+  o.deadline = call.deadline;
+  return o;
+}
+
+absl::Status Stale(const char* what, const std::string& current) {
+  return absl::AbortedError(absl::StrCat(
+      "etag: the ", what, " changed since you read it (current etag ", current,
+      "); read it again and reapply your change"));
+}
+
+absl::Status CheckEtag(const char* what, const std::string& given, const std::string& current) {
+  if (!given.empty() && given != current) return Stale(what, current);
+  return absl::OkStatus();
+}
+
+// Copies the masked fields of `from` onto `to` (repeated fields replaced) and
+// returns the paths whose values actually changed.
+template <class T>
+std::vector<std::string> ApplyMask(const T& from, const FieldMask& mask, T* to) {
+  T before = *to;
+  FieldMaskUtil::MergeOptions opts;
+  opts.set_replace_repeated_fields(true);
+  opts.set_replace_message_fields(true);
+  FieldMaskUtil::MergeMessageTo(from, mask, opts, to);
+  std::vector<std::string> changed;
+  for (const std::string& path : mask.paths()) {
+    FieldMask one;
+    one.add_paths(path);
+    T a = before, b = *to;
+    FieldMaskUtil::TrimMessage(one, &a);
+    FieldMaskUtil::TrimMessage(one, &b);
+    if (a.SerializeAsString() != b.SerializeAsString()) changed.push_back(path);
+  }
+  return changed;
+}
+
+absl::Status OdsConflict(const absl::Status& s, const std::string& ods) {
+  if (absl::IsAlreadyExists(s) && db::ConstraintOf(s) == "organisations_ods_code_key") {
+    return absl::AlreadyExistsError(
+        absl::StrCat("organisation.ods_code: ", ods, " is already used by another organisation"));
+  }
+  return s;
+}
+
+absl::Status EmailConflict(const absl::Status& s, const std::string& email) {
+  if (absl::IsAlreadyExists(s) && db::ConstraintOf(s) == "contacts_email_key") {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "contact.email: ", email, " is already a contact of this organisation"));
+  }
+  return s;
+}
+
+absl::Status NotArchived(const v1::Organisation& org) {
+  if (org.status() == v1::ORGANISATION_STATUS_ARCHIVED) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "organisation ", org.id(), " is ARCHIVED; reactivate it before changing its data"));
+  }
+  return absl::OkStatus();
+}
+
+// Checks a host contact id names a contact of `org_id`.
+absl::Status CheckHost(db::Conn& c, const std::string& field, const std::string& contact_id,
+                       const std::string& org_id) {
+  if (contact_id.empty()) return absl::OkStatus();
+  absl::StatusOr<v1::Contact> host = store::GetContact(c, contact_id, false);
+  if ((!host.ok() && absl::IsNotFound(host.status())) ||
+      (host.ok() && host->organisation_id() != org_id)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": ", contact_id, " is not a contact of organisation ", org_id));
+  }
+  return host.status();
+}
+
+template <class Resp, class Item>
+absl::Status Page(const server::PageTokens& tokens, const std::string& scope,
+                  std::vector<Item> rows, int limit, Resp* resp,
+                  google::protobuf::RepeatedPtrField<Item>* out,
+                  std::string (*sort_key)(const Item&)) {
+  bool more = static_cast<int>(rows.size()) > limit;
+  if (more) rows.resize(limit);
+  for (Item& r : rows) *out->Add() = std::move(r);
+  if (more) {
+    const Item& last = (*out)[out->size() - 1];
+    resp->set_next_page_token(tokens.Encode(scope, {sort_key(last), last.id()}));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<store::After>> DecodeToken(const server::PageTokens& tokens,
+                                                        const std::string& scope,
+                                                        const std::string& token) {
+  if (token.empty()) return std::optional<store::After>();
+  absl::StatusOr<std::vector<std::string>> parts = tokens.Decode(scope, token);
+  if (!parts.ok()) return parts.status();
+  if (parts->size() != 2 || !server::IsUuid((*parts)[1])) {
+    return absl::InvalidArgumentError("page_token: is malformed");
+  }
+  return std::optional<store::After>(store::After{(*parts)[0], (*parts)[1]});
+}
+
+std::string OrgName(const v1::Organisation& o) { return o.name(); }
+std::string ContactName(const v1::Contact& c) { return c.display_name(); }
+std::string OfferTitle(const v1::Offer& o) { return o.title(); }
+
+}  // namespace
+
+// ---------------------------------------------------------------- organisations
+
+absl::Status PartnersLogic::CreateOrganisation(const Call& call,
+                                               const v1::CreateOrganisationRequest& req,
+                                               v1::Organisation* resp) {
+  if (absl::Status s = MayAdminister(call.principal, "create organisations"); !s.ok()) return s;
+  FieldErrors errors;
+  if (!req.has_organisation()) errors.Add("organisation", "is required");
+  v1::Organisation org = req.organisation();
+  if (req.has_organisation()) ValidateOrganisation(errors, "organisation", org);
+  server::CheckRequestId(errors, "request_id", req.request_id());
+  if (!errors.empty()) return errors.ToStatus();
+
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    if (!req.request_id().empty()) {
+      auto prior = store::OrganisationByRequestId(c, req.request_id());
+      if (!prior.ok()) return prior.status();
+      if (prior->has_value()) {
+        *resp = **prior;
+        return absl::OkStatus();
+      }
+    }
+    auto inserted = store::InsertOrganisation(c, org, req.request_id());
+    if (!inserted.ok()) return OdsConflict(inserted.status(), org.ods_code());
+    if (!inserted->has_value()) {  // a concurrent call with this request_id won
+      auto prior = store::OrganisationByRequestId(c, req.request_id());
+      if (!prior.ok()) return prior.status();
+      if (!prior->has_value()) return absl::AbortedError("request_id race; retry");
+      *resp = **prior;
+      return absl::OkStatus();
+    }
+    *resp = **inserted;
+    ev::OrganisationCreated event;
+    *event.mutable_organisation() = *resp;
+    return outbox_.Emit(c, "organisation.created", resp->id(), event, call.traceparent);
+  });
+}
+
+absl::Status PartnersLogic::GetOrganisation(const Call& call,
+                                            const v1::GetOrganisationRequest& req,
+                                            v1::Organisation* resp) {
+  if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
+  return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
+    auto org = store::GetOrganisation(c, req.id(), false);
+    if (!org.ok()) return org.status();
+    *resp = *std::move(org);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status PartnersLogic::ListOrganisations(const Call& call,
+                                              const v1::ListOrganisationsRequest& req,
+                                              v1::ListOrganisationsResponse* resp) {
+  FieldErrors errors;
+  int limit = server::PageSize(errors, req.page_size());
+  if (!v1::Sector_IsValid(req.sector())) errors.Add("sector", "unknown value");
+  if (!v1::Region_IsValid(req.region())) errors.Add("region", "unknown value");
+  if (!v1::OrganisationStatus_IsValid(req.status())) errors.Add("status", "unknown value");
+  std::string prefix =
+      server::CheckText(errors, "name_prefix", req.name_prefix(), server::TextRule{0, 200});
+  if (!errors.empty()) return errors.ToStatus();
+  std::string scope = absl::StrCat("ListOrganisations|", req.sector(), "|", req.region(), "|",
+                                   req.status(), "|", prefix);
+  auto after = DecodeToken(tokens_, scope, req.page_token());
+  if (!after.ok()) return after.status();
+  store::OrganisationFilter f{req.sector(), req.region(), req.status(), prefix};
+  return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
+    auto rows = store::ListOrganisations(c, f, *after, limit + 1);
+    if (!rows.ok()) return rows.status();
+    resp->Clear();
+    return Page(tokens_, scope, *std::move(rows), limit, resp, resp->mutable_organisations(),
+                &OrgName);
+  });
+}
+
+absl::Status PartnersLogic::UpdateOrganisation(const Call& call,
+                                               const v1::UpdateOrganisationRequest& req,
+                                               v1::Organisation* resp) {
+  FieldErrors errors;
+  if (!req.has_organisation()) {
+    errors.Add("organisation", "is required");
+  } else {
+    server::CheckUuid(errors, "organisation.id", req.organisation().id(), true);
+    if (req.organisation().etag().empty()) {
+      errors.Add("organisation.etag", "is required (the etag from your last read)");
+    }
+  }
+  ValidateMask(errors, req.update_mask(), OrganisationMaskPaths());
+  if (!errors.empty()) return errors.ToStatus();
+  const v1::Organisation& in = req.organisation();
+
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto cur = store::GetOrganisation(c, in.id(), true);
+    if (!cur.ok()) return cur.status();
+    if (absl::Status s = MayChange(call.principal, in.id()); !s.ok()) return s;
+    if (absl::Status s = NotArchived(*cur); !s.ok()) return s;
+    if (in.etag() != cur->etag()) return Stale("organisation", cur->etag());
+    v1::Organisation merged = *cur;
+    ApplyMask(in, req.update_mask(), &merged);
+    FieldErrors errs;
+    ValidateOrganisation(errs, "organisation", merged);
+    if (!errs.empty()) return errs.ToStatus();
+    // What changed, judged after normalisation (trimmed text, upper-case ODS code).
+    std::vector<std::string> changed = ApplyMask(merged, req.update_mask(), &*cur);
+    if (changed.empty()) {
+      *resp = *cur;
+      return absl::OkStatus();
+    }
+    auto updated = store::UpdateOrganisation(c, merged);
+    if (!updated.ok()) return OdsConflict(updated.status(), merged.ods_code());
+    *resp = *std::move(updated);
+    ev::OrganisationUpdated event;
+    *event.mutable_organisation() = *resp;
+    for (const std::string& f : changed) event.add_changed_fields(f);
+    return outbox_.Emit(c, "organisation.updated", resp->id(), event, call.traceparent);
+  });
+}
+
+absl::Status PartnersLogic::ChangeStatus(const Call& call, const std::string& id,
+                                         const std::string& etag, const std::string& reason_in,
+                                         int transition, v1::Organisation* resp) {
+  FieldErrors errors;
+  server::CheckUuid(errors, "id", id, true);
+  std::string reason =
+      server::CheckText(errors, "reason", reason_in, server::TextRule{0, 500, true});
+  if (!errors.empty()) return errors.ToStatus();
+  auto t = static_cast<OrgTransition>(transition);
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto cur = store::GetOrganisation(c, id, true);
+    if (!cur.ok()) return cur.status();
+    if (absl::Status s = CheckTransition(call.principal, id, cur->status(), t); !s.ok()) return s;
+    if (absl::Status s = CheckEtag("organisation", etag, cur->etag()); !s.ok()) return s;
+    v1::OrganisationStatus to = t == OrgTransition::kPause     ? v1::ORGANISATION_STATUS_PAUSED
+                                : t == OrgTransition::kArchive ? v1::ORGANISATION_STATUS_ARCHIVED
+                                                               : v1::ORGANISATION_STATUS_ACTIVE;
+    auto updated = store::SetOrganisationStatus(c, id, to);
+    if (!updated.ok()) return updated.status();
+    *resp = *std::move(updated);
+    absl::Status s;
+    if (t == OrgTransition::kPause) {
+      ev::OrganisationPaused e;
+      *e.mutable_organisation() = *resp;
+      e.set_reason(reason);
+      s = outbox_.Emit(c, "organisation.paused", id, e, call.traceparent);
+    } else if (t == OrgTransition::kArchive) {
+      ev::OrganisationArchived e;
+      *e.mutable_organisation() = *resp;
+      e.set_reason(reason);
+      s = outbox_.Emit(c, "organisation.archived", id, e, call.traceparent);
+      // An archived partner hosts nothing: its published offers are withdrawn.
+      auto offers = store::PublishedOffers(c, id);
+      if (!offers.ok()) return offers.status();
+      for (const std::string& offer_id : *offers) {
+        if (!s.ok()) break;
+        auto w = store::SetOfferState(c, offer_id, v1::OFFER_STATE_WITHDRAWN);
+        if (!w.ok()) return w.status();
+        ev::OfferWithdrawn we;
+        *we.mutable_offer() = *w;
+        s = outbox_.Emit(c, "offer.withdrawn", offer_id, we, call.traceparent);
+      }
+    } else {
+      ev::OrganisationReactivated e;
+      *e.mutable_organisation() = *resp;
+      s = outbox_.Emit(c, "organisation.reactivated", id, e, call.traceparent);
+    }
+    return s;
+  });
+}
+
+absl::Status PartnersLogic::PauseOrganisation(const Call& call,
+                                              const v1::PauseOrganisationRequest& req,
+                                              v1::Organisation* resp) {
+  return ChangeStatus(call, req.id(), req.etag(), req.reason(),
+                      static_cast<int>(OrgTransition::kPause), resp);
+}
+
+absl::Status PartnersLogic::ArchiveOrganisation(const Call& call,
+                                                const v1::ArchiveOrganisationRequest& req,
+                                                v1::Organisation* resp) {
+  return ChangeStatus(call, req.id(), req.etag(), req.reason(),
+                      static_cast<int>(OrgTransition::kArchive), resp);
+}
+
+absl::Status PartnersLogic::ReactivateOrganisation(const Call& call,
+                                                   const v1::ReactivateOrganisationRequest& req,
+                                                   v1::Organisation* resp) {
+  return ChangeStatus(call, req.id(), req.etag(), "",
+                      static_cast<int>(OrgTransition::kReactivate), resp);
+}
+
+// --------------------------------------------------------------------- contacts
+
+absl::Status PartnersLogic::CreateContact(const Call& call, const v1::CreateContactRequest& req,
+                                          v1::Contact* resp) {
+  FieldErrors errors;
+  v1::Contact ct = req.contact();
+  if (!req.has_contact()) {
+    errors.Add("contact", "is required");
+  } else {
+    server::CheckUuid(errors, "contact.organisation_id", ct.organisation_id(), true);
+    ValidateContact(errors, "contact", ct);
+  }
+  server::CheckRequestId(errors, "request_id", req.request_id());
+  if (!errors.empty()) return errors.ToStatus();
+  if (absl::Status s = MayChange(call.principal, ct.organisation_id()); !s.ok()) return s;
+
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    if (!req.request_id().empty()) {
+      auto prior = store::ContactByRequestId(c, req.request_id());
+      if (!prior.ok()) return prior.status();
+      if (prior->has_value()) {
+        *resp = **prior;
+        return absl::OkStatus();
+      }
+    }
+    auto org = store::GetOrganisation(c, ct.organisation_id(), true);
+    if (!org.ok()) return org.status();
+    if (absl::Status s = NotArchived(*org); !s.ok()) return s;
+    auto inserted = store::InsertContact(c, ct, req.request_id());
+    if (!inserted.ok()) return EmailConflict(inserted.status(), ct.email());
+    if (!inserted->has_value()) {
+      auto prior = store::ContactByRequestId(c, req.request_id());
+      if (!prior.ok()) return prior.status();
+      if (!prior->has_value()) return absl::AbortedError("request_id race; retry");
+      *resp = **prior;
+      return absl::OkStatus();
+    }
+    *resp = **inserted;
+    ev::ContactCreated event;
+    *event.mutable_contact() = *resp;
+    return outbox_.Emit(c, "contact.created", resp->id(), event, call.traceparent);
+  });
+}
+
+absl::Status PartnersLogic::GetContact(const Call& call, const v1::GetContactRequest& req,
+                                       v1::Contact* resp) {
+  if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
+  return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
+    auto ct = store::GetContact(c, req.id(), false);
+    if (!ct.ok()) return ct.status();
+    if (absl::Status s = MayReadContacts(call.principal, ct->organisation_id()); !s.ok()) {
+      return s;
+    }
+    *resp = *std::move(ct);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status PartnersLogic::ListContacts(const Call& call, const v1::ListContactsRequest& req,
+                                         v1::ListContactsResponse* resp) {
+  FieldErrors errors;
+  server::CheckUuid(errors, "organisation_id", req.organisation_id(), true);
+  int limit = server::PageSize(errors, req.page_size());
+  if (!errors.empty()) return errors.ToStatus();
+  if (absl::Status s = MayReadContacts(call.principal, req.organisation_id()); !s.ok()) return s;
+  std::string scope = absl::StrCat("ListContacts|", req.organisation_id());
+  auto after = DecodeToken(tokens_, scope, req.page_token());
+  if (!after.ok()) return after.status();
+  return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
+    auto rows = store::ListContacts(c, req.organisation_id(), *after, limit + 1);
+    if (!rows.ok()) return rows.status();
+    resp->Clear();
+    return Page(tokens_, scope, *std::move(rows), limit, resp, resp->mutable_contacts(),
+                &ContactName);
+  });
+}
+
+absl::Status PartnersLogic::UpdateContact(const Call& call, const v1::UpdateContactRequest& req,
+                                          v1::Contact* resp) {
+  FieldErrors errors;
+  if (!req.has_contact()) {
+    errors.Add("contact", "is required");
+  } else {
+    server::CheckUuid(errors, "contact.id", req.contact().id(), true);
+    if (req.contact().etag().empty()) {
+      errors.Add("contact.etag", "is required (the etag from your last read)");
+    }
+  }
+  ValidateMask(errors, req.update_mask(), ContactMaskPaths());
+  if (!errors.empty()) return errors.ToStatus();
+  const v1::Contact& in = req.contact();
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto cur = store::GetContact(c, in.id(), true);
+    if (!cur.ok()) return cur.status();
+    if (absl::Status s = MayChange(call.principal, cur->organisation_id()); !s.ok()) return s;
+    if (in.etag() != cur->etag()) return Stale("contact", cur->etag());
+    v1::Contact merged = *cur;
+    ApplyMask(in, req.update_mask(), &merged);
+    FieldErrors errs;
+    ValidateContact(errs, "contact", merged);
+    if (!errs.empty()) return errs.ToStatus();
+    std::vector<std::string> changed = ApplyMask(merged, req.update_mask(), &*cur);
+    if (changed.empty()) {
+      *resp = *cur;
+      return absl::OkStatus();
+    }
+    auto updated = store::UpdateContact(c, merged);
+    if (!updated.ok()) return EmailConflict(updated.status(), merged.email());
+    *resp = *std::move(updated);
+    ev::ContactUpdated event;
+    *event.mutable_contact() = *resp;
+    for (const std::string& f : changed) event.add_changed_fields(f);
+    return outbox_.Emit(c, "contact.updated", resp->id(), event, call.traceparent);
+  });
+}
+
+absl::Status PartnersLogic::RemoveContact(const Call& call, const v1::RemoveContactRequest& req,
+                                          v1::RemoveContactResponse*) {
+  if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto cur = store::GetContact(c, req.id(), true);
+    if (!cur.ok()) return cur.status();
+    if (absl::Status s = MayChange(call.principal, cur->organisation_id()); !s.ok()) return s;
+    if (absl::Status s = CheckEtag("contact", req.etag(), cur->etag()); !s.ok()) return s;
+    auto hosted = store::OffersHostedBy(c, req.id());
+    if (!hosted.ok()) return hosted.status();
+    if (!hosted->empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("contact ", req.id(), " hosts offer(s) ", absl::StrJoin(*hosted, ", "),
+                       "; give those offers another host_contact_id first"));
+    }
+    if (absl::Status s = store::DeleteContact(c, req.id()); !s.ok()) return s;
+    ev::ContactRemoved event;
+    event.set_contact_id(req.id());
+    event.set_organisation_id(cur->organisation_id());
+    return outbox_.Emit(c, "contact.removed", req.id(), event, call.traceparent);
+  });
+}
+
+// ----------------------------------------------------------------------- offers
+
+absl::Status PartnersLogic::CreateOffer(const Call& call, const v1::CreateOfferRequest& req,
+                                        v1::Offer* resp) {
+  FieldErrors errors;
+  v1::Offer offer = req.offer();
+  if (!req.has_offer()) {
+    errors.Add("offer", "is required");
+  } else {
+    server::CheckUuid(errors, "offer.organisation_id", offer.organisation_id(), true);
+    ValidateOffer(errors, "offer", offer);
+  }
+  server::CheckRequestId(errors, "request_id", req.request_id());
+  if (!errors.empty()) return errors.ToStatus();
+  if (absl::Status s = MayChange(call.principal, offer.organisation_id()); !s.ok()) return s;
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    if (!req.request_id().empty()) {
+      auto prior = store::OfferByRequestId(c, req.request_id());
+      if (!prior.ok()) return prior.status();
+      if (prior->has_value()) {
+        *resp = **prior;
+        return absl::OkStatus();
+      }
+    }
+    auto org = store::GetOrganisation(c, offer.organisation_id(), true);
+    if (!org.ok()) return org.status();
+    if (absl::Status s = NotArchived(*org); !s.ok()) return s;
+    if (absl::Status s = CheckHost(c, "offer.host_contact_id", offer.host_contact_id(),
+                                   offer.organisation_id());
+        !s.ok()) {
+      return s;
+    }
+    auto inserted = store::InsertOffer(c, offer, req.request_id());
+    if (!inserted.ok()) return inserted.status();
+    if (!inserted->has_value()) {
+      auto prior = store::OfferByRequestId(c, req.request_id());
+      if (!prior.ok()) return prior.status();
+      if (!prior->has_value()) return absl::AbortedError("request_id race; retry");
+      *resp = **prior;
+      return absl::OkStatus();
+    }
+    *resp = **inserted;
+    ev::OfferCreated event;
+    *event.mutable_offer() = *resp;
+    return outbox_.Emit(c, "offer.created", resp->id(), event, call.traceparent);
+  });
+}
+
+absl::Status PartnersLogic::GetOffer(const Call& call, const v1::GetOfferRequest& req,
+                                     v1::Offer* resp) {
+  if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
+  return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
+    auto o = store::GetOffer(c, req.id(), false);
+    if (!o.ok()) return o.status();
+    *resp = *std::move(o);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status PartnersLogic::ListOffers(const Call& call, const v1::ListOffersRequest& req,
+                                       v1::ListOffersResponse* resp) {
+  FieldErrors errors;
+  server::CheckUuid(errors, "organisation_id", req.organisation_id(), false);
+  if (!v1::OfferState_IsValid(req.state())) errors.Add("state", "unknown value");
+  int limit = server::PageSize(errors, req.page_size());
+  if (!errors.empty()) return errors.ToStatus();
+  std::string scope = absl::StrCat("ListOffers|", req.organisation_id(), "|", req.state());
+  auto after = DecodeToken(tokens_, scope, req.page_token());
+  if (!after.ok()) return after.status();
+  return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
+    auto rows = store::ListOffers(c, req.organisation_id(), req.state(), *after, limit + 1);
+    if (!rows.ok()) return rows.status();
+    resp->Clear();
+    return Page(tokens_, scope, *std::move(rows), limit, resp, resp->mutable_offers(),
+                &OfferTitle);
+  });
+}
+
+absl::Status PartnersLogic::UpdateOffer(const Call& call, const v1::UpdateOfferRequest& req,
+                                        v1::Offer* resp) {
+  FieldErrors errors;
+  if (!req.has_offer()) {
+    errors.Add("offer", "is required");
+  } else {
+    server::CheckUuid(errors, "offer.id", req.offer().id(), true);
+    if (req.offer().etag().empty()) {
+      errors.Add("offer.etag", "is required (the etag from your last read)");
+    }
+  }
+  ValidateMask(errors, req.update_mask(), OfferMaskPaths());
+  if (!errors.empty()) return errors.ToStatus();
+  const v1::Offer& in = req.offer();
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto cur = store::GetOffer(c, in.id(), true);
+    if (!cur.ok()) return cur.status();
+    if (absl::Status s = MayChange(call.principal, cur->organisation_id()); !s.ok()) return s;
+    if (in.etag() != cur->etag()) return Stale("offer", cur->etag());
+    auto org = store::GetOrganisation(c, cur->organisation_id(), false);
+    if (!org.ok()) return org.status();
+    if (absl::Status s = NotArchived(*org); !s.ok()) return s;
+    v1::Offer merged = *cur;
+    ApplyMask(in, req.update_mask(), &merged);
+    FieldErrors errs;
+    ValidateOffer(errs, "offer", merged);
+    if (!errs.empty()) return errs.ToStatus();
+    if (merged.state() == v1::OFFER_STATE_PUBLISHED && merged.host_contact_id().empty()) {
+      return absl::FailedPreconditionError(
+          "offer.host_contact_id: a published offer must keep a host contact");
+    }
+    if (absl::Status s = CheckHost(c, "offer.host_contact_id", merged.host_contact_id(),
+                                   merged.organisation_id());
+        !s.ok()) {
+      return s;
+    }
+    std::vector<std::string> changed = ApplyMask(merged, req.update_mask(), &*cur);
+    if (changed.empty()) {
+      *resp = *cur;
+      return absl::OkStatus();
+    }
+    auto updated = store::UpdateOffer(c, merged);
+    if (!updated.ok()) return updated.status();
+    *resp = *std::move(updated);
+    ev::OfferUpdated event;
+    *event.mutable_offer() = *resp;
+    for (const std::string& f : changed) event.add_changed_fields(f);
+    return outbox_.Emit(c, "offer.updated", resp->id(), event, call.traceparent);
+  });
+}
+
+absl::Status PartnersLogic::ChangeOfferState(const Call& call, const std::string& id,
+                                             const std::string& etag, bool publish,
+                                             v1::Offer* resp) {
+  if (absl::Status s = server::CheckUuid("id", id); !s.ok()) return s;
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto cur = store::GetOffer(c, id, true);
+    if (!cur.ok()) return cur.status();
+    if (absl::Status s = MayChange(call.principal, cur->organisation_id()); !s.ok()) return s;
+    if (absl::Status s = CheckEtag("offer", etag, cur->etag()); !s.ok()) return s;
+    if (publish) {
+      if (cur->state() == v1::OFFER_STATE_PUBLISHED) {
+        return absl::FailedPreconditionError("the offer is already PUBLISHED");
+      }
+      if (cur->host_contact_id().empty()) {
+        return absl::FailedPreconditionError(
+            "offer.host_contact_id: set a host contact before publishing");
+      }
+      auto org = store::GetOrganisation(c, cur->organisation_id(), false);
+      if (!org.ok()) return org.status();
+      if (org->status() != v1::ORGANISATION_STATUS_ACTIVE) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "organisation ", org->id(), " is ", v1::OrganisationStatus_Name(org->status()),
+            "; only an ACTIVE organisation's offers can be published"));
+      }
+    } else if (cur->state() != v1::OFFER_STATE_PUBLISHED) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "only a PUBLISHED offer can be withdrawn; it is ", v1::OfferState_Name(cur->state())));
+    }
+    auto updated = store::SetOfferState(
+        c, id, publish ? v1::OFFER_STATE_PUBLISHED : v1::OFFER_STATE_WITHDRAWN);
+    if (!updated.ok()) return updated.status();
+    *resp = *std::move(updated);
+    if (publish) {
+      ev::OfferPublished e;
+      *e.mutable_offer() = *resp;
+      return outbox_.Emit(c, "offer.published", id, e, call.traceparent);
+    }
+    ev::OfferWithdrawn e;
+    *e.mutable_offer() = *resp;
+    return outbox_.Emit(c, "offer.withdrawn", id, e, call.traceparent);
+  });
+}
+
+absl::Status PartnersLogic::PublishOffer(const Call& call, const v1::PublishOfferRequest& req,
+                                         v1::Offer* resp) {
+  return ChangeOfferState(call, req.id(), req.etag(), true, resp);
+}
+
+absl::Status PartnersLogic::WithdrawOffer(const Call& call, const v1::WithdrawOfferRequest& req,
+                                          v1::Offer* resp) {
+  return ChangeOfferState(call, req.id(), req.etag(), false, resp);
+}
+
+}  // namespace connecting::partners

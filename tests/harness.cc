@@ -1,0 +1,319 @@
+#include "tests/harness.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <random>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nats/nats.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "libs/db/db.h"
+
+extern char** environ;
+
+namespace connecting::testing {
+
+std::string RequiredEnv(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') {
+    std::fprintf(stderr,
+                 "%s is not set: run the tests with `make test` (tools/test/run.sh), which "
+                 "starts PostgreSQL and NATS for them\n",
+                 name);
+    std::abort();
+  }
+  return v;
+}
+
+std::string RandomSuffix() {
+  static std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(getpid()) << 32);
+  static const char kChars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+  std::string s;
+  for (int i = 0; i < 10; ++i) s.push_back(kChars[rng() % 36]);
+  return s;
+}
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  int port = ntohs(addr.sin_port);
+  close(fd);
+  return port;
+}
+
+std::string NewDatabase() {
+  std::string admin = RequiredEnv("CONNECTING_TEST_PG");
+  std::string name = "t_" + RandomSuffix();
+  auto conn = db::Conn::Open(admin, "test-harness");
+  if (!conn.ok()) {
+    ADD_FAILURE() << conn.status();
+    return "";
+  }
+  absl::Status s = (*conn)->ExecScript("CREATE DATABASE " + name);
+  EXPECT_TRUE(s.ok()) << s;
+  size_t slash = admin.rfind('/');
+  return admin.substr(0, slash + 1) + name;
+}
+
+Process::Process(std::string path, std::vector<std::string> args,
+                 std::map<std::string, std::string> env, std::string log_path)
+    : log_path_(std::move(log_path)) {
+  std::map<std::string, std::string> merged;
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string kv(*e);
+    size_t eq = kv.find('=');
+    if (eq != std::string::npos) merged[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  for (auto& [k, v] : env) merged[k] = v;
+  std::vector<std::string> env_strings;
+  for (auto& [k, v] : merged) env_strings.push_back(k + "=" + v);
+  std::vector<char*> envp, argv;
+  for (auto& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  argv.push_back(path.data());
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_ = fork();
+  if (pid_ == 0) {
+    int fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    // The harness blocks no signals, but make sure the child starts clean.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    execve(path.c_str(), argv.data(), envp.data());
+    _exit(127);
+  }
+}
+
+Process::~Process() {
+  if (Wait(absl::ZeroDuration()) < 0) {
+    Signal(SIGKILL);
+    Wait(absl::Seconds(10));
+  }
+}
+
+void Process::Signal(int sig) {
+  if (pid_ > 0 && status_ < 0) kill(pid_, sig);
+}
+
+int Process::Wait(absl::Duration timeout) {
+  if (status_ >= 0) return status_;
+  absl::Time until = absl::Now() + timeout;
+  while (true) {
+    int st = 0;
+    pid_t r = waitpid(pid_, &st, WNOHANG);
+    if (r == pid_) {
+      status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      return status_;
+    }
+    if (absl::Now() >= until) return -1;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
+NatsServer::NatsServer() : port_(FreePort()) {
+  dir_ = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/nats-", RandomSuffix());
+  mkdir(dir_.c_str(), 0755);
+  Start();
+}
+
+NatsServer::~NatsServer() { Stop(); }
+
+void NatsServer::Start() {
+  proc_ = std::make_unique<Process>(
+      "/usr/bin/env",
+      std::vector<std::string>{"nats-server", "-js", "-a", "127.0.0.1", "-p",
+                               std::to_string(port_), "-sd", dir_ + "/js"},
+      std::map<std::string, std::string>{}, dir_ + "/nats.log");
+  // Wait until it accepts connections.
+  for (int i = 0; i < 200; ++i) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(port_);
+    bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    close(fd);
+    if (ok) return;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ADD_FAILURE() << "nats-server did not start on port " << port_;
+}
+
+void NatsServer::Stop() {
+  if (proc_ == nullptr) return;
+  proc_->Signal(SIGTERM);
+  if (proc_->Wait(absl::Seconds(10)) < 0) proc_->Signal(SIGKILL);
+  proc_.reset();
+}
+
+std::string NatsServer::url() const { return absl::StrCat("nats://127.0.0.1:", port_); }
+
+ServiceProcess::ServiceProcess(Options o)
+    : options_(std::move(o)), grpc_port_(FreePort()), metrics_port_(FreePort()) {
+  channel_ = grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
+}
+
+ServiceProcess::~ServiceProcess() { Kill(); }
+
+void ServiceProcess::Start(absl::Duration timeout) {
+  std::map<std::string, std::string> env = {
+      {"DATABASE_URL", options_.database_url},
+      {"NATS_URL", options_.nats_url},
+      {"GRPC_LISTEN", address()},
+      {"METRICS_LISTEN", absl::StrCat("127.0.0.1:", metrics_port_)},
+      {"AUTH_JWT_KEY", kJwtKey},
+      {"EVENT_STREAM", options_.stream},
+      {"EVENT_SUBJECT_PREFIX", options_.subject_prefix},
+      {"DB_POOL_SIZE", "8"},
+      {"LOG_LEVEL", "info"},
+      {"SHUTDOWN_GRACE", "5s"},
+  };
+  for (auto& [k, v] : options_.extra_env) env[k] = v;
+  std::string log =
+      absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/", options_.stream, "-", RandomSuffix(), ".log");
+  proc_ = std::make_unique<Process>(options_.binary, std::vector<std::string>{}, env, log);
+  if (!WaitForHealth(1, timeout)) {
+    ADD_FAILURE() << "service did not become SERVING; log: " << log;
+  }
+}
+
+int ServiceProcess::Health(const std::string& service) {
+  auto stub = grpc::health::v1::Health::NewStub(channel_);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service(service);
+  grpc::health::v1::HealthCheckResponse resp;
+  grpc::Status s = stub->Check(&ctx, req, &resp);
+  return s.ok() ? static_cast<int>(resp.status()) : -1;
+}
+
+bool ServiceProcess::WaitForHealth(int status, absl::Duration timeout) {
+  absl::Time until = absl::Now() + timeout;
+  while (absl::Now() < until) {
+    if (Health() == status) return true;
+    if (proc_ != nullptr && proc_->Wait(absl::ZeroDuration()) >= 0) return false;  // exited
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return false;
+}
+
+void ServiceProcess::Kill() {
+  if (proc_ == nullptr) return;
+  proc_->Signal(SIGKILL);
+  proc_->Wait(absl::Seconds(10));
+  proc_.reset();
+}
+
+int ServiceProcess::Terminate(absl::Duration timeout) {
+  if (proc_ == nullptr) return -1;
+  proc_->Signal(SIGTERM);
+  int code = proc_->Wait(timeout);
+  proc_.reset();
+  return code;
+}
+
+std::string Token(server::Role role, const std::string& subject, const std::string& org,
+                  absl::Duration lifetime) {
+  std::map<std::string, std::string> claims;
+  if (!org.empty()) claims["org"] = org;
+  auto t = server::MintToken(kJwtKey, role, subject, claims, lifetime);
+  return t.ok() ? *t : "";
+}
+
+std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  return ctx;
+}
+
+std::vector<StoredEvent> ReadStream(const std::string& nats_url, const std::string& stream) {
+  std::vector<StoredEvent> out;
+  natsConnection* nc = nullptr;
+  if (natsConnection_ConnectTo(&nc, nats_url.c_str()) != NATS_OK) return out;
+  jsCtx* js = nullptr;
+  natsConnection_JetStream(&js, nc, nullptr);
+  jsStreamInfo* si = nullptr;
+  if (js_GetStreamInfo(&si, js, stream.c_str(), nullptr, nullptr) == NATS_OK) {
+    for (uint64_t seq = si->State.FirstSeq; seq <= si->State.LastSeq && seq > 0; ++seq) {
+      natsMsg* m = nullptr;
+      if (js_GetMsg(&m, js, stream.c_str(), seq, nullptr, nullptr) != NATS_OK) continue;
+      StoredEvent e;
+      e.seq = seq;
+      e.subject = natsMsg_GetSubject(m);
+      e.data.assign(natsMsg_GetData(m), natsMsg_GetDataLength(m));
+      const char** keys = nullptr;
+      int n = 0;
+      if (natsMsgHeader_Keys(m, &keys, &n) == NATS_OK) {
+        for (int i = 0; i < n; ++i) {
+          const char* v = nullptr;
+          if (natsMsgHeader_Get(m, keys[i], &v) == NATS_OK && v) e.headers[keys[i]] = v;
+        }
+        free(keys);
+      }
+      out.push_back(std::move(e));
+      natsMsg_Destroy(m);
+    }
+    jsStreamInfo_Destroy(si);
+  }
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(nc);
+  return out;
+}
+
+std::vector<StoredEvent> WaitForEvents(const std::string& nats_url, const std::string& stream,
+                                       size_t count, absl::Duration timeout) {
+  absl::Time until = absl::Now() + timeout;
+  std::vector<StoredEvent> got;
+  do {
+    got = ReadStream(nats_url, stream);
+    if (got.size() >= count) return got;
+    absl::SleepFor(absl::Milliseconds(100));
+  } while (absl::Now() < until);
+  return got;
+}
+
+PartnersFixture::PartnersFixture(std::map<std::string, std::string> extra_env) {
+  db_url = NewDatabase();
+  nats_url = RequiredEnv("CONNECTING_TEST_NATS");
+  std::string suffix = RandomSuffix();
+  stream = "PARTNERS_" + suffix;
+  service = std::make_unique<ServiceProcess>(ServiceProcess::Options{
+      PARTNERS_BIN, db_url, nats_url, stream, "t" + suffix + ".connecting.partners",
+      std::move(extra_env)});
+  service->Start();
+  stub = connecting::partners::v1::PartnersService::NewStub(service->channel());
+}
+
+connecting::partners::v1::Organisation SampleOrganisation(const std::string& name) {
+  connecting::partners::v1::Organisation o;
+  o.set_name(name);
+  o.set_sector(connecting::partners::v1::SECTOR_ACUTE_TRUST);
+  o.set_region(connecting::partners::v1::REGION_LONDON);
+  o.set_description("A teaching hospital.");
+  return o;
+}
+
+}  // namespace connecting::testing

@@ -1,0 +1,136 @@
+// Test harness: real PostgreSQL (shared, one database per test), real
+// nats-server (shared, or a private one for restart tests), and the real
+// service binaries as child processes, talked to over gRPC on loopback.
+//
+// tools/test/run.sh (what `make test` runs) starts the shared servers and sets
+// CONNECTING_TEST_PG and CONNECTING_TEST_NATS.
+#ifndef CONNECTING_TESTS_HARNESS_H_
+#define CONNECTING_TESTS_HARNESS_H_
+
+#include <sys/types.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/time/time.h"
+#include "connecting/partners/v1/partners.api.h"
+#include "libs/server/auth.h"
+
+namespace connecting::testing {
+
+inline constexpr char kJwtKey[] = "test-signing-key-0123456789abcdef-0123456789";
+
+// The value of a variable set by tools/test/run.sh; aborts the test run if unset.
+std::string RequiredEnv(const char* name);
+std::string RandomSuffix();
+int FreePort();
+// A fresh, empty database on the shared server; returns its URL.
+std::string NewDatabase();
+
+// A child process with its own environment; killed (SIGKILL) on destruction.
+class Process {
+ public:
+  Process(std::string path, std::vector<std::string> args, std::map<std::string, std::string> env,
+          std::string log_path);
+  ~Process();
+  pid_t pid() const { return pid_; }
+  void Signal(int sig);
+  // Exit code (or 128+signal) once it exits, -1 if still running at the timeout.
+  int Wait(absl::Duration timeout);
+  const std::string& log_path() const { return log_path_; }
+
+ private:
+  pid_t pid_ = -1;
+  int status_ = -1;
+  std::string log_path_;
+};
+
+// A private nats-server with JetStream; Stop/Start keep its port and storage.
+class NatsServer {
+ public:
+  NatsServer();
+  ~NatsServer();
+  void Start();
+  void Stop();
+  std::string url() const;
+
+ private:
+  int port_;
+  std::string dir_;
+  std::unique_ptr<Process> proc_;
+};
+
+// One running service binary.
+class ServiceProcess {
+ public:
+  struct Options {
+    std::string binary;  // e.g. PARTNERS_BIN
+    std::string database_url;
+    std::string nats_url;
+    std::string stream;          // unique per test on the shared NATS
+    std::string subject_prefix;  // likewise
+    std::map<std::string, std::string> extra_env;
+  };
+  explicit ServiceProcess(Options o);
+  ~ServiceProcess();
+  // Starts the binary and waits until its health check answers SERVING.
+  void Start(absl::Duration timeout = absl::Seconds(30));
+  // Health status of the whole server ("" service): SERVING=1, NOT_SERVING=2, -1 unreachable.
+  int Health(const std::string& service = "");
+  bool WaitForHealth(int status, absl::Duration timeout);
+  void Kill();  // SIGKILL and reap
+  int Terminate(absl::Duration timeout = absl::Seconds(30));  // SIGTERM; exit code
+  std::shared_ptr<grpc::Channel> channel() const { return channel_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
+  int metrics_port() const { return metrics_port_; }
+  const Options& options() const { return options_; }
+  Process* process() { return proc_.get(); }
+
+ private:
+  Options options_;
+  int grpc_port_;
+  int metrics_port_;
+  std::unique_ptr<Process> proc_;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+// A token for `role` signed with kJwtKey.
+std::string Token(server::Role role, const std::string& subject = "tester",
+                  const std::string& org = "", absl::Duration lifetime = absl::Hours(1));
+// A ClientContext carrying the token and a 10 s deadline.
+std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token);
+
+// One message as stored in a JetStream stream.
+struct StoredEvent {
+  uint64_t seq;
+  std::string subject;
+  std::string data;
+  std::map<std::string, std::string> headers;
+};
+// All messages stored in `stream` (empty if it does not exist).
+std::vector<StoredEvent> ReadStream(const std::string& nats_url, const std::string& stream);
+// Polls until `stream` holds at least `count` messages or the timeout passes.
+std::vector<StoredEvent> WaitForEvents(const std::string& nats_url, const std::string& stream,
+                                       size_t count, absl::Duration timeout = absl::Seconds(15));
+
+// A partners service on the shared servers with its own database and stream.
+struct PartnersFixture {
+  PartnersFixture(std::map<std::string, std::string> extra_env = {});
+  std::string db_url;
+  std::string nats_url;
+  std::string stream;
+  std::unique_ptr<ServiceProcess> service;
+  std::unique_ptr<connecting::partners::v1::PartnersService::Stub> stub;
+  std::string admin = Token(server::Role::kAdmin, "programme-team");
+};
+
+// A valid organisation for CreateOrganisation.
+connecting::partners::v1::Organisation SampleOrganisation(const std::string& name);
+
+}  // namespace connecting::testing
+
+#endif  // CONNECTING_TESTS_HARNESS_H_

@@ -1,0 +1,370 @@
+// Round trips of every partners RPC against the real binary, PostgreSQL and NATS.
+#include <future>
+#include <set>
+
+#include <gtest/gtest.h>
+
+#include "tests/harness.h"
+
+namespace connecting::testing {
+namespace {
+
+namespace v1 = ::connecting::partners::v1;
+using server::Role;
+
+class PartnersApi : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { fx_ = new PartnersFixture(); }
+  static void TearDownTestSuite() {
+    delete fx_;
+    fx_ = nullptr;
+  }
+  v1::PartnersService::Stub& stub() { return *fx_->stub; }
+  const std::string& admin() { return fx_->admin; }
+
+  v1::Organisation CreateOrg(const std::string& name, v1::Sector sector = v1::SECTOR_ACUTE_TRUST,
+                             v1::Region region = v1::REGION_LONDON) {
+    v1::CreateOrganisationRequest req;
+    *req.mutable_organisation() = SampleOrganisation(name);
+    req.mutable_organisation()->set_sector(sector);
+    req.mutable_organisation()->set_region(region);
+    v1::Organisation out;
+    grpc::Status s = stub().CreateOrganisation(Ctx(admin()).get(), req, &out);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return out;
+  }
+  v1::Contact CreateContact(const std::string& org_id, const std::string& name) {
+    v1::CreateContactRequest req;
+    req.mutable_contact()->set_organisation_id(org_id);
+    req.mutable_contact()->set_display_name(name);
+    req.mutable_contact()->set_email(name.substr(0, name.find(' ')) + "@example.nhs.uk");
+    req.mutable_contact()->set_job_title("Ward manager");
+    v1::Contact out;
+    grpc::Status s = stub().CreateContact(Ctx(admin()).get(), req, &out);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return out;
+  }
+  v1::Offer CreateOffer(const std::string& org_id, const std::string& host) {
+    v1::CreateOfferRequest req;
+    v1::Offer* o = req.mutable_offer();
+    o->set_organisation_id(org_id);
+    o->set_title("A day on the acute medical unit");
+    o->set_setting(v1::SETTING_HOSPITAL_WARD);
+    o->set_capacity_per_day(2);
+    o->add_weekdays(v1::WEEKDAY_TUESDAY);
+    o->add_weekdays(v1::WEEKDAY_THURSDAY);
+    o->add_requirements("DBS check");
+    o->add_requirements("Occupational health clearance");
+    o->set_host_contact_id(host);
+    v1::Offer out;
+    grpc::Status s = stub().CreateOffer(Ctx(admin()).get(), req, &out);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return out;
+  }
+
+  static PartnersFixture* fx_;
+};
+PartnersFixture* PartnersApi::fx_ = nullptr;
+
+TEST_F(PartnersApi, CreateThenGetReturnsTheSameOrganisation) {
+  v1::CreateOrganisationRequest req;
+  *req.mutable_organisation() = SampleOrganisation("  St Thomas' Hospital  ");
+  req.mutable_organisation()->set_ods_code("rj1");
+  v1::Organisation created;
+  ASSERT_TRUE(stub().CreateOrganisation(Ctx(admin()).get(), req, &created).ok());
+  EXPECT_EQ(created.name(), "St Thomas' Hospital");  // trimmed
+  EXPECT_EQ(created.ods_code(), "RJ1");              // normalised
+  EXPECT_EQ(created.status(), v1::ORGANISATION_STATUS_ACTIVE);
+  EXPECT_FALSE(created.etag().empty());
+  EXPECT_GT(created.create_time().seconds(), 0);
+
+  v1::GetOrganisationRequest get;
+  get.set_id(created.id());
+  v1::Organisation got;
+  ASSERT_TRUE(stub().GetOrganisation(Ctx(admin()).get(), get, &got).ok());
+  EXPECT_EQ(got.SerializeAsString(), created.SerializeAsString());
+}
+
+TEST_F(PartnersApi, GetUnknownOrganisationIsNotFound) {
+  v1::GetOrganisationRequest get;
+  get.set_id("00000000-0000-4000-8000-000000000000");
+  v1::Organisation got;
+  grpc::Status s = stub().GetOrganisation(Ctx(admin()).get(), get, &got);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_NE(s.error_message().find("00000000-0000-4000-8000-000000000000"), std::string::npos);
+}
+
+TEST_F(PartnersApi, RepeatedRequestIdCreatesOnceEvenConcurrently) {
+  v1::CreateOrganisationRequest req;
+  *req.mutable_organisation() = SampleOrganisation("Idempotent Trust");
+  req.set_request_id("5b3f0b0e-2f7c-4c55-9d1e-5b1b1f7a0001");
+  std::vector<std::future<v1::Organisation>> calls;
+  for (int i = 0; i < 8; ++i) {
+    calls.push_back(std::async(std::launch::async, [&] {
+      v1::Organisation out;
+      grpc::Status s = stub().CreateOrganisation(Ctx(admin()).get(), req, &out);
+      EXPECT_TRUE(s.ok()) << s.error_message();
+      return out;
+    }));
+  }
+  std::set<std::string> ids;
+  for (auto& c : calls) ids.insert(c.get().id());
+  EXPECT_EQ(ids.size(), 1u);
+  v1::ListOrganisationsRequest list;
+  list.set_name_prefix("Idempotent");
+  v1::ListOrganisationsResponse resp;
+  ASSERT_TRUE(stub().ListOrganisations(Ctx(admin()).get(), list, &resp).ok());
+  EXPECT_EQ(resp.organisations_size(), 1);
+}
+
+TEST_F(PartnersApi, DuplicateOdsCodeIsAlreadyExists) {
+  v1::CreateOrganisationRequest req;
+  *req.mutable_organisation() = SampleOrganisation("Guy's Hospital");
+  req.mutable_organisation()->set_ods_code("RJ2");
+  v1::Organisation out;
+  ASSERT_TRUE(stub().CreateOrganisation(Ctx(admin()).get(), req, &out).ok());
+  req.mutable_organisation()->set_name("Another Hospital");
+  grpc::Status s = stub().CreateOrganisation(Ctx(admin()).get(), req, &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_NE(s.error_message().find("organisation.ods_code"), std::string::npos);
+}
+
+TEST_F(PartnersApi, ListPaginatesOverFilteredRowsWithoutGapsOrRepeats) {
+  // 23 matching (North West, GP practice) interleaved with 10 others.
+  std::set<std::string> expected;
+  for (int i = 0; i < 23; ++i) {
+    expected.insert(CreateOrg("Pager Practice " + std::to_string(100 + i),
+                              v1::SECTOR_GENERAL_PRACTICE, v1::REGION_NORTH_WEST)
+                        .id());
+    if (i % 2 == 0 && i < 20) {
+      CreateOrg("Pager Practice x" + std::to_string(i), v1::SECTOR_GENERAL_PRACTICE,
+                v1::REGION_MIDLANDS);
+    }
+  }
+  v1::ListOrganisationsRequest req;
+  req.set_page_size(5);
+  req.set_sector(v1::SECTOR_GENERAL_PRACTICE);
+  req.set_region(v1::REGION_NORTH_WEST);
+  req.set_name_prefix("pager practice");  // case-insensitive
+  std::set<std::string> seen;
+  std::string last_name;
+  int pages = 0;
+  do {
+    v1::ListOrganisationsResponse resp;
+    ASSERT_TRUE(stub().ListOrganisations(Ctx(admin()).get(), req, &resp).ok());
+    ++pages;
+    EXPECT_LE(resp.organisations_size(), 5);
+    for (const auto& o : resp.organisations()) {
+      EXPECT_TRUE(seen.insert(o.id()).second) << "repeated " << o.name();
+      EXPECT_EQ(o.region(), v1::REGION_NORTH_WEST);
+      EXPECT_GE(o.name(), last_name);
+      last_name = o.name();
+    }
+    req.set_page_token(resp.next_page_token());
+  } while (!req.page_token().empty() && pages < 20);
+  EXPECT_EQ(pages, 5);
+  EXPECT_EQ(seen, expected);
+}
+
+TEST_F(PartnersApi, UpdateChangesOnlyMaskedFieldsAndNeedsTheCurrentEtag) {
+  v1::Organisation org = CreateOrg("Update Me Trust");
+  v1::UpdateOrganisationRequest req;
+  req.mutable_organisation()->set_id(org.id());
+  req.mutable_organisation()->set_etag(org.etag());
+  req.mutable_organisation()->set_name("Updated Trust");
+  req.mutable_organisation()->set_region(v1::REGION_SOUTH_WEST);  // not in mask: ignored
+  req.mutable_update_mask()->add_paths("name");
+  v1::Organisation updated;
+  ASSERT_TRUE(stub().UpdateOrganisation(Ctx(admin()).get(), req, &updated).ok());
+  EXPECT_EQ(updated.name(), "Updated Trust");
+  EXPECT_EQ(updated.region(), v1::REGION_LONDON);
+  EXPECT_NE(updated.etag(), org.etag());
+
+  // The same request again carries the old etag now: ABORTED, nothing changes.
+  req.mutable_organisation()->set_name("Lost Update");
+  grpc::Status s = stub().UpdateOrganisation(Ctx(admin()).get(), req, &updated);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ABORTED);
+  EXPECT_NE(s.error_message().find("etag"), std::string::npos);
+  v1::GetOrganisationRequest get;
+  get.set_id(org.id());
+  v1::Organisation got;
+  ASSERT_TRUE(stub().GetOrganisation(Ctx(admin()).get(), get, &got).ok());
+  EXPECT_EQ(got.name(), "Updated Trust");
+}
+
+TEST_F(PartnersApi, PauseArchiveReactivateFollowTheLifecycle) {
+  v1::Organisation org = CreateOrg("Lifecycle Trust");
+  v1::Contact host = CreateContact(org.id(), "Sam Host");
+  v1::Offer offer = CreateOffer(org.id(), host.id());
+  v1::PublishOfferRequest pub;
+  pub.set_id(offer.id());
+  ASSERT_TRUE(stub().PublishOffer(Ctx(admin()).get(), pub, &offer).ok());
+
+  v1::PauseOrganisationRequest pause;
+  pause.set_id(org.id());
+  pause.set_reason("Winter pressures");
+  v1::Organisation out;
+  ASSERT_TRUE(stub().PauseOrganisation(Ctx(admin()).get(), pause, &out).ok());
+  EXPECT_EQ(out.status(), v1::ORGANISATION_STATUS_PAUSED);
+  EXPECT_EQ(stub().PauseOrganisation(Ctx(admin()).get(), pause, &out).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+
+  v1::ArchiveOrganisationRequest archive;
+  archive.set_id(org.id());
+  ASSERT_TRUE(stub().ArchiveOrganisation(Ctx(admin()).get(), archive, &out).ok());
+  EXPECT_EQ(out.status(), v1::ORGANISATION_STATUS_ARCHIVED);
+  // Archiving withdrew the published offer.
+  v1::GetOfferRequest get_offer;
+  get_offer.set_id(offer.id());
+  ASSERT_TRUE(stub().GetOffer(Ctx(admin()).get(), get_offer, &offer).ok());
+  EXPECT_EQ(offer.state(), v1::OFFER_STATE_WITHDRAWN);
+  // An archived organisation's data is frozen.
+  v1::UpdateOrganisationRequest upd;
+  upd.mutable_organisation()->set_id(org.id());
+  upd.mutable_organisation()->set_etag(out.etag());
+  upd.mutable_organisation()->set_name("Renamed");
+  upd.mutable_update_mask()->add_paths("name");
+  EXPECT_EQ(stub().UpdateOrganisation(Ctx(admin()).get(), upd, &out).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+
+  v1::ReactivateOrganisationRequest react;
+  react.set_id(org.id());
+  ASSERT_TRUE(stub().ReactivateOrganisation(Ctx(admin()).get(), react, &out).ok());
+  EXPECT_EQ(out.status(), v1::ORGANISATION_STATUS_ACTIVE);
+}
+
+TEST_F(PartnersApi, ContactsRoundTrip) {
+  v1::Organisation org = CreateOrg("Contacts Trust");
+  std::vector<std::string> ids;
+  for (int i = 0; i < 7; ++i) {
+    ids.push_back(CreateContact(org.id(), "Host" + std::to_string(i) + " Person").id());
+  }
+  v1::GetContactRequest get;
+  get.set_id(ids[0]);
+  v1::Contact c;
+  ASSERT_TRUE(stub().GetContact(Ctx(admin()).get(), get, &c).ok());
+  EXPECT_EQ(c.display_name(), "Host0 Person");
+  EXPECT_EQ(c.organisation_id(), org.id());
+
+  v1::ListContactsRequest list;
+  list.set_organisation_id(org.id());
+  list.set_page_size(3);
+  std::set<std::string> seen;
+  do {
+    v1::ListContactsResponse resp;
+    ASSERT_TRUE(stub().ListContacts(Ctx(admin()).get(), list, &resp).ok());
+    for (const auto& x : resp.contacts()) seen.insert(x.id());
+    list.set_page_token(resp.next_page_token());
+  } while (!list.page_token().empty());
+  EXPECT_EQ(seen, std::set<std::string>(ids.begin(), ids.end()));
+
+  v1::UpdateContactRequest upd;
+  upd.mutable_contact()->set_id(c.id());
+  upd.mutable_contact()->set_etag(c.etag());
+  upd.mutable_contact()->set_phone("+44 20 7188 7188");
+  upd.mutable_update_mask()->add_paths("phone");
+  ASSERT_TRUE(stub().UpdateContact(Ctx(admin()).get(), upd, &c).ok());
+  EXPECT_EQ(c.phone(), "+44 20 7188 7188");
+
+  // Same email twice in one organisation is refused.
+  v1::CreateContactRequest dup;
+  dup.mutable_contact()->set_organisation_id(org.id());
+  dup.mutable_contact()->set_display_name("Someone Else");
+  dup.mutable_contact()->set_email("HOST0@example.nhs.uk");
+  EXPECT_EQ(stub().CreateContact(Ctx(admin()).get(), dup, &c).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+
+  v1::RemoveContactRequest rm;
+  rm.set_id(ids[1]);
+  v1::RemoveContactResponse rm_resp;
+  ASSERT_TRUE(stub().RemoveContact(Ctx(admin()).get(), rm, &rm_resp).ok());
+  get.set_id(ids[1]);
+  EXPECT_EQ(stub().GetContact(Ctx(admin()).get(), get, &c).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(PartnersApi, ContactHostingAnOfferCannotBeRemoved) {
+  v1::Organisation org = CreateOrg("Hosting Trust");
+  v1::Contact host = CreateContact(org.id(), "Alex Host");
+  v1::Offer offer = CreateOffer(org.id(), host.id());
+  v1::RemoveContactRequest rm;
+  rm.set_id(host.id());
+  v1::RemoveContactResponse resp;
+  grpc::Status s = stub().RemoveContact(Ctx(admin()).get(), rm, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find(offer.id()), std::string::npos);
+}
+
+TEST_F(PartnersApi, OffersRoundTrip) {
+  v1::Organisation org = CreateOrg("Offers Trust");
+  v1::Contact host = CreateContact(org.id(), "Jo Host");
+  v1::Offer offer = CreateOffer(org.id(), host.id());
+  EXPECT_EQ(offer.state(), v1::OFFER_STATE_DRAFT);
+  EXPECT_EQ(offer.weekdays_size(), 2);
+  ASSERT_EQ(offer.requirements_size(), 2);
+  EXPECT_EQ(offer.requirements(1), "Occupational health clearance");
+
+  v1::UpdateOfferRequest upd;
+  upd.mutable_offer()->set_id(offer.id());
+  upd.mutable_offer()->set_etag(offer.etag());
+  upd.mutable_offer()->set_capacity_per_day(4);
+  upd.mutable_offer()->add_weekdays(v1::WEEKDAY_MONDAY);
+  upd.mutable_update_mask()->add_paths("capacity_per_day");
+  upd.mutable_update_mask()->add_paths("weekdays");
+  ASSERT_TRUE(stub().UpdateOffer(Ctx(admin()).get(), upd, &offer).ok());
+  EXPECT_EQ(offer.capacity_per_day(), 4);
+  ASSERT_EQ(offer.weekdays_size(), 1);
+  EXPECT_EQ(offer.weekdays(0), v1::WEEKDAY_MONDAY);
+  EXPECT_EQ(offer.requirements_size(), 2);
+
+  v1::PublishOfferRequest pub;
+  pub.set_id(offer.id());
+  ASSERT_TRUE(stub().PublishOffer(Ctx(admin()).get(), pub, &offer).ok());
+  EXPECT_EQ(offer.state(), v1::OFFER_STATE_PUBLISHED);
+
+  v1::ListOffersRequest list;
+  list.set_organisation_id(org.id());
+  list.set_state(v1::OFFER_STATE_PUBLISHED);
+  v1::ListOffersResponse resp;
+  ASSERT_TRUE(stub().ListOffers(Ctx(admin()).get(), list, &resp).ok());
+  ASSERT_EQ(resp.offers_size(), 1);
+  EXPECT_EQ(resp.offers(0).id(), offer.id());
+
+  v1::WithdrawOfferRequest wd;
+  wd.set_id(offer.id());
+  ASSERT_TRUE(stub().WithdrawOffer(Ctx(admin()).get(), wd, &offer).ok());
+  EXPECT_EQ(offer.state(), v1::OFFER_STATE_WITHDRAWN);
+  EXPECT_EQ(stub().WithdrawOffer(Ctx(admin()).get(), wd, &offer).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(PartnersApi, OfferWithoutHostCannotBePublished) {
+  v1::Organisation org = CreateOrg("No Host Trust");
+  v1::Offer offer = CreateOffer(org.id(), "");
+  v1::PublishOfferRequest pub;
+  pub.set_id(offer.id());
+  grpc::Status s = stub().PublishOffer(Ctx(admin()).get(), pub, &offer);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find("host_contact_id"), std::string::npos);
+}
+
+TEST_F(PartnersApi, OfferHostMustBelongToTheSameOrganisation) {
+  v1::Organisation a = CreateOrg("Host A Trust");
+  v1::Organisation b = CreateOrg("Host B Trust");
+  v1::Contact host_b = CreateContact(b.id(), "Bea Host");
+  v1::CreateOfferRequest req;
+  v1::Offer* o = req.mutable_offer();
+  o->set_organisation_id(a.id());
+  o->set_title("Shadowing");
+  o->set_setting(v1::SETTING_GP_SURGERY);
+  o->set_capacity_per_day(1);
+  o->add_weekdays(v1::WEEKDAY_FRIDAY);
+  o->set_host_contact_id(host_b.id());
+  v1::Offer out;
+  grpc::Status s = stub().CreateOffer(Ctx(admin()).get(), req, &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("offer.host_contact_id"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace connecting::testing

@@ -1,0 +1,81 @@
+# Shared shell functions for the dev stack, the test run and the benchmarks.
+# Source it: . tools/dev/lib.sh
+
+pg_bindir() {
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [ -n "$d" ] || { echo "PostgreSQL server binaries not found (apt-get install postgresql)" >&2; return 1; }
+  echo "$d"
+}
+
+# Runs a command as the PostgreSQL owner: initdb refuses to run as root.
+as_pg_owner() {
+  if [ "$(id -u)" = 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+# A TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$(( (RANDOM * 32768 + RANDOM) % 30000 + 20000 ))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
+  done
+  echo "no free port found" >&2; return 1
+}
+
+wait_port() {  # host port seconds
+  local deadline=$(( $(date +%s) + ${3:-20} ))
+  until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "nothing listens on $1:$2 after ${3:-20}s" >&2; return 1; }
+    sleep 0.1
+  done
+}
+
+# start_postgres DIR PORT [fast]: initialises DIR/data on first use, then starts
+# PostgreSQL on 127.0.0.1:PORT (socket in DIR). "fast" turns off fsync for tests.
+start_postgres() {
+  local dir=$1 port=$2 mode=${3:-}
+  local bin; bin=$(pg_bindir) || return 1
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$dir"; chmod 755 "$dir"; fi
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    as_pg_owner "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-locale \
+      >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; return 1; }
+  fi
+  local opts="-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300"
+  [ "$mode" = fast ] && opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  as_pg_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w -t 60 start \
+    >/dev/null || { tail -20 "$dir/postgres.log" >&2; return 1; }
+}
+
+stop_postgres() {  # DIR
+  local bin; bin=$(pg_bindir) || return 0
+  [ -f "$1/data/postmaster.pid" ] && as_pg_owner "$bin/pg_ctl" -D "$1/data" -m fast -w stop >/dev/null 2>&1
+  return 0
+}
+
+# start_nats DIR PORT [WS_PORT]: nats-server with JetStream storing in DIR/js.
+start_nats() {
+  local dir=$1 port=$2 ws=${3:-}
+  mkdir -p "$dir"
+  {
+    echo "listen: 127.0.0.1:$port"
+    echo "jetstream { store_dir: \"$dir/js\" }"
+    [ -n "$ws" ] && echo "websocket { listen: \"127.0.0.1:$ws\", no_tls: true }"
+  } >"$dir/nats.conf"
+  nats-server -c "$dir/nats.conf" -P "$dir/nats.pid" -l "$dir/nats.log" &
+  wait_port 127.0.0.1 "$port" 20
+}
+
+stop_nats() {  # DIR
+  if [ -f "$1/nats.pid" ]; then
+    local pid; pid=$(cat "$1/nats.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$1/nats.pid"
+  fi
+}
