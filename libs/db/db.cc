@@ -13,6 +13,9 @@ namespace connecting::db {
 namespace {
 
 constexpr char kConstraintPayload[] = "connecting.db/constraint";
+// Set on serialization failures and deadlocks: the only errors Transact retries
+// (an ABORTED from the caller's own logic, such as a stale etag, is final).
+constexpr char kRetryPayload[] = "connecting.db/retry";
 
 std::string Trimmed(const char* s) {
   std::string out = s != nullptr ? s : "";
@@ -50,6 +53,7 @@ absl::Status ErrorFromResult(PGconn* conn, const PGresult* res) {
     st = absl::FailedPreconditionError(msg);
   } else if (state == "40001" || state == "40P01") {
     st = absl::AbortedError(msg);
+    st.SetPayload(kRetryPayload, absl::Cord("1"));
   } else if (state == "57014") {
     st = absl::DeadlineExceededError(msg);
   } else if (absl::StartsWith(state, "08") || state == "57P01" || state == "57P02" ||
@@ -205,7 +209,7 @@ absl::Status Transact(Pool& pool, const TxOptions& options,
     } else if (conn.healthy()) {
       (void)conn.ExecScript("ROLLBACK");
     }
-    if (!absl::IsAborted(last) || attempt == options.max_attempts) break;
+    if (!last.GetPayload(kRetryPayload).has_value() || attempt == options.max_attempts) break;
     // Jittered exponential backoff: 1, 2, 4 … ms, capped at 50 ms.
     int cap = std::min(50, 1 << std::min(attempt, 6));
     std::this_thread::sleep_for(std::chrono::microseconds(

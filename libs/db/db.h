@@ -151,7 +151,8 @@ struct TxOptions {
 };
 
 // Runs `fn` inside BEGIN … COMMIT on a pooled connection. `fn` returning an
-// error rolls back and returns it. On ABORTED the whole transaction is retried
+// error rolls back and returns it. On a serialization failure or deadlock (an
+// ABORTED from PostgreSQL, not one `fn` returns) the whole transaction is retried
 // with jittered backoff, so `fn` must have no effect outside the database
 // except on values it overwrites each attempt.
 absl::Status Transact(Pool& pool, const TxOptions& options,
