@@ -43,6 +43,17 @@ std::string RandomSuffix() {
   return s;
 }
 
+bool PortOpen(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(port);
+  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  close(fd);
+  return ok;
+}
+
 int FreePort() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
@@ -145,17 +156,9 @@ void NatsServer::Start() {
       std::vector<std::string>{"nats-server", "-js", "-a", "127.0.0.1", "-p",
                                std::to_string(port_), "-sd", dir_ + "/js"},
       std::map<std::string, std::string>{}, dir_ + "/nats.log");
-  // Wait until it accepts connections.
-  for (int i = 0; i < 200; ++i) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = htons(port_);
-    bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-    close(fd);
-    if (ok) return;
-    absl::SleepFor(absl::Milliseconds(50));
+  for (int i = 0; i < 400; ++i) {
+    if (PortOpen(port_)) return;
+    absl::SleepFor(absl::Milliseconds(25));
   }
   ADD_FAILURE() << "nats-server did not start on port " << port_;
 }
@@ -171,7 +174,13 @@ std::string NatsServer::url() const { return absl::StrCat("nats://127.0.0.1:", p
 
 ServiceProcess::ServiceProcess(Options o)
     : options_(std::move(o)), grpc_port_(FreePort()), metrics_port_(FreePort()) {
-  channel_ = grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
+  // Short reconnect backoff: tests connect before the server listens and
+  // across restarts, and gRPC's default backoff would add seconds each time.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 50);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 250);
+  channel_ = grpc::CreateCustomChannel(address(), grpc::InsecureChannelCredentials(), args);
 }
 
 ServiceProcess::~ServiceProcess() { Kill(); }
@@ -186,14 +195,20 @@ void ServiceProcess::Start(absl::Duration timeout) {
       {"EVENT_STREAM", options_.stream},
       {"EVENT_SUBJECT_PREFIX", options_.subject_prefix},
       {"DB_POOL_SIZE", "8"},
-      {"LOG_LEVEL", "info"},
+      {"LOG_LEVEL", "debug"},
       {"SHUTDOWN_GRACE", "5s"},
   };
   for (auto& [k, v] : options_.extra_env) env[k] = v;
   std::string log =
       absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/", options_.stream, "-", RandomSuffix(), ".log");
   proc_ = std::make_unique<Process>(options_.binary, std::vector<std::string>{}, env, log);
-  if (!WaitForHealth(1, timeout)) {
+  // Wait for the port before the first RPC: a failed first connection puts the
+  // channel into reconnect backoff.
+  absl::Time until = absl::Now() + timeout;
+  while (absl::Now() < until && !PortOpen(grpc_port_) && proc_->Wait(absl::ZeroDuration()) < 0) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  if (!WaitForHealth(1, until - absl::Now())) {
     ADD_FAILURE() << "service did not become SERVING; log: " << log;
   }
 }

@@ -28,6 +28,7 @@ inline constexpr char kJwtKey[] = "test-signing-key-0123456789abcdef-0123456789"
 std::string RequiredEnv(const char* name);
 std::string RandomSuffix();
 int FreePort();
+bool PortOpen(int port);
 // A fresh, empty database on the shared server; returns its URL.
 std::string NewDatabase();
 
@@ -82,6 +83,7 @@ class ServiceProcess {
   // Health status of the whole server ("" service): SERVING=1, NOT_SERVING=2, -1 unreachable.
   int Health(const std::string& service = "");
   bool WaitForHealth(int status, absl::Duration timeout);
+  void DropChannel() { channel_.reset(); }
   void Kill();  // SIGKILL and reap
   int Terminate(absl::Duration timeout = absl::Seconds(30));  // SIGTERM; exit code
   std::shared_ptr<grpc::Channel> channel() const { return channel_; }
@@ -119,7 +121,7 @@ std::vector<StoredEvent> WaitForEvents(const std::string& nats_url, const std::s
 
 // A partners service on the shared servers with its own database and stream.
 struct PartnersFixture {
-  PartnersFixture(std::map<std::string, std::string> extra_env = {});
+  explicit PartnersFixture(std::map<std::string, std::string> extra_env = {});
   std::string db_url;
   std::string nats_url;
   std::string stream;

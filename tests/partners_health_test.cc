@@ -1,1 +1,113 @@
+// Operations: health follows PostgreSQL, SIGTERM drains and exits 0, bad
+// configuration stops start-up with a clear message.
+#include <signal.h>
+
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
 #include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "libs/db/db.h"
+#include "tests/harness.h"
+
+namespace connecting::testing {
+namespace {
+
+namespace v1 = ::connecting::partners::v1;
+
+int Shell(const std::string& script) {
+  std::string cmd = absl::StrCat("bash -c '. ", SOURCE_DIR, "/tools/dev/lib.sh && ", script, "'");
+  return std::system(cmd.c_str());
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+TEST(PartnersHealth, NotServingWhilePostgresIsDownServingWhenBack) {
+  // A private PostgreSQL, so stopping it disturbs no other test.
+  std::string dir = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/pg-", RandomSuffix());
+  int port = FreePort();
+  ASSERT_EQ(Shell(absl::StrCat("start_postgres ", dir, " ", port, " fast")), 0);
+  std::string url = absl::StrCat("postgresql://postgres@127.0.0.1:", port, "/postgres");
+  std::string suffix = RandomSuffix();
+  ServiceProcess svc({PARTNERS_BIN, url, RequiredEnv("CONNECTING_TEST_NATS"), "PARTNERS_" + suffix,
+                      "t" + suffix + ".connecting.partners", {}});
+  svc.Start();
+  EXPECT_EQ(svc.Health(), 1);
+
+  ASSERT_EQ(Shell(absl::StrCat("stop_postgres ", dir)), 0);
+  EXPECT_TRUE(svc.WaitForHealth(2, absl::Seconds(10)));
+  EXPECT_EQ(svc.Health("liveness"), 1) << "liveness must not depend on the database";
+  auto stub = v1::PartnersService::NewStub(svc.channel());
+  v1::CreateOrganisationRequest req;
+  *req.mutable_organisation() = SampleOrganisation("Outage Trust");
+  v1::Organisation out;
+  grpc::Status s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+
+  ASSERT_EQ(Shell(absl::StrCat("start_postgres ", dir, " ", port, " fast")), 0);
+  EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(15)));
+  s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  svc.Kill();
+  Shell(absl::StrCat("stop_postgres ", dir));
+}
+
+TEST(PartnersHealth, SigtermDrainsAndExitsZero) {
+  PartnersFixture fx;
+  v1::CreateOrganisationRequest req;
+  *req.mutable_organisation() = SampleOrganisation("Drain Trust");
+  v1::Organisation out;
+  ASSERT_TRUE(fx.stub->CreateOrganisation(Ctx(fx.admin).get(), req, &out).ok());
+  // Close our idle connection first: an idle gRPC client notices GOAWAY only
+  // on its next poll, and the server would wait for it up to SHUTDOWN_GRACE.
+  fx.stub.reset();
+  fx.service->DropChannel();
+  EXPECT_EQ(fx.service->Terminate(), 0);
+  // The event was flushed before exit.
+  EXPECT_EQ(ReadStream(fx.nats_url, fx.stream).size(), 1u);
+}
+
+TEST(PartnersHealth, BadConfigurationExitsTwoNamingEveryVariable) {
+  std::string log = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/badcfg-", RandomSuffix());
+  Process p(PARTNERS_BIN, {},
+            {{"DATABASE_URL", ""},
+             {"AUTH_JWT_KEY", "short"},
+             {"GRPC_LISTEN", "nowhere"},
+             {"DB_POOL_SIZE", "0"}},
+            log);
+  EXPECT_EQ(p.Wait(absl::Seconds(10)), 2);
+  std::string out = ReadFile(log);
+  for (const char* var : {"DATABASE_URL", "AUTH_JWT_KEY", "GRPC_LISTEN", "DB_POOL_SIZE"}) {
+    EXPECT_NE(out.find(var), std::string::npos) << var << " not named in:\n" << out;
+  }
+}
+
+TEST(PartnersHealth, MigrateAppliesOnceAndIsIdempotent) {
+  std::string url = NewDatabase();
+  std::string dir = RequiredEnv("CONNECTING_TEST_TMP");
+  // Three at once: the advisory lock makes them take turns.
+  std::vector<std::unique_ptr<Process>> procs;
+  for (int i = 0; i < 3; ++i) {
+    procs.push_back(std::make_unique<Process>(
+        PARTNERS_BIN, std::vector<std::string>{"--migrate"},
+        std::map<std::string, std::string>{{"DATABASE_URL", url}},
+        absl::StrCat(dir, "/migrate-", RandomSuffix(), ".log")));
+  }
+  for (auto& p : procs) EXPECT_EQ(p->Wait(absl::Seconds(30)), 0);
+  auto conn = db::Conn::Open(url, "test");
+  ASSERT_TRUE(conn.ok());
+  auto r = (*conn)->Exec("SELECT count(*), count(DISTINCT (component, name)) FROM schema_migrations");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->Int(0, 0), r->Int(0, 1));
+  EXPECT_GE(r->Int(0, 0), 2);
+}
+
+}  // namespace
+}  // namespace connecting::testing

@@ -281,8 +281,10 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   server->GetHealthCheckService()->Shutdown();  // everything NOT_SERVING from here
   // Stop accepting, let in-flight RPCs finish until the grace deadline, then cancel them.
   server->Shutdown(absl::ToChronoTime(absl::Now() + cfg->shutdown_grace));
+  log::Debug("shutdown: gRPC server stopped");
   executor.Shutdown();
   server->Wait();
+  log::Debug("shutdown: executor drained");
   for (auto& c : consumers) c->Stop();
   if (relay != nullptr) relay->Stop(absl::Now() + absl::Seconds(5));  // flush the outbox
   (*nats)->Close(absl::Seconds(2));

@@ -26,5 +26,7 @@ export CONNECTING_TEST_PG="postgresql://postgres@127.0.0.1:$pg_port/postgres"
 export CONNECTING_TEST_NATS="nats://127.0.0.1:$nats_port"
 export CONNECTING_TEST_PG_BINDIR=$(pg_bindir)
 export CONNECTING_TEST_TMP="$work"
+# Idle test clients notice server restarts (GOAWAY) quickly instead of every 5 s.
+export GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS=100
 echo "test PostgreSQL on 127.0.0.1:$pg_port, NATS on 127.0.0.1:$nats_port"
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j2 --timeout 600 "$@"
