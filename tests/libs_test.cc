@@ -1,1 +1,218 @@
+// Unit and integration tests of libs/: validation, page tokens, auth,
+// executor, the database layer and migrations (real PostgreSQL).
+#include <atomic>
+#include <future>
+
 #include <gtest/gtest.h>
+
+#include "absl/synchronization/notification.h"
+#include "libs/db/db.h"
+#include "libs/db/migrations.h"
+#include "libs/server/auth.h"
+#include "libs/server/executor.h"
+#include "libs/server/page_token.h"
+#include "libs/server/validate.h"
+#include "tests/harness.h"
+
+namespace connecting {
+namespace {
+
+using server::FieldErrors;
+
+TEST(Validate, Utf8) {
+  EXPECT_TRUE(server::IsValidUtf8("plain"));
+  EXPECT_TRUE(server::IsValidUtf8("Ysbyty Gwynedd ŵ 😀"));
+  EXPECT_FALSE(server::IsValidUtf8("\xff"));
+  EXPECT_FALSE(server::IsValidUtf8("\xc0\xaf"));          // overlong '/'
+  EXPECT_FALSE(server::IsValidUtf8("\xed\xa0\x80"));      // surrogate
+  EXPECT_FALSE(server::IsValidUtf8("abc\xe2\x82"));       // truncated
+  EXPECT_EQ(server::Utf8Length("ŵŵ😀"), 3u);
+}
+
+TEST(Validate, TextRulesTrimAndNameTheField) {
+  FieldErrors e;
+  EXPECT_EQ(server::CheckText(e, "x.name", "  hi  ", {1, 5}), "hi");
+  EXPECT_TRUE(e.empty());
+  server::CheckText(e, "x.name", "toolong", {1, 5});
+  server::CheckText(e, "x.note", "line\nbreak", {0, 50});
+  server::CheckText(e, "x.body", "line\nbreak", {0, 50, true});
+  absl::Status s = e.ToStatus();
+  EXPECT_TRUE(absl::IsInvalidArgument(s));
+  EXPECT_NE(s.message().find("x.name: must be 1–5 characters, got 7"), absl::string_view::npos);
+  EXPECT_NE(s.message().find("x.note"), absl::string_view::npos);
+  EXPECT_EQ(s.message().find("x.body"), absl::string_view::npos);
+}
+
+TEST(Validate, UuidsAndPageSizes) {
+  EXPECT_TRUE(server::IsUuid("123e4567-e89b-42d3-a456-426614174000"));
+  EXPECT_FALSE(server::IsUuid("123E4567-E89B-42D3-A456-426614174000"));
+  EXPECT_FALSE(server::IsUuid("123e4567e89b42d3a456426614174000"));
+  FieldErrors e;
+  EXPECT_EQ(server::PageSize(e, 0), 50);
+  EXPECT_EQ(server::PageSize(e, 500), 500);
+  EXPECT_TRUE(e.empty());
+  server::PageSize(e, 501);
+  EXPECT_FALSE(e.empty());
+  EXPECT_TRUE(server::IsPlausibleEmail("a.b@nhs.net"));
+  EXPECT_FALSE(server::IsPlausibleEmail("a b@nhs.net"));
+  EXPECT_FALSE(server::IsPlausibleEmail("ab@nhs"));
+}
+
+TEST(PageTokens, RoundTripAndRefuseTamperingOrOtherScopes) {
+  server::PageTokens tokens("a-secret-of-sixteen-or-more");
+  std::string t = tokens.Encode("List|a", {"Name with | and \x01", "id-1"});
+  auto back = tokens.Decode("List|a", t);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ((*back)[0], "Name with | and \x01");
+  EXPECT_EQ((*back)[1], "id-1");
+  EXPECT_TRUE(absl::IsInvalidArgument(tokens.Decode("List|b", t).status()));
+  std::string bad = t;
+  bad[0] = bad[0] == 'a' ? 'b' : 'a';
+  EXPECT_TRUE(absl::IsInvalidArgument(tokens.Decode("List|a", bad).status()));
+  server::PageTokens other("another-secret-of-sixteen!!");
+  EXPECT_TRUE(absl::IsInvalidArgument(other.Decode("List|a", t).status()));
+}
+
+TEST(Auth, VerifiesSignatureExpiryAndClaims) {
+  auto auth = server::Authenticator::Create({"HS256", testing::kJwtKey, "", absl::Seconds(30)});
+  ASSERT_TRUE(auth.ok());
+  auto p = auth->Authenticate("Bearer " + testing::Token(server::Role::kPartner, "h", "org-1"));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->role, server::Role::kPartner);
+  EXPECT_EQ(p->organisation_id, "org-1");
+  EXPECT_TRUE(absl::IsUnauthenticated(auth->Authenticate("").status()));
+  EXPECT_TRUE(absl::IsUnauthenticated(auth->Authenticate("Basic abc").status()));
+  EXPECT_TRUE(absl::IsUnauthenticated(
+      auth->Authenticate("Bearer " + testing::Token(server::Role::kAdmin, "x", "", -absl::Minutes(5)))
+          .status()));
+  EXPECT_FALSE(server::Authenticator::Create({"HS256", "short", "", absl::Seconds(30)}).ok());
+  EXPECT_FALSE(server::Authenticator::Create({"none", testing::kJwtKey, "", absl::Seconds(30)}).ok());
+}
+
+TEST(Executor, RefusesWorkBeyondItsQueue) {
+  server::Executor ex(1, 2);
+  absl::Notification release;
+  std::atomic<int> ran{0};
+  ASSERT_TRUE(ex.TrySubmit([&] { release.WaitForNotification(); ++ran; }));
+  absl::SleepFor(absl::Milliseconds(50));  // the worker takes the first task
+  EXPECT_TRUE(ex.TrySubmit([&] { ++ran; }));
+  EXPECT_TRUE(ex.TrySubmit([&] { ++ran; }));
+  EXPECT_FALSE(ex.TrySubmit([&] { ++ran; }));
+  release.Notify();
+  ex.Shutdown();
+  EXPECT_EQ(ran.load(), 3);
+  EXPECT_FALSE(ex.TrySubmit([] {}));
+}
+
+class Database : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    url_ = testing::NewDatabase();
+    pool_ = std::make_unique<db::Pool>(url_, 4, "libs-test");
+  }
+  std::string url_;
+  std::unique_ptr<db::Pool> pool_;
+};
+
+TEST_F(Database, ErrorsMapToSpecificStatuses) {
+  absl::Status s = db::Transact(*pool_, [](db::Conn& c) {
+    return c.ExecScript("CREATE TABLE t (id int PRIMARY KEY, v int CHECK (v >= 0))");
+  });
+  ASSERT_TRUE(s.ok()) << s;
+  s = db::Transact(*pool_, [](db::Conn& c) {
+    auto r = c.Exec("INSERT INTO t VALUES ($1, 1), ($1, 2)", {int32_t{1}});
+    return r.status();
+  });
+  EXPECT_TRUE(absl::IsAlreadyExists(s)) << s;
+  EXPECT_EQ(db::ConstraintOf(s), "t_pkey");
+  s = db::Transact(*pool_, [](db::Conn& c) {
+    return c.Exec("INSERT INTO t VALUES (2, -1)").status();
+  });
+  EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+  // Nothing of the failed transactions was kept.
+  s = db::WithConnection(*pool_, absl::InfiniteFuture(), [](db::Conn& c) {
+    auto r = c.Exec("SELECT count(*) FROM t");
+    if (!r.ok()) return r.status();
+    EXPECT_EQ(r->Int(0, 0), 0);
+    return absl::OkStatus();
+  });
+  EXPECT_TRUE(s.ok());
+}
+
+TEST_F(Database, SerializationFailuresAreRetriedUntilBothCommit) {
+  ASSERT_TRUE(db::Transact(*pool_, [](db::Conn& c) {
+                return c.ExecScript("CREATE TABLE counter (n int); INSERT INTO counter VALUES (0)");
+              }).ok());
+  db::TxOptions opts;
+  opts.isolation = db::Isolation::kSerializable;
+  opts.max_attempts = 50;
+  std::vector<std::future<absl::Status>> work;
+  for (int i = 0; i < 4; ++i) {
+    work.push_back(std::async(std::launch::async, [&] {
+      absl::Status last;
+      for (int k = 0; k < 10 && last.ok(); ++k) {
+        last = db::Transact(*pool_, opts, [](db::Conn& c) -> absl::Status {
+          auto r = c.Exec("SELECT n FROM counter");
+          if (!r.ok()) return r.status();
+          return c.Exec("UPDATE counter SET n = $1", {r->Int(0, 0) + 1}).status();
+        });
+      }
+      return last;
+    }));
+  }
+  for (auto& w : work) EXPECT_TRUE(w.get().ok());
+  ASSERT_TRUE(db::WithConnection(*pool_, absl::InfiniteFuture(), [](db::Conn& c) {
+                auto r = c.Exec("SELECT n FROM counter");
+                EXPECT_EQ(r->Int(0, 0), 40);  // no lost update
+                return r.status();
+              }).ok());
+}
+
+TEST_F(Database, LogicalAbortIsNotRetried) {
+  int calls = 0;
+  absl::Status s = db::Transact(*pool_, [&](db::Conn&) {
+    ++calls;
+    return absl::AbortedError("stale etag");
+  });
+  EXPECT_TRUE(absl::IsAborted(s));
+  EXPECT_EQ(calls, 1);
+}
+
+TEST_F(Database, PoolAcquireTimesOutWhenAllConnectionsAreBusy) {
+  db::Pool small(url_, 1, "libs-test");
+  auto first = small.Acquire(absl::InfiniteFuture());
+  ASSERT_TRUE(first.ok());
+  auto second = small.Acquire(absl::Now() + absl::Milliseconds(100));
+  EXPECT_TRUE(absl::IsResourceExhausted(second.status()));
+}
+
+TEST_F(Database, UnreachableDatabaseIsUnavailable) {
+  db::Pool nowhere("postgresql://postgres@127.0.0.1:1/none?connect_timeout=1", 1, "t");
+  absl::Status s = db::Transact(nowhere, [](db::Conn&) { return absl::OkStatus(); });
+  EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+}
+
+TEST_F(Database, MigrationsApplyOnceAndRefuseEditedHistory) {
+  auto conn = db::Conn::Open(url_, "t");
+  ASSERT_TRUE(conn.ok());
+  std::vector<db::MigrationSet> sets = {
+      {"demo", {{"0001_a", "CREATE TABLE a (x int)"}, {"0002_b", "CREATE TABLE b (y int)"}}}};
+  auto applied = db::Migrate(**conn, sets);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(applied->size(), 2u);
+  applied = db::Migrate(**conn, sets);
+  ASSERT_TRUE(applied.ok());
+  EXPECT_TRUE(applied->empty());
+  sets[0].migrations[0].sql = "CREATE TABLE a (x bigint)";
+  EXPECT_TRUE(absl::IsFailedPrecondition(db::Migrate(**conn, sets).status()));
+  // A failing migration leaves nothing half-applied.
+  std::vector<db::MigrationSet> broken = {
+      {"demo2", {{"0001_ok", "CREATE TABLE c (z int)"}, {"0002_bad", "CREATE TABLE d (; nonsense"}}}};
+  EXPECT_FALSE(db::Migrate(**conn, broken).ok());
+  auto r = (*conn)->Exec("SELECT count(*) FROM schema_migrations WHERE component = 'demo2'");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->Int(0, 0), 1);
+}
+
+}  // namespace
+}  // namespace connecting
