@@ -67,7 +67,7 @@ start_nats() {
     echo "jetstream { store_dir: \"$dir/js\" }"
     [ -n "$ws" ] && echo "websocket { listen: \"127.0.0.1:$ws\", no_tls: true }"
   } >"$dir/nats.conf"
-  nats-server -c "$dir/nats.conf" -P "$dir/nats.pid" -l "$dir/nats.log" &
+  nats-server -c "$dir/nats.conf" -P "$dir/nats.pid" -l "$dir/nats.log" </dev/null >/dev/null 2>&1 &
   wait_port 127.0.0.1 "$port" 20
 }
 

@@ -1,0 +1,37 @@
+# Connecting: the two commands a newcomer needs are `make up` and `make test`.
+BUILD ?= build
+JOBS ?= 2
+BUILD_TYPE ?= RelWithDebInfo
+
+.PHONY: all deps build lint breaking test up down bench demo token clean
+
+all: build
+
+deps:  ## install missing Debian and npm packages (quick no-op when present)
+	@tools/dev/install-deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) >/dev/null
+	@cmake --build $(BUILD) -j$(JOBS)
+
+lint: deps  ## buf lint, and buf breaking against the last release tag if there is one
+	@node_modules/.bin/buf lint protos
+	@tools/dev/buf-breaking.sh
+
+test: build lint  ## build, lint, and run every test against throwaway PostgreSQL + NATS
+	@tools/test/run.sh
+
+up: build  ## run the suite locally with demo data (keeps data in .stack/ between runs)
+	@tools/dev/up.sh
+
+down:  ## stop what `make up` started
+	@tools/dev/down.sh
+
+token: build  ## print a token for the local stack: make token ROLE=admin [ORG=<id>]
+	@tools/dev/token.sh $(or $(ROLE),admin) $(ORG)
+
+bench: build  ## benchmarks on their own throwaway stack (bounded in time)
+	@tools/bench/run.sh
+
+clean:
+	rm -rf $(BUILD)

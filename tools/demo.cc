@@ -1,0 +1,120 @@
+// Loads demo data into a running stack through the public API. Every create
+// carries a fixed request_id, so running it again changes nothing.
+//   PARTNERS_ADDR=127.0.0.1:50051 AUTH_JWT_KEY=... connecting-demo
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "connecting/partners/v1/partners.api.h"
+#include "libs/server/auth.h"
+
+namespace v1 = connecting::partners::v1;
+
+namespace {
+
+struct DemoOrg {
+  const char* name;
+  const char* ods;
+  v1::Sector sector;
+  v1::Region region;
+  const char* host;
+  const char* email;
+  const char* offer;
+  v1::Setting setting;
+};
+
+const DemoOrg kOrgs[] = {
+    {"Riverside University Hospitals NHS Trust", "RRV", v1::SECTOR_ACUTE_TRUST, v1::REGION_LONDON,
+     "Amara Okafor", "amara.okafor@riverside.example.nhs.uk", "Acute medical unit shift",
+     v1::SETTING_HOSPITAL_WARD},
+    {"Northfield Mental Health Partnership", "RNF", v1::SECTOR_MENTAL_HEALTH_TRUST,
+     v1::REGION_NORTH_WEST, "Dan Whitaker", "dan.whitaker@northfield.example.nhs.uk",
+     "Crisis resolution team visit", v1::SETTING_MENTAL_HEALTH_SERVICE},
+    {"Meadow Lane Surgery", "Y01234", v1::SECTOR_GENERAL_PRACTICE, v1::REGION_MIDLANDS,
+     "Priya Shah", "priya.shah@meadowlane.example.nhs.uk", "A day in general practice",
+     v1::SETTING_GP_SURGERY},
+    {"Harbour City Council Adult Social Care", "", v1::SECTOR_LOCAL_AUTHORITY,
+     v1::REGION_SOUTH_WEST, "Gareth Evans", "gareth.evans@harbourcity.example.gov.uk",
+     "Reablement team home visits", v1::SETTING_HOME_CARE},
+    {"Oakwood Care Home", "", v1::SECTOR_SOCIAL_CARE_PROVIDER, v1::REGION_EAST_OF_ENGLAND,
+     "Rosa Martins", "rosa.martins@oakwood.example.org", "Care home day shift",
+     v1::SETTING_CARE_HOME},
+    {"Open Door Community Project", "", v1::SECTOR_VOLUNTARY_COMMUNITY,
+     v1::REGION_NORTH_EAST_AND_YORKSHIRE, "Tom Reid", "tom.reid@opendoor.example.org",
+     "Drop-in centre for people experiencing homelessness", v1::SETTING_VOLUNTARY_SERVICE},
+};
+
+std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token) {
+  auto c = std::make_unique<grpc::ClientContext>();
+  c->AddMetadata("authorization", "Bearer " + token);
+  c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  return c;
+}
+
+bool Check(const grpc::Status& s, const char* what) {
+  if (s.ok()) return true;
+  std::fprintf(stderr, "%s failed: %d %s\n", what, s.error_code(), s.error_message().c_str());
+  return false;
+}
+
+}  // namespace
+
+int main() {
+  const char* addr = std::getenv("PARTNERS_ADDR");
+  const char* key = std::getenv("AUTH_JWT_KEY");
+  if (addr == nullptr || key == nullptr) {
+    std::fprintf(stderr, "set PARTNERS_ADDR and AUTH_JWT_KEY\n");
+    return 2;
+  }
+  auto token = connecting::server::MintToken(key, connecting::server::Role::kAdmin, "demo-loader",
+                                             {}, absl::Minutes(10));
+  if (!token.ok()) return 1;
+  auto stub = v1::PartnersService::NewStub(
+      grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
+  int i = 0;
+  for (const DemoOrg& d : kOrgs) {
+    ++i;
+    v1::CreateOrganisationRequest co;
+    co.set_request_id("demo-organisation-" + std::to_string(i));
+    co.mutable_organisation()->set_name(d.name);
+    co.mutable_organisation()->set_ods_code(d.ods);
+    co.mutable_organisation()->set_sector(d.sector);
+    co.mutable_organisation()->set_region(d.region);
+    v1::Organisation org;
+    if (!Check(stub->CreateOrganisation(Ctx(*token).get(), co, &org), "CreateOrganisation")) {
+      return 1;
+    }
+    v1::CreateContactRequest cc;
+    cc.set_request_id("demo-contact-" + std::to_string(i));
+    cc.mutable_contact()->set_organisation_id(org.id());
+    cc.mutable_contact()->set_display_name(d.host);
+    cc.mutable_contact()->set_email(d.email);
+    cc.mutable_contact()->set_job_title("Connecting host");
+    v1::Contact host;
+    if (!Check(stub->CreateContact(Ctx(*token).get(), cc, &host), "CreateContact")) return 1;
+    v1::CreateOfferRequest of;
+    of.set_request_id("demo-offer-" + std::to_string(i));
+    v1::Offer* o = of.mutable_offer();
+    o->set_organisation_id(org.id());
+    o->set_title(d.offer);
+    o->set_setting(d.setting);
+    o->set_description("Shadow frontline staff and talk with people who use the service.");
+    o->set_capacity_per_day(2);
+    o->add_weekdays(v1::WEEKDAY_TUESDAY);
+    o->add_weekdays(v1::WEEKDAY_THURSDAY);
+    o->add_requirements("Photo ID on arrival");
+    o->set_host_contact_id(host.id());
+    v1::Offer offer;
+    if (!Check(stub->CreateOffer(Ctx(*token).get(), of, &offer), "CreateOffer")) return 1;
+    if (offer.state() != v1::OFFER_STATE_PUBLISHED) {
+      v1::PublishOfferRequest pub;
+      pub.set_id(offer.id());
+      if (!Check(stub->PublishOffer(Ctx(*token).get(), pub, &offer), "PublishOffer")) return 1;
+    }
+    std::printf("  %-45s %s\n", org.name().c_str(), org.id().c_str());
+  }
+  return 0;
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and testing need, from Debian 12 packages and npm.
+# Quick no-op when everything is present.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+packages=(build-essential cmake pkg-config ccache git
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  libpq-dev postgresql nats-server libnats-dev libssl-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libjwt-dev libcurl4-openssl-dev
+  prometheus-cpp-dev)
+# Node.js may come from elsewhere (NodeSource bundles npm); only ask Debian when absent.
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
+if [ "${CONNECTING_SKIP_APT:-}" != 1 ]; then
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian starts a cluster on install; ours run in private directories instead.
+    $sudo systemctl disable --now postgresql >/dev/null 2>&1 || true
+  fi
+fi
+if [ ! -x node_modules/.bin/buf ]; then
+  echo "installing npm packages (buf)"
+  npm ci --no-audit --no-fund --loglevel=error >/dev/null
+fi

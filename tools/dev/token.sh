@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# `make token ROLE=... [ORG=...]`: a token for the local stack's signing key.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ -f .stack/jwt.key ] || { echo "run make up first" >&2; exit 1; }
+AUTH_JWT_KEY=$(cat .stack/jwt.key) "${BUILD_DIR:-build}/tools/connecting-token" "$@"
