@@ -1,2 +1,23 @@
-#!/bin/sh
-exit 0
+#!/usr/bin/env bash
+# Renders every overlay offline and checks what operators rely on.
+set -euo pipefail
+cd "$(dirname "$0")"
+fail() { echo "k8s: $*" >&2; exit 1; }
+for overlay in dev prod; do
+  out=$(kubectl kustomize "overlays/$overlay") || fail "$overlay does not render"
+  for kind in Deployment Service ServiceAccount ConfigMap PodDisruptionBudget NetworkPolicy Job; do
+    grep -q "^kind: $kind$" <<<"$out" || fail "$overlay has no $kind"
+  done
+  grep -q "readOnlyRootFilesystem: true" <<<"$out" || fail "$overlay: root filesystem not read-only"
+  grep -q "runAsNonRoot: true" <<<"$out" || fail "$overlay: may run as root"
+  grep -q "grpc:" <<<"$out" || fail "$overlay: no native gRPC probes"
+  grep -q -- "- --migrate" <<<"$out" || fail "$overlay: no migration job"
+done
+dev=$(kubectl kustomize overlays/dev)
+grep -q "^kind: StatefulSet$" <<<"$dev" || fail "dev has no StatefulSets"
+grep -q "jetstream" <<<"$dev" || fail "dev NATS without JetStream"
+prod=$(kubectl kustomize overlays/prod)
+grep -q "^kind: HorizontalPodAutoscaler$" <<<"$prod" || fail "prod has no HPA"
+! grep -q "^kind: StatefulSet$" <<<"$prod" || fail "prod must use external PostgreSQL/NATS"
+grep -q "^kind: Secret$" <<<"$prod" && fail "prod must not carry secrets"
+echo "k8s: dev and prod overlays render and pass checks"

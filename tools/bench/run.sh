@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# `make bench`: starts its own PostgreSQL, NATS and services in a temporary
+# directory, seeds data, runs the benchmarks (bounded: a few seconds each),
+# prints the figures and ratios, and stops everything it started.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. tools/dev/lib.sh
+BUILD_DIR=${BUILD_DIR:-build}
+SECONDS_PER_RUN=${BENCH_SECONDS:-3}
+
+work=$(mktemp -d /tmp/connecting-bench.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  stop_nats "$work/nats"
+  stop_postgres "$work/pg"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+pg_port=$(free_port)
+start_postgres "$work/pg" "$pg_port"
+nats_port=$(free_port)
+start_nats "$work/nats" "$nats_port"
+psql() { command psql -h 127.0.0.1 -p "$pg_port" -U postgres -v ON_ERROR_STOP=1 "$@"; }
+psql -qc "CREATE DATABASE partners"
+key=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+
+partners_port=$(free_port)
+DATABASE_URL="postgresql://postgres@127.0.0.1:$pg_port/partners" NATS_URL="nats://127.0.0.1:$nats_port" \
+GRPC_LISTEN="127.0.0.1:$partners_port" METRICS_LISTEN="127.0.0.1:$(free_port)" AUTH_JWT_KEY="$key" \
+LOG_LEVEL=warn "$BUILD_DIR/services/partners/partners" >"$work/partners.log" 2>&1 &
+pids+=($!)
+wait_port 127.0.0.1 "$partners_port" 30
+
+echo "seeding 100,000 organisations"
+until psql -d partners -tAc "SELECT 1 FROM pg_tables WHERE tablename = 'organisations'" | grep -q 1; do sleep 0.2; done
+psql -d partners -q <<'SQL'
+INSERT INTO organisations (name, ods_code, sector, region, description)
+SELECT 'Bench Organisation ' || lpad(g::text, 6, '0'), 'B' || lpad(g::text, 6, '0'),
+       1 + g % 10, 1 + g % 7, 'Seeded for the read benchmark'
+FROM generate_series(1, 100000) AS g;
+ANALYZE organisations;
+SQL
+org=$(psql -d partners -tAc "SELECT id FROM organisations ORDER BY name LIMIT 1 OFFSET 50000")
+token=$(AUTH_JWT_KEY="$key" "$BUILD_DIR/tools/connecting-token" viewer)
+
+echo
+echo "== partners reads (100,000 organisations; ${SECONDS_PER_RUN}s per row; $(nproc) cores shared by client and server)"
+"$BUILD_DIR/tools/partners_bench" --addr "127.0.0.1:$partners_port" --token "$token" --org "$org" \
+  --seconds "$SECONDS_PER_RUN"
+
+if [ -x "$BUILD_DIR/tools/scheduling_bench" ] && [ -x tools/bench/scheduling.sh ]; then
+  . tools/bench/scheduling.sh
+fi
