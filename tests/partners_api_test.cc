@@ -368,3 +368,45 @@ TEST_F(PartnersApi, OfferHostMustBelongToTheSameOrganisation) {
 
 }  // namespace
 }  // namespace connecting::testing
+
+namespace connecting::testing {
+namespace {
+
+// GetOrganisation is served from a per-replica cache; a change made through
+// another replica must show within a notification's delivery time.
+TEST(PartnersCache, ReplicasSeeEachOthersChanges) {
+  PartnersFixture fx;
+  ServiceProcess other(fx.service->options());
+  other.Start();
+  auto b = v1::PartnersService::NewStub(other.channel());
+  v1::CreateOrganisationRequest create;
+  *create.mutable_organisation() = SampleOrganisation("Cached Trust");
+  v1::Organisation org;
+  ASSERT_TRUE(fx.stub->CreateOrganisation(Ctx(fx.admin).get(), create, &org).ok());
+  v1::GetOrganisationRequest get;
+  get.set_id(org.id());
+  v1::Organisation seen;
+  for (int i = 0; i < 3; ++i) {  // warm replica B's cache
+    ASSERT_TRUE(b->GetOrganisation(Ctx(fx.admin).get(), get, &seen).ok());
+  }
+  for (int round = 0; round < 5; ++round) {
+    v1::UpdateOrganisationRequest upd;
+    upd.mutable_organisation()->set_id(org.id());
+    upd.mutable_organisation()->set_etag(org.etag());
+    upd.mutable_organisation()->set_description("Revision " + std::to_string(round));
+    upd.mutable_update_mask()->add_paths("description");
+    ASSERT_TRUE(fx.stub->UpdateOrganisation(Ctx(fx.admin).get(), upd, &org).ok());
+    // The writer's own replica reads its write at once.
+    ASSERT_TRUE(fx.stub->GetOrganisation(Ctx(fx.admin).get(), get, &seen).ok());
+    EXPECT_EQ(seen.etag(), org.etag());
+    // The other replica catches up within a short bound.
+    absl::Time until = absl::Now() + absl::Seconds(2);
+    do {
+      ASSERT_TRUE(b->GetOrganisation(Ctx(fx.admin).get(), get, &seen).ok());
+    } while (seen.etag() != org.etag() && absl::Now() < until);
+    EXPECT_EQ(seen.description(), "Revision " + std::to_string(round));
+  }
+}
+
+}  // namespace
+}  // namespace connecting::testing

@@ -5,8 +5,10 @@
 #include <cerrno>
 #include <memory>
 #include <optional>
+#include <unordered_map>
 
 #include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
@@ -47,6 +49,14 @@ absl::StatusOr<Role> ParseRole(absl::string_view name) {
       absl::StrCat("unknown role \"", name, "\" (admin, partner, participant, system, viewer)"));
 }
 
+struct Authenticator::Cache {
+  absl::Mutex mu;
+  std::unordered_map<std::string, std::pair<Principal, int64_t>> verified ABSL_GUARDED_BY(mu);
+};
+
+Authenticator::Authenticator(AuthOptions o, int alg)
+    : options_(std::move(o)), alg_(alg), cache_(std::make_shared<Cache>()) {}
+
 absl::StatusOr<Authenticator> Authenticator::Create(AuthOptions options) {
   int alg;
   if (options.algorithm == "HS256") {
@@ -78,6 +88,26 @@ absl::StatusOr<Principal> Authenticator::Authenticate(absl::string_view authoriz
     return absl::UnauthenticatedError("authorization must be \"Bearer <token>\"");
   }
   std::string token(authorization.substr(kBearer.size()));
+  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  {
+    absl::MutexLock lock(&cache_->mu);
+    auto it = cache_->verified.find(token);
+    if (it != cache_->verified.end()) {
+      if (it->second.second + absl::ToInt64Seconds(options_.leeway) >= now) return it->second.first;
+      cache_->verified.erase(it);
+    }
+  }
+  int64_t exp = 0;
+  absl::StatusOr<Principal> p = Verify(token, &exp);
+  if (p.ok()) {
+    absl::MutexLock lock(&cache_->mu);
+    if (cache_->verified.size() >= 10000) cache_->verified.clear();
+    cache_->verified.emplace(std::move(token), std::make_pair(*p, exp));
+  }
+  return p;
+}
+
+absl::StatusOr<Principal> Authenticator::Verify(const std::string& token, int64_t* exp_out) const {
   jwt_t* raw = nullptr;
   if (jwt_decode(&raw, token.c_str(), reinterpret_cast<const unsigned char*>(options_.key.data()),
                  static_cast<int>(options_.key.size())) != 0 ||
@@ -94,6 +124,7 @@ absl::StatusOr<Principal> Authenticator::Authenticate(absl::string_view authoriz
   std::optional<long> exp = IntClaim(jwt.get(), "exp");
   if (!exp) return absl::UnauthenticatedError("token has no exp claim");
   if (*exp + leeway < now) return absl::UnauthenticatedError("token has expired");
+  *exp_out = *exp;
   if (std::optional<long> nbf = IntClaim(jwt.get(), "nbf"); nbf && *nbf - leeway > now) {
     return absl::UnauthenticatedError("token is not valid yet (nbf)");
   }

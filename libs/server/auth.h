@@ -9,6 +9,7 @@
 #define CONNECTING_LIBS_SERVER_AUTH_H_
 
 #include <map>
+#include <memory>
 #include <string>
 #include "absl/strings/string_view.h"
 
@@ -48,9 +49,14 @@ class Authenticator {
   absl::StatusOr<Principal> Authenticate(absl::string_view authorization) const;
 
  private:
-  explicit Authenticator(AuthOptions o, int alg) : options_(std::move(o)), alg_(alg) {}
+  struct Cache;
+  Authenticator(AuthOptions o, int alg);
+  absl::StatusOr<Principal> Verify(const std::string& token, int64_t* exp) const;
   AuthOptions options_;
   int alg_;
+  // Verified tokens until their expiry: clients send the same token on every
+  // call, and verifying a signature costs more than the rest of a cached read.
+  std::shared_ptr<Cache> cache_;
 };
 
 // Signs a token (HS256) — for tests, tools and `make up`; services never mint.

@@ -105,7 +105,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status, absl::string_view method,
 
 grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
                                          const google::protobuf::Message* request,
-                                         const char* method, Work work) {
+                                         const char* method, Work work, FastPath fast) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   const absl::Time start = absl::Now();
   auto finish = [reactor, method, start](const grpc::Status& s) {
@@ -125,6 +125,13 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
   }
   absl::Time deadline = std::min(absl::FromChrono(ctx->deadline()), start + max_deadline_);
   std::string trace = TraceParent(Metadata(ctx, "traceparent"));
+  if (fast != nullptr) {
+    Call call{*principal, deadline, trace, method};
+    if (std::optional<absl::Status> done = fast(call)) {
+      finish(ToGrpcStatus(*done, method, trace));
+      return reactor;
+    }
+  }
   bool queued = executor_->TrySubmit(
       [ctx, method, deadline, finish, work = std::move(work), trace = std::move(trace),
        p = *std::move(principal)]() mutable {

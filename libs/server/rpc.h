@@ -17,6 +17,7 @@
 #define CONNECTING_LIBS_SERVER_RPC_H_
 
 #include <functional>
+#include <optional>
 #include <string>
 #include "absl/strings/string_view.h"
 
@@ -46,13 +47,16 @@ grpc::Status ToGrpcStatus(const absl::Status& status, absl::string_view method,
 class RpcRunner {
  public:
   using Work = std::function<absl::Status(const Call&)>;
+  // Runs on the gRPC thread before queueing; must not block. Returning a
+  // status finishes the call (e.g. a cache hit); nullopt queues `work`.
+  using FastPath = std::function<std::optional<absl::Status>(const Call&)>;
 
   RpcRunner(Executor* executor, const Authenticator* auth, absl::Duration max_deadline)
       : executor_(executor), auth_(auth), max_deadline_(max_deadline) {}
 
   grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx,
                                 const google::protobuf::Message* request, const char* method,
-                                Work work);
+                                Work work, FastPath fast = nullptr);
 
  private:
   Executor* const executor_;

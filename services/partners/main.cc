@@ -15,9 +15,16 @@ int main(int argc, char** argv) {
   def.grpc_services = {partners::v1::PartnersService::service_full_name()};
   def.migrations = [] { return db::MigrationSet{"partners", partners::SqlMigrations()}; };
   // Owned here for the life of the process; the gRPC service keeps pointers.
+  static std::unique_ptr<partners::PartnersLogic::OrganisationCache> cache;
   static std::unique_ptr<partners::PartnersLogic> logic;
   def.build = [](server::ServiceContext& ctx) {
-    logic = std::make_unique<partners::PartnersLogic>(ctx.pool, ctx.outbox, ctx.page_tokens);
+    // Organisations are read far more than written (every booking checks its
+    // partner); see libs/db/notify_cache.h for how the cache stays coherent.
+    cache = std::make_unique<partners::PartnersLogic::OrganisationCache>(
+        ctx.config.database_url, "partners_organisation_changed", 200000);
+    cache->Start();
+    logic = std::make_unique<partners::PartnersLogic>(ctx.pool, ctx.outbox, ctx.page_tokens,
+                                                      cache.get());
     std::vector<std::unique_ptr<grpc::Service>> services;
     services.push_back(std::make_unique<partners::PartnersGrpc>(logic.get(), &ctx.rpc));
     return services;

@@ -163,14 +163,25 @@ absl::Status PartnersLogic::CreateOrganisation(const Call& call,
   });
 }
 
+std::optional<absl::Status> PartnersLogic::GetOrganisationCached(
+    const Call&, const v1::GetOrganisationRequest& req, v1::Organisation* resp) {
+  if (cache_ == nullptr) return std::nullopt;
+  std::optional<v1::Organisation> hit = cache_->Get(req.id());
+  if (!hit) return std::nullopt;
+  *resp = *std::move(hit);
+  return absl::OkStatus();
+}
+
 absl::Status PartnersLogic::GetOrganisation(const Call& call,
                                             const v1::GetOrganisationRequest& req,
                                             v1::Organisation* resp) {
   if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
+  uint64_t generation = cache_ != nullptr ? cache_->Generation() : 0;
   return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
     auto org = store::GetOrganisation(c, req.id(), false);
     if (!org.ok()) return org.status();
     *resp = *std::move(org);
+    if (cache_ != nullptr) cache_->Put(resp->id(), *resp, generation);
     return absl::OkStatus();
   });
 }
@@ -215,6 +226,15 @@ absl::Status PartnersLogic::UpdateOrganisation(const Call& call,
   ValidateMask(errors, req.update_mask(), OrganisationMaskPaths());
   if (!errors.empty()) return errors.ToStatus();
   const v1::Organisation& in = req.organisation();
+  // Whatever the outcome, this replica's cache forgets the row (the trigger's
+  // NOTIFY tells the other replicas).
+  struct Forget {
+    OrganisationCache* cache;
+    const std::string& id;
+    ~Forget() {
+      if (cache != nullptr) cache->Invalidate(id);
+    }
+  } forget{cache_, in.id()};
 
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto cur = store::GetOrganisation(c, in.id(), true);
@@ -252,6 +272,13 @@ absl::Status PartnersLogic::ChangeStatus(const Call& call, const std::string& id
       server::CheckText(errors, "reason", reason_in, server::TextRule{0, 500, true});
   if (!errors.empty()) return errors.ToStatus();
   auto t = static_cast<OrgTransition>(transition);
+  struct Forget {
+    OrganisationCache* cache;
+    const std::string& id;
+    ~Forget() {
+      if (cache != nullptr) cache->Invalidate(id);
+    }
+  } forget{cache_, id};
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto cur = store::GetOrganisation(c, id, true);
     if (!cur.ok()) return cur.status();

@@ -7,6 +7,7 @@
 #include "connecting/partners/v1/partners.api.h"
 #include "libs/bus/outbox.h"
 #include "libs/db/db.h"
+#include "libs/db/notify_cache.h"
 #include "libs/server/page_token.h"
 #include "libs/server/rpc.h"
 
@@ -17,8 +18,16 @@ using server::Call;
 
 class PartnersLogic {
  public:
-  PartnersLogic(db::Pool& pool, const bus::Outbox& outbox, const server::PageTokens& tokens)
-      : pool_(pool), outbox_(outbox), tokens_(tokens) {}
+  using OrganisationCache = db::NotifyCache<v1::Organisation>;
+  // `cache` may be null (no caching).
+  PartnersLogic(db::Pool& pool, const bus::Outbox& outbox, const server::PageTokens& tokens,
+                OrganisationCache* cache = nullptr)
+      : pool_(pool), outbox_(outbox), tokens_(tokens), cache_(cache) {}
+
+  // GetOrganisation from the cache, without blocking; nullopt on a miss.
+  std::optional<absl::Status> GetOrganisationCached(const Call& call,
+                                                    const v1::GetOrganisationRequest& req,
+                                                    v1::Organisation* resp);
 
   absl::Status CreateOrganisation(const Call& call, const v1::CreateOrganisationRequest& req,
                                   v1::Organisation* resp);
@@ -64,6 +73,7 @@ class PartnersLogic {
   db::Pool& pool_;
   const bus::Outbox& outbox_;
   const server::PageTokens& tokens_;
+  OrganisationCache* const cache_;
 };
 
 class PartnersGrpc final : public v1::PartnersService::CallbackService {
@@ -77,7 +87,16 @@ class PartnersGrpc final : public v1::PartnersService::CallbackService {
                      [this, req, resp](const Call& call) { return logic_->Method(call, *req, resp); }); \
   }
   CONNECTING_PARTNERS_RPC(CreateOrganisation, CreateOrganisationRequest, Organisation)
-  CONNECTING_PARTNERS_RPC(GetOrganisation, GetOrganisationRequest, Organisation)
+  grpc::ServerUnaryReactor* GetOrganisation(grpc::CallbackServerContext* ctx,
+                                            const v1::GetOrganisationRequest* req,
+                                            v1::Organisation* resp) override {
+    return rpc_->Run(
+        ctx, req, "GetOrganisation",
+        [this, req, resp](const Call& call) { return logic_->GetOrganisation(call, *req, resp); },
+        [this, req, resp](const Call& call) {
+          return logic_->GetOrganisationCached(call, *req, resp);
+        });
+  }
   CONNECTING_PARTNERS_RPC(ListOrganisations, ListOrganisationsRequest, ListOrganisationsResponse)
   CONNECTING_PARTNERS_RPC(UpdateOrganisation, UpdateOrganisationRequest, Organisation)
   CONNECTING_PARTNERS_RPC(PauseOrganisation, PauseOrganisationRequest, Organisation)

@@ -206,7 +206,7 @@ absl::StatusOr<std::vector<v1::Organisation>> ListOrganisations(db::Conn& c,
   params.push_back(static_cast<int32_t>(limit));
   std::string sql = absl::StrCat("SELECT ", kOrgCols, " FROM organisations",
                                  where.empty() ? "" : " WHERE ", absl::StrJoin(where, " AND "),
-                                 " ORDER BY name, id LIMIT $", params.size());
+                                 " ORDER BY organisations.name, organisations.id LIMIT $", params.size());
   return All<v1::Organisation>(c.Exec(sql, params), OrgRow);
 }
 
@@ -265,7 +265,7 @@ absl::StatusOr<std::vector<v1::Contact>> ListContacts(db::Conn& c, const std::st
     return All<v1::Contact>(
         c.Exec(absl::StrCat("SELECT ", kContactCols,
                             " FROM contacts WHERE organisation_id = $1::uuid AND "
-                            "(display_name, id) > ($2, $3::uuid) ORDER BY display_name, id "
+                            "(display_name, id) > ($2, $3::uuid) ORDER BY contacts.display_name, contacts.id "
                             "LIMIT $4"),
                {org_id, after->sort_text, after->id, static_cast<int32_t>(limit)}),
         ContactRow);
@@ -273,7 +273,7 @@ absl::StatusOr<std::vector<v1::Contact>> ListContacts(db::Conn& c, const std::st
   return All<v1::Contact>(
       c.Exec(absl::StrCat("SELECT ", kContactCols,
                           " FROM contacts WHERE organisation_id = $1::uuid "
-                          "ORDER BY display_name, id LIMIT $2"),
+                          "ORDER BY contacts.display_name, contacts.id LIMIT $2"),
              {org_id, static_cast<int32_t>(limit)}),
       ContactRow);
 }
@@ -361,7 +361,7 @@ absl::StatusOr<std::vector<v1::Offer>> ListOffers(db::Conn& c, const std::string
   params.push_back(static_cast<int32_t>(limit));
   std::string sql = absl::StrCat("SELECT ", kOfferCols, " FROM offers",
                                  where.empty() ? "" : " WHERE ", absl::StrJoin(where, " AND "),
-                                 " ORDER BY title, id LIMIT $", params.size());
+                                 " ORDER BY offers.title, offers.id LIMIT $", params.size());
   return All<v1::Offer>(c.Exec(sql, params), OfferRow);
 }
 

@@ -1,0 +1,64 @@
+#include "libs/db/notify_cache.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "libs/common/log.h"
+#include "libs/db/db.h"
+
+namespace connecting::db {
+
+NotifyListener::NotifyListener(std::string db_url, std::string channel)
+    : db_url_(std::move(db_url)), channel_(std::move(channel)) {
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+}
+
+NotifyListener::~NotifyListener() {
+  Stop();
+  if (wake_fd_ >= 0) close(wake_fd_);
+}
+
+void NotifyListener::Start() { thread_ = std::thread([this] { Run(); }); }
+
+void NotifyListener::Stop() {
+  stop_.store(true);
+  uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof one);
+  if (thread_.joinable()) thread_.join();
+}
+
+void NotifyListener::Run() {
+  std::unique_ptr<Conn> conn;
+  while (!stop_.load()) {
+    if (conn == nullptr || !conn->healthy()) {
+      if (listening_.exchange(false)) log::Warn("cache listener lost", {{"channel", channel_}});
+      OnReset();
+      auto c = Conn::Open(db_url_, "cache-listener");
+      if (!c.ok() || !(*c)->ExecScript(absl::StrCat("LISTEN ", channel_)).ok()) {
+        pollfd p{wake_fd_, POLLIN, 0};
+        (void)poll(&p, 1, 1000);
+        continue;
+      }
+      conn = *std::move(c);
+      OnReset();  // anything cached before LISTEN may have missed a change
+      listening_.store(true);
+    }
+    pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {PQsocket(conn->raw()), POLLIN, 0}};
+    (void)poll(fds, 2, 5000);
+    {
+      if (PQconsumeInput(conn->raw()) == 0) {
+        conn.reset();
+        continue;
+      }
+      while (PGnotify* n = PQnotifies(conn->raw())) {
+        OnInvalidate(n->extra != nullptr ? n->extra : "");
+        PQfreemem(n);
+      }
+    }
+  }
+  listening_.store(false);
+}
+
+}  // namespace connecting::db
