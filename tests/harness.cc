@@ -322,6 +322,49 @@ PartnersFixture::PartnersFixture(std::map<std::string, std::string> extra_env) {
   stub = connecting::partners::v1::PartnersService::NewStub(service->channel());
 }
 
+SchedulingFixture::SchedulingFixture(std::map<std::string, std::string> extra_env) {
+  nats_url = RequiredEnv("CONNECTING_TEST_NATS");
+  suffix = RandomSuffix();
+  partners_db = NewDatabase();
+  scheduling_db = NewDatabase();
+  std::string partners_prefix = "t" + suffix + ".connecting.partners";
+  partners = std::make_unique<ServiceProcess>(ServiceProcess::Options{
+      PARTNERS_BIN, partners_db, nats_url, "PARTNERS_" + suffix, partners_prefix, {}});
+  partners->Start();
+  extra_env["PARTNERS_EVENTS_STREAM"] = "PARTNERS_" + suffix;
+  extra_env["PARTNERS_EVENTS_SUBJECT"] = partners_prefix + ".organisation.>";
+  scheduling_stream = "SCHEDULING_" + suffix;
+  scheduling = std::make_unique<ServiceProcess>(ServiceProcess::Options{
+      SCHEDULING_BIN, scheduling_db, nats_url, scheduling_stream,
+      "t" + suffix + ".connecting.scheduling", extra_env});
+  scheduling->Start();
+  partners_stub = connecting::partners::v1::PartnersService::NewStub(partners->channel());
+  stub = connecting::scheduling::v1::SchedulingService::NewStub(scheduling->channel());
+}
+
+std::string SchedulingFixture::CreatePartner(const std::string& name) {
+  connecting::partners::v1::CreateOrganisationRequest req;
+  *req.mutable_organisation() = SampleOrganisation(name);
+  connecting::partners::v1::Organisation org;
+  grpc::Status s = partners_stub->CreateOrganisation(Ctx(admin).get(), req, &org);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(WaitForPartnerStatus(org.id(), 1)) << "scheduling never heard of " << org.id();
+  return org.id();
+}
+
+bool SchedulingFixture::WaitForPartnerStatus(const std::string& org_id, int status,
+                                             absl::Duration timeout) {
+  auto conn = db::Conn::Open(scheduling_db, "test");
+  if (!conn.ok()) return false;
+  absl::Time until = absl::Now() + timeout;
+  while (absl::Now() < until) {
+    auto r = (*conn)->Exec("SELECT status FROM partner_organisations WHERE id = $1::uuid", {org_id});
+    if (r.ok() && r->rows() == 1 && r->Int(0, 0) == status) return true;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return false;
+}
+
 connecting::partners::v1::Organisation SampleOrganisation(const std::string& name) {
   connecting::partners::v1::Organisation o;
   o.set_name(name);

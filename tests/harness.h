@@ -18,6 +18,7 @@
 
 #include "absl/time/time.h"
 #include "connecting/partners/v1/partners.api.h"
+#include "connecting/scheduling/v1/scheduling.api.h"
 #include "libs/server/auth.h"
 
 namespace connecting::testing {
@@ -127,6 +128,27 @@ struct PartnersFixture {
   std::string stream;
   std::unique_ptr<ServiceProcess> service;
   std::unique_ptr<connecting::partners::v1::PartnersService::Stub> stub;
+  std::string admin = Token(server::Role::kAdmin, "programme-team");
+};
+
+// Partners and scheduling wired together on the shared servers: scheduling
+// consumes the partners stream of this fixture.
+struct SchedulingFixture {
+  explicit SchedulingFixture(std::map<std::string, std::string> extra_env = {});
+  // Creates an ACTIVE organisation in partners and waits until scheduling's
+  // projection has it.
+  std::string CreatePartner(const std::string& name);
+  // Waits until the projection holds `status` for the organisation.
+  bool WaitForPartnerStatus(const std::string& org_id, int status,
+                            absl::Duration timeout = absl::Seconds(10));
+  std::string nats_url;
+  std::string suffix;
+  std::string partners_db, scheduling_db;
+  std::string scheduling_stream;
+  std::unique_ptr<ServiceProcess> partners;
+  std::unique_ptr<ServiceProcess> scheduling;
+  std::unique_ptr<connecting::partners::v1::PartnersService::Stub> partners_stub;
+  std::unique_ptr<connecting::scheduling::v1::SchedulingService::Stub> stub;
   std::string admin = Token(server::Role::kAdmin, "programme-team");
 };
 

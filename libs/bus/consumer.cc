@@ -47,11 +47,17 @@ void Consumer::Stop() {
 }
 
 absl::Status Consumer::Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub) {
-  if (absl::Status s = nats_->EnsureStream({.name = options_.stream,
-                                            .subjects = {options_.filter_subject}});
-      !s.ok() && !absl::IsNotFound(s)) {
-    return s;
+  // The stream belongs to the producing service; wait for it rather than
+  // create it with only our filter's subjects.
+  jsStreamInfo* si = nullptr;
+  jsErrCode serr = static_cast<jsErrCode>(0);
+  natsStatus sst = js_GetStreamInfo(&si, js, options_.stream.c_str(), nullptr, &serr);
+  NatsPtr<jsStreamInfo> si_owner(si);
+  if (sst == NATS_NOT_FOUND) {
+    return absl::UnavailableError(
+        absl::StrCat("stream ", options_.stream, " does not exist yet (its producer creates it)"));
   }
+  if (sst != NATS_OK) return FromNats(sst, absl::StrCat("stream ", options_.stream), serr);
   // Create the durable consumer explicitly so that unsubscribing never deletes it.
   jsConsumerConfig cc;
   jsConsumerConfig_Init(&cc);

@@ -113,27 +113,6 @@ const std::vector<std::string>& OfferMaskPaths() {
   return *p;
 }
 
-void ValidateMask(FieldErrors& errors, const google::protobuf::FieldMask& mask,
-                  const std::vector<std::string>& allowed) {
-  if (mask.paths_size() == 0) {
-    errors.Add("update_mask", absl::StrCat("is required: name the fields to change among ",
-                                           absl::StrJoin(allowed, ", ")));
-    return;
-  }
-  std::set<std::string> seen;
-  for (const std::string& path : mask.paths()) {
-    if (std::find(allowed.begin(), allowed.end(), path) == allowed.end()) {
-      errors.Add("update_mask", absl::StrCat("\"", path, "\" is not an updatable field (",
-                                             absl::StrJoin(allowed, ", "), ")"));
-      return;
-    }
-    if (!seen.insert(path).second) {
-      errors.Add("update_mask", absl::StrCat("\"", path, "\" is named twice"));
-      return;
-    }
-  }
-}
-
 absl::Status MayReadContacts(const Principal& p, const std::string& organisation_id) {
   if (p.is_staff() || p.role == Role::kViewer) return absl::OkStatus();
   if (p.role == Role::kPartner && p.organisation_id == organisation_id) return absl::OkStatus();

@@ -27,9 +27,6 @@ void ValidateOffer(server::FieldErrors& errors, const std::string& prefix, v1::O
 const std::vector<std::string>& OrganisationMaskPaths();
 const std::vector<std::string>& ContactMaskPaths();
 const std::vector<std::string>& OfferMaskPaths();
-// Checks a mask: non-empty, known paths, no duplicates.
-void ValidateMask(server::FieldErrors& errors, const google::protobuf::FieldMask& mask,
-                  const std::vector<std::string>& allowed);
 
 // Reading: every role may read organisations and offers.
 // Contacts (personal data): staff, viewers, and a partner for its own organisation.

@@ -1,10 +1,9 @@
 #include "services/partners/partners_service.h"
 
-#include <google/protobuf/util/field_mask_util.h>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "connecting/events/v1/partners_events.pb.h"
+#include "libs/server/resource.h"
 #include "libs/server/validate.h"
 #include "services/partners/partners_rules.h"
 #include "services/partners/store.h"
@@ -13,46 +12,14 @@ namespace connecting::partners {
 namespace {
 
 namespace ev = ::connecting::events::v1;
-using google::protobuf::FieldMask;
-using google::protobuf::util::FieldMaskUtil;
+using server::ApplyMask;
+using server::CheckEtag;
 using server::FieldErrors;
 
 db::TxOptions Tx(const Call& call) {
   db::TxOptions o;
   o.deadline = call.deadline;
   return o;
-}
-
-absl::Status Stale(const char* what, const std::string& current) {
-  return absl::AbortedError(absl::StrCat(
-      "etag: the ", what, " changed since you read it (current etag ", current,
-      "); read it again and reapply your change"));
-}
-
-absl::Status CheckEtag(const char* what, const std::string& given, const std::string& current) {
-  if (!given.empty() && given != current) return Stale(what, current);
-  return absl::OkStatus();
-}
-
-// Copies the masked fields of `from` onto `to` (repeated fields replaced) and
-// returns the paths whose values actually changed.
-template <class T>
-std::vector<std::string> ApplyMask(const T& from, const FieldMask& mask, T* to) {
-  T before = *to;
-  FieldMaskUtil::MergeOptions opts;
-  opts.set_replace_repeated_fields(true);
-  opts.set_replace_message_fields(true);
-  FieldMaskUtil::MergeMessageTo(from, mask, opts, to);
-  std::vector<std::string> changed;
-  for (const std::string& path : mask.paths()) {
-    FieldMask one;
-    one.add_paths(path);
-    T a = before, b = *to;
-    FieldMaskUtil::TrimMessage(one, &a);
-    FieldMaskUtil::TrimMessage(one, &b);
-    if (a.SerializeAsString() != b.SerializeAsString()) changed.push_back(path);
-  }
-  return changed;
 }
 
 absl::Status OdsConflict(const absl::Status& s, const std::string& ods) {
@@ -223,7 +190,7 @@ absl::Status PartnersLogic::UpdateOrganisation(const Call& call,
       errors.Add("organisation.etag", "is required (the etag from your last read)");
     }
   }
-  ValidateMask(errors, req.update_mask(), OrganisationMaskPaths());
+  server::ValidateMask(errors, req.update_mask(), OrganisationMaskPaths());
   if (!errors.empty()) return errors.ToStatus();
   const v1::Organisation& in = req.organisation();
   // Whatever the outcome, this replica's cache forgets the row (the trigger's
@@ -241,7 +208,7 @@ absl::Status PartnersLogic::UpdateOrganisation(const Call& call,
     if (!cur.ok()) return cur.status();
     if (absl::Status s = MayChange(call.principal, in.id()); !s.ok()) return s;
     if (absl::Status s = NotArchived(*cur); !s.ok()) return s;
-    if (in.etag() != cur->etag()) return Stale("organisation", cur->etag());
+    if (in.etag() != cur->etag()) return server::StaleEtag("organisation", cur->etag());
     v1::Organisation merged = *cur;
     ApplyMask(in, req.update_mask(), &merged);
     FieldErrors errs;
@@ -430,14 +397,14 @@ absl::Status PartnersLogic::UpdateContact(const Call& call, const v1::UpdateCont
       errors.Add("contact.etag", "is required (the etag from your last read)");
     }
   }
-  ValidateMask(errors, req.update_mask(), ContactMaskPaths());
+  server::ValidateMask(errors, req.update_mask(), ContactMaskPaths());
   if (!errors.empty()) return errors.ToStatus();
   const v1::Contact& in = req.contact();
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto cur = store::GetContact(c, in.id(), true);
     if (!cur.ok()) return cur.status();
     if (absl::Status s = MayChange(call.principal, cur->organisation_id()); !s.ok()) return s;
-    if (in.etag() != cur->etag()) return Stale("contact", cur->etag());
+    if (in.etag() != cur->etag()) return server::StaleEtag("contact", cur->etag());
     v1::Contact merged = *cur;
     ApplyMask(in, req.update_mask(), &merged);
     FieldErrors errs;
@@ -570,14 +537,14 @@ absl::Status PartnersLogic::UpdateOffer(const Call& call, const v1::UpdateOfferR
       errors.Add("offer.etag", "is required (the etag from your last read)");
     }
   }
-  ValidateMask(errors, req.update_mask(), OfferMaskPaths());
+  server::ValidateMask(errors, req.update_mask(), OfferMaskPaths());
   if (!errors.empty()) return errors.ToStatus();
   const v1::Offer& in = req.offer();
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto cur = store::GetOffer(c, in.id(), true);
     if (!cur.ok()) return cur.status();
     if (absl::Status s = MayChange(call.principal, cur->organisation_id()); !s.ok()) return s;
-    if (in.etag() != cur->etag()) return Stale("offer", cur->etag());
+    if (in.etag() != cur->etag()) return server::StaleEtag("offer", cur->etag());
     auto org = store::GetOrganisation(c, cur->organisation_id(), false);
     if (!org.ok()) return org.status();
     if (absl::Status s = NotArchived(*org); !s.ok()) return s;

@@ -1,0 +1,36 @@
+// The scheduling service binary. Beyond the common configuration (see
+// libs/server/service_main.h) it reads where partner events come from:
+//   PARTNERS_EVENTS_STREAM   PARTNERS
+//   PARTNERS_EVENTS_SUBJECT  connecting.partners.organisation.>
+#include "libs/common/config.h"
+#include "libs/server/service_main.h"
+#include "services/scheduling/scheduling_service.h"
+
+namespace connecting::scheduling {
+std::vector<db::Migration> SqlMigrations();  // generated from migrations/
+}
+
+int main(int argc, char** argv) {
+  using namespace connecting;
+  server::ServiceDefinition def;
+  def.name = "scheduling";
+  def.stream = "SCHEDULING";
+  def.grpc_services = {scheduling::v1::SchedulingService::service_full_name()};
+  def.migrations = [] { return db::MigrationSet{"scheduling", scheduling::SqlMigrations()}; };
+  static std::unique_ptr<scheduling::SchedulingLogic> logic;
+  def.build = [](server::ServiceContext& ctx) {
+    config::EnvReader env;
+    bus::ConsumerOptions partners;
+    partners.stream = env.String("PARTNERS_EVENTS_STREAM", "PARTNERS");
+    partners.filter_subject =
+        env.String("PARTNERS_EVENTS_SUBJECT", "connecting.partners.organisation.>");
+    partners.durable = "scheduling-partners";
+    ctx.consumers.push_back(std::make_unique<bus::Consumer>(
+        partners, &ctx.pool, &ctx.nats, &scheduling::ApplyPartnerEvent));
+    logic = std::make_unique<scheduling::SchedulingLogic>(ctx.pool, ctx.outbox, ctx.page_tokens);
+    std::vector<std::unique_ptr<grpc::Service>> services;
+    services.push_back(std::make_unique<scheduling::SchedulingGrpc>(logic.get(), &ctx.rpc));
+    return services;
+  };
+  return server::ServiceMain(argc, argv, def);
+}

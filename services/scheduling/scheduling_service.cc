@@ -1,0 +1,871 @@
+#include "services/scheduling/scheduling_service.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "connecting/events/v1/partners_events.pb.h"
+#include "connecting/events/v1/scheduling_events.pb.h"
+#include "connecting/partners/v1/partners.pb.h"
+#include "libs/server/resource.h"
+#include "services/scheduling/scheduling_rules.h"
+#include "services/scheduling/store.h"
+
+namespace connecting::scheduling {
+namespace {
+
+namespace ev = ::connecting::events::v1;
+namespace pv1 = ::connecting::partners::v1;
+using server::FieldErrors;
+using server::Role;
+
+constexpr int kConfirmed = v1::BOOKING_STATUS_CONFIRMED;
+constexpr int kWaitlisted = v1::BOOKING_STATUS_WAITLISTED;
+constexpr int kCancelled = v1::BOOKING_STATUS_CANCELLED;
+
+db::TxOptions Tx(const Call& call) {
+  db::TxOptions o;
+  o.deadline = call.deadline;
+  return o;
+}
+
+// The partner must be known from PARTNERS events and ACTIVE.
+absl::StatusOr<store::PartnerOrganisation> ActivePartner(db::Conn& c, const std::string& id) {
+  auto p = store::GetPartner(c, id);
+  if (!p.ok()) return p.status();
+  if (!p->has_value()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "organisation ", id, " is not known to scheduling (no partners event for it yet)"));
+  }
+  if ((*p)->status != pv1::ORGANISATION_STATUS_ACTIVE) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "partner organisation ", id, " is ",
+        pv1::OrganisationStatus_Name(static_cast<pv1::OrganisationStatus>((*p)->status)),
+        "; it takes no bookings"));
+  }
+  return **p;
+}
+
+absl::StatusOr<std::vector<std::string>> Token(const server::PageTokens& tokens,
+                                               const std::string& scope, const std::string& token,
+                                               size_t parts) {
+  if (token.empty()) return std::vector<std::string>();
+  auto v = tokens.Decode(scope, token);
+  if (!v.ok()) return v.status();
+  if (v->size() != parts) return absl::InvalidArgumentError("page_token: is malformed");
+  return v;
+}
+
+void CheckDateFilter(FieldErrors& e, const char* field, const std::string& v) {
+  if (!v.empty() && !IsDate(v)) e.Add(field, "must be a date written YYYY-MM-DD");
+}
+
+}  // namespace
+
+// ------------------------------------------------------------ partner events
+
+absl::Status ApplyPartnerEvent(db::Conn& tx, const bus::Delivery& event) {
+  static const char* kOrganisationEvents[] = {
+      "connecting.events.v1.OrganisationCreated", "connecting.events.v1.OrganisationUpdated",
+      "connecting.events.v1.OrganisationPaused", "connecting.events.v1.OrganisationArchived",
+      "connecting.events.v1.OrganisationReactivated"};
+  bool relevant = false;
+  for (const char* t : kOrganisationEvents) relevant = relevant || event.type == t;
+  if (!relevant) return absl::OkStatus();  // contacts and offers: not needed here
+  // Every organisation event carries `organisation`; read them all through one
+  // message type, ignoring the fields only some have.
+  ev::OrganisationArchived e;
+  google::protobuf::util::JsonParseOptions opts;
+  opts.ignore_unknown_fields = true;
+  if (!google::protobuf::util::JsonStringToMessage(event.payload, &e, opts).ok() ||
+      e.organisation().id().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("unreadable ", event.type, " payload"));
+  }
+  int64_t version = 0;
+  if (!absl::SimpleAtoi(e.organisation().etag(), &version)) {
+    return absl::InvalidArgumentError("organisation etag is not a version number");
+  }
+  const pv1::Organisation& o = e.organisation();
+  return store::UpsertPartner(tx, {o.id(), o.name(), o.status(), o.sector(), o.region()}, version);
+}
+
+// -------------------------------------------------------------- participants
+
+absl::Status SchedulingLogic::RegisterParticipant(const Call& call,
+                                                  const v1::RegisterParticipantRequest& req,
+                                                  v1::Participant* resp) {
+  if (absl::Status s = RequireStaff(call.principal, "register participants"); !s.ok()) return s;
+  FieldErrors e;
+  v1::Participant p = req.participant();
+  if (!req.has_participant()) e.Add("participant", "is required");
+  else ValidateParticipant(e, "participant", p);
+  server::CheckRequestId(e, "request_id", req.request_id());
+  if (!e.empty()) return e.ToStatus();
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    if (!req.request_id().empty()) {
+      auto prior = store::ParticipantByRequestId(c, req.request_id());
+      if (!prior.ok()) return prior.status();
+      if (prior->has_value()) {
+        *resp = **prior;
+        return absl::OkStatus();
+      }
+    }
+    auto ins = store::InsertParticipant(c, p, req.request_id());
+    if (!ins.ok()) {
+      if (absl::IsAlreadyExists(ins.status()) &&
+          db::ConstraintOf(ins.status()) == "participants_staff_number_key") {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "participant.staff_number: ", p.staff_number(), " is already registered"));
+      }
+      return ins.status();
+    }
+    if (!ins->has_value()) {
+      auto prior = store::ParticipantByRequestId(c, req.request_id());
+      if (!prior.ok()) return prior.status();
+      if (!prior->has_value()) return absl::AbortedError("request_id race; retry");
+      *resp = **prior;
+      return absl::OkStatus();
+    }
+    *resp = **ins;
+    ev::ParticipantRegistered event;
+    *event.mutable_participant() = *resp;
+    return outbox_.Emit(c, "participant.registered", resp->id(), event, call.traceparent);
+  });
+}
+
+absl::Status SchedulingLogic::GetParticipant(const Call& call,
+                                             const v1::GetParticipantRequest& req,
+                                             v1::Participant* resp) {
+  if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
+  if (absl::Status s = MayReadParticipant(call.principal, req.id()); !s.ok()) return s;
+  return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
+    auto p = store::GetParticipant(c, req.id(), false);
+    if (!p.ok()) return p.status();
+    *resp = *std::move(p);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SchedulingLogic::ListParticipants(const Call& call,
+                                               const v1::ListParticipantsRequest& req,
+                                               v1::ListParticipantsResponse* resp) {
+  if (!call.principal.is_staff() && call.principal.role != Role::kViewer) {
+    return absl::PermissionDeniedError("only staff and viewers may list participants");
+  }
+  FieldErrors e;
+  int limit = server::PageSize(e, req.page_size());
+  if (!v1::Grade_IsValid(req.grade())) e.Add("grade", "unknown value");
+  if (!v1::ParticipantStatus_IsValid(req.status())) e.Add("status", "unknown value");
+  std::string dir = server::CheckText(e, "directorate", req.directorate(), {0, 100});
+  if (!e.empty()) return e.ToStatus();
+  std::string scope = absl::StrCat("ListParticipants|", req.grade(), "|", req.status(), "|", dir);
+  auto after = Token(tokens_, scope, req.page_token(), 2);
+  if (!after.ok()) return after.status();
+  return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
+    auto rows = store::ListParticipants(c, {req.grade(), req.status(), dir}, *after, limit + 1);
+    if (!rows.ok()) return rows.status();
+    resp->Clear();
+    for (int i = 0; i < static_cast<int>(rows->size()) && i < limit; ++i) {
+      *resp->add_participants() = (*rows)[i];
+    }
+    if (static_cast<int>(rows->size()) > limit) {
+      const auto& last = (*rows)[limit - 1];
+      resp->set_next_page_token(tokens_.Encode(scope, {last.display_name(), last.id()}));
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SchedulingLogic::UpdateParticipant(const Call& call,
+                                                const v1::UpdateParticipantRequest& req,
+                                                v1::Participant* resp) {
+  FieldErrors e;
+  const v1::Participant& in = req.participant();
+  server::CheckUuid(e, "participant.id", in.id(), true);
+  if (in.etag().empty()) e.Add("participant.etag", "is required (the etag from your last read)");
+  server::ValidateMask(e, req.update_mask(), {"display_name", "email", "grade", "directorate"});
+  if (!e.empty()) return e.ToStatus();
+  if (absl::Status s = MayActFor(call.principal, in.id()); !s.ok()) return s;
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto cur = store::GetParticipant(c, in.id(), true);
+    if (!cur.ok()) return cur.status();
+    if (in.etag() != cur->etag()) return server::StaleEtag("participant", cur->etag());
+    v1::Participant merged = *cur;
+    server::ApplyMask(in, req.update_mask(), &merged);
+    FieldErrors errs;
+    ValidateParticipant(errs, "participant", merged);
+    if (!errs.empty()) return errs.ToStatus();
+    std::vector<std::string> changed = server::ApplyMask(merged, req.update_mask(), &*cur);
+    if (changed.empty()) {
+      *resp = *cur;
+      return absl::OkStatus();
+    }
+    auto up = store::UpdateParticipant(c, merged);
+    if (!up.ok()) return up.status();
+    *resp = *std::move(up);
+    ev::ParticipantUpdated event;
+    *event.mutable_participant() = *resp;
+    for (const auto& f : changed) event.add_changed_fields(f);
+    return outbox_.Emit(c, "participant.updated", resp->id(), event, call.traceparent);
+  });
+}
+
+absl::Status SchedulingLogic::DeactivateParticipant(const Call& call,
+                                                    const v1::DeactivateParticipantRequest& req,
+                                                    v1::Participant* resp) {
+  if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
+  if (absl::Status s = RequireStaff(call.principal, "deactivate participants"); !s.ok()) return s;
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto cur = store::GetParticipant(c, req.id(), true);
+    if (!cur.ok()) return cur.status();
+    if (absl::Status s = server::CheckEtag("participant", req.etag(), cur->etag()); !s.ok()) {
+      return s;
+    }
+    if (cur->status() == v1::PARTICIPANT_STATUS_INACTIVE) {
+      return absl::FailedPreconditionError("the participant is already INACTIVE");
+    }
+    auto up = store::SetParticipantStatus(c, req.id(), v1::PARTICIPANT_STATUS_INACTIVE);
+    if (!up.ok()) return up.status();
+    *resp = *std::move(up);
+    ev::ParticipantDeactivated event;
+    *event.mutable_participant() = *resp;
+    return outbox_.Emit(c, "participant.deactivated", resp->id(), event, call.traceparent);
+  });
+}
+
+// ------------------------------------------------------------------ sessions
+
+absl::Status SchedulingLogic::EmitSession(db::Conn& tx, const Call& call, const char* verb,
+                                          const std::string& session_id,
+                                          const std::string& reason) {
+  auto s = store::GetSession(tx, session_id, false);
+  if (!s.ok()) return s.status();
+  std::string v(verb);
+  if (v == "created") {
+    ev::SessionCreated e;
+    *e.mutable_session() = *s;
+    return outbox_.Emit(tx, "session.created", session_id, e, call.traceparent);
+  }
+  if (v == "accepted") {
+    ev::SessionAccepted e;
+    *e.mutable_session() = *s;
+    return outbox_.Emit(tx, "session.accepted", session_id, e, call.traceparent);
+  }
+  if (v == "cancelled") {
+    ev::SessionCancelled e;
+    *e.mutable_session() = *s;
+    e.set_reason(reason);
+    return outbox_.Emit(tx, "session.cancelled", session_id, e, call.traceparent);
+  }
+  ev::SessionCompleted e;
+  *e.mutable_session() = *s;
+  return outbox_.Emit(tx, "session.completed", session_id, e, call.traceparent);
+}
+
+absl::Status SchedulingLogic::CreateSession(const Call& call, const v1::CreateSessionRequest& req,
+                                            v1::Session* resp) {
+  FieldErrors e;
+  v1::Session s = req.session();
+  if (!req.has_session()) e.Add("session", "is required");
+  else ValidateSession(e, "session", s);
+  server::CheckRequestId(e, "request_id", req.request_id());
+  if (!e.empty()) return e.ToStatus();
+  const server::Principal& p = call.principal;
+  bool arranged = p.role == Role::kParticipant;
+  if (!p.is_staff() && !arranged) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("role ", server::RoleName(p.role), " may not create sessions"));
+  }
+  if (arranged) {
+    if (s.kind() != v1::SESSION_KIND_FRONTLINE_VISIT) {
+      return absl::PermissionDeniedError("a participant may arrange only frontline visits");
+    }
+    if (s.host_contact_id().empty()) {
+      return absl::InvalidArgumentError(
+          "session.host_contact_id: is required when you arrange your own visit (one of your "
+          "enduring contacts)");
+    }
+    s.set_arranged_by(p.participant_id);
+    s.set_status(v1::SESSION_STATUS_PENDING_HOST);
+  } else {
+    s.set_arranged_by("");
+    s.set_status(v1::SESSION_STATUS_SCHEDULED);
+  }
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    if (!req.request_id().empty()) {
+      auto prior = store::SessionByRequestId(c, req.request_id());
+      if (!prior.ok()) return prior.status();
+      if (prior->has_value()) {
+        *resp = **prior;
+        return absl::OkStatus();
+      }
+    }
+    if (auto org = ActivePartner(c, s.organisation_id()); !org.ok()) return org.status();
+    if (arranged) {
+      auto met = store::HasMetHost(c, p.participant_id, s.host_contact_id());
+      if (!met.ok()) return met.status();
+      if (!*met) {
+        return absl::FailedPreconditionError(
+            "session.host_contact_id: not one of your enduring contacts (a host you met on an "
+            "attended visit)");
+      }
+    }
+    auto id = store::InsertSession(c, s, req.request_id());
+    if (!id.ok()) return id.status();
+    if (!id->has_value()) {
+      auto prior = store::SessionByRequestId(c, req.request_id());
+      if (!prior.ok()) return prior.status();
+      if (!prior->has_value()) return absl::AbortedError("request_id race; retry");
+      *resp = **prior;
+      return absl::OkStatus();
+    }
+    auto created = store::GetSession(c, **id, false);
+    if (!created.ok()) return created.status();
+    *resp = *std::move(created);
+    return EmitSession(c, call, "created", resp->id(), "");
+  });
+}
+
+absl::Status SchedulingLogic::GetSession(const Call& call, const v1::GetSessionRequest& req,
+                                         v1::Session* resp) {
+  if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
+  return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
+    auto s = store::GetSession(c, req.id(), false);
+    if (!s.ok()) return s.status();
+    if (call.principal.role == Role::kPartner &&
+        s->organisation_id() != call.principal.organisation_id) {
+      return absl::PermissionDeniedError("a partner sees only sessions at its organisation");
+    }
+    *resp = *std::move(s);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SchedulingLogic::ListSessions(const Call& call, const v1::ListSessionsRequest& req,
+                                           v1::ListSessionsResponse* resp) {
+  FieldErrors e;
+  int limit = server::PageSize(e, req.page_size());
+  CheckDateFilter(e, "from_date", req.from_date());
+  CheckDateFilter(e, "to_date", req.to_date());
+  if (!v1::SessionKind_IsValid(req.kind())) e.Add("kind", "unknown value");
+  if (!v1::SessionStatus_IsValid(req.status())) e.Add("status", "unknown value");
+  server::CheckUuid(e, "organisation_id", req.organisation_id(), false);
+  if (!e.empty()) return e.ToStatus();
+  store::SessionFilter f{req.from_date(), req.to_date(), req.organisation_id(), req.kind(),
+                         req.status()};
+  if (call.principal.role == Role::kPartner) {
+    if (!f.organisation_id.empty() && f.organisation_id != call.principal.organisation_id) {
+      return absl::PermissionDeniedError("a partner sees only sessions at its organisation");
+    }
+    f.organisation_id = call.principal.organisation_id;
+  }
+  std::string scope = absl::StrCat("ListSessions|", f.from_date, "|", f.to_date, "|", f.kind, "|",
+                                   f.status, "|", f.organisation_id);
+  auto after = Token(tokens_, scope, req.page_token(), 3);
+  if (!after.ok()) return after.status();
+  return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
+    auto rows = store::ListSessions(c, f, *after, limit + 1);
+    if (!rows.ok()) return rows.status();
+    resp->Clear();
+    for (int i = 0; i < static_cast<int>(rows->size()) && i < limit; ++i) {
+      *resp->add_sessions() = (*rows)[i];
+    }
+    if (static_cast<int>(rows->size()) > limit) {
+      const auto& last = (*rows)[limit - 1];
+      resp->set_next_page_token(
+          tokens_.Encode(scope, {last.date(), last.start_time(), last.id()}));
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SchedulingLogic::AcceptSession(const Call& call, const v1::AcceptSessionRequest& req,
+                                            v1::Session* resp) {
+  if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto s = store::GetSession(c, req.id(), true);
+    if (!s.ok()) return s.status();
+    if (absl::Status st = MayManageSession(call.principal, *s); !st.ok()) return st;
+    if (s->status() != v1::SESSION_STATUS_PENDING_HOST) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "only a PENDING_HOST session can be accepted; it is ", v1::SessionStatus_Name(s->status())));
+    }
+    if (absl::Status st = store::SetSessionStatus(c, req.id(), v1::SESSION_STATUS_SCHEDULED);
+        !st.ok()) {
+      return st;
+    }
+    // The connector who arranged it is booked on it.
+    if (!s->arranged_by().empty()) {
+      auto b = BookInTx(c, call, s->id(), s->arranged_by(), "", "", true);
+      if (!b.ok()) return b.status();
+    }
+    auto after = store::GetSession(c, req.id(), false);
+    if (!after.ok()) return after.status();
+    *resp = *std::move(after);
+    return EmitSession(c, call, "accepted", req.id(), "");
+  });
+}
+
+absl::Status SchedulingLogic::CancelSession(const Call& call, const v1::CancelSessionRequest& req,
+                                            v1::Session* resp) {
+  FieldErrors e;
+  server::CheckUuid(e, "id", req.id(), true);
+  std::string reason = server::CheckText(e, "reason", req.reason(), {0, 500, true});
+  if (!e.empty()) return e.ToStatus();
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto s = store::GetSession(c, req.id(), true);
+    if (!s.ok()) return s.status();
+    if (absl::Status st = MayManageSession(call.principal, *s); !st.ok()) return st;
+    if (s->status() == v1::SESSION_STATUS_CANCELLED || s->status() == v1::SESSION_STATUS_COMPLETED) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the session is already ", v1::SessionStatus_Name(s->status())));
+    }
+    auto live = store::LiveBookings(c, req.id());
+    if (!live.ok()) return live.status();
+    if (absl::Status st = store::SetSessionStatus(c, req.id(), v1::SESSION_STATUS_CANCELLED);
+        !st.ok()) {
+      return st;
+    }
+    std::string why = reason.empty() ? "session cancelled" : "session cancelled: " + reason;
+    for (const std::string& id : *live) {
+      if (absl::Status st = store::SetBookingStatus(c, id, kCancelled); !st.ok()) return st;
+      if (absl::Status st = EmitBooking(c, call, "cancelled", id, why); !st.ok()) return st;
+    }
+    if (absl::Status st = store::ResetConfirmed(c, req.id()); !st.ok()) return st;
+    auto after = store::GetSession(c, req.id(), false);
+    if (!after.ok()) return after.status();
+    *resp = *std::move(after);
+    return EmitSession(c, call, "cancelled", req.id(), reason);
+  });
+}
+
+absl::Status SchedulingLogic::CompleteSession(const Call& call,
+                                              const v1::CompleteSessionRequest& req,
+                                              v1::Session* resp) {
+  if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto s = store::GetSession(c, req.id(), true);
+    if (!s.ok()) return s.status();
+    if (absl::Status st = MayManageSession(call.principal, *s); !st.ok()) return st;
+    if (s->status() != v1::SESSION_STATUS_SCHEDULED) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "only a SCHEDULED session can be completed; it is ", v1::SessionStatus_Name(s->status())));
+    }
+    if (absl::Now() < LocalInstant(s->date(), s->end_time())) {
+      return absl::FailedPreconditionError("the session has not ended yet");
+    }
+    if (absl::Status st = store::SetSessionStatus(c, req.id(), v1::SESSION_STATUS_COMPLETED);
+        !st.ok()) {
+      return st;
+    }
+    auto after = store::GetSession(c, req.id(), false);
+    if (!after.ok()) return after.status();
+    *resp = *std::move(after);
+    return EmitSession(c, call, "completed", req.id(), "");
+  });
+}
+
+// ------------------------------------------------------------------ bookings
+
+absl::Status SchedulingLogic::EmitBooking(db::Conn& tx, const Call& call, const char* verb,
+                                          const std::string& booking_id,
+                                          const std::string& reason) {
+  auto b = store::GetBooking(tx, booking_id, false);
+  if (!b.ok()) return b.status();
+  auto s = store::GetSession(tx, b->session_id(), false);
+  if (!s.ok()) return s.status();
+  ev::BookingChanged e;
+  *e.mutable_booking() = *b;
+  *e.mutable_session() = *s;
+  e.set_reason(reason);
+  return outbox_.Emit(tx, absl::StrCat("booking.", verb), booking_id, e, call.traceparent);
+}
+
+absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& call,
+                                                      const std::string& session_id,
+                                                      const std::string& participant_id,
+                                                      const std::string& site,
+                                                      const std::string& request_id, bool emit) {
+  if (!request_id.empty()) {
+    auto prior = store::BookingByRequestId(c, request_id);
+    if (!prior.ok()) return prior.status();
+    if (prior->has_value()) return **prior;
+  }
+  auto participant = store::GetParticipant(c, participant_id, false);
+  if (!participant.ok()) return participant.status();
+  if (participant->status() != v1::PARTICIPANT_STATUS_ACTIVE) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("participant ", participant_id, " is INACTIVE and cannot book"));
+  }
+  auto session = store::GetSession(c, session_id, false);
+  if (!session.ok()) return session.status();
+  if (session->status() != v1::SESSION_STATUS_SCHEDULED) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "session ", session_id, " is ", v1::SessionStatus_Name(session->status()),
+        "; only SCHEDULED sessions take bookings"));
+  }
+  if (absl::Now() >= LocalInstant(session->date(), session->start_time())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session ", session_id, " began at ", session->date(), " ",
+                     session->start_time(), "; it takes no more bookings"));
+  }
+  if (auto org = ActivePartner(c, session->organisation_id()); !org.ok()) return org.status();
+  bool event = session->kind() == v1::SESSION_KIND_DEPARTMENT_EVENT;
+  if (!event && !site.empty()) {
+    return absl::InvalidArgumentError("site: only department events have sites; leave it empty");
+  }
+  if (event && site.empty()) {
+    return absl::InvalidArgumentError("site: is required for a department event (one of its sites)");
+  }
+  // The site row lock serialises every seat change for this site: counts and
+  // the arrival order (seq) are consistent.
+  auto seats = store::LockSite(c, session_id, site);
+  if (!seats.ok()) return seats.status();
+  if (!seats->has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat("site: session has no site named \"", site, "\""));
+  }
+  if (!request_id.empty()) {  // a concurrent retry may have committed while we waited
+    auto prior = store::BookingByRequestId(c, request_id);
+    if (!prior.ok()) return prior.status();
+    if (prior->has_value()) return **prior;
+  }
+  auto live = store::LiveBookingOf(c, session_id, participant_id);
+  if (!live.ok()) return live.status();
+  if (live->has_value()) {
+    return absl::AlreadyExistsError(absl::StrCat("participant ", participant_id,
+                                                 " already holds booking ", **live,
+                                                 " on session ", session_id));
+  }
+  const std::string same_date_rule =
+      "a connector holds at most one confirmed frontline visit per date";
+  if (session->kind() == v1::SESSION_KIND_FRONTLINE_VISIT) {
+    auto other = store::ConfirmedFrontlineOn(c, participant_id, session->date());
+    if (!other.ok()) return other.status();
+    if (other->has_value()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "participant ", participant_id, " already has confirmed frontline visit ", **other,
+          " on ", session->date(), " (", same_date_rule, ")"));
+    }
+  }
+  int status = (*seats)->confirmed < (*seats)->capacity ? kConfirmed : kWaitlisted;
+  auto id = store::InsertBooking(c, *session, participant_id, site, status, request_id);
+  if (!id.ok()) {
+    std::string constraint = db::ConstraintOf(id.status());
+    if (constraint == "bookings_one_frontline_per_date") {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "participant ", participant_id, " already has a confirmed frontline visit on ",
+          session->date(), " (", same_date_rule, ")"));
+    }
+    if (constraint == "bookings_one_per_session") {
+      return absl::AlreadyExistsError(absl::StrCat("participant ", participant_id,
+                                                   " already holds a booking on session ",
+                                                   session_id));
+    }
+    return id.status();
+  }
+  if (!id->has_value()) {  // request_id taken by another session's booking
+    auto prior = store::BookingByRequestId(c, request_id);
+    if (!prior.ok()) return prior.status();
+    if (!prior->has_value()) return absl::AbortedError("request_id race; retry");
+    return **prior;
+  }
+  if (status == kConfirmed) {
+    if (absl::Status s = store::AddConfirmed(c, session_id, site, 1); !s.ok()) return s;
+  }
+  if (emit) {
+    if (absl::Status s = EmitBooking(c, call, status == kConfirmed ? "confirmed" : "waitlisted",
+                                     **id, "");
+        !s.ok()) {
+      return s;
+    }
+  }
+  return store::GetBooking(c, **id, false);
+}
+
+absl::Status SchedulingLogic::Promote(db::Conn& c, const Call& call, const v1::Session& session,
+                                      const std::string& site) {
+  if (session.status() != v1::SESSION_STATUS_SCHEDULED) return absl::OkStatus();
+  auto waiting = store::Waitlist(c, session.id(), site);
+  if (!waiting.ok()) return waiting.status();
+  for (const auto& [booking_id, participant_id] : *waiting) {
+    if (session.kind() == v1::SESSION_KIND_FRONTLINE_VISIT) {
+      auto other = store::ConfirmedFrontlineOn(c, participant_id, session.date());
+      if (!other.ok()) return other.status();
+      if (other->has_value()) continue;  // would break the one-visit-per-date rule
+    }
+    if (absl::Status s = store::SetBookingStatus(c, booking_id, kConfirmed); !s.ok()) return s;
+    if (absl::Status s = store::AddConfirmed(c, session.id(), site, 1); !s.ok()) return s;
+    return EmitBooking(c, call, "promoted", booking_id, "");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call& call,
+                                                        const std::string& booking_id, bool emit) {
+  auto peek = store::GetBooking(c, booking_id, false);
+  if (!peek.ok()) return peek.status();
+  if (absl::Status s = MayActFor(call.principal, peek->participant_id()); !s.ok()) return s;
+  // Lock order everywhere: site, then booking.
+  auto seats = store::LockSite(c, peek->session_id(), peek->site());
+  if (!seats.ok()) return seats.status();
+  auto b = store::GetBooking(c, booking_id, true);
+  if (!b.ok()) return b.status();
+  if (b->status() != kConfirmed && b->status() != kWaitlisted) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "only a CONFIRMED or WAITLISTED booking can be cancelled; it is ",
+        v1::BookingStatus_Name(b->status())));
+  }
+  if (absl::Status s = store::SetBookingStatus(c, booking_id, kCancelled); !s.ok()) return s;
+  if (emit) {
+    if (absl::Status s = EmitBooking(c, call, "cancelled", booking_id, ""); !s.ok()) return s;
+  }
+  if (b->status() == kConfirmed) {
+    if (absl::Status s = store::AddConfirmed(c, b->session_id(), b->site(), -1); !s.ok()) return s;
+    auto session = store::GetSession(c, b->session_id(), false);
+    if (!session.ok()) return session.status();
+    if (absl::Status s = Promote(c, call, *session, b->site()); !s.ok()) return s;
+  }
+  return store::GetBooking(c, booking_id, false);
+}
+
+absl::Status SchedulingLogic::BookSession(const Call& call, const v1::BookSessionRequest& req,
+                                          v1::Booking* resp) {
+  FieldErrors e;
+  server::CheckUuid(e, "session_id", req.session_id(), true);
+  server::CheckUuid(e, "participant_id", req.participant_id(), true);
+  server::CheckText(e, "site", req.site(), {0, 100});
+  server::CheckRequestId(e, "request_id", req.request_id());
+  if (!e.empty()) return e.ToStatus();
+  if (absl::Status s = MayActFor(call.principal, req.participant_id()); !s.ok()) return s;
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto b = BookInTx(c, call, req.session_id(), req.participant_id(), req.site(),
+                      req.request_id(), true);
+    if (!b.ok()) return b.status();
+    *resp = *std::move(b);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SchedulingLogic::GetBooking(const Call& call, const v1::GetBookingRequest& req,
+                                         v1::Booking* resp) {
+  if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
+  return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
+    auto b = store::GetBooking(c, req.id(), false);
+    if (!b.ok()) return b.status();
+    const server::Principal& p = call.principal;
+    if (p.role == Role::kPartner) {
+      auto s = store::GetSession(c, b->session_id(), false);
+      if (!s.ok()) return s.status();
+      if (s->organisation_id() != p.organisation_id) {
+        return absl::PermissionDeniedError("a partner sees only bookings at its organisation");
+      }
+    } else if (absl::Status st = MayReadParticipant(p, b->participant_id()); !st.ok()) {
+      return st;
+    }
+    *resp = *std::move(b);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SchedulingLogic::ListBookings(const Call& call, const v1::ListBookingsRequest& req,
+                                           v1::ListBookingsResponse* resp) {
+  FieldErrors e;
+  if (req.session_id().empty() == req.participant_id().empty()) {
+    e.Add("session_id", "give exactly one of session_id and participant_id");
+  }
+  server::CheckUuid(e, "session_id", req.session_id(), false);
+  server::CheckUuid(e, "participant_id", req.participant_id(), false);
+  if (!v1::BookingStatus_IsValid(req.status())) e.Add("status", "unknown value");
+  int limit = server::PageSize(e, req.page_size());
+  if (!e.empty()) return e.ToStatus();
+  const server::Principal& p = call.principal;
+  store::BookingFilter f{req.session_id(), req.participant_id(), "", req.status()};
+  if (p.role == Role::kParticipant) {
+    if (req.participant_id() != p.participant_id) {
+      return absl::PermissionDeniedError("a participant sees only its own bookings");
+    }
+  } else if (p.role == Role::kPartner) {
+    f.partner_organisation_id = p.organisation_id;  // only bookings at its sessions
+  }
+  std::string scope = absl::StrCat("ListBookings|", f.session_id, "|", f.participant_id, "|",
+                                   f.status, "|", f.partner_organisation_id);
+  auto after = Token(tokens_, scope, req.page_token(), 1);
+  if (!after.ok()) return after.status();
+  int64_t after_seq = 0;
+  if (!after->empty() && !absl::SimpleAtoi((*after)[0], &after_seq)) {
+    return absl::InvalidArgumentError("page_token: is malformed");
+  }
+  return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
+    std::vector<int64_t> seqs;
+    auto rows = store::ListBookings(c, f, after_seq, limit + 1, &seqs);
+    if (!rows.ok()) return rows.status();
+    resp->Clear();
+    for (int i = 0; i < static_cast<int>(rows->size()) && i < limit; ++i) {
+      *resp->add_bookings() = (*rows)[i];
+    }
+    if (static_cast<int>(rows->size()) > limit) {
+      resp->set_next_page_token(tokens_.Encode(scope, {absl::StrCat(seqs[limit - 1])}));
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SchedulingLogic::CancelBooking(const Call& call, const v1::CancelBookingRequest& req,
+                                            v1::Booking* resp) {
+  if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto b = CancelInTx(c, call, req.id(), true);
+    if (!b.ok()) return b.status();
+    *resp = *std::move(b);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
+                                                const v1::RescheduleBookingRequest& req,
+                                                v1::Booking* resp) {
+  FieldErrors e;
+  server::CheckUuid(e, "id", req.id(), true);
+  server::CheckUuid(e, "session_id", req.session_id(), true);
+  server::CheckText(e, "site", req.site(), {0, 100});
+  if (!e.empty()) return e.ToStatus();
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto old = store::GetBooking(c, req.id(), false);
+    if (!old.ok()) return old.status();
+    if (old->session_id() == req.session_id()) {
+      return absl::InvalidArgumentError("session_id: the booking is already on this session");
+    }
+    // Cancel first: a move within one date must not trip the one-visit rule.
+    auto from = CancelInTx(c, call, req.id(), false);
+    if (!from.ok()) return from.status();
+    auto to = BookInTx(c, call, req.session_id(), old->participant_id(), req.site(), "", false);
+    if (!to.ok()) return to.status();
+    ev::BookingRescheduled event;
+    *event.mutable_from_booking() = *from;
+    *event.mutable_to_booking() = *to;
+    *resp = *std::move(to);
+    return outbox_.Emit(c, "booking.rescheduled", resp->id(), event, call.traceparent);
+  });
+}
+
+absl::Status SchedulingLogic::RecordAttendance(const Call& call,
+                                               const v1::RecordAttendanceRequest& req,
+                                               v1::Booking* resp) {
+  if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto b = store::GetBooking(c, req.id(), true);
+    if (!b.ok()) return b.status();
+    auto s = store::GetSession(c, b->session_id(), false);
+    if (!s.ok()) return s.status();
+    if (absl::Status st = MayManageSession(call.principal, *s); !st.ok()) return st;
+    if (b->status() != kConfirmed) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "attendance is recorded for CONFIRMED bookings; this one is ",
+          v1::BookingStatus_Name(b->status())));
+    }
+    if (s->status() == v1::SESSION_STATUS_CANCELLED) {
+      return absl::FailedPreconditionError("the session was cancelled");
+    }
+    if (absl::Now() < LocalInstant(s->date(), s->start_time())) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the session has not begun (", s->date(), " ", s->start_time(), ")"));
+    }
+    int status = req.attended() ? v1::BOOKING_STATUS_ATTENDED : v1::BOOKING_STATUS_NO_SHOW;
+    if (absl::Status st = store::SetBookingStatus(c, req.id(), status); !st.ok()) return st;
+    auto after = store::GetBooking(c, req.id(), false);
+    if (!after.ok()) return after.status();
+    if (req.attended() && s->kind() == v1::SESSION_KIND_FRONTLINE_VISIT) {
+      auto p = store::GetParticipant(c, b->participant_id(), false);
+      if (!p.ok()) return p.status();
+      auto org = store::GetPartner(c, s->organisation_id());
+      if (!org.ok()) return org.status();
+      store::PartnerOrganisation known =
+          org->has_value() ? **org : store::PartnerOrganisation{s->organisation_id(), "", 0, 0, 0};
+      if (absl::Status st = store::InsertAttendanceFact(c, *after, *s, *p, known); !st.ok()) {
+        return st;
+      }
+    }
+    *resp = *std::move(after);
+    return EmitBooking(c, call, req.attended() ? "attended" : "no_show", req.id(), "");
+  });
+}
+
+absl::Status SchedulingLogic::ListEnduringContacts(const Call& call,
+                                                   const v1::ListEnduringContactsRequest& req,
+                                                   v1::ListEnduringContactsResponse* resp) {
+  if (absl::Status s = server::CheckUuid("participant_id", req.participant_id()); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = MayReadParticipant(call.principal, req.participant_id()); !s.ok()) return s;
+  return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
+    auto rows = store::EnduringContacts(c, req.participant_id());
+    if (!rows.ok()) return rows.status();
+    resp->Clear();
+    for (auto& r : *rows) *resp->add_contacts() = std::move(r);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SchedulingLogic::GetProgrammeFigures(const Call& call,
+                                                  const v1::GetProgrammeFiguresRequest& req,
+                                                  v1::ProgrammeFigures* resp) {
+  FieldErrors e;
+  if (!IsDate(req.from_date())) e.Add("from_date", "is required, written YYYY-MM-DD");
+  if (!IsDate(req.to_date())) e.Add("to_date", "is required, written YYYY-MM-DD");
+  if (e.empty()) {
+    if (req.to_date() < req.from_date()) {
+      e.Add("to_date", "must not be before from_date");
+    } else if (LocalInstant(req.to_date(), "00:00") - LocalInstant(req.from_date(), "00:00") >
+               absl::Hours(24 * 3661)) {
+      e.Add("to_date", "must be within 10 years of from_date");
+    }
+  }
+  if (!v1::FiguresGrouping_IsValid(req.group_by())) e.Add("group_by", "unknown value");
+  if (!e.empty()) return e.ToStatus();
+  const server::Principal& p = call.principal;
+  std::string org;
+  if (p.role == Role::kPartner) {
+    org = p.organisation_id;  // a partner sees only its own results
+  } else if (!p.is_staff() && p.role != Role::kViewer) {
+    return absl::PermissionDeniedError("participants may not read programme figures");
+  }
+  std::string key;
+  switch (req.group_by()) {
+    case v1::FIGURES_GROUPING_SECTOR: key = "sector::text"; break;
+    case v1::FIGURES_GROUPING_REGION: key = "region::text"; break;
+    case v1::FIGURES_GROUPING_DIRECTORATE: key = "directorate"; break;
+    case v1::FIGURES_GROUPING_GRADE: key = "grade::text"; break;
+    case v1::FIGURES_GROUPING_MONTH: key = "to_char(session_date, 'YYYY-MM')"; break;
+    case v1::FIGURES_GROUPING_QUARTER: key = "to_char(session_date, 'YYYY-\"Q\"Q')"; break;
+    default: break;
+  }
+  return db::Transact(pool_, db::TxOptions{db::Isolation::kRepeatableRead, true, 3, call.deadline},
+                      [&](db::Conn& c) -> absl::Status {
+    resp->Clear();
+    auto totals = store::Figures(c, "''", req.from_date(), req.to_date(), org);
+    if (!totals.ok()) return totals.status();
+    if (totals->empty()) {
+      resp->mutable_totals();
+    } else {
+      *resp->mutable_totals() = (*totals)[0];
+    }
+    if (key.empty()) return absl::OkStatus();
+    auto rows = store::Figures(c, key, req.from_date(), req.to_date(), org);
+    if (!rows.ok()) return rows.status();
+    for (auto& r : *rows) {
+      int n = 0;
+      if (req.group_by() == v1::FIGURES_GROUPING_SECTOR && absl::SimpleAtoi(r.key(), &n)) {
+        r.set_key(pv1::Sector_Name(static_cast<pv1::Sector>(n)));
+      } else if (req.group_by() == v1::FIGURES_GROUPING_REGION && absl::SimpleAtoi(r.key(), &n)) {
+        r.set_key(pv1::Region_Name(static_cast<pv1::Region>(n)));
+      } else if (req.group_by() == v1::FIGURES_GROUPING_GRADE && absl::SimpleAtoi(r.key(), &n)) {
+        r.set_key(v1::Grade_Name(static_cast<v1::Grade>(n)));
+      }
+      *resp->add_rows() = std::move(r);
+    }
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace connecting::scheduling

@@ -1,0 +1,95 @@
+// The scheduling gRPC API: SchedulingLogic does the work of each RPC in one
+// transaction with its outbox events; SchedulingGrpc adapts it to the
+// callback API through the shared RpcRunner. ApplyPartnerEvent keeps the
+// partner projection from PARTNERS events (run by an inbox consumer).
+#ifndef CONNECTING_SERVICES_SCHEDULING_SCHEDULING_SERVICE_H_
+#define CONNECTING_SERVICES_SCHEDULING_SCHEDULING_SERVICE_H_
+
+#include "connecting/scheduling/v1/scheduling.api.h"
+#include "libs/bus/consumer.h"
+#include "libs/bus/outbox.h"
+#include "libs/db/db.h"
+#include "libs/server/page_token.h"
+#include "libs/server/rpc.h"
+
+namespace connecting::scheduling {
+
+namespace v1 = ::connecting::scheduling::v1;
+using server::Call;
+
+// Applies one PARTNERS event to the projection, inside the inbox transaction.
+absl::Status ApplyPartnerEvent(db::Conn& tx, const bus::Delivery& event);
+
+class SchedulingLogic {
+ public:
+  SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox, const server::PageTokens& tokens)
+      : pool_(pool), outbox_(outbox), tokens_(tokens) {}
+
+#define CONNECTING_SCHEDULING_METHODS(X)                                           \
+  X(RegisterParticipant, RegisterParticipantRequest, Participant)                  \
+  X(GetParticipant, GetParticipantRequest, Participant)                            \
+  X(ListParticipants, ListParticipantsRequest, ListParticipantsResponse)           \
+  X(UpdateParticipant, UpdateParticipantRequest, Participant)                      \
+  X(DeactivateParticipant, DeactivateParticipantRequest, Participant)              \
+  X(CreateSession, CreateSessionRequest, Session)                                  \
+  X(GetSession, GetSessionRequest, Session)                                        \
+  X(ListSessions, ListSessionsRequest, ListSessionsResponse)                       \
+  X(AcceptSession, AcceptSessionRequest, Session)                                  \
+  X(CancelSession, CancelSessionRequest, Session)                                  \
+  X(CompleteSession, CompleteSessionRequest, Session)                              \
+  X(BookSession, BookSessionRequest, Booking)                                      \
+  X(GetBooking, GetBookingRequest, Booking)                                        \
+  X(ListBookings, ListBookingsRequest, ListBookingsResponse)                       \
+  X(CancelBooking, CancelBookingRequest, Booking)                                  \
+  X(RescheduleBooking, RescheduleBookingRequest, Booking)                          \
+  X(RecordAttendance, RecordAttendanceRequest, Booking)                            \
+  X(ListEnduringContacts, ListEnduringContactsRequest, ListEnduringContactsResponse) \
+  X(GetProgrammeFigures, GetProgrammeFiguresRequest, ProgrammeFigures)
+
+#define CONNECTING_DECLARE(Method, Req, Resp) \
+  absl::Status Method(const Call& call, const v1::Req& req, v1::Resp* resp);
+  CONNECTING_SCHEDULING_METHODS(CONNECTING_DECLARE)
+#undef CONNECTING_DECLARE
+
+ private:
+  // Books inside `tx`; emits booking.confirmed/waitlisted when `emit`.
+  absl::StatusOr<v1::Booking> BookInTx(db::Conn& tx, const Call& call, const std::string& session_id,
+                                       const std::string& participant_id, const std::string& site,
+                                       const std::string& request_id, bool emit);
+  // Cancels inside `tx` and promotes the next eligible waitlisted booking.
+  absl::StatusOr<v1::Booking> CancelInTx(db::Conn& tx, const Call& call,
+                                         const std::string& booking_id, bool emit);
+  absl::Status Promote(db::Conn& tx, const Call& call, const v1::Session& session,
+                       const std::string& site);
+  absl::Status EmitBooking(db::Conn& tx, const Call& call, const char* verb,
+                           const std::string& booking_id, const std::string& reason);
+  absl::Status EmitSession(db::Conn& tx, const Call& call, const char* verb,
+                           const std::string& session_id, const std::string& reason);
+
+  db::Pool& pool_;
+  const bus::Outbox& outbox_;
+  const server::PageTokens& tokens_;
+};
+
+class SchedulingGrpc final : public v1::SchedulingService::CallbackService {
+ public:
+  SchedulingGrpc(SchedulingLogic* logic, server::RpcRunner* rpc) : logic_(logic), rpc_(rpc) {}
+
+#define CONNECTING_ADAPT(Method, Req, Resp)                                                  \
+  grpc::ServerUnaryReactor* Method(grpc::CallbackServerContext* ctx, const v1::Req* req,     \
+                                   v1::Resp* resp) override {                                \
+    return rpc_->Run(ctx, req, #Method, [this, req, resp](const Call& call) {                \
+      return logic_->Method(call, *req, resp);                                               \
+    });                                                                                      \
+  }
+  CONNECTING_SCHEDULING_METHODS(CONNECTING_ADAPT)
+#undef CONNECTING_ADAPT
+
+ private:
+  SchedulingLogic* const logic_;
+  server::RpcRunner* const rpc_;
+};
+
+}  // namespace connecting::scheduling
+
+#endif  // CONNECTING_SERVICES_SCHEDULING_SCHEDULING_SERVICE_H_

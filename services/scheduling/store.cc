@@ -1,0 +1,512 @@
+#include "services/scheduling/store.h"
+
+#include <google/protobuf/util/time_util.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+
+namespace connecting::scheduling::store {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+constexpr char kParticipantCols[] =
+    "id::text, staff_number, display_name, email, grade, directorate, status, "
+    "(extract(epoch FROM created_at) * 1000000)::bigint, "
+    "(extract(epoch FROM updated_at) * 1000000)::bigint, version";
+
+// Sites are folded into one text column: name \x1f capacity \x1f confirmed
+// \x1f waitlisted, joined by \x1e, in their given order.
+constexpr char kSessionCols[] =
+    "s.id::text, s.kind, s.title, s.organisation_id::text, COALESCE(s.offer_id::text, ''), "
+    "COALESCE(s.host_contact_id::text, ''), to_char(s.session_date, 'YYYY-MM-DD'), "
+    "to_char(s.start_time, 'HH24:MI'), to_char(s.end_time, 'HH24:MI'), s.broadcast_link, "
+    "COALESCE(s.arranged_by::text, ''), s.status, "
+    "(extract(epoch FROM s.created_at) * 1000000)::bigint, "
+    "(extract(epoch FROM s.updated_at) * 1000000)::bigint, s.version, "
+    "(SELECT string_agg(ss.site || E'\\x1f' || ss.capacity || E'\\x1f' || ss.confirmed || "
+    "E'\\x1f' || (SELECT count(*) FROM bookings w WHERE w.session_id = ss.session_id AND "
+    "w.site = ss.site AND w.status = 2), E'\\x1e' ORDER BY ss.ordinal) "
+    "FROM session_sites ss WHERE ss.session_id = s.id)";
+
+constexpr char kBookingCols[] =
+    "b.id::text, b.session_id::text, b.participant_id::text, b.site, b.status, "
+    "CASE WHEN b.status = 2 THEN (SELECT count(*) FROM bookings w WHERE w.session_id = "
+    "b.session_id AND w.site = b.site AND w.status = 2 AND w.seq <= b.seq) ELSE 0 END, "
+    "(extract(epoch FROM b.created_at) * 1000000)::bigint, "
+    "(extract(epoch FROM b.updated_at) * 1000000)::bigint, b.version, b.seq";
+
+v1::Participant ParticipantRow(const db::Result& r, int i) {
+  v1::Participant p;
+  p.set_id(r.String(i, 0));
+  p.set_staff_number(r.String(i, 1));
+  p.set_display_name(r.String(i, 2));
+  p.set_email(r.String(i, 3));
+  p.set_grade(static_cast<v1::Grade>(r.Int(i, 4)));
+  p.set_directorate(r.String(i, 5));
+  p.set_status(static_cast<v1::ParticipantStatus>(r.Int(i, 6)));
+  *p.mutable_create_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, 7));
+  *p.mutable_update_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, 8));
+  p.set_etag(r.String(i, 9));
+  return p;
+}
+
+v1::Session SessionRow(const db::Result& r, int i) {
+  v1::Session s;
+  s.set_id(r.String(i, 0));
+  s.set_kind(static_cast<v1::SessionKind>(r.Int(i, 1)));
+  s.set_title(r.String(i, 2));
+  s.set_organisation_id(r.String(i, 3));
+  s.set_offer_id(r.String(i, 4));
+  s.set_host_contact_id(r.String(i, 5));
+  s.set_date(r.String(i, 6));
+  s.set_start_time(r.String(i, 7));
+  s.set_end_time(r.String(i, 8));
+  s.set_broadcast_link(r.String(i, 9));
+  s.set_arranged_by(r.String(i, 10));
+  s.set_status(static_cast<v1::SessionStatus>(r.Int(i, 11)));
+  *s.mutable_create_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, 12));
+  *s.mutable_update_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, 13));
+  s.set_etag(r.String(i, 14));
+  if (!r.IsNull(i, 15)) {
+    for (absl::string_view site : absl::StrSplit(r.Text(i, 15), '\x1e')) {
+      std::vector<std::string> f = absl::StrSplit(site, '\x1f');
+      if (f.size() != 4) continue;
+      v1::Site* out = s.add_sites();
+      out->set_name(f[0]);
+      int n = 0;
+      out->set_capacity(absl::SimpleAtoi(f[1], &n) ? n : 0);
+      out->set_confirmed(absl::SimpleAtoi(f[2], &n) ? n : 0);
+      out->set_waitlisted(absl::SimpleAtoi(f[3], &n) ? n : 0);
+    }
+  }
+  return s;
+}
+
+v1::Booking BookingRow(const db::Result& r, int i) {
+  v1::Booking b;
+  b.set_id(r.String(i, 0));
+  b.set_session_id(r.String(i, 1));
+  b.set_participant_id(r.String(i, 2));
+  b.set_site(r.String(i, 3));
+  b.set_status(static_cast<v1::BookingStatus>(r.Int(i, 4)));
+  b.set_waitlist_position(static_cast<int32_t>(r.Int(i, 5)));
+  *b.mutable_create_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, 6));
+  *b.mutable_update_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, 7));
+  b.set_etag(r.String(i, 8));
+  return b;
+}
+
+template <class T, class RowFn>
+absl::StatusOr<std::optional<T>> MaybeOne(absl::StatusOr<db::Result> r, RowFn row) {
+  if (!r.ok()) return r.status();
+  if (r->rows() == 0) return std::optional<T>();
+  return std::optional<T>(row(*r, 0));
+}
+
+template <class T, class RowFn>
+absl::StatusOr<T> One(absl::StatusOr<db::Result> r, RowFn row, const char* what,
+                      const std::string& id) {
+  if (!r.ok()) return r.status();
+  if (r->rows() == 0) return absl::NotFoundError(absl::StrCat(what, " ", id, " not found"));
+  return row(*r, 0);
+}
+
+template <class T, class RowFn>
+absl::StatusOr<std::vector<T>> All(absl::StatusOr<db::Result> r, RowFn row) {
+  if (!r.ok()) return r.status();
+  std::vector<T> out;
+  for (int i = 0; i < r->rows(); ++i) out.push_back(row(*r, i));
+  return out;
+}
+
+std::string Text0(const db::Result& r, int i) { return r.String(i, 0); }
+
+absl::Status Affected(absl::StatusOr<db::Result> r, const char* what, const std::string& id) {
+  if (!r.ok()) return r.status();
+  if (r->affected() == 0) return absl::NotFoundError(absl::StrCat(what, " ", id, " not found"));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::optional<PartnerOrganisation>> GetPartner(db::Conn& c, const std::string& id) {
+  return MaybeOne<PartnerOrganisation>(
+      c.Exec("SELECT id::text, name, status, sector, region FROM partner_organisations "
+             "WHERE id = $1::uuid",
+             {id}),
+      [](const db::Result& r, int i) {
+        return PartnerOrganisation{r.String(i, 0), r.String(i, 1), static_cast<int>(r.Int(i, 2)),
+                                   static_cast<int>(r.Int(i, 3)), static_cast<int>(r.Int(i, 4))};
+      });
+}
+
+absl::Status UpsertPartner(db::Conn& c, const PartnerOrganisation& p, int64_t version) {
+  return c.Exec("INSERT INTO partner_organisations (id, name, status, sector, region, version) "
+                "VALUES ($1::uuid, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET "
+                "name = EXCLUDED.name, status = EXCLUDED.status, sector = EXCLUDED.sector, "
+                "region = EXCLUDED.region, version = EXCLUDED.version, updated_at = now() "
+                "WHERE partner_organisations.version < EXCLUDED.version",
+                {p.id, p.name, p.status, p.sector, p.region, version})
+      .status();
+}
+
+absl::StatusOr<std::optional<v1::Participant>> ParticipantByRequestId(db::Conn& c,
+                                                                     const std::string& rid) {
+  return MaybeOne<v1::Participant>(
+      c.Exec(absl::StrCat("SELECT ", kParticipantCols, " FROM participants WHERE request_id = $1"),
+             {rid}),
+      ParticipantRow);
+}
+
+absl::StatusOr<std::optional<v1::Participant>> InsertParticipant(db::Conn& c,
+                                                                const v1::Participant& p,
+                                                                const std::string& rid) {
+  return MaybeOne<v1::Participant>(
+      c.Exec(absl::StrCat("INSERT INTO participants (request_id, staff_number, display_name, "
+                          "email, grade, directorate) VALUES ($1, $2, $3, $4, $5, $6) "
+                          "ON CONFLICT (request_id) DO NOTHING RETURNING ",
+                          kParticipantCols),
+             {db::NullIfEmpty(rid), p.staff_number(), p.display_name(), p.email(),
+              static_cast<int32_t>(p.grade()), p.directorate()}),
+      ParticipantRow);
+}
+
+absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& id, bool lock) {
+  return One<v1::Participant>(
+      c.Exec(absl::StrCat("SELECT ", kParticipantCols, " FROM participants WHERE id = $1::uuid",
+                          lock ? " FOR UPDATE" : ""),
+             {id}),
+      ParticipantRow, "participant", id);
+}
+
+absl::StatusOr<v1::Participant> UpdateParticipant(db::Conn& c, const v1::Participant& p) {
+  return One<v1::Participant>(
+      c.Exec(absl::StrCat("UPDATE participants SET display_name = $2, email = $3, grade = $4, "
+                          "directorate = $5, version = version + 1, updated_at = now() "
+                          "WHERE id = $1::uuid RETURNING ",
+                          kParticipantCols),
+             {p.id(), p.display_name(), p.email(), static_cast<int32_t>(p.grade()),
+              p.directorate()}),
+      ParticipantRow, "participant", p.id());
+}
+
+absl::StatusOr<v1::Participant> SetParticipantStatus(db::Conn& c, const std::string& id, int s) {
+  return One<v1::Participant>(
+      c.Exec(absl::StrCat("UPDATE participants SET status = $2, version = version + 1, "
+                          "updated_at = now() WHERE id = $1::uuid RETURNING ",
+                          kParticipantCols),
+             {id, s}),
+      ParticipantRow, "participant", id);
+}
+
+absl::StatusOr<std::vector<v1::Participant>> ListParticipants(
+    db::Conn& c, const ParticipantFilter& f, const std::vector<std::string>& after, int limit) {
+  std::vector<db::Param> params;
+  std::vector<std::string> where;
+  if (f.grade != 0) {
+    params.push_back(f.grade);
+    where.push_back(absl::StrCat("grade = $", params.size()));
+  }
+  if (f.status != 0) {
+    params.push_back(f.status);
+    where.push_back(absl::StrCat("status = $", params.size()));
+  }
+  if (!f.directorate.empty()) {
+    params.push_back(f.directorate);
+    where.push_back(absl::StrCat("directorate = $", params.size()));
+  }
+  if (after.size() == 2) {
+    params.push_back(after[0]);
+    params.push_back(after[1]);
+    where.push_back(absl::StrCat("(display_name, id) > ($", params.size() - 1, ", $",
+                                 params.size(), "::uuid)"));
+  }
+  params.push_back(static_cast<int32_t>(limit));
+  return All<v1::Participant>(
+      c.Exec(absl::StrCat("SELECT ", kParticipantCols, " FROM participants",
+                          where.empty() ? "" : " WHERE ", absl::StrJoin(where, " AND "),
+                          " ORDER BY participants.display_name, participants.id LIMIT $",
+                          params.size()),
+             params),
+      ParticipantRow);
+}
+
+absl::StatusOr<std::optional<v1::Session>> SessionByRequestId(db::Conn& c,
+                                                             const std::string& rid) {
+  return MaybeOne<v1::Session>(
+      c.Exec(absl::StrCat("SELECT ", kSessionCols, " FROM sessions s WHERE s.request_id = $1"),
+             {rid}),
+      SessionRow);
+}
+
+absl::StatusOr<std::optional<std::string>> InsertSession(db::Conn& c, const v1::Session& s,
+                                                         const std::string& rid) {
+  auto r = c.Exec(
+      "INSERT INTO sessions (request_id, kind, title, organisation_id, offer_id, "
+      "host_contact_id, session_date, start_time, end_time, broadcast_link, arranged_by, status) "
+      "VALUES ($1, $2, $3, $4::uuid, $5::uuid, $6::uuid, $7::date, $8::time, $9::time, $10, "
+      "$11::uuid, $12) ON CONFLICT (request_id) DO NOTHING RETURNING id::text",
+      {db::NullIfEmpty(rid), static_cast<int32_t>(s.kind()), s.title(), s.organisation_id(),
+       db::NullIfEmpty(s.offer_id()), db::NullIfEmpty(s.host_contact_id()), s.date(),
+       s.start_time(), s.end_time(), s.broadcast_link(), db::NullIfEmpty(s.arranged_by()),
+       static_cast<int32_t>(s.status())});
+  if (!r.ok()) return r.status();
+  if (r->rows() == 0) return std::optional<std::string>();
+  std::string id = r->String(0, 0);
+  for (int i = 0; i < s.sites_size(); ++i) {
+    auto ins = c.Exec("INSERT INTO session_sites (session_id, site, capacity, ordinal) "
+                      "VALUES ($1::uuid, $2, $3, $4)",
+                      {id, s.sites(i).name(), s.sites(i).capacity(), i});
+    if (!ins.ok()) return ins.status();
+  }
+  return std::optional<std::string>(id);
+}
+
+absl::StatusOr<v1::Session> GetSession(db::Conn& c, const std::string& id, bool lock) {
+  return One<v1::Session>(
+      c.Exec(absl::StrCat("SELECT ", kSessionCols, " FROM sessions s WHERE s.id = $1::uuid",
+                          lock ? " FOR UPDATE OF s" : ""),
+             {id}),
+      SessionRow, "session", id);
+}
+
+absl::Status SetSessionStatus(db::Conn& c, const std::string& id, int status) {
+  return Affected(c.Exec("UPDATE sessions SET status = $2, version = version + 1, "
+                         "updated_at = now() WHERE id = $1::uuid",
+                         {id, status}),
+                  "session", id);
+}
+
+absl::StatusOr<std::vector<v1::Session>> ListSessions(db::Conn& c, const SessionFilter& f,
+                                                      const std::vector<std::string>& after,
+                                                      int limit) {
+  std::vector<db::Param> params;
+  std::vector<std::string> where;
+  auto add = [&](const std::string& lhs, db::Param p, const char* cast) {
+    params.push_back(std::move(p));
+    where.push_back(absl::StrCat(lhs, "$", params.size(), cast));
+  };
+  if (!f.from_date.empty()) add("s.session_date >= ", f.from_date, "::date");
+  if (!f.to_date.empty()) add("s.session_date <= ", f.to_date, "::date");
+  if (f.kind != 0) add("s.kind = ", f.kind, "");
+  if (f.status != 0) add("s.status = ", f.status, "");
+  if (!f.organisation_id.empty()) add("s.organisation_id = ", f.organisation_id, "::uuid");
+  if (after.size() == 3) {
+    params.push_back(after[0]);
+    params.push_back(after[1]);
+    params.push_back(after[2]);
+    where.push_back(absl::StrCat("(s.session_date, s.start_time, s.id) > ($", params.size() - 2,
+                                 "::date, $", params.size() - 1, "::time, $", params.size(),
+                                 "::uuid)"));
+  }
+  params.push_back(static_cast<int32_t>(limit));
+  return All<v1::Session>(
+      c.Exec(absl::StrCat("SELECT ", kSessionCols, " FROM sessions s",
+                          where.empty() ? "" : " WHERE ", absl::StrJoin(where, " AND "),
+                          " ORDER BY s.session_date, s.start_time, s.id LIMIT $", params.size()),
+             params),
+      SessionRow);
+}
+
+absl::StatusOr<std::optional<SiteSeats>> LockSite(db::Conn& c, const std::string& session_id,
+                                                  const std::string& site) {
+  return MaybeOne<SiteSeats>(
+      c.Exec("SELECT capacity, confirmed FROM session_sites WHERE session_id = $1::uuid AND "
+             "site = $2 FOR UPDATE",
+             {session_id, site}),
+      [](const db::Result& r, int i) {
+        return SiteSeats{static_cast<int>(r.Int(i, 0)), static_cast<int>(r.Int(i, 1))};
+      });
+}
+
+absl::Status AddConfirmed(db::Conn& c, const std::string& session_id, const std::string& site,
+                          int delta) {
+  return c.Exec("UPDATE session_sites SET confirmed = confirmed + $3 WHERE session_id = $1::uuid "
+                "AND site = $2",
+                {session_id, site, delta})
+      .status();
+}
+
+absl::StatusOr<std::optional<v1::Booking>> BookingByRequestId(db::Conn& c,
+                                                             const std::string& rid) {
+  return MaybeOne<v1::Booking>(
+      c.Exec(absl::StrCat("SELECT ", kBookingCols, " FROM bookings b WHERE b.request_id = $1"),
+             {rid}),
+      BookingRow);
+}
+
+absl::StatusOr<std::optional<std::string>> LiveBookingOf(db::Conn& c,
+                                                         const std::string& session_id,
+                                                         const std::string& participant_id) {
+  return MaybeOne<std::string>(
+      c.Exec("SELECT id::text FROM bookings WHERE session_id = $1::uuid AND participant_id = "
+             "$2::uuid AND status IN (1, 2)",
+             {session_id, participant_id}),
+      Text0);
+}
+
+absl::StatusOr<std::optional<std::string>> ConfirmedFrontlineOn(db::Conn& c,
+                                                                const std::string& participant_id,
+                                                                const std::string& date) {
+  return MaybeOne<std::string>(
+      c.Exec("SELECT id::text FROM bookings WHERE participant_id = $1::uuid AND session_date = "
+             "$2::date AND status = 1 AND kind = 1",
+             {participant_id, date}),
+      Text0);
+}
+
+absl::StatusOr<std::optional<std::string>> InsertBooking(db::Conn& c, const v1::Session& s,
+                                                         const std::string& participant_id,
+                                                         const std::string& site, int status,
+                                                         const std::string& rid) {
+  return MaybeOne<std::string>(
+      c.Exec("INSERT INTO bookings (request_id, session_id, site, participant_id, status, "
+             "session_date, kind) VALUES ($1, $2::uuid, $3, $4::uuid, $5, $6::date, $7) "
+             "ON CONFLICT (request_id) DO NOTHING RETURNING id::text",
+             {db::NullIfEmpty(rid), s.id(), site, participant_id, status, s.date(),
+              static_cast<int32_t>(s.kind())}),
+      Text0);
+}
+
+absl::StatusOr<v1::Booking> GetBooking(db::Conn& c, const std::string& id, bool lock) {
+  return One<v1::Booking>(
+      c.Exec(absl::StrCat("SELECT ", kBookingCols, " FROM bookings b WHERE b.id = $1::uuid",
+                          lock ? " FOR UPDATE OF b" : ""),
+             {id}),
+      BookingRow, "booking", id);
+}
+
+absl::Status SetBookingStatus(db::Conn& c, const std::string& id, int status) {
+  return Affected(c.Exec("UPDATE bookings SET status = $2, version = version + 1, "
+                         "updated_at = now() WHERE id = $1::uuid",
+                         {id, status}),
+                  "booking", id);
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Waitlist(
+    db::Conn& c, const std::string& session_id, const std::string& site) {
+  return All<std::pair<std::string, std::string>>(
+      c.Exec("SELECT id::text, participant_id::text FROM bookings WHERE session_id = $1::uuid "
+             "AND site = $2 AND status = 2 ORDER BY seq FOR UPDATE",
+             {session_id, site}),
+      [](const db::Result& r, int i) { return std::make_pair(r.String(i, 0), r.String(i, 1)); });
+}
+
+absl::StatusOr<std::vector<std::string>> LiveBookings(db::Conn& c, const std::string& session_id) {
+  return All<std::string>(
+      c.Exec("SELECT id::text FROM bookings WHERE session_id = $1::uuid AND status IN (1, 2) "
+             "ORDER BY seq FOR UPDATE",
+             {session_id}),
+      Text0);
+}
+
+absl::Status ResetConfirmed(db::Conn& c, const std::string& session_id) {
+  return c.Exec("UPDATE session_sites SET confirmed = 0 WHERE session_id = $1::uuid", {session_id})
+      .status();
+}
+
+absl::StatusOr<std::vector<v1::Booking>> ListBookings(db::Conn& c, const BookingFilter& f,
+                                                      int64_t after_seq, int limit,
+                                                      std::vector<int64_t>* seqs) {
+  std::vector<db::Param> params;
+  std::vector<std::string> where;
+  std::string from = "bookings b";
+  if (!f.session_id.empty()) {
+    params.push_back(f.session_id);
+    where.push_back(absl::StrCat("b.session_id = $", params.size(), "::uuid"));
+  }
+  if (!f.participant_id.empty()) {
+    params.push_back(f.participant_id);
+    where.push_back(absl::StrCat("b.participant_id = $", params.size(), "::uuid"));
+  }
+  if (!f.partner_organisation_id.empty()) {
+    from = "bookings b JOIN sessions s ON s.id = b.session_id";
+    params.push_back(f.partner_organisation_id);
+    where.push_back(absl::StrCat("s.organisation_id = $", params.size(), "::uuid"));
+  }
+  if (f.status != 0) {
+    params.push_back(f.status);
+    where.push_back(absl::StrCat("b.status = $", params.size()));
+  }
+  params.push_back(after_seq);
+  where.push_back(absl::StrCat("b.seq > $", params.size()));
+  params.push_back(static_cast<int32_t>(limit));
+  auto r = c.Exec(absl::StrCat("SELECT ", kBookingCols, " FROM ", from, " WHERE ",
+                               absl::StrJoin(where, " AND "), " ORDER BY b.seq LIMIT $",
+                               params.size()),
+                  params);
+  if (!r.ok()) return r.status();
+  std::vector<v1::Booking> out;
+  for (int i = 0; i < r->rows(); ++i) {
+    out.push_back(BookingRow(*r, i));
+    seqs->push_back(r->Int(i, 9));
+  }
+  return out;
+}
+
+absl::Status InsertAttendanceFact(db::Conn& c, const v1::Booking& b, const v1::Session& s,
+                                  const v1::Participant& p, const PartnerOrganisation& org) {
+  return c.Exec("INSERT INTO attendance_facts (booking_id, session_date, participant_id, "
+                "organisation_id, host_contact_id, sector, region, directorate, grade) VALUES "
+                "($1::uuid, $2::date, $3::uuid, $4::uuid, $5::uuid, $6, $7, $8, $9) "
+                "ON CONFLICT (booking_id) DO NOTHING",
+                {b.id(), s.date(), p.id(), s.organisation_id(),
+                 db::NullIfEmpty(s.host_contact_id()), org.sector, org.region, p.directorate(),
+                 static_cast<int32_t>(p.grade())})
+      .status();
+}
+
+absl::StatusOr<bool> HasMetHost(db::Conn& c, const std::string& participant_id,
+                                const std::string& host_contact_id) {
+  auto r = c.Exec("SELECT 1 FROM attendance_facts WHERE participant_id = $1::uuid AND "
+                  "host_contact_id = $2::uuid LIMIT 1",
+                  {participant_id, host_contact_id});
+  if (!r.ok()) return r.status();
+  return r->rows() > 0;
+}
+
+absl::StatusOr<std::vector<v1::EnduringContact>> EnduringContacts(db::Conn& c,
+                                                                  const std::string& participant) {
+  return All<v1::EnduringContact>(
+      c.Exec("SELECT f.host_contact_id::text, f.organisation_id::text, COALESCE(p.name, ''), "
+             "count(*), to_char(max(f.session_date), 'YYYY-MM-DD') FROM attendance_facts f "
+             "LEFT JOIN partner_organisations p ON p.id = f.organisation_id "
+             "WHERE f.participant_id = $1::uuid AND f.host_contact_id IS NOT NULL "
+             "GROUP BY 1, 2, 3 ORDER BY max(f.session_date) DESC, 1 LIMIT 500",
+             {participant}),
+      [](const db::Result& r, int i) {
+        v1::EnduringContact e;
+        e.set_host_contact_id(r.String(i, 0));
+        e.set_organisation_id(r.String(i, 1));
+        e.set_organisation_name(r.String(i, 2));
+        e.set_visits(static_cast<int32_t>(r.Int(i, 3)));
+        e.set_last_visit_date(r.String(i, 4));
+        return e;
+      });
+}
+
+absl::StatusOr<std::vector<v1::FiguresRow>> Figures(db::Conn& c, const std::string& key_sql,
+                                                    const std::string& from,
+                                                    const std::string& to,
+                                                    const std::string& organisation_id) {
+  std::string sql = absl::StrCat(
+      "SELECT ", key_sql, ", count(*), count(DISTINCT participant_id), "
+      "count(DISTINCT organisation_id) FROM attendance_facts WHERE session_date BETWEEN "
+      "$1::date AND $2::date",
+      organisation_id.empty() ? "" : " AND organisation_id = $3::uuid", " GROUP BY 1 ORDER BY 1");
+  std::vector<db::Param> params = {from, to};
+  if (!organisation_id.empty()) params.push_back(organisation_id);
+  return All<v1::FiguresRow>(c.Exec(sql, params), [](const db::Result& r, int i) {
+    v1::FiguresRow row;
+    row.set_key(r.String(i, 0));
+    row.set_connecting_days(r.Int(i, 1));
+    row.set_connectors(r.Int(i, 2));
+    row.set_organisations(r.Int(i, 3));
+    return row;
+  });
+}
+
+}  // namespace connecting::scheduling::store

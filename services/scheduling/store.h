@@ -1,0 +1,111 @@
+// All SQL of the scheduling service, one function per statement, run on the
+// caller's connection inside its transaction.
+#ifndef CONNECTING_SERVICES_SCHEDULING_STORE_H_
+#define CONNECTING_SERVICES_SCHEDULING_STORE_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "connecting/scheduling/v1/scheduling.pb.h"
+#include "libs/db/db.h"
+
+namespace connecting::scheduling::store {
+
+namespace v1 = ::connecting::scheduling::v1;
+
+struct PartnerOrganisation {
+  std::string id, name;
+  int status = 0, sector = 0, region = 0;
+};
+
+// Partner projection.
+absl::StatusOr<std::optional<PartnerOrganisation>> GetPartner(db::Conn& c, const std::string& id);
+// Applies a newer version of an organisation (older or equal versions are ignored).
+absl::Status UpsertPartner(db::Conn& c, const PartnerOrganisation& p, int64_t version);
+
+// Participants.
+absl::StatusOr<std::optional<v1::Participant>> ParticipantByRequestId(db::Conn& c,
+                                                                     const std::string& rid);
+absl::StatusOr<std::optional<v1::Participant>> InsertParticipant(db::Conn& c,
+                                                                const v1::Participant& p,
+                                                                const std::string& rid);
+absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& id, bool lock);
+absl::StatusOr<v1::Participant> UpdateParticipant(db::Conn& c, const v1::Participant& p);
+absl::StatusOr<v1::Participant> SetParticipantStatus(db::Conn& c, const std::string& id, int s);
+struct ParticipantFilter {
+  int grade = 0, status = 0;
+  std::string directorate;
+};
+absl::StatusOr<std::vector<v1::Participant>> ListParticipants(
+    db::Conn& c, const ParticipantFilter& f, const std::vector<std::string>& after, int limit);
+
+// Sessions.
+absl::StatusOr<std::optional<v1::Session>> SessionByRequestId(db::Conn& c, const std::string& rid);
+// Inserts the session and its sites; nullopt when request_id already exists.
+absl::StatusOr<std::optional<std::string>> InsertSession(db::Conn& c, const v1::Session& s,
+                                                         const std::string& rid);
+absl::StatusOr<v1::Session> GetSession(db::Conn& c, const std::string& id, bool lock);
+absl::Status SetSessionStatus(db::Conn& c, const std::string& id, int status);
+struct SessionFilter {
+  std::string from_date, to_date, organisation_id;
+  int kind = 0, status = 0;
+};
+absl::StatusOr<std::vector<v1::Session>> ListSessions(db::Conn& c, const SessionFilter& f,
+                                                      const std::vector<std::string>& after,
+                                                      int limit);
+
+// Bookings.
+struct SiteSeats {
+  int capacity = 0, confirmed = 0;
+};
+// Locks the site row (serialising all seat changes for it).
+absl::StatusOr<std::optional<SiteSeats>> LockSite(db::Conn& c, const std::string& session_id,
+                                                  const std::string& site);
+absl::Status AddConfirmed(db::Conn& c, const std::string& session_id, const std::string& site,
+                          int delta);
+absl::StatusOr<std::optional<v1::Booking>> BookingByRequestId(db::Conn& c, const std::string& rid);
+absl::StatusOr<std::optional<std::string>> LiveBookingOf(db::Conn& c, const std::string& session_id,
+                                                         const std::string& participant_id);
+// A confirmed frontline booking of the participant on `date`, if any.
+absl::StatusOr<std::optional<std::string>> ConfirmedFrontlineOn(db::Conn& c,
+                                                                const std::string& participant_id,
+                                                                const std::string& date);
+// nullopt when request_id already exists.
+absl::StatusOr<std::optional<std::string>> InsertBooking(db::Conn& c, const v1::Session& s,
+                                                         const std::string& participant_id,
+                                                         const std::string& site, int status,
+                                                         const std::string& rid);
+absl::StatusOr<v1::Booking> GetBooking(db::Conn& c, const std::string& id, bool lock);
+absl::Status SetBookingStatus(db::Conn& c, const std::string& id, int status);
+// Waitlisted (booking id, participant id) of a site in arrival order, locked.
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Waitlist(
+    db::Conn& c, const std::string& session_id, const std::string& site);
+// Live (confirmed or waitlisted) booking ids of a session, in arrival order, locked.
+absl::StatusOr<std::vector<std::string>> LiveBookings(db::Conn& c, const std::string& session_id);
+absl::Status ResetConfirmed(db::Conn& c, const std::string& session_id);
+struct BookingFilter {
+  std::string session_id, participant_id, partner_organisation_id;
+  int status = 0;
+};
+absl::StatusOr<std::vector<v1::Booking>> ListBookings(db::Conn& c, const BookingFilter& f,
+                                                      int64_t after_seq, int limit,
+                                                      std::vector<int64_t>* seqs);
+
+// Attendance facts, enduring contacts and figures.
+absl::Status InsertAttendanceFact(db::Conn& c, const v1::Booking& b, const v1::Session& s,
+                                  const v1::Participant& p, const PartnerOrganisation& org);
+absl::StatusOr<bool> HasMetHost(db::Conn& c, const std::string& participant_id,
+                                const std::string& host_contact_id);
+absl::StatusOr<std::vector<v1::EnduringContact>> EnduringContacts(db::Conn& c,
+                                                                  const std::string& participant);
+// rows: (key, days, connectors, organisations); key_sql is a fixed expression.
+absl::StatusOr<std::vector<v1::FiguresRow>> Figures(db::Conn& c, const std::string& key_sql,
+                                                    const std::string& from,
+                                                    const std::string& to,
+                                                    const std::string& organisation_id);
+
+}  // namespace connecting::scheduling::store
+
+#endif  // CONNECTING_SERVICES_SCHEDULING_STORE_H_

@@ -1,0 +1,85 @@
+// Helpers shared by the scheduling tests.
+#ifndef CONNECTING_TESTS_SCHEDULING_COMMON_H_
+#define CONNECTING_TESTS_SCHEDULING_COMMON_H_
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "tests/harness.h"
+
+namespace connecting::testing {
+
+namespace sv1 = ::connecting::scheduling::v1;
+
+// A local date `days` from today (Europe/London), "YYYY-MM-DD".
+inline std::string DateIn(int days) {
+  absl::TimeZone tz;
+  if (!absl::LoadTimeZone("Europe/London", &tz)) tz = absl::UTCTimeZone();
+  return absl::FormatTime("%Y-%m-%d", absl::Now() + absl::Hours(24 * days), tz);
+}
+
+inline sv1::Participant Register(SchedulingFixture& fx, const std::string& staff_number,
+                                 const std::string& directorate = "Primary Care",
+                                 sv1::Grade grade = sv1::GRADE_POLICY) {
+  sv1::RegisterParticipantRequest req;
+  sv1::Participant* p = req.mutable_participant();
+  p->set_staff_number(staff_number);
+  p->set_display_name("Connector " + staff_number);
+  p->set_email(staff_number + "@dept.example.gov.uk");
+  p->set_grade(grade);
+  p->set_directorate(directorate);
+  sv1::Participant out;
+  grpc::Status s = fx.stub->RegisterParticipant(Ctx(fx.admin).get(), req, &out);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  return out;
+}
+
+inline sv1::Session NewSession(SchedulingFixture& fx, const std::string& org, int capacity,
+                               const std::string& date, sv1::SessionKind kind =
+                                   sv1::SESSION_KIND_FRONTLINE_VISIT) {
+  sv1::CreateSessionRequest req;
+  sv1::Session* s = req.mutable_session();
+  s->set_kind(kind);
+  s->set_title("Visit");
+  s->set_organisation_id(org);
+  s->set_host_contact_id("11111111-2222-4333-8444-555555555555");
+  s->set_date(date);
+  s->set_start_time("09:00");
+  s->set_end_time("17:00");
+  s->add_sites()->set_capacity(capacity);
+  sv1::Session out;
+  grpc::Status st = fx.stub->CreateSession(Ctx(fx.admin).get(), req, &out);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  return out;
+}
+
+inline grpc::Status Book(SchedulingFixture& fx, const std::string& session,
+                         const std::string& participant, sv1::Booking* out,
+                         const std::string& request_id = "", const std::string& token = "") {
+  sv1::BookSessionRequest req;
+  req.set_session_id(session);
+  req.set_participant_id(participant);
+  req.set_request_id(request_id);
+  return fx.stub->BookSession(Ctx(token.empty() ? fx.admin : token).get(), req, out);
+}
+
+inline std::vector<sv1::Booking> SessionBookings(SchedulingFixture& fx, const std::string& session) {
+  std::vector<sv1::Booking> out;
+  sv1::ListBookingsRequest req;
+  req.set_session_id(session);
+  req.set_page_size(500);
+  do {
+    sv1::ListBookingsResponse resp;
+    grpc::Status s = fx.stub->ListBookings(Ctx(fx.admin).get(), req, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    if (!s.ok()) break;
+    for (const auto& b : resp.bookings()) out.push_back(b);
+    req.set_page_token(resp.next_page_token());
+  } while (!req.page_token().empty());
+  return out;
+}
+
+}  // namespace connecting::testing
+
+#endif  // CONNECTING_TESTS_SCHEDULING_COMMON_H_

@@ -1,0 +1,197 @@
+// The booking rules under concurrency: capacity, FIFO waitlist and promotion,
+// one frontline visit per date, idempotent retries.
+#include <atomic>
+#include <future>
+#include <map>
+#include <set>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <google/protobuf/util/json_util.h>
+
+#include "connecting/events/v1/scheduling_events.pb.h"
+#include "tests/scheduling_common.h"
+
+namespace connecting::testing {
+namespace {
+
+class SchedulingConcurrency : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    fx_ = new SchedulingFixture();
+    org_ = new std::string(fx_->CreatePartner("Concurrency Trust"));
+  }
+  static void TearDownTestSuite() {
+    delete fx_;
+    delete org_;
+  }
+  static SchedulingFixture* fx_;
+  static std::string* org_;
+};
+SchedulingFixture* SchedulingConcurrency::fx_ = nullptr;
+std::string* SchedulingConcurrency::org_ = nullptr;
+
+TEST_F(SchedulingConcurrency, TwoHundredParallelBookingsForTenSeats) {
+  std::vector<std::string> people;
+  for (int i = 0; i < 200; ++i) people.push_back(Register(*fx_, "CC" + std::to_string(1000 + i)).id());
+  sv1::Session session = NewSession(*fx_, *org_, 10, DateIn(7));
+
+  std::atomic<int> next{0}, confirmed{0}, waitlisted{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 25; ++t) {
+    threads.emplace_back([&] {
+      for (int i = next++; i < 200; i = next++) {
+        sv1::Booking b;
+        grpc::Status s = Book(*fx_, session.id(), people[i], &b);
+        if (!s.ok()) {
+          ++failed;
+          ADD_FAILURE() << s.error_message();
+        } else if (b.status() == sv1::BOOKING_STATUS_CONFIRMED) {
+          ++confirmed;
+        } else if (b.status() == sv1::BOOKING_STATUS_WAITLISTED) {
+          ++waitlisted;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(confirmed.load(), 10);
+  EXPECT_EQ(waitlisted.load(), 190);
+  EXPECT_EQ(failed.load(), 0);
+
+  // In arrival order: the first ten confirmed, then the waitlist 1..190.
+  std::vector<sv1::Booking> all = SessionBookings(*fx_, session.id());
+  ASSERT_EQ(all.size(), 200u);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(all[i].status(), sv1::BOOKING_STATUS_CONFIRMED) << i;
+  for (int i = 10; i < 200; ++i) {
+    EXPECT_EQ(all[i].status(), sv1::BOOKING_STATUS_WAITLISTED) << i;
+    EXPECT_EQ(all[i].waitlist_position(), i - 9);
+  }
+  sv1::GetSessionRequest get;
+  get.set_id(session.id());
+  sv1::Session seen;
+  ASSERT_TRUE(fx_->stub->GetSession(Ctx(fx_->admin).get(), get, &seen).ok());
+  EXPECT_EQ(seen.sites(0).confirmed(), 10);
+  EXPECT_EQ(seen.sites(0).waitlisted(), 190);
+
+  // Cancelling three confirmed bookings (in parallel) promotes the first three waiting.
+  std::vector<std::future<grpc::Status>> cancels;
+  for (int i = 0; i < 3; ++i) {
+    cancels.push_back(std::async(std::launch::async, [&, i] {
+      sv1::CancelBookingRequest req;
+      req.set_id(all[i].id());
+      sv1::Booking out;
+      return fx_->stub->CancelBooking(Ctx(fx_->admin).get(), req, &out);
+    }));
+  }
+  for (auto& c : cancels) EXPECT_TRUE(c.get().ok());
+  std::vector<sv1::Booking> after = SessionBookings(*fx_, session.id());
+  int now_confirmed = 0;
+  for (const auto& b : after) now_confirmed += b.status() == sv1::BOOKING_STATUS_CONFIRMED;
+  EXPECT_EQ(now_confirmed, 10);
+  std::set<std::string> first_three = {all[10].id(), all[11].id(), all[12].id()};
+  for (const auto& b : after) {
+    if (first_three.count(b.id())) EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_CONFIRMED);
+  }
+  EXPECT_EQ(after[13].waitlist_position(), 1);
+
+  // Exactly one promoted event for each of them, and one confirmed/waitlisted per booking.
+  std::map<std::string, int> promoted;
+  int booked_events = 0;
+  for (const auto& e : WaitForEvents(fx_->nats_url, fx_->scheduling_stream, 1, absl::Seconds(1))) {
+    (void)e;
+  }
+  absl::Time until = absl::Now() + absl::Seconds(15);
+  std::vector<StoredEvent> events;
+  do {
+    events = ReadStream(fx_->nats_url, fx_->scheduling_stream);
+    promoted.clear();
+    booked_events = 0;
+    for (const auto& e : events) {
+      if (e.subject.find(".booking.promoted") != std::string::npos) {
+        events::v1::BookingChanged bc;
+        ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(e.data, &bc).ok());
+        if (bc.session().id() == session.id()) ++promoted[bc.booking().id()];
+      }
+      if (e.subject.find(".booking.confirmed") != std::string::npos ||
+          e.subject.find(".booking.waitlisted") != std::string::npos) {
+        ++booked_events;
+      }
+    }
+  } while ((promoted.size() < 3 || booked_events < 200) && absl::Now() < until);
+  EXPECT_EQ(promoted.size(), 3u);
+  for (const auto& [id, n] : promoted) {
+    EXPECT_TRUE(first_three.count(id)) << id;
+    EXPECT_EQ(n, 1);
+  }
+  EXPECT_GE(booked_events, 200);
+}
+
+TEST_F(SchedulingConcurrency, OneConfirmedFrontlineVisitPerDateEvenInParallel) {
+  for (int round = 0; round < 5; ++round) {
+    std::string person = Register(*fx_, "SD" + std::to_string(100 + round)).id();
+    std::string date = DateIn(10 + round);
+    sv1::Session a = NewSession(*fx_, *org_, 5, date);
+    sv1::Session b = NewSession(*fx_, *org_, 5, date);
+    auto book = [&](const std::string& s) {
+      sv1::Booking out;
+      return Book(*fx_, s, person, &out);
+    };
+    auto fa = std::async(std::launch::async, book, a.id());
+    auto fb = std::async(std::launch::async, book, b.id());
+    grpc::Status sa = fa.get(), sb = fb.get();
+    EXPECT_NE(sa.ok(), sb.ok()) << sa.error_message() << " / " << sb.error_message();
+    const grpc::Status& refused = sa.ok() ? sb : sa;
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_NE(refused.error_message().find("one confirmed frontline visit per date"),
+              std::string::npos)
+        << refused.error_message();
+  }
+}
+
+TEST_F(SchedulingConcurrency, SameRequestIdConcurrentlyBooksOnce) {
+  std::string person = Register(*fx_, "IDEM01").id();
+  sv1::Session s = NewSession(*fx_, *org_, 3, DateIn(20));
+  std::vector<std::future<std::pair<grpc::Status, sv1::Booking>>> calls;
+  for (int i = 0; i < 8; ++i) {
+    calls.push_back(std::async(std::launch::async, [&] {
+      sv1::Booking out;
+      grpc::Status st = Book(*fx_, s.id(), person, &out, "retry-key-1");
+      return std::make_pair(st, out);
+    }));
+  }
+  std::set<std::string> ids;
+  for (auto& c : calls) {
+    auto [st, b] = c.get();
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    ids.insert(b.id());
+  }
+  EXPECT_EQ(ids.size(), 1u);
+  EXPECT_EQ(SessionBookings(*fx_, s.id()).size(), 1u);
+}
+
+TEST_F(SchedulingConcurrency, PromotionSkipsWhoeverWouldHoldTwoVisitsThatDate) {
+  std::string date = DateIn(30);
+  sv1::Session full = NewSession(*fx_, *org_, 1, date);
+  sv1::Session other = NewSession(*fx_, *org_, 1, date);
+  std::string holder = Register(*fx_, "PR0001").id();
+  std::string busy = Register(*fx_, "PR0002").id();
+  std::string free_person = Register(*fx_, "PR0003").id();
+  sv1::Booking hb, bw, fw, bo;
+  ASSERT_TRUE(Book(*fx_, full.id(), holder, &hb).ok());
+  ASSERT_TRUE(Book(*fx_, full.id(), busy, &bw).ok());        // waitlisted first
+  ASSERT_TRUE(Book(*fx_, full.id(), free_person, &fw).ok()); // waitlisted second
+  ASSERT_TRUE(Book(*fx_, other.id(), busy, &bo).ok());       // busy confirms elsewhere that day
+  EXPECT_EQ(bo.status(), sv1::BOOKING_STATUS_CONFIRMED);
+  sv1::CancelBookingRequest cancel;
+  cancel.set_id(hb.id());
+  sv1::Booking out;
+  ASSERT_TRUE(fx_->stub->CancelBooking(Ctx(fx_->admin).get(), cancel, &out).ok());
+  for (const auto& b : SessionBookings(*fx_, full.id())) {
+    if (b.id() == fw.id()) EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_CONFIRMED);
+    if (b.id() == bw.id()) EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_WAITLISTED);
+  }
+}
+
+}  // namespace
+}  // namespace connecting::testing
