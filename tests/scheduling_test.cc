@@ -1,1 +1,511 @@
+// Scheduling end to end with partners: the partner projection, attendance and
+// enduring contacts, session cancellation, programme figures, bad input, roles.
+#include <map>
+#include <random>
+#include <set>
+
 #include <gtest/gtest.h>
+#include <google/protobuf/util/json_util.h>
+#include <nats/nats.h>
+
+#include "connecting/events/v1/scheduling_events.pb.h"
+#include "libs/db/db.h"
+#include "tests/scheduling_common.h"
+
+namespace connecting::testing {
+namespace {
+
+namespace pv1 = ::connecting::partners::v1;
+using server::Role;
+
+class Scheduling : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    fx_ = new SchedulingFixture();
+    org_ = new std::string(fx_->CreatePartner("Scheduling Trust"));
+  }
+  static void TearDownTestSuite() {
+    delete fx_;
+    delete org_;
+  }
+  static int64_t Sql(const std::string& sql) {
+    auto conn = db::Conn::Open(fx_->scheduling_db, "test");
+    if (!conn.ok()) return -1;
+    auto r = (*conn)->Exec(sql);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() && r->rows() > 0 ? r->Int(0, 0) : (r.ok() ? r->affected() : -1);
+  }
+  static SchedulingFixture* fx_;
+  static std::string* org_;
+};
+SchedulingFixture* Scheduling::fx_ = nullptr;
+std::string* Scheduling::org_ = nullptr;
+
+TEST_F(Scheduling, ArchivedPartnerTakesNoBookingsAndRedeliveryChangesNothing) {
+  std::string org = fx_->CreatePartner("Soon Archived Trust");
+  sv1::Session s = NewSession(*fx_, org, 5, DateIn(5));
+  std::string person = Register(*fx_, "ARCH01").id();
+
+  pv1::ArchiveOrganisationRequest archive;
+  archive.set_id(org);
+  pv1::Organisation archived;
+  ASSERT_TRUE(fx_->partners_stub->ArchiveOrganisation(Ctx(fx_->admin).get(), archive, &archived).ok());
+  ASSERT_TRUE(fx_->WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED, absl::Seconds(5)));
+  sv1::Booking b;
+  grpc::Status st = Book(*fx_, s.id(), person, &b);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(st.error_message().find("ARCHIVED"), std::string::npos) << st.error_message();
+
+  // Replay the partners stream's organisation events under new message ids
+  // (a redelivery, and older versions arriving late): nothing changes.
+  std::vector<StoredEvent> partner_events =
+      ReadStream(fx_->nats_url, "PARTNERS_" + fx_->suffix);
+  natsConnection* nc = nullptr;
+  ASSERT_EQ(natsConnection_ConnectTo(&nc, fx_->nats_url.c_str()), NATS_OK);
+  jsCtx* js = nullptr;
+  natsConnection_JetStream(&js, nc, nullptr);
+  int replayed = 0;
+  for (const auto& e : partner_events) {
+    if (e.headers.at("ce-subject") != org) continue;
+    natsMsg* m = nullptr;
+    natsMsg_Create(&m, e.subject.c_str(), nullptr, e.data.data(), static_cast<int>(e.data.size()));
+    for (const auto& [k, v] : e.headers) natsMsgHeader_Set(m, k.c_str(), v.c_str());
+    natsMsgHeader_Set(m, "Nats-Msg-Id", ("replay-" + e.headers.at("ce-id")).c_str());
+    jsPubAck* pa = nullptr;
+    ASSERT_EQ(js_PublishMsg(&pa, js, m, nullptr, nullptr), NATS_OK);
+    jsPubAck_Destroy(pa);
+    natsMsg_Destroy(m);
+    ++replayed;
+  }
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(nc);
+  ASSERT_GE(replayed, 2);
+  absl::SleepFor(absl::Seconds(2));
+  EXPECT_TRUE(fx_->WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED, absl::Seconds(1)));
+  EXPECT_EQ(Sql("SELECT count(*) FROM inbox WHERE event_id IN (SELECT event_id FROM inbox) "
+                "GROUP BY event_id ORDER BY count(*) DESC LIMIT 1"),
+            1);
+  EXPECT_EQ(Book(*fx_, s.id(), person, &b).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+
+  // Reactivated in partners: bookable again.
+  pv1::ReactivateOrganisationRequest react;
+  react.set_id(org);
+  ASSERT_TRUE(fx_->partners_stub->ReactivateOrganisation(Ctx(fx_->admin).get(), react, &archived).ok());
+  ASSERT_TRUE(fx_->WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ACTIVE, absl::Seconds(5)));
+  EXPECT_TRUE(Book(*fx_, s.id(), person, &b).ok());
+}
+
+TEST_F(Scheduling, UnknownPartnerCannotHostASession) {
+  sv1::CreateSessionRequest req;
+  sv1::Session* s = req.mutable_session();
+  s->set_kind(sv1::SESSION_KIND_FRONTLINE_VISIT);
+  s->set_title("Nowhere");
+  s->set_organisation_id("00000000-0000-4000-8000-00000000dead");
+  s->set_date(DateIn(3));
+  s->set_start_time("10:00");
+  s->set_end_time("12:00");
+  s->add_sites()->set_capacity(2);
+  sv1::Session out;
+  grpc::Status st = fx_->stub->CreateSession(Ctx(fx_->admin).get(), req, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(st.error_message().find("not known"), std::string::npos);
+}
+
+TEST_F(Scheduling, AttendanceBuildsEnduringContactsAndLetsConnectorsArrangeVisits) {
+  sv1::Participant p = Register(*fx_, "ATT001");
+  sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(1));
+  sv1::Booking b;
+  ASSERT_TRUE(Book(*fx_, s.id(), p.id(), &b).ok());
+  sv1::RecordAttendanceRequest att;
+  att.set_id(b.id());
+  att.set_attended(true);
+  sv1::Booking out;
+  grpc::Status early = fx_->stub->RecordAttendance(Ctx(fx_->admin).get(), att, &out);
+  EXPECT_EQ(early.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << "before the session began";
+  // Let the visit happen: move it to yesterday (the test's time machine).
+  Sql("UPDATE sessions SET session_date = current_date - 1 WHERE id = '" + s.id() + "'");
+  Sql("UPDATE bookings SET session_date = current_date - 1 WHERE id = '" + b.id() + "'");
+  // The host partner records it.
+  std::string host = Token(Role::kPartner, "host", *org_);
+  ASSERT_TRUE(fx_->stub->RecordAttendance(Ctx(host).get(), att, &out).ok());
+  EXPECT_EQ(out.status(), sv1::BOOKING_STATUS_ATTENDED);
+
+  sv1::ListEnduringContactsRequest lc;
+  lc.set_participant_id(p.id());
+  sv1::ListEnduringContactsResponse contacts;
+  std::string self = Token(Role::kParticipant, p.id());
+  ASSERT_TRUE(fx_->stub->ListEnduringContacts(Ctx(self).get(), lc, &contacts).ok());
+  ASSERT_EQ(contacts.contacts_size(), 1);
+  EXPECT_EQ(contacts.contacts(0).host_contact_id(), s.host_contact_id());
+  EXPECT_EQ(contacts.contacts(0).organisation_name(), "Scheduling Trust");
+
+  // The connector arranges the next visit with that host: pending until accepted.
+  sv1::CreateSessionRequest arrange;
+  sv1::Session* next = arrange.mutable_session();
+  next->set_kind(sv1::SESSION_KIND_FRONTLINE_VISIT);
+  next->set_title("Follow-up visit");
+  next->set_organisation_id(*org_);
+  next->set_host_contact_id(s.host_contact_id());
+  next->set_date(DateIn(14));
+  next->set_start_time("10:00");
+  next->set_end_time("15:00");
+  next->add_sites()->set_capacity(1);
+  sv1::Session pending;
+  ASSERT_TRUE(fx_->stub->CreateSession(Ctx(self).get(), arrange, &pending).ok());
+  EXPECT_EQ(pending.status(), sv1::SESSION_STATUS_PENDING_HOST);
+  EXPECT_EQ(pending.arranged_by(), p.id());
+  sv1::Booking none;
+  EXPECT_EQ(Book(*fx_, pending.id(), p.id(), &none, "", self).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  sv1::AcceptSessionRequest accept;
+  accept.set_id(pending.id());
+  sv1::Session accepted;
+  EXPECT_EQ(fx_->stub->AcceptSession(Ctx(Token(Role::kPartner, "x", "00000000-0000-4000-8000-000000000001")).get(), accept, &accepted).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  ASSERT_TRUE(fx_->stub->AcceptSession(Ctx(host).get(), accept, &accepted).ok());
+  EXPECT_EQ(accepted.status(), sv1::SESSION_STATUS_SCHEDULED);
+  EXPECT_EQ(accepted.sites(0).confirmed(), 1) << "the arranging connector is booked";
+
+  // With a host never met: refused.
+  next->set_host_contact_id("99999999-2222-4333-8444-555555555555");
+  EXPECT_EQ(fx_->stub->CreateSession(Ctx(self).get(), arrange, &pending).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(Scheduling, CancellingASessionCancelsEveryBookingWithAnEventEach) {
+  sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(9));
+  std::set<std::string> booked;
+  for (int i = 0; i < 4; ++i) {
+    sv1::Booking b;
+    ASSERT_TRUE(Book(*fx_, s.id(), Register(*fx_, "CS000" + std::to_string(i)).id(), &b).ok());
+    booked.insert(b.id());
+  }
+  sv1::CancelSessionRequest req;
+  req.set_id(s.id());
+  req.set_reason("Host unwell");
+  sv1::Session out;
+  ASSERT_TRUE(fx_->stub->CancelSession(Ctx(fx_->admin).get(), req, &out).ok());
+  EXPECT_EQ(out.status(), sv1::SESSION_STATUS_CANCELLED);
+  for (const auto& b : SessionBookings(*fx_, s.id())) {
+    EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_CANCELLED);
+  }
+  std::set<std::string> cancelled_events;
+  absl::Time until = absl::Now() + absl::Seconds(10);
+  while (cancelled_events.size() < booked.size() && absl::Now() < until) {
+    cancelled_events.clear();
+    for (const auto& e : ReadStream(fx_->nats_url, fx_->scheduling_stream)) {
+      if (e.subject.find(".booking.cancelled") == std::string::npos) continue;
+      events::v1::BookingChanged bc;
+      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(e.data, &bc).ok());
+      if (bc.session().id() == s.id()) {
+        EXPECT_TRUE(cancelled_events.insert(bc.booking().id()).second) << "twice";
+        EXPECT_EQ(bc.reason(), "session cancelled: Host unwell");
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(cancelled_events, booked);
+}
+
+TEST_F(Scheduling, ProgrammeFiguresOverAGeneratedYearMatchACountMadeDirectly) {
+  // A year of attended visits: 40 connectors, 12 organisations, random dates.
+  std::mt19937 rng(2026);
+  struct Fact { std::string date, participant, org, directorate; int sector, region, grade; };
+  std::vector<Fact> facts;
+  const char* dirs[] = {"Primary Care", "Social Care", "Mental Health", "Public Health"};
+  for (int i = 0; i < 1500; ++i) {
+    int day = rng() % 365;
+    absl::CivilDay d = absl::CivilDay(2025, 1, 1) + day;
+    int person = rng() % 40, org = rng() % 12;
+    facts.push_back({absl::FormatCivilTime(d), absl::StrCat("00000000-0000-4000-8000-0000000000", 10 + person),
+                     absl::StrCat("00000000-0000-4000-9000-0000000000", 10 + org), dirs[person % 4],
+                     1 + org % 5, 1 + org % 7, 1 + person % 4});
+  }
+  auto conn = db::Conn::Open(fx_->scheduling_db, "test");
+  ASSERT_TRUE(conn.ok());
+  for (size_t i = 0; i < facts.size(); ++i) {
+    const Fact& f = facts[i];
+    // Facts reference bookings; give each its own minimal session and booking rows.
+    auto r = (*conn)->Exec(
+        "WITH p AS (INSERT INTO participants (id, staff_number, display_name, email, grade, "
+        "directorate) VALUES ($3::uuid, 'F' || substr(md5($3::uuid::text), 1, 10), 'x', 'x@x.org', $9, $8) "
+        "ON CONFLICT (id) DO UPDATE SET grade = EXCLUDED.grade RETURNING id), "
+        "s AS (INSERT INTO sessions (kind, title, organisation_id, session_date, start_time, "
+        "end_time, status) VALUES (1, $1::text, $4::uuid, $2::date, '09:00', '17:00', 4) RETURNING id), "
+        "b AS (INSERT INTO bookings (session_id, site, participant_id, status, session_date, kind) "
+        "SELECT s.id, $7::text, p.id, 4, $2::date, 1 FROM s, p RETURNING id) "
+        "INSERT INTO attendance_facts (booking_id, session_date, participant_id, organisation_id, "
+        "sector, region, directorate, grade) SELECT b.id, $2::date, $3::uuid, $4::uuid, $5, $6, $8, "
+        "$9 FROM b",
+        {std::to_string(i), f.date, f.participant, f.org, f.sector, f.region, "", f.directorate,
+         f.grade});
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  // Expected, counted here from the generated data.
+  auto expect = [&](const std::string& from, const std::string& to, auto key_of) {
+    std::map<std::string, std::tuple<int64_t, std::set<std::string>, std::set<std::string>>> m;
+    for (const Fact& f : facts) {
+      if (f.date < from || f.date > to) continue;
+      auto& [days, people, orgs] = m[key_of(f)];
+      ++days;
+      people.insert(f.participant);
+      orgs.insert(f.org);
+    }
+    return m;
+  };
+  auto check = [&](sv1::FiguresGrouping g, const std::string& from, const std::string& to,
+                   auto key_of) {
+    sv1::GetProgrammeFiguresRequest req;
+    req.set_from_date(from);
+    req.set_to_date(to);
+    req.set_group_by(g);
+    sv1::ProgrammeFigures figs;
+    grpc::Status st = fx_->stub->GetProgrammeFigures(Ctx(Token(Role::kViewer)).get(), req, &figs);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    auto total = expect(from, to, [](const Fact&) { return std::string(); });
+    EXPECT_EQ(figs.totals().connecting_days(), std::get<0>(total[""]));
+    EXPECT_EQ(figs.totals().connectors(), static_cast<int64_t>(std::get<1>(total[""]).size()));
+    EXPECT_EQ(figs.totals().organisations(), static_cast<int64_t>(std::get<2>(total[""]).size()));
+    auto groups = expect(from, to, key_of);
+    ASSERT_EQ(figs.rows_size(), static_cast<int>(groups.size())) << sv1::FiguresGrouping_Name(g);
+    for (const auto& row : figs.rows()) {
+      auto it = groups.find(row.key());
+      ASSERT_NE(it, groups.end()) << row.key();
+      EXPECT_EQ(row.connecting_days(), std::get<0>(it->second)) << row.key();
+      EXPECT_EQ(row.connectors(), static_cast<int64_t>(std::get<1>(it->second).size())) << row.key();
+      EXPECT_EQ(row.organisations(), static_cast<int64_t>(std::get<2>(it->second).size()))
+          << row.key();
+    }
+  };
+  check(sv1::FIGURES_GROUPING_MONTH, "2025-01-01", "2025-12-31",
+        [](const Fact& f) { return f.date.substr(0, 7); });
+  check(sv1::FIGURES_GROUPING_QUARTER, "2025-01-01", "2025-12-31", [](const Fact& f) {
+    int m = std::stoi(f.date.substr(5, 2));
+    return f.date.substr(0, 4) + "-Q" + std::to_string((m - 1) / 3 + 1);
+  });
+  check(sv1::FIGURES_GROUPING_DIRECTORATE, "2025-03-15", "2025-09-30",
+        [](const Fact& f) { return f.directorate; });
+  check(sv1::FIGURES_GROUPING_SECTOR, "2025-01-01", "2025-06-30", [](const Fact& f) {
+    return pv1::Sector_Name(static_cast<pv1::Sector>(f.sector));
+  });
+  check(sv1::FIGURES_GROUPING_REGION, "2025-02-01", "2025-12-31", [](const Fact& f) {
+    return pv1::Region_Name(static_cast<pv1::Region>(f.region));
+  });
+  check(sv1::FIGURES_GROUPING_GRADE, "2025-01-01", "2025-12-31", [](const Fact& f) {
+    return sv1::Grade_Name(static_cast<sv1::Grade>(f.grade));
+  });
+  // The figures come from the date index, not a scan of every booking.
+  auto plan = (*conn)->Exec(
+      "EXPLAIN SELECT count(*) FROM attendance_facts WHERE session_date BETWEEN '2025-03-01' AND "
+      "'2025-03-31'");
+  ASSERT_TRUE(plan.ok());
+  (void)(*conn)->ExecScript("ANALYZE attendance_facts");
+  plan = (*conn)->Exec(
+      "EXPLAIN SELECT count(*) FROM attendance_facts WHERE session_date BETWEEN '2025-03-01' AND "
+      "'2025-03-03'");
+  ASSERT_TRUE(plan.ok());
+  std::string text;
+  for (int i = 0; i < plan->rows(); ++i) text += plan->String(i, 0) + "\n";
+  EXPECT_NE(text.find("attendance_facts_by_date"), std::string::npos) << text;
+}
+
+TEST_F(Scheduling, BadInputNamesTheFieldAndChangesNothing) {
+  int64_t sessions_before = Sql("SELECT count(*) FROM sessions");
+  auto create = [&](auto mutate) {
+    sv1::CreateSessionRequest req;
+    sv1::Session* s = req.mutable_session();
+    s->set_kind(sv1::SESSION_KIND_FRONTLINE_VISIT);
+    s->set_title("Bad");
+    s->set_organisation_id(*org_);
+    s->set_date(DateIn(3));
+    s->set_start_time("10:00");
+    s->set_end_time("12:00");
+    s->add_sites()->set_capacity(2);
+    mutate(s);
+    sv1::Session out;
+    return fx_->stub->CreateSession(Ctx(fx_->admin).get(), req, &out);
+  };
+  auto expect_invalid = [](const grpc::Status& st, const std::string& field) {
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find(field), std::string::npos) << st.error_message();
+  };
+  expect_invalid(create([](sv1::Session* s) { s->set_date(DateIn(-1)); }), "session.date: must be today");
+  expect_invalid(create([](sv1::Session* s) { s->set_date("2026-02-30"); }), "session.date");
+  expect_invalid(create([](sv1::Session* s) { s->set_end_time("09:00"); }),
+                 "session.end_time: must be after start_time");
+  expect_invalid(create([](sv1::Session* s) { s->set_start_time("25:00"); }), "session.start_time");
+  expect_invalid(create([](sv1::Session* s) { s->mutable_sites(0)->set_capacity(0); }),
+                 "session.sites[0].capacity");
+  expect_invalid(create([](sv1::Session* s) { s->mutable_sites(0)->set_capacity(1000000); }),
+                 "session.sites[0].capacity");
+  expect_invalid(create([](sv1::Session* s) { s->set_kind(static_cast<sv1::SessionKind>(9)); }),
+                 "session.kind");
+  expect_invalid(create([](sv1::Session* s) { s->set_broadcast_link("http://x"); }),
+                 "session.broadcast_link");
+  expect_invalid(create([](sv1::Session* s) {
+                   s->set_kind(sv1::SESSION_KIND_DEPARTMENT_EVENT);
+                   s->mutable_sites(0)->set_name("Leeds");
+                   s->add_sites()->set_name("Leeds");
+                   s->mutable_sites(1)->set_capacity(3);
+                 }),
+                 "repeats another site");
+  EXPECT_EQ(Sql("SELECT count(*) FROM sessions"), sessions_before);
+
+  sv1::Booking b;
+  grpc::Status st = Book(*fx_, "00000000-0000-4000-8000-000000000000",
+                         Register(*fx_, "BAD001").id(), &b);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+  expect_invalid(Book(*fx_, "not-a-uuid", "also-not", &b), "session_id");
+
+  sv1::ListSessionsRequest list;
+  list.set_page_token("forged.token");
+  sv1::ListSessionsResponse resp;
+  expect_invalid(fx_->stub->ListSessions(Ctx(fx_->admin).get(), list, &resp), "page_token");
+  list.set_page_token("");
+  list.set_page_size(100000);
+  expect_invalid(fx_->stub->ListSessions(Ctx(fx_->admin).get(), list, &resp), "page_size");
+
+  sv1::GetProgrammeFiguresRequest figs;
+  figs.set_from_date("2026-05-01");
+  figs.set_to_date("2026-04-01");
+  sv1::ProgrammeFigures out;
+  expect_invalid(fx_->stub->GetProgrammeFigures(Ctx(fx_->admin).get(), figs, &out), "to_date");
+
+  sv1::RegisterParticipantRequest reg;
+  reg.mutable_participant()->set_staff_number("x");
+  reg.mutable_participant()->set_grade(static_cast<sv1::Grade>(12));
+  sv1::Participant p;
+  st = fx_->stub->RegisterParticipant(Ctx(fx_->admin).get(), reg, &p);
+  expect_invalid(st, "participant.staff_number");
+  expect_invalid(st, "participant.grade");
+  expect_invalid(st, "participant.email");
+  Register(*fx_, "DUP001");
+  reg.mutable_participant()->set_staff_number("dup001");
+  reg.mutable_participant()->set_display_name("Dup");
+  reg.mutable_participant()->set_email("dup@x.org");
+  reg.mutable_participant()->set_grade(sv1::GRADE_ANALYST);
+  reg.mutable_participant()->set_directorate("Analysis");
+  EXPECT_EQ(fx_->stub->RegisterParticipant(Ctx(fx_->admin).get(), reg, &p).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+}
+
+TEST_F(Scheduling, RolesSeeAndDoOnlyWhatTheyMay) {
+  std::string other_org = fx_->CreatePartner("Other Scheduling Trust");
+  sv1::Participant me = Register(*fx_, "ROLE01");
+  sv1::Participant you = Register(*fx_, "ROLE02");
+  sv1::Session mine = NewSession(*fx_, *org_, 5, DateIn(40));
+  sv1::Session theirs = NewSession(*fx_, other_org, 5, DateIn(41));
+  std::string self = Token(Role::kParticipant, me.id());
+  sv1::Booking b;
+  EXPECT_TRUE(Book(*fx_, mine.id(), me.id(), &b, "", self).ok());
+  EXPECT_EQ(Book(*fx_, mine.id(), you.id(), &b, "", self).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  ASSERT_TRUE(Book(*fx_, theirs.id(), you.id(), &b).ok());
+
+  sv1::ListBookingsRequest lb;
+  lb.set_participant_id(you.id());
+  sv1::ListBookingsResponse lbr;
+  EXPECT_EQ(fx_->stub->ListBookings(Ctx(self).get(), lb, &lbr).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  lb.set_participant_id(me.id());
+  ASSERT_TRUE(fx_->stub->ListBookings(Ctx(self).get(), lb, &lbr).ok());
+  EXPECT_EQ(lbr.bookings_size(), 1);
+  sv1::GetBookingRequest gb;
+  gb.set_id(b.id());  // you's booking
+  sv1::Booking seen;
+  EXPECT_EQ(fx_->stub->GetBooking(Ctx(self).get(), gb, &seen).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+
+  // A partner sees the sessions at its organisation only.
+  std::string partner = Token(Role::kPartner, "host", *org_);
+  sv1::ListSessionsRequest ls;
+  ls.set_page_size(500);
+  sv1::ListSessionsResponse lsr;
+  ASSERT_TRUE(fx_->stub->ListSessions(Ctx(partner).get(), ls, &lsr).ok());
+  EXPECT_GT(lsr.sessions_size(), 0);
+  for (const auto& s : lsr.sessions()) EXPECT_EQ(s.organisation_id(), *org_);
+  sv1::GetSessionRequest gs;
+  gs.set_id(theirs.id());
+  sv1::Session out;
+  EXPECT_EQ(fx_->stub->GetSession(Ctx(partner).get(), gs, &out).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+
+  // Viewers read but do not write.
+  std::string viewer = Token(Role::kViewer);
+  EXPECT_TRUE(fx_->stub->GetSession(Ctx(viewer).get(), gs, &out).ok());
+  EXPECT_EQ(Book(*fx_, mine.id(), you.id(), &b, "", viewer).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  sv1::CancelSessionRequest cs;
+  cs.set_id(mine.id());
+  EXPECT_EQ(fx_->stub->CancelSession(Ctx(viewer).get(), cs, &out).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(fx_->stub->CancelSession(Ctx(self).get(), cs, &out).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+}
+
+TEST_F(Scheduling, DepartmentEventsHaveCapacityPerSite) {
+  sv1::CreateSessionRequest req;
+  sv1::Session* s = req.mutable_session();
+  s->set_kind(sv1::SESSION_KIND_DEPARTMENT_EVENT);
+  s->set_title("Connecting comes to you: urgent care");
+  s->set_organisation_id(*org_);
+  s->set_date(DateIn(12));
+  s->set_start_time("12:00");
+  s->set_end_time("13:00");
+  s->set_broadcast_link("https://stream.example.gov.uk/connecting/42");
+  auto* leeds = s->add_sites();
+  leeds->set_name("Leeds");
+  leeds->set_capacity(1);
+  auto* london = s->add_sites();
+  london->set_name("London");
+  london->set_capacity(2);
+  sv1::Session ev;
+  ASSERT_TRUE(fx_->stub->CreateSession(Ctx(fx_->admin).get(), req, &ev).ok());
+  auto book = [&](const std::string& who, const std::string& site) {
+    sv1::BookSessionRequest b;
+    b.set_session_id(ev.id());
+    b.set_participant_id(who);
+    b.set_site(site);
+    sv1::Booking out;
+    grpc::Status st = fx_->stub->BookSession(Ctx(fx_->admin).get(), b, &out);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return out.status();
+  };
+  EXPECT_EQ(book(Register(*fx_, "EV0001").id(), "Leeds"), sv1::BOOKING_STATUS_CONFIRMED);
+  EXPECT_EQ(book(Register(*fx_, "EV0002").id(), "Leeds"), sv1::BOOKING_STATUS_WAITLISTED);
+  EXPECT_EQ(book(Register(*fx_, "EV0003").id(), "London"), sv1::BOOKING_STATUS_CONFIRMED);
+  sv1::BookSessionRequest bad;
+  bad.set_session_id(ev.id());
+  bad.set_participant_id(Register(*fx_, "EV0004").id());
+  bad.set_site("Manchester");
+  sv1::Booking out;
+  grpc::Status st = fx_->stub->BookSession(Ctx(fx_->admin).get(), bad, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("site"), std::string::npos);
+}
+
+TEST_F(Scheduling, RescheduleMovesTheBookingAndFreesTheSeat) {
+  std::string date = DateIn(50);
+  sv1::Session from = NewSession(*fx_, *org_, 1, date);
+  sv1::Session to = NewSession(*fx_, *org_, 1, date);  // same date: allowed when moving
+  std::string mover = Register(*fx_, "MOVE01").id();
+  std::string waiting = Register(*fx_, "MOVE02").id();
+  sv1::Booking m, w;
+  ASSERT_TRUE(Book(*fx_, from.id(), mover, &m).ok());
+  ASSERT_TRUE(Book(*fx_, from.id(), waiting, &w).ok());
+  EXPECT_EQ(w.status(), sv1::BOOKING_STATUS_WAITLISTED);
+  sv1::RescheduleBookingRequest req;
+  req.set_id(m.id());
+  req.set_session_id(to.id());
+  sv1::Booking moved;
+  ASSERT_TRUE(fx_->stub->RescheduleBooking(Ctx(fx_->admin).get(), req, &moved).ok());
+  EXPECT_EQ(moved.session_id(), to.id());
+  EXPECT_EQ(moved.status(), sv1::BOOKING_STATUS_CONFIRMED);
+  for (const auto& b : SessionBookings(*fx_, from.id())) {
+    if (b.id() == w.id()) EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_CONFIRMED) << "promoted";
+    if (b.id() == m.id()) EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_CANCELLED);
+  }
+}
+
+}  // namespace
+}  // namespace connecting::testing
