@@ -8,10 +8,13 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/time/clock.h"
 #include "connecting/partners/v1/partners.api.h"
+#include "connecting/scheduling/v1/scheduling.api.h"
 #include "libs/server/auth.h"
 
 namespace v1 = connecting::partners::v1;
+namespace sv1 = connecting::scheduling::v1;
 
 namespace {
 
@@ -60,6 +63,78 @@ bool Check(const grpc::Status& s, const char* what) {
   return false;
 }
 
+// Connectors, sessions at the demo partners (once scheduling has heard of
+// them from the partners stream) and a few bookings.
+int SeedScheduling(const char* addr, const std::string& token,
+                   const std::vector<std::string>& orgs, const std::vector<std::string>& hosts) {
+  auto stub = sv1::SchedulingService::NewStub(
+      grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
+  const char* people[][3] = {{"Asha Patel", "Primary Care and Prevention", "SCS"},
+                             {"Ben Carter", "Social Care", "POLICY"},
+                             {"Chloe Nguyen", "Mental Health", "ANALYST"},
+                             {"David Okoye", "NHS Operations", "POLICY"},
+                             {"Ellen Hughes", "Public Health", "OTHER"}};
+  std::vector<std::string> participant_ids;
+  int n = 0;
+  for (const auto& p : people) {
+    ++n;
+    sv1::RegisterParticipantRequest req;
+    req.set_request_id("demo-participant-" + std::to_string(n));
+    sv1::Participant* x = req.mutable_participant();
+    x->set_staff_number("DEMO" + std::to_string(1000 + n));
+    x->set_display_name(p[0]);
+    x->set_email("demo" + std::to_string(n) + "@dept.example.gov.uk");
+    x->set_directorate(p[1]);
+    x->set_grade(std::string(p[2]) == "SCS"      ? sv1::GRADE_SENIOR_CIVIL_SERVANT
+                 : std::string(p[2]) == "POLICY" ? sv1::GRADE_POLICY
+                 : std::string(p[2]) == "ANALYST" ? sv1::GRADE_ANALYST
+                                                  : sv1::GRADE_OTHER);
+    sv1::Participant out;
+    if (!Check(stub->RegisterParticipant(Ctx(token).get(), req, &out), "RegisterParticipant")) {
+      return 1;
+    }
+    participant_ids.push_back(out.id());
+  }
+  absl::TimeZone tz;
+  if (!absl::LoadTimeZone("Europe/London", &tz)) tz = absl::UTCTimeZone();
+  for (size_t i = 0; i < orgs.size(); ++i) {
+    sv1::CreateSessionRequest req;
+    req.set_request_id("demo-session-" + std::to_string(i + 1));
+    sv1::Session* s = req.mutable_session();
+    s->set_kind(sv1::SESSION_KIND_FRONTLINE_VISIT);
+    s->set_title(kOrgs[i].offer);
+    s->set_organisation_id(orgs[i]);
+    s->set_host_contact_id(hosts[i]);
+    s->set_date(absl::FormatTime("%Y-%m-%d", absl::Now() + absl::Hours(24 * (7 + 2 * i)), tz));
+    s->set_start_time("09:30");
+    s->set_end_time("16:30");
+    s->add_sites()->set_capacity(2);
+    sv1::Session out;
+    grpc::Status st;
+    // Scheduling learns of the partners from their events; give it a moment.
+    for (int attempt = 0; attempt < 60; ++attempt) {
+      st = stub->CreateSession(Ctx(token).get(), req, &out);
+      if (st.error_code() != grpc::StatusCode::FAILED_PRECONDITION) break;
+      absl::SleepFor(absl::Milliseconds(250));
+    }
+    if (!Check(st, "CreateSession")) return 1;
+    for (size_t k = 0; k < 3; ++k) {
+      sv1::BookSessionRequest b;
+      b.set_request_id("demo-booking-" + std::to_string(i) + "-" + std::to_string(k));
+      b.set_session_id(out.id());
+      b.set_participant_id(participant_ids[(i + k) % participant_ids.size()]);
+      sv1::Booking booked;
+      grpc::Status bs = stub->BookSession(Ctx(token).get(), b, &booked);
+      if (!bs.ok() && bs.error_code() != grpc::StatusCode::FAILED_PRECONDITION) {
+        Check(bs, "BookSession");
+        return 1;
+      }
+    }
+    std::printf("  session %-37s %s %s\n", s->title().c_str(), s->date().c_str(), out.id().c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main() {
@@ -75,6 +150,7 @@ int main() {
   auto stub = v1::PartnersService::NewStub(
       grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
   int i = 0;
+  std::vector<std::string> org_ids, host_ids;
   for (const DemoOrg& d : kOrgs) {
     ++i;
     v1::CreateOrganisationRequest co;
@@ -115,6 +191,10 @@ int main() {
       if (!Check(stub->PublishOffer(Ctx(*token).get(), pub, &offer), "PublishOffer")) return 1;
     }
     std::printf("  %-45s %s\n", org.name().c_str(), org.id().c_str());
+    org_ids.push_back(org.id());
+    host_ids.push_back(host.id());
   }
-  return 0;
+  const char* sched_addr = std::getenv("SCHEDULING_ADDR");
+  if (sched_addr == nullptr) return 0;
+  return SeedScheduling(sched_addr, *token, org_ids, host_ids);
 }

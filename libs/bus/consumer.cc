@@ -122,6 +122,7 @@ void Consumer::Process(natsMsg* msg) {
     return handler_(tx, d);
   });
   if (s.ok()) {
+    if (on_commit_) on_commit_();
     count(duplicate ? "duplicate" : "applied");
     natsMsg_Ack(msg, nullptr);
     return;

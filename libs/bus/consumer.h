@@ -56,6 +56,8 @@ class Consumer {
   // durable consumer stays on the server).
   void Stop();
   bool healthy() const { return healthy_.load(); }
+  // Called after each committed event (handlers may have emitted events).
+  void SetOnCommit(std::function<void()> f) { on_commit_ = std::move(f); }
 
  private:
   void Run();
@@ -69,6 +71,7 @@ class Consumer {
   std::thread thread_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> healthy_{false};
+  std::function<void()> on_commit_;
 };
 
 }  // namespace connecting::bus

@@ -93,6 +93,11 @@ void OutboxRelay::Stop(absl::Time flush_deadline) {
   thread_.join();
 }
 
+void OutboxRelay::Wake() {
+  uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof one);
+}
+
 void OutboxRelay::OnAck(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure) {
   auto* self = static_cast<OutboxRelay*>(closure);
   const char* id = nullptr;

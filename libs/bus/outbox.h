@@ -16,6 +16,7 @@
 #define CONNECTING_LIBS_BUS_OUTBOX_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include "absl/strings/string_view.h"
@@ -50,17 +51,26 @@ class Outbox {
 
   const std::string& prefix() const { return prefix_; }
 
+  // Called after a transaction that emitted events has committed (RpcRunner
+  // does so after every successful call): wakes this process's relay.
+  void Committed() const {
+    if (on_commit_) on_commit_();
+  }
+  void SetOnCommit(std::function<void()> f) { on_commit_ = std::move(f); }
+
  private:
   std::string prefix_;
   std::string source_;
+  std::function<void()> on_commit_;
 };
 
 struct RelayOptions {
   std::string database_url;
   StreamSpec stream;
   int batch_size = 256;
-  // Polling fallback when no NOTIFY arrives (lost on reconnect, other writers).
-  absl::Duration poll_interval = absl::Seconds(1);
+  // How often to look for rows written by other replicas (this process's own
+  // writes wake the relay at once, see Outbox::Committed).
+  absl::Duration poll_interval = absl::Milliseconds(250);
   absl::Duration ack_timeout = absl::Seconds(5);
   // Sent rows older than this are deleted.
   absl::Duration retention = absl::Hours(24);
@@ -77,6 +87,8 @@ class OutboxRelay {
   // Stops the relay. Before returning it keeps publishing what is pending
   // until the outbox is empty or `flush_deadline` passes.
   void Stop(absl::Time flush_deadline);
+  // Publish now rather than at the next poll.
+  void Wake();
   // True once the stream exists and the last round trip to PostgreSQL worked.
   bool healthy() const { return healthy_.load(); }
 

@@ -188,14 +188,15 @@ absl::Status Transact(Pool& pool, const TxOptions& options,
     absl::StatusOr<Pool::Lease> lease = pool.Acquire(options.deadline);
     if (!lease.ok()) return lease.status();
     Conn& conn = **lease;
-    last = conn.ExecScript(begin);
-    if (last.ok() && options.deadline != absl::InfiniteFuture()) {
+    if (options.deadline != absl::InfiniteFuture()) {
       int64_t ms = absl::ToInt64Milliseconds(options.deadline - absl::Now());
       if (ms <= 0) {
-        (void)conn.ExecScript("ROLLBACK");
         return absl::DeadlineExceededError("deadline passed before the transaction started");
       }
-      last = conn.ExecScript(absl::StrCat("SET LOCAL statement_timeout = ", ms));
+      // One round trip: BEGIN and the statement timeout that honours the deadline.
+      last = conn.ExecScript(absl::StrCat(begin, "; SET LOCAL statement_timeout = ", ms));
+    } else {
+      last = conn.ExecScript(begin);
     }
     if (last.ok()) last = fn(conn);
     if (last.ok()) {

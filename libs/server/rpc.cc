@@ -133,7 +133,7 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
     }
   }
   bool queued = executor_->TrySubmit(
-      [ctx, method, deadline, finish, work = std::move(work), trace = std::move(trace),
+      [this, ctx, method, deadline, finish, work = std::move(work), trace = std::move(trace),
        p = *std::move(principal)]() mutable {
         if (ctx->IsCancelled()) {
           finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
@@ -147,6 +147,7 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
         Call call{p, deadline, trace, method};
         absl::Status s = work(call);
         if (!s.ok()) log::Debug("rpc failed", {{"method", method}, {"error", s.ToString()}});
+        if (s.ok() && after_success_) after_success_();
         finish(ToGrpcStatus(s, method, trace));
       });
   if (!queued) {

@@ -240,10 +240,16 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
     ro.crash_after_publish = crash != nullptr && absl::string_view(crash) == "1";
     relay = std::make_unique<bus::OutboxRelay>(ro, nats->get());
     relay->Start();
+    bus::OutboxRelay* r = relay.get();
+    outbox.SetOnCommit([r] { r->Wake(); });
+    rpc.SetAfterSuccess([r] { r->Wake(); });
   } else {
     log::Warn("outbox relay disabled (OUTBOX_RELAY=false): events stay in the outbox");
   }
-  for (auto& c : consumers) c->Start();
+  for (auto& c : consumers) {
+    if (relay != nullptr) c->SetOnCommit([r = relay.get()] { r->Wake(); });
+    c->Start();
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

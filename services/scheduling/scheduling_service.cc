@@ -492,14 +492,19 @@ absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& c
     if (!prior.ok()) return prior.status();
     if (prior->has_value()) return **prior;
   }
-  auto participant = store::GetParticipant(c, participant_id, false);
-  if (!participant.ok()) return participant.status();
-  if (participant->status() != v1::PARTICIPANT_STATUS_ACTIVE) {
+  auto ctx = store::LoadBookingContext(c, session_id, participant_id);
+  if (!ctx.ok()) return ctx.status();
+  if (ctx->participant_status == 0) {
+    return absl::NotFoundError(absl::StrCat("participant ", participant_id, " not found"));
+  }
+  if (ctx->participant_status != v1::PARTICIPANT_STATUS_ACTIVE) {
     return absl::FailedPreconditionError(
         absl::StrCat("participant ", participant_id, " is INACTIVE and cannot book"));
   }
-  auto session = store::GetSession(c, session_id, false);
-  if (!session.ok()) return session.status();
+  if (!ctx->session.has_value()) {
+    return absl::NotFoundError(absl::StrCat("session ", session_id, " not found"));
+  }
+  v1::Session* session = &*ctx->session;
   if (session->status() != v1::SESSION_STATUS_SCHEDULED) {
     return absl::FailedPreconditionError(absl::StrCat(
         "session ", session_id, " is ", v1::SessionStatus_Name(session->status()),
@@ -510,7 +515,9 @@ absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& c
         absl::StrCat("session ", session_id, " began at ", session->date(), " ",
                      session->start_time(), "; it takes no more bookings"));
   }
-  if (auto org = ActivePartner(c, session->organisation_id()); !org.ok()) return org.status();
+  if (ctx->partner_status != pv1::ORGANISATION_STATUS_ACTIVE) {
+    if (auto org = ActivePartner(c, session->organisation_id()); !org.ok()) return org.status();
+  }
   bool event = session->kind() == v1::SESSION_KIND_DEPARTMENT_EVENT;
   if (!event && !site.empty()) {
     return absl::InvalidArgumentError("site: only department events have sites; leave it empty");
@@ -520,9 +527,9 @@ absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& c
   }
   // The site row lock serialises every seat change for this site: counts and
   // the arrival order (seq) are consistent.
-  auto seats = store::LockSite(c, session_id, site);
-  if (!seats.ok()) return seats.status();
-  if (!seats->has_value()) {
+  auto locked = store::LockSiteForBooking(c, *session, site, participant_id);
+  if (!locked.ok()) return locked.status();
+  if (!locked->has_value()) {
     return absl::InvalidArgumentError(absl::StrCat("site: session has no site named \"", site, "\""));
   }
   if (!request_id.empty()) {  // a concurrent retry may have committed while we waited
@@ -530,28 +537,26 @@ absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& c
     if (!prior.ok()) return prior.status();
     if (prior->has_value()) return **prior;
   }
-  auto live = store::LiveBookingOf(c, session_id, participant_id);
-  if (!live.ok()) return live.status();
-  if (live->has_value()) {
+  const store::LockedSite& conflicts = **locked;
+  if (!conflicts.live_on_session.empty()) {
     return absl::AlreadyExistsError(absl::StrCat("participant ", participant_id,
-                                                 " already holds booking ", **live,
-                                                 " on session ", session_id));
+                                                 " already holds booking ",
+                                                 conflicts.live_on_session, " on session ",
+                                                 session_id));
   }
   const std::string same_date_rule =
       "a connector holds at most one confirmed frontline visit per date";
-  if (session->kind() == v1::SESSION_KIND_FRONTLINE_VISIT) {
-    auto other = store::ConfirmedFrontlineOn(c, participant_id, session->date());
-    if (!other.ok()) return other.status();
-    if (other->has_value()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "participant ", participant_id, " already has confirmed frontline visit ", **other,
-          " on ", session->date(), " (", same_date_rule, ")"));
-    }
+  if (session->kind() == v1::SESSION_KIND_FRONTLINE_VISIT &&
+      !conflicts.frontline_on_date.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "participant ", participant_id, " already has confirmed frontline visit ",
+        conflicts.frontline_on_date, " on ", session->date(), " (", same_date_rule, ")"));
   }
-  int status = (*seats)->confirmed < (*seats)->capacity ? kConfirmed : kWaitlisted;
-  auto id = store::InsertBooking(c, *session, participant_id, site, status, request_id);
-  if (!id.ok()) {
-    std::string constraint = db::ConstraintOf(id.status());
+  const store::SiteSeats& seats_now = (*locked)->seats;
+  int status = seats_now.confirmed < seats_now.capacity ? kConfirmed : kWaitlisted;
+  auto booked = store::InsertBooking(c, *session, participant_id, site, status, request_id);
+  if (!booked.ok()) {
+    std::string constraint = db::ConstraintOf(booked.status());
     if (constraint == "bookings_one_frontline_per_date") {
       return absl::FailedPreconditionError(absl::StrCat(
           "participant ", participant_id, " already has a confirmed frontline visit on ",
@@ -562,25 +567,34 @@ absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& c
                                                    " already holds a booking on session ",
                                                    session_id));
     }
-    return id.status();
+    return booked.status();
   }
-  if (!id->has_value()) {  // request_id taken by another session's booking
+  if (!booked->has_value()) {  // request_id taken by another session's booking
     auto prior = store::BookingByRequestId(c, request_id);
     if (!prior.ok()) return prior.status();
     if (!prior->has_value()) return absl::AbortedError("request_id race; retry");
     return **prior;
   }
-  if (status == kConfirmed) {
-    if (absl::Status s = store::AddConfirmed(c, session_id, site, 1); !s.ok()) return s;
-  }
+  v1::Booking booking = **booked;
+  bool confirmed = status == kConfirmed;
+  if (!confirmed) booking.set_waitlist_position(seats_now.waitlisted + 1);
   if (emit) {
-    if (absl::Status s = EmitBooking(c, call, status == kConfirmed ? "confirmed" : "waitlisted",
-                                     **id, "");
+    // The session as it is now, without reading it again under the site lock.
+    for (v1::Site& st : *session->mutable_sites()) {
+      if (st.name() != site) continue;
+      if (confirmed) st.set_confirmed(st.confirmed() + 1);
+      else st.set_waitlisted(st.waitlisted() + 1);
+    }
+    ev::BookingChanged e;
+    *e.mutable_booking() = booking;
+    *e.mutable_session() = *session;
+    if (absl::Status s = outbox_.Emit(c, confirmed ? "booking.confirmed" : "booking.waitlisted",
+                                      booking.id(), e, call.traceparent);
         !s.ok()) {
       return s;
     }
   }
-  return store::GetBooking(c, **id, false);
+  return booking;
 }
 
 absl::Status SchedulingLogic::Promote(db::Conn& c, const Call& call, const v1::Session& session,
@@ -595,7 +609,7 @@ absl::Status SchedulingLogic::Promote(db::Conn& c, const Call& call, const v1::S
       if (other->has_value()) continue;  // would break the one-visit-per-date rule
     }
     if (absl::Status s = store::SetBookingStatus(c, booking_id, kConfirmed); !s.ok()) return s;
-    if (absl::Status s = store::AddConfirmed(c, session.id(), site, 1); !s.ok()) return s;
+    if (absl::Status s = store::AddSeats(c, session.id(), site, 1, -1); !s.ok()) return s;
     return EmitBooking(c, call, "promoted", booking_id, "");
   }
   return absl::OkStatus();
@@ -620,8 +634,11 @@ absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call&
   if (emit) {
     if (absl::Status s = EmitBooking(c, call, "cancelled", booking_id, ""); !s.ok()) return s;
   }
+  if (b->status() == kWaitlisted) {
+    if (absl::Status s = store::AddSeats(c, b->session_id(), b->site(), 0, -1); !s.ok()) return s;
+  }
   if (b->status() == kConfirmed) {
-    if (absl::Status s = store::AddConfirmed(c, b->session_id(), b->site(), -1); !s.ok()) return s;
+    if (absl::Status s = store::AddSeats(c, b->session_id(), b->site(), -1, 0); !s.ok()) return s;
     auto session = store::GetSession(c, b->session_id(), false);
     if (!session.ok()) return session.status();
     if (absl::Status s = Promote(c, call, *session, b->site()); !s.ok()) return s;

@@ -27,8 +27,7 @@ constexpr char kSessionCols[] =
     "(extract(epoch FROM s.created_at) * 1000000)::bigint, "
     "(extract(epoch FROM s.updated_at) * 1000000)::bigint, s.version, "
     "(SELECT string_agg(ss.site || E'\\x1f' || ss.capacity || E'\\x1f' || ss.confirmed || "
-    "E'\\x1f' || (SELECT count(*) FROM bookings w WHERE w.session_id = ss.session_id AND "
-    "w.site = ss.site AND w.status = 2), E'\\x1e' ORDER BY ss.ordinal) "
+    "E'\\x1f' || ss.waitlisted, E'\\x1e' ORDER BY ss.ordinal) "
     "FROM session_sites ss WHERE ss.session_id = s.id)";
 
 constexpr char kBookingCols[] =
@@ -314,19 +313,20 @@ absl::StatusOr<std::vector<v1::Session>> ListSessions(db::Conn& c, const Session
 absl::StatusOr<std::optional<SiteSeats>> LockSite(db::Conn& c, const std::string& session_id,
                                                   const std::string& site) {
   return MaybeOne<SiteSeats>(
-      c.Exec("SELECT capacity, confirmed FROM session_sites WHERE session_id = $1::uuid AND "
-             "site = $2 FOR UPDATE",
+      c.Exec("SELECT capacity, confirmed, waitlisted FROM session_sites WHERE session_id = "
+             "$1::uuid AND site = $2 FOR UPDATE",
              {session_id, site}),
       [](const db::Result& r, int i) {
-        return SiteSeats{static_cast<int>(r.Int(i, 0)), static_cast<int>(r.Int(i, 1))};
+        return SiteSeats{static_cast<int>(r.Int(i, 0)), static_cast<int>(r.Int(i, 1)),
+                         static_cast<int>(r.Int(i, 2))};
       });
 }
 
-absl::Status AddConfirmed(db::Conn& c, const std::string& session_id, const std::string& site,
-                          int delta) {
-  return c.Exec("UPDATE session_sites SET confirmed = confirmed + $3 WHERE session_id = $1::uuid "
-                "AND site = $2",
-                {session_id, site, delta})
+absl::Status AddSeats(db::Conn& c, const std::string& session_id, const std::string& site,
+                      int confirmed, int waitlisted) {
+  return c.Exec("UPDATE session_sites SET confirmed = confirmed + $3, waitlisted = waitlisted + "
+                "$4 WHERE session_id = $1::uuid AND site = $2",
+                {session_id, site, confirmed, waitlisted})
       .status();
 }
 
@@ -338,14 +338,89 @@ absl::StatusOr<std::optional<v1::Booking>> BookingByRequestId(db::Conn& c,
       BookingRow);
 }
 
-absl::StatusOr<std::optional<std::string>> LiveBookingOf(db::Conn& c,
-                                                         const std::string& session_id,
-                                                         const std::string& participant_id) {
-  return MaybeOne<std::string>(
-      c.Exec("SELECT id::text FROM bookings WHERE session_id = $1::uuid AND participant_id = "
-             "$2::uuid AND status IN (1, 2)",
-             {session_id, participant_id}),
-      Text0);
+absl::StatusOr<BookingContext> LoadBookingContext(db::Conn& c, const std::string& session_id,
+                                                  const std::string& participant_id) {
+  auto r = c.Exec(absl::StrCat(
+      "SELECT COALESCE((SELECT status FROM participants WHERE id = $2::uuid), 0), "
+      "COALESCE((SELECT status FROM partner_organisations po WHERE po.id = s.organisation_id), 0), ",
+      kSessionCols, " FROM sessions s WHERE s.id = $1::uuid"),
+      {session_id, participant_id});
+  if (!r.ok()) return r.status();
+  BookingContext ctx;
+  if (r->rows() == 0) {
+    auto p = c.Exec("SELECT status FROM participants WHERE id = $1::uuid", {participant_id});
+    if (!p.ok()) return p.status();
+    ctx.participant_status = p->rows() > 0 ? static_cast<int>(p->Int(0, 0)) : 0;
+    return ctx;
+  }
+  ctx.participant_status = static_cast<int>(r->Int(0, 0));
+  ctx.partner_status = static_cast<int>(r->Int(0, 1));
+  // The session columns start at index 2.
+  v1::Session s;
+  const db::Result& res = *r;
+  auto col = [&](int k) { return res.String(0, k + 2); };
+  auto num = [&](int k) { return res.Int(0, k + 2); };
+  s.set_id(col(0));
+  s.set_kind(static_cast<v1::SessionKind>(num(1)));
+  s.set_title(col(2));
+  s.set_organisation_id(col(3));
+  s.set_offer_id(col(4));
+  s.set_host_contact_id(col(5));
+  s.set_date(col(6));
+  s.set_start_time(col(7));
+  s.set_end_time(col(8));
+  s.set_broadcast_link(col(9));
+  s.set_arranged_by(col(10));
+  s.set_status(static_cast<v1::SessionStatus>(num(11)));
+  *s.mutable_create_time() = TimeUtil::MicrosecondsToTimestamp(num(12));
+  *s.mutable_update_time() = TimeUtil::MicrosecondsToTimestamp(num(13));
+  s.set_etag(col(14));
+  if (!res.IsNull(0, 17)) {
+    for (absl::string_view site : absl::StrSplit(res.Text(0, 17), '\x1e')) {
+      std::vector<std::string> f = absl::StrSplit(site, '\x1f');
+      if (f.size() != 4) continue;
+      v1::Site* out = s.add_sites();
+      out->set_name(f[0]);
+      int n = 0;
+      out->set_capacity(absl::SimpleAtoi(f[1], &n) ? n : 0);
+      out->set_confirmed(absl::SimpleAtoi(f[2], &n) ? n : 0);
+      out->set_waitlisted(absl::SimpleAtoi(f[3], &n) ? n : 0);
+    }
+  }
+  ctx.session = std::move(s);
+  return ctx;
+}
+
+absl::StatusOr<std::optional<LockedSite>> LockSiteForBooking(db::Conn& c, const v1::Session& s,
+                                                             const std::string& site,
+                                                             const std::string& participant_id) {
+  return MaybeOne<LockedSite>(
+      c.Exec("SELECT ss.capacity, ss.confirmed, ss.waitlisted, "
+             "COALESCE((SELECT id::text FROM bookings WHERE session_id = $1::uuid AND "
+             "participant_id = $3::uuid AND status IN (1, 2)), ''), "
+             "COALESCE((SELECT id::text FROM bookings WHERE participant_id = $3::uuid AND "
+             "session_date = $4::date AND status = 1 AND kind = 1), '') "
+             "FROM session_sites ss WHERE ss.session_id = $1::uuid AND ss.site = $2 "
+             "FOR UPDATE OF ss",
+             {s.id(), site, participant_id, s.date()}),
+      [](const db::Result& r, int i) {
+        return LockedSite{{static_cast<int>(r.Int(i, 0)), static_cast<int>(r.Int(i, 1)),
+                           static_cast<int>(r.Int(i, 2))},
+                          r.String(i, 3),
+                          r.String(i, 4)};
+      });
+}
+
+absl::StatusOr<BookingConflicts> Conflicts(db::Conn& c, const std::string& session_id,
+                                           const std::string& participant_id,
+                                           const std::string& date) {
+  auto r = c.Exec(
+      "SELECT (SELECT id::text FROM bookings WHERE session_id = $1::uuid AND participant_id = "
+      "$2::uuid AND status IN (1, 2)), (SELECT id::text FROM bookings WHERE participant_id = "
+      "$2::uuid AND session_date = $3::date AND status = 1 AND kind = 1)",
+      {session_id, participant_id, date});
+  if (!r.ok()) return r.status();
+  return BookingConflicts{r->String(0, 0), r->String(0, 1)};
 }
 
 absl::StatusOr<std::optional<std::string>> ConfirmedFrontlineOn(db::Conn& c,
@@ -358,17 +433,32 @@ absl::StatusOr<std::optional<std::string>> ConfirmedFrontlineOn(db::Conn& c,
       Text0);
 }
 
-absl::StatusOr<std::optional<std::string>> InsertBooking(db::Conn& c, const v1::Session& s,
+absl::StatusOr<std::optional<v1::Booking>> InsertBooking(db::Conn& c, const v1::Session& s,
                                                          const std::string& participant_id,
                                                          const std::string& site, int status,
                                                          const std::string& rid) {
-  return MaybeOne<std::string>(
-      c.Exec("INSERT INTO bookings (request_id, session_id, site, participant_id, status, "
-             "session_date, kind) VALUES ($1, $2::uuid, $3, $4::uuid, $5, $6::date, $7) "
-             "ON CONFLICT (request_id) DO NOTHING RETURNING id::text",
+  return MaybeOne<v1::Booking>(
+      // The seat counters move in the same statement, only if the row went in.
+      c.Exec("WITH b AS (INSERT INTO bookings (request_id, session_id, site, participant_id, "
+             "status, session_date, kind) VALUES ($1, $2::uuid, $3, $4::uuid, $5, $6::date, $7) "
+             "ON CONFLICT (request_id) DO NOTHING RETURNING id, created_at, version), "
+             "u AS (UPDATE session_sites SET confirmed = confirmed + $8, waitlisted = waitlisted "
+             "+ $9 WHERE session_id = $2::uuid AND site = $3 AND EXISTS (SELECT 1 FROM b)) "
+             "SELECT id::text, (extract(epoch FROM created_at) * 1000000)::bigint, version FROM b",
              {db::NullIfEmpty(rid), s.id(), site, participant_id, status, s.date(),
-              static_cast<int32_t>(s.kind())}),
-      Text0);
+              static_cast<int32_t>(s.kind()), status == 1 ? 1 : 0, status == 1 ? 0 : 1}),
+      [&](const db::Result& r, int i) {
+        v1::Booking b;
+        b.set_id(r.String(i, 0));
+        b.set_session_id(s.id());
+        b.set_participant_id(participant_id);
+        b.set_site(site);
+        b.set_status(static_cast<v1::BookingStatus>(status));
+        *b.mutable_create_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, 1));
+        *b.mutable_update_time() = b.create_time();
+        b.set_etag(r.String(i, 2));
+        return b;
+      });
 }
 
 absl::StatusOr<v1::Booking> GetBooking(db::Conn& c, const std::string& id, bool lock) {
@@ -404,7 +494,9 @@ absl::StatusOr<std::vector<std::string>> LiveBookings(db::Conn& c, const std::st
 }
 
 absl::Status ResetConfirmed(db::Conn& c, const std::string& session_id) {
-  return c.Exec("UPDATE session_sites SET confirmed = 0 WHERE session_id = $1::uuid", {session_id})
+  return c.Exec("UPDATE session_sites SET confirmed = 0, waitlisted = 0 WHERE session_id = "
+                "$1::uuid",
+                {session_id})
       .status();
 }
 

@@ -58,22 +58,49 @@ absl::StatusOr<std::vector<v1::Session>> ListSessions(db::Conn& c, const Session
 
 // Bookings.
 struct SiteSeats {
-  int capacity = 0, confirmed = 0;
+  int capacity = 0, confirmed = 0, waitlisted = 0;
 };
 // Locks the site row (serialising all seat changes for it).
 absl::StatusOr<std::optional<SiteSeats>> LockSite(db::Conn& c, const std::string& session_id,
                                                   const std::string& site);
-absl::Status AddConfirmed(db::Conn& c, const std::string& session_id, const std::string& site,
-                          int delta);
+// Adjusts the site's confirmed and waitlisted counters.
+absl::Status AddSeats(db::Conn& c, const std::string& session_id, const std::string& site,
+                      int confirmed, int waitlisted);
 absl::StatusOr<std::optional<v1::Booking>> BookingByRequestId(db::Conn& c, const std::string& rid);
-absl::StatusOr<std::optional<std::string>> LiveBookingOf(db::Conn& c, const std::string& session_id,
-                                                         const std::string& participant_id);
+// What booking needs to know before taking the site lock, in one round trip.
+struct BookingContext {
+  std::optional<v1::Session> session;  // nullopt: no such session
+  int participant_status = 0;          // 0: no such participant
+  int partner_status = 0;              // 0: organisation unknown to the projection
+};
+absl::StatusOr<BookingContext> LoadBookingContext(db::Conn& c, const std::string& session_id,
+                                                  const std::string& participant_id);
+
+// Locks the site row and reads its seats and the participant's conflicts.
+struct LockedSite {
+  SiteSeats seats;
+  std::string live_on_session;    // the participant's live booking on this session
+  std::string frontline_on_date;  // its confirmed frontline booking that date
+};
+absl::StatusOr<std::optional<LockedSite>> LockSiteForBooking(db::Conn& c, const v1::Session& s,
+                                                             const std::string& site,
+                                                             const std::string& participant_id);
+
+struct BookingConflicts {
+  std::string live_on_session;         // the participant's live booking on this session
+  std::string frontline_on_date;       // its confirmed frontline booking that date
+};
+// Both checks in one round trip.
+absl::StatusOr<BookingConflicts> Conflicts(db::Conn& c, const std::string& session_id,
+                                           const std::string& participant_id,
+                                           const std::string& date);
 // A confirmed frontline booking of the participant on `date`, if any.
 absl::StatusOr<std::optional<std::string>> ConfirmedFrontlineOn(db::Conn& c,
                                                                 const std::string& participant_id,
                                                                 const std::string& date);
-// nullopt when request_id already exists.
-absl::StatusOr<std::optional<std::string>> InsertBooking(db::Conn& c, const v1::Session& s,
+// Inserts the booking and moves the site's seat counters; returns it
+// (waitlist_position unset), or nullopt when request_id already exists.
+absl::StatusOr<std::optional<v1::Booking>> InsertBooking(db::Conn& c, const v1::Session& s,
                                                          const std::string& participant_id,
                                                          const std::string& site, int status,
                                                          const std::string& rid);

@@ -61,16 +61,11 @@ start_service() {  # name binary grpc_port metrics_port
   wait_port 127.0.0.1 "$port" 30 || { tail -20 "$stack/logs/$name.log"; exit 1; }
 }
 start_service partners services/partners/partners "$PARTNERS_PORT" "$PARTNERS_METRICS"
-if [ -x "$BUILD_DIR/services/scheduling/scheduling" ]; then
-  start_service scheduling services/scheduling/scheduling "${SCHEDULING_PORT:-50052}" "${SCHEDULING_METRICS:-9102}"
-fi
+start_service scheduling services/scheduling/scheduling "${SCHEDULING_PORT:-50052}" "${SCHEDULING_METRICS:-9102}"
 
 echo "loading demo data (idempotent)"
-PARTNERS_ADDR="127.0.0.1:$PARTNERS_PORT" AUTH_JWT_KEY="$key" "$BUILD_DIR/tools/connecting-demo"
-if [ -x "$BUILD_DIR/tools/connecting-demo-scheduling" ]; then
-  PARTNERS_ADDR="127.0.0.1:$PARTNERS_PORT" SCHEDULING_ADDR="127.0.0.1:${SCHEDULING_PORT:-50052}" \
-    AUTH_JWT_KEY="$key" "$BUILD_DIR/tools/connecting-demo-scheduling"
-fi
+PARTNERS_ADDR="127.0.0.1:$PARTNERS_PORT" SCHEDULING_ADDR="127.0.0.1:${SCHEDULING_PORT:-50052}" \
+  AUTH_JWT_KEY="$key" "$BUILD_DIR/tools/connecting-demo"
 
 admin=$(AUTH_JWT_KEY="$key" "$BUILD_DIR/tools/connecting-token" admin)
 cat <<INFO
@@ -81,10 +76,11 @@ INFO
 [ -f "$stack/run/scheduling.pid" ] && echo "  scheduling gRPC   127.0.0.1:${SCHEDULING_PORT:-50052}   (metrics http://127.0.0.1:${SCHEDULING_METRICS:-9102}/metrics)"
 cat <<INFO
   PostgreSQL        postgresql://postgres@127.0.0.1:$PG_PORT/partners
-  NATS              nats://127.0.0.1:$NATS_PORT  (websocket ws://127.0.0.1:$NATS_WS_PORT, stream PARTNERS)
+  NATS              nats://127.0.0.1:$NATS_PORT  (websocket ws://127.0.0.1:$NATS_WS_PORT, streams PARTNERS, SCHEDULING)
 
 An admin token (12 h; more with: make token ROLE=viewer):
   export TOKEN=$admin
 Try:
   grpcurl -plaintext -H "authorization: Bearer \$TOKEN" 127.0.0.1:$PARTNERS_PORT connecting.partners.v1.PartnersService/ListOrganisations
+  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" 127.0.0.1:${SCHEDULING_PORT:-50052} connecting.scheduling.v1.SchedulingService/ListSessions
 INFO

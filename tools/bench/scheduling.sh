@@ -1,0 +1,24 @@
+# Sourced by tools/bench/run.sh (its stack is running): booking throughput
+# beside pgbench inserting single rows into the same database.
+psql -qc "CREATE DATABASE scheduling"
+scheduling_port=$(free_port)
+DATABASE_URL="postgresql://postgres@127.0.0.1:$pg_port/scheduling" NATS_URL="nats://127.0.0.1:$nats_port" \
+GRPC_LISTEN="127.0.0.1:$scheduling_port" METRICS_LISTEN="127.0.0.1:$(free_port)" AUTH_JWT_KEY="$key" \
+LOG_LEVEL=warn "$BUILD_DIR/services/scheduling/scheduling" >"$work/scheduling.log" 2>&1 &
+pids+=($!)
+wait_port 127.0.0.1 "$scheduling_port" 30
+admin=$(AUTH_JWT_KEY="$key" "$BUILD_DIR/tools/connecting-token" admin)
+
+echo
+echo "== bookings (16 clients; each booking is a transaction: locks, rule checks, outbox event)"
+"$BUILD_DIR/tools/scheduling_bench" --scheduling "127.0.0.1:$scheduling_port" \
+  --partners "127.0.0.1:$partners_port" --token "$admin" --seconds "$SECONDS_PER_RUN" | tee "$work/bookings.txt"
+
+psql -d scheduling -qc "CREATE TABLE pgbench_single_row (id bigserial PRIMARY KEY, payload text NOT NULL)"
+echo "INSERT INTO pgbench_single_row (payload) VALUES ('booking-sized row');" >"$work/insert.sql"
+pgbench_tps=$(command pgbench -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 16 -j 2 -T "$SECONDS_PER_RUN" \
+  -f "$work/insert.sql" scheduling 2>/dev/null | awk '/^tps/ {print int($3); exit}')
+echo "pgbench, single-row INSERT, 16 clients, same database: $pgbench_tps tps"
+awk -v tps="$pgbench_tps" 'NR > 1 && $NF ~ /^[0-9]+$/ {
+  rate = $(NF-3); name = $0; sub(/ +[0-9].*$/, "", name);
+  printf "  %-32s %.0f%% of pgbench\n", name, 100 * rate / tps }' "$work/bookings.txt"

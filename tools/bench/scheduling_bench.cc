@@ -1,0 +1,160 @@
+// Booking throughput: 16 concurrent clients booking one hot session, and
+// spread over many sessions. Participants and sessions are created first
+// (not timed). Prints QPS and p50/p99 per scenario.
+//   scheduling_bench --scheduling HOST:PORT --partners HOST:PORT --token JWT [--seconds N]
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "connecting/partners/v1/partners.api.h"
+#include "connecting/scheduling/v1/scheduling.api.h"
+
+namespace pv1 = connecting::partners::v1;
+namespace sv1 = connecting::scheduling::v1;
+
+namespace {
+
+std::string g_token;
+
+std::unique_ptr<grpc::ClientContext> Ctx() {
+  auto c = std::make_unique<grpc::ClientContext>();
+  c->AddMetadata("authorization", "Bearer " + g_token);
+  c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  return c;
+}
+
+std::string Date(int days) {
+  return absl::FormatTime("%Y-%m-%d", absl::Now() + absl::Hours(24 * days), absl::UTCTimeZone());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string sched, partners;
+  double seconds = 3;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--scheduling")) sched = argv[i + 1];
+    if (!std::strcmp(argv[i], "--partners")) partners = argv[i + 1];
+    if (!std::strcmp(argv[i], "--token")) g_token = argv[i + 1];
+    if (!std::strcmp(argv[i], "--seconds")) seconds = std::atof(argv[i + 1]);
+  }
+  if (sched.empty() || partners.empty() || g_token.empty()) {
+    std::fprintf(stderr, "usage: %s --scheduling ADDR --partners ADDR --token JWT\n", argv[0]);
+    return 2;
+  }
+  const int kClients = 16;
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  for (int i = 0; i < 4; ++i) {
+    grpc::ChannelArguments args;
+    args.SetInt("grpc.channel_id", i);
+    channels.push_back(grpc::CreateCustomChannel(sched, grpc::InsecureChannelCredentials(), args));
+  }
+  auto pstub = pv1::PartnersService::NewStub(
+      grpc::CreateChannel(partners, grpc::InsecureChannelCredentials()));
+  pv1::CreateOrganisationRequest co;
+  co.mutable_organisation()->set_name("Bench Trust");
+  co.mutable_organisation()->set_sector(pv1::SECTOR_ACUTE_TRUST);
+  co.mutable_organisation()->set_region(pv1::REGION_LONDON);
+  pv1::Organisation org;
+  if (!pstub->CreateOrganisation(Ctx().get(), co, &org).ok()) {
+    std::fprintf(stderr, "cannot create the organisation\n");
+    return 1;
+  }
+  auto stub0 = sv1::SchedulingService::NewStub(channels[0]);
+  auto make_session = [&](int capacity, int day) {
+    sv1::CreateSessionRequest req;
+    sv1::Session* s = req.mutable_session();
+    s->set_kind(sv1::SESSION_KIND_FRONTLINE_VISIT);
+    s->set_title("Bench visit");
+    s->set_organisation_id(org.id());
+    s->set_date(Date(day));
+    s->set_start_time("09:00");
+    s->set_end_time("17:00");
+    s->add_sites()->set_capacity(capacity);
+    sv1::Session out;
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      grpc::Status st = stub0->CreateSession(Ctx().get(), req, &out);
+      if (st.ok()) return out.id();
+      if (st.error_code() != grpc::StatusCode::FAILED_PRECONDITION) break;
+      absl::SleepFor(absl::Milliseconds(50));  // waiting for the partners event
+    }
+    std::fprintf(stderr, "cannot create a session\n");
+    std::exit(1);
+  };
+  std::string hot = make_session(100, 5);
+  std::vector<std::string> many;
+  for (int d = 0; d < 200; ++d) many.push_back(make_session(1000, 6 + d));
+
+  // Enough participants for every booking either scenario can make.
+  const int per_client = 2500;
+  std::vector<std::vector<std::string>> people(kClients);
+  {
+    std::vector<std::thread> ts;
+    for (int t = 0; t < kClients; ++t) {
+      ts.emplace_back([&, t] {
+        auto stub = sv1::SchedulingService::NewStub(channels[t % channels.size()]);
+        for (int i = 0; i < per_client; ++i) {
+          sv1::RegisterParticipantRequest req;
+          sv1::Participant* p = req.mutable_participant();
+          p->set_staff_number(absl::StrCat("B", t, "X", i));
+          p->set_display_name("Bench connector");
+          p->set_email("bench@dept.example.gov.uk");
+          p->set_grade(sv1::GRADE_POLICY);
+          p->set_directorate("Bench");
+          sv1::Participant out;
+          if (stub->RegisterParticipant(Ctx().get(), req, &out).ok()) people[t].push_back(out.id());
+        }
+      });
+    }
+    for (auto& t : ts) t.join();
+  }
+
+  std::printf("%-34s %7s %9s %9s %9s %7s\n", "scenario", "clients", "bookings/s", "p50 ms",
+              "p99 ms", "errors");
+  std::vector<size_t> used(kClients, 0);
+  for (int scenario = 0; scenario < 2; ++scenario) {
+    std::atomic<bool> stop{false};
+    std::atomic<long> errors{0};
+    std::vector<std::vector<double>> lat(kClients);
+    std::vector<std::thread> ts;
+    for (int t = 0; t < kClients; ++t) {
+      ts.emplace_back([&, t] {
+        auto stub = sv1::SchedulingService::NewStub(channels[t % channels.size()]);
+        std::mt19937 rng(t);
+        while (!stop.load() && used[t] < people[t].size()) {
+          sv1::BookSessionRequest req;
+          req.set_session_id(scenario == 0 ? hot : many[rng() % many.size()]);
+          req.set_participant_id(people[t][used[t]++]);
+          sv1::Booking out;
+          absl::Time s = absl::Now();
+          if (!stub->BookSession(Ctx().get(), req, &out).ok()) ++errors;
+          lat[t].push_back(absl::ToDoubleMilliseconds(absl::Now() - s));
+        }
+      });
+    }
+    absl::Time start = absl::Now();
+    absl::SleepFor(absl::Seconds(seconds));
+    stop = true;
+    for (auto& t : ts) t.join();
+    double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
+    std::vector<double> all;
+    for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
+    std::sort(all.begin(), all.end());
+    if (all.empty()) continue;
+    std::printf("%-34s %7d %9.0f %9.3f %9.3f %7ld\n",
+                scenario == 0 ? "BookSession, one hot session" : "BookSession, 200 sessions",
+                kClients, all.size() / elapsed, all[all.size() / 2],
+                all[std::min(all.size() - 1, all.size() * 99 / 100)], errors.load());
+    std::fflush(stdout);
+  }
+  return 0;
+}
