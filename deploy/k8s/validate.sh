@@ -12,6 +12,10 @@ for overlay in dev prod; do
   grep -q "runAsNonRoot: true" <<<"$out" || fail "$overlay: may run as root"
   grep -q "grpc:" <<<"$out" || fail "$overlay: no native gRPC probes"
   grep -q -- "- --migrate" <<<"$out" || fail "$overlay: no migration job"
+  for svc in partners scheduling; do
+    grep -q "name: $svc$" <<<"$out" || fail "$overlay: no $svc Deployment/Service"
+    grep -q "name: $svc-migrate$" <<<"$out" || fail "$overlay: no $svc migration Job"
+  done
 done
 dev=$(kubectl kustomize overlays/dev)
 grep -q "^kind: StatefulSet$" <<<"$dev" || fail "dev has no StatefulSets"
