@@ -7,6 +7,7 @@
 
 #include "absl/synchronization/notification.h"
 #include "libs/db/db.h"
+#include "libs/db/group_commit.h"
 #include "libs/db/migrations.h"
 #include "libs/server/auth.h"
 #include "libs/server/executor.h"
@@ -212,6 +213,43 @@ TEST_F(Database, MigrationsApplyOnceAndRefuseEditedHistory) {
   auto r = (*conn)->Exec("SELECT count(*) FROM schema_migrations WHERE component = 'demo2'");
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->Int(0, 0), 1);
+}
+
+TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
+  ASSERT_TRUE(db::Transact(*pool_, [](db::Conn& c) {
+                return c.ExecScript("CREATE TABLE hot (k int PRIMARY KEY, n int NOT NULL);"
+                                    "INSERT INTO hot VALUES (1, 0);"
+                                    "CREATE TABLE taken (v int PRIMARY KEY)");
+              }).ok());
+  db::GroupCommitter group(*pool_);
+  // 64 callers on one hot row; every 8th fails (a duplicate key) and must
+  // neither be applied nor undo the others.
+  std::vector<std::future<absl::Status>> calls;
+  for (int i = 0; i < 64; ++i) {
+    calls.push_back(std::async(std::launch::async, [&, i] {
+      return group.Run("hot", absl::Now() + absl::Seconds(20), [i](db::Conn& c) -> absl::Status {
+        auto lock = c.Exec("UPDATE hot SET n = n + 1 WHERE k = 1");
+        if (!lock.ok()) return lock.status();
+        int v = i % 8 == 0 ? 0 : i;  // value 0 collides after its first use
+        return c.Exec("INSERT INTO taken VALUES ($1)", {int32_t{v}}).status();
+      });
+    }));
+  }
+  int ok = 0, exists = 0;
+  for (auto& f : calls) {
+    absl::Status s = f.get();
+    if (s.ok()) ++ok;
+    else if (absl::IsAlreadyExists(s)) ++exists;
+    else ADD_FAILURE() << s;
+  }
+  EXPECT_EQ(ok, 57);      // 56 distinct values plus the first 0
+  EXPECT_EQ(exists, 7);
+  ASSERT_TRUE(db::WithConnection(*pool_, absl::InfiniteFuture(), [](db::Conn& c) {
+                auto r = c.Exec("SELECT (SELECT n FROM hot), (SELECT count(*) FROM taken)");
+                EXPECT_EQ(r->Int(0, 0), 57) << "the failed callers' updates were rolled back";
+                EXPECT_EQ(r->Int(0, 1), 57);
+                return r.status();
+              }).ok());
 }
 
 }  // namespace

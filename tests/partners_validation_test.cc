@@ -5,6 +5,7 @@
 
 #include <google/protobuf/descriptor.h>
 
+#include "libs/db/db.h"
 #include "tests/harness.h"
 
 namespace connecting::testing {
@@ -31,7 +32,16 @@ class PartnersValidation : public ::testing::Test {
   void TearDown() override {
     EXPECT_EQ(Snapshot(), before_) << "stored organisations changed";
   }
+  // What is stored: every organisation, and how many events were published
+  // (after waiting for the outbox to drain, so that an event still in flight
+  // from an earlier, valid call is not mistaken for a change).
   static std::string Snapshot() {
+    auto conn = db::Conn::Open(fx_->db_url, "test");
+    for (int i = 0; i < 100 && conn.ok(); ++i) {
+      auto r = (*conn)->Exec("SELECT count(*) FROM outbox WHERE sent_at IS NULL");
+      if (r.ok() && r->Int(0, 0) == 0) break;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
     v1::ListOrganisationsRequest req;
     req.set_page_size(500);
     v1::ListOrganisationsResponse resp;

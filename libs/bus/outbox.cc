@@ -55,6 +55,16 @@ std::vector<db::Migration> SqlMigrations();  // generated from libs/bus/migratio
 
 db::MigrationSet Migrations() { return {"bus", SqlMigrations()}; }
 
+namespace {
+thread_local bool t_emitted = false;
+}  // namespace
+
+bool Outbox::TakeEmitted() {
+  bool was = t_emitted;
+  t_emitted = false;
+  return was;
+}
+
 absl::Status Outbox::Emit(db::Conn& tx, absl::string_view subject_suffix,
                           absl::string_view ce_subject, const google::protobuf::Message& event,
                           absl::string_view traceparent) const {
@@ -64,6 +74,7 @@ absl::Status Outbox::Emit(db::Conn& tx, absl::string_view subject_suffix,
     return absl::InternalError(absl::StrCat("encode event ", event.GetTypeName(), ": ",
                                             std::string(s.message())));
   }
+  t_emitted = true;
   return tx.Exec("INSERT INTO outbox (subject, type, source, ce_subject, payload, traceparent) "
                  "VALUES ($1, $2, $3, $4, $5, $6)",
                  {absl::StrCat(prefix_, ".", subject_suffix), event.GetDescriptor()->full_name(),

@@ -51,17 +51,13 @@ class Outbox {
 
   const std::string& prefix() const { return prefix_; }
 
-  // Called after a transaction that emitted events has committed (RpcRunner
-  // does so after every successful call): wakes this process's relay.
-  void Committed() const {
-    if (on_commit_) on_commit_();
-  }
-  void SetOnCommit(std::function<void()> f) { on_commit_ = std::move(f); }
+  // True (once) if Emit ran on this thread since the last call: the caller's
+  // work wrote events, so the relay should be woken once it has committed.
+  static bool TakeEmitted();
 
  private:
   std::string prefix_;
   std::string source_;
-  std::function<void()> on_commit_;
 };
 
 struct RelayOptions {
@@ -69,7 +65,7 @@ struct RelayOptions {
   StreamSpec stream;
   int batch_size = 256;
   // How often to look for rows written by other replicas (this process's own
-  // writes wake the relay at once, see Outbox::Committed).
+  // writes wake the relay at once).
   absl::Duration poll_interval = absl::Milliseconds(250);
   absl::Duration ack_timeout = absl::Seconds(5);
   // Sent rows older than this are deleted.

@@ -66,6 +66,10 @@ absl::Status ErrorFromResult(PGconn* conn, const PGresult* res) {
   return st;
 }
 
+bool IsRetryable(const absl::Status& status) {
+  return status.GetPayload(kRetryPayload).has_value();
+}
+
 std::string ConstraintOf(const absl::Status& status) {
   auto p = status.GetPayload(kConstraintPayload);
   return p ? std::string(*p) : std::string();

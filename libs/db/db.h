@@ -100,6 +100,9 @@ class Conn {
 
 // The status for a failed libpq call (see the mapping above).
 absl::Status ErrorFromResult(PGconn* conn, const PGresult* res);
+// True for a serialization failure or deadlock reported by PostgreSQL (the
+// transaction may succeed if run again), not for an ABORTED of our own logic.
+bool IsRetryable(const absl::Status& status);
 // The constraint a violation named, or "" (from ALREADY_EXISTS/FAILED_PRECONDITION).
 std::string ConstraintOf(const absl::Status& status);
 

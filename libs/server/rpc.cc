@@ -147,7 +147,7 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
         Call call{p, deadline, trace, method};
         absl::Status s = work(call);
         if (!s.ok()) log::Debug("rpc failed", {{"method", method}, {"error", s.ToString()}});
-        if (s.ok() && after_success_) after_success_();
+        if (after_work_) after_work_();
         finish(ToGrpcStatus(s, method, trace));
       });
   if (!queued) {

@@ -54,9 +54,9 @@ class RpcRunner {
   RpcRunner(Executor* executor, const Authenticator* auth, absl::Duration max_deadline)
       : executor_(executor), auth_(auth), max_deadline_(max_deadline) {}
 
-  // Runs on the worker after each call whose work returned OK (the outbox
-  // relay's wake-up: whatever the call committed can be published now).
-  void SetAfterSuccess(std::function<void()> f) { after_success_ = std::move(f); }
+  // Runs on the worker after each call's work, whatever its outcome (the
+  // outbox relay's wake-up: whatever the call committed can be published now).
+  void SetAfterWork(std::function<void()> f) { after_work_ = std::move(f); }
 
   grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx,
                                 const google::protobuf::Message* request, const char* method,
@@ -66,7 +66,7 @@ class RpcRunner {
   Executor* const executor_;
   const Authenticator* const auth_;
   const absl::Duration max_deadline_;
-  std::function<void()> after_success_;
+  std::function<void()> after_work_;
 };
 
 }  // namespace connecting::server

@@ -241,13 +241,18 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
     relay = std::make_unique<bus::OutboxRelay>(ro, nats->get());
     relay->Start();
     bus::OutboxRelay* r = relay.get();
-    outbox.SetOnCommit([r] { r->Wake(); });
-    rpc.SetAfterSuccess([r] { r->Wake(); });
+    rpc.SetAfterWork([r] {
+      if (bus::Outbox::TakeEmitted()) r->Wake();
+    });
   } else {
     log::Warn("outbox relay disabled (OUTBOX_RELAY=false): events stay in the outbox");
   }
   for (auto& c : consumers) {
-    if (relay != nullptr) c->SetOnCommit([r = relay.get()] { r->Wake(); });
+    if (relay != nullptr) {
+      c->SetOnCommit([r = relay.get()] {
+        if (bus::Outbox::TakeEmitted()) r->Wake();
+      });
+    }
     c->Start();
   }
 

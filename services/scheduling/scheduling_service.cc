@@ -655,13 +655,14 @@ absl::Status SchedulingLogic::BookSession(const Call& call, const v1::BookSessio
   server::CheckRequestId(e, "request_id", req.request_id());
   if (!e.empty()) return e.ToStatus();
   if (absl::Status s = MayActFor(call.principal, req.participant_id()); !s.ok()) return s;
-  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
-    auto b = BookInTx(c, call, req.session_id(), req.participant_id(), req.site(),
-                      req.request_id(), true);
-    if (!b.ok()) return b.status();
-    *resp = *std::move(b);
-    return absl::OkStatus();
-  });
+  return bookings_.Run(absl::StrCat(req.session_id(), "/", req.site()), call.deadline,
+                       [&](db::Conn& c) -> absl::Status {
+                         auto b = BookInTx(c, call, req.session_id(), req.participant_id(),
+                                           req.site(), req.request_id(), true);
+                         if (!b.ok()) return b.status();
+                         *resp = *std::move(b);
+                         return absl::OkStatus();
+                       });
 }
 
 absl::Status SchedulingLogic::GetBooking(const Call& call, const v1::GetBookingRequest& req,

@@ -9,6 +9,7 @@
 #include "libs/bus/consumer.h"
 #include "libs/bus/outbox.h"
 #include "libs/db/db.h"
+#include "libs/db/group_commit.h"
 #include "libs/server/page_token.h"
 #include "libs/server/rpc.h"
 
@@ -23,7 +24,7 @@ absl::Status ApplyPartnerEvent(db::Conn& tx, const bus::Delivery& event);
 class SchedulingLogic {
  public:
   SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox, const server::PageTokens& tokens)
-      : pool_(pool), outbox_(outbox), tokens_(tokens) {}
+      : pool_(pool), outbox_(outbox), tokens_(tokens), bookings_(pool) {}
 
 #define CONNECTING_SCHEDULING_METHODS(X)                                           \
   X(RegisterParticipant, RegisterParticipantRequest, Participant)                  \
@@ -69,6 +70,8 @@ class SchedulingLogic {
   db::Pool& pool_;
   const bus::Outbox& outbox_;
   const server::PageTokens& tokens_;
+  // Bookings for one session site share transactions when they pile up on its lock.
+  db::GroupCommitter bookings_;
 };
 
 class SchedulingGrpc final : public v1::SchedulingService::CallbackService {
