@@ -1,10 +1,10 @@
 // The outbox relay and inbox consumers in-process, against real PostgreSQL and
 // NATS: each event takes effect exactly once, whatever is redelivered.
-#include <atomic>
-#include <set>
-
 #include <gtest/gtest.h>
 #include <nats/nats.h>
+
+#include <atomic>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -28,8 +28,10 @@ class Bus : public ::testing::Test {
     auto conn = db::Conn::Open(url_, "t");
     ASSERT_TRUE(conn.ok());
     ASSERT_TRUE(db::Migrate(**conn, {bus::Migrations(),
-                                     {"demo", {{"0001", "CREATE TABLE effects (event_id text, "
-                                                        "subject text)"}}}})
+                                     {"demo",
+                                      {{"0001",
+                                        "CREATE TABLE effects (event_id text, "
+                                        "subject text)"}}}})
                     .ok());
     pool_ = std::make_unique<db::Pool>(url_, 4, "bus-test");
     auto n = bus::Nats::Connect(nats_url_, "bus-test");
@@ -129,7 +131,8 @@ TEST_F(Bus, ConsumerAppliesEachEventOnceAcrossRetriesDuplicatesAndReplicas) {
   // A second copy of an applied event (same ce-id) changes nothing.
   std::string some_id = testing::ReadStream(nats_url_, stream_)[0].headers.at("ce-id");
   PublishRaw(some_id, "other-msg-id", "{}");
-  EXPECT_TRUE(WaitFor(absl::StrCat("SELECT count(*) FROM inbox WHERE event_id = '", some_id, "'"), 1));
+  EXPECT_TRUE(
+      WaitFor(absl::StrCat("SELECT count(*) FROM inbox WHERE event_id = '", some_id, "'"), 1));
   absl::SleepFor(absl::Milliseconds(800));
   EXPECT_EQ(Count("SELECT count(*) FROM effects"), 50);
   EXPECT_EQ(Count("SELECT count(DISTINCT event_id) FROM effects"), 50);

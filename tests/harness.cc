@@ -1,6 +1,8 @@
 #include "tests/harness.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
+#include <nats/nats.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -10,9 +12,6 @@
 #include <cstdlib>
 #include <random>
 #include <thread>
-
-#include <gtest/gtest.h>
-#include <nats/nats.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -153,8 +152,8 @@ NatsServer::~NatsServer() { Stop(); }
 void NatsServer::Start() {
   proc_ = std::make_unique<Process>(
       "/usr/bin/env",
-      std::vector<std::string>{"nats-server", "-js", "-a", "127.0.0.1", "-p",
-                               std::to_string(port_), "-sd", dir_ + "/js"},
+      std::vector<std::string>{"nats-server", "-js", "-a", "127.0.0.1", "-p", std::to_string(port_),
+                               "-sd", dir_ + "/js"},
       std::map<std::string, std::string>{}, dir_ + "/nats.log");
   for (int i = 0; i < 400; ++i) {
     if (PortOpen(port_)) return;
@@ -199,8 +198,8 @@ void ServiceProcess::Start(absl::Duration timeout) {
       {"SHUTDOWN_GRACE", "5s"},
   };
   for (auto& [k, v] : options_.extra_env) env[k] = v;
-  std::string log =
-      absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/", options_.stream, "-", RandomSuffix(), ".log");
+  std::string log = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/", options_.stream, "-",
+                                 RandomSuffix(), ".log");
   proc_ = std::make_unique<Process>(options_.binary, std::vector<std::string>{}, env, log);
   // Wait for the port before the first RPC: a failed first connection puts the
   // channel into reconnect backoff.
@@ -315,9 +314,9 @@ PartnersFixture::PartnersFixture(std::map<std::string, std::string> extra_env) {
   nats_url = RequiredEnv("CONNECTING_TEST_NATS");
   std::string suffix = RandomSuffix();
   stream = "PARTNERS_" + suffix;
-  service = std::make_unique<ServiceProcess>(ServiceProcess::Options{
-      PARTNERS_BIN, db_url, nats_url, stream, "t" + suffix + ".connecting.partners",
-      std::move(extra_env)});
+  service = std::make_unique<ServiceProcess>(
+      ServiceProcess::Options{PARTNERS_BIN, db_url, nats_url, stream,
+                              "t" + suffix + ".connecting.partners", std::move(extra_env)});
   service->Start();
   stub = connecting::partners::v1::PartnersService::NewStub(service->channel());
 }
@@ -334,9 +333,9 @@ SchedulingFixture::SchedulingFixture(std::map<std::string, std::string> extra_en
   extra_env["PARTNERS_EVENTS_STREAM"] = "PARTNERS_" + suffix;
   extra_env["PARTNERS_EVENTS_SUBJECT"] = partners_prefix + ".organisation.>";
   scheduling_stream = "SCHEDULING_" + suffix;
-  scheduling = std::make_unique<ServiceProcess>(ServiceProcess::Options{
-      SCHEDULING_BIN, scheduling_db, nats_url, scheduling_stream,
-      "t" + suffix + ".connecting.scheduling", extra_env});
+  scheduling = std::make_unique<ServiceProcess>(
+      ServiceProcess::Options{SCHEDULING_BIN, scheduling_db, nats_url, scheduling_stream,
+                              "t" + suffix + ".connecting.scheduling", extra_env});
   scheduling->Start();
   partners_stub = connecting::partners::v1::PartnersService::NewStub(partners->channel());
   stub = connecting::scheduling::v1::SchedulingService::NewStub(scheduling->channel());
@@ -358,7 +357,8 @@ bool SchedulingFixture::WaitForPartnerStatus(const std::string& org_id, int stat
   if (!conn.ok()) return false;
   absl::Time until = absl::Now() + timeout;
   while (absl::Now() < until) {
-    auto r = (*conn)->Exec("SELECT status FROM partner_organisations WHERE id = $1::uuid", {org_id});
+    auto r =
+        (*conn)->Exec("SELECT status FROM partner_organisations WHERE id = $1::uuid", {org_id});
     if (r.ok() && r->rows() == 1 && r->Int(0, 0) == status) return true;
     absl::SleepFor(absl::Milliseconds(50));
   }

@@ -7,14 +7,13 @@
 #ifndef CONNECTING_TESTS_HARNESS_H_
 #define CONNECTING_TESTS_HARNESS_H_
 
+#include <grpcpp/grpcpp.h>
 #include <sys/types.h>
 
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/time/time.h"
 #include "connecting/partners/v1/partners.api.h"
@@ -85,7 +84,7 @@ class ServiceProcess {
   int Health(const std::string& service = "");
   bool WaitForHealth(int status, absl::Duration timeout);
   void DropChannel() { channel_.reset(); }
-  void Kill();  // SIGKILL and reap
+  void Kill();                                                // SIGKILL and reap
   int Terminate(absl::Duration timeout = absl::Seconds(30));  // SIGTERM; exit code
   std::shared_ptr<grpc::Channel> channel() const { return channel_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(grpc_port_); }

@@ -1,9 +1,9 @@
 // Unit and integration tests of libs/: validation, page tokens, auth,
 // executor, the database layer and migrations (real PostgreSQL).
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <future>
-
-#include <gtest/gtest.h>
 
 #include "absl/synchronization/notification.h"
 #include "libs/db/db.h"
@@ -24,9 +24,9 @@ TEST(Validate, Utf8) {
   EXPECT_TRUE(server::IsValidUtf8("plain"));
   EXPECT_TRUE(server::IsValidUtf8("Ysbyty Gwynedd ŵ 😀"));
   EXPECT_FALSE(server::IsValidUtf8("\xff"));
-  EXPECT_FALSE(server::IsValidUtf8("\xc0\xaf"));          // overlong '/'
-  EXPECT_FALSE(server::IsValidUtf8("\xed\xa0\x80"));      // surrogate
-  EXPECT_FALSE(server::IsValidUtf8("abc\xe2\x82"));       // truncated
+  EXPECT_FALSE(server::IsValidUtf8("\xc0\xaf"));      // overlong '/'
+  EXPECT_FALSE(server::IsValidUtf8("\xed\xa0\x80"));  // surrogate
+  EXPECT_FALSE(server::IsValidUtf8("abc\xe2\x82"));   // truncated
   EXPECT_EQ(server::Utf8Length("ŵŵ😀"), 3u);
 }
 
@@ -84,17 +84,22 @@ TEST(Auth, VerifiesSignatureExpiryAndClaims) {
   EXPECT_TRUE(absl::IsUnauthenticated(auth->Authenticate("").status()));
   EXPECT_TRUE(absl::IsUnauthenticated(auth->Authenticate("Basic abc").status()));
   EXPECT_TRUE(absl::IsUnauthenticated(
-      auth->Authenticate("Bearer " + testing::Token(server::Role::kAdmin, "x", "", -absl::Minutes(5)))
+      auth->Authenticate("Bearer " +
+                         testing::Token(server::Role::kAdmin, "x", "", -absl::Minutes(5)))
           .status()));
   EXPECT_FALSE(server::Authenticator::Create({"HS256", "short", "", absl::Seconds(30)}).ok());
-  EXPECT_FALSE(server::Authenticator::Create({"none", testing::kJwtKey, "", absl::Seconds(30)}).ok());
+  EXPECT_FALSE(
+      server::Authenticator::Create({"none", testing::kJwtKey, "", absl::Seconds(30)}).ok());
 }
 
 TEST(Executor, RefusesWorkBeyondItsQueue) {
   server::Executor ex(1, 2);
   absl::Notification release;
   std::atomic<int> ran{0};
-  ASSERT_TRUE(ex.TrySubmit([&] { release.WaitForNotification(); ++ran; }));
+  ASSERT_TRUE(ex.TrySubmit([&] {
+    release.WaitForNotification();
+    ++ran;
+  }));
   absl::SleepFor(absl::Milliseconds(50));  // the worker takes the first task
   EXPECT_TRUE(ex.TrySubmit([&] { ++ran; }));
   EXPECT_TRUE(ex.TrySubmit([&] { ++ran; }));
@@ -126,9 +131,8 @@ TEST_F(Database, ErrorsMapToSpecificStatuses) {
   });
   EXPECT_TRUE(absl::IsAlreadyExists(s)) << s;
   EXPECT_EQ(db::ConstraintOf(s), "t_pkey");
-  s = db::Transact(*pool_, [](db::Conn& c) {
-    return c.Exec("INSERT INTO t VALUES (2, -1)").status();
-  });
+  s = db::Transact(*pool_,
+                   [](db::Conn& c) { return c.Exec("INSERT INTO t VALUES (2, -1)").status(); });
   EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
   // Nothing of the failed transactions was kept.
   s = db::WithConnection(*pool_, absl::InfiniteFuture(), [](db::Conn& c) {
@@ -208,7 +212,8 @@ TEST_F(Database, MigrationsApplyOnceAndRefuseEditedHistory) {
   EXPECT_TRUE(absl::IsFailedPrecondition(db::Migrate(**conn, sets).status()));
   // A failing migration leaves nothing half-applied.
   std::vector<db::MigrationSet> broken = {
-      {"demo2", {{"0001_ok", "CREATE TABLE c (z int)"}, {"0002_bad", "CREATE TABLE d (; nonsense"}}}};
+      {"demo2",
+       {{"0001_ok", "CREATE TABLE c (z int)"}, {"0002_bad", "CREATE TABLE d (; nonsense"}}}};
   EXPECT_FALSE(db::Migrate(**conn, broken).ok());
   auto r = (*conn)->Exec("SELECT count(*) FROM schema_migrations WHERE component = 'demo2'");
   ASSERT_TRUE(r.ok());
@@ -217,9 +222,10 @@ TEST_F(Database, MigrationsApplyOnceAndRefuseEditedHistory) {
 
 TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
   ASSERT_TRUE(db::Transact(*pool_, [](db::Conn& c) {
-                return c.ExecScript("CREATE TABLE hot (k int PRIMARY KEY, n int NOT NULL);"
-                                    "INSERT INTO hot VALUES (1, 0);"
-                                    "CREATE TABLE taken (v int PRIMARY KEY)");
+                return c.ExecScript(
+                    "CREATE TABLE hot (k int PRIMARY KEY, n int NOT NULL);"
+                    "INSERT INTO hot VALUES (1, 0);"
+                    "CREATE TABLE taken (v int PRIMARY KEY)");
               }).ok());
   db::GroupCommitter group(*pool_);
   // 64 callers on one hot row; every 8th fails (a duplicate key) and must
@@ -238,11 +244,14 @@ TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
   int ok = 0, exists = 0;
   for (auto& f : calls) {
     absl::Status s = f.get();
-    if (s.ok()) ++ok;
-    else if (absl::IsAlreadyExists(s)) ++exists;
-    else ADD_FAILURE() << s;
+    if (s.ok())
+      ++ok;
+    else if (absl::IsAlreadyExists(s))
+      ++exists;
+    else
+      ADD_FAILURE() << s;
   }
-  EXPECT_EQ(ok, 57);      // 56 distinct values plus the first 0
+  EXPECT_EQ(ok, 57);  // 56 distinct values plus the first 0
   EXPECT_EQ(exists, 7);
   ASSERT_TRUE(db::WithConnection(*pool_, absl::InfiniteFuture(), [](db::Conn& c) {
                 auto r = c.Exec("SELECT (SELECT n FROM hot), (SELECT count(*) FROM taken)");

@@ -1,8 +1,8 @@
 // Round trips of every partners RPC against the real binary, PostgreSQL and NATS.
+#include <gtest/gtest.h>
+
 #include <future>
 #include <set>
-
-#include <gtest/gtest.h>
 
 #include "tests/harness.h"
 

@@ -1,6 +1,6 @@
 // Authentication and authorisation: who may read and change what.
-#include <gtest/gtest.h>
 #include <grpcpp/generic/generic_stub.h>
+#include <gtest/gtest.h>
 
 #include "absl/strings/escaping.h"
 #include "tests/harness.h"
@@ -121,8 +121,7 @@ TEST_F(PartnersAuth, PartnerSeesOnlyItsOwnContacts) {
   v1::ListContactsRequest req;
   req.set_organisation_id(other_->id());
   v1::ListContactsResponse resp;
-  EXPECT_EQ(fx_->stub
-                ->ListContacts(Ctx(Token(Role::kPartner, "h", own_->id())).get(), req, &resp)
+  EXPECT_EQ(fx_->stub->ListContacts(Ctx(Token(Role::kPartner, "h", own_->id())).get(), req, &resp)
                 .error_code(),
             grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_EQ(fx_->stub->ListContacts(Ctx(Token(Role::kParticipant)).get(), req, &resp).error_code(),
@@ -156,7 +155,8 @@ class ReflectionReader : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::
     static const char kReq[] = "\x3a\x01*";
     grpc::Slice slice(kReq, 3);
     request_ = grpc::ByteBuffer(&slice, 1);
-    stub->PrepareBidiStreamingCall(&ctx_, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    stub->PrepareBidiStreamingCall(&ctx_,
+                                   "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
                                    grpc::StubOptions(), this);
     StartWrite(&request_);
     StartRead(&response_);
@@ -167,7 +167,8 @@ class ReflectionReader : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::
     if (ok) {
       std::vector<grpc::Slice> slices;
       (void)response_.Dump(&slices);
-      for (auto& s : slices) text_ += std::string(reinterpret_cast<const char*>(s.begin()), s.size());
+      for (auto& s : slices)
+        text_ += std::string(reinterpret_cast<const char*>(s.begin()), s.size());
     }
   }
   void OnDone(const grpc::Status& s) override {

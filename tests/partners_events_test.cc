@@ -1,11 +1,11 @@
 // Every committed change yields exactly one CloudEvents message on the stream,
 // also across crashes of the service and restarts of NATS.
+#include <google/protobuf/util/json_util.h>
+#include <gtest/gtest.h>
+
 #include <future>
 #include <regex>
 #include <set>
-
-#include <gtest/gtest.h>
-#include <google/protobuf/util/json_util.h>
 
 #include "connecting/events/v1/partners_events.pb.h"
 #include "libs/db/db.h"
@@ -152,7 +152,8 @@ TEST(PartnersEvents, KilledAfterCommitBeforePublishTheEventStillArrivesOnce) {
 }
 
 TEST(PartnersEvents, CrashAfterPubAckBeforeMarkingSentDoesNotDuplicate) {
-  PartnersFixture fx(std::map<std::string, std::string>{{"CONNECTING_TEST_CRASH_AFTER_PUBLISH", "1"}});
+  PartnersFixture fx(
+      std::map<std::string, std::string>{{"CONNECTING_TEST_CRASH_AFTER_PUBLISH", "1"}});
   v1::Organisation org = CreateOrg(*fx.stub, "Crash After Publish Trust");
   // The relay publishes, gets the PubAck, and the process dies before marking.
   EXPECT_EQ(fx.service->process()->Wait(absl::Seconds(15)), 86);
@@ -176,8 +177,12 @@ TEST(PartnersEvents, CrashAfterPubAckBeforeMarkingSentDoesNotDuplicate) {
 TEST(PartnersEvents, NatsRestartedMidWayEventsArriveOnceAfterwards) {
   NatsServer nats;
   std::string suffix = RandomSuffix();
-  ServiceProcess svc({PARTNERS_BIN, NewDatabase(), nats.url(), "PARTNERS_" + suffix,
-                      "t" + suffix + ".connecting.partners", {}});
+  ServiceProcess svc({PARTNERS_BIN,
+                      NewDatabase(),
+                      nats.url(),
+                      "PARTNERS_" + suffix,
+                      "t" + suffix + ".connecting.partners",
+                      {}});
   svc.Start();
   auto stub = v1::PartnersService::NewStub(svc.channel());
   CreateOrg(*stub, "Before Restart Trust");
@@ -207,9 +212,8 @@ TEST(PartnersEvents, TwoReplicasPublishEachEventOnce) {
   std::vector<std::future<void>> calls;
   for (int i = 0; i < 40; ++i) {
     auto* stub = i % 2 == 0 ? fx.stub.get() : stub2.get();
-    calls.push_back(std::async(std::launch::async, [stub, i] {
-      CreateOrg(*stub, "Replica Trust " + std::to_string(i));
-    }));
+    calls.push_back(std::async(
+        std::launch::async, [stub, i] { CreateOrg(*stub, "Replica Trust " + std::to_string(i)); }));
   }
   for (auto& c : calls) c.get();
   std::vector<StoredEvent> events = WaitForEvents(fx.nats_url, fx.stream, 40);

@@ -1,12 +1,11 @@
 // Operations: health follows PostgreSQL, SIGTERM drains and exits 0, bad
 // configuration stops start-up with a clear message.
+#include <gtest/gtest.h>
 #include <signal.h>
 
 #include <fstream>
 #include <iostream>
 #include <sstream>
-
-#include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
 #include "libs/db/db.h"
@@ -36,8 +35,12 @@ TEST(PartnersHealth, NotServingWhilePostgresIsDownServingWhenBack) {
   ASSERT_EQ(Shell(absl::StrCat("start_postgres ", dir, " ", port, " fast")), 0);
   std::string url = absl::StrCat("postgresql://postgres@127.0.0.1:", port, "/postgres");
   std::string suffix = RandomSuffix();
-  ServiceProcess svc({PARTNERS_BIN, url, RequiredEnv("CONNECTING_TEST_NATS"), "PARTNERS_" + suffix,
-                      "t" + suffix + ".connecting.partners", {}});
+  ServiceProcess svc({PARTNERS_BIN,
+                      url,
+                      RequiredEnv("CONNECTING_TEST_NATS"),
+                      "PARTNERS_" + suffix,
+                      "t" + suffix + ".connecting.partners",
+                      {}});
   svc.Start();
   EXPECT_EQ(svc.Health(), 1);
 
@@ -95,15 +98,16 @@ TEST(PartnersHealth, MigrateAppliesOnceAndIsIdempotent) {
   // Three at once: the advisory lock makes them take turns.
   std::vector<std::unique_ptr<Process>> procs;
   for (int i = 0; i < 3; ++i) {
-    procs.push_back(std::make_unique<Process>(
-        PARTNERS_BIN, std::vector<std::string>{"--migrate"},
-        std::map<std::string, std::string>{{"DATABASE_URL", url}},
-        absl::StrCat(dir, "/migrate-", RandomSuffix(), ".log")));
+    procs.push_back(
+        std::make_unique<Process>(PARTNERS_BIN, std::vector<std::string>{"--migrate"},
+                                  std::map<std::string, std::string>{{"DATABASE_URL", url}},
+                                  absl::StrCat(dir, "/migrate-", RandomSuffix(), ".log")));
   }
   for (auto& p : procs) EXPECT_EQ(p->Wait(absl::Seconds(30)), 0);
   auto conn = db::Conn::Open(url, "test");
   ASSERT_TRUE(conn.ok());
-  auto r = (*conn)->Exec("SELECT count(*), count(DISTINCT (component, name)) FROM schema_migrations");
+  auto r =
+      (*conn)->Exec("SELECT count(*), count(DISTINCT (component, name)) FROM schema_migrations");
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->Int(0, 0), r->Int(0, 1));
   EXPECT_GE(r->Int(0, 0), 2);

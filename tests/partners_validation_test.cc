@@ -1,9 +1,8 @@
 // Bad input gets INVALID_ARGUMENT (or the right code) naming the field and the
 // rule, and nothing stored changes.
-#include <gtest/gtest.h>
-#include <grpcpp/generic/generic_stub.h>
-
 #include <google/protobuf/descriptor.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <gtest/gtest.h>
 
 #include "libs/db/db.h"
 #include "tests/harness.h"
@@ -29,9 +28,7 @@ class PartnersValidation : public ::testing::Test {
   }
   void SetUp() override { before_ = Snapshot(); }
   // Every test ends by checking that nothing stored changed.
-  void TearDown() override {
-    EXPECT_EQ(Snapshot(), before_) << "stored organisations changed";
-  }
+  void TearDown() override { EXPECT_EQ(Snapshot(), before_) << "stored organisations changed"; }
   // What is stored: every organisation, and how many events were published
   // (after waiting for the outbox to drain, so that an event still in flight
   // from an earlier, valid call is not mistaken for a change).
@@ -46,8 +43,7 @@ class PartnersValidation : public ::testing::Test {
     req.set_page_size(500);
     v1::ListOrganisationsResponse resp;
     EXPECT_TRUE(fx_->stub->ListOrganisations(Ctx(fx_->admin).get(), req, &resp).ok());
-    return resp.SerializeAsString() +
-           std::to_string(ReadStream(fx_->nats_url, fx_->stream).size());
+    return resp.SerializeAsString() + std::to_string(ReadStream(fx_->nats_url, fx_->stream).size());
   }
   grpc::Status Create(const v1::Organisation& o) {
     v1::CreateOrganisationRequest req;
@@ -140,8 +136,8 @@ TEST_F(PartnersValidation, ForgedTamperedOrReusedPageTokensAreRefused) {
   std::string token = resp.next_page_token();
   ASSERT_FALSE(token.empty());
 
-  for (std::string bad : {std::string("garbage"), std::string("eyJpZCI6IjEifQ.AAAA"),
-                          std::string(5000, 'A')}) {
+  for (std::string bad :
+       {std::string("garbage"), std::string("eyJpZCI6IjEifQ.AAAA"), std::string(5000, 'A')}) {
     list.set_page_token(bad);
     ExpectInvalid(fx_->stub->ListOrganisations(Ctx(fx_->admin).get(), list, &resp), "page_token");
   }
@@ -214,8 +210,7 @@ TEST_F(PartnersValidation, OfferRulesNameTheirFields) {
   ExpectInvalid(s, "offer.weekdays: day WEEKDAY_MONDAY repeated");
   ExpectInvalid(s, "offer.requirements[0]");
   o->set_capacity_per_day(1000000);
-  ExpectInvalid(fx_->stub->CreateOffer(Ctx(fx_->admin).get(), req, &out),
-                "offer.capacity_per_day");
+  ExpectInvalid(fx_->stub->CreateOffer(Ctx(fx_->admin).get(), req, &out), "offer.capacity_per_day");
 }
 
 TEST_F(PartnersValidation, ContactEmailAndPhoneAreChecked) {
@@ -286,13 +281,12 @@ grpc::Status RawCall(grpc::GenericStub& stub, const std::string& method, const s
   std::condition_variable cv;
   bool done = false;
   grpc::Status result;
-  stub.UnaryCall(ctx.get(), method, grpc::StubOptions(), &request, &response,
-                 [&](grpc::Status s) {
-                   std::lock_guard<std::mutex> l(mu);
-                   result = std::move(s);
-                   done = true;
-                   cv.notify_one();
-                 });
+  stub.UnaryCall(ctx.get(), method, grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
+    std::lock_guard<std::mutex> l(mu);
+    result = std::move(s);
+    done = true;
+    cv.notify_one();
+  });
   std::unique_lock<std::mutex> l(mu);
   cv.wait(l, [&] { return done; });
   return result;
@@ -300,7 +294,8 @@ grpc::Status RawCall(grpc::GenericStub& stub, const std::string& method, const s
 
 TEST_F(PartnersValidation, InvalidUtf8InAnyRequestIsInvalidArgumentNamingTheField) {
   grpc::GenericStub stub(fx_->service->channel());
-  const auto* service = v1::Organisation::descriptor()->file()->FindServiceByName("PartnersService");
+  const auto* service =
+      v1::Organisation::descriptor()->file()->FindServiceByName("PartnersService");
   ASSERT_NE(service, nullptr);
   for (int m = 0; m < service->method_count(); ++m) {
     const auto* method = service->method(m);

@@ -36,8 +36,8 @@ inline sv1::Participant Register(SchedulingFixture& fx, const std::string& staff
 }
 
 inline sv1::Session NewSession(SchedulingFixture& fx, const std::string& org, int capacity,
-                               const std::string& date, sv1::SessionKind kind =
-                                   sv1::SESSION_KIND_FRONTLINE_VISIT) {
+                               const std::string& date,
+                               sv1::SessionKind kind = sv1::SESSION_KIND_FRONTLINE_VISIT) {
   sv1::CreateSessionRequest req;
   sv1::Session* s = req.mutable_session();
   s->set_kind(kind);
@@ -64,7 +64,8 @@ inline grpc::Status Book(SchedulingFixture& fx, const std::string& session,
   return fx.stub->BookSession(Ctx(token.empty() ? fx.admin : token).get(), req, out);
 }
 
-inline std::vector<sv1::Booking> SessionBookings(SchedulingFixture& fx, const std::string& session) {
+inline std::vector<sv1::Booking> SessionBookings(SchedulingFixture& fx,
+                                                 const std::string& session) {
   std::vector<sv1::Booking> out;
   sv1::ListBookingsRequest req;
   req.set_session_id(session);

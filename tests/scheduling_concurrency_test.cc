@@ -1,13 +1,13 @@
 // The booking rules under concurrency: capacity, FIFO waitlist and promotion,
 // one frontline visit per date, idempotent retries.
+#include <google/protobuf/util/json_util.h>
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <future>
 #include <map>
 #include <set>
 #include <thread>
-
-#include <gtest/gtest.h>
-#include <google/protobuf/util/json_util.h>
 
 #include "connecting/events/v1/scheduling_events.pb.h"
 #include "tests/scheduling_common.h"
@@ -33,7 +33,8 @@ std::string* SchedulingConcurrency::org_ = nullptr;
 
 TEST_F(SchedulingConcurrency, TwoHundredParallelBookingsForTenSeats) {
   std::vector<std::string> people;
-  for (int i = 0; i < 200; ++i) people.push_back(Register(*fx_, "CC" + std::to_string(1000 + i)).id());
+  for (int i = 0; i < 200; ++i)
+    people.push_back(Register(*fx_, "CC" + std::to_string(1000 + i)).id());
   sv1::Session session = NewSession(*fx_, *org_, 10, DateIn(7));
 
   std::atomic<int> next{0}, confirmed{0}, waitlisted{0}, failed{0};
@@ -91,7 +92,9 @@ TEST_F(SchedulingConcurrency, TwoHundredParallelBookingsForTenSeats) {
   EXPECT_EQ(now_confirmed, 10);
   std::set<std::string> first_three = {all[10].id(), all[11].id(), all[12].id()};
   for (const auto& b : after) {
-    if (first_three.count(b.id())) EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_CONFIRMED);
+    if (first_three.count(b.id())) {
+      EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_CONFIRMED);
+    }
   }
   EXPECT_EQ(after[13].waitlist_position(), 1);
 
@@ -179,17 +182,21 @@ TEST_F(SchedulingConcurrency, PromotionSkipsWhoeverWouldHoldTwoVisitsThatDate) {
   std::string free_person = Register(*fx_, "PR0003").id();
   sv1::Booking hb, bw, fw, bo;
   ASSERT_TRUE(Book(*fx_, full.id(), holder, &hb).ok());
-  ASSERT_TRUE(Book(*fx_, full.id(), busy, &bw).ok());        // waitlisted first
-  ASSERT_TRUE(Book(*fx_, full.id(), free_person, &fw).ok()); // waitlisted second
-  ASSERT_TRUE(Book(*fx_, other.id(), busy, &bo).ok());       // busy confirms elsewhere that day
+  ASSERT_TRUE(Book(*fx_, full.id(), busy, &bw).ok());         // waitlisted first
+  ASSERT_TRUE(Book(*fx_, full.id(), free_person, &fw).ok());  // waitlisted second
+  ASSERT_TRUE(Book(*fx_, other.id(), busy, &bo).ok());        // busy confirms elsewhere that day
   EXPECT_EQ(bo.status(), sv1::BOOKING_STATUS_CONFIRMED);
   sv1::CancelBookingRequest cancel;
   cancel.set_id(hb.id());
   sv1::Booking out;
   ASSERT_TRUE(fx_->stub->CancelBooking(Ctx(fx_->admin).get(), cancel, &out).ok());
   for (const auto& b : SessionBookings(*fx_, full.id())) {
-    if (b.id() == fw.id()) EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_CONFIRMED);
-    if (b.id() == bw.id()) EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_WAITLISTED);
+    if (b.id() == fw.id()) {
+      EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_CONFIRMED);
+    }
+    if (b.id() == bw.id()) {
+      EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_WAITLISTED);
+    }
   }
 }
 

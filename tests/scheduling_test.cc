@@ -1,12 +1,12 @@
 // Scheduling end to end with partners: the partner projection, attendance and
 // enduring contacts, session cancellation, programme figures, bad input, roles.
+#include <google/protobuf/util/json_util.h>
+#include <gtest/gtest.h>
+#include <nats/nats.h>
+
 #include <map>
 #include <random>
 #include <set>
-
-#include <gtest/gtest.h>
-#include <google/protobuf/util/json_util.h>
-#include <nats/nats.h>
 
 #include "connecting/events/v1/scheduling_events.pb.h"
 #include "libs/db/db.h"
@@ -49,7 +49,8 @@ TEST_F(Scheduling, ArchivedPartnerTakesNoBookingsAndRedeliveryChangesNothing) {
   pv1::ArchiveOrganisationRequest archive;
   archive.set_id(org);
   pv1::Organisation archived;
-  ASSERT_TRUE(fx_->partners_stub->ArchiveOrganisation(Ctx(fx_->admin).get(), archive, &archived).ok());
+  ASSERT_TRUE(
+      fx_->partners_stub->ArchiveOrganisation(Ctx(fx_->admin).get(), archive, &archived).ok());
   ASSERT_TRUE(fx_->WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED, absl::Seconds(5)));
   sv1::Booking b;
   grpc::Status st = Book(*fx_, s.id(), person, &b);
@@ -58,8 +59,7 @@ TEST_F(Scheduling, ArchivedPartnerTakesNoBookingsAndRedeliveryChangesNothing) {
 
   // Replay the partners stream's organisation events under new message ids
   // (a redelivery, and older versions arriving late): nothing changes.
-  std::vector<StoredEvent> partner_events =
-      ReadStream(fx_->nats_url, "PARTNERS_" + fx_->suffix);
+  std::vector<StoredEvent> partner_events = ReadStream(fx_->nats_url, "PARTNERS_" + fx_->suffix);
   natsConnection* nc = nullptr;
   ASSERT_EQ(natsConnection_ConnectTo(&nc, fx_->nats_url.c_str()), NATS_OK);
   jsCtx* js = nullptr;
@@ -90,7 +90,8 @@ TEST_F(Scheduling, ArchivedPartnerTakesNoBookingsAndRedeliveryChangesNothing) {
   // Reactivated in partners: bookable again.
   pv1::ReactivateOrganisationRequest react;
   react.set_id(org);
-  ASSERT_TRUE(fx_->partners_stub->ReactivateOrganisation(Ctx(fx_->admin).get(), react, &archived).ok());
+  ASSERT_TRUE(
+      fx_->partners_stub->ReactivateOrganisation(Ctx(fx_->admin).get(), react, &archived).ok());
   ASSERT_TRUE(fx_->WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ACTIVE, absl::Seconds(5)));
   EXPECT_TRUE(Book(*fx_, s.id(), person, &b).ok());
 }
@@ -121,7 +122,8 @@ TEST_F(Scheduling, AttendanceBuildsEnduringContactsAndLetsConnectorsArrangeVisit
   att.set_attended(true);
   sv1::Booking out;
   grpc::Status early = fx_->stub->RecordAttendance(Ctx(fx_->admin).get(), att, &out);
-  EXPECT_EQ(early.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << "before the session began";
+  EXPECT_EQ(early.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+      << "before the session began";
   // Let the visit happen: move it to yesterday (the test's time machine).
   Sql("UPDATE sessions SET session_date = current_date - 1 WHERE id = '" + s.id() + "'");
   Sql("UPDATE bookings SET session_date = current_date - 1 WHERE id = '" + b.id() + "'");
@@ -160,7 +162,11 @@ TEST_F(Scheduling, AttendanceBuildsEnduringContactsAndLetsConnectorsArrangeVisit
   sv1::AcceptSessionRequest accept;
   accept.set_id(pending.id());
   sv1::Session accepted;
-  EXPECT_EQ(fx_->stub->AcceptSession(Ctx(Token(Role::kPartner, "x", "00000000-0000-4000-8000-000000000001")).get(), accept, &accepted).error_code(),
+  EXPECT_EQ(fx_->stub
+                ->AcceptSession(
+                    Ctx(Token(Role::kPartner, "x", "00000000-0000-4000-8000-000000000001")).get(),
+                    accept, &accepted)
+                .error_code(),
             grpc::StatusCode::PERMISSION_DENIED);
   ASSERT_TRUE(fx_->stub->AcceptSession(Ctx(host).get(), accept, &accepted).ok());
   EXPECT_EQ(accepted.status(), sv1::SESSION_STATUS_SCHEDULED);
@@ -210,14 +216,18 @@ TEST_F(Scheduling, CancellingASessionCancelsEveryBookingWithAnEventEach) {
 TEST_F(Scheduling, ProgrammeFiguresOverAGeneratedYearMatchACountMadeDirectly) {
   // A year of attended visits: 40 connectors, 12 organisations, random dates.
   std::mt19937 rng(2026);
-  struct Fact { std::string date, participant, org, directorate; int sector, region, grade; };
+  struct Fact {
+    std::string date, participant, org, directorate;
+    int sector, region, grade;
+  };
   std::vector<Fact> facts;
   const char* dirs[] = {"Primary Care", "Social Care", "Mental Health", "Public Health"};
   for (int i = 0; i < 1500; ++i) {
     int day = rng() % 365;
     absl::CivilDay d = absl::CivilDay(2025, 1, 1) + day;
     int person = rng() % 40, org = rng() % 12;
-    facts.push_back({absl::FormatCivilTime(d), absl::StrCat("00000000-0000-4000-8000-0000000000", 10 + person),
+    facts.push_back({absl::FormatCivilTime(d),
+                     absl::StrCat("00000000-0000-4000-8000-0000000000", 10 + person),
                      absl::StrCat("00000000-0000-4000-9000-0000000000", 10 + org), dirs[person % 4],
                      1 + org % 5, 1 + org % 7, 1 + person % 4});
   }
@@ -228,14 +238,17 @@ TEST_F(Scheduling, ProgrammeFiguresOverAGeneratedYearMatchACountMadeDirectly) {
     // Facts reference bookings; give each its own minimal session and booking rows.
     auto r = (*conn)->Exec(
         "WITH p AS (INSERT INTO participants (id, staff_number, display_name, email, grade, "
-        "directorate) VALUES ($3::uuid, 'F' || substr(md5($3::uuid::text), 1, 10), 'x', 'x@x.org', $9, $8) "
+        "directorate) VALUES ($3::uuid, 'F' || substr(md5($3::uuid::text), 1, 10), 'x', 'x@x.org', "
+        "$9, $8) "
         "ON CONFLICT (id) DO UPDATE SET grade = EXCLUDED.grade RETURNING id), "
         "s AS (INSERT INTO sessions (kind, title, organisation_id, session_date, start_time, "
-        "end_time, status) VALUES (1, $1::text, $4::uuid, $2::date, '09:00', '17:00', 4) RETURNING id), "
+        "end_time, status) VALUES (1, $1::text, $4::uuid, $2::date, '09:00', '17:00', 4) RETURNING "
+        "id), "
         "b AS (INSERT INTO bookings (session_id, site, participant_id, status, session_date, kind) "
         "SELECT s.id, $7::text, p.id, 4, $2::date, 1 FROM s, p RETURNING id) "
         "INSERT INTO attendance_facts (booking_id, session_date, participant_id, organisation_id, "
-        "sector, region, directorate, grade) SELECT b.id, $2::date, $3::uuid, $4::uuid, $5, $6, $8, "
+        "sector, region, directorate, grade) SELECT b.id, $2::date, $3::uuid, $4::uuid, $5, $6, "
+        "$8, "
         "$9 FROM b",
         {std::to_string(i), f.date, f.participant, f.org, f.sector, f.region, "", f.directorate,
          f.grade});
@@ -272,7 +285,8 @@ TEST_F(Scheduling, ProgrammeFiguresOverAGeneratedYearMatchACountMadeDirectly) {
       auto it = groups.find(row.key());
       ASSERT_NE(it, groups.end()) << row.key();
       EXPECT_EQ(row.connecting_days(), std::get<0>(it->second)) << row.key();
-      EXPECT_EQ(row.connectors(), static_cast<int64_t>(std::get<1>(it->second).size())) << row.key();
+      EXPECT_EQ(row.connectors(), static_cast<int64_t>(std::get<1>(it->second).size()))
+          << row.key();
       EXPECT_EQ(row.organisations(), static_cast<int64_t>(std::get<2>(it->second).size()))
           << row.key();
     }
@@ -285,15 +299,12 @@ TEST_F(Scheduling, ProgrammeFiguresOverAGeneratedYearMatchACountMadeDirectly) {
   });
   check(sv1::FIGURES_GROUPING_DIRECTORATE, "2025-03-15", "2025-09-30",
         [](const Fact& f) { return f.directorate; });
-  check(sv1::FIGURES_GROUPING_SECTOR, "2025-01-01", "2025-06-30", [](const Fact& f) {
-    return pv1::Sector_Name(static_cast<pv1::Sector>(f.sector));
-  });
-  check(sv1::FIGURES_GROUPING_REGION, "2025-02-01", "2025-12-31", [](const Fact& f) {
-    return pv1::Region_Name(static_cast<pv1::Region>(f.region));
-  });
-  check(sv1::FIGURES_GROUPING_GRADE, "2025-01-01", "2025-12-31", [](const Fact& f) {
-    return sv1::Grade_Name(static_cast<sv1::Grade>(f.grade));
-  });
+  check(sv1::FIGURES_GROUPING_SECTOR, "2025-01-01", "2025-06-30",
+        [](const Fact& f) { return pv1::Sector_Name(static_cast<pv1::Sector>(f.sector)); });
+  check(sv1::FIGURES_GROUPING_REGION, "2025-02-01", "2025-12-31",
+        [](const Fact& f) { return pv1::Region_Name(static_cast<pv1::Region>(f.region)); });
+  check(sv1::FIGURES_GROUPING_GRADE, "2025-01-01", "2025-12-31",
+        [](const Fact& f) { return sv1::Grade_Name(static_cast<sv1::Grade>(f.grade)); });
   // The figures come from the date index, not a scan of every booking.
   auto plan = (*conn)->Exec(
       "EXPLAIN SELECT count(*) FROM attendance_facts WHERE session_date BETWEEN '2025-03-01' AND "
@@ -329,7 +340,8 @@ TEST_F(Scheduling, BadInputNamesTheFieldAndChangesNothing) {
     EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
     EXPECT_NE(st.error_message().find(field), std::string::npos) << st.error_message();
   };
-  expect_invalid(create([](sv1::Session* s) { s->set_date(DateIn(-1)); }), "session.date: must be today");
+  expect_invalid(create([](sv1::Session* s) { s->set_date(DateIn(-1)); }),
+                 "session.date: must be today");
   expect_invalid(create([](sv1::Session* s) { s->set_date("2026-02-30"); }), "session.date");
   expect_invalid(create([](sv1::Session* s) { s->set_end_time("09:00"); }),
                  "session.end_time: must be after start_time");
@@ -352,8 +364,8 @@ TEST_F(Scheduling, BadInputNamesTheFieldAndChangesNothing) {
   EXPECT_EQ(Sql("SELECT count(*) FROM sessions"), sessions_before);
 
   sv1::Booking b;
-  grpc::Status st = Book(*fx_, "00000000-0000-4000-8000-000000000000",
-                         Register(*fx_, "BAD001").id(), &b);
+  grpc::Status st =
+      Book(*fx_, "00000000-0000-4000-8000-000000000000", Register(*fx_, "BAD001").id(), &b);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
   expect_invalid(Book(*fx_, "not-a-uuid", "also-not", &b), "session_id");
 
@@ -502,8 +514,12 @@ TEST_F(Scheduling, RescheduleMovesTheBookingAndFreesTheSeat) {
   EXPECT_EQ(moved.session_id(), to.id());
   EXPECT_EQ(moved.status(), sv1::BOOKING_STATUS_CONFIRMED);
   for (const auto& b : SessionBookings(*fx_, from.id())) {
-    if (b.id() == w.id()) EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_CONFIRMED) << "promoted";
-    if (b.id() == m.id()) EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_CANCELLED);
+    if (b.id() == w.id()) {
+      EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_CONFIRMED) << "promoted";
+    }
+    if (b.id() == m.id()) {
+      EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_CANCELLED);
+    }
   }
 }
 

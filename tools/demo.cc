@@ -1,12 +1,12 @@
 // Loads demo data into a running stack through the public API. Every create
 // carries a fixed request_id, so running it again changes nothing.
 //   PARTNERS_ADDR=127.0.0.1:50051 AUTH_JWT_KEY=... connecting-demo
+#include <grpcpp/grpcpp.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/time/clock.h"
 #include "connecting/partners/v1/partners.api.h"
@@ -65,8 +65,8 @@ bool Check(const grpc::Status& s, const char* what) {
 
 // Connectors, sessions at the demo partners (once scheduling has heard of
 // them from the partners stream) and a few bookings.
-int SeedScheduling(const char* addr, const std::string& token,
-                   const std::vector<std::string>& orgs, const std::vector<std::string>& hosts) {
+int SeedScheduling(const char* addr, const std::string& token, const std::vector<std::string>& orgs,
+                   const std::vector<std::string>& hosts) {
   auto stub = sv1::SchedulingService::NewStub(
       grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
   const char* people[][3] = {{"Asha Patel", "Primary Care and Prevention", "SCS"},
@@ -85,8 +85,8 @@ int SeedScheduling(const char* addr, const std::string& token,
     x->set_display_name(p[0]);
     x->set_email("demo" + std::to_string(n) + "@dept.example.gov.uk");
     x->set_directorate(p[1]);
-    x->set_grade(std::string(p[2]) == "SCS"      ? sv1::GRADE_SENIOR_CIVIL_SERVANT
-                 : std::string(p[2]) == "POLICY" ? sv1::GRADE_POLICY
+    x->set_grade(std::string(p[2]) == "SCS"       ? sv1::GRADE_SENIOR_CIVIL_SERVANT
+                 : std::string(p[2]) == "POLICY"  ? sv1::GRADE_POLICY
                  : std::string(p[2]) == "ANALYST" ? sv1::GRADE_ANALYST
                                                   : sv1::GRADE_OTHER);
     sv1::Participant out;
@@ -147,8 +147,8 @@ int main() {
   auto token = connecting::server::MintToken(key, connecting::server::Role::kAdmin, "demo-loader",
                                              {}, absl::Minutes(10));
   if (!token.ok()) return 1;
-  auto stub = v1::PartnersService::NewStub(
-      grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::PartnersService::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
   int i = 0;
   std::vector<std::string> org_ids, host_ids;
   for (const DemoOrg& d : kOrgs) {

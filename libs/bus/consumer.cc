@@ -12,8 +12,9 @@ namespace {
 prometheus::Family<prometheus::Counter>& ProcessedFamily() {
   static auto& f = prometheus::BuildCounter()
                        .Name("connecting_consumer_events_total")
-                       .Help("Events handled by consumers, by result "
-                             "(applied, duplicate, retried, dead_lettered)")
+                       .Help(
+                           "Events handled by consumers, by result "
+                           "(applied, duplicate, retried, dead_lettered)")
                        .Register(*metrics::Registry());
   return f;
 }
@@ -39,7 +40,9 @@ Consumer::Consumer(ConsumerOptions options, db::Pool* pool, const Nats* nats, Ha
 
 Consumer::~Consumer() { Stop(); }
 
-void Consumer::Start() { thread_ = std::thread([this] { Run(); }); }
+void Consumer::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 void Consumer::Stop() {
   stopping_.store(true);
@@ -127,13 +130,15 @@ void Consumer::Process(natsMsg* msg) {
     natsMsg_Ack(msg, nullptr);
     return;
   }
-  bool give_up = absl::IsInvalidArgument(s) ||
-                 d.deliveries >= static_cast<uint64_t>(options_.max_deliver);
+  bool give_up =
+      absl::IsInvalidArgument(s) || d.deliveries >= static_cast<uint64_t>(options_.max_deliver);
   if (!give_up) {
     count("retried");
-    log::Warn("event handling failed, will retry",
-              {{"consumer", options_.durable}, {"event_id", d.id}, {"subject", d.subject},
-               {"deliveries", absl::StrCat(d.deliveries)}, {"error", s.ToString()}});
+    log::Warn("event handling failed, will retry", {{"consumer", options_.durable},
+                                                    {"event_id", d.id},
+                                                    {"subject", d.subject},
+                                                    {"deliveries", absl::StrCat(d.deliveries)},
+                                                    {"error", s.ToString()}});
     int64_t delay_ms = std::min<int64_t>(30000, 250LL << std::min<uint64_t>(d.deliveries, 7));
     natsMsg_NakWithDelay(msg, delay_ms, nullptr);
     return;
@@ -144,10 +149,12 @@ void Consumer::Process(natsMsg* msg) {
         "ON CONFLICT DO NOTHING",
         {options_.durable, d.id, d.subject});
     if (!ins.ok()) return ins.status();
-    return tx.Exec("INSERT INTO dead_letters (consumer, event_id, subject, type, payload, error, "
-                   "deliveries) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                   {options_.durable, d.id, d.subject, d.type, d.payload, s.ToString(),
-                    static_cast<int64_t>(d.deliveries)})
+    return tx
+        .Exec(
+            "INSERT INTO dead_letters (consumer, event_id, subject, type, payload, error, "
+            "deliveries) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            {options_.durable, d.id, d.subject, d.type, d.payload, s.ToString(),
+             static_cast<int64_t>(d.deliveries)})
         .status();
   });
   if (!dl.ok()) {
@@ -155,8 +162,10 @@ void Consumer::Process(natsMsg* msg) {
     return;
   }
   count("dead_lettered");
-  log::Error("event dead-lettered", {{"consumer", options_.durable}, {"event_id", d.id},
-                                     {"subject", d.subject}, {"error", s.ToString()}});
+  log::Error("event dead-lettered", {{"consumer", options_.durable},
+                                     {"event_id", d.id},
+                                     {"subject", d.subject},
+                                     {"error", s.ToString()}});
   natsMsg_Term(msg, nullptr);
 }
 
@@ -184,8 +193,8 @@ void Consumer::Run() {
         continue;
       }
       last_error.clear();
-      log::Info("consumer subscribed", {{"consumer", options_.durable},
-                                        {"subject", options_.filter_subject}});
+      log::Info("consumer subscribed",
+                {{"consumer", options_.durable}, {"subject", options_.filter_subject}});
     }
     natsMsgList list{};
     jsErrCode jerr = static_cast<jsErrCode>(0);
@@ -208,8 +217,9 @@ void Consumer::Run() {
       jsConsumerInfo* ci = nullptr;
       if (js_GetConsumerInfo(&ci, js.get(), options_.stream.c_str(), options_.durable.c_str(),
                              nullptr, nullptr) == NATS_OK) {
-        PendingFamily().Add({{"consumer", options_.durable}}).Set(
-            static_cast<double>(ci->NumPending));
+        PendingFamily()
+            .Add({{"consumer", options_.durable}})
+            .Set(static_cast<double>(ci->NumPending));
         jsConsumerInfo_Destroy(ci);
       }
     }

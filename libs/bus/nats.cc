@@ -37,7 +37,7 @@ absl::Status FromNats(natsStatus s, absl::string_view what, jsErrCode jerr) {
 }
 
 absl::StatusOr<std::unique_ptr<Nats>> Nats::Connect(const std::string& url,
-                                                     const std::string& client_name) {
+                                                    const std::string& client_name) {
   natsOptions* raw_opts = nullptr;
   if (natsStatus s = natsOptions_Create(&raw_opts); s != NATS_OK) {
     return FromNats(s, "nats options");

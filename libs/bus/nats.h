@@ -11,11 +11,11 @@
 
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace connecting::bus {
@@ -34,7 +34,8 @@ template <class T>
 using NatsPtr = std::unique_ptr<T, NatsDeleter>;
 
 // `what` names the operation in the message. jerr is the JetStream API error, if any.
-absl::Status FromNats(natsStatus s, absl::string_view what, jsErrCode jerr = static_cast<jsErrCode>(0));
+absl::Status FromNats(natsStatus s, absl::string_view what,
+                      jsErrCode jerr = static_cast<jsErrCode>(0));
 
 struct StreamSpec {
   std::string name;                   // e.g. "PARTNERS"

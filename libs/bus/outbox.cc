@@ -1,13 +1,12 @@
 #include "libs/bus/outbox.h"
 
+#include <google/protobuf/util/json_util.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <unordered_set>
-
-#include <google/protobuf/util/json_util.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -71,14 +70,16 @@ absl::Status Outbox::Emit(db::Conn& tx, absl::string_view subject_suffix,
   std::string json;
   google::protobuf::util::JsonPrintOptions opts;
   if (auto s = google::protobuf::util::MessageToJsonString(event, &json, opts); !s.ok()) {
-    return absl::InternalError(absl::StrCat("encode event ", event.GetTypeName(), ": ",
-                                            std::string(s.message())));
+    return absl::InternalError(
+        absl::StrCat("encode event ", event.GetTypeName(), ": ", std::string(s.message())));
   }
   t_emitted = true;
-  return tx.Exec("INSERT INTO outbox (subject, type, source, ce_subject, payload, traceparent) "
-                 "VALUES ($1, $2, $3, $4, $5, $6)",
-                 {absl::StrCat(prefix_, ".", subject_suffix), event.GetDescriptor()->full_name(),
-                  source_, ce_subject, json, traceparent})
+  return tx
+      .Exec(
+          "INSERT INTO outbox (subject, type, source, ce_subject, payload, traceparent) "
+          "VALUES ($1, $2, $3, $4, $5, $6)",
+          {absl::StrCat(prefix_, ".", subject_suffix), event.GetDescriptor()->full_name(), source_,
+           ce_subject, json, traceparent})
       .status();
 }
 
@@ -93,7 +94,9 @@ OutboxRelay::~OutboxRelay() {
   if (wake_fd_ >= 0) close(wake_fd_);
 }
 
-void OutboxRelay::Start() { thread_ = std::thread([this] { Run(); }); }
+void OutboxRelay::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 void OutboxRelay::Stop(absl::Time flush_deadline) {
   if (!thread_.joinable()) return;
@@ -167,12 +170,15 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
                                   static_cast<int>(payload.size()));
     if (s != NATS_OK) break;
     NatsPtr<natsMsg> msg(raw);
-    const std::string headers[][2] = {
-        {"ce-specversion", "1.0"},          {"ce-id", id},
-        {"ce-source", rows->String(r, 3)},  {"ce-type", rows->String(r, 2)},
-        {"ce-time", rows->String(r, 7)},    {"ce-subject", rows->String(r, 4)},
-        {"content-type", "application/json"}, {"Nats-Msg-Id", id},
-        {"traceparent", rows->String(r, 6)}};
+    const std::string headers[][2] = {{"ce-specversion", "1.0"},
+                                      {"ce-id", id},
+                                      {"ce-source", rows->String(r, 3)},
+                                      {"ce-type", rows->String(r, 2)},
+                                      {"ce-time", rows->String(r, 7)},
+                                      {"ce-subject", rows->String(r, 4)},
+                                      {"content-type", "application/json"},
+                                      {"Nats-Msg-Id", id},
+                                      {"traceparent", rows->String(r, 6)}};
     for (const auto& h : headers) {
       if (!h[1].empty()) s = natsMsgHeader_Set(msg.get(), h[0].c_str(), h[1].c_str());
     }

@@ -15,17 +15,17 @@
 #ifndef CONNECTING_LIBS_BUS_OUTBOX_H_
 #define CONNECTING_LIBS_BUS_OUTBOX_H_
 
+#include <google/protobuf/message.h>
+
 #include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <thread>
-
-#include <google/protobuf/message.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "libs/bus/nats.h"

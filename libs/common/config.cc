@@ -36,8 +36,8 @@ int64_t EnvReader::Int(const char* name, int64_t default_value, int64_t min, int
   if (v == nullptr) return default_value;
   int64_t out = 0;
   if (!absl::SimpleAtoi(v, &out) || out < min || out > max) {
-    errors_.push_back(
-        absl::StrCat(name, ": must be an integer between ", min, " and ", max, ", got \"", v, "\""));
+    errors_.push_back(absl::StrCat(name, ": must be an integer between ", min, " and ", max,
+                                   ", got \"", v, "\""));
     return default_value;
   }
   return out;

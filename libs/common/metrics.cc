@@ -3,8 +3,8 @@
 namespace connecting::metrics {
 
 std::shared_ptr<prometheus::Registry> Registry() {
-  static auto* registry = new std::shared_ptr<prometheus::Registry>(
-      std::make_shared<prometheus::Registry>());
+  static auto* registry =
+      new std::shared_ptr<prometheus::Registry>(std::make_shared<prometheus::Registry>());
   return *registry;
 }
 

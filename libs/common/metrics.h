@@ -3,12 +3,12 @@
 #ifndef CONNECTING_LIBS_COMMON_METRICS_H_
 #define CONNECTING_LIBS_COMMON_METRICS_H_
 
-#include <memory>
-
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+
+#include <memory>
 
 namespace connecting::metrics {
 

@@ -217,8 +217,8 @@ absl::Status Transact(Pool& pool, const TxOptions& options,
     if (!last.GetPayload(kRetryPayload).has_value() || attempt == options.max_attempts) break;
     // Jittered exponential backoff: 1, 2, 4 … ms, capped at 50 ms.
     int cap = std::min(50, 1 << std::min(attempt, 6));
-    std::this_thread::sleep_for(std::chrono::microseconds(
-        std::uniform_int_distribution<int>(cap * 500, cap * 1000)(rng)));
+    std::this_thread::sleep_for(
+        std::chrono::microseconds(std::uniform_int_distribution<int>(cap * 500, cap * 1000)(rng)));
   }
   return last;
 }

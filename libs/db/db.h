@@ -22,13 +22,13 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <unordered_map>
 #include <vector>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
@@ -37,14 +37,14 @@ namespace connecting::db {
 // One statement parameter in PostgreSQL text format; std::nullopt is NULL.
 class Param {
  public:
-  Param(std::nullopt_t) {}  // NOLINT: implicit by design
-  Param(absl::string_view s) : v_(std::string(s)) {}  // NOLINT
-  Param(const char* s) : v_(std::string(s)) {}        // NOLINT
-  Param(const std::string& s) : v_(s) {}              // NOLINT
-  Param(std::string&& s) : v_(std::move(s)) {}        // NOLINT
-  Param(int64_t i) : v_(std::to_string(i)) {}         // NOLINT
-  Param(int32_t i) : v_(std::to_string(i)) {}         // NOLINT
-  Param(bool b) : v_(b ? "t" : "f") {}                // NOLINT
+  Param(std::nullopt_t) {}                                   // NOLINT: implicit by design
+  Param(absl::string_view s) : v_(std::string(s)) {}         // NOLINT
+  Param(const char* s) : v_(std::string(s)) {}               // NOLINT
+  Param(const std::string& s) : v_(s) {}                     // NOLINT
+  Param(std::string&& s) : v_(std::move(s)) {}               // NOLINT
+  Param(int64_t i) : v_(std::to_string(i)) {}                // NOLINT
+  Param(int32_t i) : v_(std::to_string(i)) {}                // NOLINT
+  Param(bool b) : v_(b ? "t" : "f") {}                       // NOLINT
   Param(std::optional<std::string> s) : v_(std::move(s)) {}  // NOLINT
   const std::optional<std::string>& value() const { return v_; }
 
@@ -53,9 +53,7 @@ class Param {
 };
 
 // Empty string → NULL, for optional text columns.
-inline Param NullIfEmpty(absl::string_view s) {
-  return s.empty() ? Param(std::nullopt) : Param(s);
-}
+inline Param NullIfEmpty(absl::string_view s) { return s.empty() ? Param(std::nullopt) : Param(s); }
 
 // The rows of one statement. Accessors take (row, column) and must be in range.
 class Result {

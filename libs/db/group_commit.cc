@@ -6,7 +6,8 @@ namespace connecting::db {
 
 absl::Status GroupCommitter::Run(const std::string& key, absl::Time deadline,
                                  std::function<absl::Status(Conn&)> work) {
-  Item item{std::move(work)};
+  Item item;
+  item.work = std::move(work);
   std::vector<Item*> batch;
   {
     absl::MutexLock lock(&mu_);

@@ -28,9 +28,10 @@ absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
       if (absl::Status s = conn.ExecScript("BEGIN"); !s.ok()) return s;
       absl::Status s = conn.ExecScript(m.sql);
       if (s.ok()) {
-        s = conn.Exec("INSERT INTO schema_migrations (component, name, checksum) "
-                      "VALUES ($1, $2, md5($3))",
-                      {set.component, m.name, m.sql})
+        s = conn.Exec(
+                    "INSERT INTO schema_migrations (component, name, checksum) "
+                    "VALUES ($1, $2, md5($3))",
+                    {set.component, m.name, m.sql})
                 .status();
       }
       if (s.ok()) s = conn.ExecScript("COMMIT");

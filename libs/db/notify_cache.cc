@@ -20,7 +20,9 @@ NotifyListener::~NotifyListener() {
   if (wake_fd_ >= 0) close(wake_fd_);
 }
 
-void NotifyListener::Start() { thread_ = std::thread([this] { Run(); }); }
+void NotifyListener::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 void NotifyListener::Stop() {
   stop_.store(true);

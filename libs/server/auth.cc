@@ -8,8 +8,8 @@
 #include <unordered_map>
 
 #include "absl/strings/match.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 
 namespace connecting::server {
@@ -32,11 +32,16 @@ std::optional<long> IntClaim(jwt_t* j, const char* name) {
 
 absl::string_view RoleName(Role role) {
   switch (role) {
-    case Role::kAdmin: return "admin";
-    case Role::kPartner: return "partner";
-    case Role::kParticipant: return "participant";
-    case Role::kSystem: return "system";
-    case Role::kViewer: return "viewer";
+    case Role::kAdmin:
+      return "admin";
+    case Role::kPartner:
+      return "partner";
+    case Role::kParticipant:
+      return "participant";
+    case Role::kSystem:
+      return "system";
+    case Role::kViewer:
+      return "viewer";
   }
   return "viewer";
 }
@@ -141,7 +146,8 @@ absl::StatusOr<Principal> Authenticator::Verify(const std::string& token, int64_
   const char* role = jwt_get_grant(jwt.get(), "role");
   if (role == nullptr) return absl::UnauthenticatedError("token has no role claim");
   absl::StatusOr<Role> r = ParseRole(role);
-  if (!r.ok()) return absl::UnauthenticatedError(absl::StrCat("token role: ", r.status().message()));
+  if (!r.ok())
+    return absl::UnauthenticatedError(absl::StrCat("token role: ", r.status().message()));
   p.role = *r;
   if (p.role == Role::kPartner) {
     const char* org = jwt_get_grant(jwt.get(), "org");
@@ -165,9 +171,9 @@ absl::StatusOr<std::string> MintToken(absl::string_view secret, Role role,
   if (jwt_new(&raw) != 0) return absl::InternalError("jwt_new failed");
   JwtPtr jwt(raw);
   std::string sub(subject), role_name(RoleName(role));
-  int rc = jwt_set_alg(jwt.get(), JWT_ALG_HS256,
-                       reinterpret_cast<const unsigned char*>(secret.data()),
-                       static_cast<int>(secret.size()));
+  int rc =
+      jwt_set_alg(jwt.get(), JWT_ALG_HS256, reinterpret_cast<const unsigned char*>(secret.data()),
+                  static_cast<int>(secret.size()));
   rc |= jwt_add_grant(jwt.get(), "sub", sub.c_str());
   rc |= jwt_add_grant(jwt.get(), "role", role_name.c_str());
   rc |= jwt_add_grant_int(jwt.get(), "iat", absl::ToUnixSeconds(absl::Now()));

@@ -8,10 +8,10 @@
 #define CONNECTING_LIBS_SERVER_PAGE_TOKEN_H_
 
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace connecting::server {
 

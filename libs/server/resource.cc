@@ -29,9 +29,9 @@ void ValidateMask(FieldErrors& errors, const google::protobuf::FieldMask& mask,
 }
 
 absl::Status StaleEtag(const char* what, const std::string& current) {
-  return absl::AbortedError(absl::StrCat(
-      "etag: the ", what, " changed since you read it (current etag ", current,
-      "); read it again and reapply your change"));
+  return absl::AbortedError(absl::StrCat("etag: the ", what,
+                                         " changed since you read it (current etag ", current,
+                                         "); read it again and reapply your change"));
 }
 
 absl::Status CheckEtag(const char* what, const std::string& given, const std::string& current) {

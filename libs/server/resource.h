@@ -3,11 +3,11 @@
 #ifndef CONNECTING_LIBS_SERVER_RESOURCE_H_
 #define CONNECTING_LIBS_SERVER_RESOURCE_H_
 
-#include <string>
-#include <vector>
-
 #include <google/protobuf/field_mask.pb.h>
 #include <google/protobuf/util/field_mask_util.h>
+
+#include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"

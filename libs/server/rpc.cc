@@ -40,15 +40,14 @@ struct RpcMetrics {
   prometheus::Family<prometheus::Histogram>& latency;
 
   static RpcMetrics& Get() {
-    static RpcMetrics* m = new RpcMetrics{
-        prometheus::BuildCounter()
-            .Name("connecting_grpc_requests_total")
-            .Help("RPCs handled, by method and status code")
-            .Register(*metrics::Registry()),
-        prometheus::BuildHistogram()
-            .Name("connecting_grpc_request_duration_seconds")
-            .Help("RPC latency from receipt to finish, by method")
-            .Register(*metrics::Registry())};
+    static RpcMetrics* m = new RpcMetrics{prometheus::BuildCounter()
+                                              .Name("connecting_grpc_requests_total")
+                                              .Help("RPCs handled, by method and status code")
+                                              .Register(*metrics::Registry()),
+                                          prometheus::BuildHistogram()
+                                              .Name("connecting_grpc_request_duration_seconds")
+                                              .Help("RPC latency from receipt to finish, by method")
+                                              .Register(*metrics::Registry())};
     return *m;
   }
 };
@@ -92,9 +91,8 @@ grpc::Status ToGrpcStatus(const absl::Status& status, absl::string_view method,
   if (status.ok()) return grpc::Status::OK;
   auto code = static_cast<grpc::StatusCode>(status.code());
   if (code == grpc::StatusCode::INTERNAL || code == grpc::StatusCode::UNKNOWN) {
-    log::Error("internal error", {{"method", method},
-                                  {"traceparent", traceparent},
-                                  {"error", status.ToString()}});
+    log::Error("internal error",
+               {{"method", method}, {"traceparent", traceparent}, {"error", status.ToString()}});
     return grpc::Status(grpc::StatusCode::INTERNAL,
                         absl::StrCat("internal error; the server log has the details under "
                                      "traceparent ",
@@ -111,7 +109,8 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
   auto finish = [reactor, method, start](const grpc::Status& s) {
     RpcMetrics& m = RpcMetrics::Get();
     m.requests.Add({{"method", method}, {"code", CodeName(s.error_code())}}).Increment();
-    m.latency.Add({{"method", method}}, Buckets()).Observe(absl::ToDoubleSeconds(absl::Now() - start));
+    m.latency.Add({{"method", method}}, Buckets())
+        .Observe(absl::ToDoubleSeconds(absl::Now() - start));
     reactor->Finish(s);
   };
   if (std::optional<std::string> bad = MalformedReason(*request)) {
@@ -120,7 +119,8 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
   }
   absl::StatusOr<Principal> principal = auth_->Authenticate(Metadata(ctx, "authorization"));
   if (!principal.ok()) {
-    finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(principal.status().message())));
+    finish(
+        grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(principal.status().message())));
     return reactor;
   }
   absl::Time deadline = std::min(absl::FromChrono(ctx->deadline()), start + max_deadline_);
@@ -132,9 +132,9 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
       return reactor;
     }
   }
-  bool queued = executor_->TrySubmit(
-      [this, ctx, method, deadline, finish, work = std::move(work), trace = std::move(trace),
-       p = *std::move(principal)]() mutable {
+  bool queued =
+      executor_->TrySubmit([this, ctx, method, deadline, finish, work = std::move(work),
+                            trace = std::move(trace), p = *std::move(principal)]() mutable {
         if (ctx->IsCancelled()) {
           finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
           return;

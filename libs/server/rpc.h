@@ -16,16 +16,16 @@
 #ifndef CONNECTING_LIBS_SERVER_RPC_H_
 #define CONNECTING_LIBS_SERVER_RPC_H_
 
-#include <functional>
-#include <optional>
-#include <string>
-#include "absl/strings/string_view.h"
-
 #include <google/protobuf/message.h>
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/server_callback.h>
 
+#include <functional>
+#include <optional>
+#include <string>
+
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "libs/server/auth.h"
 #include "libs/server/executor.h"

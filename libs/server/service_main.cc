@@ -1,5 +1,11 @@
 #include "libs/server/service_main.h"
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+#include <prometheus/exposer.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -7,13 +13,6 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
-
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <grpcpp/security/server_credentials.h>
-#include <grpcpp/server.h>
-#include <grpcpp/server_builder.h>
-#include <prometheus/exposer.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -70,8 +69,7 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool migr
   c.db_pool_size = static_cast<int>(env.Int("DB_POOL_SIZE", 16, 1, 512));
   c.worker_threads = static_cast<int>(env.Int("WORKER_THREADS", c.db_pool_size, 1, 512));
   c.max_queued_requests = static_cast<int>(env.Int("MAX_QUEUED_REQUESTS", 1024, 1, 1 << 20));
-  c.max_message_bytes =
-      static_cast<int>(env.Int("MAX_MESSAGE_BYTES", 1 << 20, 1024, 64 << 20));
+  c.max_message_bytes = static_cast<int>(env.Int("MAX_MESSAGE_BYTES", 1 << 20, 1024, 64 << 20));
   c.max_deadline =
       env.Duration("MAX_DEADLINE", absl::Seconds(30), absl::Milliseconds(100), absl::Hours(1));
   c.shutdown_grace =
@@ -216,7 +214,8 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   absl::StatusOr<Authenticator> auth = Authenticator::Create(cfg->auth);
   absl::StatusOr<std::unique_ptr<bus::Nats>> nats = bus::Nats::Connect(cfg->nats_url, def.name);
   if (!auth.ok() || !nats.ok()) {
-    log::Error("start-up failed", {{"error", (!auth.ok() ? auth.status() : nats.status()).ToString()}});
+    log::Error("start-up failed",
+               {{"error", (!auth.ok() ? auth.status() : nats.status()).ToString()}});
     return 1;
   }
   db::Pool pool(cfg->database_url, cfg->db_pool_size, def.name);

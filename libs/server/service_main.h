@@ -31,12 +31,12 @@
 #ifndef CONNECTING_LIBS_SERVER_SERVICE_MAIN_H_
 #define CONNECTING_LIBS_SERVER_SERVICE_MAIN_H_
 
+#include <grpcpp/impl/codegen/service_type.h>
+
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/impl/codegen/service_type.h>
 
 #include "absl/time/time.h"
 #include "libs/bus/consumer.h"

@@ -1,9 +1,9 @@
 #include "libs/server/strict_parse.h"
 
-#include <mutex>
-
 #include <google/protobuf/stubs/logging.h>
 #include <google/protobuf/unknown_field_set.h>
+
+#include <mutex>
 
 namespace connecting::server {
 namespace {
@@ -29,8 +29,7 @@ std::string Describe(const std::string& log_line) {
   size_t a = log_line.find('\'');
   size_t b = a == std::string::npos ? a : log_line.find('\'', a + 1);
   if (log_line.find("UTF-8") != std::string::npos && b != std::string::npos) {
-    return "field " + log_line.substr(a + 1, b - a - 1) +
-           ": must be valid UTF-8 text";
+    return "field " + log_line.substr(a + 1, b - a - 1) + ": must be valid UTF-8 text";
   }
   return "request: not a valid protocol buffer message";
 }
@@ -42,8 +41,8 @@ grpc::Status ParseRequestStrictly(grpc::ByteBuffer* buffer, google::protobuf::Me
   std::call_once(once, [] { google::protobuf::SetLogHandler(&CaptureLog); });
   std::string captured;
   t_capture = &captured;
-  grpc::Status s = grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(
-      buffer, msg);
+  grpc::Status s =
+      grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(buffer, msg);
   t_capture = nullptr;
   if (s.ok()) return s;
   msg->Clear();

@@ -10,13 +10,13 @@
 #ifndef CONNECTING_LIBS_SERVER_STRICT_PARSE_H_
 #define CONNECTING_LIBS_SERVER_STRICT_PARSE_H_
 
-#include <optional>
-#include <string>
-
 #include <google/protobuf/message.h>
 #include <grpcpp/impl/codegen/proto_utils.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/status.h>
+
+#include <optional>
+#include <string>
 
 namespace connecting::server {
 
@@ -27,19 +27,19 @@ std::optional<std::string> MalformedReason(const google::protobuf::Message& msg)
 
 }  // namespace connecting::server
 
-#define CONNECTING_STRICT_REQUEST(T)                                                        \
-  namespace grpc {                                                                          \
-  template <>                                                                               \
-  class SerializationTraits<T, void> {                                                      \
-   public:                                                                                  \
-    static Status Serialize(const ::google::protobuf::MessageLite& msg, ByteBuffer* bb,     \
-                            bool* own_buffer) {                                             \
-      return GenericSerialize<ProtoBufferWriter, T>(msg, bb, own_buffer);                   \
-    }                                                                                       \
-    static Status Deserialize(ByteBuffer* buffer, ::google::protobuf::MessageLite* msg) {   \
-      return ::connecting::server::ParseRequestStrictly(buffer, static_cast<T*>(msg));      \
-    }                                                                                       \
-  };                                                                                        \
+#define CONNECTING_STRICT_REQUEST(T)                                                      \
+  namespace grpc {                                                                        \
+  template <>                                                                             \
+  class SerializationTraits<T, void> {                                                    \
+   public:                                                                                \
+    static Status Serialize(const ::google::protobuf::MessageLite& msg, ByteBuffer* bb,   \
+                            bool* own_buffer) {                                           \
+      return GenericSerialize<ProtoBufferWriter, T>(msg, bb, own_buffer);                 \
+    }                                                                                     \
+    static Status Deserialize(ByteBuffer* buffer, ::google::protobuf::MessageLite* msg) { \
+      return ::connecting::server::ParseRequestStrictly(buffer, static_cast<T*>(msg));    \
+    }                                                                                     \
+  };                                                                                      \
   }
 
 #endif  // CONNECTING_LIBS_SERVER_STRICT_PARSE_H_

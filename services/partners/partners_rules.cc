@@ -43,7 +43,8 @@ void ValidateContact(FieldErrors& errors, const std::string& prefix, v1::Contact
   if (email.empty()) {
     errors.Add(prefix + ".email", "is required");
   } else if (!server::IsValidUtf8(email) || !server::IsPlausibleEmail(email)) {
-    errors.Add(prefix + ".email", "must be an email address (local@domain), at most 254 characters");
+    errors.Add(prefix + ".email",
+               "must be an email address (local@domain), at most 254 characters");
   }
   c.set_email(email);
   std::string phone(absl::StripAsciiWhitespace(c.phone()));
@@ -54,7 +55,8 @@ void ValidateContact(FieldErrors& errors, const std::string& prefix, v1::Contact
   }
   if (!phone_ok) errors.Add(prefix + ".phone", "must be at most 32 digits, spaces and + ( ) -");
   c.set_phone(phone);
-  c.set_job_title(server::CheckText(errors, prefix + ".job_title", c.job_title(), TextRule{0, 200}));
+  c.set_job_title(
+      server::CheckText(errors, prefix + ".job_title", c.job_title(), TextRule{0, 200}));
 }
 
 void ValidateOffer(FieldErrors& errors, const std::string& prefix, v1::Offer& o) {
@@ -64,8 +66,8 @@ void ValidateOffer(FieldErrors& errors, const std::string& prefix, v1::Offer& o)
   } else if (!v1::Setting_IsValid(o.setting())) {
     errors.Add(prefix + ".setting", absl::StrCat("unknown value ", o.setting()));
   }
-  o.set_description(server::CheckText(errors, prefix + ".description", o.description(),
-                                      TextRule{0, 4000, true}));
+  o.set_description(
+      server::CheckText(errors, prefix + ".description", o.description(), TextRule{0, 4000, true}));
   if (o.capacity_per_day() < 1 || o.capacity_per_day() > 100) {
     errors.Add(prefix + ".capacity_per_day",
                absl::StrCat("must be between 1 and 100, got ", o.capacity_per_day()));
@@ -89,8 +91,9 @@ void ValidateOffer(FieldErrors& errors, const std::string& prefix, v1::Offer& o)
     errors.Add(prefix + ".requirements", "must have at most 20 entries");
   } else {
     for (int i = 0; i < o.requirements_size(); ++i) {
-      o.set_requirements(i, server::CheckText(errors, absl::StrCat(prefix, ".requirements[", i, "]"),
-                                              o.requirements(i), TextRule{1, 200}));
+      o.set_requirements(i,
+                         server::CheckText(errors, absl::StrCat(prefix, ".requirements[", i, "]"),
+                                           o.requirements(i), TextRule{1, 200}));
     }
   }
   server::CheckUuid(errors, prefix + ".host_contact_id", o.host_contact_id(), false);
@@ -107,18 +110,18 @@ const std::vector<std::string>& ContactMaskPaths() {
   return *p;
 }
 const std::vector<std::string>& OfferMaskPaths() {
-  static const auto* p = new std::vector<std::string>{
-      "title", "setting", "description", "capacity_per_day", "weekdays", "requirements",
-      "host_contact_id"};
+  static const auto* p =
+      new std::vector<std::string>{"title",    "setting",      "description",    "capacity_per_day",
+                                   "weekdays", "requirements", "host_contact_id"};
   return *p;
 }
 
 absl::Status MayReadContacts(const Principal& p, const std::string& organisation_id) {
   if (p.is_staff() || p.role == Role::kViewer) return absl::OkStatus();
   if (p.role == Role::kPartner && p.organisation_id == organisation_id) return absl::OkStatus();
-  return absl::PermissionDeniedError(
-      absl::StrCat("role ", server::RoleName(p.role),
-                   " may not read the contacts of organisation ", organisation_id));
+  return absl::PermissionDeniedError(absl::StrCat("role ", server::RoleName(p.role),
+                                                  " may not read the contacts of organisation ",
+                                                  organisation_id));
 }
 
 absl::Status MayChange(const Principal& p, const std::string& organisation_id) {
@@ -134,9 +137,9 @@ absl::Status MayChange(const Principal& p, const std::string& organisation_id) {
 
 absl::Status MayAdminister(const Principal& p, const char* action) {
   if (p.is_staff()) return absl::OkStatus();
-  return absl::PermissionDeniedError(
-      absl::StrCat("only admin and system tokens may ", action, "; this token's role is ",
-                   server::RoleName(p.role)));
+  return absl::PermissionDeniedError(absl::StrCat("only admin and system tokens may ", action,
+                                                  "; this token's role is ",
+                                                  server::RoleName(p.role)));
 }
 
 absl::Status CheckTransition(const Principal& p, const std::string& organisation_id,
@@ -148,8 +151,9 @@ absl::Status CheckTransition(const Principal& p, const std::string& organisation
     case OrgTransition::kPause:
       if (absl::Status s = MayChange(p, organisation_id); !s.ok()) return s;
       if (from != ORGANISATION_STATUS_ACTIVE) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "only an ACTIVE organisation can be paused; it is ", v1::OrganisationStatus_Name(from)));
+        return absl::FailedPreconditionError(
+            absl::StrCat("only an ACTIVE organisation can be paused; it is ",
+                         v1::OrganisationStatus_Name(from)));
       }
       return absl::OkStatus();
     case OrgTransition::kArchive:

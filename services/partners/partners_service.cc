@@ -32,8 +32,8 @@ absl::Status OdsConflict(const absl::Status& s, const std::string& ods) {
 
 absl::Status EmailConflict(const absl::Status& s, const std::string& email) {
   if (absl::IsAlreadyExists(s) && db::ConstraintOf(s) == "contacts_email_key") {
-    return absl::AlreadyExistsError(absl::StrCat(
-        "contact.email: ", email, " is already a contact of this organisation"));
+    return absl::AlreadyExistsError(
+        absl::StrCat("contact.email: ", email, " is already a contact of this organisation"));
   }
   return s;
 }
@@ -53,8 +53,8 @@ absl::Status CheckHost(db::Conn& c, const std::string& field, const std::string&
   absl::StatusOr<v1::Contact> host = store::GetContact(c, contact_id, false);
   if ((!host.ok() && absl::IsNotFound(host.status())) ||
       (host.ok() && host->organisation_id() != org_id)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ": ", contact_id, " is not a contact of organisation ", org_id));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": ", contact_id, " is not a contact of organisation ", org_id));
   }
   return host.status();
 }
@@ -139,8 +139,7 @@ std::optional<absl::Status> PartnersLogic::GetOrganisationCached(
   return absl::OkStatus();
 }
 
-absl::Status PartnersLogic::GetOrganisation(const Call& call,
-                                            const v1::GetOrganisationRequest& req,
+absl::Status PartnersLogic::GetOrganisation(const Call& call, const v1::GetOrganisationRequest& req,
                                             v1::Organisation* resp) {
   if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
   uint64_t generation = cache_ != nullptr ? cache_->Generation() : 0;
@@ -305,8 +304,8 @@ absl::Status PartnersLogic::ArchiveOrganisation(const Call& call,
 absl::Status PartnersLogic::ReactivateOrganisation(const Call& call,
                                                    const v1::ReactivateOrganisationRequest& req,
                                                    v1::Organisation* resp) {
-  return ChangeStatus(call, req.id(), req.etag(), "",
-                      static_cast<int>(OrgTransition::kReactivate), resp);
+  return ChangeStatus(call, req.id(), req.etag(), "", static_cast<int>(OrgTransition::kReactivate),
+                      resp);
 }
 
 // --------------------------------------------------------------------- contacts
@@ -475,8 +474,8 @@ absl::Status PartnersLogic::CreateOffer(const Call& call, const v1::CreateOfferR
     auto org = store::GetOrganisation(c, offer.organisation_id(), true);
     if (!org.ok()) return org.status();
     if (absl::Status s = NotArchived(*org); !s.ok()) return s;
-    if (absl::Status s = CheckHost(c, "offer.host_contact_id", offer.host_contact_id(),
-                                   offer.organisation_id());
+    if (absl::Status s =
+            CheckHost(c, "offer.host_contact_id", offer.host_contact_id(), offer.organisation_id());
         !s.ok()) {
       return s;
     }
@@ -521,8 +520,7 @@ absl::Status PartnersLogic::ListOffers(const Call& call, const v1::ListOffersReq
     auto rows = store::ListOffers(c, req.organisation_id(), req.state(), *after, limit + 1);
     if (!rows.ok()) return rows.status();
     resp->Clear();
-    return Page(tokens_, scope, *std::move(rows), limit, resp, resp->mutable_offers(),
-                &OfferTitle);
+    return Page(tokens_, scope, *std::move(rows), limit, resp, resp->mutable_offers(), &OfferTitle);
   });
 }
 

@@ -80,11 +80,12 @@ class PartnersGrpc final : public v1::PartnersService::CallbackService {
  public:
   PartnersGrpc(PartnersLogic* logic, server::RpcRunner* rpc) : logic_(logic), rpc_(rpc) {}
 
-#define CONNECTING_PARTNERS_RPC(Method, Req, Resp)                                           \
-  grpc::ServerUnaryReactor* Method(grpc::CallbackServerContext* ctx, const v1::Req* req,     \
-                                   v1::Resp* resp) override {                                \
-    return rpc_->Run(ctx, req, #Method,                                                      \
-                     [this, req, resp](const Call& call) { return logic_->Method(call, *req, resp); }); \
+#define CONNECTING_PARTNERS_RPC(Method, Req, Resp)                                       \
+  grpc::ServerUnaryReactor* Method(grpc::CallbackServerContext* ctx, const v1::Req* req, \
+                                   v1::Resp* resp) override {                            \
+    return rpc_->Run(ctx, req, #Method, [this, req, resp](const Call& call) {            \
+      return logic_->Method(call, *req, resp);                                           \
+    });                                                                                  \
   }
   CONNECTING_PARTNERS_RPC(CreateOrganisation, CreateOrganisationRequest, Organisation)
   grpc::ServerUnaryReactor* GetOrganisation(grpc::CallbackServerContext* ctx,

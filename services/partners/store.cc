@@ -88,9 +88,7 @@ std::string Weekdays(const v1::Offer& o) {
   return absl::StrJoin(days, ",");
 }
 
-std::string Requirements(const v1::Offer& o) {
-  return absl::StrJoin(o.requirements(), kUnitSep);
-}
+std::string Requirements(const v1::Offer& o) { return absl::StrJoin(o.requirements(), kUnitSep); }
 
 template <class T, class RowFn>
 absl::StatusOr<std::optional<T>> MaybeOne(absl::StatusOr<db::Result> r, RowFn row) {
@@ -128,23 +126,22 @@ std::string EscapeLike(absl::string_view s) {
 }  // namespace
 
 absl::StatusOr<std::optional<v1::Organisation>> OrganisationByRequestId(db::Conn& c,
-                                                                       const std::string& rid) {
+                                                                        const std::string& rid) {
   return MaybeOne<v1::Organisation>(
       c.Exec(absl::StrCat("SELECT ", kOrgCols, " FROM organisations WHERE request_id = $1"), {rid}),
       OrgRow);
 }
 
 absl::StatusOr<std::optional<v1::Organisation>> InsertOrganisation(db::Conn& c,
-                                                                  const v1::Organisation& o,
-                                                                  const std::string& rid) {
+                                                                   const v1::Organisation& o,
+                                                                   const std::string& rid) {
   return MaybeOne<v1::Organisation>(
       c.Exec(absl::StrCat("INSERT INTO organisations (request_id, name, ods_code, sector, region, "
                           "description) VALUES ($1, $2, $3, $4, $5, $6) "
                           "ON CONFLICT (request_id) DO NOTHING RETURNING ",
                           kOrgCols),
              {db::NullIfEmpty(rid), o.name(), db::NullIfEmpty(o.ods_code()),
-              static_cast<int32_t>(o.sector()), static_cast<int32_t>(o.region()),
-              o.description()}),
+              static_cast<int32_t>(o.sector()), static_cast<int32_t>(o.region()), o.description()}),
       OrgRow);
 }
 
@@ -200,13 +197,14 @@ absl::StatusOr<std::vector<v1::Organisation>> ListOrganisations(db::Conn& c,
   if (after) {
     params.push_back(after->sort_text);
     params.push_back(after->id);
-    where.push_back(absl::StrCat("(name, id) > ($", params.size() - 1, ", $", params.size(),
-                                 "::uuid)"));
+    where.push_back(
+        absl::StrCat("(name, id) > ($", params.size() - 1, ", $", params.size(), "::uuid)"));
   }
   params.push_back(static_cast<int32_t>(limit));
-  std::string sql = absl::StrCat("SELECT ", kOrgCols, " FROM organisations",
-                                 where.empty() ? "" : " WHERE ", absl::StrJoin(where, " AND "),
-                                 " ORDER BY organisations.name, organisations.id LIMIT $", params.size());
+  std::string sql =
+      absl::StrCat("SELECT ", kOrgCols, " FROM organisations", where.empty() ? "" : " WHERE ",
+                   absl::StrJoin(where, " AND "),
+                   " ORDER BY organisations.name, organisations.id LIMIT $", params.size());
   return All<v1::Organisation>(c.Exec(sql, params), OrgRow);
 }
 
@@ -217,14 +215,14 @@ absl::StatusOr<std::optional<v1::Contact>> ContactByRequestId(db::Conn& c, const
 }
 
 absl::StatusOr<std::optional<v1::Contact>> InsertContact(db::Conn& c, const v1::Contact& ct,
-                                                        const std::string& rid) {
+                                                         const std::string& rid) {
   return MaybeOne<v1::Contact>(
       c.Exec(absl::StrCat("INSERT INTO contacts (request_id, organisation_id, display_name, "
                           "email, phone, job_title) VALUES ($1, $2::uuid, $3, $4, $5, $6) "
                           "ON CONFLICT (request_id) DO NOTHING RETURNING ",
                           kContactCols),
-             {db::NullIfEmpty(rid), ct.organisation_id(), ct.display_name(), ct.email(),
-              ct.phone(), ct.job_title()}),
+             {db::NullIfEmpty(rid), ct.organisation_id(), ct.display_name(), ct.email(), ct.phone(),
+              ct.job_title()}),
       ContactRow);
 }
 
@@ -263,11 +261,13 @@ absl::StatusOr<std::vector<v1::Contact>> ListContacts(db::Conn& c, const std::st
                                                       int limit) {
   if (after) {
     return All<v1::Contact>(
-        c.Exec(absl::StrCat("SELECT ", kContactCols,
-                            " FROM contacts WHERE organisation_id = $1::uuid AND "
-                            "(display_name, id) > ($2, $3::uuid) ORDER BY contacts.display_name, contacts.id "
-                            "LIMIT $4"),
-               {org_id, after->sort_text, after->id, static_cast<int32_t>(limit)}),
+        c.Exec(
+            absl::StrCat(
+                "SELECT ", kContactCols,
+                " FROM contacts WHERE organisation_id = $1::uuid AND "
+                "(display_name, id) > ($2, $3::uuid) ORDER BY contacts.display_name, contacts.id "
+                "LIMIT $4"),
+            {org_id, after->sort_text, after->id, static_cast<int32_t>(limit)}),
         ContactRow);
   }
   return All<v1::Contact>(
@@ -285,7 +285,7 @@ absl::StatusOr<std::optional<v1::Offer>> OfferByRequestId(db::Conn& c, const std
 }
 
 absl::StatusOr<std::optional<v1::Offer>> InsertOffer(db::Conn& c, const v1::Offer& o,
-                                                    const std::string& rid) {
+                                                     const std::string& rid) {
   return MaybeOne<v1::Offer>(
       c.Exec(absl::StrCat(
                  "INSERT INTO offers (request_id, organisation_id, title, setting, description, "
@@ -295,8 +295,8 @@ absl::StatusOr<std::optional<v1::Offer>> InsertOffer(db::Conn& c, const v1::Offe
                  "ON CONFLICT (request_id) DO NOTHING RETURNING ",
                  kOfferCols),
              {db::NullIfEmpty(rid), o.organisation_id(), o.title(),
-              static_cast<int32_t>(o.setting()), o.description(), o.capacity_per_day(),
-              Weekdays(o), Requirements(o), db::NullIfEmpty(o.host_contact_id())}),
+              static_cast<int32_t>(o.setting()), o.description(), o.capacity_per_day(), Weekdays(o),
+              Requirements(o), db::NullIfEmpty(o.host_contact_id())}),
       OfferRow);
 }
 
@@ -323,12 +323,11 @@ absl::StatusOr<v1::Offer> UpdateOffer(db::Conn& c, const v1::Offer& o) {
 }
 
 absl::StatusOr<v1::Offer> SetOfferState(db::Conn& c, const std::string& id, v1::OfferState s) {
-  return One<v1::Offer>(
-      c.Exec(absl::StrCat("UPDATE offers SET state = $2, version = version + 1, "
-                          "updated_at = now() WHERE id = $1::uuid RETURNING ",
-                          kOfferCols),
-             {id, static_cast<int32_t>(s)}),
-      OfferRow, "offer", id);
+  return One<v1::Offer>(c.Exec(absl::StrCat("UPDATE offers SET state = $2, version = version + 1, "
+                                            "updated_at = now() WHERE id = $1::uuid RETURNING ",
+                                            kOfferCols),
+                               {id, static_cast<int32_t>(s)}),
+                        OfferRow, "offer", id);
 }
 
 absl::StatusOr<std::vector<std::string>> PublishedOffers(db::Conn& c, const std::string& org_id) {
@@ -339,9 +338,8 @@ absl::StatusOr<std::vector<std::string>> PublishedOffers(db::Conn& c, const std:
       [](const db::Result& r, int i) { return r.String(i, 0); });
 }
 
-absl::StatusOr<std::vector<v1::Offer>> ListOffers(db::Conn& c, const std::string& org_id,
-                                                  int state, const std::optional<After>& after,
-                                                  int limit) {
+absl::StatusOr<std::vector<v1::Offer>> ListOffers(db::Conn& c, const std::string& org_id, int state,
+                                                  const std::optional<After>& after, int limit) {
   std::vector<db::Param> params;
   std::vector<std::string> where;
   if (!org_id.empty()) {
@@ -355,8 +353,8 @@ absl::StatusOr<std::vector<v1::Offer>> ListOffers(db::Conn& c, const std::string
   if (after) {
     params.push_back(after->sort_text);
     params.push_back(after->id);
-    where.push_back(absl::StrCat("(title, id) > ($", params.size() - 1, ", $", params.size(),
-                                 "::uuid)"));
+    where.push_back(
+        absl::StrCat("(title, id) > ($", params.size() - 1, ", $", params.size(), "::uuid)"));
   }
   params.push_back(static_cast<int32_t>(limit));
   std::string sql = absl::StrCat("SELECT ", kOfferCols, " FROM offers",

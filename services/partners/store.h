@@ -31,11 +31,11 @@ struct OrganisationFilter {
 };
 
 absl::StatusOr<std::optional<v1::Organisation>> OrganisationByRequestId(db::Conn& c,
-                                                                       const std::string& rid);
+                                                                        const std::string& rid);
 // nullopt when a row with the same request_id already exists (a concurrent retry).
 absl::StatusOr<std::optional<v1::Organisation>> InsertOrganisation(db::Conn& c,
-                                                                  const v1::Organisation& o,
-                                                                  const std::string& rid);
+                                                                   const v1::Organisation& o,
+                                                                   const std::string& rid);
 absl::StatusOr<v1::Organisation> GetOrganisation(db::Conn& c, const std::string& id,
                                                  bool for_update);
 absl::StatusOr<v1::Organisation> UpdateOrganisation(db::Conn& c, const v1::Organisation& o);
@@ -48,7 +48,7 @@ absl::StatusOr<std::vector<v1::Organisation>> ListOrganisations(db::Conn& c,
 
 absl::StatusOr<std::optional<v1::Contact>> ContactByRequestId(db::Conn& c, const std::string& rid);
 absl::StatusOr<std::optional<v1::Contact>> InsertContact(db::Conn& c, const v1::Contact& ct,
-                                                        const std::string& rid);
+                                                         const std::string& rid);
 absl::StatusOr<v1::Contact> GetContact(db::Conn& c, const std::string& id, bool for_update);
 absl::StatusOr<v1::Contact> UpdateContact(db::Conn& c, const v1::Contact& ct);
 absl::Status DeleteContact(db::Conn& c, const std::string& id);
@@ -59,15 +59,14 @@ absl::StatusOr<std::vector<v1::Contact>> ListContacts(db::Conn& c, const std::st
 
 absl::StatusOr<std::optional<v1::Offer>> OfferByRequestId(db::Conn& c, const std::string& rid);
 absl::StatusOr<std::optional<v1::Offer>> InsertOffer(db::Conn& c, const v1::Offer& o,
-                                                    const std::string& rid);
+                                                     const std::string& rid);
 absl::StatusOr<v1::Offer> GetOffer(db::Conn& c, const std::string& id, bool for_update);
 absl::StatusOr<v1::Offer> UpdateOffer(db::Conn& c, const v1::Offer& o);
 absl::StatusOr<v1::Offer> SetOfferState(db::Conn& c, const std::string& id, v1::OfferState s);
 // Published offers of an organisation, locked for update.
 absl::StatusOr<std::vector<std::string>> PublishedOffers(db::Conn& c, const std::string& org_id);
-absl::StatusOr<std::vector<v1::Offer>> ListOffers(db::Conn& c, const std::string& org_id,
-                                                  int state, const std::optional<After>& after,
-                                                  int limit);
+absl::StatusOr<std::vector<v1::Offer>> ListOffers(db::Conn& c, const std::string& org_id, int state,
+                                                  const std::optional<After>& after, int limit);
 
 }  // namespace connecting::partners::store
 

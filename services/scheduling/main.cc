@@ -25,8 +25,8 @@ int main(int argc, char** argv) {
     partners.filter_subject =
         env.String("PARTNERS_EVENTS_SUBJECT", "connecting.partners.organisation.>");
     partners.durable = "scheduling-partners";
-    ctx.consumers.push_back(std::make_unique<bus::Consumer>(
-        partners, &ctx.pool, &ctx.nats, &scheduling::ApplyPartnerEvent));
+    ctx.consumers.push_back(std::make_unique<bus::Consumer>(partners, &ctx.pool, &ctx.nats,
+                                                            &scheduling::ApplyPartnerEvent));
     logic = std::make_unique<scheduling::SchedulingLogic>(ctx.pool, ctx.outbox, ctx.page_tokens);
     std::vector<std::unique_ptr<grpc::Service>> services;
     services.push_back(std::make_unique<scheduling::SchedulingGrpc>(logic.get(), &ctx.rpc));

@@ -107,8 +107,8 @@ void ValidateSession(FieldErrors& e, const std::string& prefix, v1::Session& s) 
   for (int i = 0; i < s.sites_size(); ++i) {
     v1::Site* site = s.mutable_sites(i);
     std::string f = absl::StrCat(prefix, ".sites[", i, "]");
-    site->set_name(server::CheckText(e, f + ".name", site->name(),
-                                     server::TextRule{event ? 1u : 0u, 100}));
+    site->set_name(
+        server::CheckText(e, f + ".name", site->name(), server::TextRule{event ? 1u : 0u, 100}));
     if (!event && !site->name().empty()) e.Add(f + ".name", "must be empty except for events");
     if (!names.insert(site->name()).second) e.Add(f + ".name", "repeats another site");
     if (site->capacity() < 1 || site->capacity() > 1000) {
@@ -145,8 +145,8 @@ absl::Status MayReadParticipant(const Principal& p, const std::string& participa
 absl::Status MayActFor(const Principal& p, const std::string& participant_id) {
   if (p.is_staff()) return absl::OkStatus();
   if (p.role == Role::kParticipant && p.participant_id == participant_id) return absl::OkStatus();
-  return absl::PermissionDeniedError(absl::StrCat(
-      "role ", server::RoleName(p.role), " may not act for participant ", participant_id));
+  return absl::PermissionDeniedError(absl::StrCat("role ", server::RoleName(p.role),
+                                                  " may not act for participant ", participant_id));
 }
 
 absl::Status MayManageSession(const Principal& p, const v1::Session& s) {
@@ -154,9 +154,9 @@ absl::Status MayManageSession(const Principal& p, const v1::Session& s) {
   if (p.role == Role::kPartner && p.organisation_id == s.organisation_id()) {
     return absl::OkStatus();
   }
-  return absl::PermissionDeniedError(
-      absl::StrCat("only staff or the partner organisation ", s.organisation_id(),
-                   " may manage session ", s.id()));
+  return absl::PermissionDeniedError(absl::StrCat("only staff or the partner organisation ",
+                                                  s.organisation_id(), " may manage session ",
+                                                  s.id()));
 }
 
 }  // namespace connecting::scheduling

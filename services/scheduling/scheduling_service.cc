@@ -98,8 +98,10 @@ absl::Status SchedulingLogic::RegisterParticipant(const Call& call,
   if (absl::Status s = RequireStaff(call.principal, "register participants"); !s.ok()) return s;
   FieldErrors e;
   v1::Participant p = req.participant();
-  if (!req.has_participant()) e.Add("participant", "is required");
-  else ValidateParticipant(e, "participant", p);
+  if (!req.has_participant())
+    e.Add("participant", "is required");
+  else
+    ValidateParticipant(e, "participant", p);
   server::CheckRequestId(e, "request_id", req.request_id());
   if (!e.empty()) return e.ToStatus();
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
@@ -115,8 +117,8 @@ absl::Status SchedulingLogic::RegisterParticipant(const Call& call,
     if (!ins.ok()) {
       if (absl::IsAlreadyExists(ins.status()) &&
           db::ConstraintOf(ins.status()) == "participants_staff_number_key") {
-        return absl::AlreadyExistsError(absl::StrCat(
-            "participant.staff_number: ", p.staff_number(), " is already registered"));
+        return absl::AlreadyExistsError(
+            absl::StrCat("participant.staff_number: ", p.staff_number(), " is already registered"));
       }
       return ins.status();
     }
@@ -134,8 +136,7 @@ absl::Status SchedulingLogic::RegisterParticipant(const Call& call,
   });
 }
 
-absl::Status SchedulingLogic::GetParticipant(const Call& call,
-                                             const v1::GetParticipantRequest& req,
+absl::Status SchedulingLogic::GetParticipant(const Call& call, const v1::GetParticipantRequest& req,
                                              v1::Participant* resp) {
   if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
   if (absl::Status s = MayReadParticipant(call.principal, req.id()); !s.ok()) return s;
@@ -267,8 +268,10 @@ absl::Status SchedulingLogic::CreateSession(const Call& call, const v1::CreateSe
                                             v1::Session* resp) {
   FieldErrors e;
   v1::Session s = req.session();
-  if (!req.has_session()) e.Add("session", "is required");
-  else ValidateSession(e, "session", s);
+  if (!req.has_session())
+    e.Add("session", "is required");
+  else
+    ValidateSession(e, "session", s);
   server::CheckRequestId(e, "request_id", req.request_id());
   if (!e.empty()) return e.ToStatus();
   const server::Principal& p = call.principal;
@@ -373,8 +376,7 @@ absl::Status SchedulingLogic::ListSessions(const Call& call, const v1::ListSessi
     }
     if (static_cast<int>(rows->size()) > limit) {
       const auto& last = (*rows)[limit - 1];
-      resp->set_next_page_token(
-          tokens_.Encode(scope, {last.date(), last.start_time(), last.id()}));
+      resp->set_next_page_token(tokens_.Encode(scope, {last.date(), last.start_time(), last.id()}));
     }
     return absl::OkStatus();
   });
@@ -388,8 +390,9 @@ absl::Status SchedulingLogic::AcceptSession(const Call& call, const v1::AcceptSe
     if (!s.ok()) return s.status();
     if (absl::Status st = MayManageSession(call.principal, *s); !st.ok()) return st;
     if (s->status() != v1::SESSION_STATUS_PENDING_HOST) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "only a PENDING_HOST session can be accepted; it is ", v1::SessionStatus_Name(s->status())));
+      return absl::FailedPreconditionError(
+          absl::StrCat("only a PENDING_HOST session can be accepted; it is ",
+                       v1::SessionStatus_Name(s->status())));
     }
     if (absl::Status st = store::SetSessionStatus(c, req.id(), v1::SESSION_STATUS_SCHEDULED);
         !st.ok()) {
@@ -417,7 +420,8 @@ absl::Status SchedulingLogic::CancelSession(const Call& call, const v1::CancelSe
     auto s = store::GetSession(c, req.id(), true);
     if (!s.ok()) return s.status();
     if (absl::Status st = MayManageSession(call.principal, *s); !st.ok()) return st;
-    if (s->status() == v1::SESSION_STATUS_CANCELLED || s->status() == v1::SESSION_STATUS_COMPLETED) {
+    if (s->status() == v1::SESSION_STATUS_CANCELLED ||
+        s->status() == v1::SESSION_STATUS_COMPLETED) {
       return absl::FailedPreconditionError(
           absl::StrCat("the session is already ", v1::SessionStatus_Name(s->status())));
     }
@@ -449,8 +453,9 @@ absl::Status SchedulingLogic::CompleteSession(const Call& call,
     if (!s.ok()) return s.status();
     if (absl::Status st = MayManageSession(call.principal, *s); !st.ok()) return st;
     if (s->status() != v1::SESSION_STATUS_SCHEDULED) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "only a SCHEDULED session can be completed; it is ", v1::SessionStatus_Name(s->status())));
+      return absl::FailedPreconditionError(
+          absl::StrCat("only a SCHEDULED session can be completed; it is ",
+                       v1::SessionStatus_Name(s->status())));
     }
     if (absl::Now() < LocalInstant(s->date(), s->end_time())) {
       return absl::FailedPreconditionError("the session has not ended yet");
@@ -506,14 +511,14 @@ absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& c
   }
   v1::Session* session = &*ctx->session;
   if (session->status() != v1::SESSION_STATUS_SCHEDULED) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "session ", session_id, " is ", v1::SessionStatus_Name(session->status()),
-        "; only SCHEDULED sessions take bookings"));
+    return absl::FailedPreconditionError(absl::StrCat("session ", session_id, " is ",
+                                                      v1::SessionStatus_Name(session->status()),
+                                                      "; only SCHEDULED sessions take bookings"));
   }
   if (absl::Now() >= LocalInstant(session->date(), session->start_time())) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("session ", session_id, " began at ", session->date(), " ",
-                     session->start_time(), "; it takes no more bookings"));
+    return absl::FailedPreconditionError(absl::StrCat("session ", session_id, " began at ",
+                                                      session->date(), " ", session->start_time(),
+                                                      "; it takes no more bookings"));
   }
   if (ctx->partner_status != pv1::ORGANISATION_STATUS_ACTIVE) {
     if (auto org = ActivePartner(c, session->organisation_id()); !org.ok()) return org.status();
@@ -523,14 +528,16 @@ absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& c
     return absl::InvalidArgumentError("site: only department events have sites; leave it empty");
   }
   if (event && site.empty()) {
-    return absl::InvalidArgumentError("site: is required for a department event (one of its sites)");
+    return absl::InvalidArgumentError(
+        "site: is required for a department event (one of its sites)");
   }
   // The site row lock serialises every seat change for this site: counts and
   // the arrival order (seq) are consistent.
   auto locked = store::LockSiteForBooking(c, *session, site, participant_id);
   if (!locked.ok()) return locked.status();
   if (!locked->has_value()) {
-    return absl::InvalidArgumentError(absl::StrCat("site: session has no site named \"", site, "\""));
+    return absl::InvalidArgumentError(
+        absl::StrCat("site: session has no site named \"", site, "\""));
   }
   if (!request_id.empty()) {  // a concurrent retry may have committed while we waited
     auto prior = store::BookingByRequestId(c, request_id);
@@ -539,15 +546,13 @@ absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& c
   }
   const store::LockedSite& conflicts = **locked;
   if (!conflicts.live_on_session.empty()) {
-    return absl::AlreadyExistsError(absl::StrCat("participant ", participant_id,
-                                                 " already holds booking ",
-                                                 conflicts.live_on_session, " on session ",
-                                                 session_id));
+    return absl::AlreadyExistsError(
+        absl::StrCat("participant ", participant_id, " already holds booking ",
+                     conflicts.live_on_session, " on session ", session_id));
   }
   const std::string same_date_rule =
       "a connector holds at most one confirmed frontline visit per date";
-  if (session->kind() == v1::SESSION_KIND_FRONTLINE_VISIT &&
-      !conflicts.frontline_on_date.empty()) {
+  if (session->kind() == v1::SESSION_KIND_FRONTLINE_VISIT && !conflicts.frontline_on_date.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "participant ", participant_id, " already has confirmed frontline visit ",
         conflicts.frontline_on_date, " on ", session->date(), " (", same_date_rule, ")"));
@@ -563,9 +568,8 @@ absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& c
           session->date(), " (", same_date_rule, ")"));
     }
     if (constraint == "bookings_one_per_session") {
-      return absl::AlreadyExistsError(absl::StrCat("participant ", participant_id,
-                                                   " already holds a booking on session ",
-                                                   session_id));
+      return absl::AlreadyExistsError(absl::StrCat(
+          "participant ", participant_id, " already holds a booking on session ", session_id));
     }
     return booked.status();
   }
@@ -582,8 +586,10 @@ absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& c
     // The session as it is now, without reading it again under the site lock.
     for (v1::Site& st : *session->mutable_sites()) {
       if (st.name() != site) continue;
-      if (confirmed) st.set_confirmed(st.confirmed() + 1);
-      else st.set_waitlisted(st.waitlisted() + 1);
+      if (confirmed)
+        st.set_confirmed(st.confirmed() + 1);
+      else
+        st.set_waitlisted(st.waitlisted() + 1);
     }
     ev::BookingChanged e;
     *e.mutable_booking() = booking;
@@ -626,9 +632,9 @@ absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call&
   auto b = store::GetBooking(c, booking_id, true);
   if (!b.ok()) return b.status();
   if (b->status() != kConfirmed && b->status() != kWaitlisted) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "only a CONFIRMED or WAITLISTED booking can be cancelled; it is ",
-        v1::BookingStatus_Name(b->status())));
+    return absl::FailedPreconditionError(
+        absl::StrCat("only a CONFIRMED or WAITLISTED booking can be cancelled; it is ",
+                     v1::BookingStatus_Name(b->status())));
   }
   if (absl::Status s = store::SetBookingStatus(c, booking_id, kCancelled); !s.ok()) return s;
   if (emit) {
@@ -778,16 +784,16 @@ absl::Status SchedulingLogic::RecordAttendance(const Call& call,
     if (!s.ok()) return s.status();
     if (absl::Status st = MayManageSession(call.principal, *s); !st.ok()) return st;
     if (b->status() != kConfirmed) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "attendance is recorded for CONFIRMED bookings; this one is ",
-          v1::BookingStatus_Name(b->status())));
+      return absl::FailedPreconditionError(
+          absl::StrCat("attendance is recorded for CONFIRMED bookings; this one is ",
+                       v1::BookingStatus_Name(b->status())));
     }
     if (s->status() == v1::SESSION_STATUS_CANCELLED) {
       return absl::FailedPreconditionError("the session was cancelled");
     }
     if (absl::Now() < LocalInstant(s->date(), s->start_time())) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the session has not begun (", s->date(), " ", s->start_time(), ")"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("the session has not begun (", s->date(), " ", s->start_time(), ")"));
     }
     int status = req.attended() ? v1::BOOKING_STATUS_ATTENDED : v1::BOOKING_STATUS_NO_SHOW;
     if (absl::Status st = store::SetBookingStatus(c, req.id(), status); !st.ok()) return st;
@@ -850,40 +856,56 @@ absl::Status SchedulingLogic::GetProgrammeFigures(const Call& call,
   }
   std::string key;
   switch (req.group_by()) {
-    case v1::FIGURES_GROUPING_SECTOR: key = "sector::text"; break;
-    case v1::FIGURES_GROUPING_REGION: key = "region::text"; break;
-    case v1::FIGURES_GROUPING_DIRECTORATE: key = "directorate"; break;
-    case v1::FIGURES_GROUPING_GRADE: key = "grade::text"; break;
-    case v1::FIGURES_GROUPING_MONTH: key = "to_char(session_date, 'YYYY-MM')"; break;
-    case v1::FIGURES_GROUPING_QUARTER: key = "to_char(session_date, 'YYYY-\"Q\"Q')"; break;
-    default: break;
+    case v1::FIGURES_GROUPING_SECTOR:
+      key = "sector::text";
+      break;
+    case v1::FIGURES_GROUPING_REGION:
+      key = "region::text";
+      break;
+    case v1::FIGURES_GROUPING_DIRECTORATE:
+      key = "directorate";
+      break;
+    case v1::FIGURES_GROUPING_GRADE:
+      key = "grade::text";
+      break;
+    case v1::FIGURES_GROUPING_MONTH:
+      key = "to_char(session_date, 'YYYY-MM')";
+      break;
+    case v1::FIGURES_GROUPING_QUARTER:
+      key = "to_char(session_date, 'YYYY-\"Q\"Q')";
+      break;
+    default:
+      break;
   }
-  return db::Transact(pool_, db::TxOptions{db::Isolation::kRepeatableRead, true, 3, call.deadline},
-                      [&](db::Conn& c) -> absl::Status {
-    resp->Clear();
-    auto totals = store::Figures(c, "''", req.from_date(), req.to_date(), org);
-    if (!totals.ok()) return totals.status();
-    if (totals->empty()) {
-      resp->mutable_totals();
-    } else {
-      *resp->mutable_totals() = (*totals)[0];
-    }
-    if (key.empty()) return absl::OkStatus();
-    auto rows = store::Figures(c, key, req.from_date(), req.to_date(), org);
-    if (!rows.ok()) return rows.status();
-    for (auto& r : *rows) {
-      int n = 0;
-      if (req.group_by() == v1::FIGURES_GROUPING_SECTOR && absl::SimpleAtoi(r.key(), &n)) {
-        r.set_key(pv1::Sector_Name(static_cast<pv1::Sector>(n)));
-      } else if (req.group_by() == v1::FIGURES_GROUPING_REGION && absl::SimpleAtoi(r.key(), &n)) {
-        r.set_key(pv1::Region_Name(static_cast<pv1::Region>(n)));
-      } else if (req.group_by() == v1::FIGURES_GROUPING_GRADE && absl::SimpleAtoi(r.key(), &n)) {
-        r.set_key(v1::Grade_Name(static_cast<v1::Grade>(n)));
-      }
-      *resp->add_rows() = std::move(r);
-    }
-    return absl::OkStatus();
-  });
+  return db::Transact(
+      pool_, db::TxOptions{db::Isolation::kRepeatableRead, true, 3, call.deadline},
+      [&](db::Conn& c) -> absl::Status {
+        resp->Clear();
+        auto totals = store::Figures(c, "''", req.from_date(), req.to_date(), org);
+        if (!totals.ok()) return totals.status();
+        if (totals->empty()) {
+          resp->mutable_totals();
+        } else {
+          *resp->mutable_totals() = (*totals)[0];
+        }
+        if (key.empty()) return absl::OkStatus();
+        auto rows = store::Figures(c, key, req.from_date(), req.to_date(), org);
+        if (!rows.ok()) return rows.status();
+        for (auto& r : *rows) {
+          int n = 0;
+          if (req.group_by() == v1::FIGURES_GROUPING_SECTOR && absl::SimpleAtoi(r.key(), &n)) {
+            r.set_key(pv1::Sector_Name(static_cast<pv1::Sector>(n)));
+          } else if (req.group_by() == v1::FIGURES_GROUPING_REGION &&
+                     absl::SimpleAtoi(r.key(), &n)) {
+            r.set_key(pv1::Region_Name(static_cast<pv1::Region>(n)));
+          } else if (req.group_by() == v1::FIGURES_GROUPING_GRADE &&
+                     absl::SimpleAtoi(r.key(), &n)) {
+            r.set_key(v1::Grade_Name(static_cast<v1::Grade>(n)));
+          }
+          *resp->add_rows() = std::move(r);
+        }
+        return absl::OkStatus();
+      });
 }
 
 }  // namespace connecting::scheduling

@@ -26,24 +26,24 @@ class SchedulingLogic {
   SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox, const server::PageTokens& tokens)
       : pool_(pool), outbox_(outbox), tokens_(tokens), bookings_(pool) {}
 
-#define CONNECTING_SCHEDULING_METHODS(X)                                           \
-  X(RegisterParticipant, RegisterParticipantRequest, Participant)                  \
-  X(GetParticipant, GetParticipantRequest, Participant)                            \
-  X(ListParticipants, ListParticipantsRequest, ListParticipantsResponse)           \
-  X(UpdateParticipant, UpdateParticipantRequest, Participant)                      \
-  X(DeactivateParticipant, DeactivateParticipantRequest, Participant)              \
-  X(CreateSession, CreateSessionRequest, Session)                                  \
-  X(GetSession, GetSessionRequest, Session)                                        \
-  X(ListSessions, ListSessionsRequest, ListSessionsResponse)                       \
-  X(AcceptSession, AcceptSessionRequest, Session)                                  \
-  X(CancelSession, CancelSessionRequest, Session)                                  \
-  X(CompleteSession, CompleteSessionRequest, Session)                              \
-  X(BookSession, BookSessionRequest, Booking)                                      \
-  X(GetBooking, GetBookingRequest, Booking)                                        \
-  X(ListBookings, ListBookingsRequest, ListBookingsResponse)                       \
-  X(CancelBooking, CancelBookingRequest, Booking)                                  \
-  X(RescheduleBooking, RescheduleBookingRequest, Booking)                          \
-  X(RecordAttendance, RecordAttendanceRequest, Booking)                            \
+#define CONNECTING_SCHEDULING_METHODS(X)                                             \
+  X(RegisterParticipant, RegisterParticipantRequest, Participant)                    \
+  X(GetParticipant, GetParticipantRequest, Participant)                              \
+  X(ListParticipants, ListParticipantsRequest, ListParticipantsResponse)             \
+  X(UpdateParticipant, UpdateParticipantRequest, Participant)                        \
+  X(DeactivateParticipant, DeactivateParticipantRequest, Participant)                \
+  X(CreateSession, CreateSessionRequest, Session)                                    \
+  X(GetSession, GetSessionRequest, Session)                                          \
+  X(ListSessions, ListSessionsRequest, ListSessionsResponse)                         \
+  X(AcceptSession, AcceptSessionRequest, Session)                                    \
+  X(CancelSession, CancelSessionRequest, Session)                                    \
+  X(CompleteSession, CompleteSessionRequest, Session)                                \
+  X(BookSession, BookSessionRequest, Booking)                                        \
+  X(GetBooking, GetBookingRequest, Booking)                                          \
+  X(ListBookings, ListBookingsRequest, ListBookingsResponse)                         \
+  X(CancelBooking, CancelBookingRequest, Booking)                                    \
+  X(RescheduleBooking, RescheduleBookingRequest, Booking)                            \
+  X(RecordAttendance, RecordAttendanceRequest, Booking)                              \
   X(ListEnduringContacts, ListEnduringContactsRequest, ListEnduringContactsResponse) \
   X(GetProgrammeFigures, GetProgrammeFiguresRequest, ProgrammeFigures)
 
@@ -54,7 +54,8 @@ class SchedulingLogic {
 
  private:
   // Books inside `tx`; emits booking.confirmed/waitlisted when `emit`.
-  absl::StatusOr<v1::Booking> BookInTx(db::Conn& tx, const Call& call, const std::string& session_id,
+  absl::StatusOr<v1::Booking> BookInTx(db::Conn& tx, const Call& call,
+                                       const std::string& session_id,
                                        const std::string& participant_id, const std::string& site,
                                        const std::string& request_id, bool emit);
   // Cancels inside `tx` and promotes the next eligible waitlisted booking.
@@ -78,12 +79,12 @@ class SchedulingGrpc final : public v1::SchedulingService::CallbackService {
  public:
   SchedulingGrpc(SchedulingLogic* logic, server::RpcRunner* rpc) : logic_(logic), rpc_(rpc) {}
 
-#define CONNECTING_ADAPT(Method, Req, Resp)                                                  \
-  grpc::ServerUnaryReactor* Method(grpc::CallbackServerContext* ctx, const v1::Req* req,     \
-                                   v1::Resp* resp) override {                                \
-    return rpc_->Run(ctx, req, #Method, [this, req, resp](const Call& call) {                \
-      return logic_->Method(call, *req, resp);                                               \
-    });                                                                                      \
+#define CONNECTING_ADAPT(Method, Req, Resp)                                              \
+  grpc::ServerUnaryReactor* Method(grpc::CallbackServerContext* ctx, const v1::Req* req, \
+                                   v1::Resp* resp) override {                            \
+    return rpc_->Run(ctx, req, #Method, [this, req, resp](const Call& call) {            \
+      return logic_->Method(call, *req, resp);                                           \
+    });                                                                                  \
   }
   CONNECTING_SCHEDULING_METHODS(CONNECTING_ADAPT)
 #undef CONNECTING_ADAPT

@@ -143,17 +143,19 @@ absl::StatusOr<std::optional<PartnerOrganisation>> GetPartner(db::Conn& c, const
 }
 
 absl::Status UpsertPartner(db::Conn& c, const PartnerOrganisation& p, int64_t version) {
-  return c.Exec("INSERT INTO partner_organisations (id, name, status, sector, region, version) "
-                "VALUES ($1::uuid, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET "
-                "name = EXCLUDED.name, status = EXCLUDED.status, sector = EXCLUDED.sector, "
-                "region = EXCLUDED.region, version = EXCLUDED.version, updated_at = now() "
-                "WHERE partner_organisations.version < EXCLUDED.version",
-                {p.id, p.name, p.status, p.sector, p.region, version})
+  return c
+      .Exec(
+          "INSERT INTO partner_organisations (id, name, status, sector, region, version) "
+          "VALUES ($1::uuid, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET "
+          "name = EXCLUDED.name, status = EXCLUDED.status, sector = EXCLUDED.sector, "
+          "region = EXCLUDED.region, version = EXCLUDED.version, updated_at = now() "
+          "WHERE partner_organisations.version < EXCLUDED.version",
+          {p.id, p.name, p.status, p.sector, p.region, version})
       .status();
 }
 
 absl::StatusOr<std::optional<v1::Participant>> ParticipantByRequestId(db::Conn& c,
-                                                                     const std::string& rid) {
+                                                                      const std::string& rid) {
   return MaybeOne<v1::Participant>(
       c.Exec(absl::StrCat("SELECT ", kParticipantCols, " FROM participants WHERE request_id = $1"),
              {rid}),
@@ -161,8 +163,8 @@ absl::StatusOr<std::optional<v1::Participant>> ParticipantByRequestId(db::Conn& 
 }
 
 absl::StatusOr<std::optional<v1::Participant>> InsertParticipant(db::Conn& c,
-                                                                const v1::Participant& p,
-                                                                const std::string& rid) {
+                                                                 const v1::Participant& p,
+                                                                 const std::string& rid) {
   return MaybeOne<v1::Participant>(
       c.Exec(absl::StrCat("INSERT INTO participants (request_id, staff_number, display_name, "
                           "email, grade, directorate) VALUES ($1, $2, $3, $4, $5, $6) "
@@ -183,12 +185,12 @@ absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& i
 
 absl::StatusOr<v1::Participant> UpdateParticipant(db::Conn& c, const v1::Participant& p) {
   return One<v1::Participant>(
-      c.Exec(absl::StrCat("UPDATE participants SET display_name = $2, email = $3, grade = $4, "
-                          "directorate = $5, version = version + 1, updated_at = now() "
-                          "WHERE id = $1::uuid RETURNING ",
-                          kParticipantCols),
-             {p.id(), p.display_name(), p.email(), static_cast<int32_t>(p.grade()),
-              p.directorate()}),
+      c.Exec(
+          absl::StrCat("UPDATE participants SET display_name = $2, email = $3, grade = $4, "
+                       "directorate = $5, version = version + 1, updated_at = now() "
+                       "WHERE id = $1::uuid RETURNING ",
+                       kParticipantCols),
+          {p.id(), p.display_name(), p.email(), static_cast<int32_t>(p.grade()), p.directorate()}),
       ParticipantRow, "participant", p.id());
 }
 
@@ -201,8 +203,10 @@ absl::StatusOr<v1::Participant> SetParticipantStatus(db::Conn& c, const std::str
       ParticipantRow, "participant", id);
 }
 
-absl::StatusOr<std::vector<v1::Participant>> ListParticipants(
-    db::Conn& c, const ParticipantFilter& f, const std::vector<std::string>& after, int limit) {
+absl::StatusOr<std::vector<v1::Participant>> ListParticipants(db::Conn& c,
+                                                              const ParticipantFilter& f,
+                                                              const std::vector<std::string>& after,
+                                                              int limit) {
   std::vector<db::Param> params;
   std::vector<std::string> where;
   if (f.grade != 0) {
@@ -220,8 +224,8 @@ absl::StatusOr<std::vector<v1::Participant>> ListParticipants(
   if (after.size() == 2) {
     params.push_back(after[0]);
     params.push_back(after[1]);
-    where.push_back(absl::StrCat("(display_name, id) > ($", params.size() - 1, ", $",
-                                 params.size(), "::uuid)"));
+    where.push_back(absl::StrCat("(display_name, id) > ($", params.size() - 1, ", $", params.size(),
+                                 "::uuid)"));
   }
   params.push_back(static_cast<int32_t>(limit));
   return All<v1::Participant>(
@@ -233,8 +237,7 @@ absl::StatusOr<std::vector<v1::Participant>> ListParticipants(
       ParticipantRow);
 }
 
-absl::StatusOr<std::optional<v1::Session>> SessionByRequestId(db::Conn& c,
-                                                             const std::string& rid) {
+absl::StatusOr<std::optional<v1::Session>> SessionByRequestId(db::Conn& c, const std::string& rid) {
   return MaybeOne<v1::Session>(
       c.Exec(absl::StrCat("SELECT ", kSessionCols, " FROM sessions s WHERE s.request_id = $1"),
              {rid}),
@@ -256,9 +259,10 @@ absl::StatusOr<std::optional<std::string>> InsertSession(db::Conn& c, const v1::
   if (r->rows() == 0) return std::optional<std::string>();
   std::string id = r->String(0, 0);
   for (int i = 0; i < s.sites_size(); ++i) {
-    auto ins = c.Exec("INSERT INTO session_sites (session_id, site, capacity, ordinal) "
-                      "VALUES ($1::uuid, $2, $3, $4)",
-                      {id, s.sites(i).name(), s.sites(i).capacity(), i});
+    auto ins = c.Exec(
+        "INSERT INTO session_sites (session_id, site, capacity, ordinal) "
+        "VALUES ($1::uuid, $2, $3, $4)",
+        {id, s.sites(i).name(), s.sites(i).capacity(), i});
     if (!ins.ok()) return ins.status();
   }
   return std::optional<std::string>(id);
@@ -324,14 +328,15 @@ absl::StatusOr<std::optional<SiteSeats>> LockSite(db::Conn& c, const std::string
 
 absl::Status AddSeats(db::Conn& c, const std::string& session_id, const std::string& site,
                       int confirmed, int waitlisted) {
-  return c.Exec("UPDATE session_sites SET confirmed = confirmed + $3, waitlisted = waitlisted + "
-                "$4 WHERE session_id = $1::uuid AND site = $2",
-                {session_id, site, confirmed, waitlisted})
+  return c
+      .Exec(
+          "UPDATE session_sites SET confirmed = confirmed + $3, waitlisted = waitlisted + "
+          "$4 WHERE session_id = $1::uuid AND site = $2",
+          {session_id, site, confirmed, waitlisted})
       .status();
 }
 
-absl::StatusOr<std::optional<v1::Booking>> BookingByRequestId(db::Conn& c,
-                                                             const std::string& rid) {
+absl::StatusOr<std::optional<v1::Booking>> BookingByRequestId(db::Conn& c, const std::string& rid) {
   return MaybeOne<v1::Booking>(
       c.Exec(absl::StrCat("SELECT ", kBookingCols, " FROM bookings b WHERE b.request_id = $1"),
              {rid}),
@@ -340,10 +345,11 @@ absl::StatusOr<std::optional<v1::Booking>> BookingByRequestId(db::Conn& c,
 
 absl::StatusOr<BookingContext> LoadBookingContext(db::Conn& c, const std::string& session_id,
                                                   const std::string& participant_id) {
-  auto r = c.Exec(absl::StrCat(
-      "SELECT COALESCE((SELECT status FROM participants WHERE id = $2::uuid), 0), "
-      "COALESCE((SELECT status FROM partner_organisations po WHERE po.id = s.organisation_id), 0), ",
-      kSessionCols, " FROM sessions s WHERE s.id = $1::uuid"),
+  auto r = c.Exec(
+      absl::StrCat("SELECT COALESCE((SELECT status FROM participants WHERE id = $2::uuid), 0), "
+                   "COALESCE((SELECT status FROM partner_organisations po WHERE po.id = "
+                   "s.organisation_id), 0), ",
+                   kSessionCols, " FROM sessions s WHERE s.id = $1::uuid"),
       {session_id, participant_id});
   if (!r.ok()) return r.status();
   BookingContext ctx;
@@ -494,9 +500,11 @@ absl::StatusOr<std::vector<std::string>> LiveBookings(db::Conn& c, const std::st
 }
 
 absl::Status ResetConfirmed(db::Conn& c, const std::string& session_id) {
-  return c.Exec("UPDATE session_sites SET confirmed = 0, waitlisted = 0 WHERE session_id = "
-                "$1::uuid",
-                {session_id})
+  return c
+      .Exec(
+          "UPDATE session_sites SET confirmed = 0, waitlisted = 0 WHERE session_id = "
+          "$1::uuid",
+          {session_id})
       .status();
 }
 
@@ -526,10 +534,10 @@ absl::StatusOr<std::vector<v1::Booking>> ListBookings(db::Conn& c, const Booking
   params.push_back(after_seq);
   where.push_back(absl::StrCat("b.seq > $", params.size()));
   params.push_back(static_cast<int32_t>(limit));
-  auto r = c.Exec(absl::StrCat("SELECT ", kBookingCols, " FROM ", from, " WHERE ",
-                               absl::StrJoin(where, " AND "), " ORDER BY b.seq LIMIT $",
-                               params.size()),
-                  params);
+  auto r =
+      c.Exec(absl::StrCat("SELECT ", kBookingCols, " FROM ", from, " WHERE ",
+                          absl::StrJoin(where, " AND "), " ORDER BY b.seq LIMIT $", params.size()),
+             params);
   if (!r.ok()) return r.status();
   std::vector<v1::Booking> out;
   for (int i = 0; i < r->rows(); ++i) {
@@ -541,21 +549,23 @@ absl::StatusOr<std::vector<v1::Booking>> ListBookings(db::Conn& c, const Booking
 
 absl::Status InsertAttendanceFact(db::Conn& c, const v1::Booking& b, const v1::Session& s,
                                   const v1::Participant& p, const PartnerOrganisation& org) {
-  return c.Exec("INSERT INTO attendance_facts (booking_id, session_date, participant_id, "
-                "organisation_id, host_contact_id, sector, region, directorate, grade) VALUES "
-                "($1::uuid, $2::date, $3::uuid, $4::uuid, $5::uuid, $6, $7, $8, $9) "
-                "ON CONFLICT (booking_id) DO NOTHING",
-                {b.id(), s.date(), p.id(), s.organisation_id(),
-                 db::NullIfEmpty(s.host_contact_id()), org.sector, org.region, p.directorate(),
-                 static_cast<int32_t>(p.grade())})
+  return c
+      .Exec(
+          "INSERT INTO attendance_facts (booking_id, session_date, participant_id, "
+          "organisation_id, host_contact_id, sector, region, directorate, grade) VALUES "
+          "($1::uuid, $2::date, $3::uuid, $4::uuid, $5::uuid, $6, $7, $8, $9) "
+          "ON CONFLICT (booking_id) DO NOTHING",
+          {b.id(), s.date(), p.id(), s.organisation_id(), db::NullIfEmpty(s.host_contact_id()),
+           org.sector, org.region, p.directorate(), static_cast<int32_t>(p.grade())})
       .status();
 }
 
 absl::StatusOr<bool> HasMetHost(db::Conn& c, const std::string& participant_id,
                                 const std::string& host_contact_id) {
-  auto r = c.Exec("SELECT 1 FROM attendance_facts WHERE participant_id = $1::uuid AND "
-                  "host_contact_id = $2::uuid LIMIT 1",
-                  {participant_id, host_contact_id});
+  auto r = c.Exec(
+      "SELECT 1 FROM attendance_facts WHERE participant_id = $1::uuid AND "
+      "host_contact_id = $2::uuid LIMIT 1",
+      {participant_id, host_contact_id});
   if (!r.ok()) return r.status();
   return r->rows() > 0;
 }
@@ -581,11 +591,11 @@ absl::StatusOr<std::vector<v1::EnduringContact>> EnduringContacts(db::Conn& c,
 }
 
 absl::StatusOr<std::vector<v1::FiguresRow>> Figures(db::Conn& c, const std::string& key_sql,
-                                                    const std::string& from,
-                                                    const std::string& to,
+                                                    const std::string& from, const std::string& to,
                                                     const std::string& organisation_id) {
   std::string sql = absl::StrCat(
-      "SELECT ", key_sql, ", count(*), count(DISTINCT participant_id), "
+      "SELECT ", key_sql,
+      ", count(*), count(DISTINCT participant_id), "
       "count(DISTINCT organisation_id) FROM attendance_facts WHERE session_date BETWEEN "
       "$1::date AND $2::date",
       organisation_id.empty() ? "" : " AND organisation_id = $3::uuid", " GROUP BY 1 ORDER BY 1");

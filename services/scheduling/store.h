@@ -27,10 +27,10 @@ absl::Status UpsertPartner(db::Conn& c, const PartnerOrganisation& p, int64_t ve
 
 // Participants.
 absl::StatusOr<std::optional<v1::Participant>> ParticipantByRequestId(db::Conn& c,
-                                                                     const std::string& rid);
+                                                                      const std::string& rid);
 absl::StatusOr<std::optional<v1::Participant>> InsertParticipant(db::Conn& c,
-                                                                const v1::Participant& p,
-                                                                const std::string& rid);
+                                                                 const v1::Participant& p,
+                                                                 const std::string& rid);
 absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& id, bool lock);
 absl::StatusOr<v1::Participant> UpdateParticipant(db::Conn& c, const v1::Participant& p);
 absl::StatusOr<v1::Participant> SetParticipantStatus(db::Conn& c, const std::string& id, int s);
@@ -38,8 +38,10 @@ struct ParticipantFilter {
   int grade = 0, status = 0;
   std::string directorate;
 };
-absl::StatusOr<std::vector<v1::Participant>> ListParticipants(
-    db::Conn& c, const ParticipantFilter& f, const std::vector<std::string>& after, int limit);
+absl::StatusOr<std::vector<v1::Participant>> ListParticipants(db::Conn& c,
+                                                              const ParticipantFilter& f,
+                                                              const std::vector<std::string>& after,
+                                                              int limit);
 
 // Sessions.
 absl::StatusOr<std::optional<v1::Session>> SessionByRequestId(db::Conn& c, const std::string& rid);
@@ -87,8 +89,8 @@ absl::StatusOr<std::optional<LockedSite>> LockSiteForBooking(db::Conn& c, const 
                                                              const std::string& participant_id);
 
 struct BookingConflicts {
-  std::string live_on_session;         // the participant's live booking on this session
-  std::string frontline_on_date;       // its confirmed frontline booking that date
+  std::string live_on_session;    // the participant's live booking on this session
+  std::string frontline_on_date;  // its confirmed frontline booking that date
 };
 // Both checks in one round trip.
 absl::StatusOr<BookingConflicts> Conflicts(db::Conn& c, const std::string& session_id,
@@ -129,8 +131,7 @@ absl::StatusOr<std::vector<v1::EnduringContact>> EnduringContacts(db::Conn& c,
                                                                   const std::string& participant);
 // rows: (key, days, connectors, organisations); key_sql is a fixed expression.
 absl::StatusOr<std::vector<v1::FiguresRow>> Figures(db::Conn& c, const std::string& key_sql,
-                                                    const std::string& from,
-                                                    const std::string& to,
+                                                    const std::string& from, const std::string& to,
                                                     const std::string& organisation_id);
 
 }  // namespace connecting::scheduling::store

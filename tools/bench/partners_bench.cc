@@ -2,6 +2,8 @@
 // check on the same server in the same run (the ratio is what to compare
 // across machines, not the absolute numbers).
 //   partners_bench --addr 127.0.0.1:50051 --token T --org <id> [--seconds 3]
+#include <grpcpp/grpcpp.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -10,8 +12,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/time/clock.h"
 #include "connecting/partners/v1/partners.api.h"
@@ -73,7 +73,8 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--seconds")) seconds = std::atof(argv[i + 1]);
   }
   if (addr.empty() || token.empty() || org.empty()) {
-    std::fprintf(stderr, "usage: %s --addr HOST:PORT --token JWT --org ID [--seconds N]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s --addr HOST:PORT --token JWT --org ID [--seconds N]\n",
+                 argv[0]);
     return 2;
   }
   // A few channels (HTTP/2 connections) shared by the streams, as a real client pool would.

@@ -2,6 +2,8 @@
 // spread over many sessions. Participants and sessions are created first
 // (not timed). Prints QPS and p50/p99 per scenario.
 //   scheduling_bench --scheduling HOST:PORT --partners HOST:PORT --token JWT [--seconds N]
+#include <grpcpp/grpcpp.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -10,8 +12,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
