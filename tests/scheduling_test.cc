@@ -455,6 +455,32 @@ TEST_F(Scheduling, RolesSeeAndDoOnlyWhatTheyMay) {
             grpc::StatusCode::PERMISSION_DENIED);
 }
 
+TEST_F(Scheduling, DeactivatingAParticipantFreesTheirSeats) {
+  sv1::Session s = NewSession(*fx_, *org_, 1, DateIn(60));
+  sv1::Participant leaver = Register(*fx_, "LEAVE1");
+  std::string next = Register(*fx_, "LEAVE2").id();
+  sv1::Booking a, b;
+  ASSERT_TRUE(Book(*fx_, s.id(), leaver.id(), &a).ok());
+  ASSERT_TRUE(Book(*fx_, s.id(), next, &b).ok());
+  EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_WAITLISTED);
+  sv1::DeactivateParticipantRequest req;
+  req.set_id(leaver.id());
+  sv1::Participant out;
+  ASSERT_TRUE(fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), req, &out).ok());
+  EXPECT_EQ(out.status(), sv1::PARTICIPANT_STATUS_INACTIVE);
+  for (const auto& x : SessionBookings(*fx_, s.id())) {
+    if (x.id() == a.id()) {
+      EXPECT_EQ(x.status(), sv1::BOOKING_STATUS_CANCELLED);
+    }
+    if (x.id() == b.id()) {
+      EXPECT_EQ(x.status(), sv1::BOOKING_STATUS_CONFIRMED);
+    }
+  }
+  sv1::Booking again;
+  EXPECT_EQ(Book(*fx_, s.id(), leaver.id(), &again).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
 TEST_F(Scheduling, DepartmentEventsHaveCapacityPerSite) {
   sv1::CreateSessionRequest req;
   sv1::Session* s = req.mutable_session();

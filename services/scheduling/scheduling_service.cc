@@ -226,6 +226,13 @@ absl::Status SchedulingLogic::DeactivateParticipant(const Call& call,
     if (cur->status() == v1::PARTICIPANT_STATUS_INACTIVE) {
       return absl::FailedPreconditionError("the participant is already INACTIVE");
     }
+    // Someone who leaves the programme frees their seats for the waitlists.
+    auto live = store::FutureLiveBookingsOf(c, req.id());
+    if (!live.ok()) return live.status();
+    for (const std::string& booking_id : *live) {
+      auto cancelled = CancelInTx(c, call, booking_id, true);
+      if (!cancelled.ok()) return cancelled.status();
+    }
     auto up = store::SetParticipantStatus(c, req.id(), v1::PARTICIPANT_STATUS_INACTIVE);
     if (!up.ok()) return up.status();
     *resp = *std::move(up);

@@ -499,6 +499,17 @@ absl::StatusOr<std::vector<std::string>> LiveBookings(db::Conn& c, const std::st
       Text0);
 }
 
+absl::StatusOr<std::vector<std::string>> FutureLiveBookingsOf(db::Conn& c,
+                                                              const std::string& participant_id) {
+  return All<std::string>(
+      c.Exec("SELECT b.id::text FROM bookings b JOIN sessions s ON s.id = b.session_id "
+             "WHERE b.participant_id = $1::uuid AND b.status IN (1, 2) AND "
+             "(s.session_date + s.start_time) > (now() AT TIME ZONE 'Europe/London') "
+             "ORDER BY b.seq",
+             {participant_id}),
+      Text0);
+}
+
 absl::Status ResetConfirmed(db::Conn& c, const std::string& session_id) {
   return c
       .Exec(

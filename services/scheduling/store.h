@@ -113,6 +113,9 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Waitlist(
     db::Conn& c, const std::string& session_id, const std::string& site);
 // Live (confirmed or waitlisted) booking ids of a session, in arrival order, locked.
 absl::StatusOr<std::vector<std::string>> LiveBookings(db::Conn& c, const std::string& session_id);
+// Live (confirmed or waitlisted) booking ids of a participant on sessions not yet begun.
+absl::StatusOr<std::vector<std::string>> FutureLiveBookingsOf(db::Conn& c,
+                                                              const std::string& participant_id);
 absl::Status ResetConfirmed(db::Conn& c, const std::string& session_id);
 struct BookingFilter {
   std::string session_id, participant_id, partner_organisation_id;
