@@ -27,7 +27,7 @@ up: build  ## run the suite locally with demo data (keeps data in .stack/ betwee
 down:  ## stop what `make up` started
 	@tools/dev/down.sh
 
-token: build  ## print a token for the local stack: make token ROLE=admin [ORG=<id>]
+token:  ## print a token for the local stack: make token ROLE=admin [ORG=<id>]
 	@tools/dev/token.sh $(or $(ROLE),admin) $(ORG)
 
 bench: build  ## benchmarks on their own throwaway stack (bounded in time)
