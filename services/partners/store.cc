@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "libs/db/rows.h"
 
 namespace connecting::partners::store {
 namespace {
@@ -90,30 +91,6 @@ std::string Weekdays(const v1::Offer& o) {
 
 std::string Requirements(const v1::Offer& o) { return absl::StrJoin(o.requirements(), kUnitSep); }
 
-template <class T, class RowFn>
-absl::StatusOr<std::optional<T>> MaybeOne(absl::StatusOr<db::Result> r, RowFn row) {
-  if (!r.ok()) return r.status();
-  if (r->rows() == 0) return std::optional<T>();
-  return std::optional<T>(row(*r, 0));
-}
-
-template <class T, class RowFn>
-absl::StatusOr<T> One(absl::StatusOr<db::Result> r, RowFn row, const char* what,
-                      const std::string& id) {
-  if (!r.ok()) return r.status();
-  if (r->rows() == 0) return absl::NotFoundError(absl::StrCat(what, " ", id, " not found"));
-  return row(*r, 0);
-}
-
-template <class T, class RowFn>
-absl::StatusOr<std::vector<T>> All(absl::StatusOr<db::Result> r, RowFn row) {
-  if (!r.ok()) return r.status();
-  std::vector<T> out;
-  out.reserve(r->rows());
-  for (int i = 0; i < r->rows(); ++i) out.push_back(row(*r, i));
-  return out;
-}
-
 std::string EscapeLike(absl::string_view s) {
   std::string out;
   for (char c : s) {
@@ -124,6 +101,10 @@ std::string EscapeLike(absl::string_view s) {
 }
 
 }  // namespace
+
+using db::All;
+using db::MaybeOne;
+using db::One;
 
 absl::StatusOr<std::optional<v1::Organisation>> OrganisationByRequestId(db::Conn& c,
                                                                         const std::string& rid) {

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "libs/db/rows.h"
 
 namespace connecting::scheduling::store {
 namespace {
@@ -52,25 +53,26 @@ v1::Participant ParticipantRow(const db::Result& r, int i) {
   return p;
 }
 
-v1::Session SessionRow(const db::Result& r, int i) {
+// The kSessionCols columns of row i, starting at column `at`.
+v1::Session SessionAt(const db::Result& r, int i, int at) {
   v1::Session s;
-  s.set_id(r.String(i, 0));
-  s.set_kind(static_cast<v1::SessionKind>(r.Int(i, 1)));
-  s.set_title(r.String(i, 2));
-  s.set_organisation_id(r.String(i, 3));
-  s.set_offer_id(r.String(i, 4));
-  s.set_host_contact_id(r.String(i, 5));
-  s.set_date(r.String(i, 6));
-  s.set_start_time(r.String(i, 7));
-  s.set_end_time(r.String(i, 8));
-  s.set_broadcast_link(r.String(i, 9));
-  s.set_arranged_by(r.String(i, 10));
-  s.set_status(static_cast<v1::SessionStatus>(r.Int(i, 11)));
-  *s.mutable_create_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, 12));
-  *s.mutable_update_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, 13));
-  s.set_etag(r.String(i, 14));
-  if (!r.IsNull(i, 15)) {
-    for (absl::string_view site : absl::StrSplit(r.Text(i, 15), '\x1e')) {
+  s.set_id(r.String(i, at + 0));
+  s.set_kind(static_cast<v1::SessionKind>(r.Int(i, at + 1)));
+  s.set_title(r.String(i, at + 2));
+  s.set_organisation_id(r.String(i, at + 3));
+  s.set_offer_id(r.String(i, at + 4));
+  s.set_host_contact_id(r.String(i, at + 5));
+  s.set_date(r.String(i, at + 6));
+  s.set_start_time(r.String(i, at + 7));
+  s.set_end_time(r.String(i, at + 8));
+  s.set_broadcast_link(r.String(i, at + 9));
+  s.set_arranged_by(r.String(i, at + 10));
+  s.set_status(static_cast<v1::SessionStatus>(r.Int(i, at + 11)));
+  *s.mutable_create_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, at + 12));
+  *s.mutable_update_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, at + 13));
+  s.set_etag(r.String(i, at + 14));
+  if (!r.IsNull(i, at + 15)) {
+    for (absl::string_view site : absl::StrSplit(r.Text(i, at + 15), '\x1e')) {
       std::vector<std::string> f = absl::StrSplit(site, '\x1f');
       if (f.size() != 4) continue;
       v1::Site* out = s.add_sites();
@@ -83,6 +85,8 @@ v1::Session SessionRow(const db::Result& r, int i) {
   }
   return s;
 }
+
+v1::Session SessionRow(const db::Result& r, int i) { return SessionAt(r, i, 0); }
 
 v1::Booking BookingRow(const db::Result& r, int i) {
   v1::Booking b;
@@ -98,29 +102,6 @@ v1::Booking BookingRow(const db::Result& r, int i) {
   return b;
 }
 
-template <class T, class RowFn>
-absl::StatusOr<std::optional<T>> MaybeOne(absl::StatusOr<db::Result> r, RowFn row) {
-  if (!r.ok()) return r.status();
-  if (r->rows() == 0) return std::optional<T>();
-  return std::optional<T>(row(*r, 0));
-}
-
-template <class T, class RowFn>
-absl::StatusOr<T> One(absl::StatusOr<db::Result> r, RowFn row, const char* what,
-                      const std::string& id) {
-  if (!r.ok()) return r.status();
-  if (r->rows() == 0) return absl::NotFoundError(absl::StrCat(what, " ", id, " not found"));
-  return row(*r, 0);
-}
-
-template <class T, class RowFn>
-absl::StatusOr<std::vector<T>> All(absl::StatusOr<db::Result> r, RowFn row) {
-  if (!r.ok()) return r.status();
-  std::vector<T> out;
-  for (int i = 0; i < r->rows(); ++i) out.push_back(row(*r, i));
-  return out;
-}
-
 std::string Text0(const db::Result& r, int i) { return r.String(i, 0); }
 
 absl::Status Affected(absl::StatusOr<db::Result> r, const char* what, const std::string& id) {
@@ -130,6 +111,10 @@ absl::Status Affected(absl::StatusOr<db::Result> r, const char* what, const std:
 }
 
 }  // namespace
+
+using db::All;
+using db::MaybeOne;
+using db::One;
 
 absl::StatusOr<std::optional<PartnerOrganisation>> GetPartner(db::Conn& c, const std::string& id) {
   return MaybeOne<PartnerOrganisation>(
@@ -361,39 +346,7 @@ absl::StatusOr<BookingContext> LoadBookingContext(db::Conn& c, const std::string
   }
   ctx.participant_status = static_cast<int>(r->Int(0, 0));
   ctx.partner_status = static_cast<int>(r->Int(0, 1));
-  // The session columns start at index 2.
-  v1::Session s;
-  const db::Result& res = *r;
-  auto col = [&](int k) { return res.String(0, k + 2); };
-  auto num = [&](int k) { return res.Int(0, k + 2); };
-  s.set_id(col(0));
-  s.set_kind(static_cast<v1::SessionKind>(num(1)));
-  s.set_title(col(2));
-  s.set_organisation_id(col(3));
-  s.set_offer_id(col(4));
-  s.set_host_contact_id(col(5));
-  s.set_date(col(6));
-  s.set_start_time(col(7));
-  s.set_end_time(col(8));
-  s.set_broadcast_link(col(9));
-  s.set_arranged_by(col(10));
-  s.set_status(static_cast<v1::SessionStatus>(num(11)));
-  *s.mutable_create_time() = TimeUtil::MicrosecondsToTimestamp(num(12));
-  *s.mutable_update_time() = TimeUtil::MicrosecondsToTimestamp(num(13));
-  s.set_etag(col(14));
-  if (!res.IsNull(0, 17)) {
-    for (absl::string_view site : absl::StrSplit(res.Text(0, 17), '\x1e')) {
-      std::vector<std::string> f = absl::StrSplit(site, '\x1f');
-      if (f.size() != 4) continue;
-      v1::Site* out = s.add_sites();
-      out->set_name(f[0]);
-      int n = 0;
-      out->set_capacity(absl::SimpleAtoi(f[1], &n) ? n : 0);
-      out->set_confirmed(absl::SimpleAtoi(f[2], &n) ? n : 0);
-      out->set_waitlisted(absl::SimpleAtoi(f[3], &n) ? n : 0);
-    }
-  }
-  ctx.session = std::move(s);
+  ctx.session = SessionAt(*r, 0, 2);  // after the two status columns
   return ctx;
 }
 
