@@ -406,6 +406,26 @@ TEST(PartnersCache, ReplicasSeeEachOthersChanges) {
     } while (seen.etag() != org.etag() && absl::Now() < until);
     EXPECT_EQ(seen.description(), "Revision " + std::to_string(round));
   }
+  // List pages are cached too: a new organisation created through replica A
+  // appears in replica B's (cached) page within a short bound, and at once in A's.
+  v1::ListOrganisationsRequest list;
+  list.set_name_prefix("Cached");
+  v1::ListOrganisationsResponse page;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(b->ListOrganisations(Ctx(fx.admin).get(), list, &page).ok());
+    ASSERT_TRUE(fx.stub->ListOrganisations(Ctx(fx.admin).get(), list, &page).ok());
+  }
+  EXPECT_EQ(page.organisations_size(), 1);
+  *create.mutable_organisation() = SampleOrganisation("Cached Trust Two");
+  v1::Organisation second;
+  ASSERT_TRUE(fx.stub->CreateOrganisation(Ctx(fx.admin).get(), create, &second).ok());
+  ASSERT_TRUE(fx.stub->ListOrganisations(Ctx(fx.admin).get(), list, &page).ok());
+  EXPECT_EQ(page.organisations_size(), 2) << "the writer's replica lists its write at once";
+  absl::Time until = absl::Now() + absl::Seconds(2);
+  do {
+    ASSERT_TRUE(b->ListOrganisations(Ctx(fx.admin).get(), list, &page).ok());
+  } while (page.organisations_size() != 2 && absl::Now() < until);
+  EXPECT_EQ(page.organisations_size(), 2);
 }
 
 }  // namespace

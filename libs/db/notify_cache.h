@@ -50,8 +50,13 @@ class NotifyListener {
 template <class V>
 class NotifyCache final : public NotifyListener {
  public:
-  NotifyCache(std::string db_url, std::string channel, size_t max_entries)
-      : NotifyListener(std::move(db_url), std::move(channel)), max_entries_(max_entries) {}
+  // With `any_change_clears`, every notification empties the whole cache (for
+  // values derived from many rows, such as list pages).
+  NotifyCache(std::string db_url, std::string channel, size_t max_entries,
+              bool any_change_clears = false)
+      : NotifyListener(std::move(db_url), std::move(channel)),
+        max_entries_(max_entries),
+        any_change_clears_(any_change_clears) {}
   ~NotifyCache() override { Stop(); }
 
   std::optional<V> Get(const std::string& key) {
@@ -75,7 +80,11 @@ class NotifyCache final : public NotifyListener {
   void Invalidate(const std::string& key) {
     absl::MutexLock lock(&mu_);
     ++generation_;
-    map_.erase(key);
+    if (any_change_clears_) {
+      map_.clear();
+    } else {
+      map_.erase(key);
+    }
   }
 
  private:
@@ -87,6 +96,7 @@ class NotifyCache final : public NotifyListener {
   }
 
   const size_t max_entries_;
+  const bool any_change_clears_;
   absl::Mutex mu_;
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   std::unordered_map<std::string, V> map_ ABSL_GUARDED_BY(mu_);

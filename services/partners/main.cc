@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   def.migrations = [] { return db::MigrationSet{"partners", partners::SqlMigrations()}; };
   // Owned here for the life of the process; the gRPC service keeps pointers.
   static std::unique_ptr<partners::PartnersLogic::OrganisationCache> cache;
+  static std::unique_ptr<partners::PartnersLogic::PageCache> pages;
   static std::unique_ptr<partners::PartnersLogic> logic;
   def.build = [](server::ServiceContext& ctx) {
     // Organisations are read far more than written (every booking checks its
@@ -23,8 +24,12 @@ int main(int argc, char** argv) {
     cache = std::make_unique<partners::PartnersLogic::OrganisationCache>(
         ctx.config.database_url, "partners_organisation_changed", 200000);
     cache->Start();
+    pages = std::make_unique<partners::PartnersLogic::PageCache>(
+        ctx.config.database_url, "partners_organisation_changed", 20000,
+        /*any_change_clears=*/true);
+    pages->Start();
     logic = std::make_unique<partners::PartnersLogic>(ctx.pool, ctx.outbox, ctx.page_tokens,
-                                                      cache.get());
+                                                      cache.get(), pages.get());
     std::vector<std::unique_ptr<grpc::Service>> services;
     services.push_back(std::make_unique<partners::PartnersGrpc>(logic.get(), &ctx.rpc));
     return services;

@@ -105,6 +105,14 @@ absl::Status PartnersLogic::CreateOrganisation(const Call& call,
   server::CheckRequestId(errors, "request_id", req.request_id());
   if (!errors.empty()) return errors.ToStatus();
 
+  // A new organisation changes list pages: this replica forgets them at once
+  // (the trigger's NOTIFY tells the others).
+  struct ForgetPages {
+    PageCache* pages;
+    ~ForgetPages() {
+      if (pages != nullptr) pages->Invalidate("");
+    }
+  } forget{pages_};
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     if (!req.request_id().empty()) {
       auto prior = store::OrganisationByRequestId(c, req.request_id());
@@ -152,6 +160,17 @@ absl::Status PartnersLogic::GetOrganisation(const Call& call, const v1::GetOrgan
   });
 }
 
+std::optional<absl::Status> PartnersLogic::ListOrganisationsCached(
+    const Call&, const v1::ListOrganisationsRequest& req, v1::ListOrganisationsResponse* resp) {
+  // Keyed by the request's exact bytes: only a request already answered (and
+  // so already validated) can hit. Every role sees the same directory.
+  if (pages_ == nullptr) return std::nullopt;
+  std::optional<v1::ListOrganisationsResponse> hit = pages_->Get(req.SerializeAsString());
+  if (!hit) return std::nullopt;
+  *resp = *std::move(hit);
+  return absl::OkStatus();
+}
+
 absl::Status PartnersLogic::ListOrganisations(const Call& call,
                                               const v1::ListOrganisationsRequest& req,
                                               v1::ListOrganisationsResponse* resp) {
@@ -168,12 +187,15 @@ absl::Status PartnersLogic::ListOrganisations(const Call& call,
   auto after = DecodeToken(tokens_, scope, req.page_token());
   if (!after.ok()) return after.status();
   store::OrganisationFilter f{req.sector(), req.region(), req.status(), prefix};
+  uint64_t generation = pages_ != nullptr ? pages_->Generation() : 0;
   return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
     auto rows = store::ListOrganisations(c, f, *after, limit + 1);
     if (!rows.ok()) return rows.status();
     resp->Clear();
-    return Page(tokens_, scope, *std::move(rows), limit, resp, resp->mutable_organisations(),
-                &OrgName);
+    absl::Status s = Page(tokens_, scope, *std::move(rows), limit, resp,
+                          resp->mutable_organisations(), &OrgName);
+    if (s.ok() && pages_ != nullptr) pages_->Put(req.SerializeAsString(), *resp, generation);
+    return s;
   });
 }
 
@@ -196,11 +218,13 @@ absl::Status PartnersLogic::UpdateOrganisation(const Call& call,
   // NOTIFY tells the other replicas).
   struct Forget {
     OrganisationCache* cache;
+    PageCache* pages;
     const std::string& id;
     ~Forget() {
       if (cache != nullptr) cache->Invalidate(id);
+      if (pages != nullptr) pages->Invalidate(id);
     }
-  } forget{cache_, in.id()};
+  } forget{cache_, pages_, in.id()};
 
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto cur = store::GetOrganisation(c, in.id(), true);
@@ -240,11 +264,13 @@ absl::Status PartnersLogic::ChangeStatus(const Call& call, const std::string& id
   auto t = static_cast<OrgTransition>(transition);
   struct Forget {
     OrganisationCache* cache;
+    PageCache* pages;
     const std::string& id;
     ~Forget() {
       if (cache != nullptr) cache->Invalidate(id);
+      if (pages != nullptr) pages->Invalidate(id);
     }
-  } forget{cache_, id};
+  } forget{cache_, pages_, id};
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto cur = store::GetOrganisation(c, id, true);
     if (!cur.ok()) return cur.status();

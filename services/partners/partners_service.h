@@ -19,10 +19,17 @@ using server::Call;
 class PartnersLogic {
  public:
   using OrganisationCache = db::NotifyCache<v1::Organisation>;
-  // `cache` may be null (no caching).
+  // List pages by the request's bytes; emptied by any organisation change.
+  using PageCache = db::NotifyCache<v1::ListOrganisationsResponse>;
+  // The caches may be null (no caching).
   PartnersLogic(db::Pool& pool, const bus::Outbox& outbox, const server::PageTokens& tokens,
-                OrganisationCache* cache = nullptr)
-      : pool_(pool), outbox_(outbox), tokens_(tokens), cache_(cache) {}
+                OrganisationCache* cache = nullptr, PageCache* pages = nullptr)
+      : pool_(pool), outbox_(outbox), tokens_(tokens), cache_(cache), pages_(pages) {}
+
+  // ListOrganisations from the cache, without blocking; nullopt on a miss.
+  std::optional<absl::Status> ListOrganisationsCached(const Call& call,
+                                                      const v1::ListOrganisationsRequest& req,
+                                                      v1::ListOrganisationsResponse* resp);
 
   // GetOrganisation from the cache, without blocking; nullopt on a miss.
   std::optional<absl::Status> GetOrganisationCached(const Call& call,
@@ -74,6 +81,7 @@ class PartnersLogic {
   const bus::Outbox& outbox_;
   const server::PageTokens& tokens_;
   OrganisationCache* const cache_;
+  PageCache* const pages_;
 };
 
 class PartnersGrpc final : public v1::PartnersService::CallbackService {
@@ -98,7 +106,16 @@ class PartnersGrpc final : public v1::PartnersService::CallbackService {
           return logic_->GetOrganisationCached(call, *req, resp);
         });
   }
-  CONNECTING_PARTNERS_RPC(ListOrganisations, ListOrganisationsRequest, ListOrganisationsResponse)
+  grpc::ServerUnaryReactor* ListOrganisations(grpc::CallbackServerContext* ctx,
+                                              const v1::ListOrganisationsRequest* req,
+                                              v1::ListOrganisationsResponse* resp) override {
+    return rpc_->Run(
+        ctx, req, "ListOrganisations",
+        [this, req, resp](const Call& call) { return logic_->ListOrganisations(call, *req, resp); },
+        [this, req, resp](const Call& call) {
+          return logic_->ListOrganisationsCached(call, *req, resp);
+        });
+  }
   CONNECTING_PARTNERS_RPC(UpdateOrganisation, UpdateOrganisationRequest, Organisation)
   CONNECTING_PARTNERS_RPC(PauseOrganisation, PauseOrganisationRequest, Organisation)
   CONNECTING_PARTNERS_RPC(ArchiveOrganisation, ArchiveOrganisationRequest, Organisation)
