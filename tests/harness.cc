@@ -5,6 +5,7 @@
 #include <nats/nats.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -101,6 +102,8 @@ Process::Process(std::string path, std::vector<std::string> args,
   argv.push_back(nullptr);
   pid_ = fork();
   if (pid_ == 0) {
+    // Die with the test process, even if it is killed before its destructors run.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     int fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd >= 0) {
       dup2(fd, 1);
