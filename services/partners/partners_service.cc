@@ -114,24 +114,15 @@ absl::Status PartnersLogic::CreateOrganisation(const Call& call,
     }
   } forget{pages_};
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
-    if (!req.request_id().empty()) {
-      auto prior = store::OrganisationByRequestId(c, req.request_id());
-      if (!prior.ok()) return prior.status();
-      if (prior->has_value()) {
-        *resp = **prior;
-        return absl::OkStatus();
-      }
-    }
-    auto inserted = store::InsertOrganisation(c, org, req.request_id());
-    if (!inserted.ok()) return OdsConflict(inserted.status(), org.ods_code());
-    if (!inserted->has_value()) {  // a concurrent call with this request_id won
-      auto prior = store::OrganisationByRequestId(c, req.request_id());
-      if (!prior.ok()) return prior.status();
-      if (!prior->has_value()) return absl::AbortedError("request_id race; retry");
-      *resp = **prior;
-      return absl::OkStatus();
-    }
-    *resp = **inserted;
+    auto created = server::CreateOnce(
+        req.request_id(), [&] { return store::OrganisationByRequestId(c, req.request_id()); },
+        [&]() -> absl::StatusOr<std::optional<v1::Organisation>> {
+          auto inserted = store::InsertOrganisation(c, org, req.request_id());
+          if (!inserted.ok()) return OdsConflict(inserted.status(), org.ods_code());
+          return inserted;
+        },
+        resp);
+    if (!created.ok() || !*created) return created.status();
     ev::OrganisationCreated event;
     *event.mutable_organisation() = *resp;
     return outbox_.Emit(c, "organisation.created", resp->id(), event, call.traceparent);
@@ -351,27 +342,18 @@ absl::Status PartnersLogic::CreateContact(const Call& call, const v1::CreateCont
   if (absl::Status s = MayChange(call.principal, ct.organisation_id()); !s.ok()) return s;
 
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
-    if (!req.request_id().empty()) {
-      auto prior = store::ContactByRequestId(c, req.request_id());
-      if (!prior.ok()) return prior.status();
-      if (prior->has_value()) {
-        *resp = **prior;
-        return absl::OkStatus();
-      }
-    }
-    auto org = store::GetOrganisation(c, ct.organisation_id(), true);
-    if (!org.ok()) return org.status();
-    if (absl::Status s = NotArchived(*org); !s.ok()) return s;
-    auto inserted = store::InsertContact(c, ct, req.request_id());
-    if (!inserted.ok()) return EmailConflict(inserted.status(), ct.email());
-    if (!inserted->has_value()) {
-      auto prior = store::ContactByRequestId(c, req.request_id());
-      if (!prior.ok()) return prior.status();
-      if (!prior->has_value()) return absl::AbortedError("request_id race; retry");
-      *resp = **prior;
-      return absl::OkStatus();
-    }
-    *resp = **inserted;
+    auto created = server::CreateOnce(
+        req.request_id(), [&] { return store::ContactByRequestId(c, req.request_id()); },
+        [&]() -> absl::StatusOr<std::optional<v1::Contact>> {
+          auto org = store::GetOrganisation(c, ct.organisation_id(), true);
+          if (!org.ok()) return org.status();
+          if (absl::Status s = NotArchived(*org); !s.ok()) return s;
+          auto inserted = store::InsertContact(c, ct, req.request_id());
+          if (!inserted.ok()) return EmailConflict(inserted.status(), ct.email());
+          return inserted;
+        },
+        resp);
+    if (!created.ok() || !*created) return created.status();
     ev::ContactCreated event;
     *event.mutable_contact() = *resp;
     return outbox_.Emit(c, "contact.created", resp->id(), event, call.traceparent);
@@ -489,32 +471,21 @@ absl::Status PartnersLogic::CreateOffer(const Call& call, const v1::CreateOfferR
   if (!errors.empty()) return errors.ToStatus();
   if (absl::Status s = MayChange(call.principal, offer.organisation_id()); !s.ok()) return s;
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
-    if (!req.request_id().empty()) {
-      auto prior = store::OfferByRequestId(c, req.request_id());
-      if (!prior.ok()) return prior.status();
-      if (prior->has_value()) {
-        *resp = **prior;
-        return absl::OkStatus();
-      }
-    }
-    auto org = store::GetOrganisation(c, offer.organisation_id(), true);
-    if (!org.ok()) return org.status();
-    if (absl::Status s = NotArchived(*org); !s.ok()) return s;
-    if (absl::Status s =
-            CheckHost(c, "offer.host_contact_id", offer.host_contact_id(), offer.organisation_id());
-        !s.ok()) {
-      return s;
-    }
-    auto inserted = store::InsertOffer(c, offer, req.request_id());
-    if (!inserted.ok()) return inserted.status();
-    if (!inserted->has_value()) {
-      auto prior = store::OfferByRequestId(c, req.request_id());
-      if (!prior.ok()) return prior.status();
-      if (!prior->has_value()) return absl::AbortedError("request_id race; retry");
-      *resp = **prior;
-      return absl::OkStatus();
-    }
-    *resp = **inserted;
+    auto created = server::CreateOnce(
+        req.request_id(), [&] { return store::OfferByRequestId(c, req.request_id()); },
+        [&]() -> absl::StatusOr<std::optional<v1::Offer>> {
+          auto org = store::GetOrganisation(c, offer.organisation_id(), true);
+          if (!org.ok()) return org.status();
+          if (absl::Status s = NotArchived(*org); !s.ok()) return s;
+          if (absl::Status s = CheckHost(c, "offer.host_contact_id", offer.host_contact_id(),
+                                         offer.organisation_id());
+              !s.ok()) {
+            return s;
+          }
+          return store::InsertOffer(c, offer, req.request_id());
+        },
+        resp);
+    if (!created.ok() || !*created) return created.status();
     ev::OfferCreated event;
     *event.mutable_offer() = *resp;
     return outbox_.Emit(c, "offer.created", resp->id(), event, call.traceparent);

@@ -105,31 +105,19 @@ absl::Status SchedulingLogic::RegisterParticipant(const Call& call,
   server::CheckRequestId(e, "request_id", req.request_id());
   if (!e.empty()) return e.ToStatus();
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
-    if (!req.request_id().empty()) {
-      auto prior = store::ParticipantByRequestId(c, req.request_id());
-      if (!prior.ok()) return prior.status();
-      if (prior->has_value()) {
-        *resp = **prior;
-        return absl::OkStatus();
-      }
-    }
-    auto ins = store::InsertParticipant(c, p, req.request_id());
-    if (!ins.ok()) {
-      if (absl::IsAlreadyExists(ins.status()) &&
-          db::ConstraintOf(ins.status()) == "participants_staff_number_key") {
-        return absl::AlreadyExistsError(
-            absl::StrCat("participant.staff_number: ", p.staff_number(), " is already registered"));
-      }
-      return ins.status();
-    }
-    if (!ins->has_value()) {
-      auto prior = store::ParticipantByRequestId(c, req.request_id());
-      if (!prior.ok()) return prior.status();
-      if (!prior->has_value()) return absl::AbortedError("request_id race; retry");
-      *resp = **prior;
-      return absl::OkStatus();
-    }
-    *resp = **ins;
+    auto created = server::CreateOnce(
+        req.request_id(), [&] { return store::ParticipantByRequestId(c, req.request_id()); },
+        [&]() -> absl::StatusOr<std::optional<v1::Participant>> {
+          auto ins = store::InsertParticipant(c, p, req.request_id());
+          if (!ins.ok() && absl::IsAlreadyExists(ins.status()) &&
+              db::ConstraintOf(ins.status()) == "participants_staff_number_key") {
+            return absl::AlreadyExistsError(absl::StrCat(
+                "participant.staff_number: ", p.staff_number(), " is already registered"));
+          }
+          return ins;
+        },
+        resp);
+    if (!created.ok() || !*created) return created.status();
     ev::ParticipantRegistered event;
     *event.mutable_participant() = *resp;
     return outbox_.Emit(c, "participant.registered", resp->id(), event, call.traceparent);
@@ -303,36 +291,28 @@ absl::Status SchedulingLogic::CreateSession(const Call& call, const v1::CreateSe
     s.set_status(v1::SESSION_STATUS_SCHEDULED);
   }
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
-    if (!req.request_id().empty()) {
-      auto prior = store::SessionByRequestId(c, req.request_id());
-      if (!prior.ok()) return prior.status();
-      if (prior->has_value()) {
-        *resp = **prior;
-        return absl::OkStatus();
-      }
-    }
-    if (auto org = ActivePartner(c, s.organisation_id()); !org.ok()) return org.status();
-    if (arranged) {
-      auto met = store::HasMetHost(c, p.participant_id, s.host_contact_id());
-      if (!met.ok()) return met.status();
-      if (!*met) {
-        return absl::FailedPreconditionError(
-            "session.host_contact_id: not one of your enduring contacts (a host you met on an "
-            "attended visit)");
-      }
-    }
-    auto id = store::InsertSession(c, s, req.request_id());
-    if (!id.ok()) return id.status();
-    if (!id->has_value()) {
-      auto prior = store::SessionByRequestId(c, req.request_id());
-      if (!prior.ok()) return prior.status();
-      if (!prior->has_value()) return absl::AbortedError("request_id race; retry");
-      *resp = **prior;
-      return absl::OkStatus();
-    }
-    auto created = store::GetSession(c, **id, false);
-    if (!created.ok()) return created.status();
-    *resp = *std::move(created);
+    auto created = server::CreateOnce(
+        req.request_id(), [&] { return store::SessionByRequestId(c, req.request_id()); },
+        [&]() -> absl::StatusOr<std::optional<v1::Session>> {
+          if (auto org = ActivePartner(c, s.organisation_id()); !org.ok()) return org.status();
+          if (arranged) {
+            auto met = store::HasMetHost(c, p.participant_id, s.host_contact_id());
+            if (!met.ok()) return met.status();
+            if (!*met) {
+              return absl::FailedPreconditionError(
+                  "session.host_contact_id: not one of your enduring contacts (a host you met on "
+                  "an attended visit)");
+            }
+          }
+          auto id = store::InsertSession(c, s, req.request_id());
+          if (!id.ok()) return id.status();
+          if (!id->has_value()) return std::optional<v1::Session>();
+          auto session = store::GetSession(c, **id, false);
+          if (!session.ok()) return session.status();
+          return std::optional<v1::Session>(*std::move(session));
+        },
+        resp);
+    if (!created.ok() || !*created) return created.status();
     return EmitSession(c, call, "created", resp->id(), "");
   });
 }
