@@ -35,6 +35,7 @@ LOG_LEVEL=warn "$BUILD_DIR/services/partners/partners" >"$work/partners.log" 2>&
 pids+=($!)
 wait_port 127.0.0.1 "$partners_port" 30
 
+if [ "${BENCH_ONLY:-}" != scheduling ]; then
 echo "seeding 100,000 organisations"
 until psql -d partners -tAc "SELECT 1 FROM pg_tables WHERE tablename = 'organisations'" | grep -q 1; do sleep 0.2; done
 psql -d partners -q <<'SQL'
@@ -51,6 +52,7 @@ echo
 echo "== partners reads (100,000 organisations; ${SECONDS_PER_RUN}s per row; $(nproc) cores shared by client and server)"
 "$BUILD_DIR/tools/partners_bench" --addr "127.0.0.1:$partners_port" --token "$token" --org "$org" \
   --seconds "$SECONDS_PER_RUN"
+fi
 
 if [ -x "$BUILD_DIR/tools/scheduling_bench" ]; then
   . tools/bench/scheduling.sh
