@@ -220,43 +220,107 @@ TEST_F(Database, MigrationsApplyOnceAndRefuseEditedHistory) {
   EXPECT_EQ(r->Int(0, 0), 1);
 }
 
+TEST_F(Database, PipelineReturnsResultsInOrderAndSkipsAfterAFailure) {
+  auto lease = pool_->Acquire(absl::Now() + absl::Seconds(5));
+  ASSERT_TRUE(lease.ok());
+  db::Conn& c = **lease;
+  ASSERT_TRUE(c.ExecScript("CREATE TABLE piped (v int PRIMARY KEY)").ok());
+  auto ok = c.Pipeline({{"BEGIN", {}},
+                        {"INSERT INTO piped VALUES ($1) RETURNING v * 10", {int32_t{1}}},
+                        {"INSERT INTO piped VALUES ($1) RETURNING v * 10", {int32_t{2}}},
+                        {"SELECT count(*) FROM piped", {}},
+                        {"COMMIT", {}}});
+  ASSERT_EQ(ok.size(), 5u);
+  for (const auto& r : ok) ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(ok[1]->Int(0, 0), 10);
+  EXPECT_EQ(ok[2]->Int(0, 0), 20);
+  EXPECT_EQ(ok[3]->Int(0, 0), 2) << "a statement sees the ones before it";
+
+  auto bad = c.Pipeline({{"BEGIN", {}},
+                         {"INSERT INTO piped VALUES ($1)", {int32_t{3}}},
+                         {"INSERT INTO piped VALUES ($1)", {int32_t{1}}},  // duplicate
+                         {"INSERT INTO piped VALUES ($1)", {int32_t{4}}},
+                         {"COMMIT", {}}});
+  ASSERT_EQ(bad.size(), 5u);
+  EXPECT_TRUE(bad[1].ok());
+  EXPECT_TRUE(absl::IsAlreadyExists(bad[2].status())) << bad[2].status();
+  EXPECT_TRUE(absl::IsAborted(bad[3].status())) << bad[3].status();
+  EXPECT_TRUE(absl::IsAborted(bad[4].status())) << "COMMIT is skipped too";
+  EXPECT_TRUE(c.ExecScript("ROLLBACK").ok());
+  ASSERT_TRUE(c.healthy());
+  auto n = c.Exec("SELECT count(*), sum(v) FROM piped");
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(n->Int(0, 0), 2) << "nothing of the failed pipeline's transaction remains";
+  EXPECT_EQ(n->Int(0, 1), 3);
+
+  // A statement that does not parse fails alone, and the connection stays usable.
+  auto unparsable = c.Pipeline({{"SELEC 1", {}}, {"SELECT 2", {}}});
+  EXPECT_TRUE(absl::IsInternal(unparsable[0].status())) << unparsable[0].status();
+  EXPECT_TRUE(absl::IsAborted(unparsable[1].status()));
+  auto after = c.Exec("SELECT 7");
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->Int(0, 0), 7);
+}
+
 TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
   ASSERT_TRUE(db::Transact(*pool_, [](db::Conn& c) {
                 return c.ExecScript(
                     "CREATE TABLE hot (k int PRIMARY KEY, n int NOT NULL);"
                     "INSERT INTO hot VALUES (1, 0);"
-                    "CREATE TABLE taken (v int PRIMARY KEY)");
+                    "CREATE TABLE taken (v int PRIMARY KEY);"
+                    "CREATE TABLE followed (v int PRIMARY KEY)");
               }).ok());
   db::GroupCommitter group(*pool_);
-  // 64 callers on one hot row; every 8th fails (a duplicate key) and must
-  // neither be applied nor undo the others.
+  // 64 callers on one hot row. Every 8th statement raises (a duplicate key);
+  // every 8th caller from 4 refuses in `then` (a rule, nothing written); caller
+  // 13 meets something unexpected after writing (INTERNAL). None of these may
+  // be applied, nor undo the others. The statements `then` returns commit with
+  // the batch.
   std::vector<std::future<absl::Status>> calls;
   for (int i = 0; i < 64; ++i) {
     calls.push_back(std::async(std::launch::async, [&, i] {
-      return group.Run("hot", absl::Now() + absl::Seconds(20), [i](db::Conn& c) -> absl::Status {
-        auto lock = c.Exec("UPDATE hot SET n = n + 1 WHERE k = 1");
-        if (!lock.ok()) return lock.status();
-        int v = i % 8 == 0 ? 0 : i;  // value 0 collides after its first use
-        return c.Exec("INSERT INTO taken VALUES ($1)", {int32_t{v}}).status();
-      });
+      int v = i % 8 == 0 ? 0 : i;  // value 0 collides after its first use
+      db::GroupCommitter::Work w;
+      bool refuse = i % 8 == 4;
+      w.first = {refuse ? std::string("SELECT -1")
+                        : std::string("WITH u AS (UPDATE hot SET n = n + 1 WHERE k = 1 RETURNING n) "
+                                      "INSERT INTO taken SELECT $1 FROM u RETURNING v"),
+                 refuse ? std::vector<db::Param>{} : std::vector<db::Param>{int32_t{v}}};
+      w.then = [i, refuse](const db::Result& r) -> absl::StatusOr<std::vector<db::Statement>> {
+        if (refuse) return absl::FailedPreconditionError("refused by rule");
+        if (i == 13) return absl::InternalError("unexpected");
+        return std::vector<db::Statement>{
+            {"INSERT INTO followed VALUES ($1)", {r.String(0, 0)}}};
+      };
+      return group.Run("hot", absl::Now() + absl::Seconds(20), std::move(w));
     }));
   }
-  int ok = 0, exists = 0;
+  int ok = 0, exists = 0, refused = 0, internal = 0;
   for (auto& f : calls) {
     absl::Status s = f.get();
     if (s.ok())
       ++ok;
     else if (absl::IsAlreadyExists(s))
       ++exists;
+    else if (absl::IsFailedPrecondition(s))
+      ++refused;
+    else if (absl::IsInternal(s))
+      ++internal;
     else
       ADD_FAILURE() << s;
   }
-  EXPECT_EQ(ok, 57);  // 56 distinct values plus the first 0
+  EXPECT_EQ(refused, 8);
+  EXPECT_EQ(internal, 1);
   EXPECT_EQ(exists, 7);
+  EXPECT_EQ(ok, 48);  // 64 - 8 refused - 1 internal - 7 duplicates
   ASSERT_TRUE(db::WithConnection(*pool_, absl::InfiniteFuture(), [](db::Conn& c) {
-                auto r = c.Exec("SELECT (SELECT n FROM hot), (SELECT count(*) FROM taken)");
-                EXPECT_EQ(r->Int(0, 0), 57) << "the failed callers' updates were rolled back";
-                EXPECT_EQ(r->Int(0, 1), 57);
+                auto r = c.Exec(
+                    "SELECT (SELECT n FROM hot), (SELECT count(*) FROM taken), "
+                    "(SELECT count(*) FROM followed), (SELECT count(*) FROM taken WHERE v = 13)");
+                EXPECT_EQ(r->Int(0, 0), 48) << "the failed callers' updates were rolled back";
+                EXPECT_EQ(r->Int(0, 1), 48);
+                EXPECT_EQ(r->Int(0, 2), 48) << "each success's follow-up statement committed";
+                EXPECT_EQ(r->Int(0, 3), 0) << "the INTERNAL caller's write was undone";
                 return r.status();
               }).ok());
 }

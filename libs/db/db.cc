@@ -100,7 +100,7 @@ absl::StatusOr<Result> Conn::Exec(absl::string_view sql, const std::vector<Param
   std::string key(sql);
   auto it = prepared_.find(key);
   if (it == prepared_.end()) {
-    std::string name = absl::StrCat("s", prepared_.size() + 1);
+    std::string name = absl::StrCat("s", ++next_prepared_);
     Result prep(PQprepare(c, name.c_str(), key.c_str(), static_cast<int>(params.size()), nullptr));
     if (PQresultStatus(prep.raw_for_status()) != PGRES_COMMAND_OK) {
       return ErrorFromResult(c, prep.raw_for_status());
@@ -128,6 +128,98 @@ absl::Status Conn::ExecScript(absl::string_view sql) {
     return ErrorFromResult(conn_.get(), res.raw_for_status());
   }
   return absl::OkStatus();
+}
+
+std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>& statements) {
+  PGconn* c = conn_.get();
+  std::vector<absl::StatusOr<Result>> out;
+  out.reserve(statements.size());
+  auto fail_rest = [&](const absl::Status& s) {
+    while (out.size() < statements.size()) out.emplace_back(s);
+    return std::move(out);
+  };
+  if (statements.empty()) return out;
+  if (PQenterPipelineMode(c) != 1) return fail_rest(ErrorFromResult(c, nullptr));
+  // Each statement is sent as Parse (first use on this connection) then Bind/Execute.
+  struct Sent {
+    size_t statement;
+    bool is_prepare;
+    std::string name;
+  };
+  std::vector<Sent> sent;
+  std::unordered_map<std::string, std::string> preparing;
+  bool send_ok = true;
+  for (size_t i = 0; i < statements.size() && send_ok; ++i) {
+    const Statement& st = statements[i];
+    const std::string* name = nullptr;
+    if (auto it = prepared_.find(st.sql); it != prepared_.end()) {
+      name = &it->second;
+    } else if (auto p = preparing.find(st.sql); p != preparing.end()) {
+      name = &p->second;
+    } else {
+      auto [ins, unused] = preparing.emplace(st.sql, absl::StrCat("s", ++next_prepared_));
+      name = &ins->second;
+      send_ok = PQsendPrepare(c, name->c_str(), st.sql.c_str(), static_cast<int>(st.params.size()),
+                              nullptr) == 1;
+      sent.push_back({i, true, *name});
+      if (!send_ok) break;
+    }
+    std::vector<const char*> values(st.params.size());
+    for (size_t k = 0; k < st.params.size(); ++k) {
+      values[k] = st.params[k].value() ? st.params[k].value()->c_str() : nullptr;
+    }
+    send_ok = PQsendQueryPrepared(c, name->c_str(), static_cast<int>(values.size()), values.data(),
+                                  nullptr, nullptr, 0) == 1;
+    sent.push_back({i, false, *name});
+  }
+  if (!send_ok || PQpipelineSync(c) != 1) {
+    absl::Status s = ErrorFromResult(c, nullptr);
+    if (s.ok() || !absl::IsUnavailable(s)) {
+      s = absl::UnavailableError(absl::StrCat("database pipeline failed: ", s.message()));
+    }
+    broken_ = true;  // unusable mid-pipeline: the pool drops it
+    return fail_rest(s);
+  }
+  absl::Status prepare_error;
+  for (const Sent& s : sent) {
+    PGresult* raw = PQgetResult(c);
+    if (raw == nullptr) return fail_rest(ErrorFromResult(c, nullptr));
+    Result res(raw);
+    while (PGresult* extra = PQgetResult(c)) PQclear(extra);  // up to the command's end
+    ExecStatusType st = PQresultStatus(res.raw_for_status());
+    if (s.is_prepare) {
+      if (st == PGRES_COMMAND_OK) {
+        prepared_.emplace(statements[s.statement].sql, s.name);
+      } else if (st == PGRES_PIPELINE_ABORTED) {
+        prepare_error = absl::AbortedError("skipped: an earlier statement in the pipeline failed");
+      } else {
+        prepare_error = ErrorFromResult(c, res.raw_for_status());
+      }
+      continue;
+    }
+    if (!prepare_error.ok()) {
+      out.emplace_back(prepare_error);
+      prepare_error = absl::OkStatus();
+    } else if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+      out.emplace_back(std::move(res));
+    } else if (st == PGRES_PIPELINE_ABORTED) {
+      out.emplace_back(absl::AbortedError("skipped: an earlier statement in the pipeline failed"));
+    } else {
+      out.emplace_back(ErrorFromResult(c, res.raw_for_status()));
+    }
+  }
+  PGresult* sync = PQgetResult(c);  // PGRES_PIPELINE_SYNC
+  bool synced = sync != nullptr && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+  PQclear(sync);
+  if (!synced || PQexitPipelineMode(c) != 1) {
+    absl::Status s = ErrorFromResult(c, nullptr);
+    broken_ = true;
+    for (auto& r : out) {
+      if (r.ok()) r = absl::UnavailableError(absl::StrCat("database pipeline failed: ", s.message()));
+    }
+    return fail_rest(s);
+  }
+  return out;
 }
 
 Pool::Pool(std::string url, int size, std::string application_name)
@@ -174,9 +266,16 @@ void Pool::Release(std::unique_ptr<Conn> conn) {
   idle_.push_back(std::move(conn));
 }
 
+void BackoffBeforeRetry(int attempt) {
+  static thread_local std::minstd_rand rng(std::random_device{}());
+  // Jittered exponential backoff: 1, 2, 4 … ms, capped at 50 ms.
+  int cap = std::min(50, 1 << std::min(attempt, 6));
+  std::this_thread::sleep_for(
+      std::chrono::microseconds(std::uniform_int_distribution<int>(cap * 500, cap * 1000)(rng)));
+}
+
 absl::Status Transact(Pool& pool, const TxOptions& options,
                       absl::FunctionRef<absl::Status(Conn&)> fn) {
-  static thread_local std::minstd_rand rng(std::random_device{}());
   const char* begin = "BEGIN ISOLATION LEVEL READ COMMITTED";
   if (options.isolation == Isolation::kRepeatableRead) {
     begin = options.read_only ? "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
@@ -215,10 +314,7 @@ absl::Status Transact(Pool& pool, const TxOptions& options,
       (void)conn.ExecScript("ROLLBACK");
     }
     if (!last.GetPayload(kRetryPayload).has_value() || attempt == options.max_attempts) break;
-    // Jittered exponential backoff: 1, 2, 4 … ms, capped at 50 ms.
-    int cap = std::min(50, 1 << std::min(attempt, 6));
-    std::this_thread::sleep_for(
-        std::chrono::microseconds(std::uniform_int_distribution<int>(cap * 500, cap * 1000)(rng)));
+    BackoffBeforeRetry(attempt);
   }
   return last;
 }

@@ -76,6 +76,12 @@ class Result {
   std::unique_ptr<PGresult, decltype(&PQclear)> res_;
 };
 
+// A statement with its parameters, to run later (see Conn::Pipeline).
+struct Statement {
+  std::string sql;
+  std::vector<Param> params;
+};
+
 // One libpq connection.
 class Conn {
  public:
@@ -86,7 +92,13 @@ class Conn {
   absl::StatusOr<Result> Exec(absl::string_view sql, const std::vector<Param>& params);
   // Runs several statements without parameters (migrations, BEGIN/COMMIT).
   absl::Status ExecScript(absl::string_view sql);
-  bool healthy() const { return PQstatus(conn_.get()) == CONNECTION_OK; }
+  // Sends every statement, then waits once: n statements cost one round trip
+  // (libpq pipeline mode). Results come back in order; after a failed
+  // statement PostgreSQL skips the rest, which report ABORTED ("skipped").
+  // Keep pipelines small (tens of statements): results are read only after
+  // everything is sent.
+  std::vector<absl::StatusOr<Result>> Pipeline(const std::vector<Statement>& statements);
+  bool healthy() const { return !broken_ && PQstatus(conn_.get()) == CONNECTION_OK; }
   PGconn* raw() { return conn_.get(); }
 
  private:
@@ -94,6 +106,8 @@ class Conn {
   std::unique_ptr<PGconn, decltype(&PQfinish)> conn_;
   // SQL text → prepared statement name on this connection.
   std::unordered_map<std::string, std::string> prepared_;
+  int next_prepared_ = 0;
+  bool broken_ = false;  // a pipeline failed half-way: the protocol state is unknown
 };
 
 // The status for a failed libpq call (see the mapping above).
@@ -150,6 +164,10 @@ struct TxOptions {
   // Bounds waiting for a connection and each statement (statement_timeout).
   absl::Time deadline = absl::InfiniteFuture();
 };
+
+// Sleeps before attempt `attempt` + 1 of a transaction that hit a serialization
+// failure or deadlock (jittered exponential backoff, 1 ms up to 50 ms).
+void BackoffBeforeRetry(int attempt);
 
 // Runs `fn` inside BEGIN … COMMIT on a pooled connection. `fn` returning an
 // error rolls back and returns it. On a serialization failure or deadlock (an

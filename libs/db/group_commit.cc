@@ -2,10 +2,17 @@
 
 #include <algorithm>
 
-namespace connecting::db {
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
-absl::Status GroupCommitter::Run(const std::string& key, absl::Time deadline,
-                                 std::function<absl::Status(Conn&)> work) {
+namespace connecting::db {
+namespace {
+
+constexpr int kMaxRetries = 8;  // serialization failures and deadlocks, per batch
+
+}  // namespace
+
+absl::Status GroupCommitter::Run(const std::string& key, absl::Time deadline, Work work) {
   Item item;
   item.work = std::move(work);
   std::vector<Item*> batch;
@@ -33,34 +40,120 @@ absl::Status GroupCommitter::Run(const std::string& key, absl::Time deadline,
     q->pending.erase(q->pending.begin(), q->pending.begin() + n);
   }
 
-  TxOptions opts;
-  opts.deadline = deadline;
-  absl::Status s = Transact(pool_, opts, [&](Conn& c) -> absl::Status {
-    for (Item* it : batch) {
-      if (absl::Status sp = c.ExecScript("SAVEPOINT item"); !sp.ok()) return sp;
-      it->result = it->work(c);
-      if (it->result.ok()) {
-        if (absl::Status r = c.ExecScript("RELEASE SAVEPOINT item"); !r.ok()) return r;
-        continue;
-      }
-      if (IsRetryable(it->result) || absl::IsUnavailable(it->result) ||
-          absl::IsDeadlineExceeded(it->result)) {
-        return it->result;  // serialization failure, deadlock, lost connection: whole batch
-      }
-      if (absl::Status r = c.ExecScript("ROLLBACK TO SAVEPOINT item"); !r.ok()) return r;
-    }
-    return absl::OkStatus();
-  });
+  RunBatch(batch, deadline);
 
   absl::MutexLock lock(&mu_);
-  for (Item* it : batch) {
-    if (!s.ok()) it->result = s;  // nothing committed for anyone
-    it->done = true;
-  }
+  for (Item* it : batch) it->done = true;
   Queue& q = queues_[key];
   q.busy = false;
   if (q.pending.empty()) queues_.erase(key);
   return item.result;
+}
+
+void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline) {
+  auto fail = [&](const absl::Status& s) {
+    for (Item* it : batch) it->result = s;
+  };
+  int retries = 0;
+  while (!batch.empty()) {
+    absl::StatusOr<Pool::Lease> lease = pool_.Acquire(deadline);
+    if (!lease.ok()) return fail(lease.status());
+    Conn& c = **lease;
+    auto rollback = [&c] {
+      if (c.healthy()) (void)c.ExecScript("ROLLBACK");
+    };
+
+    // Round trip 1: BEGIN, the statement timeout, every item's first statement.
+    std::vector<Statement> first = {{"BEGIN ISOLATION LEVEL READ COMMITTED", {}}};
+    if (deadline != absl::InfiniteFuture()) {
+      int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+      if (ms <= 0) return fail(absl::DeadlineExceededError("deadline passed before the batch ran"));
+      first.push_back({"SELECT set_config('statement_timeout', $1, true)", {absl::StrCat(ms)}});
+    }
+    const size_t lead = first.size();
+    for (Item* it : batch) first.push_back(it->work.first);
+    std::vector<absl::StatusOr<Result>> rows = c.Pipeline(first);
+    for (size_t i = 0; i < lead; ++i) {
+      if (!rows[i].ok()) {
+        rollback();
+        return fail(rows[i].status());
+      }
+    }
+    absl::Status shared;  // an error of the transaction rather than of one item
+    int raised = -1;      // the item whose statement raised
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const absl::Status& s = rows[lead + i].status();
+      if (s.ok()) continue;
+      if (IsRetryable(s) || absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) ||
+          absl::IsResourceExhausted(s)) {
+        shared = s;
+      } else {
+        raised = static_cast<int>(i);
+      }
+      break;  // the rest were skipped
+    }
+    if (raised >= 0) {
+      rollback();
+      batch[raised]->result = rows[lead + raised].status();
+      batch.erase(batch.begin() + raised);
+      continue;  // again without it
+    }
+    if (!shared.ok()) {
+      rollback();
+      if (IsRetryable(shared) && ++retries < kMaxRetries) {
+        BackoffBeforeRetry(retries);
+        continue;
+      }
+      return fail(shared);
+    }
+
+    // Round trip 2: what each item adds given its rows, then COMMIT.
+    std::vector<Statement> second;
+    std::vector<bool> going(batch.size(), false);
+    int undo = -1;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      absl::StatusOr<std::vector<Statement>> more = batch[i]->work.then(*rows[lead + i]);
+      if (!more.ok()) {
+        batch[i]->result = more.status();
+        if (absl::IsInternal(more.status())) {
+          undo = static_cast<int>(i);
+          break;
+        }
+        continue;  // refused: its first statement wrote nothing
+      }
+      going[i] = true;
+      for (Statement& s : *more) second.push_back(std::move(s));
+    }
+    if (undo >= 0) {
+      rollback();
+      batch.erase(batch.begin() + undo);
+      continue;
+    }
+    second.push_back({"COMMIT", {}});
+    std::vector<absl::StatusOr<Result>> done = c.Pipeline(second);
+    absl::Status commit;
+    for (const auto& r : done) {
+      if (!r.ok()) {
+        commit = r.status();
+        break;
+      }
+    }
+    if (!commit.ok() && !c.healthy() && done.size() >= 2 && done[done.size() - 2].ok()) {
+      // Lost at COMMIT itself: it may or may not have landed.
+      commit = absl::UnavailableError(
+          absl::StrCat("database connection lost during COMMIT: ", commit.message()));
+    } else if (!commit.ok()) {
+      rollback();
+      if (IsRetryable(commit) && ++retries < kMaxRetries) {
+        BackoffBeforeRetry(retries);
+        continue;
+      }
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (going[i]) batch[i]->result = commit;
+    }
+    return;
+  }
 }
 
 }  // namespace connecting::db
