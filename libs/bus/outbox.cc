@@ -6,7 +6,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <unordered_set>
+#include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -64,9 +64,10 @@ bool Outbox::TakeEmitted() {
   return was;
 }
 
-absl::Status Outbox::Emit(db::Conn& tx, absl::string_view subject_suffix,
-                          absl::string_view ce_subject, const google::protobuf::Message& event,
-                          absl::string_view traceparent) const {
+absl::StatusOr<db::Statement> Outbox::Prepare(absl::string_view subject_suffix,
+                                               absl::string_view ce_subject,
+                                               const google::protobuf::Message& event,
+                                               absl::string_view traceparent) const {
   std::string json;
   google::protobuf::util::JsonPrintOptions opts;
   if (auto s = google::protobuf::util::MessageToJsonString(event, &json, opts); !s.ok()) {
@@ -74,13 +75,19 @@ absl::Status Outbox::Emit(db::Conn& tx, absl::string_view subject_suffix,
         absl::StrCat("encode event ", event.GetTypeName(), ": ", std::string(s.message())));
   }
   t_emitted = true;
-  return tx
-      .Exec(
-          "INSERT INTO outbox (subject, type, source, ce_subject, payload, traceparent) "
-          "VALUES ($1, $2, $3, $4, $5, $6)",
-          {absl::StrCat(prefix_, ".", subject_suffix), event.GetDescriptor()->full_name(), source_,
-           ce_subject, json, traceparent})
-      .status();
+  return db::Statement{
+      "INSERT INTO outbox (subject, type, source, ce_subject, payload, traceparent) "
+      "VALUES ($1, $2, $3, $4, $5, $6)",
+      {absl::StrCat(prefix_, ".", subject_suffix), event.GetDescriptor()->full_name(), source_,
+       ce_subject, std::move(json), traceparent}};
+}
+
+absl::Status Outbox::Emit(db::Conn& tx, absl::string_view subject_suffix,
+                          absl::string_view ce_subject, const google::protobuf::Message& event,
+                          absl::string_view traceparent) const {
+  absl::StatusOr<db::Statement> insert = Prepare(subject_suffix, ce_subject, event, traceparent);
+  if (!insert.ok()) return insert.status();
+  return tx.Exec(insert->sql, insert->params).status();
 }
 
 OutboxRelay::OutboxRelay(RelayOptions options, const Nats* nats)
@@ -125,18 +132,11 @@ void OutboxRelay::OnAck(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, vo
   natsMsg_Destroy(msg);
 }
 
-void OutboxRelay::WaitForWork(db::Conn* conn) {
-  pollfd fds[2];
-  int n = 0;
-  fds[n++] = {wake_fd_, POLLIN, 0};
-  if (conn != nullptr && conn->healthy()) fds[n++] = {PQsocket(conn->raw()), POLLIN, 0};
-  (void)poll(fds, n, static_cast<int>(absl::ToInt64Milliseconds(options_.poll_interval)));
+void OutboxRelay::WaitForWork() {
+  pollfd fd = {wake_fd_, POLLIN, 0};
+  (void)poll(&fd, 1, static_cast<int>(absl::ToInt64Milliseconds(options_.poll_interval)));
   uint64_t drained;
   (void)!read(wake_fd_, &drained, sizeof drained);
-  if (conn != nullptr && conn->healthy()) {
-    PQconsumeInput(conn->raw());
-    while (PGnotify* note = PQnotifies(conn->raw())) PQfreemem(note);
-  }
 }
 
 absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
@@ -147,7 +147,7 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
   };
   absl::StatusOr<db::Result> rows = conn.Exec(
       "SELECT id, subject, type, source, ce_subject, payload, traceparent, "
-      "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
+      "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), seq "
       "FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
       {static_cast<int32_t>(options_.batch_size)});
   if (!rows.ok()) return rollback(rows.status());
@@ -159,7 +159,7 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
     absl::MutexLock lock(&mu_);
     acked_.clear();
   }
-  std::unordered_set<std::string> claimed;
+  std::unordered_map<std::string, std::string> claimed;  // event id → seq
   int sent = 0;
   for (int r = 0; r < rows->rows(); ++r) {
     std::string id = rows->String(r, 0);
@@ -188,7 +188,7 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
       natsMsg_Destroy(handoff);  // still ours when the call failed
       break;
     }
-    claimed.insert(std::move(id));
+    claimed.emplace(std::move(id), rows->String(r, 8));
     ++sent;
   }
   jsPubOptions po;
@@ -196,26 +196,28 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
   po.MaxWait = absl::ToInt64Milliseconds(options_.ack_timeout);
   (void)js_PublishAsyncComplete(js, &po);  // on timeout, un-acked rows stay pending
 
-  std::vector<std::string> acked;
+  std::vector<std::string> acked;  // their seqs
   {
     absl::MutexLock lock(&mu_);
-    for (std::string& id : acked_) {
-      // A late ack from an earlier batch may land here; only mark our own rows.
-      if (claimed.count(id) != 0) acked.push_back(std::move(id));
+    for (const std::string& id : acked_) {
+      // A late ack from an earlier batch may land here; only delete our own rows.
+      if (auto it = claimed.find(id); it != claimed.end()) acked.push_back(it->second);
     }
     acked_.clear();
   }
   if (options_.crash_after_publish && !acked.empty()) {
-    log::Warn("test hook: exiting after PubAck, before marking sent");
+    log::Warn("test hook: exiting after PubAck, before deleting the rows");
     std::_Exit(86);
   }
   int failed = static_cast<int>(rows->rows()) - static_cast<int>(acked.size());
   if (failed > 0) RelayMetrics::Get().failed.Increment(failed);
   if (!acked.empty()) {
-    absl::StatusOr<db::Result> upd =
-        conn.Exec("UPDATE outbox SET sent_at = now() WHERE id = ANY($1::uuid[])",
+    // Published rows go at once: the stream is the log; keeping them here
+    // would only cost an update and a delete each.
+    absl::StatusOr<db::Result> del =
+        conn.Exec("DELETE FROM outbox WHERE seq = ANY($1::bigint[])",
                   {absl::StrCat("{", absl::StrJoin(acked, ","), "}")});
-    if (!upd.ok()) return rollback(upd.status());
+    if (!del.ok()) return rollback(del.status());
   }
   if (absl::Status s = conn.ExecScript("COMMIT"); !s.ok()) return s;
   RelayMetrics::Get().published.Increment(static_cast<double>(acked.size()));
@@ -247,15 +249,10 @@ void OutboxRelay::Run() {
       if (!c.ok()) {
         report(c.status());
         if (flushing) break;
-        WaitForWork(nullptr);
+        WaitForWork();
         continue;
       }
       conn = *std::move(c);
-      if (absl::Status s = conn->ExecScript("LISTEN connecting_outbox"); !s.ok()) {
-        report(s);
-        conn.reset();
-        continue;
-      }
     }
     if (js == nullptr) {
       jsOptions jo;
@@ -267,7 +264,7 @@ void OutboxRelay::Run() {
       if (!j.ok()) {
         report(j.status());
         if (flushing) break;
-        WaitForWork(conn.get());
+        WaitForWork();
         continue;
       }
       js = *std::move(j);
@@ -277,7 +274,7 @@ void OutboxRelay::Run() {
       if (!s.ok()) {
         report(s);
         if (flushing) break;
-        WaitForWork(conn.get());
+        WaitForWork();
         continue;
       }
       stream_ready = true;
@@ -285,7 +282,7 @@ void OutboxRelay::Run() {
     absl::StatusOr<int> n = PublishBatch(*conn, js.get());
     if (!n.ok()) {
       report(n.status());
-      if (!flushing) WaitForWork(conn.get());
+      if (!flushing) WaitForWork();
       continue;
     }
     healthy_.store(true);
@@ -304,12 +301,8 @@ void OutboxRelay::Run() {
         RelayMetrics::Get().pending.Set(static_cast<double>(g->Int(0, 0)));
         RelayMetrics::Get().oldest_seconds.Set(std::strtod(g->String(0, 1).c_str(), nullptr));
       }
-      (void)conn->Exec(
-          "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sent_at < now() - "
-          "make_interval(secs => $1::float8) LIMIT 10000)",
-          {absl::StrCat(absl::ToDoubleSeconds(options_.retention))});
     }
-    WaitForWork(conn.get());
+    WaitForWork();
   }
 }
 

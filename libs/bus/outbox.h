@@ -3,10 +3,12 @@
 // A handler calls Outbox::Emit inside the same database transaction as the
 // state change, so the event exists if and only if the change committed. The
 // OutboxRelay (one thread per process) publishes pending rows to JetStream with
-// `Nats-Msg-Id` = the event id and marks them sent only after the PubAck. A
-// crash between publish and mark re-sends the row; JetStream's duplicate window
+// `Nats-Msg-Id` = the event id and deletes them only after the PubAck. A
+// crash between publish and delete re-sends the row; JetStream's duplicate window
 // drops the copy, so each committed change yields exactly one stream message.
 // Several replicas can relay at once: rows are claimed FOR UPDATE SKIP LOCKED.
+// Each process wakes its own relay when it commits events (TakeEmitted); rows
+// another replica left behind are found at the next poll.
 //
 // Message format (CloudEvents NATS binding, binary mode): the payload is the
 // event proto as canonical JSON; headers ce-specversion, ce-id, ce-source,
@@ -49,9 +51,17 @@ class Outbox {
   absl::Status Emit(db::Conn& tx, absl::string_view subject_suffix, absl::string_view ce_subject,
                     const google::protobuf::Message& event, absl::string_view traceparent) const;
 
+  // The INSERT that Emit runs, for a caller that sends it later in the same
+  // transaction (e.g. pipelined with COMMIT by db::GroupCommitter). Fails only
+  // if the event cannot be encoded (INTERNAL).
+  absl::StatusOr<db::Statement> Prepare(absl::string_view subject_suffix,
+                                        absl::string_view ce_subject,
+                                        const google::protobuf::Message& event,
+                                        absl::string_view traceparent) const;
+
   const std::string& prefix() const { return prefix_; }
 
-  // True (once) if Emit ran on this thread since the last call: the caller's
+  // True (once) if Emit or Prepare ran on this thread since the last call: the caller's
   // work wrote events, so the relay should be woken once it has committed.
   static bool TakeEmitted();
 
@@ -68,9 +78,7 @@ struct RelayOptions {
   // writes wake the relay at once).
   absl::Duration poll_interval = absl::Milliseconds(250);
   absl::Duration ack_timeout = absl::Seconds(5);
-  // Sent rows older than this are deleted.
-  absl::Duration retention = absl::Hours(24);
-  // Test hook: exit the process right after the PubAck, before marking sent.
+  // Test hook: exit the process right after the PubAck, before deleting the published rows.
   bool crash_after_publish = false;
 };
 
@@ -90,9 +98,10 @@ class OutboxRelay {
 
  private:
   void Run();
-  // Publishes one batch; returns how many rows it marked sent.
+  // Publishes one batch; returns how many rows it published and deleted.
   absl::StatusOr<int> PublishBatch(db::Conn& conn, jsCtx* js);
-  void WaitForWork(db::Conn* conn);
+  // Sleeps until Wake(), Stop() or the poll interval.
+  void WaitForWork();
   static void OnAck(jsCtx* js, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure);
 
   const RelayOptions options_;

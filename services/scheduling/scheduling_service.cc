@@ -31,20 +31,81 @@ db::TxOptions Tx(const Call& call) {
 }
 
 // The partner must be known from PARTNERS events and ACTIVE.
-absl::StatusOr<store::PartnerOrganisation> ActivePartner(db::Conn& c, const std::string& id) {
-  auto p = store::GetPartner(c, id);
-  if (!p.ok()) return p.status();
-  if (!p->has_value()) {
+// Why an organisation with this projected status (0: unknown) takes no bookings.
+absl::Status PartnerRefusal(const std::string& id, int status) {
+  if (status == 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "organisation ", id, " is not known to scheduling (no partners event for it yet)"));
   }
-  if ((*p)->status != pv1::ORGANISATION_STATUS_ACTIVE) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "partner organisation ", id, " is ",
-        pv1::OrganisationStatus_Name(static_cast<pv1::OrganisationStatus>((*p)->status)),
-        "; it takes no bookings"));
-  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("partner organisation ", id, " is ",
+                   pv1::OrganisationStatus_Name(static_cast<pv1::OrganisationStatus>(status)),
+                   "; it takes no bookings"));
+}
+
+absl::StatusOr<store::PartnerOrganisation> ActivePartner(db::Conn& c, const std::string& id) {
+  auto p = store::GetPartner(c, id);
+  if (!p.ok()) return p.status();
+  if (!p->has_value()) return PartnerRefusal(id, 0);
+  if ((*p)->status != pv1::ORGANISATION_STATUS_ACTIVE) return PartnerRefusal(id, (*p)->status);
   return **p;
+}
+
+// The status for book_session's outcome: OK for booked and prior, else the
+// refusal naming the rule (or the field) that refused it.
+absl::Status BookingRefusal(const store::Booked& b, const std::string& session_id,
+                            const std::string& participant_id, const std::string& site) {
+  const std::string& o = b.outcome;
+  const v1::Session& s = b.session;
+  if (o == "booked" || o == "prior") return absl::OkStatus();
+  if (o == "no_participant") {
+    return absl::NotFoundError(absl::StrCat("participant ", participant_id, " not found"));
+  }
+  if (o == "participant_inactive") {
+    return absl::FailedPreconditionError(
+        absl::StrCat("participant ", participant_id, " is INACTIVE and cannot book"));
+  }
+  if (o == "no_session") {
+    return absl::NotFoundError(absl::StrCat("session ", session_id, " not found"));
+  }
+  if (o == "not_scheduled") {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "session ", session_id, " is ",
+        v1::SessionStatus_Name(static_cast<v1::SessionStatus>(b.session_status)),
+        "; only SCHEDULED sessions take bookings"));
+  }
+  if (o == "began") {
+    return absl::FailedPreconditionError(absl::StrCat("session ", session_id, " began at ",
+                                                      s.date(), " ", s.start_time(),
+                                                      "; it takes no more bookings"));
+  }
+  if (o == "partner_inactive") return PartnerRefusal(s.organisation_id(), b.partner_status);
+  if (o == "site_not_allowed") {
+    return absl::InvalidArgumentError("site: only department events have sites; leave it empty");
+  }
+  if (o == "site_required") {
+    return absl::InvalidArgumentError(
+        "site: is required for a department event (one of its sites)");
+  }
+  if (o == "no_site") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("site: session has no site named \"", site, "\""));
+  }
+  if (o == "live_on_session") {
+    return absl::AlreadyExistsError(absl::StrCat("participant ", participant_id,
+                                                 " already holds booking ", b.detail,
+                                                 " on session ", session_id));
+  }
+  if (o == "frontline_on_date") {
+    return absl::FailedPreconditionError(
+        absl::StrCat("participant ", participant_id, " already has confirmed frontline visit ",
+                     b.detail, " on ", s.date(),
+                     " (a connector holds at most one confirmed frontline visit per date)"));
+  }
+  if (o == "retry") {
+    return absl::AbortedError("a conflicting booking changed while this one was made; retry");
+  }
+  return absl::InternalError(absl::StrCat("book_session: unknown outcome \"", o, "\""));
 }
 
 absl::StatusOr<std::vector<std::string>> Token(const server::PageTokens& tokens,
@@ -412,6 +473,9 @@ absl::Status SchedulingLogic::CancelSession(const Call& call, const v1::CancelSe
       return absl::FailedPreconditionError(
           absl::StrCat("the session is already ", v1::SessionStatus_Name(s->status())));
     }
+    // Bookings take a site's lock, then read the session: holding every site
+    // here, none lands between reading the live bookings and committing.
+    if (absl::Status st = store::LockSites(c, req.id()); !st.ok()) return st;
     auto live = store::LiveBookings(c, req.id());
     if (!live.ok()) return live.status();
     if (absl::Status st = store::SetSessionStatus(c, req.id(), v1::SESSION_STATUS_CANCELLED);
@@ -474,120 +538,33 @@ absl::Status SchedulingLogic::EmitBooking(db::Conn& tx, const Call& call, const 
   return outbox_.Emit(tx, absl::StrCat("booking.", verb), booking_id, e, call.traceparent);
 }
 
+absl::StatusOr<db::Statement> SchedulingLogic::BookedEvent(const Call& call,
+                                                          const store::Booked& b) {
+  ev::BookingChanged e;
+  *e.mutable_booking() = b.booking;
+  *e.mutable_session() = b.session;
+  bool confirmed = b.booking.status() == kConfirmed;
+  return outbox_.Prepare(confirmed ? "booking.confirmed" : "booking.waitlisted", b.booking.id(), e,
+                         call.traceparent);
+}
+
 absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& call,
                                                       const std::string& session_id,
                                                       const std::string& participant_id,
                                                       const std::string& site,
                                                       const std::string& request_id, bool emit) {
-  if (!request_id.empty()) {
-    auto prior = store::BookingByRequestId(c, request_id);
-    if (!prior.ok()) return prior.status();
-    if (prior->has_value()) return **prior;
+  db::Statement book = store::BookStatement(session_id, participant_id, site, request_id);
+  auto rows = c.Exec(book.sql, book.params);
+  if (!rows.ok()) return rows.status();
+  auto b = store::ReadBooked(*rows);
+  if (!b.ok()) return b.status();
+  if (absl::Status s = BookingRefusal(*b, session_id, participant_id, site); !s.ok()) return s;
+  if (emit && b->outcome == "booked") {
+    auto event = BookedEvent(call, *b);
+    if (!event.ok()) return event.status();
+    if (auto r = c.Exec(event->sql, event->params); !r.ok()) return r.status();
   }
-  auto ctx = store::LoadBookingContext(c, session_id, participant_id);
-  if (!ctx.ok()) return ctx.status();
-  if (ctx->participant_status == 0) {
-    return absl::NotFoundError(absl::StrCat("participant ", participant_id, " not found"));
-  }
-  if (ctx->participant_status != v1::PARTICIPANT_STATUS_ACTIVE) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("participant ", participant_id, " is INACTIVE and cannot book"));
-  }
-  if (!ctx->session.has_value()) {
-    return absl::NotFoundError(absl::StrCat("session ", session_id, " not found"));
-  }
-  v1::Session* session = &*ctx->session;
-  if (session->status() != v1::SESSION_STATUS_SCHEDULED) {
-    return absl::FailedPreconditionError(absl::StrCat("session ", session_id, " is ",
-                                                      v1::SessionStatus_Name(session->status()),
-                                                      "; only SCHEDULED sessions take bookings"));
-  }
-  if (absl::Now() >= LocalInstant(session->date(), session->start_time())) {
-    return absl::FailedPreconditionError(absl::StrCat("session ", session_id, " began at ",
-                                                      session->date(), " ", session->start_time(),
-                                                      "; it takes no more bookings"));
-  }
-  if (ctx->partner_status != pv1::ORGANISATION_STATUS_ACTIVE) {
-    if (auto org = ActivePartner(c, session->organisation_id()); !org.ok()) return org.status();
-  }
-  bool event = session->kind() == v1::SESSION_KIND_DEPARTMENT_EVENT;
-  if (!event && !site.empty()) {
-    return absl::InvalidArgumentError("site: only department events have sites; leave it empty");
-  }
-  if (event && site.empty()) {
-    return absl::InvalidArgumentError(
-        "site: is required for a department event (one of its sites)");
-  }
-  // The site row lock serialises every seat change for this site: counts and
-  // the arrival order (seq) are consistent.
-  auto locked = store::LockSiteForBooking(c, *session, site, participant_id);
-  if (!locked.ok()) return locked.status();
-  if (!locked->has_value()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("site: session has no site named \"", site, "\""));
-  }
-  if (!request_id.empty()) {  // a concurrent retry may have committed while we waited
-    auto prior = store::BookingByRequestId(c, request_id);
-    if (!prior.ok()) return prior.status();
-    if (prior->has_value()) return **prior;
-  }
-  const store::LockedSite& conflicts = **locked;
-  if (!conflicts.live_on_session.empty()) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("participant ", participant_id, " already holds booking ",
-                     conflicts.live_on_session, " on session ", session_id));
-  }
-  const std::string same_date_rule =
-      "a connector holds at most one confirmed frontline visit per date";
-  if (session->kind() == v1::SESSION_KIND_FRONTLINE_VISIT && !conflicts.frontline_on_date.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "participant ", participant_id, " already has confirmed frontline visit ",
-        conflicts.frontline_on_date, " on ", session->date(), " (", same_date_rule, ")"));
-  }
-  const store::SiteSeats& seats_now = (*locked)->seats;
-  int status = seats_now.confirmed < seats_now.capacity ? kConfirmed : kWaitlisted;
-  auto booked = store::InsertBooking(c, *session, participant_id, site, status, request_id);
-  if (!booked.ok()) {
-    std::string constraint = db::ConstraintOf(booked.status());
-    if (constraint == "bookings_one_frontline_per_date") {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "participant ", participant_id, " already has a confirmed frontline visit on ",
-          session->date(), " (", same_date_rule, ")"));
-    }
-    if (constraint == "bookings_one_per_session") {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "participant ", participant_id, " already holds a booking on session ", session_id));
-    }
-    return booked.status();
-  }
-  if (!booked->has_value()) {  // request_id taken by another session's booking
-    auto prior = store::BookingByRequestId(c, request_id);
-    if (!prior.ok()) return prior.status();
-    if (!prior->has_value()) return absl::AbortedError("request_id race; retry");
-    return **prior;
-  }
-  v1::Booking booking = **booked;
-  bool confirmed = status == kConfirmed;
-  if (!confirmed) booking.set_waitlist_position(seats_now.waitlisted + 1);
-  if (emit) {
-    // The session as it is now, without reading it again under the site lock.
-    for (v1::Site& st : *session->mutable_sites()) {
-      if (st.name() != site) continue;
-      if (confirmed)
-        st.set_confirmed(st.confirmed() + 1);
-      else
-        st.set_waitlisted(st.waitlisted() + 1);
-    }
-    ev::BookingChanged e;
-    *e.mutable_booking() = booking;
-    *e.mutable_session() = *session;
-    if (absl::Status s = outbox_.Emit(c, confirmed ? "booking.confirmed" : "booking.waitlisted",
-                                      booking.id(), e, call.traceparent);
-        !s.ok()) {
-      return s;
-    }
-  }
-  return booking;
+  return std::move(b->booking);
 }
 
 absl::Status SchedulingLogic::Promote(db::Conn& c, const Call& call, const v1::Session& session,
@@ -648,14 +625,26 @@ absl::Status SchedulingLogic::BookSession(const Call& call, const v1::BookSessio
   server::CheckRequestId(e, "request_id", req.request_id());
   if (!e.empty()) return e.ToStatus();
   if (absl::Status s = MayActFor(call.principal, req.participant_id()); !s.ok()) return s;
+  // One round trip for the booking (pipelined with BEGIN and with the other
+  // bookings of this site queued meanwhile), one for its event and COMMIT.
+  db::GroupCommitter::Work work;
+  work.first = store::BookStatement(req.session_id(), req.participant_id(), req.site(),
+                                    req.request_id());
+  work.then = [&](const db::Result& rows) -> absl::StatusOr<std::vector<db::Statement>> {
+    auto b = store::ReadBooked(rows);
+    if (!b.ok()) return b.status();
+    if (absl::Status s = BookingRefusal(*b, req.session_id(), req.participant_id(), req.site());
+        !s.ok()) {
+      return s;
+    }
+    *resp = b->booking;
+    if (b->outcome != "booked") return std::vector<db::Statement>();
+    auto event = BookedEvent(call, *b);
+    if (!event.ok()) return event.status();
+    return std::vector<db::Statement>{*std::move(event)};
+  };
   return bookings_.Run(absl::StrCat(req.session_id(), "/", req.site()), call.deadline,
-                       [&](db::Conn& c) -> absl::Status {
-                         auto b = BookInTx(c, call, req.session_id(), req.participant_id(),
-                                           req.site(), req.request_id(), true);
-                         if (!b.ok()) return b.status();
-                         *resp = *std::move(b);
-                         return absl::OkStatus();
-                       });
+                       std::move(work));
 }
 
 absl::Status SchedulingLogic::GetBooking(const Call& call, const v1::GetBookingRequest& req,

@@ -15,6 +15,10 @@
 
 namespace connecting::scheduling {
 
+namespace store {
+struct Booked;
+}  // namespace store
+
 namespace v1 = ::connecting::scheduling::v1;
 using server::Call;
 
@@ -53,6 +57,8 @@ class SchedulingLogic {
 #undef CONNECTING_DECLARE
 
  private:
+  // The outbox row for a booking book_session made (confirmed or waitlisted).
+  absl::StatusOr<db::Statement> BookedEvent(const Call& call, const store::Booked& b);
   // Books inside `tx`; emits booking.confirmed/waitlisted when `emit`.
   absl::StatusOr<v1::Booking> BookInTx(db::Conn& tx, const Call& call,
                                        const std::string& session_id,

@@ -321,65 +321,59 @@ absl::Status AddSeats(db::Conn& c, const std::string& session_id, const std::str
       .status();
 }
 
-absl::StatusOr<std::optional<v1::Booking>> BookingByRequestId(db::Conn& c, const std::string& rid) {
-  return MaybeOne<v1::Booking>(
-      c.Exec(absl::StrCat("SELECT ", kBookingCols, " FROM bookings b WHERE b.request_id = $1"),
-             {rid}),
-      BookingRow);
+absl::Status LockSites(db::Conn& c, const std::string& session_id) {
+  return c
+      .Exec("SELECT 1 FROM session_sites WHERE session_id = $1::uuid ORDER BY site FOR UPDATE",
+            {session_id})
+      .status();
 }
 
-absl::StatusOr<BookingContext> LoadBookingContext(db::Conn& c, const std::string& session_id,
-                                                  const std::string& participant_id) {
-  auto r = c.Exec(
-      absl::StrCat("SELECT COALESCE((SELECT status FROM participants WHERE id = $2::uuid), 0), "
-                   "COALESCE((SELECT status FROM partner_organisations po WHERE po.id = "
-                   "s.organisation_id), 0), ",
-                   kSessionCols, " FROM sessions s WHERE s.id = $1::uuid"),
-      {session_id, participant_id});
-  if (!r.ok()) return r.status();
-  BookingContext ctx;
-  if (r->rows() == 0) {
-    auto p = c.Exec("SELECT status FROM participants WHERE id = $1::uuid", {participant_id});
-    if (!p.ok()) return p.status();
-    ctx.participant_status = p->rows() > 0 ? static_cast<int>(p->Int(0, 0)) : 0;
-    return ctx;
+db::Statement BookStatement(const std::string& session_id, const std::string& participant_id,
+                            const std::string& site, const std::string& request_id) {
+  // MATERIALIZED: the function runs exactly once, before the session is joined.
+  return {absl::StrCat("WITH r AS MATERIALIZED (SELECT * FROM book_session($1::uuid, $2::uuid, "
+                       "$3, $4)) SELECT r.*, ",
+                       kSessionCols, " FROM r LEFT JOIN sessions s ON s.id = $1::uuid"),
+          {session_id, participant_id, site, db::NullIfEmpty(request_id)}};
+}
+
+absl::StatusOr<Booked> ReadBooked(const db::Result& r) {
+  if (r.rows() != 1) {
+    return absl::InternalError(absl::StrCat("book_session returned ", r.rows(), " rows"));
   }
-  ctx.participant_status = static_cast<int>(r->Int(0, 0));
-  ctx.partner_status = static_cast<int>(r->Int(0, 1));
-  ctx.session = SessionAt(*r, 0, 2);  // after the two status columns
-  return ctx;
-}
-
-absl::StatusOr<std::optional<LockedSite>> LockSiteForBooking(db::Conn& c, const v1::Session& s,
-                                                             const std::string& site,
-                                                             const std::string& participant_id) {
-  return MaybeOne<LockedSite>(
-      c.Exec("SELECT ss.capacity, ss.confirmed, ss.waitlisted, "
-             "COALESCE((SELECT id::text FROM bookings WHERE session_id = $1::uuid AND "
-             "participant_id = $3::uuid AND status IN (1, 2)), ''), "
-             "COALESCE((SELECT id::text FROM bookings WHERE participant_id = $3::uuid AND "
-             "session_date = $4::date AND status = 1 AND kind = 1), '') "
-             "FROM session_sites ss WHERE ss.session_id = $1::uuid AND ss.site = $2 "
-             "FOR UPDATE OF ss",
-             {s.id(), site, participant_id, s.date()}),
-      [](const db::Result& r, int i) {
-        return LockedSite{{static_cast<int>(r.Int(i, 0)), static_cast<int>(r.Int(i, 1)),
-                           static_cast<int>(r.Int(i, 2))},
-                          r.String(i, 3),
-                          r.String(i, 4)};
-      });
-}
-
-absl::StatusOr<BookingConflicts> Conflicts(db::Conn& c, const std::string& session_id,
-                                           const std::string& participant_id,
-                                           const std::string& date) {
-  auto r = c.Exec(
-      "SELECT (SELECT id::text FROM bookings WHERE session_id = $1::uuid AND participant_id = "
-      "$2::uuid AND status IN (1, 2)), (SELECT id::text FROM bookings WHERE participant_id = "
-      "$2::uuid AND session_date = $3::date AND status = 1 AND kind = 1)",
-      {session_id, participant_id, date});
-  if (!r.ok()) return r.status();
-  return BookingConflicts{r->String(0, 0), r->String(0, 1)};
+  constexpr int kSessionAt = 17;  // the function's columns come first
+  Booked out;
+  out.outcome = r.String(0, 0);
+  out.detail = r.String(0, 1);
+  if (!r.IsNull(0, 2)) {
+    v1::Booking& b = out.booking;
+    b.set_id(r.String(0, 2));
+    b.set_session_id(r.String(0, 3));
+    b.set_participant_id(r.String(0, 4));
+    b.set_site(r.String(0, 5));
+    b.set_status(static_cast<v1::BookingStatus>(r.Int(0, 6)));
+    b.set_waitlist_position(static_cast<int32_t>(r.Int(0, 7)));
+    *b.mutable_create_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(0, 8));
+    *b.mutable_update_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(0, 9));
+    b.set_etag(r.String(0, 10));
+  }
+  out.seats = {static_cast<int>(r.Int(0, 11)), static_cast<int>(r.Int(0, 12)),
+               static_cast<int>(r.Int(0, 13))};
+  out.participant_status = static_cast<int>(r.Int(0, 14));
+  out.partner_status = static_cast<int>(r.Int(0, 15));
+  out.session_status = static_cast<int>(r.Int(0, 16));
+  if (!r.IsNull(0, kSessionAt)) {
+    out.session = SessionAt(r, 0, kSessionAt);
+    if (out.outcome == "booked") {
+      out.session.set_status(static_cast<v1::SessionStatus>(out.session_status));
+      for (v1::Site& st : *out.session.mutable_sites()) {
+        if (st.name() != out.booking.site()) continue;
+        st.set_confirmed(out.seats.confirmed);
+        st.set_waitlisted(out.seats.waitlisted);
+      }
+    }
+  }
+  return out;
 }
 
 absl::StatusOr<std::optional<std::string>> ConfirmedFrontlineOn(db::Conn& c,
@@ -390,34 +384,6 @@ absl::StatusOr<std::optional<std::string>> ConfirmedFrontlineOn(db::Conn& c,
              "$2::date AND status = 1 AND kind = 1",
              {participant_id, date}),
       Text0);
-}
-
-absl::StatusOr<std::optional<v1::Booking>> InsertBooking(db::Conn& c, const v1::Session& s,
-                                                         const std::string& participant_id,
-                                                         const std::string& site, int status,
-                                                         const std::string& rid) {
-  return MaybeOne<v1::Booking>(
-      // The seat counters move in the same statement, only if the row went in.
-      c.Exec("WITH b AS (INSERT INTO bookings (request_id, session_id, site, participant_id, "
-             "status, session_date, kind) VALUES ($1, $2::uuid, $3, $4::uuid, $5, $6::date, $7) "
-             "ON CONFLICT (request_id) DO NOTHING RETURNING id, created_at, version), "
-             "u AS (UPDATE session_sites SET confirmed = confirmed + $8, waitlisted = waitlisted "
-             "+ $9 WHERE session_id = $2::uuid AND site = $3 AND EXISTS (SELECT 1 FROM b)) "
-             "SELECT id::text, (extract(epoch FROM created_at) * 1000000)::bigint, version FROM b",
-             {db::NullIfEmpty(rid), s.id(), site, participant_id, status, s.date(),
-              static_cast<int32_t>(s.kind()), status == 1 ? 1 : 0, status == 1 ? 0 : 1}),
-      [&](const db::Result& r, int i) {
-        v1::Booking b;
-        b.set_id(r.String(i, 0));
-        b.set_session_id(s.id());
-        b.set_participant_id(participant_id);
-        b.set_site(site);
-        b.set_status(static_cast<v1::BookingStatus>(status));
-        *b.mutable_create_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, 1));
-        *b.mutable_update_time() = b.create_time();
-        b.set_etag(r.String(i, 2));
-        return b;
-      });
 }
 
 absl::StatusOr<v1::Booking> GetBooking(db::Conn& c, const std::string& id, bool lock) {

@@ -68,44 +68,32 @@ absl::StatusOr<std::optional<SiteSeats>> LockSite(db::Conn& c, const std::string
 // Adjusts the site's confirmed and waitlisted counters.
 absl::Status AddSeats(db::Conn& c, const std::string& session_id, const std::string& site,
                       int confirmed, int waitlisted);
-absl::StatusOr<std::optional<v1::Booking>> BookingByRequestId(db::Conn& c, const std::string& rid);
-// What booking needs to know before taking the site lock, in one round trip.
-struct BookingContext {
-  std::optional<v1::Session> session;  // nullopt: no such session
-  int participant_status = 0;          // 0: no such participant
-  int partner_status = 0;              // 0: organisation unknown to the projection
-};
-absl::StatusOr<BookingContext> LoadBookingContext(db::Conn& c, const std::string& session_id,
-                                                  const std::string& participant_id);
+// Locks every site of the session: CancelSession holds them so that no
+// booking lands while it cancels the live ones.
+absl::Status LockSites(db::Conn& c, const std::string& session_id);
 
-// Locks the site row and reads its seats and the participant's conflicts.
-struct LockedSite {
-  SiteSeats seats;
-  std::string live_on_session;    // the participant's live booking on this session
-  std::string frontline_on_date;  // its confirmed frontline booking that date
+// A booking in one statement (the book_session function, migration 0003):
+// checks every rule under the site lock and writes the booking and the seat
+// counters, or nothing. Its one row is read by ReadBooked.
+db::Statement BookStatement(const std::string& session_id, const std::string& participant_id,
+                            const std::string& site, const std::string& request_id);
+struct Booked {
+  // "booked", "prior" (request_id already booked) or a refusal; see the migration.
+  std::string outcome;
+  std::string detail;   // the booking in the way, for live_on_session / frontline_on_date
+  v1::Booking booking;  // booked or prior
+  SiteSeats seats;      // the site after the booking
+  int participant_status = 0, partner_status = 0, session_status = 0;
+  // The session as read at the statement's start (other sites' counters may
+  // lag); the booked site's counters are those after the booking. Empty when
+  // outcome is no_session.
+  v1::Session session;
 };
-absl::StatusOr<std::optional<LockedSite>> LockSiteForBooking(db::Conn& c, const v1::Session& s,
-                                                             const std::string& site,
-                                                             const std::string& participant_id);
-
-struct BookingConflicts {
-  std::string live_on_session;    // the participant's live booking on this session
-  std::string frontline_on_date;  // its confirmed frontline booking that date
-};
-// Both checks in one round trip.
-absl::StatusOr<BookingConflicts> Conflicts(db::Conn& c, const std::string& session_id,
-                                           const std::string& participant_id,
-                                           const std::string& date);
+absl::StatusOr<Booked> ReadBooked(const db::Result& r);
 // A confirmed frontline booking of the participant on `date`, if any.
 absl::StatusOr<std::optional<std::string>> ConfirmedFrontlineOn(db::Conn& c,
                                                                 const std::string& participant_id,
                                                                 const std::string& date);
-// Inserts the booking and moves the site's seat counters; returns it
-// (waitlist_position unset), or nullopt when request_id already exists.
-absl::StatusOr<std::optional<v1::Booking>> InsertBooking(db::Conn& c, const v1::Session& s,
-                                                         const std::string& participant_id,
-                                                         const std::string& site, int status,
-                                                         const std::string& rid);
 absl::StatusOr<v1::Booking> GetBooking(db::Conn& c, const std::string& id, bool lock);
 absl::Status SetBookingStatus(db::Conn& c, const std::string& id, int status);
 // Waitlisted (booking id, participant id) of a site in arrival order, locked.

@@ -1,0 +1,6 @@
+-- The relay deletes a row once JetStream has acknowledged it (the stream is the
+-- event log) instead of marking it sent and deleting it a day later: one write
+-- per event instead of three, and an outbox that holds only what is pending.
+-- sent_at stays (always NULL) so older replicas' queries still run.
+DELETE FROM outbox WHERE sent_at IS NOT NULL;
+DROP INDEX outbox_sent;

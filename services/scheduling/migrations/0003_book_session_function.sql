@@ -1,0 +1,156 @@
+-- A booking in one statement. Every rule is checked, under the site's row lock,
+-- and the booking and the site's seat counters are written together, so the
+-- service spends one round trip per booking (pipelined with BEGIN, and its
+-- event with COMMIT; see libs/db/group_commit.h).
+--
+-- Refusals are returned as o_outcome, never raised, and nothing is written
+-- unless o_outcome = 'booked': one refused booking must not abort a
+-- transaction it shares with other callers' bookings.
+--   booked / prior (the booking that already has this request_id)
+--   no_participant, participant_inactive, no_session, not_scheduled, began,
+--   partner_inactive, site_not_allowed, site_required, no_site,
+--   live_on_session / frontline_on_date (o_detail: the booking in the way),
+--   retry (a conflicting booking committed and then vanished: try again)
+-- The o_booking_* columns describe the booked or prior booking; o_capacity,
+-- o_confirmed, o_waitlisted the site after the booking.
+CREATE FUNCTION book_session(p_session uuid, p_participant uuid, p_site text, p_request_id text,
+    OUT o_outcome text, OUT o_detail text,
+    OUT o_booking_id text, OUT o_booking_session text, OUT o_booking_participant text,
+    OUT o_booking_site text, OUT o_booking_status int, OUT o_waitlist_position bigint,
+    OUT o_created_us bigint, OUT o_updated_us bigint, OUT o_version bigint,
+    OUT o_capacity int, OUT o_confirmed int, OUT o_waitlisted int,
+    OUT o_participant_status int, OUT o_partner_status int, OUT o_session_status int)
+LANGUAGE plpgsql AS $$
+DECLARE
+  s sessions%ROWTYPE;
+  b bookings%ROWTYPE;
+  locked boolean;
+  new_status int;
+BEGIN
+  -- A retry of a request that already booked gets that booking back.
+  IF p_request_id IS NOT NULL THEN
+    SELECT * INTO b FROM bookings WHERE request_id = p_request_id;
+    IF FOUND THEN
+      o_outcome := 'prior';
+    END IF;
+  END IF;
+
+  IF o_outcome IS NULL THEN
+    SELECT status INTO o_participant_status FROM participants WHERE id = p_participant;
+    IF NOT FOUND THEN
+      o_outcome := 'no_participant'; RETURN;
+    END IF;
+    IF o_participant_status <> 1 THEN
+      o_outcome := 'participant_inactive'; RETURN;
+    END IF;
+
+    -- The site's row lock serialises every seat change for this site (counts
+    -- and arrival order). CancelSession takes it too, so the session is read
+    -- after it and a booking never lands in a session cancelled meanwhile.
+    SELECT ss.capacity, ss.confirmed, ss.waitlisted INTO o_capacity, o_confirmed, o_waitlisted
+      FROM session_sites ss WHERE ss.session_id = p_session AND ss.site = p_site FOR UPDATE;
+    locked := FOUND;
+
+    SELECT * INTO s FROM sessions WHERE id = p_session;
+    IF NOT FOUND THEN
+      o_outcome := 'no_session'; RETURN;
+    END IF;
+    o_session_status := s.status;
+    IF s.status <> 2 THEN  -- SCHEDULED
+      o_outcome := 'not_scheduled'; RETURN;
+    END IF;
+    IF (s.session_date + s.start_time) AT TIME ZONE 'Europe/London' <= now() THEN
+      o_outcome := 'began'; RETURN;
+    END IF;
+    o_partner_status := COALESCE(
+      (SELECT po.status FROM partner_organisations po WHERE po.id = s.organisation_id), 0);
+    IF o_partner_status <> 1 THEN
+      o_outcome := 'partner_inactive'; RETURN;
+    END IF;
+    IF s.kind <> 2 AND p_site <> '' THEN
+      o_outcome := 'site_not_allowed'; RETURN;
+    END IF;
+    IF s.kind = 2 AND p_site = '' THEN
+      o_outcome := 'site_required'; RETURN;
+    END IF;
+    IF NOT locked THEN
+      o_outcome := 'no_site'; RETURN;
+    END IF;
+
+    IF p_request_id IS NOT NULL THEN  -- a concurrent retry may have committed while we waited
+      SELECT * INTO b FROM bookings WHERE request_id = p_request_id;
+      IF FOUND THEN
+        o_outcome := 'prior';
+      END IF;
+    END IF;
+  END IF;
+
+  IF o_outcome IS NULL THEN
+    SELECT id::text INTO o_detail FROM bookings
+      WHERE session_id = p_session AND participant_id = p_participant AND status IN (1, 2);
+    IF FOUND THEN
+      o_outcome := 'live_on_session'; RETURN;
+    END IF;
+    IF s.kind = 1 THEN
+      SELECT id::text INTO o_detail FROM bookings
+        WHERE participant_id = p_participant AND session_date = s.session_date
+          AND status = 1 AND kind = 1;
+      IF FOUND THEN
+        o_outcome := 'frontline_on_date'; RETURN;
+      END IF;
+    END IF;
+
+    new_status := CASE WHEN o_confirmed < o_capacity THEN 1 ELSE 2 END;
+    -- Bookings of other sites and sessions are not under our lock: the unique
+    -- indexes decide between them, and a loser finds out which rule it met.
+    INSERT INTO bookings (request_id, session_id, site, participant_id, status, session_date, kind)
+      VALUES (p_request_id, p_session, p_site, p_participant, new_status, s.session_date, s.kind)
+      ON CONFLICT DO NOTHING
+      RETURNING * INTO b;
+    IF NOT FOUND THEN
+      IF p_request_id IS NOT NULL THEN
+        SELECT * INTO b FROM bookings WHERE request_id = p_request_id;
+      END IF;
+      IF b.id IS NOT NULL THEN
+        o_outcome := 'prior';
+      ELSE
+        SELECT id::text INTO o_detail FROM bookings
+          WHERE session_id = p_session AND participant_id = p_participant AND status IN (1, 2);
+        IF FOUND THEN
+          o_outcome := 'live_on_session'; RETURN;
+        END IF;
+        SELECT id::text INTO o_detail FROM bookings
+          WHERE participant_id = p_participant AND session_date = s.session_date
+            AND status = 1 AND kind = 1;
+        IF FOUND THEN
+          o_outcome := 'frontline_on_date'; RETURN;
+        END IF;
+        o_outcome := 'retry'; RETURN;
+      END IF;
+    ELSE
+      o_outcome := 'booked';
+      IF new_status = 1 THEN
+        o_confirmed := o_confirmed + 1;
+      ELSE
+        o_waitlisted := o_waitlisted + 1;
+      END IF;
+      UPDATE session_sites SET confirmed = o_confirmed, waitlisted = o_waitlisted
+        WHERE session_id = p_session AND site = p_site;
+    END IF;
+  END IF;
+
+  o_booking_id := b.id::text;
+  o_booking_session := b.session_id::text;
+  o_booking_participant := b.participant_id::text;
+  o_booking_site := b.site;
+  o_booking_status := b.status;
+  o_created_us := (extract(epoch FROM b.created_at) * 1000000)::bigint;
+  o_updated_us := (extract(epoch FROM b.updated_at) * 1000000)::bigint;
+  o_version := b.version;
+  o_waitlist_position := CASE
+    WHEN b.status <> 2 THEN 0
+    WHEN o_outcome = 'booked' THEN o_waitlisted
+    ELSE (SELECT count(*) FROM bookings w WHERE w.session_id = b.session_id AND w.site = b.site
+            AND w.status = 2 AND w.seq <= b.seq) END;
+END;
+$$;
