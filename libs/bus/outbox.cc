@@ -6,7 +6,8 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <unordered_map>
+#include <algorithm>
+#include <unordered_set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -28,7 +29,7 @@ struct RelayMetrics {
       auto& reg = *metrics::Registry();
       auto& pub = prometheus::BuildCounter()
                       .Name("connecting_outbox_published_total")
-                      .Help("Events published to JetStream and marked sent")
+                      .Help("Events published to JetStream (and removed from the outbox)")
                       .Register(reg);
       auto& fail = prometheus::BuildCounter()
                        .Name("connecting_outbox_publish_failures_total")
@@ -145,23 +146,30 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
     if (conn.healthy()) (void)conn.ExecScript("ROLLBACK");
     return s;
   };
+  // Claim a batch by deleting it: the delete commits only once JetStream has
+  // acknowledged every row, so an unpublished row is never lost (a failure or
+  // crash rolls it back, and the next batch sends it again).
   absl::StatusOr<db::Result> rows = conn.Exec(
-      "SELECT id, subject, type, source, ce_subject, payload, traceparent, "
-      "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), seq "
-      "FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+      "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sent_at IS NULL "
+      "ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) "
+      "RETURNING id, subject, type, source, ce_subject, payload, traceparent, "
+      "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), seq",
       {static_cast<int32_t>(options_.batch_size)});
   if (!rows.ok()) return rollback(rows.status());
   if (rows->rows() == 0) {
     (void)conn.ExecScript("COMMIT");
     return 0;
   }
+  std::vector<int> order(rows->rows());  // publish in commit order (seq)
+  for (int r = 0; r < rows->rows(); ++r) order[r] = r;
+  std::sort(order.begin(), order.end(),
+            [&](int a, int b) { return rows->Int(a, 8) < rows->Int(b, 8); });
   {
     absl::MutexLock lock(&mu_);
     acked_.clear();
   }
-  std::unordered_map<std::string, std::string> claimed;  // event id → seq
-  int sent = 0;
-  for (int r = 0; r < rows->rows(); ++r) {
+  std::unordered_set<std::string> claimed;
+  for (int r : order) {
     std::string id = rows->String(r, 0);
     std::string subject = rows->String(r, 1);
     absl::string_view payload = rows->Text(r, 5);
@@ -188,44 +196,35 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
       natsMsg_Destroy(handoff);  // still ours when the call failed
       break;
     }
-    claimed.emplace(std::move(id), rows->String(r, 8));
-    ++sent;
+    claimed.insert(std::move(id));
   }
   jsPubOptions po;
   jsPubOptions_Init(&po);
   po.MaxWait = absl::ToInt64Milliseconds(options_.ack_timeout);
-  (void)js_PublishAsyncComplete(js, &po);  // on timeout, un-acked rows stay pending
+  (void)js_PublishAsyncComplete(js, &po);  // on timeout, the rows stay pending
 
-  std::vector<std::string> acked;  // their seqs
+  size_t acked = 0;
   {
     absl::MutexLock lock(&mu_);
-    for (const std::string& id : acked_) {
-      // A late ack from an earlier batch may land here; only delete our own rows.
-      if (auto it = claimed.find(id); it != claimed.end()) acked.push_back(it->second);
-    }
+    // A late ack from an earlier batch may land here; count only our own rows.
+    for (const std::string& id : acked_) acked += claimed.count(id);
     acked_.clear();
   }
-  if (options_.crash_after_publish && !acked.empty()) {
+  if (options_.crash_after_publish && acked > 0) {
     log::Warn("test hook: exiting after PubAck, before deleting the rows");
     std::_Exit(86);
   }
-  int failed = static_cast<int>(rows->rows()) - static_cast<int>(acked.size());
-  if (failed > 0) RelayMetrics::Get().failed.Increment(failed);
-  if (!acked.empty()) {
-    // Published rows go at once: the stream is the log; keeping them here
-    // would only cost an update and a delete each.
-    absl::StatusOr<db::Result> del =
-        conn.Exec("DELETE FROM outbox WHERE seq = ANY($1::bigint[])",
-                  {absl::StrCat("{", absl::StrJoin(acked, ","), "}")});
-    if (!del.ok()) return rollback(del.status());
+  const size_t claimed_rows = static_cast<size_t>(rows->rows());
+  if (acked < claimed_rows) {
+    // Keep them all: the next batch sends them again and JetStream drops the
+    // copies of those it already has (Nats-Msg-Id within its duplicate window).
+    RelayMetrics::Get().failed.Increment(static_cast<double>(claimed_rows - acked));
+    return rollback(absl::UnavailableError(absl::StrCat(
+        claimed_rows - acked, " of ", claimed_rows, " events not acknowledged by JetStream")));
   }
   if (absl::Status s = conn.ExecScript("COMMIT"); !s.ok()) return s;
-  RelayMetrics::Get().published.Increment(static_cast<double>(acked.size()));
-  if (failed > 0) {
-    return absl::UnavailableError(
-        absl::StrCat(failed, " of ", rows->rows(), " events not acknowledged by JetStream"));
-  }
-  return static_cast<int>(acked.size());
+  RelayMetrics::Get().published.Increment(static_cast<double>(acked));
+  return static_cast<int>(acked);
 }
 
 void OutboxRelay::Run() {

@@ -21,10 +21,17 @@ CREATE FUNCTION book_session(p_session uuid, p_participant uuid, p_site text, p_
     OUT o_capacity int, OUT o_confirmed int, OUT o_waitlisted int,
     OUT o_participant_status int, OUT o_partner_status int, OUT o_session_status int)
 LANGUAGE plpgsql AS $$
+-- Three statements on the common path (lock, context, insert), as each costs
+-- an executor start: this function is most of a booking's database time.
 DECLARE
-  s sessions%ROWTYPE;
+  s_kind int;
+  s_date date;
+  s_start time;
+  s_org uuid;
   b bookings%ROWTYPE;
   locked boolean;
+  prior_id uuid;
+  frontline_id text;
   new_status int;
 BEGIN
   -- A retry of a request that already booked gets that booking back.
@@ -36,14 +43,6 @@ BEGIN
   END IF;
 
   IF o_outcome IS NULL THEN
-    SELECT status INTO o_participant_status FROM participants WHERE id = p_participant;
-    IF NOT FOUND THEN
-      o_outcome := 'no_participant'; RETURN;
-    END IF;
-    IF o_participant_status <> 1 THEN
-      o_outcome := 'participant_inactive'; RETURN;
-    END IF;
-
     -- The site's row lock serialises every seat change for this site (counts
     -- and arrival order). CancelSession takes it too, so the session is read
     -- after it and a booking never lands in a session cancelled meanwhile.
@@ -51,63 +50,87 @@ BEGIN
       FROM session_sites ss WHERE ss.session_id = p_session AND ss.site = p_site FOR UPDATE;
     locked := FOUND;
 
-    SELECT * INTO s FROM sessions WHERE id = p_session;
+    SELECT COALESCE((SELECT p.status FROM participants p WHERE p.id = p_participant), 0),
+           s.kind, s.status, s.session_date, s.start_time, s.organisation_id,
+           COALESCE((SELECT po.status FROM partner_organisations po
+                     WHERE po.id = s.organisation_id), 0),
+           (SELECT x.id FROM bookings x WHERE p_request_id IS NOT NULL
+              AND x.request_id = p_request_id),
+           (SELECT x.id::text FROM bookings x WHERE x.session_id = p_session
+              AND x.participant_id = p_participant AND x.status IN (1, 2)),
+           (SELECT x.id::text FROM bookings x WHERE s.kind = 1
+              AND x.participant_id = p_participant AND x.session_date = s.session_date
+              AND x.status = 1 AND x.kind = 1)
+      INTO o_participant_status, s_kind, o_session_status, s_date, s_start, s_org,
+           o_partner_status, prior_id, o_detail, frontline_id
+      FROM sessions s WHERE s.id = p_session;
     IF NOT FOUND THEN
+      o_participant_status := COALESCE(
+        (SELECT p.status FROM participants p WHERE p.id = p_participant), 0);
+    END IF;
+    IF o_participant_status = 0 THEN
+      o_outcome := 'no_participant'; RETURN;
+    END IF;
+    IF o_participant_status <> 1 THEN
+      o_outcome := 'participant_inactive'; RETURN;
+    END IF;
+    IF s_kind IS NULL THEN
       o_outcome := 'no_session'; RETURN;
     END IF;
-    o_session_status := s.status;
-    IF s.status <> 2 THEN  -- SCHEDULED
+    IF o_session_status <> 2 THEN  -- SCHEDULED
       o_outcome := 'not_scheduled'; RETURN;
     END IF;
-    IF (s.session_date + s.start_time) AT TIME ZONE 'Europe/London' <= now() THEN
+    IF (s_date + s_start) AT TIME ZONE 'Europe/London' <= now() THEN
       o_outcome := 'began'; RETURN;
     END IF;
-    o_partner_status := COALESCE(
-      (SELECT po.status FROM partner_organisations po WHERE po.id = s.organisation_id), 0);
     IF o_partner_status <> 1 THEN
       o_outcome := 'partner_inactive'; RETURN;
     END IF;
-    IF s.kind <> 2 AND p_site <> '' THEN
+    IF s_kind <> 2 AND p_site <> '' THEN
       o_outcome := 'site_not_allowed'; RETURN;
     END IF;
-    IF s.kind = 2 AND p_site = '' THEN
+    IF s_kind = 2 AND p_site = '' THEN
       o_outcome := 'site_required'; RETURN;
     END IF;
     IF NOT locked THEN
       o_outcome := 'no_site'; RETURN;
     END IF;
-
-    IF p_request_id IS NOT NULL THEN  -- a concurrent retry may have committed while we waited
-      SELECT * INTO b FROM bookings WHERE request_id = p_request_id;
-      IF FOUND THEN
-        o_outcome := 'prior';
-      END IF;
+    IF prior_id IS NOT NULL THEN  -- a concurrent retry committed while we waited
+      SELECT * INTO b FROM bookings WHERE id = prior_id;
+      o_outcome := 'prior';
+      o_detail := NULL;
+    ELSIF o_detail IS NOT NULL THEN
+      o_outcome := 'live_on_session'; RETURN;
+    ELSIF frontline_id IS NOT NULL THEN
+      o_detail := frontline_id;
+      o_outcome := 'frontline_on_date'; RETURN;
     END IF;
   END IF;
 
   IF o_outcome IS NULL THEN
-    SELECT id::text INTO o_detail FROM bookings
-      WHERE session_id = p_session AND participant_id = p_participant AND status IN (1, 2);
-    IF FOUND THEN
-      o_outcome := 'live_on_session'; RETURN;
-    END IF;
-    IF s.kind = 1 THEN
-      SELECT id::text INTO o_detail FROM bookings
-        WHERE participant_id = p_participant AND session_date = s.session_date
-          AND status = 1 AND kind = 1;
-      IF FOUND THEN
-        o_outcome := 'frontline_on_date'; RETURN;
-      END IF;
-    END IF;
-
     new_status := CASE WHEN o_confirmed < o_capacity THEN 1 ELSE 2 END;
+    IF new_status = 1 THEN
+      o_confirmed := o_confirmed + 1;
+    ELSE
+      o_waitlisted := o_waitlisted + 1;
+    END IF;
     -- Bookings of other sites and sessions are not under our lock: the unique
-    -- indexes decide between them, and a loser finds out which rule it met.
-    INSERT INTO bookings (request_id, session_id, site, participant_id, status, session_date, kind)
-      VALUES (p_request_id, p_session, p_site, p_participant, new_status, s.session_date, s.kind)
-      ON CONFLICT DO NOTHING
-      RETURNING * INTO b;
-    IF NOT FOUND THEN
+    -- indexes decide between them (one confirmed frontline visit per date,
+    -- one live booking per session, one booking per request_id), and a loser
+    -- finds out below which rule it met. The counters move only with a row.
+    WITH ins AS (
+      INSERT INTO bookings (request_id, session_id, site, participant_id, status, session_date,
+                            kind)
+        VALUES (p_request_id, p_session, p_site, p_participant, new_status, s_date, s_kind)
+        ON CONFLICT DO NOTHING
+        RETURNING *),
+    upd AS (
+      UPDATE session_sites SET confirmed = o_confirmed, waitlisted = o_waitlisted
+        WHERE session_id = p_session AND site = p_site AND EXISTS (SELECT 1 FROM ins))
+    SELECT * INTO b FROM ins;
+    IF b.id IS NOT NULL THEN
+      o_outcome := 'booked';
+    ELSE
       IF p_request_id IS NOT NULL THEN
         SELECT * INTO b FROM bookings WHERE request_id = p_request_id;
       END IF;
@@ -120,22 +143,13 @@ BEGIN
           o_outcome := 'live_on_session'; RETURN;
         END IF;
         SELECT id::text INTO o_detail FROM bookings
-          WHERE participant_id = p_participant AND session_date = s.session_date
+          WHERE participant_id = p_participant AND session_date = s_date
             AND status = 1 AND kind = 1;
         IF FOUND THEN
           o_outcome := 'frontline_on_date'; RETURN;
         END IF;
         o_outcome := 'retry'; RETURN;
       END IF;
-    ELSE
-      o_outcome := 'booked';
-      IF new_status = 1 THEN
-        o_confirmed := o_confirmed + 1;
-      ELSE
-        o_waitlisted := o_waitlisted + 1;
-      END IF;
-      UPDATE session_sites SET confirmed = o_confirmed, waitlisted = o_waitlisted
-        WHERE session_id = p_session AND site = p_site;
     END IF;
   END IF;
 
