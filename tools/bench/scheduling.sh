@@ -20,5 +20,10 @@ pgbench_tps=$(command pgbench -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 16 -j
   -f "$work/insert.sql" scheduling 2>/dev/null | awk '/^tps/ {print int($3); exit}')
 echo "pgbench, single-row INSERT, 16 clients, same database: $pgbench_tps tps"
 awk -v tps="$pgbench_tps" 'NR > 1 && $NF ~ /^[0-9]+$/ {
-  rate = $(NF-3); name = $0; sub(/ +[0-9].*$/, "", name);
+  rate = $(NF-3); name = $0; sub(/ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9]+$/, "", name);
   printf "  %-32s %.0f%% of pgbench\n", name, 100 * rate / tps }' "$work/bookings.txt"
+if [ -n "${BENCH_STATS:-}" ]; then
+  psql -d scheduling -c "SELECT relname, seq_scan, seq_tup_read, idx_scan, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, n_dead_tup FROM pg_stat_user_tables ORDER BY seq_tup_read DESC"
+  psql -d scheduling -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" 2>/dev/null &&
+  psql -d scheduling -c "SELECT calls, total_exec_time::int ms, rows, left(query, 90) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25" 2>/dev/null || true
+fi

@@ -48,6 +48,7 @@ start_postgres() {
   fi
   local opts="-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300"
   [ "$mode" = fast ] && opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  [ -n "${PG_EXTRA_OPTS:-}" ] && opts="$opts $PG_EXTRA_OPTS"  # e.g. -c shared_preload_libraries=…
   as_pg_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w -t 60 start \
     >/dev/null || { tail -20 "$dir/postgres.log" >&2; return 1; }
 }
