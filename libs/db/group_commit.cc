@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "libs/common/metrics.h"
 
 namespace connecting::db {
 namespace {
@@ -11,6 +12,16 @@ namespace {
 constexpr int kMaxRetries = 8;  // serialization failures and deadlocks, per batch
 
 }  // namespace
+
+GroupCommitter::GroupCommitter(Pool& pool, const std::string& name, int max_batch)
+    : pool_(pool), max_batch_(max_batch) {
+  static auto& family = prometheus::BuildHistogram()
+                            .Name("connecting_group_commit_batch_size")
+                            .Help("Callers whose work one group-committed transaction carried")
+                            .Register(*metrics::Registry());
+  batch_sizes_ = &family.Add({{"committer", name}},
+                             prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64});
+}
 
 absl::Status GroupCommitter::Run(const std::string& key, absl::Time deadline, Work work) {
   Item item;
@@ -152,6 +163,7 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline) {
     for (size_t i = 0; i < batch.size(); ++i) {
       if (going[i]) batch[i]->result = commit;
     }
+    if (commit.ok()) batch_sizes_->Observe(static_cast<double>(batch.size()));
     return;
   }
 }

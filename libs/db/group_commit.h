@@ -32,6 +32,10 @@
 #include "absl/time/time.h"
 #include "libs/db/db.h"
 
+namespace prometheus {
+class Histogram;
+}  // namespace prometheus
+
 namespace connecting::db {
 
 class GroupCommitter {
@@ -43,7 +47,9 @@ class GroupCommitter {
     std::function<absl::StatusOr<std::vector<Statement>>(const Result& first_rows)> then;
   };
 
-  GroupCommitter(Pool& pool, int max_batch = 64) : pool_(pool), max_batch_(max_batch) {}
+  // `name` labels its metric: connecting_group_commit_batch_size{committer=name},
+  // how many callers each committed transaction carried.
+  GroupCommitter(Pool& pool, const std::string& name, int max_batch = 64);
 
   // Runs `work` inside a transaction shared with other work for `key`. Blocks
   // until that transaction has committed (or failed).
@@ -65,6 +71,7 @@ class GroupCommitter {
 
   Pool& pool_;
   const int max_batch_;
+  prometheus::Histogram* batch_sizes_;
   absl::Mutex mu_;
   std::unordered_map<std::string, Queue> queues_ ABSL_GUARDED_BY(mu_);
 };

@@ -28,7 +28,7 @@ absl::Status ApplyPartnerEvent(db::Conn& tx, const bus::Delivery& event);
 class SchedulingLogic {
  public:
   SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox, const server::PageTokens& tokens)
-      : pool_(pool), outbox_(outbox), tokens_(tokens), bookings_(pool) {}
+      : pool_(pool), outbox_(outbox), tokens_(tokens), bookings_(pool, "bookings") {}
 
 #define CONNECTING_SCHEDULING_METHODS(X)                                             \
   X(RegisterParticipant, RegisterParticipantRequest, Participant)                    \

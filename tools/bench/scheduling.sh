@@ -2,8 +2,9 @@
 # beside pgbench inserting single rows into the same database.
 psql -qc "CREATE DATABASE scheduling"
 scheduling_port=$(free_port)
+scheduling_metrics=$(free_port)
 DATABASE_URL="postgresql://postgres@127.0.0.1:$pg_port/scheduling" NATS_URL="nats://127.0.0.1:$nats_port" \
-GRPC_LISTEN="127.0.0.1:$scheduling_port" METRICS_LISTEN="127.0.0.1:$(free_port)" AUTH_JWT_KEY="$key" \
+GRPC_LISTEN="127.0.0.1:$scheduling_port" METRICS_LISTEN="127.0.0.1:$scheduling_metrics" AUTH_JWT_KEY="$key" \
 LOG_LEVEL=warn "$BUILD_DIR/services/scheduling/scheduling" >"$work/scheduling.log" 2>&1 &
 pids+=($!)
 wait_port 127.0.0.1 "$scheduling_port" 30
@@ -13,6 +14,10 @@ echo
 echo "== bookings (16 clients; each booking is a transaction: locks, rule checks, outbox event)"
 "$BUILD_DIR/tools/scheduling_bench" --scheduling "127.0.0.1:$scheduling_port" \
   --partners "127.0.0.1:$partners_port" --token "$admin" --seconds "$SECONDS_PER_RUN" | tee "$work/bookings.txt"
+curl -s "http://127.0.0.1:$scheduling_metrics/metrics" | awk '
+  /^connecting_group_commit_batch_size_sum\{committer="bookings"/ {sum = $NF}
+  /^connecting_group_commit_batch_size_count\{committer="bookings"/ {n = $NF}
+  END { if (n > 0) printf "  (both scenarios: %d transactions, %.1f bookings each on average)\n", n, sum / n }'
 
 psql -d scheduling -qc "CREATE TABLE pgbench_single_row (id bigserial PRIMARY KEY, payload text NOT NULL)"
 echo "INSERT INTO pgbench_single_row (payload) VALUES ('booking-sized row');" >"$work/insert.sql"
