@@ -270,7 +270,7 @@ TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
                     "CREATE TABLE taken (v int PRIMARY KEY);"
                     "CREATE TABLE followed (v int PRIMARY KEY)");
               }).ok());
-  db::GroupCommitter group(*pool_);
+  db::GroupCommitter group(*pool_, "test");
   // 64 callers on one hot row. Every 8th statement raises (a duplicate key);
   // every 8th caller from 4 refuses in `then` (a rule, nothing written); caller
   // 13 meets something unexpected after writing (INTERNAL). None of these may

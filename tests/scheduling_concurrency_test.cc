@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "connecting/events/v1/scheduling_events.pb.h"
+#include "libs/db/db.h"
 #include "tests/scheduling_common.h"
 
 namespace connecting::testing {
@@ -198,6 +199,48 @@ TEST_F(SchedulingConcurrency, PromotionSkipsWhoeverWouldHoldTwoVisitsThatDate) {
       EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_WAITLISTED);
     }
   }
+}
+
+TEST_F(SchedulingConcurrency, ABookingInFlightIsCancelledWithItsSession) {
+  // A booking transaction that has passed every check but not yet committed
+  // (another replica's, say) while the session is cancelled: the cancel must
+  // wait for it and then cancel it too, never leave it live on a cancelled
+  // session.
+  std::string who = Register(*fx_, "CR1001").id();
+  sv1::Session session = NewSession(*fx_, *org_, 5, DateIn(8));
+  auto conn = db::Conn::Open(fx_->scheduling_db, "test");
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  // A booking's first step: the site's row lock (book_session then reads the
+  // session and writes). Another replica's booking could sit here.
+  ASSERT_TRUE((*conn)->ExecScript("BEGIN").ok());
+  ASSERT_TRUE((*conn)
+                  ->Exec("SELECT 1 FROM session_sites WHERE session_id = $1::uuid FOR UPDATE",
+                         {session.id()})
+                  .ok());
+
+  auto cancel = std::async(std::launch::async, [&] {
+    sv1::CancelSessionRequest req;
+    req.set_id(session.id());
+    sv1::Session out;
+    return fx_->stub->CancelSession(Ctx(fx_->admin).get(), req, &out);
+  });
+  EXPECT_EQ(cancel.wait_for(std::chrono::milliseconds(500)), std::future_status::timeout)
+      << "CancelSession must wait for the booking that holds the site";
+  auto booked = (*conn)->Exec("SELECT o_outcome FROM book_session($1::uuid, $2::uuid, '', NULL)",
+                              {session.id(), who});
+  ASSERT_TRUE(booked.ok()) << booked.status();
+  EXPECT_EQ(booked->String(0, 0), "booked");
+  ASSERT_TRUE((*conn)->ExecScript("COMMIT").ok());
+  ASSERT_TRUE(cancel.get().ok());
+
+  std::vector<sv1::Booking> all = SessionBookings(*fx_, session.id());
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].status(), sv1::BOOKING_STATUS_CANCELLED) << "outlived its session's cancel";
+
+  // And once cancelled, the session takes no more bookings.
+  sv1::Booking b;
+  grpc::Status again = Book(*fx_, session.id(), Register(*fx_, "CR1002").id(), &b);
+  EXPECT_EQ(again.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << again.error_message();
 }
 
 }  // namespace

@@ -491,7 +491,9 @@ absl::Status SchedulingLogic::CancelSession(const Call& call, const v1::CancelSe
           absl::StrCat("the session is already ", v1::SessionStatus_Name(s->status())));
     }
     // Bookings take a site's lock, then read the session: holding every site
-    // here, none lands between reading the live bookings and committing.
+    // before reading the live bookings, the cancel waits for bookings in
+    // flight (and cancels them) rather than deadlocking with them on the
+    // session row (their foreign key check) and the seat counters.
     if (absl::Status st = store::LockSites(c, req.id()); !st.ok()) return st;
     auto live = store::LiveBookings(c, req.id());
     if (!live.ok()) return live.status();
