@@ -2,6 +2,11 @@
 // libs/server/service_main.h) it reads where partner events come from:
 //   PARTNERS_EVENTS_STREAM   PARTNERS
 //   PARTNERS_EVENTS_SUBJECT  connecting.partners.organisation.>
+// and how bookings share transactions:
+//   BOOKING_LANES            4 (1–64; see SchedulingLogic)
+#include <cstdio>
+#include <cstdlib>
+
 #include "libs/common/config.h"
 #include "libs/server/service_main.h"
 #include "services/scheduling/scheduling_service.h"
@@ -27,7 +32,14 @@ int main(int argc, char** argv) {
     partners.durable = "scheduling-partners";
     ctx.consumers.push_back(std::make_unique<bus::Consumer>(partners, &ctx.pool, &ctx.nats,
                                                             &scheduling::ApplyPartnerEvent));
-    logic = std::make_unique<scheduling::SchedulingLogic>(ctx.pool, ctx.outbox, ctx.page_tokens);
+    int lanes = static_cast<int>(env.Int("BOOKING_LANES", 4, 1, 64));
+    if (absl::Status st = env.Finish(); !st.ok()) {
+      std::fprintf(stderr, "scheduling: invalid configuration:\n%s\n",
+                   std::string(st.message()).c_str());
+      std::exit(2);
+    }
+    logic = std::make_unique<scheduling::SchedulingLogic>(ctx.pool, ctx.outbox, ctx.page_tokens,
+                                                          lanes);
     std::vector<std::unique_ptr<grpc::Service>> services;
     services.push_back(std::make_unique<scheduling::SchedulingGrpc>(logic.get(), &ctx.rpc));
     return services;

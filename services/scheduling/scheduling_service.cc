@@ -1,6 +1,5 @@
 #include "services/scheduling/scheduling_service.h"
 
-#include <cstdlib>
 #include <functional>
 
 #include <google/protobuf/util/json_util.h>
@@ -52,20 +51,6 @@ absl::StatusOr<store::PartnerOrganisation> ActivePartner(db::Conn& c, const std:
   if (!p->has_value()) return PartnerRefusal(id, 0);
   if ((*p)->status != pv1::ORGANISATION_STATUS_ACTIVE) return PartnerRefusal(id, (*p)->status);
   return **p;
-}
-
-// Bookings queue by lane and each lane commits its queue as one transaction,
-// so concurrent bookings share BEGIN, COMMIT, the WAL flush and round trips
-// whichever sessions they are for. A session always maps to the same lane:
-// bookings of one site never wait on another lane's lock, and lanes run in
-// parallel.
-std::string BookingLane(const std::string& session_id) {
-  static const size_t lanes = [] {
-    const char* v = std::getenv("BOOKING_LANES");
-    int n = v != nullptr ? std::atoi(v) : 0;
-    return static_cast<size_t>(n > 0 && n <= 64 ? n : 4);
-  }();
-  return absl::StrCat("lane-", std::hash<std::string>()(session_id) % lanes);
 }
 
 // The status for book_session's outcome: OK for booked and prior, else the
@@ -662,7 +647,9 @@ absl::Status SchedulingLogic::BookSession(const Call& call, const v1::BookSessio
     if (!event.ok()) return event.status();
     return std::vector<db::Statement>{*std::move(event)};
   };
-  return bookings_.Run(BookingLane(req.session_id()), call.deadline, std::move(work));
+  std::string lane = absl::StrCat(
+      "lane-", std::hash<std::string>()(req.session_id()) % static_cast<size_t>(booking_lanes_));
+  return bookings_.Run(lane, call.deadline, std::move(work));
 }
 
 absl::Status SchedulingLogic::GetBooking(const Call& call, const v1::GetBookingRequest& req,

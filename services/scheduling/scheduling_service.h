@@ -27,8 +27,18 @@ absl::Status ApplyPartnerEvent(db::Conn& tx, const bus::Delivery& event);
 
 class SchedulingLogic {
  public:
-  SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox, const server::PageTokens& tokens)
-      : pool_(pool), outbox_(outbox), tokens_(tokens), bookings_(pool, "bookings") {}
+  // Bookings queue in `booking_lanes` lanes (sessions hashed over them); each
+  // lane commits what queued meanwhile as one transaction, so concurrent
+  // bookings share BEGIN, COMMIT and round trips whichever sessions they are
+  // for. Bookings of one session are always in the same lane; lanes run in
+  // parallel.
+  SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox, const server::PageTokens& tokens,
+                  int booking_lanes = 4)
+      : pool_(pool),
+        outbox_(outbox),
+        tokens_(tokens),
+        booking_lanes_(booking_lanes > 0 ? booking_lanes : 1),
+        bookings_(pool, "bookings") {}
 
 #define CONNECTING_SCHEDULING_METHODS(X)                                             \
   X(RegisterParticipant, RegisterParticipantRequest, Participant)                    \
@@ -77,6 +87,7 @@ class SchedulingLogic {
   db::Pool& pool_;
   const bus::Outbox& outbox_;
   const server::PageTokens& tokens_;
+  const int booking_lanes_;
   // Bookings for one session site share transactions when they pile up on its lock.
   db::GroupCommitter bookings_;
 };

@@ -7,11 +7,11 @@ DATABASE_URL="postgresql://postgres@127.0.0.1:$pg_port/scheduling" NATS_URL="nat
 GRPC_LISTEN="127.0.0.1:$scheduling_port" METRICS_LISTEN="127.0.0.1:$scheduling_metrics" AUTH_JWT_KEY="$key" \
 LOG_LEVEL=warn "$BUILD_DIR/services/scheduling/scheduling" >"$work/scheduling.log" 2>&1 &
 pids+=($!)
-wait_port 127.0.0.1 "$scheduling_port" 30
+wait_port 127.0.0.1 "$scheduling_port" 30 || { tail -5 "$work/scheduling.log" >&2; exit 1; }
 admin=$(AUTH_JWT_KEY="$key" "$BUILD_DIR/tools/connecting-token" admin)
 
 echo
-echo "== bookings (16 clients; each booking is a transaction: locks, rule checks, outbox event)"
+echo "== bookings (16 clients; every rule checked under the site lock, an outbox event each; concurrent bookings share transactions)"
 "$BUILD_DIR/tools/scheduling_bench" --scheduling "127.0.0.1:$scheduling_port" \
   --partners "127.0.0.1:$partners_port" --token "$admin" --seconds "$SECONDS_PER_RUN" | tee "$work/bookings.txt"
 curl -s "http://127.0.0.1:$scheduling_metrics/metrics" | awk '
