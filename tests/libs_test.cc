@@ -262,6 +262,22 @@ TEST_F(Database, PipelineReturnsResultsInOrderAndSkipsAfterAFailure) {
   EXPECT_EQ(after->Int(0, 0), 7);
 }
 
+TEST_F(Database, PipelineOnALostConnectionFailsEveryStatementAsUnavailable) {
+  auto victim = db::Conn::Open(url_, "victim");
+  ASSERT_TRUE(victim.ok());
+  auto pid = (*victim)->Exec("SELECT pg_backend_pid()");
+  ASSERT_TRUE(pid.ok());
+  ASSERT_TRUE(db::WithConnection(*pool_, absl::InfiniteFuture(), [&](db::Conn& c) {
+                return c.Exec("SELECT pg_terminate_backend($1::int)", {pid->String(0, 0)})
+                    .status();
+              }).ok());
+  absl::SleepFor(absl::Milliseconds(100));
+  auto res = (*victim)->Pipeline({{"BEGIN", {}}, {"SELECT 1", {}}, {"COMMIT", {}}});
+  ASSERT_EQ(res.size(), 3u);
+  for (const auto& r : res) EXPECT_TRUE(absl::IsUnavailable(r.status())) << r.status();
+  EXPECT_FALSE((*victim)->healthy()) << "a pool must drop it";
+}
+
 TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
   ASSERT_TRUE(db::Transact(*pool_, [](db::Conn& c) {
                 return c.ExecScript(

@@ -183,7 +183,7 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
   absl::Status prepare_error;
   for (const Sent& s : sent) {
     PGresult* raw = PQgetResult(c);
-    if (raw == nullptr) return fail_rest(ErrorFromResult(c, nullptr));
+    if (raw == nullptr) break;  // the connection went: handled below
     Result res(raw);
     while (PGresult* extra = PQgetResult(c)) PQclear(extra);  // up to the command's end
     ExecStatusType st = PQresultStatus(res.raw_for_status());
@@ -211,13 +211,16 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
   PGresult* sync = PQgetResult(c);  // PGRES_PIPELINE_SYNC
   bool synced = sync != nullptr && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
   PQclear(sync);
-  if (!synced || PQexitPipelineMode(c) != 1) {
-    absl::Status s = ErrorFromResult(c, nullptr);
+  if (!synced || PQstatus(c) != CONNECTION_OK || PQexitPipelineMode(c) != 1) {
+    // Lost mid-pipeline: what did not succeed failed for that reason, not
+    // because of a statement ("skipped" would invite a retry on this handle).
     broken_ = true;
+    absl::Status lost = absl::UnavailableError(
+        absl::StrCat("database connection lost during a pipeline: ", Trimmed(PQerrorMessage(c))));
     for (auto& r : out) {
-      if (r.ok()) r = absl::UnavailableError(absl::StrCat("database pipeline failed: ", s.message()));
+      if (!r.ok()) r = lost;
     }
-    return fail_rest(s);
+    return fail_rest(lost);
   }
   return out;
 }
