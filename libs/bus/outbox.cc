@@ -135,7 +135,12 @@ void OutboxRelay::OnAck(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, vo
 
 void OutboxRelay::WaitForWork() {
   pollfd fd = {wake_fd_, POLLIN, 0};
-  (void)poll(&fd, 1, static_cast<int>(absl::ToInt64Milliseconds(options_.poll_interval)));
+  int woken = poll(&fd, 1, static_cast<int>(absl::ToInt64Milliseconds(options_.poll_interval)));
+  if (woken > 0 && !stopping_.load() && options_.linger > absl::ZeroDuration()) {
+    // Let the commits that follow this one join its batch: one relay
+    // transaction and one round of PubAcks for many events.
+    absl::SleepFor(options_.linger);
+  }
   uint64_t drained;
   (void)!read(wake_fd_, &drained, sizeof drained);
 }

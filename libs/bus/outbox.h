@@ -77,6 +77,9 @@ struct RelayOptions {
   // How often to look for rows written by other replicas (this process's own
   // writes wake the relay at once).
   absl::Duration poll_interval = absl::Milliseconds(250);
+  // After a wake, wait this long for more commits before publishing, so a
+  // busy service publishes in batches (adds at most this to event latency).
+  absl::Duration linger = absl::Milliseconds(5);
   absl::Duration ack_timeout = absl::Seconds(5);
   // Test hook: exit the process right after the PubAck, before deleting the published rows.
   bool crash_after_publish = false;

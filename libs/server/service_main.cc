@@ -77,6 +77,8 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool migr
       env.Duration("SHUTDOWN_GRACE", absl::Seconds(20), absl::ZeroDuration(), absl::Minutes(10));
   c.migrate_on_start = env.Bool("MIGRATE_ON_START", true);
   c.outbox_relay = env.Bool("OUTBOX_RELAY", true);
+  c.outbox_linger =
+      env.Duration("OUTBOX_LINGER", absl::Milliseconds(5), absl::ZeroDuration(), absl::Seconds(1));
   c.event_subject_prefix =
       env.String("EVENT_SUBJECT_PREFIX", absl::StrCat("connecting.", def.name));
   c.event_stream = env.String("EVENT_STREAM", def.stream);
@@ -240,6 +242,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
     bus::RelayOptions ro;
     ro.database_url = cfg->database_url;
     ro.stream = stream;
+    ro.linger = cfg->outbox_linger;
     const char* crash = std::getenv("CONNECTING_TEST_CRASH_AFTER_PUBLISH");
     ro.crash_after_publish = crash != nullptr && absl::string_view(crash) == "1";
     relay = std::make_unique<bus::OutboxRelay>(ro, nats->get());

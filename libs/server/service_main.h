@@ -25,6 +25,7 @@
 //   SHUTDOWN_GRACE        20s
 //   MIGRATE_ON_START      true
 //   OUTBOX_RELAY          true
+//   OUTBOX_LINGER         5ms (relay waits this long after a commit to batch more events)
 //   EVENT_SUBJECT_PREFIX  connecting.<service>
 //   EVENT_STREAM          <SERVICE>, e.g. PARTNERS
 //   EVENT_STREAM_REPLICAS 1
@@ -64,6 +65,7 @@ struct ServiceConfig {
   absl::Duration shutdown_grace = absl::Seconds(20);
   bool migrate_on_start = true;
   bool outbox_relay = true;
+  absl::Duration outbox_linger = absl::Milliseconds(5);
   std::string event_subject_prefix;
   std::string event_stream;
   int event_stream_replicas = 1;
