@@ -33,7 +33,7 @@ DATABASE_URL="postgresql://postgres@127.0.0.1:$pg_port/partners" NATS_URL="nats:
 GRPC_LISTEN="127.0.0.1:$partners_port" METRICS_LISTEN="127.0.0.1:$(free_port)" AUTH_JWT_KEY="$key" \
 LOG_LEVEL=warn "$BUILD_DIR/services/partners/partners" >"$work/partners.log" 2>&1 &
 pids+=($!)
-wait_port 127.0.0.1 "$partners_port" 30 || { tail -5 "$work/partners.log" >&2; exit 1; }
+wait_port 127.0.0.1 "$partners_port" 30 "${pids[-1]}" || { tail -5 "$work/partners.log" >&2; exit 1; }
 
 if [ "${BENCH_ONLY:-}" != scheduling ]; then
 echo "seeding 100,000 organisations"

@@ -7,7 +7,7 @@ DATABASE_URL="postgresql://postgres@127.0.0.1:$pg_port/scheduling" NATS_URL="nat
 GRPC_LISTEN="127.0.0.1:$scheduling_port" METRICS_LISTEN="127.0.0.1:$scheduling_metrics" AUTH_JWT_KEY="$key" \
 LOG_LEVEL=warn "$BUILD_DIR/services/scheduling/scheduling" >"$work/scheduling.log" 2>&1 &
 pids+=($!)
-wait_port 127.0.0.1 "$scheduling_port" 30 || { tail -5 "$work/scheduling.log" >&2; exit 1; }
+wait_port 127.0.0.1 "$scheduling_port" 30 "${pids[-1]}" || { tail -5 "$work/scheduling.log" >&2; exit 1; }
 admin=$(AUTH_JWT_KEY="$key" "$BUILD_DIR/tools/connecting-token" admin)
 
 echo

@@ -27,9 +27,12 @@ free_port() {
   echo "no free port found" >&2; return 1
 }
 
-wait_port() {  # host port seconds
+wait_port() {  # host port seconds [pid: give up at once if it exits]
   local deadline=$(( $(date +%s) + ${3:-20} ))
   until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
+    if [ -n "${4:-}" ] && ! kill -0 "$4" 2>/dev/null; then
+      echo "the process meant to listen on $1:$2 exited" >&2; return 1
+    fi
     [ "$(date +%s)" -lt "$deadline" ] || { echo "nothing listens on $1:$2 after ${3:-20}s" >&2; return 1; }
     sleep 0.1
   done

@@ -58,7 +58,7 @@ start_service() {  # name binary grpc_port metrics_port
   AUTH_JWT_KEY="$key" LOG_LEVEL=info \
     nohup "$BUILD_DIR/$bin" >>"$stack/logs/$name.log" 2>&1 &
   echo $! >"$pidfile"
-  wait_port 127.0.0.1 "$port" 30 || { tail -20 "$stack/logs/$name.log"; exit 1; }
+  wait_port 127.0.0.1 "$port" 30 "$(cat "$pidfile")" || { tail -20 "$stack/logs/$name.log"; exit 1; }
 }
 start_service partners services/partners/partners "$PARTNERS_PORT" "$PARTNERS_METRICS"
 start_service scheduling services/scheduling/scheduling "${SCHEDULING_PORT:-50052}" "${SCHEDULING_METRICS:-9102}"
