@@ -23,6 +23,19 @@ std::string Trimmed(const char* s) {
   return out;
 }
 
+// libpq's view of the parameters: pointers into `params` (null for NULL).
+std::vector<const char*> ParamValues(const std::vector<Param>& params) {
+  std::vector<const char*> values(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    values[i] = params[i].value() ? params[i].value()->c_str() : nullptr;
+  }
+  return values;
+}
+
+absl::Status Skipped() {
+  return absl::AbortedError("skipped: an earlier statement in the pipeline failed");
+}
+
 }  // namespace
 
 int64_t Result::affected() const {
@@ -107,10 +120,7 @@ absl::StatusOr<Result> Conn::Exec(absl::string_view sql, const std::vector<Param
     }
     it = prepared_.emplace(std::move(key), std::move(name)).first;
   }
-  std::vector<const char*> values(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    values[i] = params[i].value() ? params[i].value()->c_str() : nullptr;
-  }
+  std::vector<const char*> values = ParamValues(params);
   Result res(PQexecPrepared(c, it->second.c_str(), static_cast<int>(params.size()), values.data(),
                             nullptr, nullptr, 0));
   ExecStatusType st = PQresultStatus(res.raw_for_status());
@@ -164,10 +174,7 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
       sent.push_back({i, true, *name});
       if (!send_ok) break;
     }
-    std::vector<const char*> values(st.params.size());
-    for (size_t k = 0; k < st.params.size(); ++k) {
-      values[k] = st.params[k].value() ? st.params[k].value()->c_str() : nullptr;
-    }
+    std::vector<const char*> values = ParamValues(st.params);
     send_ok = PQsendQueryPrepared(c, name->c_str(), static_cast<int>(values.size()), values.data(),
                                   nullptr, nullptr, 0) == 1;
     sent.push_back({i, false, *name});
@@ -191,7 +198,7 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
       if (st == PGRES_COMMAND_OK) {
         prepared_.emplace(statements[s.statement].sql, s.name);
       } else if (st == PGRES_PIPELINE_ABORTED) {
-        prepare_error = absl::AbortedError("skipped: an earlier statement in the pipeline failed");
+        prepare_error = Skipped();
       } else {
         prepare_error = ErrorFromResult(c, res.raw_for_status());
       }
@@ -203,7 +210,7 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
     } else if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
       out.emplace_back(std::move(res));
     } else if (st == PGRES_PIPELINE_ABORTED) {
-      out.emplace_back(absl::AbortedError("skipped: an earlier statement in the pipeline failed"));
+      out.emplace_back(Skipped());
     } else {
       out.emplace_back(ErrorFromResult(c, res.raw_for_status()));
     }
