@@ -268,8 +268,7 @@ TEST_F(Database, PipelineOnALostConnectionFailsEveryStatementAsUnavailable) {
   auto pid = (*victim)->Exec("SELECT pg_backend_pid()");
   ASSERT_TRUE(pid.ok());
   ASSERT_TRUE(db::WithConnection(*pool_, absl::InfiniteFuture(), [&](db::Conn& c) {
-                return c.Exec("SELECT pg_terminate_backend($1::int)", {pid->String(0, 0)})
-                    .status();
+                return c.Exec("SELECT pg_terminate_backend($1::int)", {pid->String(0, 0)}).status();
               }).ok());
   absl::SleepFor(absl::Milliseconds(100));
   auto res = (*victim)->Pipeline({{"BEGIN", {}}, {"SELECT 1", {}}, {"COMMIT", {}}});
@@ -298,15 +297,15 @@ TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
       int v = i % 8 == 0 ? 0 : i;  // value 0 collides after its first use
       db::GroupCommitter::Work w;
       bool refuse = i % 8 == 4;
-      w.first = {refuse ? std::string("SELECT -1")
-                        : std::string("WITH u AS (UPDATE hot SET n = n + 1 WHERE k = 1 RETURNING n) "
-                                      "INSERT INTO taken SELECT $1 FROM u RETURNING v"),
+      w.first = {refuse
+                     ? std::string("SELECT -1")
+                     : std::string("WITH u AS (UPDATE hot SET n = n + 1 WHERE k = 1 RETURNING n) "
+                                   "INSERT INTO taken SELECT $1 FROM u RETURNING v"),
                  refuse ? std::vector<db::Param>{} : std::vector<db::Param>{int32_t{v}}};
       w.then = [i, refuse](const db::Result& r) -> absl::StatusOr<std::vector<db::Statement>> {
         if (refuse) return absl::FailedPreconditionError("refused by rule");
         if (i == 13) return absl::InternalError("unexpected");
-        return std::vector<db::Statement>{
-            {"INSERT INTO followed VALUES ($1)", {r.String(0, 0)}}};
+        return std::vector<db::Statement>{{"INSERT INTO followed VALUES ($1)", {r.String(0, 0)}}};
       };
       return group.Run("hot", absl::Now() + absl::Seconds(20), std::move(w));
     }));

@@ -65,9 +65,9 @@ bool Outbox::TakeEmitted() {
 }
 
 absl::StatusOr<db::Statement> Outbox::Prepare(absl::string_view subject_suffix,
-                                               absl::string_view ce_subject,
-                                               const google::protobuf::Message& event,
-                                               absl::string_view traceparent) const {
+                                              absl::string_view ce_subject,
+                                              const google::protobuf::Message& event,
+                                              absl::string_view traceparent) const {
   std::string json;
   google::protobuf::util::JsonPrintOptions opts;
   if (auto s = google::protobuf::util::MessageToJsonString(event, &json, opts); !s.ok()) {
@@ -223,8 +223,8 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
     // Keep them all: the next batch sends them again and JetStream drops the
     // copies of those it already has (Nats-Msg-Id within its duplicate window).
     RelayMetrics::Get().failed.Increment(static_cast<double>(claimed_rows - acked));
-    return rollback(absl::UnavailableError(absl::StrCat(
-        claimed_rows - acked, " of ", claimed_rows, " events not acknowledged by JetStream")));
+    return rollback(absl::UnavailableError(absl::StrCat(claimed_rows - acked, " of ", claimed_rows,
+                                                        " events not acknowledged by JetStream")));
   }
   if (absl::Status s = conn.ExecScript("COMMIT"); !s.ok()) return s;
   RelayMetrics::Get().published.Increment(static_cast<double>(acked));

@@ -38,8 +38,8 @@ int main(int argc, char** argv) {
                    std::string(st.message()).c_str());
       std::exit(2);
     }
-    logic = std::make_unique<scheduling::SchedulingLogic>(ctx.pool, ctx.outbox, ctx.page_tokens,
-                                                          lanes);
+    logic =
+        std::make_unique<scheduling::SchedulingLogic>(ctx.pool, ctx.outbox, ctx.page_tokens, lanes);
     std::vector<std::unique_ptr<grpc::Service>> services;
     services.push_back(std::make_unique<scheduling::SchedulingGrpc>(logic.get(), &ctx.rpc));
     return services;

@@ -1,8 +1,8 @@
 #include "services/scheduling/scheduling_service.h"
 
-#include <functional>
-
 #include <google/protobuf/util/json_util.h>
+
+#include <functional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -32,7 +32,6 @@ db::TxOptions Tx(const Call& call) {
   return o;
 }
 
-// The partner must be known from PARTNERS events and ACTIVE.
 // Why an organisation with this projected status (0: unknown) takes no bookings.
 absl::Status PartnerRefusal(const std::string& id, int status) {
   if (status == 0) {
@@ -45,6 +44,7 @@ absl::Status PartnerRefusal(const std::string& id, int status) {
                    "; it takes no bookings"));
 }
 
+// The partner must be known from PARTNERS events and ACTIVE.
 absl::StatusOr<store::PartnerOrganisation> ActivePartner(db::Conn& c, const std::string& id) {
   auto p = store::GetPartner(c, id);
   if (!p.ok()) return p.status();
@@ -71,10 +71,10 @@ absl::Status BookingRefusal(const store::Booked& b, const std::string& session_i
     return absl::NotFoundError(absl::StrCat("session ", session_id, " not found"));
   }
   if (o == "not_scheduled") {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "session ", session_id, " is ",
-        v1::SessionStatus_Name(static_cast<v1::SessionStatus>(b.session_status)),
-        "; only SCHEDULED sessions take bookings"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("session ", session_id, " is ",
+                     v1::SessionStatus_Name(static_cast<v1::SessionStatus>(b.session_status)),
+                     "; only SCHEDULED sessions take bookings"));
   }
   if (o == "began") {
     return absl::FailedPreconditionError(absl::StrCat("session ", session_id, " began at ",
@@ -99,10 +99,9 @@ absl::Status BookingRefusal(const store::Booked& b, const std::string& session_i
                                                  " on session ", session_id));
   }
   if (o == "frontline_on_date") {
-    return absl::FailedPreconditionError(
-        absl::StrCat("participant ", participant_id, " already has confirmed frontline visit ",
-                     b.detail, " on ", s.date(),
-                     " (a connector holds at most one confirmed frontline visit per date)"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "participant ", participant_id, " already has confirmed frontline visit ", b.detail, " on ",
+        s.date(), " (a connector holds at most one confirmed frontline visit per date)"));
   }
   if (o == "retry") {
     return absl::AbortedError("a conflicting booking changed while this one was made; retry");
@@ -542,14 +541,22 @@ absl::Status SchedulingLogic::EmitBooking(db::Conn& tx, const Call& call, const 
   return outbox_.Emit(tx, absl::StrCat("booking.", verb), booking_id, e, call.traceparent);
 }
 
-absl::StatusOr<db::Statement> SchedulingLogic::BookedEvent(const Call& call,
-                                                          const store::Booked& b) {
+absl::StatusOr<std::vector<db::Statement>> SchedulingLogic::Booked(
+    const Call& call, const db::Result& rows, const std::string& session_id,
+    const std::string& participant_id, const std::string& site, bool emit, v1::Booking* booking) {
+  auto b = store::ReadBooked(rows);
+  if (!b.ok()) return b.status();
+  if (absl::Status s = BookingRefusal(*b, session_id, participant_id, site); !s.ok()) return s;
+  *booking = b->booking;
+  if (!emit || b->outcome != "booked") return std::vector<db::Statement>();
   ev::BookingChanged e;
-  *e.mutable_booking() = b.booking;
-  *e.mutable_session() = b.session;
-  bool confirmed = b.booking.status() == kConfirmed;
-  return outbox_.Prepare(confirmed ? "booking.confirmed" : "booking.waitlisted", b.booking.id(), e,
-                         call.traceparent);
+  *e.mutable_booking() = b->booking;
+  *e.mutable_session() = b->session;
+  bool confirmed = b->booking.status() == kConfirmed;
+  auto event = outbox_.Prepare(confirmed ? "booking.confirmed" : "booking.waitlisted",
+                               b->booking.id(), e, call.traceparent);
+  if (!event.ok()) return event.status();
+  return std::vector<db::Statement>{*std::move(event)};
 }
 
 absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& call,
@@ -560,15 +567,13 @@ absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& c
   db::Statement book = store::BookStatement(session_id, participant_id, site, request_id);
   auto rows = c.Exec(book.sql, book.params);
   if (!rows.ok()) return rows.status();
-  auto b = store::ReadBooked(*rows);
-  if (!b.ok()) return b.status();
-  if (absl::Status s = BookingRefusal(*b, session_id, participant_id, site); !s.ok()) return s;
-  if (emit && b->outcome == "booked") {
-    auto event = BookedEvent(call, *b);
-    if (!event.ok()) return event.status();
-    if (auto r = c.Exec(event->sql, event->params); !r.ok()) return r.status();
+  v1::Booking booking;
+  auto events = Booked(call, *rows, session_id, participant_id, site, emit, &booking);
+  if (!events.ok()) return events.status();
+  for (const db::Statement& st : *events) {
+    if (auto r = c.Exec(st.sql, st.params); !r.ok()) return r.status();
   }
-  return std::move(b->booking);
+  return booking;
 }
 
 absl::Status SchedulingLogic::Promote(db::Conn& c, const Call& call, const v1::Session& session,
@@ -630,22 +635,12 @@ absl::Status SchedulingLogic::BookSession(const Call& call, const v1::BookSessio
   if (!e.empty()) return e.ToStatus();
   if (absl::Status s = MayActFor(call.principal, req.participant_id()); !s.ok()) return s;
   // One round trip for the booking (pipelined with BEGIN and with the other
-  // bookings of this site queued meanwhile), one for its event and COMMIT.
+  // bookings queued meanwhile in its lane), one for its event and COMMIT.
   db::GroupCommitter::Work work;
-  work.first = store::BookStatement(req.session_id(), req.participant_id(), req.site(),
-                                    req.request_id());
-  work.then = [&](const db::Result& rows) -> absl::StatusOr<std::vector<db::Statement>> {
-    auto b = store::ReadBooked(rows);
-    if (!b.ok()) return b.status();
-    if (absl::Status s = BookingRefusal(*b, req.session_id(), req.participant_id(), req.site());
-        !s.ok()) {
-      return s;
-    }
-    *resp = b->booking;
-    if (b->outcome != "booked") return std::vector<db::Statement>();
-    auto event = BookedEvent(call, *b);
-    if (!event.ok()) return event.status();
-    return std::vector<db::Statement>{*std::move(event)};
+  work.first =
+      store::BookStatement(req.session_id(), req.participant_id(), req.site(), req.request_id());
+  work.then = [&](const db::Result& rows) {
+    return Booked(call, rows, req.session_id(), req.participant_id(), req.site(), true, resp);
   };
   std::string lane = absl::StrCat(
       "lane-", std::hash<std::string>()(req.session_id()) % static_cast<size_t>(booking_lanes_));

@@ -15,10 +15,6 @@
 
 namespace connecting::scheduling {
 
-namespace store {
-struct Booked;
-}  // namespace store
-
 namespace v1 = ::connecting::scheduling::v1;
 using server::Call;
 
@@ -67,8 +63,14 @@ class SchedulingLogic {
 #undef CONNECTING_DECLARE
 
  private:
-  // The outbox row for a booking book_session made (confirmed or waitlisted).
-  absl::StatusOr<db::Statement> BookedEvent(const Call& call, const store::Booked& b);
+  // Reads book_session's row (store::BookStatement): the refusal as a status,
+  // or the booking into `booking` and, when `emit` and it is new, the outbox
+  // row for booking.confirmed/waitlisted to write in the same transaction.
+  absl::StatusOr<std::vector<db::Statement>> Booked(const Call& call, const db::Result& rows,
+                                                    const std::string& session_id,
+                                                    const std::string& participant_id,
+                                                    const std::string& site, bool emit,
+                                                    v1::Booking* booking);
   // Books inside `tx`; emits booking.confirmed/waitlisted when `emit`.
   absl::StatusOr<v1::Booking> BookInTx(db::Conn& tx, const Call& call,
                                        const std::string& session_id,
@@ -88,7 +90,7 @@ class SchedulingLogic {
   const bus::Outbox& outbox_;
   const server::PageTokens& tokens_;
   const int booking_lanes_;
-  // Bookings for one session site share transactions when they pile up on its lock.
+  // Bookings of one lane share transactions (see the constructor).
   db::GroupCommitter bookings_;
 };
 

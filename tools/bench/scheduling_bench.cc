@@ -7,10 +7,10 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
-#include <functional>
-#include <mutex>
 #include <cstdio>
 #include <cstring>
+#include <functional>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -158,13 +158,12 @@ int main(int argc, char** argv) {
       req->set_session_id(scenario == 0 ? hot : many[ch.rng() % many.size()]);
       req->set_participant_id((*ch.people)[ch.used++]);
       absl::Time start = absl::Now();
-      ch.stub->async()->BookSession(ctx.get(), req.get(), resp.get(),
-                                    [&, t, ctx, req, resp, start](grpc::Status st) {
-                                      if (!st.ok()) ++errors;
-                                      chains[t].lat.push_back(
-                                          absl::ToDoubleMilliseconds(absl::Now() - start));
-                                      next(t);
-                                    });
+      ch.stub->async()->BookSession(
+          ctx.get(), req.get(), resp.get(), [&, t, ctx, req, resp, start](grpc::Status st) {
+            if (!st.ok()) ++errors;
+            chains[t].lat.push_back(absl::ToDoubleMilliseconds(absl::Now() - start));
+            next(t);
+          });
     };
     for (auto& ch : chains) ch.lat.clear();
     absl::Time start = absl::Now();
@@ -178,7 +177,8 @@ int main(int argc, char** argv) {
     double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
     for (auto& ch : chains) {
       if (ch.used >= ch.people->size()) {
-        std::fprintf(stderr, "warning: a client ran out of participants; the rate is understated\n");
+        std::fprintf(stderr,
+                     "warning: a client ran out of participants; the rate is understated\n");
         break;
       }
     }
