@@ -1,6 +1,7 @@
 // Scheduling end to end with partners: the partner projection, attendance and
 // enduring contacts, session cancellation, programme figures, bad input, roles.
 #include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <gtest/gtest.h>
 #include <nats/nats.h>
 
@@ -507,11 +508,50 @@ TEST_F(Scheduling, DepartmentEventsHaveCapacityPerSite) {
     sv1::Booking out;
     grpc::Status st = fx_->stub->BookSession(Ctx(fx_->admin).get(), b, &out);
     EXPECT_TRUE(st.ok()) << st.error_message();
-    return out.status();
+    return out;
   };
-  EXPECT_EQ(book(Register(*fx_, "EV0001").id(), "Leeds"), sv1::BOOKING_STATUS_CONFIRMED);
-  EXPECT_EQ(book(Register(*fx_, "EV0002").id(), "Leeds"), sv1::BOOKING_STATUS_WAITLISTED);
-  EXPECT_EQ(book(Register(*fx_, "EV0003").id(), "London"), sv1::BOOKING_STATUS_CONFIRMED);
+  sv1::Booking first = book(Register(*fx_, "EV0001").id(), "Leeds");
+  sv1::Booking second = book(Register(*fx_, "EV0002").id(), "Leeds");
+  sv1::Booking third = book(Register(*fx_, "EV0003").id(), "London");
+  EXPECT_EQ(first.status(), sv1::BOOKING_STATUS_CONFIRMED);
+  EXPECT_EQ(second.status(), sv1::BOOKING_STATUS_WAITLISTED);
+  EXPECT_EQ(third.status(), sv1::BOOKING_STATUS_CONFIRMED);
+
+  // Each booking's event carries the session as it stood just after that
+  // booking: every field as stored, and each site's seats at that moment.
+  sv1::GetSessionRequest get;
+  get.set_id(ev.id());
+  sv1::Session now;
+  ASSERT_TRUE(fx_->stub->GetSession(Ctx(fx_->admin).get(), get, &now).ok());
+  std::map<std::string, events::v1::BookingChanged> by_booking;
+  absl::Time until = absl::Now() + absl::Seconds(10);
+  while (by_booking.size() < 3 && absl::Now() < until) {
+    for (const auto& e : ReadStream(fx_->nats_url, fx_->scheduling_stream)) {
+      if (e.subject.find(".booking.") == std::string::npos) continue;
+      events::v1::BookingChanged bc;
+      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(e.data, &bc).ok());
+      if (bc.session().id() == ev.id()) by_booking[bc.booking().id()] = bc;
+    }
+    if (by_booking.size() < 3) absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_EQ(by_booking.size(), 3u);
+  auto seats = [](const sv1::Session& s) {
+    std::vector<std::string> out;
+    for (const auto& site : s.sites()) {
+      out.push_back(absl::StrCat(site.name(), " ", site.capacity(), "/", site.confirmed(), "/",
+                                 site.waitlisted()));
+    }
+    return out;
+  };
+  using Seats = std::vector<std::string>;
+  EXPECT_EQ(seats(by_booking[first.id()].session()), (Seats{"Leeds 1/1/0", "London 2/0/0"}));
+  EXPECT_EQ(seats(by_booking[second.id()].session()), (Seats{"Leeds 1/1/1", "London 2/0/0"}));
+  sv1::Session last = by_booking[third.id()].session();
+  EXPECT_EQ(seats(last), (Seats{"Leeds 1/1/1", "London 2/1/0"}));
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(last, now))
+      << last.DebugString() << "\nvs GetSession\n"
+      << now.DebugString();
+  EXPECT_EQ(by_booking[second.id()].booking().waitlist_position(), 1);
   sv1::BookSessionRequest bad;
   bad.set_session_id(ev.id());
   bad.set_participant_id(Register(*fx_, "EV0004").id());
@@ -520,6 +560,43 @@ TEST_F(Scheduling, DepartmentEventsHaveCapacityPerSite) {
   grpc::Status st = fx_->stub->BookSession(Ctx(fx_->admin).get(), bad, &out);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("site"), std::string::npos);
+}
+
+TEST_F(Scheduling, ABookingEventCarriesTheSessionJustAfterIt) {
+  sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(15));
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    sv1::Booking b;
+    ASSERT_TRUE(Book(*fx_, s.id(), Register(*fx_, "SE000" + std::to_string(i)).id(), &b).ok());
+    ids.push_back(b.id());
+  }
+  std::map<std::string, events::v1::BookingChanged> by_booking;
+  absl::Time until = absl::Now() + absl::Seconds(10);
+  while (by_booking.size() < 3 && absl::Now() < until) {
+    for (const auto& e : ReadStream(fx_->nats_url, fx_->scheduling_stream)) {
+      events::v1::BookingChanged bc;
+      if (e.subject.find(".booking.") == std::string::npos) continue;
+      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(e.data, &bc).ok());
+      if (bc.session().id() == s.id()) by_booking[bc.booking().id()] = bc;
+    }
+    if (by_booking.size() < 3) absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_EQ(by_booking.size(), 3u);
+  int want_confirmed[] = {1, 2, 2}, want_waitlisted[] = {0, 0, 1};
+  for (int i = 0; i < 3; ++i) {
+    const sv1::Session& got = by_booking[ids[i]].session();
+    ASSERT_EQ(got.sites_size(), 1);
+    EXPECT_EQ(got.sites(0).name(), "");
+    EXPECT_EQ(got.sites(0).capacity(), 2);
+    EXPECT_EQ(got.sites(0).confirmed(), want_confirmed[i]) << i;
+    EXPECT_EQ(got.sites(0).waitlisted(), want_waitlisted[i]) << i;
+    sv1::Session rest = got, created = s;
+    rest.clear_sites();
+    created.clear_sites();
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(rest, created))
+        << rest.DebugString() << "\nvs as created\n"
+        << created.DebugString();
+  }
 }
 
 TEST_F(Scheduling, RescheduleMovesTheBookingAndFreesTheSeat) {

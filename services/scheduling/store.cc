@@ -330,10 +330,8 @@ absl::Status LockSites(db::Conn& c, const std::string& session_id) {
 
 db::Statement BookStatement(const std::string& session_id, const std::string& participant_id,
                             const std::string& site, const std::string& request_id) {
-  // MATERIALIZED: the function runs exactly once, before the session is joined.
-  return {absl::StrCat("WITH r AS MATERIALIZED (SELECT * FROM book_session($1::uuid, $2::uuid, "
-                       "$3, $4)) SELECT r.*, ",
-                       kSessionCols, " FROM r LEFT JOIN sessions s ON s.id = $1::uuid"),
+  // The function returns the session's columns too (migration 0005).
+  return {"SELECT * FROM book_session($1::uuid, $2::uuid, $3, $4)",
           {session_id, participant_id, site, db::NullIfEmpty(request_id)}};
 }
 
@@ -341,7 +339,7 @@ absl::StatusOr<Booked> ReadBooked(const db::Result& r) {
   if (r.rows() != 1) {
     return absl::InternalError(absl::StrCat("book_session returned ", r.rows(), " rows"));
   }
-  constexpr int kSessionAt = 17;  // the function's columns come first
+  constexpr int kSessionAt = 17;  // the session's columns follow the booking's
   Booked out;
   out.outcome = r.String(0, 0);
   out.detail = r.String(0, 1);

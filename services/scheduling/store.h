@@ -84,9 +84,9 @@ struct Booked {
   v1::Booking booking;  // booked or prior
   SiteSeats seats;      // the site after the booking
   int participant_status = 0, partner_status = 0, session_status = 0;
-  // The session as read at the statement's start (other sites' counters may
-  // lag); the booked site's counters are those after the booking. Empty when
-  // outcome is no_session.
+  // The session as book_session read it, under the site's lock; the booked
+  // site's counters are those after the booking. Empty when outcome is
+  // no_session, and for a prior booking found before taking the lock.
   v1::Session session;
 };
 absl::StatusOr<Booked> ReadBooked(const db::Result& r);
