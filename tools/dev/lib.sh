@@ -18,10 +18,14 @@ as_pg_owner() {
 }
 
 # A TCP port on 127.0.0.1 that nothing listens on right now.
+# free_port: a loopback port nobody listens on, below the kernel's ephemeral
+# range, so an outgoing connection cannot take it before our server binds it.
 free_port() {
-  local p
+  local p low=32768
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  [ "$low" -gt 11000 ] || low=32768
   for _ in $(seq 1 200); do
-    p=$(( (RANDOM * 32768 + RANDOM) % 30000 + 20000 ))
+    p=$(( (RANDOM * 32768 + RANDOM) % (low - 10000) + 10000 ))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
   done
   echo "no free port found" >&2; return 1
