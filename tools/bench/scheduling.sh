@@ -27,6 +27,52 @@ echo "pgbench, single-row INSERT, 16 clients, same database: $pgbench_tps tps"
 awk -v tps="$pgbench_tps" 'NR > 1 && $NF ~ /^[0-9]+$/ {
   rate = $(NF-3); name = $0; sub(/ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9]+$/, "", name);
   printf "  %-32s %.0f%% of pgbench\n", name, 100 * rate / tps }' "$work/bookings.txt"
+# The floor: what the database alone does with the statements of a booking,
+# sent the way the service sends them (per lane, a batch of 4 in two round
+# trips: BEGIN + book_session x4, then the 4 outbox rows + COMMIT), by pgbench
+# with 4 clients standing for the 4 lanes. No gRPC, no service, no NATS: the
+# best any service could do with these statements on this machine.
+scheduling_pid=${pids[-1]}
+kill -TERM "$scheduling_pid" && wait "$scheduling_pid" 2>/dev/null || true  # its relay would publish the rows
+psql -d scheduling -q <<SQL
+INSERT INTO participants (staff_number, display_name, email, grade, directorate)
+  SELECT 'FLOOR' || g, 'Floor ' || g, 'floor' || g || '@example.org', 1, 'Bench'
+    FROM generate_series(1, $(( SECONDS_PER_RUN * 12000 ))) g;
+CREATE TABLE floor_participants AS
+  SELECT row_number() OVER () AS n, id FROM participants WHERE staff_number LIKE 'FLOOR%';
+CREATE UNIQUE INDEX ON floor_participants (n);
+CREATE TABLE floor_sessions AS
+  SELECT row_number() OVER (ORDER BY s.id) - 1 AS n, s.id FROM sessions s
+   WHERE s.status = 2 AND s.kind <> 2;
+CREATE UNIQUE INDEX ON floor_sessions (n);
+CREATE SEQUENCE floor_next;
+ANALYZE;
+SQL
+floor_sessions=$(psql -d scheduling -tAc "SELECT count(*) FROM floor_sessions")
+{
+  for i in 1 2 3 4; do echo "\\set s$i (random(0, $floor_sessions / 4 - 1) * 4 + :client_id % 4)"; done
+  echo "\\startpipeline"
+  echo "BEGIN ISOLATION LEVEL READ COMMITTED;"
+  echo "SELECT set_config('statement_timeout', '10000', true);"
+  for i in 1 2 3 4; do
+    echo "SELECT * FROM book_session((SELECT id FROM floor_sessions WHERE n = :s$i), (SELECT id FROM floor_participants WHERE n = (SELECT nextval('floor_next'))), '', NULL);"
+  done
+  echo "\\endpipeline"
+  echo "\\startpipeline"
+  for i in 1 2 3 4; do
+    echo "INSERT INTO outbox (subject, type, source, ce_subject, payload, traceparent) VALUES ('connecting.scheduling.booking.confirmed', 'connecting.events.v1.BookingChanged', 'scheduling', 'bench', repeat('x', 1000), '');"
+  done
+  echo "COMMIT;"
+  echo "\\endpipeline"
+} >"$work/floor.sql"
+floor_tps=$(command pgbench -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 4 -j 2 -M prepared \
+  -T "$SECONDS_PER_RUN" -f "$work/floor.sql" scheduling 2>/dev/null | awk '/^tps/ {print int($3); exit}')
+floor_outcomes=$(psql -d scheduling -tAc "SELECT string_agg(status || ':' || n, ' ') FROM (SELECT CASE status WHEN 1 THEN 'confirmed' ELSE 'waitlisted' END AS status, count(*) AS n FROM bookings b JOIN floor_participants f ON f.id = b.participant_id GROUP BY 1) x")
+echo "floor: the booking's statements alone (pgbench, 4 lanes, batches of 4): $(( floor_tps * 4 )) bookings/s ($floor_outcomes)"
+awk -v f="$floor_tps" -v tps="$pgbench_tps" 'BEGIN { printf "  %-32s %.0f%% of pgbench\n", "floor (database alone)", 100 * 4 * f / tps }'
+awk -v f="$floor_tps" 'NR > 1 && $NF ~ /^[0-9]+$/ {
+  rate = $(NF-3); name = $0; sub(/ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9]+$/, "", name);
+  printf "  %-32s %.0f%% of the floor\n", name, 100 * rate / (4 * f) }' "$work/bookings.txt"
 if [ -n "${BENCH_STATS:-}" ]; then
   psql -d scheduling -c "SELECT relname, seq_scan, seq_tup_read, idx_scan, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, n_dead_tup FROM pg_stat_user_tables ORDER BY seq_tup_read DESC"
   psql -d scheduling -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" 2>/dev/null &&
