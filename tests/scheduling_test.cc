@@ -42,6 +42,25 @@ class Scheduling : public ::testing::Test {
 SchedulingFixture* Scheduling::fx_ = nullptr;
 std::string* Scheduling::org_ = nullptr;
 
+// The booking events of `session_id` on the SCHEDULING stream, by booking id,
+// once there are `want` of them (or after 10 s, with what there is).
+std::map<std::string, events::v1::BookingChanged> BookingEventsOf(SchedulingFixture& fx,
+                                                                  const std::string& session_id,
+                                                                  size_t want) {
+  std::map<std::string, events::v1::BookingChanged> by_booking;
+  absl::Time until = absl::Now() + absl::Seconds(10);
+  while (by_booking.size() < want && absl::Now() < until) {
+    for (const auto& e : ReadStream(fx.nats_url, fx.scheduling_stream)) {
+      if (e.subject.find(".booking.") == std::string::npos) continue;
+      events::v1::BookingChanged bc;
+      EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(e.data, &bc).ok()) << e.data;
+      if (bc.session().id() == session_id) by_booking[bc.booking().id()] = bc;
+    }
+    if (by_booking.size() < want) absl::SleepFor(absl::Milliseconds(100));
+  }
+  return by_booking;
+}
+
 TEST_F(Scheduling, ArchivedPartnerTakesNoBookingsAndRedeliveryChangesNothing) {
   std::string org = fx_->CreatePartner("Soon Archived Trust");
   sv1::Session s = NewSession(*fx_, org, 5, DateIn(5));
@@ -523,17 +542,7 @@ TEST_F(Scheduling, DepartmentEventsHaveCapacityPerSite) {
   get.set_id(ev.id());
   sv1::Session now;
   ASSERT_TRUE(fx_->stub->GetSession(Ctx(fx_->admin).get(), get, &now).ok());
-  std::map<std::string, events::v1::BookingChanged> by_booking;
-  absl::Time until = absl::Now() + absl::Seconds(10);
-  while (by_booking.size() < 3 && absl::Now() < until) {
-    for (const auto& e : ReadStream(fx_->nats_url, fx_->scheduling_stream)) {
-      if (e.subject.find(".booking.") == std::string::npos) continue;
-      events::v1::BookingChanged bc;
-      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(e.data, &bc).ok());
-      if (bc.session().id() == ev.id()) by_booking[bc.booking().id()] = bc;
-    }
-    if (by_booking.size() < 3) absl::SleepFor(absl::Milliseconds(100));
-  }
+  auto by_booking = BookingEventsOf(*fx_, ev.id(), 3);
   ASSERT_EQ(by_booking.size(), 3u);
   auto seats = [](const sv1::Session& s) {
     std::vector<std::string> out;
@@ -570,17 +579,7 @@ TEST_F(Scheduling, ABookingEventCarriesTheSessionJustAfterIt) {
     ASSERT_TRUE(Book(*fx_, s.id(), Register(*fx_, "SE000" + std::to_string(i)).id(), &b).ok());
     ids.push_back(b.id());
   }
-  std::map<std::string, events::v1::BookingChanged> by_booking;
-  absl::Time until = absl::Now() + absl::Seconds(10);
-  while (by_booking.size() < 3 && absl::Now() < until) {
-    for (const auto& e : ReadStream(fx_->nats_url, fx_->scheduling_stream)) {
-      events::v1::BookingChanged bc;
-      if (e.subject.find(".booking.") == std::string::npos) continue;
-      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(e.data, &bc).ok());
-      if (bc.session().id() == s.id()) by_booking[bc.booking().id()] = bc;
-    }
-    if (by_booking.size() < 3) absl::SleepFor(absl::Milliseconds(100));
-  }
+  auto by_booking = BookingEventsOf(*fx_, s.id(), 3);
   ASSERT_EQ(by_booking.size(), 3u);
   int want_confirmed[] = {1, 2, 2}, want_waitlisted[] = {0, 0, 1};
   for (int i = 0; i < 3; ++i) {
