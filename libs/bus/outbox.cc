@@ -1,6 +1,5 @@
 #include "libs/bus/outbox.h"
 
-#include <google/protobuf/util/json_util.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -11,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "libs/bus/event_json.h"
 #include "libs/common/log.h"
 #include "libs/common/metrics.h"
 
@@ -68,18 +68,14 @@ absl::StatusOr<db::Statement> Outbox::Prepare(absl::string_view subject_suffix,
                                               absl::string_view ce_subject,
                                               const google::protobuf::Message& event,
                                               absl::string_view traceparent) const {
-  std::string json;
-  google::protobuf::util::JsonPrintOptions opts;
-  if (auto s = google::protobuf::util::MessageToJsonString(event, &json, opts); !s.ok()) {
-    return absl::InternalError(
-        absl::StrCat("encode event ", event.GetTypeName(), ": ", std::string(s.message())));
-  }
+  absl::StatusOr<std::string> json = EventJson(event);
+  if (!json.ok()) return json.status();
   t_emitted = true;
   return db::Statement{
       "INSERT INTO outbox (subject, type, source, ce_subject, payload, traceparent) "
       "VALUES ($1, $2, $3, $4, $5, $6)",
       {absl::StrCat(prefix_, ".", subject_suffix), event.GetDescriptor()->full_name(), source_,
-       ce_subject, std::move(json), traceparent}};
+       ce_subject, *std::move(json), traceparent}};
 }
 
 absl::Status Outbox::Emit(db::Conn& tx, absl::string_view subject_suffix,

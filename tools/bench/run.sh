@@ -57,3 +57,12 @@ fi
 if [ -x "$BUILD_DIR/tools/scheduling_bench" ]; then
   . tools/bench/scheduling.sh
 fi
+
+if [ -x "$BUILD_DIR/tools/event_json_bench" ]; then
+  echo
+  echo "== event encoding (the BookingChanged of an event session on three sites; CPU per event)"
+  "$BUILD_DIR/tools/event_json_bench" --benchmark_min_time=0.3 2>/dev/null | awk '
+    /^BM_/ { printf "  %-24s %8.1f us\n", substr($1, 4), $4 / 1000; t[$1] = $4 }
+    END { if (t["BM_MessageToJsonString"] > 0)
+            printf "  EventJson costs %.0f%% of MessageToJsonString\n", 100 * t["BM_EventJson"] / t["BM_MessageToJsonString"] }'
+fi
