@@ -27,11 +27,11 @@ start_nats "$work/nats" "$nats_port"
 psql() { command psql -h 127.0.0.1 -p "$pg_port" -U postgres -v ON_ERROR_STOP=1 "$@"; }
 psql -qc "CREATE DATABASE partners"
 key=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+PG_PORT=$pg_port NATS_PORT=$nats_port JWT_KEY=$key  # for launch_service
 
 partners_port=$(free_port)
-DATABASE_URL="postgresql://postgres@127.0.0.1:$pg_port/partners" NATS_URL="nats://127.0.0.1:$nats_port" \
-GRPC_LISTEN="127.0.0.1:$partners_port" METRICS_LISTEN="127.0.0.1:$(free_port)" AUTH_JWT_KEY="$key" \
-LOG_LEVEL=warn "$BUILD_DIR/services/partners/partners" >"$work/partners.log" 2>&1 &
+launch_service "$BUILD_DIR/services/partners/partners" partners "$work/partners.log" "$partners_port" \
+  "$(free_port)" warn
 pids+=($!)
 wait_port 127.0.0.1 "$partners_port" 30 "${pids[-1]}" || { tail -5 "$work/partners.log" >&2; exit 1; }
 

@@ -3,9 +3,8 @@
 psql -qc "CREATE DATABASE scheduling"
 scheduling_port=$(free_port)
 scheduling_metrics=$(free_port)
-DATABASE_URL="postgresql://postgres@127.0.0.1:$pg_port/scheduling" NATS_URL="nats://127.0.0.1:$nats_port" \
-GRPC_LISTEN="127.0.0.1:$scheduling_port" METRICS_LISTEN="127.0.0.1:$scheduling_metrics" AUTH_JWT_KEY="$key" \
-LOG_LEVEL=warn "$BUILD_DIR/services/scheduling/scheduling" >"$work/scheduling.log" 2>&1 &
+launch_service "$BUILD_DIR/services/scheduling/scheduling" scheduling "$work/scheduling.log" \
+  "$scheduling_port" "$scheduling_metrics" warn
 pids+=($!)
 wait_port 127.0.0.1 "$scheduling_port" 30 "${pids[-1]}" || { tail -5 "$work/scheduling.log" >&2; exit 1; }
 admin=$(AUTH_JWT_KEY="$key" "$BUILD_DIR/tools/connecting-token" admin)

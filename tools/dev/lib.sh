@@ -87,3 +87,12 @@ stop_nats() {  # DIR
     rm -f "$1/nats.pid"
   fi
 }
+
+# launch_service BINARY DATABASE LOGFILE GRPC_PORT METRICS_PORT LOG_LEVEL: starts
+# a service in the background on loopback ($! is its pid), its database and
+# NATS being those on $PG_PORT and $NATS_PORT, its token key $JWT_KEY.
+launch_service() {
+  DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/$2" NATS_URL="nats://127.0.0.1:$NATS_PORT" \
+  GRPC_LISTEN="127.0.0.1:$4" METRICS_LISTEN="127.0.0.1:$5" AUTH_JWT_KEY="$JWT_KEY" LOG_LEVEL="$6" \
+    nohup "$1" >>"$3" 2>&1 </dev/null &
+}

@@ -52,11 +52,7 @@ start_service() {  # name binary grpc_port metrics_port
     echo "$name already running"
     return
   fi
-  DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/$name" \
-  NATS_URL="nats://127.0.0.1:$NATS_PORT" \
-  GRPC_LISTEN="127.0.0.1:$port" METRICS_LISTEN="127.0.0.1:$metrics" \
-  AUTH_JWT_KEY="$key" LOG_LEVEL=info \
-    nohup "$BUILD_DIR/$bin" >>"$stack/logs/$name.log" 2>&1 &
+  JWT_KEY=$key launch_service "$BUILD_DIR/$bin" "$name" "$stack/logs/$name.log" "$port" "$metrics" info
   echo $! >"$pidfile"
   wait_port 127.0.0.1 "$port" 30 "$(cat "$pidfile")" || { tail -20 "$stack/logs/$name.log"; exit 1; }
 }
