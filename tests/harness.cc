@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -352,7 +353,7 @@ SchedulingFixture::SchedulingFixture(std::map<std::string, std::string> extra_en
       PARTNERS_BIN, partners_db, nats_url, "PARTNERS_" + suffix, partners_prefix, {}});
   partners->Start();
   extra_env["PARTNERS_EVENTS_STREAM"] = "PARTNERS_" + suffix;
-  extra_env["PARTNERS_EVENTS_SUBJECT"] = partners_prefix + ".organisation.>";
+  extra_env["PARTNERS_EVENTS_SUBJECT"] = partners_prefix + ".>";
   scheduling_stream = "SCHEDULING_" + suffix;
   scheduling = std::make_unique<ServiceProcess>(
       ServiceProcess::Options{SCHEDULING_BIN, scheduling_db, nats_url, scheduling_stream,
@@ -369,18 +370,41 @@ std::string SchedulingFixture::CreatePartner(const std::string& name) {
   grpc::Status s = partners_stub->CreateOrganisation(Ctx(admin).get(), req, &org);
   EXPECT_TRUE(s.ok()) << s.error_message();
   EXPECT_TRUE(WaitForPartnerStatus(org.id(), 1)) << "scheduling never heard of " << org.id();
+  hosts[org.id()] = CreateHost(org.id(), "Host of " + name);
   return org.id();
+}
+
+std::string SchedulingFixture::CreateHost(const std::string& org_id, const std::string& name) {
+  connecting::partners::v1::CreateContactRequest req;
+  req.mutable_contact()->set_organisation_id(org_id);
+  req.mutable_contact()->set_display_name(name);
+  static std::atomic<int> made{0};  // one email per contact within an organisation
+  req.mutable_contact()->set_email(absl::StrCat("host", ++made, "@example.nhs.uk"));
+  req.mutable_contact()->set_job_title("Ward manager");
+  connecting::partners::v1::Contact out;
+  grpc::Status s = partners_stub->CreateContact(Ctx(admin).get(), req, &out);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(WaitForProjection("SELECT organisation_id::text FROM partner_contacts "
+                                "WHERE id = $1::uuid",
+                                out.id(), org_id))
+      << "scheduling never heard of contact " << out.id();
+  return out.id();
 }
 
 bool SchedulingFixture::WaitForPartnerStatus(const std::string& org_id, int status,
                                              absl::Duration timeout) {
+  return WaitForProjection("SELECT status FROM partner_organisations WHERE id = $1::uuid", org_id,
+                           absl::StrCat(status), timeout);
+}
+
+bool SchedulingFixture::WaitForProjection(const std::string& sql, const std::string& id,
+                                          const std::string& want, absl::Duration timeout) {
   auto conn = db::Conn::Open(scheduling_db, "test");
   if (!conn.ok()) return false;
   absl::Time until = absl::Now() + timeout;
   while (absl::Now() < until) {
-    auto r =
-        (*conn)->Exec("SELECT status FROM partner_organisations WHERE id = $1::uuid", {org_id});
-    if (r.ok() && r->rows() == 1 && r->Int(0, 0) == status) return true;
+    auto r = (*conn)->Exec(sql, {id});
+    if (r.ok() && r->rows() == 1 && r->String(0, 0) == want) return true;
     absl::SleepFor(absl::Milliseconds(50));
   }
   return false;

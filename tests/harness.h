@@ -140,6 +140,14 @@ struct SchedulingFixture {
   // Waits until the projection holds `status` for the organisation.
   bool WaitForPartnerStatus(const std::string& org_id, int status,
                             absl::Duration timeout = absl::Seconds(10));
+  // Creates a contact at the organisation in partners and waits until
+  // scheduling's projection has it; returns its id. CreatePartner makes one
+  // for each organisation: hosts[org_id].
+  std::string CreateHost(const std::string& org_id, const std::string& name);
+  std::map<std::string, std::string> hosts;
+  // Waits until `sql` (one parameter, `id`) returns a row whose first column is `want`.
+  bool WaitForProjection(const std::string& sql, const std::string& id, const std::string& want,
+                         absl::Duration timeout = absl::Seconds(10));
   std::string nats_url;
   std::string suffix;
   std::string partners_db, scheduling_db;

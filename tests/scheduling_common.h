@@ -43,7 +43,7 @@ inline sv1::Session NewSession(SchedulingFixture& fx, const std::string& org, in
   s->set_kind(kind);
   s->set_title("Visit");
   s->set_organisation_id(org);
-  s->set_host_contact_id("11111111-2222-4333-8444-555555555555");
+  s->set_host_contact_id(fx.hosts[org]);  // made by CreatePartner
   s->set_date(date);
   s->set_start_time("09:00");
   s->set_end_time("17:00");

@@ -36,6 +36,32 @@ class Scheduling : public ::testing::Test {
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() && r->rows() > 0 ? r->Int(0, 0) : (r.ok() ? r->affected() : -1);
   }
+  // Publishes again, under new message ids, the partners events about
+  // `ce_subject` (a redelivery, and older versions arriving late); returns how many.
+  static int ReplayPartnerEvents(const std::string& ce_subject) {
+    std::vector<StoredEvent> events = ReadStream(fx_->nats_url, "PARTNERS_" + fx_->suffix);
+    natsConnection* nc = nullptr;
+    if (natsConnection_ConnectTo(&nc, fx_->nats_url.c_str()) != NATS_OK) return -1;
+    jsCtx* js = nullptr;
+    natsConnection_JetStream(&js, nc, nullptr);
+    int replayed = 0;
+    for (const auto& e : events) {
+      if (e.headers.at("ce-subject") != ce_subject) continue;
+      natsMsg* m = nullptr;
+      natsMsg_Create(&m, e.subject.c_str(), nullptr, e.data.data(),
+                     static_cast<int>(e.data.size()));
+      for (const auto& [k, v] : e.headers) natsMsgHeader_Set(m, k.c_str(), v.c_str());
+      natsMsgHeader_Set(m, "Nats-Msg-Id", ("replay-" + e.headers.at("ce-id")).c_str());
+      jsPubAck* pa = nullptr;
+      if (js_PublishMsg(&pa, js, m, nullptr, nullptr) == NATS_OK) ++replayed;
+      jsPubAck_Destroy(pa);
+      natsMsg_Destroy(m);
+    }
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    return replayed;
+  }
+
   static SchedulingFixture* fx_;
   static std::string* org_;
 };
@@ -79,27 +105,7 @@ TEST_F(Scheduling, ArchivedPartnerTakesNoBookingsAndRedeliveryChangesNothing) {
 
   // Replay the partners stream's organisation events under new message ids
   // (a redelivery, and older versions arriving late): nothing changes.
-  std::vector<StoredEvent> partner_events = ReadStream(fx_->nats_url, "PARTNERS_" + fx_->suffix);
-  natsConnection* nc = nullptr;
-  ASSERT_EQ(natsConnection_ConnectTo(&nc, fx_->nats_url.c_str()), NATS_OK);
-  jsCtx* js = nullptr;
-  natsConnection_JetStream(&js, nc, nullptr);
-  int replayed = 0;
-  for (const auto& e : partner_events) {
-    if (e.headers.at("ce-subject") != org) continue;
-    natsMsg* m = nullptr;
-    natsMsg_Create(&m, e.subject.c_str(), nullptr, e.data.data(), static_cast<int>(e.data.size()));
-    for (const auto& [k, v] : e.headers) natsMsgHeader_Set(m, k.c_str(), v.c_str());
-    natsMsgHeader_Set(m, "Nats-Msg-Id", ("replay-" + e.headers.at("ce-id")).c_str());
-    jsPubAck* pa = nullptr;
-    ASSERT_EQ(js_PublishMsg(&pa, js, m, nullptr, nullptr), NATS_OK);
-    jsPubAck_Destroy(pa);
-    natsMsg_Destroy(m);
-    ++replayed;
-  }
-  jsCtx_Destroy(js);
-  natsConnection_Destroy(nc);
-  ASSERT_GE(replayed, 2);
+  ASSERT_GE(ReplayPartnerEvents(org), 2);
   absl::SleepFor(absl::Seconds(2));
   EXPECT_TRUE(fx_->WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED, absl::Seconds(1)));
   EXPECT_EQ(Sql("SELECT count(*) FROM inbox WHERE event_id IN (SELECT event_id FROM inbox) "
@@ -114,6 +120,84 @@ TEST_F(Scheduling, ArchivedPartnerTakesNoBookingsAndRedeliveryChangesNothing) {
       fx_->partners_stub->ReactivateOrganisation(Ctx(fx_->admin).get(), react, &archived).ok());
   ASSERT_TRUE(fx_->WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ACTIVE, absl::Seconds(5)));
   EXPECT_TRUE(Book(*fx_, s.id(), person, &b).ok());
+}
+
+TEST_F(Scheduling, ASessionsHostAndOfferAreThoseOfItsOrganisation) {
+  std::string org = fx_->CreatePartner("Hosting Trust");
+  std::string other = fx_->CreatePartner("Neighbouring Trust");
+  auto create = [&](const std::string& host, const std::string& offer) {
+    sv1::CreateSessionRequest req;
+    sv1::Session* s = req.mutable_session();
+    s->set_kind(sv1::SESSION_KIND_FRONTLINE_VISIT);
+    s->set_title("Visit");
+    s->set_organisation_id(org);
+    s->set_host_contact_id(host);
+    s->set_offer_id(offer);
+    s->set_date(DateIn(9));
+    s->set_start_time("09:00");
+    s->set_end_time("17:00");
+    s->add_sites()->set_capacity(2);
+    sv1::Session out;
+    return fx_->stub->CreateSession(Ctx(fx_->admin).get(), req, &out);
+  };
+  auto expect = [](const grpc::Status& st, grpc::StatusCode code, const std::string& field,
+                   const std::string& says) {
+    EXPECT_EQ(st.error_code(), code) << st.error_message();
+    EXPECT_EQ(st.error_message().rfind(field + ": ", 0), 0u) << st.error_message();
+    EXPECT_NE(st.error_message().find(says), std::string::npos) << st.error_message();
+  };
+  int64_t sessions = Sql("SELECT count(*) FROM sessions");
+
+  // Hosts: unknown, at another organisation, removed in partners.
+  expect(create("99999999-2222-4333-8444-555555555555", ""),
+         grpc::StatusCode::FAILED_PRECONDITION, "session.host_contact_id", "not known");
+  expect(create(fx_->hosts[other], ""), grpc::StatusCode::INVALID_ARGUMENT,
+         "session.host_contact_id", "not at organisation " + org);
+  std::string leaving = fx_->CreateHost(org, "Leaving Host");
+  pv1::RemoveContactRequest remove;
+  remove.set_id(leaving);
+  pv1::RemoveContactResponse removed;
+  ASSERT_TRUE(fx_->partners_stub->RemoveContact(Ctx(fx_->admin).get(), remove, &removed).ok());
+  const std::string removed_sql = "SELECT removed::text FROM partner_contacts WHERE id = $1::uuid";
+  ASSERT_TRUE(fx_->WaitForProjection(removed_sql, leaving, "true"));
+  expect(create(leaving, ""), grpc::StatusCode::FAILED_PRECONDITION, "session.host_contact_id",
+         "removed");
+  // Its creation delivered again after the removal does not bring it back.
+  ASSERT_GE(ReplayPartnerEvents(leaving), 2);
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_TRUE(fx_->WaitForProjection(removed_sql, leaving, "true", absl::Seconds(1)));
+
+  // Offers: a draft is refused, the published offer is taken; another's is not.
+  pv1::CreateOfferRequest co;
+  pv1::Offer* o = co.mutable_offer();
+  o->set_organisation_id(org);
+  o->set_title("A day with the district nurses");
+  o->set_setting(pv1::SETTING_COMMUNITY_SERVICE);
+  o->set_capacity_per_day(2);
+  o->add_weekdays(pv1::WEEKDAY_TUESDAY);
+  o->set_host_contact_id(fx_->hosts[org]);
+  pv1::Offer offer;
+  ASSERT_TRUE(fx_->partners_stub->CreateOffer(Ctx(fx_->admin).get(), co, &offer).ok());
+  const std::string state_sql = "SELECT state::text FROM partner_offers WHERE id = $1::uuid";
+  ASSERT_TRUE(fx_->WaitForProjection(state_sql, offer.id(), "1"));
+  expect(create(fx_->hosts[org], offer.id()), grpc::StatusCode::FAILED_PRECONDITION,
+         "session.offer_id", "DRAFT");
+  EXPECT_EQ(Sql("SELECT count(*) FROM sessions"), sessions) << "nothing stored by a refusal";
+  pv1::PublishOfferRequest publish;
+  publish.set_id(offer.id());
+  ASSERT_TRUE(fx_->partners_stub->PublishOffer(Ctx(fx_->admin).get(), publish, &offer).ok());
+  ASSERT_TRUE(fx_->WaitForProjection(state_sql, offer.id(), "2"));
+  EXPECT_TRUE(create(fx_->hosts[org], offer.id()).ok());
+  o->set_organisation_id(other);
+  o->set_host_contact_id(fx_->hosts[other]);
+  pv1::Offer elsewhere;
+  ASSERT_TRUE(fx_->partners_stub->CreateOffer(Ctx(fx_->admin).get(), co, &elsewhere).ok());
+  ASSERT_TRUE(fx_->WaitForProjection(state_sql, elsewhere.id(), "1"));
+  expect(create(fx_->hosts[org], elsewhere.id()), grpc::StatusCode::INVALID_ARGUMENT,
+         "session.offer_id", "not at organisation " + org);
+  expect(create("", "99999999-2222-4333-8444-555555555555"),
+         grpc::StatusCode::FAILED_PRECONDITION, "session.offer_id", "not known");
+  EXPECT_EQ(Sql("SELECT count(*) FROM sessions"), sessions + 1);
 }
 
 TEST_F(Scheduling, UnknownPartnerCannotHostASession) {
@@ -193,9 +277,11 @@ TEST_F(Scheduling, AttendanceBuildsEnduringContactsAndLetsConnectorsArrangeVisit
   EXPECT_EQ(accepted.sites(0).confirmed(), 1) << "the arranging connector is booked";
 
   // With a host never met: refused.
-  next->set_host_contact_id("99999999-2222-4333-8444-555555555555");
-  EXPECT_EQ(fx_->stub->CreateSession(Ctx(self).get(), arrange, &pending).error_code(),
-            grpc::StatusCode::FAILED_PRECONDITION);
+  next->set_host_contact_id(fx_->CreateHost(*org_, "Never Met"));
+  grpc::Status never = fx_->stub->CreateSession(Ctx(self).get(), arrange, &pending);
+  EXPECT_EQ(never.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(never.error_message().find("not one of your enduring contacts"), std::string::npos)
+      << never.error_message();
 }
 
 TEST_F(Scheduling, CancellingASessionCancelsEveryBookingWithAnEventEach) {

@@ -79,6 +79,17 @@ absl::Status Consumer::Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub) {
   }
   NatsPtr<jsConsumerInfo> ci_owner(ci);
   if (st != NATS_OK) return FromNats(st, absl::StrCat("consumer ", options_.durable), jerr);
+  for (const std::string& retired : options_.retired_durables) {
+    jsErrCode derr = static_cast<jsErrCode>(0);
+    natsStatus ds = js_DeleteConsumer(js, options_.stream.c_str(), retired.c_str(), nullptr, &derr);
+    if (ds == NATS_OK) {
+      log::Info("retired durable consumer deleted",
+                {{"stream", options_.stream}, {"consumer", retired}, {"replaced_by", options_.durable}});
+    } else if (ds != NATS_NOT_FOUND) {
+      log::Warn("could not delete a retired durable consumer",
+                {{"consumer", retired}, {"error", FromNats(ds, retired, derr).ToString()}});
+    }
+  }
 
   jsSubOptions so;
   jsSubOptions_Init(&so);

@@ -17,6 +17,7 @@
 #include <functional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -39,6 +40,11 @@ struct ConsumerOptions {
   std::string stream;          // e.g. "PARTNERS"
   std::string durable;         // e.g. "scheduling-partners"
   std::string filter_subject;  // e.g. "connecting.partners.>"
+  // Durables this one replaces (e.g. one whose filter was narrower): deleted
+  // once this one exists, so that the server stops keeping their backlog. A
+  // new durable starts from the beginning of the stream, so a handler that
+  // now takes more event types is fed every such event still retained.
+  std::vector<std::string> retired_durables;
   int batch_size = 64;
   int max_deliver = 10;
   absl::Duration ack_wait = absl::Seconds(30);

@@ -1,7 +1,7 @@
 // The scheduling service binary. Beyond the common configuration (see
 // libs/server/service_main.h) it reads where partner events come from:
 //   PARTNERS_EVENTS_STREAM   PARTNERS
-//   PARTNERS_EVENTS_SUBJECT  connecting.partners.organisation.>
+//   PARTNERS_EVENTS_SUBJECT  connecting.partners.>  (organisations, contacts, offers)
 // and how bookings share transactions:
 //   BOOKING_LANES            4 (1–64; see SchedulingLogic)
 #include <cstdio>
@@ -28,8 +28,11 @@ int main(int argc, char** argv) {
     bus::ConsumerOptions partners;
     partners.stream = env.String("PARTNERS_EVENTS_STREAM", "PARTNERS");
     partners.filter_subject =
-        env.String("PARTNERS_EVENTS_SUBJECT", "connecting.partners.organisation.>");
-    partners.durable = "scheduling-partners";
+        env.String("PARTNERS_EVENTS_SUBJECT", "connecting.partners.>");
+    // Since contacts and offers are projected too: a new durable, so that it
+    // replays the stream from the start, replacing the organisations-only one.
+    partners.durable = "scheduling-partners-2";
+    partners.retired_durables = {"scheduling-partners"};
     ctx.consumers.push_back(std::make_unique<bus::Consumer>(partners, &ctx.pool, &ctx.nats,
                                                             &scheduling::ApplyPartnerEvent));
     int lanes = static_cast<int>(env.Int("BOOKING_LANES", 4, 1, 64));

@@ -4,6 +4,7 @@
 
 #include <functional>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -51,6 +52,48 @@ absl::StatusOr<store::PartnerOrganisation> ActivePartner(db::Conn& c, const std:
   if (!p->has_value()) return PartnerRefusal(id, 0);
   if ((*p)->status != pv1::ORGANISATION_STATUS_ACTIVE) return PartnerRefusal(id, (*p)->status);
   return **p;
+}
+
+// A session's host must be a contact of its organisation, not removed, and
+// its offer a PUBLISHED offer of it: both known from PARTNERS events.
+absl::Status CheckHostAndOffer(db::Conn& c, const v1::Session& s) {
+  const std::string& org = s.organisation_id();
+  if (const std::string& id = s.host_contact_id(); !id.empty()) {
+    auto h = store::GetPartnerContact(c, id);
+    if (!h.ok()) return h.status();
+    if (!h->has_value()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "session.host_contact_id: contact ", id,
+          " is not known to scheduling (no partners event for it yet)"));
+    }
+    if ((*h)->organisation_id != org) {
+      return absl::InvalidArgumentError(absl::StrCat("session.host_contact_id: contact ", id,
+                                                     " is not at organisation ", org));
+    }
+    if ((*h)->removed) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "session.host_contact_id: contact ", id, " has been removed from its organisation"));
+    }
+  }
+  if (const std::string& id = s.offer_id(); !id.empty()) {
+    auto o = store::GetPartnerOffer(c, id);
+    if (!o.ok()) return o.status();
+    if (!o->has_value()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "session.offer_id: offer ", id, " is not known to scheduling (no partners event for it yet)"));
+    }
+    if ((*o)->organisation_id != org) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("session.offer_id: offer ", id, " is not at organisation ", org));
+    }
+    if ((*o)->state != pv1::OFFER_STATE_PUBLISHED) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "session.offer_id: offer ", id, " is ",
+          pv1::OfferState_Name(static_cast<pv1::OfferState>((*o)->state)),
+          "; sessions come only from PUBLISHED offers"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 // The status for book_session's outcome: OK for booked and prior, else the
@@ -127,29 +170,73 @@ void CheckDateFilter(FieldErrors& e, const char* field, const std::string& v) {
 
 // ------------------------------------------------------------ partner events
 
-absl::Status ApplyPartnerEvent(db::Conn& tx, const bus::Delivery& event) {
-  static const char* kOrganisationEvents[] = {
-      "connecting.events.v1.OrganisationCreated", "connecting.events.v1.OrganisationUpdated",
-      "connecting.events.v1.OrganisationPaused", "connecting.events.v1.OrganisationArchived",
-      "connecting.events.v1.OrganisationReactivated"};
-  bool relevant = false;
-  for (const char* t : kOrganisationEvents) relevant = relevant || event.type == t;
-  if (!relevant) return absl::OkStatus();  // contacts and offers: not needed here
-  // Every organisation event carries `organisation`; read them all through one
-  // message type, ignoring the fields only some have.
-  ev::OrganisationArchived e;
+namespace {
+
+// Reads a partners event's JSON into `e`; fields only newer producers send are ignored.
+absl::Status ParseEvent(const bus::Delivery& event, google::protobuf::Message* e) {
   google::protobuf::util::JsonParseOptions opts;
   opts.ignore_unknown_fields = true;
-  if (!google::protobuf::util::JsonStringToMessage(event.payload, &e, opts).ok() ||
-      e.organisation().id().empty()) {
+  if (!google::protobuf::util::JsonStringToMessage(event.payload, e, opts).ok()) {
     return absl::InvalidArgumentError(absl::StrCat("unreadable ", event.type, " payload"));
   }
+  return absl::OkStatus();
+}
+
+// Projections order versions by the etag partners gives each resource.
+absl::StatusOr<int64_t> VersionOf(const std::string& etag, const char* what) {
   int64_t version = 0;
-  if (!absl::SimpleAtoi(e.organisation().etag(), &version)) {
-    return absl::InvalidArgumentError("organisation etag is not a version number");
+  if (!absl::SimpleAtoi(etag, &version)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " etag is not a version number"));
   }
-  const pv1::Organisation& o = e.organisation();
-  return store::UpsertPartner(tx, {o.id(), o.name(), o.status(), o.sector(), o.region()}, version);
+  return version;
+}
+
+}  // namespace
+
+absl::Status ApplyPartnerEvent(db::Conn& tx, const bus::Delivery& event) {
+  const std::string& t = event.type;
+  const absl::string_view kPrefix = "connecting.events.v1.";
+  if (!absl::StartsWith(t, kPrefix)) return absl::OkStatus();
+  absl::string_view name = absl::string_view(t).substr(kPrefix.size());
+  if (absl::StartsWith(name, "Organisation")) {
+    // Every organisation event carries `organisation`; read them all through
+    // one message type, ignoring the fields only some have.
+    ev::OrganisationArchived e;
+    if (absl::Status s = ParseEvent(event, &e); !s.ok()) return s;
+    const pv1::Organisation& o = e.organisation();
+    if (o.id().empty()) return absl::InvalidArgumentError(absl::StrCat(t, " without organisation"));
+    auto version = VersionOf(o.etag(), "organisation");
+    if (!version.ok()) return version.status();
+    return store::UpsertPartner(tx, {o.id(), o.name(), o.status(), o.sector(), o.region()},
+                                *version);
+  }
+  if (name == "ContactRemoved") {
+    ev::ContactRemoved e;
+    if (absl::Status s = ParseEvent(event, &e); !s.ok()) return s;
+    if (e.contact_id().empty()) return absl::InvalidArgumentError("ContactRemoved without contact_id");
+    return store::UpsertPartnerContact(tx, {e.contact_id(), e.organisation_id(), "", true}, 0);
+  }
+  if (name == "ContactCreated" || name == "ContactUpdated") {
+    ev::ContactUpdated e;  // both carry `contact`
+    if (absl::Status s = ParseEvent(event, &e); !s.ok()) return s;
+    const pv1::Contact& c = e.contact();
+    if (c.id().empty()) return absl::InvalidArgumentError(absl::StrCat(t, " without contact"));
+    auto version = VersionOf(c.etag(), "contact");
+    if (!version.ok()) return version.status();
+    return store::UpsertPartnerContact(tx, {c.id(), c.organisation_id(), c.display_name(), false},
+                                       *version);
+  }
+  if (absl::StartsWith(name, "Offer")) {
+    ev::OfferUpdated e;  // every offer event carries `offer`
+    if (absl::Status s = ParseEvent(event, &e); !s.ok()) return s;
+    const pv1::Offer& o = e.offer();
+    if (o.id().empty()) return absl::InvalidArgumentError(absl::StrCat(t, " without offer"));
+    auto version = VersionOf(o.etag(), "offer");
+    if (!version.ok()) return version.status();
+    return store::UpsertPartnerOffer(tx, {o.id(), o.organisation_id(), o.title(), o.state()},
+                                     *version);
+  }
+  return absl::OkStatus();  // not needed here
 }
 
 // -------------------------------------------------------------- participants
@@ -357,6 +444,7 @@ absl::Status SchedulingLogic::CreateSession(const Call& call, const v1::CreateSe
         req.request_id(), [&] { return store::SessionByRequestId(c, req.request_id()); },
         [&]() -> absl::StatusOr<std::optional<v1::Session>> {
           if (auto org = ActivePartner(c, s.organisation_id()); !org.ok()) return org.status();
+          if (absl::Status st = CheckHostAndOffer(c, s); !st.ok()) return st;
           if (arranged) {
             auto met = store::HasMetHost(c, p.participant_id, s.host_contact_id());
             if (!met.ok()) return met.status();

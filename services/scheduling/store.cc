@@ -2,6 +2,8 @@
 
 #include <google/protobuf/util/time_util.h>
 
+#include <limits>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -136,6 +138,53 @@ absl::Status UpsertPartner(db::Conn& c, const PartnerOrganisation& p, int64_t ve
           "region = EXCLUDED.region, version = EXCLUDED.version, updated_at = now() "
           "WHERE partner_organisations.version < EXCLUDED.version",
           {p.id, p.name, p.status, p.sector, p.region, version})
+      .status();
+}
+
+absl::StatusOr<std::optional<PartnerContact>> GetPartnerContact(db::Conn& c,
+                                                                const std::string& id) {
+  return MaybeOne<PartnerContact>(
+      c.Exec("SELECT id::text, organisation_id::text, display_name, removed FROM partner_contacts "
+             "WHERE id = $1::uuid",
+             {id}),
+      [](const db::Result& r, int i) {
+        return PartnerContact{r.String(i, 0), r.String(i, 1), r.String(i, 2), r.Bool(i, 3)};
+      });
+}
+
+absl::Status UpsertPartnerContact(db::Conn& c, const PartnerContact& p, int64_t version) {
+  if (p.removed) version = std::numeric_limits<int64_t>::max();
+  return c
+      .Exec(
+          "INSERT INTO partner_contacts (id, organisation_id, display_name, removed, version) "
+          "VALUES ($1::uuid, $2::uuid, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET "
+          "display_name = CASE WHEN EXCLUDED.removed THEN partner_contacts.display_name "
+          "ELSE EXCLUDED.display_name END, removed = EXCLUDED.removed, "
+          "version = EXCLUDED.version, updated_at = now() "
+          "WHERE partner_contacts.version < EXCLUDED.version",
+          {p.id, p.organisation_id, p.name, p.removed, version})
+      .status();
+}
+
+absl::StatusOr<std::optional<PartnerOffer>> GetPartnerOffer(db::Conn& c, const std::string& id) {
+  return MaybeOne<PartnerOffer>(
+      c.Exec("SELECT id::text, organisation_id::text, title, state FROM partner_offers "
+             "WHERE id = $1::uuid",
+             {id}),
+      [](const db::Result& r, int i) {
+        return PartnerOffer{r.String(i, 0), r.String(i, 1), r.String(i, 2),
+                            static_cast<int>(r.Int(i, 3))};
+      });
+}
+
+absl::Status UpsertPartnerOffer(db::Conn& c, const PartnerOffer& p, int64_t version) {
+  return c
+      .Exec(
+          "INSERT INTO partner_offers (id, organisation_id, title, state, version) "
+          "VALUES ($1::uuid, $2::uuid, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET "
+          "title = EXCLUDED.title, state = EXCLUDED.state, version = EXCLUDED.version, "
+          "updated_at = now() WHERE partner_offers.version < EXCLUDED.version",
+          {p.id, p.organisation_id, p.title, p.state, version})
       .status();
 }
 

@@ -25,6 +25,22 @@ absl::StatusOr<std::optional<PartnerOrganisation>> GetPartner(db::Conn& c, const
 // Applies a newer version of an organisation (older or equal versions are ignored).
 absl::Status UpsertPartner(db::Conn& c, const PartnerOrganisation& p, int64_t version);
 
+// Contacts and offers of partner organisations, projected the same way.
+struct PartnerContact {
+  std::string id, organisation_id, name;
+  bool removed = false;
+};
+struct PartnerOffer {
+  std::string id, organisation_id, title;
+  int state = 0;  // partners.v1.OfferState
+};
+absl::StatusOr<std::optional<PartnerContact>> GetPartnerContact(db::Conn& c,
+                                                                const std::string& id);
+// A newer version of a contact; `removed` makes it a tombstone no later event undoes.
+absl::Status UpsertPartnerContact(db::Conn& c, const PartnerContact& p, int64_t version);
+absl::StatusOr<std::optional<PartnerOffer>> GetPartnerOffer(db::Conn& c, const std::string& id);
+absl::Status UpsertPartnerOffer(db::Conn& c, const PartnerOffer& p, int64_t version);
+
 // Participants.
 absl::StatusOr<std::optional<v1::Participant>> ParticipantByRequestId(db::Conn& c,
                                                                       const std::string& rid);
