@@ -285,7 +285,10 @@ TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
                     "CREATE TABLE taken (v int PRIMARY KEY);"
                     "CREATE TABLE followed (v int PRIMARY KEY)");
               }).ok());
-  db::GroupCommitter group(*pool_, "test");
+  server::Executor threads(4, 64);
+  db::GroupCommitter group(*pool_, "test", [&threads](std::function<void()> task) {
+    return threads.TrySubmit(std::move(task));
+  });
   // 64 callers on one hot row. Every 8th statement raises (a duplicate key);
   // every 8th caller from 4 refuses in `then` (a rule, nothing written); caller
   // 13 meets something unexpected after writing (INTERNAL). None of these may
@@ -307,7 +310,12 @@ TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
         if (i == 13) return absl::InternalError("unexpected");
         return std::vector<db::Statement>{{"INSERT INTO followed VALUES ($1)", {r.String(0, 0)}}};
       };
-      return group.Run("hot", absl::Now() + absl::Seconds(20), std::move(w));
+      // Submit returns at once; the batch's thread reports the outcome.
+      std::promise<absl::Status> outcome;
+      std::future<absl::Status> f = outcome.get_future();
+      group.Submit("hot", absl::Now() + absl::Seconds(20), std::move(w),
+                   [&outcome](absl::Status s) { outcome.set_value(std::move(s)); });
+      return f.get();
     }));
   }
   int ok = 0, exists = 0, refused = 0, internal = 0;
@@ -338,6 +346,57 @@ TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
                 EXPECT_EQ(r->Int(0, 3), 0) << "the INTERNAL caller's write was undone";
                 return r.status();
               }).ok());
+}
+
+TEST_F(Database, GroupCommitWaitersHoldNoThreadAndItShedsBeyondItsBound) {
+  // One thread runs every batch, and 300 callers queue at once behind a slow
+  // first batch: none of them may hold that thread while it waits (or nothing
+  // would finish), the first 100 are served, the rest are refused at once with
+  // RESOURCE_EXHAUSTED, and every caller hears exactly once.
+  server::Executor one(1, 8);
+  db::GroupCommitter group(
+      *pool_, "shed",
+      [&one](std::function<void()> task) { return one.TrySubmit(std::move(task)); },
+      /*max_batch=*/64, /*max_pending=*/100);
+  std::atomic<int> ok{0}, shed{0}, other{0}, calls{0};
+  absl::Notification all_heard;
+  for (int i = 0; i < 300; ++i) {
+    db::GroupCommitter::Work w;
+    w.first = {i == 0 ? "SELECT pg_sleep(0.3)" : "SELECT 1", {}};
+    w.then = [](const db::Result&) -> absl::StatusOr<std::vector<db::Statement>> {
+      return std::vector<db::Statement>{};
+    };
+    group.Submit("k", absl::Now() + absl::Seconds(20), std::move(w), [&](absl::Status s) {
+      if (s.ok())
+        ++ok;
+      else if (absl::IsResourceExhausted(s))
+        ++shed;
+      else
+        ++other;
+      if (++calls == 300) all_heard.Notify();
+    });
+  }
+  ASSERT_TRUE(all_heard.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_EQ(ok.load(), 100);
+  EXPECT_EQ(shed.load(), 200);
+  EXPECT_EQ(other.load(), 0);
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(calls.load(), 300) << "a caller heard twice";
+
+  // Once drained it takes work again; with no thread to be had it refuses.
+  server::Executor none(1, 1);
+  none.Shutdown();
+  db::GroupCommitter stuck(*pool_, "stuck", [&none](std::function<void()> task) {
+    return none.TrySubmit(std::move(task));
+  });
+  absl::Status refused;
+  db::GroupCommitter::Work w;
+  w.first = {"SELECT 1", {}};
+  w.then = [](const db::Result&) -> absl::StatusOr<std::vector<db::Statement>> {
+    return std::vector<db::Statement>{};
+  };
+  stuck.Submit("k", absl::InfiniteFuture(), std::move(w), [&](absl::Status s) { refused = s; });
+  EXPECT_TRUE(absl::IsResourceExhausted(refused)) << refused;
 }
 
 }  // namespace

@@ -13,8 +13,12 @@ constexpr int kMaxRetries = 8;  // serialization failures and deadlocks, per bat
 
 }  // namespace
 
-GroupCommitter::GroupCommitter(Pool& pool, const std::string& name, int max_batch)
-    : pool_(pool), max_batch_(max_batch) {
+GroupCommitter::GroupCommitter(Pool& pool, const std::string& name, Schedule schedule,
+                               int max_batch, int max_pending)
+    : pool_(pool),
+      schedule_(std::move(schedule)),
+      max_batch_(max_batch),
+      max_pending_(max_pending) {
   static auto& family = prometheus::BuildHistogram()
                             .Name("connecting_group_commit_batch_size")
                             .Help("Callers whose work one group-committed transaction carried")
@@ -23,42 +27,79 @@ GroupCommitter::GroupCommitter(Pool& pool, const std::string& name, int max_batc
                              prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64});
 }
 
-absl::Status GroupCommitter::Run(const std::string& key, absl::Time deadline, Work work) {
-  Item item;
-  item.work = std::move(work);
-  std::vector<Item*> batch;
+void GroupCommitter::Submit(const std::string& key, absl::Time deadline, Work work, Done done) {
+  auto* item = new Item{std::move(work), deadline, std::move(done), absl::OkStatus()};
+  bool start = false, full = false;
   {
     absl::MutexLock lock(&mu_);
-    Queue* q = &queues_[key];
-    q->pending.push_back(&item);
-    struct Arg {
-      Item* item;
-      Queue* q;
-    } arg{&item, q};
-    // Either a leader finished our work, or nobody is leading: we lead.
-    mu_.Await(absl::Condition(
-        +[](Arg* a) { return a->item->done || !a->q->busy; }, &arg));
-    if (item.done) return item.result;
-    q->busy = true;
-    // Take ourselves and those queued behind us, up to max_batch_.
-    size_t n = std::min(q->pending.size(), static_cast<size_t>(max_batch_));
-    auto mine = std::find(q->pending.begin(), q->pending.end(), &item);
-    if (mine - q->pending.begin() >= static_cast<long>(n)) {
-      // Keep our own item in the batch even when it is beyond max_batch_.
-      std::iter_swap(q->pending.begin() + (n - 1), mine);
+    full = pending_ >= max_pending_;
+    if (!full) {
+      ++pending_;
+      auto [it, fresh] = queues_.try_emplace(key);
+      it->second.pending.push_back(item);
+      start = fresh;  // otherwise the running Drain for this key takes it
     }
-    batch.assign(q->pending.begin(), q->pending.begin() + n);
-    q->pending.erase(q->pending.begin(), q->pending.begin() + n);
   }
+  if (full) {
+    item->done(absl::ResourceExhaustedError("too many callers waiting; retry with backoff"));
+    delete item;
+    return;
+  }
+  if (start && !schedule_([this, key] { Drain(key); })) {
+    // No thread: fail what queued for this key since (at least our item).
+    std::vector<Item*> orphans;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = queues_.find(key);
+      orphans.swap(it->second.pending);
+      queues_.erase(it);
+      pending_ -= static_cast<int>(orphans.size());
+    }
+    for (Item* it : orphans) {
+      it->done(absl::ResourceExhaustedError("server is at capacity; retry with backoff"));
+      delete it;
+    }
+  }
+}
 
-  RunBatch(batch, deadline);
-
-  absl::MutexLock lock(&mu_);
-  for (Item* it : batch) it->done = true;
-  Queue& q = queues_[key];
-  q.busy = false;
-  if (q.pending.empty()) queues_.erase(key);
-  return item.result;
+void GroupCommitter::Drain(const std::string& key) {
+  for (;;) {
+    std::vector<Item*> batch;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = queues_.find(key);
+      std::vector<Item*>& q = it->second.pending;
+      if (q.empty()) {
+        queues_.erase(it);
+        return;
+      }
+      size_t n = std::min(q.size(), static_cast<size_t>(max_batch_));
+      batch.assign(q.begin(), q.begin() + n);
+      q.erase(q.begin(), q.begin() + n);
+    }
+    // Whoever waited past their deadline is told so and left out; the batch
+    // runs until the latest deadline of the rest.
+    std::vector<Item*> run;
+    absl::Time deadline = absl::InfinitePast();
+    absl::Time now = absl::Now();
+    for (Item* it : batch) {
+      if (it->deadline <= now) {
+        it->result = absl::DeadlineExceededError("deadline passed while the request waited");
+      } else {
+        run.push_back(it);
+        deadline = std::max(deadline, it->deadline);
+      }
+    }
+    if (!run.empty()) RunBatch(run, deadline);
+    {
+      absl::MutexLock lock(&mu_);
+      pending_ -= static_cast<int>(batch.size());
+    }
+    for (Item* it : batch) {
+      it->done(it->result);
+      delete it;
+    }
+  }
 }
 
 void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline) {

@@ -3,9 +3,10 @@
 // Writes that lock the same row (e.g. the seats of one popular session)
 // serialise on that lock, and each holds it through its commit's WAL flush, so
 // a hot row sees one commit per flush. GroupCommitter lets such writes share a
-// transaction: the first caller for a key becomes the leader and runs its own
-// work and that of every caller that queued for the same key meanwhile, then
-// commits once. Callers get their own status.
+// transaction: callers queue their work under a key and return; one thread
+// per key at a time runs everything queued for it as one transaction, commits
+// once, and calls each caller back with its own status. Whatever queues while
+// a batch runs goes into the next one.
 //
 // Each caller's work has two phases, so that a batch of any size costs two
 // round trips to PostgreSQL (pipelined):
@@ -42,38 +43,53 @@ class GroupCommitter {
  public:
   struct Work {
     Statement first;
-    // Runs on the leader's thread while the transaction is open; returns the
+    // Runs on the batch's thread while the transaction is open; returns the
     // statements to commit with (e.g. outbox rows) or this caller's error.
     std::function<absl::StatusOr<std::vector<Statement>>(const Result& first_rows)> then;
   };
+  // Runs a task on some other thread; false if it cannot (e.g. a full queue).
+  using Schedule = std::function<bool(std::function<void()>)>;
+  using Done = std::function<void(absl::Status)>;
 
-  // `name` labels its metric: connecting_group_commit_batch_size{committer=name},
-  // how many callers each committed transaction carried.
-  GroupCommitter(Pool& pool, const std::string& name, int max_batch = 64);
+  // Batches run on threads `schedule` provides (one per key at a time), so a
+  // waiting caller holds no thread. `name` labels the metric
+  // connecting_group_commit_batch_size{committer=name}, how many callers each
+  // committed transaction carried. At most `max_pending` callers wait at once.
+  GroupCommitter(Pool& pool, const std::string& name, Schedule schedule, int max_batch = 64,
+                 int max_pending = 4096);
 
-  // Runs `work` inside a transaction shared with other work for `key`. Blocks
-  // until that transaction has committed (or failed).
-  absl::Status Run(const std::string& key, absl::Time deadline, Work work);
+  // Queues `work` for a transaction shared with other work for `key` and
+  // returns at once; `done` runs exactly once, on the batch's thread after
+  // that transaction committed or failed (RESOURCE_EXHAUSTED, on the calling
+  // thread, if too many wait or no thread can be had; DEADLINE_EXCEEDED if
+  // `deadline` passed before the batch began).
+  void Submit(const std::string& key, absl::Time deadline, Work work, Done done);
 
  private:
   struct Item {
     Work work;
+    absl::Time deadline;
+    Done done;
     absl::Status result;
-    bool done = false;
   };
   struct Queue {
     std::vector<Item*> pending;
-    bool busy = false;
   };
 
+  // Runs the batches of `key` until none is waiting.
+  void Drain(const std::string& key);
   // Runs the batch to completion: every item's result is set.
   void RunBatch(std::vector<Item*> batch, absl::Time deadline);
 
   Pool& pool_;
+  const Schedule schedule_;
   const int max_batch_;
+  const int max_pending_;
   prometheus::Histogram* batch_sizes_;
   absl::Mutex mu_;
+  // A key is present while a Drain for it is scheduled or running.
   std::unordered_map<std::string, Queue> queues_ ABSL_GUARDED_BY(mu_);
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace connecting::db

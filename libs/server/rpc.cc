@@ -101,59 +101,94 @@ grpc::Status ToGrpcStatus(const absl::Status& status, absl::string_view method,
   return grpc::Status(code, std::string(status.message()));
 }
 
-grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
-                                         const google::protobuf::Message* request,
-                                         const char* method, Work work, FastPath fast) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+RpcRunner::Finish RpcRunner::Finisher(grpc::ServerUnaryReactor* reactor, const char* method) {
   const absl::Time start = absl::Now();
-  auto finish = [reactor, method, start](const grpc::Status& s) {
+  return [reactor, method, start](const grpc::Status& s) {
     RpcMetrics& m = RpcMetrics::Get();
     m.requests.Add({{"method", method}, {"code", CodeName(s.error_code())}}).Increment();
     m.latency.Add({{"method", method}}, Buckets())
         .Observe(absl::ToDoubleSeconds(absl::Now() - start));
     reactor->Finish(s);
   };
+}
+
+std::optional<RpcRunner::Admitted> RpcRunner::Admit(grpc::CallbackServerContext* ctx,
+                                                    const google::protobuf::Message* request,
+                                                    const Finish& finish) {
   if (std::optional<std::string> bad = MalformedReason(*request)) {
     finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *bad));
-    return reactor;
+    return std::nullopt;
   }
   absl::StatusOr<Principal> principal = auth_->Authenticate(Metadata(ctx, "authorization"));
   if (!principal.ok()) {
     finish(
         grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(principal.status().message())));
-    return reactor;
+    return std::nullopt;
   }
-  absl::Time deadline = std::min(absl::FromChrono(ctx->deadline()), start + max_deadline_);
-  std::string trace = TraceParent(Metadata(ctx, "traceparent"));
+  absl::Time deadline = std::min(absl::FromChrono(ctx->deadline()), absl::Now() + max_deadline_);
+  return Admitted{*std::move(principal), deadline, TraceParent(Metadata(ctx, "traceparent"))};
+}
+
+grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
+                                         const google::protobuf::Message* request,
+                                         const char* method, Work work, FastPath fast) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  Finish finish = Finisher(reactor, method);
+  std::optional<Admitted> a = Admit(ctx, request, finish);
+  if (!a) return reactor;
   if (fast != nullptr) {
-    Call call{*principal, deadline, trace, method};
+    Call call{a->principal, a->deadline, a->trace, method};
     if (std::optional<absl::Status> done = fast(call)) {
-      finish(ToGrpcStatus(*done, method, trace));
+      finish(ToGrpcStatus(*done, method, a->trace));
       return reactor;
     }
   }
-  bool queued =
-      executor_->TrySubmit([this, ctx, method, deadline, finish, work = std::move(work),
-                            trace = std::move(trace), p = *std::move(principal)]() mutable {
+  bool queued = executor_->TrySubmit(
+      [this, ctx, method, finish, work = std::move(work), a = *std::move(a)]() mutable {
         if (ctx->IsCancelled()) {
           finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
           return;
         }
-        if (absl::Now() >= deadline) {
+        if (absl::Now() >= a.deadline) {
           finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                               "deadline passed while the request waited in the queue"));
           return;
         }
-        Call call{p, deadline, trace, method};
+        Call call{a.principal, a.deadline, a.trace, method};
         absl::Status s = work(call);
         if (!s.ok()) log::Debug("rpc failed", {{"method", method}, {"error", s.ToString()}});
         if (after_work_) after_work_();
-        finish(ToGrpcStatus(s, method, trace));
+        finish(ToGrpcStatus(s, method, a.trace));
       });
   if (!queued) {
     finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         "server is at capacity; retry with backoff"));
   }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* RpcRunner::RunAsync(grpc::CallbackServerContext* ctx,
+                                              const google::protobuf::Message* request,
+                                              const char* method, AsyncWork start) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  Finish finish = Finisher(reactor, method);
+  std::optional<Admitted> a = Admit(ctx, request, finish);
+  if (!a) return reactor;
+  // The call's state lives until `done`.
+  struct State {
+    State(Admitted a, const char* method)
+        : admitted(std::move(a)),
+          call{admitted.principal, admitted.deadline, admitted.trace, method} {}
+    Admitted admitted;
+    Call call;
+  };
+  auto* state = new State(*std::move(a), method);
+  start(state->call, [this, state, method, finish](absl::Status s) {
+    if (!s.ok()) log::Debug("rpc failed", {{"method", method}, {"error", s.ToString()}});
+    if (after_work_) after_work_();
+    finish(ToGrpcStatus(s, method, state->call.traceparent));
+    delete state;
+  });
   return reactor;
 }
 

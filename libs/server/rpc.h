@@ -62,7 +62,31 @@ class RpcRunner {
                                 const google::protobuf::Message* request, const char* method,
                                 Work work, FastPath fast = nullptr);
 
+  // For work that queues itself rather than blocking a worker (e.g. a
+  // db::GroupCommitter): after the same checks, `start` runs on the gRPC
+  // thread and must not block; the call finishes when it calls `done`
+  // (exactly once, from any thread). `call` stays valid until then.
+  using Done = std::function<void(absl::Status)>;
+  using AsyncWork = std::function<void(const Call& call, Done done)>;
+  grpc::ServerUnaryReactor* RunAsync(grpc::CallbackServerContext* ctx,
+                                     const google::protobuf::Message* request, const char* method,
+                                     AsyncWork start);
+
+  Executor* executor() const { return executor_; }
+
  private:
+  // What the checks on the gRPC thread give a call that may proceed.
+  struct Admitted {
+    Principal principal;
+    absl::Time deadline;
+    std::string trace;
+  };
+  using Finish = std::function<void(const grpc::Status&)>;
+  // Finishes malformed and unauthenticated calls (nullopt); `finish` records metrics.
+  std::optional<Admitted> Admit(grpc::CallbackServerContext* ctx,
+                                const google::protobuf::Message* request, const Finish& finish);
+  static Finish Finisher(grpc::ServerUnaryReactor* reactor, const char* method);
+
   Executor* const executor_;
   const Authenticator* const auth_;
   const absl::Duration max_deadline_;

@@ -41,8 +41,11 @@ int main(int argc, char** argv) {
                    std::string(st.message()).c_str());
       std::exit(2);
     }
-    logic =
-        std::make_unique<scheduling::SchedulingLogic>(ctx.pool, ctx.outbox, ctx.page_tokens, lanes);
+    server::Executor* executor = ctx.rpc.executor();
+    logic = std::make_unique<scheduling::SchedulingLogic>(
+        ctx.pool, ctx.outbox, ctx.page_tokens,
+        [executor](std::function<void()> task) { return executor->TrySubmit(std::move(task)); },
+        lanes);
     std::vector<std::unique_ptr<grpc::Service>> services;
     services.push_back(std::make_unique<scheduling::SchedulingGrpc>(logic.get(), &ctx.rpc));
     return services;

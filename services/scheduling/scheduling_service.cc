@@ -713,26 +713,26 @@ absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call&
   return store::GetBooking(c, booking_id, false);
 }
 
-absl::Status SchedulingLogic::BookSession(const Call& call, const v1::BookSessionRequest& req,
-                                          v1::Booking* resp) {
+void SchedulingLogic::BookSession(const Call& call, const v1::BookSessionRequest& req,
+                                  v1::Booking* resp, server::RpcRunner::Done done) {
   FieldErrors e;
   server::CheckUuid(e, "session_id", req.session_id(), true);
   server::CheckUuid(e, "participant_id", req.participant_id(), true);
   server::CheckText(e, "site", req.site(), {0, 100});
   server::CheckRequestId(e, "request_id", req.request_id());
-  if (!e.empty()) return e.ToStatus();
-  if (absl::Status s = MayActFor(call.principal, req.participant_id()); !s.ok()) return s;
+  if (!e.empty()) return done(e.ToStatus());
+  if (absl::Status s = MayActFor(call.principal, req.participant_id()); !s.ok()) return done(s);
   // One round trip for the booking (pipelined with BEGIN and with the other
   // bookings queued meanwhile in its lane), one for its event and COMMIT.
   db::GroupCommitter::Work work;
   work.first =
       store::BookStatement(req.session_id(), req.participant_id(), req.site(), req.request_id());
-  work.then = [&](const db::Result& rows) {
+  work.then = [this, &call, &req, resp](const db::Result& rows) {
     return Booked(call, rows, req.session_id(), req.participant_id(), req.site(), true, resp);
   };
   std::string lane = absl::StrCat(
       "lane-", std::hash<std::string>()(req.session_id()) % static_cast<size_t>(booking_lanes_));
-  return bookings_.Run(lane, call.deadline, std::move(work));
+  bookings_.Submit(lane, call.deadline, std::move(work), std::move(done));
 }
 
 absl::Status SchedulingLogic::GetBooking(const Call& call, const v1::GetBookingRequest& req,

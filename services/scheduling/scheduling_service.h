@@ -28,13 +28,15 @@ class SchedulingLogic {
   // bookings share BEGIN, COMMIT and round trips whichever sessions they are
   // for. Bookings of one session are always in the same lane; lanes run in
   // parallel.
+  // `schedule` gives each lane's batch a thread (the RPC executor's), so a
+  // booking waiting for its batch holds none.
   SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox, const server::PageTokens& tokens,
-                  int booking_lanes = 4)
+                  db::GroupCommitter::Schedule schedule, int booking_lanes = 4)
       : pool_(pool),
         outbox_(outbox),
         tokens_(tokens),
         booking_lanes_(booking_lanes > 0 ? booking_lanes : 1),
-        bookings_(pool, "bookings") {}
+        bookings_(pool, "bookings", std::move(schedule)) {}
 
 #define CONNECTING_SCHEDULING_METHODS(X)                                             \
   X(RegisterParticipant, RegisterParticipantRequest, Participant)                    \
@@ -48,7 +50,6 @@ class SchedulingLogic {
   X(AcceptSession, AcceptSessionRequest, Session)                                    \
   X(CancelSession, CancelSessionRequest, Session)                                    \
   X(CompleteSession, CompleteSessionRequest, Session)                                \
-  X(BookSession, BookSessionRequest, Booking)                                        \
   X(GetBooking, GetBookingRequest, Booking)                                          \
   X(ListBookings, ListBookingsRequest, ListBookingsResponse)                         \
   X(CancelBooking, CancelBookingRequest, Booking)                                    \
@@ -61,6 +62,13 @@ class SchedulingLogic {
   absl::Status Method(const Call& call, const v1::Req& req, v1::Resp* resp);
   CONNECTING_SCHEDULING_METHODS(CONNECTING_DECLARE)
 #undef CONNECTING_DECLARE
+
+  // Checks the request on the calling (gRPC) thread and queues the booking in
+  // its lane without blocking; `done` runs once the lane's transaction has
+  // committed or failed (or at once with the refusal). `call`, `req` and
+  // `resp` must stay valid until then.
+  void BookSession(const Call& call, const v1::BookSessionRequest& req, v1::Booking* resp,
+                   server::RpcRunner::Done done);
 
  private:
   // Reads book_session's row (store::BookStatement): the refusal as a status,
@@ -107,6 +115,15 @@ class SchedulingGrpc final : public v1::SchedulingService::CallbackService {
   }
   CONNECTING_SCHEDULING_METHODS(CONNECTING_ADAPT)
 #undef CONNECTING_ADAPT
+
+  grpc::ServerUnaryReactor* BookSession(grpc::CallbackServerContext* ctx,
+                                        const v1::BookSessionRequest* req,
+                                        v1::Booking* resp) override {
+    return rpc_->RunAsync(ctx, req, "BookSession",
+                          [this, req, resp](const Call& call, server::RpcRunner::Done done) {
+                            logic_->BookSession(call, *req, resp, std::move(done));
+                          });
+  }
 
  private:
   SchedulingLogic* const logic_;
