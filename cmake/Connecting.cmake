@@ -1,7 +1,8 @@
 # Helpers shared by the services' CMakeLists.
 
 # connecting_embed_migrations(<target> <namespace> <dir>)
-# Compiles every <dir>/NNNN_name.sql into <target> as
+# Compiles every <dir>/NNNN_name.sql and <dir>/R__name.sql (repeatable; see
+# libs/db/migrations.h) into <target> as
 #   std::vector<connecting::db::Migration> <namespace>::SqlMigrations();
 # so a service binary carries its schema (one file in a container image).
 function(connecting_embed_migrations target ns dir)

@@ -220,6 +220,41 @@ TEST_F(Database, MigrationsApplyOnceAndRefuseEditedHistory) {
   EXPECT_EQ(r->Int(0, 0), 1);
 }
 
+TEST_F(Database, RepeatableMigrationsFollowTheirFileAfterTheVersionedOnes) {
+  auto conn = db::Conn::Open(url_, "t");
+  ASSERT_TRUE(conn.ok());
+  auto answer = [&]() -> int64_t {
+    auto r = (*conn)->Exec("SELECT answer()");
+    return r.ok() ? r->Int(0, 0) : -1;
+  };
+  // Listed first, applied after the versioned table it reads.
+  std::vector<db::MigrationSet> sets = {
+      {"rep",
+       {{"R__answer",
+         "CREATE OR REPLACE FUNCTION answer() RETURNS bigint LANGUAGE sql "
+         "AS 'SELECT count(*) FROM facts'"},
+        {"0001_facts", "CREATE TABLE facts (x int); INSERT INTO facts VALUES (1), (2)"}}}};
+  auto applied = db::Migrate(**conn, sets);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, (std::vector<std::string>{"rep/0001_facts", "rep/R__answer"}));
+  EXPECT_EQ(answer(), 2);
+  applied = db::Migrate(**conn, sets);
+  ASSERT_TRUE(applied.ok());
+  EXPECT_TRUE(applied->empty()) << "unchanged: not applied again";
+  // Edited: applied again, and only it.
+  sets[0].migrations[0].sql =
+      "CREATE OR REPLACE FUNCTION answer() RETURNS bigint LANGUAGE sql "
+      "AS 'SELECT sum(x) FROM facts'";
+  applied = db::Migrate(**conn, sets);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, (std::vector<std::string>{"rep/R__answer"}));
+  EXPECT_EQ(answer(), 3);
+  // A failing edit keeps the last good definition.
+  sets[0].migrations[0].sql = "CREATE OR REPLACE FUNCTION answer() RETURNS bigint AS nonsense";
+  EXPECT_FALSE(db::Migrate(**conn, sets).ok());
+  EXPECT_EQ(answer(), 3);
+}
+
 TEST_F(Database, PipelineReturnsResultsInOrderAndSkipsAfterAFailure) {
   auto lease = pool_->Acquire(absl::Now() + absl::Seconds(5));
   ASSERT_TRUE(lease.ok());

@@ -1,5 +1,6 @@
 #include "libs/db/migrations.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace connecting::db {
@@ -8,39 +9,50 @@ namespace {
 // Any constant works; it only has to be the same for every replica.
 constexpr char kLockKey[] = "7355608120260101";
 
+bool Repeatable(const Migration& m) { return absl::StartsWith(m.name, "R__"); }
+
 absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
                                                        const std::vector<MigrationSet>& sets) {
   std::vector<std::string> applied;
   for (const MigrationSet& set : sets) {
+    // Versioned migrations first, then the repeatable ones, each in the order given.
+    std::vector<const Migration*> order;
     for (const Migration& m : set.migrations) {
+      if (!Repeatable(m)) order.push_back(&m);
+    }
+    for (const Migration& m : set.migrations) {
+      if (Repeatable(m)) order.push_back(&m);
+    }
+    for (const Migration* m : order) {
       absl::StatusOr<Result> seen = conn.Exec(
           "SELECT checksum = md5($3) FROM schema_migrations WHERE component = $1 AND name = $2",
-          {set.component, m.name, m.sql});
+          {set.component, m->name, m->sql});
       if (!seen.ok()) return seen.status();
       if (seen->rows() == 1) {
-        if (!seen->Bool(0, 0)) {
+        if (seen->Bool(0, 0)) continue;  // applied as it is
+        if (!Repeatable(*m)) {
           return absl::FailedPreconditionError(
-              absl::StrCat("migration ", set.component, "/", m.name,
+              absl::StrCat("migration ", set.component, "/", m->name,
                            " was edited after it was applied; add a new migration instead"));
         }
-        continue;
       }
       if (absl::Status s = conn.ExecScript("BEGIN"); !s.ok()) return s;
-      absl::Status s = conn.ExecScript(m.sql);
+      absl::Status s = conn.ExecScript(m->sql);
       if (s.ok()) {
         s = conn.Exec(
                     "INSERT INTO schema_migrations (component, name, checksum) "
-                    "VALUES ($1, $2, md5($3))",
-                    {set.component, m.name, m.sql})
+                    "VALUES ($1, $2, md5($3)) ON CONFLICT (component, name) DO UPDATE "
+                    "SET checksum = EXCLUDED.checksum, applied_at = now()",
+                    {set.component, m->name, m->sql})
                 .status();
       }
       if (s.ok()) s = conn.ExecScript("COMMIT");
       if (!s.ok()) {
         (void)conn.ExecScript("ROLLBACK");
-        return absl::Status(s.code(), absl::StrCat("migration ", set.component, "/", m.name,
+        return absl::Status(s.code(), absl::StrCat("migration ", set.component, "/", m->name,
                                                    " failed: ", s.message()));
       }
-      applied.push_back(absl::StrCat(set.component, "/", m.name));
+      applied.push_back(absl::StrCat(set.component, "/", m->name));
     }
   }
   return applied;

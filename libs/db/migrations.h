@@ -1,4 +1,4 @@
-// Versioned SQL migrations.
+// Versioned and repeatable SQL migrations.
 //
 // Each component (the shared bus tables, then the service's own) has an ordered
 // list of migrations named NNNN_description. Migrate() applies the ones not yet
@@ -6,6 +6,13 @@
 // session advisory lock, so several replicas starting at once apply each
 // migration exactly once. A migration whose text changed after it was applied
 // is refused (FAILED_PRECONDITION): write a new one instead.
+//
+// A repeatable migration, named R__description, holds the whole current
+// definition of something that is replaced rather than altered (a function):
+// it is applied, after every versioned one of its component, whenever its text
+// differs from what was last applied. Change the definition by editing the
+// file, not by restating it in a new versioned migration; it must be safe to
+// run again (CREATE OR REPLACE, or DROP … IF EXISTS then CREATE).
 #ifndef CONNECTING_LIBS_DB_MIGRATIONS_H_
 #define CONNECTING_LIBS_DB_MIGRATIONS_H_
 
@@ -18,7 +25,7 @@
 namespace connecting::db {
 
 struct Migration {
-  std::string name;  // e.g. "0001_init"; applied in the order given
+  std::string name;  // e.g. "0001_init" (in the order given), or "R__book_session"
   std::string sql;
 };
 

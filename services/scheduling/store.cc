@@ -379,7 +379,7 @@ absl::Status LockSites(db::Conn& c, const std::string& session_id) {
 
 db::Statement BookStatement(const std::string& session_id, const std::string& participant_id,
                             const std::string& site, const std::string& request_id) {
-  // The function returns the session's columns too (migration 0005).
+  // The function returns the session's columns too (R__book_session.sql).
   return {"SELECT * FROM book_session($1::uuid, $2::uuid, $3, $4)",
           {session_id, participant_id, site, db::NullIfEmpty(request_id)}};
 }

@@ -88,7 +88,7 @@ absl::Status AddSeats(db::Conn& c, const std::string& session_id, const std::str
 // booking lands while it cancels the live ones.
 absl::Status LockSites(db::Conn& c, const std::string& session_id);
 
-// A booking in one statement (the book_session function, migrations 0003 and 0005):
+// A booking in one statement (the book_session function, migrations/R__book_session.sql):
 // checks every rule under the site lock and writes the booking and the seat
 // counters, or nothing. Its one row is read by ReadBooked.
 db::Statement BookStatement(const std::string& session_id, const std::string& participant_id,
