@@ -90,16 +90,8 @@ class Filler {
         continue;
       }
       if (!Chance(2)) continue;
-      if (f->is_map()) {
-        for (int n = Pick(3); n > 0; --n) {
-          Message* entry = r->AddMessage(m, f);
-          Fill(entry, depth + 1, fallback_fields);
-        }
-      } else if (f->is_repeated()) {
-        for (int n = Pick(4); n > 0; --n) Add(m, f, depth, fallback_fields);
-      } else {
-        Set(m, f, depth, fallback_fields);
-      }
+      // (A map is a repeated message of key and value.)
+      for (int n = f->is_repeated() ? Pick(4) : 1; n > 0; --n) Put(m, f, depth, fallback_fields);
     }
   }
 
@@ -153,43 +145,35 @@ class Filler {
     return f->enum_type()->value(static_cast<int>(Pick(f->enum_type()->value_count())))->number();
   }
 
-  void Set(Message* m, const FieldDescriptor* f, int depth, bool fb) {
+  // Sets `f`, or appends to it when it is repeated.
+  void Put(Message* m, const FieldDescriptor* f, int depth, bool fb) {
     const Reflection* r = m->GetReflection();
+    const bool rep = f->is_repeated();
+#define PUT(Type, value)                 \
+  {                                      \
+    auto v = value;                      \
+    if (rep)                             \
+      r->Add##Type(m, f, std::move(v));  \
+    else                                 \
+      r->Set##Type(m, f, std::move(v));  \
+  }                                      \
+  break
     switch (f->cpp_type()) {
-      case FieldDescriptor::CPPTYPE_INT32: r->SetInt32(m, f, Int<int32_t>()); break;
-      case FieldDescriptor::CPPTYPE_INT64: r->SetInt64(m, f, Int<int64_t>()); break;
-      case FieldDescriptor::CPPTYPE_UINT32: r->SetUInt32(m, f, Int<uint32_t>()); break;
-      case FieldDescriptor::CPPTYPE_UINT64: r->SetUInt64(m, f, Int<uint64_t>()); break;
-      case FieldDescriptor::CPPTYPE_BOOL: r->SetBool(m, f, Chance(2)); break;
-      case FieldDescriptor::CPPTYPE_DOUBLE: r->SetDouble(m, f, Double()); break;
-      case FieldDescriptor::CPPTYPE_FLOAT: r->SetFloat(m, f, static_cast<float>(Double())); break;
-      case FieldDescriptor::CPPTYPE_ENUM: r->SetEnumValue(m, f, EnumValue(f)); break;
+      case FieldDescriptor::CPPTYPE_INT32: PUT(Int32, Int<int32_t>());
+      case FieldDescriptor::CPPTYPE_INT64: PUT(Int64, Int<int64_t>());
+      case FieldDescriptor::CPPTYPE_UINT32: PUT(UInt32, Int<uint32_t>());
+      case FieldDescriptor::CPPTYPE_UINT64: PUT(UInt64, Int<uint64_t>());
+      case FieldDescriptor::CPPTYPE_BOOL: PUT(Bool, Chance(2));
+      case FieldDescriptor::CPPTYPE_DOUBLE: PUT(Double, Double());
+      case FieldDescriptor::CPPTYPE_FLOAT: PUT(Float, static_cast<float>(Double()));
+      case FieldDescriptor::CPPTYPE_ENUM: PUT(EnumValue, EnumValue(f));
       case FieldDescriptor::CPPTYPE_STRING:
-        r->SetString(m, f, f->type() == FieldDescriptor::TYPE_BYTES ? Bytes() : Text());
-        break;
+        PUT(String, f->type() == FieldDescriptor::TYPE_BYTES ? Bytes() : Text());
       case FieldDescriptor::CPPTYPE_MESSAGE:
-        if (depth < 3) Fill(r->MutableMessage(m, f), depth + 1, fb);
+        if (depth < 3) Fill(rep ? r->AddMessage(m, f) : r->MutableMessage(m, f), depth + 1, fb);
         break;
     }
-  }
-  void Add(Message* m, const FieldDescriptor* f, int depth, bool fb) {
-    const Reflection* r = m->GetReflection();
-    switch (f->cpp_type()) {
-      case FieldDescriptor::CPPTYPE_INT32: r->AddInt32(m, f, Int<int32_t>()); break;
-      case FieldDescriptor::CPPTYPE_INT64: r->AddInt64(m, f, Int<int64_t>()); break;
-      case FieldDescriptor::CPPTYPE_UINT32: r->AddUInt32(m, f, Int<uint32_t>()); break;
-      case FieldDescriptor::CPPTYPE_UINT64: r->AddUInt64(m, f, Int<uint64_t>()); break;
-      case FieldDescriptor::CPPTYPE_BOOL: r->AddBool(m, f, Chance(2)); break;
-      case FieldDescriptor::CPPTYPE_DOUBLE: r->AddDouble(m, f, Double()); break;
-      case FieldDescriptor::CPPTYPE_FLOAT: r->AddFloat(m, f, static_cast<float>(Double())); break;
-      case FieldDescriptor::CPPTYPE_ENUM: r->AddEnumValue(m, f, EnumValue(f)); break;
-      case FieldDescriptor::CPPTYPE_STRING:
-        r->AddString(m, f, f->type() == FieldDescriptor::TYPE_BYTES ? Bytes() : Text());
-        break;
-      case FieldDescriptor::CPPTYPE_MESSAGE:
-        if (depth < 3) Fill(r->AddMessage(m, f), depth + 1, fb);
-        break;
-    }
+#undef PUT
   }
 
   std::mt19937 rng_;
@@ -281,7 +265,9 @@ TEST(EventJson, InvalidUtf8AndImpossibleTimesAreLeftToProtobuf) {
   absl::StatusOr<std::string> want = Protobuf(bad_text);
   absl::StatusOr<std::string> got = bus::EventJson(bad_text);
   EXPECT_EQ(got.ok(), want.ok());
-  if (got.ok() && want.ok()) EXPECT_EQ(*got, *want);
+  if (got.ok() && want.ok()) {
+    EXPECT_EQ(*got, *want);
+  }
 
   Everything late;
   late.mutable_when()->set_seconds(253402300800);  // 10000-01-01
