@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <functional>
 #include <future>
 #include <map>
 #include <set>
@@ -245,120 +246,181 @@ TEST_F(SchedulingConcurrency, ABookingInFlightIsCancelledWithItsSession) {
   EXPECT_EQ(again.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << again.error_message();
 }
 
+// 400 people booking one session of 10 seats at once, each request with its
+// own request_id, from 16 client threads: for stopping the service mid-way.
+class BookingStorm {
+ public:
+  static constexpr int kPeople = 400;
+  struct Told {
+    bool ok = false;
+    std::string id;
+    int status = 0;
+  };
+
+  BookingStorm() {
+    std::string org = fx.CreatePartner("Storm Trust");
+    session = NewSession(fx, org, 10, DateIn(7));
+    for (int i = 0; i < kPeople; ++i) {
+      people.push_back(Register(fx, "KX" + std::to_string(1000 + i)).id());
+    }
+    auto conn = db::Conn::Open(fx.scheduling_db, "test");
+    EXPECT_TRUE(conn.ok()) << conn.status();
+    if (conn.ok()) conn_ = *std::move(conn);
+  }
+
+  // Sends every request (again); `acked` counts the answered ones.
+  std::vector<std::thread> Book(std::atomic<int>* acked) {
+    next_ = 0;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 16; ++t) {
+      threads.emplace_back([this, acked] {
+        for (int i = next_++; i < kPeople; i = next_++) {
+          sv1::Booking b;
+          grpc::Status st = testing::Book(fx, session.id(), people[i], &b,
+                                          "storm-" + std::to_string(i));
+          if (st.ok()) {
+            told[i] = {true, b.id(), b.status()};
+            ++*acked;
+          } else if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+            ++unanswered;  // taken and never answered within the client's 10 s
+          }
+        }
+      });
+    }
+    return threads;
+  }
+  // Books until `n` are acknowledged, then runs `stop`; returns what clients were told.
+  std::vector<Told> StopAfter(int n, const std::function<void()>& stop) {
+    std::atomic<int> acked{0};
+    std::vector<std::thread> threads = Book(&acked);
+    for (int i = 0; i < 2000 && acked.load() < n; ++i) absl::SleepFor(absl::Milliseconds(5));
+    stop();
+    for (auto& t : threads) t.join();
+    int answered = 0;
+    for (const Told& t : told) answered += t.ok;
+    std::printf("stopped with %d of %d bookings acknowledged\n", answered, kPeople);
+    EXPECT_GE(answered, n);
+    EXPECT_LT(answered, kPeople) << "the stop came after every booking; nothing was tested";
+    return told;
+  }
+
+  int64_t Scalar(const std::string& sql) {
+    auto r = conn_->Exec(sql, {session.id()});
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() && r->rows() == 1 ? r->Int(0, 0) : -1;
+  }
+  // Counters match the rows, at most 10 confirmed, and they are the earliest.
+  void ExpectConsistent(const char* when) {
+    SCOPED_TRACE(when);
+    EXPECT_EQ(Scalar("SELECT confirmed FROM session_sites WHERE session_id = $1::uuid"),
+              Scalar("SELECT count(*) FROM bookings WHERE session_id = $1::uuid AND status = 1"));
+    EXPECT_EQ(Scalar("SELECT waitlisted FROM session_sites WHERE session_id = $1::uuid"),
+              Scalar("SELECT count(*) FROM bookings WHERE session_id = $1::uuid AND status = 2"));
+    EXPECT_LE(Scalar("SELECT count(*) FROM bookings WHERE session_id = $1::uuid AND status = 1"),
+              10);
+    EXPECT_EQ(Scalar("SELECT count(*) FROM (SELECT status FROM bookings WHERE session_id = "
+                     "$1::uuid ORDER BY seq LIMIT 10) first WHERE status <> 1"),
+              0)
+        << "the confirmed are the earliest arrivals";
+  }
+  // Every booking a client was told of is stored as told.
+  void ExpectStoredAsTold(const std::vector<Told>& told_then) {
+    for (const Told& t : told_then) {
+      if (!t.ok) continue;
+      auto r = conn_->Exec("SELECT status FROM bookings WHERE id = $1::uuid", {t.id});
+      ASSERT_TRUE(r.ok() && r->rows() == 1) << "acknowledged booking " << t.id << " lost";
+      EXPECT_EQ(r->Int(0, 0), t.status);
+    }
+  }
+  // Exactly one booking.confirmed/waitlisted event per stored booking.
+  void ExpectOneEventPerBooking() {
+    std::vector<std::string> stored;
+    auto rows = conn_->Exec("SELECT id::text FROM bookings WHERE session_id = $1::uuid",
+                            {session.id()});
+    ASSERT_TRUE(rows.ok()) << rows.status();
+    for (int i = 0; i < rows->rows(); ++i) stored.push_back(rows->String(i, 0));
+    std::map<std::string, int> events;
+    for (int i = 0; i < 300; ++i) {
+      events.clear();
+      for (const StoredEvent& e : ReadStream(fx.nats_url, fx.scheduling_stream)) {
+        if (absl::EndsWith(e.subject, ".booking.confirmed") ||
+            absl::EndsWith(e.subject, ".booking.waitlisted")) {
+          ++events[e.headers.at("ce-subject")];
+        }
+      }
+      if (events.size() >= stored.size()) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    EXPECT_EQ(events.size(), stored.size()) << "events for bookings that are not stored";
+    for (const std::string& id : stored) {
+      auto it = events.find(id);
+      ASSERT_NE(it, events.end()) << "no event for booking " << id;
+      EXPECT_EQ(it->second, 1) << "booking " << id << " published twice";
+    }
+  }
+  void Restart() {
+    ServiceProcess::Options o = fx.scheduling->options();
+    fx.scheduling = std::make_unique<ServiceProcess>(o);
+    fx.scheduling->Start();
+    fx.stub = sv1::SchedulingService::NewStub(fx.scheduling->channel());
+  }
+
+  SchedulingFixture fx;
+  sv1::Session session;
+  std::vector<std::string> people;
+  std::vector<Told> told = std::vector<Told>(kPeople);
+  std::atomic<int> unanswered{0};
+
+ private:
+  std::unique_ptr<db::Conn> conn_;
+  std::atomic<int> next_{0};
+};
+
 // SIGKILL in the middle of concurrent, group-committed bookings, then a
 // restart: every booking a client was told about is stored as told, the seat
 // counters match the rows, the confirmed are the earliest arrivals, retrying
 // every request (same request_id) books each person exactly once, and the
 // stream carries exactly one event per stored booking.
 TEST(SchedulingCrash, KilledMidBookingsLosesNothingAcknowledgedAndDuplicatesNothing) {
-  SchedulingFixture fx;
-  std::string org = fx.CreatePartner("Crash Trust");
-  sv1::Session session = NewSession(fx, org, 10, DateIn(7));
-  constexpr int kPeople = 400;
-  std::vector<std::string> people;
-  for (int i = 0; i < kPeople; ++i) people.push_back(Register(fx, "KX" + std::to_string(1000 + i)).id());
-  auto rid = [](int i) { return "crash-" + std::to_string(i); };
+  BookingStorm storm;
+  std::vector<BookingStorm::Told> before = storm.StopAfter(40, [&] { storm.fx.scheduling->Kill(); });
+  storm.ExpectConsistent("after the kill");
+  storm.ExpectStoredAsTold(before);
 
-  struct Told {
-    bool ok = false;
-    std::string id;
-    int status = 0;
-  };
-  std::vector<Told> told(kPeople);
-  auto book_all = [&](std::atomic<int>* acked) {
-    std::atomic<int> next{0};
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 16; ++t) {
-      threads.emplace_back([&] {
-        for (int i = next++; i < kPeople; i = next++) {
-          sv1::Booking b;
-          if (Book(fx, session.id(), people[i], &b, rid(i)).ok()) {
-            told[i] = {true, b.id(), b.status()};
-            if (acked != nullptr) ++*acked;
-          }
-        }
-      });
-    }
-    return threads;
-  };
-
+  // Restarted, every client retries whatever it was not told, and the rest too.
+  storm.Restart();
   std::atomic<int> acked{0};
-  std::vector<std::thread> first = book_all(&acked);
-  for (int i = 0; i < 2000 && acked.load() < 40; ++i) absl::SleepFor(absl::Milliseconds(5));
-  fx.scheduling->Kill();
-  for (auto& t : first) t.join();
-  std::vector<Told> before = told;
-  int acknowledged = 0;
-  for (const Told& t : before) acknowledged += t.ok;
-  std::printf("killed with %d of %d bookings acknowledged\n", acknowledged, kPeople);
-  ASSERT_GE(acknowledged, 40);
-  ASSERT_LT(acknowledged, kPeople) << "the kill came after every booking; nothing was tested";
-
-  auto conn = db::Conn::Open(fx.scheduling_db, "test");
-  ASSERT_TRUE(conn.ok()) << conn.status();
-  auto scalar = [&](const std::string& sql) {
-    auto r = (*conn)->Exec(sql, {session.id()});
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() && r->rows() == 1 ? r->Int(0, 0) : -1;
-  };
-  auto consistent = [&](const char* when) {
-    SCOPED_TRACE(when);
-    EXPECT_EQ(scalar("SELECT confirmed FROM session_sites WHERE session_id = $1::uuid"),
-              scalar("SELECT count(*) FROM bookings WHERE session_id = $1::uuid AND status = 1"));
-    EXPECT_EQ(scalar("SELECT waitlisted FROM session_sites WHERE session_id = $1::uuid"),
-              scalar("SELECT count(*) FROM bookings WHERE session_id = $1::uuid AND status = 2"));
-    EXPECT_LE(scalar("SELECT count(*) FROM bookings WHERE session_id = $1::uuid AND status = 1"),
-              10);
-    EXPECT_EQ(scalar("SELECT count(*) FROM (SELECT status FROM bookings WHERE session_id = "
-                     "$1::uuid ORDER BY seq LIMIT 10) first WHERE status <> 1"),
-              0)
-        << "the confirmed are the earliest arrivals";
-  };
-  consistent("after the kill");
-  for (int i = 0; i < kPeople; ++i) {
-    if (!before[i].ok) continue;
-    auto r = (*conn)->Exec("SELECT status FROM bookings WHERE id = $1::uuid", {before[i].id});
-    ASSERT_TRUE(r.ok() && r->rows() == 1) << "acknowledged booking " << before[i].id << " lost";
-    EXPECT_EQ(r->Int(0, 0), before[i].status);
-  }
-
-  // Restart; every client retries whatever it was not told, and the rest too.
-  ServiceProcess::Options o = fx.scheduling->options();
-  fx.scheduling = std::make_unique<ServiceProcess>(o);
-  fx.scheduling->Start();
-  fx.stub = sv1::SchedulingService::NewStub(fx.scheduling->channel());
-  std::vector<std::thread> again = book_all(nullptr);
-  for (auto& t : again) t.join();
-  for (int i = 0; i < kPeople; ++i) {
-    ASSERT_TRUE(told[i].ok) << "request " << rid(i) << " failed after the restart";
+  for (auto& t : storm.Book(&acked)) t.join();
+  EXPECT_EQ(acked.load(), BookingStorm::kPeople) << "requests failed after the restart";
+  for (int i = 0; i < BookingStorm::kPeople; ++i) {
     if (before[i].ok) {
-      EXPECT_EQ(told[i].id, before[i].id) << "a retry booked twice";
-      EXPECT_EQ(told[i].status, before[i].status);
+      EXPECT_EQ(storm.told[i].id, before[i].id) << "a retry booked twice";
+      EXPECT_EQ(storm.told[i].status, before[i].status);
     }
   }
-  EXPECT_EQ(scalar("SELECT count(*) FROM bookings WHERE session_id = $1::uuid"), kPeople);
-  EXPECT_EQ(scalar("SELECT count(*) FROM bookings WHERE session_id = $1::uuid AND status = 1"), 10);
-  consistent("after the retries");
+  EXPECT_EQ(storm.Scalar("SELECT count(*) FROM bookings WHERE session_id = $1::uuid"),
+            BookingStorm::kPeople);
+  EXPECT_EQ(storm.Scalar("SELECT count(*) FROM bookings WHERE session_id = $1::uuid AND status = 1"),
+            10);
+  storm.ExpectConsistent("after the retries");
+  storm.ExpectOneEventPerBooking();
+}
 
-  // One event per stored booking: none lost with the process, none doubled.
-  std::map<std::string, int> events;
-  for (int i = 0; i < 300; ++i) {
-    events.clear();
-    for (const StoredEvent& e : ReadStream(fx.nats_url, fx.scheduling_stream)) {
-      if (absl::EndsWith(e.subject, ".booking.confirmed") ||
-          absl::EndsWith(e.subject, ".booking.waitlisted")) {
-        ++events[e.headers.at("ce-subject")];
-      }
-    }
-    if (events.size() >= static_cast<size_t>(kPeople)) break;
-    absl::SleepFor(absl::Milliseconds(100));
-  }
-  ASSERT_EQ(events.size(), static_cast<size_t>(kPeople));
-  for (int i = 0; i < kPeople; ++i) {
-    auto it = events.find(told[i].id);
-    ASSERT_NE(it, events.end()) << "no event for booking " << told[i].id;
-    EXPECT_EQ(it->second, 1) << "booking " << told[i].id << " published twice";
-  }
+// SIGTERM in the middle of the same: the service answers every call it took,
+// commits or refuses each queued booking, publishes what it committed, and
+// exits 0.
+TEST(SchedulingCrash, TerminatedMidBookingsAnswersEveryCallAndExitsZero) {
+  BookingStorm storm;
+  int code = -1;
+  std::vector<BookingStorm::Told> told =
+      storm.StopAfter(40, [&] { code = storm.fx.scheduling->Terminate(absl::Seconds(30)); });
+  EXPECT_EQ(code, 0);
+  EXPECT_EQ(storm.unanswered.load(), 0);
+  storm.ExpectConsistent("after the shutdown");
+  storm.ExpectStoredAsTold(told);
+  EXPECT_EQ(storm.Scalar("SELECT count(*) FROM outbox WHERE $1::text IS NOT NULL"), 0)
+      << "the relay flushes the outbox before exiting";
+  storm.ExpectOneEventPerBooking();
 }
 
 }  // namespace
