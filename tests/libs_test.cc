@@ -6,6 +6,7 @@
 #include <future>
 
 #include "absl/synchronization/notification.h"
+#include "libs/common/metrics.h"
 #include "libs/db/db.h"
 #include "libs/db/group_commit.h"
 #include "libs/db/migrations.h"
@@ -383,6 +384,19 @@ TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
               }).ok());
 }
 
+// connecting_group_commit_waiting{committer} as the /metrics page reports it.
+double Waiting(const std::string& committer) {
+  for (const auto& family : metrics::Registry()->Collect()) {
+    if (family.name != "connecting_group_commit_waiting") continue;
+    for (const auto& m : family.metric) {
+      for (const auto& l : m.label) {
+        if (l.name == "committer" && l.value == committer) return m.gauge.value;
+      }
+    }
+  }
+  return -1;
+}
+
 TEST_F(Database, GroupCommitWaitersHoldNoThreadAndItShedsBeyondItsBound) {
   // One thread runs every batch, and 300 callers queue at once behind a slow
   // first batch: none of them may hold that thread while it waits (or nothing
@@ -411,7 +425,9 @@ TEST_F(Database, GroupCommitWaitersHoldNoThreadAndItShedsBeyondItsBound) {
       if (++calls == 300) all_heard.Notify();
     });
   }
+  EXPECT_EQ(Waiting("shed"), 100) << "connecting_group_commit_waiting while the batch runs";
   ASSERT_TRUE(all_heard.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_EQ(Waiting("shed"), 0);
   EXPECT_EQ(ok.load(), 100);
   EXPECT_EQ(shed.load(), 200);
   EXPECT_EQ(other.load(), 0);

@@ -25,6 +25,11 @@ GroupCommitter::GroupCommitter(Pool& pool, const std::string& name, Schedule sch
                             .Register(*metrics::Registry());
   batch_sizes_ = &family.Add({{"committer", name}},
                              prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64});
+  static auto& waiting = prometheus::BuildGauge()
+                             .Name("connecting_group_commit_waiting")
+                             .Help("Callers queued for a group-committed transaction or in one")
+                             .Register(*metrics::Registry());
+  waiting_ = &waiting.Add({{"committer", name}});
 }
 
 void GroupCommitter::Submit(const std::string& key, absl::Time deadline, Work work, Done done) {
@@ -34,7 +39,7 @@ void GroupCommitter::Submit(const std::string& key, absl::Time deadline, Work wo
     absl::MutexLock lock(&mu_);
     full = pending_ >= max_pending_;
     if (!full) {
-      ++pending_;
+      waiting_->Set(++pending_);
       auto [it, fresh] = queues_.try_emplace(key);
       it->second.pending.push_back(item);
       start = fresh;  // otherwise the running Drain for this key takes it
@@ -54,6 +59,7 @@ void GroupCommitter::Submit(const std::string& key, absl::Time deadline, Work wo
       orphans.swap(it->second.pending);
       queues_.erase(it);
       pending_ -= static_cast<int>(orphans.size());
+      waiting_->Set(pending_);
     }
     for (Item* it : orphans) {
       it->done(absl::ResourceExhaustedError("server is at capacity; retry with backoff"));
@@ -94,6 +100,7 @@ void GroupCommitter::Drain(const std::string& key) {
     {
       absl::MutexLock lock(&mu_);
       pending_ -= static_cast<int>(batch.size());
+      waiting_->Set(pending_);
     }
     for (Item* it : batch) {
       it->done(it->result);

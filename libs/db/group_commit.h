@@ -34,6 +34,7 @@
 #include "libs/db/db.h"
 
 namespace prometheus {
+class Gauge;
 class Histogram;
 }  // namespace prometheus
 
@@ -52,9 +53,10 @@ class GroupCommitter {
   using Done = std::function<void(absl::Status)>;
 
   // Batches run on threads `schedule` provides (one per key at a time), so a
-  // waiting caller holds no thread. `name` labels the metric
+  // waiting caller holds no thread. `name` labels the metrics
   // connecting_group_commit_batch_size{committer=name}, how many callers each
-  // committed transaction carried. At most `max_pending` callers wait at once.
+  // committed transaction carried, and connecting_group_commit_waiting, how
+  // many wait now. At most `max_pending` callers wait at once.
   GroupCommitter(Pool& pool, const std::string& name, Schedule schedule, int max_batch = 64,
                  int max_pending = 4096);
 
@@ -86,6 +88,7 @@ class GroupCommitter {
   const int max_batch_;
   const int max_pending_;
   prometheus::Histogram* batch_sizes_;
+  prometheus::Gauge* waiting_;  // callers queued or in a running batch
   absl::Mutex mu_;
   // A key is present while a Drain for it is scheduled or running.
   std::unordered_map<std::string, Queue> queues_ ABSL_GUARDED_BY(mu_);
