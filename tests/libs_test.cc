@@ -384,6 +384,40 @@ TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
               }).ok());
 }
 
+TEST_F(Database, StatementsStopAtTheCallersDeadline) {
+  // A statement still running at the deadline is cancelled by PostgreSQL
+  // (statement_timeout), in a plain transaction and in a group-committed one;
+  // a deadline already past runs nothing.
+  auto sleepy = [](db::Conn& c) { return c.Exec("SELECT pg_sleep(5)").status(); };
+  db::TxOptions o;
+  o.deadline = absl::Now() + absl::Milliseconds(300);
+  absl::Time start = absl::Now();
+  absl::Status s = db::Transact(*pool_, o, sleepy);
+  EXPECT_TRUE(absl::IsDeadlineExceeded(s)) << s;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3)) << "ran past its deadline";
+  o.deadline = absl::Now() - absl::Milliseconds(1);
+  EXPECT_TRUE(absl::IsDeadlineExceeded(db::Transact(*pool_, o, sleepy)));
+
+  server::Executor threads(1, 8);
+  db::GroupCommitter group(*pool_, "deadline", [&threads](std::function<void()> task) {
+    return threads.TrySubmit(std::move(task));
+  });
+  for (absl::Duration left : {absl::Milliseconds(300), absl::Milliseconds(-1)}) {
+    db::GroupCommitter::Work w;
+    w.first = {"SELECT pg_sleep(5)", {}};
+    w.then = [](const db::Result&) -> absl::StatusOr<std::vector<db::Statement>> {
+      return std::vector<db::Statement>{};
+    };
+    std::promise<absl::Status> outcome;
+    start = absl::Now();
+    group.Submit("k", absl::Now() + left, std::move(w),
+                 [&outcome](absl::Status st) { outcome.set_value(std::move(st)); });
+    absl::Status got = outcome.get_future().get();
+    EXPECT_TRUE(absl::IsDeadlineExceeded(got)) << got;
+    EXPECT_LT(absl::Now() - start, absl::Seconds(3)) << "ran past its deadline";
+  }
+}
+
 // connecting_group_commit_waiting{committer} as the /metrics page reports it.
 double Waiting(const std::string& committer) {
   for (const auto& family : metrics::Registry()->Collect()) {

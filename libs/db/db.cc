@@ -284,6 +284,13 @@ void BackoffBeforeRetry(int attempt) {
       std::chrono::microseconds(std::uniform_int_distribution<int>(cap * 500, cap * 1000)(rng)));
 }
 
+absl::StatusOr<std::optional<int64_t>> StatementTimeout(absl::Time deadline) {
+  if (deadline == absl::InfiniteFuture()) return std::optional<int64_t>();
+  int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+  if (ms <= 0) return absl::DeadlineExceededError("deadline passed before the transaction began");
+  return std::optional<int64_t>(ms);
+}
+
 absl::Status Transact(Pool& pool, const TxOptions& options,
                       absl::FunctionRef<absl::Status(Conn&)> fn) {
   const char* begin = "BEGIN ISOLATION LEVEL READ COMMITTED";
@@ -301,16 +308,11 @@ absl::Status Transact(Pool& pool, const TxOptions& options,
     absl::StatusOr<Pool::Lease> lease = pool.Acquire(options.deadline);
     if (!lease.ok()) return lease.status();
     Conn& conn = **lease;
-    if (options.deadline != absl::InfiniteFuture()) {
-      int64_t ms = absl::ToInt64Milliseconds(options.deadline - absl::Now());
-      if (ms <= 0) {
-        return absl::DeadlineExceededError("deadline passed before the transaction started");
-      }
-      // One round trip: BEGIN and the statement timeout that honours the deadline.
-      last = conn.ExecScript(absl::StrCat(begin, "; SET LOCAL statement_timeout = ", ms));
-    } else {
-      last = conn.ExecScript(begin);
-    }
+    absl::StatusOr<std::optional<int64_t>> timeout = StatementTimeout(options.deadline);
+    if (!timeout.ok()) return timeout.status();
+    // One round trip: BEGIN and the statement timeout that honours the deadline.
+    last = conn.ExecScript(
+        *timeout ? absl::StrCat(begin, "; SET LOCAL statement_timeout = ", **timeout) : begin);
     if (last.ok()) last = fn(conn);
     if (last.ok()) {
       last = conn.ExecScript("COMMIT");

@@ -165,6 +165,11 @@ struct TxOptions {
   absl::Time deadline = absl::InfiniteFuture();
 };
 
+// The statement_timeout, in milliseconds, under which a transaction's
+// statements end by `deadline`: nullopt for no deadline (InfiniteFuture),
+// DEADLINE_EXCEEDED once it has passed.
+absl::StatusOr<std::optional<int64_t>> StatementTimeout(absl::Time deadline);
+
 // Sleeps before attempt `attempt` + 1 of a transaction that hit a serialization
 // failure or deadlock (jittered exponential backoff, 1 ms up to 50 ms).
 void BackoffBeforeRetry(int attempt);

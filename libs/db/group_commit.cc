@@ -124,10 +124,11 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline) {
 
     // Round trip 1: BEGIN, the statement timeout, every item's first statement.
     std::vector<Statement> first = {{"BEGIN ISOLATION LEVEL READ COMMITTED", {}}};
-    if (deadline != absl::InfiniteFuture()) {
-      int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
-      if (ms <= 0) return fail(absl::DeadlineExceededError("deadline passed before the batch ran"));
-      first.push_back({"SELECT set_config('statement_timeout', $1, true)", {absl::StrCat(ms)}});
+    absl::StatusOr<std::optional<int64_t>> timeout = StatementTimeout(deadline);
+    if (!timeout.ok()) return fail(timeout.status());
+    if (*timeout) {
+      first.push_back(
+          {"SELECT set_config('statement_timeout', $1, true)", {absl::StrCat(**timeout)}});
     }
     const size_t lead = first.size();
     for (Item* it : batch) first.push_back(it->work.first);
