@@ -11,8 +11,12 @@ admin=$(AUTH_JWT_KEY="$key" "$BUILD_DIR/tools/connecting-token" admin)
 
 echo
 echo "== bookings (16 clients; every rule checked under the site lock, an outbox event each; concurrent bookings share transactions)"
+# --cpu: CPU per booking of each process (the postmaster with its backends).
+cpu="postgres=$(head -1 "$work/pg/data/postmaster.pid"),scheduling=${pids[-1]},partners=${pids[0]}"
+cpu="$cpu,nats=$(cat "$work/nats/nats.pid")"
 "$BUILD_DIR/tools/scheduling_bench" --scheduling "127.0.0.1:$scheduling_port" \
-  --partners "127.0.0.1:$partners_port" --token "$admin" --seconds "$SECONDS_PER_RUN" | tee "$work/bookings.txt"
+  --partners "127.0.0.1:$partners_port" --token "$admin" --seconds "$SECONDS_PER_RUN" \
+  --cpu "$cpu" | tee "$work/bookings.txt"
 curl -s "http://127.0.0.1:$scheduling_metrics/metrics" | awk '
   /^connecting_group_commit_batch_size_sum\{committer="bookings"/ {sum = $NF}
   /^connecting_group_commit_batch_size_count\{committer="bookings"/ {n = $NF}

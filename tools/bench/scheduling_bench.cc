@@ -1,22 +1,33 @@
 // Booking throughput: 16 concurrent clients booking one hot session, and
 // spread over many sessions. Participants and sessions are created first
-// (not timed). Prints QPS and p50/p99 per scenario.
+// (not timed). Prints QPS and p50/p99 per scenario, and with --cpu the CPU
+// each process spent per booking during it (from /proc: a process and all its
+// children, e.g. the postmaster and its backends), beside this client's own.
 //   scheduling_bench --scheduling HOST:PORT --partners HOST:PORT --token JWT [--seconds N]
+//                    [--cpu name=pid,name=pid...]
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <dirent.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <map>
+#include <sstream>
 #include <mutex>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "connecting/partners/v1/partners.api.h"
 #include "connecting/scheduling/v1/scheduling.api.h"
@@ -35,6 +46,77 @@ std::unique_ptr<grpc::ClientContext> Ctx() {
   return c;
 }
 
+// utime + stime of `pid` in clock ticks, and its parent's pid (-1: gone).
+std::pair<long long, int> Ticks(int pid) {
+  std::ifstream f(absl::StrCat("/proc/", pid, "/stat"));
+  std::string line;
+  if (!std::getline(f, line)) return {0, -1};
+  size_t close = line.rfind(')');  // the command name may hold spaces
+  if (close == std::string::npos) return {0, -1};
+  std::vector<std::string> v = absl::StrSplit(line.substr(close + 2), ' ');
+  // From the state field on: ppid is the 2nd, utime the 12th, stime the 13th.
+  if (v.size() < 13) return {0, -1};
+  long long ut = 0, st = 0;
+  int ppid = -1;
+  (void)absl::SimpleAtoi(v[1], &ppid);
+  (void)absl::SimpleAtoi(v[11], &ut);
+  (void)absl::SimpleAtoi(v[12], &st);
+  return {ut + st, ppid};
+}
+
+// CPU ticks of each named process and its children, and of the machine.
+struct CpuSample {
+  std::map<std::string, long long> ticks;
+  long long machine_busy = 0, machine_all = 0;
+};
+
+CpuSample SampleCpu(const std::vector<std::pair<std::string, int>>& watched) {
+  CpuSample out;
+  std::map<int, std::pair<long long, int>> all;  // pid → ticks, ppid
+  if (DIR* d = opendir("/proc")) {
+    while (dirent* e = readdir(d)) {
+      int pid = 0;
+      if (absl::SimpleAtoi(e->d_name, &pid)) all[pid] = Ticks(pid);
+    }
+    closedir(d);
+  }
+  for (const auto& [name, pid] : watched) {
+    long long t = 0;
+    for (const auto& [p, tp] : all) {
+      if (p == pid || tp.second == pid) t += tp.first;
+    }
+    out.ticks[name] = t;
+  }
+  out.ticks["client"] = Ticks(getpid()).first;
+  std::ifstream stat("/proc/stat");
+  std::string cpu;
+  long long v;
+  stat >> cpu;
+  for (int i = 0; i < 8 && stat >> v; ++i) {
+    out.machine_all += v;
+    if (i != 3 && i != 4) out.machine_busy += v;  // not idle, not iowait
+  }
+  return out;
+}
+
+// "postgres 540 us, scheduling 230 us, ...": CPU per booking between samples.
+std::string CpuPerBooking(const CpuSample& a, const CpuSample& b, size_t bookings) {
+  if (bookings == 0) return "";
+  const double us_per_tick = 1e6 / static_cast<double>(sysconf(_SC_CLK_TCK));
+  std::string out;
+  double sum = 0;
+  for (const auto& [name, t] : b.ticks) {
+    double us = (t - a.ticks.at(name)) * us_per_tick / static_cast<double>(bookings);
+    sum += us;
+    absl::StrAppend(&out, out.empty() ? "" : ", ", name, " ", static_cast<long>(us));
+  }
+  double busy = b.machine_all > a.machine_all
+                    ? 100.0 * (b.machine_busy - a.machine_busy) / (b.machine_all - a.machine_all)
+                    : 0;
+  return absl::StrCat("CPU per booking, us: ", out, "; together ", static_cast<long>(sum),
+                      " (machine ", static_cast<int>(busy), "% busy)");
+}
+
 std::string Date(int days) {
   return absl::FormatTime("%Y-%m-%d", absl::Now() + absl::Hours(24 * days), absl::UTCTimeZone());
 }
@@ -44,11 +126,19 @@ std::string Date(int days) {
 int main(int argc, char** argv) {
   std::string sched, partners;
   double seconds = 3;
+  std::vector<std::pair<std::string, int>> watched;  // --cpu
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--scheduling")) sched = argv[i + 1];
     if (!std::strcmp(argv[i], "--partners")) partners = argv[i + 1];
     if (!std::strcmp(argv[i], "--token")) g_token = argv[i + 1];
     if (!std::strcmp(argv[i], "--seconds")) seconds = std::atof(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--cpu")) {
+      for (absl::string_view item : absl::StrSplit(argv[i + 1], ',', absl::SkipEmpty())) {
+        std::pair<std::string, std::string> kv = absl::StrSplit(item, '=');
+        int pid = 0;
+        if (absl::SimpleAtoi(kv.second, &pid)) watched.emplace_back(kv.first, pid);
+      }
+    }
   }
   if (sched.empty() || partners.empty() || g_token.empty()) {
     std::fprintf(stderr, "usage: %s --scheduling ADDR --partners ADDR --token JWT\n", argv[0]);
@@ -166,6 +256,7 @@ int main(int argc, char** argv) {
           });
     };
     for (auto& ch : chains) ch.lat.clear();
+    CpuSample cpu_before = SampleCpu(watched);
     absl::Time start = absl::Now();
     for (int t = 0; t < kClients; ++t) next(t);
     absl::SleepFor(absl::Seconds(seconds));
@@ -175,6 +266,7 @@ int main(int argc, char** argv) {
       cv.wait_for(l, std::chrono::seconds(30), [&] { return running.load() == 0; });
     }
     double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
+    CpuSample cpu_after = SampleCpu(watched);
     for (auto& ch : chains) {
       if (ch.used >= ch.people->size()) {
         std::fprintf(stderr,
@@ -190,6 +282,9 @@ int main(int argc, char** argv) {
                 scenario == 0 ? "BookSession, one hot session" : "BookSession, 200 sessions",
                 kClients, all.size() / elapsed, all[all.size() / 2],
                 all[std::min(all.size() - 1, all.size() * 99 / 100)], errors.load());
+    if (!watched.empty()) {
+      std::printf("  %s\n", CpuPerBooking(cpu_before, cpu_after, all.size()).c_str());
+    }
     std::fflush(stdout);
   }
   return 0;
