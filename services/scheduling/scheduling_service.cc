@@ -33,12 +33,16 @@ db::TxOptions Tx(const Call& call) {
   return o;
 }
 
+// For a partner organisation, contact or offer (`what`, e.g. "contact <id>")
+// that no PARTNERS event has told scheduling of.
+absl::Status NotYetKnown(absl::string_view what) {
+  return absl::FailedPreconditionError(
+      absl::StrCat(what, " is not known to scheduling (no partners event for it yet)"));
+}
+
 // Why an organisation with this projected status (0: unknown) takes no bookings.
 absl::Status PartnerRefusal(const std::string& id, int status) {
-  if (status == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "organisation ", id, " is not known to scheduling (no partners event for it yet)"));
-  }
+  if (status == 0) return NotYetKnown(absl::StrCat("organisation ", id));
   return absl::FailedPreconditionError(
       absl::StrCat("partner organisation ", id, " is ",
                    pv1::OrganisationStatus_Name(static_cast<pv1::OrganisationStatus>(status)),
@@ -59,37 +63,29 @@ absl::StatusOr<store::PartnerOrganisation> ActivePartner(db::Conn& c, const std:
 absl::Status CheckHostAndOffer(db::Conn& c, const v1::Session& s) {
   const std::string& org = s.organisation_id();
   if (const std::string& id = s.host_contact_id(); !id.empty()) {
+    const std::string who = absl::StrCat("session.host_contact_id: contact ", id);
     auto h = store::GetPartnerContact(c, id);
     if (!h.ok()) return h.status();
-    if (!h->has_value()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "session.host_contact_id: contact ", id,
-          " is not known to scheduling (no partners event for it yet)"));
-    }
+    if (!h->has_value()) return NotYetKnown(who);
     if ((*h)->organisation_id != org) {
-      return absl::InvalidArgumentError(absl::StrCat("session.host_contact_id: contact ", id,
-                                                     " is not at organisation ", org));
+      return absl::InvalidArgumentError(absl::StrCat(who, " is not at organisation ", org));
     }
     if ((*h)->removed) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "session.host_contact_id: contact ", id, " has been removed from its organisation"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(who, " has been removed from its organisation"));
     }
   }
   if (const std::string& id = s.offer_id(); !id.empty()) {
+    const std::string what = absl::StrCat("session.offer_id: offer ", id);
     auto o = store::GetPartnerOffer(c, id);
     if (!o.ok()) return o.status();
-    if (!o->has_value()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "session.offer_id: offer ", id, " is not known to scheduling (no partners event for it yet)"));
-    }
+    if (!o->has_value()) return NotYetKnown(what);
     if ((*o)->organisation_id != org) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("session.offer_id: offer ", id, " is not at organisation ", org));
+      return absl::InvalidArgumentError(absl::StrCat(what, " is not at organisation ", org));
     }
     if ((*o)->state != pv1::OFFER_STATE_PUBLISHED) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "session.offer_id: offer ", id, " is ",
-          pv1::OfferState_Name(static_cast<pv1::OfferState>((*o)->state)),
+          what, " is ", pv1::OfferState_Name(static_cast<pv1::OfferState>((*o)->state)),
           "; sessions come only from PUBLISHED offers"));
     }
   }
