@@ -32,6 +32,11 @@ GroupCommitter::GroupCommitter(Pool& pool, const std::string& name, Schedule sch
   waiting_ = &waiting.Add({{"committer", name}});
 }
 
+GroupCommitter::~GroupCommitter() {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(this, &GroupCommitter::Idle));
+}
+
 void GroupCommitter::Submit(const std::string& key, absl::Time deadline, Work work, Done done) {
   auto* item = new Item{std::move(work), deadline, std::move(done), absl::OkStatus()};
   bool start = false, full = false;

@@ -59,6 +59,10 @@ class GroupCommitter {
   // many wait now. At most `max_pending` callers wait at once.
   GroupCommitter(Pool& pool, const std::string& name, Schedule schedule, int max_batch = 64,
                  int max_pending = 4096);
+  // Waits for the batches still running (a batch's thread goes on touching
+  // the committer after it answered its last caller); `schedule` must run
+  // what it accepted, as Executor does even when shutting down.
+  ~GroupCommitter();
 
   // Queues `work` for a transaction shared with other work for `key` and
   // returns at once; `done` runs exactly once, on the batch's thread after
@@ -82,6 +86,7 @@ class GroupCommitter {
   void Drain(const std::string& key);
   // Runs the batch to completion: every item's result is set.
   void RunBatch(std::vector<Item*> batch, absl::Time deadline);
+  bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queues_.empty(); }
 
   Pool& pool_;
   const Schedule schedule_;
