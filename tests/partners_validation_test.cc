@@ -1,7 +1,6 @@
 // Bad input gets INVALID_ARGUMENT (or the right code) naming the field and the
 // rule, and nothing stored changes.
 #include <google/protobuf/descriptor.h>
-#include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 
 #include "libs/db/db.h"
@@ -273,27 +272,7 @@ std::string InvalidUtf8Request(const google::protobuf::Descriptor* type, std::st
   return "";
 }
 
-grpc::Status RawCall(grpc::GenericStub& stub, const std::string& method, const std::string& bytes) {
-  grpc::Slice slice(bytes);
-  grpc::ByteBuffer request(&slice, 1), response;
-  auto ctx = Ctx(Token(server::Role::kAdmin));
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  grpc::Status result;
-  stub.UnaryCall(ctx.get(), method, grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
-    std::lock_guard<std::mutex> l(mu);
-    result = std::move(s);
-    done = true;
-    cv.notify_one();
-  });
-  std::unique_lock<std::mutex> l(mu);
-  cv.wait(l, [&] { return done; });
-  return result;
-}
-
 TEST_F(PartnersValidation, InvalidUtf8InAnyRequestIsInvalidArgumentNamingTheField) {
-  grpc::GenericStub stub(fx_->service->channel());
   const auto* service =
       v1::Organisation::descriptor()->file()->FindServiceByName("PartnersService");
   ASSERT_NE(service, nullptr);
@@ -302,7 +281,9 @@ TEST_F(PartnersValidation, InvalidUtf8InAnyRequestIsInvalidArgumentNamingTheFiel
     std::string field;
     std::string bytes = InvalidUtf8Request(method->input_type(), &field);
     ASSERT_FALSE(bytes.empty()) << method->name();
-    grpc::Status s = RawCall(stub, "/" + service->full_name() + "/" + method->name(), bytes);
+    grpc::Status s = RawCall(fx_->service->channel(),
+                             "/" + service->full_name() + "/" + method->name(), bytes,
+                             Token(server::Role::kAdmin));
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
         << method->name() << ": " << s.error_message();
     EXPECT_NE(s.error_message().find(field), std::string::npos)
@@ -311,9 +292,9 @@ TEST_F(PartnersValidation, InvalidUtf8InAnyRequestIsInvalidArgumentNamingTheFiel
 }
 
 TEST_F(PartnersValidation, GarbageBytesAreInvalidArgument) {
-  grpc::GenericStub stub(fx_->service->channel());
-  grpc::Status s = RawCall(stub, "/connecting.partners.v1.PartnersService/CreateOrganisation",
-                           std::string("\x0a\xff\xff\xff\xff\x0f", 6));
+  grpc::Status s = RawCall(fx_->service->channel(),
+                           "/connecting.partners.v1.PartnersService/CreateOrganisation",
+                           std::string("\x0a\xff\xff\xff\xff\x0f", 6), Token(server::Role::kAdmin));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
 }
 
