@@ -319,6 +319,22 @@ grpc::Status RawCall(const std::shared_ptr<grpc::Channel>& channel, const std::s
   return result;
 }
 
+std::optional<absl::Duration> StreamMaxAge(const std::string& nats_url, const std::string& stream) {
+  std::optional<absl::Duration> out;
+  natsConnection* nc = nullptr;
+  if (natsConnection_ConnectTo(&nc, nats_url.c_str()) != NATS_OK) return out;
+  jsCtx* js = nullptr;
+  natsConnection_JetStream(&js, nc, nullptr);
+  jsStreamInfo* si = nullptr;
+  if (js_GetStreamInfo(&si, js, stream.c_str(), nullptr, nullptr) == NATS_OK) {
+    out = absl::Nanoseconds(si->Config->MaxAge);
+    jsStreamInfo_Destroy(si);
+  }
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(nc);
+  return out;
+}
+
 std::vector<StoredEvent> ReadStream(const std::string& nats_url, const std::string& stream) {
   std::vector<StoredEvent> out;
   natsConnection* nc = nullptr;

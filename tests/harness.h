@@ -12,6 +12,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -119,6 +120,8 @@ struct StoredEvent {
   std::string data;
   std::map<std::string, std::string> headers;
 };
+// How long `stream` keeps events (zero: for good); nullopt if it does not exist.
+std::optional<absl::Duration> StreamMaxAge(const std::string& nats_url, const std::string& stream);
 // All messages stored in `stream` (empty if it does not exist).
 std::vector<StoredEvent> ReadStream(const std::string& nats_url, const std::string& stream);
 // Polls until `stream` holds at least `count` messages or the timeout passes.

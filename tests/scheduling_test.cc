@@ -122,6 +122,24 @@ TEST_F(Scheduling, ArchivedPartnerTakesNoBookingsAndRedeliveryChangesNothing) {
   EXPECT_TRUE(Book(*fx_, s.id(), person, &b).ok());
 }
 
+TEST_F(Scheduling, PartnerEventsAreKeptForGoodForProjectionsToReplay) {
+  // A scheduling deployed years after partners still learns every
+  // organisation, contact and offer by replaying PARTNERS from the start, so
+  // partners creates its stream without an age limit; scheduling's own
+  // events are kept for a year.
+  fx_->CreatePartner("Long Memory Trust");
+  std::optional<absl::Duration> partners = StreamMaxAge(fx_->nats_url, "PARTNERS_" + fx_->suffix);
+  ASSERT_TRUE(partners.has_value());
+  EXPECT_EQ(*partners, absl::ZeroDuration());
+  std::optional<absl::Duration> scheduling;
+  for (int i = 0; i < 100 && !scheduling; ++i) {
+    scheduling = StreamMaxAge(fx_->nats_url, fx_->scheduling_stream);
+    if (!scheduling) absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(scheduling.has_value());
+  EXPECT_EQ(*scheduling, absl::Hours(24 * 365));
+}
+
 TEST_F(Scheduling, ASessionsHostAndOfferAreThoseOfItsOrganisation) {
   std::string org = fx_->CreatePartner("Hosting Trust");
   std::string other = fx_->CreatePartner("Neighbouring Trust");

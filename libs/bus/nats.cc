@@ -1,6 +1,7 @@
 #include "libs/bus/nats.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "libs/common/log.h"
 
 namespace connecting::bus {
@@ -86,7 +87,19 @@ absl::Status Nats::EnsureStream(const StreamSpec& spec) const {
   jsErrCode jerr = static_cast<jsErrCode>(0);
   natsStatus s = js_GetStreamInfo(&info, js->get(), spec.name.c_str(), nullptr, &jerr);
   NatsPtr<jsStreamInfo> info_owner(info);
-  if (s == NATS_OK) return absl::OkStatus();
+  if (s == NATS_OK) {
+    int64_t kept = info->Config != nullptr ? info->Config->MaxAge : 0;
+    if (kept != absl::ToInt64Nanoseconds(spec.max_age)) {
+      auto age = [](int64_t ns) {
+        return ns == 0 ? std::string("forever") : absl::FormatDuration(absl::Nanoseconds(ns));
+      };
+      log::Warn("stream keeps events for other than the configured time; left as it is",
+                {{"stream", spec.name},
+                 {"kept", age(kept)},
+                 {"configured", age(absl::ToInt64Nanoseconds(spec.max_age))}});
+    }
+    return absl::OkStatus();
+  }
   if (s != NATS_NOT_FOUND) return FromNats(s, absl::StrCat("stream info ", spec.name), jerr);
 
   std::vector<const char*> subjects;

@@ -41,6 +41,7 @@ struct StreamSpec {
   std::string name;                   // e.g. "PARTNERS"
   std::vector<std::string> subjects;  // e.g. {"connecting.partners.>"}
   int replicas = 1;
+  // How long events are kept; zero keeps them until the stream is removed.
   absl::Duration max_age = absl::Hours(24 * 365);
   // JetStream drops a re-sent Nats-Msg-Id within this window.
   absl::Duration duplicate_window = absl::Minutes(10);
@@ -58,7 +59,8 @@ class Nats {
   // A fresh JetStream context with the given options (each component owns one).
   absl::StatusOr<NatsPtr<jsCtx>> JetStream(jsOptions* options = nullptr) const;
   // Creates the stream if it does not exist. An existing stream is left as the
-  // operator configured it (replicas, limits), only checked to exist.
+  // operator configured it (replicas, limits), only checked to exist; a
+  // retention other than spec.max_age is logged as a warning.
   absl::Status EnsureStream(const StreamSpec& spec) const;
   // Flushes and closes the connection (bounded by `timeout`).
   void Close(absl::Duration timeout);

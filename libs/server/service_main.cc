@@ -83,6 +83,8 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool migr
       env.String("EVENT_SUBJECT_PREFIX", absl::StrCat("connecting.", def.name));
   c.event_stream = env.String("EVENT_STREAM", def.stream);
   c.event_stream_replicas = static_cast<int>(env.Int("EVENT_STREAM_REPLICAS", 1, 1, 5));
+  c.event_stream_max_age = env.Duration("EVENT_STREAM_MAX_AGE", def.stream_max_age,
+                                        absl::ZeroDuration(), absl::Hours(24 * 365 * 100));
   if (absl::Status s = env.Finish(); !s.ok()) return s;
   return c;
 }
@@ -236,7 +238,8 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
 
   bus::StreamSpec stream{.name = cfg->event_stream,
                          .subjects = {absl::StrCat(cfg->event_subject_prefix, ".>")},
-                         .replicas = cfg->event_stream_replicas};
+                         .replicas = cfg->event_stream_replicas,
+                         .max_age = cfg->event_stream_max_age};
   std::unique_ptr<bus::OutboxRelay> relay;
   if (cfg->outbox_relay) {
     bus::RelayOptions ro;

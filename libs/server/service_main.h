@@ -29,6 +29,7 @@
 //   EVENT_SUBJECT_PREFIX  connecting.<service>
 //   EVENT_STREAM          <SERVICE>, e.g. PARTNERS
 //   EVENT_STREAM_REPLICAS 1
+//   EVENT_STREAM_MAX_AGE  the service's (partners: 0, kept for good; others 8760h)
 #ifndef CONNECTING_LIBS_SERVER_SERVICE_MAIN_H_
 #define CONNECTING_LIBS_SERVER_SERVICE_MAIN_H_
 
@@ -69,6 +70,7 @@ struct ServiceConfig {
   std::string event_subject_prefix;
   std::string event_stream;
   int event_stream_replicas = 1;
+  absl::Duration event_stream_max_age;
 };
 
 // What a service's wiring gets to build its handlers from.
@@ -86,6 +88,10 @@ struct ServiceContext {
 struct ServiceDefinition {
   std::string name;    // "partners": subjects connecting.partners.>, source /connecting/partners
   std::string stream;  // "PARTNERS"
+  // How long the stream keeps events when this service creates it
+  // (EVENT_STREAM_MAX_AGE overrides); zero keeps them until removed, for a
+  // stream that other services rebuild projections from.
+  absl::Duration stream_max_age = absl::Hours(24 * 365);
   // Fully-qualified gRPC service names, reported by the health service.
   std::vector<std::string> grpc_services;
   // The service's own migrations (the bus tables are applied first).

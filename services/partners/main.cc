@@ -12,6 +12,10 @@ int main(int argc, char** argv) {
   server::ServiceDefinition def;
   def.name = "partners";
   def.stream = "PARTNERS";
+  // Kept for good: scheduling (and every later service) rebuilds its
+  // organisation, contact and offer projection by replaying it from the
+  // start. A few thousand small events a year.
+  def.stream_max_age = absl::ZeroDuration();
   def.grpc_services = {partners::v1::PartnersService::service_full_name()};
   def.migrations = [] { return db::MigrationSet{"partners", partners::SqlMigrations()}; };
   // Owned here for the life of the process; the gRPC service keeps pointers.
