@@ -120,6 +120,9 @@ struct StoredEvent {
   std::string data;
   std::map<std::string, std::string> headers;
 };
+// The body of http://127.0.0.1:<port><path> (HTTP/1.0), "" if it cannot be had.
+std::string HttpGet(int port, const std::string& path);
+
 // How long `stream` keeps events (zero: for good); nullopt if it does not exist.
 std::optional<absl::Duration> StreamMaxAge(const std::string& nats_url, const std::string& stream);
 // All messages stored in `stream` (empty if it does not exist).

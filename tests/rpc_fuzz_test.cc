@@ -17,7 +17,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <fstream>
 #include <random>
+#include <regex>
+#include <sstream>
 #include <set>
 #include <string>
 #include <vector>
@@ -25,6 +28,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "libs/db/db.h"
 #include "tests/harness.h"
 #include "tests/random_message.h"
@@ -294,6 +299,39 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
     }
     EXPECT_EQ(left, 0) << url << ": events still waiting in the outbox";
   }
+
+  // The alerts (deploy/k8s/monitoring) watch metrics that exist: every
+  // connecting_* name they use, and every label they group or match by, is
+  // on the services' /metrics pages now that everything has run.
+  std::string scraped = HttpGet(fx.partners->metrics_port(), "/metrics") +
+                        HttpGet(fx.scheduling->metrics_port(), "/metrics");
+  ASSERT_NE(scraped.find("connecting_grpc_requests_total{"), std::string::npos) << scraped;
+  std::ifstream rules_file(std::string(SOURCE_DIR) + "/deploy/k8s/monitoring/prometheusrule.yaml");
+  std::stringstream rules;
+  rules << rules_file.rdbuf();
+  const std::string rule_text = rules.str();
+  std::set<std::string> names, labels;
+  std::regex metric("connecting_[a-z_]+"), by("by \\(([a-z_, ]+)\\)"), matcher("\\{([a-z_]+)=");
+  for (std::sregex_iterator m(rule_text.begin(), rule_text.end(), metric), end; m != end; ++m) {
+    names.insert(m->str());
+  }
+  for (std::sregex_iterator m(rule_text.begin(), rule_text.end(), by), end; m != end; ++m) {
+    for (absl::string_view l : absl::StrSplit((*m)[1].str(), ',', absl::SkipWhitespace())) {
+      labels.insert(std::string(absl::StripAsciiWhitespace(l)));
+    }
+  }
+  for (std::sregex_iterator m(rule_text.begin(), rule_text.end(), matcher), end; m != end; ++m) {
+    labels.insert((*m)[1].str());
+  }
+  for (const char* added_by_scraping : {"service", "pod", "system"}) labels.erase(added_by_scraping);
+  EXPECT_GE(names.size(), 7u);
+  for (const std::string& n : names) {
+    EXPECT_NE(scraped.find("\n" + n), std::string::npos) << n << " is not exported";
+  }
+  for (const std::string& l : labels) {
+    EXPECT_NE(scraped.find(l + "=\""), std::string::npos) << "no metric has label " << l;
+  }
+
   std::string summary;
   for (const auto& [code, n] : codes) absl::StrAppend(&summary, " ", code, ":", n);
   std::printf("%d calls; by status code:%s\n", calls, summary.c_str());

@@ -24,4 +24,7 @@ prod=$(kubectl kustomize overlays/prod)
 grep -q "^kind: HorizontalPodAutoscaler$" <<<"$prod" || fail "prod has no HPA"
 ! grep -q "^kind: StatefulSet$" <<<"$prod" || fail "prod must use external PostgreSQL/NATS"
 grep -q "^kind: Secret$" <<<"$prod" && fail "prod must not carry secrets"
-echo "k8s: dev and prod overlays render and pass checks"
+monitoring=$(kubectl kustomize monitoring) || fail "monitoring does not render"
+grep -q "^kind: PrometheusRule$" <<<"$monitoring" || fail "monitoring has no PrometheusRule"
+grep -q "^kind: PodMonitor$" <<<"$monitoring" || fail "monitoring has no PodMonitor"
+echo "k8s: dev and prod overlays and monitoring render and pass checks"

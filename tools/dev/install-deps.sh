@@ -27,6 +27,23 @@ if [ "${CONNECTING_SKIP_APT:-}" != 1 ]; then
     $sudo systemctl disable --now postgresql >/dev/null 2>&1 || true
   fi
 fi
+# promtool (the alert rules' unit tests) from Debian's prometheus package,
+# unpacked rather than installed: installing would start a Prometheus server.
+if [ "${CONNECTING_SKIP_APT:-}" != 1 ] && ! command -v promtool >/dev/null 2>&1 \
+    && [ ! -x .tools/promtool ]; then
+  echo "fetching promtool (Debian's prometheus package, unpacked into .tools/)"
+  work=$(mktemp -d)
+  if ! (cd "$work" && apt-get download -qq prometheus >/dev/null 2>&1); then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    (cd "$work" && apt-get download -qq prometheus >/dev/null)
+  fi
+  dpkg-deb -x "$work"/prometheus_*.deb "$work/unpacked"
+  mkdir -p .tools
+  cp "$work/unpacked/usr/bin/promtool" .tools/promtool
+  rm -rf "$work"
+fi
 if [ ! -x node_modules/.bin/buf ]; then
   echo "installing npm packages (buf)"
   npm ci --no-audit --no-fund --loglevel=error >/dev/null
