@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= 2
 BUILD_TYPE ?= RelWithDebInfo
 
-.PHONY: all deps build lint breaking test up down bench demo token clean
+.PHONY: all deps build lint breaking test up down bench demo token clean image-check
 
 all: build
 
@@ -32,6 +32,9 @@ token:  ## print a token for the local stack: make token ROLE=admin [ORG=<id>]
 
 bench: build  ## benchmarks on their own throwaway stack (bounded in time)
 	@tools/bench/run.sh
+
+image-check:  ## build the service images (podman, debootstrapped base) and run them against a throwaway stack (root; ~4 min per service)
+	@tools/dev/image-check.sh $(SERVICES)
 
 clean:
 	rm -rf $(BUILD)
