@@ -157,5 +157,54 @@ TEST_F(Bus, UnreadableEventsAreDeadLetteredNotRetriedForever) {
   c.Stop();
 }
 
+TEST_F(Bus, DeadLettersReplayOnceTheirCauseIsFixed) {
+  // A handler that cannot yet read these events dead-letters them; replayed
+  // while it still cannot, they stay (error and deliveries updated); replayed
+  // after the fix, each applies once and leaves dead_letters, and neither a
+  // second replay nor the consumer applies it again.
+  std::atomic<bool> fixed{false};
+  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
+    if (!fixed.load()) return absl::InvalidArgumentError("unknown field \"grade\"");
+    return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
+  };
+  bus::Consumer c(Opts(), pool_.get(), nats_.get(), handler);
+  c.Start();
+  for (int i = 0; i < 3; ++i) {
+    std::string id = absl::StrCat("new-", i);
+    PublishRaw(id, id, absl::StrCat("{\"grade\": ", i, "}"));
+  }
+  ASSERT_TRUE(WaitFor("SELECT count(*) FROM dead_letters", 3));
+  c.Stop();
+
+  absl::StatusOr<bus::ReplayReport> r = c.ReplayDeadLetters();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->replayed, 0);
+  EXPECT_EQ(r->failing, 3);
+  EXPECT_EQ(Count("SELECT count(*) FROM dead_letters WHERE deliveries = 2 "
+                  "AND error LIKE '%unknown field%'"),
+            3);
+  EXPECT_EQ(Count("SELECT count(*) FROM effects"), 0);
+
+  fixed = true;
+  r = c.ReplayDeadLetters();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->replayed, 3);
+  EXPECT_EQ(r->failing, 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM dead_letters"), 0);
+  EXPECT_EQ(Count("SELECT count(DISTINCT event_id) FROM effects WHERE event_id LIKE 'new-%'"), 3);
+  EXPECT_EQ(Count("SELECT count(*) FROM inbox WHERE event_id LIKE 'new-%'"), 3);
+
+  r = c.ReplayDeadLetters();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->replayed, 0);
+  bus::Consumer again(Opts(), pool_.get(), nats_.get(), handler);
+  again.Start();
+  PublishRaw("new-0", "new-0-copy", "{\"grade\": 0}");  // a late copy of one of them
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM inbox WHERE event_id = 'new-0'", 1));
+  absl::SleepFor(absl::Milliseconds(500));
+  again.Stop();
+  EXPECT_EQ(Count("SELECT count(*) FROM effects"), 3);
+}
+
 }  // namespace
 }  // namespace connecting

@@ -5,10 +5,13 @@
 #include <gtest/gtest.h>
 #include <nats/nats.h>
 
+#include <fstream>
 #include <map>
 #include <random>
 #include <set>
+#include <sstream>
 
+#include "absl/strings/match.h"
 #include "connecting/events/v1/scheduling_events.pb.h"
 #include "libs/db/db.h"
 #include "tests/scheduling_common.h"
@@ -138,6 +141,54 @@ TEST_F(Scheduling, PartnerEventsAreKeptForGoodForProjectionsToReplay) {
   }
   ASSERT_TRUE(scheduling.has_value());
   EXPECT_EQ(*scheduling, absl::Hours(24 * 365));
+}
+
+TEST_F(Scheduling, ReplayingDeadLettersAppliesThemThroughTheRealHandler) {
+  // An organisation's event that scheduling once gave up on (simulated: its
+  // projection row removed, the event put in dead_letters) is applied by
+  // `scheduling --replay-dead-letters`, which then exits 0.
+  std::string org = fx_->CreatePartner("Replayed Trust");
+  std::string subject, type, payload;
+  for (const StoredEvent& e : ReadStream(fx_->nats_url, "PARTNERS_" + fx_->suffix)) {
+    if (absl::EndsWith(e.subject, ".organisation.created") && e.headers.count("ce-subject") &&
+        e.headers.at("ce-subject") == org) {
+      subject = e.subject;
+      type = e.headers.at("ce-type");
+      payload = e.data;
+    }
+  }
+  ASSERT_FALSE(payload.empty()) << "no organisation.created event for " << org;
+  auto conn = db::Conn::Open(fx_->scheduling_db, "test");
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  ASSERT_TRUE((*conn)->Exec("DELETE FROM partner_organisations WHERE id = $1::uuid", {org}).ok());
+  ASSERT_TRUE((*conn)
+                  ->Exec("INSERT INTO dead_letters (consumer, event_id, subject, type, payload, "
+                         "error, deliveries) VALUES ('scheduling-partners-2', $1, $2, $3, $4, "
+                         "'UNAVAILABLE: simulated', 10)",
+                         {"dead-" + org, subject, type, payload})
+                  .ok());
+
+  std::string log = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/replay-", RandomSuffix(),
+                                 ".log");
+  Process replay(SCHEDULING_BIN, {"--replay-dead-letters"},
+                 {{"DATABASE_URL", fx_->scheduling_db},
+                  {"NATS_URL", fx_->nats_url},
+                  {"AUTH_JWT_KEY", kJwtKey},
+                  {"EVENT_STREAM", fx_->scheduling_stream},
+                  {"EVENT_SUBJECT_PREFIX", "t" + fx_->suffix + ".connecting.scheduling"},
+                  {"PARTNERS_EVENTS_STREAM", "PARTNERS_" + fx_->suffix},
+                  {"PARTNERS_EVENTS_SUBJECT", "t" + fx_->suffix + ".connecting.partners.>"},
+                  {"LOG_LEVEL", "warn"}},
+                 log);
+  EXPECT_EQ(replay.Wait(absl::Seconds(30)), 0) << "log: " << log;
+  std::ifstream in(log);
+  std::stringstream out;
+  out << in.rdbuf();
+  EXPECT_NE(out.str().find("scheduling-partners-2: 1 dead letters replayed, 0 refused again"),
+            std::string::npos)
+      << out.str();
+  EXPECT_EQ(Sql("SELECT count(*) FROM dead_letters"), 0);
+  EXPECT_TRUE(fx_->WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ACTIVE, absl::Seconds(1)));
 }
 
 TEST_F(Scheduling, ASessionsHostAndOfferAreThoseOfItsOrganisation) {

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "libs/common/log.h"
 #include "libs/common/metrics.h"
 
@@ -14,7 +15,7 @@ prometheus::Family<prometheus::Counter>& ProcessedFamily() {
                        .Name("connecting_consumer_events_total")
                        .Help(
                            "Events handled by consumers, by result "
-                           "(applied, duplicate, retried, dead_lettered)")
+                           "(applied, duplicate, retried, dead_lettered, replayed)")
                        .Register(*metrics::Registry());
   return f;
 }
@@ -101,6 +102,71 @@ absl::Status Consumer::Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub) {
   if (st != NATS_OK) return FromNats(st, absl::StrCat("subscribe ", options_.durable), jerr);
   sub->reset(raw);
   return absl::OkStatus();
+}
+
+absl::StatusOr<ReplayReport> Consumer::ReplayDeadLetters() {
+  std::vector<std::string> ids;
+  absl::Status listed = db::WithConnection(*pool_, absl::Now() + absl::Minutes(1), [&](db::Conn& c) {
+    auto r = c.Exec(
+        "SELECT event_id FROM dead_letters WHERE consumer = $1 ORDER BY failed_at, event_id",
+        {options_.durable});
+    if (!r.ok()) return r.status();
+    for (int i = 0; i < r->rows(); ++i) ids.push_back(r->String(i, 0));
+    return absl::OkStatus();
+  });
+  if (!listed.ok()) return listed;
+  ReplayReport report;
+  for (const std::string& id : ids) {
+    bool gone = false;  // replayed meanwhile by someone else
+    absl::Status refused;
+    absl::Status s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
+      gone = false;
+      refused = absl::OkStatus();
+      auto row = tx.Exec(
+          "SELECT subject, type, payload, deliveries FROM dead_letters "
+          "WHERE consumer = $1 AND event_id = $2 FOR UPDATE SKIP LOCKED",
+          {options_.durable, id});
+      if (!row.ok()) return row.status();
+      if (row->rows() == 0) {
+        gone = true;
+        return absl::OkStatus();
+      }
+      Delivery d;
+      d.id = id;
+      d.subject = row->String(0, 0);
+      d.type = row->String(0, 1);
+      d.payload = row->String(0, 2);
+      d.deliveries = static_cast<uint64_t>(row->Int(0, 3)) + 1;
+      refused = handler_(tx, d);
+      if (!refused.ok()) return refused;
+      return tx
+          .Exec("DELETE FROM dead_letters WHERE consumer = $1 AND event_id = $2",
+                {options_.durable, id})
+          .status();
+    });
+    if (s.ok()) {
+      if (gone) continue;
+      ++report.replayed;
+      ProcessedFamily().Add({{"consumer", options_.durable}, {"result", "replayed"}}).Increment();
+      if (on_commit_) on_commit_();
+      log::Info("dead letter replayed", {{"consumer", options_.durable}, {"event_id", id}});
+      continue;
+    }
+    if (refused.ok()) return s;  // the database, not the handler
+    ++report.failing;
+    log::Warn("dead letter refused again", {{"consumer", options_.durable},
+                                            {"event_id", id},
+                                            {"error", refused.ToString()}});
+    absl::Status kept = db::Transact(*pool_, [&](db::Conn& tx) {
+      return tx
+          .Exec("UPDATE dead_letters SET error = $3, deliveries = deliveries + 1, "
+                "failed_at = now() WHERE consumer = $1 AND event_id = $2",
+                {options_.durable, id, refused.ToString()})
+          .status();
+    });
+    if (!kept.ok()) return kept;
+  }
+  return report;
 }
 
 void Consumer::Process(natsMsg* msg) {

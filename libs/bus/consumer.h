@@ -9,7 +9,9 @@
 // Handler results: OK → commit, ack. INVALID_ARGUMENT (the event cannot be
 // understood) → dead-lettered and terminated at once. Any other error → rolled
 // back and redelivered after a backoff; after `max_deliver` attempts it is
-// dead-lettered. Dead letters stay in the `dead_letters` table for operators.
+// dead-lettered. Dead letters stay in the `dead_letters` table for operators,
+// who replay them once the cause is fixed (ReplayDeadLetters; a service's
+// `--replay-dead-letters`).
 #ifndef CONNECTING_LIBS_BUS_CONSUMER_H_
 #define CONNECTING_LIBS_BUS_CONSUMER_H_
 
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "libs/bus/nats.h"
 #include "libs/db/db.h"
@@ -53,6 +56,11 @@ struct ConsumerOptions {
 
 using Handler = std::function<absl::Status(db::Conn& tx, const Delivery& event)>;
 
+struct ReplayReport {
+  int replayed = 0;  // applied now, and gone from dead_letters
+  int failing = 0;   // refused again: kept, with the new error
+};
+
 class Consumer {
  public:
   Consumer(ConsumerOptions options, db::Pool* pool, const Nats* nats, Handler handler);
@@ -62,6 +70,14 @@ class Consumer {
   // durable consumer stays on the server).
   void Stop();
   bool healthy() const { return healthy_.load(); }
+  const std::string& durable() const { return options_.durable; }
+  // Runs the handler again on each of this consumer's dead letters, oldest
+  // first, each in its own transaction: applied → the dead letter is deleted
+  // (its inbox row stays, so the event never applies twice); refused → rolled
+  // back and kept with the new error and one more delivery. Safe beside
+  // running consumers and other replays (rows are taken FOR UPDATE SKIP
+  // LOCKED). An error only if the database fails.
+  absl::StatusOr<ReplayReport> ReplayDeadLetters();
   // Called after each committed event (handlers may have emitted events).
   void SetOnCommit(std::function<void()> f) { on_commit_ = std::move(f); }
 

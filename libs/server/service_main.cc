@@ -27,9 +27,12 @@ namespace connecting::server {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: %s [--migrate]\n"
+    "usage: %s [--migrate | --replay-dead-letters]\n"
     "  Serves the %s gRPC API. Configured by environment variables (see README.md).\n"
-    "  --migrate   apply database migrations and exit (needs only DATABASE_URL)\n";
+    "  --migrate              apply database migrations and exit (needs only DATABASE_URL)\n"
+    "  --replay-dead-letters  run every consumer's dead letters through its handler again\n"
+    "                         (once their cause is fixed) and exit: 0 if all applied, 3 if\n"
+    "                         some were refused again (kept, with the new error)\n";
 
 absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool migrate_only) {
   config::EnvReader env;
@@ -187,11 +190,13 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   // a measured cost on every request. Tests keep the detection on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
-  bool migrate_only = false;
+  bool migrate_only = false, replay = false;
   for (int i = 1; i < argc; ++i) {
     absl::string_view arg = argv[i];
     if (arg == "--migrate") {
       migrate_only = true;
+    } else if (arg == "--replay-dead-letters") {
+      replay = true;
     } else if (arg == "--help" || arg == "-h") {
       std::printf(kUsage, argv[0], def.name.c_str());
       return 0;
@@ -235,6 +240,23 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   std::vector<std::unique_ptr<bus::Consumer>> consumers;
   ServiceContext ctx{*cfg, pool, **nats, outbox, rpc, page_tokens, consumers};
   std::vector<std::unique_ptr<grpc::Service>> services = def.build(ctx);
+  if (replay) {
+    // Events the handlers emit go to the outbox; the serving replicas'
+    // relays publish them.
+    int failing = 0;
+    for (auto& c : consumers) {
+      absl::StatusOr<bus::ReplayReport> r = c->ReplayDeadLetters();
+      if (!r.ok()) {
+        log::Error("replaying dead letters failed", {{"error", r.status().ToString()}});
+        return 1;
+      }
+      std::printf("%s: %d dead letters replayed, %d refused again\n", c->durable().c_str(),
+                  r->replayed, r->failing);
+      failing += r->failing;
+    }
+    if (consumers.empty()) std::printf("%s has no consumers\n", def.name.c_str());
+    return failing == 0 ? 0 : 3;
+  }
 
   bus::StreamSpec stream{.name = cfg->event_stream,
                          .subjects = {absl::StrCat(cfg->event_subject_prefix, ".>")},

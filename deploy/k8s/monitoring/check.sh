@@ -4,6 +4,7 @@
 # the plain rule file. PROMTOOL names the binary (`make deps` fetches one into
 # .tools/ when none is on the PATH).
 set -euo pipefail
+[ -n "${PROMTOOL:-}" ] && PROMTOOL=$(realpath "$PROMTOOL")
 cd "$(dirname "$0")"
 promtool=${PROMTOOL:-$(command -v promtool || echo ../../../.tools/promtool)}
 [ -x "$promtool" ] || { echo "monitoring: promtool not found (run make deps)" >&2; exit 1; }
