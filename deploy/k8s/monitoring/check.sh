@@ -6,7 +6,7 @@
 set -euo pipefail
 [ -n "${PROMTOOL:-}" ] && PROMTOOL=$(realpath "$PROMTOOL")
 cd "$(dirname "$0")"
-promtool=${PROMTOOL:-$(command -v promtool || echo ../../../.tools/promtool)}
+promtool=${PROMTOOL:-$(command -v promtool || echo "$PWD/../../../.tools/promtool")}
 [ -x "$promtool" ] || { echo "monitoring: promtool not found (run make deps)" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
