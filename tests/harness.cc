@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <cstdio>
 #include <cstdlib>
@@ -342,30 +343,34 @@ std::string HttpGet(int port, const std::string& path) {
   return body == std::string::npos ? "" : out.substr(body + 4);
 }
 
-std::optional<absl::Duration> StreamMaxAge(const std::string& nats_url, const std::string& stream) {
-  std::optional<absl::Duration> out;
+namespace {
+// Runs `fn` with a JetStream context and `stream`'s info, if it exists.
+void WithStream(const std::string& nats_url, const std::string& stream,
+                const std::function<void(jsCtx*, jsStreamInfo*)>& fn) {
   natsConnection* nc = nullptr;
-  if (natsConnection_ConnectTo(&nc, nats_url.c_str()) != NATS_OK) return out;
+  if (natsConnection_ConnectTo(&nc, nats_url.c_str()) != NATS_OK) return;
   jsCtx* js = nullptr;
   natsConnection_JetStream(&js, nc, nullptr);
   jsStreamInfo* si = nullptr;
   if (js_GetStreamInfo(&si, js, stream.c_str(), nullptr, nullptr) == NATS_OK) {
-    out = absl::Nanoseconds(si->Config->MaxAge);
+    fn(js, si);
     jsStreamInfo_Destroy(si);
   }
   jsCtx_Destroy(js);
   natsConnection_Destroy(nc);
+}
+}  // namespace
+
+std::optional<absl::Duration> StreamMaxAge(const std::string& nats_url, const std::string& stream) {
+  std::optional<absl::Duration> out;
+  WithStream(nats_url, stream,
+             [&](jsCtx*, jsStreamInfo* si) { out = absl::Nanoseconds(si->Config->MaxAge); });
   return out;
 }
 
 std::vector<StoredEvent> ReadStream(const std::string& nats_url, const std::string& stream) {
   std::vector<StoredEvent> out;
-  natsConnection* nc = nullptr;
-  if (natsConnection_ConnectTo(&nc, nats_url.c_str()) != NATS_OK) return out;
-  jsCtx* js = nullptr;
-  natsConnection_JetStream(&js, nc, nullptr);
-  jsStreamInfo* si = nullptr;
-  if (js_GetStreamInfo(&si, js, stream.c_str(), nullptr, nullptr) == NATS_OK) {
+  WithStream(nats_url, stream, [&](jsCtx* js, jsStreamInfo* si) {
     for (uint64_t seq = si->State.FirstSeq; seq <= si->State.LastSeq && seq > 0; ++seq) {
       natsMsg* m = nullptr;
       if (js_GetMsg(&m, js, stream.c_str(), seq, nullptr, nullptr) != NATS_OK) continue;
@@ -385,10 +390,7 @@ std::vector<StoredEvent> ReadStream(const std::string& nats_url, const std::stri
       out.push_back(std::move(e));
       natsMsg_Destroy(m);
     }
-    jsStreamInfo_Destroy(si);
-  }
-  jsCtx_Destroy(js);
-  natsConnection_Destroy(nc);
+  });
   return out;
 }
 
