@@ -320,6 +320,18 @@ grpc::Status RawCall(const std::shared_ptr<grpc::Channel>& channel, const std::s
   return result;
 }
 
+bool WaitForOutboxDrained(const std::string& db_url, absl::Duration timeout) {
+  auto conn = db::Conn::Open(db_url, "test");
+  if (!conn.ok()) return false;
+  absl::Time until = absl::Now() + timeout;
+  do {
+    auto r = (*conn)->Exec("SELECT count(*) FROM outbox");
+    if (r.ok() && r->Int(0, 0) == 0) return true;
+    absl::SleepFor(absl::Milliseconds(50));
+  } while (absl::Now() < until);
+  return false;
+}
+
 std::string HttpGet(int port, const std::string& path) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return "";

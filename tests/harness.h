@@ -120,6 +120,9 @@ struct StoredEvent {
   std::string data;
   std::map<std::string, std::string> headers;
 };
+// Polls until the service database's outbox is empty (every event published).
+bool WaitForOutboxDrained(const std::string& db_url, absl::Duration timeout = absl::Seconds(15));
+
 // The body of http://127.0.0.1:<port><path> (HTTP/1.0), "" if it cannot be had.
 std::string HttpGet(int port, const std::string& path);
 

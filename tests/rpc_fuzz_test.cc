@@ -287,17 +287,7 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
   ASSERT_TRUE(wrong.ok()) << wrong.status();
   EXPECT_EQ(wrong->rows(), 0) << "counters differ from bookings at " << wrong->String(0, 0);
   for (const std::string& url : {fx.scheduling_db, fx.partners_db}) {
-    auto c = db::Conn::Open(url, "rpc_fuzz_test");
-    ASSERT_TRUE(c.ok()) << c.status();
-    int64_t left = -1;
-    for (int k = 0; k < 100; ++k) {
-      auto r = (*c)->Exec("SELECT count(*) FROM outbox");
-      ASSERT_TRUE(r.ok()) << r.status();
-      left = r->Int(0, 0);
-      if (left == 0) break;
-      absl::SleepFor(absl::Milliseconds(100));
-    }
-    EXPECT_EQ(left, 0) << url << ": events still waiting in the outbox";
+    EXPECT_TRUE(WaitForOutboxDrained(url)) << url << ": events still waiting in the outbox";
   }
 
   // The alerts (deploy/k8s/monitoring) watch metrics that exist: every

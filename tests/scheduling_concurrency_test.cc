@@ -8,10 +8,15 @@
 #include <functional>
 #include <future>
 #include <map>
+#include <mutex>
+#include <random>
 #include <set>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "connecting/events/v1/scheduling_events.pb.h"
 #include "libs/db/db.h"
 #include "tests/scheduling_common.h"
@@ -381,6 +386,182 @@ class BookingStorm {
 // counters match the rows, the confirmed are the earliest arrivals, retrying
 // every request (same request_id) books each person exactly once, and the
 // stream carries exactly one event per stored booking.
+TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
+  // Six clients book, cancel, reschedule and retry at random (seeded) over
+  // four frontline visits on two dates and a two-site department event, while
+  // a participant is deactivated and a session cancelled midway. Afterwards
+  // every rule holds in what is stored, and the last event about each
+  // booking says what is stored.
+  constexpr uint32_t kSeed = 77;
+  constexpr int kClients = 6, kOpsPerClient = 70;
+  std::vector<std::string> sessions;
+  std::string d1 = DateIn(30), d2 = DateIn(31);
+  for (int i = 0; i < 4; ++i) sessions.push_back(NewSession(*fx_, *org_, 2 + i % 2, i < 2 ? d1 : d2).id());
+  {
+    sv1::CreateSessionRequest req;
+    sv1::Session* s = req.mutable_session();
+    s->set_kind(sv1::SESSION_KIND_DEPARTMENT_EVENT);
+    s->set_title("Connecting comes to you: workload");
+    s->set_organisation_id(*org_);
+    s->set_date(DateIn(32));
+    s->set_start_time("12:00");
+    s->set_end_time("13:00");
+    s->set_broadcast_link("https://stream.example.gov.uk/connecting/77");
+    for (const char* site : {"Leeds", "London"}) {
+      auto* st = s->add_sites();
+      st->set_name(site);
+      st->set_capacity(2);
+    }
+    sv1::Session ev;
+    ASSERT_TRUE(fx_->stub->CreateSession(Ctx(fx_->admin).get(), req, &ev).ok());
+    sessions.push_back(ev.id());
+  }
+  std::vector<std::string> people;
+  for (int i = 0; i < 12; ++i) people.push_back(Register(*fx_, absl::StrCat("WL", kSeed * 100 + i)).id());
+
+  std::mutex mu;
+  std::vector<std::string> bookings;  // every booking id any client was given
+  std::map<int, int> codes;
+  std::atomic<int> ops{0};
+  auto client = [&](int c) {
+    std::mt19937 rng(kSeed * 100 + c);
+    auto pick = [&](size_t n) { return std::uniform_int_distribution<size_t>(0, n - 1)(rng); };
+    for (int i = 0; i < kOpsPerClient; ++i) {
+      grpc::Status st;
+      int op = static_cast<int>(pick(10));
+      sv1::Booking out;
+      if (op < 5 || bookings.empty()) {  // book, now and then retrying an earlier request id
+        sv1::BookSessionRequest req;
+        size_t si = pick(sessions.size());
+        req.set_session_id(sessions[si]);
+        req.set_participant_id(people[pick(people.size())]);
+        if (si == 4) req.set_site(pick(2) ? "Leeds" : "London");
+        req.set_request_id(absl::StrCat("wl-", c, "-", pick(3) == 0 ? i / 2 : i));
+        st = fx_->stub->BookSession(Ctx(fx_->admin).get(), req, &out);
+      } else {
+        std::string id;
+        {
+          std::lock_guard<std::mutex> l(mu);
+          id = bookings[pick(bookings.size())];
+        }
+        if (op < 8) {
+          sv1::CancelBookingRequest req;
+          req.set_id(id);
+          st = fx_->stub->CancelBooking(Ctx(fx_->admin).get(), req, &out);
+        } else {
+          sv1::RescheduleBookingRequest req;
+          req.set_id(id);
+          size_t si = pick(sessions.size());
+          req.set_session_id(sessions[si]);
+          if (si == 4) req.set_site(pick(2) ? "Leeds" : "London");
+          st = fx_->stub->RescheduleBooking(Ctx(fx_->admin).get(), req, &out);
+        }
+      }
+      std::lock_guard<std::mutex> l(mu);
+      ++codes[st.error_code()];
+      if (st.ok()) bookings.push_back(out.id());
+      // A move to the booking's own session, or between kinds of site, is a
+      // bad request; anything else refused is a rule saying no.
+      bool bad_move = op >= 8 && st.error_code() == grpc::StatusCode::INVALID_ARGUMENT &&
+                      (absl::StartsWith(st.error_message(), "session_id: ") ||
+                       absl::StartsWith(st.error_message(), "site: "));
+      EXPECT_TRUE(st.ok() || bad_move || st.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+                  st.error_code() == grpc::StatusCode::ALREADY_EXISTS ||
+                  st.error_code() == grpc::StatusCode::ABORTED)
+          << "client " << c << " op " << i << ": " << st.error_code() << " " << st.error_message();
+      if (++ops == kClients * kOpsPerClient / 2) {  // midway: a leaver and a cancelled visit
+        sv1::DeactivateParticipantRequest dp;
+        dp.set_id(people[0]);
+        sv1::Participant gone;
+        EXPECT_TRUE(fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), dp, &gone).ok());
+        sv1::CancelSessionRequest cs;
+        cs.set_id(sessions[1]);
+        cs.set_reason("the ward is closed that day");
+        sv1::Session cancelled;
+        EXPECT_TRUE(fx_->stub->CancelSession(Ctx(fx_->admin).get(), cs, &cancelled).ok());
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int c = 0; c < kClients; ++c) threads.emplace_back(client, c);
+  for (auto& t : threads) t.join();
+  std::string summary;
+  for (const auto& [code, n] : codes) absl::StrAppend(&summary, " ", code, ":", n);
+  std::printf("%d operations; by status code:%s\n", ops.load(), summary.c_str());
+  EXPECT_GT(codes[0], 100) << "the workload should mostly do things";
+
+  auto conn = db::Conn::Open(fx_->scheduling_db, "test");
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  auto none = [&](const std::string& what, const std::string& sql) {
+    auto r = (*conn)->Exec(sql);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->rows(), 0) << what << ": " << r->String(0, 0);
+  };
+  std::string ids = "'" + absl::StrJoin(sessions, "','") + "'";
+  none("seat counters differ from the bookings",
+       "SELECT ss.session_id::text FROM session_sites ss WHERE ss.session_id IN (" + ids +
+           ") AND (ss.confirmed <> (SELECT count(*) FROM bookings b WHERE b.session_id = "
+           "ss.session_id AND b.site = ss.site AND b.status = 1) OR ss.waitlisted <> (SELECT "
+           "count(*) FROM bookings b WHERE b.session_id = ss.session_id AND b.site = ss.site AND "
+           "b.status = 2))");
+  none("more confirmed than seats",
+       "SELECT session_id::text FROM session_sites WHERE confirmed > capacity");
+  none("a free seat while someone who could take it waits",
+       "SELECT w.id::text FROM bookings w JOIN session_sites ss ON ss.session_id = w.session_id "
+       "AND ss.site = w.site JOIN sessions s ON s.id = w.session_id WHERE w.status = 2 AND "
+       "s.id IN (" + ids + ") AND ss.confirmed < ss.capacity AND NOT (s.kind = 1 AND EXISTS "
+       "(SELECT 1 FROM bookings f WHERE f.participant_id = w.participant_id AND f.kind = 1 AND "
+       "f.status = 1 AND f.session_date = w.session_date))");
+  none("two confirmed frontline visits on one date",
+       "SELECT participant_id::text FROM bookings WHERE status = 1 AND kind = 1 "
+       "GROUP BY participant_id, session_date HAVING count(*) > 1");
+  none("two live bookings on one session",
+       "SELECT participant_id::text FROM bookings WHERE status IN (1, 2) "
+       "GROUP BY participant_id, session_id HAVING count(*) > 1");
+  none("a live booking on the cancelled session",
+       "SELECT id::text FROM bookings WHERE status IN (1, 2) AND session_id = '" + sessions[1] + "'");
+  none("a live booking of the deactivated participant",
+       "SELECT id::text FROM bookings WHERE status IN (1, 2) AND participant_id = '" + people[0] + "'");
+
+  // Every booking's latest event (highest version) is the booking as stored.
+  auto stored = (*conn)->Exec(
+      "SELECT id::text, status, version FROM bookings WHERE session_id IN (" + ids + ")");
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  std::map<std::string, std::pair<int64_t, int64_t>> want;  // id → (status, version)
+  for (int i = 0; i < stored->rows(); ++i) {
+    want[stored->String(i, 0)] = {stored->Int(i, 1), stored->Int(i, 2)};
+  }
+  ASSERT_TRUE(WaitForOutboxDrained(fx_->scheduling_db));
+  std::map<std::string, std::pair<int64_t, int64_t>> latest;
+  auto see = [&](const sv1::Booking& b) {
+    int64_t version = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(b.etag(), &version)) << b.etag();
+    auto& l = latest[b.id()];
+    if (version > l.second) l = {b.status(), version};
+  };
+  for (const StoredEvent& e : ReadStream(fx_->nats_url, fx_->scheduling_stream)) {
+    const std::string& type = e.headers.count("ce-type") ? e.headers.at("ce-type") : "";
+    if (type == "connecting.events.v1.BookingChanged") {
+      events::v1::BookingChanged ev;
+      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(e.data, &ev).ok());
+      see(ev.booking());
+    } else if (type == "connecting.events.v1.BookingRescheduled") {
+      events::v1::BookingRescheduled ev;
+      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(e.data, &ev).ok());
+      see(ev.from_booking());
+      see(ev.to_booking());
+    }
+  }
+  EXPECT_GT(want.size(), 20u);
+  for (const auto& [id, sv] : want) {
+    auto it = latest.find(id);
+    ASSERT_NE(it, latest.end()) << "no event for booking " << id;
+    EXPECT_EQ(it->second, sv) << "booking " << id << ": latest event (status, version) "
+                              << it->second.first << "," << it->second.second << " but stored "
+                              << sv.first << "," << sv.second;
+  }
+}
+
 TEST(SchedulingCrash, KilledMidBookingsLosesNothingAcknowledgedAndDuplicatesNothing) {
   BookingStorm storm;
   std::vector<BookingStorm::Told> before = storm.StopAfter(40, [&] { storm.fx.scheduling->Kill(); });
