@@ -3,6 +3,8 @@
 // random instances of every event the services publish, and for every Unicode
 // code point in a string. The direct writer must also be the one doing the
 // work (not its fallback) wherever it claims to.
+#include "libs/bus/event_json.h"
+
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/message.h>
 #include <google/protobuf/util/json_util.h>
@@ -14,7 +16,6 @@
 #include "connecting/events/v1/partners_events.pb.h"
 #include "connecting/events/v1/scheduling_events.pb.h"
 #include "protos/json_fixture.pb.h"
-#include "libs/bus/event_json.h"
 #include "tests/random_message.h"
 
 namespace connecting {

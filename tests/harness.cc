@@ -1,6 +1,7 @@
 #include "tests/harness.h"
 
 #include <fcntl.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 #include <nats/nats.h>
 #include <netinet/in.h>
@@ -10,14 +11,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <grpcpp/generic/generic_stub.h>
-
 #include <atomic>
 #include <condition_variable>
-#include <functional>
-#include <mutex>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -290,8 +289,8 @@ std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token) {
   return ctx;
 }
 
-grpc::Status RawCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method, const std::string& request,
-                     const std::string& token, std::string* response) {
+grpc::Status RawCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                     const std::string& request, const std::string& token, std::string* response) {
   grpc::GenericStub stub(channel);
   grpc::Slice slice(request);
   grpc::ByteBuffer req(&slice, 1), resp;

@@ -110,8 +110,9 @@ std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token);
 // Calls `method` ("/package.Service/Method") with `request` as its raw wire
 // bytes and the token, waiting for the answer (10 s deadline); the reply's
 // bytes go to `response` if given.
-grpc::Status RawCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method, const std::string& request,
-                     const std::string& token, std::string* response = nullptr);
+grpc::Status RawCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                     const std::string& request, const std::string& token,
+                     std::string* response = nullptr);
 
 // One message as stored in a JetStream stream.
 struct StoredEvent {

@@ -281,9 +281,9 @@ TEST_F(PartnersValidation, InvalidUtf8InAnyRequestIsInvalidArgumentNamingTheFiel
     std::string field;
     std::string bytes = InvalidUtf8Request(method->input_type(), &field);
     ASSERT_FALSE(bytes.empty()) << method->name();
-    grpc::Status s = RawCall(fx_->service->channel(),
-                             "/" + service->full_name() + "/" + method->name(), bytes,
-                             Token(server::Role::kAdmin));
+    grpc::Status s =
+        RawCall(fx_->service->channel(), "/" + service->full_name() + "/" + method->name(), bytes,
+                Token(server::Role::kAdmin));
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
         << method->name() << ": " << s.error_message();
     EXPECT_NE(s.error_message().find(field), std::string::npos)
@@ -292,9 +292,9 @@ TEST_F(PartnersValidation, InvalidUtf8InAnyRequestIsInvalidArgumentNamingTheFiel
 }
 
 TEST_F(PartnersValidation, GarbageBytesAreInvalidArgument) {
-  grpc::Status s = RawCall(fx_->service->channel(),
-                           "/connecting.partners.v1.PartnersService/CreateOrganisation",
-                           std::string("\x0a\xff\xff\xff\xff\x0f", 6), Token(server::Role::kAdmin));
+  grpc::Status s =
+      RawCall(fx_->service->channel(), "/connecting.partners.v1.PartnersService/CreateOrganisation",
+              std::string("\x0a\xff\xff\xff\xff\x0f", 6), Token(server::Role::kAdmin));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
 }
 

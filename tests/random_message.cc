@@ -37,10 +37,17 @@ void RandomFiller::Fill(Message* m, int depth) {
     int64_t s = Chance(4) ? secs(rng_) : (Chance(2) ? 0 : -1 - Pick(100000));
     int32_t nanos = static_cast<int32_t>(Pick(1000000000));
     switch (Pick(4)) {
-      case 0: nanos = 0; break;
-      case 1: nanos -= nanos % 1000000; break;
-      case 2: nanos -= nanos % 1000; break;
-      default: break;
+      case 0:
+        nanos = 0;
+        break;
+      case 1:
+        nanos -= nanos % 1000000;
+        break;
+      case 2:
+        nanos -= nanos % 1000;
+        break;
+      default:
+        break;
     }
     r->SetInt64(m, d->FindFieldByNumber(1), s);
     r->SetInt32(m, d->FindFieldByNumber(2), nanos);
@@ -63,17 +70,23 @@ void RandomFiller::Fill(Message* m, int depth) {
 }
 
 std::string RandomFiller::OddText() {
-  static const uint32_t kOdd[] = {0,     '"',    '\\',   '<',    '>',    '\n',    0x1f,
-                                  0x7f,  0x85,   0xad,   0xe9,   0x2028, 0x200b,  0xfeff,
+  static const uint32_t kOdd[] = {0,     '"',    '\\',    '<',     '>',     '\n',     0x1f,
+                                  0x7f,  0x85,   0xad,    0xe9,    0x2028,  0x200b,   0xfeff,
                                   0x600, 0xffff, 0x10000, 0x1f600, 0xe0001, 0x10ffff, '&',
-                                  '\'',  '/',    '=',    ' '};
+                                  '\'',  '/',    '=',     ' '};
   std::string s;
   for (int n = Pick(12); n > 0; --n) {
     uint32_t cp;
     switch (Pick(4)) {
-      case 0: cp = kOdd[Pick(sizeof kOdd / sizeof kOdd[0])]; break;
-      case 1: cp = 0x20 + Pick(0x5f); break;
-      case 2: cp = Pick(0x800); break;
+      case 0:
+        cp = kOdd[Pick(sizeof kOdd / sizeof kOdd[0])];
+        break;
+      case 1:
+        cp = 0x20 + Pick(0x5f);
+        break;
+      case 2:
+        cp = Pick(0x800);
+        break;
       default:
         do cp = Pick(0x110000);
         while (cp >= 0xd800 && cp <= 0xdfff);
@@ -87,16 +100,26 @@ template <typename T>
 T RandomFiller::Int() {
   if (tame) return static_cast<T>(Pick(100));
   switch (Pick(5)) {
-    case 0: return 0;
-    case 1: return std::numeric_limits<T>::max();
-    case 2: return std::numeric_limits<T>::min();
-    case 3: return static_cast<T>(Pick(100));
-    default: return static_cast<T>(rng_() ^ (static_cast<uint64_t>(rng_()) << 32));
+    case 0:
+      return 0;
+    case 1:
+      return std::numeric_limits<T>::max();
+    case 2:
+      return std::numeric_limits<T>::min();
+    case 3:
+      return static_cast<T>(Pick(100));
+    default:
+      return static_cast<T>(rng_() ^ (static_cast<uint64_t>(rng_()) << 32));
   }
 }
 
 double RandomFiller::Double() {
-  static const double kOdd[] = {0.0, -0.0, 1.5, 1e300, 1e-300, 0.1,
+  static const double kOdd[] = {0.0,
+                                -0.0,
+                                1.5,
+                                1e300,
+                                1e-300,
+                                0.1,
                                 std::numeric_limits<double>::infinity(),
                                 std::numeric_limits<double>::quiet_NaN()};
   return Chance(2) ? kOdd[Pick(8)] : std::uniform_real_distribution<double>(-1e6, 1e6)(rng_);
@@ -120,28 +143,34 @@ int RandomFiller::EnumValue(const FieldDescriptor* f) {
 void RandomFiller::Put(Message* m, const FieldDescriptor* f, int depth) {
   const Reflection* r = m->GetReflection();
   const bool rep = f->is_repeated();
-#define PUT(Type, value)                 \
-  {                                      \
-    auto v = value;                      \
-    if (rep)                             \
-      r->Add##Type(m, f, std::move(v));  \
-    else                                 \
-      r->Set##Type(m, f, std::move(v));  \
-  }                                      \
+#define PUT(Type, value)                \
+  {                                     \
+    auto v = value;                     \
+    if (rep)                            \
+      r->Add##Type(m, f, std::move(v)); \
+    else                                \
+      r->Set##Type(m, f, std::move(v)); \
+  }                                     \
   break
   switch (f->cpp_type()) {
-    case FieldDescriptor::CPPTYPE_INT32: PUT(Int32, Int<int32_t>());
-    case FieldDescriptor::CPPTYPE_INT64: PUT(Int64, Int<int64_t>());
-    case FieldDescriptor::CPPTYPE_UINT32: PUT(UInt32, Int<uint32_t>());
-    case FieldDescriptor::CPPTYPE_UINT64: PUT(UInt64, Int<uint64_t>());
-    case FieldDescriptor::CPPTYPE_BOOL: PUT(Bool, Chance(2));
-    case FieldDescriptor::CPPTYPE_DOUBLE: PUT(Double, Double());
-    case FieldDescriptor::CPPTYPE_FLOAT: PUT(Float, static_cast<float>(Double()));
-    case FieldDescriptor::CPPTYPE_ENUM: PUT(EnumValue, EnumValue(f));
+    case FieldDescriptor::CPPTYPE_INT32:
+      PUT(Int32, Int<int32_t>());
+    case FieldDescriptor::CPPTYPE_INT64:
+      PUT(Int64, Int<int64_t>());
+    case FieldDescriptor::CPPTYPE_UINT32:
+      PUT(UInt32, Int<uint32_t>());
+    case FieldDescriptor::CPPTYPE_UINT64:
+      PUT(UInt64, Int<uint64_t>());
+    case FieldDescriptor::CPPTYPE_BOOL:
+      PUT(Bool, Chance(2));
+    case FieldDescriptor::CPPTYPE_DOUBLE:
+      PUT(Double, Double());
+    case FieldDescriptor::CPPTYPE_FLOAT:
+      PUT(Float, static_cast<float>(Double()));
+    case FieldDescriptor::CPPTYPE_ENUM:
+      PUT(EnumValue, EnumValue(f));
     case FieldDescriptor::CPPTYPE_STRING:
-      PUT(String, f->type() == FieldDescriptor::TYPE_BYTES ? Bytes()
-                  : text                                  ? text(f)
-                                                          : OddText());
+      PUT(String, f->type() == FieldDescriptor::TYPE_BYTES ? Bytes() : text ? text(f) : OddText());
     case FieldDescriptor::CPPTYPE_MESSAGE:
       if (depth < 3) Fill(rep ? r->AddMessage(m, f) : r->MutableMessage(m, f), depth + 1);
       break;

@@ -20,8 +20,8 @@
 #include <fstream>
 #include <random>
 #include <regex>
-#include <sstream>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -96,10 +96,14 @@ class PlausibleText {
         if (absl::StrContains(absl::AsciiStrToLower(kind), word) && !fill_.Chance(3)) return id;
       }
       switch (fill_.tame ? 3 + fill_.Pick(3) : fill_.Pick(6)) {
-        case 0: return "not-a-uuid";
-        case 1: return absl::StrCat(ids_[fill_.Pick(ids_.size())].second, "x");
-        case 3: return "00000000-0000-4000-8000-000000000000";  // well formed, unknown
-        default: return ids_[fill_.Pick(ids_.size())].second;
+        case 0:
+          return "not-a-uuid";
+        case 1:
+          return absl::StrCat(ids_[fill_.Pick(ids_.size())].second, "x");
+        case 3:
+          return "00000000-0000-4000-8000-000000000000";  // well formed, unknown
+        default:
+          return ids_[fill_.Pick(ids_.size())].second;
       }
     }
     if (absl::StrContains(name, "date")) {
@@ -108,8 +112,8 @@ class PlausibleText {
                      "2027-02-30", "1999-12-31", "9999-12-31", "2027-1-5", "tomorrow"});
     }
     if (absl::EndsWith(name, "_time") || name == "time") {
-      return Either({"09:00", "17:30", "13:00"}, {"00:00", "23:59", "24:00", "25:61", "9am",
-                                                  "09:00:00"});
+      return Either({"09:00", "17:30", "13:00"},
+                    {"00:00", "23:59", "24:00", "25:61", "9am", "09:00:00"});
     }
     if (absl::StrContains(name, "email")) {
       return Either({absl::StrCat("someone", fill_.Pick(100000), "@example.org")},
@@ -118,10 +122,10 @@ class PlausibleText {
     if (name == "etag") return Either({"1", "2"}, {"0", "-1", "99999999999999999999"});
     if (name == "page_token") return Either({"", tokens_[0]}, {"AAAA", "not base64!"});
     if (name == "paths") {
-      return Either({"name", "display_name", "email", "status", "capacity", "title", "sites",
-                     "grade", "directorate", "description", "phone", "sector", "region",
-                     "ods_code"},
-                    {"etag", "id", "nonsense", ""});
+      return Either(
+          {"name", "display_name", "email", "status", "capacity", "title", "sites", "grade",
+           "directorate", "description", "phone", "sector", "region", "ods_code"},
+          {"etag", "id", "nonsense", ""});
     }
     if (name == "ods_code") {
       return Either({absl::StrCat("R", fill_.Pick(10), "X", fill_.Pick(10))}, {"bad code", "rx1"});
@@ -178,16 +182,19 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
   std::vector<std::pair<std::string, std::string>> ids = {
-      {"organisation", org}, {"contact", host},    {"participant", p.id()},
-      {"session", s.id()},   {"booking", b.id()},  {"offer", offer.id()},
+      {"organisation", org},  {"contact", host},     {"participant", p.id()},
+      {"session", s.id()},    {"booking", b.id()},   {"offer", offer.id()},
       {"attendance", b.id()}, {"reschedule", b.id()}};
 
   RandomFiller fill(kSeed);
   PlausibleText text(fill, ids);
   fill.text = [&](const FieldDescriptor* f) { return text(f); };
-  const std::string tokens[] = {
-      fx.admin, fx.admin, fx.admin, Token(Role::kViewer, "viewer"),
-      Token(Role::kParticipant, p.id()), Token(Role::kPartner, "host", org)};
+  const std::string tokens[] = {fx.admin,
+                                fx.admin,
+                                fx.admin,
+                                Token(Role::kViewer, "viewer"),
+                                Token(Role::kParticipant, p.id()),
+                                Token(Role::kPartner, "host", org)};
 
   struct Target {
     const ServiceDescriptor* service;
@@ -208,8 +215,8 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
     std::vector<const MethodDescriptor*> methods;
     for (int m = 0; m < t.service->method_count(); ++m) methods.push_back(t.service->method(m));
     std::stable_partition(methods.begin(), methods.end(), [](const MethodDescriptor* m) {
-      for (const char* verb : {"Deactivate", "Archive", "Pause", "Cancel", "Remove", "Withdraw",
-                               "Complete"}) {
+      for (const char* verb :
+           {"Deactivate", "Archive", "Pause", "Cancel", "Remove", "Withdraw", "Complete"}) {
         if (absl::StartsWith(m->name(), verb)) return false;
       }
       return true;
@@ -217,8 +224,7 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
     for (const MethodDescriptor* method : methods) {
       const std::string path = absl::StrCat("/", t.service->full_name(), "/", method->name());
       const Message* prototype =
-          google::protobuf::MessageFactory::generated_factory()->GetPrototype(
-              method->input_type());
+          google::protobuf::MessageFactory::generated_factory()->GetPrototype(method->input_type());
       ASSERT_NE(prototype, nullptr) << path;
       for (int i = 0; i < kPerMethod + 3; ++i) {
         std::string bytes;
@@ -230,7 +236,8 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
           bytes = req->SerializeAsString();
           shown = req->ShortDebugString().substr(0, 2000);
         } else {  // garbage
-          for (int n = 1 + fill.Pick(40); n > 0; --n) bytes.push_back(static_cast<char>(fill.Pick(256)));
+          for (int n = 1 + fill.Pick(40); n > 0; --n)
+            bytes.push_back(static_cast<char>(fill.Pick(256)));
           shown = "(garbage bytes)";
         }
         const std::string& token = tokens[fill.Chance(4) ? 3 + fill.Pick(3) : 0];
@@ -238,9 +245,9 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
         grpc::Status st = RawCall(t.channel, path, bytes, token, &reply);
         ++calls;
         ++codes[st.error_code()];
-        const std::string where = absl::StrCat(path, " (seed ", kSeed, ", call ", i, "): ",
-                                               st.error_code(), " ", st.error_message(),
-                                               "\n  request: ", shown);
+        const std::string where =
+            absl::StrCat(path, " (seed ", kSeed, ", call ", i, "): ", st.error_code(), " ",
+                         st.error_message(), "\n  request: ", shown);
         switch (st.error_code()) {
           case grpc::StatusCode::OK:
           case grpc::StatusCode::NOT_FOUND:
@@ -258,10 +265,9 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
         }
         if (st.ok() && absl::StartsWith(method->name(), "List")) {
           // Feed real page tokens back in, so that reuse across filters is tried.
-          std::unique_ptr<Message> resp(
-              google::protobuf::MessageFactory::generated_factory()
-                  ->GetPrototype(method->output_type())
-                  ->New());
+          std::unique_ptr<Message> resp(google::protobuf::MessageFactory::generated_factory()
+                                            ->GetPrototype(method->output_type())
+                                            ->New());
           if (resp->ParseFromString(reply)) {
             const FieldDescriptor* f = resp->GetDescriptor()->FindFieldByName("next_page_token");
             if (f != nullptr) text.AddPageToken(resp->GetReflection()->GetString(*resp, f));
@@ -313,7 +319,8 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
   for (std::sregex_iterator m(rule_text.begin(), rule_text.end(), matcher), end; m != end; ++m) {
     labels.insert((*m)[1].str());
   }
-  for (const char* added_by_scraping : {"service", "pod", "system"}) labels.erase(added_by_scraping);
+  for (const char* added_by_scraping : {"service", "pod", "system"})
+    labels.erase(added_by_scraping);
   EXPECT_GE(names.size(), 7u);
   for (const std::string& n : names) {
     EXPECT_NE(scraped.find("\n" + n), std::string::npos) << n << " is not exported";

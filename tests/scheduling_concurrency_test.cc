@@ -396,7 +396,8 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
   constexpr int kClients = 6, kOpsPerClient = 70;
   std::vector<std::string> sessions;
   std::string d1 = DateIn(30), d2 = DateIn(31);
-  for (int i = 0; i < 4; ++i) sessions.push_back(NewSession(*fx_, *org_, 2 + i % 2, i < 2 ? d1 : d2).id());
+  for (int i = 0; i < 4; ++i)
+    sessions.push_back(NewSession(*fx_, *org_, 2 + i % 2, i < 2 ? d1 : d2).id());
   {
     sv1::CreateSessionRequest req;
     sv1::Session* s = req.mutable_session();
@@ -417,7 +418,8 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
     sessions.push_back(ev.id());
   }
   std::vector<std::string> people;
-  for (int i = 0; i < 12; ++i) people.push_back(Register(*fx_, absl::StrCat("WL", kSeed * 100 + i)).id());
+  for (int i = 0; i < 12; ++i)
+    people.push_back(Register(*fx_, absl::StrCat("WL", kSeed * 100 + i)).id());
 
   std::mutex mu;
   std::vector<std::string> bookings;  // every booking id any client was given
@@ -509,9 +511,11 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
   none("a free seat while someone who could take it waits",
        "SELECT w.id::text FROM bookings w JOIN session_sites ss ON ss.session_id = w.session_id "
        "AND ss.site = w.site JOIN sessions s ON s.id = w.session_id WHERE w.status = 2 AND "
-       "s.id IN (" + ids + ") AND ss.confirmed < ss.capacity AND NOT (s.kind = 1 AND EXISTS "
-       "(SELECT 1 FROM bookings f WHERE f.participant_id = w.participant_id AND f.kind = 1 AND "
-       "f.status = 1 AND f.session_date = w.session_date))");
+       "s.id IN (" +
+           ids +
+           ") AND ss.confirmed < ss.capacity AND NOT (s.kind = 1 AND EXISTS "
+           "(SELECT 1 FROM bookings f WHERE f.participant_id = w.participant_id AND f.kind = 1 AND "
+           "f.status = 1 AND f.session_date = w.session_date))");
   none("two confirmed frontline visits on one date",
        "SELECT participant_id::text FROM bookings WHERE status = 1 AND kind = 1 "
        "GROUP BY participant_id, session_date HAVING count(*) > 1");
@@ -519,9 +523,11 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
        "SELECT participant_id::text FROM bookings WHERE status IN (1, 2) "
        "GROUP BY participant_id, session_id HAVING count(*) > 1");
   none("a live booking on the cancelled session",
-       "SELECT id::text FROM bookings WHERE status IN (1, 2) AND session_id = '" + sessions[1] + "'");
+       "SELECT id::text FROM bookings WHERE status IN (1, 2) AND session_id = '" + sessions[1] +
+           "'");
   none("a live booking of the deactivated participant",
-       "SELECT id::text FROM bookings WHERE status IN (1, 2) AND participant_id = '" + people[0] + "'");
+       "SELECT id::text FROM bookings WHERE status IN (1, 2) AND participant_id = '" + people[0] +
+           "'");
 
   // Every booking's latest event (highest version) is the booking as stored.
   auto stored = (*conn)->Exec(

@@ -168,8 +168,8 @@ TEST_F(Scheduling, ReplayingDeadLettersAppliesThemThroughTheRealHandler) {
                          {"dead-" + org, subject, type, payload})
                   .ok());
 
-  std::string log = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/replay-", RandomSuffix(),
-                                 ".log");
+  std::string log =
+      absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/replay-", RandomSuffix(), ".log");
   Process replay(SCHEDULING_BIN, {"--replay-dead-letters"},
                  {{"DATABASE_URL", fx_->scheduling_db},
                   {"NATS_URL", fx_->nats_url},

@@ -106,14 +106,15 @@ absl::Status Consumer::Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub) {
 
 absl::StatusOr<ReplayReport> Consumer::ReplayDeadLetters() {
   std::vector<std::string> ids;
-  absl::Status listed = db::WithConnection(*pool_, absl::Now() + absl::Minutes(1), [&](db::Conn& c) {
-    auto r = c.Exec(
-        "SELECT event_id FROM dead_letters WHERE consumer = $1 ORDER BY failed_at, event_id",
-        {options_.durable});
-    if (!r.ok()) return r.status();
-    for (int i = 0; i < r->rows(); ++i) ids.push_back(r->String(i, 0));
-    return absl::OkStatus();
-  });
+  absl::Status listed =
+      db::WithConnection(*pool_, absl::Now() + absl::Minutes(1), [&](db::Conn& c) {
+        auto r = c.Exec(
+            "SELECT event_id FROM dead_letters WHERE consumer = $1 ORDER BY failed_at, event_id",
+            {options_.durable});
+        if (!r.ok()) return r.status();
+        for (int i = 0; i < r->rows(); ++i) ids.push_back(r->String(i, 0));
+        return absl::OkStatus();
+      });
   if (!listed.ok()) return listed;
   ReplayReport report;
   for (const std::string& id : ids) {
@@ -154,14 +155,14 @@ absl::StatusOr<ReplayReport> Consumer::ReplayDeadLetters() {
     }
     if (refused.ok()) return s;  // the database, not the handler
     ++report.failing;
-    log::Warn("dead letter refused again", {{"consumer", options_.durable},
-                                            {"event_id", id},
-                                            {"error", refused.ToString()}});
+    log::Warn("dead letter refused again",
+              {{"consumer", options_.durable}, {"event_id", id}, {"error", refused.ToString()}});
     absl::Status kept = db::Transact(*pool_, [&](db::Conn& tx) {
       return tx
-          .Exec("UPDATE dead_letters SET error = $3, deliveries = deliveries + 1, "
-                "failed_at = now() WHERE consumer = $1 AND event_id = $2",
-                {options_.durable, id, refused.ToString()})
+          .Exec(
+              "UPDATE dead_letters SET error = $3, deliveries = deliveries + 1, "
+              "failed_at = now() WHERE consumer = $1 AND event_id = $2",
+              {options_.durable, id, refused.ToString()})
           .status();
     });
     if (!kept.ok()) return kept;
