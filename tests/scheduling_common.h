@@ -3,6 +3,8 @@
 #define CONNECTING_TESTS_SCHEDULING_COMMON_H_
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -48,6 +50,31 @@ inline sv1::Session NewSession(SchedulingFixture& fx, const std::string& org, in
   s->set_start_time("09:00");
   s->set_end_time("17:00");
   s->add_sites()->set_capacity(capacity);
+  sv1::Session out;
+  grpc::Status st = fx.stub->CreateSession(Ctx(fx.admin).get(), req, &out);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  return out;
+}
+
+// A department event ("Connecting comes to you") with the given sites and
+// their capacities, in that order.
+inline sv1::Session NewEventSession(SchedulingFixture& fx, const std::string& org,
+                                    const std::string& date,
+                                    const std::vector<std::pair<std::string, int>>& sites) {
+  sv1::CreateSessionRequest req;
+  sv1::Session* s = req.mutable_session();
+  s->set_kind(sv1::SESSION_KIND_DEPARTMENT_EVENT);
+  s->set_title("Connecting comes to you");
+  s->set_organisation_id(org);
+  s->set_date(date);
+  s->set_start_time("12:00");
+  s->set_end_time("13:00");
+  s->set_broadcast_link("https://stream.example.gov.uk/connecting/42");
+  for (const auto& [name, capacity] : sites) {
+    sv1::Site* site = s->add_sites();
+    site->set_name(name);
+    site->set_capacity(capacity);
+  }
   sv1::Session out;
   grpc::Status st = fx.stub->CreateSession(Ctx(fx.admin).get(), req, &out);
   EXPECT_TRUE(st.ok()) << st.error_message();

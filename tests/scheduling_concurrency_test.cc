@@ -398,25 +398,8 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
   std::string d1 = DateIn(30), d2 = DateIn(31);
   for (int i = 0; i < 4; ++i)
     sessions.push_back(NewSession(*fx_, *org_, 2 + i % 2, i < 2 ? d1 : d2).id());
-  {
-    sv1::CreateSessionRequest req;
-    sv1::Session* s = req.mutable_session();
-    s->set_kind(sv1::SESSION_KIND_DEPARTMENT_EVENT);
-    s->set_title("Connecting comes to you: workload");
-    s->set_organisation_id(*org_);
-    s->set_date(DateIn(32));
-    s->set_start_time("12:00");
-    s->set_end_time("13:00");
-    s->set_broadcast_link("https://stream.example.gov.uk/connecting/77");
-    for (const char* site : {"Leeds", "London"}) {
-      auto* st = s->add_sites();
-      st->set_name(site);
-      st->set_capacity(2);
-    }
-    sv1::Session ev;
-    ASSERT_TRUE(fx_->stub->CreateSession(Ctx(fx_->admin).get(), req, &ev).ok());
-    sessions.push_back(ev.id());
-  }
+  sessions.push_back(NewEventSession(*fx_, *org_, DateIn(32), {{"Leeds", 2}, {"London", 2}}).id());
+  ASSERT_FALSE(sessions.back().empty());
   std::vector<std::string> people;
   for (int i = 0; i < 12; ++i)
     people.push_back(Register(*fx_, absl::StrCat("WL", kSeed * 100 + i)).id());

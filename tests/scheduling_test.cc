@@ -657,23 +657,8 @@ TEST_F(Scheduling, DeactivatingAParticipantFreesTheirSeats) {
 }
 
 TEST_F(Scheduling, DepartmentEventsHaveCapacityPerSite) {
-  sv1::CreateSessionRequest req;
-  sv1::Session* s = req.mutable_session();
-  s->set_kind(sv1::SESSION_KIND_DEPARTMENT_EVENT);
-  s->set_title("Connecting comes to you: urgent care");
-  s->set_organisation_id(*org_);
-  s->set_date(DateIn(12));
-  s->set_start_time("12:00");
-  s->set_end_time("13:00");
-  s->set_broadcast_link("https://stream.example.gov.uk/connecting/42");
-  auto* leeds = s->add_sites();
-  leeds->set_name("Leeds");
-  leeds->set_capacity(1);
-  auto* london = s->add_sites();
-  london->set_name("London");
-  london->set_capacity(2);
-  sv1::Session ev;
-  ASSERT_TRUE(fx_->stub->CreateSession(Ctx(fx_->admin).get(), req, &ev).ok());
+  sv1::Session ev = NewEventSession(*fx_, *org_, DateIn(12), {{"Leeds", 1}, {"London", 2}});
+  ASSERT_FALSE(ev.id().empty());
   auto book = [&](const std::string& who, const std::string& site) {
     sv1::BookSessionRequest b;
     b.set_session_id(ev.id());

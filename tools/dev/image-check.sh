@@ -51,6 +51,7 @@ start_postgres "$work/pg" "$pg_port" fast
 nats_port=$(free_port)
 start_nats "$work/nats" "$nats_port"
 key=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+fail() { echo "image-check: $service: $*" >&2; tail -5 "$work/$service.log" >&2; exit 1; }
 
 for service in "${services[@]}"; do
   echo "image-check: building connecting/$service"
@@ -69,7 +70,6 @@ for service in "${services[@]}"; do
     METRICS_LISTEN="127.0.0.1:$metrics" AUTH_JWT_KEY="$key" \
     chroot --userspec=65532:65532 "$mnt" /usr/local/bin/service >"$work/$service.log" 2>&1 &
   pid=$!
-  fail() { echo "image-check: $service: $*" >&2; tail -5 "$work/$service.log" >&2; exit 1; }
   wait_port 127.0.0.1 "$grpc" 30 "$pid" || fail "no gRPC listener"
   up=""
   for _ in $(seq 1 50); do

@@ -9,6 +9,8 @@ packages=(build-essential cmake pkg-config ccache git
   libpq-dev postgresql nats-server libnats-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev libjwt-dev libcurl4-openssl-dev
   prometheus-cpp-dev)
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
 # Node.js may come from elsewhere (NodeSource bundles npm); only ask Debian when absent.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 if [ "${CONNECTING_SKIP_APT:-}" != 1 ]; then
@@ -18,8 +20,6 @@ if [ "${CONNECTING_SKIP_APT:-}" != 1 ]; then
   done
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}"
-    sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -34,8 +34,6 @@ if [ "${CONNECTING_SKIP_APT:-}" != 1 ] && ! command -v promtool >/dev/null 2>&1 
   echo "fetching promtool (Debian's prometheus package, unpacked into .tools/)"
   work=$(mktemp -d)
   if ! (cd "$work" && apt-get download -qq prometheus >/dev/null 2>&1); then
-    sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     (cd "$work" && apt-get download -qq prometheus >/dev/null)
   fi
