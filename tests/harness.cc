@@ -20,7 +20,10 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "libs/db/db.h"
@@ -352,6 +355,15 @@ std::string HttpGet(int port, const std::string& path) {
   close(fd);
   size_t body = out.find("\r\n\r\n");
   return body == std::string::npos ? "" : out.substr(body + 4);
+}
+
+std::optional<double> MetricValue(int port, const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(HttpGet(port, "/metrics"), '\n')) {
+    if (!absl::ConsumePrefix(&line, series) || !absl::ConsumePrefix(&line, " ")) continue;
+    double v = 0;
+    if (absl::SimpleAtod(line, &v)) return v;
+  }
+  return std::nullopt;
 }
 
 namespace {

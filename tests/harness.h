@@ -126,6 +126,10 @@ bool WaitForOutboxDrained(const std::string& db_url, absl::Duration timeout = ab
 
 // The body of http://127.0.0.1:<port><path> (HTTP/1.0), "" if it cannot be had.
 std::string HttpGet(int port, const std::string& path);
+// The value of `series` (a metric name with its labels as exported, e.g.
+// `connecting_outbox_pending`) on the /metrics endpoint at `port`; nullopt if
+// it is not exported.
+std::optional<double> MetricValue(int port, const std::string& series);
 
 // How long `stream` keeps events (zero: for good); nullopt if it does not exist.
 std::optional<absl::Duration> StreamMaxAge(const std::string& nats_url, const std::string& stream);

@@ -193,7 +193,15 @@ TEST(PartnersEvents, NatsRestartedMidWayEventsArriveOnceAfterwards) {
   // Writes still commit while NATS is down; their events wait in the outbox.
   v1::Organisation during = CreateOrg(*stub, "During Outage Trust");
   v1::Organisation during2 = CreateOrg(*stub, "During Outage Trust 2");
-  absl::SleepFor(absl::Seconds(1));
+  // The outbox lag alert relies on these two while the relay cannot publish.
+  auto metric = [&](const char* name) {
+    return MetricValue(svc.metrics_port(), name).value_or(-1);
+  };
+  for (int i = 0; i < 60 && metric("connecting_outbox_lag_seconds") < 2; ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_GE(metric("connecting_outbox_lag_seconds"), 2) << "outbox lag frozen during the outage";
+  EXPECT_EQ(metric("connecting_outbox_pending"), 2);
   nats.Start();
   EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(15))) << "health should be SERVING again";
   std::vector<StoredEvent> events = WaitForEvents(nats.url(), "PARTNERS_" + suffix, 3);
@@ -202,6 +210,11 @@ TEST(PartnersEvents, NatsRestartedMidWayEventsArriveOnceAfterwards) {
   ASSERT_EQ(events.size(), 3u);
   EXPECT_EQ(events[1].headers.at("ce-subject"), during.id());
   EXPECT_EQ(events[2].headers.at("ce-subject"), during2.id());
+  for (int i = 0; i < 60 && metric("connecting_outbox_pending") != 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(metric("connecting_outbox_pending"), 0);
+  EXPECT_EQ(metric("connecting_outbox_lag_seconds"), 0);
 }
 
 TEST(PartnersEvents, TwoReplicasPublishEachEventOnce) {

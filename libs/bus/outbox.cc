@@ -265,6 +265,21 @@ void OutboxRelay::Run() {
       }
       conn = *std::move(c);
     }
+    // The lag gauges matter most while nothing can be published (NATS down,
+    // a stream refusing) and while a backlog drains, so they are read before
+    // publishing is even tried. Counting a backlog scans it: the reads are
+    // spaced so that they take at most a twentieth of this connection's time.
+    if (!flushing && absl::Now() >= next_housekeeping) {
+      absl::Time began = absl::Now();
+      auto g = conn->Exec(
+          "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 "
+          "FROM outbox WHERE sent_at IS NULL");
+      if (g.ok()) {
+        RelayMetrics::Get().pending.Set(static_cast<double>(g->Int(0, 0)));
+        RelayMetrics::Get().oldest_seconds.Set(std::strtod(g->String(0, 1).c_str(), nullptr));
+      }
+      next_housekeeping = absl::Now() + std::max(absl::Seconds(2), 20 * (absl::Now() - began));
+    }
     if (js == nullptr) {
       jsOptions jo;
       jsOptions_Init(&jo);
@@ -303,16 +318,6 @@ void OutboxRelay::Run() {
     }
     if (*n >= options_.batch_size) continue;  // more may be waiting
     if (flushing) break;                      // the outbox is empty
-    if (absl::Now() >= next_housekeeping) {
-      next_housekeeping = absl::Now() + absl::Seconds(2);
-      auto g = conn->Exec(
-          "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 "
-          "FROM outbox WHERE sent_at IS NULL");
-      if (g.ok()) {
-        RelayMetrics::Get().pending.Set(static_cast<double>(g->Int(0, 0)));
-        RelayMetrics::Get().oldest_seconds.Set(std::strtod(g->String(0, 1).c_str(), nullptr));
-      }
-    }
     WaitForWork();
   }
 }
