@@ -4,6 +4,7 @@
 #include <nats/nats.h>
 
 #include <atomic>
+#include <mutex>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -204,6 +205,58 @@ TEST_F(Bus, DeadLettersReplayOnceTheirCauseIsFixed) {
   absl::SleepFor(absl::Milliseconds(500));
   again.Stop();
   EXPECT_EQ(Count("SELECT count(*) FROM effects"), 3);
+}
+
+TEST_F(Bus, DatabaseOutageHoldsEventsWithoutUsingUpTheirDeliveries) {
+  // While the service's database is unreachable no event can take effect, but
+  // that is not the events' fault: they must neither be dead-lettered nor
+  // dropped by the server once their deliveries run out (max_deliver is 3
+  // here; the outage outlasts the three retries' backoff and the ack wait).
+  std::mutex mu;
+  std::vector<uint64_t> deliveries;
+  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
+    {
+      std::lock_guard<std::mutex> l(mu);
+      deliveries.push_back(d.deliveries);
+    }
+    return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
+  };
+  std::string name = url_.substr(url_.rfind('/') + 1);
+  auto admin = db::Conn::Open(testing::RequiredEnv("CONNECTING_TEST_PG"), "t-admin");
+  ASSERT_TRUE(admin.ok());
+  auto shut = [&](bool allow) {
+    ASSERT_TRUE((*admin)
+                    ->ExecScript(absl::StrCat("ALTER DATABASE ", name, " ALLOW_CONNECTIONS ",
+                                              allow ? "true" : "false"))
+                    .ok());
+    if (!allow) {
+      ASSERT_TRUE((*admin)
+                      ->Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = $1",
+                             {name})
+                      .ok());
+    }
+  };
+  bus::ConsumerOptions o = Opts();
+  o.ack_wait = absl::Seconds(2);
+  bus::Consumer c(o, pool_.get(), nats_.get(), handler);
+  c.Start();
+  PublishRaw("warm-up", "warm-up", "{}");
+  ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects", 1));
+  shut(false);
+  for (int i = 0; i < 3; ++i) {
+    std::string id = absl::StrCat("during-outage-", i);
+    PublishRaw(id, id, "{}");
+  }
+  absl::SleepFor(absl::Seconds(10));
+  shut(true);
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects WHERE event_id LIKE 'during-outage-%'", 3));
+  absl::SleepFor(absl::Milliseconds(500));
+  c.Stop();
+  EXPECT_EQ(Count("SELECT count(*) FROM effects"), 4);
+  EXPECT_EQ(Count("SELECT count(*) FROM dead_letters"), 0);
+  std::lock_guard<std::mutex> l(mu);
+  EXPECT_EQ(deliveries, std::vector<uint64_t>(4, 1)) << "an outage used up deliveries";
 }
 
 }  // namespace

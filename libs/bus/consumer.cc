@@ -170,7 +170,37 @@ absl::StatusOr<ReplayReport> Consumer::ReplayDeadLetters() {
   return report;
 }
 
-void Consumer::Process(natsMsg* msg) {
+bool Consumer::DatabaseReachable() {
+  return db::WithConnection(*pool_, absl::Now() + absl::Seconds(2), [](db::Conn& c) {
+           return c.Exec("SELECT 1").status();
+         }).ok();
+}
+
+bool Consumer::HoldWhileDatabaseDown(absl::Span<natsMsg* const> in_hand) {
+  healthy_.store(false);
+  log::Warn("database unreachable: holding events until it is back",
+            {{"consumer", options_.durable}, {"in_hand", absl::StrCat(in_hand.size())}});
+  absl::Time touch = absl::InfinitePast();
+  absl::Duration pause = absl::Milliseconds(250);
+  while (!stopping_.load()) {
+    if (absl::Now() >= touch) {  // keep the server from redelivering them elsewhere
+      for (natsMsg* m : in_hand) (void)natsMsg_InProgress(m, nullptr);
+      touch = absl::Now() + options_.ack_wait / 3;
+    }
+    for (absl::Time until = absl::Now() + pause; absl::Now() < until && !stopping_.load();) {
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    pause = std::min(2 * pause, absl::Seconds(2));
+    if (DatabaseReachable()) {
+      log::Info("database reachable again", {{"consumer", options_.durable}});
+      return true;
+    }
+  }
+  return false;
+}
+
+void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
+  natsMsg* msg = in_hand.front();
   Delivery d;
   d.subject = natsMsg_GetSubject(msg);
   d.id = Header(msg, "ce-id");
@@ -187,64 +217,84 @@ void Consumer::Process(natsMsg* msg) {
   auto count = [&](const char* result) {
     ProcessedFamily().Add({{"consumer", options_.durable}, {"result", result}}).Increment();
   };
+  // A failure while our own database is unreachable says nothing about the
+  // event: it is kept in hand, costing none of its deliveries (the server
+  // drops an event once they are spent), and tried again once the database
+  // is back. Stopping meanwhile hands it back for redelivery.
+  auto database_down = [&]() {
+    if (DatabaseReachable()) return false;
+    if (!HoldWhileDatabaseDown(in_hand)) natsMsg_Nak(msg, nullptr);
+    return true;
+  };
 
-  bool duplicate = false;
-  absl::Status s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
-    duplicate = false;
-    auto ins = tx.Exec(
-        "INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) "
-        "ON CONFLICT DO NOTHING",
-        {options_.durable, d.id, d.subject});
-    if (!ins.ok()) return ins.status();
-    if (ins->affected() == 0) {
-      duplicate = true;
-      return absl::OkStatus();
+  while (true) {
+    bool duplicate = false;
+    absl::Status s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
+      duplicate = false;
+      auto ins = tx.Exec(
+          "INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) "
+          "ON CONFLICT DO NOTHING",
+          {options_.durable, d.id, d.subject});
+      if (!ins.ok()) return ins.status();
+      if (ins->affected() == 0) {
+        duplicate = true;
+        return absl::OkStatus();
+      }
+      return handler_(tx, d);
+    });
+    if (s.ok()) {
+      if (on_commit_) on_commit_();
+      count(duplicate ? "duplicate" : "applied");
+      natsMsg_Ack(msg, nullptr);
+      return;
     }
-    return handler_(tx, d);
-  });
-  if (s.ok()) {
-    if (on_commit_) on_commit_();
-    count(duplicate ? "duplicate" : "applied");
-    natsMsg_Ack(msg, nullptr);
+    if (!absl::IsInvalidArgument(s) && database_down()) {
+      if (stopping_.load()) return;
+      continue;
+    }
+    bool give_up =
+        absl::IsInvalidArgument(s) || d.deliveries >= static_cast<uint64_t>(options_.max_deliver);
+    if (!give_up) {
+      count("retried");
+      log::Warn("event handling failed, will retry", {{"consumer", options_.durable},
+                                                      {"event_id", d.id},
+                                                      {"subject", d.subject},
+                                                      {"deliveries", absl::StrCat(d.deliveries)},
+                                                      {"error", s.ToString()}});
+      int64_t delay_ms = std::min<int64_t>(30000, 250LL << std::min<uint64_t>(d.deliveries, 7));
+      natsMsg_NakWithDelay(msg, delay_ms, nullptr);
+      return;
+    }
+    absl::Status dl = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
+      auto ins = tx.Exec(
+          "INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) "
+          "ON CONFLICT DO NOTHING",
+          {options_.durable, d.id, d.subject});
+      if (!ins.ok()) return ins.status();
+      return tx
+          .Exec(
+              "INSERT INTO dead_letters (consumer, event_id, subject, type, payload, error, "
+              "deliveries) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+              {options_.durable, d.id, d.subject, d.type, d.payload, s.ToString(),
+               static_cast<int64_t>(d.deliveries)})
+          .status();
+    });
+    if (!dl.ok()) {
+      if (database_down()) {
+        if (stopping_.load()) return;
+        continue;  // the event may take effect now; if not, it is dead-lettered then
+      }
+      natsMsg_NakWithDelay(msg, 5000, nullptr);  // cannot even record it: try later
+      return;
+    }
+    count("dead_lettered");
+    log::Error("event dead-lettered", {{"consumer", options_.durable},
+                                       {"event_id", d.id},
+                                       {"subject", d.subject},
+                                       {"error", s.ToString()}});
+    natsMsg_Term(msg, nullptr);
     return;
   }
-  bool give_up =
-      absl::IsInvalidArgument(s) || d.deliveries >= static_cast<uint64_t>(options_.max_deliver);
-  if (!give_up) {
-    count("retried");
-    log::Warn("event handling failed, will retry", {{"consumer", options_.durable},
-                                                    {"event_id", d.id},
-                                                    {"subject", d.subject},
-                                                    {"deliveries", absl::StrCat(d.deliveries)},
-                                                    {"error", s.ToString()}});
-    int64_t delay_ms = std::min<int64_t>(30000, 250LL << std::min<uint64_t>(d.deliveries, 7));
-    natsMsg_NakWithDelay(msg, delay_ms, nullptr);
-    return;
-  }
-  absl::Status dl = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
-    auto ins = tx.Exec(
-        "INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) "
-        "ON CONFLICT DO NOTHING",
-        {options_.durable, d.id, d.subject});
-    if (!ins.ok()) return ins.status();
-    return tx
-        .Exec(
-            "INSERT INTO dead_letters (consumer, event_id, subject, type, payload, error, "
-            "deliveries) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            {options_.durable, d.id, d.subject, d.type, d.payload, s.ToString(),
-             static_cast<int64_t>(d.deliveries)})
-        .status();
-  });
-  if (!dl.ok()) {
-    natsMsg_NakWithDelay(msg, 5000, nullptr);  // cannot even record it: try later
-    return;
-  }
-  count("dead_lettered");
-  log::Error("event dead-lettered", {{"consumer", options_.durable},
-                                     {"event_id", d.id},
-                                     {"subject", d.subject},
-                                     {"error", s.ToString()}});
-  natsMsg_Term(msg, nullptr);
 }
 
 void Consumer::Run() {
@@ -280,8 +330,8 @@ void Consumer::Run() {
                                            absl::ToInt64Milliseconds(options_.fetch_wait), &jerr);
     if (st == NATS_OK) {
       healthy_.store(true);
-      for (int i = 0; i < list.Count; ++i) {
-        Process(list.Msgs[i]);
+      for (int i = 0; i < list.Count && !stopping_.load(); ++i) {
+        Process(absl::MakeConstSpan(list.Msgs + i, list.Msgs + list.Count));
       }
       natsMsgList_Destroy(&list);
     } else if (st == NATS_TIMEOUT) {

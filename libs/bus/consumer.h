@@ -9,7 +9,10 @@
 // Handler results: OK → commit, ack. INVALID_ARGUMENT (the event cannot be
 // understood) → dead-lettered and terminated at once. Any other error → rolled
 // back and redelivered after a backoff; after `max_deliver` attempts it is
-// dead-lettered. Dead letters stay in the `dead_letters` table for operators,
+// dead-lettered. Except while the service's own database is unreachable: then
+// the consumer holds the events in hand (telling the server they are in
+// progress) and tries again once it answers, so an outage of any length
+// neither dead-letters events nor spends their deliveries. Dead letters stay in the `dead_letters` table for operators,
 // who replay them once the cause is fixed (ReplayDeadLetters; a service's
 // `--replay-dead-letters`).
 #ifndef CONNECTING_LIBS_BUS_CONSUMER_H_
@@ -24,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "libs/bus/nats.h"
 #include "libs/db/db.h"
 
@@ -84,7 +88,12 @@ class Consumer {
  private:
   void Run();
   absl::Status Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub);
-  void Process(natsMsg* msg);
+  // Handles in_hand.front(); the rest of its batch waits behind it.
+  void Process(absl::Span<natsMsg* const> in_hand);
+  bool DatabaseReachable();
+  // Waits until the database answers (true) or the consumer stops (false),
+  // telling the server every third of the ack wait that `in_hand` is in progress.
+  bool HoldWhileDatabaseDown(absl::Span<natsMsg* const> in_hand);
 
   const ConsumerOptions options_;
   db::Pool* const pool_;
