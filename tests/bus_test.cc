@@ -101,6 +101,25 @@ class Bus : public ::testing::Test {
     natsMsg_Destroy(m);
   }
 
+  // Makes this test's database refuse connections (and drops those open), or
+  // accept them again: an outage of the service's own database.
+  void AllowConnections(bool allow) {
+    std::string name = url_.substr(url_.rfind('/') + 1);
+    auto admin = db::Conn::Open(testing::RequiredEnv("CONNECTING_TEST_PG"), "t-admin");
+    ASSERT_TRUE(admin.ok());
+    ASSERT_TRUE((*admin)
+                    ->ExecScript(absl::StrCat("ALTER DATABASE ", name, " ALLOW_CONNECTIONS ",
+                                              allow ? "true" : "false"))
+                    .ok());
+    if (!allow) {
+      ASSERT_TRUE((*admin)
+                      ->Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = $1",
+                             {name})
+                      .ok());
+    }
+  }
+
   std::string url_, nats_url_, suffix_, stream_, prefix_;
   std::unique_ptr<db::Pool> pool_;
   std::unique_ptr<bus::Nats> nats_;
@@ -221,35 +240,19 @@ TEST_F(Bus, DatabaseOutageHoldsEventsWithoutUsingUpTheirDeliveries) {
     }
     return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
   };
-  std::string name = url_.substr(url_.rfind('/') + 1);
-  auto admin = db::Conn::Open(testing::RequiredEnv("CONNECTING_TEST_PG"), "t-admin");
-  ASSERT_TRUE(admin.ok());
-  auto shut = [&](bool allow) {
-    ASSERT_TRUE((*admin)
-                    ->ExecScript(absl::StrCat("ALTER DATABASE ", name, " ALLOW_CONNECTIONS ",
-                                              allow ? "true" : "false"))
-                    .ok());
-    if (!allow) {
-      ASSERT_TRUE((*admin)
-                      ->Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE datname = $1",
-                             {name})
-                      .ok());
-    }
-  };
   bus::ConsumerOptions o = Opts();
   o.ack_wait = absl::Seconds(2);
   bus::Consumer c(o, pool_.get(), nats_.get(), handler);
   c.Start();
   PublishRaw("warm-up", "warm-up", "{}");
   ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects", 1));
-  shut(false);
+  AllowConnections(false);
   for (int i = 0; i < 3; ++i) {
     std::string id = absl::StrCat("during-outage-", i);
     PublishRaw(id, id, "{}");
   }
   absl::SleepFor(absl::Seconds(10));
-  shut(true);
+  AllowConnections(true);
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects WHERE event_id LIKE 'during-outage-%'", 3));
   absl::SleepFor(absl::Milliseconds(500));
   c.Stop();
@@ -257,6 +260,28 @@ TEST_F(Bus, DatabaseOutageHoldsEventsWithoutUsingUpTheirDeliveries) {
   EXPECT_EQ(Count("SELECT count(*) FROM dead_letters"), 0);
   std::lock_guard<std::mutex> l(mu);
   EXPECT_EQ(deliveries, std::vector<uint64_t>(4, 1)) << "an outage used up deliveries";
+}
+
+TEST_F(Bus, StoppingDuringADatabaseOutageHandsTheEventsBack) {
+  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
+    return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
+  };
+  auto c = std::make_unique<bus::Consumer>(Opts(), pool_.get(), nats_.get(), handler);
+  c->Start();
+  AllowConnections(false);
+  PublishRaw("held-1", "held-1", "{}");
+  PublishRaw("held-2", "held-2", "{}");
+  absl::SleepFor(absl::Seconds(2));  // fetched and held
+  absl::Time asked = absl::Now();
+  c->Stop();
+  EXPECT_LT(absl::Now() - asked, absl::Seconds(3)) << "Stop waited for the database";
+  c.reset();
+  AllowConnections(true);
+  bus::Consumer next(Opts(), pool_.get(), nats_.get(), handler);
+  next.Start();
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects", 2));
+  next.Stop();
+  EXPECT_EQ(Count("SELECT count(*) FROM dead_letters"), 0);
 }
 
 }  // namespace
