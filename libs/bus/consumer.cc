@@ -330,7 +330,7 @@ void Consumer::Run() {
                                            absl::ToInt64Milliseconds(options_.fetch_wait), &jerr);
     if (st == NATS_OK) {
       healthy_.store(true);
-      for (int i = 0; i < list.Count && !stopping_.load(); ++i) {
+      for (int i = 0; i < list.Count; ++i) {  // when stopping, held ones are handed back
         Process(absl::MakeConstSpan(list.Msgs + i, list.Msgs + list.Count));
       }
       natsMsgList_Destroy(&list);
