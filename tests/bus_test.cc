@@ -101,25 +101,6 @@ class Bus : public ::testing::Test {
     natsMsg_Destroy(m);
   }
 
-  // Makes this test's database refuse connections (and drops those open), or
-  // accept them again: an outage of the service's own database.
-  void AllowConnections(bool allow) {
-    std::string name = url_.substr(url_.rfind('/') + 1);
-    auto admin = db::Conn::Open(testing::RequiredEnv("CONNECTING_TEST_PG"), "t-admin");
-    ASSERT_TRUE(admin.ok());
-    ASSERT_TRUE((*admin)
-                    ->ExecScript(absl::StrCat("ALTER DATABASE ", name, " ALLOW_CONNECTIONS ",
-                                              allow ? "true" : "false"))
-                    .ok());
-    if (!allow) {
-      ASSERT_TRUE((*admin)
-                      ->Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE datname = $1",
-                             {name})
-                      .ok());
-    }
-  }
-
   std::string url_, nats_url_, suffix_, stream_, prefix_;
   std::unique_ptr<db::Pool> pool_;
   std::unique_ptr<bus::Nats> nats_;
@@ -246,13 +227,13 @@ TEST_F(Bus, DatabaseOutageHoldsEventsWithoutUsingUpTheirDeliveries) {
   c.Start();
   PublishRaw("warm-up", "warm-up", "{}");
   ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects", 1));
-  AllowConnections(false);
+  testing::AllowConnections(url_, false);
   for (int i = 0; i < 3; ++i) {
     std::string id = absl::StrCat("during-outage-", i);
     PublishRaw(id, id, "{}");
   }
   absl::SleepFor(absl::Seconds(10));
-  AllowConnections(true);
+  testing::AllowConnections(url_, true);
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects WHERE event_id LIKE 'during-outage-%'", 3));
   absl::SleepFor(absl::Milliseconds(500));
   c.Stop();
@@ -268,7 +249,7 @@ TEST_F(Bus, StoppingDuringADatabaseOutageHandsTheEventsBack) {
   };
   auto c = std::make_unique<bus::Consumer>(Opts(), pool_.get(), nats_.get(), handler);
   c->Start();
-  AllowConnections(false);
+  testing::AllowConnections(url_, false);
   PublishRaw("held-1", "held-1", "{}");
   PublishRaw("held-2", "held-2", "{}");
   absl::SleepFor(absl::Seconds(2));  // fetched and held
@@ -276,7 +257,7 @@ TEST_F(Bus, StoppingDuringADatabaseOutageHandsTheEventsBack) {
   c->Stop();
   EXPECT_LT(absl::Now() - asked, absl::Seconds(3)) << "Stop waited for the database";
   c.reset();
-  AllowConnections(true);
+  testing::AllowConnections(url_, true);
   bus::Consumer next(Opts(), pool_.get(), nats_.get(), handler);
   next.Start();
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects", 2));

@@ -334,6 +334,20 @@ bool WaitForOutboxDrained(const std::string& db_url, absl::Duration timeout) {
   return false;
 }
 
+void AllowConnections(const std::string& db_url, bool allow) {
+  std::string name = db_url.substr(db_url.rfind('/') + 1);
+  auto admin = db::Conn::Open(RequiredEnv("CONNECTING_TEST_PG"), "test-harness");
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  absl::Status s = (*admin)->ExecScript(
+      absl::StrCat("ALTER DATABASE ", name, " ALLOW_CONNECTIONS ", allow ? "true" : "false"));
+  ASSERT_TRUE(s.ok()) << s;
+  if (!allow) {
+    auto r = (*admin)->Exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", {name});
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+}
+
 std::string HttpGet(int port, const std::string& path) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return "";

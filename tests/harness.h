@@ -124,6 +124,10 @@ struct StoredEvent {
 // Polls until the service database's outbox is empty (every event published).
 bool WaitForOutboxDrained(const std::string& db_url, absl::Duration timeout = absl::Seconds(15));
 
+// Makes the database at `db_url` refuse new connections and drops those open
+// (an outage of a service's own database), or accept them again.
+void AllowConnections(const std::string& db_url, bool allow);
+
 // The body of http://127.0.0.1:<port><path> (HTTP/1.0), "" if it cannot be had.
 std::string HttpGet(int port, const std::string& path);
 // The value of `series` (a metric name with its labels as exported, e.g.

@@ -143,6 +143,60 @@ TEST_F(Scheduling, PartnerEventsAreKeptForGoodForProjectionsToReplay) {
   EXPECT_EQ(*scheduling, absl::Hours(24 * 365));
 }
 
+TEST(SchedulingOutage, DatabaseOutageLosesNoPartnerEventAndTheServiceComesBack) {
+  // Scheduling's own database goes away while partners archives an
+  // organisation: scheduling answers UNAVAILABLE and reports NOT_SERVING
+  // meanwhile, and once the database is back it serves again, applies the
+  // archive it held (no dead letter) and books as before.
+  SchedulingFixture fx;
+  std::string doomed = fx.CreatePartner("Archived During Outage Trust");
+  std::string steady = fx.CreatePartner("Steady Trust");
+  sv1::Session at_doomed = NewSession(fx, doomed, 5, DateIn(5));
+  sv1::Session at_steady = NewSession(fx, steady, 5, DateIn(5));
+  std::string first = Register(fx, "OUTG01").id();
+  std::string second = Register(fx, "OUTG02").id();
+
+  AllowConnections(fx.scheduling_db, false);
+  struct Reopen {  // whatever fails below, the database comes back
+    std::string url;
+    ~Reopen() { AllowConnections(url, true); }
+  } reopen{fx.scheduling_db};
+  EXPECT_TRUE(fx.scheduling->WaitForHealth(2, absl::Seconds(10))) << "should be NOT_SERVING";
+  sv1::Booking b;
+  EXPECT_EQ(Book(fx, at_steady.id(), first, &b).error_code(), grpc::StatusCode::UNAVAILABLE);
+  pv1::ArchiveOrganisationRequest archive;
+  archive.set_id(doomed);
+  pv1::Organisation archived;
+  ASSERT_TRUE(fx.partners_stub->ArchiveOrganisation(Ctx(fx.admin).get(), archive, &archived).ok());
+  absl::SleepFor(absl::Seconds(3));  // the archive event is delivered and held
+  AllowConnections(fx.scheduling_db, true);
+
+  EXPECT_TRUE(fx.scheduling->WaitForHealth(1, absl::Seconds(15))) << "should be SERVING again";
+  EXPECT_TRUE(fx.WaitForPartnerStatus(doomed, pv1::ORGANISATION_STATUS_ARCHIVED));
+  EXPECT_EQ(Book(fx, at_doomed.id(), first, &b).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  grpc::Status st = Book(fx, at_steady.id(), first, &b);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_CONFIRMED);
+  EXPECT_TRUE(Book(fx, at_steady.id(), second, &b).ok());
+  auto conn = db::Conn::Open(fx.scheduling_db, "test");
+  ASSERT_TRUE(conn.ok());
+  auto r = (*conn)->Exec(
+      "SELECT (SELECT count(*) FROM dead_letters), "
+      "(SELECT confirmed FROM session_sites WHERE session_id = $1::uuid), "
+      "(SELECT count(*) FROM bookings WHERE session_id = $1::uuid AND status = 1)",
+      {at_steady.id()});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->Int(0, 0), 0) << "an event was dead-lettered by the outage";
+  EXPECT_EQ(r->Int(0, 1), 2);
+  EXPECT_EQ(r->Int(0, 2), 2);
+  EXPECT_TRUE(WaitForOutboxDrained(fx.scheduling_db));
+  // Held, not retried: the outage spent none of the event's deliveries.
+  std::string metrics = HttpGet(fx.scheduling->metrics_port(), "/metrics");
+  EXPECT_NE(metrics.find("result=\"applied\""), std::string::npos) << metrics;
+  EXPECT_EQ(metrics.find("result=\"retried\""), std::string::npos) << metrics;
+}
+
 TEST_F(Scheduling, ReplayingDeadLettersAppliesThemThroughTheRealHandler) {
   // An organisation's event that scheduling once gave up on (simulated: its
   // projection row removed, the event put in dead_letters) is applied by
