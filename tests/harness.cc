@@ -455,8 +455,9 @@ PartnersFixture::PartnersFixture(std::map<std::string, std::string> extra_env) {
   stub = connecting::partners::v1::PartnersService::NewStub(service->channel());
 }
 
-SchedulingFixture::SchedulingFixture(std::map<std::string, std::string> extra_env) {
-  nats_url = RequiredEnv("CONNECTING_TEST_NATS");
+SchedulingFixture::SchedulingFixture(std::map<std::string, std::string> extra_env,
+                                     const std::string& own_nats_url) {
+  nats_url = own_nats_url.empty() ? RequiredEnv("CONNECTING_TEST_NATS") : own_nats_url;
   suffix = RandomSuffix();
   partners_db = NewDatabase();
   scheduling_db = NewDatabase();

@@ -157,7 +157,9 @@ struct PartnersFixture {
 // Partners and scheduling wired together on the shared servers: scheduling
 // consumes the partners stream of this fixture.
 struct SchedulingFixture {
-  explicit SchedulingFixture(std::map<std::string, std::string> extra_env = {});
+  // On the shared NATS, or the one at `own_nats_url`.
+  explicit SchedulingFixture(std::map<std::string, std::string> extra_env = {},
+                             const std::string& own_nats_url = "");
   // Creates an ACTIVE organisation in partners and waits until scheduling's
   // projection has it.
   std::string CreatePartner(const std::string& name);

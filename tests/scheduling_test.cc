@@ -197,6 +197,41 @@ TEST(SchedulingOutage, DatabaseOutageLosesNoPartnerEventAndTheServiceComesBack) 
   EXPECT_EQ(metrics.find("result=\"retried\""), std::string::npos) << metrics;
 }
 
+TEST(SchedulingOutage, NatsRestartLosesNoEventEitherWay) {
+  // NATS goes away while partners archives an organisation and scheduling
+  // takes a booking: both commit (NOT_SERVING meanwhile), and once NATS is
+  // back scheduling's consumer picks up where it was (the archive applies)
+  // and its relay publishes the booking's event.
+  NatsServer nats;
+  SchedulingFixture fx({}, nats.url());
+  std::string doomed = fx.CreatePartner("Archived While NATS Down Trust");
+  std::string steady = fx.CreatePartner("Steady Trust");
+  sv1::Session at_doomed = NewSession(fx, doomed, 5, DateIn(5));
+  sv1::Session at_steady = NewSession(fx, steady, 5, DateIn(5));
+  std::string person = Register(fx, "NATS01").id();
+
+  nats.Stop();
+  EXPECT_TRUE(fx.scheduling->WaitForHealth(2, absl::Seconds(10))) << "should be NOT_SERVING";
+  sv1::Booking during;
+  grpc::Status st = Book(fx, at_steady.id(), person, &during);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  pv1::ArchiveOrganisationRequest archive;
+  archive.set_id(doomed);
+  pv1::Organisation archived;
+  ASSERT_TRUE(fx.partners_stub->ArchiveOrganisation(Ctx(fx.admin).get(), archive, &archived).ok());
+  absl::SleepFor(absl::Seconds(1));
+  nats.Start();
+
+  EXPECT_TRUE(fx.scheduling->WaitForHealth(1, absl::Seconds(15))) << "should be SERVING again";
+  EXPECT_TRUE(fx.WaitForPartnerStatus(doomed, pv1::ORGANISATION_STATUS_ARCHIVED,
+                                      absl::Seconds(20)));
+  sv1::Booking b;
+  EXPECT_EQ(Book(fx, at_doomed.id(), person, &b).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_TRUE(WaitForOutboxDrained(fx.scheduling_db, absl::Seconds(20)));
+  EXPECT_EQ(BookingEventsOf(fx, at_steady.id(), 1).count(during.id()), 1u);
+}
+
 TEST_F(Scheduling, ReplayingDeadLettersAppliesThemThroughTheRealHandler) {
   // An organisation's event that scheduling once gave up on (simulated: its
   // projection row removed, the event put in dead_letters) is applied by
