@@ -197,6 +197,23 @@ TEST(SchedulingOutage, DatabaseOutageLosesNoPartnerEventAndTheServiceComesBack) 
   EXPECT_EQ(metrics.find("result=\"retried\""), std::string::npos) << metrics;
 }
 
+TEST(SchedulingOutage, SigtermWhileTheDatabaseIsDownStillExitsPromptly) {
+  // An operator rolling pods during a database outage: the consumer holding
+  // events, the relay unable to flush and the pool unable to connect must not
+  // keep the process from exiting 0 within its grace period.
+  SchedulingFixture fx;
+  fx.CreatePartner("Rolled Trust");
+  AllowConnections(fx.scheduling_db, false);
+  struct Reopen {
+    std::string url;
+    ~Reopen() { AllowConnections(url, true); }
+  } reopen{fx.scheduling_db};
+  EXPECT_TRUE(fx.scheduling->WaitForHealth(2, absl::Seconds(10)));
+  absl::Time asked = absl::Now();
+  EXPECT_EQ(fx.scheduling->Terminate(absl::Seconds(40)), 0);
+  EXPECT_LT(absl::Now() - asked, absl::Seconds(20));
+}
+
 TEST(SchedulingOutage, NatsRestartLosesNoEventEitherWay) {
   // NATS goes away while partners archives an organisation and scheduling
   // takes a booking: both commit (NOT_SERVING meanwhile), and once NATS is
