@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "grpc/health/v1/health.pb.h"
 #include "libs/common/config.h"
 #include "libs/common/log.h"
 #include "libs/common/metrics.h"
@@ -289,6 +290,11 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   }
 
   grpc::EnableDefaultHealthCheckService(true);
+  // gRPC's built-in health service encodes its messages without protobuf, so
+  // reflection could name grpc.health.v1.Health but not describe it, and
+  // grpcurl could not call Health/Check. Touching the generated descriptor
+  // links it into this binary's pool, where reflection finds it.
+  (void)grpc::health::v1::HealthCheckRequest::descriptor();
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;

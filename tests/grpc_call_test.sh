@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The README's API walk-through, run with tools/grpc-call (grpcurl's commands,
+# in Node) against partners and scheduling on the test PostgreSQL and NATS:
+# everything it does, it learns from reflection alone (no proto files), as
+# grpcurl and any other department's client would.
+# Usage (ctest runs it): grpc_call_test.sh PARTNERS_BIN SCHEDULING_BIN TOKEN_BIN
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. tools/dev/lib.sh
+partners_bin=$1 scheduling_bin=$2 token_bin=$3
+G=tools/grpc-call/grpc-call.js
+[ -d node_modules/grpc-js-reflection-client ] || { echo "npm packages missing: run make deps" >&2; exit 1; }
+
+suffix=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
+work="$CONNECTING_TEST_TMP/grpc-call-$suffix"
+mkdir -p "$work"
+key=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -5 "$f" >&2; done; exit 1; }
+
+admin_pg=$CONNECTING_TEST_PG
+pg_base=${admin_pg%/*}
+for db in partners scheduling; do
+  psql "$admin_pg" -qc "CREATE DATABASE gc_${db}_$suffix" >/dev/null
+done
+start() {  # name binary grpc_port extra env...
+  local name=$1 bin=$2 port=$3; shift 3
+  env DATABASE_URL="$pg_base/gc_${name}_$suffix" NATS_URL="$CONNECTING_TEST_NATS" \
+    GRPC_LISTEN="127.0.0.1:$port" METRICS_LISTEN="127.0.0.1:$(free_port)" AUTH_JWT_KEY="$key" \
+    LOG_LEVEL=warn "$@" "$bin" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  wait_port 127.0.0.1 "$port" 30 "$!" || fail "$name did not start"
+}
+A=127.0.0.1:$(free_port)
+S=127.0.0.1:$(free_port)
+partners_prefix="t$suffix.connecting.partners"
+start partners "$partners_bin" "${A#*:}" EVENT_STREAM="PARTNERS_$suffix" \
+  EVENT_SUBJECT_PREFIX="$partners_prefix"
+start scheduling "$scheduling_bin" "${S#*:}" EVENT_STREAM="SCHEDULING_$suffix" \
+  EVENT_SUBJECT_PREFIX="t$suffix.connecting.scheduling" PARTNERS_EVENTS_STREAM="PARTNERS_$suffix" \
+  PARTNERS_EVENTS_SUBJECT="$partners_prefix.>"
+TOKEN=$(AUTH_JWT_KEY="$key" "$token_bin" admin)
+auth=(-H "authorization: Bearer $TOKEN")
+field() { node -e 'const v = JSON.parse(require("fs").readFileSync(0, "utf8")); console.log(process.argv[1].split(".").reduce((o, k) => o[k], v))' "$1"; }
+expect_status() {  # want_exit want_stderr_part command...
+  local want=$1 part=$2; shift 2
+  local rc=0
+  "$@" >"$work/out" 2>"$work/err" || rc=$?
+  [ "$rc" = "$want" ] || fail "$* exited $rc, want $want: $(cat "$work/err")"
+  grep -qF -- "$part" "$work/err" || fail "$* said $(cat "$work/err"), want \"$part\""
+}
+
+# Discovery: the services, their methods and types, from reflection alone.
+services=$($G -plaintext "$A" list)
+for want in connecting.partners.v1.PartnersService grpc.health.v1.Health \
+  grpc.reflection.v1alpha.ServerReflection; do
+  grep -qx "$want" <<<"$services" || fail "list lacks $want: $services"
+done
+$G -plaintext "$A" list connecting.partners.v1.PartnersService |
+  grep -qx connecting.partners.v1.PartnersService.ArchiveOrganisation || fail "list methods"
+$G -plaintext "$A" describe connecting.partners.v1.Organisation | grep -q "Timestamp create_time = 8;" ||
+  fail "describe Organisation"
+$G -plaintext "$S" describe connecting.scheduling.v1.SchedulingService | grep -q "rpc BookSession" ||
+  fail "describe SchedulingService"
+# Health needs no token, and is described too (gRPC's own health service is
+# not, unless the binary links its descriptor).
+[ "$($G -plaintext "$A" grpc.health.v1.Health/Check | field status)" = SERVING ] || fail "health"
+[ "$($G -plaintext -d '{"service": "liveness"}' "$S" grpc.health.v1.Health/Check | field status)" = SERVING ] ||
+  fail "scheduling liveness"
+
+# Partners: create (retried with its request_id: the same organisation), update, list, pause.
+create='{"request_id": "9f1c2a3e-0000-4000-8000-000000000001",
+  "organisation": {"name": "Eastgate Hospice", "ods_code": "EGH1",
+                   "sector": "SECTOR_VOLUNTARY_COMMUNITY", "region": "REGION_SOUTH_EAST"}}'
+org=$($G -plaintext "${auth[@]}" -d "$create" "$A" connecting.partners.v1.PartnersService/CreateOrganisation)
+id=$(field id <<<"$org")
+[ "$(field status <<<"$org")" = ORGANISATION_STATUS_ACTIVE ] || fail "created: $org"
+again=$($G -plaintext "${auth[@]}" -d "$create" "$A" connecting.partners.v1.PartnersService/CreateOrganisation)
+[ "$(field id <<<"$again")" = "$id" ] || fail "request_id retry made a second organisation"
+updated=$($G -plaintext "${auth[@]}" -d "{
+  \"organisation\": {\"id\": \"$id\", \"etag\": \"$(field etag <<<"$org")\", \"description\": \"Adult and children hospice\"},
+  \"update_mask\": \"description\"}" "$A" connecting.partners.v1.PartnersService/UpdateOrganisation)
+[ "$(field description <<<"$updated")" = "Adult and children hospice" ] || fail "update: $updated"
+[ "$(field etag <<<"$updated")" -gt "$(field etag <<<"$org")" ] || fail "etag did not grow"
+listed=$($G -plaintext "${auth[@]}" -d '{"page_size": 2, "region": "REGION_SOUTH_EAST"}' "$A" \
+  connecting.partners.v1.PartnersService/ListOrganisations)
+[ "$(field organisations.0.id <<<"$listed")" = "$id" ] || fail "list: $listed"
+# A stale etag, bad input, no token: the status and a message naming the rule.
+expect_status $((64 + 10)) "ABORTED" $G -plaintext "${auth[@]}" -d "{
+  \"organisation\": {\"id\": \"$id\", \"etag\": \"$(field etag <<<"$org")\", \"description\": \"x\"},
+  \"update_mask\": \"description\"}" "$A" connecting.partners.v1.PartnersService/UpdateOrganisation
+expect_status $((64 + 3)) "page_size: must be between 1 and 500" $G -plaintext "${auth[@]}" \
+  -d '{"page_size": -1}' "$A" connecting.partners.v1.PartnersService/ListOrganisations
+expect_status $((64 + 16)) "UNAUTHENTICATED" $G -plaintext -d '{}' "$A" \
+  connecting.partners.v1.PartnersService/ListOrganisations
+expect_status 2 "no such field" $G -plaintext -d '{"nope": 1}' "$A" \
+  connecting.partners.v1.PartnersService/ListOrganisations
+
+# Scheduling: a connector, a visit at the new partner (once the partner event
+# has reached scheduling), a booking, the figures.
+person=$($G -plaintext "${auth[@]}" -d '{"participant": {"staff_number": "GC0001",
+  "display_name": "Grace Call", "email": "grace.call@dept.example.gov.uk", "grade": "GRADE_POLICY",
+  "directorate": "Primary Care"}}' "$S" connecting.scheduling.v1.SchedulingService/RegisterParticipant)
+date=$(date -d '+7 days' +%F)
+session_req="{\"session\": {\"kind\": \"SESSION_KIND_FRONTLINE_VISIT\", \"title\": \"Ward visit\",
+  \"organisation_id\": \"$id\", \"date\": \"$date\", \"start_time\": \"09:00\", \"end_time\": \"17:00\",
+  \"sites\": [{\"capacity\": 1}]}}"
+for _ in $(seq 1 100); do
+  session=$($G -plaintext "${auth[@]}" -d "$session_req" "$S" \
+    connecting.scheduling.v1.SchedulingService/CreateSession 2>/dev/null) && break
+  sleep 0.1
+done
+[ -n "${session:-}" ] || fail "no session at the new partner"
+booked=$($G -plaintext "${auth[@]}" -d "{\"session_id\": \"$(field id <<<"$session")\",
+  \"participant_id\": \"$(field id <<<"$person")\", \"request_id\": \"3c9a1e2f-0000-4000-8000-000000000001\"}" \
+  "$S" connecting.scheduling.v1.SchedulingService/BookSession)
+[ "$(field status <<<"$booked")" = BOOKING_STATUS_CONFIRMED ] || fail "booking: $booked"
+$G -plaintext "${auth[@]}" -d "{\"from_date\": \"$(date +%Y)-01-01\", \"to_date\": \"$(( $(date +%Y) + 1 ))-12-31\",
+  \"group_by\": \"FIGURES_GROUPING_QUARTER\"}" "$S" connecting.scheduling.v1.SchedulingService/GetProgrammeFigures \
+  >/dev/null || fail "figures"
+echo "grpc-call: discovery, health, partners and scheduling calls all behaved"
