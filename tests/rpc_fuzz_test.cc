@@ -62,6 +62,21 @@ bool NamesAField(const std::string& message) {
   return true;
 }
 
+// Whether `message`'s field path ("session.sites[0].capacity") names a field
+// of `type`, so that a caller can find what to fix.
+bool IsFieldOf(const google::protobuf::Descriptor* type, const std::string& message) {
+  std::string path = message.substr(0, message.find(": "));
+  for (absl::string_view part : absl::StrSplit(path, '.')) {
+    if (type == nullptr) return false;
+    absl::string_view name = part.substr(0, part.find('['));
+    const FieldDescriptor* f = type->FindFieldByName(std::string(name));
+    if (f == nullptr) return false;
+    if (part.find('[') != absl::string_view::npos && !f->is_repeated()) return false;
+    type = f->message_type();
+  }
+  return true;
+}
+
 class RpcFuzz : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { fx_ = new SchedulingFixture(); }
@@ -259,6 +274,8 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
             break;
           case grpc::StatusCode::INVALID_ARGUMENT:
             EXPECT_TRUE(NamesAField(st.error_message()) || i >= kPerMethod) << where;
+            EXPECT_TRUE(i >= kPerMethod || IsFieldOf(method->input_type(), st.error_message()))
+                << "names no field of " << method->input_type()->full_name() << ": " << where;
             break;
           default:  // INTERNAL, UNKNOWN, UNAVAILABLE (a crash), DEADLINE_EXCEEDED (a hang)...
             ADD_FAILURE() << where;
