@@ -221,10 +221,12 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
   // event: it is kept in hand, costing none of its deliveries (the server
   // drops an event once they are spent), and tried again once the database
   // is back. Stopping meanwhile hands it back for redelivery.
-  auto database_down = [&]() {
-    if (DatabaseReachable()) return false;
-    if (!HoldWhileDatabaseDown(in_hand)) natsMsg_Nak(msg, nullptr);
-    return true;
+  enum { kReachable, kBack, kStopping };
+  auto database = [&]() {
+    if (DatabaseReachable()) return kReachable;
+    if (HoldWhileDatabaseDown(in_hand)) return kBack;
+    natsMsg_Nak(msg, nullptr);
+    return kStopping;
   };
 
   while (true) {
@@ -248,9 +250,10 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
       natsMsg_Ack(msg, nullptr);
       return;
     }
-    if (!absl::IsInvalidArgument(s) && database_down()) {
-      if (stopping_.load()) return;
-      continue;
+    if (!absl::IsInvalidArgument(s)) {
+      auto db = database();
+      if (db == kBack) continue;
+      if (db == kStopping) return;
     }
     bool give_up =
         absl::IsInvalidArgument(s) || d.deliveries >= static_cast<uint64_t>(options_.max_deliver);
@@ -280,10 +283,9 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
           .status();
     });
     if (!dl.ok()) {
-      if (database_down()) {
-        if (stopping_.load()) return;
-        continue;  // the event may take effect now; if not, it is dead-lettered then
-      }
+      auto db = database();
+      if (db == kBack) continue;  // the event may take effect now; if not, it is dead-lettered then
+      if (db == kStopping) return;
       natsMsg_NakWithDelay(msg, 5000, nullptr);  // cannot even record it: try later
       return;
     }
