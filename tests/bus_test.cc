@@ -115,6 +115,24 @@ TEST_F(Bus, RelayPublishesEveryOutboxRowOnce) {
   EXPECT_EQ(stored.size(), 300u);
 }
 
+TEST_F(Bus, RelayMakesItsStreamAgainIfItIsDeleted) {
+  // An operator deletes the stream under a running service: its events wait
+  // in the outbox, the relay creates the stream again and publishes them,
+  // as a restart would have, instead of failing until one.
+  Emit(5);
+  auto relay = Relay();
+  ASSERT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
+  {
+    auto js = nats_->JetStream();
+    ASSERT_TRUE(js.ok());
+    ASSERT_EQ(js_DeleteStream(js->get(), stream_.c_str(), nullptr, nullptr), NATS_OK);
+  }
+  Emit(3);
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
+  relay->Stop(absl::Now());
+  EXPECT_EQ(testing::ReadStream(nats_url_, stream_).size(), 3u);
+}
+
 TEST_F(Bus, ConsumerAppliesEachEventOnceAcrossRetriesDuplicatesAndReplicas) {
   Emit(50);
   auto relay = Relay();

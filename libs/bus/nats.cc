@@ -89,7 +89,12 @@ absl::Status Nats::EnsureStream(const StreamSpec& spec) const {
   NatsPtr<jsStreamInfo> info_owner(info);
   if (s == NATS_OK) {
     int64_t kept = info->Config != nullptr ? info->Config->MaxAge : 0;
-    if (kept != absl::ToInt64Nanoseconds(spec.max_age)) {
+    bool first = false;
+    {
+      absl::MutexLock lock(&mu_);
+      first = warned_.insert(spec.name).second;
+    }
+    if (first && kept != absl::ToInt64Nanoseconds(spec.max_age)) {
       auto age = [](int64_t ns) {
         return ns == 0 ? std::string("forever") : absl::FormatDuration(absl::Nanoseconds(ns));
       };

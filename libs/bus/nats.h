@@ -10,12 +10,14 @@
 #include <nats/nats.h>
 
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
 namespace connecting::bus {
@@ -60,7 +62,7 @@ class Nats {
   absl::StatusOr<NatsPtr<jsCtx>> JetStream(jsOptions* options = nullptr) const;
   // Creates the stream if it does not exist. An existing stream is left as the
   // operator configured it (replicas, limits), only checked to exist; a
-  // retention other than spec.max_age is logged as a warning.
+  // retention other than spec.max_age is logged as a warning (once per stream).
   absl::Status EnsureStream(const StreamSpec& spec) const;
   // Flushes and closes the connection (bounded by `timeout`).
   void Close(absl::Duration timeout);
@@ -68,6 +70,8 @@ class Nats {
  private:
   explicit Nats(NatsPtr<natsConnection> c) : conn_(std::move(c)) {}
   NatsPtr<natsConnection> conn_;
+  mutable absl::Mutex mu_;
+  mutable std::set<std::string> warned_ ABSL_GUARDED_BY(mu_);  // streams warned about
 };
 
 }  // namespace connecting::bus

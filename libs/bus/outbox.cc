@@ -308,6 +308,7 @@ void OutboxRelay::Run() {
     absl::StatusOr<int> n = PublishBatch(*conn, js.get());
     if (!n.ok()) {
       report(n.status());
+      stream_ready = false;  // an operator may have deleted it: make it again
       if (!flushing) WaitForWork();
       continue;
     }
