@@ -133,6 +133,38 @@ TEST_F(Bus, RelayMakesItsStreamAgainIfItIsDeleted) {
   EXPECT_EQ(testing::ReadStream(nats_url_, stream_).size(), 3u);
 }
 
+TEST_F(Bus, ConsumerMakesItsDurableAgainIfItIsDeleted) {
+  // An operator removes the durable consumer (or the whole stream) under a
+  // running service: it subscribes again, and the new durable's replay from
+  // the start applies nothing twice (the inbox).
+  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
+    return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
+  };
+  bus::ConsumerOptions o = Opts();
+  bus::Consumer c(o, pool_.get(), nats_.get(), handler);
+  c.Start();
+  PublishRaw("before", "before", "{}");
+  ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects", 1));
+  {
+    auto js = nats_->JetStream();
+    ASSERT_TRUE(js.ok());
+    ASSERT_EQ(js_DeleteConsumer(js->get(), stream_.c_str(), o.durable.c_str(), nullptr, nullptr),
+              NATS_OK);
+  }
+  PublishRaw("after-consumer-deleted", "after-consumer-deleted", "{}");
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects", 2));
+  {
+    auto js = nats_->JetStream();
+    ASSERT_TRUE(js.ok());
+    ASSERT_EQ(js_DeleteStream(js->get(), stream_.c_str(), nullptr, nullptr), NATS_OK);
+    ASSERT_TRUE(nats_->EnsureStream({.name = stream_, .subjects = {prefix_ + ".>"}}).ok());
+  }
+  PublishRaw("after-stream-deleted", "after-stream-deleted", "{}");
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects", 3));
+  c.Stop();
+  EXPECT_EQ(Count("SELECT count(DISTINCT event_id) FROM effects"), 3);
+}
+
 TEST_F(Bus, ConsumerAppliesEachEventOnceAcrossRetriesDuplicatesAndReplicas) {
   Emit(50);
   auto relay = Relay();

@@ -302,7 +302,7 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
 void Consumer::Run() {
   NatsPtr<jsCtx> js;
   NatsPtr<natsSubscription> sub;
-  absl::Time next_lag = absl::InfinitePast();
+  absl::Time next_check = absl::InfinitePast();  // lag, and whether the durable exists
   std::string last_error;
   while (!stopping_.load()) {
     if (sub == nullptr) {
@@ -340,17 +340,28 @@ void Consumer::Run() {
       healthy_.store(nats_->connected());
     } else {
       healthy_.store(false);
+      next_check = absl::InfinitePast();  // is the durable still there?
       std::this_thread::sleep_for(std::chrono::milliseconds(250));
     }
-    if (absl::Now() >= next_lag && js != nullptr) {
-      next_lag = absl::Now() + absl::Seconds(5);
+    if (absl::Now() >= next_check && js != nullptr) {
+      next_check = absl::Now() + absl::Seconds(5);
       jsConsumerInfo* ci = nullptr;
-      if (js_GetConsumerInfo(&ci, js.get(), options_.stream.c_str(), options_.durable.c_str(),
-                             nullptr, nullptr) == NATS_OK) {
+      natsStatus cs = js_GetConsumerInfo(&ci, js.get(), options_.stream.c_str(),
+                                         options_.durable.c_str(), nullptr, nullptr);
+      if (cs == NATS_OK) {
         PendingFamily()
             .Add({{"consumer", options_.durable}})
             .Set(static_cast<double>(ci->NumPending));
         jsConsumerInfo_Destroy(ci);
+      } else if (cs == NATS_NOT_FOUND) {
+        // Deleted on the server (the durable, or its whole stream): a pull
+        // on it would wait forever. Subscribe again, which makes it again;
+        // its replay from the start applies nothing twice (the inbox).
+        log::Warn("durable consumer gone from the server; subscribing again",
+                  {{"consumer", options_.durable}, {"stream", options_.stream}});
+        healthy_.store(false);
+        (void)natsSubscription_Unsubscribe(sub.get());
+        sub.reset();
       }
     }
   }
