@@ -70,13 +70,17 @@ Connecting is up (logs in .stack/logs/, stop with: make down)
   partners gRPC     127.0.0.1:$PARTNERS_PORT   (reflection on; metrics http://127.0.0.1:$PARTNERS_METRICS/metrics)
 INFO
 [ -f "$stack/run/scheduling.pid" ] && echo "  scheduling gRPC   127.0.0.1:${SCHEDULING_PORT:-50052}   (metrics http://127.0.0.1:${SCHEDULING_METRICS:-9102}/metrics)"
+# grpcurl is not packaged for Debian 12; tools/grpc-call takes the same arguments.
+call=grpcurl call_note="the README has more"
+command -v grpcurl >/dev/null 2>&1 ||
+  call=tools/grpc-call/grpc-call.js call_note="grpcurl's arguments; the README has more"
 cat <<INFO
   PostgreSQL        postgresql://postgres@127.0.0.1:$PG_PORT/partners
   NATS              nats://127.0.0.1:$NATS_PORT  (websocket ws://127.0.0.1:$NATS_WS_PORT, streams PARTNERS, SCHEDULING)
 
 An admin token (12 h; more with: make token ROLE=viewer):
   export TOKEN=$admin
-Try:
-  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" 127.0.0.1:$PARTNERS_PORT connecting.partners.v1.PartnersService/ListOrganisations
-  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" 127.0.0.1:${SCHEDULING_PORT:-50052} connecting.scheduling.v1.SchedulingService/ListSessions
+Try ($call_note):
+  $call -plaintext -H "authorization: Bearer \$TOKEN" 127.0.0.1:$PARTNERS_PORT connecting.partners.v1.PartnersService/ListOrganisations
+  $call -plaintext -H "authorization: Bearer \$TOKEN" 127.0.0.1:${SCHEDULING_PORT:-50052} connecting.scheduling.v1.SchedulingService/ListSessions
 INFO
