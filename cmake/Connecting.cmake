@@ -8,6 +8,8 @@
 function(connecting_embed_migrations target ns dir)
   file(GLOB sql_files CONFIGURE_DEPENDS "${dir}/*.sql")
   list(SORT sql_files)
+  # The files are read here, at configure time: an edited one must configure again.
+  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${sql_files})
   string(REPLACE "::" "_" ns_file "${ns}")
   set(out "${CMAKE_CURRENT_BINARY_DIR}/${ns_file}_migrations.cc")
   set(body "// Generated from ${dir} by cmake/Connecting.cmake. Do not edit.\n")

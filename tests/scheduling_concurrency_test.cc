@@ -251,6 +251,95 @@ TEST_F(SchedulingConcurrency, ABookingInFlightIsCancelledWithItsSession) {
   EXPECT_EQ(again.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << again.error_message();
 }
 
+// Waits until a backend of the scheduling database waits for a row lock.
+bool SomeoneWaitsForALock(db::Conn& admin, const std::string& db_url) {
+  std::string name = db_url.substr(db_url.rfind('/') + 1);
+  for (int i = 0; i < 200; ++i) {
+    auto r = admin.Exec(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+        {name});
+    if (r.ok() && r->Int(0, 0) > 0) return true;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return false;
+}
+
+TEST_F(SchedulingConcurrency, DeactivationCopesWithABookingCancelledMeanwhile) {
+  // The deactivation has listed the leaver's live bookings and waits for a
+  // site's lock, which a concurrent cancellation of one of them holds; once
+  // that commits, the booking is no longer live and the deactivation goes on
+  // (it failed with "only a CONFIRMED or WAITLISTED booking can be cancelled").
+  sv1::Session s = NewSession(*fx_, *org_, 5, DateIn(40));
+  sv1::Participant p = Register(*fx_, "DRACE1");
+  sv1::Booking b;
+  ASSERT_TRUE(Book(*fx_, s.id(), p.id(), &b).ok());
+  auto other = db::Conn::Open(fx_->scheduling_db, "test");
+  ASSERT_TRUE(other.ok());
+  // The cancellation's transaction, as CancelBooking writes it.
+  ASSERT_TRUE((*other)->ExecScript("BEGIN").ok());
+  ASSERT_TRUE((*other)
+                  ->Exec("SELECT 1 FROM session_sites WHERE session_id = $1::uuid FOR UPDATE",
+                         {s.id()})
+                  .ok());
+  auto deactivation = std::async(std::launch::async, [&] {
+    sv1::DeactivateParticipantRequest req;
+    req.set_id(p.id());
+    sv1::Participant out;
+    return fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), req, &out);
+  });
+  ASSERT_TRUE(SomeoneWaitsForALock(**other, fx_->scheduling_db));
+  ASSERT_TRUE((*other)
+                  ->Exec("UPDATE bookings SET status = 3, version = version + 1 WHERE id = $1::uuid",
+                         {b.id()})
+                  .ok());
+  ASSERT_TRUE((*other)
+                  ->Exec("UPDATE session_sites SET confirmed = confirmed - 1 "
+                         "WHERE session_id = $1::uuid",
+                         {s.id()})
+                  .ok());
+  ASSERT_TRUE((*other)->ExecScript("COMMIT").ok());
+  grpc::Status st = deactivation.get();
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  sv1::GetParticipantRequest get;
+  get.set_id(p.id());
+  sv1::Participant now;
+  ASSERT_TRUE(fx_->stub->GetParticipant(Ctx(fx_->admin).get(), get, &now).ok());
+  EXPECT_EQ(now.status(), sv1::PARTICIPANT_STATUS_INACTIVE);
+}
+
+TEST_F(SchedulingConcurrency, NoBookingSlipsInWhileAParticipantIsDeactivated) {
+  // A booking reads the participant while a deactivation holds the row and
+  // then commits INACTIVE: the booking must see that and refuse, not take a
+  // seat for someone who has left (its insert only waited for the row's key).
+  sv1::Session s = NewSession(*fx_, *org_, 5, DateIn(41));
+  sv1::Participant p = Register(*fx_, "DRACE2");
+  auto other = db::Conn::Open(fx_->scheduling_db, "test");
+  ASSERT_TRUE(other.ok());
+  // The deactivation's transaction, as DeactivateParticipant writes it for
+  // someone with no bookings.
+  ASSERT_TRUE((*other)->ExecScript("BEGIN").ok());
+  ASSERT_TRUE(
+      (*other)->Exec("SELECT 1 FROM participants WHERE id = $1::uuid FOR UPDATE", {p.id()}).ok());
+  auto booking = std::async(std::launch::async, [&] {
+    sv1::Booking b;
+    return Book(*fx_, s.id(), p.id(), &b);
+  });
+  ASSERT_TRUE(SomeoneWaitsForALock(**other, fx_->scheduling_db));
+  ASSERT_TRUE((*other)
+                  ->Exec("UPDATE participants SET status = 2, version = version + 1 "
+                         "WHERE id = $1::uuid",
+                         {p.id()})
+                  .ok());
+  ASSERT_TRUE((*other)->ExecScript("COMMIT").ok());
+  grpc::Status st = booking.get();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  auto live = (*other)->Exec(
+      "SELECT count(*) FROM bookings WHERE participant_id = $1::uuid AND status IN (1, 2)",
+      {p.id()});
+  ASSERT_TRUE(live.ok());
+  EXPECT_EQ(live->Int(0, 0), 0) << "a seat taken by someone who has left";
+}
+
 // 400 people booking one session of 10 seats at once, each request with its
 // own request_id, from 16 client threads: for stopping the service mid-way.
 class BookingStorm {
@@ -458,12 +547,14 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
         sv1::DeactivateParticipantRequest dp;
         dp.set_id(people[0]);
         sv1::Participant gone;
-        EXPECT_TRUE(fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), dp, &gone).ok());
+        grpc::Status ds = fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), dp, &gone);
+        EXPECT_TRUE(ds.ok()) << ds.error_code() << " " << ds.error_message();
         sv1::CancelSessionRequest cs;
         cs.set_id(sessions[1]);
         cs.set_reason("the ward is closed that day");
         sv1::Session cancelled;
-        EXPECT_TRUE(fx_->stub->CancelSession(Ctx(fx_->admin).get(), cs, &cancelled).ok());
+        grpc::Status cst = fx_->stub->CancelSession(Ctx(fx_->admin).get(), cs, &cancelled);
+        EXPECT_TRUE(cst.ok()) << cst.error_code() << " " << cst.error_message();
       }
     }
   };
@@ -574,6 +665,49 @@ TEST(SchedulingCrash, KilledMidBookingsLosesNothingAcknowledgedAndDuplicatesNoth
             10);
   storm.ExpectConsistent("after the retries");
   storm.ExpectOneEventPerBooking();
+}
+
+// The database drops every connection of the service in the middle of the
+// same (a failover, an operator's pg_terminate_backend): the service lives on,
+// calls caught in it fail, nothing acknowledged is lost, and retrying every
+// request books each person exactly once with one event each.
+TEST(SchedulingCrash, DatabaseDropsItsConnectionsMidBookingsLosesNothingAcknowledged) {
+  BookingStorm storm;
+  std::atomic<int> acked{0};
+  std::vector<std::thread> threads = storm.Book(&acked);
+  for (int i = 0; i < 2000 && acked.load() < 40; ++i) absl::SleepFor(absl::Milliseconds(5));
+  auto admin = db::Conn::Open(RequiredEnv("CONNECTING_TEST_PG"), "test-admin");
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  std::string name = storm.fx.scheduling_db.substr(storm.fx.scheduling_db.rfind('/') + 1);
+  auto dropped = (*admin)->Exec(
+      "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 "
+      "AND application_name <> 'test'",  // not this test's own
+      {name});
+  ASSERT_TRUE(dropped.ok()) << dropped.status();
+  EXPECT_GT(dropped->Int(0, 0), 0);
+  for (auto& t : threads) t.join();
+  std::vector<BookingStorm::Told> before = storm.told;
+  int answered = 0;
+  for (const auto& t : before) answered += t.ok;
+  std::printf("%lld connections dropped; %d of %d bookings acknowledged\n",
+              static_cast<long long>(dropped->Int(0, 0)), answered, BookingStorm::kPeople);
+  EXPECT_EQ(storm.unanswered.load(), 0);
+  storm.ExpectConsistent("after the drop");
+  storm.ExpectStoredAsTold(before);
+
+  for (auto& t : storm.Book(&acked)) t.join();  // every client retries every request
+  for (int i = 0; i < BookingStorm::kPeople; ++i) {
+    ASSERT_TRUE(storm.told[i].ok) << "request " << i << " failed after the drop";
+    if (before[i].ok) {
+      EXPECT_EQ(storm.told[i].id, before[i].id) << "a retry booked twice";
+      EXPECT_EQ(storm.told[i].status, before[i].status);
+    }
+  }
+  EXPECT_EQ(storm.Scalar("SELECT count(*) FROM bookings WHERE session_id = $1::uuid"),
+            BookingStorm::kPeople);
+  storm.ExpectConsistent("after the retries");
+  storm.ExpectOneEventPerBooking();
+  EXPECT_TRUE(storm.fx.scheduling->WaitForHealth(1, absl::Seconds(10))) << "not SERVING again";
 }
 
 // SIGTERM in the middle of the same: the service answers every call it took,

@@ -363,7 +363,8 @@ absl::Status SchedulingLogic::DeactivateParticipant(const Call& call,
     auto live = store::FutureLiveBookingsOf(c, req.id());
     if (!live.ok()) return live.status();
     for (const std::string& booking_id : *live) {
-      auto cancelled = CancelInTx(c, call, booking_id, true);
+      // One cancelled or moved meanwhile is no longer live: nothing to free.
+      auto cancelled = CancelInTx(c, call, booking_id, true, /*only_if_live=*/true);
       if (!cancelled.ok()) return cancelled.status();
     }
     auto up = store::SetParticipantStatus(c, req.id(), v1::PARTICIPANT_STATUS_INACTIVE);
@@ -679,7 +680,8 @@ absl::Status SchedulingLogic::Promote(db::Conn& c, const Call& call, const v1::S
 }
 
 absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call& call,
-                                                        const std::string& booking_id, bool emit) {
+                                                        const std::string& booking_id, bool emit,
+                                                        bool only_if_live) {
   auto peek = store::GetBooking(c, booking_id, false);
   if (!peek.ok()) return peek.status();
   if (absl::Status s = MayActFor(call.principal, peek->participant_id()); !s.ok()) return s;
@@ -689,6 +691,7 @@ absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call&
   auto b = store::GetBooking(c, booking_id, true);
   if (!b.ok()) return b.status();
   if (b->status() != kConfirmed && b->status() != kWaitlisted) {
+    if (only_if_live) return b;
     return absl::FailedPreconditionError(
         absl::StrCat("only a CONFIRMED or WAITLISTED booking can be cancelled; it is ",
                      v1::BookingStatus_Name(b->status())));

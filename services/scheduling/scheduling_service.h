@@ -84,9 +84,12 @@ class SchedulingLogic {
                                        const std::string& session_id,
                                        const std::string& participant_id, const std::string& site,
                                        const std::string& request_id, bool emit);
-  // Cancels inside `tx` and promotes the next eligible waitlisted booking.
+  // Cancels inside `tx` and promotes the next eligible waitlisted booking. A
+  // booking no longer CONFIRMED or WAITLISTED is FAILED_PRECONDITION, or with
+  // `only_if_live` returned as it is.
   absl::StatusOr<v1::Booking> CancelInTx(db::Conn& tx, const Call& call,
-                                         const std::string& booking_id, bool emit);
+                                         const std::string& booking_id, bool emit,
+                                         bool only_if_live = false);
   absl::Status Promote(db::Conn& tx, const Call& call, const v1::Session& session,
                        const std::string& site);
   absl::Status EmitBooking(db::Conn& tx, const Call& call, const char* verb,

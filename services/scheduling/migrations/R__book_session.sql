@@ -51,7 +51,11 @@ BEGIN
       FROM session_sites ss WHERE ss.session_id = p_session AND ss.site = p_site FOR UPDATE;
     locked := FOUND;
 
-    SELECT COALESCE((SELECT p.status FROM participants p WHERE p.id = p_participant), 0),
+    -- FOR SHARE: a deactivation holds the participant's row until it commits
+    -- (its bookings cancelled); waiting here and reading what it committed
+    -- keeps a leaver from booking in between. The insert's foreign-key check
+    -- would only have waited, then booked anyway.
+    SELECT COALESCE((SELECT p.status FROM participants p WHERE p.id = p_participant FOR SHARE), 0),
            s.kind, s.status, s.session_date, s.start_time, s.organisation_id,
            COALESCE((SELECT po.status FROM partner_organisations po
                      WHERE po.id = s.organisation_id), 0),
