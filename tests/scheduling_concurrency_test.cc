@@ -277,10 +277,10 @@ TEST_F(SchedulingConcurrency, DeactivationCopesWithABookingCancelledMeanwhile) {
   ASSERT_TRUE(other.ok());
   // The cancellation's transaction, as CancelBooking writes it.
   ASSERT_TRUE((*other)->ExecScript("BEGIN").ok());
-  ASSERT_TRUE((*other)
-                  ->Exec("SELECT 1 FROM session_sites WHERE session_id = $1::uuid FOR UPDATE",
-                         {s.id()})
-                  .ok());
+  ASSERT_TRUE(
+      (*other)
+          ->Exec("SELECT 1 FROM session_sites WHERE session_id = $1::uuid FOR UPDATE", {s.id()})
+          .ok());
   auto deactivation = std::async(std::launch::async, [&] {
     sv1::DeactivateParticipantRequest req;
     req.set_id(p.id());
@@ -288,10 +288,11 @@ TEST_F(SchedulingConcurrency, DeactivationCopesWithABookingCancelledMeanwhile) {
     return fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), req, &out);
   });
   ASSERT_TRUE(SomeoneWaitsForALock(**other, fx_->scheduling_db));
-  ASSERT_TRUE((*other)
-                  ->Exec("UPDATE bookings SET status = 3, version = version + 1 WHERE id = $1::uuid",
-                         {b.id()})
-                  .ok());
+  ASSERT_TRUE(
+      (*other)
+          ->Exec("UPDATE bookings SET status = 3, version = version + 1 WHERE id = $1::uuid",
+                 {b.id()})
+          .ok());
   ASSERT_TRUE((*other)
                   ->Exec("UPDATE session_sites SET confirmed = confirmed - 1 "
                          "WHERE session_id = $1::uuid",

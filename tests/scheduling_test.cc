@@ -240,8 +240,8 @@ TEST(SchedulingOutage, NatsRestartLosesNoEventEitherWay) {
   nats.Start();
 
   EXPECT_TRUE(fx.scheduling->WaitForHealth(1, absl::Seconds(15))) << "should be SERVING again";
-  EXPECT_TRUE(fx.WaitForPartnerStatus(doomed, pv1::ORGANISATION_STATUS_ARCHIVED,
-                                      absl::Seconds(20)));
+  EXPECT_TRUE(
+      fx.WaitForPartnerStatus(doomed, pv1::ORGANISATION_STATUS_ARCHIVED, absl::Seconds(20)));
   sv1::Booking b;
   EXPECT_EQ(Book(fx, at_doomed.id(), person, &b).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);

@@ -171,9 +171,9 @@ absl::StatusOr<ReplayReport> Consumer::ReplayDeadLetters() {
 }
 
 bool Consumer::DatabaseReachable() {
-  return db::WithConnection(*pool_, absl::Now() + absl::Seconds(2), [](db::Conn& c) {
-           return c.Exec("SELECT 1").status();
-         }).ok();
+  return db::WithConnection(*pool_, absl::Now() + absl::Seconds(2),
+                            [](db::Conn& c) { return c.Exec("SELECT 1").status(); })
+      .ok();
 }
 
 bool Consumer::HoldWhileDatabaseDown(absl::Span<natsMsg* const> in_hand) {

@@ -12,9 +12,9 @@
 // dead-lettered. Except while the service's own database is unreachable: then
 // the consumer holds the events in hand (telling the server they are in
 // progress) and tries again once it answers, so an outage of any length
-// neither dead-letters events nor spends their deliveries. Dead letters stay in the `dead_letters` table for operators,
-// who replay them once the cause is fixed (ReplayDeadLetters; a service's
-// `--replay-dead-letters`).
+// neither dead-letters events nor spends their deliveries. Dead letters stay
+// in the `dead_letters` table for operators, who replay them once the cause is
+// fixed (ReplayDeadLetters; a service's `--replay-dead-letters`).
 #ifndef CONNECTING_LIBS_BUS_CONSUMER_H_
 #define CONNECTING_LIBS_BUS_CONSUMER_H_
 
