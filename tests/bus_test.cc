@@ -277,13 +277,13 @@ TEST_F(Bus, DatabaseOutageHoldsEventsWithoutUsingUpTheirDeliveries) {
   c.Start();
   PublishRaw("warm-up", "warm-up", "{}");
   ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects", 1));
-  testing::AllowConnections(url_, false);
+  auto outage = std::make_unique<testing::DatabaseOutage>(url_);
   for (int i = 0; i < 3; ++i) {
     std::string id = absl::StrCat("during-outage-", i);
     PublishRaw(id, id, "{}");
   }
   absl::SleepFor(absl::Seconds(10));
-  testing::AllowConnections(url_, true);
+  outage.reset();
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects WHERE event_id LIKE 'during-outage-%'", 3));
   absl::SleepFor(absl::Milliseconds(500));
   c.Stop();
@@ -299,7 +299,7 @@ TEST_F(Bus, StoppingDuringADatabaseOutageHandsTheEventsBack) {
   };
   auto c = std::make_unique<bus::Consumer>(Opts(), pool_.get(), nats_.get(), handler);
   c->Start();
-  testing::AllowConnections(url_, false);
+  auto outage = std::make_unique<testing::DatabaseOutage>(url_);
   PublishRaw("held-1", "held-1", "{}");
   PublishRaw("held-2", "held-2", "{}");
   absl::SleepFor(absl::Seconds(2));  // fetched and held
@@ -307,7 +307,7 @@ TEST_F(Bus, StoppingDuringADatabaseOutageHandsTheEventsBack) {
   c->Stop();
   EXPECT_LT(absl::Now() - asked, absl::Seconds(3)) << "Stop waited for the database";
   c.reset();
-  testing::AllowConnections(url_, true);
+  outage.reset();
   bus::Consumer next(Opts(), pool_.get(), nats_.get(), handler);
   next.Start();
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects", 2));

@@ -334,6 +334,7 @@ bool WaitForOutboxDrained(const std::string& db_url, absl::Duration timeout) {
   return false;
 }
 
+namespace {
 void AllowConnections(const std::string& db_url, bool allow) {
   std::string name = db_url.substr(db_url.rfind('/') + 1);
   auto admin = db::Conn::Open(RequiredEnv("CONNECTING_TEST_PG"), "test-harness");
@@ -346,6 +347,17 @@ void AllowConnections(const std::string& db_url, bool allow) {
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", {name});
     ASSERT_TRUE(r.ok()) << r.status();
   }
+}
+}  // namespace
+
+DatabaseOutage::DatabaseOutage(std::string db_url) : db_url_(std::move(db_url)) {
+  AllowConnections(db_url_, false);
+}
+
+void DatabaseOutage::End() {
+  if (ended_) return;
+  ended_ = true;
+  AllowConnections(db_url_, true);
 }
 
 std::string HttpGet(int port, const std::string& path) {

@@ -124,9 +124,19 @@ struct StoredEvent {
 // Polls until the service database's outbox is empty (every event published).
 bool WaitForOutboxDrained(const std::string& db_url, absl::Duration timeout = absl::Seconds(15));
 
-// Makes the database at `db_url` refuse new connections and drops those open
-// (an outage of a service's own database), or accept them again.
-void AllowConnections(const std::string& db_url, bool allow);
+// An outage of a service's own database while it lives: the database at
+// `db_url` refuses new connections and those open are dropped; End() or the
+// destructor (whatever failed meanwhile) lets connections in again.
+class DatabaseOutage {
+ public:
+  explicit DatabaseOutage(std::string db_url);
+  ~DatabaseOutage() { End(); }
+  void End();
+
+ private:
+  std::string db_url_;
+  bool ended_ = false;
+};
 
 // The body of http://127.0.0.1:<port><path> (HTTP/1.0), "" if it cannot be had.
 std::string HttpGet(int port, const std::string& path);

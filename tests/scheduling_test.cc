@@ -156,11 +156,7 @@ TEST(SchedulingOutage, DatabaseOutageLosesNoPartnerEventAndTheServiceComesBack) 
   std::string first = Register(fx, "OUTG01").id();
   std::string second = Register(fx, "OUTG02").id();
 
-  AllowConnections(fx.scheduling_db, false);
-  struct Reopen {  // whatever fails below, the database comes back
-    std::string url;
-    ~Reopen() { AllowConnections(url, true); }
-  } reopen{fx.scheduling_db};
+  DatabaseOutage outage(fx.scheduling_db);
   EXPECT_TRUE(fx.scheduling->WaitForHealth(2, absl::Seconds(10))) << "should be NOT_SERVING";
   sv1::Booking b;
   EXPECT_EQ(Book(fx, at_steady.id(), first, &b).error_code(), grpc::StatusCode::UNAVAILABLE);
@@ -169,7 +165,7 @@ TEST(SchedulingOutage, DatabaseOutageLosesNoPartnerEventAndTheServiceComesBack) 
   pv1::Organisation archived;
   ASSERT_TRUE(fx.partners_stub->ArchiveOrganisation(Ctx(fx.admin).get(), archive, &archived).ok());
   absl::SleepFor(absl::Seconds(3));  // the archive event is delivered and held
-  AllowConnections(fx.scheduling_db, true);
+  outage.End();
 
   EXPECT_TRUE(fx.scheduling->WaitForHealth(1, absl::Seconds(15))) << "should be SERVING again";
   EXPECT_TRUE(fx.WaitForPartnerStatus(doomed, pv1::ORGANISATION_STATUS_ARCHIVED));
@@ -203,11 +199,7 @@ TEST(SchedulingOutage, SigtermWhileTheDatabaseIsDownStillExitsPromptly) {
   // keep the process from exiting 0 within its grace period.
   SchedulingFixture fx;
   fx.CreatePartner("Rolled Trust");
-  AllowConnections(fx.scheduling_db, false);
-  struct Reopen {
-    std::string url;
-    ~Reopen() { AllowConnections(url, true); }
-  } reopen{fx.scheduling_db};
+  DatabaseOutage outage(fx.scheduling_db);
   EXPECT_TRUE(fx.scheduling->WaitForHealth(2, absl::Seconds(10)));
   absl::Time asked = absl::Now();
   EXPECT_EQ(fx.scheduling->Terminate(absl::Seconds(40)), 0);
