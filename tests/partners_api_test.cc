@@ -4,6 +4,9 @@
 #include <future>
 #include <set>
 
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "libs/db/db.h"
 #include "tests/harness.h"
 
 namespace connecting::testing {
@@ -231,6 +234,134 @@ TEST_F(PartnersApi, PauseArchiveReactivateFollowTheLifecycle) {
   react.set_id(org.id());
   ASSERT_TRUE(stub().ReactivateOrganisation(Ctx(admin()).get(), react, &out).ok());
   EXPECT_EQ(out.status(), v1::ORGANISATION_STATUS_ACTIVE);
+}
+
+TEST_F(PartnersApi, AnOfferPublishedWhileItsPartnerIsArchivedEndsWithdrawn) {
+  // Archiving withdraws the published offers; a publish racing it must not
+  // leave a PUBLISHED offer at an ARCHIVED partner. A second connection
+  // archives as ArchiveOrganisation does (the organisation's row held, its
+  // status set, its published offers withdrawn) and the publish arrives
+  // before that commits.
+  v1::Organisation org = CreateOrg("Racing Archive Trust");
+  v1::Contact host = CreateContact(org.id(), "Rae Host");
+  v1::Offer offer = CreateOffer(org.id(), host.id());
+  auto archiver = db::Conn::Open(fx_->db_url, "test");
+  ASSERT_TRUE(archiver.ok());
+  ASSERT_TRUE((*archiver)->ExecScript("BEGIN").ok());
+  ASSERT_TRUE((*archiver)
+                  ->Exec("SELECT 1 FROM organisations WHERE id = $1::uuid FOR UPDATE", {org.id()})
+                  .ok());
+  ASSERT_TRUE((*archiver)
+                  ->Exec("UPDATE organisations SET status = $2, version = version + 1 "
+                         "WHERE id = $1::uuid",
+                         {org.id(), static_cast<int32_t>(v1::ORGANISATION_STATUS_ARCHIVED)})
+                  .ok());
+  ASSERT_TRUE((*archiver)
+                  ->Exec("UPDATE offers SET state = $2 WHERE organisation_id = $1::uuid "
+                         "AND state = $3",
+                         {org.id(), static_cast<int32_t>(v1::OFFER_STATE_WITHDRAWN),
+                          static_cast<int32_t>(v1::OFFER_STATE_PUBLISHED)})
+                  .ok());
+  auto publish = std::async(std::launch::async, [&] {
+    v1::PublishOfferRequest pub;
+    pub.set_id(offer.id());
+    v1::Offer out;
+    return stub().PublishOffer(Ctx(admin()).get(), pub, &out);
+  });
+  // Until the publish finishes (wrongly) or waits for the organisation.
+  std::string name = fx_->db_url.substr(fx_->db_url.rfind('/') + 1);
+  for (int i = 0; i < 150; ++i) {
+    if (publish.wait_for(std::chrono::milliseconds(20)) == std::future_status::ready) break;
+    auto r = (*archiver)->Exec(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+        {name});
+    if (r.ok() && r->Int(0, 0) > 0) break;
+  }
+  ASSERT_TRUE((*archiver)->ExecScript("COMMIT").ok());
+  grpc::Status st = publish.get();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  v1::GetOfferRequest get;
+  get.set_id(offer.id());
+  v1::Offer now;
+  ASSERT_TRUE(stub().GetOffer(Ctx(admin()).get(), get, &now).ok());
+  EXPECT_NE(now.state(), v1::OFFER_STATE_PUBLISHED) << "published at an archived partner";
+}
+
+TEST_F(PartnersApi, AContactMadeAHostWhileBeingRemovedStays) {
+  // An offer update names the contact as its host (not yet committed) while
+  // RemoveContact runs: the removal waits for it, then refuses with the rule,
+  // and the contact stays.
+  v1::Organisation org = CreateOrg("Racing Host Trust");
+  v1::Contact first = CreateContact(org.id(), "First Host");
+  v1::Contact second = CreateContact(org.id(), "Second Host");
+  v1::Offer offer = CreateOffer(org.id(), first.id());
+  auto updater = db::Conn::Open(fx_->db_url, "test");
+  ASSERT_TRUE(updater.ok());
+  ASSERT_TRUE((*updater)->ExecScript("BEGIN").ok());
+  ASSERT_TRUE((*updater)
+                  ->Exec("UPDATE offers SET host_contact_id = $2::uuid WHERE id = $1::uuid",
+                         {offer.id(), second.id()})
+                  .ok());
+  auto removal = std::async(std::launch::async, [&] {
+    v1::RemoveContactRequest req;
+    req.set_id(second.id());
+    v1::RemoveContactResponse out;
+    return stub().RemoveContact(Ctx(admin()).get(), req, &out);
+  });
+  std::string name = fx_->db_url.substr(fx_->db_url.rfind('/') + 1);
+  for (int i = 0; i < 150; ++i) {
+    if (removal.wait_for(std::chrono::milliseconds(20)) == std::future_status::ready) break;
+    auto r = (*updater)->Exec(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+        {name});
+    if (r.ok() && r->Int(0, 0) > 0) break;
+  }
+  ASSERT_TRUE((*updater)->ExecScript("COMMIT").ok());
+  grpc::Status st = removal.get();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_NE(st.error_message().find("hosts offer(s) " + offer.id()), std::string::npos)
+      << st.error_message();
+  v1::GetContactRequest get;
+  get.set_id(second.id());
+  v1::Contact still;
+  EXPECT_TRUE(stub().GetContact(Ctx(admin()).get(), get, &still).ok());
+}
+
+TEST_F(PartnersApi, AnOfferGivenAHostBeingRemovedSaysWhich) {
+  // The reverse: RemoveContact has deleted the contact (not yet committed)
+  // when an offer update names it as host. The update's check still sees
+  // the contact; its row then waits for the removal and is refused by the
+  // foreign key, reported as the field and the rule.
+  v1::Organisation org = CreateOrg("Racing Removal Trust");
+  v1::Contact first = CreateContact(org.id(), "Stays Host");
+  v1::Contact leaving = CreateContact(org.id(), "Leaving Host");
+  v1::Offer offer = CreateOffer(org.id(), first.id());
+  auto remover = db::Conn::Open(fx_->db_url, "test");
+  ASSERT_TRUE(remover.ok());
+  ASSERT_TRUE((*remover)->ExecScript("BEGIN").ok());
+  ASSERT_TRUE(
+      (*remover)->Exec("DELETE FROM contacts WHERE id = $1::uuid", {leaving.id()}).ok());
+  auto update = std::async(std::launch::async, [&] {
+    v1::UpdateOfferRequest req;
+    req.mutable_offer()->set_id(offer.id());
+    req.mutable_offer()->set_etag(offer.etag());
+    req.mutable_offer()->set_host_contact_id(leaving.id());
+    req.mutable_update_mask()->add_paths("host_contact_id");
+    v1::Offer out;
+    return stub().UpdateOffer(Ctx(admin()).get(), req, &out);
+  });
+  std::string name = fx_->db_url.substr(fx_->db_url.rfind('/') + 1);
+  for (int i = 0; i < 150; ++i) {
+    if (update.wait_for(std::chrono::milliseconds(20)) == std::future_status::ready) break;
+    auto r = (*remover)->Exec(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+        {name});
+    if (r.ok() && r->Int(0, 0) > 0) break;
+  }
+  ASSERT_TRUE((*remover)->ExecScript("COMMIT").ok());
+  grpc::Status st = update.get();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_TRUE(absl::StartsWith(st.error_message(), "offer.host_contact_id: ")) << st.error_message();
 }
 
 TEST_F(PartnersApi, ContactsRoundTrip) {

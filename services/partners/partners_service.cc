@@ -46,6 +46,25 @@ absl::Status NotArchived(const v1::Organisation& org) {
   return absl::OkStatus();
 }
 
+// The host contact checked a moment ago was removed before the offer's row
+// landed (its foreign key says so): the field and the rule, not the database's words.
+absl::Status HostRemoved(const absl::Status& s, const std::string& contact_id) {
+  if (db::ConstraintOf(s) == "offers_host_contact_id_fkey") {
+    return absl::FailedPreconditionError(
+        absl::StrCat("offer.host_contact_id: contact ", contact_id, " was removed meanwhile"));
+  }
+  return s;
+}
+
+// The organisation of offer `offer_id`, held FOR SHARE so that it is not
+// archived (which withdraws its published offers) while the offer changes.
+// Taken before the offer's own row lock, in ArchiveOrganisation's order.
+absl::StatusOr<v1::Organisation> OfferOrganisation(db::Conn& c, const std::string& offer_id) {
+  auto peek = store::GetOffer(c, offer_id, false);
+  if (!peek.ok()) return peek.status();
+  return store::ShareOrganisation(c, peek->organisation_id());
+}
+
 // Checks a host contact id names a contact of `org_id`.
 absl::Status CheckHost(db::Conn& c, const std::string& field, const std::string& contact_id,
                        const std::string& org_id) {
@@ -482,7 +501,9 @@ absl::Status PartnersLogic::CreateOffer(const Call& call, const v1::CreateOfferR
               !s.ok()) {
             return s;
           }
-          return store::InsertOffer(c, offer, req.request_id());
+          auto inserted = store::InsertOffer(c, offer, req.request_id());
+          if (!inserted.ok()) return HostRemoved(inserted.status(), offer.host_contact_id());
+          return inserted;
         },
         resp);
     if (!created.ok() || !*created) return created.status();
@@ -536,12 +557,12 @@ absl::Status PartnersLogic::UpdateOffer(const Call& call, const v1::UpdateOfferR
   if (!errors.empty()) return errors.ToStatus();
   const v1::Offer& in = req.offer();
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto org = OfferOrganisation(c, in.id());
+    if (!org.ok()) return org.status();
     auto cur = store::GetOffer(c, in.id(), true);
     if (!cur.ok()) return cur.status();
     if (absl::Status s = MayChange(call.principal, cur->organisation_id()); !s.ok()) return s;
     if (in.etag() != cur->etag()) return server::StaleEtag("offer", cur->etag());
-    auto org = store::GetOrganisation(c, cur->organisation_id(), false);
-    if (!org.ok()) return org.status();
     if (absl::Status s = NotArchived(*org); !s.ok()) return s;
     v1::Offer merged = *cur;
     ApplyMask(in, req.update_mask(), &merged);
@@ -563,7 +584,7 @@ absl::Status PartnersLogic::UpdateOffer(const Call& call, const v1::UpdateOfferR
       return absl::OkStatus();
     }
     auto updated = store::UpdateOffer(c, merged);
-    if (!updated.ok()) return updated.status();
+    if (!updated.ok()) return HostRemoved(updated.status(), merged.host_contact_id());
     *resp = *std::move(updated);
     ev::OfferUpdated event;
     *event.mutable_offer() = *resp;
@@ -577,6 +598,8 @@ absl::Status PartnersLogic::ChangeOfferState(const Call& call, const std::string
                                              v1::Offer* resp) {
   if (absl::Status s = server::CheckUuid("id", id); !s.ok()) return s;
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    auto org = OfferOrganisation(c, id);
+    if (!org.ok()) return org.status();
     auto cur = store::GetOffer(c, id, true);
     if (!cur.ok()) return cur.status();
     if (absl::Status s = MayChange(call.principal, cur->organisation_id()); !s.ok()) return s;
@@ -589,8 +612,6 @@ absl::Status PartnersLogic::ChangeOfferState(const Call& call, const std::string
         return absl::FailedPreconditionError(
             "offer.host_contact_id: set a host contact before publishing");
       }
-      auto org = store::GetOrganisation(c, cur->organisation_id(), false);
-      if (!org.ok()) return org.status();
       if (org->status() != v1::ORGANISATION_STATUS_ACTIVE) {
         return absl::FailedPreconditionError(absl::StrCat(
             "organisation ", org->id(), " is ", v1::OrganisationStatus_Name(org->status()),

@@ -135,6 +135,13 @@ absl::StatusOr<v1::Organisation> GetOrganisation(db::Conn& c, const std::string&
       OrgRow, "organisation", id);
 }
 
+absl::StatusOr<v1::Organisation> ShareOrganisation(db::Conn& c, const std::string& id) {
+  return One<v1::Organisation>(
+      c.Exec(absl::StrCat("SELECT ", kOrgCols, " FROM organisations WHERE id = $1::uuid FOR SHARE"),
+             {id}),
+      OrgRow, "organisation", id);
+}
+
 absl::StatusOr<v1::Organisation> UpdateOrganisation(db::Conn& c, const v1::Organisation& o) {
   return One<v1::Organisation>(
       c.Exec(absl::StrCat("UPDATE organisations SET name = $2, ods_code = $3, sector = $4, "

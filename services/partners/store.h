@@ -38,6 +38,10 @@ absl::StatusOr<std::optional<v1::Organisation>> InsertOrganisation(db::Conn& c,
                                                                    const std::string& rid);
 absl::StatusOr<v1::Organisation> GetOrganisation(db::Conn& c, const std::string& id,
                                                  bool for_update);
+// The organisation, read FOR SHARE: its status holds until the transaction
+// ends, and one being archived (held FOR UPDATE) is waited for and read as
+// committed. Take it before the rows of the organisation it guards.
+absl::StatusOr<v1::Organisation> ShareOrganisation(db::Conn& c, const std::string& id);
 absl::StatusOr<v1::Organisation> UpdateOrganisation(db::Conn& c, const v1::Organisation& o);
 absl::StatusOr<v1::Organisation> SetOrganisationStatus(db::Conn& c, const std::string& id,
                                                        v1::OrganisationStatus status);
