@@ -320,7 +320,9 @@ TEST_F(SchedulingConcurrency, NoBookingSlipsInWhileAParticipantIsDeactivated) {
   // someone with no bookings.
   ASSERT_TRUE((*other)->ExecScript("BEGIN").ok());
   ASSERT_TRUE(
-      (*other)->Exec("SELECT 1 FROM participants WHERE id = $1::uuid FOR UPDATE", {p.id()}).ok());
+      (*other)
+          ->Exec("SELECT 1 FROM participants WHERE id = $1::uuid FOR NO KEY UPDATE", {p.id()})
+          .ok());
   auto booking = std::async(std::launch::async, [&] {
     sv1::Booking b;
     return Book(*fx_, s.id(), p.id(), &b);
@@ -339,6 +341,90 @@ TEST_F(SchedulingConcurrency, NoBookingSlipsInWhileAParticipantIsDeactivated) {
       {p.id()});
   ASSERT_TRUE(live.ok());
   EXPECT_EQ(live->Int(0, 0), 0) << "a seat taken by someone who has left";
+}
+
+TEST_F(SchedulingConcurrency, OppositeReschedulesNeverDeadlock) {
+  // Two connectors swap between two sessions at the same moment, again and
+  // again: each move locks both sessions' seats, in one order for everyone,
+  // so PostgreSQL never has to break a deadlock (each costs a second's stall
+  // and a retry).
+  sv1::Session a = NewSession(*fx_, *org_, 10, DateIn(50));
+  sv1::Session b = NewSession(*fx_, *org_, 10, DateIn(51));
+  std::string ids[2];
+  std::string at[2] = {a.id(), b.id()};
+  for (int i = 0; i < 2; ++i) {
+    sv1::Booking booked;
+    ASSERT_TRUE(Book(*fx_, at[i], Register(*fx_, absl::StrCat("SWAP0", i)).id(), &booked).ok());
+    ids[i] = booked.id();
+  }
+  auto deadlocks = [&] {
+    auto c = db::Conn::Open(fx_->scheduling_db, "test");
+    if (!c.ok()) return int64_t{-1};
+    auto r = (*c)->Exec(
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
+    return r.ok() ? r->Int(0, 0) : int64_t{-1};
+  };
+  int64_t before = deadlocks();
+  for (int round = 0; round < 30; ++round) {
+    std::future<grpc::Status> moves[2];
+    sv1::Booking moved[2];
+    for (int i = 0; i < 2; ++i) {
+      moves[i] = std::async(std::launch::async, [&, i] {
+        sv1::RescheduleBookingRequest req;
+        req.set_id(ids[i]);
+        req.set_session_id(at[1 - i]);
+        return fx_->stub->RescheduleBooking(Ctx(fx_->admin).get(), req, &moved[i]);
+      });
+    }
+    for (int i = 0; i < 2; ++i) {
+      grpc::Status st = moves[i].get();
+      ASSERT_TRUE(st.ok()) << st.error_message();
+      ids[i] = moved[i].id();
+    }
+    std::swap(at[0], at[1]);
+  }
+  absl::SleepFor(absl::Milliseconds(1500));  // backends report their statistics within a second
+  EXPECT_EQ(deadlocks(), before) << "reschedules deadlocked";
+}
+
+TEST_F(SchedulingConcurrency, CancellingASessionWhileItIsBookedNeverDeadlocks) {
+  // The programme team cancels sessions while people book them: the
+  // cancellation and the bookings queue for the seats, and none of them has
+  // to be broken out of a deadlock by PostgreSQL.
+  std::vector<std::string> people;
+  for (int i = 0; i < 8; ++i) people.push_back(Register(*fx_, absl::StrCat("CXL0", i)).id());
+  auto deadlocks = [&] {
+    auto c = db::Conn::Open(fx_->scheduling_db, "test");
+    if (!c.ok()) return int64_t{-1};
+    auto r = (*c)->Exec(
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
+    return r.ok() ? r->Int(0, 0) : int64_t{-1};
+  };
+  int64_t before = deadlocks();
+  for (int round = 0; round < 15; ++round) {
+    sv1::Session s = NewSession(*fx_, *org_, 4, DateIn(60 + round));
+    std::vector<std::future<grpc::Status>> calls;
+    for (const std::string& p : people) {
+      calls.push_back(std::async(std::launch::async, [&, p] {
+        sv1::Booking b;
+        return Book(*fx_, s.id(), p, &b);
+      }));
+    }
+    calls.push_back(std::async(std::launch::async, [&] {
+      sv1::CancelSessionRequest req;
+      req.set_id(s.id());
+      req.set_reason("ward closed");
+      sv1::Session out;
+      return fx_->stub->CancelSession(Ctx(fx_->admin).get(), req, &out);
+    }));
+    for (auto& c : calls) {
+      grpc::Status st = c.get();
+      EXPECT_TRUE(st.ok() || st.error_code() == grpc::StatusCode::FAILED_PRECONDITION)
+          << st.error_code() << " " << st.error_message();
+    }
+  }
+  absl::SleepFor(absl::Milliseconds(1500));  // backends report their statistics within a second
+  EXPECT_EQ(deadlocks(), before) << "cancellations and bookings deadlocked";
 }
 
 // 400 people booking one session of 10 seats at once, each request with its

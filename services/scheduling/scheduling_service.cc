@@ -823,6 +823,16 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
     if (old->session_id() == req.session_id()) {
       return absl::InvalidArgumentError("session_id: the booking is already on this session");
     }
+    // Both sites' seats first, in one order for every move: two connectors
+    // swapping between the same sessions would otherwise each hold one site
+    // and wait for the other until PostgreSQL broke the deadlock (a second's
+    // stall and a retry every time, measured).
+    std::pair<std::string, std::string> sites[] = {{old->session_id(), old->site()},
+                                                   {req.session_id(), req.site()}};
+    if (sites[1] < sites[0]) std::swap(sites[0], sites[1]);
+    for (const auto& [session_id, site] : sites) {
+      if (auto l = store::LockSite(c, session_id, site); !l.ok()) return l.status();
+    }
     // Cancel first: a move within one date must not trip the one-visit rule.
     auto from = CancelInTx(c, call, req.id(), false);
     if (!from.ok()) return from.status();

@@ -209,10 +209,15 @@ absl::StatusOr<std::optional<v1::Participant>> InsertParticipant(db::Conn& c,
       ParticipantRow);
 }
 
+// Participants and sessions are locked FOR NO KEY UPDATE: their ids never
+// change and they are never deleted, and the weaker lock does not hold up the
+// foreign-key checks of bookings being inserted meanwhile (which, under their
+// site's lock, then deadlocked with a cancellation waiting for that site).
+// It still excludes book_session's FOR SHARE read of the participant.
 absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& id, bool lock) {
   return One<v1::Participant>(
       c.Exec(absl::StrCat("SELECT ", kParticipantCols, " FROM participants WHERE id = $1::uuid",
-                          lock ? " FOR UPDATE" : ""),
+                          lock ? " FOR NO KEY UPDATE" : ""),
              {id}),
       ParticipantRow, "participant", id);
 }
@@ -305,7 +310,7 @@ absl::StatusOr<std::optional<std::string>> InsertSession(db::Conn& c, const v1::
 absl::StatusOr<v1::Session> GetSession(db::Conn& c, const std::string& id, bool lock) {
   return One<v1::Session>(
       c.Exec(absl::StrCat("SELECT ", kSessionCols, " FROM sessions s WHERE s.id = $1::uuid",
-                          lock ? " FOR UPDATE OF s" : ""),
+                          lock ? " FOR NO KEY UPDATE OF s" : ""),
              {id}),
       SessionRow, "session", id);
 }
