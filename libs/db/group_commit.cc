@@ -101,6 +101,9 @@ void GroupCommitter::Drain(const std::string& key) {
         deadline = std::max(deadline, it->deadline);
       }
     }
+    std::stable_sort(run.begin(), run.end(), [](const Item* a, const Item* b) {
+      return a->work.lock_order < b->work.lock_order;
+    });
     if (!run.empty()) RunBatch(run, deadline);
     {
       absl::MutexLock lock(&mu_);

@@ -43,6 +43,10 @@ namespace connecting::db {
 class GroupCommitter {
  public:
   struct Work {
+    // A batch runs its items by `lock_order` (ties in arrival order), so that
+    // it takes row locks in the order every other writer of those rows uses,
+    // and never deadlocks with one (e.g. the key of the row `first` locks).
+    std::string lock_order;
     Statement first;
     // Runs on the batch's thread while the transaction is open; returns the
     // statements to commit with (e.g. outbox rows) or this caller's error.

@@ -92,6 +92,14 @@ absl::Status CheckHostAndOffer(db::Conn& c, const v1::Session& s) {
   return absl::OkStatus();
 }
 
+// Every writer that holds more than one site's seats at once takes them in
+// this order (session id, then site): group-committed bookings, moves,
+// session cancellations and deactivations. Session ids are UUIDs of one
+// length, so the text compares as the pair, and as ORDER BY session_id, site.
+std::string SiteLockOrder(const std::string& session_id, const std::string& site) {
+  return absl::StrCat(session_id, "\x1f", site);
+}
+
 // The status for book_session's outcome: OK for booked and prior, else the
 // refusal naming the rule (or the field) that refused it.
 absl::Status BookingRefusal(const store::Booked& b, const std::string& session_id,
@@ -724,6 +732,7 @@ void SchedulingLogic::BookSession(const Call& call, const v1::BookSessionRequest
   // One round trip for the booking (pipelined with BEGIN and with the other
   // bookings queued meanwhile in its lane), one for its event and COMMIT.
   db::GroupCommitter::Work work;
+  work.lock_order = SiteLockOrder(req.session_id(), req.site());
   work.first =
       store::BookStatement(req.session_id(), req.participant_id(), req.site(), req.request_id());
   work.then = [this, &call, &req, resp](const db::Result& rows) {
@@ -829,7 +838,10 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
     // stall and a retry every time, measured).
     std::pair<std::string, std::string> sites[] = {{old->session_id(), old->site()},
                                                    {req.session_id(), req.site()}};
-    if (sites[1] < sites[0]) std::swap(sites[0], sites[1]);
+    if (SiteLockOrder(sites[1].first, sites[1].second) <
+        SiteLockOrder(sites[0].first, sites[0].second)) {
+      std::swap(sites[0], sites[1]);
+    }
     for (const auto& [session_id, site] : sites) {
       if (auto l = store::LockSite(c, session_id, site); !l.ok()) return l.status();
     }

@@ -377,7 +377,8 @@ absl::Status AddSeats(db::Conn& c, const std::string& session_id, const std::str
 
 absl::Status LockSites(db::Conn& c, const std::string& session_id) {
   return c
-      .Exec("SELECT 1 FROM session_sites WHERE session_id = $1::uuid ORDER BY site FOR UPDATE",
+      .Exec("SELECT 1 FROM session_sites WHERE session_id = $1::uuid ORDER BY site COLLATE \"C\" "
+            "FOR UPDATE",  // the sites' lock order (SiteLockOrder)
             {session_id})
       .status();
 }
@@ -476,7 +477,7 @@ absl::StatusOr<std::vector<std::string>> FutureLiveBookingsOf(db::Conn& c,
       c.Exec("SELECT b.id::text FROM bookings b JOIN sessions s ON s.id = b.session_id "
              "WHERE b.participant_id = $1::uuid AND b.status IN (1, 2) AND "
              "(s.session_date + s.start_time) > (now() AT TIME ZONE 'Europe/London') "
-             "ORDER BY b.seq",
+             "ORDER BY b.session_id, b.site COLLATE \"C\"",  // the sites' lock order
              {participant_id}),
       Text0);
 }
