@@ -343,6 +343,59 @@ TEST_F(SchedulingConcurrency, NoBookingSlipsInWhileAParticipantIsDeactivated) {
   EXPECT_EQ(live->Int(0, 0), 0) << "a seat taken by someone who has left";
 }
 
+TEST_F(SchedulingConcurrency, PromotionSkipsSomeoneConfirmedElsewhereThatDateMeanwhile) {
+  // A seat frees on visit A while the first person waiting for it is being
+  // confirmed on visit B the same date (not yet committed): the promotion
+  // must not break the one-visit rule nor fail the cancellation that freed
+  // the seat; it passes to the next person waiting.
+  std::string date = DateIn(45);
+  sv1::Session a = NewSession(*fx_, *org_, 1, date);
+  sv1::Session b = NewSession(*fx_, *org_, 5, date);
+  std::string holder = Register(*fx_, "PROMO1").id();
+  std::string first = Register(*fx_, "PROMO2").id();
+  std::string next = Register(*fx_, "PROMO3").id();
+  sv1::Booking held, first_waiting, next_waiting;
+  ASSERT_TRUE(Book(*fx_, a.id(), holder, &held).ok());
+  ASSERT_TRUE(Book(*fx_, a.id(), first, &first_waiting).ok());
+  ASSERT_TRUE(Book(*fx_, a.id(), next, &next_waiting).ok());
+  ASSERT_EQ(first_waiting.status(), sv1::BOOKING_STATUS_WAITLISTED);
+
+  auto other = db::Conn::Open(fx_->scheduling_db, "test");
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE((*other)->ExecScript("BEGIN").ok());  // BookSession on B, as the service sends it
+  auto on_b = (*other)->Exec("SELECT o_outcome, o_booking_status FROM book_session("
+                             "$1::uuid, $2::uuid, '', NULL)",
+                             {b.id(), first});
+  ASSERT_TRUE(on_b.ok()) << on_b.status();
+  ASSERT_EQ(on_b->String(0, 0), "booked");
+  auto cancel = std::async(std::launch::async, [&] {
+    sv1::CancelBookingRequest req;
+    req.set_id(held.id());
+    sv1::Booking out;
+    return fx_->stub->CancelBooking(Ctx(fx_->admin).get(), req, &out);
+  });
+  // Until the promotion waits for the booking on B (or the cancel finishes).
+  for (int i = 0; i < 150; ++i) {
+    if (cancel.wait_for(std::chrono::milliseconds(20)) == std::future_status::ready) break;
+    auto r = (*other)->Exec(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock'");
+    if (r.ok() && r->Int(0, 0) > 0) break;
+  }
+  ASSERT_TRUE((*other)->ExecScript("COMMIT").ok());
+  grpc::Status st = cancel.get();
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  auto statuses = (*other)->Exec(
+      "SELECT (SELECT count(*) FROM bookings WHERE participant_id = $1::uuid AND status = 1), "
+      "(SELECT status FROM bookings WHERE id = $2::uuid), "
+      "(SELECT status FROM bookings WHERE id = $3::uuid)",
+      {first, first_waiting.id(), next_waiting.id()});
+  ASSERT_TRUE(statuses.ok());
+  EXPECT_EQ(statuses->Int(0, 0), 1) << "one confirmed visit that date";
+  EXPECT_EQ(statuses->Int(0, 1), sv1::BOOKING_STATUS_WAITLISTED) << "skipped at promotion";
+  EXPECT_EQ(statuses->Int(0, 2), sv1::BOOKING_STATUS_CONFIRMED) << "the seat went to the next";
+}
+
 TEST_F(SchedulingConcurrency, OppositeReschedulesNeverDeadlock) {
   // Two connectors swap between two sessions at the same moment, again and
   // again: each move locks both sessions' seats, in one order for everyone,

@@ -674,13 +674,27 @@ absl::Status SchedulingLogic::Promote(db::Conn& c, const Call& call, const v1::S
   if (session.status() != v1::SESSION_STATUS_SCHEDULED) return absl::OkStatus();
   auto waiting = store::Waitlist(c, session.id(), site);
   if (!waiting.ok()) return waiting.status();
+  const bool frontline = session.kind() == v1::SESSION_KIND_FRONTLINE_VISIT;
   for (const auto& [booking_id, participant_id] : *waiting) {
-    if (session.kind() == v1::SESSION_KIND_FRONTLINE_VISIT) {
+    if (frontline) {
       auto other = store::ConfirmedFrontlineOn(c, participant_id, session.date());
       if (!other.ok()) return other.status();
       if (other->has_value()) continue;  // would break the one-visit-per-date rule
+      // A visit that date being confirmed elsewhere right now is not visible
+      // yet: the unique index waits for it and, if it commits, refuses this
+      // one. That person is skipped like the others, and the cancellation
+      // or move that freed the seat still succeeds.
+      if (absl::Status s = c.ExecScript("SAVEPOINT promote"); !s.ok()) return s;
+      absl::Status s = store::SetBookingStatus(c, booking_id, kConfirmed);
+      if (!s.ok() && db::ConstraintOf(s) == "bookings_one_frontline_per_date") {
+        if (absl::Status r = c.ExecScript("ROLLBACK TO SAVEPOINT promote"); !r.ok()) return r;
+        continue;
+      }
+      if (!s.ok()) return s;
+      if (absl::Status r = c.ExecScript("RELEASE SAVEPOINT promote"); !r.ok()) return r;
+    } else if (absl::Status s = store::SetBookingStatus(c, booking_id, kConfirmed); !s.ok()) {
+      return s;
     }
-    if (absl::Status s = store::SetBookingStatus(c, booking_id, kConfirmed); !s.ok()) return s;
     if (absl::Status s = store::AddSeats(c, session.id(), site, 1, -1); !s.ok()) return s;
     return EmitBooking(c, call, "promoted", booking_id, "");
   }
