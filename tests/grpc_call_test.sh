@@ -67,6 +67,9 @@ $G -plaintext "$A" describe connecting.partners.v1.Organisation | grep -q "Times
   fail "describe Organisation"
 $G -plaintext "$S" describe connecting.scheduling.v1.SchedulingService | grep -q "rpc BookSession" ||
   fail "describe SchedulingService"
+$G -plaintext "$S" describe connecting.scheduling.v1.SchedulingService.BookSession |
+  grep -q "returns ( .connecting.scheduling.v1.Booking )" || fail "describe a method"
+expect_status 1 "no.such.Thing" $G -plaintext "$A" describe no.such.Thing
 # Health needs no token, and is described too (gRPC's own health service is
 # not, unless the binary links its descriptor).
 [ "$($G -plaintext "$A" grpc.health.v1.Health/Check | field status)" = SERVING ] || fail "health"

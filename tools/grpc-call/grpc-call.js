@@ -165,14 +165,16 @@ function fromJson(type, json, path) {
 
 function describeService(svc) {
   const lines = [`${fullName(svc)} is a service:`, `service ${svc.name} {`];
-  for (const m of svc.methodsArray) {
-    m.resolve();
-    const req = (m.requestStream ? 'stream ' : '') + fullName(m.resolvedRequestType);
-    const resp = (m.responseStream ? 'stream ' : '') + fullName(m.resolvedResponseType);
-    lines.push(`  rpc ${m.name} ( .${req} ) returns ( .${resp} );`);
-  }
+  for (const m of svc.methodsArray) lines.push('  ' + describeMethod(m).split('\n')[1]);
   lines.push('}');
   return lines.join('\n');
+}
+
+function describeMethod(m) {
+  m.resolve();
+  const req = (m.requestStream ? 'stream ' : '') + fullName(m.resolvedRequestType);
+  const resp = (m.responseStream ? 'stream ' : '') + fullName(m.resolvedResponseType);
+  return `${fullName(m)} is a method:\nrpc ${m.name} ( .${req} ) returns ( .${resp} );`;
 }
 
 function describeType(t) {
@@ -234,10 +236,15 @@ async function main() {
   }
   if (command === 'describe') {
     if (args.length !== 1) usage('describe takes one symbol');
-    const root = await reflect(args[0].replace(/^\./, ''));
-    const found = root.lookup(args[0].replace(/^\./, ''));
-    if (!found) throw new Error(`symbol ${args[0]} not found`);
-    process.stdout.write((found.methods ? describeService(found) : describeType(found)) + '\n');
+    const symbol = args[0].replace(/^\./, '');
+    const root = await reflect(symbol).catch((e) => {
+      throw new Error(`symbol ${symbol}: ${e.details || e.message}`);
+    });
+    const found = root.lookup(symbol);
+    if (!found) throw new Error(`symbol ${symbol} not found`);
+    const text = found.methods ? describeService(found)
+      : found.resolvedRequestType !== undefined ? describeMethod(found) : describeType(found);
+    process.stdout.write(text + '\n');
     return 0;
   }
   if (args.length !== 0) usage(`unexpected argument ${args[0]}`);
