@@ -140,6 +140,26 @@ int RandomFiller::EnumValue(const FieldDescriptor* f) {
   return e->value(static_cast<int>(Pick(e->value_count())))->number();
 }
 
+void RandomFiller::MutateOne(Message* m, int depth) {
+  const google::protobuf::Descriptor* d = m->GetDescriptor();
+  if (d->field_count() == 0) return;
+  const Reflection* r = m->GetReflection();
+  const FieldDescriptor* f = d->field(static_cast<int>(Pick(d->field_count())));
+  if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE && depth < 2 && Chance(2)) {
+    if (!f->is_repeated() && r->HasField(*m, f)) return MutateOne(r->MutableMessage(m, f), depth + 1);
+    if (f->is_repeated() && r->FieldSize(*m, f) > 0) {
+      int i = static_cast<int>(Pick(static_cast<uint32_t>(r->FieldSize(*m, f))));
+      return MutateOne(r->MutableRepeatedMessage(m, f, i), depth + 1);
+    }
+  }
+  r->ClearField(m, f);
+  if (Chance(4)) return;
+  const bool was_tame = tame;
+  tame = false;
+  Put(m, f, depth);
+  tame = was_tame;
+}
+
 void RandomFiller::Put(Message* m, const FieldDescriptor* f, int depth) {
   const Reflection* r = m->GetReflection();
   const bool rep = f->is_repeated();

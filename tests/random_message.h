@@ -36,6 +36,11 @@ class RandomFiller {
   // messages to a depth of 3. Timestamps and Durations get valid values.
   void Fill(google::protobuf::Message* m, int depth = 0);
 
+  // Changes one field of `m` (or of a message it holds), leaving the rest as
+  // they are: clears it, or sets it to a value as wild as Fill's untamed ones.
+  // From a valid request, this reaches the rules checked after the first ones.
+  void MutateOne(google::protobuf::Message* m, int depth = 0);
+
   // Up to 12 code points: ASCII, escapes, controls, separators, BOM,
   // surrogate-pair territory, the last code point.
   std::string OddText();

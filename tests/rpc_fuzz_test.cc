@@ -46,6 +46,7 @@ using google::protobuf::ServiceDescriptor;
 using server::Role;
 
 constexpr int kPerMethod = 40;
+constexpr int kMutations = 30;  // per method, from requests it accepted
 constexpr uint32_t kSeed = 20261130;
 
 // "field: rule" (field paths are lower-case, with dots and [i]).
@@ -241,21 +242,34 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
       const Message* prototype =
           google::protobuf::MessageFactory::generated_factory()->GetPrototype(method->input_type());
       ASSERT_NE(prototype, nullptr) << path;
-      for (int i = 0; i < kPerMethod + 3; ++i) {
+      // Requests this method accepted, for the mutation phase.
+      std::vector<std::unique_ptr<Message>> accepted;
+      for (int i = 0; i < kPerMethod + 3 + kMutations; ++i) {
+        const bool garbage = i >= kPerMethod && i < kPerMethod + 3;
+        const bool mutation = i >= kPerMethod + 3;
+        if (mutation && accepted.empty()) break;
         std::string bytes;
         std::string shown;
-        if (i < kPerMethod) {
-          std::unique_ptr<Message> req(prototype->New());
-          fill.tame = i % 2 == 1;  // every other request: plausible values only
-          fill.Fill(req.get());
-          bytes = req->SerializeAsString();
-          shown = req->ShortDebugString().substr(0, 2000);
-        } else {  // garbage
+        std::unique_ptr<Message> req;
+        if (garbage) {
           for (int n = 1 + fill.Pick(40); n > 0; --n)
             bytes.push_back(static_cast<char>(fill.Pick(256)));
           shown = "(garbage bytes)";
+        } else {
+          if (mutation) {  // one field of an accepted request changed
+            req.reset(accepted[fill.Pick(static_cast<uint32_t>(accepted.size()))]->New());
+            req->CopyFrom(*accepted[fill.Pick(static_cast<uint32_t>(accepted.size()))]);
+            fill.MutateOne(req.get());
+          } else {
+            req.reset(prototype->New());
+            fill.tame = i % 2 == 1;  // every other request: plausible values only
+            fill.Fill(req.get());
+          }
+          bytes = req->SerializeAsString();
+          shown = req->ShortDebugString().substr(0, 2000);
         }
-        const std::string& token = tokens[fill.Chance(4) ? 3 + fill.Pick(3) : 0];
+        const std::string& token =
+            tokens[!mutation && fill.Chance(4) ? 3 + fill.Pick(3) : 0];
         std::string reply;
         grpc::Status st = RawCall(t.channel, path, bytes, token, &reply);
         ++calls;
@@ -273,12 +287,15 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
           case grpc::StatusCode::OUT_OF_RANGE:
             break;
           case grpc::StatusCode::INVALID_ARGUMENT:
-            EXPECT_TRUE(NamesAField(st.error_message()) || i >= kPerMethod) << where;
-            EXPECT_TRUE(i >= kPerMethod || IsFieldOf(method->input_type(), st.error_message()))
+            EXPECT_TRUE(NamesAField(st.error_message()) || garbage) << where;
+            EXPECT_TRUE(garbage || IsFieldOf(method->input_type(), st.error_message()))
                 << "names no field of " << method->input_type()->full_name() << ": " << where;
             break;
           default:  // INTERNAL, UNKNOWN, UNAVAILABLE (a crash), DEADLINE_EXCEEDED (a hang)...
             ADD_FAILURE() << where;
+        }
+        if (st.ok() && req != nullptr && !mutation && accepted.size() < 6) {
+          accepted.push_back(std::move(req));
         }
         if (st.ok() && absl::StartsWith(method->name(), "List")) {
           // Feed real page tokens back in, so that reuse across filters is tried.
