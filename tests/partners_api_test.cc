@@ -339,8 +339,7 @@ TEST_F(PartnersApi, AnOfferGivenAHostBeingRemovedSaysWhich) {
   auto remover = db::Conn::Open(fx_->db_url, "test");
   ASSERT_TRUE(remover.ok());
   ASSERT_TRUE((*remover)->ExecScript("BEGIN").ok());
-  ASSERT_TRUE(
-      (*remover)->Exec("DELETE FROM contacts WHERE id = $1::uuid", {leaving.id()}).ok());
+  ASSERT_TRUE((*remover)->Exec("DELETE FROM contacts WHERE id = $1::uuid", {leaving.id()}).ok());
   auto update = std::async(std::launch::async, [&] {
     v1::UpdateOfferRequest req;
     req.mutable_offer()->set_id(offer.id());
@@ -361,7 +360,8 @@ TEST_F(PartnersApi, AnOfferGivenAHostBeingRemovedSaysWhich) {
   ASSERT_TRUE((*remover)->ExecScript("COMMIT").ok());
   grpc::Status st = update.get();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
-  EXPECT_TRUE(absl::StartsWith(st.error_message(), "offer.host_contact_id: ")) << st.error_message();
+  EXPECT_TRUE(absl::StartsWith(st.error_message(), "offer.host_contact_id: "))
+      << st.error_message();
 }
 
 TEST_F(PartnersApi, ContactsRoundTrip) {

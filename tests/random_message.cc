@@ -146,7 +146,8 @@ void RandomFiller::MutateOne(Message* m, int depth) {
   const Reflection* r = m->GetReflection();
   const FieldDescriptor* f = d->field(static_cast<int>(Pick(d->field_count())));
   if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE && depth < 2 && Chance(2)) {
-    if (!f->is_repeated() && r->HasField(*m, f)) return MutateOne(r->MutableMessage(m, f), depth + 1);
+    if (!f->is_repeated() && r->HasField(*m, f))
+      return MutateOne(r->MutableMessage(m, f), depth + 1);
     if (f->is_repeated() && r->FieldSize(*m, f) > 0) {
       int i = static_cast<int>(Pick(static_cast<uint32_t>(r->FieldSize(*m, f))));
       return MutateOne(r->MutableRepeatedMessage(m, f, i), depth + 1);

@@ -268,8 +268,7 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
           bytes = req->SerializeAsString();
           shown = req->ShortDebugString().substr(0, 2000);
         }
-        const std::string& token =
-            tokens[!mutation && fill.Chance(4) ? 3 + fill.Pick(3) : 0];
+        const std::string& token = tokens[!mutation && fill.Chance(4) ? 3 + fill.Pick(3) : 0];
         std::string reply;
         grpc::Status st = RawCall(t.channel, path, bytes, token, &reply);
         ++calls;

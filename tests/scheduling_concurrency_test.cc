@@ -363,9 +363,10 @@ TEST_F(SchedulingConcurrency, PromotionSkipsSomeoneConfirmedElsewhereThatDateMea
   auto other = db::Conn::Open(fx_->scheduling_db, "test");
   ASSERT_TRUE(other.ok());
   ASSERT_TRUE((*other)->ExecScript("BEGIN").ok());  // BookSession on B, as the service sends it
-  auto on_b = (*other)->Exec("SELECT o_outcome, o_booking_status FROM book_session("
-                             "$1::uuid, $2::uuid, '', NULL)",
-                             {b.id(), first});
+  auto on_b = (*other)->Exec(
+      "SELECT o_outcome, o_booking_status FROM book_session("
+      "$1::uuid, $2::uuid, '', NULL)",
+      {b.id(), first});
   ASSERT_TRUE(on_b.ok()) << on_b.status();
   ASSERT_EQ(on_b->String(0, 0), "booked");
   auto cancel = std::async(std::launch::async, [&] {
@@ -413,8 +414,8 @@ TEST_F(SchedulingConcurrency, OppositeReschedulesNeverDeadlock) {
   auto deadlocks = [&] {
     auto c = db::Conn::Open(fx_->scheduling_db, "test");
     if (!c.ok()) return int64_t{-1};
-    auto r = (*c)->Exec(
-        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
+    auto r =
+        (*c)->Exec("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
     return r.ok() ? r->Int(0, 0) : int64_t{-1};
   };
   int64_t before = deadlocks();
@@ -449,8 +450,8 @@ TEST_F(SchedulingConcurrency, CancellingASessionWhileItIsBookedNeverDeadlocks) {
   auto deadlocks = [&] {
     auto c = db::Conn::Open(fx_->scheduling_db, "test");
     if (!c.ok()) return int64_t{-1};
-    auto r = (*c)->Exec(
-        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
+    auto r =
+        (*c)->Exec("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
     return r.ok() ? r->Int(0, 0) : int64_t{-1};
   };
   int64_t before = deadlocks();
@@ -701,8 +702,8 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
   auto deadlocks = [&] {
     auto c = db::Conn::Open(fx_->scheduling_db, "test");
     if (!c.ok()) return int64_t{-1};
-    auto r = (*c)->Exec(
-        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
+    auto r =
+        (*c)->Exec("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
     return r.ok() ? r->Int(0, 0) : int64_t{-1};
   };
   int64_t deadlocks_before = deadlocks();

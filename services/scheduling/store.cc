@@ -377,9 +377,10 @@ absl::Status AddSeats(db::Conn& c, const std::string& session_id, const std::str
 
 absl::Status LockSites(db::Conn& c, const std::string& session_id) {
   return c
-      .Exec("SELECT 1 FROM session_sites WHERE session_id = $1::uuid ORDER BY site COLLATE \"C\" "
-            "FOR UPDATE",  // the sites' lock order (SiteLockOrder)
-            {session_id})
+      .Exec(
+          "SELECT 1 FROM session_sites WHERE session_id = $1::uuid ORDER BY site COLLATE \"C\" "
+          "FOR UPDATE",  // the sites' lock order (SiteLockOrder)
+          {session_id})
       .status();
 }
 
