@@ -350,6 +350,25 @@ void AllowConnections(const std::string& db_url, bool allow) {
 }
 }  // namespace
 
+namespace {
+int64_t AdminCount(const std::string& sql, const std::string& db_url) {
+  auto admin = db::Conn::Open(RequiredEnv("CONNECTING_TEST_PG"), "test-harness");
+  if (!admin.ok()) return -1;
+  auto r = (*admin)->Exec(sql, {db_url.substr(db_url.rfind('/') + 1)});
+  return r.ok() && r->rows() == 1 ? r->Int(0, 0) : -1;
+}
+}  // namespace
+
+bool WaitsForALock(const std::string& db_url) {
+  return AdminCount("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                    "AND wait_event_type = 'Lock'",
+                    db_url) > 0;
+}
+
+int64_t DeadlocksIn(const std::string& db_url) {
+  return AdminCount("SELECT deadlocks FROM pg_stat_database WHERE datname = $1", db_url);
+}
+
 DatabaseOutage::DatabaseOutage(std::string db_url) : db_url_(std::move(db_url)) {
   AllowConnections(db_url_, false);
 }

@@ -10,6 +10,7 @@
 #include <grpcpp/grpcpp.h>
 #include <sys/types.h>
 
+#include <future>
 #include <map>
 #include <memory>
 #include <optional>
@@ -137,6 +138,22 @@ class DatabaseOutage {
   std::string db_url_;
   bool ended_ = false;
 };
+
+// Race tests: a second connection holds a row while the service's call
+// arrives, and lets go once the call waits for it.
+// Whether some backend of the database at `db_url` waits for a lock now.
+bool WaitsForALock(const std::string& db_url);
+// Until `call` has finished or waits for a lock in that database (at most 3 s).
+template <class T>
+void UntilWaitingOrDone(const std::string& db_url, std::future<T>& call) {
+  for (int i = 0; i < 150; ++i) {
+    if (call.wait_for(std::chrono::milliseconds(20)) == std::future_status::ready) return;
+    if (WaitsForALock(db_url)) return;
+  }
+}
+// Deadlocks PostgreSQL has broken in the database at `db_url` so far (its
+// backends report them within a second); -1 if it cannot be read.
+int64_t DeadlocksIn(const std::string& db_url);
 
 // The body of http://127.0.0.1:<port><path> (HTTP/1.0), "" if it cannot be had.
 std::string HttpGet(int port, const std::string& path);

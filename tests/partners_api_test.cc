@@ -269,14 +269,7 @@ TEST_F(PartnersApi, AnOfferPublishedWhileItsPartnerIsArchivedEndsWithdrawn) {
     return stub().PublishOffer(Ctx(admin()).get(), pub, &out);
   });
   // Until the publish finishes (wrongly) or waits for the organisation.
-  std::string name = fx_->db_url.substr(fx_->db_url.rfind('/') + 1);
-  for (int i = 0; i < 150; ++i) {
-    if (publish.wait_for(std::chrono::milliseconds(20)) == std::future_status::ready) break;
-    auto r = (*archiver)->Exec(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
-        {name});
-    if (r.ok() && r->Int(0, 0) > 0) break;
-  }
+  UntilWaitingOrDone(fx_->db_url, publish);
   ASSERT_TRUE((*archiver)->ExecScript("COMMIT").ok());
   grpc::Status st = publish.get();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
@@ -308,14 +301,7 @@ TEST_F(PartnersApi, AContactMadeAHostWhileBeingRemovedStays) {
     v1::RemoveContactResponse out;
     return stub().RemoveContact(Ctx(admin()).get(), req, &out);
   });
-  std::string name = fx_->db_url.substr(fx_->db_url.rfind('/') + 1);
-  for (int i = 0; i < 150; ++i) {
-    if (removal.wait_for(std::chrono::milliseconds(20)) == std::future_status::ready) break;
-    auto r = (*updater)->Exec(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
-        {name});
-    if (r.ok() && r->Int(0, 0) > 0) break;
-  }
+  UntilWaitingOrDone(fx_->db_url, removal);
   ASSERT_TRUE((*updater)->ExecScript("COMMIT").ok());
   grpc::Status st = removal.get();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
@@ -349,14 +335,7 @@ TEST_F(PartnersApi, AnOfferGivenAHostBeingRemovedSaysWhich) {
     v1::Offer out;
     return stub().UpdateOffer(Ctx(admin()).get(), req, &out);
   });
-  std::string name = fx_->db_url.substr(fx_->db_url.rfind('/') + 1);
-  for (int i = 0; i < 150; ++i) {
-    if (update.wait_for(std::chrono::milliseconds(20)) == std::future_status::ready) break;
-    auto r = (*remover)->Exec(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
-        {name});
-    if (r.ok() && r->Int(0, 0) > 0) break;
-  }
+  UntilWaitingOrDone(fx_->db_url, update);
   ASSERT_TRUE((*remover)->ExecScript("COMMIT").ok());
   grpc::Status st = update.get();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();

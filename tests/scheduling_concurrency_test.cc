@@ -251,19 +251,6 @@ TEST_F(SchedulingConcurrency, ABookingInFlightIsCancelledWithItsSession) {
   EXPECT_EQ(again.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << again.error_message();
 }
 
-// Waits until a backend of the scheduling database waits for a row lock.
-bool SomeoneWaitsForALock(db::Conn& admin, const std::string& db_url) {
-  std::string name = db_url.substr(db_url.rfind('/') + 1);
-  for (int i = 0; i < 200; ++i) {
-    auto r = admin.Exec(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
-        {name});
-    if (r.ok() && r->Int(0, 0) > 0) return true;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return false;
-}
-
 TEST_F(SchedulingConcurrency, DeactivationCopesWithABookingCancelledMeanwhile) {
   // The deactivation has listed the leaver's live bookings and waits for a
   // site's lock, which a concurrent cancellation of one of them holds; once
@@ -287,7 +274,8 @@ TEST_F(SchedulingConcurrency, DeactivationCopesWithABookingCancelledMeanwhile) {
     sv1::Participant out;
     return fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), req, &out);
   });
-  ASSERT_TRUE(SomeoneWaitsForALock(**other, fx_->scheduling_db));
+  UntilWaitingOrDone(fx_->scheduling_db, deactivation);
+  ASSERT_TRUE(WaitsForALock(fx_->scheduling_db)) << "the deactivation should wait for the site";
   ASSERT_TRUE(
       (*other)
           ->Exec("UPDATE bookings SET status = 3, version = version + 1 WHERE id = $1::uuid",
@@ -327,7 +315,8 @@ TEST_F(SchedulingConcurrency, NoBookingSlipsInWhileAParticipantIsDeactivated) {
     sv1::Booking b;
     return Book(*fx_, s.id(), p.id(), &b);
   });
-  ASSERT_TRUE(SomeoneWaitsForALock(**other, fx_->scheduling_db));
+  UntilWaitingOrDone(fx_->scheduling_db, booking);
+  ASSERT_TRUE(WaitsForALock(fx_->scheduling_db)) << "the booking should wait for the participant";
   ASSERT_TRUE((*other)
                   ->Exec("UPDATE participants SET status = 2, version = version + 1 "
                          "WHERE id = $1::uuid",
@@ -376,13 +365,7 @@ TEST_F(SchedulingConcurrency, PromotionSkipsSomeoneConfirmedElsewhereThatDateMea
     return fx_->stub->CancelBooking(Ctx(fx_->admin).get(), req, &out);
   });
   // Until the promotion waits for the booking on B (or the cancel finishes).
-  for (int i = 0; i < 150; ++i) {
-    if (cancel.wait_for(std::chrono::milliseconds(20)) == std::future_status::ready) break;
-    auto r = (*other)->Exec(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock'");
-    if (r.ok() && r->Int(0, 0) > 0) break;
-  }
+  UntilWaitingOrDone(fx_->scheduling_db, cancel);
   ASSERT_TRUE((*other)->ExecScript("COMMIT").ok());
   grpc::Status st = cancel.get();
   EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
@@ -411,13 +394,7 @@ TEST_F(SchedulingConcurrency, OppositeReschedulesNeverDeadlock) {
     ASSERT_TRUE(Book(*fx_, at[i], Register(*fx_, absl::StrCat("SWAP0", i)).id(), &booked).ok());
     ids[i] = booked.id();
   }
-  auto deadlocks = [&] {
-    auto c = db::Conn::Open(fx_->scheduling_db, "test");
-    if (!c.ok()) return int64_t{-1};
-    auto r =
-        (*c)->Exec("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
-    return r.ok() ? r->Int(0, 0) : int64_t{-1};
-  };
+  auto deadlocks = [&] { return DeadlocksIn(fx_->scheduling_db); };
   int64_t before = deadlocks();
   for (int round = 0; round < 30; ++round) {
     std::future<grpc::Status> moves[2];
@@ -447,13 +424,7 @@ TEST_F(SchedulingConcurrency, CancellingASessionWhileItIsBookedNeverDeadlocks) {
   // to be broken out of a deadlock by PostgreSQL.
   std::vector<std::string> people;
   for (int i = 0; i < 8; ++i) people.push_back(Register(*fx_, absl::StrCat("CXL0", i)).id());
-  auto deadlocks = [&] {
-    auto c = db::Conn::Open(fx_->scheduling_db, "test");
-    if (!c.ok()) return int64_t{-1};
-    auto r =
-        (*c)->Exec("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
-    return r.ok() ? r->Int(0, 0) : int64_t{-1};
-  };
+  auto deadlocks = [&] { return DeadlocksIn(fx_->scheduling_db); };
   int64_t before = deadlocks();
   for (int round = 0; round < 15; ++round) {
     sv1::Session s = NewSession(*fx_, *org_, 4, DateIn(60 + round));
@@ -699,13 +670,7 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
       }
     }
   };
-  auto deadlocks = [&] {
-    auto c = db::Conn::Open(fx_->scheduling_db, "test");
-    if (!c.ok()) return int64_t{-1};
-    auto r =
-        (*c)->Exec("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
-    return r.ok() ? r->Int(0, 0) : int64_t{-1};
-  };
+  auto deadlocks = [&] { return DeadlocksIn(fx_->scheduling_db); };
   int64_t deadlocks_before = deadlocks();
   std::vector<std::thread> threads;
   for (int c = 0; c < kClients; ++c) threads.emplace_back(client, c);
