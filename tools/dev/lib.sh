@@ -31,6 +31,16 @@ free_port() {
   echo "no free port found" >&2; return 1
 }
 
+# require_free_port PORT NAME VAR: fails, saying how to choose another, when
+# something else already listens on 127.0.0.1:PORT (a server started then
+# would fail to bind, and its clients would reach the other program instead).
+require_free_port() {
+  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    echo "127.0.0.1:$1, wanted for $2, is taken by another program; choose another with $3=<port>" >&2
+    return 1
+  fi
+}
+
 wait_port() {  # host port seconds [pid: give up at once if it exits]
   local deadline=$(( $(date +%s) + ${3:-20} ))
   until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do

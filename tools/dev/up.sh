@@ -32,6 +32,7 @@ echo "$pgdir" >"$stack/run/pgdir"
 if [ -f "$pgdir/data/postmaster.pid" ] && as_pg_owner "$(pg_bindir)/pg_ctl" -D "$pgdir/data" status >/dev/null 2>&1; then
   echo "PostgreSQL already running"
 else
+  require_free_port "$PG_PORT" PostgreSQL PG_PORT
   start_postgres "$pgdir" "$PG_PORT"
 fi
 for db in partners scheduling; do
@@ -42,22 +43,27 @@ done
 if [ -f "$stack/nats/nats.pid" ] && kill -0 "$(cat "$stack/nats/nats.pid")" 2>/dev/null; then
   echo "NATS already running"
 else
+  require_free_port "$NATS_PORT" NATS NATS_PORT
+  require_free_port "$NATS_WS_PORT" "NATS websocket" NATS_WS_PORT
   start_nats "$stack/nats" "$NATS_PORT" "$NATS_WS_PORT"
 fi
 
-start_service() {  # name binary grpc_port metrics_port
-  local name=$1 bin=$2 port=$3 metrics=$4
+start_service() {  # name binary grpc_port metrics_port variable-prefix
+  local name=$1 bin=$2 port=$3 metrics=$4 var=$5
   local pidfile="$stack/run/$name.pid"
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     echo "$name already running"
     return
   fi
+  require_free_port "$port" "$name gRPC" "${var}_PORT"
+  require_free_port "$metrics" "$name metrics" "${var}_METRICS"
   JWT_KEY=$key launch_service "$BUILD_DIR/$bin" "$name" "$stack/logs/$name.log" "$port" "$metrics" info
   echo $! >"$pidfile"
   wait_port 127.0.0.1 "$port" 30 "$(cat "$pidfile")" || { tail -20 "$stack/logs/$name.log"; exit 1; }
 }
-start_service partners services/partners/partners "$PARTNERS_PORT" "$PARTNERS_METRICS"
-start_service scheduling services/scheduling/scheduling "${SCHEDULING_PORT:-50052}" "${SCHEDULING_METRICS:-9102}"
+start_service partners services/partners/partners "$PARTNERS_PORT" "$PARTNERS_METRICS" PARTNERS
+start_service scheduling services/scheduling/scheduling "${SCHEDULING_PORT:-50052}" \
+  "${SCHEDULING_METRICS:-9102}" SCHEDULING
 
 echo "loading demo data (idempotent)"
 PARTNERS_ADDR="127.0.0.1:$PARTNERS_PORT" SCHEDULING_ADDR="127.0.0.1:${SCHEDULING_PORT:-50052}" \
