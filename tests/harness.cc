@@ -335,38 +335,65 @@ bool WaitForOutboxDrained(const std::string& db_url, absl::Duration timeout) {
 }
 
 namespace {
-void AllowConnections(const std::string& db_url, bool allow) {
-  std::string name = db_url.substr(db_url.rfind('/') + 1);
+// The name of the database at `db_url`, as pg_stat_activity and ALTER DATABASE know it.
+std::string DatabaseName(const std::string& db_url) {
+  return db_url.substr(db_url.rfind('/') + 1);
+}
+
+// A connection to the shared server's maintenance database, for looking at
+// and acting on a test's database from outside.
+std::unique_ptr<db::Conn> Admin() {
   auto admin = db::Conn::Open(RequiredEnv("CONNECTING_TEST_PG"), "test-harness");
-  ASSERT_TRUE(admin.ok()) << admin.status();
-  absl::Status s = (*admin)->ExecScript(
-      absl::StrCat("ALTER DATABASE ", name, " ALLOW_CONNECTIONS ", allow ? "true" : "false"));
+  EXPECT_TRUE(admin.ok()) << admin.status();
+  return admin.ok() ? *std::move(admin) : nullptr;
+}
+
+// One number about the database at `db_url` (its name is `$1`); -1 if unreadable.
+int64_t AdminCount(db::Conn* admin, const std::string& sql, const std::string& db_url) {
+  if (admin == nullptr) return -1;
+  auto r = admin->Exec(sql, {DatabaseName(db_url)});
+  return r.ok() && r->rows() == 1 ? r->Int(0, 0) : -1;
+}
+
+constexpr char kLockWaiters[] =
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'";
+
+void AllowConnections(const std::string& db_url, bool allow) {
+  std::unique_ptr<db::Conn> admin = Admin();
+  ASSERT_NE(admin, nullptr);
+  absl::Status s = admin->ExecScript(absl::StrCat("ALTER DATABASE ", DatabaseName(db_url),
+                                                  " ALLOW_CONNECTIONS ", allow ? "true" : "false"));
   ASSERT_TRUE(s.ok()) << s;
   if (!allow) {
-    auto r = (*admin)->Exec(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", {name});
-    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_GE(DropConnections(db_url), 0);
   }
 }
 }  // namespace
 
-namespace {
-int64_t AdminCount(const std::string& sql, const std::string& db_url) {
-  auto admin = db::Conn::Open(RequiredEnv("CONNECTING_TEST_PG"), "test-harness");
-  if (!admin.ok()) return -1;
-  auto r = (*admin)->Exec(sql, {db_url.substr(db_url.rfind('/') + 1)});
-  return r.ok() && r->rows() == 1 ? r->Int(0, 0) : -1;
+int64_t DropConnections(const std::string& db_url) {
+  std::unique_ptr<db::Conn> admin = Admin();
+  return AdminCount(admin.get(),
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND application_name <> 'test'",
+                    db_url);
 }
-}  // namespace
 
 bool WaitsForALock(const std::string& db_url) {
-  return AdminCount("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
-                    "AND wait_event_type = 'Lock'",
-                    db_url) > 0;
+  std::unique_ptr<db::Conn> admin = Admin();
+  return AdminCount(admin.get(), kLockWaiters, db_url) > 0;
+}
+
+void UntilWaitingOrDone(const std::string& db_url, const std::function<bool()>& finished) {
+  std::unique_ptr<db::Conn> admin = Admin();
+  for (int i = 0; i < 150 && !finished(); ++i) {
+    if (AdminCount(admin.get(), kLockWaiters, db_url) > 0) return;
+  }
 }
 
 int64_t DeadlocksIn(const std::string& db_url) {
-  return AdminCount("SELECT deadlocks FROM pg_stat_database WHERE datname = $1", db_url);
+  std::unique_ptr<db::Conn> admin = Admin();
+  return AdminCount(admin.get(), "SELECT deadlocks FROM pg_stat_database WHERE datname = $1",
+                    db_url);
 }
 
 DatabaseOutage::DatabaseOutage(std::string db_url) : db_url_(std::move(db_url)) {

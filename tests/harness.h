@@ -10,6 +10,7 @@
 #include <grpcpp/grpcpp.h>
 #include <sys/types.h>
 
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
@@ -139,17 +140,23 @@ class DatabaseOutage {
   bool ended_ = false;
 };
 
+// Drops every connection to the database at `db_url` but the tests' own
+// (application_name "test"), as a failover would; how many it dropped.
+int64_t DropConnections(const std::string& db_url);
+
 // Race tests: a second connection holds a row while the service's call
 // arrives, and lets go once the call waits for it.
 // Whether some backend of the database at `db_url` waits for a lock now.
 bool WaitsForALock(const std::string& db_url);
-// Until `call` has finished or waits for a lock in that database (at most 3 s).
+// Until `finished()` (which may wait a little) or some backend of that
+// database waits for a lock; at most 150 rounds.
+void UntilWaitingOrDone(const std::string& db_url, const std::function<bool()>& finished);
+// The same for a call running in `call`, checked every 20 ms (at most 3 s).
 template <class T>
 void UntilWaitingOrDone(const std::string& db_url, std::future<T>& call) {
-  for (int i = 0; i < 150; ++i) {
-    if (call.wait_for(std::chrono::milliseconds(20)) == std::future_status::ready) return;
-    if (WaitsForALock(db_url)) return;
-  }
+  UntilWaitingOrDone(db_url, [&call] {
+    return call.wait_for(std::chrono::milliseconds(20)) == std::future_status::ready;
+  });
 }
 // Deadlocks PostgreSQL has broken in the database at `db_url` so far (its
 // backends report them within a second); -1 if it cannot be read.

@@ -28,6 +28,10 @@ prometheus::Family<prometheus::Gauge>& PendingFamily() {
   return f;
 }
 
+// Records an event as handled by a consumer; no row is inserted if it already was.
+constexpr char kInboxInsert[] =
+    "INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+
 std::string Header(natsMsg* msg, const char* key) {
   const char* v = nullptr;
   if (natsMsgHeader_Get(msg, key, &v) == NATS_OK && v != nullptr) return v;
@@ -233,10 +237,7 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
     bool duplicate = false;
     absl::Status s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
       duplicate = false;
-      auto ins = tx.Exec(
-          "INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) "
-          "ON CONFLICT DO NOTHING",
-          {options_.durable, d.id, d.subject});
+      auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject});
       if (!ins.ok()) return ins.status();
       if (ins->affected() == 0) {
         duplicate = true;
@@ -269,10 +270,7 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
       return;
     }
     absl::Status dl = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
-      auto ins = tx.Exec(
-          "INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) "
-          "ON CONFLICT DO NOTHING",
-          {options_.durable, d.id, d.subject});
+      auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject});
       if (!ins.ok()) return ins.status();
       return tx
           .Exec(

@@ -92,7 +92,7 @@ absl::Status Nats::EnsureStream(const StreamSpec& spec) const {
     bool first = false;
     {
       absl::MutexLock lock(&mu_);
-      first = warned_.insert(spec.name).second;
+      first = retention_checked_.insert(spec.name).second;
     }
     if (first && kept != absl::ToInt64Nanoseconds(spec.max_age)) {
       auto age = [](int64_t ns) {

@@ -71,7 +71,8 @@ class Nats {
   explicit Nats(NatsPtr<natsConnection> c) : conn_(std::move(c)) {}
   NatsPtr<natsConnection> conn_;
   mutable absl::Mutex mu_;
-  mutable std::set<std::string> warned_ ABSL_GUARDED_BY(mu_);  // streams warned about
+  // Streams whose retention was compared once already (the warning is logged once).
+  mutable std::set<std::string> retention_checked_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace connecting::bus

@@ -165,16 +165,20 @@ function fromJson(type, json, path) {
 
 function describeService(svc) {
   const lines = [`${fullName(svc)} is a service:`, `service ${svc.name} {`];
-  for (const m of svc.methodsArray) lines.push('  ' + describeMethod(m).split('\n')[1]);
+  for (const m of svc.methodsArray) lines.push(`  ${rpcLine(m)}`);
   lines.push('}');
   return lines.join('\n');
 }
 
-function describeMethod(m) {
+function rpcLine(m) {
   m.resolve();
   const req = (m.requestStream ? 'stream ' : '') + fullName(m.resolvedRequestType);
   const resp = (m.responseStream ? 'stream ' : '') + fullName(m.resolvedResponseType);
-  return `${fullName(m)} is a method:\nrpc ${m.name} ( .${req} ) returns ( .${resp} );`;
+  return `rpc ${m.name} ( .${req} ) returns ( .${resp} );`;
+}
+
+function describeMethod(m) {
+  return `${fullName(m)} is a method:\n${rpcLine(m)}`;
 }
 
 function describeType(t) {
