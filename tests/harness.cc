@@ -383,6 +383,15 @@ bool WaitsForALock(const std::string& db_url) {
   return AdminCount(admin.get(), kLockWaiters, db_url) > 0;
 }
 
+bool UntilLockWaiters(const std::string& db_url, int64_t n) {
+  std::unique_ptr<db::Conn> admin = Admin();
+  for (int i = 0; i < 250; ++i) {
+    if (AdminCount(admin.get(), kLockWaiters, db_url) >= n) return true;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return false;
+}
+
 void UntilWaitingOrDone(const std::string& db_url, const std::function<bool()>& finished) {
   std::unique_ptr<db::Conn> admin = Admin();
   for (int i = 0; i < 150 && !finished(); ++i) {

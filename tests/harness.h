@@ -148,6 +148,9 @@ int64_t DropConnections(const std::string& db_url);
 // arrives, and lets go once the call waits for it.
 // Whether some backend of the database at `db_url` waits for a lock now.
 bool WaitsForALock(const std::string& db_url);
+// Until `n` backends of that database wait for a lock at once (at most 5 s);
+// whether they do.
+bool UntilLockWaiters(const std::string& db_url, int64_t n);
 // Until `finished()` (which may wait a little) or some backend of that
 // database waits for a lock; at most 150 rounds.
 void UntilWaitingOrDone(const std::string& db_url, const std::function<bool()>& finished);

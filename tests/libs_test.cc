@@ -5,6 +5,7 @@
 #include <atomic>
 #include <future>
 
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "libs/common/metrics.h"
 #include "libs/db/db.h"
@@ -382,6 +383,63 @@ TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
                 EXPECT_EQ(r->Int(0, 3), 0) << "the INTERNAL caller's write was undone";
                 return r.status();
               }).ok());
+}
+
+TEST_F(Database, GroupCommitTakesTheLockFirstRowsBeforeAnyItemRuns) {
+  // Items name rows to lock before the rest (here: people before seats).
+  // While such a row is held elsewhere the batch waits at its start, holding
+  // none of the rows its items lock: a writer that holds the person and
+  // wants the seats gets them, instead of deadlocking with the batch.
+  ASSERT_TRUE(db::Transact(*pool_, [](db::Conn& c) {
+                return c.ExecScript(
+                    "CREATE TABLE people (k text PRIMARY KEY);"
+                    "INSERT INTO people VALUES ('ann'), ('bob');"
+                    "CREATE TABLE seats (k int PRIMARY KEY, n int NOT NULL);"
+                    "INSERT INTO seats VALUES (1, 0)");
+              }).ok());
+  std::vector<std::vector<std::string>> asked;
+  server::Executor threads(1, 8);
+  db::GroupCommitter group(
+      *pool_, "lockfirst",
+      [&threads](std::function<void()> task) { return threads.TrySubmit(std::move(task)); },
+      /*max_batch=*/64, /*max_pending=*/100, [&asked](const std::vector<std::string>& keys) {
+        asked.push_back(keys);
+        return db::Statement{"SELECT 1 FROM people WHERE k = ANY($1::text[]) ORDER BY k FOR SHARE",
+                             {absl::StrCat("{", absl::StrJoin(keys, ","), "}")}};
+      });
+  auto leaver = db::Conn::Open(url_, "test");
+  ASSERT_TRUE(leaver.ok());
+  ASSERT_TRUE((*leaver)->ExecScript("BEGIN; SELECT 1 FROM people WHERE k = 'bob' FOR UPDATE").ok());
+  // The one thread is busy until all three queued, so they run as one batch.
+  absl::Notification queued;
+  ASSERT_TRUE(threads.TrySubmit([&queued] { queued.WaitForNotification(); }));
+  std::atomic<int> heard{0};
+  absl::Notification all_heard;
+  for (const char* who : {"bob", "ann", "bob"}) {
+    db::GroupCommitter::Work w;
+    w.lock_first = who;
+    w.first = {"UPDATE seats SET n = n + 1 WHERE k = 1 RETURNING n", {}};
+    w.then = [](const db::Result&) -> absl::StatusOr<std::vector<db::Statement>> {
+      return std::vector<db::Statement>{};
+    };
+    group.Submit("k", absl::Now() + absl::Seconds(20), std::move(w), [&](absl::Status s) {
+      EXPECT_TRUE(s.ok()) << s;
+      if (++heard == 3) all_heard.Notify();
+    });
+  }
+  queued.Notify();
+  // The batch waits for bob without holding the seats: the leaver takes them.
+  ASSERT_TRUE(testing::UntilLockWaiters(url_, 1));
+  ASSERT_TRUE((*leaver)->ExecScript("SET lock_timeout = '2s'").ok());
+  absl::Status seats = (*leaver)->Exec("SELECT 1 FROM seats WHERE k = 1 FOR UPDATE").status();
+  EXPECT_TRUE(seats.ok()) << "the batch held the seats while it waited: " << seats;
+  ASSERT_TRUE((*leaver)->ExecScript("COMMIT").ok());
+  ASSERT_TRUE(all_heard.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  ASSERT_EQ(asked.size(), 1u) << "one batch";
+  EXPECT_EQ(asked[0], (std::vector<std::string>{"ann", "bob"})) << "sorted and distinct";
+  auto n = (*leaver)->Exec("SELECT n FROM seats WHERE k = 1");
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(n->Int(0, 0), 3);
 }
 
 TEST_F(Database, StatementsStopAtTheCallersDeadline) {

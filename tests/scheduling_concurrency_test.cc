@@ -3,6 +3,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <functional>
@@ -450,6 +451,149 @@ TEST_F(SchedulingConcurrency, CancellingASessionWhileItIsBookedNeverDeadlocks) {
   }
   absl::SleepFor(absl::Milliseconds(1500));  // backends report their statistics within a second
   EXPECT_EQ(deadlocks(), before) << "cancellations and bookings deadlocked";
+}
+
+// The participant's lock comes before any site's, for every writer that
+// takes both: a deactivation holds the leaver and then wants the seats of
+// their bookings, so a writer holding some seats while it waits for the
+// leaver would deadlock with it (PostgreSQL breaks that after a second's
+// stall, and the loser retries).
+
+// A second connection holding the seats of `session` in an open transaction.
+std::unique_ptr<db::Conn> HoldSeats(const std::string& db_url, const std::string& session) {
+  auto conn = db::Conn::Open(db_url, "test");
+  EXPECT_TRUE(conn.ok()) << conn.status();
+  if (!conn.ok()) return nullptr;
+  EXPECT_TRUE((*conn)->ExecScript("BEGIN").ok());
+  EXPECT_TRUE(
+      (*conn)
+          ->Exec("SELECT 1 FROM session_sites WHERE session_id = $1::uuid FOR UPDATE", {session})
+          .ok());
+  return *std::move(conn);
+}
+
+std::future<grpc::Status> Deactivate(SchedulingFixture& fx, const std::string& participant) {
+  return std::async(std::launch::async, [&fx, participant] {
+    sv1::DeactivateParticipantRequest req;
+    req.set_id(participant);
+    sv1::Participant out;
+    return fx.stub->DeactivateParticipant(Ctx(fx.admin).get(), req, &out);
+  });
+}
+
+// Sessions in the sites' lock order (session id: each has the one site '').
+std::vector<sv1::Session> SessionsInLockOrder(SchedulingFixture& fx, const std::string& org,
+                                              int n, int first_day) {
+  std::vector<sv1::Session> s;
+  for (int i = 0; i < n; ++i) s.push_back(NewSession(fx, org, 5, DateIn(first_day + i)));
+  std::sort(s.begin(), s.end(), [](const sv1::Session& x, const sv1::Session& y) {
+    return x.id() < y.id();
+  });
+  return s;
+}
+
+TEST(SchedulingOneLane, DeactivationNeverDeadlocksWithABatchBookingTheLeaver) {
+  // The leaver holds bookings on sessions a and b. One batch books someone
+  // else on b and the leaver on c while the leaver is deactivated: the batch
+  // took b's seats for the first booking when the second reads the leaver,
+  // whom the deactivation holds while it waits for a's seats and then b's.
+  // The batch must take its participants before any seats instead: then it
+  // waits for the deactivation holding nothing it wants, and the leaver's
+  // booking is refused.
+  SchedulingFixture fx(std::map<std::string, std::string>{{"BOOKING_LANES", "1"}});  // one lane
+  std::string org = fx.CreatePartner("One Lane Trust");
+  std::vector<sv1::Session> s = SessionsInLockOrder(fx, org, 4, 80);
+  const std::string &a = s[0].id(), &b = s[1].id(), &c = s[2].id(), &d = s[3].id();
+  std::string leaver = Register(fx, "LANE01").id();
+  std::string other = Register(fx, "LANE02").id();
+  std::string blocker = Register(fx, "LANE03").id();
+  sv1::Booking held;
+  ASSERT_TRUE(Book(fx, a, leaver, &held).ok());
+  ASSERT_TRUE(Book(fx, b, leaver, &held).ok());
+  int64_t deadlocks = DeadlocksIn(fx.scheduling_db);
+
+  auto book = [&fx](const std::string& session, const std::string& who, sv1::Booking* out) {
+    return std::async(std::launch::async, [&fx, session, who, out] {
+      return Book(fx, session, who, out);
+    });
+  };
+  std::unique_ptr<db::Conn> on_d = HoldSeats(fx.scheduling_db, d);
+  std::unique_ptr<db::Conn> on_a = HoldSeats(fx.scheduling_db, a);
+  ASSERT_TRUE(on_d && on_a);
+  sv1::Booking first_out, other_out, leaver_out;
+  auto first = book(d, blocker, &first_out);  // the lane's batch waits for d
+  ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 1));
+  auto other_on_b = book(b, other, &other_out);
+  auto leaver_on_c = book(c, leaver, &leaver_out);
+  const std::string waiting = "connecting_group_commit_waiting{committer=\"bookings\"}";
+  for (int i = 0; i < 250 && MetricValue(fx.scheduling->metrics_port(), waiting) != 3; ++i) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_EQ(MetricValue(fx.scheduling->metrics_port(), waiting), 3)
+      << "the two bookings should queue behind the first batch, to run as one";
+  auto deactivation = Deactivate(fx, leaver);
+  ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 2)) << "the deactivation should wait for a";
+  ASSERT_TRUE(on_d->ExecScript("COMMIT").ok());
+  grpc::Status st = first.get();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  // The next batch runs and waits for the leaver, beside the deactivation.
+  ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 2));
+  ASSERT_TRUE(on_a->ExecScript("COMMIT").ok());
+
+  st = deactivation.get();
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  st = other_on_b.get();
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  EXPECT_EQ(other_out.status(), sv1::BOOKING_STATUS_CONFIRMED);
+  st = leaver_on_c.get();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+      << "the leaver booked after the deactivation committed: " << st.error_message();
+  auto live = on_a->Exec(
+      "SELECT count(*) FROM bookings WHERE participant_id = $1::uuid AND status IN (1, 2)",
+      {leaver});
+  ASSERT_TRUE(live.ok());
+  EXPECT_EQ(live->Int(0, 0), 0) << "a seat kept by someone who has left";
+  absl::SleepFor(absl::Milliseconds(1500));  // backends report their statistics within a second
+  EXPECT_EQ(DeadlocksIn(fx.scheduling_db), deadlocks)
+      << "the batch and the deactivation deadlocked";
+}
+
+TEST_F(SchedulingConcurrency, DeactivationNeverDeadlocksWithTheLeaversReschedule) {
+  // The leaver moves a booking from a to b as they are deactivated: the move
+  // holds a's seats and waits for b's (held here); the deactivation holds the
+  // leaver and wants a's. Had the move read the leaver only once it had both
+  // sites, as booking b does, each would wait for the other.
+  std::vector<sv1::Session> s = SessionsInLockOrder(*fx_, *org_, 2, 90);
+  const std::string &a = s[0].id(), &b = s[1].id();
+  std::string leaver = Register(*fx_, "MOVE01").id();
+  sv1::Booking on_a;
+  ASSERT_TRUE(Book(*fx_, a, leaver, &on_a).ok());
+  int64_t deadlocks = DeadlocksIn(fx_->scheduling_db);
+  std::unique_ptr<db::Conn> on_b = HoldSeats(fx_->scheduling_db, b);
+  ASSERT_TRUE(on_b);
+  sv1::Booking moved;
+  auto move = std::async(std::launch::async, [&] {
+    sv1::RescheduleBookingRequest req;
+    req.set_id(on_a.id());
+    req.set_session_id(b);
+    return fx_->stub->RescheduleBooking(Ctx(fx_->admin).get(), req, &moved);
+  });
+  ASSERT_TRUE(UntilLockWaiters(fx_->scheduling_db, 1)) << "the move should wait for b";
+  auto deactivation = Deactivate(*fx_, leaver);
+  ASSERT_TRUE(UntilLockWaiters(fx_->scheduling_db, 2)) << "the deactivation should wait";
+  ASSERT_TRUE(on_b->ExecScript("COMMIT").ok());
+  grpc::Status st = move.get();
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  st = deactivation.get();
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  auto live = on_b->Exec(
+      "SELECT count(*) FROM bookings WHERE participant_id = $1::uuid AND status IN (1, 2)",
+      {leaver});
+  ASSERT_TRUE(live.ok());
+  EXPECT_EQ(live->Int(0, 0), 0) << "the moved booking outlived the deactivation";
+  absl::SleepFor(absl::Milliseconds(1500));  // backends report their statistics within a second
+  EXPECT_EQ(DeadlocksIn(fx_->scheduling_db), deadlocks)
+      << "the move and the deactivation deadlocked";
 }
 
 // 400 people booking one session of 10 seats at once, each request with its

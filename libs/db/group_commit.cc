@@ -14,11 +14,12 @@ constexpr int kMaxRetries = 8;  // serialization failures and deadlocks, per bat
 }  // namespace
 
 GroupCommitter::GroupCommitter(Pool& pool, const std::string& name, Schedule schedule,
-                               int max_batch, int max_pending)
+                               int max_batch, int max_pending, LockFirst lock_first)
     : pool_(pool),
       schedule_(std::move(schedule)),
       max_batch_(max_batch),
-      max_pending_(max_pending) {
+      max_pending_(max_pending),
+      lock_first_(std::move(lock_first)) {
   static auto& family = prometheus::BuildHistogram()
                             .Name("connecting_group_commit_batch_size")
                             .Help("Callers whose work one group-committed transaction carried")
@@ -130,7 +131,8 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline) {
       if (c.healthy()) (void)c.ExecScript("ROLLBACK");
     };
 
-    // Round trip 1: BEGIN, the statement timeout, every item's first statement.
+    // Round trip 1: BEGIN, the statement timeout, the rows to lock first,
+    // every item's first statement.
     std::vector<Statement> first = {{"BEGIN ISOLATION LEVEL READ COMMITTED", {}}};
     absl::StatusOr<std::optional<int64_t>> timeout = StatementTimeout(deadline);
     if (!timeout.ok()) return fail(timeout.status());
@@ -138,14 +140,27 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline) {
       first.push_back(
           {"SELECT set_config('statement_timeout', $1, true)", {absl::StrCat(**timeout)}});
     }
+    if (lock_first_) {
+      std::vector<std::string> keys;
+      for (const Item* it : batch) {
+        if (!it->work.lock_first.empty()) keys.push_back(it->work.lock_first);
+      }
+      std::sort(keys.begin(), keys.end());
+      keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+      if (!keys.empty()) first.push_back(lock_first_(keys));
+    }
     const size_t lead = first.size();
     for (Item* it : batch) first.push_back(it->work.first);
     std::vector<absl::StatusOr<Result>> rows = c.Pipeline(first);
-    for (size_t i = 0; i < lead; ++i) {
-      if (!rows[i].ok()) {
-        rollback();
-        return fail(rows[i].status());
+    absl::Status lead_failed;
+    for (size_t i = 0; i < lead && lead_failed.ok(); ++i) lead_failed = rows[i].status();
+    if (!lead_failed.ok()) {
+      rollback();
+      if (IsRetryable(lead_failed) && ++retries < kMaxRetries) {
+        BackoffBeforeRetry(retries);
+        continue;
       }
+      return fail(lead_failed);
     }
     absl::Status shared;  // an error of the transaction rather than of one item
     int raised = -1;      // the item whose statement raised

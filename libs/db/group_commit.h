@@ -47,6 +47,12 @@ class GroupCommitter {
     // it takes row locks in the order every other writer of those rows uses,
     // and never deadlocks with one (e.g. the key of the row `first` locks).
     std::string lock_order;
+    // A row `first` also locks that other writers lock before the rows of
+    // `lock_order` (e.g. the person booked, before any seats): the batch
+    // takes every item's `lock_first` row at its start, through the
+    // committer's LockFirst, so that no item waits for one while the batch
+    // holds what an earlier item locked. Empty: none.
+    std::string lock_first;
     Statement first;
     // Runs on the batch's thread while the transaction is open; returns the
     // statements to commit with (e.g. outbox rows) or this caller's error.
@@ -55,6 +61,9 @@ class GroupCommitter {
   // Runs a task on some other thread; false if it cannot (e.g. a full queue).
   using Schedule = std::function<bool(std::function<void()>)>;
   using Done = std::function<void(absl::Status)>;
+  // The statement locking the rows named by a batch's `lock_first` keys
+  // (sorted and distinct; lock them in that order), run after BEGIN.
+  using LockFirst = std::function<Statement(const std::vector<std::string>& keys)>;
 
   // Batches run on threads `schedule` provides (one per key at a time), so a
   // waiting caller holds no thread. `name` labels the metrics
@@ -62,7 +71,7 @@ class GroupCommitter {
   // committed transaction carried, and connecting_group_commit_waiting, how
   // many wait now. At most `max_pending` callers wait at once.
   GroupCommitter(Pool& pool, const std::string& name, Schedule schedule, int max_batch = 64,
-                 int max_pending = 4096);
+                 int max_pending = 4096, LockFirst lock_first = nullptr);
   // Waits for the batches still running (a batch's thread goes on touching
   // the committer after it answered its last caller); `schedule` must run
   // what it accepted, as Executor does even when shutting down.
@@ -96,6 +105,7 @@ class GroupCommitter {
   const Schedule schedule_;
   const int max_batch_;
   const int max_pending_;
+  const LockFirst lock_first_;
   prometheus::Histogram* batch_sizes_;
   prometheus::Gauge* waiting_;  // callers queued or in a running batch
   absl::Mutex mu_;

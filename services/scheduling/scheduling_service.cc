@@ -172,6 +172,17 @@ void CheckDateFilter(FieldErrors& e, const char* field, const std::string& v) {
 
 }  // namespace
 
+SchedulingLogic::SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox,
+                                 const server::PageTokens& tokens,
+                                 db::GroupCommitter::Schedule schedule, int booking_lanes)
+    : pool_(pool),
+      outbox_(outbox),
+      tokens_(tokens),
+      booking_lanes_(booking_lanes > 0 ? booking_lanes : 1),
+      // A batch takes the people it books before any seats (store.h).
+      bookings_(pool, "bookings", std::move(schedule), /*max_batch=*/64, /*max_pending=*/4096,
+                store::ShareParticipants) {}
+
 // ------------------------------------------------------------ partner events
 
 namespace {
@@ -540,8 +551,10 @@ absl::Status SchedulingLogic::AcceptSession(const Call& call, const v1::AcceptSe
         !st.ok()) {
       return st;
     }
-    // The connector who arranged it is booked on it.
+    // The connector who arranged it is booked on it (the person's lock
+    // before the seats', as everywhere).
     if (!s->arranged_by().empty()) {
+      if (absl::Status st = store::ShareParticipant(c, s->arranged_by()); !st.ok()) return st;
       auto b = BookInTx(c, call, s->id(), s->arranged_by(), "", "", true);
       if (!b.ok()) return b.status();
     }
@@ -747,6 +760,7 @@ void SchedulingLogic::BookSession(const Call& call, const v1::BookSessionRequest
   // bookings queued meanwhile in its lane), one for its event and COMMIT.
   db::GroupCommitter::Work work;
   work.lock_order = SiteLockOrder(req.session_id(), req.site());
+  work.lock_first = req.participant_id();  // before any seats (store::ShareParticipants)
   work.first =
       store::BookStatement(req.session_id(), req.participant_id(), req.site(), req.request_id());
   work.then = [this, &call, &req, resp](const db::Result& rows) {
@@ -846,7 +860,11 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
     if (old->session_id() == req.session_id()) {
       return absl::InvalidArgumentError("session_id: the booking is already on this session");
     }
-    // Both sites' seats first, in one order for every move: two connectors
+    // The person, then both sites' seats: a deactivation holds the leaver
+    // and then wants their seats, so a move must not hold seats while it
+    // waits for the leaver (book_session reads them FOR SHARE).
+    if (absl::Status st = store::ShareParticipant(c, old->participant_id()); !st.ok()) return st;
+    // Both sites' seats, in one order for every move: two connectors
     // swapping between the same sessions would otherwise each hold one site
     // and wait for the other until PostgreSQL broke the deadlock (a second's
     // stall and a retry every time, measured).

@@ -31,12 +31,7 @@ class SchedulingLogic {
   // `schedule` gives each lane's batch a thread (the RPC executor's), so a
   // booking waiting for its batch holds none.
   SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox, const server::PageTokens& tokens,
-                  db::GroupCommitter::Schedule schedule, int booking_lanes = 4)
-      : pool_(pool),
-        outbox_(outbox),
-        tokens_(tokens),
-        booking_lanes_(booking_lanes > 0 ? booking_lanes : 1),
-        bookings_(pool, "bookings", std::move(schedule)) {}
+                  db::GroupCommitter::Schedule schedule, int booking_lanes = 4);
 
 #define CONNECTING_SCHEDULING_METHODS(X)                                             \
   X(RegisterParticipant, RegisterParticipantRequest, Participant)                    \

@@ -222,6 +222,17 @@ absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& i
       ParticipantRow, "participant", id);
 }
 
+db::Statement ShareParticipants(const std::vector<std::string>& ids) {
+  // Ids reach here validated as UUIDs, so the array literal needs no quoting.
+  return {"SELECT 1 FROM participants WHERE id = ANY($1::uuid[]) ORDER BY id FOR SHARE",
+          {absl::StrCat("{", absl::StrJoin(ids, ","), "}")}};
+}
+
+absl::Status ShareParticipant(db::Conn& c, const std::string& id) {
+  db::Statement st = ShareParticipants({id});
+  return c.Exec(st.sql, st.params).status();
+}
+
 absl::StatusOr<v1::Participant> UpdateParticipant(db::Conn& c, const v1::Participant& p) {
   return One<v1::Participant>(
       c.Exec(

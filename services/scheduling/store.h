@@ -48,6 +48,13 @@ absl::StatusOr<std::optional<v1::Participant>> InsertParticipant(db::Conn& c,
                                                                  const v1::Participant& p,
                                                                  const std::string& rid);
 absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& id, bool lock);
+// Lock order: a writer that locks participants and sites takes the
+// participants first (in id order), as a deactivation does (the leaver, then
+// the seats of their bookings), before any site's seats; book_session reads
+// its participant FOR SHARE, so a batch or a move takes that share first.
+// ShareParticipants: the statement locking those rows FOR SHARE (ids sorted).
+db::Statement ShareParticipants(const std::vector<std::string>& ids);
+absl::Status ShareParticipant(db::Conn& c, const std::string& id);
 absl::StatusOr<v1::Participant> UpdateParticipant(db::Conn& c, const v1::Participant& p);
 absl::StatusOr<v1::Participant> SetParticipantStatus(db::Conn& c, const std::string& id, int s);
 struct ParticipantFilter {
