@@ -402,7 +402,8 @@ TEST_F(Database, GroupCommitTakesTheLockFirstRowsBeforeAnyItemRuns) {
   db::GroupCommitter group(
       *pool_, "lockfirst",
       [&threads](std::function<void()> task) { return threads.TrySubmit(std::move(task)); },
-      /*max_batch=*/64, /*max_pending=*/100, [&asked](const std::vector<std::string>& keys) {
+      /*max_batch=*/64, /*max_pending=*/100,
+      [&asked](const std::vector<std::string>& keys) {
         asked.push_back(keys);
         return db::Statement{"SELECT 1 FROM people WHERE k = ANY($1::text[]) ORDER BY k FOR SHARE",
                              {absl::StrCat("{", absl::StrJoin(keys, ","), "}")}};

@@ -482,13 +482,12 @@ std::future<grpc::Status> Deactivate(SchedulingFixture& fx, const std::string& p
 }
 
 // Sessions in the sites' lock order (session id: each has the one site '').
-std::vector<sv1::Session> SessionsInLockOrder(SchedulingFixture& fx, const std::string& org,
-                                              int n, int first_day) {
+std::vector<sv1::Session> SessionsInLockOrder(SchedulingFixture& fx, const std::string& org, int n,
+                                              int first_day) {
   std::vector<sv1::Session> s;
   for (int i = 0; i < n; ++i) s.push_back(NewSession(fx, org, 5, DateIn(first_day + i)));
-  std::sort(s.begin(), s.end(), [](const sv1::Session& x, const sv1::Session& y) {
-    return x.id() < y.id();
-  });
+  std::sort(s.begin(), s.end(),
+            [](const sv1::Session& x, const sv1::Session& y) { return x.id() < y.id(); });
   return s;
 }
 
@@ -513,9 +512,8 @@ TEST(SchedulingOneLane, DeactivationNeverDeadlocksWithABatchBookingTheLeaver) {
   int64_t deadlocks = DeadlocksIn(fx.scheduling_db);
 
   auto book = [&fx](const std::string& session, const std::string& who, sv1::Booking* out) {
-    return std::async(std::launch::async, [&fx, session, who, out] {
-      return Book(fx, session, who, out);
-    });
+    return std::async(std::launch::async,
+                      [&fx, session, who, out] { return Book(fx, session, who, out); });
   };
   std::unique_ptr<db::Conn> on_d = HoldSeats(fx.scheduling_db, d);
   std::unique_ptr<db::Conn> on_a = HoldSeats(fx.scheduling_db, a);
