@@ -32,7 +32,9 @@ awk -v tps="$pgbench_tps" 'NR > 1 && $NF ~ /^[0-9]+$/ {
   printf "  %-32s %.0f%% of pgbench\n", name, 100 * rate / tps }' "$work/bookings.txt"
 # The floor: what the database alone does with the statements of a booking,
 # sent the way the service sends them (per lane, a batch of 4 in two round
-# trips: BEGIN + book_session x4, then the 4 outbox rows + COMMIT), by pgbench
+# trips: BEGIN, the people's share locks, book_session x4, then the 4 outbox
+# rows + COMMIT; the people locked are the next four the shared sequence
+# hands out, which other lanes may take meanwhile: the same work), by pgbench
 # with 4 clients standing for the 4 lanes. No gRPC, no service, no NATS: the
 # best any service could do with these statements on this machine.
 scheduling_pid=${pids[-1]}
@@ -57,6 +59,7 @@ floor_sessions=$(psql -d scheduling -tAc "SELECT count(*) FROM floor_sessions")
   echo "\\startpipeline"
   echo "BEGIN ISOLATION LEVEL READ COMMITTED;"
   echo "SELECT set_config('statement_timeout', '10000', true);"
+  echo "SELECT 1 FROM participants WHERE id = ANY(ARRAY(SELECT id FROM floor_participants WHERE n > (SELECT last_value FROM floor_next) AND n <= (SELECT last_value FROM floor_next) + 4)) ORDER BY id FOR SHARE;"
   for i in 1 2 3 4; do
     echo "SELECT * FROM book_session((SELECT id FROM floor_sessions WHERE n = :s$i), (SELECT id FROM floor_participants WHERE n = (SELECT nextval('floor_next'))), '', NULL);"
   done
