@@ -451,6 +451,100 @@ TEST_F(Scheduling, AttendanceBuildsEnduringContactsAndLetsConnectorsArrangeVisit
       << never.error_message();
 }
 
+TEST_F(Scheduling, AttendanceIsCorrectedAndARetryChangesNothing) {
+  // A host records a visit wrongly, then corrects it; a retry of a record
+  // that landed (its answer lost) must not fail nor send a second event. The
+  // figures and the enduring contacts follow every correction.
+  sv1::Participant p = Register(*fx_, "ATT002");
+  sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(3));
+  sv1::Booking b;
+  ASSERT_TRUE(Book(*fx_, s.id(), p.id(), &b).ok());
+  Sql("UPDATE sessions SET session_date = current_date - 2 WHERE id = '" + s.id() + "'");
+  Sql("UPDATE bookings SET session_date = current_date - 2 WHERE id = '" + b.id() + "'");
+  std::string date;  // the visit's, as stored
+  {
+    auto conn = db::Conn::Open(fx_->scheduling_db, "test");
+    ASSERT_TRUE(conn.ok());
+    auto r = (*conn)->Exec(
+        "SELECT to_char(session_date, 'YYYY-MM-DD') FROM sessions WHERE id = $1::uuid", {s.id()});
+    ASSERT_TRUE(r.ok());
+    date = r->String(0, 0);
+  }
+  auto days = [&]() -> int64_t {
+    sv1::GetProgrammeFiguresRequest req;
+    req.set_from_date(date);
+    req.set_to_date(date);
+    sv1::ProgrammeFigures figs;
+    grpc::Status st = fx_->stub->GetProgrammeFigures(Ctx(fx_->admin).get(), req, &figs);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return figs.totals().connecting_days();
+  };
+  auto contacts = [&]() {
+    sv1::ListEnduringContactsRequest req;
+    req.set_participant_id(p.id());
+    sv1::ListEnduringContactsResponse out;
+    EXPECT_TRUE(fx_->stub->ListEnduringContacts(Ctx(fx_->admin).get(), req, &out).ok());
+    return out.contacts_size();
+  };
+  std::string host = Token(Role::kPartner, "host", *org_);
+  auto record = [&](bool attended, sv1::Booking* out) {
+    sv1::RecordAttendanceRequest req;
+    req.set_id(b.id());
+    req.set_attended(attended);
+    return fx_->stub->RecordAttendance(Ctx(host).get(), req, out);
+  };
+  const int64_t before = days();
+
+  sv1::Booking first, again, corrected, back;
+  ASSERT_TRUE(record(true, &first).ok());
+  EXPECT_EQ(first.status(), sv1::BOOKING_STATUS_ATTENDED);
+  EXPECT_EQ(days(), before + 1);
+  EXPECT_EQ(contacts(), 1);
+  grpc::Status st = record(true, &again);
+  ASSERT_TRUE(st.ok()) << "a retry of a record that landed: " << st.error_message();
+  EXPECT_EQ(again.etag(), first.etag()) << "the retry changed the booking";
+  EXPECT_EQ(days(), before + 1);
+
+  ASSERT_TRUE(record(false, &corrected).ok());
+  EXPECT_EQ(corrected.status(), sv1::BOOKING_STATUS_NO_SHOW);
+  EXPECT_NE(corrected.etag(), first.etag());
+  EXPECT_EQ(days(), before) << "a no-show is no connecting day";
+  EXPECT_EQ(contacts(), 0) << "the host was never met after all";
+  ASSERT_TRUE(record(true, &back).ok());
+  EXPECT_EQ(back.status(), sv1::BOOKING_STATUS_ATTENDED);
+  EXPECT_EQ(days(), before + 1);
+  EXPECT_EQ(contacts(), 1);
+
+  // One event per change, none for the retry; the corrections say so.
+  ASSERT_TRUE(WaitForOutboxDrained(fx_->scheduling_db));
+  std::vector<std::pair<std::string, std::string>> seen;  // (verb, reason)
+  for (const auto& e : ReadStream(fx_->nats_url, fx_->scheduling_stream)) {
+    if (e.headers.at("ce-subject") != b.id()) continue;
+    events::v1::BookingChanged bc;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(e.data, &bc).ok()) << e.data;
+    seen.emplace_back(e.subject.substr(e.subject.rfind('.') + 1), bc.reason());
+  }
+  std::vector<std::pair<std::string, std::string>> want = {
+      {"confirmed", ""},
+      {"attended", ""},
+      {"no_show", "corrected from BOOKING_STATUS_ATTENDED"},
+      {"attended", "corrected from BOOKING_STATUS_NO_SHOW"}};
+  EXPECT_EQ(seen, want);
+
+  // Neither record applies to a booking that was never confirmed.
+  sv1::CancelBookingRequest cancel;
+  sv1::Booking other;
+  ASSERT_TRUE(Book(*fx_, NewSession(*fx_, *org_, 2, DateIn(4)).id(), p.id(), &other).ok());
+  cancel.set_id(other.id());
+  ASSERT_TRUE(fx_->stub->CancelBooking(Ctx(fx_->admin).get(), cancel, &other).ok());
+  sv1::RecordAttendanceRequest req;
+  req.set_id(other.id());
+  req.set_attended(false);
+  st = fx_->stub->RecordAttendance(Ctx(fx_->admin).get(), req, &other);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(st.error_message().find("CANCELLED"), std::string::npos) << st.error_message();
+}
+
 TEST_F(Scheduling, CancellingASessionCancelsEveryBookingWithAnEventEach) {
   sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(9));
   std::set<std::string> booked;

@@ -900,10 +900,21 @@ absl::Status SchedulingLogic::RecordAttendance(const Call& call,
     auto s = store::GetSession(c, b->session_id(), false);
     if (!s.ok()) return s.status();
     if (absl::Status st = MayManageSession(call.principal, *s); !st.ok()) return st;
-    if (b->status() != kConfirmed) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("attendance is recorded for CONFIRMED bookings; this one is ",
-                       v1::BookingStatus_Name(b->status())));
+    const int status = req.attended() ? v1::BOOKING_STATUS_ATTENDED : v1::BOOKING_STATUS_NO_SHOW;
+    // A retry (the same record again) changes nothing and says so with the
+    // booking; the other record corrects it (figures and enduring contacts
+    // follow, and its event tells consumers which it was).
+    if (b->status() == status) {
+      *resp = *std::move(b);
+      return absl::OkStatus();
+    }
+    const bool correction =
+        b->status() == v1::BOOKING_STATUS_ATTENDED || b->status() == v1::BOOKING_STATUS_NO_SHOW;
+    if (b->status() != kConfirmed && !correction) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "attendance is recorded for CONFIRMED bookings (and corrected on ATTENDED or NO_SHOW "
+          "ones); this one is ",
+          v1::BookingStatus_Name(b->status())));
     }
     if (s->status() == v1::SESSION_STATUS_CANCELLED) {
       return absl::FailedPreconditionError("the session was cancelled");
@@ -912,10 +923,16 @@ absl::Status SchedulingLogic::RecordAttendance(const Call& call,
       return absl::FailedPreconditionError(
           absl::StrCat("the session has not begun (", s->date(), " ", s->start_time(), ")"));
     }
-    int status = req.attended() ? v1::BOOKING_STATUS_ATTENDED : v1::BOOKING_STATUS_NO_SHOW;
     if (absl::Status st = store::SetBookingStatus(c, req.id(), status); !st.ok()) return st;
     auto after = store::GetBooking(c, req.id(), false);
     if (!after.ok()) return after.status();
+    std::string reason;
+    if (correction) {
+      reason = absl::StrCat("corrected from ", v1::BookingStatus_Name(b->status()));
+      if (!req.attended()) {
+        if (absl::Status st = store::DeleteAttendanceFact(c, req.id()); !st.ok()) return st;
+      }
+    }
     if (req.attended() && s->kind() == v1::SESSION_KIND_FRONTLINE_VISIT) {
       auto p = store::GetParticipant(c, b->participant_id(), false);
       if (!p.ok()) return p.status();
@@ -928,7 +945,7 @@ absl::Status SchedulingLogic::RecordAttendance(const Call& call,
       }
     }
     *resp = *std::move(after);
-    return EmitBooking(c, call, req.attended() ? "attended" : "no_show", req.id(), "");
+    return EmitBooking(c, call, req.attended() ? "attended" : "no_show", req.id(), reason);
   });
 }
 

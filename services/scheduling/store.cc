@@ -542,6 +542,10 @@ absl::StatusOr<std::vector<v1::Booking>> ListBookings(db::Conn& c, const Booking
   return out;
 }
 
+absl::Status DeleteAttendanceFact(db::Conn& c, const std::string& booking_id) {
+  return c.Exec("DELETE FROM attendance_facts WHERE booking_id = $1::uuid", {booking_id}).status();
+}
+
 absl::Status InsertAttendanceFact(db::Conn& c, const v1::Booking& b, const v1::Session& s,
                                   const v1::Participant& p, const PartnerOrganisation& org) {
   return c

@@ -137,6 +137,8 @@ absl::StatusOr<std::vector<v1::Booking>> ListBookings(db::Conn& c, const Booking
                                                       std::vector<int64_t>* seqs);
 
 // Attendance facts, enduring contacts and figures.
+// Removes the booking's fact (an attendance corrected to NO_SHOW).
+absl::Status DeleteAttendanceFact(db::Conn& c, const std::string& booking_id);
 absl::Status InsertAttendanceFact(db::Conn& c, const v1::Booking& b, const v1::Session& s,
                                   const v1::Participant& p, const PartnerOrganisation& org);
 absl::StatusOr<bool> HasMetHost(db::Conn& c, const std::string& participant_id,
