@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "libs/db/db.h"
 #include "tests/harness.h"
 
 namespace connecting::testing {
@@ -89,6 +90,46 @@ inline grpc::Status Book(SchedulingFixture& fx, const std::string& session,
   req.set_participant_id(participant);
   req.set_request_id(request_id);
   return fx.stub->BookSession(Ctx(token.empty() ? fx.admin : token).get(), req, out);
+}
+
+// What a connector arranges after meeting a host: a visit to `org` they
+// attended two days ago (with its host, fx.hosts[org]), then a follow-up with
+// that host on `date` that they arrange themselves, PENDING_HOST until the
+// partner accepts it.
+inline sv1::Session ArrangedVisit(SchedulingFixture& fx, const std::string& org,
+                                  const std::string& participant, const std::string& date) {
+  sv1::Session met = NewSession(fx, org, 1, DateIn(2));
+  sv1::Booking b;
+  EXPECT_TRUE(Book(fx, met.id(), participant, &b).ok());
+  auto conn = db::Conn::Open(fx.scheduling_db, "test");  // the tests' time machine
+  EXPECT_TRUE(conn.ok()) << conn.status();
+  if (!conn.ok()) return {};
+  EXPECT_TRUE((*conn)
+                  ->ExecScript(absl::StrCat(
+                      "UPDATE sessions SET session_date = current_date - 2 WHERE id = '", met.id(),
+                      "'; UPDATE bookings SET session_date = current_date - 2 ", "WHERE id = '",
+                      b.id(), "'"))
+                  .ok());
+  sv1::RecordAttendanceRequest att;
+  att.set_id(b.id());
+  att.set_attended(true);
+  EXPECT_TRUE(fx.stub->RecordAttendance(Ctx(fx.admin).get(), att, &b).ok());
+  sv1::CreateSessionRequest req;
+  sv1::Session* s = req.mutable_session();
+  s->set_kind(sv1::SESSION_KIND_FRONTLINE_VISIT);
+  s->set_title("Follow-up visit");
+  s->set_organisation_id(org);
+  s->set_host_contact_id(fx.hosts[org]);
+  s->set_date(date);
+  s->set_start_time("10:00");
+  s->set_end_time("15:00");
+  s->add_sites()->set_capacity(1);
+  sv1::Session out;
+  grpc::Status st =
+      fx.stub->CreateSession(Ctx(Token(server::Role::kParticipant, participant)).get(), req, &out);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(out.status(), sv1::SESSION_STATUS_PENDING_HOST);
+  return out;
 }
 
 inline std::vector<sv1::Booking> SessionBookings(SchedulingFixture& fx,

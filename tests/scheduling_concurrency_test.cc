@@ -594,6 +594,50 @@ TEST_F(SchedulingConcurrency, DeactivationNeverDeadlocksWithTheLeaversReschedule
       << "the move and the deactivation deadlocked";
 }
 
+TEST_F(SchedulingConcurrency, AcceptingAVisitAsItsArrangerLeavesNeverDeadlocks) {
+  // The host accepts a visit at the moment its arranger is deactivated. The
+  // deactivation holds the arranger and then cancels their pending visits;
+  // an acceptance that held the visit while it waited for the arranger
+  // would deadlock with it. Here a second connection does what the
+  // deactivation does.
+  std::string arranger = Register(*fx_, "ACC001").id();
+  sv1::Session pending = ArrangedVisit(*fx_, *org_, arranger, DateIn(95));
+  int64_t deadlocks = DeadlocksIn(fx_->scheduling_db);
+  auto other = db::Conn::Open(fx_->scheduling_db, "test");
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE((*other)->ExecScript("BEGIN; SET LOCAL lock_timeout = '5s'").ok());
+  ASSERT_TRUE(
+      (*other)
+          ->Exec("SELECT 1 FROM participants WHERE id = $1::uuid FOR NO KEY UPDATE", {arranger})
+          .ok());
+  auto accept = std::async(std::launch::async, [&] {
+    sv1::AcceptSessionRequest req;
+    req.set_id(pending.id());
+    sv1::Session out;
+    return fx_->stub->AcceptSession(Ctx(Token(server::Role::kPartner, "host", *org_)).get(), req,
+                                    &out);
+  });
+  UntilWaitingOrDone(fx_->scheduling_db, accept);
+  ASSERT_TRUE(WaitsForALock(fx_->scheduling_db)) << "the acceptance should wait for the arranger";
+  absl::Status cancel = (*other)
+                            ->Exec(
+                                "UPDATE sessions SET status = $2, version = version + 1 "
+                                "WHERE id = $1::uuid",
+                                {pending.id(), static_cast<int32_t>(sv1::SESSION_STATUS_CANCELLED)})
+                            .status();
+  EXPECT_TRUE(cancel.ok()) << "the deactivation could not cancel the visit: " << cancel;
+  ASSERT_TRUE((*other)
+                  ->Exec("UPDATE participants SET status = 2, version = version + 1 "
+                         "WHERE id = $1::uuid",
+                         {arranger})
+                  .ok());
+  ASSERT_TRUE((*other)->ExecScript("COMMIT").ok());
+  grpc::Status st = accept.get();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  absl::SleepFor(absl::Milliseconds(1500));  // backends report their statistics within a second
+  EXPECT_EQ(DeadlocksIn(fx_->scheduling_db), deadlocks);
+}
+
 // 400 people booking one session of 10 seats at once, each request with its
 // own request_id, from 16 client threads: for stopping the service mid-way.
 class BookingStorm {

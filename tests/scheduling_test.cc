@@ -545,6 +545,60 @@ TEST_F(Scheduling, AttendanceIsCorrectedAndARetryChangesNothing) {
   EXPECT_NE(st.error_message().find("CANCELLED"), std::string::npos) << st.error_message();
 }
 
+TEST_F(Scheduling, ALeaversPendingVisitsAreCancelledAndTheyArrangeNoMore) {
+  // A connector arranges a visit and leaves before the host accepts: the
+  // host could never accept it (the arranger cannot be booked), so the
+  // deactivation cancels it and the host hears of it. A leaver's token
+  // that is still valid arranges nothing more.
+  std::string leaver = Register(*fx_, "ARR001").id();
+  sv1::Session pending = ArrangedVisit(*fx_, *org_, leaver, DateIn(20));
+  sv1::DeactivateParticipantRequest deactivate;
+  deactivate.set_id(leaver);
+  sv1::Participant gone;
+  ASSERT_TRUE(fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), deactivate, &gone).ok());
+
+  sv1::GetSessionRequest get;
+  get.set_id(pending.id());
+  sv1::Session now;
+  ASSERT_TRUE(fx_->stub->GetSession(Ctx(fx_->admin).get(), get, &now).ok());
+  EXPECT_EQ(now.status(), sv1::SESSION_STATUS_CANCELLED);
+  ASSERT_TRUE(WaitForOutboxDrained(fx_->scheduling_db));
+  int cancelled = 0;
+  for (const auto& e : ReadStream(fx_->nats_url, fx_->scheduling_stream)) {
+    if (e.headers.at("ce-subject") != pending.id() ||
+        e.subject.find(".session.cancelled") == std::string::npos) {
+      continue;
+    }
+    events::v1::SessionCancelled sc;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(e.data, &sc).ok()) << e.data;
+    EXPECT_EQ(sc.reason(), "the connector who arranged it left the programme");
+    EXPECT_EQ(sc.session().status(), sv1::SESSION_STATUS_CANCELLED);
+    ++cancelled;
+  }
+  EXPECT_EQ(cancelled, 1);
+
+  std::string host = Token(Role::kPartner, "host", *org_);
+  sv1::AcceptSessionRequest accept;
+  accept.set_id(pending.id());
+  sv1::Session out;
+  grpc::Status st = fx_->stub->AcceptSession(Ctx(host).get(), accept, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(st.error_message().find("CANCELLED"), std::string::npos) << st.error_message();
+
+  sv1::CreateSessionRequest again;
+  *again.mutable_session() = pending;
+  again.mutable_session()->clear_id();
+  again.mutable_session()->set_date(DateIn(21));
+  st = fx_->stub->CreateSession(Ctx(Token(Role::kParticipant, leaver)).get(), again, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(st.error_message().find("INACTIVE"), std::string::npos) << st.error_message();
+  // Nor can a token for someone who was never registered.
+  std::string stranger = "00000000-0000-4000-8000-00000000abcd";
+  st = fx_->stub->CreateSession(Ctx(Token(Role::kParticipant, stranger)).get(), again, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << st.error_message();
+  EXPECT_NE(st.error_message().find(stranger), std::string::npos) << st.error_message();
+}
+
 TEST_F(Scheduling, CancellingASessionCancelsEveryBookingWithAnEventEach) {
   sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(9));
   std::set<std::string> booked;

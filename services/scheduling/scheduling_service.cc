@@ -386,6 +386,22 @@ absl::Status SchedulingLogic::DeactivateParticipant(const Call& call,
       auto cancelled = CancelInTx(c, call, booking_id, true, /*only_if_live=*/true);
       if (!cancelled.ok()) return cancelled.status();
     }
+    // Visits they arranged that no host has accepted yet could never be
+    // accepted now (the arranger cannot be booked): cancelled, each with
+    // its event, so the hosts hear of it.
+    auto pending = store::PendingSessionsArrangedBy(c, req.id());
+    if (!pending.ok()) return pending.status();
+    for (const std::string& session_id : *pending) {
+      if (absl::Status st = store::SetSessionStatus(c, session_id, v1::SESSION_STATUS_CANCELLED);
+          !st.ok()) {
+        return st;
+      }
+      if (absl::Status st = EmitSession(c, call, "cancelled", session_id,
+                                        "the connector who arranged it left the programme");
+          !st.ok()) {
+        return st;
+      }
+    }
     auto up = store::SetParticipantStatus(c, req.id(), v1::PARTICIPANT_STATUS_INACTIVE);
     if (!up.ok()) return up.status();
     *resp = *std::move(up);
@@ -462,6 +478,14 @@ absl::Status SchedulingLogic::CreateSession(const Call& call, const v1::CreateSe
           if (auto org = ActivePartner(c, s.organisation_id()); !org.ok()) return org.status();
           if (absl::Status st = CheckHostAndOffer(c, s); !st.ok()) return st;
           if (arranged) {
+            // FOR SHARE: a deactivation in progress is waited for, and then
+            // its INACTIVE seen (it cancels the pending visits it can see).
+            auto who = store::GetParticipantShared(c, p.participant_id);
+            if (!who.ok()) return who.status();
+            if (who->status() != v1::PARTICIPANT_STATUS_ACTIVE) {
+              return absl::FailedPreconditionError(absl::StrCat(
+                  "participant ", p.participant_id, " is INACTIVE and cannot arrange visits"));
+            }
             auto met = store::HasMetHost(c, p.participant_id, s.host_contact_id());
             if (!met.ok()) return met.status();
             if (!*met) {
@@ -539,6 +563,14 @@ absl::Status SchedulingLogic::AcceptSession(const Call& call, const v1::AcceptSe
                                             v1::Session* resp) {
   if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    // The arranger before the session row, as a deactivation locks them
+    // (the leaver, then the pending visits it cancels); who arranged a
+    // session never changes, so the unlocked read names them.
+    auto peek = store::GetSession(c, req.id(), false);
+    if (!peek.ok()) return peek.status();
+    if (!peek->arranged_by().empty()) {
+      if (absl::Status st = store::ShareParticipant(c, peek->arranged_by()); !st.ok()) return st;
+    }
     auto s = store::GetSession(c, req.id(), true);
     if (!s.ok()) return s.status();
     if (absl::Status st = MayManageSession(call.principal, *s); !st.ok()) return st;
@@ -551,10 +583,8 @@ absl::Status SchedulingLogic::AcceptSession(const Call& call, const v1::AcceptSe
         !st.ok()) {
       return st;
     }
-    // The connector who arranged it is booked on it (the person's lock
-    // before the seats', as everywhere).
+    // The connector who arranged it is booked on it.
     if (!s->arranged_by().empty()) {
-      if (absl::Status st = store::ShareParticipant(c, s->arranged_by()); !st.ok()) return st;
       auto b = BookInTx(c, call, s->id(), s->arranged_by(), "", "", true);
       if (!b.ok()) return b.status();
     }

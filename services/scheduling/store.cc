@@ -233,6 +233,14 @@ absl::Status ShareParticipant(db::Conn& c, const std::string& id) {
   return c.Exec(st.sql, st.params).status();
 }
 
+absl::StatusOr<v1::Participant> GetParticipantShared(db::Conn& c, const std::string& id) {
+  return One<v1::Participant>(
+      c.Exec(absl::StrCat("SELECT ", kParticipantCols,
+                          " FROM participants WHERE id = $1::uuid FOR SHARE"),
+             {id}),
+      ParticipantRow, "participant", id);
+}
+
 absl::StatusOr<v1::Participant> UpdateParticipant(db::Conn& c, const v1::Participant& p) {
   return One<v1::Participant>(
       c.Exec(
@@ -384,6 +392,15 @@ absl::Status AddSeats(db::Conn& c, const std::string& session_id, const std::str
           "$4 WHERE session_id = $1::uuid AND site = $2",
           {session_id, site, confirmed, waitlisted})
       .status();
+}
+
+absl::StatusOr<std::vector<std::string>> PendingSessionsArrangedBy(db::Conn& c,
+                                                                   const std::string& participant) {
+  return All<std::string>(
+      c.Exec("SELECT id::text FROM sessions WHERE arranged_by = $1::uuid AND status = $2 "
+             "ORDER BY id FOR NO KEY UPDATE",
+             {participant, static_cast<int32_t>(v1::SESSION_STATUS_PENDING_HOST)}),
+      Text0);
 }
 
 absl::Status LockSites(db::Conn& c, const std::string& session_id) {

@@ -55,6 +55,8 @@ absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& i
 // ShareParticipants: the statement locking those rows FOR SHARE (ids sorted).
 db::Statement ShareParticipants(const std::vector<std::string>& ids);
 absl::Status ShareParticipant(db::Conn& c, const std::string& id);
+// The participant, read FOR SHARE (NOT_FOUND naming it if there is none).
+absl::StatusOr<v1::Participant> GetParticipantShared(db::Conn& c, const std::string& id);
 absl::StatusOr<v1::Participant> UpdateParticipant(db::Conn& c, const v1::Participant& p);
 absl::StatusOr<v1::Participant> SetParticipantStatus(db::Conn& c, const std::string& id, int s);
 struct ParticipantFilter {
@@ -94,6 +96,9 @@ absl::Status AddSeats(db::Conn& c, const std::string& session_id, const std::str
 // Locks every site of the session: CancelSession holds them so that no
 // booking lands while it cancels the live ones.
 absl::Status LockSites(db::Conn& c, const std::string& session_id);
+// The PENDING_HOST sessions the participant arranged, locked, in id order.
+absl::StatusOr<std::vector<std::string>> PendingSessionsArrangedBy(db::Conn& c,
+                                                                   const std::string& participant);
 
 // A booking in one statement (the book_session function, migrations/R__book_session.sql):
 // checks every rule under the site lock and writes the booking and the seat
