@@ -443,8 +443,9 @@ TEST_F(Scheduling, AttendanceBuildsEnduringContactsAndLetsConnectorsArrangeVisit
   EXPECT_EQ(accepted.status(), sv1::SESSION_STATUS_SCHEDULED);
   EXPECT_EQ(accepted.sites(0).confirmed(), 1) << "the arranging connector is booked";
 
-  // With a host never met: refused.
+  // With a host never met: refused (on a date they are free).
   next->set_host_contact_id(fx_->CreateHost(*org_, "Never Met"));
+  next->set_date(DateIn(15));
   grpc::Status never = fx_->stub->CreateSession(Ctx(self).get(), arrange, &pending);
   EXPECT_EQ(never.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(never.error_message().find("not one of your enduring contacts"), std::string::npos)
@@ -597,6 +598,28 @@ TEST_F(Scheduling, ALeaversPendingVisitsAreCancelledAndTheyArrangeNoMore) {
   st = fx_->stub->CreateSession(Ctx(Token(Role::kParticipant, stranger)).get(), again, &out);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << st.error_message();
   EXPECT_NE(st.error_message().find(stranger), std::string::npos) << st.error_message();
+}
+
+TEST_F(Scheduling, ArrangingAVisitOnADateAlreadyTakenIsRefused) {
+  // A connector already out on a frontline visit that day could never have
+  // a visit they arrange for it accepted: refused at once, naming the rule.
+  std::string who = Register(*fx_, "ARR002").id();
+  sv1::Session first = ArrangedVisit(*fx_, *org_, who, DateIn(30));
+  sv1::Session booked = NewSession(*fx_, *org_, 3, DateIn(31));
+  sv1::Booking b;
+  ASSERT_TRUE(Book(*fx_, booked.id(), who, &b).ok());
+  sv1::CreateSessionRequest req;
+  *req.mutable_session() = first;
+  req.mutable_session()->clear_id();
+  req.mutable_session()->set_date(DateIn(31));
+  sv1::Session out;
+  grpc::Status st = fx_->stub->CreateSession(Ctx(Token(Role::kParticipant, who)).get(), req, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(st.error_message().find("session.date"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find(b.id()), std::string::npos) << st.error_message();
+  req.mutable_session()->set_date(DateIn(32));
+  st = fx_->stub->CreateSession(Ctx(Token(Role::kParticipant, who)).get(), req, &out);
+  EXPECT_TRUE(st.ok()) << "another date is free: " << st.error_message();
 }
 
 TEST_F(Scheduling, CancellingASessionCancelsEveryBookingWithAnEventEach) {

@@ -486,6 +486,15 @@ absl::Status SchedulingLogic::CreateSession(const Call& call, const v1::CreateSe
               return absl::FailedPreconditionError(absl::StrCat(
                   "participant ", p.participant_id, " is INACTIVE and cannot arrange visits"));
             }
+            // A visit on a date they are already out on could never be
+            // accepted (one confirmed frontline visit per date).
+            auto taken = store::ConfirmedFrontlineOn(c, p.participant_id, s.date());
+            if (!taken.ok()) return taken.status();
+            if (taken->has_value()) {
+              return absl::FailedPreconditionError(absl::StrCat(
+                  "session.date: you already have confirmed frontline visit ", **taken, " on ",
+                  s.date(), " (a connector holds at most one confirmed frontline visit per date)"));
+            }
             auto met = store::HasMetHost(c, p.participant_id, s.host_contact_id());
             if (!met.ok()) return met.status();
             if (!*met) {
