@@ -622,6 +622,39 @@ TEST_F(Scheduling, ArrangingAVisitOnADateAlreadyTakenIsRefused) {
   EXPECT_TRUE(st.ok()) << "another date is free: " << st.error_message();
 }
 
+TEST_F(Scheduling, ABookingIsNotCancelledNorMovedOnceItsSessionBegan) {
+  // A seat freed once the visit is under way could only be handed to
+  // someone waiting for a visit they can no longer join: the booking stays,
+  // to be recorded as attended or a no-show, and nobody is promoted.
+  sv1::Session s = NewSession(*fx_, *org_, 1, DateIn(6));
+  sv1::Session later = NewSession(*fx_, *org_, 5, DateIn(7));
+  sv1::Booking held, waiting;
+  ASSERT_TRUE(Book(*fx_, s.id(), Register(*fx_, "BEGAN1").id(), &held).ok());
+  ASSERT_TRUE(Book(*fx_, s.id(), Register(*fx_, "BEGAN2").id(), &waiting).ok());
+  ASSERT_EQ(waiting.status(), sv1::BOOKING_STATUS_WAITLISTED);
+  Sql("UPDATE sessions SET session_date = current_date - 1 WHERE id = '" + s.id() + "'");
+  Sql("UPDATE bookings SET session_date = current_date - 1 WHERE session_id = '" + s.id() + "'");
+
+  sv1::CancelBookingRequest cancel;
+  cancel.set_id(held.id());
+  sv1::Booking out;
+  grpc::Status st = fx_->stub->CancelBooking(Ctx(fx_->admin).get(), cancel, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(st.error_message().find("began"), std::string::npos) << st.error_message();
+  sv1::RescheduleBookingRequest move;
+  move.set_id(held.id());
+  move.set_session_id(later.id());
+  st = fx_->stub->RescheduleBooking(Ctx(fx_->admin).get(), move, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(st.error_message().find("began"), std::string::npos) << st.error_message();
+  for (const sv1::Booking& b : SessionBookings(*fx_, s.id())) {
+    EXPECT_EQ(b.status(),
+              b.id() == held.id() ? sv1::BOOKING_STATUS_CONFIRMED : sv1::BOOKING_STATUS_WAITLISTED)
+        << "nothing changed";
+  }
+  EXPECT_EQ(Sql("SELECT count(*) FROM bookings WHERE session_id = '" + later.id() + "'"), 0);
+}
+
 TEST_F(Scheduling, CancellingASessionCancelsEveryBookingWithAnEventEach) {
   sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(9));
   std::set<std::string> booked;

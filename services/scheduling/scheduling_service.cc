@@ -770,6 +770,16 @@ absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call&
         absl::StrCat("only a CONFIRMED or WAITLISTED booking can be cancelled; it is ",
                      v1::BookingStatus_Name(b->status())));
   }
+  auto session = store::GetSession(c, b->session_id(), false);
+  if (!session.ok()) return session.status();
+  // Once the session began a seat can no longer be handed on (a promotion
+  // would invite someone to a visit under way): who did not come is a no-show.
+  if (absl::Now() >= LocalInstant(session->date(), session->start_time())) {
+    if (only_if_live) return b;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "session ", session->id(), " began at ", session->date(), " ", session->start_time(),
+        "; its bookings are no longer cancelled or moved (record attendance: NO_SHOW)"));
+  }
   if (absl::Status s = store::SetBookingStatus(c, booking_id, kCancelled); !s.ok()) return s;
   if (emit) {
     if (absl::Status s = EmitBooking(c, call, "cancelled", booking_id, ""); !s.ok()) return s;
@@ -779,8 +789,6 @@ absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call&
   }
   if (b->status() == kConfirmed) {
     if (absl::Status s = store::AddSeats(c, b->session_id(), b->site(), -1, 0); !s.ok()) return s;
-    auto session = store::GetSession(c, b->session_id(), false);
-    if (!session.ok()) return session.status();
     if (absl::Status s = Promote(c, call, *session, b->site()); !s.ok()) return s;
   }
   return store::GetBooking(c, booking_id, false);
