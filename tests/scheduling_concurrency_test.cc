@@ -774,7 +774,8 @@ class BookingStorm {
 // every request (same request_id) books each person exactly once, and the
 // stream carries exactly one event per stored booking.
 TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
-  // Six clients book, cancel, reschedule and retry at random (seeded) over
+  // Six clients book, cancel, reschedule, retry and change capacities at
+  // random (seeded) over
   // four frontline visits on two dates and a two-site department event, while
   // a participant is deactivated and a session cancelled midway. Afterwards
   // every rule holds in what is stored, and the last event about each
@@ -795,6 +796,10 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
   std::vector<std::string> bookings;  // every booking id any client was given
   std::map<int, int> codes;
   std::atomic<int> ops{0};
+  std::function<void()> midway;
+  auto after_op = [&] {
+    if (++ops == kClients * kOpsPerClient / 2) midway();
+  };
   auto client = [&](int c) {
     std::mt19937 rng(kSeed * 100 + c);
     auto pick = [&](size_t n) { return std::uniform_int_distribution<size_t>(0, n - 1)(rng); };
@@ -802,6 +807,28 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
       grpc::Status st;
       int op = static_cast<int>(pick(10));
       sv1::Booking out;
+      if (op == 9) {  // the programme team changes a site's capacity (fewer or more seats)
+        sv1::GetSessionRequest get;
+        get.set_id(sessions[pick(sessions.size())]);
+        sv1::UpdateSessionRequest req;
+        st = fx_->stub->GetSession(Ctx(fx_->admin).get(), get, req.mutable_session());
+        if (st.ok()) {
+          req.mutable_session()
+              ->mutable_sites(static_cast<int>(pick(req.session().sites_size())))
+              ->set_capacity(1 + static_cast<int>(pick(4)));
+          req.mutable_update_mask()->add_paths("sites");
+          sv1::Session updated;
+          st = fx_->stub->UpdateSession(Ctx(fx_->admin).get(), req, &updated);
+        }
+        std::lock_guard<std::mutex> l(mu);
+        ++codes[st.error_code()];
+        EXPECT_TRUE(st.ok() || st.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+                    st.error_code() == grpc::StatusCode::ABORTED)
+            << "client " << c << " op " << i << ": " << st.error_code() << " "
+            << st.error_message();
+        after_op();
+        continue;
+      }
       if (op < 5 || bookings.empty()) {  // book, now and then retrying an earlier request id
         sv1::BookSessionRequest req;
         size_t si = pick(sessions.size());
@@ -820,7 +847,7 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
           sv1::CancelBookingRequest req;
           req.set_id(id);
           st = fx_->stub->CancelBooking(Ctx(fx_->admin).get(), req, &out);
-        } else {
+        } else {  // op 8
           sv1::RescheduleBookingRequest req;
           req.set_id(id);
           size_t si = pick(sessions.size());
@@ -841,20 +868,21 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
                   st.error_code() == grpc::StatusCode::ALREADY_EXISTS ||
                   st.error_code() == grpc::StatusCode::ABORTED)
           << "client " << c << " op " << i << ": " << st.error_code() << " " << st.error_message();
-      if (++ops == kClients * kOpsPerClient / 2) {  // midway: a leaver and a cancelled visit
-        sv1::DeactivateParticipantRequest dp;
-        dp.set_id(people[0]);
-        sv1::Participant gone;
-        grpc::Status ds = fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), dp, &gone);
-        EXPECT_TRUE(ds.ok()) << ds.error_code() << " " << ds.error_message();
-        sv1::CancelSessionRequest cs;
-        cs.set_id(sessions[1]);
-        cs.set_reason("the ward is closed that day");
-        sv1::Session cancelled;
-        grpc::Status cst = fx_->stub->CancelSession(Ctx(fx_->admin).get(), cs, &cancelled);
-        EXPECT_TRUE(cst.ok()) << cst.error_code() << " " << cst.error_message();
-      }
+      after_op();
     }
+  };
+  midway = [&] {  // a leaver and a cancelled visit
+    sv1::DeactivateParticipantRequest dp;
+    dp.set_id(people[0]);
+    sv1::Participant gone;
+    grpc::Status ds = fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), dp, &gone);
+    EXPECT_TRUE(ds.ok()) << ds.error_code() << " " << ds.error_message();
+    sv1::CancelSessionRequest cs;
+    cs.set_id(sessions[1]);
+    cs.set_reason("the ward is closed that day");
+    sv1::Session cancelled;
+    grpc::Status cst = fx_->stub->CancelSession(Ctx(fx_->admin).get(), cs, &cancelled);
+    EXPECT_TRUE(cst.ok()) << cst.error_code() << " " << cst.error_message();
   };
   auto deadlocks = [&] { return DeadlocksIn(fx_->scheduling_db); };
   int64_t deadlocks_before = deadlocks();

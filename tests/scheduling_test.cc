@@ -655,6 +655,124 @@ TEST_F(Scheduling, ABookingIsNotCancelledNorMovedOnceItsSessionBegan) {
   EXPECT_EQ(Sql("SELECT count(*) FROM bookings WHERE session_id = '" + later.id() + "'"), 0);
 }
 
+TEST_F(Scheduling, UpdatingASessionKeepsItsBookingsRulesAndFillsNewSeatsInOrder) {
+  // The host can take a third visitor: the first person waiting is
+  // confirmed, the next still waits. Fewer seats than are confirmed, a new
+  // date under live bookings, other sites or a stale etag are refused, and
+  // nothing changes.
+  sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(40));
+  std::vector<sv1::Booking> b(4);
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(Book(*fx_, s.id(), Register(*fx_, absl::StrCat("UPD00", i)).id(), &b[i]).ok());
+  }
+  ASSERT_EQ(b[2].status(), sv1::BOOKING_STATUS_WAITLISTED);
+  auto update = [&](const sv1::Session& from, const std::vector<std::string>& paths,
+                    const std::function<void(sv1::Session*)>& change, sv1::Session* out,
+                    const std::string& token = "") {
+    sv1::UpdateSessionRequest req;
+    *req.mutable_session() = from;
+    change(req.mutable_session());
+    for (const auto& p : paths) req.mutable_update_mask()->add_paths(p);
+    return fx_->stub->UpdateSession(Ctx(token.empty() ? fx_->admin : token).get(), req, out);
+  };
+  sv1::Session bigger;
+  grpc::Status st = update(
+      s, {"title", "sites"},
+      [](sv1::Session* x) {
+        x->set_title("Ward visit, three places");
+        x->mutable_sites(0)->set_capacity(3);
+        x->mutable_sites(0)->set_confirmed(99);  // output only: ignored
+      },
+      &bigger);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(bigger.title(), "Ward visit, three places");
+  EXPECT_EQ(bigger.sites(0).capacity(), 3);
+  EXPECT_EQ(bigger.sites(0).confirmed(), 3);
+  EXPECT_EQ(bigger.sites(0).waitlisted(), 1);
+  EXPECT_NE(bigger.etag(), s.etag());
+  std::map<std::string, sv1::BookingStatus> now;
+  for (const sv1::Booking& x : SessionBookings(*fx_, s.id())) now[x.id()] = x.status();
+  EXPECT_EQ(now[b[2].id()], sv1::BOOKING_STATUS_CONFIRMED) << "the first waiting";
+  EXPECT_EQ(now[b[3].id()], sv1::BOOKING_STATUS_WAITLISTED) << "the next still waits";
+
+  sv1::Session out;
+  auto expect = [&](grpc::Status got, grpc::StatusCode code, const std::string& names) {
+    EXPECT_EQ(got.error_code(), code) << got.error_message();
+    EXPECT_NE(got.error_message().find(names), std::string::npos) << got.error_message();
+  };
+  expect(update(
+             s, {"title"}, [](sv1::Session* x) { x->set_title("Stale"); }, &out),
+         grpc::StatusCode::ABORTED, "etag");
+  expect(
+      update(
+          bigger, {"sites"}, [](sv1::Session* x) { x->mutable_sites(0)->set_capacity(2); }, &out),
+      grpc::StatusCode::FAILED_PRECONDITION, "session.sites[0].capacity");
+  expect(update(
+             bigger, {"date"}, [](sv1::Session* x) { x->set_date(DateIn(41)); }, &out),
+         grpc::StatusCode::FAILED_PRECONDITION, "session.date");
+  expect(update(
+             bigger, {"sites"}, [](sv1::Session* x) { x->mutable_sites(0)->set_name("Annexe"); },
+             &out),
+         grpc::StatusCode::INVALID_ARGUMENT, "session.sites");
+  expect(update(
+             bigger, {"end_time"}, [](sv1::Session* x) { x->set_end_time("08:00"); }, &out),
+         grpc::StatusCode::INVALID_ARGUMENT, "session.end_time");
+  expect(update(
+             bigger, {"status"}, [](sv1::Session*) {}, &out),
+         grpc::StatusCode::INVALID_ARGUMENT, "update_mask");
+  expect(update(
+             bigger, {"title"}, [](sv1::Session* x) { x->set_title("Not yours"); }, &out,
+             Token(Role::kPartner, "x", "00000000-0000-4000-8000-000000000001")),
+         grpc::StatusCode::PERMISSION_DENIED, "partner organisation");
+  sv1::GetSessionRequest get;
+  get.set_id(s.id());
+  ASSERT_TRUE(fx_->stub->GetSession(Ctx(fx_->admin).get(), get, &out).ok());
+  EXPECT_EQ(out.etag(), bigger.etag()) << "a refused change changed the session";
+
+  // The partner itself may change its session; the same values again change nothing.
+  std::string host = Token(Role::kPartner, "host", *org_);
+  sv1::Session later;
+  ASSERT_TRUE(update(
+                  bigger, {"start_time", "end_time"},
+                  [](sv1::Session* x) {
+                    x->set_start_time("10:00");
+                    x->set_end_time("16:00");
+                  },
+                  &later, host)
+                  .ok());
+  EXPECT_EQ(later.start_time(), "10:00");
+  sv1::Session same;
+  ASSERT_TRUE(update(
+                  later, {"start_time"}, [](sv1::Session*) {}, &same)
+                  .ok());
+  EXPECT_EQ(same.etag(), later.etag());
+
+  // With no bookings, the day itself can move.
+  sv1::Session empty = NewSession(*fx_, *org_, 2, DateIn(42));
+  sv1::Session moved;
+  ASSERT_TRUE(update(
+                  empty, {"date"}, [](sv1::Session* x) { x->set_date(DateIn(43)); }, &moved)
+                  .ok());
+  EXPECT_EQ(moved.date(), DateIn(43));
+
+  // Events: session.updated naming what changed, and the promotion.
+  ASSERT_TRUE(WaitForOutboxDrained(fx_->scheduling_db));
+  std::vector<std::vector<std::string>> updates;
+  bool promoted = false;
+  for (const auto& e : ReadStream(fx_->nats_url, fx_->scheduling_stream)) {
+    if (absl::EndsWith(e.subject, ".session.updated") && e.headers.at("ce-subject") == s.id()) {
+      events::v1::SessionUpdated su;
+      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(e.data, &su).ok()) << e.data;
+      updates.emplace_back(su.changed_fields().begin(), su.changed_fields().end());
+    }
+    promoted |=
+        absl::EndsWith(e.subject, ".booking.promoted") && e.headers.at("ce-subject") == b[2].id();
+  }
+  std::vector<std::vector<std::string>> want = {{"title", "sites"}, {"start_time", "end_time"}};
+  EXPECT_EQ(updates, want);
+  EXPECT_TRUE(promoted);
+}
+
 TEST_F(Scheduling, CancellingASessionCancelsEveryBookingWithAnEventEach) {
   sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(9));
   std::set<std::string> booked;

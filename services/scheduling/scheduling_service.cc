@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "connecting/events/v1/partners_events.pb.h"
 #include "connecting/events/v1/scheduling_events.pb.h"
@@ -568,6 +569,122 @@ absl::Status SchedulingLogic::ListSessions(const Call& call, const v1::ListSessi
   });
 }
 
+absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSessionRequest& req,
+                                            v1::Session* resp) {
+  FieldErrors e;
+  const v1::Session& in = req.session();
+  server::CheckUuid(e, "session.id", in.id(), true);
+  if (in.etag().empty()) e.Add("session.etag", "is required (the etag from your last read)");
+  server::ValidateMask(
+      e, req.update_mask(),
+      {"title", "date", "start_time", "end_time", "host_contact_id", "broadcast_link", "sites"});
+  if (!e.empty()) return e.ToStatus();
+  bool sites_masked = false, date_masked = false, host_masked = false;
+  for (const std::string& path : req.update_mask().paths()) {
+    sites_masked |= path == "sites";
+    date_masked |= path == "date";
+    host_masked |= path == "host_contact_id";
+  }
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    // The session row, then its sites (as CancelSession): bookings in
+    // flight finish first, so the seats counted below are all there are.
+    auto cur = store::GetSession(c, in.id(), true);
+    if (!cur.ok()) return cur.status();
+    if (absl::Status st = MayManageSession(call.principal, *cur); !st.ok()) return st;
+    if (in.etag() != cur->etag()) return server::StaleEtag("session", cur->etag());
+    if (cur->status() != v1::SESSION_STATUS_SCHEDULED &&
+        cur->status() != v1::SESSION_STATUS_PENDING_HOST) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("only a SCHEDULED or PENDING_HOST session can be changed; it is ",
+                       v1::SessionStatus_Name(cur->status())));
+    }
+    if (absl::Now() >= LocalInstant(cur->date(), cur->start_time())) {
+      return absl::FailedPreconditionError(absl::StrCat("the session began at ", cur->date(), " ",
+                                                        cur->start_time(),
+                                                        "; it can no longer be changed"));
+    }
+    if (absl::Status st = store::LockSites(c, in.id()); !st.ok()) return st;
+    auto seats = store::GetSession(c, in.id(), false);  // the counters, now settled
+    if (!seats.ok()) return seats.status();
+    const v1::Session before = *std::move(seats);
+
+    v1::Session merged = before;
+    server::ApplyMask(in, req.update_mask(), &merged);
+    FieldErrors errs;
+    ValidateSession(errs, "session", merged);
+    if (sites_masked) {
+      bool same = merged.sites_size() == before.sites_size();
+      for (int i = 0; same && i < merged.sites_size(); ++i) {
+        same = merged.sites(i).name() == before.sites(i).name();
+      }
+      if (!same) {
+        std::vector<std::string> names;
+        for (const v1::Site& site : before.sites())
+          names.push_back(absl::StrCat("\"", site.name(), "\""));
+        errs.Add(
+            "session.sites",
+            absl::StrCat("must list the session's sites, in order (", absl::StrJoin(names, ", "),
+                         "), each with its capacity; sites are not added or removed"));
+      }
+    }
+    if (errs.empty() && absl::Now() >= LocalInstant(merged.date(), merged.start_time())) {
+      errs.Add("session.start_time", "must be later than now");
+    }
+    if (!errs.empty()) return errs.ToStatus();
+    // The counters are the service's, not the caller's.
+    for (int i = 0; i < merged.sites_size(); ++i) {
+      merged.mutable_sites(i)->set_confirmed(before.sites(i).confirmed());
+      merged.mutable_sites(i)->set_waitlisted(before.sites(i).waitlisted());
+    }
+    v1::Session unchanged = before;
+    std::vector<std::string> changed = server::ApplyMask(merged, req.update_mask(), &unchanged);
+    if (changed.empty()) {
+      *resp = before;
+      return absl::OkStatus();
+    }
+    for (int i = 0; i < merged.sites_size(); ++i) {
+      const v1::Site& site = merged.sites(i);
+      if (site.capacity() < site.confirmed()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("session.sites[", i, "].capacity: ", site.confirmed(),
+                         " bookings are confirmed there already; cancel or move some first"));
+      }
+    }
+    if (date_masked && merged.date() != before.date()) {
+      int live = 0;
+      for (const v1::Site& site : before.sites()) live += site.confirmed() + site.waitlisted();
+      if (live > 0) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "session.date: the session has ", live,
+            " live bookings; move them (RescheduleBooking) or cancel the session and create "
+            "another"));
+      }
+    }
+    if (host_masked && !merged.host_contact_id().empty()) {
+      v1::Session host_only = merged;  // its offer was checked when it was created
+      host_only.clear_offer_id();
+      if (absl::Status st = CheckHostAndOffer(c, host_only); !st.ok()) return st;
+    }
+    if (absl::Status st = store::UpdateSession(c, merged); !st.ok()) return st;
+    // Seats added go to whoever waits, first come first served.
+    for (int i = 0; i < merged.sites_size(); ++i) {
+      int free = merged.sites(i).capacity() - before.sites(i).confirmed();
+      for (; free > 0 && before.sites(i).waitlisted() > 0; --free) {
+        auto promoted = Promote(c, call, merged, merged.sites(i).name());
+        if (!promoted.ok()) return promoted.status();
+        if (!*promoted) break;
+      }
+    }
+    auto after = store::GetSession(c, in.id(), false);
+    if (!after.ok()) return after.status();
+    *resp = *std::move(after);
+    ev::SessionUpdated event;
+    *event.mutable_session() = *resp;
+    for (const std::string& f : changed) event.add_changed_fields(f);
+    return outbox_.Emit(c, "session.updated", resp->id(), event, call.traceparent);
+  });
+}
+
 absl::Status SchedulingLogic::AcceptSession(const Call& call, const v1::AcceptSessionRequest& req,
                                             v1::Session* resp) {
   if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
@@ -721,9 +838,9 @@ absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& c
   return booking;
 }
 
-absl::Status SchedulingLogic::Promote(db::Conn& c, const Call& call, const v1::Session& session,
-                                      const std::string& site) {
-  if (session.status() != v1::SESSION_STATUS_SCHEDULED) return absl::OkStatus();
+absl::StatusOr<bool> SchedulingLogic::Promote(db::Conn& c, const Call& call,
+                                              const v1::Session& session, const std::string& site) {
+  if (session.status() != v1::SESSION_STATUS_SCHEDULED) return false;
   auto waiting = store::Waitlist(c, session.id(), site);
   if (!waiting.ok()) return waiting.status();
   const bool frontline = session.kind() == v1::SESSION_KIND_FRONTLINE_VISIT;
@@ -748,9 +865,10 @@ absl::Status SchedulingLogic::Promote(db::Conn& c, const Call& call, const v1::S
       return s;
     }
     if (absl::Status s = store::AddSeats(c, session.id(), site, 1, -1); !s.ok()) return s;
-    return EmitBooking(c, call, "promoted", booking_id, "");
+    if (absl::Status s = EmitBooking(c, call, "promoted", booking_id, ""); !s.ok()) return s;
+    return true;
   }
-  return absl::OkStatus();
+  return false;
 }
 
 absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call& call,
@@ -789,7 +907,9 @@ absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call&
   }
   if (b->status() == kConfirmed) {
     if (absl::Status s = store::AddSeats(c, b->session_id(), b->site(), -1, 0); !s.ok()) return s;
-    if (absl::Status s = Promote(c, call, *session, b->site()); !s.ok()) return s;
+    if (auto promoted = Promote(c, call, *session, b->site()); !promoted.ok()) {
+      return promoted.status();
+    }
   }
   return store::GetBooking(c, booking_id, false);
 }

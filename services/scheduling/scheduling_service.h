@@ -42,6 +42,7 @@ class SchedulingLogic {
   X(CreateSession, CreateSessionRequest, Session)                                    \
   X(GetSession, GetSessionRequest, Session)                                          \
   X(ListSessions, ListSessionsRequest, ListSessionsResponse)                         \
+  X(UpdateSession, UpdateSessionRequest, Session)                                    \
   X(AcceptSession, AcceptSessionRequest, Session)                                    \
   X(CancelSession, CancelSessionRequest, Session)                                    \
   X(CompleteSession, CompleteSessionRequest, Session)                                \
@@ -85,8 +86,10 @@ class SchedulingLogic {
   absl::StatusOr<v1::Booking> CancelInTx(db::Conn& tx, const Call& call,
                                          const std::string& booking_id, bool emit,
                                          bool only_if_live = false);
-  absl::Status Promote(db::Conn& tx, const Call& call, const v1::Session& session,
-                       const std::string& site);
+  // Confirms the first eligible waitlisted booking of the site, if any;
+  // whether it did.
+  absl::StatusOr<bool> Promote(db::Conn& tx, const Call& call, const v1::Session& session,
+                               const std::string& site);
   absl::Status EmitBooking(db::Conn& tx, const Call& call, const char* verb,
                            const std::string& booking_id, const std::string& reason);
   absl::Status EmitSession(db::Conn& tx, const Call& call, const char* verb,

@@ -334,6 +334,31 @@ absl::StatusOr<v1::Session> GetSession(db::Conn& c, const std::string& id, bool 
       SessionRow, "session", id);
 }
 
+absl::Status UpdateSession(db::Conn& c, const v1::Session& s) {
+  absl::Status up = Affected(
+      c.Exec("UPDATE sessions SET title = $2, session_date = $3::date, start_time = $4::time, "
+             "end_time = $5::time, host_contact_id = $6::uuid, broadcast_link = $7, "
+             "version = version + 1, updated_at = now() WHERE id = $1::uuid",
+             {s.id(), s.title(), s.date(), s.start_time(), s.end_time(),
+              db::NullIfEmpty(s.host_contact_id()), s.broadcast_link()}),
+      "session", s.id());
+  if (!up.ok()) return up;
+  if (auto r = c.Exec("UPDATE bookings SET session_date = $2::date WHERE session_id = $1::uuid "
+                      "AND session_date <> $2::date",
+                      {s.id(), s.date()});
+      !r.ok()) {
+    return r.status();
+  }
+  for (const v1::Site& site : s.sites()) {
+    auto r = c.Exec(
+        "UPDATE session_sites SET capacity = $3 WHERE session_id = $1::uuid AND site = $2 "
+        "AND capacity <> $3",
+        {s.id(), site.name(), site.capacity()});
+    if (!r.ok()) return r.status();
+  }
+  return absl::OkStatus();
+}
+
 absl::Status SetSessionStatus(db::Conn& c, const std::string& id, int status) {
   return Affected(c.Exec("UPDATE sessions SET status = $2, version = version + 1, "
                          "updated_at = now() WHERE id = $1::uuid",

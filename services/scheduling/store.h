@@ -74,6 +74,9 @@ absl::StatusOr<std::optional<v1::Session>> SessionByRequestId(db::Conn& c, const
 absl::StatusOr<std::optional<std::string>> InsertSession(db::Conn& c, const v1::Session& s,
                                                          const std::string& rid);
 absl::StatusOr<v1::Session> GetSession(db::Conn& c, const std::string& id, bool lock);
+// Writes the session's title, date, times, host, broadcast link and its
+// sites' capacities (bookings' copies of the date follow).
+absl::Status UpdateSession(db::Conn& c, const v1::Session& s);
 absl::Status SetSessionStatus(db::Conn& c, const std::string& id, int status);
 struct SessionFilter {
   std::string from_date, to_date, organisation_id;
