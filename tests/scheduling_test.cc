@@ -773,6 +773,63 @@ TEST_F(Scheduling, UpdatingASessionKeepsItsBookingsRulesAndFillsNewSeatsInOrder)
   EXPECT_TRUE(promoted);
 }
 
+TEST_F(Scheduling, CompletingASessionTellsThoseStillWaitingTheyGotNoSeat) {
+  // Once the visit has taken place the programme team completes it: the
+  // confirmed keep their bookings (for attendance), whoever still waits is
+  // told, one booking.cancelled each, and the counters say so.
+  sv1::Session s = NewSession(*fx_, *org_, 1, DateIn(8));
+  std::vector<sv1::Booking> b(3);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(Book(*fx_, s.id(), Register(*fx_, absl::StrCat("DONE0", i)).id(), &b[i]).ok());
+  }
+  sv1::CompleteSessionRequest complete;
+  complete.set_id(s.id());
+  sv1::Session out;
+  grpc::Status st = fx_->stub->CompleteSession(Ctx(fx_->admin).get(), complete, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << "not ended yet";
+  Sql("UPDATE sessions SET session_date = current_date - 1 WHERE id = '" + s.id() + "'");
+  Sql("UPDATE bookings SET session_date = current_date - 1 WHERE session_id = '" + s.id() + "'");
+  st = fx_->stub->CompleteSession(Ctx(fx_->admin).get(), complete, &out);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(out.status(), sv1::SESSION_STATUS_COMPLETED);
+  EXPECT_EQ(out.sites(0).confirmed(), 1);
+  EXPECT_EQ(out.sites(0).waitlisted(), 0);
+  for (const sv1::Booking& x : SessionBookings(*fx_, s.id())) {
+    EXPECT_EQ(x.status(),
+              x.id() == b[0].id() ? sv1::BOOKING_STATUS_CONFIRMED : sv1::BOOKING_STATUS_CANCELLED);
+  }
+  ASSERT_TRUE(WaitForOutboxDrained(fx_->scheduling_db));
+  auto events = BookingEventsOf(*fx_, s.id(), 3);  // each booking's latest
+  for (int i = 1; i < 3; ++i) {
+    EXPECT_EQ(events[b[i].id()].booking().status(), sv1::BOOKING_STATUS_CANCELLED);
+    EXPECT_EQ(events[b[i].id()].reason(), "the session took place; no seat became free");
+  }
+  EXPECT_EQ(fx_->stub->CompleteSession(Ctx(fx_->admin).get(), complete, &out).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION)
+      << "completed twice";
+}
+
+TEST_F(Scheduling, AConnectorCallsOffAVisitTheyArrangedButNoOneElses) {
+  std::string who = Register(*fx_, "ARR003").id();
+  std::string other = Register(*fx_, "ARR004").id();
+  sv1::Session pending = ArrangedVisit(*fx_, *org_, who, DateIn(33));
+  sv1::CancelSessionRequest req;
+  req.set_id(pending.id());
+  req.set_reason("clashes with a select committee");
+  sv1::Session out;
+  grpc::Status st =
+      fx_->stub->CancelSession(Ctx(Token(Role::kParticipant, other)).get(), req, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+  st = fx_->stub->CancelSession(Ctx(Token(Role::kParticipant, who)).get(), req, &out);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(out.status(), sv1::SESSION_STATUS_CANCELLED);
+  // A session the programme team made is theirs to cancel, not a connector's.
+  sv1::Session team = NewSession(*fx_, *org_, 2, DateIn(34));
+  req.set_id(team.id());
+  st = fx_->stub->CancelSession(Ctx(Token(Role::kParticipant, who)).get(), req, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+}
+
 TEST_F(Scheduling, CancellingASessionCancelsEveryBookingWithAnEventEach) {
   sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(9));
   std::set<std::string> booked;

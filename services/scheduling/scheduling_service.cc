@@ -730,11 +730,22 @@ absl::Status SchedulingLogic::CancelSession(const Call& call, const v1::CancelSe
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto s = store::GetSession(c, req.id(), true);
     if (!s.ok()) return s.status();
-    if (absl::Status st = MayManageSession(call.principal, *s); !st.ok()) return st;
+    // The connector who arranged a visit may call it off until it begins.
+    const server::Principal& p = call.principal;
+    const bool arranger = p.role == Role::kParticipant && !s->arranged_by().empty() &&
+                          p.participant_id == s->arranged_by();
+    if (!arranger) {
+      if (absl::Status st = MayManageSession(p, *s); !st.ok()) return st;
+    }
     if (s->status() == v1::SESSION_STATUS_CANCELLED ||
         s->status() == v1::SESSION_STATUS_COMPLETED) {
       return absl::FailedPreconditionError(
           absl::StrCat("the session is already ", v1::SessionStatus_Name(s->status())));
+    }
+    if (arranger && absl::Now() >= LocalInstant(s->date(), s->start_time())) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the visit began at ", s->date(), " ", s->start_time(),
+                       "; only the programme team or the partner can cancel it now"));
     }
     // Bookings take a site's lock, then read the session: holding every site
     // before reading the live bookings, the cancel waits for bookings in
@@ -752,7 +763,7 @@ absl::Status SchedulingLogic::CancelSession(const Call& call, const v1::CancelSe
       if (absl::Status st = store::SetBookingStatus(c, id, kCancelled); !st.ok()) return st;
       if (absl::Status st = EmitBooking(c, call, "cancelled", id, why); !st.ok()) return st;
     }
-    if (absl::Status st = store::ResetConfirmed(c, req.id()); !st.ok()) return st;
+    if (absl::Status st = store::ResetSeats(c, req.id()); !st.ok()) return st;
     auto after = store::GetSession(c, req.id(), false);
     if (!after.ok()) return after.status();
     *resp = *std::move(after);
@@ -779,6 +790,23 @@ absl::Status SchedulingLogic::CompleteSession(const Call& call,
     if (absl::Status st = store::SetSessionStatus(c, req.id(), v1::SESSION_STATUS_COMPLETED);
         !st.ok()) {
       return st;
+    }
+    // Whoever still waits did not get a seat: told so, one event each.
+    if (absl::Status st = store::LockSites(c, req.id()); !st.ok()) return st;
+    auto waiting = store::LiveBookings(c, req.id(), /*waitlisted_only=*/true);
+    if (!waiting.ok()) return waiting.status();
+    for (const std::string& id : *waiting) {
+      if (absl::Status st = store::SetBookingStatus(c, id, kCancelled); !st.ok()) return st;
+      if (absl::Status st =
+              EmitBooking(c, call, "cancelled", id, "the session took place; no seat became free");
+          !st.ok()) {
+        return st;
+      }
+    }
+    if (!waiting->empty()) {
+      if (absl::Status st = store::ResetSeats(c, req.id(), /*waitlists_only=*/true); !st.ok()) {
+        return st;
+      }
     }
     auto after = store::GetSession(c, req.id(), false);
     if (!after.ok()) return after.status();

@@ -517,10 +517,11 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Waitlist(
       [](const db::Result& r, int i) { return std::make_pair(r.String(i, 0), r.String(i, 1)); });
 }
 
-absl::StatusOr<std::vector<std::string>> LiveBookings(db::Conn& c, const std::string& session_id) {
+absl::StatusOr<std::vector<std::string>> LiveBookings(db::Conn& c, const std::string& session_id,
+                                                      bool waitlisted_only) {
   return All<std::string>(
-      c.Exec("SELECT id::text FROM bookings WHERE session_id = $1::uuid AND status IN (1, 2) "
-             "ORDER BY seq FOR UPDATE",
+      c.Exec(absl::StrCat("SELECT id::text FROM bookings WHERE session_id = $1::uuid AND status ",
+                          waitlisted_only ? "= 2" : "IN (1, 2)", " ORDER BY seq FOR UPDATE"),
              {session_id}),
       Text0);
 }
@@ -536,12 +537,11 @@ absl::StatusOr<std::vector<std::string>> FutureLiveBookingsOf(db::Conn& c,
       Text0);
 }
 
-absl::Status ResetConfirmed(db::Conn& c, const std::string& session_id) {
+absl::Status ResetSeats(db::Conn& c, const std::string& session_id, bool waitlists_only) {
   return c
-      .Exec(
-          "UPDATE session_sites SET confirmed = 0, waitlisted = 0 WHERE session_id = "
-          "$1::uuid",
-          {session_id})
+      .Exec(absl::StrCat("UPDATE session_sites SET ", waitlists_only ? "" : "confirmed = 0, ",
+                         "waitlisted = 0 WHERE session_id = $1::uuid"),
+            {session_id})
       .status();
 }
 

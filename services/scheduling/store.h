@@ -130,12 +130,16 @@ absl::Status SetBookingStatus(db::Conn& c, const std::string& id, int status);
 // Waitlisted (booking id, participant id) of a site in arrival order, locked.
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Waitlist(
     db::Conn& c, const std::string& session_id, const std::string& site);
-// Live (confirmed or waitlisted) booking ids of a session, in arrival order, locked.
-absl::StatusOr<std::vector<std::string>> LiveBookings(db::Conn& c, const std::string& session_id);
+// The session's CONFIRMED and WAITLISTED bookings (only the WAITLISTED with
+// `waitlisted_only`), locked, in arrival order.
+absl::StatusOr<std::vector<std::string>> LiveBookings(db::Conn& c, const std::string& session_id,
+                                                      bool waitlisted_only = false);
 // Live (confirmed or waitlisted) booking ids of a participant on sessions not yet begun.
 absl::StatusOr<std::vector<std::string>> FutureLiveBookingsOf(db::Conn& c,
                                                               const std::string& participant_id);
-absl::Status ResetConfirmed(db::Conn& c, const std::string& session_id);
+// Sets the session's counters to none confirmed (unless `waitlists_only`)
+// and none waiting.
+absl::Status ResetSeats(db::Conn& c, const std::string& session_id, bool waitlists_only = false);
 struct BookingFilter {
   std::string session_id, participant_id, partner_organisation_id;
   int status = 0;
