@@ -123,6 +123,11 @@ booked=$($G -plaintext "${auth[@]}" -d "{\"session_id\": \"$(field id <<<"$sessi
   \"participant_id\": \"$(field id <<<"$person")\", \"request_id\": \"3c9a1e2f-0000-4000-8000-000000000001\"}" \
   "$S" connecting.scheduling.v1.SchedulingService/BookSession)
 [ "$(field status <<<"$booked")" = BOOKING_STATUS_CONFIRMED ] || fail "booking: $booked"
+bigger=$($G -plaintext "${auth[@]}" -d "{\"session\": {\"id\": \"$(field id <<<"$session")\",
+  \"etag\": \"$(field etag <<<"$session")\", \"sites\": [{\"capacity\": 2}]}, \"update_mask\": \"sites\"}" \
+  "$S" connecting.scheduling.v1.SchedulingService/UpdateSession)
+[ "$(field sites.0.capacity <<<"$bigger")" = 2 ] && [ "$(field sites.0.confirmed <<<"$bigger")" = 1 ] ||
+  fail "update session: $bigger"
 $G -plaintext "${auth[@]}" -d "{\"from_date\": \"$(date +%Y)-01-01\", \"to_date\": \"$(( $(date +%Y) + 1 ))-12-31\",
   \"group_by\": \"FIGURES_GROUPING_QUARTER\"}" "$S" connecting.scheduling.v1.SchedulingService/GetProgrammeFigures \
   >/dev/null || fail "figures"
