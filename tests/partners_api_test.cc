@@ -132,6 +132,30 @@ TEST_F(PartnersApi, DuplicateOdsCodeIsAlreadyExists) {
   EXPECT_NE(s.error_message().find("organisation.ods_code"), std::string::npos);
 }
 
+TEST_F(PartnersApi, AnOrganisationIsFoundByItsOdsCode) {
+  // Other department systems know NHS organisations by ODS code.
+  v1::CreateOrganisationRequest req;
+  *req.mutable_organisation() = SampleOrganisation("Royal Free Hospital");
+  req.mutable_organisation()->set_ods_code("RAL01");
+  v1::Organisation made;
+  ASSERT_TRUE(stub().CreateOrganisation(Ctx(admin()).get(), req, &made).ok());
+  v1::ListOrganisationsRequest list;
+  list.set_ods_code(" ral01 ");  // as typed: trimmed, any case
+  v1::ListOrganisationsResponse page;
+  ASSERT_TRUE(stub().ListOrganisations(Ctx(admin()).get(), list, &page).ok());
+  ASSERT_EQ(page.organisations_size(), 1);
+  EXPECT_EQ(page.organisations(0).id(), made.id());
+  EXPECT_TRUE(page.next_page_token().empty());
+  list.set_ods_code("RAL99");
+  ASSERT_TRUE(stub().ListOrganisations(Ctx(admin()).get(), list, &page).ok());
+  EXPECT_EQ(page.organisations_size(), 0) << "nobody has that code";
+  list.set_ods_code("R-1");
+  grpc::Status s = stub().ListOrganisations(Ctx(admin()).get(), list, &page);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("ods_code: must be 3–10 letters and digits"), std::string::npos)
+      << s.error_message();
+}
+
 TEST_F(PartnersApi, ListPaginatesOverFilteredRowsWithoutGapsOrRepeats) {
   // 23 matching (North West, GP practice) interleaved with 10 others.
   std::set<std::string> expected;

@@ -830,6 +830,26 @@ TEST_F(Scheduling, AConnectorCallsOffAVisitTheyArrangedButNoOneElses) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
 }
 
+TEST_F(Scheduling, AParticipantIsFoundByStaffNumber) {
+  // An HR system knows staff by number: it finds the connector to deactivate.
+  sv1::Participant p = Register(*fx_, "HR0042");
+  sv1::ListParticipantsRequest list;
+  list.set_staff_number("hr0042");
+  sv1::ListParticipantsResponse page;
+  ASSERT_TRUE(fx_->stub->ListParticipants(Ctx(fx_->admin).get(), list, &page).ok());
+  ASSERT_EQ(page.participants_size(), 1);
+  EXPECT_EQ(page.participants(0).id(), p.id());
+  list.set_staff_number("HR0043");
+  ASSERT_TRUE(fx_->stub->ListParticipants(Ctx(fx_->admin).get(), list, &page).ok());
+  EXPECT_EQ(page.participants_size(), 0);
+  list.set_staff_number("HR 42!");
+  grpc::Status st = fx_->stub->ListParticipants(Ctx(fx_->admin).get(), list, &page);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("staff_number: must be 4–12 letters and digits"),
+            std::string::npos)
+      << st.error_message();
+}
+
 TEST_F(Scheduling, CancellingASessionCancelsEveryBookingWithAnEventEach) {
   sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(9));
   std::set<std::string> booked;

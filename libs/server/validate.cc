@@ -59,6 +59,19 @@ size_t Utf8Length(absl::string_view s) {
   return n;
 }
 
+std::string CheckCode(FieldErrors& errors, absl::string_view field, absl::string_view value,
+                      size_t min_chars, size_t max_chars, bool required, absl::string_view hint) {
+  std::string code = absl::AsciiStrToUpper(absl::StripAsciiWhitespace(value));
+  if (code.empty() && !required) return code;
+  bool ok = code.size() >= min_chars && code.size() <= max_chars;
+  for (char c : code) ok = ok && absl::ascii_isalnum(static_cast<unsigned char>(c));
+  if (!ok) {
+    errors.Add(field, absl::StrCat("must be ", min_chars, "–", max_chars, " letters and digits",
+                                   hint.empty() ? "" : " ", hint));
+  }
+  return code;
+}
+
 std::string CheckText(FieldErrors& errors, absl::string_view field, absl::string_view value,
                       TextRule rule) {
   absl::string_view t = absl::StripAsciiWhitespace(value);

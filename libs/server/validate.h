@@ -41,6 +41,14 @@ struct TextRule {
 std::string CheckText(FieldErrors& errors, absl::string_view field, absl::string_view value,
                       TextRule rule);
 
+// An identifier code such as an ODS code or a staff number: trimmed and upper-
+// cased, `min_chars`–`max_chars` ASCII letters and digits. Returns the
+// canonical form; records "<field>: must be <min>–<max> letters and digits
+// <hint>" otherwise. Empty is allowed unless `required`.
+std::string CheckCode(FieldErrors& errors, absl::string_view field, absl::string_view value,
+                      size_t min_chars, size_t max_chars, bool required,
+                      absl::string_view hint = "");
+
 // Canonical lower-case UUID text (8-4-4-4-12 hex).
 bool IsUuid(absl::string_view s);
 // INVALID_ARGUMENT "<field>: must be a UUID" unless `value` is one.

@@ -13,15 +13,13 @@ using server::Principal;
 using server::Role;
 using server::TextRule;
 
+std::string CheckOdsCode(FieldErrors& errors, const std::string& field, const std::string& value) {
+  return server::CheckCode(errors, field, value, 3, 10, false, "(e.g. RJ1, A81001)");
+}
+
 void ValidateOrganisation(FieldErrors& errors, const std::string& prefix, v1::Organisation& org) {
   org.set_name(server::CheckText(errors, prefix + ".name", org.name(), TextRule{1, 200}));
-  std::string ods = absl::AsciiStrToUpper(std::string(absl::StripAsciiWhitespace(org.ods_code())));
-  if (!ods.empty()) {
-    bool ok = ods.size() >= 3 && ods.size() <= 10;
-    for (char c : ods) ok = ok && absl::ascii_isalnum(static_cast<unsigned char>(c));
-    if (!ok) errors.Add(prefix + ".ods_code", "must be 3–10 letters and digits (e.g. RJ1, A81001)");
-  }
-  org.set_ods_code(ods);
+  org.set_ods_code(CheckOdsCode(errors, prefix + ".ods_code", org.ods_code()));
   if (org.sector() == v1::SECTOR_UNSPECIFIED) {
     errors.Add(prefix + ".sector", "is required");
   } else if (!v1::Sector_IsValid(org.sector())) {

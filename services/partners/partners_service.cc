@@ -191,12 +191,13 @@ absl::Status PartnersLogic::ListOrganisations(const Call& call,
   if (!v1::OrganisationStatus_IsValid(req.status())) errors.Add("status", "unknown value");
   std::string prefix =
       server::CheckText(errors, "name_prefix", req.name_prefix(), server::TextRule{0, 200});
+  std::string ods = CheckOdsCode(errors, "ods_code", req.ods_code());
   if (!errors.empty()) return errors.ToStatus();
   std::string scope = absl::StrCat("ListOrganisations|", req.sector(), "|", req.region(), "|",
-                                   req.status(), "|", prefix);
+                                   req.status(), "|", prefix, "|", ods);
   auto after = DecodeToken(tokens_, scope, req.page_token());
   if (!after.ok()) return after.status();
-  store::OrganisationFilter f{req.sector(), req.region(), req.status(), prefix};
+  store::OrganisationFilter f{req.sector(), req.region(), req.status(), prefix, ods};
   uint64_t generation = pages_ != nullptr ? pages_->Generation() : 0;
   return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
     auto rows = store::ListOrganisations(c, f, *after, limit + 1);

@@ -178,6 +178,7 @@ absl::StatusOr<std::vector<v1::Organisation>> ListOrganisations(db::Conn& c,
   if (f.sector != 0) add("sector = ", f.sector);
   if (f.region != 0) add("region = ", f.region);
   if (f.status != 0) add("status = ", f.status);
+  if (!f.ods_code.empty()) add("ods_code = ", f.ods_code);
   if (!f.name_prefix.empty()) {
     params.push_back(absl::StrCat(EscapeLike(f.name_prefix), "%"));
     where.push_back(absl::StrCat("name_lower LIKE lower($", params.size(), ")"));

@@ -28,6 +28,7 @@ struct OrganisationFilter {
   int region = 0;
   int status = 0;
   std::string name_prefix;
+  std::string ods_code;
 };
 
 absl::StatusOr<std::optional<v1::Organisation>> OrganisationByRequestId(db::Conn& c,

@@ -46,12 +46,13 @@ absl::Time LocalInstant(const std::string& date, const std::string& hh_mm) {
   return t;
 }
 
+std::string CheckStaffNumber(FieldErrors& e, const std::string& field, const std::string& value,
+                             bool required) {
+  return server::CheckCode(e, field, value, 4, 12, required);
+}
+
 void ValidateParticipant(FieldErrors& e, const std::string& prefix, v1::Participant& p) {
-  std::string sn = absl::AsciiStrToUpper(std::string(absl::StripAsciiWhitespace(p.staff_number())));
-  bool ok = sn.size() >= 4 && sn.size() <= 12;
-  for (char c : sn) ok = ok && absl::ascii_isalnum(static_cast<unsigned char>(c));
-  if (!ok) e.Add(prefix + ".staff_number", "must be 4–12 letters and digits");
-  p.set_staff_number(sn);
+  p.set_staff_number(CheckStaffNumber(e, prefix + ".staff_number", p.staff_number(), true));
   p.set_display_name(
       server::CheckText(e, prefix + ".display_name", p.display_name(), server::TextRule{1, 200}));
   std::string email(absl::StripAsciiWhitespace(p.email()));

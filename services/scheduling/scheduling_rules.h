@@ -26,6 +26,9 @@ bool IsTimeOfDay(const std::string& s);
 // The instant of a local date and time.
 absl::Time LocalInstant(const std::string& date, const std::string& hh_mm);
 
+// A staff number, canonical: trimmed, upper case.
+std::string CheckStaffNumber(server::FieldErrors& e, const std::string& field,
+                             const std::string& value, bool required);
 void ValidateParticipant(server::FieldErrors& e, const std::string& prefix, v1::Participant& p);
 // Checks a new session (dates not in the past, sites by kind, link).
 void ValidateSession(server::FieldErrors& e, const std::string& prefix, v1::Session& s);

@@ -312,12 +312,15 @@ absl::Status SchedulingLogic::ListParticipants(const Call& call,
   if (!v1::Grade_IsValid(req.grade())) e.Add("grade", "unknown value");
   if (!v1::ParticipantStatus_IsValid(req.status())) e.Add("status", "unknown value");
   std::string dir = server::CheckText(e, "directorate", req.directorate(), {0, 100});
+  std::string staff_number = CheckStaffNumber(e, "staff_number", req.staff_number(), false);
   if (!e.empty()) return e.ToStatus();
-  std::string scope = absl::StrCat("ListParticipants|", req.grade(), "|", req.status(), "|", dir);
+  std::string scope = absl::StrCat("ListParticipants|", req.grade(), "|", req.status(), "|", dir,
+                                   "|", staff_number);
   auto after = Token(tokens_, scope, req.page_token(), 2);
   if (!after.ok()) return after.status();
   return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
-    auto rows = store::ListParticipants(c, {req.grade(), req.status(), dir}, *after, limit + 1);
+    auto rows = store::ListParticipants(c, {req.grade(), req.status(), dir, staff_number}, *after,
+                                        limit + 1);
     if (!rows.ok()) return rows.status();
     resp->Clear();
     for (int i = 0; i < static_cast<int>(rows->size()) && i < limit; ++i) {

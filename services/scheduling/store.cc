@@ -279,6 +279,10 @@ absl::StatusOr<std::vector<v1::Participant>> ListParticipants(db::Conn& c,
     params.push_back(f.directorate);
     where.push_back(absl::StrCat("directorate = $", params.size()));
   }
+  if (!f.staff_number.empty()) {
+    params.push_back(f.staff_number);
+    where.push_back(absl::StrCat("staff_number = $", params.size()));
+  }
   if (after.size() == 2) {
     params.push_back(after[0]);
     params.push_back(after[1]);

@@ -62,6 +62,7 @@ absl::StatusOr<v1::Participant> SetParticipantStatus(db::Conn& c, const std::str
 struct ParticipantFilter {
   int grade = 0, status = 0;
   std::string directorate;
+  std::string staff_number;
 };
 absl::StatusOr<std::vector<v1::Participant>> ListParticipants(db::Conn& c,
                                                               const ParticipantFilter& f,
