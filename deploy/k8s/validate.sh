@@ -27,4 +27,14 @@ grep -q "^kind: Secret$" <<<"$prod" && fail "prod must not carry secrets"
 monitoring=$(kubectl kustomize monitoring) || fail "monitoring does not render"
 grep -q "^kind: PrometheusRule$" <<<"$monitoring" || fail "monitoring has no PrometheusRule"
 grep -q "^kind: PodMonitor$" <<<"$monitoring" || fail "monitoring has no PodMonitor"
+grep -q "^kind: AlertmanagerConfig$" <<<"$monitoring" || fail "monitoring has no AlertmanagerConfig"
+# Every severity the rules raise has somewhere to go: critical its own route,
+# anything else the default receiver, which must be warning's.
+for sev in $(grep -o 'severity: [a-z]*' monitoring/prometheusrule.yaml | awk '{print $2}' | sort -u); do
+  case $sev in
+    critical) grep -q 'value: critical' monitoring/alertmanagerconfig.yaml || fail "no route for critical" ;;
+    warning) grep -q '^    receiver: warning$' monitoring/alertmanagerconfig.yaml || fail "warnings go nowhere" ;;
+    *) fail "alerts of severity $sev have no receiver" ;;
+  esac
+done
 echo "k8s: dev and prod overlays and monitoring render and pass checks"
