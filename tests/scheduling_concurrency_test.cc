@@ -491,7 +491,39 @@ std::vector<sv1::Session> SessionsInLockOrder(SchedulingFixture& fx, const std::
   return s;
 }
 
-TEST(SchedulingOneLane, DeactivationNeverDeadlocksWithABatchBookingTheLeaver) {
+// Every booking in one lane (BOOKING_LANES=1), so that the bookings a test
+// queues behind a held batch run together as the next one.
+class SchedulingOneLane : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    fx_ = new SchedulingFixture(std::map<std::string, std::string>{{"BOOKING_LANES", "1"}});
+    org_ = new std::string(fx_->CreatePartner("One Lane Trust"));
+  }
+  static void TearDownTestSuite() {
+    delete fx_;
+    delete org_;
+  }
+  static std::future<grpc::Status> BookLater(const std::string& session, const std::string& who,
+                                             sv1::Booking* out) {
+    return std::async(std::launch::async,
+                      [session, who, out] { return Book(*fx_, session, who, out); });
+  }
+  // Until `n` callers wait for the lane (queued, or in its running batch).
+  static bool UntilQueued(int n) {
+    const std::string waiting = "connecting_group_commit_waiting{committer=\"bookings\"}";
+    for (int i = 0; i < 250; ++i) {
+      if (MetricValue(fx_->scheduling->metrics_port(), waiting) == n) return true;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
+  }
+  static SchedulingFixture* fx_;
+  static std::string* org_;
+};
+SchedulingFixture* SchedulingOneLane::fx_ = nullptr;
+std::string* SchedulingOneLane::org_ = nullptr;
+
+TEST_F(SchedulingOneLane, DeactivationNeverDeadlocksWithABatchBookingTheLeaver) {
   // The leaver holds bookings on sessions a and b. One batch books someone
   // else on b and the leaver on c while the leaver is deactivated: the batch
   // took b's seats for the first booking when the second reads the leaver,
@@ -499,9 +531,8 @@ TEST(SchedulingOneLane, DeactivationNeverDeadlocksWithABatchBookingTheLeaver) {
   // The batch must take its participants before any seats instead: then it
   // waits for the deactivation holding nothing it wants, and the leaver's
   // booking is refused.
-  SchedulingFixture fx(std::map<std::string, std::string>{{"BOOKING_LANES", "1"}});  // one lane
-  std::string org = fx.CreatePartner("One Lane Trust");
-  std::vector<sv1::Session> s = SessionsInLockOrder(fx, org, 4, 80);
+  SchedulingFixture& fx = *fx_;
+  std::vector<sv1::Session> s = SessionsInLockOrder(fx, *org_, 4, 80);
   const std::string &a = s[0].id(), &b = s[1].id(), &c = s[2].id(), &d = s[3].id();
   std::string leaver = Register(fx, "LANE01").id();
   std::string other = Register(fx, "LANE02").id();
@@ -511,23 +542,15 @@ TEST(SchedulingOneLane, DeactivationNeverDeadlocksWithABatchBookingTheLeaver) {
   ASSERT_TRUE(Book(fx, b, leaver, &held).ok());
   int64_t deadlocks = DeadlocksIn(fx.scheduling_db);
 
-  auto book = [&fx](const std::string& session, const std::string& who, sv1::Booking* out) {
-    return std::async(std::launch::async,
-                      [&fx, session, who, out] { return Book(fx, session, who, out); });
-  };
   std::unique_ptr<db::Conn> on_d = HoldSeats(fx.scheduling_db, d);
   std::unique_ptr<db::Conn> on_a = HoldSeats(fx.scheduling_db, a);
   ASSERT_TRUE(on_d && on_a);
   sv1::Booking first_out, other_out, leaver_out;
-  auto first = book(d, blocker, &first_out);  // the lane's batch waits for d
+  auto first = BookLater(d, blocker, &first_out);  // the lane's batch waits for d
   ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 1));
-  auto other_on_b = book(b, other, &other_out);
-  auto leaver_on_c = book(c, leaver, &leaver_out);
-  const std::string waiting = "connecting_group_commit_waiting{committer=\"bookings\"}";
-  for (int i = 0; i < 250 && MetricValue(fx.scheduling->metrics_port(), waiting) != 3; ++i) {
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  ASSERT_EQ(MetricValue(fx.scheduling->metrics_port(), waiting), 3)
+  auto other_on_b = BookLater(b, other, &other_out);
+  auto leaver_on_c = BookLater(c, leaver, &leaver_out);
+  ASSERT_TRUE(UntilQueued(3))
       << "the two bookings should queue behind the first batch, to run as one";
   auto deactivation = Deactivate(fx, leaver);
   ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 2)) << "the deactivation should wait for a";
@@ -554,6 +577,69 @@ TEST(SchedulingOneLane, DeactivationNeverDeadlocksWithABatchBookingTheLeaver) {
   absl::SleepFor(absl::Milliseconds(1500));  // backends report their statistics within a second
   EXPECT_EQ(DeadlocksIn(fx.scheduling_db), deadlocks)
       << "the batch and the deactivation deadlocked";
+}
+
+TEST_F(SchedulingOneLane, APromotionNeverDeadlocksWithABatchConfirmingThatPersonElsewhere) {
+  // A seat frees on visit A while the first person waiting for it is being
+  // confirmed on visit B the same date, by a batch that next wants A's seats
+  // for someone else. The promotion waits for that batch (the one visit per
+  // date index), the batch for A's seats: the promotion must give up waiting
+  // soon, pass that person over (the batch is about to confirm them on B)
+  // and let the seat go down the line.
+  SchedulingFixture& fx = *fx_;
+  std::string date = DateIn(86);
+  sv1::Session b = NewSession(fx, *org_, 5, date), a = NewSession(fx, *org_, 1, date);
+  for (int i = 0; i < 30 && a.id() < b.id(); ++i) a = NewSession(fx, *org_, 1, date);
+  ASSERT_GT(a.id(), b.id()) << "the batch must lock B, then A";
+  sv1::Session c = NewSession(fx, *org_, 5, DateIn(87));
+  std::string holder = Register(fx, "PROM01").id(), first = Register(fx, "PROM02").id();
+  std::string other = Register(fx, "PROM03").id(), blocker = Register(fx, "PROM04").id();
+  sv1::Booking held, waiting;
+  ASSERT_TRUE(Book(fx, a.id(), holder, &held).ok());
+  ASSERT_TRUE(Book(fx, a.id(), first, &waiting).ok());
+  ASSERT_EQ(waiting.status(), sv1::BOOKING_STATUS_WAITLISTED);
+  int64_t deadlocks = DeadlocksIn(fx.scheduling_db);
+
+  std::unique_ptr<db::Conn> on_a = HoldSeats(fx.scheduling_db, a.id());
+  std::unique_ptr<db::Conn> on_c = HoldSeats(fx.scheduling_db, c.id());
+  ASSERT_TRUE(on_a && on_c);
+  // The cancellation queues for A's seats first.
+  auto cancel = std::async(std::launch::async, [&] {
+    sv1::CancelBookingRequest req;
+    req.set_id(held.id());
+    sv1::Booking out;
+    return fx.stub->CancelBooking(Ctx(fx.admin).get(), req, &out);
+  });
+  ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 1));
+  // A batch waits for C; behind it, the first person on B and someone on A.
+  sv1::Booking blocker_out, first_on_b, other_on_a;
+  auto blocked = BookLater(c.id(), blocker, &blocker_out);
+  ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 2));
+  auto on_b_call = BookLater(b.id(), first, &first_on_b);
+  auto on_a_call = BookLater(a.id(), other, &other_on_a);
+  ASSERT_TRUE(UntilQueued(3));
+  ASSERT_TRUE(on_c->ExecScript("COMMIT").ok());
+  grpc::Status st = blocked.get();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  // That batch confirmed the first person on B and now queues for A's seats.
+  ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 2));
+  ASSERT_TRUE(on_a->ExecScript("COMMIT").ok());
+
+  st = cancel.get();
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  st = on_b_call.get();
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  EXPECT_EQ(first_on_b.status(), sv1::BOOKING_STATUS_CONFIRMED);
+  st = on_a_call.get();
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  EXPECT_EQ(other_on_a.status(), sv1::BOOKING_STATUS_CONFIRMED) << "the seat went down the line";
+  for (const sv1::Booking& x : SessionBookings(fx, a.id())) {
+    if (x.id() == waiting.id()) {
+      EXPECT_EQ(x.status(), sv1::BOOKING_STATUS_WAITLISTED) << "passed over, still waiting";
+    }
+  }
+  absl::SleepFor(absl::Milliseconds(1500));  // backends report their statistics within a second
+  EXPECT_EQ(DeadlocksIn(fx.scheduling_db), deadlocks) << "the promotion and the batch deadlocked";
 }
 
 TEST_F(SchedulingConcurrency, DeactivationNeverDeadlocksWithTheLeaversReschedule) {

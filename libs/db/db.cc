@@ -16,6 +16,7 @@ constexpr char kConstraintPayload[] = "connecting.db/constraint";
 // Set on serialization failures and deadlocks: the only errors Transact retries
 // (an ABORTED from the caller's own logic, such as a stale etag, is final).
 constexpr char kRetryPayload[] = "connecting.db/retry";
+constexpr char kLockNotAvailablePayload[] = "connecting.db/lock-not-available";
 
 std::string Trimmed(const char* s) {
   std::string out = s != nullptr ? s : "";
@@ -67,6 +68,9 @@ absl::Status ErrorFromResult(PGconn* conn, const PGresult* res) {
   } else if (state == "40001" || state == "40P01") {
     st = absl::AbortedError(msg);
     st.SetPayload(kRetryPayload, absl::Cord("1"));
+  } else if (state == "55P03") {
+    st = absl::AbortedError(msg);
+    st.SetPayload(kLockNotAvailablePayload, absl::Cord("1"));
   } else if (state == "57014") {
     st = absl::DeadlineExceededError(msg);
   } else if (absl::StartsWith(state, "08") || state == "57P01" || state == "57P02" ||
@@ -81,6 +85,10 @@ absl::Status ErrorFromResult(PGconn* conn, const PGresult* res) {
 
 bool IsRetryable(const absl::Status& status) {
   return status.GetPayload(kRetryPayload).has_value();
+}
+
+bool IsLockNotAvailable(const absl::Status& status) {
+  return status.GetPayload(kLockNotAvailablePayload).has_value();
 }
 
 std::string ConstraintOf(const absl::Status& status) {

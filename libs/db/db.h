@@ -6,6 +6,7 @@
 //   unique violation (23505)           → ALREADY_EXISTS, constraint in ConstraintOf()
 //   foreign key / check (23503, 23514) → FAILED_PRECONDITION, constraint in ConstraintOf()
 //   serialization / deadlock           → ABORTED (Transact retries these)
+//   lock not available (55P03)         → ABORTED, IsLockNotAvailable() (lock_timeout, NOWAIT)
 //   statement timeout (57014)          → DEADLINE_EXCEEDED
 //   lost or refused connection         → UNAVAILABLE
 //   anything else                      → INTERNAL (a bug in our SQL)
@@ -115,6 +116,8 @@ absl::Status ErrorFromResult(PGconn* conn, const PGresult* res);
 // True for a serialization failure or deadlock reported by PostgreSQL (the
 // transaction may succeed if run again), not for an ABORTED of our own logic.
 bool IsRetryable(const absl::Status& status);
+// True when a lock was not had within lock_timeout (or at once, with NOWAIT).
+bool IsLockNotAvailable(const absl::Status& status);
 // The constraint a violation named, or "" (from ALREADY_EXISTS/FAILED_PRECONDITION).
 std::string ConstraintOf(const absl::Status& status);
 

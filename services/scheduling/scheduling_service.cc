@@ -883,15 +883,27 @@ absl::StatusOr<bool> SchedulingLogic::Promote(db::Conn& c, const Call& call,
       // A visit that date being confirmed elsewhere right now is not visible
       // yet: the unique index waits for it and, if it commits, refuses this
       // one. That person is skipped like the others, and the cancellation
-      // or move that freed the seat still succeeds.
-      if (absl::Status s = c.ExecScript("SAVEPOINT promote"); !s.ok()) return s;
+      // or move that freed the seat still succeeds. The wait is brief: the
+      // confirming transaction may itself be queued for this site's seats,
+      // which we hold (a deadlock PostgreSQL would take a second to break);
+      // past it, that person is skipped as one about to be confirmed.
+      if (absl::Status s = c.ExecScript("SAVEPOINT promote; SET LOCAL lock_timeout = '200ms'");
+          !s.ok()) {
+        return s;
+      }
       absl::Status s = store::SetBookingStatus(c, booking_id, kConfirmed);
-      if (!s.ok() && db::ConstraintOf(s) == "bookings_one_frontline_per_date") {
+      if (!s.ok() &&
+          (db::ConstraintOf(s) == "bookings_one_frontline_per_date" || db::IsLockNotAvailable(s))) {
+        // Undoes the lock_timeout too.
         if (absl::Status r = c.ExecScript("ROLLBACK TO SAVEPOINT promote"); !r.ok()) return r;
         continue;
       }
       if (!s.ok()) return s;
-      if (absl::Status r = c.ExecScript("RELEASE SAVEPOINT promote"); !r.ok()) return r;
+      if (absl::Status r =
+              c.ExecScript("RELEASE SAVEPOINT promote; SET LOCAL lock_timeout TO DEFAULT");
+          !r.ok()) {
+        return r;
+      }
     } else if (absl::Status s = store::SetBookingStatus(c, booking_id, kConfirmed); !s.ok()) {
       return s;
     }
