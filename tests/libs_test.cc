@@ -136,6 +136,21 @@ TEST_F(Database, ErrorsMapToSpecificStatuses) {
   s = db::Transact(*pool_,
                    [](db::Conn& c) { return c.Exec("INSERT INTO t VALUES (2, -1)").status(); });
   EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+  // A lock not had within lock_timeout: ABORTED, recognisable, not retried.
+  auto holder = db::Conn::Open(url_, "test");
+  ASSERT_TRUE(holder.ok());
+  ASSERT_TRUE((*holder)->ExecScript("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").ok());
+  int attempts = 0;
+  s = db::Transact(*pool_, [&attempts](db::Conn& c) {
+    ++attempts;
+    if (absl::Status l = c.ExecScript("SET LOCAL lock_timeout = '50ms'"); !l.ok()) return l;
+    return c.Exec("SELECT count(*) FROM t").status();
+  });
+  EXPECT_TRUE(absl::IsAborted(s)) << s;
+  EXPECT_TRUE(db::IsLockNotAvailable(s)) << s;
+  EXPECT_FALSE(db::IsRetryable(s));
+  EXPECT_EQ(attempts, 1);
+  ASSERT_TRUE((*holder)->ExecScript("COMMIT").ok());
   // Nothing of the failed transactions was kept.
   s = db::WithConnection(*pool_, absl::InfiniteFuture(), [](db::Conn& c) {
     auto r = c.Exec("SELECT count(*) FROM t");
