@@ -152,19 +152,10 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline) {
     const size_t lead = first.size();
     for (Item* it : batch) first.push_back(it->work.first);
     std::vector<absl::StatusOr<Result>> rows = c.Pipeline(first);
-    absl::Status lead_failed;
-    for (size_t i = 0; i < lead && lead_failed.ok(); ++i) lead_failed = rows[i].status();
-    if (!lead_failed.ok()) {
-      rollback();
-      if (IsRetryable(lead_failed) && ++retries < kMaxRetries) {
-        BackoffBeforeRetry(retries);
-        continue;
-      }
-      return fail(lead_failed);
-    }
     absl::Status shared;  // an error of the transaction rather than of one item
-    int raised = -1;      // the item whose statement raised
-    for (size_t i = 0; i < batch.size(); ++i) {
+    for (size_t i = 0; i < lead && shared.ok(); ++i) shared = rows[i].status();
+    int raised = -1;  // the item whose statement raised
+    for (size_t i = 0; shared.ok() && i < batch.size(); ++i) {
       const absl::Status& s = rows[lead + i].status();
       if (s.ok()) continue;
       if (IsRetryable(s) || absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) ||
