@@ -118,6 +118,11 @@ class Database : public ::testing::Test {
     url_ = testing::NewDatabase();
     pool_ = std::make_unique<db::Pool>(url_, 4, "libs-test");
   }
+  // Runs `sql` (several statements) in one transaction: a test's tables.
+  void Script(const std::string& sql) {
+    absl::Status s = db::Transact(*pool_, [&sql](db::Conn& c) { return c.ExecScript(sql); });
+    ASSERT_TRUE(s.ok()) << s;
+  }
   std::string url_;
   std::unique_ptr<db::Pool> pool_;
 };
@@ -162,9 +167,7 @@ TEST_F(Database, ErrorsMapToSpecificStatuses) {
 }
 
 TEST_F(Database, SerializationFailuresAreRetriedUntilBothCommit) {
-  ASSERT_TRUE(db::Transact(*pool_, [](db::Conn& c) {
-                return c.ExecScript("CREATE TABLE counter (n int); INSERT INTO counter VALUES (0)");
-              }).ok());
+  Script("CREATE TABLE counter (n int); INSERT INTO counter VALUES (0)");
   db::TxOptions opts;
   opts.isolation = db::Isolation::kSerializable;
   opts.max_attempts = 50;
@@ -330,13 +333,10 @@ TEST_F(Database, PipelineOnALostConnectionFailsEveryStatementAsUnavailable) {
 }
 
 TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
-  ASSERT_TRUE(db::Transact(*pool_, [](db::Conn& c) {
-                return c.ExecScript(
-                    "CREATE TABLE hot (k int PRIMARY KEY, n int NOT NULL);"
-                    "INSERT INTO hot VALUES (1, 0);"
-                    "CREATE TABLE taken (v int PRIMARY KEY);"
-                    "CREATE TABLE followed (v int PRIMARY KEY)");
-              }).ok());
+  Script("CREATE TABLE hot (k int PRIMARY KEY, n int NOT NULL);"
+         "INSERT INTO hot VALUES (1, 0);"
+         "CREATE TABLE taken (v int PRIMARY KEY);"
+         "CREATE TABLE followed (v int PRIMARY KEY)");
   server::Executor threads(4, 64);
   db::GroupCommitter group(*pool_, "test", [&threads](std::function<void()> task) {
     return threads.TrySubmit(std::move(task));
@@ -405,13 +405,10 @@ TEST_F(Database, GroupCommitTakesTheLockFirstRowsBeforeAnyItemRuns) {
   // While such a row is held elsewhere the batch waits at its start, holding
   // none of the rows its items lock: a writer that holds the person and
   // wants the seats gets them, instead of deadlocking with the batch.
-  ASSERT_TRUE(db::Transact(*pool_, [](db::Conn& c) {
-                return c.ExecScript(
-                    "CREATE TABLE people (k text PRIMARY KEY);"
-                    "INSERT INTO people VALUES ('ann'), ('bob');"
-                    "CREATE TABLE seats (k int PRIMARY KEY, n int NOT NULL);"
-                    "INSERT INTO seats VALUES (1, 0)");
-              }).ok());
+  Script("CREATE TABLE people (k text PRIMARY KEY);"
+         "INSERT INTO people VALUES ('ann'), ('bob');"
+         "CREATE TABLE seats (k int PRIMARY KEY, n int NOT NULL);"
+         "INSERT INTO seats VALUES (1, 0)");
   std::vector<std::vector<std::string>> asked;
   server::Executor threads(1, 8);
   db::GroupCommitter group(
