@@ -270,9 +270,36 @@ TEST_F(Database, RepeatableMigrationsFollowTheirFileAfterTheVersionedOnes) {
   EXPECT_EQ(*applied, (std::vector<std::string>{"rep/R__answer"}));
   EXPECT_EQ(answer(), 3);
   // A failing edit keeps the last good definition.
+  std::string good = sets[0].migrations[0].sql;
   sets[0].migrations[0].sql = "CREATE OR REPLACE FUNCTION answer() RETURNS bigint AS nonsense";
   EXPECT_FALSE(db::Migrate(**conn, sets).ok());
   EXPECT_EQ(answer(), 3);
+
+  // A newer release adds a versioned migration and redefines the function;
+  // then an older replica restarts (a rolling update): it must not put its
+  // own, older definition back.
+  std::vector<db::MigrationSet> newer = {
+      {"rep",
+       {{"R__answer",
+         "CREATE OR REPLACE FUNCTION answer() RETURNS bigint LANGUAGE sql "
+         "AS 'SELECT max(x) * 100 FROM facts'"},
+        {"0001_facts", "CREATE TABLE facts (x int); INSERT INTO facts VALUES (1), (2)"},
+        {"0002_more", "INSERT INTO facts VALUES (3)"}}}};
+  applied = db::Migrate(**conn, newer);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, (std::vector<std::string>{"rep/0002_more", "rep/R__answer"}));
+  EXPECT_EQ(answer(), 300);
+  sets[0].migrations[0].sql = good;  // the older release, as it was
+  std::vector<std::string> ahead;
+  applied = db::Migrate(**conn, sets, &ahead);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_TRUE(applied->empty()) << "the older release re-applied " << (*applied)[0];
+  EXPECT_EQ(ahead, std::vector<std::string>{"rep/0002_more"});
+  EXPECT_EQ(answer(), 300) << "the newer definition stays";
+  ahead.clear();
+  applied = db::Migrate(**conn, newer, &ahead);
+  ASSERT_TRUE(applied.ok());
+  EXPECT_TRUE(applied->empty() && ahead.empty()) << "the newer release finds it current";
 }
 
 TEST_F(Database, PipelineReturnsResultsInOrderAndSkipsAfterAFailure) {

@@ -1,5 +1,7 @@
 #include "libs/db/migrations.h"
 
+#include <set>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
@@ -12,16 +14,33 @@ constexpr char kLockKey[] = "7355608120260101";
 bool Repeatable(const Migration& m) { return absl::StartsWith(m.name, "R__"); }
 
 absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
-                                                       const std::vector<MigrationSet>& sets) {
+                                                       const std::vector<MigrationSet>& sets,
+                                                       std::vector<std::string>* ahead) {
   std::vector<std::string> applied;
   for (const MigrationSet& set : sets) {
     // Versioned migrations first, then the repeatable ones, each in the order given.
     std::vector<const Migration*> order;
+    std::set<std::string> versioned;
     for (const Migration& m : set.migrations) {
-      if (!Repeatable(m)) order.push_back(&m);
+      if (!Repeatable(m)) {
+        order.push_back(&m);
+        versioned.insert(m.name);
+      }
+    }
+    // A newer release migrated this component: its repeatables stay as they are.
+    absl::StatusOr<Result> recorded = conn.Exec(
+        "SELECT name FROM schema_migrations WHERE component = $1 AND left(name, 3) <> 'R__' "
+        "ORDER BY name",
+        {set.component});
+    if (!recorded.ok()) return recorded.status();
+    bool newer = false;
+    for (int i = 0; i < recorded->rows(); ++i) {
+      if (versioned.count(recorded->String(i, 0)) > 0) continue;
+      newer = true;
+      if (ahead != nullptr) ahead->push_back(absl::StrCat(set.component, "/", recorded->String(i, 0)));
     }
     for (const Migration& m : set.migrations) {
-      if (Repeatable(m)) order.push_back(&m);
+      if (Repeatable(m) && !newer) order.push_back(&m);
     }
     for (const Migration* m : order) {
       absl::StatusOr<Result> seen = conn.Exec(
@@ -60,8 +79,8 @@ absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
 
 }  // namespace
 
-absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn,
-                                                 const std::vector<MigrationSet>& sets) {
+absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn, const std::vector<MigrationSet>& sets,
+                                                 std::vector<std::string>* ahead) {
   if (absl::Status s = conn.ExecScript(absl::StrCat("SELECT pg_advisory_lock(", kLockKey, ")"));
       !s.ok()) {
     return s;
@@ -74,7 +93,7 @@ absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn,
       "  applied_at timestamptz NOT NULL DEFAULT now(),"
       "  PRIMARY KEY (component, name))");
   absl::StatusOr<std::vector<std::string>> result =
-      s.ok() ? MigrateLocked(conn, sets) : absl::StatusOr<std::vector<std::string>>(s);
+      s.ok() ? MigrateLocked(conn, sets, ahead) : absl::StatusOr<std::vector<std::string>>(s);
   (void)conn.ExecScript(absl::StrCat("SELECT pg_advisory_unlock(", kLockKey, ")"));
   return result;
 }

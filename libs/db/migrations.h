@@ -13,6 +13,11 @@
 // differs from what was last applied. Change the definition by editing the
 // file, not by restating it in a new versioned migration; it must be safe to
 // run again (CREATE OR REPLACE, or DROP … IF EXISTS then CREATE).
+//
+// A binary older than its database (a newer release already applied
+// versioned migrations this one does not have, as while old and new replicas
+// overlap in a rolling update) leaves the component's repeatable migrations
+// as they are: it would otherwise put back its own, older definitions.
 #ifndef CONNECTING_LIBS_DB_MIGRATIONS_H_
 #define CONNECTING_LIBS_DB_MIGRATIONS_H_
 
@@ -34,8 +39,11 @@ struct MigrationSet {
   std::vector<Migration> migrations;
 };
 
-// Returns "component/name" of each migration applied by this call.
-absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn, const std::vector<MigrationSet>& sets);
+// Returns "component/name" of each migration applied by this call. `ahead`,
+// if given, receives the versioned migrations the database has and `sets`
+// do not (the components whose repeatable migrations were left alone).
+absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn, const std::vector<MigrationSet>& sets,
+                                                 std::vector<std::string>* ahead = nullptr);
 
 }  // namespace connecting::db
 

@@ -16,6 +16,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -99,10 +100,17 @@ absl::Status RunMigrations(const std::string& url, const std::vector<db::Migrati
   while (true) {
     auto conn = db::Conn::Open(url, "migrations");
     if (conn.ok()) {
-      auto applied = db::Migrate(**conn, sets);
+      std::vector<std::string> ahead;
+      auto applied = db::Migrate(**conn, sets, &ahead);
       if (!applied.ok()) return applied.status();
       for (const std::string& m : *applied) log::Info("migration applied", {{"migration", m}});
-      log::Info("database schema is current");
+      if (!ahead.empty()) {
+        log::Warn("the database was migrated by a newer release; this one's repeatable "
+                  "migrations were left as they are",
+                  {{"unknown_migrations", absl::StrJoin(ahead, ",")}});
+      } else {
+        log::Info("database schema is current");
+      }
       return absl::OkStatus();
     }
     if (absl::Now() >= give_up) return conn.status();
