@@ -17,7 +17,11 @@
 // A binary older than its database (a newer release already applied
 // versioned migrations this one does not have, as while old and new replicas
 // overlap in a rolling update) leaves the component's repeatable migrations
-// as they are: it would otherwise put back its own, older definitions.
+// as they are: it would otherwise put back its own, older definitions. So a
+// release that edits a repeatable migration adds a versioned one too (a
+// no-op, `SELECT 1`, if it has nothing else to change): that is what tells
+// the older binaries. (Remembering replaced texts instead would also refuse a
+// release that reverts to an earlier text.)
 #ifndef CONNECTING_LIBS_DB_MIGRATIONS_H_
 #define CONNECTING_LIBS_DB_MIGRATIONS_H_
 
