@@ -850,6 +850,45 @@ TEST_F(Scheduling, AParticipantIsFoundByStaffNumber) {
       << st.error_message();
 }
 
+TEST_F(Scheduling, SessionsAreListedByHostAndByFreeSeats) {
+  // A host leaves the partner: their visits are found to give them a new
+  // host. A connector looks for visits they would get a seat on.
+  std::string host = fx_->CreateHost(*org_, "Leaving Host");
+  std::vector<sv1::Session> hosted;
+  for (int i = 0; i < 2; ++i) {
+    sv1::Session s = NewSession(*fx_, *org_, 1, DateIn(120 + i));
+    sv1::UpdateSessionRequest req;
+    *req.mutable_session() = s;
+    req.mutable_session()->set_host_contact_id(host);
+    req.mutable_update_mask()->add_paths("host_contact_id");
+    sv1::Session out;
+    grpc::Status st = fx_->stub->UpdateSession(Ctx(fx_->admin).get(), req, &out);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    hosted.push_back(out);
+  }
+  sv1::Booking b;
+  ASSERT_TRUE(Book(*fx_, hosted[0].id(), Register(*fx_, "FREE01").id(), &b).ok());  // now full
+  auto list = [&](bool free_only) {
+    sv1::ListSessionsRequest req;
+    req.set_host_contact_id(host);
+    req.set_with_free_seats(free_only);
+    sv1::ListSessionsResponse out;
+    grpc::Status st = fx_->stub->ListSessions(Ctx(fx_->admin).get(), req, &out);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    std::vector<std::string> ids;
+    for (const auto& s : out.sessions()) ids.push_back(s.id());
+    return ids;
+  };
+  EXPECT_EQ(list(false), (std::vector<std::string>{hosted[0].id(), hosted[1].id()}));
+  EXPECT_EQ(list(true), (std::vector<std::string>{hosted[1].id()})) << "the full one is left out";
+  sv1::ListSessionsRequest bad;
+  bad.set_host_contact_id("someone");
+  sv1::ListSessionsResponse out;
+  grpc::Status st = fx_->stub->ListSessions(Ctx(fx_->admin).get(), bad, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("host_contact_id"), std::string::npos) << st.error_message();
+}
+
 TEST_F(Scheduling, CancellingASessionCancelsEveryBookingWithAnEventEach) {
   sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(9));
   std::set<std::string> booked;

@@ -544,17 +544,20 @@ absl::Status SchedulingLogic::ListSessions(const Call& call, const v1::ListSessi
   if (!v1::SessionKind_IsValid(req.kind())) e.Add("kind", "unknown value");
   if (!v1::SessionStatus_IsValid(req.status())) e.Add("status", "unknown value");
   server::CheckUuid(e, "organisation_id", req.organisation_id(), false);
+  server::CheckUuid(e, "host_contact_id", req.host_contact_id(), false);
   if (!e.empty()) return e.ToStatus();
-  store::SessionFilter f{req.from_date(), req.to_date(), req.organisation_id(), req.kind(),
-                         req.status()};
+  store::SessionFilter f{req.from_date(),       req.to_date(),        req.organisation_id(),
+                         req.kind(),            req.status(),         req.host_contact_id(),
+                         req.with_free_seats()};
   if (call.principal.role == Role::kPartner) {
     if (!f.organisation_id.empty() && f.organisation_id != call.principal.organisation_id) {
       return absl::PermissionDeniedError("a partner sees only sessions at its organisation");
     }
     f.organisation_id = call.principal.organisation_id;
   }
-  std::string scope = absl::StrCat("ListSessions|", f.from_date, "|", f.to_date, "|", f.kind, "|",
-                                   f.status, "|", f.organisation_id);
+  std::string scope =
+      absl::StrCat("ListSessions|", f.from_date, "|", f.to_date, "|", f.kind, "|", f.status, "|",
+                   f.organisation_id, "|", f.host_contact_id, "|", f.with_free_seats);
   auto after = Token(tokens_, scope, req.page_token(), 3);
   if (!after.ok()) return after.status();
   return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {

@@ -384,6 +384,12 @@ absl::StatusOr<std::vector<v1::Session>> ListSessions(db::Conn& c, const Session
   if (f.kind != 0) add("s.kind = ", f.kind, "");
   if (f.status != 0) add("s.status = ", f.status, "");
   if (!f.organisation_id.empty()) add("s.organisation_id = ", f.organisation_id, "::uuid");
+  if (!f.host_contact_id.empty()) add("s.host_contact_id = ", f.host_contact_id, "::uuid");
+  if (f.with_free_seats) {
+    where.push_back(
+        "EXISTS (SELECT 1 FROM session_sites ss WHERE ss.session_id = s.id AND "
+        "ss.confirmed < ss.capacity)");
+  }
   if (after.size() == 3) {
     params.push_back(after[0]);
     params.push_back(after[1]);

@@ -82,6 +82,8 @@ absl::Status SetSessionStatus(db::Conn& c, const std::string& id, int status);
 struct SessionFilter {
   std::string from_date, to_date, organisation_id;
   int kind = 0, status = 0;
+  std::string host_contact_id;
+  bool with_free_seats = false;
 };
 absl::StatusOr<std::vector<v1::Session>> ListSessions(db::Conn& c, const SessionFilter& f,
                                                       const std::vector<std::string>& after,
