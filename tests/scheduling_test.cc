@@ -809,7 +809,7 @@ TEST_F(Scheduling, CompletingASessionTellsThoseStillWaitingTheyGotNoSeat) {
       << "completed twice";
 }
 
-TEST_F(Scheduling, AConnectorCallsOffAVisitTheyArrangedButNoOneElses) {
+TEST_F(Scheduling, AConnectorWithdrawsAVisitTheyArrangedUntilTheHostAccepts) {
   std::string who = Register(*fx_, "ARR003").id();
   std::string other = Register(*fx_, "ARR004").id();
   sv1::Session pending = ArrangedVisit(*fx_, *org_, who, DateIn(33));
@@ -828,6 +828,17 @@ TEST_F(Scheduling, AConnectorCallsOffAVisitTheyArrangedButNoOneElses) {
   req.set_id(team.id());
   st = fx_->stub->CancelSession(Ctx(Token(Role::kParticipant, who)).get(), req, &out);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+  // Once the host accepted, others may have booked: the arranger cancels
+  // their own booking instead.
+  sv1::Session accepted = ArrangedVisit(*fx_, *org_, other, DateIn(35));
+  sv1::AcceptSessionRequest accept;
+  accept.set_id(accepted.id());
+  ASSERT_TRUE(fx_->stub->AcceptSession(Ctx(fx_->admin).get(), accept, &out).ok());
+  req.set_id(accepted.id());
+  st = fx_->stub->CancelSession(Ctx(Token(Role::kParticipant, other)).get(), req, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_NE(st.error_message().find("cancel your booking"), std::string::npos)
+      << st.error_message();
 }
 
 TEST_F(Scheduling, AParticipantIsFoundByStaffNumber) {

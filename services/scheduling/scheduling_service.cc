@@ -736,7 +736,9 @@ absl::Status SchedulingLogic::CancelSession(const Call& call, const v1::CancelSe
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto s = store::GetSession(c, req.id(), true);
     if (!s.ok()) return s.status();
-    // The connector who arranged a visit may call it off until it begins.
+    // The connector who arranged a visit may withdraw it until the host
+    // accepts; after that others may have booked it too, and they cancel
+    // their own booking instead.
     const server::Principal& p = call.principal;
     const bool arranger = p.role == Role::kParticipant && !s->arranged_by().empty() &&
                           p.participant_id == s->arranged_by();
@@ -748,10 +750,10 @@ absl::Status SchedulingLogic::CancelSession(const Call& call, const v1::CancelSe
       return absl::FailedPreconditionError(
           absl::StrCat("the session is already ", v1::SessionStatus_Name(s->status())));
     }
-    if (arranger && absl::Now() >= LocalInstant(s->date(), s->start_time())) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("the visit began at ", s->date(), " ", s->start_time(),
-                       "; only the programme team or the partner can cancel it now"));
+    if (arranger && s->status() != v1::SESSION_STATUS_PENDING_HOST) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the host accepted this visit (it is ", v1::SessionStatus_Name(s->status()),
+          "); cancel your booking on it, or ask the programme team or the partner"));
     }
     // Bookings take a site's lock, then read the session: holding every site
     // before reading the live bookings, the cancel waits for bookings in
