@@ -108,7 +108,9 @@ int SeedScheduling(const char* addr, const std::string& token, const std::vector
     s->set_date(absl::FormatTime("%Y-%m-%d", absl::Now() + absl::Hours(24 * (7 + 2 * i)), tz));
     s->set_start_time("09:30");
     s->set_end_time("16:30");
-    s->add_sites()->set_capacity(2);
+    // Three bookings each: every other session full with someone waiting,
+    // the rest with seats free (ListSessions with_free_seats finds them).
+    s->add_sites()->set_capacity(i % 2 == 0 ? 2 : 4);
     sv1::Session out;
     grpc::Status st;
     // Scheduling learns of the partners from their events; give it a moment.
