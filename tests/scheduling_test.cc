@@ -80,7 +80,10 @@ std::map<std::string, events::v1::BookingChanged> BookingEventsOf(SchedulingFixt
   absl::Time until = absl::Now() + absl::Seconds(10);
   while (by_booking.size() < want && absl::Now() < until) {
     for (const auto& e : ReadStream(fx.nats_url, fx.scheduling_stream)) {
-      if (e.subject.find(".booking.") == std::string::npos) continue;
+      if (e.headers.count("ce-type") == 0 ||
+          e.headers.at("ce-type") != "connecting.events.v1.BookingChanged") {
+        continue;  // not a booking change (e.g. booking.rescheduled)
+      }
       events::v1::BookingChanged bc;
       EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(e.data, &bc).ok()) << e.data;
       if (bc.session().id() == session_id) by_booking[bc.booking().id()] = bc;
@@ -898,6 +901,42 @@ TEST_F(Scheduling, SessionsAreListedByHostAndByFreeSeats) {
   grpc::Status st = fx_->stub->ListSessions(Ctx(fx_->admin).get(), bad, &out);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("host_contact_id"), std::string::npos) << st.error_message();
+}
+
+TEST_F(Scheduling, ARetriedMoveReturnsTheBookingItMade) {
+  // The answer to a move is lost and the client retries with the same
+  // request_id: it gets the booking the move made (not an error about the
+  // old booking, now cancelled), and the move happened once.
+  std::string who = Register(*fx_, "RETRY01").id();
+  sv1::Session from = NewSession(*fx_, *org_, 3, DateIn(130));
+  sv1::Session to = NewSession(*fx_, *org_, 3, DateIn(131));
+  sv1::Booking b;
+  ASSERT_TRUE(Book(*fx_, from.id(), who, &b).ok());
+  sv1::RescheduleBookingRequest req;
+  req.set_id(b.id());
+  req.set_session_id(to.id());
+  req.set_request_id("move-7f3a");
+  sv1::Booking first, again;
+  ASSERT_TRUE(fx_->stub->RescheduleBooking(Ctx(fx_->admin).get(), req, &first).ok());
+  grpc::Status st = fx_->stub->RescheduleBooking(Ctx(fx_->admin).get(), req, &again);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(again.id(), first.id());
+  EXPECT_EQ(again.session_id(), to.id());
+  EXPECT_EQ(SessionBookings(*fx_, to.id()).size(), 1u);
+  ASSERT_TRUE(WaitForOutboxDrained(fx_->scheduling_db));
+  int moves = 0;
+  for (const auto& e : ReadStream(fx_->nats_url, fx_->scheduling_stream)) {
+    moves += absl::EndsWith(e.subject, ".booking.rescheduled") &&
+             e.headers.at("ce-subject") == first.id();
+  }
+  EXPECT_EQ(moves, 1);
+  // The same key for another move is refused, naming it.
+  sv1::Booking other;
+  ASSERT_TRUE(Book(*fx_, from.id(), Register(*fx_, "RETRY02").id(), &other).ok());
+  req.set_id(other.id());
+  st = fx_->stub->RescheduleBooking(Ctx(fx_->admin).get(), req, &again);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ALREADY_EXISTS) << st.error_message();
+  EXPECT_NE(st.error_message().find("request_id"), std::string::npos) << st.error_message();
 }
 
 TEST_F(Scheduling, CancellingASessionCancelsEveryBookingWithAnEventEach) {

@@ -1068,10 +1068,12 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
   server::CheckUuid(e, "id", req.id(), true);
   server::CheckUuid(e, "session_id", req.session_id(), true);
   server::CheckText(e, "site", req.site(), {0, 100});
+  server::CheckRequestId(e, "request_id", req.request_id());
   if (!e.empty()) return e.ToStatus();
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto old = store::GetBooking(c, req.id(), false);
     if (!old.ok()) return old.status();
+    if (absl::Status s = MayActFor(call.principal, old->participant_id()); !s.ok()) return s;
     if (old->session_id() == req.session_id()) {
       return absl::InvalidArgumentError("session_id: the booking is already on this session");
     }
@@ -1092,10 +1094,26 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
     for (const auto& [session_id, site] : sites) {
       if (auto l = store::LockSite(c, session_id, site); !l.ok()) return l.status();
     }
+    // A retry of this move, once it landed (a concurrent one has waited for
+    // the same sites), gets the booking it made.
+    if (!req.request_id().empty()) {
+      auto prior = store::BookingByRequestId(c, req.request_id());
+      if (!prior.ok()) return prior.status();
+      if (prior->has_value()) {
+        if ((*prior)->participant_id() != old->participant_id() ||
+            (*prior)->session_id() != req.session_id()) {
+          return absl::AlreadyExistsError(absl::StrCat(
+              "request_id: already used for booking ", (*prior)->id(), ", another request"));
+        }
+        *resp = **std::move(prior);
+        return absl::OkStatus();
+      }
+    }
     // Cancel first: a move within one date must not trip the one-visit rule.
     auto from = CancelInTx(c, call, req.id(), false);
     if (!from.ok()) return from.status();
-    auto to = BookInTx(c, call, req.session_id(), old->participant_id(), req.site(), "", false);
+    auto to = BookInTx(c, call, req.session_id(), old->participant_id(), req.site(),
+                       req.request_id(), false);
     if (!to.ok()) return to.status();
     ev::BookingRescheduled event;
     *event.mutable_from_booking() = *from;

@@ -511,6 +511,14 @@ absl::StatusOr<v1::Booking> GetBooking(db::Conn& c, const std::string& id, bool 
       BookingRow, "booking", id);
 }
 
+absl::StatusOr<std::optional<v1::Booking>> BookingByRequestId(db::Conn& c,
+                                                             const std::string& request_id) {
+  return MaybeOne<v1::Booking>(
+      c.Exec(absl::StrCat("SELECT ", kBookingCols, " FROM bookings b WHERE b.request_id = $1"),
+             {request_id}),
+      BookingRow);
+}
+
 absl::Status SetBookingStatus(db::Conn& c, const std::string& id, int status) {
   return Affected(c.Exec("UPDATE bookings SET status = $2, version = version + 1, "
                          "updated_at = now() WHERE id = $1::uuid",
