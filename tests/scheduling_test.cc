@@ -3,6 +3,8 @@
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/message_differencer.h>
 #include <gtest/gtest.h>
+
+#include <future>
 #include <nats/nats.h>
 
 #include <fstream>
@@ -930,6 +932,25 @@ TEST_F(Scheduling, ARetriedMoveReturnsTheBookingItMade) {
              e.headers.at("ce-subject") == first.id();
   }
   EXPECT_EQ(moves, 1);
+  // Two copies of one move at once: one moves, both get its booking.
+  sv1::Booking second;
+  ASSERT_TRUE(Book(*fx_, from.id(), Register(*fx_, "RETRY03").id(), &second).ok());
+  sv1::RescheduleBookingRequest twice = req;
+  twice.set_id(second.id());
+  twice.set_request_id("move-9c1e");
+  sv1::Booking got[2];
+  std::future<grpc::Status> calls[2];
+  for (int i = 0; i < 2; ++i) {
+    calls[i] = std::async(std::launch::async, [&, i] {
+      return fx_->stub->RescheduleBooking(Ctx(fx_->admin).get(), twice, &got[i]);
+    });
+  }
+  for (int i = 0; i < 2; ++i) {
+    grpc::Status s = calls[i].get();
+    EXPECT_TRUE(s.ok()) << s.error_code() << " " << s.error_message();
+  }
+  EXPECT_EQ(got[0].id(), got[1].id());
+  EXPECT_EQ(SessionBookings(*fx_, to.id()).size(), 2u);
   // The same key for another move is refused, naming it.
   sv1::Booking other;
   ASSERT_TRUE(Book(*fx_, from.id(), Register(*fx_, "RETRY02").id(), &other).ok());
