@@ -3,11 +3,10 @@
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/message_differencer.h>
 #include <gtest/gtest.h>
-
-#include <future>
 #include <nats/nats.h>
 
 #include <fstream>
+#include <future>
 #include <map>
 #include <random>
 #include <set>
