@@ -16,11 +16,11 @@ namespace connecting::partners {
 
 namespace v1 = ::connecting::partners::v1;
 
-// Normalises (trims, upper-cases the ODS code) and checks the writable fields
-// of `org`. `prefix` is the field path of the message, e.g. "organisation".
 // An ODS code (empty allowed), canonical: trimmed, upper case.
 std::string CheckOdsCode(server::FieldErrors& errors, const std::string& field,
                          const std::string& value);
+// Normalises (trims, upper-cases the ODS code) and checks the writable fields
+// of `org`. `prefix` is the field path of the message, e.g. "organisation".
 void ValidateOrganisation(server::FieldErrors& errors, const std::string& prefix,
                           v1::Organisation& org);
 void ValidateContact(server::FieldErrors& errors, const std::string& prefix, v1::Contact& c);

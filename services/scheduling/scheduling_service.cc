@@ -2,6 +2,7 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include <algorithm>
 #include <functional>
 
 #include "absl/strings/match.h"
@@ -61,7 +62,7 @@ absl::StatusOr<store::PartnerOrganisation> ActivePartner(db::Conn& c, const std:
 
 // A session's host must be a contact of its organisation, not removed, and
 // its offer a PUBLISHED offer of it: both known from PARTNERS events.
-absl::Status CheckHostAndOffer(db::Conn& c, const v1::Session& s) {
+absl::Status CheckHost(db::Conn& c, const v1::Session& s) {
   const std::string& org = s.organisation_id();
   if (const std::string& id = s.host_contact_id(); !id.empty()) {
     const std::string who = absl::StrCat("session.host_contact_id: contact ", id);
@@ -76,6 +77,12 @@ absl::Status CheckHostAndOffer(db::Conn& c, const v1::Session& s) {
           absl::StrCat(who, " has been removed from its organisation"));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status CheckHostAndOffer(db::Conn& c, const v1::Session& s) {
+  if (absl::Status st = CheckHost(c, s); !st.ok()) return st;
+  const std::string& org = s.organisation_id();
   if (const std::string& id = s.offer_id(); !id.empty()) {
     const std::string what = absl::StrCat("session.offer_id: offer ", id);
     auto o = store::GetPartnerOffer(c, id);
@@ -396,12 +403,8 @@ absl::Status SchedulingLogic::DeactivateParticipant(const Call& call,
     auto pending = store::PendingSessionsArrangedBy(c, req.id());
     if (!pending.ok()) return pending.status();
     for (const std::string& session_id : *pending) {
-      if (absl::Status st = store::SetSessionStatus(c, session_id, v1::SESSION_STATUS_CANCELLED);
-          !st.ok()) {
-        return st;
-      }
-      if (absl::Status st = EmitSession(c, call, "cancelled", session_id,
-                                        "the connector who arranged it left the programme");
+      if (absl::Status st = CancelSessionInTx(c, call, session_id,
+                                              "the connector who arranged it left the programme");
           !st.ok()) {
         return st;
       }
@@ -585,12 +588,6 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
       e, req.update_mask(),
       {"title", "date", "start_time", "end_time", "host_contact_id", "broadcast_link", "sites"});
   if (!e.empty()) return e.ToStatus();
-  bool sites_masked = false, date_masked = false, host_masked = false;
-  for (const std::string& path : req.update_mask().paths()) {
-    sites_masked |= path == "sites";
-    date_masked |= path == "date";
-    host_masked |= path == "host_contact_id";
-  }
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     // The session row, then its sites (as CancelSession): bookings in
     // flight finish first, so the seats counted below are all there are.
@@ -618,20 +615,20 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
     server::ApplyMask(in, req.update_mask(), &merged);
     FieldErrors errs;
     ValidateSession(errs, "session", merged);
-    if (sites_masked) {
-      bool same = merged.sites_size() == before.sites_size();
-      for (int i = 0; same && i < merged.sites_size(); ++i) {
-        same = merged.sites(i).name() == before.sites(i).name();
+    // Only capacities change: the same sites, in their order (so unless
+    // "sites" is masked).
+    bool same_sites = merged.sites_size() == before.sites_size();
+    for (int i = 0; same_sites && i < merged.sites_size(); ++i) {
+      same_sites = merged.sites(i).name() == before.sites(i).name();
+    }
+    if (!same_sites) {
+      std::vector<std::string> names;
+      for (const v1::Site& site : before.sites()) {
+        names.push_back(absl::StrCat("\"", site.name(), "\""));
       }
-      if (!same) {
-        std::vector<std::string> names;
-        for (const v1::Site& site : before.sites())
-          names.push_back(absl::StrCat("\"", site.name(), "\""));
-        errs.Add(
-            "session.sites",
-            absl::StrCat("must list the session's sites, in order (", absl::StrJoin(names, ", "),
-                         "), each with its capacity; sites are not added or removed"));
-      }
+      errs.Add("session.sites",
+               absl::StrCat("must list the session's sites, in order (", absl::StrJoin(names, ", "),
+                            "), each with its capacity; sites are not added or removed"));
     }
     if (errs.empty() && absl::Now() >= LocalInstant(merged.date(), merged.start_time())) {
       errs.Add("session.start_time", "must be later than now");
@@ -648,6 +645,9 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
       *resp = before;
       return absl::OkStatus();
     }
+    auto did_change = [&changed](const char* path) {
+      return std::find(changed.begin(), changed.end(), path) != changed.end();
+    };
     for (int i = 0; i < merged.sites_size(); ++i) {
       const v1::Site& site = merged.sites(i);
       if (site.capacity() < site.confirmed()) {
@@ -656,7 +656,7 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
                          " bookings are confirmed there already; cancel or move some first"));
       }
     }
-    if (date_masked && merged.date() != before.date()) {
+    if (did_change("date")) {
       int live = 0;
       for (const v1::Site& site : before.sites()) live += site.confirmed() + site.waitlisted();
       if (live > 0) {
@@ -666,10 +666,8 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
             "another"));
       }
     }
-    if (host_masked && !merged.host_contact_id().empty()) {
-      v1::Session host_only = merged;  // its offer was checked when it was created
-      host_only.clear_offer_id();
-      if (absl::Status st = CheckHostAndOffer(c, host_only); !st.ok()) return st;
+    if (did_change("host_contact_id")) {  // its offer was checked when it was created
+      if (absl::Status st = CheckHost(c, merged); !st.ok()) return st;
     }
     if (absl::Status st = store::UpdateSession(c, merged); !st.ok()) return st;
     // Seats added go to whoever waits, first come first served.
@@ -701,7 +699,10 @@ absl::Status SchedulingLogic::AcceptSession(const Call& call, const v1::AcceptSe
     auto peek = store::GetSession(c, req.id(), false);
     if (!peek.ok()) return peek.status();
     if (!peek->arranged_by().empty()) {
-      if (absl::Status st = store::ShareParticipant(c, peek->arranged_by()); !st.ok()) return st;
+      if (absl::Status st = store::GetParticipantShared(c, peek->arranged_by()).status();
+          !st.ok()) {
+        return st;
+      }
     }
     auto s = store::GetSession(c, req.id(), true);
     if (!s.ok()) return s.status();
@@ -755,28 +756,45 @@ absl::Status SchedulingLogic::CancelSession(const Call& call, const v1::CancelSe
           "the host accepted this visit (it is ", v1::SessionStatus_Name(s->status()),
           "); cancel your booking on it, or ask the programme team or the partner"));
     }
-    // Bookings take a site's lock, then read the session: holding every site
-    // before reading the live bookings, the cancel waits for bookings in
-    // flight (and cancels them) rather than deadlocking with them on the
-    // session row (their foreign key check) and the seat counters.
-    if (absl::Status st = store::LockSites(c, req.id()); !st.ok()) return st;
-    auto live = store::LiveBookings(c, req.id());
-    if (!live.ok()) return live.status();
-    if (absl::Status st = store::SetSessionStatus(c, req.id(), v1::SESSION_STATUS_CANCELLED);
-        !st.ok()) {
-      return st;
-    }
-    std::string why = reason.empty() ? "session cancelled" : "session cancelled: " + reason;
-    for (const std::string& id : *live) {
-      if (absl::Status st = store::SetBookingStatus(c, id, kCancelled); !st.ok()) return st;
-      if (absl::Status st = EmitBooking(c, call, "cancelled", id, why); !st.ok()) return st;
-    }
-    if (absl::Status st = store::ResetSeats(c, req.id()); !st.ok()) return st;
+    if (absl::Status st = CancelSessionInTx(c, call, req.id(), reason); !st.ok()) return st;
     auto after = store::GetSession(c, req.id(), false);
     if (!after.ok()) return after.status();
     *resp = *std::move(after);
-    return EmitSession(c, call, "cancelled", req.id(), reason);
+    return absl::OkStatus();
   });
+}
+
+absl::Status SchedulingLogic::CancelSessionInTx(db::Conn& c, const Call& call,
+                                                const std::string& session_id,
+                                                const std::string& reason) {
+  if (absl::Status st = store::SetSessionStatus(c, session_id, v1::SESSION_STATUS_CANCELLED);
+      !st.ok()) {
+    return st;
+  }
+  std::string why = reason.empty() ? "session cancelled" : "session cancelled: " + reason;
+  if (absl::Status st = EndBookings(c, call, session_id, /*waitlisted_only=*/false, why);
+      !st.ok()) {
+    return st;
+  }
+  return EmitSession(c, call, "cancelled", session_id, reason);
+}
+
+absl::Status SchedulingLogic::EndBookings(db::Conn& c, const Call& call,
+                                          const std::string& session_id, bool waitlisted_only,
+                                          const std::string& why) {
+  // Bookings take a site's lock, then read the session: holding every site
+  // before reading the live bookings, this waits for bookings in flight (and
+  // ends them too) rather than deadlocking with them on the session row
+  // (their foreign key check) and the seat counters.
+  if (absl::Status st = store::LockSites(c, session_id); !st.ok()) return st;
+  auto live = store::LiveBookings(c, session_id, waitlisted_only);
+  if (!live.ok()) return live.status();
+  for (const std::string& id : *live) {
+    if (absl::Status st = store::SetBookingStatus(c, id, kCancelled); !st.ok()) return st;
+    if (absl::Status st = EmitBooking(c, call, "cancelled", id, why); !st.ok()) return st;
+  }
+  if (live->empty()) return absl::OkStatus();
+  return store::ResetSeats(c, session_id, waitlisted_only);
 }
 
 absl::Status SchedulingLogic::CompleteSession(const Call& call,
@@ -800,21 +818,10 @@ absl::Status SchedulingLogic::CompleteSession(const Call& call,
       return st;
     }
     // Whoever still waits did not get a seat: told so, one event each.
-    if (absl::Status st = store::LockSites(c, req.id()); !st.ok()) return st;
-    auto waiting = store::LiveBookings(c, req.id(), /*waitlisted_only=*/true);
-    if (!waiting.ok()) return waiting.status();
-    for (const std::string& id : *waiting) {
-      if (absl::Status st = store::SetBookingStatus(c, id, kCancelled); !st.ok()) return st;
-      if (absl::Status st =
-              EmitBooking(c, call, "cancelled", id, "the session took place; no seat became free");
-          !st.ok()) {
-        return st;
-      }
-    }
-    if (!waiting->empty()) {
-      if (absl::Status st = store::ResetSeats(c, req.id(), /*waitlists_only=*/true); !st.ok()) {
-        return st;
-      }
+    if (absl::Status st = EndBookings(c, call, req.id(), /*waitlisted_only=*/true,
+                                      "the session took place; no seat became free");
+        !st.ok()) {
+      return st;
     }
     auto after = store::GetSession(c, req.id(), false);
     if (!after.ok()) return after.status();
@@ -1080,7 +1087,10 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
     // The person, then both sites' seats: a deactivation holds the leaver
     // and then wants their seats, so a move must not hold seats while it
     // waits for the leaver (book_session reads them FOR SHARE).
-    if (absl::Status st = store::ShareParticipant(c, old->participant_id()); !st.ok()) return st;
+    if (absl::Status st = store::GetParticipantShared(c, old->participant_id()).status();
+        !st.ok()) {
+      return st;
+    }
     // Both sites' seats, in one order for every move: two connectors
     // swapping between the same sessions would otherwise each hold one site
     // and wait for the other until PostgreSQL broke the deadlock (a second's

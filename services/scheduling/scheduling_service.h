@@ -90,6 +90,16 @@ class SchedulingLogic {
   // whether it did.
   absl::StatusOr<bool> Promote(db::Conn& tx, const Call& call, const v1::Session& session,
                                const std::string& site);
+  // Cancels the session and its live bookings inside `tx` (the caller holds
+  // the session row): session.cancelled with `reason`, a booking.cancelled
+  // each.
+  absl::Status CancelSessionInTx(db::Conn& tx, const Call& call, const std::string& session_id,
+                                 const std::string& reason);
+  // Cancels the session's live bookings (only the waitlisted ones with
+  // `waitlisted_only`), a booking.cancelled each with `why`, under all its
+  // sites' locks, and zeroes the counters they held.
+  absl::Status EndBookings(db::Conn& tx, const Call& call, const std::string& session_id,
+                           bool waitlisted_only, const std::string& why);
   absl::Status EmitBooking(db::Conn& tx, const Call& call, const char* verb,
                            const std::string& booking_id, const std::string& reason);
   absl::Status EmitSession(db::Conn& tx, const Call& call, const char* verb,

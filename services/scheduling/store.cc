@@ -228,11 +228,6 @@ db::Statement ShareParticipants(const std::vector<std::string>& ids) {
           {absl::StrCat("{", absl::StrJoin(ids, ","), "}")}};
 }
 
-absl::Status ShareParticipant(db::Conn& c, const std::string& id) {
-  db::Statement st = ShareParticipants({id});
-  return c.Exec(st.sql, st.params).status();
-}
-
 absl::StatusOr<v1::Participant> GetParticipantShared(db::Conn& c, const std::string& id) {
   return One<v1::Participant>(
       c.Exec(absl::StrCat("SELECT ", kParticipantCols,

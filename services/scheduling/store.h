@@ -54,7 +54,6 @@ absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& i
 // its participant FOR SHARE, so a batch or a move takes that share first.
 // ShareParticipants: the statement locking those rows FOR SHARE (ids sorted).
 db::Statement ShareParticipants(const std::vector<std::string>& ids);
-absl::Status ShareParticipant(db::Conn& c, const std::string& id);
 // The participant, read FOR SHARE (NOT_FOUND naming it if there is none).
 absl::StatusOr<v1::Participant> GetParticipantShared(db::Conn& c, const std::string& id);
 absl::StatusOr<v1::Participant> UpdateParticipant(db::Conn& c, const v1::Participant& p);
