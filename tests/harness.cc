@@ -336,9 +336,7 @@ bool WaitForOutboxDrained(const std::string& db_url, absl::Duration timeout) {
 
 namespace {
 // The name of the database at `db_url`, as pg_stat_activity and ALTER DATABASE know it.
-std::string DatabaseName(const std::string& db_url) {
-  return db_url.substr(db_url.rfind('/') + 1);
-}
+std::string DatabaseName(const std::string& db_url) { return db_url.substr(db_url.rfind('/') + 1); }
 
 // A connection to the shared server's maintenance database, for looking at
 // and acting on a test's database from outside.

@@ -360,10 +360,11 @@ TEST_F(Database, PipelineOnALostConnectionFailsEveryStatementAsUnavailable) {
 }
 
 TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
-  Script("CREATE TABLE hot (k int PRIMARY KEY, n int NOT NULL);"
-         "INSERT INTO hot VALUES (1, 0);"
-         "CREATE TABLE taken (v int PRIMARY KEY);"
-         "CREATE TABLE followed (v int PRIMARY KEY)");
+  Script(
+      "CREATE TABLE hot (k int PRIMARY KEY, n int NOT NULL);"
+      "INSERT INTO hot VALUES (1, 0);"
+      "CREATE TABLE taken (v int PRIMARY KEY);"
+      "CREATE TABLE followed (v int PRIMARY KEY)");
   server::Executor threads(4, 64);
   db::GroupCommitter group(*pool_, "test", [&threads](std::function<void()> task) {
     return threads.TrySubmit(std::move(task));
@@ -432,10 +433,11 @@ TEST_F(Database, GroupCommitTakesTheLockFirstRowsBeforeAnyItemRuns) {
   // While such a row is held elsewhere the batch waits at its start, holding
   // none of the rows its items lock: a writer that holds the person and
   // wants the seats gets them, instead of deadlocking with the batch.
-  Script("CREATE TABLE people (k text PRIMARY KEY);"
-         "INSERT INTO people VALUES ('ann'), ('bob');"
-         "CREATE TABLE seats (k int PRIMARY KEY, n int NOT NULL);"
-         "INSERT INTO seats VALUES (1, 0)");
+  Script(
+      "CREATE TABLE people (k text PRIMARY KEY);"
+      "INSERT INTO people VALUES ('ann'), ('bob');"
+      "CREATE TABLE seats (k int PRIMARY KEY, n int NOT NULL);"
+      "INSERT INTO seats VALUES (1, 0)");
   std::vector<std::vector<std::string>> asked;
   server::Executor threads(1, 8);
   db::GroupCommitter group(

@@ -37,7 +37,9 @@ absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
     for (int i = 0; i < recorded->rows(); ++i) {
       if (versioned.count(recorded->String(i, 0)) > 0) continue;
       newer = true;
-      if (ahead != nullptr) ahead->push_back(absl::StrCat(set.component, "/", recorded->String(i, 0)));
+      if (ahead != nullptr) {
+        ahead->push_back(absl::StrCat(set.component, "/", recorded->String(i, 0)));
+      }
     }
     for (const Migration& m : set.migrations) {
       if (Repeatable(m) && !newer) order.push_back(&m);

@@ -105,9 +105,10 @@ absl::Status RunMigrations(const std::string& url, const std::vector<db::Migrati
       if (!applied.ok()) return applied.status();
       for (const std::string& m : *applied) log::Info("migration applied", {{"migration", m}});
       if (!ahead.empty()) {
-        log::Warn("the database was migrated by a newer release; this one's repeatable "
-                  "migrations were left as they are",
-                  {{"unknown_migrations", absl::StrJoin(ahead, ",")}});
+        log::Warn(
+            "the database was migrated by a newer release; this one's repeatable "
+            "migrations were left as they are",
+            {{"unknown_migrations", absl::StrJoin(ahead, ",")}});
       } else {
         log::Info("database schema is current");
       }

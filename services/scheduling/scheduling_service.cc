@@ -549,9 +549,8 @@ absl::Status SchedulingLogic::ListSessions(const Call& call, const v1::ListSessi
   server::CheckUuid(e, "organisation_id", req.organisation_id(), false);
   server::CheckUuid(e, "host_contact_id", req.host_contact_id(), false);
   if (!e.empty()) return e.ToStatus();
-  store::SessionFilter f{req.from_date(),       req.to_date(),        req.organisation_id(),
-                         req.kind(),            req.status(),         req.host_contact_id(),
-                         req.with_free_seats()};
+  store::SessionFilter f{req.from_date(), req.to_date(),         req.organisation_id(), req.kind(),
+                         req.status(),    req.host_contact_id(), req.with_free_seats()};
   if (call.principal.role == Role::kPartner) {
     if (!f.organisation_id.empty() && f.organisation_id != call.principal.organisation_id) {
       return absl::PermissionDeniedError("a partner sees only sessions at its organisation");
@@ -752,9 +751,9 @@ absl::Status SchedulingLogic::CancelSession(const Call& call, const v1::CancelSe
           absl::StrCat("the session is already ", v1::SessionStatus_Name(s->status())));
     }
     if (arranger && s->status() != v1::SESSION_STATUS_PENDING_HOST) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the host accepted this visit (it is ", v1::SessionStatus_Name(s->status()),
-          "); cancel your booking on it, or ask the programme team or the partner"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("the host accepted this visit (it is ", v1::SessionStatus_Name(s->status()),
+                       "); cancel your booking on it, or ask the programme team or the partner"));
     }
     if (absl::Status st = CancelSessionInTx(c, call, req.id(), reason); !st.ok()) return st;
     auto after = store::GetSession(c, req.id(), false);
@@ -1112,8 +1111,8 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
       if (prior->has_value()) {
         if ((*prior)->participant_id() != old->participant_id() ||
             (*prior)->session_id() != req.session_id()) {
-          return absl::AlreadyExistsError(absl::StrCat(
-              "request_id: already used for booking ", (*prior)->id(), ", another request"));
+          return absl::AlreadyExistsError(absl::StrCat("request_id: already used for booking ",
+                                                       (*prior)->id(), ", another request"));
         }
         *resp = **std::move(prior);
         return absl::OkStatus();

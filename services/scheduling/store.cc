@@ -507,7 +507,7 @@ absl::StatusOr<v1::Booking> GetBooking(db::Conn& c, const std::string& id, bool 
 }
 
 absl::StatusOr<std::optional<v1::Booking>> BookingByRequestId(db::Conn& c,
-                                                             const std::string& request_id) {
+                                                              const std::string& request_id) {
   return MaybeOne<v1::Booking>(
       c.Exec(absl::StrCat("SELECT ", kBookingCols, " FROM bookings b WHERE b.request_id = $1"),
              {request_id}),

@@ -130,7 +130,7 @@ absl::StatusOr<std::optional<std::string>> ConfirmedFrontlineOn(db::Conn& c,
 absl::StatusOr<v1::Booking> GetBooking(db::Conn& c, const std::string& id, bool lock);
 // The booking made with `request_id`, if any.
 absl::StatusOr<std::optional<v1::Booking>> BookingByRequestId(db::Conn& c,
-                                                             const std::string& request_id);
+                                                              const std::string& request_id);
 absl::Status SetBookingStatus(db::Conn& c, const std::string& id, int status);
 // Waitlisted (booking id, participant id) of a site in arrival order, locked.
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Waitlist(
