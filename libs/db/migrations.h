@@ -21,7 +21,9 @@
 // release that edits a repeatable migration adds a versioned one too (a
 // no-op, `SELECT 1`, if it has nothing else to change): that is what tells
 // the older binaries. (Remembering replaced texts instead would also refuse a
-// release that reverts to an earlier text.)
+// release that reverts to an earlier text.) tests/repeatable_migrations_test.sh
+// enforces it: each directory's repeatable.lock lists every text of its R__
+// files with the versioned migration released with it.
 #ifndef CONNECTING_LIBS_DB_MIGRATIONS_H_
 #define CONNECTING_LIBS_DB_MIGRATIONS_H_
 
