@@ -165,6 +165,85 @@ TEST_F(Bus, ConsumerMakesItsDurableAgainIfItIsDeleted) {
   EXPECT_EQ(Count("SELECT count(DISTINCT event_id) FROM effects"), 3);
 }
 
+TEST_F(Bus, ConsumerReplaysWhatARestoredDatabaseLost) {
+  // The service's database goes back to an earlier point under a running
+  // consumer (a restore): the durable on the server has acknowledged events
+  // the database no longer has. The consumer notices within seconds and
+  // replays the stream; what the database still has applies nothing twice.
+  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
+    return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
+  };
+  bus::Consumer c(Opts(), pool_.get(), nats_.get(), handler);
+  c.Start();
+  for (const char* id : {"first", "second", "third"}) PublishRaw(id, id, "{}");
+  ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects", 3));
+  ASSERT_EQ(Count("SELECT count(*) FROM inbox WHERE stream_seq IS NOT NULL"), 3);
+  ASSERT_TRUE(db::Transact(*pool_, [](db::Conn& tx) {
+                return tx.ExecScript(
+                    "DELETE FROM effects WHERE event_id <> 'first';"
+                    "DELETE FROM inbox WHERE event_id <> 'first'");
+              }).ok());
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects", 3, absl::Seconds(15)));
+  PublishRaw("fourth", "fourth", "{}");
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects", 4));
+  c.Stop();
+  EXPECT_EQ(Count("SELECT count(DISTINCT event_id) FROM effects"), 4);
+}
+
+TEST_F(Bus, AReplicaOfAnEarlierReleaseIsNotTakenForARestore) {
+  // During a rolling update a replica of the release before the inbox kept
+  // stream places still consumes: it records events without their place and
+  // acknowledges them, so the ack floor passes what the database records.
+  // That must not restart the durable (it would replay the stream again and
+  // again while the old replica runs).
+  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
+    return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
+  };
+  bus::ConsumerOptions o = Opts();
+  {
+    bus::Consumer c(o, pool_.get(), nats_.get(), handler);
+    c.Start();
+    PublishRaw("first", "first", "{}");
+    ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects", 1));
+    c.Stop();
+  }
+  PublishRaw("second", "second", "{}");
+  {  // the earlier release's replica
+    auto js = nats_->JetStream();
+    ASSERT_TRUE(js.ok());
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = stream_.c_str();
+    so.Consumer = o.durable.c_str();
+    natsSubscription* sub = nullptr;
+    ASSERT_EQ(js_PullSubscribe(&sub, js->get(), o.filter_subject.c_str(), o.durable.c_str(),
+                               nullptr, &so, nullptr),
+              NATS_OK);
+    natsMsgList list{};
+    ASSERT_EQ(natsSubscription_Fetch(&list, sub, 1, 5000, nullptr), NATS_OK);
+    ASSERT_EQ(list.Count, 1);
+    ASSERT_TRUE(db::Transact(*pool_, [&](db::Conn& tx) {
+                  return tx.ExecScript(absl::StrCat(
+                      "INSERT INTO inbox (consumer, event_id, subject) VALUES ('", o.durable,
+                      "', 'second', 'old'); INSERT INTO effects VALUES ('second', 'old')"));
+                }).ok());
+    ASSERT_EQ(natsMsg_AckSync(list.Msgs[0], nullptr, nullptr), NATS_OK);
+    natsMsgList_Destroy(&list);
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+  }
+  bus::Consumer c(o, pool_.get(), nats_.get(), handler);
+  c.Start();
+  for (int i = 0; i < 100 && !c.healthy(); ++i) absl::SleepFor(absl::Milliseconds(50));
+  ASSERT_TRUE(c.healthy());
+  absl::SleepFor(absl::Seconds(1));
+  c.Stop();
+  // A replay would have met "second" again and recorded its place.
+  EXPECT_EQ(Count("SELECT count(*) FROM inbox WHERE event_id = 'second' AND stream_seq IS NULL"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM effects"), 2);
+}
+
 TEST_F(Bus, ConsumerAppliesEachEventOnceAcrossRetriesDuplicatesAndReplicas) {
   Emit(50);
   auto relay = Relay();

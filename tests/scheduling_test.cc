@@ -245,6 +245,101 @@ TEST(SchedulingOutage, NatsRestartLosesNoEventEitherWay) {
   EXPECT_EQ(BookingEventsOf(fx, at_steady.id(), 1).count(during.id()), 1u);
 }
 
+TEST(SchedulingRestore, ChangesAfterPartnersIsRestoredToAnEarlierPointStillReachScheduling) {
+  // Partners' database is restored from a backup taken before changes its
+  // consumers already applied (the organisation paused, then active again).
+  // The next change, an archive, must still reach scheduling's projection,
+  // which keeps an organisation's newest version: the restored row's version
+  // must not count from where the backup left it, below what was published.
+  SchedulingFixture fx;
+  std::string org = fx.CreatePartner("Restored From Backup Trust");
+  sv1::Session s = NewSession(fx, org, 5, DateIn(5));
+  std::string person = Register(fx, "RESTORE01").id();
+  auto admin = db::Conn::Open(RequiredEnv("CONNECTING_TEST_PG"), "test");
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  std::string name = fx.partners_db.substr(fx.partners_db.rfind('/') + 1);
+
+  // The backup, taken with partners stopped and its events all published.
+  ASSERT_TRUE(WaitForOutboxDrained(fx.partners_db));
+  ASSERT_EQ(fx.partners->Terminate(), 0);
+  absl::Status backup =
+      (*admin)->ExecScript(absl::StrCat("CREATE DATABASE ", name, "_backup TEMPLATE ", name));
+  ASSERT_TRUE(backup.ok()) << backup;
+  fx.partners->Start();  // its clients' channel reconnects
+
+  pv1::Organisation o;
+  pv1::PauseOrganisationRequest pause;
+  pause.set_id(org);
+  ASSERT_TRUE(fx.partners_stub->PauseOrganisation(Ctx(fx.admin).get(), pause, &o).ok());
+  ASSERT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_PAUSED));
+  pv1::ReactivateOrganisationRequest react;
+  react.set_id(org);
+  ASSERT_TRUE(fx.partners_stub->ReactivateOrganisation(Ctx(fx.admin).get(), react, &o).ok());
+  ASSERT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ACTIVE));
+
+  // The restore: partners' database as the backup has it.
+  ASSERT_EQ(fx.partners->Terminate(), 0);
+  for (const std::string& sql :
+       {absl::StrCat("DROP DATABASE ", name, " WITH (FORCE)"),
+        absl::StrCat("CREATE DATABASE ", name, " TEMPLATE ", name, "_backup"),
+        absl::StrCat("DROP DATABASE ", name, "_backup")}) {
+    absl::Status st = (*admin)->ExecScript(sql);
+    ASSERT_TRUE(st.ok()) << sql << ": " << st;
+  }
+  fx.partners->Start();
+
+  pv1::ArchiveOrganisationRequest archive;
+  archive.set_id(org);
+  pv1::Organisation archived;
+  ASSERT_TRUE(fx.partners_stub->ArchiveOrganisation(Ctx(fx.admin).get(), archive, &archived).ok());
+  EXPECT_GT(std::stoll(archived.etag()), std::stoll(o.etag()))
+      << "the restored organisation's next version repeats one already published";
+  EXPECT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED));
+  sv1::Booking b;
+  EXPECT_EQ(Book(fx, s.id(), person, &b).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST(SchedulingRestore, SchedulingRestoredToAnEarlierPointCatchesUpWithPartners) {
+  // Scheduling's database is restored from a backup taken before it applied
+  // an archive, which NATS had already seen acknowledged. Its consumer must
+  // notice the database is behind and apply the archive again.
+  SchedulingFixture fx;
+  std::string org = fx.CreatePartner("Archived After The Backup Trust");
+  sv1::Session s = NewSession(fx, org, 5, DateIn(5));
+  std::string person = Register(fx, "RESTORE02").id();
+  auto admin = db::Conn::Open(RequiredEnv("CONNECTING_TEST_PG"), "test");
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  std::string name = fx.scheduling_db.substr(fx.scheduling_db.rfind('/') + 1);
+
+  ASSERT_EQ(fx.scheduling->Terminate(), 0);
+  absl::Status backup =
+      (*admin)->ExecScript(absl::StrCat("CREATE DATABASE ", name, "_backup TEMPLATE ", name));
+  ASSERT_TRUE(backup.ok()) << backup;
+  fx.scheduling->Start();
+
+  pv1::ArchiveOrganisationRequest archive;
+  archive.set_id(org);
+  pv1::Organisation archived;
+  ASSERT_TRUE(fx.partners_stub->ArchiveOrganisation(Ctx(fx.admin).get(), archive, &archived).ok());
+  ASSERT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED));
+
+  ASSERT_EQ(fx.scheduling->Terminate(), 0);
+  for (const std::string& sql :
+       {absl::StrCat("DROP DATABASE ", name, " WITH (FORCE)"),
+        absl::StrCat("CREATE DATABASE ", name, " TEMPLATE ", name, "_backup"),
+        absl::StrCat("DROP DATABASE ", name, "_backup")}) {
+    absl::Status st = (*admin)->ExecScript(sql);
+    ASSERT_TRUE(st.ok()) << sql << ": " << st;
+  }
+  fx.scheduling->Start();  // its clients' channel reconnects
+
+  EXPECT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED))
+      << "the restored projection never learnt of the archive";
+  sv1::Booking b;
+  grpc::Status st = Book(fx, s.id(), person, &b);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+}
+
 TEST_F(Scheduling, ReplayingDeadLettersAppliesThemThroughTheRealHandler) {
   // An organisation's event that scheduling once gave up on (simulated: its
   // projection row removed, the event put in dead_letters) is applied by

@@ -1,6 +1,7 @@
 #include "libs/bus/consumer.h"
 
 #include <chrono>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -28,9 +29,15 @@ prometheus::Family<prometheus::Gauge>& PendingFamily() {
   return f;
 }
 
-// Records an event as handled by a consumer; no row is inserted if it already was.
+// Records an event as handled by a consumer, with its place in the stream; no
+// row is inserted if it already was.
 constexpr char kInboxInsert[] =
-    "INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+    "INSERT INTO inbox (consumer, event_id, subject, stream_seq) VALUES ($1, $2, $3, $4) "
+    "ON CONFLICT DO NOTHING";
+// A copy of an event already handled: its place counts too (a copy
+// republished later sits further on in the stream than the first).
+constexpr char kInboxCopy[] =
+    "UPDATE inbox SET stream_seq = greatest(stream_seq, $3) WHERE consumer = $1 AND event_id = $2";
 
 std::string Header(natsMsg* msg, const char* key) {
   const char* v = nullptr;
@@ -79,6 +86,24 @@ absl::Status Consumer::Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub) {
   jsErrCode jerr = static_cast<jsErrCode>(0);
   natsStatus st = js_GetConsumerInfo(&ci, js, options_.stream.c_str(), options_.durable.c_str(),
                                      nullptr, &jerr);
+  if (st == NATS_OK && DatabaseBehind(ci->AckFloor.Stream)) {
+    // The server saw events acknowledged that the database no longer has
+    // (restored to an earlier point, or replaced): start the durable again
+    // from the beginning of the stream. The inbox skips what it still has.
+    log::Warn(
+        "database behind its durable consumer (restored from a backup?): replaying the "
+        "stream from the start",
+        {{"consumer", options_.durable},
+         {"stream", options_.stream},
+         {"ack_floor", absl::StrCat(ci->AckFloor.Stream)}});
+    jsConsumerInfo_Destroy(ci);
+    ci = nullptr;
+    st = js_DeleteConsumer(js, options_.stream.c_str(), options_.durable.c_str(), nullptr, &jerr);
+    if (st != NATS_OK && st != NATS_NOT_FOUND) {
+      return FromNats(st, absl::StrCat("delete consumer ", options_.durable), jerr);
+    }
+    st = NATS_NOT_FOUND;
+  }
   if (st == NATS_NOT_FOUND) {
     st = js_AddConsumer(&ci, js, options_.stream.c_str(), &cc, nullptr, &jerr);
   }
@@ -174,6 +199,34 @@ absl::StatusOr<ReplayReport> Consumer::ReplayDeadLetters() {
   return report;
 }
 
+bool Consumer::DatabaseBehind(uint64_t ack_floor) {
+  if (ack_floor == 0) return false;
+  bool behind = false;
+  absl::Status s = db::WithConnection(*pool_, absl::Now() + absl::Seconds(5), [&](db::Conn& c) {
+    auto r = c.Exec(
+        "SELECT (SELECT max(stream_seq) FROM inbox WHERE consumer = $1), "
+        "EXISTS (SELECT 1 FROM inbox WHERE consumer = $1), "
+        // A replica of an earlier release recorded no place within the hour:
+        // it may be acknowledging events beyond ours (a rolling update).
+        "EXISTS (SELECT 1 FROM inbox WHERE consumer = $1 AND stream_seq IS NULL "
+        "AND received_at > now() - interval '1 hour')",
+        {options_.durable});
+    if (!r.ok()) return r.status();
+    if (r->String(0, 2) == "t") {
+      behind = false;
+    } else if (!r->IsNull(0, 0)) {
+      behind = static_cast<uint64_t>(r->Int(0, 0)) < ack_floor;
+    } else {
+      // No place recorded: a database that never handled an event is behind
+      // a durable that acknowledged some; one whose rows predate recorded
+      // places cannot tell, and is left to go on.
+      behind = r->String(0, 1) != "t";
+    }
+    return absl::OkStatus();
+  });
+  return s.ok() && behind;
+}
+
 bool Consumer::DatabaseReachable() {
   return db::WithConnection(*pool_, absl::Now() + absl::Seconds(2),
                             [](db::Conn& c) { return c.Exec("SELECT 1").status(); })
@@ -213,11 +266,14 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
   d.traceparent = Header(msg, "traceparent");
   d.payload.assign(natsMsg_GetData(msg), static_cast<size_t>(natsMsg_GetDataLength(msg)));
   jsMsgMetaData* raw_meta = nullptr;
+  std::optional<int64_t> stream_seq;  // NULL in the inbox if unknown
   if (natsMsg_GetMetaData(&raw_meta, msg) == NATS_OK) {
     NatsPtr<jsMsgMetaData> meta(raw_meta);
     d.deliveries = meta->NumDelivered;
+    stream_seq = static_cast<int64_t>(meta->Sequence.Stream);
     if (d.id.empty()) d.id = absl::StrCat(options_.stream, ":", meta->Sequence.Stream);
   }
+  const db::Param seq = stream_seq ? db::Param(*stream_seq) : db::Param(std::nullopt);
   auto count = [&](const char* result) {
     ProcessedFamily().Add({{"consumer", options_.durable}, {"result", result}}).Increment();
   };
@@ -237,11 +293,11 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
     bool duplicate = false;
     absl::Status s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
       duplicate = false;
-      auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject});
+      auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq});
       if (!ins.ok()) return ins.status();
       if (ins->affected() == 0) {
         duplicate = true;
-        return absl::OkStatus();
+        return tx.Exec(kInboxCopy, {options_.durable, d.id, seq}).status();
       }
       return handler_(tx, d);
     });
@@ -270,7 +326,7 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
       return;
     }
     absl::Status dl = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
-      auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject});
+      auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq});
       if (!ins.ok()) return ins.status();
       return tx
           .Exec(
@@ -350,7 +406,15 @@ void Consumer::Run() {
         PendingFamily()
             .Add({{"consumer", options_.durable}})
             .Set(static_cast<double>(ci->NumPending));
+        // Read after the ack floor: whatever was acknowledged by then had
+        // committed its inbox row before, unless the database lost it.
+        bool behind = DatabaseBehind(ci->AckFloor.Stream);
         jsConsumerInfo_Destroy(ci);
+        if (behind) {  // Subscribe starts the durable again
+          healthy_.store(false);
+          (void)natsSubscription_Unsubscribe(sub.get());
+          sub.reset();
+        }
       } else if (cs == NATS_NOT_FOUND) {
         // Deleted on the server (the durable, or its whole stream): a pull
         // on it would wait forever. Subscribe again, which makes it again;

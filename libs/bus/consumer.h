@@ -15,6 +15,13 @@
 // neither dead-letters events nor spends their deliveries. Dead letters stay
 // in the `dead_letters` table for operators, who replay them once the cause is
 // fixed (ReplayDeadLetters; a service's `--replay-dead-letters`).
+//
+// The database, not the server, says how far the consumer got: each inbox row
+// keeps the event's stream sequence, committed before the ack. A database
+// restored to an earlier point (or replaced) is behind the durable's ack
+// floor; the consumer notices when it subscribes and every few seconds after,
+// and starts the durable again from the beginning of the stream, so the
+// events the database lost apply again (and those it kept are skipped).
 #ifndef CONNECTING_LIBS_BUS_CONSUMER_H_
 #define CONNECTING_LIBS_BUS_CONSUMER_H_
 
@@ -90,6 +97,10 @@ class Consumer {
   absl::Status Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub);
   // Handles in_hand.front(); the rest of its batch waits behind it.
   void Process(absl::Span<natsMsg* const> in_hand);
+  // Whether the database lost events the server saw acknowledged: the
+  // durable's ack floor (read before) is past the greatest stream sequence
+  // the inbox records for this consumer. False if the database cannot say.
+  bool DatabaseBehind(uint64_t ack_floor);
   bool DatabaseReachable();
   // Waits until the database answers (true) or the consumer stops (false),
   // telling the server every third of the ack wait that `in_hand` is in progress.

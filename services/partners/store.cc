@@ -145,7 +145,7 @@ absl::StatusOr<v1::Organisation> ShareOrganisation(db::Conn& c, const std::strin
 absl::StatusOr<v1::Organisation> UpdateOrganisation(db::Conn& c, const v1::Organisation& o) {
   return One<v1::Organisation>(
       c.Exec(absl::StrCat("UPDATE organisations SET name = $2, ods_code = $3, sector = $4, "
-                          "region = $5, description = $6, version = version + 1, "
+                          "region = $5, description = $6, version = next_version(version), "
                           "updated_at = now() WHERE id = $1::uuid RETURNING ",
                           kOrgCols),
              {o.id(), o.name(), db::NullIfEmpty(o.ods_code()), static_cast<int32_t>(o.sector()),
@@ -156,7 +156,7 @@ absl::StatusOr<v1::Organisation> UpdateOrganisation(db::Conn& c, const v1::Organ
 absl::StatusOr<v1::Organisation> SetOrganisationStatus(db::Conn& c, const std::string& id,
                                                        v1::OrganisationStatus status) {
   return One<v1::Organisation>(
-      c.Exec(absl::StrCat("UPDATE organisations SET status = $2, version = version + 1, "
+      c.Exec(absl::StrCat("UPDATE organisations SET status = $2, version = next_version(version), "
                           "updated_at = now() WHERE id = $1::uuid RETURNING ",
                           kOrgCols),
              {id, static_cast<int32_t>(status)}),
@@ -226,7 +226,7 @@ absl::StatusOr<v1::Contact> GetContact(db::Conn& c, const std::string& id, bool 
 absl::StatusOr<v1::Contact> UpdateContact(db::Conn& c, const v1::Contact& ct) {
   return One<v1::Contact>(
       c.Exec(absl::StrCat("UPDATE contacts SET display_name = $2, email = $3, phone = $4, "
-                          "job_title = $5, version = version + 1, updated_at = now() "
+                          "job_title = $5, version = next_version(version), updated_at = now() "
                           "WHERE id = $1::uuid RETURNING ",
                           kContactCols),
              {ct.id(), ct.display_name(), ct.email(), ct.phone(), ct.job_title()}),
@@ -302,7 +302,7 @@ absl::StatusOr<v1::Offer> UpdateOffer(db::Conn& c, const v1::Offer& o) {
       c.Exec(absl::StrCat("UPDATE offers SET title = $2, setting = $3, description = $4, "
                           "capacity_per_day = $5, weekdays = string_to_array($6, ',')::int[], "
                           "requirements = string_to_array($7, E'\\x1f'), "
-                          "host_contact_id = $8::uuid, version = version + 1, "
+                          "host_contact_id = $8::uuid, version = next_version(version), "
                           "updated_at = now() WHERE id = $1::uuid RETURNING ",
                           kOfferCols),
              {o.id(), o.title(), static_cast<int32_t>(o.setting()), o.description(),
@@ -312,11 +312,12 @@ absl::StatusOr<v1::Offer> UpdateOffer(db::Conn& c, const v1::Offer& o) {
 }
 
 absl::StatusOr<v1::Offer> SetOfferState(db::Conn& c, const std::string& id, v1::OfferState s) {
-  return One<v1::Offer>(c.Exec(absl::StrCat("UPDATE offers SET state = $2, version = version + 1, "
-                                            "updated_at = now() WHERE id = $1::uuid RETURNING ",
-                                            kOfferCols),
-                               {id, static_cast<int32_t>(s)}),
-                        OfferRow, "offer", id);
+  return One<v1::Offer>(
+      c.Exec(absl::StrCat("UPDATE offers SET state = $2, version = next_version(version), "
+                          "updated_at = now() WHERE id = $1::uuid RETURNING ",
+                          kOfferCols),
+             {id, static_cast<int32_t>(s)}),
+      OfferRow, "offer", id);
 }
 
 absl::StatusOr<std::vector<std::string>> PublishedOffers(db::Conn& c, const std::string& org_id) {

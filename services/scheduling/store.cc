@@ -240,7 +240,7 @@ absl::StatusOr<v1::Participant> UpdateParticipant(db::Conn& c, const v1::Partici
   return One<v1::Participant>(
       c.Exec(
           absl::StrCat("UPDATE participants SET display_name = $2, email = $3, grade = $4, "
-                       "directorate = $5, version = version + 1, updated_at = now() "
+                       "directorate = $5, version = next_version(version), updated_at = now() "
                        "WHERE id = $1::uuid RETURNING ",
                        kParticipantCols),
           {p.id(), p.display_name(), p.email(), static_cast<int32_t>(p.grade()), p.directorate()}),
@@ -249,7 +249,7 @@ absl::StatusOr<v1::Participant> UpdateParticipant(db::Conn& c, const v1::Partici
 
 absl::StatusOr<v1::Participant> SetParticipantStatus(db::Conn& c, const std::string& id, int s) {
   return One<v1::Participant>(
-      c.Exec(absl::StrCat("UPDATE participants SET status = $2, version = version + 1, "
+      c.Exec(absl::StrCat("UPDATE participants SET status = $2, version = next_version(version), "
                           "updated_at = now() WHERE id = $1::uuid RETURNING ",
                           kParticipantCols),
              {id, s}),
@@ -337,7 +337,7 @@ absl::Status UpdateSession(db::Conn& c, const v1::Session& s) {
   absl::Status up = Affected(
       c.Exec("UPDATE sessions SET title = $2, session_date = $3::date, start_time = $4::time, "
              "end_time = $5::time, host_contact_id = $6::uuid, broadcast_link = $7, "
-             "version = version + 1, updated_at = now() WHERE id = $1::uuid",
+             "version = next_version(version), updated_at = now() WHERE id = $1::uuid",
              {s.id(), s.title(), s.date(), s.start_time(), s.end_time(),
               db::NullIfEmpty(s.host_contact_id()), s.broadcast_link()}),
       "session", s.id());
@@ -359,7 +359,7 @@ absl::Status UpdateSession(db::Conn& c, const v1::Session& s) {
 }
 
 absl::Status SetSessionStatus(db::Conn& c, const std::string& id, int status) {
-  return Affected(c.Exec("UPDATE sessions SET status = $2, version = version + 1, "
+  return Affected(c.Exec("UPDATE sessions SET status = $2, version = next_version(version), "
                          "updated_at = now() WHERE id = $1::uuid",
                          {id, status}),
                   "session", id);
@@ -515,7 +515,7 @@ absl::StatusOr<std::optional<v1::Booking>> BookingByRequestId(db::Conn& c,
 }
 
 absl::Status SetBookingStatus(db::Conn& c, const std::string& id, int status) {
-  return Affected(c.Exec("UPDATE bookings SET status = $2, version = version + 1, "
+  return Affected(c.Exec("UPDATE bookings SET status = $2, version = next_version(version), "
                          "updated_at = now() WHERE id = $1::uuid",
                          {id, status}),
                   "booking", id);
