@@ -368,6 +368,27 @@ void AllowConnections(const std::string& db_url, bool allow) {
 }
 }  // namespace
 
+absl::Status BackUpDatabase(const std::string& db_url) {
+  std::unique_ptr<db::Conn> admin = Admin();
+  if (admin == nullptr) return absl::UnavailableError("no connection to the test server");
+  std::string name = DatabaseName(db_url);
+  return admin->ExecScript(absl::StrCat("CREATE DATABASE ", name, "_backup TEMPLATE ", name));
+}
+
+absl::Status RestoreDatabase(const std::string& db_url) {
+  std::unique_ptr<db::Conn> admin = Admin();
+  if (admin == nullptr) return absl::UnavailableError("no connection to the test server");
+  std::string name = DatabaseName(db_url);
+  // One statement at a time: none of them runs inside a transaction block.
+  for (const std::string& sql :
+       {absl::StrCat("DROP DATABASE ", name, " WITH (FORCE)"),
+        absl::StrCat("CREATE DATABASE ", name, " TEMPLATE ", name, "_backup"),
+        absl::StrCat("DROP DATABASE ", name, "_backup")}) {
+    if (absl::Status s = admin->ExecScript(sql); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 int64_t DropConnections(const std::string& db_url) {
   std::unique_ptr<db::Conn> admin = Admin();
   return AdminCount(admin.get(),

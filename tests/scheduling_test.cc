@@ -255,15 +255,11 @@ TEST(SchedulingRestore, ChangesAfterPartnersIsRestoredToAnEarlierPointStillReach
   std::string org = fx.CreatePartner("Restored From Backup Trust");
   sv1::Session s = NewSession(fx, org, 5, DateIn(5));
   std::string person = Register(fx, "RESTORE01").id();
-  auto admin = db::Conn::Open(RequiredEnv("CONNECTING_TEST_PG"), "test");
-  ASSERT_TRUE(admin.ok()) << admin.status();
-  std::string name = fx.partners_db.substr(fx.partners_db.rfind('/') + 1);
 
   // The backup, taken with partners stopped and its events all published.
   ASSERT_TRUE(WaitForOutboxDrained(fx.partners_db));
   ASSERT_EQ(fx.partners->Terminate(), 0);
-  absl::Status backup =
-      (*admin)->ExecScript(absl::StrCat("CREATE DATABASE ", name, "_backup TEMPLATE ", name));
+  absl::Status backup = BackUpDatabase(fx.partners_db);
   ASSERT_TRUE(backup.ok()) << backup;
   fx.partners->Start();  // its clients' channel reconnects
 
@@ -279,13 +275,8 @@ TEST(SchedulingRestore, ChangesAfterPartnersIsRestoredToAnEarlierPointStillReach
 
   // The restore: partners' database as the backup has it.
   ASSERT_EQ(fx.partners->Terminate(), 0);
-  for (const std::string& sql :
-       {absl::StrCat("DROP DATABASE ", name, " WITH (FORCE)"),
-        absl::StrCat("CREATE DATABASE ", name, " TEMPLATE ", name, "_backup"),
-        absl::StrCat("DROP DATABASE ", name, "_backup")}) {
-    absl::Status st = (*admin)->ExecScript(sql);
-    ASSERT_TRUE(st.ok()) << sql << ": " << st;
-  }
+  absl::Status restored = RestoreDatabase(fx.partners_db);
+  ASSERT_TRUE(restored.ok()) << restored;
   fx.partners->Start();
 
   pv1::ArchiveOrganisationRequest archive;
@@ -307,13 +298,9 @@ TEST(SchedulingRestore, SchedulingRestoredToAnEarlierPointCatchesUpWithPartners)
   std::string org = fx.CreatePartner("Archived After The Backup Trust");
   sv1::Session s = NewSession(fx, org, 5, DateIn(5));
   std::string person = Register(fx, "RESTORE02").id();
-  auto admin = db::Conn::Open(RequiredEnv("CONNECTING_TEST_PG"), "test");
-  ASSERT_TRUE(admin.ok()) << admin.status();
-  std::string name = fx.scheduling_db.substr(fx.scheduling_db.rfind('/') + 1);
 
   ASSERT_EQ(fx.scheduling->Terminate(), 0);
-  absl::Status backup =
-      (*admin)->ExecScript(absl::StrCat("CREATE DATABASE ", name, "_backup TEMPLATE ", name));
+  absl::Status backup = BackUpDatabase(fx.scheduling_db);
   ASSERT_TRUE(backup.ok()) << backup;
   fx.scheduling->Start();
 
@@ -324,13 +311,8 @@ TEST(SchedulingRestore, SchedulingRestoredToAnEarlierPointCatchesUpWithPartners)
   ASSERT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED));
 
   ASSERT_EQ(fx.scheduling->Terminate(), 0);
-  for (const std::string& sql :
-       {absl::StrCat("DROP DATABASE ", name, " WITH (FORCE)"),
-        absl::StrCat("CREATE DATABASE ", name, " TEMPLATE ", name, "_backup"),
-        absl::StrCat("DROP DATABASE ", name, "_backup")}) {
-    absl::Status st = (*admin)->ExecScript(sql);
-    ASSERT_TRUE(st.ok()) << sql << ": " << st;
-  }
+  absl::Status restored = RestoreDatabase(fx.scheduling_db);
+  ASSERT_TRUE(restored.ok()) << restored;
   fx.scheduling->Start();  // its clients' channel reconnects
 
   EXPECT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED))
