@@ -19,10 +19,15 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  stop_nats "$work/nats"
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -5 "$f" >&2; done; exit 1; }
 
+# Its own NATS, with websocket, for tools/watch-events as a dashboard uses it.
+nats_port=$(free_port)
+ws_port=$(free_port)
+start_nats "$work/nats" "$nats_port" "$ws_port" || fail "nats-server did not start"
 admin_pg=$CONNECTING_TEST_PG
 pg_base=${admin_pg%/*}
 for db in partners scheduling; do
@@ -30,7 +35,7 @@ for db in partners scheduling; do
 done
 start() {  # name binary grpc_port extra env...
   local name=$1 bin=$2 port=$3; shift 3
-  env DATABASE_URL="$pg_base/gc_${name}_$suffix" NATS_URL="$CONNECTING_TEST_NATS" \
+  env DATABASE_URL="$pg_base/gc_${name}_$suffix" NATS_URL="nats://127.0.0.1:$nats_port" \
     GRPC_LISTEN="127.0.0.1:$port" METRICS_LISTEN="127.0.0.1:$(free_port)" AUTH_JWT_KEY="$key" \
     LOG_LEVEL=warn "$@" "$bin" >"$work/$name.log" 2>&1 &
   pids+=($!)
@@ -131,4 +136,22 @@ bigger=$($G -plaintext "${auth[@]}" -d "{\"session\": {\"id\": \"$(field id <<<"
 $G -plaintext "${auth[@]}" -d "{\"from_date\": \"$(date +%Y)-01-01\", \"to_date\": \"$(( $(date +%Y) + 1 ))-12-31\",
   \"group_by\": \"FIGURES_GROUPING_QUARTER\"}" "$S" connecting.scheduling.v1.SchedulingService/GetProgrammeFigures \
   >/dev/null || fail "figures"
-echo "grpc-call: discovery, health, partners and scheduling calls all behaved"
+# A dashboard's view: the booking's event, read over websocket by
+# tools/watch-events (the README's example), as the service committed it.
+W=tools/watch-events/watch-events.js
+event=$(timeout 20 node $W --server "ws://127.0.0.1:$ws_port" --stream "SCHEDULING_$suffix" \
+  --subject "t$suffix.connecting.scheduling.booking.>" --count 1) || fail "watch-events: $event"
+[ "$(field subject <<<"$event")" = "t$suffix.connecting.scheduling.booking.confirmed" ] &&
+  [ "$(field type <<<"$event")" = connecting.events.v1.BookingChanged ] &&
+  [ "$(field resource <<<"$event")" = "$(field id <<<"$booked")" ] &&
+  [ "$(field data.booking.etag <<<"$event")" = "$(field etag <<<"$booked")" ] &&
+  [ "$(field data.session.sites.0.confirmed <<<"$event")" = 1 ] || fail "booking event: $event"
+# Everything the partners calls above published, in order, then quiet.
+timeout 20 node $W --server "nats://127.0.0.1:$nats_port" --stream "PARTNERS_$suffix" --idle 2 \
+  >"$work/partners-events" || fail "watch-events partners"
+[ "$(node -e 'for (const l of require("fs").readFileSync(0, "utf8").trim().split("\n"))
+  console.log(JSON.parse(l).subject.split(".").slice(-2).join("."))' <"$work/partners-events" | tr '\n' ' ')" = \
+  "organisation.created organisation.updated " ] || fail "partners events: $(cat "$work/partners-events")"
+expect_status 1 "stream not found" node $W --server "ws://127.0.0.1:$ws_port" --stream NO_SUCH_STREAM
+
+echo "grpc-call: discovery, health, partners and scheduling calls all behaved; watch-events read their events"

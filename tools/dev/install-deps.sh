@@ -42,7 +42,8 @@ if [ "${CONNECTING_SKIP_APT:-}" != 1 ] && ! command -v promtool >/dev/null 2>&1 
   cp "$work/unpacked/usr/bin/promtool" .tools/promtool
   rm -rf "$work"
 fi
-if [ ! -x node_modules/.bin/buf ] || [ ! -d node_modules/grpc-js-reflection-client ]; then
-  echo "installing npm packages (buf, and grpc-js for tools/grpc-call)"
+if [ ! -x node_modules/.bin/buf ] || [ ! -d node_modules/grpc-js-reflection-client ] ||
+  [ ! -d node_modules/@nats-io/jetstream ]; then
+  echo "installing npm packages (buf; grpc-js for tools/grpc-call; nats.js for tools/watch-events)"
   npm ci --no-audit --no-fund --loglevel=error >/dev/null
 fi

@@ -89,4 +89,6 @@ An admin token (12 h; more with: make token ROLE=viewer):
 Try ($call_note):
   $call -plaintext -H "authorization: Bearer \$TOKEN" 127.0.0.1:$PARTNERS_PORT connecting.partners.v1.PartnersService/ListOrganisations
   $call -plaintext -H "authorization: Bearer \$TOKEN" 127.0.0.1:${SCHEDULING_PORT:-50052} connecting.scheduling.v1.SchedulingService/ListSessions
+Follow the bookings as a dashboard does (over websocket; Ctrl-C stops):
+  node tools/watch-events/watch-events.js --server ws://127.0.0.1:$NATS_WS_PORT --stream SCHEDULING --subject 'connecting.scheduling.booking.>'
 INFO
