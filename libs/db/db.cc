@@ -87,6 +87,12 @@ bool IsRetryable(const absl::Status& status) {
   return status.GetPayload(kRetryPayload).has_value();
 }
 
+absl::Status RetryTransaction(absl::string_view why) {
+  absl::Status st = absl::AbortedError(why);
+  st.SetPayload(kRetryPayload, absl::Cord("1"));
+  return st;
+}
+
 bool IsLockNotAvailable(const absl::Status& status) {
   return status.GetPayload(kLockNotAvailablePayload).has_value();
 }

@@ -118,6 +118,10 @@ absl::Status ErrorFromResult(PGconn* conn, const PGresult* res);
 bool IsRetryable(const absl::Status& status);
 // True when a lock was not had within lock_timeout (or at once, with NOWAIT).
 bool IsLockNotAvailable(const absl::Status& status);
+// An ABORTED that Transact retries, as it does a serialization failure: for
+// work that stopped waiting on purpose (a lock_timeout) and must start again
+// with its locks released, since what it waits for may be waiting for them.
+absl::Status RetryTransaction(absl::string_view why);
 // The constraint a violation named, or "" (from ALREADY_EXISTS/FAILED_PRECONDITION).
 std::string ConstraintOf(const absl::Status& status);
 

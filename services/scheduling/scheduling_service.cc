@@ -896,15 +896,21 @@ absl::StatusOr<bool> SchedulingLogic::Promote(db::Conn& c, const Call& call,
       // one. That person is skipped like the others, and the cancellation
       // or move that freed the seat still succeeds. The wait is brief: the
       // confirming transaction may itself be queued for this site's seats,
-      // which we hold (a deadlock PostgreSQL would take a second to break);
-      // past it, that person is skipped as one about to be confirmed.
+      // which we hold (a deadlock PostgreSQL would take a second to break).
+      // Past it, the whole transaction starts again with its locks let go,
+      // so that the other one can finish; then it is known whether that
+      // person was confirmed elsewhere, and nobody is passed over on a guess.
       if (absl::Status s = c.ExecScript("SAVEPOINT promote; SET LOCAL lock_timeout = '200ms'");
           !s.ok()) {
         return s;
       }
       absl::Status s = store::SetBookingStatus(c, booking_id, kConfirmed);
-      if (!s.ok() &&
-          (db::ConstraintOf(s) == "bookings_one_frontline_per_date" || db::IsLockNotAvailable(s))) {
+      if (!s.ok() && db::IsLockNotAvailable(s)) {
+        return db::RetryTransaction(absl::StrCat(
+            "participant ", participant_id, ", first in line for the seat freed on session ",
+            session.id(), ", is being confirmed on another visit that date; try again"));
+      }
+      if (!s.ok() && db::ConstraintOf(s) == "bookings_one_frontline_per_date") {
         // Undoes the lock_timeout too.
         if (absl::Status r = c.ExecScript("ROLLBACK TO SAVEPOINT promote"); !r.ok()) return r;
         continue;
