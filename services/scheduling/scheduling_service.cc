@@ -906,9 +906,11 @@ absl::StatusOr<bool> SchedulingLogic::Promote(db::Conn& c, const Call& call,
       }
       absl::Status s = store::SetBookingStatus(c, booking_id, kConfirmed);
       if (!s.ok() && db::IsLockNotAvailable(s)) {
-        return db::RetryTransaction(absl::StrCat(
-            "participant ", participant_id, ", first in line for the seat freed on session ",
-            session.id(), ", is being confirmed on another visit that date; try again"));
+        // The caller may be anyone booked on the session: the message names
+        // nobody else.
+        return db::RetryTransaction(
+            absl::StrCat("the person first in line for the seat freed on session ", session.id(),
+                         " is being confirmed on another visit that date; try again"));
       }
       if (!s.ok() && db::ConstraintOf(s) == "bookings_one_frontline_per_date") {
         // Undoes the lock_timeout too.
