@@ -333,48 +333,62 @@ TEST_F(SchedulingConcurrency, NoBookingSlipsInWhileAParticipantIsDeactivated) {
   EXPECT_EQ(live->Int(0, 0), 0) << "a seat taken by someone who has left";
 }
 
-TEST_F(SchedulingConcurrency, PromotionSkipsSomeoneConfirmedElsewhereThatDateMeanwhile) {
-  // A seat frees on visit A while the first person waiting for it is being
-  // confirmed on visit B the same date (not yet committed): the promotion
-  // must not break the one-visit rule nor fail the cancellation that freed
-  // the seat; it passes to the next person waiting.
-  std::string date = DateIn(45);
-  sv1::Session a = NewSession(*fx_, *org_, 1, date);
-  sv1::Session b = NewSession(*fx_, *org_, 5, date);
-  std::string holder = Register(*fx_, "PROMO1").id();
-  std::string first = Register(*fx_, "PROMO2").id();
-  std::string next = Register(*fx_, "PROMO3").id();
+// A seat frees on visit A (one seat) while the first person waiting for it is
+// being confirmed on visit B the same date, by a transaction left open on
+// `other` (BookSession on B, as the service sends it); the cancellation that
+// frees the seat runs in `cancel` and, once this returns, waits for it.
+struct PromotionRace {
   sv1::Booking held, first_waiting, next_waiting;
-  ASSERT_TRUE(Book(*fx_, a.id(), holder, &held).ok());
-  ASSERT_TRUE(Book(*fx_, a.id(), first, &first_waiting).ok());
-  ASSERT_TRUE(Book(*fx_, a.id(), next, &next_waiting).ok());
-  ASSERT_EQ(first_waiting.status(), sv1::BOOKING_STATUS_WAITLISTED);
+  std::string first;
+  std::unique_ptr<db::Conn> other;
+  std::future<grpc::Status> cancel;
+};
 
-  auto other = db::Conn::Open(fx_->scheduling_db, "test");
+void StartPromotionRace(SchedulingFixture& fx, const std::string& org, int days,
+                        const std::string& tag, PromotionRace* race) {
+  std::string date = DateIn(days);
+  sv1::Session a = NewSession(fx, org, 1, date);
+  sv1::Session b = NewSession(fx, org, 5, date);
+  std::string holder = Register(fx, tag + "1").id();
+  race->first = Register(fx, tag + "2").id();
+  std::string next = Register(fx, tag + "3").id();
+  ASSERT_TRUE(Book(fx, a.id(), holder, &race->held).ok());
+  ASSERT_TRUE(Book(fx, a.id(), race->first, &race->first_waiting).ok());
+  ASSERT_TRUE(Book(fx, a.id(), next, &race->next_waiting).ok());
+  ASSERT_EQ(race->first_waiting.status(), sv1::BOOKING_STATUS_WAITLISTED);
+
+  auto other = db::Conn::Open(fx.scheduling_db, "test");
   ASSERT_TRUE(other.ok());
-  ASSERT_TRUE((*other)->ExecScript("BEGIN").ok());  // BookSession on B, as the service sends it
-  auto on_b = (*other)->Exec(
-      "SELECT o_outcome, o_booking_status FROM book_session("
-      "$1::uuid, $2::uuid, '', NULL)",
-      {b.id(), first});
+  race->other = *std::move(other);
+  ASSERT_TRUE(race->other->ExecScript("BEGIN").ok());
+  auto on_b = race->other->Exec("SELECT o_outcome FROM book_session($1::uuid, $2::uuid, '', NULL)",
+                                {b.id(), race->first});
   ASSERT_TRUE(on_b.ok()) << on_b.status();
   ASSERT_EQ(on_b->String(0, 0), "booked");
-  auto cancel = std::async(std::launch::async, [&] {
+  race->cancel = std::async(std::launch::async, [&fx, id = race->held.id()] {
     sv1::CancelBookingRequest req;
-    req.set_id(held.id());
+    req.set_id(id);
     sv1::Booking out;
-    return fx_->stub->CancelBooking(Ctx(fx_->admin).get(), req, &out);
+    return fx.stub->CancelBooking(Ctx(fx.admin).get(), req, &out);
   });
   // Until the promotion waits for the booking on B (or the cancel finishes).
-  UntilWaitingOrDone(fx_->scheduling_db, cancel);
-  ASSERT_TRUE((*other)->ExecScript("COMMIT").ok());
-  grpc::Status st = cancel.get();
+  UntilWaitingOrDone(fx.scheduling_db, race->cancel);
+}
+
+TEST_F(SchedulingConcurrency, PromotionSkipsSomeoneConfirmedElsewhereThatDateMeanwhile) {
+  // The promotion must not break the one-visit rule nor fail the
+  // cancellation that freed the seat: once the booking on B commits, the
+  // seat passes to the next person waiting.
+  PromotionRace race;
+  ASSERT_NO_FATAL_FAILURE(StartPromotionRace(*fx_, *org_, 45, "PROMO", &race));
+  ASSERT_TRUE(race.other->ExecScript("COMMIT").ok());
+  grpc::Status st = race.cancel.get();
   EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
-  auto statuses = (*other)->Exec(
+  auto statuses = race.other->Exec(
       "SELECT (SELECT count(*) FROM bookings WHERE participant_id = $1::uuid AND status = 1), "
       "(SELECT status FROM bookings WHERE id = $2::uuid), "
       "(SELECT status FROM bookings WHERE id = $3::uuid)",
-      {first, first_waiting.id(), next_waiting.id()});
+      {race.first, race.first_waiting.id(), race.next_waiting.id()});
   ASSERT_TRUE(statuses.ok());
   EXPECT_EQ(statuses->Int(0, 0), 1) << "one confirmed visit that date";
   EXPECT_EQ(statuses->Int(0, 1), sv1::BOOKING_STATUS_WAITLISTED) << "skipped at promotion";
@@ -382,46 +396,22 @@ TEST_F(SchedulingConcurrency, PromotionSkipsSomeoneConfirmedElsewhereThatDateMea
 }
 
 TEST_F(SchedulingConcurrency, PromotionWaitsOutAConfirmationElsewhereThatRollsBack) {
-  // As above, but the confirmation on B takes longer than the promotion's
-  // 200 ms wait, and then rolls back. The first person waiting for A never
-  // got B, so A's freed seat is theirs: the promotion starts again rather
-  // than pass them over on a guess.
-  std::string date = DateIn(46);
-  sv1::Session a = NewSession(*fx_, *org_, 1, date);
-  sv1::Session b = NewSession(*fx_, *org_, 5, date);
-  std::string holder = Register(*fx_, "PROMO4").id();
-  std::string first = Register(*fx_, "PROMO5").id();
-  std::string next = Register(*fx_, "PROMO6").id();
-  sv1::Booking held, first_waiting, next_waiting;
-  ASSERT_TRUE(Book(*fx_, a.id(), holder, &held).ok());
-  ASSERT_TRUE(Book(*fx_, a.id(), first, &first_waiting).ok());
-  ASSERT_TRUE(Book(*fx_, a.id(), next, &next_waiting).ok());
-  ASSERT_EQ(first_waiting.status(), sv1::BOOKING_STATUS_WAITLISTED);
-
-  auto other = db::Conn::Open(fx_->scheduling_db, "test");
-  ASSERT_TRUE(other.ok());
-  ASSERT_TRUE((*other)->ExecScript("BEGIN").ok());
-  auto on_b = (*other)->Exec("SELECT o_outcome FROM book_session($1::uuid, $2::uuid, '', NULL)",
-                             {b.id(), first});
-  ASSERT_TRUE(on_b.ok()) << on_b.status();
-  ASSERT_EQ(on_b->String(0, 0), "booked");
-  auto cancel = std::async(std::launch::async, [&] {
-    sv1::CancelBookingRequest req;
-    req.set_id(held.id());
-    sv1::Booking out;
-    return fx_->stub->CancelBooking(Ctx(fx_->admin).get(), req, &out);
-  });
-  UntilWaitingOrDone(fx_->scheduling_db, cancel);
+  // As above, but the booking on B takes longer than the promotion's 200 ms
+  // wait, and then rolls back. The first person waiting for A never got B,
+  // so A's freed seat is theirs: the promotion starts again rather than pass
+  // them over on a guess.
+  PromotionRace race;
+  ASSERT_NO_FATAL_FAILURE(StartPromotionRace(*fx_, *org_, 46, "PROMW", &race));
   // Past the promotion's wait (it gave up at least once by now), then undone.
-  EXPECT_NE(cancel.wait_for(std::chrono::milliseconds(600)), std::future_status::ready)
+  EXPECT_NE(race.cancel.wait_for(std::chrono::milliseconds(600)), std::future_status::ready)
       << "the cancellation finished while the person first in line might still get B";
-  ASSERT_TRUE((*other)->ExecScript("ROLLBACK").ok());
-  grpc::Status st = cancel.get();
+  ASSERT_TRUE(race.other->ExecScript("ROLLBACK").ok());
+  grpc::Status st = race.cancel.get();
   EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
-  auto statuses = (*other)->Exec(
+  auto statuses = race.other->Exec(
       "SELECT (SELECT status FROM bookings WHERE id = $1::uuid), "
       "(SELECT status FROM bookings WHERE id = $2::uuid)",
-      {first_waiting.id(), next_waiting.id()});
+      {race.first_waiting.id(), race.next_waiting.id()});
   ASSERT_TRUE(statuses.ok());
   EXPECT_EQ(statuses->Int(0, 0), sv1::BOOKING_STATUS_CONFIRMED) << "first in line, promoted";
   EXPECT_EQ(statuses->Int(0, 1), sv1::BOOKING_STATUS_WAITLISTED);
