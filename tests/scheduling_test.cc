@@ -322,6 +322,68 @@ TEST(SchedulingRestore, SchedulingRestoredToAnEarlierPointCatchesUpWithPartners)
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
 }
 
+TEST(SchedulingRestore, PartnersRepublishRebuildsAStreamThatLostItsEvents) {
+  // PARTNERS loses every event (its storage gone, its durables with it) and
+  // scheduling's projection starts afresh: `partners --republish` puts a
+  // snapshot of every organisation and contact back on the stream, and the
+  // projection rebuilds from it, paused organisation included.
+  SchedulingFixture fx;
+  std::string org = fx.CreatePartner("Republished Trust");
+  std::string host = fx.hosts[org];
+  pv1::PauseOrganisationRequest pause;
+  pause.set_id(org);
+  pv1::Organisation paused;
+  ASSERT_TRUE(fx.partners_stub->PauseOrganisation(Ctx(fx.admin).get(), pause, &paused).ok());
+  ASSERT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_PAUSED));
+  ASSERT_TRUE(WaitForOutboxDrained(fx.partners_db));
+
+  const std::string stream = "PARTNERS_" + fx.suffix;
+  {
+    natsConnection* nc = nullptr;
+    ASSERT_EQ(natsConnection_ConnectTo(&nc, fx.nats_url.c_str()), NATS_OK);
+    jsCtx* js = nullptr;
+    ASSERT_EQ(natsConnection_JetStream(&js, nc, nullptr), NATS_OK);
+    EXPECT_EQ(js_DeleteStream(js, stream.c_str(), nullptr, nullptr), NATS_OK);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+  }
+  auto conn = db::Conn::Open(fx.scheduling_db, "test");
+  ASSERT_TRUE(conn.ok());
+  ASSERT_TRUE((*conn)
+                  ->ExecScript("DELETE FROM partner_offers; DELETE FROM partner_contacts; "
+                               "DELETE FROM partner_organisations; DELETE FROM inbox")
+                  .ok());
+
+  std::string log =
+      absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/republish-", RandomSuffix(), ".log");
+  // As the operator runs it: the database and the subjects are all it needs.
+  Process republish(PARTNERS_BIN, {"--republish"},
+                    {{"DATABASE_URL", fx.partners_db},
+                     {"EVENT_SUBJECT_PREFIX", "t" + fx.suffix + ".connecting.partners"},
+                     {"LOG_LEVEL", "info"}},
+                    log);
+  ASSERT_EQ(republish.Wait(absl::Seconds(30)), 0) << "log: " << log;
+
+  // The serving partners publishes the snapshots: one per resource, as it is.
+  std::map<std::string, StoredEvent> by_resource;
+  for (const StoredEvent& e : WaitForEvents(fx.nats_url, stream, 2)) {
+    by_resource[e.headers.at("ce-subject")] = e;
+  }
+  ASSERT_EQ(by_resource.count(org), 1u);
+  EXPECT_TRUE(absl::EndsWith(by_resource[org].subject, ".organisation.snapshot"));
+  EXPECT_EQ(by_resource[org].headers.at("ce-type"), "connecting.events.v1.OrganisationSnapshot");
+  EXPECT_NE(by_resource[org].data.find(absl::StrCat("\"etag\":\"", paused.etag(), "\"")),
+            std::string::npos)
+      << by_resource[org].data;
+  ASSERT_EQ(by_resource.count(host), 1u);
+  EXPECT_TRUE(absl::EndsWith(by_resource[host].subject, ".contact.snapshot"));
+
+  // Scheduling's consumer makes its durable again and rebuilds from them.
+  EXPECT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_PAUSED, absl::Seconds(15)));
+  EXPECT_TRUE(fx.WaitForProjection("SELECT removed::text FROM partner_contacts WHERE id = $1::uuid",
+                                   host, "false", absl::Seconds(15)));
+}
+
 TEST_F(Scheduling, ReplayingDeadLettersAppliesThemThroughTheRealHandler) {
   // An organisation's event that scheduling once gave up on (simulated: its
   // projection row removed, the event put in dead_letters) is applied by

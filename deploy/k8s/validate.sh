@@ -24,6 +24,9 @@ prod=$(kubectl kustomize overlays/prod)
 grep -q "^kind: HorizontalPodAutoscaler$" <<<"$prod" || fail "prod has no HPA"
 ! grep -q "^kind: StatefulSet$" <<<"$prod" || fail "prod must use external PostgreSQL/NATS"
 grep -q "^kind: Secret$" <<<"$prod" && fail "prod must not carry secrets"
+jobs=$(kubectl kustomize jobs) || fail "jobs do not render"
+grep -q -- "- --republish" <<<"$jobs" || fail "no partners republish job"
+grep -q "readOnlyRootFilesystem: true" <<<"$jobs" || fail "jobs: root filesystem not read-only"
 monitoring=$(kubectl kustomize monitoring) || fail "monitoring does not render"
 grep -q "^kind: PrometheusRule$" <<<"$monitoring" || fail "monitoring has no PrometheusRule"
 grep -q "^kind: PodMonitor$" <<<"$monitoring" || fail "monitoring has no PodMonitor"
@@ -37,4 +40,4 @@ for sev in $(grep -o 'severity: [a-z]*' monitoring/prometheusrule.yaml | awk '{p
     *) fail "alerts of severity $sev have no receiver" ;;
   esac
 done
-echo "k8s: dev and prod overlays and monitoring render and pass checks"
+echo "k8s: dev and prod overlays, jobs and monitoring render and pass checks"

@@ -29,14 +29,19 @@ namespace connecting::server {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: %s [--migrate | --replay-dead-letters]\n"
+    "usage: %s [--migrate | --replay-dead-letters | --republish]\n"
     "  Serves the %s gRPC API. Configured by environment variables (see README.md).\n"
     "  --migrate              apply database migrations and exit (needs only DATABASE_URL)\n"
     "  --replay-dead-letters  run every consumer's dead letters through its handler again\n"
     "                         (once their cause is fixed) and exit: 0 if all applied, 3 if\n"
-    "                         some were refused again (kept, with the new error)\n";
+    "                         some were refused again (kept, with the new error)\n"
+    "  --republish            add every resource other services project to the outbox as a\n"
+    "                         snapshot event and exit (the serving replicas publish them):\n"
+    "                         for a stream that lost events, or a new consumer's start\n"
+    "                         (needs DATABASE_URL, and EVENT_SUBJECT_PREFIX if not the default)\n";
 
-absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool migrate_only) {
+// `minimal`: only what --migrate and --republish need (the database, the subjects).
+absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool minimal) {
   config::EnvReader env;
   ServiceConfig c;
   c.database_url = env.Required("DATABASE_URL", "PostgreSQL URL, e.g. postgresql://user@host/db");
@@ -45,7 +50,10 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool migr
   } else {
     env.AddError(absl::StrCat("LOG_LEVEL: ", level.status().message()));
   }
-  if (migrate_only) {
+  if (minimal) {  // --migrate, --republish
+    c.event_subject_prefix =
+        env.String("EVENT_SUBJECT_PREFIX", absl::StrCat("connecting.", def.name));
+    c.event_stream = env.String("EVENT_STREAM", def.stream);
     if (absl::Status s = env.Finish(); !s.ok()) return s;
     return c;
   }
@@ -200,13 +208,20 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   // a measured cost on every request. Tests keep the detection on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
-  bool migrate_only = false, replay = false;
+  bool migrate_only = false, replay = false, republish = false;
   for (int i = 1; i < argc; ++i) {
     absl::string_view arg = argv[i];
     if (arg == "--migrate") {
       migrate_only = true;
     } else if (arg == "--replay-dead-letters") {
       replay = true;
+    } else if (arg == "--republish") {
+      if (!def.republish) {
+        std::fprintf(stderr, "%s has no events for other services' projections to republish\n",
+                     def.name.c_str());
+        return 2;
+      }
+      republish = true;
     } else if (arg == "--help" || arg == "-h") {
       std::printf(kUsage, argv[0], def.name.c_str());
       return 0;
@@ -217,7 +232,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
     }
   }
   log::SetService(def.name);
-  absl::StatusOr<ServiceConfig> cfg = LoadConfig(def, migrate_only);
+  absl::StatusOr<ServiceConfig> cfg = LoadConfig(def, migrate_only || republish);
   if (!cfg.ok()) {
     std::fprintf(stderr, "%s: invalid configuration:\n%s\n", def.name.c_str(),
                  std::string(cfg.status().message()).c_str());
@@ -225,7 +240,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
     return 2;
   }
   const std::vector<db::MigrationSet> migrations = {bus::Migrations(), def.migrations()};
-  if (migrate_only || cfg->migrate_on_start) {
+  if (migrate_only || (cfg->migrate_on_start && !republish)) {
     absl::Status s = RunMigrations(cfg->database_url, migrations,
                                    migrate_only ? absl::Minutes(2) : absl::Minutes(1));
     if (!s.ok()) {
@@ -233,6 +248,19 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
       return 1;
     }
     if (migrate_only) return 0;
+  }
+
+  if (republish) {
+    db::Pool pool(cfg->database_url, 2, def.name);
+    bus::Outbox outbox(cfg->event_subject_prefix, absl::StrCat("/connecting/", def.name));
+    absl::StatusOr<int64_t> n = def.republish(pool, outbox);
+    if (!n.ok()) {
+      log::Error("republishing failed", {{"error", n.status().ToString()}});
+      return 1;
+    }
+    log::Info("republished: snapshot events added to the outbox",
+              {{"events", absl::StrCat(*n)}, {"stream", cfg->event_stream}});
+    return 0;
   }
 
   absl::StatusOr<Authenticator> auth = Authenticator::Create(cfg->auth);

@@ -96,6 +96,11 @@ struct ServiceDefinition {
   std::vector<std::string> grpc_services;
   // The service's own migrations (the bus tables are applied first).
   std::function<db::MigrationSet()> migrations;
+  // `--republish`: adds to the outbox, as snapshot events, every resource
+  // other services keep projections of, and returns how many (for a stream
+  // that lost events, or a compact start for a new consumer). Empty: the
+  // service has nothing to republish.
+  std::function<absl::StatusOr<int64_t>(db::Pool&, const bus::Outbox&)> republish;
   // Builds the gRPC services; called once, after the pool and NATS exist.
   std::function<std::vector<std::unique_ptr<grpc::Service>>(ServiceContext&)> build;
 };

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   def.stream_max_age = absl::ZeroDuration();
   def.grpc_services = {partners::v1::PartnersService::service_full_name()};
   def.migrations = [] { return db::MigrationSet{"partners", partners::SqlMigrations()}; };
+  def.republish = &partners::Republish;
   // Owned here for the life of the process; the gRPC service keeps pointers.
   static std::unique_ptr<partners::PartnersLogic::OrganisationCache> cache;
   static std::unique_ptr<partners::PartnersLogic::PageCache> pages;

@@ -647,4 +647,65 @@ absl::Status PartnersLogic::WithdrawOffer(const Call& call, const v1::WithdrawOf
   return ChangeOfferState(call, req.id(), req.etag(), false, resp);
 }
 
+// ---------------------------------------------------------------- republish
+
+namespace {
+
+constexpr int kRepublishPage = 500;
+
+// Walks one kind of resource in id order, a page per transaction, adding a
+// snapshot event for each to the outbox; adds to `count` what it committed.
+template <class Row, class Snapshot>
+absl::Status RepublishKind(db::Pool& pool, const bus::Outbox& outbox, absl::string_view subject,
+                           absl::StatusOr<std::vector<Row>> (*page)(db::Conn&, const std::string&,
+                                                                    int),
+                           Row* (Snapshot::*mutable_row)(), int64_t* count) {
+  std::string after;
+  for (;;) {
+    std::string last;
+    size_t rows = 0;
+    absl::Status s = db::Transact(pool, [&](db::Conn& c) -> absl::Status {
+      auto got = page(c, after, kRepublishPage);
+      if (!got.ok()) return got.status();
+      for (const Row& r : *got) {
+        Snapshot e;
+        *(e.*mutable_row)() = r;
+        if (absl::Status st = outbox.Emit(c, subject, r.id(), e, ""); !st.ok()) return st;
+      }
+      rows = got->size();
+      last = rows > 0 ? got->back().id() : after;
+      return absl::OkStatus();
+    });
+    if (!s.ok()) return s;
+    *count += static_cast<int64_t>(rows);
+    if (rows < static_cast<size_t>(kRepublishPage)) return absl::OkStatus();
+    after = last;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> Republish(db::Pool& pool, const bus::Outbox& outbox) {
+  int64_t count = 0;
+  // Organisations first, so that a consumer meets each before its contacts
+  // and offers (as it did the first time).
+  if (absl::Status s =
+          RepublishKind(pool, outbox, "organisation.snapshot", &store::OrganisationsAfter,
+                        &ev::OrganisationSnapshot::mutable_organisation, &count);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = RepublishKind(pool, outbox, "contact.snapshot", &store::ContactsAfter,
+                                     &ev::ContactSnapshot::mutable_contact, &count);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = RepublishKind(pool, outbox, "offer.snapshot", &store::OffersAfter,
+                                     &ev::OfferSnapshot::mutable_offer, &count);
+      !s.ok()) {
+    return s;
+  }
+  return count;
+}
+
 }  // namespace connecting::partners

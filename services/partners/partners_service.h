@@ -84,6 +84,12 @@ class PartnersLogic {
   PageCache* const pages_;
 };
 
+// `partners --republish`: every organisation, contact and offer, as it is,
+// added to the outbox as a snapshot event (OrganisationSnapshot, …), a page
+// per transaction; how many. For a PARTNERS stream that lost events, or a
+// compact start for a new consumer; the serving replicas' relays publish them.
+absl::StatusOr<int64_t> Republish(db::Pool& pool, const bus::Outbox& outbox);
+
 class PartnersGrpc final : public v1::PartnersService::CallbackService {
  public:
   PartnersGrpc(PartnersLogic* logic, server::RpcRunner* rpc) : logic_(logic), rpc_(rpc) {}

@@ -353,4 +353,30 @@ absl::StatusOr<std::vector<v1::Offer>> ListOffers(db::Conn& c, const std::string
   return All<v1::Offer>(c.Exec(sql, params), OfferRow);
 }
 
+namespace {
+// The page of `table` after the id `after` (a validated UUID or "").
+absl::StatusOr<db::Result> RowsAfter(db::Conn& c, const char* cols, const char* table,
+                                     const std::string& after, int limit) {
+  return c.Exec(absl::StrCat("SELECT ", cols, " FROM ", table,
+                             " WHERE $1::uuid IS NULL OR id > $1::uuid ORDER BY id LIMIT $2"),
+                {db::NullIfEmpty(after), static_cast<int64_t>(limit)});
+}
+}  // namespace
+
+absl::StatusOr<std::vector<v1::Organisation>> OrganisationsAfter(db::Conn& c,
+                                                                 const std::string& after,
+                                                                 int limit) {
+  return db::All<v1::Organisation>(RowsAfter(c, kOrgCols, "organisations", after, limit), OrgRow);
+}
+
+absl::StatusOr<std::vector<v1::Contact>> ContactsAfter(db::Conn& c, const std::string& after,
+                                                       int limit) {
+  return db::All<v1::Contact>(RowsAfter(c, kContactCols, "contacts", after, limit), ContactRow);
+}
+
+absl::StatusOr<std::vector<v1::Offer>> OffersAfter(db::Conn& c, const std::string& after,
+                                                   int limit) {
+  return db::All<v1::Offer>(RowsAfter(c, kOfferCols, "offers", after, limit), OfferRow);
+}
+
 }  // namespace connecting::partners::store

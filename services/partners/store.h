@@ -73,6 +73,16 @@ absl::StatusOr<std::vector<std::string>> PublishedOffers(db::Conn& c, const std:
 absl::StatusOr<std::vector<v1::Offer>> ListOffers(db::Conn& c, const std::string& org_id, int state,
                                                   const std::optional<After>& after, int limit);
 
+// Every row of a kind, in id order, `limit` at a time after the id `after`
+// ("" for the first page): what `--republish` walks.
+absl::StatusOr<std::vector<v1::Organisation>> OrganisationsAfter(db::Conn& c,
+                                                                 const std::string& after,
+                                                                 int limit);
+absl::StatusOr<std::vector<v1::Contact>> ContactsAfter(db::Conn& c, const std::string& after,
+                                                       int limit);
+absl::StatusOr<std::vector<v1::Offer>> OffersAfter(db::Conn& c, const std::string& after,
+                                                   int limit);
+
 }  // namespace connecting::partners::store
 
 #endif  // CONNECTING_SERVICES_PARTNERS_STORE_H_

@@ -239,8 +239,8 @@ absl::Status ApplyPartnerEvent(db::Conn& tx, const bus::Delivery& event) {
     if (e.contact_id().empty()) return absl::InvalidArgumentError("ContactRemoved without contact_id");
     return store::UpsertPartnerContact(tx, {e.contact_id(), e.organisation_id(), "", true}, 0);
   }
-  if (name == "ContactCreated" || name == "ContactUpdated") {
-    ev::ContactUpdated e;  // both carry `contact`
+  if (name == "ContactCreated" || name == "ContactUpdated" || name == "ContactSnapshot") {
+    ev::ContactUpdated e;  // each carries `contact`
     if (absl::Status s = ParseEvent(event, &e); !s.ok()) return s;
     const pv1::Contact& c = e.contact();
     if (c.id().empty()) return absl::InvalidArgumentError(absl::StrCat(t, " without contact"));
