@@ -130,6 +130,41 @@ TEST(PartnersEvents, EachChangeYieldsExactlyOneCloudEvent) {
   EXPECT_EQ(PendingOutboxRows(fx.db_url), 0);
 }
 
+TEST(PartnersEvents, RepublishSnapshotsEveryOrganisationOnceAcrossPages) {
+  // More organisations than one republish page (500): `partners --republish`
+  // adds exactly one organisation.snapshot per organisation, with its current
+  // etag, and exits 0. (The relay is off: the outbox shows what it added.)
+  PartnersFixture fx(std::map<std::string, std::string>{{"OUTBOX_RELAY", "false"}});
+  auto conn = db::Conn::Open(fx.db_url, "test");
+  ASSERT_TRUE(conn.ok());
+  ASSERT_TRUE(
+      (*conn)
+          ->ExecScript("INSERT INTO organisations (name, sector, region, description) "
+                       "SELECT 'Republished ' || g, 1, 1, '' FROM generate_series(1, 1234) g;"
+                       "UPDATE organisations SET version = version + 41 WHERE name = "
+                       "'Republished 777'")
+          .ok());
+  std::string log =
+      absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/republish-", RandomSuffix(), ".log");
+  Process republish(PARTNERS_BIN, {"--republish"},
+                    {{"DATABASE_URL", fx.db_url},
+                     {"EVENT_SUBJECT_PREFIX", fx.service->options().subject_prefix},
+                     {"LOG_LEVEL", "warn"}},
+                    log);
+  ASSERT_EQ(republish.Wait(absl::Seconds(60)), 0) << "log: " << log;
+  auto r = (*conn)->Exec(
+      "SELECT count(*), count(DISTINCT ce_subject), "
+      "count(*) FILTER (WHERE type <> 'connecting.events.v1.OrganisationSnapshot'), "
+      "(SELECT count(*) FROM organisations o WHERE NOT EXISTS (SELECT 1 FROM outbox x "
+      "  WHERE x.ce_subject = o.id::text AND x.payload LIKE '%\"etag\":\"' || o.version || '\"%')) "
+      "FROM outbox WHERE subject LIKE '%.organisation.snapshot'");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->Int(0, 0), 1234);
+  EXPECT_EQ(r->Int(0, 1), 1234) << "an organisation published twice";
+  EXPECT_EQ(r->Int(0, 2), 0);
+  EXPECT_EQ(r->Int(0, 3), 0) << "an organisation without a snapshot of its current version";
+}
+
 TEST(PartnersEvents, KilledAfterCommitBeforePublishTheEventStillArrivesOnce) {
   // With the relay off, the change commits but is not published; then SIGKILL.
   PartnersFixture fx(std::map<std::string, std::string>{{"OUTBOX_RELAY", "false"}});
