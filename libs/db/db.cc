@@ -66,8 +66,7 @@ absl::Status ErrorFromResult(PGconn* conn, const PGresult* res) {
   } else if (state == "23503" || state == "23514" || state == "23502") {
     st = absl::FailedPreconditionError(msg);
   } else if (state == "40001" || state == "40P01") {
-    st = absl::AbortedError(msg);
-    st.SetPayload(kRetryPayload, absl::Cord("1"));
+    st = RetryTransaction(msg);
   } else if (state == "55P03") {
     st = absl::AbortedError(msg);
     st.SetPayload(kLockNotAvailablePayload, absl::Cord("1"));
@@ -339,7 +338,7 @@ absl::Status Transact(Pool& pool, const TxOptions& options,
     } else if (conn.healthy()) {
       (void)conn.ExecScript("ROLLBACK");
     }
-    if (!last.GetPayload(kRetryPayload).has_value() || attempt == options.max_attempts) break;
+    if (!IsRetryable(last) || attempt == options.max_attempts) break;
     BackoffBeforeRetry(attempt);
   }
   return last;

@@ -50,10 +50,10 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
   } else {
     env.AddError(absl::StrCat("LOG_LEVEL: ", level.status().message()));
   }
+  c.event_subject_prefix =
+      env.String("EVENT_SUBJECT_PREFIX", absl::StrCat("connecting.", def.name));
+  c.event_stream = env.String("EVENT_STREAM", def.stream);
   if (minimal) {  // --migrate, --republish
-    c.event_subject_prefix =
-        env.String("EVENT_SUBJECT_PREFIX", absl::StrCat("connecting.", def.name));
-    c.event_stream = env.String("EVENT_STREAM", def.stream);
     if (absl::Status s = env.Finish(); !s.ok()) return s;
     return c;
   }
@@ -92,9 +92,6 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
   c.outbox_relay = env.Bool("OUTBOX_RELAY", true);
   c.outbox_linger =
       env.Duration("OUTBOX_LINGER", absl::Milliseconds(5), absl::ZeroDuration(), absl::Seconds(1));
-  c.event_subject_prefix =
-      env.String("EVENT_SUBJECT_PREFIX", absl::StrCat("connecting.", def.name));
-  c.event_stream = env.String("EVENT_STREAM", def.stream);
   c.event_stream_replicas = static_cast<int>(env.Int("EVENT_STREAM_REPLICAS", 1, 1, 5));
   c.event_stream_max_age = env.Duration("EVENT_STREAM_MAX_AGE", def.stream_max_age,
                                         absl::ZeroDuration(), absl::Hours(24 * 365 * 100));
