@@ -1098,6 +1098,36 @@ TEST_F(Scheduling, ARetriedMoveReturnsTheBookingItMade) {
   EXPECT_NE(st.error_message().find("request_id"), std::string::npos) << st.error_message();
 }
 
+TEST_F(Scheduling, ARetriedBookingAnswersWithItsPlaceNow) {
+  // A waitlisted booking's answer is lost and the client retries with the
+  // same request_id: it gets that booking with its place in the queue as it
+  // is now, not a second booking; once promoted, a retry says confirmed.
+  sv1::Session s = NewSession(*fx_, *org_, 1, DateIn(132));
+  sv1::Booking seat, queued, behind;
+  ASSERT_TRUE(Book(*fx_, s.id(), Register(*fx_, "PLACE01").id(), &seat).ok());
+  std::string who = Register(*fx_, "PLACE02").id();
+  ASSERT_TRUE(Book(*fx_, s.id(), who, &queued, "book-place-2").ok());
+  ASSERT_TRUE(Book(*fx_, s.id(), Register(*fx_, "PLACE03").id(), &behind).ok());
+  EXPECT_EQ(queued.status(), sv1::BOOKING_STATUS_WAITLISTED);
+  EXPECT_EQ(queued.waitlist_position(), 1);
+  EXPECT_EQ(behind.waitlist_position(), 2);
+
+  sv1::Booking again;
+  ASSERT_TRUE(Book(*fx_, s.id(), who, &again, "book-place-2").ok());
+  EXPECT_EQ(again.id(), queued.id());
+  EXPECT_EQ(again.status(), sv1::BOOKING_STATUS_WAITLISTED);
+  EXPECT_EQ(again.waitlist_position(), 1);
+  sv1::CancelBookingRequest cancel;
+  cancel.set_id(seat.id());
+  sv1::Booking cancelled;
+  ASSERT_TRUE(fx_->stub->CancelBooking(Ctx(fx_->admin).get(), cancel, &cancelled).ok());
+  ASSERT_TRUE(Book(*fx_, s.id(), who, &again, "book-place-2").ok());
+  EXPECT_EQ(again.id(), queued.id());
+  EXPECT_EQ(again.status(), sv1::BOOKING_STATUS_CONFIRMED);
+  EXPECT_EQ(again.waitlist_position(), 0);
+  EXPECT_EQ(SessionBookings(*fx_, s.id()).size(), 3u);
+}
+
 TEST_F(Scheduling, CancellingASessionCancelsEveryBookingWithAnEventEach) {
   sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(9));
   std::set<std::string> booked;

@@ -224,7 +224,9 @@ absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& i
 
 db::Statement ShareParticipants(const std::vector<std::string>& ids) {
   // Ids reach here validated as UUIDs, so the array literal needs no quoting.
-  return {"SELECT 1 FROM participants WHERE id = ANY($1::uuid[]) ORDER BY id FOR SHARE",
+  // A function, so that its plan is made once per connection
+  // (R__lock_participants.sql).
+  return {"SELECT lock_participants($1::uuid[])",
           {absl::StrCat("{", absl::StrJoin(ids, ","), "}")}};
 }
 

@@ -59,7 +59,7 @@ floor_sessions=$(psql -d scheduling -tAc "SELECT count(*) FROM floor_sessions")
   echo "\\startpipeline"
   echo "BEGIN ISOLATION LEVEL READ COMMITTED;"
   echo "SELECT set_config('statement_timeout', '10000', true);"
-  echo "SELECT 1 FROM participants WHERE id = ANY(ARRAY(SELECT id FROM floor_participants WHERE n > (SELECT last_value FROM floor_next) AND n <= (SELECT last_value FROM floor_next) + 4)) ORDER BY id FOR SHARE;"
+  echo "SELECT lock_participants(ARRAY(SELECT id FROM floor_participants WHERE n > (SELECT last_value FROM floor_next) AND n <= (SELECT last_value FROM floor_next) + 4));"
   for i in 1 2 3 4; do
     echo "SELECT * FROM book_session((SELECT id FROM floor_sessions WHERE n = :s$i), (SELECT id FROM floor_participants WHERE n = (SELECT nextval('floor_next'))), '', NULL);"
   done

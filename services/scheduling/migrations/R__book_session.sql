@@ -183,10 +183,15 @@ BEGIN
   o_created_us := (extract(epoch FROM b.created_at) * 1000000)::bigint;
   o_updated_us := (extract(epoch FROM b.updated_at) * 1000000)::bigint;
   o_version := b.version;
-  o_waitlist_position := CASE
-    WHEN b.status <> 2 THEN 0
-    WHEN o_outcome = 'booked' THEN o_waitlisted
-    ELSE (SELECT count(*) FROM bookings w WHERE w.session_id = b.session_id AND w.site = b.site
-            AND w.status = 2 AND w.seq <= b.seq) END;
+  -- Branches rather than one CASE: an expression holding a query is planned
+  -- again at every call, and only a retried waitlisted request needs the count.
+  IF b.status <> 2 THEN
+    o_waitlist_position := 0;
+  ELSIF o_outcome = 'booked' THEN
+    o_waitlist_position := o_waitlisted;
+  ELSE
+    SELECT count(*) INTO o_waitlist_position FROM bookings w
+      WHERE w.session_id = b.session_id AND w.site = b.site AND w.status = 2 AND w.seq <= b.seq;
+  END IF;
 END;
 $$;
