@@ -344,6 +344,48 @@ TEST_F(Database, PipelineReturnsResultsInOrderAndSkipsAfterAFailure) {
   EXPECT_EQ(after->Int(0, 0), 7);
 }
 
+TEST_F(Database, PreparedStatementsStayBoundedAndTheBusyOnesStay) {
+  // Statement texts that carry a page size are as many as callers make them:
+  // a connection keeps the ones it used lately and deallocates the rest.
+  auto conn = db::Conn::Open(url_, "t");
+  ASSERT_TRUE(conn.ok());
+  db::Conn& c = **conn;
+  auto count_on_server = [&] {
+    auto n = c.Exec("SELECT count(*) FROM pg_prepared_statements");
+    return n.ok() ? n->Int(0, 0) : -1;
+  };
+  const std::string busy = "SELECT $1::int + 1";
+  for (int i = 0; i < 1000; ++i) {
+    auto busy_row = c.Exec(busy, {int32_t{i}});
+    ASSERT_TRUE(busy_row.ok()) << busy_row.status();
+    ASSERT_EQ(busy_row->Int(0, 0), i + 1);
+    std::string text = absl::StrCat("SELECT ", i, " AS page_of", db::LimitClause(i + 1));
+    auto r = i % 2 ? c.Exec(text) : std::move(c.Pipeline({{text, {}}})[0]);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->Int(0, 0), i);
+  }
+  EXPECT_LE(c.prepared_count(), 257u);
+  EXPECT_GE(c.prepared_count(), 100u) << "the recent ones are kept";
+  EXPECT_EQ(count_on_server(), static_cast<int64_t>(c.prepared_count()) + 1)
+      << "what the connection forgot is deallocated on the server (+1: this count's own)";
+  auto kept = c.Exec("SELECT count(*) FROM pg_prepared_statements WHERE statement = $1", {busy});
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(kept->Int(0, 0), 1) << "the statement used all along is still prepared";
+  auto again = c.Exec("SELECT 0 AS page_of LIMIT 1");  // forgotten long ago: prepared again
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->Int(0, 0), 0);
+  // Inside a transaction nothing is deallocated (nor anything lost).
+  ASSERT_TRUE(c.ExecScript("BEGIN").ok());
+  for (int i = 0; i < 300; ++i) {
+    ASSERT_TRUE(c.Exec(absl::StrCat("SELECT ", i, " AS in_tx")).ok());
+  }
+  ASSERT_TRUE(c.ExecScript("COMMIT").ok());
+  EXPECT_GT(c.prepared_count(), 257u);
+  ASSERT_TRUE(c.Exec("SELECT 1 AS after_tx").ok());
+  EXPECT_LE(c.prepared_count(), 257u);
+  EXPECT_EQ(count_on_server(), static_cast<int64_t>(c.prepared_count()) + 1);
+}
+
 TEST_F(Database, PipelineOnALostConnectionFailsEveryStatementAsUnavailable) {
   auto victim = db::Conn::Open(url_, "victim");
   ASSERT_TRUE(victim.ok());

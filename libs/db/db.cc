@@ -1,5 +1,6 @@
 #include "libs/db/db.h"
 
+#include <algorithm>
 #include <random>
 #include <thread>
 
@@ -121,20 +122,47 @@ absl::StatusOr<Result> Conn::Exec(absl::string_view sql, std::initializer_list<P
   return Exec(sql, std::vector<Param>(params));
 }
 
+std::string LimitClause(int rows) { return absl::StrCat(" LIMIT ", rows); }
+
+const std::string* Conn::FindPrepared(const std::string& sql) {
+  auto it = prepared_.find(sql);
+  if (it == prepared_.end()) return nullptr;
+  it->second.last_use = ++uses_;
+  return &it->second.name;
+}
+
+void Conn::ForgetLeastUsed() {
+  if (prepared_.size() <= kMaxPrepared || PQtransactionStatus(conn_.get()) != PQTRANS_IDLE) return;
+  std::vector<std::pair<uint64_t, std::string>> by_use;
+  by_use.reserve(prepared_.size());
+  for (const auto& [sql, p] : prepared_) by_use.emplace_back(p.last_use, sql);
+  std::sort(by_use.begin(), by_use.end());
+  by_use.resize(by_use.size() - kMaxPrepared / 2);
+  std::string script;
+  for (const auto& [use, sql] : by_use) {
+    absl::StrAppend(&script, "DEALLOCATE ", prepared_.at(sql).name, ";");
+  }
+  Result res(PQexec(conn_.get(), script.c_str()));
+  if (PQresultStatus(res.raw_for_status()) != PGRES_COMMAND_OK) return;  // kept; tried next time
+  for (const auto& [use, sql] : by_use) prepared_.erase(sql);
+}
+
 absl::StatusOr<Result> Conn::Exec(absl::string_view sql, const std::vector<Param>& params) {
   PGconn* c = conn_.get();
+  ForgetLeastUsed();
   std::string key(sql);
-  auto it = prepared_.find(key);
-  if (it == prepared_.end()) {
-    std::string name = absl::StrCat("s", ++next_prepared_);
-    Result prep(PQprepare(c, name.c_str(), key.c_str(), static_cast<int>(params.size()), nullptr));
+  const std::string* name = FindPrepared(key);
+  if (name == nullptr) {
+    std::string fresh = absl::StrCat("s", ++next_prepared_);
+    Result prep(PQprepare(c, fresh.c_str(), key.c_str(), static_cast<int>(params.size()), nullptr));
     if (PQresultStatus(prep.raw_for_status()) != PGRES_COMMAND_OK) {
       return ErrorFromResult(c, prep.raw_for_status());
     }
-    it = prepared_.emplace(std::move(key), std::move(name)).first;
+    name = &prepared_.insert_or_assign(std::move(key), Prepared{std::move(fresh), ++uses_})
+                .first->second.name;
   }
   std::vector<const char*> values = ParamValues(params);
-  Result res(PQexecPrepared(c, it->second.c_str(), static_cast<int>(params.size()), values.data(),
+  Result res(PQexecPrepared(c, name->c_str(), static_cast<int>(params.size()), values.data(),
                             nullptr, nullptr, 0));
   ExecStatusType st = PQresultStatus(res.raw_for_status());
   if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
@@ -162,6 +190,7 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
     return std::move(out);
   };
   if (statements.empty()) return out;
+  ForgetLeastUsed();
   if (PQenterPipelineMode(c) != 1) return fail_rest(ErrorFromResult(c, nullptr));
   // Each statement is sent as Parse (first use on this connection) then Bind/Execute.
   struct Sent {
@@ -174,12 +203,11 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
   bool send_ok = true;
   for (size_t i = 0; i < statements.size() && send_ok; ++i) {
     const Statement& st = statements[i];
-    const std::string* name = nullptr;
-    if (auto it = prepared_.find(st.sql); it != prepared_.end()) {
-      name = &it->second;
-    } else if (auto p = preparing.find(st.sql); p != preparing.end()) {
-      name = &p->second;
-    } else {
+    const std::string* name = FindPrepared(st.sql);
+    if (name == nullptr) {
+      if (auto p = preparing.find(st.sql); p != preparing.end()) name = &p->second;
+    }
+    if (name == nullptr) {
       auto [ins, unused] = preparing.emplace(st.sql, absl::StrCat("s", ++next_prepared_));
       name = &ins->second;
       send_ok = PQsendPrepare(c, name->c_str(), st.sql.c_str(), static_cast<int>(st.params.size()),
@@ -209,7 +237,7 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
     ExecStatusType st = PQresultStatus(res.raw_for_status());
     if (s.is_prepare) {
       if (st == PGRES_COMMAND_OK) {
-        prepared_.emplace(statements[s.statement].sql, s.name);
+        prepared_.insert_or_assign(statements[s.statement].sql, Prepared{s.name, ++uses_});
       } else if (st == PGRES_PIPELINE_ABORTED) {
         prepare_error = Skipped();
       } else {

@@ -77,6 +77,13 @@ class Result {
   std::unique_ptr<PGresult, decltype(&PQclear)> res_;
 };
 
+// " LIMIT n" for a page of n rows, written into the statement text rather
+// than passed as a parameter: PostgreSQL costs a LIMIT parameter as a tenth of
+// the table, finds a plan for the actual value cheaper every time, and so
+// plans every call afresh (for a page of 50, longer than running it). One
+// text per page size: Conn keeps the statements it prepared bounded.
+std::string LimitClause(int rows);
+
 // A statement with its parameters, to run later (see Conn::Pipeline).
 struct Statement {
   std::string sql;
@@ -100,13 +107,27 @@ class Conn {
   // everything is sent.
   std::vector<absl::StatusOr<Result>> Pipeline(const std::vector<Statement>& statements);
   bool healthy() const { return !broken_ && PQstatus(conn_.get()) == CONNECTION_OK; }
+  // Statements prepared on this connection now (at most about kMaxPrepared).
+  size_t prepared_count() const { return prepared_.size(); }
   PGconn* raw() { return conn_.get(); }
 
  private:
   explicit Conn(PGconn* c) : conn_(c, &PQfinish) {}
   std::unique_ptr<PGconn, decltype(&PQfinish)> conn_;
+  struct Prepared {
+    std::string name;
+    uint64_t last_use;
+  };
+  // The name `sql` is prepared under (counting a use), or nullptr.
+  const std::string* FindPrepared(const std::string& sql);
+  // Once more than kMaxPrepared texts are prepared, deallocates all but the
+  // kMaxPrepared / 2 used last, when no transaction is open: a statement text
+  // can carry a page size, so their number is bounded only by the callers.
+  void ForgetLeastUsed();
+  static constexpr size_t kMaxPrepared = 256;
   // SQL text → prepared statement name on this connection.
-  std::unordered_map<std::string, std::string> prepared_;
+  std::unordered_map<std::string, Prepared> prepared_;
+  uint64_t uses_ = 0;
   int next_prepared_ = 0;
   bool broken_ = false;  // a pipeline failed half-way: the protocol state is unknown
 };

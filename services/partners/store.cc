@@ -189,11 +189,10 @@ absl::StatusOr<std::vector<v1::Organisation>> ListOrganisations(db::Conn& c,
     where.push_back(
         absl::StrCat("(name, id) > ($", params.size() - 1, ", $", params.size(), "::uuid)"));
   }
-  params.push_back(static_cast<int32_t>(limit));
   std::string sql =
       absl::StrCat("SELECT ", kOrgCols, " FROM organisations", where.empty() ? "" : " WHERE ",
-                   absl::StrJoin(where, " AND "),
-                   " ORDER BY organisations.name, organisations.id LIMIT $", params.size());
+                   absl::StrJoin(where, " AND "), " ORDER BY organisations.name, organisations.id",
+                   db::LimitClause(limit));
   return All<v1::Organisation>(c.Exec(sql, params), OrgRow);
 }
 
@@ -254,17 +253,17 @@ absl::StatusOr<std::vector<v1::Contact>> ListContacts(db::Conn& c, const std::st
             absl::StrCat(
                 "SELECT ", kContactCols,
                 " FROM contacts WHERE organisation_id = $1::uuid AND "
-                "(display_name, id) > ($2, $3::uuid) ORDER BY contacts.display_name, contacts.id "
-                "LIMIT $4"),
-            {org_id, after->sort_text, after->id, static_cast<int32_t>(limit)}),
+                "(display_name, id) > ($2, $3::uuid) ORDER BY contacts.display_name, contacts.id",
+                db::LimitClause(limit)),
+            {org_id, after->sort_text, after->id}),
         ContactRow);
   }
-  return All<v1::Contact>(
-      c.Exec(absl::StrCat("SELECT ", kContactCols,
-                          " FROM contacts WHERE organisation_id = $1::uuid "
-                          "ORDER BY contacts.display_name, contacts.id LIMIT $2"),
-             {org_id, static_cast<int32_t>(limit)}),
-      ContactRow);
+  return All<v1::Contact>(c.Exec(absl::StrCat("SELECT ", kContactCols,
+                                              " FROM contacts WHERE organisation_id = $1::uuid "
+                                              "ORDER BY contacts.display_name, contacts.id",
+                                              db::LimitClause(limit)),
+                                 {org_id}),
+                          ContactRow);
 }
 
 absl::StatusOr<std::optional<v1::Offer>> OfferByRequestId(db::Conn& c, const std::string& rid) {
@@ -346,10 +345,9 @@ absl::StatusOr<std::vector<v1::Offer>> ListOffers(db::Conn& c, const std::string
     where.push_back(
         absl::StrCat("(title, id) > ($", params.size() - 1, ", $", params.size(), "::uuid)"));
   }
-  params.push_back(static_cast<int32_t>(limit));
   std::string sql = absl::StrCat("SELECT ", kOfferCols, " FROM offers",
                                  where.empty() ? "" : " WHERE ", absl::StrJoin(where, " AND "),
-                                 " ORDER BY offers.title, offers.id LIMIT $", params.size());
+                                 " ORDER BY offers.title, offers.id", db::LimitClause(limit));
   return All<v1::Offer>(c.Exec(sql, params), OfferRow);
 }
 

@@ -286,12 +286,11 @@ absl::StatusOr<std::vector<v1::Participant>> ListParticipants(db::Conn& c,
     where.push_back(absl::StrCat("(display_name, id) > ($", params.size() - 1, ", $", params.size(),
                                  "::uuid)"));
   }
-  params.push_back(static_cast<int32_t>(limit));
   return All<v1::Participant>(
       c.Exec(absl::StrCat("SELECT ", kParticipantCols, " FROM participants",
                           where.empty() ? "" : " WHERE ", absl::StrJoin(where, " AND "),
-                          " ORDER BY participants.display_name, participants.id LIMIT $",
-                          params.size()),
+                          " ORDER BY participants.display_name, participants.id",
+                          db::LimitClause(limit)),
              params),
       ParticipantRow);
 }
@@ -395,11 +394,10 @@ absl::StatusOr<std::vector<v1::Session>> ListSessions(db::Conn& c, const Session
                                  "::date, $", params.size() - 1, "::time, $", params.size(),
                                  "::uuid)"));
   }
-  params.push_back(static_cast<int32_t>(limit));
   return All<v1::Session>(
       c.Exec(absl::StrCat("SELECT ", kSessionCols, " FROM sessions s",
                           where.empty() ? "" : " WHERE ", absl::StrJoin(where, " AND "),
-                          " ORDER BY s.session_date, s.start_time, s.id LIMIT $", params.size()),
+                          " ORDER BY s.session_date, s.start_time, s.id", db::LimitClause(limit)),
              params),
       SessionRow);
 }
@@ -585,10 +583,9 @@ absl::StatusOr<std::vector<v1::Booking>> ListBookings(db::Conn& c, const Booking
   }
   params.push_back(after_seq);
   where.push_back(absl::StrCat("b.seq > $", params.size()));
-  params.push_back(static_cast<int32_t>(limit));
   auto r =
       c.Exec(absl::StrCat("SELECT ", kBookingCols, " FROM ", from, " WHERE ",
-                          absl::StrJoin(where, " AND "), " ORDER BY b.seq LIMIT $", params.size()),
+                          absl::StrJoin(where, " AND "), " ORDER BY b.seq", db::LimitClause(limit)),
              params);
   if (!r.ok()) return r.status();
   std::vector<v1::Booking> out;
