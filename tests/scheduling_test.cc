@@ -384,6 +384,94 @@ TEST(SchedulingRestore, PartnersRepublishRebuildsAStreamThatLostItsEvents) {
                                    host, "false", absl::Seconds(15)));
 }
 
+TEST(SchedulingRestore, PurgedPartnersStreamIsRepublishedForNewConsumersAndOldOnesKeepTheirs) {
+  // An operator purges PARTNERS to save space, then runs `partners
+  // --republish` (README, "Backups and restores"). A consumer that had read
+  // the history keeps its projection exactly as it was; one starting afresh
+  // (here scheduling's projection emptied, so it replays the stream) builds
+  // it whole from the snapshots alone: archived organisation included.
+  SchedulingFixture fx;
+  std::string open_org = fx.CreatePartner("Still Open Trust");
+  std::string closed_org = fx.CreatePartner("Closed Since Trust");
+  pv1::ArchiveOrganisationRequest archive;
+  archive.set_id(closed_org);
+  pv1::Organisation archived;
+  ASSERT_TRUE(fx.partners_stub->ArchiveOrganisation(Ctx(fx.admin).get(), archive, &archived).ok());
+  ASSERT_TRUE(fx.WaitForPartnerStatus(closed_org, pv1::ORGANISATION_STATUS_ARCHIVED));
+  ASSERT_TRUE(WaitForOutboxDrained(fx.partners_db));
+
+  auto conn = db::Conn::Open(fx.scheduling_db, "test");
+  ASSERT_TRUE(conn.ok());
+  auto projection = [&] {
+    auto r = (*conn)->Exec(
+        "SELECT string_agg(id || ' ' || status || ' ' || version, ', ' ORDER BY id) "
+        "FROM partner_organisations");
+    return r.ok() ? r->String(0, 0) : r.status().ToString();
+  };
+  auto inbox_rows = [&] {
+    auto r = (*conn)->Exec("SELECT count(*) FROM inbox");
+    return r.ok() ? r->Int(0, 0) : -1;
+  };
+  const std::string before = projection();
+  const int64_t inbox_before = inbox_rows();
+
+  const std::string stream = "PARTNERS_" + fx.suffix;
+  {
+    natsConnection* nc = nullptr;
+    ASSERT_EQ(natsConnection_ConnectTo(&nc, fx.nats_url.c_str()), NATS_OK);
+    jsCtx* js = nullptr;
+    ASSERT_EQ(natsConnection_JetStream(&js, nc, nullptr), NATS_OK);
+    EXPECT_EQ(js_PurgeStream(js, stream.c_str(), nullptr, nullptr), NATS_OK);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+  }
+  ASSERT_TRUE(ReadStream(fx.nats_url, stream).empty()) << "the purge left events";
+
+  std::string log =
+      absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/republish-", RandomSuffix(), ".log");
+  Process republish(PARTNERS_BIN, {"--republish"},
+                    {{"DATABASE_URL", fx.partners_db},
+                     {"EVENT_SUBJECT_PREFIX", "t" + fx.suffix + ".connecting.partners"},
+                     {"LOG_LEVEL", "info"}},
+                    log);
+  ASSERT_EQ(republish.Wait(absl::Seconds(30)), 0) << "log: " << log;
+  // Two organisations and their two hosts, each once, and nothing else.
+  std::vector<StoredEvent> snapshots = WaitForEvents(fx.nats_url, stream, 4);
+  ASSERT_EQ(snapshots.size(), 4u);
+  std::set<std::string> resources;
+  for (const StoredEvent& e : snapshots) {
+    EXPECT_TRUE(absl::EndsWith(e.subject, ".snapshot")) << e.subject;
+    resources.insert(e.headers.at("ce-subject"));
+  }
+  EXPECT_EQ(resources, (std::set<std::string>{open_org, closed_org, fx.hosts[open_org],
+                                              fx.hosts[closed_org]}));
+
+  // The consumer that had the history takes the four in and changes nothing.
+  absl::Time until = absl::Now() + absl::Seconds(15);
+  while (inbox_rows() < inbox_before + 4 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(inbox_rows(), inbox_before + 4) << "the snapshots never reached scheduling";
+  EXPECT_EQ(projection(), before);
+
+  // A consumer starting afresh has only the snapshots to go on.
+  ASSERT_TRUE((*conn)
+                  ->ExecScript("DELETE FROM partner_offers; DELETE FROM partner_contacts; "
+                               "DELETE FROM partner_organisations; DELETE FROM inbox")
+                  .ok());
+  EXPECT_TRUE(
+      fx.WaitForPartnerStatus(open_org, pv1::ORGANISATION_STATUS_ACTIVE, absl::Seconds(15)));
+  EXPECT_TRUE(
+      fx.WaitForPartnerStatus(closed_org, pv1::ORGANISATION_STATUS_ARCHIVED, absl::Seconds(15)));
+  EXPECT_TRUE(fx.WaitForProjection("SELECT removed::text FROM partner_contacts WHERE id = $1::uuid",
+                                   fx.hosts[open_org], "false", absl::Seconds(15)));
+  EXPECT_EQ(projection(), before) << "rebuilt from snapshots, versions included";
+  sv1::Session visit = NewSession(fx, open_org, 2, DateIn(9));
+  sv1::Booking b;
+  grpc::Status st = Book(fx, visit.id(), Register(fx, "PURGE01").id(), &b);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+}
+
 TEST_F(Scheduling, ReplayingDeadLettersAppliesThemThroughTheRealHandler) {
   // An organisation's event that scheduling once gave up on (simulated: its
   // projection row removed, the event put in dead_letters) is applied by
