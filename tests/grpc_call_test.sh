@@ -146,6 +146,14 @@ event=$(timeout 20 node $W --server "ws://127.0.0.1:$ws_port" --stream "SCHEDULI
   [ "$(field resource <<<"$event")" = "$(field id <<<"$booked")" ] &&
   [ "$(field data.booking.etag <<<"$event")" = "$(field etag <<<"$booked")" ] &&
   [ "$(field data.session.sites.0.confirmed <<<"$event")" = 1 ] || fail "booking event: $event"
+# The same through the WHATWG WebSocket a browser has (Node's own, behind a
+# flag before Node 22), not the `ws` package the tool falls back on.
+if node --experimental-websocket -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null; then
+  again=$(timeout 20 node --experimental-websocket $W --server "ws://127.0.0.1:$ws_port" \
+    --stream "SCHEDULING_$suffix" --subject "t$suffix.connecting.scheduling.booking.>" --count 1 2>&1) ||
+    fail "watch-events with the standard WebSocket: $again"
+  [ "$again" = "$event" ] || fail "the standard WebSocket read another event: $again"
+fi
 # Everything the partners calls above published, in order, then quiet.
 timeout 20 node $W --server "nats://127.0.0.1:$nats_port" --stream "PARTNERS_$suffix" --idle 2 \
   >"$work/partners-events" || fail "watch-events partners"
