@@ -170,6 +170,15 @@ int Process::Wait(absl::Duration timeout) {
   }
 }
 
+OneShot RunOnce(const std::string& binary, const std::vector<std::string>& args,
+                std::map<std::string, std::string> env, const std::string& name,
+                absl::Duration timeout) {
+  std::string log =
+      absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/", name, "-", RandomSuffix(), ".log");
+  Process p(binary, args, std::move(env), log);
+  return {p.Wait(timeout), log};  // the destructor kills it if still running
+}
+
 NatsServer::NatsServer() : port_(FreePort()) {
   dir_ = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/nats-", RandomSuffix());
   mkdir(dir_.c_str(), 0755);
@@ -484,6 +493,21 @@ void WithStream(const std::string& nats_url, const std::string& stream,
 }
 }  // namespace
 
+absl::Status ChangeStream(const std::string& nats_url, const std::string& stream,
+                          StreamChange change) {
+  absl::Status out = absl::NotFoundError(absl::StrCat("no stream ", stream, " at ", nats_url));
+  WithStream(nats_url, stream, [&](jsCtx* js, jsStreamInfo*) {
+    jsErrCode err = static_cast<jsErrCode>(0);
+    natsStatus st = change == StreamChange::kDelete
+                        ? js_DeleteStream(js, stream.c_str(), nullptr, &err)
+                        : js_PurgeStream(js, stream.c_str(), nullptr, &err);
+    out = st == NATS_OK ? absl::OkStatus()
+                        : absl::InternalError(absl::StrCat(natsStatus_GetText(st), " (", err,
+                                                           ") changing stream ", stream));
+  });
+  return out;
+}
+
 std::optional<absl::Duration> StreamMaxAge(const std::string& nats_url, const std::string& stream) {
   std::optional<absl::Duration> out;
   WithStream(nats_url, stream,
@@ -594,6 +618,48 @@ bool SchedulingFixture::WaitForPartnerStatus(const std::string& org_id, int stat
                                              absl::Duration timeout) {
   return WaitForProjection("SELECT status FROM partner_organisations WHERE id = $1::uuid", org_id,
                            absl::StrCat(status), timeout);
+}
+
+namespace {
+namespace pv1 = connecting::partners::v1;
+absl::StatusOr<pv1::Organisation> Answered(const grpc::Status& st, pv1::Organisation o) {
+  if (st.ok()) return o;
+  return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
+}
+}  // namespace
+
+absl::StatusOr<connecting::partners::v1::Organisation> SchedulingFixture::ArchivePartner(
+    const std::string& org_id) {
+  connecting::partners::v1::ArchiveOrganisationRequest req;
+  req.set_id(org_id);
+  connecting::partners::v1::Organisation out;
+  grpc::Status st = partners_stub->ArchiveOrganisation(Ctx(admin).get(), req, &out);
+  return Answered(st, std::move(out));
+}
+
+absl::StatusOr<connecting::partners::v1::Organisation> SchedulingFixture::PausePartner(
+    const std::string& org_id) {
+  connecting::partners::v1::PauseOrganisationRequest req;
+  req.set_id(org_id);
+  connecting::partners::v1::Organisation out;
+  grpc::Status st = partners_stub->PauseOrganisation(Ctx(admin).get(), req, &out);
+  return Answered(st, std::move(out));
+}
+
+OneShot SchedulingFixture::RepublishPartners() {
+  return RunOnce(PARTNERS_BIN, {"--republish"},
+                 {{"DATABASE_URL", partners_db},
+                  {"EVENT_SUBJECT_PREFIX", "t" + suffix + ".connecting.partners"},
+                  {"LOG_LEVEL", "info"}},
+                 "republish");
+}
+
+absl::Status SchedulingFixture::ForgetPartners() {
+  auto conn = db::Conn::Open(scheduling_db, "test");
+  if (!conn.ok()) return conn.status();
+  return (*conn)->ExecScript(
+      "DELETE FROM partner_offers; DELETE FROM partner_contacts; "
+      "DELETE FROM partner_organisations; DELETE FROM inbox");
 }
 
 bool SchedulingFixture::WaitForProjection(const std::string& sql, const std::string& id,

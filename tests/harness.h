@@ -53,6 +53,19 @@ class Process {
   std::string log_path_;
 };
 
+// A binary run once to the end, as an operator runs a one-shot command
+// (`partners --republish`, `scheduling --replay-dead-letters`): `env` on top
+// of the test's own, its output in a fresh file under CONNECTING_TEST_TMP
+// named after `name`. `code` is its exit status, -1 if still running after
+// `timeout` (then killed).
+struct OneShot {
+  int code;
+  std::string log;
+};
+OneShot RunOnce(const std::string& binary, const std::vector<std::string>& args,
+                std::map<std::string, std::string> env, const std::string& name,
+                absl::Duration timeout = absl::Seconds(30));
+
 // A private nats-server with JetStream; Stop/Start keep its port and storage.
 class NatsServer {
  public:
@@ -180,6 +193,11 @@ std::optional<double> MetricValue(int port, const std::string& series);
 
 // How long `stream` keeps events (zero: for good); nullopt if it does not exist.
 std::optional<absl::Duration> StreamMaxAge(const std::string& nats_url, const std::string& stream);
+// What an operator does to a stream with the nats CLI: `nats stream rm`
+// (its durables go with it) or `nats stream purge` (its sequence goes on).
+enum class StreamChange { kDelete, kPurge };
+absl::Status ChangeStream(const std::string& nats_url, const std::string& stream,
+                          StreamChange change);
 // All messages stored in `stream` (empty if it does not exist).
 std::vector<StoredEvent> ReadStream(const std::string& nats_url, const std::string& stream);
 // Polls until `stream` holds at least `count` messages or the timeout passes.
@@ -214,6 +232,17 @@ struct SchedulingFixture {
   // for each organisation: hosts[org_id].
   std::string CreateHost(const std::string& org_id, const std::string& name);
   std::map<std::string, std::string> hosts;
+  // The programme team archives or pauses the organisation in partners;
+  // returns it as partners answered (scheduling hears of it by the event).
+  absl::StatusOr<connecting::partners::v1::Organisation> ArchivePartner(const std::string& org_id);
+  absl::StatusOr<connecting::partners::v1::Organisation> PausePartner(const std::string& org_id);
+  // `partners --republish` against this fixture's partners database, given
+  // only what the README says it needs; returns its exit status and log.
+  OneShot RepublishPartners();
+  // Empties scheduling's partner projection (organisations, contacts, offers)
+  // and its inbox: a consumer starting afresh, which replays PARTNERS from
+  // the start within about 5 s (the consumer's check of its database).
+  absl::Status ForgetPartners();
   // Waits until `sql` (one parameter, `id`) returns a row whose first column is `want`.
   bool WaitForProjection(const std::string& sql, const std::string& id, const std::string& want,
                          absl::Duration timeout = absl::Seconds(10));

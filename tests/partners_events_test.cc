@@ -144,14 +144,12 @@ TEST(PartnersEvents, RepublishSnapshotsEveryOrganisationOnceAcrossPages) {
                        "UPDATE organisations SET version = version + 41 WHERE name = "
                        "'Republished 777'")
           .ok());
-  std::string log =
-      absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/republish-", RandomSuffix(), ".log");
-  Process republish(PARTNERS_BIN, {"--republish"},
-                    {{"DATABASE_URL", fx.db_url},
-                     {"EVENT_SUBJECT_PREFIX", fx.service->options().subject_prefix},
-                     {"LOG_LEVEL", "warn"}},
-                    log);
-  ASSERT_EQ(republish.Wait(absl::Seconds(60)), 0) << "log: " << log;
+  OneShot republish = RunOnce(PARTNERS_BIN, {"--republish"},
+                              {{"DATABASE_URL", fx.db_url},
+                               {"EVENT_SUBJECT_PREFIX", fx.service->options().subject_prefix},
+                               {"LOG_LEVEL", "warn"}},
+                              "republish", absl::Seconds(60));
+  ASSERT_EQ(republish.code, 0) << "log: " << republish.log;
   auto r = (*conn)->Exec(
       "SELECT count(*), count(DISTINCT ce_subject), "
       "count(*) FILTER (WHERE type <> 'connecting.events.v1.OrganisationSnapshot'), "

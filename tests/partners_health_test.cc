@@ -78,15 +78,14 @@ TEST(PartnersHealth, SigtermDrainsAndExitsZero) {
 }
 
 TEST(PartnersHealth, BadConfigurationExitsTwoNamingEveryVariable) {
-  std::string log = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/badcfg-", RandomSuffix());
-  Process p(PARTNERS_BIN, {},
-            {{"DATABASE_URL", ""},
-             {"AUTH_JWT_KEY", "short"},
-             {"GRPC_LISTEN", "nowhere"},
-             {"DB_POOL_SIZE", "0"}},
-            log);
-  EXPECT_EQ(p.Wait(absl::Seconds(10)), 2);
-  std::string out = ReadFile(log);
+  OneShot run = RunOnce(PARTNERS_BIN, {},
+                        {{"DATABASE_URL", ""},
+                         {"AUTH_JWT_KEY", "short"},
+                         {"GRPC_LISTEN", "nowhere"},
+                         {"DB_POOL_SIZE", "0"}},
+                        "badcfg", absl::Seconds(10));
+  EXPECT_EQ(run.code, 2);
+  std::string out = ReadFile(run.log);
   for (const char* var : {"DATABASE_URL", "AUTH_JWT_KEY", "GRPC_LISTEN", "DB_POOL_SIZE"}) {
     EXPECT_NE(out.find(var), std::string::npos) << var << " not named in:\n" << out;
   }

@@ -99,11 +99,8 @@ TEST_F(Scheduling, ArchivedPartnerTakesNoBookingsAndRedeliveryChangesNothing) {
   sv1::Session s = NewSession(*fx_, org, 5, DateIn(5));
   std::string person = Register(*fx_, "ARCH01").id();
 
-  pv1::ArchiveOrganisationRequest archive;
-  archive.set_id(org);
-  pv1::Organisation archived;
-  ASSERT_TRUE(
-      fx_->partners_stub->ArchiveOrganisation(Ctx(fx_->admin).get(), archive, &archived).ok());
+  absl::StatusOr<pv1::Organisation> archived = fx_->ArchivePartner(org);
+  ASSERT_TRUE(archived.ok()) << archived.status();
   ASSERT_TRUE(fx_->WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED, absl::Seconds(5)));
   sv1::Booking b;
   grpc::Status st = Book(*fx_, s.id(), person, &b);
@@ -123,8 +120,9 @@ TEST_F(Scheduling, ArchivedPartnerTakesNoBookingsAndRedeliveryChangesNothing) {
   // Reactivated in partners: bookable again.
   pv1::ReactivateOrganisationRequest react;
   react.set_id(org);
+  pv1::Organisation reactivated;
   ASSERT_TRUE(
-      fx_->partners_stub->ReactivateOrganisation(Ctx(fx_->admin).get(), react, &archived).ok());
+      fx_->partners_stub->ReactivateOrganisation(Ctx(fx_->admin).get(), react, &reactivated).ok());
   ASSERT_TRUE(fx_->WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ACTIVE, absl::Seconds(5)));
   EXPECT_TRUE(Book(*fx_, s.id(), person, &b).ok());
 }
@@ -164,10 +162,8 @@ TEST(SchedulingOutage, DatabaseOutageLosesNoPartnerEventAndTheServiceComesBack) 
   EXPECT_TRUE(fx.scheduling->WaitForHealth(2, absl::Seconds(10))) << "should be NOT_SERVING";
   sv1::Booking b;
   EXPECT_EQ(Book(fx, at_steady.id(), first, &b).error_code(), grpc::StatusCode::UNAVAILABLE);
-  pv1::ArchiveOrganisationRequest archive;
-  archive.set_id(doomed);
-  pv1::Organisation archived;
-  ASSERT_TRUE(fx.partners_stub->ArchiveOrganisation(Ctx(fx.admin).get(), archive, &archived).ok());
+  absl::StatusOr<pv1::Organisation> archived = fx.ArchivePartner(doomed);
+  ASSERT_TRUE(archived.ok()) << archived.status();
   absl::SleepFor(absl::Seconds(3));  // the archive event is delivered and held
   outage.End();
 
@@ -228,10 +224,8 @@ TEST(SchedulingOutage, NatsRestartLosesNoEventEitherWay) {
   sv1::Booking during;
   grpc::Status st = Book(fx, at_steady.id(), person, &during);
   ASSERT_TRUE(st.ok()) << st.error_message();
-  pv1::ArchiveOrganisationRequest archive;
-  archive.set_id(doomed);
-  pv1::Organisation archived;
-  ASSERT_TRUE(fx.partners_stub->ArchiveOrganisation(Ctx(fx.admin).get(), archive, &archived).ok());
+  absl::StatusOr<pv1::Organisation> archived = fx.ArchivePartner(doomed);
+  ASSERT_TRUE(archived.ok()) << archived.status();
   absl::SleepFor(absl::Seconds(1));
   nats.Start();
 
@@ -279,11 +273,9 @@ TEST(SchedulingRestore, ChangesAfterPartnersIsRestoredToAnEarlierPointStillReach
   ASSERT_TRUE(restored.ok()) << restored;
   fx.partners->Start();
 
-  pv1::ArchiveOrganisationRequest archive;
-  archive.set_id(org);
-  pv1::Organisation archived;
-  ASSERT_TRUE(fx.partners_stub->ArchiveOrganisation(Ctx(fx.admin).get(), archive, &archived).ok());
-  EXPECT_GT(std::stoll(archived.etag()), std::stoll(o.etag()))
+  absl::StatusOr<pv1::Organisation> archived = fx.ArchivePartner(org);
+  ASSERT_TRUE(archived.ok()) << archived.status();
+  EXPECT_GT(std::stoll(archived->etag()), std::stoll(o.etag()))
       << "the restored organisation's next version repeats one already published";
   EXPECT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED));
   sv1::Booking b;
@@ -304,10 +296,8 @@ TEST(SchedulingRestore, SchedulingRestoredToAnEarlierPointCatchesUpWithPartners)
   ASSERT_TRUE(backup.ok()) << backup;
   fx.scheduling->Start();
 
-  pv1::ArchiveOrganisationRequest archive;
-  archive.set_id(org);
-  pv1::Organisation archived;
-  ASSERT_TRUE(fx.partners_stub->ArchiveOrganisation(Ctx(fx.admin).get(), archive, &archived).ok());
+  absl::StatusOr<pv1::Organisation> archived = fx.ArchivePartner(org);
+  ASSERT_TRUE(archived.ok()) << archived.status();
   ASSERT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED));
 
   ASSERT_EQ(fx.scheduling->Terminate(), 0);
@@ -330,39 +320,17 @@ TEST(SchedulingRestore, PartnersRepublishRebuildsAStreamThatLostItsEvents) {
   SchedulingFixture fx;
   std::string org = fx.CreatePartner("Republished Trust");
   std::string host = fx.hosts[org];
-  pv1::PauseOrganisationRequest pause;
-  pause.set_id(org);
-  pv1::Organisation paused;
-  ASSERT_TRUE(fx.partners_stub->PauseOrganisation(Ctx(fx.admin).get(), pause, &paused).ok());
+  absl::StatusOr<pv1::Organisation> paused = fx.PausePartner(org);
+  ASSERT_TRUE(paused.ok()) << paused.status();
   ASSERT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_PAUSED));
   ASSERT_TRUE(WaitForOutboxDrained(fx.partners_db));
 
   const std::string stream = "PARTNERS_" + fx.suffix;
-  {
-    natsConnection* nc = nullptr;
-    ASSERT_EQ(natsConnection_ConnectTo(&nc, fx.nats_url.c_str()), NATS_OK);
-    jsCtx* js = nullptr;
-    ASSERT_EQ(natsConnection_JetStream(&js, nc, nullptr), NATS_OK);
-    EXPECT_EQ(js_DeleteStream(js, stream.c_str(), nullptr, nullptr), NATS_OK);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-  }
-  auto conn = db::Conn::Open(fx.scheduling_db, "test");
-  ASSERT_TRUE(conn.ok());
-  ASSERT_TRUE((*conn)
-                  ->ExecScript("DELETE FROM partner_offers; DELETE FROM partner_contacts; "
-                               "DELETE FROM partner_organisations; DELETE FROM inbox")
-                  .ok());
+  ASSERT_TRUE(ChangeStream(fx.nats_url, stream, StreamChange::kDelete).ok());
+  ASSERT_TRUE(fx.ForgetPartners().ok());
 
-  std::string log =
-      absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/republish-", RandomSuffix(), ".log");
-  // As the operator runs it: the database and the subjects are all it needs.
-  Process republish(PARTNERS_BIN, {"--republish"},
-                    {{"DATABASE_URL", fx.partners_db},
-                     {"EVENT_SUBJECT_PREFIX", "t" + fx.suffix + ".connecting.partners"},
-                     {"LOG_LEVEL", "info"}},
-                    log);
-  ASSERT_EQ(republish.Wait(absl::Seconds(30)), 0) << "log: " << log;
+  OneShot republish = fx.RepublishPartners();
+  ASSERT_EQ(republish.code, 0) << "log: " << republish.log;
 
   // The serving partners publishes the snapshots: one per resource, as it is.
   std::map<std::string, StoredEvent> by_resource;
@@ -372,7 +340,7 @@ TEST(SchedulingRestore, PartnersRepublishRebuildsAStreamThatLostItsEvents) {
   ASSERT_EQ(by_resource.count(org), 1u);
   EXPECT_TRUE(absl::EndsWith(by_resource[org].subject, ".organisation.snapshot"));
   EXPECT_EQ(by_resource[org].headers.at("ce-type"), "connecting.events.v1.OrganisationSnapshot");
-  EXPECT_NE(by_resource[org].data.find(absl::StrCat("\"etag\":\"", paused.etag(), "\"")),
+  EXPECT_NE(by_resource[org].data.find(absl::StrCat("\"etag\":\"", paused->etag(), "\"")),
             std::string::npos)
       << by_resource[org].data;
   ASSERT_EQ(by_resource.count(host), 1u);
@@ -393,10 +361,8 @@ TEST(SchedulingRestore, PurgedPartnersStreamIsRepublishedForNewConsumersAndOldOn
   SchedulingFixture fx;
   std::string open_org = fx.CreatePartner("Still Open Trust");
   std::string closed_org = fx.CreatePartner("Closed Since Trust");
-  pv1::ArchiveOrganisationRequest archive;
-  archive.set_id(closed_org);
-  pv1::Organisation archived;
-  ASSERT_TRUE(fx.partners_stub->ArchiveOrganisation(Ctx(fx.admin).get(), archive, &archived).ok());
+  absl::StatusOr<pv1::Organisation> archived = fx.ArchivePartner(closed_org);
+  ASSERT_TRUE(archived.ok()) << archived.status();
   ASSERT_TRUE(fx.WaitForPartnerStatus(closed_org, pv1::ORGANISATION_STATUS_ARCHIVED));
   ASSERT_TRUE(WaitForOutboxDrained(fx.partners_db));
 
@@ -416,25 +382,11 @@ TEST(SchedulingRestore, PurgedPartnersStreamIsRepublishedForNewConsumersAndOldOn
   const int64_t inbox_before = inbox_rows();
 
   const std::string stream = "PARTNERS_" + fx.suffix;
-  {
-    natsConnection* nc = nullptr;
-    ASSERT_EQ(natsConnection_ConnectTo(&nc, fx.nats_url.c_str()), NATS_OK);
-    jsCtx* js = nullptr;
-    ASSERT_EQ(natsConnection_JetStream(&js, nc, nullptr), NATS_OK);
-    EXPECT_EQ(js_PurgeStream(js, stream.c_str(), nullptr, nullptr), NATS_OK);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-  }
+  ASSERT_TRUE(ChangeStream(fx.nats_url, stream, StreamChange::kPurge).ok());
   ASSERT_TRUE(ReadStream(fx.nats_url, stream).empty()) << "the purge left events";
 
-  std::string log =
-      absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/republish-", RandomSuffix(), ".log");
-  Process republish(PARTNERS_BIN, {"--republish"},
-                    {{"DATABASE_URL", fx.partners_db},
-                     {"EVENT_SUBJECT_PREFIX", "t" + fx.suffix + ".connecting.partners"},
-                     {"LOG_LEVEL", "info"}},
-                    log);
-  ASSERT_EQ(republish.Wait(absl::Seconds(30)), 0) << "log: " << log;
+  OneShot republish = fx.RepublishPartners();
+  ASSERT_EQ(republish.code, 0) << "log: " << republish.log;
   // Two organisations and their two hosts, each once, and nothing else.
   std::vector<StoredEvent> snapshots = WaitForEvents(fx.nats_url, stream, 4);
   ASSERT_EQ(snapshots.size(), 4u);
@@ -455,10 +407,7 @@ TEST(SchedulingRestore, PurgedPartnersStreamIsRepublishedForNewConsumersAndOldOn
   EXPECT_EQ(projection(), before);
 
   // A consumer starting afresh has only the snapshots to go on.
-  ASSERT_TRUE((*conn)
-                  ->ExecScript("DELETE FROM partner_offers; DELETE FROM partner_contacts; "
-                               "DELETE FROM partner_organisations; DELETE FROM inbox")
-                  .ok());
+  ASSERT_TRUE(fx.ForgetPartners().ok());
   EXPECT_TRUE(
       fx.WaitForPartnerStatus(open_org, pv1::ORGANISATION_STATUS_ACTIVE, absl::Seconds(15)));
   EXPECT_TRUE(
@@ -497,20 +446,19 @@ TEST_F(Scheduling, ReplayingDeadLettersAppliesThemThroughTheRealHandler) {
                          {"dead-" + org, subject, type, payload})
                   .ok());
 
-  std::string log =
-      absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/replay-", RandomSuffix(), ".log");
-  Process replay(SCHEDULING_BIN, {"--replay-dead-letters"},
-                 {{"DATABASE_URL", fx_->scheduling_db},
-                  {"NATS_URL", fx_->nats_url},
-                  {"AUTH_JWT_KEY", kJwtKey},
-                  {"EVENT_STREAM", fx_->scheduling_stream},
-                  {"EVENT_SUBJECT_PREFIX", "t" + fx_->suffix + ".connecting.scheduling"},
-                  {"PARTNERS_EVENTS_STREAM", "PARTNERS_" + fx_->suffix},
-                  {"PARTNERS_EVENTS_SUBJECT", "t" + fx_->suffix + ".connecting.partners.>"},
-                  {"LOG_LEVEL", "warn"}},
-                 log);
-  EXPECT_EQ(replay.Wait(absl::Seconds(30)), 0) << "log: " << log;
-  std::ifstream in(log);
+  OneShot replay =
+      RunOnce(SCHEDULING_BIN, {"--replay-dead-letters"},
+              {{"DATABASE_URL", fx_->scheduling_db},
+               {"NATS_URL", fx_->nats_url},
+               {"AUTH_JWT_KEY", kJwtKey},
+               {"EVENT_STREAM", fx_->scheduling_stream},
+               {"EVENT_SUBJECT_PREFIX", "t" + fx_->suffix + ".connecting.scheduling"},
+               {"PARTNERS_EVENTS_STREAM", "PARTNERS_" + fx_->suffix},
+               {"PARTNERS_EVENTS_SUBJECT", "t" + fx_->suffix + ".connecting.partners.>"},
+               {"LOG_LEVEL", "warn"}},
+              "replay");
+  EXPECT_EQ(replay.code, 0) << "log: " << replay.log;
+  std::ifstream in(replay.log);
   std::stringstream out;
   out << in.rdbuf();
   EXPECT_NE(out.str().find("scheduling-partners-2: 1 dead letters replayed, 0 refused again"),
