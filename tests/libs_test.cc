@@ -302,6 +302,46 @@ TEST_F(Database, RepeatableMigrationsFollowTheirFileAfterTheVersionedOnes) {
   EXPECT_TRUE(applied->empty() && ahead.empty()) << "the newer release finds it current";
 }
 
+TEST_F(Database, PendingListsWhatMigrateWouldApplyAndAppliesNothing) {
+  // What a replica that does not migrate waits for (MIGRATE_ON_START=false).
+  auto conn = db::Conn::Open(url_, "t");
+  ASSERT_TRUE(conn.ok());
+  using Names = std::vector<std::string>;
+  std::vector<db::MigrationSet> v1 = {
+      {"rep",
+       {{"R__f", "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'"},
+        {"0001_t", "CREATE TABLE t (x int)"}}}};
+  auto pending = db::Pending(**conn, v1);
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  EXPECT_EQ(*pending, (Names{"rep/0001_t", "rep/R__f"})) << "a database never migrated";
+  auto tables = (*conn)->Exec("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'");
+  ASSERT_TRUE(tables.ok());
+  EXPECT_EQ(tables->Int(0, 0), 0) << "Pending created something";
+  ASSERT_TRUE(db::Migrate(**conn, v1).ok());
+  pending = db::Pending(**conn, v1);
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  EXPECT_TRUE(pending->empty());
+
+  // The next release: a versioned migration and a new text of R__f.
+  std::vector<db::MigrationSet> v2 = v1;
+  v2[0].migrations[0].sql = "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 2'";
+  v2[0].migrations.push_back({"0002_u", "CREATE TABLE u (y int)"});
+  pending = db::Pending(**conn, v2);
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  EXPECT_EQ(*pending, (Names{"rep/0002_u", "rep/R__f"}));
+  EXPECT_EQ(*db::Pending(**conn, v2), *pending) << "asking applied nothing";
+  ASSERT_TRUE(db::Migrate(**conn, v2).ok());
+  EXPECT_TRUE(db::Pending(**conn, v2)->empty());
+  // The previous release against the newer database (a rolling update):
+  // nothing to wait for, though its R__f differs.
+  pending = db::Pending(**conn, v1);
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  EXPECT_TRUE(pending->empty()) << (*pending)[0];
+  // A versioned migration edited since it was applied: no wait cures it.
+  v1[0].migrations[1].sql = "CREATE TABLE t (x bigint)";
+  EXPECT_TRUE(absl::IsFailedPrecondition(db::Pending(**conn, v1).status()));
+}
+
 TEST_F(Database, PipelineReturnsResultsInOrderAndSkipsAfterAFailure) {
   auto lease = pool_->Acquire(absl::Now() + absl::Seconds(5));
   ASSERT_TRUE(lease.ok());

@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <fstream>
+#include <future>
 #include <iostream>
 #include <sstream>
 
@@ -89,6 +90,58 @@ TEST(PartnersHealth, BadConfigurationExitsTwoNamingEveryVariable) {
   for (const char* var : {"DATABASE_URL", "AUTH_JWT_KEY", "GRPC_LISTEN", "DB_POOL_SIZE"}) {
     EXPECT_NE(out.find(var), std::string::npos) << var << " not named in:\n" << out;
   }
+}
+
+TEST(PartnersHealth, AReplicaThatDoesNotMigrateWaitsForTheMigrationJob) {
+  // As in Kubernetes (MIGRATE_ON_START=false, the Job migrating beside the
+  // rollout): neither the init container's --wait-for-migrations nor the
+  // replica goes on before the Job has applied every migration; the replica
+  // does not listen (so is never ready) meanwhile, then serves.
+  std::string url = NewDatabase();
+  std::string suffix = RandomSuffix();
+  std::string wait_log = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/wait-", suffix, ".log");
+  Process waiter(PARTNERS_BIN, {"--wait-for-migrations"}, {{"DATABASE_URL", url}}, wait_log);
+  ServiceProcess svc({PARTNERS_BIN,
+                      url,
+                      RequiredEnv("CONNECTING_TEST_NATS"),
+                      "PARTNERS_" + suffix,
+                      "t" + suffix + ".connecting.partners",
+                      {{"MIGRATE_ON_START", "false"}}});
+  // The Job runs beside the replica's start (here on another thread, since
+  // Start blocks until SERVING; the replica is forked from this one, as a
+  // child dies with the thread that forked it).
+  std::future<void> job = std::async(std::launch::async, [&] {
+    absl::SleepFor(absl::Seconds(3));
+    EXPECT_EQ(waiter.Wait(absl::ZeroDuration()), -1) << "it went on before the migrations";
+    EXPECT_EQ(svc.Health(), -1) << "the replica listened on an unmigrated database";
+    std::string waited = ReadFile(wait_log);
+    EXPECT_NE(waited.find("waiting for the migration Job"), std::string::npos) << waited;
+    EXPECT_NE(waited.find("partners/0001_"), std::string::npos) << "it names what it waits for";
+    auto conn = db::Conn::Open(url, "test");
+    ASSERT_TRUE(conn.ok());
+    auto tables = (*conn)->Exec("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'");
+    ASSERT_TRUE(tables.ok()) << tables.status();
+    EXPECT_EQ(tables->Int(0, 0), 0) << "a waiting replica migrated";
+    OneShot run = RunOnce(PARTNERS_BIN, {"--migrate"}, {{"DATABASE_URL", url}}, "migrate-job");
+    EXPECT_EQ(run.code, 0) << "log: " << run.log;
+  });
+  svc.Start();  // SERVING within 30 s of the Job, or it fails the test
+  job.get();
+  EXPECT_EQ(waiter.Wait(absl::Seconds(10)), 0) << "log: " << wait_log;
+  EXPECT_EQ(svc.Health(), 1);
+  EXPECT_EQ(svc.Terminate(), 0);
+
+  // Asked to stop while it waits, it stops at once.
+  Process stuck(PARTNERS_BIN, {},
+                {{"DATABASE_URL", NewDatabase()},
+                 {"MIGRATE_ON_START", "false"},
+                 {"AUTH_JWT_KEY", kJwtKey},
+                 {"GRPC_LISTEN", absl::StrCat("127.0.0.1:", FreePort())},
+                 {"METRICS_LISTEN", absl::StrCat("127.0.0.1:", FreePort())}},
+                absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/stuck-", suffix, ".log"));
+  absl::SleepFor(absl::Seconds(1));
+  stuck.Signal(SIGTERM);
+  EXPECT_EQ(stuck.Wait(absl::Seconds(5)), 0);
 }
 
 TEST(PartnersHealth, MigrateAppliesOnceAndIsIdempotent) {

@@ -15,6 +15,9 @@ for overlay in dev prod; do
   for svc in partners scheduling; do
     grep -q "name: $svc$" <<<"$out" || fail "$overlay: no $svc Deployment/Service"
     grep -q "name: $svc-migrate$" <<<"$out" || fail "$overlay: no $svc migration Job"
+    # Each Deployment's pods wait for that Job before starting their service.
+    [ "$(grep -c -- "- --wait-for-migrations" <<<"$out")" -ge 2 ] ||
+      fail "$overlay: a Deployment does not wait for its migration Job"
   done
 done
 dev=$(kubectl kustomize overlays/dev)

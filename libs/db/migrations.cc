@@ -13,50 +13,63 @@ constexpr char kLockKey[] = "7355608120260101";
 
 bool Repeatable(const Migration& m) { return absl::StartsWith(m.name, "R__"); }
 
+// What Migrate would apply of `set`, in order: versioned migrations first,
+// then the repeatable ones (unless a newer release migrated the component:
+// its repeatables stay as they are), each in the order given, leaving out
+// what is applied as it is. A versioned migration edited since it was applied
+// is an error.
+absl::StatusOr<std::vector<const Migration*>> ToApply(Conn& conn, const MigrationSet& set,
+                                                      std::vector<std::string>* ahead) {
+  std::vector<const Migration*> order;
+  std::set<std::string> versioned;
+  for (const Migration& m : set.migrations) {
+    if (!Repeatable(m)) {
+      order.push_back(&m);
+      versioned.insert(m.name);
+    }
+  }
+  absl::StatusOr<Result> recorded = conn.Exec(
+      "SELECT name FROM schema_migrations WHERE component = $1 AND left(name, 3) <> 'R__' "
+      "ORDER BY name",
+      {set.component});
+  if (!recorded.ok()) return recorded.status();
+  bool newer = false;
+  for (int i = 0; i < recorded->rows(); ++i) {
+    if (versioned.count(recorded->String(i, 0)) > 0) continue;
+    newer = true;
+    if (ahead != nullptr)
+      ahead->push_back(absl::StrCat(set.component, "/", recorded->String(i, 0)));
+  }
+  for (const Migration& m : set.migrations) {
+    if (Repeatable(m) && !newer) order.push_back(&m);
+  }
+  std::vector<const Migration*> out;
+  for (const Migration* m : order) {
+    absl::StatusOr<Result> seen = conn.Exec(
+        "SELECT checksum = md5($3) FROM schema_migrations WHERE component = $1 AND name = $2",
+        {set.component, m->name, m->sql});
+    if (!seen.ok()) return seen.status();
+    if (seen->rows() == 1) {
+      if (seen->Bool(0, 0)) continue;  // applied as it is
+      if (!Repeatable(*m)) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("migration ", set.component, "/", m->name,
+                         " was edited after it was applied; add a new migration instead"));
+      }
+    }
+    out.push_back(m);
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
                                                        const std::vector<MigrationSet>& sets,
                                                        std::vector<std::string>* ahead) {
   std::vector<std::string> applied;
   for (const MigrationSet& set : sets) {
-    // Versioned migrations first, then the repeatable ones, each in the order given.
-    std::vector<const Migration*> order;
-    std::set<std::string> versioned;
-    for (const Migration& m : set.migrations) {
-      if (!Repeatable(m)) {
-        order.push_back(&m);
-        versioned.insert(m.name);
-      }
-    }
-    // A newer release migrated this component: its repeatables stay as they are.
-    absl::StatusOr<Result> recorded = conn.Exec(
-        "SELECT name FROM schema_migrations WHERE component = $1 AND left(name, 3) <> 'R__' "
-        "ORDER BY name",
-        {set.component});
-    if (!recorded.ok()) return recorded.status();
-    bool newer = false;
-    for (int i = 0; i < recorded->rows(); ++i) {
-      if (versioned.count(recorded->String(i, 0)) > 0) continue;
-      newer = true;
-      if (ahead != nullptr) {
-        ahead->push_back(absl::StrCat(set.component, "/", recorded->String(i, 0)));
-      }
-    }
-    for (const Migration& m : set.migrations) {
-      if (Repeatable(m) && !newer) order.push_back(&m);
-    }
-    for (const Migration* m : order) {
-      absl::StatusOr<Result> seen = conn.Exec(
-          "SELECT checksum = md5($3) FROM schema_migrations WHERE component = $1 AND name = $2",
-          {set.component, m->name, m->sql});
-      if (!seen.ok()) return seen.status();
-      if (seen->rows() == 1) {
-        if (seen->Bool(0, 0)) continue;  // applied as it is
-        if (!Repeatable(*m)) {
-          return absl::FailedPreconditionError(
-              absl::StrCat("migration ", set.component, "/", m->name,
-                           " was edited after it was applied; add a new migration instead"));
-        }
-      }
+    absl::StatusOr<std::vector<const Migration*>> plan = ToApply(conn, set, ahead);
+    if (!plan.ok()) return plan.status();
+    for (const Migration* m : *plan) {
       if (absl::Status s = conn.ExecScript("BEGIN"); !s.ok()) return s;
       absl::Status s = conn.ExecScript(m->sql);
       if (s.ok()) {
@@ -98,6 +111,28 @@ absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn, const std::vector<M
       s.ok() ? MigrateLocked(conn, sets, ahead) : absl::StatusOr<std::vector<std::string>>(s);
   (void)conn.ExecScript(absl::StrCat("SELECT pg_advisory_unlock(", kLockKey, ")"));
   return result;
+}
+
+absl::StatusOr<std::vector<std::string>> Pending(Conn& conn,
+                                                 const std::vector<MigrationSet>& sets) {
+  std::vector<std::string> out;
+  absl::StatusOr<Result> table = conn.Exec("SELECT to_regclass('schema_migrations') IS NOT NULL");
+  if (!table.ok()) return table.status();
+  for (const MigrationSet& set : sets) {
+    if (!table->Bool(0, 0)) {  // never migrated: all of it
+      for (const Migration& m : set.migrations) {
+        if (!Repeatable(m)) out.push_back(absl::StrCat(set.component, "/", m.name));
+      }
+      for (const Migration& m : set.migrations) {
+        if (Repeatable(m)) out.push_back(absl::StrCat(set.component, "/", m.name));
+      }
+      continue;
+    }
+    absl::StatusOr<std::vector<const Migration*>> plan = ToApply(conn, set, nullptr);
+    if (!plan.ok()) return plan.status();
+    for (const Migration* m : *plan) out.push_back(absl::StrCat(set.component, "/", m->name));
+  }
+  return out;
 }
 
 }  // namespace connecting::db

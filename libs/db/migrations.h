@@ -51,6 +51,12 @@ struct MigrationSet {
 absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn, const std::vector<MigrationSet>& sets,
                                                  std::vector<std::string>* ahead = nullptr);
 
+// What Migrate would apply now ("component/name", in order), without
+// applying anything or taking the lock: empty once the database is at least
+// as migrated as `sets` (a newer release's database counts). FAILED_PRECONDITION
+// as Migrate, for a versioned migration edited after it was applied.
+absl::StatusOr<std::vector<std::string>> Pending(Conn& conn, const std::vector<MigrationSet>& sets);
+
 }  // namespace connecting::db
 
 #endif  // CONNECTING_LIBS_DB_MIGRATIONS_H_

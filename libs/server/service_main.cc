@@ -29,9 +29,12 @@ namespace connecting::server {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: %s [--migrate | --replay-dead-letters | --republish]\n"
+    "usage: %s [--migrate | --wait-for-migrations | --replay-dead-letters | --republish]\n"
     "  Serves the %s gRPC API. Configured by environment variables (see README.md).\n"
     "  --migrate              apply database migrations and exit (needs only DATABASE_URL)\n"
+    "  --wait-for-migrations  wait until the database has every migration this release\n"
+    "                         knows, then exit 0 (an init container's wait for the\n"
+    "                         migration Job; needs only DATABASE_URL)\n"
     "  --replay-dead-letters  run every consumer's dead letters through its handler again\n"
     "                         (once their cause is fixed) and exit: 0 if all applied, 3 if\n"
     "                         some were refused again (kept, with the new error)\n"
@@ -40,7 +43,8 @@ constexpr char kUsage[] =
     "                         for a stream that lost events, or a new consumer's start\n"
     "                         (needs DATABASE_URL, and EVENT_SUBJECT_PREFIX if not the default)\n";
 
-// `minimal`: only what --migrate and --republish need (the database, the subjects).
+// `minimal`: only what --migrate, --wait-for-migrations and --republish need
+// (the database, the subjects).
 absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool minimal) {
   config::EnvReader env;
   ServiceConfig c;
@@ -53,7 +57,7 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
   c.event_subject_prefix =
       env.String("EVENT_SUBJECT_PREFIX", absl::StrCat("connecting.", def.name));
   c.event_stream = env.String("EVENT_STREAM", def.stream);
-  if (minimal) {  // --migrate, --republish
+  if (minimal) {  // --migrate, --wait-for-migrations, --republish
     if (absl::Status s = env.Finish(); !s.ok()) return s;
     return c;
   }
@@ -122,6 +126,53 @@ absl::Status RunMigrations(const std::string& url, const std::vector<db::Migrati
     if (absl::Now() >= give_up) return conn.status();
     log::Warn("waiting for database", {{"error", conn.status().ToString()}});
     absl::SleepFor(absl::Seconds(1));
+  }
+}
+
+enum class SchemaWait { kCurrent, kStopped, kFailed };
+
+// Waits until the database has every migration `sets` holds (a newer
+// release's database counts), as a replica that does not migrate must
+// before it consumes or serves: until then its handlers and consumers would
+// meet tables and functions as the previous release left them (errors, and
+// events dead-lettered). Logs what it waits for every 30 s. kStopped if
+// SIGTERM or SIGINT came first; kFailed for what no waiting cures (a
+// versioned migration edited after it was applied).
+SchemaWait WaitForSchema(const std::string& url, const std::vector<db::MigrationSet>& sets,
+                         const sigset_t& signals) {
+  absl::Time next_log = absl::InfinitePast();
+  for (;;) {
+    absl::Status why;
+    auto conn = db::Conn::Open(url, "schema-check");
+    if (conn.ok()) {
+      absl::StatusOr<std::vector<std::string>> pending = db::Pending(**conn, sets);
+      if (pending.ok() && pending->empty()) {
+        log::Info("database schema is current");
+        return SchemaWait::kCurrent;
+      }
+      if (absl::IsFailedPrecondition(pending.status())) {
+        log::Error("database schema cannot be used", {{"error", pending.status().ToString()}});
+        return SchemaWait::kFailed;
+      }
+      why = pending.ok() ? absl::FailedPreconditionError(absl::StrJoin(*pending, ","))
+                         : pending.status();
+    } else {
+      why = conn.status();
+    }
+    if (absl::Now() >= next_log) {
+      if (absl::IsFailedPrecondition(why)) {
+        log::Warn("waiting for the migration Job (or --migrate) to apply migrations",
+                  {{"pending", why.message()}});
+      } else {
+        log::Warn("waiting for database", {{"error", why.ToString()}});
+      }
+      next_log = absl::Now() + absl::Seconds(30);
+    }
+    timespec pause{2, 0};
+    if (sigtimedwait(&signals, nullptr, &pause) > 0) {
+      log::Info("stopped while waiting for migrations");
+      return SchemaWait::kStopped;
+    }
   }
 }
 
@@ -205,11 +256,13 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   // a measured cost on every request. Tests keep the detection on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
-  bool migrate_only = false, replay = false, republish = false;
+  bool migrate_only = false, wait_only = false, replay = false, republish = false;
   for (int i = 1; i < argc; ++i) {
     absl::string_view arg = argv[i];
     if (arg == "--migrate") {
       migrate_only = true;
+    } else if (arg == "--wait-for-migrations") {
+      wait_only = true;
     } else if (arg == "--replay-dead-letters") {
       replay = true;
     } else if (arg == "--republish") {
@@ -229,7 +282,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
     }
   }
   log::SetService(def.name);
-  absl::StatusOr<ServiceConfig> cfg = LoadConfig(def, migrate_only || republish);
+  absl::StatusOr<ServiceConfig> cfg = LoadConfig(def, migrate_only || wait_only || republish);
   if (!cfg.ok()) {
     std::fprintf(stderr, "%s: invalid configuration:\n%s\n", def.name.c_str(),
                  std::string(cfg.status().message()).c_str());
@@ -237,7 +290,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
     return 2;
   }
   const std::vector<db::MigrationSet> migrations = {bus::Migrations(), def.migrations()};
-  if (migrate_only || (cfg->migrate_on_start && !republish)) {
+  if (migrate_only || (cfg->migrate_on_start && !republish && !wait_only)) {
     absl::Status s = RunMigrations(cfg->database_url, migrations,
                                    migrate_only ? absl::Minutes(2) : absl::Minutes(1));
     if (!s.ok()) {
@@ -245,6 +298,10 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
       return 1;
     }
     if (migrate_only) return 0;
+  } else if (!republish) {  // the migration Job's work
+    SchemaWait w = WaitForSchema(cfg->database_url, migrations, signals);
+    if (w != SchemaWait::kCurrent) return w == SchemaWait::kFailed || wait_only ? 1 : 0;
+    if (wait_only) return 0;
   }
 
   if (republish) {
