@@ -646,8 +646,10 @@ absl::StatusOr<connecting::partners::v1::Organisation> SchedulingFixture::PauseP
   return Answered(st, std::move(out));
 }
 
-OneShot SchedulingFixture::RepublishPartners() {
-  return RunOnce(PARTNERS_BIN, {"--republish"},
+OneShot SchedulingFixture::RepublishPartners(bool after_restore) {
+  std::vector<std::string> args = {"--republish"};
+  if (after_restore) args.push_back("--after-restore");
+  return RunOnce(PARTNERS_BIN, args,
                  {{"DATABASE_URL", partners_db},
                   {"EVENT_SUBJECT_PREFIX", "t" + suffix + ".connecting.partners"},
                   {"LOG_LEVEL", "info"}},

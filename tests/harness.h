@@ -236,9 +236,10 @@ struct SchedulingFixture {
   // returns it as partners answered (scheduling hears of it by the event).
   absl::StatusOr<connecting::partners::v1::Organisation> ArchivePartner(const std::string& org_id);
   absl::StatusOr<connecting::partners::v1::Organisation> PausePartner(const std::string& org_id);
-  // `partners --republish` against this fixture's partners database, given
-  // only what the README says it needs; returns its exit status and log.
-  OneShot RepublishPartners();
+  // `partners --republish [--after-restore]` against this fixture's partners
+  // database, given only what the README says it needs; returns its exit
+  // status and log.
+  OneShot RepublishPartners(bool after_restore = false);
   // Empties scheduling's partner projection (organisations, contacts, offers)
   // and its inbox: a consumer starting afresh, which replays PARTNERS from
   // the start within about 5 s (the consumer's check of its database).

@@ -144,23 +144,48 @@ TEST(PartnersEvents, RepublishSnapshotsEveryOrganisationOnceAcrossPages) {
                        "UPDATE organisations SET version = version + 41 WHERE name = "
                        "'Republished 777'")
           .ok());
-  OneShot republish = RunOnce(PARTNERS_BIN, {"--republish"},
-                              {{"DATABASE_URL", fx.db_url},
-                               {"EVENT_SUBJECT_PREFIX", fx.service->options().subject_prefix},
-                               {"LOG_LEVEL", "warn"}},
-                              "republish", absl::Seconds(60));
-  ASSERT_EQ(republish.code, 0) << "log: " << republish.log;
-  auto r = (*conn)->Exec(
-      "SELECT count(*), count(DISTINCT ce_subject), "
-      "count(*) FILTER (WHERE type <> 'connecting.events.v1.OrganisationSnapshot'), "
-      "(SELECT count(*) FROM organisations o WHERE NOT EXISTS (SELECT 1 FROM outbox x "
-      "  WHERE x.ce_subject = o.id::text AND x.payload LIKE '%\"etag\":\"' || o.version || '\"%')) "
-      "FROM outbox WHERE subject LIKE '%.organisation.snapshot'");
-  ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->Int(0, 0), 1234);
-  EXPECT_EQ(r->Int(0, 1), 1234) << "an organisation published twice";
-  EXPECT_EQ(r->Int(0, 2), 0);
-  EXPECT_EQ(r->Int(0, 3), 0) << "an organisation without a snapshot of its current version";
+  auto republish = [&](std::vector<std::string> args) {
+    OneShot run = RunOnce(PARTNERS_BIN, std::move(args),
+                          {{"DATABASE_URL", fx.db_url},
+                           {"EVENT_SUBJECT_PREFIX", fx.service->options().subject_prefix},
+                           {"LOG_LEVEL", "warn"}},
+                          "republish", absl::Seconds(60));
+    EXPECT_EQ(run.code, 0) << "log: " << run.log;
+  };
+  auto snapshots = [&] {
+    auto r = (*conn)->Exec(
+        "SELECT count(*), count(DISTINCT ce_subject), "
+        "count(*) FILTER (WHERE type <> 'connecting.events.v1.OrganisationSnapshot'), "
+        "(SELECT count(*) FROM organisations o WHERE NOT EXISTS (SELECT 1 FROM outbox x "
+        "  WHERE x.ce_subject = o.id::text AND x.payload LIKE '%\"etag\":\"' || o.version || "
+        "'\"%')) "
+        "FROM outbox WHERE subject LIKE '%.organisation.snapshot'");
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? std::vector<int64_t>{r->Int(0, 0), r->Int(0, 1), r->Int(0, 2), r->Int(0, 3)}
+                  : std::vector<int64_t>{};
+  };
+  auto versions = [&] {
+    auto r = (*conn)->Exec("SELECT string_agg(version::text, ',' ORDER BY id) FROM organisations");
+    return r.ok() ? r->String(0, 0) : r.status().ToString();
+  };
+  const std::string before = versions();
+  republish({"--republish"});
+  // Each organisation once, with its current etag (the last element: none
+  // without one), and nothing else.
+  EXPECT_EQ(snapshots(), (std::vector<int64_t>{1234, 1234, 0, 0}));
+  EXPECT_EQ(versions(), before) << "a plain republish changed versions";
+
+  // --after-restore: every organisation gets a new version, then its
+  // snapshot carries it (across the same pages, each once).
+  ASSERT_TRUE((*conn)->ExecScript("DELETE FROM outbox").ok());
+  republish({"--republish", "--after-restore"});
+  EXPECT_EQ(snapshots(), (std::vector<int64_t>{1234, 1234, 0, 0}));
+  auto bumped = (*conn)->Exec(
+      "SELECT count(*) FROM organisations WHERE version < (extract(epoch FROM now()) * 1000000 - "
+      "600000000)::bigint");
+  ASSERT_TRUE(bumped.ok()) << bumped.status();
+  EXPECT_EQ(bumped->Int(0, 0), 0) << "an organisation kept its old version";
+  EXPECT_NE(versions(), before);
 }
 
 TEST(PartnersEvents, KilledAfterCommitBeforePublishTheEventStillArrivesOnce) {

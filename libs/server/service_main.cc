@@ -29,7 +29,8 @@ namespace connecting::server {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: %s [--migrate | --wait-for-migrations | --replay-dead-letters | --republish]\n"
+    "usage: %s [--migrate | --wait-for-migrations | --replay-dead-letters |\n"
+    "           --republish [--after-restore]]\n"
     "  Serves the %s gRPC API. Configured by environment variables (see README.md).\n"
     "  --migrate              apply database migrations and exit (needs only DATABASE_URL)\n"
     "  --wait-for-migrations  wait until the database has every migration this release\n"
@@ -41,7 +42,11 @@ constexpr char kUsage[] =
     "  --republish            add every resource other services project to the outbox as a\n"
     "                         snapshot event and exit (the serving replicas publish them):\n"
     "                         for a stream that lost events, or a new consumer's start\n"
-    "                         (needs DATABASE_URL, and EVENT_SUBJECT_PREFIX if not the default)\n";
+    "                         (needs DATABASE_URL, and EVENT_SUBJECT_PREFIX if not the default)\n"
+    "  --republish --after-restore\n"
+    "                         the same, each resource given a new version first: after the\n"
+    "                         database was restored to an earlier point, so that consumers\n"
+    "                         replace what they hold of the changes the restore undid\n";
 
 // `minimal`: only what --migrate, --wait-for-migrations and --republish need
 // (the database, the subjects).
@@ -256,7 +261,8 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   // a measured cost on every request. Tests keep the detection on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
-  bool migrate_only = false, wait_only = false, replay = false, republish = false;
+  bool migrate_only = false, wait_only = false, replay = false, republish = false,
+       after_restore = false;
   for (int i = 1; i < argc; ++i) {
     absl::string_view arg = argv[i];
     if (arg == "--migrate") {
@@ -272,6 +278,8 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
         return 2;
       }
       republish = true;
+    } else if (arg == "--after-restore") {
+      after_restore = true;
     } else if (arg == "--help" || arg == "-h") {
       std::printf(kUsage, argv[0], def.name.c_str());
       return 0;
@@ -280,6 +288,11 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
       std::fprintf(stderr, kUsage, argv[0], def.name.c_str());
       return 2;
     }
+  }
+  if (after_restore && !republish) {
+    std::fprintf(stderr, "--after-restore goes with --republish\n");
+    std::fprintf(stderr, kUsage, argv[0], def.name.c_str());
+    return 2;
   }
   log::SetService(def.name);
   absl::StatusOr<ServiceConfig> cfg = LoadConfig(def, migrate_only || wait_only || republish);
@@ -307,13 +320,15 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   if (republish) {
     db::Pool pool(cfg->database_url, 2, def.name);
     bus::Outbox outbox(cfg->event_subject_prefix, absl::StrCat("/connecting/", def.name));
-    absl::StatusOr<int64_t> n = def.republish(pool, outbox);
+    absl::StatusOr<int64_t> n = def.republish(pool, outbox, after_restore);
     if (!n.ok()) {
       log::Error("republishing failed", {{"error", n.status().ToString()}});
       return 1;
     }
     log::Info("republished: snapshot events added to the outbox",
-              {{"events", absl::StrCat(*n)}, {"stream", cfg->event_stream}});
+              {{"events", absl::StrCat(*n)},
+               {"stream", cfg->event_stream},
+               {"new_versions", after_restore ? "yes" : "no"}});
     return 0;
   }
 

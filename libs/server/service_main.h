@@ -98,9 +98,11 @@ struct ServiceDefinition {
   std::function<db::MigrationSet()> migrations;
   // `--republish`: adds to the outbox, as snapshot events, every resource
   // other services keep projections of, and returns how many (for a stream
-  // that lost events, or a compact start for a new consumer). Empty: the
-  // service has nothing to republish.
-  std::function<absl::StatusOr<int64_t>(db::Pool&, const bus::Outbox&)> republish;
+  // that lost events, or a compact start for a new consumer). With `true`
+  // (`--republish --after-restore`), each resource gets a new version first.
+  // Empty: the service has nothing to republish.
+  std::function<absl::StatusOr<int64_t>(db::Pool&, const bus::Outbox&, bool new_versions)>
+      republish;
   // Builds the gRPC services; called once, after the pool and NATS exist.
   std::function<std::vector<std::unique_ptr<grpc::Service>>(ServiceContext&)> build;
 };

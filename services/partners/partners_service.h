@@ -88,7 +88,10 @@ class PartnersLogic {
 // added to the outbox as a snapshot event (OrganisationSnapshot, …), a page
 // per transaction; how many. For a PARTNERS stream that lost events, or a
 // compact start for a new consumer; the serving replicas' relays publish them.
-absl::StatusOr<int64_t> Republish(db::Pool& pool, const bus::Outbox& outbox);
+// `new_versions` (`--after-restore`): each resource gets its next version
+// first, so that consumers replace what they hold of changes a database
+// restore undid (those carry versions above the restored rows').
+absl::StatusOr<int64_t> Republish(db::Pool& pool, const bus::Outbox& outbox, bool new_versions);
 
 class PartnersGrpc final : public v1::PartnersService::CallbackService {
  public:

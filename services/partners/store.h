@@ -73,15 +73,18 @@ absl::StatusOr<std::vector<std::string>> PublishedOffers(db::Conn& c, const std:
 absl::StatusOr<std::vector<v1::Offer>> ListOffers(db::Conn& c, const std::string& org_id, int state,
                                                   const std::optional<After>& after, int limit);
 
-// Every row of a kind, in id order, `limit` at a time after the id `after`
-// ("" for the first page): what `--republish` walks.
+// Every row of a kind, `limit` at a time after the id `after` ("" for the
+// first page; the page is the next rows in id order, returned in any order):
+// what `--republish` walks. `new_version`: each row of the page gets its next
+// version (its etag changes; nothing else does), as `--republish
+// --after-restore` needs.
 absl::StatusOr<std::vector<v1::Organisation>> OrganisationsAfter(db::Conn& c,
                                                                  const std::string& after,
-                                                                 int limit);
+                                                                 int limit, bool new_version);
 absl::StatusOr<std::vector<v1::Contact>> ContactsAfter(db::Conn& c, const std::string& after,
-                                                       int limit);
-absl::StatusOr<std::vector<v1::Offer>> OffersAfter(db::Conn& c, const std::string& after,
-                                                   int limit);
+                                                       int limit, bool new_version);
+absl::StatusOr<std::vector<v1::Offer>> OffersAfter(db::Conn& c, const std::string& after, int limit,
+                                                   bool new_version);
 
 }  // namespace connecting::partners::store
 
