@@ -377,25 +377,40 @@ void AllowConnections(const std::string& db_url, bool allow) {
 }
 }  // namespace
 
-absl::Status BackUpDatabase(const std::string& db_url) {
+namespace {
+// Runs `change` on the test server while `service` is stopped.
+absl::Status WhileStopped(ServiceProcess& service,
+                          const std::function<absl::Status(db::Conn& admin)>& change) {
+  if (int code = service.Terminate(); code != 0) {
+    return absl::InternalError(absl::StrCat("the service exited ", code, " on SIGTERM"));
+  }
   std::unique_ptr<db::Conn> admin = Admin();
-  if (admin == nullptr) return absl::UnavailableError("no connection to the test server");
+  absl::Status s = admin == nullptr ? absl::UnavailableError("no connection to the test server")
+                                    : change(*admin);
+  service.Start();
+  return s;
+}
+}  // namespace
+
+absl::Status BackUpDatabase(ServiceProcess& service, const std::string& db_url) {
   std::string name = DatabaseName(db_url);
-  return admin->ExecScript(absl::StrCat("CREATE DATABASE ", name, "_backup TEMPLATE ", name));
+  return WhileStopped(service, [&](db::Conn& admin) {
+    return admin.ExecScript(absl::StrCat("CREATE DATABASE ", name, "_backup TEMPLATE ", name));
+  });
 }
 
-absl::Status RestoreDatabase(const std::string& db_url) {
-  std::unique_ptr<db::Conn> admin = Admin();
-  if (admin == nullptr) return absl::UnavailableError("no connection to the test server");
+absl::Status RestoreDatabase(ServiceProcess& service, const std::string& db_url) {
   std::string name = DatabaseName(db_url);
-  // One statement at a time: none of them runs inside a transaction block.
-  for (const std::string& sql :
-       {absl::StrCat("DROP DATABASE ", name, " WITH (FORCE)"),
-        absl::StrCat("CREATE DATABASE ", name, " TEMPLATE ", name, "_backup"),
-        absl::StrCat("DROP DATABASE ", name, "_backup")}) {
-    if (absl::Status s = admin->ExecScript(sql); !s.ok()) return s;
-  }
-  return absl::OkStatus();
+  return WhileStopped(service, [&](db::Conn& admin) {
+    // One statement at a time: none of them runs inside a transaction block.
+    for (const std::string& sql :
+         {absl::StrCat("DROP DATABASE ", name, " WITH (FORCE)"),
+          absl::StrCat("CREATE DATABASE ", name, " TEMPLATE ", name, "_backup"),
+          absl::StrCat("DROP DATABASE ", name, "_backup")}) {
+      if (absl::Status s = admin.ExecScript(sql); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  });
 }
 
 int64_t DropConnections(const std::string& db_url) {

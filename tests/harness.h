@@ -153,11 +153,13 @@ class DatabaseOutage {
   bool ended_ = false;
 };
 
-// A backup and restore of the database at `db_url`, as an operator takes them
-// with its service stopped: BackUpDatabase copies it (to <name>_backup on the
-// same server), RestoreDatabase puts that copy back in its place.
-absl::Status BackUpDatabase(const std::string& db_url);
-absl::Status RestoreDatabase(const std::string& db_url);
+// A backup and restore of `service`'s database at `db_url`, as an operator
+// takes them: the service stopped (it must exit 0), BackUpDatabase copies the
+// database (to <name>_backup on the same server) or RestoreDatabase puts that
+// copy back in its place, and the service starts again (its clients'
+// channels reconnect).
+absl::Status BackUpDatabase(ServiceProcess& service, const std::string& db_url);
+absl::Status RestoreDatabase(ServiceProcess& service, const std::string& db_url);
 
 // Drops every connection to the database at `db_url` but the tests' own
 // (application_name "test"), as a failover would; how many it dropped.

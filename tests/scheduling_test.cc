@@ -252,10 +252,8 @@ TEST(SchedulingRestore, ChangesAfterPartnersIsRestoredToAnEarlierPointStillReach
 
   // The backup, taken with partners stopped and its events all published.
   ASSERT_TRUE(WaitForOutboxDrained(fx.partners_db));
-  ASSERT_EQ(fx.partners->Terminate(), 0);
-  absl::Status backup = BackUpDatabase(fx.partners_db);
+  absl::Status backup = BackUpDatabase(*fx.partners, fx.partners_db);
   ASSERT_TRUE(backup.ok()) << backup;
-  fx.partners->Start();  // its clients' channel reconnects
 
   pv1::Organisation o;
   pv1::PauseOrganisationRequest pause;
@@ -268,10 +266,8 @@ TEST(SchedulingRestore, ChangesAfterPartnersIsRestoredToAnEarlierPointStillReach
   ASSERT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ACTIVE));
 
   // The restore: partners' database as the backup has it.
-  ASSERT_EQ(fx.partners->Terminate(), 0);
-  absl::Status restored = RestoreDatabase(fx.partners_db);
+  absl::Status restored = RestoreDatabase(*fx.partners, fx.partners_db);
   ASSERT_TRUE(restored.ok()) << restored;
-  fx.partners->Start();
 
   absl::StatusOr<pv1::Organisation> archived = fx.ArchivePartner(org);
   ASSERT_TRUE(archived.ok()) << archived.status();
@@ -292,18 +288,14 @@ TEST(SchedulingRestore, RepublishAfterRestoreUndoesDownstreamWhatTheRestoreUndid
   sv1::Session s = NewSession(fx, org, 5, DateIn(6));
   std::string person = Register(fx, "UNDONE01").id();
   ASSERT_TRUE(WaitForOutboxDrained(fx.partners_db));
-  ASSERT_EQ(fx.partners->Terminate(), 0);
-  absl::Status backup = BackUpDatabase(fx.partners_db);
+  absl::Status backup = BackUpDatabase(*fx.partners, fx.partners_db);
   ASSERT_TRUE(backup.ok()) << backup;
-  fx.partners->Start();
   absl::StatusOr<pv1::Organisation> archived = fx.ArchivePartner(org);
   ASSERT_TRUE(archived.ok()) << archived.status();
   ASSERT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED));
   ASSERT_TRUE(WaitForOutboxDrained(fx.partners_db));
-  ASSERT_EQ(fx.partners->Terminate(), 0);
-  absl::Status restored = RestoreDatabase(fx.partners_db);
+  absl::Status restored = RestoreDatabase(*fx.partners, fx.partners_db);
   ASSERT_TRUE(restored.ok()) << restored;
-  fx.partners->Start();
 
   auto conn = db::Conn::Open(fx.scheduling_db, "test");
   ASSERT_TRUE(conn.ok());
@@ -350,19 +342,15 @@ TEST(SchedulingRestore, SchedulingRestoredToAnEarlierPointCatchesUpWithPartners)
   sv1::Session s = NewSession(fx, org, 5, DateIn(5));
   std::string person = Register(fx, "RESTORE02").id();
 
-  ASSERT_EQ(fx.scheduling->Terminate(), 0);
-  absl::Status backup = BackUpDatabase(fx.scheduling_db);
+  absl::Status backup = BackUpDatabase(*fx.scheduling, fx.scheduling_db);
   ASSERT_TRUE(backup.ok()) << backup;
-  fx.scheduling->Start();
 
   absl::StatusOr<pv1::Organisation> archived = fx.ArchivePartner(org);
   ASSERT_TRUE(archived.ok()) << archived.status();
   ASSERT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED));
 
-  ASSERT_EQ(fx.scheduling->Terminate(), 0);
-  absl::Status restored = RestoreDatabase(fx.scheduling_db);
+  absl::Status restored = RestoreDatabase(*fx.scheduling, fx.scheduling_db);
   ASSERT_TRUE(restored.ok()) << restored;
-  fx.scheduling->Start();  // its clients' channel reconnects
 
   EXPECT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED))
       << "the restored projection never learnt of the archive";
