@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
 #include "connecting/events/v1/scheduling_events.pb.h"
 #include "libs/db/db.h"
 #include "tests/scheduling_common.h"
@@ -466,6 +467,77 @@ TEST(SchedulingRestore, PurgedPartnersStreamIsRepublishedForNewConsumersAndOldOn
   sv1::Booking b;
   grpc::Status st = Book(fx, visit.id(), Register(fx, "PURGE01").id(), &b);
   EXPECT_TRUE(st.ok()) << st.error_message();
+}
+
+TEST(SchedulingRestore, SchedulingRepublishGivesDashboardsEverythingAgain) {
+  // SCHEDULING purged (or lost): `scheduling --republish` puts a snapshot of
+  // every participant, session and booking on it, as they are; with
+  // --after-restore each first gets a new version, so a dashboard replaces
+  // what it holds.
+  SchedulingFixture fx;
+  std::string org = fx.CreatePartner("Dashboard Trust");
+  sv1::Session s = NewSession(fx, org, 1, DateIn(8));
+  sv1::Booking seat, queued;
+  ASSERT_TRUE(Book(fx, s.id(), Register(fx, "SNAP01").id(), &seat).ok());
+  ASSERT_TRUE(Book(fx, s.id(), Register(fx, "SNAP02").id(), &queued).ok());
+  ASSERT_EQ(queued.status(), sv1::BOOKING_STATUS_WAITLISTED);
+  ASSERT_TRUE(WaitForOutboxDrained(fx.scheduling_db));
+  ASSERT_TRUE(ChangeStream(fx.nats_url, fx.scheduling_stream, StreamChange::kPurge).ok());
+
+  auto republish = [&](std::vector<std::string> args) {
+    OneShot run = RunOnce(SCHEDULING_BIN, std::move(args),
+                          {{"DATABASE_URL", fx.scheduling_db},
+                           {"EVENT_SUBJECT_PREFIX", "t" + fx.suffix + ".connecting.scheduling"},
+                           {"LOG_LEVEL", "info"}},
+                          "republish");
+    EXPECT_EQ(run.code, 0) << "log: " << run.log;
+  };
+  // By resource: its snapshot's subject's last two parts and its etag.
+  auto snapshots = [&](size_t expected) {
+    std::map<std::string, std::pair<std::string, std::string>> out;
+    for (const StoredEvent& e : WaitForEvents(fx.nats_url, fx.scheduling_stream, expected)) {
+      std::vector<std::string> parts = absl::StrSplit(e.subject, '.');
+      size_t at = e.data.find("\"etag\":\"");
+      std::string etag =
+          at == std::string::npos ? "" : e.data.substr(at + 8, e.data.find('"', at + 8) - (at + 8));
+      out[e.headers.at("ce-subject")] = {parts[parts.size() - 2] + "." + parts.back(), etag};
+    }
+    return out;
+  };
+  republish({"--republish"});
+  auto first = snapshots(5);
+  ASSERT_EQ(first.size(), 5u) << "two people, one session, two bookings, each once";
+  EXPECT_EQ(first[s.id()].first, "session.snapshot");
+  EXPECT_EQ(first[seat.participant_id()].first, "participant.snapshot");
+  EXPECT_EQ(first[queued.id()], std::make_pair(std::string("booking.snapshot"), queued.etag()));
+  std::vector<StoredEvent> stored = ReadStream(fx.nats_url, fx.scheduling_stream);
+  ASSERT_EQ(stored.size(), 5u) << "more than one snapshot of something";
+  for (const StoredEvent& e : stored) {
+    if (e.headers.at("ce-subject") != queued.id()) continue;
+    EXPECT_NE(e.data.find("\"waitlistPosition\":1"), std::string::npos) << e.data;
+    EXPECT_EQ(e.headers.at("ce-type"), "connecting.events.v1.BookingSnapshot");
+  }
+
+  republish({"--republish", "--after-restore"});
+  std::vector<StoredEvent> all = WaitForEvents(fx.nats_url, fx.scheduling_stream, 10);
+  ASSERT_EQ(all.size(), 10u);
+  std::map<std::string, std::string> newer;
+  for (size_t i = 5; i < all.size(); ++i) {
+    size_t at = all[i].data.find("\"etag\":\"");
+    ASSERT_NE(at, std::string::npos);
+    newer[all[i].headers.at("ce-subject")] =
+        all[i].data.substr(at + 8, all[i].data.find('"', at + 8) - (at + 8));
+  }
+  ASSERT_EQ(newer.size(), 5u);
+  for (const auto& [id, was] : first) {
+    EXPECT_GT(std::stoll(newer[id]), std::stoll(was.second)) << id << " kept its version";
+  }
+  sv1::GetBookingRequest get;
+  get.set_id(queued.id());
+  sv1::Booking now;
+  ASSERT_TRUE(fx.stub->GetBooking(Ctx(fx.admin).get(), get, &now).ok());
+  EXPECT_EQ(now.etag(), newer[queued.id()]) << "the snapshot carries the booking's version";
+  EXPECT_EQ(now.status(), sv1::BOOKING_STATUS_WAITLISTED) << "nothing but the version changed";
 }
 
 TEST_F(Scheduling, ReplayingDeadLettersAppliesThemThroughTheRealHandler) {

@@ -27,9 +27,12 @@ prod=$(kubectl kustomize overlays/prod)
 grep -q "^kind: HorizontalPodAutoscaler$" <<<"$prod" || fail "prod has no HPA"
 ! grep -q "^kind: StatefulSet$" <<<"$prod" || fail "prod must use external PostgreSQL/NATS"
 grep -q "^kind: Secret$" <<<"$prod" && fail "prod must not carry secrets"
-jobs=$(kubectl kustomize jobs) || fail "jobs do not render"
-grep -q -- "- --republish" <<<"$jobs" || fail "no partners republish job"
-grep -q "readOnlyRootFilesystem: true" <<<"$jobs" || fail "jobs: root filesystem not read-only"
+for svc in partners scheduling; do
+  jobs=$(kubectl kustomize "jobs/$svc-republish") || fail "the $svc republish job does not render"
+  grep -q -- "- --republish" <<<"$jobs" || fail "no $svc republish job"
+  grep -q "image: connecting/$svc:" <<<"$jobs" || fail "the $svc republish job runs another image"
+  grep -q "readOnlyRootFilesystem: true" <<<"$jobs" || fail "jobs: root filesystem not read-only"
+done
 monitoring=$(kubectl kustomize monitoring) || fail "monitoring does not render"
 grep -q "^kind: PrometheusRule$" <<<"$monitoring" || fail "monitoring has no PrometheusRule"
 grep -q "^kind: PodMonitor$" <<<"$monitoring" || fail "monitoring has no PodMonitor"

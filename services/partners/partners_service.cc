@@ -1,10 +1,9 @@
 #include "services/partners/partners_service.h"
 
-#include <algorithm>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "connecting/events/v1/partners_events.pb.h"
+#include "libs/bus/republish.h"
 #include "libs/server/resource.h"
 #include "libs/server/validate.h"
 #include "services/partners/partners_rules.h"
@@ -651,63 +650,24 @@ absl::Status PartnersLogic::WithdrawOffer(const Call& call, const v1::WithdrawOf
 
 // ---------------------------------------------------------------- republish
 
-namespace {
-
-constexpr int kRepublishPage = 500;
-
-// Walks one kind of resource in id order, a page per transaction, adding a
-// snapshot event for each to the outbox (each with a new version first if
-// `new_versions`); adds to `count` what it committed.
-template <class Row, class Snapshot>
-absl::Status RepublishKind(db::Pool& pool, const bus::Outbox& outbox, absl::string_view subject,
-                           absl::StatusOr<std::vector<Row>> (*page)(db::Conn&, const std::string&,
-                                                                    int, bool),
-                           Row* (Snapshot::*mutable_row)(), bool new_versions, int64_t* count) {
-  std::string after;
-  for (;;) {
-    std::string last;
-    size_t rows = 0;
-    absl::Status s = db::Transact(pool, [&](db::Conn& c) -> absl::Status {
-      auto got = page(c, after, kRepublishPage, new_versions);
-      if (!got.ok()) return got.status();
-      std::sort(got->begin(), got->end(),
-                [](const Row& a, const Row& b) { return a.id() < b.id(); });
-      for (const Row& r : *got) {
-        Snapshot e;
-        *(e.*mutable_row)() = r;
-        if (absl::Status st = outbox.Emit(c, subject, r.id(), e, ""); !st.ok()) return st;
-      }
-      rows = got->size();
-      // Ids are UUIDs in lower-case text: their text order is PostgreSQL's.
-      last = rows > 0 ? got->back().id() : after;
-      return absl::OkStatus();
-    });
-    if (!s.ok()) return s;
-    *count += static_cast<int64_t>(rows);
-    if (rows < static_cast<size_t>(kRepublishPage)) return absl::OkStatus();
-    after = last;
-  }
-}
-
-}  // namespace
-
 absl::StatusOr<int64_t> Republish(db::Pool& pool, const bus::Outbox& outbox, bool new_versions) {
   int64_t count = 0;
   // Organisations first, so that a consumer meets each before its contacts
   // and offers (as it did the first time).
   if (absl::Status s =
-          RepublishKind(pool, outbox, "organisation.snapshot", &store::OrganisationsAfter,
-                        &ev::OrganisationSnapshot::mutable_organisation, new_versions, &count);
+          bus::RepublishKind(pool, outbox, "organisation.snapshot", &store::OrganisationsAfter,
+                             &ev::OrganisationSnapshot::mutable_organisation, new_versions, &count);
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = RepublishKind(pool, outbox, "contact.snapshot", &store::ContactsAfter,
-                                     &ev::ContactSnapshot::mutable_contact, new_versions, &count);
+  if (absl::Status s =
+          bus::RepublishKind(pool, outbox, "contact.snapshot", &store::ContactsAfter,
+                             &ev::ContactSnapshot::mutable_contact, new_versions, &count);
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = RepublishKind(pool, outbox, "offer.snapshot", &store::OffersAfter,
-                                     &ev::OfferSnapshot::mutable_offer, new_versions, &count);
+  if (absl::Status s = bus::RepublishKind(pool, outbox, "offer.snapshot", &store::OffersAfter,
+                                          &ev::OfferSnapshot::mutable_offer, new_versions, &count);
       !s.ok()) {
     return s;
   }

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "libs/bus/republish.h"
 #include "libs/db/rows.h"
 
 namespace connecting::partners::store {
@@ -351,40 +352,22 @@ absl::StatusOr<std::vector<v1::Offer>> ListOffers(db::Conn& c, const std::string
   return All<v1::Offer>(c.Exec(sql, params), OfferRow);
 }
 
-namespace {
-// The page of `table` after the id `after` (a validated UUID or ""),
-// locked and given new versions if `new_version`.
-absl::StatusOr<db::Result> RowsAfter(db::Conn& c, const char* cols, const char* table,
-                                     const std::string& after, int limit, bool new_version) {
-  std::string page = absl::StrCat("SELECT id FROM ", table,
-                                  " WHERE $1::uuid IS NULL OR id > $1::uuid ORDER BY id LIMIT $2");
-  if (new_version) {
-    return c.Exec(
-        absl::StrCat("UPDATE ", table, " SET version = next_version(version) WHERE id IN (", page,
-                     " FOR UPDATE) RETURNING ", cols),
-        {db::NullIfEmpty(after), static_cast<int64_t>(limit)});
-  }
-  return c.Exec(absl::StrCat("SELECT ", cols, " FROM ", table, " WHERE id IN (", page, ")"),
-                {db::NullIfEmpty(after), static_cast<int64_t>(limit)});
-}
-}  // namespace
-
 absl::StatusOr<std::vector<v1::Organisation>> OrganisationsAfter(db::Conn& c,
                                                                  const std::string& after,
                                                                  int limit, bool new_version) {
   return db::All<v1::Organisation>(
-      RowsAfter(c, kOrgCols, "organisations", after, limit, new_version), OrgRow);
+      bus::RowsAfter(c, kOrgCols, "organisations", "", after, limit, new_version), OrgRow);
 }
 
 absl::StatusOr<std::vector<v1::Contact>> ContactsAfter(db::Conn& c, const std::string& after,
                                                        int limit, bool new_version) {
-  return db::All<v1::Contact>(RowsAfter(c, kContactCols, "contacts", after, limit, new_version),
-                              ContactRow);
+  return db::All<v1::Contact>(
+      bus::RowsAfter(c, kContactCols, "contacts", "", after, limit, new_version), ContactRow);
 }
 
 absl::StatusOr<std::vector<v1::Offer>> OffersAfter(db::Conn& c, const std::string& after, int limit,
                                                    bool new_version) {
-  return db::All<v1::Offer>(RowsAfter(c, kOfferCols, "offers", after, limit, new_version),
+  return db::All<v1::Offer>(bus::RowsAfter(c, kOfferCols, "offers", "", after, limit, new_version),
                             OfferRow);
 }
 

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   def.stream = "SCHEDULING";
   def.grpc_services = {scheduling::v1::SchedulingService::service_full_name()};
   def.migrations = [] { return db::MigrationSet{"scheduling", scheduling::SqlMigrations()}; };
+  def.republish = &scheduling::Republish;
   static std::unique_ptr<scheduling::SchedulingLogic> logic;
   def.build = [](server::ServiceContext& ctx) {
     config::EnvReader env;

@@ -13,6 +13,7 @@
 #include "connecting/events/v1/partners_events.pb.h"
 #include "connecting/events/v1/scheduling_events.pb.h"
 #include "connecting/partners/v1/partners.pb.h"
+#include "libs/bus/republish.h"
 #include "libs/server/resource.h"
 #include "services/scheduling/scheduling_rules.h"
 #include "services/scheduling/store.h"
@@ -1290,6 +1291,33 @@ absl::Status SchedulingLogic::GetProgrammeFigures(const Call& call,
         }
         return absl::OkStatus();
       });
+}
+
+// ---------------------------------------------------------------- republish
+
+absl::StatusOr<int64_t> Republish(db::Pool& pool, const bus::Outbox& outbox, bool new_versions) {
+  int64_t count = 0;
+  // People and sessions first, so that a consumer meets them before the
+  // bookings that name them (as it did the first time).
+  if (absl::Status s =
+          bus::RepublishKind(pool, outbox, "participant.snapshot", &store::ParticipantsAfter,
+                             &ev::ParticipantSnapshot::mutable_participant, new_versions, &count);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          bus::RepublishKind(pool, outbox, "session.snapshot", &store::SessionsAfter,
+                             &ev::SessionSnapshot::mutable_session, new_versions, &count);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          bus::RepublishKind(pool, outbox, "booking.snapshot", &store::BookingsAfter,
+                             &ev::BookingSnapshot::mutable_booking, new_versions, &count);
+      !s.ok()) {
+    return s;
+  }
+  return count;
 }
 
 }  // namespace connecting::scheduling

@@ -21,6 +21,14 @@ using server::Call;
 // Applies one PARTNERS event to the projection, inside the inbox transaction.
 absl::Status ApplyPartnerEvent(db::Conn& tx, const bus::Delivery& event);
 
+// `scheduling --republish`: every participant, session and booking, as it is
+// (with a new version first if `new_versions`, `--after-restore`), added to
+// the outbox as a snapshot event (ParticipantSnapshot, …), a page per
+// transaction; how many. For a SCHEDULING stream that lost events, a new
+// dashboard's compact start, or after a restore; the serving replicas'
+// relays publish them.
+absl::StatusOr<int64_t> Republish(db::Pool& pool, const bus::Outbox& outbox, bool new_versions);
+
 class SchedulingLogic {
  public:
   // Bookings queue in `booking_lanes` lanes (sessions hashed over them); each

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "libs/bus/republish.h"
 #include "libs/db/rows.h"
 
 namespace connecting::scheduling::store {
@@ -662,6 +663,26 @@ absl::StatusOr<std::vector<v1::FiguresRow>> Figures(db::Conn& c, const std::stri
     row.set_organisations(r.Int(i, 3));
     return row;
   });
+}
+
+absl::StatusOr<std::vector<v1::Participant>> ParticipantsAfter(db::Conn& c,
+                                                               const std::string& after, int limit,
+                                                               bool new_version) {
+  return All<v1::Participant>(
+      bus::RowsAfter(c, kParticipantCols, "participants", "", after, limit, new_version),
+      ParticipantRow);
+}
+
+absl::StatusOr<std::vector<v1::Session>> SessionsAfter(db::Conn& c, const std::string& after,
+                                                       int limit, bool new_version) {
+  return All<v1::Session>(
+      bus::RowsAfter(c, kSessionCols, "sessions", "s", after, limit, new_version), SessionRow);
+}
+
+absl::StatusOr<std::vector<v1::Booking>> BookingsAfter(db::Conn& c, const std::string& after,
+                                                       int limit, bool new_version) {
+  return All<v1::Booking>(
+      bus::RowsAfter(c, kBookingCols, "bookings", "b", after, limit, new_version), BookingRow);
 }
 
 }  // namespace connecting::scheduling::store

@@ -149,6 +149,17 @@ struct BookingFilter {
   std::string session_id, participant_id, partner_organisation_id;
   int status = 0;
 };
+// Every row of a kind, `limit` at a time after the id `after` (""
+// first), in any order, given new versions if `new_version`: what
+// `--republish` walks (bus::RowsAfter).
+absl::StatusOr<std::vector<v1::Participant>> ParticipantsAfter(db::Conn& c,
+                                                               const std::string& after, int limit,
+                                                               bool new_version);
+absl::StatusOr<std::vector<v1::Session>> SessionsAfter(db::Conn& c, const std::string& after,
+                                                       int limit, bool new_version);
+absl::StatusOr<std::vector<v1::Booking>> BookingsAfter(db::Conn& c, const std::string& after,
+                                                       int limit, bool new_version);
+
 absl::StatusOr<std::vector<v1::Booking>> ListBookings(db::Conn& c, const BookingFilter& f,
                                                       int64_t after_seq, int limit,
                                                       std::vector<int64_t>* seqs);
