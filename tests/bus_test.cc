@@ -12,6 +12,7 @@
 #include "connecting/events/v1/partners_events.pb.h"
 #include "libs/bus/consumer.h"
 #include "libs/bus/outbox.h"
+#include "libs/common/metrics.h"
 #include "libs/db/migrations.h"
 #include "tests/harness.h"
 
@@ -113,6 +114,44 @@ TEST_F(Bus, RelayPublishesEveryOutboxRowOnce) {
   relay->Stop(absl::Now());
   auto stored = testing::ReadStream(nats_url_, stream_);
   EXPECT_EQ(stored.size(), 300u);
+}
+
+// connecting_outbox_database_behind_stream as /metrics reports it.
+double BehindStream() {
+  for (const auto& family : metrics::Registry()->Collect()) {
+    if (family.name == "connecting_outbox_database_behind_stream" && !family.metric.empty()) {
+      return family.metric[0].gauge.value;
+    }
+  }
+  return -1;
+}
+
+TEST_F(Bus, RelaySaysSoWhenItsDatabaseIsBehindItsStream) {
+  // Events published, then the database goes back in time (its outbox
+  // sequence as a restored copy's would be): a relay starting on it reports
+  // it before publishing anything, once; one on a database that did not go
+  // back reports nothing.
+  Emit(3);
+  auto relay = Relay();
+  ASSERT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
+  relay->Stop(absl::Now());
+  for (const auto& e : testing::ReadStream(nats_url_, stream_)) {
+    EXPECT_EQ(e.headers.count("connecting-outbox-seq"), 1u) << "the relay numbers its events";
+  }
+  relay = Relay();  // a restart: nothing went back
+  absl::SleepFor(absl::Milliseconds(500));
+  relay->Stop(absl::Now());
+  EXPECT_EQ(BehindStream(), 0);
+
+  ASSERT_EQ(Count("SELECT setval('outbox_seq_seq', 1)"), 1);
+  relay = Relay();
+  absl::Time until = absl::Now() + absl::Seconds(10);
+  while (BehindStream() != 1 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(BehindStream(), 1) << "the relay did not see its database went back";
+  Emit(1);  // and it goes on publishing
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
+  relay->Stop(absl::Now());
+  EXPECT_EQ(testing::ReadStream(nats_url_, stream_).size(), 4u);
 }
 
 TEST_F(Bus, RelayMakesItsStreamAgainIfItIsDeleted) {

@@ -297,6 +297,18 @@ TEST(SchedulingRestore, RepublishAfterRestoreUndoesDownstreamWhatTheRestoreUndid
   ASSERT_TRUE(WaitForOutboxDrained(fx.partners_db));
   absl::Status restored = RestoreDatabase(*fx.partners, fx.partners_db);
   ASSERT_TRUE(restored.ok()) << restored;
+  // Partners, started on the restored database, says so (its relay checks
+  // as it starts, beside the server).
+  auto said_behind = [&] {
+    std::ifstream in(fx.partners->process()->log_path());
+    std::stringstream log;
+    log << in.rdbuf();
+    return log.str().find("database behind its stream") != std::string::npos;
+  };
+  for (absl::Time until = absl::Now() + absl::Seconds(10); !said_behind() && absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(said_behind()) << fx.partners->process()->log_path();
 
   auto conn = db::Conn::Open(fx.scheduling_db, "test");
   ASSERT_TRUE(conn.ok());

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <unordered_set>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "libs/bus/event_json.h"
@@ -17,11 +18,15 @@
 namespace connecting::bus {
 namespace {
 
+// Each event's outbox row number, for DatabaseBehindStream.
+constexpr char kOutboxSeqHeader[] = "connecting-outbox-seq";
+
 struct RelayMetrics {
   prometheus::Counter& published;
   prometheus::Counter& failed;
   prometheus::Gauge& pending;
   prometheus::Gauge& oldest_seconds;
+  prometheus::Gauge& behind_stream;
 
   static RelayMetrics& Get() {
     static RelayMetrics* m = [] {
@@ -42,7 +47,14 @@ struct RelayMetrics {
                       .Name("connecting_outbox_lag_seconds")
                       .Help("Age of the oldest unpublished event (outbox lag)")
                       .Register(reg);
-      return new RelayMetrics{pub.Add({}), fail.Add({}), pending.Add({}), lag.Add({})};
+      auto& behind = prometheus::BuildGauge()
+                         .Name("connecting_outbox_database_behind_stream")
+                         .Help(
+                             "1 if the stream holds events from outbox rows the database no "
+                             "longer reaches (restored to an earlier point?), found at start")
+                         .Register(reg);
+      return new RelayMetrics{pub.Add({}), fail.Add({}), pending.Add({}), lag.Add({}),
+                              behind.Add({})};
     }();
     return *m;
   }
@@ -140,6 +152,40 @@ void OutboxRelay::WaitForWork() {
   (void)!read(wake_fd_, &drained, sizeof drained);
 }
 
+bool OutboxRelay::DatabaseBehindStream(db::Conn& conn, jsCtx* js) {
+  const char* stream = options_.stream.name.c_str();
+  jsStreamInfo* si = nullptr;
+  if (js_GetStreamInfo(&si, js, stream, nullptr, nullptr) != NATS_OK) return false;
+  uint64_t last = si->State.LastSeq;
+  jsStreamInfo_Destroy(si);
+  if (last == 0) return false;
+  natsMsg* raw = nullptr;
+  if (js_GetMsg(&raw, js, stream, last, nullptr, nullptr) != NATS_OK) return false;
+  NatsPtr<natsMsg> msg(raw);
+  const char* header = nullptr;
+  int64_t published = 0;
+  if (natsMsgHeader_Get(msg.get(), kOutboxSeqHeader, &header) != NATS_OK ||
+      !absl::SimpleAtoi(header, &published)) {
+    return false;  // published by a release before the header, or not by a relay
+  }
+  absl::StatusOr<db::Result> r =
+      conn.Exec("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_seq_seq");
+  if (!r.ok() || r->rows() != 1) return false;
+  if (r->Int(0, 0) >= published) {
+    RelayMetrics::Get().behind_stream.Set(0);
+    return false;
+  }
+  log::Error(
+      "database behind its stream (restored to an earlier point, or replaced?): consumers hold "
+      "events of changes it no longer has; once it is the database to keep, run this service "
+      "with --republish --after-restore",
+      {{"stream", options_.stream.name},
+       {"published_outbox_seq", absl::StrCat(published)},
+       {"database_outbox_seq", r->String(0, 0)}});
+  RelayMetrics::Get().behind_stream.Set(1);
+  return true;
+}
+
 absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
   if (absl::Status s = conn.ExecScript("BEGIN"); !s.ok()) return s;
   auto rollback = [&](absl::Status s) {
@@ -186,7 +232,9 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
                                       {"ce-subject", rows->String(r, 4)},
                                       {"content-type", "application/json"},
                                       {"Nats-Msg-Id", id},
-                                      {"traceparent", rows->String(r, 6)}};
+                                      {"traceparent", rows->String(r, 6)},
+                                      // What DatabaseBehindStream compares.
+                                      {kOutboxSeqHeader, rows->String(r, 8)}};
     for (const auto& h : headers) {
       if (!h[1].empty()) s = natsMsgHeader_Set(msg.get(), h[0].c_str(), h[1].c_str());
     }
@@ -230,7 +278,7 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
 void OutboxRelay::Run() {
   std::unique_ptr<db::Conn> conn;
   NatsPtr<jsCtx> js;
-  bool stream_ready = false;
+  bool stream_ready = false, checked_stream = false;
   absl::Time next_housekeeping = absl::InfinitePast();
   absl::Status last_error = absl::OkStatus();
   auto report = [&](const absl::Status& s) {
@@ -304,6 +352,10 @@ void OutboxRelay::Run() {
         continue;
       }
       stream_ready = true;
+      if (!checked_stream) {  // before this relay publishes anything
+        checked_stream = true;
+        (void)DatabaseBehindStream(*conn, js.get());
+      }
     }
     absl::StatusOr<int> n = PublishBatch(*conn, js.get());
     if (!n.ok()) {

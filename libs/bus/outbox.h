@@ -103,6 +103,11 @@ class OutboxRelay {
   void Run();
   // Publishes one batch; returns how many rows it published and deleted.
   absl::StatusOr<int> PublishBatch(db::Conn& conn, jsCtx* js);
+  // Once the stream is there: true if it holds an event published from an
+  // outbox row numbered beyond the database's outbox sequence, which only a
+  // database gone back in time (restored to an earlier point, or replaced)
+  // explains. Logs it and sets connecting_outbox_database_behind_stream.
+  bool DatabaseBehindStream(db::Conn& conn, jsCtx* js);
   // Sleeps until Wake(), Stop() or the poll interval.
   void WaitForWork();
   static void OnAck(jsCtx* js, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure);
