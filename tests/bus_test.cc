@@ -60,6 +60,10 @@ class Bus : public ::testing::Test {
     r->Start();
     return r;
   }
+  // The handler's effect: one row per application of an event.
+  static absl::Status RecordEffect(db::Conn& tx, const bus::Delivery& d) {
+    return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
+  }
   int64_t Count(const std::string& sql) {
     int64_t n = -1;
     (void)db::WithConnection(*pool_, absl::InfiniteFuture(), [&](db::Conn& c) {
@@ -176,9 +180,7 @@ TEST_F(Bus, ConsumerMakesItsDurableAgainIfItIsDeleted) {
   // An operator removes the durable consumer (or the whole stream) under a
   // running service: it subscribes again, and the new durable's replay from
   // the start applies nothing twice (the inbox).
-  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
-    return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
-  };
+  auto handler = &Bus::RecordEffect;
   bus::ConsumerOptions o = Opts();
   bus::Consumer c(o, pool_.get(), nats_.get(), handler);
   c.Start();
@@ -209,9 +211,7 @@ TEST_F(Bus, ConsumerReplaysWhatARestoredDatabaseLost) {
   // consumer (a restore): the durable on the server has acknowledged events
   // the database no longer has. The consumer notices within seconds and
   // replays the stream; what the database still has applies nothing twice.
-  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
-    return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
-  };
+  auto handler = &Bus::RecordEffect;
   bus::Consumer c(Opts(), pool_.get(), nats_.get(), handler);
   c.Start();
   for (const char* id : {"first", "second", "third"}) PublishRaw(id, id, "{}");
@@ -235,9 +235,7 @@ TEST_F(Bus, AReplicaOfAnEarlierReleaseIsNotTakenForARestore) {
   // acknowledges them, so the ack floor passes what the database records.
   // That must not restart the durable (it would replay the stream again and
   // again while the old replica runs).
-  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
-    return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
-  };
+  auto handler = &Bus::RecordEffect;
   bus::ConsumerOptions o = Opts();
   {
     bus::Consumer c(o, pool_.get(), nats_.get(), handler);
@@ -289,7 +287,7 @@ TEST_F(Bus, ConsumerAppliesEachEventOnceAcrossRetriesDuplicatesAndReplicas) {
   std::atomic<int> failures_left{5};
   auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
     if (failures_left.fetch_sub(1) > 0) return absl::UnavailableError("transient");
-    return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
+    return RecordEffect(tx, d);
   };
   // Two replicas share the durable consumer.
   bus::Consumer a(Opts(), pool_.get(), nats_.get(), handler);
@@ -314,7 +312,7 @@ TEST_F(Bus, UnreadableEventsAreDeadLetteredNotRetriedForever) {
   auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
     if (d.payload == "poison") return absl::InvalidArgumentError("cannot parse");
     if (d.payload == "flaky") return absl::UnavailableError("always down");
-    return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
+    return RecordEffect(tx, d);
   };
   bus::Consumer c(Opts(), pool_.get(), nats_.get(), handler);
   c.Start();
@@ -334,7 +332,7 @@ TEST_F(Bus, DeadLettersReplayOnceTheirCauseIsFixed) {
   std::atomic<bool> fixed{false};
   auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
     if (!fixed.load()) return absl::InvalidArgumentError("unknown field \"grade\"");
-    return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
+    return RecordEffect(tx, d);
   };
   bus::Consumer c(Opts(), pool_.get(), nats_.get(), handler);
   c.Start();
@@ -387,7 +385,7 @@ TEST_F(Bus, DatabaseOutageHoldsEventsWithoutUsingUpTheirDeliveries) {
       std::lock_guard<std::mutex> l(mu);
       deliveries.push_back(d.deliveries);
     }
-    return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
+    return RecordEffect(tx, d);
   };
   bus::ConsumerOptions o = Opts();
   o.ack_wait = absl::Seconds(2);
@@ -412,9 +410,7 @@ TEST_F(Bus, DatabaseOutageHoldsEventsWithoutUsingUpTheirDeliveries) {
 }
 
 TEST_F(Bus, StoppingDuringADatabaseOutageHandsTheEventsBack) {
-  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
-    return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
-  };
+  auto handler = &Bus::RecordEffect;
   auto c = std::make_unique<bus::Consumer>(Opts(), pool_.get(), nats_.get(), handler);
   c->Start();
   auto outage = std::make_unique<testing::DatabaseOutage>(url_);
