@@ -18,15 +18,24 @@ bool Repeatable(const Migration& m) { return absl::StartsWith(m.name, "R__"); }
 // its repeatables stay as they are), each in the order given, leaving out
 // what is applied as it is. A versioned migration edited since it was applied
 // is an error.
+// `set`'s migrations in the order they apply: the versioned ones, then (with
+// `repeatables`) the repeatable ones, each in the order given.
+std::vector<const Migration*> InOrder(const MigrationSet& set, bool repeatables) {
+  std::vector<const Migration*> order;
+  for (const Migration& m : set.migrations) {
+    if (!Repeatable(m)) order.push_back(&m);
+  }
+  for (const Migration& m : set.migrations) {
+    if (Repeatable(m) && repeatables) order.push_back(&m);
+  }
+  return order;
+}
+
 absl::StatusOr<std::vector<const Migration*>> ToApply(Conn& conn, const MigrationSet& set,
                                                       std::vector<std::string>* ahead) {
-  std::vector<const Migration*> order;
   std::set<std::string> versioned;
   for (const Migration& m : set.migrations) {
-    if (!Repeatable(m)) {
-      order.push_back(&m);
-      versioned.insert(m.name);
-    }
+    if (!Repeatable(m)) versioned.insert(m.name);
   }
   absl::StatusOr<Result> recorded = conn.Exec(
       "SELECT name FROM schema_migrations WHERE component = $1 AND left(name, 3) <> 'R__' "
@@ -40,11 +49,8 @@ absl::StatusOr<std::vector<const Migration*>> ToApply(Conn& conn, const Migratio
     if (ahead != nullptr)
       ahead->push_back(absl::StrCat(set.component, "/", recorded->String(i, 0)));
   }
-  for (const Migration& m : set.migrations) {
-    if (Repeatable(m) && !newer) order.push_back(&m);
-  }
   std::vector<const Migration*> out;
-  for (const Migration* m : order) {
+  for (const Migration* m : InOrder(set, !newer)) {
     absl::StatusOr<Result> seen = conn.Exec(
         "SELECT checksum = md5($3) FROM schema_migrations WHERE component = $1 AND name = $2",
         {set.component, m->name, m->sql});
@@ -119,16 +125,9 @@ absl::StatusOr<std::vector<std::string>> Pending(Conn& conn,
   absl::StatusOr<Result> table = conn.Exec("SELECT to_regclass('schema_migrations') IS NOT NULL");
   if (!table.ok()) return table.status();
   for (const MigrationSet& set : sets) {
-    if (!table->Bool(0, 0)) {  // never migrated: all of it
-      for (const Migration& m : set.migrations) {
-        if (!Repeatable(m)) out.push_back(absl::StrCat(set.component, "/", m.name));
-      }
-      for (const Migration& m : set.migrations) {
-        if (Repeatable(m)) out.push_back(absl::StrCat(set.component, "/", m.name));
-      }
-      continue;
-    }
-    absl::StatusOr<std::vector<const Migration*>> plan = ToApply(conn, set, nullptr);
+    // A database never migrated (no schema_migrations yet) lacks all of it.
+    absl::StatusOr<std::vector<const Migration*>> plan =
+        table->Bool(0, 0) ? ToApply(conn, set, nullptr) : InOrder(set, true);
     if (!plan.ok()) return plan.status();
     for (const Migration* m : *plan) out.push_back(absl::StrCat(set.component, "/", m->name));
   }
