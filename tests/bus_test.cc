@@ -7,6 +7,7 @@
 #include <mutex>
 #include <set>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "connecting/events/v1/partners_events.pb.h"
@@ -130,32 +131,127 @@ double BehindStream() {
   return -1;
 }
 
+// The header each relayed event carries: its outbox row number.
+std::vector<int64_t> OutboxSeqs(const std::vector<testing::StoredEvent>& events) {
+  std::vector<int64_t> out;
+  for (const auto& e : events) {
+    auto h = e.headers.find("connecting-outbox-seq");
+    int64_t n = -1;
+    if (h != e.headers.end()) (void)absl::SimpleAtoi(h->second, &n);
+    out.push_back(n);
+  }
+  return out;
+}
+
 TEST_F(Bus, RelaySaysSoWhenItsDatabaseIsBehindItsStream) {
   // Events published, then the database goes back in time (its outbox
   // sequence as a restored copy's would be): a relay starting on it reports
-  // it before publishing anything, once; one on a database that did not go
-  // back reports nothing.
+  // it before publishing anything; one on a database that did not go back
+  // reports nothing. The report stays until the restore is settled, even
+  // once newer events (numbered from the restored sequence) end the stream.
   Emit(3);
   auto relay = Relay();
   ASSERT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
   relay->Stop(absl::Now());
-  for (const auto& e : testing::ReadStream(nats_url_, stream_)) {
-    EXPECT_EQ(e.headers.count("connecting-outbox-seq"), 1u) << "the relay numbers its events";
-  }
+  EXPECT_EQ(OutboxSeqs(testing::ReadStream(nats_url_, stream_)), (std::vector<int64_t>{1, 2, 3}))
+      << "the relay numbers its events";
   relay = Relay();  // a restart: nothing went back
   absl::SleepFor(absl::Milliseconds(500));
   relay->Stop(absl::Now());
   EXPECT_EQ(BehindStream(), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM outbox_restores"), 0);
 
   ASSERT_EQ(Count("SELECT setval('outbox_seq_seq', 1)"), 1);
   relay = Relay();
   absl::Time until = absl::Now() + absl::Seconds(10);
   while (BehindStream() != 1 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
   EXPECT_EQ(BehindStream(), 1) << "the relay did not see its database went back";
+  EXPECT_EQ(Count("SELECT count(*) FROM outbox_restores WHERE settled_at IS NULL AND "
+                  "database_seq = 1 AND stream_seq = 3"),
+            1);
   Emit(1);  // and it goes on publishing
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
   relay->Stop(absl::Now());
-  EXPECT_EQ(testing::ReadStream(nats_url_, stream_).size(), 4u);
+  EXPECT_EQ(OutboxSeqs(testing::ReadStream(nats_url_, stream_)),
+            (std::vector<int64_t>{1, 2, 3, 2}));
+
+  // Another replica starting now finds the stream ending in event 2, which
+  // its database has: only the recorded restore can tell it (with it
+  // settled, it reports nothing).
+  ASSERT_EQ(Count("WITH u AS (UPDATE outbox_restores SET settled_at = now() RETURNING 1) "
+                  "SELECT count(*) FROM u"),
+            1);
+  relay = Relay();
+  until = absl::Now() + absl::Seconds(10);
+  while (BehindStream() != 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(BehindStream(), 0);
+  relay->Stop(absl::Now());
+  ASSERT_EQ(Count("WITH u AS (UPDATE outbox_restores SET settled_at = NULL RETURNING 1) "
+                  "SELECT count(*) FROM u"),
+            1);
+  relay = Relay();
+  until = absl::Now() + absl::Seconds(10);
+  while (BehindStream() != 1 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(BehindStream(), 1) << "the recorded restore was forgotten";
+  relay->Stop(absl::Now());
+
+  // --republish --after-restore: the sequence goes past the stream's (what
+  // the restore recorded), then the restore is settled.
+  ASSERT_TRUE(bus::AdvanceOutboxPastStream(*pool_, *nats_, stream_, absl::Seconds(10)).ok());
+  EXPECT_EQ(Count("SELECT last_value FROM outbox_seq_seq"), 3);
+  auto settled = bus::SettleRestores(*pool_);
+  ASSERT_TRUE(settled.ok());
+  EXPECT_EQ(*settled, 1);
+  Emit(1);
+  relay = Relay();
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
+  until = absl::Now() + absl::Seconds(10);
+  while (BehindStream() != 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(BehindStream(), 0) << "a settled restore still reported";
+  relay->Stop(absl::Now());
+  EXPECT_EQ(OutboxSeqs(testing::ReadStream(nats_url_, stream_)),
+            (std::vector<int64_t>{1, 2, 3, 2, 4}));
+  EXPECT_EQ(Count("SELECT count(*) FROM outbox_restores WHERE settled_at IS NULL"), 0);
+}
+
+TEST_F(Bus, RelayFindsARestoreUnderItAsItConnectsAgain) {
+  // The database goes back in time under a running relay (a restore drops
+  // every connection). The relay looks again as it reconnects, before
+  // publishing, and compares with what it published itself: the stream's
+  // last event may already be one numbered from the restored sequence (by
+  // another replica), and would tell nothing.
+  Emit(3);
+  auto relay = Relay();
+  ASSERT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(BehindStream(), 0);
+  ASSERT_EQ(Count("SELECT setval('outbox_seq_seq', 1)"), 1);
+  // Another replica's event, numbered from the restored sequence, ends the stream.
+  {
+    auto js = nats_->JetStream();
+    ASSERT_TRUE(js.ok());
+    natsMsg* m = nullptr;
+    ASSERT_EQ(natsMsg_Create(&m, (prefix_ + ".contact.removed").c_str(), nullptr, "{}", 2),
+              NATS_OK);
+    natsMsgHeader_Set(m, "Nats-Msg-Id", "other-replica");
+    natsMsgHeader_Set(m, "connecting-outbox-seq", "1");
+    jsPubAck* pa = nullptr;
+    ASSERT_EQ(js_PublishMsg(&pa, js->get(), m, nullptr, nullptr), NATS_OK);
+    jsPubAck_Destroy(pa);
+    natsMsg_Destroy(m);
+  }
+  ASSERT_EQ(Count("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                  "WHERE application_name = 'outbox-relay' AND datname = current_database()"),
+            1);
+  Emit(1);
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
+  absl::Time until = absl::Now() + absl::Seconds(10);
+  while (BehindStream() != 1 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(BehindStream(), 1) << "the relay did not see its database went back under it";
+  EXPECT_EQ(Count("SELECT count(*) FROM outbox_restores WHERE settled_at IS NULL AND "
+                  "stream_seq = 3"),
+            1);
+  relay->Stop(absl::Now());
 }
 
 TEST_F(Bus, RelayMakesItsStreamAgainIfItIsDeleted) {

@@ -663,12 +663,16 @@ absl::StatusOr<connecting::partners::v1::Organisation> SchedulingFixture::PauseP
 
 OneShot SchedulingFixture::RepublishPartners(bool after_restore) {
   std::vector<std::string> args = {"--republish"};
-  if (after_restore) args.push_back("--after-restore");
-  return RunOnce(PARTNERS_BIN, args,
-                 {{"DATABASE_URL", partners_db},
-                  {"EVENT_SUBJECT_PREFIX", "t" + suffix + ".connecting.partners"},
-                  {"LOG_LEVEL", "info"}},
-                 "republish");
+  std::map<std::string, std::string> env = {
+      {"DATABASE_URL", partners_db},
+      {"EVENT_SUBJECT_PREFIX", "t" + suffix + ".connecting.partners"},
+      {"LOG_LEVEL", "info"}};
+  if (after_restore) {
+    args.push_back("--after-restore");
+    env["NATS_URL"] = partners->options().nats_url;
+    env["EVENT_STREAM"] = partners->options().stream;
+  }
+  return RunOnce(PARTNERS_BIN, args, env, "republish");
 }
 
 absl::Status SchedulingFixture::ForgetPartners() {

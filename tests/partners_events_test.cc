@@ -145,11 +145,15 @@ TEST(PartnersEvents, RepublishSnapshotsEveryOrganisationOnceAcrossPages) {
                        "'Republished 777'")
           .ok());
   auto republish = [&](std::vector<std::string> args) {
-    OneShot run = RunOnce(PARTNERS_BIN, std::move(args),
-                          {{"DATABASE_URL", fx.db_url},
-                           {"EVENT_SUBJECT_PREFIX", fx.service->options().subject_prefix},
-                           {"LOG_LEVEL", "warn"}},
-                          "republish", absl::Seconds(60));
+    std::map<std::string, std::string> env = {
+        {"DATABASE_URL", fx.db_url},
+        {"EVENT_SUBJECT_PREFIX", fx.service->options().subject_prefix},
+        {"LOG_LEVEL", "warn"}};
+    if (args.size() > 1) {  // --after-restore reads the stream
+      env["NATS_URL"] = fx.service->options().nats_url;
+      env["EVENT_STREAM"] = fx.service->options().stream;
+    }
+    OneShot run = RunOnce(PARTNERS_BIN, std::move(args), env, "republish", absl::Seconds(60));
     EXPECT_EQ(run.code, 0) << "log: " << run.log;
   };
   auto snapshots = [&] {

@@ -309,6 +309,14 @@ TEST(SchedulingRestore, RepublishAfterRestoreUndoesDownstreamWhatTheRestoreUndid
     absl::SleepFor(absl::Milliseconds(50));
   }
   EXPECT_TRUE(said_behind()) << fx.partners->process()->log_path();
+  // ... and records it, so that it is reported until settled.
+  auto open_restores = [&] {
+    auto c = db::Conn::Open(fx.partners_db, "test");
+    if (!c.ok()) return int64_t{-1};
+    auto r = (*c)->Exec("SELECT count(*) FROM outbox_restores WHERE settled_at IS NULL");
+    return r.ok() ? r->Int(0, 0) : int64_t{-1};
+  };
+  EXPECT_EQ(open_restores(), 1) << "the restore is not recorded";
 
   auto conn = db::Conn::Open(fx.scheduling_db, "test");
   ASSERT_TRUE(conn.ok());
@@ -332,6 +340,13 @@ TEST(SchedulingRestore, RepublishAfterRestoreUndoesDownstreamWhatTheRestoreUndid
 
   OneShot after = fx.RepublishPartners(/*after_restore=*/true);
   ASSERT_EQ(after.code, 0) << "log: " << after.log;
+  {
+    std::ifstream in(after.log);
+    std::stringstream log;
+    log << in.rdbuf();
+    EXPECT_NE(log.str().find("\"restores_settled\":\"1\""), std::string::npos) << log.str();
+  }
+  EXPECT_EQ(open_restores(), 0) << "--after-restore left the restore open";
   EXPECT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ACTIVE, absl::Seconds(15)))
       << "scheduling kept the archive the restore undid";
   pv1::GetOrganisationRequest get;
@@ -497,11 +512,15 @@ TEST(SchedulingRestore, SchedulingRepublishGivesDashboardsEverythingAgain) {
   ASSERT_TRUE(ChangeStream(fx.nats_url, fx.scheduling_stream, StreamChange::kPurge).ok());
 
   auto republish = [&](std::vector<std::string> args) {
-    OneShot run = RunOnce(SCHEDULING_BIN, std::move(args),
-                          {{"DATABASE_URL", fx.scheduling_db},
-                           {"EVENT_SUBJECT_PREFIX", "t" + fx.suffix + ".connecting.scheduling"},
-                           {"LOG_LEVEL", "info"}},
-                          "republish");
+    std::map<std::string, std::string> env = {
+        {"DATABASE_URL", fx.scheduling_db},
+        {"EVENT_SUBJECT_PREFIX", "t" + fx.suffix + ".connecting.scheduling"},
+        {"LOG_LEVEL", "info"}};
+    if (args.size() > 1) {  // --after-restore reads the stream
+      env["NATS_URL"] = fx.scheduling->options().nats_url;
+      env["EVENT_STREAM"] = fx.scheduling_stream;
+    }
+    OneShot run = RunOnce(SCHEDULING_BIN, std::move(args), env, "republish");
     EXPECT_EQ(run.code, 0) << "log: " << run.log;
   };
   // The "etag" of an event's resource, "" if it has none.

@@ -32,6 +32,7 @@ for svc in partners scheduling; do
   grep -q -- "- --republish" <<<"$jobs" || fail "no $svc republish job"
   grep -q "image: connecting/$svc:" <<<"$jobs" || fail "the $svc republish job runs another image"
   grep -q "readOnlyRootFilesystem: true" <<<"$jobs" || fail "jobs: root filesystem not read-only"
+  grep -q "name: NATS_URL" <<<"$jobs" || fail "the $svc republish job has no NATS_URL (--after-restore needs it)"
 done
 monitoring=$(kubectl kustomize monitoring) || fail "monitoring does not render"
 grep -q "^kind: PrometheusRule$" <<<"$monitoring" || fail "monitoring has no PrometheusRule"

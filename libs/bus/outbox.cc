@@ -18,7 +18,7 @@
 namespace connecting::bus {
 namespace {
 
-// Each event's outbox row number, for DatabaseBehindStream.
+// Each event's outbox row number, for CheckForRestore.
 constexpr char kOutboxSeqHeader[] = "connecting-outbox-seq";
 
 struct RelayMetrics {
@@ -50,8 +50,8 @@ struct RelayMetrics {
       auto& behind = prometheus::BuildGauge()
                          .Name("connecting_outbox_database_behind_stream")
                          .Help(
-                             "1 if the stream holds events from outbox rows the database no "
-                             "longer reaches (restored to an earlier point?), found at start")
+                             "1 while a restore of the database is recorded and not settled: "
+                             "the stream holds events from outbox rows it no longer reaches")
                          .Register(reg);
       return new RelayMetrics{pub.Add({}), fail.Add({}), pending.Add({}), lag.Add({}),
                               behind.Add({})};
@@ -152,38 +152,74 @@ void OutboxRelay::WaitForWork() {
   (void)!read(wake_fd_, &drained, sizeof drained);
 }
 
-bool OutboxRelay::DatabaseBehindStream(db::Conn& conn, jsCtx* js) {
-  const char* stream = options_.stream.name.c_str();
+// The outbox row number of the last event in `stream`: 0 if it holds none, or
+// none from a relay (a release before the header, or purged).
+absl::StatusOr<int64_t> LastOutboxSeqInStream(jsCtx* js, const std::string& stream) {
   jsStreamInfo* si = nullptr;
-  if (js_GetStreamInfo(&si, js, stream, nullptr, nullptr) != NATS_OK) return false;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetStreamInfo(&si, js, stream.c_str(), nullptr, &code);
+  if (s == NATS_NOT_FOUND || code == JSStreamNotFoundErr) return 0;
+  if (s != NATS_OK) {
+    return absl::UnavailableError(
+        absl::StrCat("reading stream ", stream, ": ", natsStatus_GetText(s)));
+  }
   uint64_t last = si->State.LastSeq;
   jsStreamInfo_Destroy(si);
-  if (last == 0) return false;
+  if (last == 0) return 0;
   natsMsg* raw = nullptr;
-  if (js_GetMsg(&raw, js, stream, last, nullptr, nullptr) != NATS_OK) return false;
+  s = js_GetMsg(&raw, js, stream.c_str(), last, nullptr, &code);
+  if (s == NATS_NOT_FOUND || code == JSNoMessageFoundErr) return 0;  // purged
+  if (s != NATS_OK) {
+    return absl::UnavailableError(
+        absl::StrCat("reading the last event of stream ", stream, ": ", natsStatus_GetText(s)));
+  }
   NatsPtr<natsMsg> msg(raw);
   const char* header = nullptr;
-  int64_t published = 0;
+  int64_t seq = 0;
   if (natsMsgHeader_Get(msg.get(), kOutboxSeqHeader, &header) != NATS_OK ||
-      !absl::SimpleAtoi(header, &published)) {
-    return false;  // published by a release before the header, or not by a relay
+      !absl::SimpleAtoi(header, &seq)) {
+    return 0;
   }
-  absl::StatusOr<db::Result> r =
-      conn.Exec("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_seq_seq");
-  if (!r.ok() || r->rows() != 1) return false;
-  if (r->Int(0, 0) >= published) {
-    RelayMetrics::Get().behind_stream.Set(0);
-    return false;
+  return seq;
+}
+
+bool OutboxRelay::CheckForRestore(db::Conn& conn, jsCtx* js) {
+  // NATS unreachable: what this relay published still counts.
+  absl::StatusOr<int64_t> last = LastOutboxSeqInStream(js, options_.stream.name);
+  if (last.ok()) highest_in_stream_ = std::max(highest_in_stream_, *last);
+  absl::StatusOr<db::Result> r = conn.Exec(
+      "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_seq_seq), "
+      "(SELECT to_char(detected_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+      "FROM outbox_restores WHERE settled_at IS NULL)");
+  if (!r.ok() || r->rows() != 1) return false;  // tried again at the next check
+  const int64_t database = r->Int(0, 0);
+  bool recorded = !r->IsNull(0, 1);
+  if (database < highest_in_stream_ && !recorded) {
+    absl::StatusOr<db::Result> ins = conn.Exec(
+        "INSERT INTO outbox_restores (database_seq, stream_seq) VALUES ($1, $2) "
+        "ON CONFLICT DO NOTHING",
+        {database, highest_in_stream_});
+    if (ins.ok()) {
+      recorded = true;
+      told_of_recorded_restore_ = true;
+      log::Error(
+          "database behind its stream (restored to an earlier point, or replaced?): consumers "
+          "hold events of changes it no longer has; once it is the database to keep, run this "
+          "service with --republish --after-restore",
+          {{"stream", options_.stream.name},
+           {"published_outbox_seq", absl::StrCat(highest_in_stream_)},
+           {"database_outbox_seq", absl::StrCat(database)}});
+    }
+  } else if (recorded && !told_of_recorded_restore_) {
+    told_of_recorded_restore_ = true;
+    log::Error(
+        "a restore of this database awaits --republish --after-restore: consumers hold events "
+        "of changes it no longer has",
+        {{"stream", options_.stream.name}, {"detected_at", r->String(0, 1)}});
   }
-  log::Error(
-      "database behind its stream (restored to an earlier point, or replaced?): consumers hold "
-      "events of changes it no longer has; once it is the database to keep, run this service "
-      "with --republish --after-restore",
-      {{"stream", options_.stream.name},
-       {"published_outbox_seq", absl::StrCat(published)},
-       {"database_outbox_seq", r->String(0, 0)}});
-  RelayMetrics::Get().behind_stream.Set(1);
-  return true;
+  if (!recorded) told_of_recorded_restore_ = false;
+  RelayMetrics::Get().behind_stream.Set(recorded ? 1 : 0);
+  return recorded;
 }
 
 absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
@@ -233,7 +269,7 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
                                       {"content-type", "application/json"},
                                       {"Nats-Msg-Id", id},
                                       {"traceparent", rows->String(r, 6)},
-                                      // What DatabaseBehindStream compares.
+                                      // What CheckForRestore compares.
                                       {kOutboxSeqHeader, rows->String(r, 8)}};
     for (const auto& h : headers) {
       if (!h[1].empty()) s = natsMsgHeader_Set(msg.get(), h[0].c_str(), h[1].c_str());
@@ -271,6 +307,7 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
                                                         " events not acknowledged by JetStream")));
   }
   if (absl::Status s = conn.ExecScript("COMMIT"); !s.ok()) return s;
+  highest_in_stream_ = std::max(highest_in_stream_, rows->Int(order.back(), 8));
   RelayMetrics::Get().published.Increment(static_cast<double>(acked));
   return static_cast<int>(acked);
 }
@@ -278,8 +315,9 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
 void OutboxRelay::Run() {
   std::unique_ptr<db::Conn> conn;
   NatsPtr<jsCtx> js;
-  bool stream_ready = false, checked_stream = false;
+  bool stream_ready = false;
   absl::Time next_housekeeping = absl::InfinitePast();
+  absl::Time next_restore_check = absl::InfinitePast();
   absl::Status last_error = absl::OkStatus();
   auto report = [&](const absl::Status& s) {
     healthy_.store(false);
@@ -312,6 +350,8 @@ void OutboxRelay::Run() {
         continue;
       }
       conn = *std::move(c);
+      // A restore drops every connection: look before publishing on this one.
+      next_restore_check = absl::InfinitePast();
     }
     // The lag gauges matter most while nothing can be published (NATS down,
     // a stream refusing) and while a backlog drains, so they are read before
@@ -352,10 +392,10 @@ void OutboxRelay::Run() {
         continue;
       }
       stream_ready = true;
-      if (!checked_stream) {  // before this relay publishes anything
-        checked_stream = true;
-        (void)DatabaseBehindStream(*conn, js.get());
-      }
+    }
+    if (!flushing && absl::Now() >= next_restore_check) {
+      (void)CheckForRestore(*conn, js.get());
+      next_restore_check = absl::Now() + options_.restore_check_interval;
     }
     absl::StatusOr<int> n = PublishBatch(*conn, js.get());
     if (!n.ok()) {
@@ -373,6 +413,44 @@ void OutboxRelay::Run() {
     if (flushing) break;                      // the outbox is empty
     WaitForWork();
   }
+}
+
+absl::Status AdvanceOutboxPastStream(db::Pool& pool, const Nats& nats, const std::string& stream,
+                                     absl::Duration timeout) {
+  absl::Time until = absl::Now() + timeout;
+  while (!nats.connected() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
+  if (!nats.connected()) {
+    return absl::UnavailableError(
+        absl::StrCat("NATS not reachable: the outbox sequence is set past what stream ", stream,
+                     " holds before republishing after a restore"));
+  }
+  absl::StatusOr<NatsPtr<jsCtx>> js = nats.JetStream();
+  if (!js.ok()) return js.status();
+  absl::StatusOr<int64_t> last = LastOutboxSeqInStream(js->get(), stream);
+  if (!last.ok()) return last.status();
+  return db::Transact(pool, [&](db::Conn& c) -> absl::Status {
+    // Only forward: setval(h) hands out h + 1 next.
+    return c
+        .Exec(
+            "SELECT setval('outbox_seq_seq', h, true) FROM (SELECT GREATEST($1::bigint, "
+            "(SELECT COALESCE(max(stream_seq), 0) FROM outbox_restores WHERE settled_at IS NULL)) "
+            "AS h) x WHERE h > (SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
+            "FROM outbox_seq_seq)",
+            {*last})
+        .status();
+  });
+}
+
+absl::StatusOr<int64_t> SettleRestores(db::Pool& pool) {
+  int64_t settled = 0;
+  absl::Status s = db::Transact(pool, [&](db::Conn& c) -> absl::Status {
+    auto r = c.Exec("UPDATE outbox_restores SET settled_at = now() WHERE settled_at IS NULL");
+    if (!r.ok()) return r.status();
+    settled = r->affected();
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return settled;
 }
 
 }  // namespace connecting::bus

@@ -81,6 +81,9 @@ struct RelayOptions {
   // busy service publishes in batches (adds at most this to event latency).
   absl::Duration linger = absl::Milliseconds(5);
   absl::Duration ack_timeout = absl::Seconds(5);
+  // How often a running relay looks again for a restore (see
+  // CheckForRestore); it also looks each time it connects to PostgreSQL.
+  absl::Duration restore_check_interval = absl::Seconds(30);
   // Test hook: exit the process right after the PubAck, before deleting the published rows.
   bool crash_after_publish = false;
 };
@@ -103,11 +106,15 @@ class OutboxRelay {
   void Run();
   // Publishes one batch; returns how many rows it published and deleted.
   absl::StatusOr<int> PublishBatch(db::Conn& conn, jsCtx* js);
-  // Once the stream is there: true if it holds an event published from an
-  // outbox row numbered beyond the database's outbox sequence, which only a
-  // database gone back in time (restored to an earlier point, or replaced)
-  // explains. Logs it and sets connecting_outbox_database_behind_stream.
-  bool DatabaseBehindStream(db::Conn& conn, jsCtx* js);
+  // Once the stream is there, before the relay publishes on a new connection
+  // and every restore_check_interval: true if the database's outbox sequence
+  // is behind an outbox row that the stream holds an event of (its last
+  // message says which) or that this relay published, which only a database
+  // gone back in time (restored to an earlier point, replaced, a failover
+  // that lost commits) explains; or if such a restore is recorded and not
+  // yet settled. Records it in outbox_restores (logged once, by the relay
+  // that found it) and sets connecting_outbox_database_behind_stream.
+  bool CheckForRestore(db::Conn& conn, jsCtx* js);
   // Sleeps until Wake(), Stop() or the poll interval.
   void WaitForWork();
   static void OnAck(jsCtx* js, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure);
@@ -119,11 +126,27 @@ class OutboxRelay {
   std::atomic<bool> stopping_{false};
   std::atomic<bool> healthy_{false};
   absl::Time flush_deadline_ = absl::InfinitePast();
+  // The relay thread's own: the highest outbox row number it knows the stream
+  // holds (published and acknowledged, or read from its last message).
+  int64_t highest_in_stream_ = 0;
+  bool told_of_recorded_restore_ = false;
 
   absl::Mutex mu_;
   uint64_t batch_generation_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::string> acked_ ABSL_GUARDED_BY(mu_);
 };
+
+// `--republish --after-restore`, before its snapshots: sets the database's
+// outbox sequence past every outbox row that `stream` holds an event of (its
+// last message) or that a relay recorded, so that the events from now on are
+// numbered beyond them and no relay finds the database behind its stream
+// again. A stream that does not exist holds none. Waits up to `timeout` for
+// NATS.
+absl::Status AdvanceOutboxPastStream(db::Pool& pool, const Nats& nats, const std::string& stream,
+                                     absl::Duration timeout);
+// ... and once the snapshots are committed: settles the restores the relays
+// recorded (their alert clears at each relay's next check). Returns how many.
+absl::StatusOr<int64_t> SettleRestores(db::Pool& pool);
 
 }  // namespace connecting::bus
 

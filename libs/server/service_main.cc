@@ -62,11 +62,11 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
   c.event_subject_prefix =
       env.String("EVENT_SUBJECT_PREFIX", absl::StrCat("connecting.", def.name));
   c.event_stream = env.String("EVENT_STREAM", def.stream);
+  c.nats_url = env.String("NATS_URL", "nats://127.0.0.1:4222");  // --republish --after-restore too
   if (minimal) {  // --migrate, --wait-for-migrations, --republish
     if (absl::Status s = env.Finish(); !s.ok()) return s;
     return c;
   }
-  c.nats_url = env.String("NATS_URL", "nats://127.0.0.1:4222");
   c.grpc_listen = env.Listen("GRPC_LISTEN", "0.0.0.0:50051");
   c.metrics_listen = env.Listen("METRICS_LISTEN", "0.0.0.0:9090");
   c.auth.algorithm = absl::AsciiStrToUpper(env.String("AUTH_JWT_ALG", "HS256"));
@@ -320,15 +320,39 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   if (republish) {
     db::Pool pool(cfg->database_url, 2, def.name);
     bus::Outbox outbox(cfg->event_subject_prefix, absl::StrCat("/connecting/", def.name));
+    if (after_restore) {
+      // The snapshots are numbered past what the stream holds, so that no
+      // relay finds the database behind it once they are published.
+      absl::StatusOr<std::unique_ptr<bus::Nats>> nats =
+          bus::Nats::Connect(cfg->nats_url, def.name + "-republish");
+      absl::Status s = nats.ok() ? bus::AdvanceOutboxPastStream(pool, **nats, cfg->event_stream,
+                                                                absl::Seconds(30))
+                                 : nats.status();
+      if (!s.ok()) {
+        log::Error("republishing failed", {{"error", s.ToString()}});
+        return 1;
+      }
+    }
     absl::StatusOr<int64_t> n = def.republish(pool, outbox, after_restore);
     if (!n.ok()) {
       log::Error("republishing failed", {{"error", n.status().ToString()}});
       return 1;
     }
+    int64_t settled = 0;
+    if (after_restore) {
+      absl::StatusOr<int64_t> r = bus::SettleRestores(pool);
+      if (!r.ok()) {
+        log::Error("republished, but the recorded restore is not settled",
+                   {{"error", r.status().ToString()}});
+        return 1;
+      }
+      settled = *r;
+    }
     log::Info("republished: snapshot events added to the outbox",
               {{"events", absl::StrCat(*n)},
                {"stream", cfg->event_stream},
-               {"new_versions", after_restore ? "yes" : "no"}});
+               {"new_versions", after_restore ? "yes" : "no"},
+               {"restores_settled", absl::StrCat(settled)}});
     return 0;
   }
 
