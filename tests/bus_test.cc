@@ -131,6 +131,13 @@ double BehindStream() {
   return -1;
 }
 
+// Waits up to 10 s for the gauge to read `want`; returns what it reads last.
+double BehindStreamBecomes(double want) {
+  absl::Time until = absl::Now() + absl::Seconds(10);
+  while (BehindStream() != want && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
+  return BehindStream();
+}
+
 // The header each relayed event carries: its outbox row number.
 std::vector<int64_t> OutboxSeqs(const std::vector<testing::StoredEvent>& events) {
   std::vector<int64_t> out;
@@ -163,9 +170,7 @@ TEST_F(Bus, RelaySaysSoWhenItsDatabaseIsBehindItsStream) {
 
   ASSERT_EQ(Count("SELECT setval('outbox_seq_seq', 1)"), 1);
   relay = Relay();
-  absl::Time until = absl::Now() + absl::Seconds(10);
-  while (BehindStream() != 1 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
-  EXPECT_EQ(BehindStream(), 1) << "the relay did not see its database went back";
+  EXPECT_EQ(BehindStreamBecomes(1), 1) << "the relay did not see its database went back";
   EXPECT_EQ(Count("SELECT count(*) FROM outbox_restores WHERE settled_at IS NULL AND "
                   "database_seq = 1 AND stream_seq = 3"),
             1);
@@ -182,17 +187,13 @@ TEST_F(Bus, RelaySaysSoWhenItsDatabaseIsBehindItsStream) {
                   "SELECT count(*) FROM u"),
             1);
   relay = Relay();
-  until = absl::Now() + absl::Seconds(10);
-  while (BehindStream() != 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
-  EXPECT_EQ(BehindStream(), 0);
+  EXPECT_EQ(BehindStreamBecomes(0), 0);
   relay->Stop(absl::Now());
   ASSERT_EQ(Count("WITH u AS (UPDATE outbox_restores SET settled_at = NULL RETURNING 1) "
                   "SELECT count(*) FROM u"),
             1);
   relay = Relay();
-  until = absl::Now() + absl::Seconds(10);
-  while (BehindStream() != 1 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
-  EXPECT_EQ(BehindStream(), 1) << "the recorded restore was forgotten";
+  EXPECT_EQ(BehindStreamBecomes(1), 1) << "the recorded restore was forgotten";
   relay->Stop(absl::Now());
 
   // --republish --after-restore: the sequence goes past the stream's (what
@@ -205,9 +206,7 @@ TEST_F(Bus, RelaySaysSoWhenItsDatabaseIsBehindItsStream) {
   Emit(1);
   relay = Relay();
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
-  until = absl::Now() + absl::Seconds(10);
-  while (BehindStream() != 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
-  EXPECT_EQ(BehindStream(), 0) << "a settled restore still reported";
+  EXPECT_EQ(BehindStreamBecomes(0), 0) << "a settled restore still reported";
   relay->Stop(absl::Now());
   EXPECT_EQ(OutboxSeqs(testing::ReadStream(nats_url_, stream_)),
             (std::vector<int64_t>{1, 2, 3, 2, 4}));
@@ -245,9 +244,7 @@ TEST_F(Bus, RelayFindsARestoreUnderItAsItConnectsAgain) {
             1);
   Emit(1);
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
-  absl::Time until = absl::Now() + absl::Seconds(10);
-  while (BehindStream() != 1 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
-  EXPECT_EQ(BehindStream(), 1) << "the relay did not see its database went back under it";
+  EXPECT_EQ(BehindStreamBecomes(1), 1) << "the relay did not see its database went back under it";
   EXPECT_EQ(Count("SELECT count(*) FROM outbox_restores WHERE settled_at IS NULL AND "
                   "stream_seq = 3"),
             1);
