@@ -239,15 +239,26 @@ TEST_F(Bus, RelayFindsARestoreUnderItAsItConnectsAgain) {
     jsPubAck_Destroy(pa);
     natsMsg_Destroy(m);
   }
+  // A replica that had published less recorded the restore first.
+  ASSERT_EQ(Count("WITH i AS (INSERT INTO outbox_restores (database_seq, stream_seq) "
+                  "VALUES (1, 2) RETURNING 1) SELECT count(*) FROM i"),
+            1);
   ASSERT_EQ(Count("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                   "WHERE application_name = 'outbox-relay' AND datname = current_database()"),
             1);
   Emit(1);
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
   EXPECT_EQ(BehindStreamBecomes(1), 1) << "the relay did not see its database went back under it";
+  // The record now holds the highest this relay published, which
+  // --after-restore numbers the events past.
+  for (absl::Time until = absl::Now() + absl::Seconds(10);
+       Count("SELECT max(stream_seq) FROM outbox_restores") != 3 && absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
   EXPECT_EQ(Count("SELECT count(*) FROM outbox_restores WHERE settled_at IS NULL AND "
                   "stream_seq = 3"),
             1);
+  EXPECT_EQ(Count("SELECT count(*) FROM outbox_restores"), 1);
   relay->Stop(absl::Now());
 }
 

@@ -194,14 +194,17 @@ bool OutboxRelay::CheckForRestore(db::Conn& conn, jsCtx* js) {
   if (!r.ok() || r->rows() != 1) return false;  // tried again at the next check
   const int64_t database = r->Int(0, 0);
   bool recorded = !r->IsNull(0, 1);
-  if (database < highest_in_stream_ && !recorded) {
-    absl::StatusOr<db::Result> ins = conn.Exec(
+  if (database < highest_in_stream_) {
+    // Recorded with the highest row any replica knows the stream holds, so
+    // that --after-restore numbers the events past every one of them.
+    absl::StatusOr<db::Result> rec = conn.Exec(
         "INSERT INTO outbox_restores (database_seq, stream_seq) VALUES ($1, $2) "
-        "ON CONFLICT DO NOTHING",
+        "ON CONFLICT ((true)) WHERE settled_at IS NULL DO UPDATE "
+        "SET stream_seq = GREATEST(outbox_restores.stream_seq, EXCLUDED.stream_seq) "
+        "RETURNING xmax = 0",
         {database, highest_in_stream_});
-    if (ins.ok()) {
-      recorded = true;
-      told_of_recorded_restore_ = true;
+    if (rec.ok() && rec->rows() == 1 && rec->String(0, 0) == "t") {
+      recorded = told_of_recorded_restore_ = true;
       log::Error(
           "database behind its stream (restored to an earlier point, or replaced?): consumers "
           "hold events of changes it no longer has; once it is the database to keep, run this "
@@ -210,7 +213,8 @@ bool OutboxRelay::CheckForRestore(db::Conn& conn, jsCtx* js) {
            {"published_outbox_seq", absl::StrCat(highest_in_stream_)},
            {"database_outbox_seq", absl::StrCat(database)}});
     }
-  } else if (recorded && !told_of_recorded_restore_) {
+  }
+  if (recorded && !told_of_recorded_restore_) {
     told_of_recorded_restore_ = true;
     log::Error(
         "a restore of this database awaits --republish --after-restore: consumers hold events "
