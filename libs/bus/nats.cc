@@ -7,7 +7,10 @@
 namespace connecting::bus {
 namespace {
 
-void OnDisconnected(natsConnection*, void*) { log::Warn("nats disconnected"); }
+void OnDisconnected(natsConnection* nc, void*) {
+  // Also called as the process closes its connection on purpose: not worth a warning.
+  if (!natsConnection_IsClosed(nc)) log::Warn("nats disconnected");
+}
 void OnReconnected(natsConnection*, void*) { log::Info("nats reconnected"); }
 void OnConnected(natsConnection*, void*) { log::Info("nats connected"); }
 

@@ -424,9 +424,10 @@ absl::Status AdvanceOutboxPastStream(db::Pool& pool, const Nats& nats, const std
   absl::Time until = absl::Now() + timeout;
   while (!nats.connected() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
   if (!nats.connected()) {
-    return absl::UnavailableError(
-        absl::StrCat("NATS not reachable: the outbox sequence is set past what stream ", stream,
-                     " holds before republishing after a restore"));
+    return absl::UnavailableError(absl::StrCat(
+        "NATS not reachable (NATS_URL): republishing after a restore first reads the last "
+        "event of stream ",
+        stream, ", to number the snapshots past it"));
   }
   absl::StatusOr<NatsPtr<jsCtx>> js = nats.JetStream();
   if (!js.ok()) return js.status();
