@@ -1,8 +1,13 @@
 // Unit and integration tests of libs/: validation, page tokens, auth,
 // executor, the database layer and migrations (real PostgreSQL).
 #include <gtest/gtest.h>
+#include <jwt.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 
 #include <atomic>
+#include <fstream>
+#include <functional>
 #include <future>
 
 #include "absl/strings/str_join.h"
@@ -76,8 +81,18 @@ TEST(PageTokens, RoundTripAndRefuseTamperingOrOtherScopes) {
   EXPECT_TRUE(absl::IsInvalidArgument(other.Decode("List|a", t).status()));
 }
 
+// Authenticator options: the algorithm and key, and what `more` sets.
+server::AuthOptions AuthWith(const std::string& algorithm, const std::string& key,
+                             const std::function<void(server::AuthOptions&)>& more = nullptr) {
+  server::AuthOptions o;
+  o.algorithm = algorithm;
+  o.key = key;
+  if (more) more(o);
+  return o;
+}
+
 TEST(Auth, VerifiesSignatureExpiryAndClaims) {
-  auto auth = server::Authenticator::Create({"HS256", testing::kJwtKey, "", absl::Seconds(30)});
+  auto auth = server::Authenticator::Create(AuthWith("HS256", testing::kJwtKey));
   ASSERT_TRUE(auth.ok());
   auto p = auth->Authenticate("Bearer " + testing::Token(server::Role::kPartner, "h", "org-1"));
   ASSERT_TRUE(p.ok()) << p.status();
@@ -89,9 +104,149 @@ TEST(Auth, VerifiesSignatureExpiryAndClaims) {
       auth->Authenticate("Bearer " +
                          testing::Token(server::Role::kAdmin, "x", "", -absl::Minutes(5)))
           .status()));
-  EXPECT_FALSE(server::Authenticator::Create({"HS256", "short", "", absl::Seconds(30)}).ok());
-  EXPECT_FALSE(
-      server::Authenticator::Create({"none", testing::kJwtKey, "", absl::Seconds(30)}).ok());
+  EXPECT_FALSE(server::Authenticator::Create(AuthWith("HS256", "short")).ok());
+  EXPECT_FALSE(server::Authenticator::Create(AuthWith("none", testing::kJwtKey)).ok());
+}
+
+// A token signed with `key` (HS256 secret, or a PEM private key for `alg`),
+// with the claims given as JSON.
+std::string Signed(jwt_alg_t alg, const std::string& key, const std::string& claims_json) {
+  jwt_t* j = nullptr;
+  if (jwt_new(&j) != 0) return "";
+  std::string claims = claims_json;
+  jwt_add_grants_json(j, claims.c_str());
+  jwt_add_grant_int(j, "exp", absl::ToUnixSeconds(absl::Now() + absl::Minutes(5)));
+  jwt_set_alg(j, alg, reinterpret_cast<const unsigned char*>(key.data()),
+              static_cast<int>(key.size()));
+  char* s = jwt_encode_str(j);
+  jwt_free(j);
+  std::string out = s != nullptr ? s : "";
+  free(s);
+  return out;
+}
+
+// A new key pair ("EC" P-256 or "RSA" 2048) as PEM: private, public.
+std::pair<std::string, std::string> NewKeyPair(const char* type) {
+  EVP_PKEY* key = std::string(type) == "EC" ? EVP_EC_gen("P-256") : EVP_RSA_gen(2048);
+  auto pem = [&](bool priv) {
+    BIO* bio = BIO_new(BIO_s_mem());
+    if (priv) {
+      PEM_write_bio_PrivateKey(bio, key, nullptr, nullptr, 0, nullptr, nullptr);
+    } else {
+      PEM_write_bio_PUBKEY(bio, key);
+    }
+    char* data = nullptr;
+    long n = BIO_get_mem_data(bio, &data);
+    std::string out(data, static_cast<size_t>(n));
+    BIO_free(bio);
+    return out;
+  };
+  std::pair<std::string, std::string> out = {pem(true), pem(false)};
+  EVP_PKEY_free(key);
+  return out;
+}
+
+void WriteFile(const std::string& path, const std::string& text) {
+  std::string tmp = path + ".new";
+  std::ofstream(tmp, std::ios::binary | std::ios::trunc) << text;
+  ASSERT_EQ(std::rename(tmp.c_str(), path.c_str()), 0);  // as a Secret volume swaps it
+}
+
+TEST(Auth, KeyFileRotatesWithoutARestart) {
+  // The signing secret rotates: both are in the file for a while, then the
+  // old one goes, and its tokens are refused, those verified before too.
+  const std::string a(40, 'a'), b(40, 'b');
+  const std::string file =
+      testing::RequiredEnv("CONNECTING_TEST_TMP") + "/keys-" + testing::RandomSuffix();
+  WriteFile(file, a + "\n");
+  auto auth = server::Authenticator::Create(AuthWith("HS256", "", [&](server::AuthOptions& o) {
+    o.key_file = file;
+    o.key_file_check = absl::Milliseconds(50);
+  }));
+  ASSERT_TRUE(auth.ok()) << auth.status();
+  const std::string claims = R"({"sub": "u", "role": "viewer"})";
+  const std::string by_a = "Bearer " + Signed(JWT_ALG_HS256, a, claims);
+  const std::string by_b = "Bearer " + Signed(JWT_ALG_HS256, b, claims);
+  auto settle = [] { absl::SleepFor(absl::Milliseconds(120)); };
+  EXPECT_TRUE(auth->Authenticate(by_a).ok()) << "the line's newline is not part of the secret";
+  EXPECT_TRUE(absl::IsUnauthenticated(auth->Authenticate(by_b).status()));
+
+  WriteFile(file, "  " + a + "  \n\n" + b + "\r\n");
+  settle();
+  EXPECT_TRUE(auth->Authenticate(by_b).ok());
+  EXPECT_TRUE(auth->Authenticate(by_a).ok());
+  EXPECT_EQ(auth->keys().size(), 2u);
+
+  WriteFile(file, "tooshort\n");  // a bad edit: the keys in use stay
+  settle();
+  EXPECT_TRUE(auth->Authenticate(by_b).ok());
+  EXPECT_EQ(auth->keys().size(), 2u);
+
+  WriteFile(file, b + "\n");
+  settle();
+  EXPECT_TRUE(auth->Authenticate(by_b).ok());
+  auto old = auth->Authenticate(by_a);
+  EXPECT_TRUE(absl::IsUnauthenticated(old.status())) << "a removed key's token still verified";
+
+  std::remove(file.c_str());  // gone for a moment (a volume being updated): as it was
+  settle();
+  EXPECT_TRUE(auth->Authenticate(by_b).ok());
+
+  auto bad = server::Authenticator::Create(
+      AuthWith("HS256", "", [&](server::AuthOptions& o) { o.key_file = file; }));
+  EXPECT_TRUE(absl::IsInvalidArgument(bad.status()));
+  EXPECT_NE(bad.status().message().find(file), std::string::npos) << bad.status();
+}
+
+TEST(Auth, SeveralPublicKeysEachOfItsAlgorithm) {
+  // An identity provider's key rollover: two ES256 keys in one PEM file.
+  auto [old_private, old_public] = NewKeyPair("EC");
+  auto [new_private, new_public] = NewKeyPair("EC");
+  auto [rsa_private, rsa_public] = NewKeyPair("RSA");
+  auto auth = server::Authenticator::Create(AuthWith("ES256", old_public + new_public));
+  ASSERT_TRUE(auth.ok()) << auth.status();
+  EXPECT_EQ(auth->keys().size(), 2u);
+  const std::string claims = R"({"sub": "u", "role": "admin"})";
+  EXPECT_TRUE(auth->Authenticate("Bearer " + Signed(JWT_ALG_ES256, old_private, claims)).ok());
+  EXPECT_TRUE(auth->Authenticate("Bearer " + Signed(JWT_ALG_ES256, new_private, claims)).ok());
+  auto other = NewKeyPair("EC");
+  EXPECT_TRUE(absl::IsUnauthenticated(
+      auth->Authenticate("Bearer " + Signed(JWT_ALG_ES256, other.first, claims)).status()));
+  // An HS256 token "signed" with a public key as its secret: refused.
+  EXPECT_TRUE(absl::IsUnauthenticated(
+      auth->Authenticate("Bearer " + Signed(JWT_ALG_HS256, new_public, claims)).status()));
+  // An RSA key where EC keys are expected, or a damaged one, is named.
+  auto mixed = server::Authenticator::Create(AuthWith("ES256", old_public + rsa_public));
+  ASSERT_FALSE(mixed.ok());
+  EXPECT_NE(mixed.status().message().find("PEM public key 2"), std::string::npos) << mixed.status();
+  std::string damaged = old_public;
+  damaged[40] = damaged[40] == 'A' ? 'B' : 'A';
+  damaged[41] = '*';
+  EXPECT_FALSE(server::Authenticator::Create(AuthWith("ES256", damaged)).ok());
+  auto rsa = server::Authenticator::Create(AuthWith("RS256", rsa_public));
+  ASSERT_TRUE(rsa.ok()) << rsa.status();
+  EXPECT_TRUE(rsa->Authenticate("Bearer " + Signed(JWT_ALG_RS256, rsa_private, claims)).ok());
+}
+
+TEST(Auth, AudienceMustNameTheService) {
+  auto auth = server::Authenticator::Create(
+      AuthWith("HS256", testing::kJwtKey,
+               [&](server::AuthOptions& o) { o.audience = "connecting-scheduling"; }));
+  ASSERT_TRUE(auth.ok());
+  auto with = [&](const std::string& aud) {
+    std::string claims = R"({"sub": "u", "role": "viewer")";
+    if (!aud.empty()) claims += R"(, "aud": )" + aud;
+    return auth->Authenticate("Bearer " + Signed(JWT_ALG_HS256, testing::kJwtKey, claims + "}"));
+  };
+  EXPECT_TRUE(with(R"("connecting-scheduling")").ok());
+  EXPECT_TRUE(with(R"(["connecting-partners", "connecting-scheduling"])").ok());
+  for (const std::string& aud : {std::string(), std::string(R"("connecting-partners")"),
+                                 std::string(R"(["connecting-partners"])"),
+                                 std::string(R"(["connecting-scheduling-x"])"), std::string("7")}) {
+    auto p = with(aud);
+    EXPECT_TRUE(absl::IsUnauthenticated(p.status())) << aud;
+    EXPECT_NE(p.status().message().find("audience"), std::string::npos) << p.status();
+  }
 }
 
 TEST(Executor, RefusesWorkBeyondItsQueue) {

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "libs/db/db.h"
+#include "libs/server/auth.h"
 #include "tests/harness.h"
 
 namespace connecting::testing {
@@ -89,6 +90,56 @@ TEST(PartnersHealth, BadConfigurationExitsTwoNamingEveryVariable) {
   std::string out = ReadFile(run.log);
   for (const char* var : {"DATABASE_URL", "AUTH_JWT_KEY", "GRPC_LISTEN", "DB_POOL_SIZE"}) {
     EXPECT_NE(out.find(var), std::string::npos) << var << " not named in:\n" << out;
+  }
+}
+
+TEST(PartnersHealth, TokenKeysRotateWithoutARestart) {
+  // The operator's rotation: the key file (a mounted Secret) gets the new
+  // secret beside the old, then loses the old; the running service follows
+  // within AUTH_JWT_KEY_FILE_CHECK, and a token of the removed key is refused.
+  const std::string next(48, 'n');
+  const std::string file =
+      absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/jwt-", RandomSuffix());
+  auto write = [&](const std::string& text) {
+    std::ofstream(file + ".new", std::ios::trunc) << text;
+    ASSERT_EQ(std::rename((file + ".new").c_str(), file.c_str()), 0);
+  };
+  write(std::string(kJwtKey) + "\n");
+  PartnersFixture fx(std::map<std::string, std::string>{
+      {"AUTH_JWT_KEY", ""}, {"AUTH_JWT_KEY_FILE", file}, {"AUTH_JWT_KEY_FILE_CHECK", "200ms"}});
+  auto next_token = server::MintToken(next, server::Role::kViewer, "v", {}, absl::Minutes(5));
+  ASSERT_TRUE(next_token.ok());
+  auto code = [&](const std::string& token) {
+    v1::ListOrganisationsRequest req;
+    v1::ListOrganisationsResponse resp;
+    return fx.stub->ListOrganisations(Ctx(token).get(), req, &resp).error_code();
+  };
+  auto becomes = [&](const std::string& token, grpc::StatusCode want) {
+    absl::Time until = absl::Now() + absl::Seconds(5);
+    while (code(token) != want && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
+    return code(token);
+  };
+  const std::string current = Token(server::Role::kViewer, "v");
+  EXPECT_EQ(code(current), grpc::StatusCode::OK);
+  EXPECT_EQ(code(*next_token), grpc::StatusCode::UNAUTHENTICATED);
+  write(std::string(kJwtKey) + "\n" + next + "\n");
+  EXPECT_EQ(becomes(*next_token, grpc::StatusCode::OK), grpc::StatusCode::OK);
+  EXPECT_EQ(code(current), grpc::StatusCode::OK);
+  write(next + "\n");
+  EXPECT_EQ(becomes(current, grpc::StatusCode::UNAUTHENTICATED), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(code(*next_token), grpc::StatusCode::OK);
+
+  // One key source at a time, and a key file that cannot be read, are named.
+  for (const auto& [env, says] :
+       std::vector<std::pair<std::map<std::string, std::string>, std::string>>{
+           {{{"AUTH_JWT_KEY", kJwtKey}, {"AUTH_JWT_KEY_FILE", file}},
+            "AUTH_JWT_KEY and AUTH_JWT_KEY_FILE: set one, not both"},
+           {{{"AUTH_JWT_KEY_FILE", file + ".missing"}}, "AUTH_JWT_KEY_FILE: cannot read"}}) {
+    std::map<std::string, std::string> all = env;
+    all["DATABASE_URL"] = fx.db_url;
+    OneShot run = RunOnce(PARTNERS_BIN, {}, all, "badkey", absl::Seconds(10));
+    EXPECT_EQ(run.code, 2);
+    EXPECT_NE(ReadFile(run.log).find(says), std::string::npos) << ReadFile(run.log);
   }
 }
 

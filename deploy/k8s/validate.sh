@@ -18,6 +18,11 @@ for overlay in dev prod; do
     # Each Deployment's pods wait for that Job before starting their service.
     [ "$(grep -c -- "- --wait-for-migrations" <<<"$out")" -ge 2 ] ||
       fail "$overlay: a Deployment does not wait for its migration Job"
+    # Token keys come from a mounted file, so a rotation needs no restart.
+    [ "$(grep -c "value: /etc/connecting/auth/jwt-key" <<<"$out")" -ge 2 ] ||
+      fail "$overlay: a Deployment does not read its token keys from the mounted Secret"
+    ! grep -q "name: AUTH_JWT_KEY$" <<<"$out" ||
+      fail "$overlay: AUTH_JWT_KEY as an environment variable cannot rotate"
   done
 done
 dev=$(kubectl kustomize overlays/dev)

@@ -1,16 +1,25 @@
 #include "libs/server/auth.h"
 
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
 #include <jwt.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 
 #include <cerrno>
+#include <fstream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <unordered_map>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "libs/common/log.h"
 
 namespace connecting::server {
 namespace {
@@ -28,7 +37,97 @@ std::optional<long> IntClaim(jwt_t* j, const char* name) {
   return v;
 }
 
+constexpr size_t kMaxKeys = 16;
+
+std::optional<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::stringstream buf;
+  buf << in.rdbuf();
+  if (in.bad()) return std::nullopt;
+  return buf.str();
+}
+
+// True if `pem` is a public key of the type `algorithm` verifies with.
+bool IsPublicKeyFor(absl::string_view algorithm, const std::string& pem) {
+  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  if (bio == nullptr) return false;
+  EVP_PKEY* key = PEM_read_bio_PUBKEY(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  if (key == nullptr) return false;
+  int type = EVP_PKEY_get_base_id(key);
+  EVP_PKEY_free(key);
+  return algorithm == "RS256" ? type == EVP_PKEY_RSA : type == EVP_PKEY_EC;
+}
+
+// True if the claim `aud` (a string, or an array of them) names `audience`.
+bool AudienceNames(jwt_t* j, const std::string& audience) {
+  const char* one = jwt_get_grant(j, "aud");
+  if (one != nullptr) return audience == one;
+  char* json = jwt_get_grants_json(j, "aud");
+  if (json == nullptr) return false;
+  google::protobuf::Value v;
+  bool parsed = google::protobuf::util::JsonStringToMessage(json, &v).ok();
+  free(json);
+  if (!parsed || !v.has_list_value()) return false;
+  for (const google::protobuf::Value& e : v.list_value().values()) {
+    if (e.has_string_value() && e.string_value() == audience) return true;
+  }
+  return false;
+}
+
 }  // namespace
+
+absl::StatusOr<std::vector<std::string>> ParseKeys(absl::string_view algorithm,
+                                                   absl::string_view text, bool from_file) {
+  std::vector<std::string> keys;
+  if (algorithm == "HS256") {
+    if (!from_file) {
+      keys.emplace_back(text);
+      if (text.size() < 32)
+        return absl::InvalidArgumentError("HS256 key must be at least 32 bytes");
+    } else {
+      int line_no = 0;
+      for (absl::string_view line : absl::StrSplit(text, '\n')) {
+        ++line_no;
+        line = absl::StripAsciiWhitespace(line);
+        if (line.empty()) continue;
+        if (line.size() < 32) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("the HS256 secret on line ", line_no, " is shorter than 32 bytes"));
+        }
+        keys.emplace_back(line);
+      }
+    }
+  } else {
+    constexpr absl::string_view kBegin = "-----BEGIN PUBLIC KEY-----";
+    constexpr absl::string_view kEnd = "-----END PUBLIC KEY-----";
+    for (size_t at = text.find(kBegin); at != absl::string_view::npos; at = text.find(kBegin, at)) {
+      size_t end = text.find(kEnd, at);
+      if (end == absl::string_view::npos) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("PEM public key ", keys.size() + 1, " has no END line"));
+      }
+      end += kEnd.size();
+      keys.push_back(absl::StrCat(text.substr(at, end - at), "\n"));
+      if (!IsPublicKeyFor(algorithm, keys.back())) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("PEM public key ", keys.size(), " is not a valid ",
+                         algorithm == "RS256" ? "RSA" : "EC", " public key (", algorithm, ")"));
+      }
+      at = end;
+    }
+    if (keys.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(algorithm, " key must be a PEM public key"));
+    }
+  }
+  if (keys.empty()) return absl::InvalidArgumentError("the key file holds no secret");
+  if (keys.size() > kMaxKeys) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("at most ", kMaxKeys, " keys (", keys.size(), " given)"));
+  }
+  return keys;
+}
 
 absl::string_view RoleName(Role role) {
   switch (role) {
@@ -57,18 +156,24 @@ absl::StatusOr<Role> ParseRole(absl::string_view name) {
 struct Authenticator::Cache {
   absl::Mutex mu;
   std::unordered_map<std::string, std::pair<Principal, int64_t>> verified ABSL_GUARDED_BY(mu);
+  std::shared_ptr<const std::vector<std::string>> keys ABSL_GUARDED_BY(mu);
+  std::string file_text ABSL_GUARDED_BY(mu);  // the key file as last read
+  absl::Time next_check ABSL_GUARDED_BY(mu);
 };
 
-Authenticator::Authenticator(AuthOptions o, int alg)
-    : options_(std::move(o)), alg_(alg), cache_(std::make_shared<Cache>()) {}
+Authenticator::Authenticator(AuthOptions o, int alg, std::vector<std::string> keys,
+                             std::string file_text)
+    : options_(std::move(o)), alg_(alg), cache_(std::make_shared<Cache>()) {
+  absl::MutexLock lock(&cache_->mu);
+  cache_->keys = std::make_shared<const std::vector<std::string>>(std::move(keys));
+  cache_->file_text = std::move(file_text);
+  cache_->next_check = absl::Now() + options_.key_file_check;
+}
 
 absl::StatusOr<Authenticator> Authenticator::Create(AuthOptions options) {
   int alg;
   if (options.algorithm == "HS256") {
     alg = JWT_ALG_HS256;
-    if (options.key.size() < 32) {
-      return absl::InvalidArgumentError("HS256 key must be at least 32 bytes");
-    }
   } else if (options.algorithm == "RS256") {
     alg = JWT_ALG_RS256;
   } else if (options.algorithm == "ES256") {
@@ -76,11 +181,41 @@ absl::StatusOr<Authenticator> Authenticator::Create(AuthOptions options) {
   } else {
     return absl::InvalidArgumentError("algorithm must be HS256, RS256 or ES256");
   }
-  if (alg != JWT_ALG_HS256 && !absl::StrContains(options.key, "-----BEGIN PUBLIC KEY-----")) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(options.algorithm, " key must be a PEM public key"));
+  std::string text = options.key, file_text;
+  if (!options.key_file.empty()) {
+    std::optional<std::string> read = ReadFile(options.key_file);
+    if (!read) return absl::InvalidArgumentError(absl::StrCat("cannot read ", options.key_file));
+    text = file_text = *std::move(read);
   }
-  return Authenticator(std::move(options), alg);
+  absl::StatusOr<std::vector<std::string>> keys =
+      ParseKeys(options.algorithm, text, !options.key_file.empty());
+  if (!keys.ok()) return keys.status();
+  return Authenticator(std::move(options), alg, *std::move(keys), std::move(file_text));
+}
+
+std::vector<std::string> Authenticator::keys() const {
+  absl::MutexLock lock(&cache_->mu);
+  return *cache_->keys;
+}
+
+std::shared_ptr<const std::vector<std::string>> Authenticator::KeysLocked(absl::Time now) const {
+  Cache& c = *cache_;
+  if (options_.key_file.empty() || now < c.next_check) return c.keys;
+  c.next_check = now + options_.key_file_check;
+  std::optional<std::string> text = ReadFile(options_.key_file);
+  if (!text || *text == c.file_text) return c.keys;  // unreadable for a moment: as it was
+  c.file_text = *text;
+  absl::StatusOr<std::vector<std::string>> keys = ParseKeys(options_.algorithm, *text, true);
+  if (!keys.ok()) {
+    log::Error("token key file changed but is not valid: the keys read before stay in use",
+               {{"file", options_.key_file}, {"error", keys.status().message()}});
+    return c.keys;
+  }
+  log::Info("token keys read again",
+            {{"file", options_.key_file}, {"keys", absl::StrCat(keys->size())}});
+  c.keys = std::make_shared<const std::vector<std::string>>(*std::move(keys));
+  c.verified.clear();  // a token of a key removed is refused from now on
+  return c.keys;
 }
 
 absl::StatusOr<Principal> Authenticator::Authenticate(absl::string_view authorization) const {
@@ -93,9 +228,12 @@ absl::StatusOr<Principal> Authenticator::Authenticate(absl::string_view authoriz
     return absl::UnauthenticatedError("authorization must be \"Bearer <token>\"");
   }
   std::string token(authorization.substr(kBearer.size()));
-  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  const absl::Time now_time = absl::Now();
+  const int64_t now = absl::ToUnixSeconds(now_time);
+  std::shared_ptr<const std::vector<std::string>> keys;
   {
     absl::MutexLock lock(&cache_->mu);
+    keys = KeysLocked(now_time);
     auto it = cache_->verified.find(token);
     if (it != cache_->verified.end()) {
       if (it->second.second + absl::ToInt64Seconds(options_.leeway) >= now) return it->second.first;
@@ -103,23 +241,34 @@ absl::StatusOr<Principal> Authenticator::Authenticate(absl::string_view authoriz
     }
   }
   int64_t exp = 0;
-  absl::StatusOr<Principal> p = Verify(token, &exp);
+  absl::StatusOr<Principal> p = Verify(token, *keys, &exp);
   if (p.ok()) {
     absl::MutexLock lock(&cache_->mu);
-    if (cache_->verified.size() >= 10000) cache_->verified.clear();
-    cache_->verified.emplace(std::move(token), std::make_pair(*p, exp));
+    if (cache_->keys == keys) {  // not if the keys changed meanwhile
+      if (cache_->verified.size() >= 10000) cache_->verified.clear();
+      cache_->verified.emplace(std::move(token), std::make_pair(*p, exp));
+    }
   }
   return p;
 }
 
-absl::StatusOr<Principal> Authenticator::Verify(const std::string& token, int64_t* exp_out) const {
-  jwt_t* raw = nullptr;
-  if (jwt_decode(&raw, token.c_str(), reinterpret_cast<const unsigned char*>(options_.key.data()),
-                 static_cast<int>(options_.key.size())) != 0 ||
-      raw == nullptr) {
+absl::StatusOr<Principal> Authenticator::Verify(const std::string& token,
+                                                const std::vector<std::string>& keys,
+                                                int64_t* exp_out) const {
+  JwtPtr jwt;
+  for (const std::string& key : keys) {  // during a rotation, the old key and the new
+    jwt_t* raw = nullptr;
+    if (jwt_decode(&raw, token.c_str(), reinterpret_cast<const unsigned char*>(key.data()),
+                   static_cast<int>(key.size())) == 0 &&
+        raw != nullptr) {
+      jwt.reset(raw);
+      break;
+    }
+    if (raw != nullptr) jwt_free(raw);
+  }
+  if (jwt == nullptr) {
     return absl::UnauthenticatedError("token is malformed or its signature does not verify");
   }
-  JwtPtr jwt(raw);
   if (static_cast<int>(jwt_get_alg(jwt.get())) != alg_) {
     return absl::UnauthenticatedError(
         absl::StrCat("token must be signed with ", options_.algorithm));
@@ -138,6 +287,10 @@ absl::StatusOr<Principal> Authenticator::Verify(const std::string& token, int64_
     if (iss == nullptr || options_.issuer != iss) {
       return absl::UnauthenticatedError("token issuer is not trusted");
     }
+  }
+  if (!options_.audience.empty() && !AudienceNames(jwt.get(), options_.audience)) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("token audience (aud) does not name \"", options_.audience, "\""));
   }
   Principal p;
   const char* sub = jwt_get_grant(jwt.get(), "sub");

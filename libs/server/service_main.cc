@@ -71,21 +71,23 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
   c.metrics_listen = env.Listen("METRICS_LISTEN", "0.0.0.0:9090");
   c.auth.algorithm = absl::AsciiStrToUpper(env.String("AUTH_JWT_ALG", "HS256"));
   c.auth.key = env.String("AUTH_JWT_KEY", "");
-  std::string key_file = env.String("AUTH_JWT_KEY_FILE", "");
-  if (!key_file.empty()) {
-    std::ifstream in(key_file);
-    std::stringstream buf;
-    buf << in.rdbuf();
-    if (!in) env.AddError(absl::StrCat("AUTH_JWT_KEY_FILE: cannot read ", key_file));
-    c.auth.key = buf.str();
-  }
-  if (c.auth.key.empty()) {
-    env.AddError("AUTH_JWT_KEY or AUTH_JWT_KEY_FILE: required (token signing key)");
-  } else if (auto a = Authenticator::Create(c.auth); !a.ok()) {
-    env.AddError(absl::StrCat("AUTH_JWT_KEY: ", a.status().message()));
-  }
+  c.auth.key_file = env.String("AUTH_JWT_KEY_FILE", "");
   c.auth.issuer = env.String("AUTH_JWT_ISSUER", "");
-  c.page_token_key = env.String("PAGE_TOKEN_KEY", c.auth.algorithm == "HS256" ? c.auth.key : "");
+  c.auth.audience = env.String("AUTH_JWT_AUDIENCE", "");
+  c.auth.key_file_check = env.Duration("AUTH_JWT_KEY_FILE_CHECK", absl::Seconds(10),
+                                       absl::Milliseconds(100), absl::Hours(1));
+  std::string first_key;  // PAGE_TOKEN_KEY's default with HS256
+  if (c.auth.key.empty() == c.auth.key_file.empty()) {
+    env.AddError(c.auth.key.empty()
+                     ? "AUTH_JWT_KEY or AUTH_JWT_KEY_FILE: required (token signing key)"
+                     : "AUTH_JWT_KEY and AUTH_JWT_KEY_FILE: set one, not both");
+  } else if (auto a = Authenticator::Create(c.auth); !a.ok()) {
+    env.AddError(absl::StrCat(c.auth.key_file.empty() ? "AUTH_JWT_KEY: " : "AUTH_JWT_KEY_FILE: ",
+                              a.status().message()));
+  } else {
+    first_key = a->keys().front();
+  }
+  c.page_token_key = env.String("PAGE_TOKEN_KEY", c.auth.algorithm == "HS256" ? first_key : "");
   if (c.page_token_key.size() < 16) {
     env.AddError("PAGE_TOKEN_KEY: required (≥ 16 bytes) unless AUTH_JWT_ALG is HS256");
   }
