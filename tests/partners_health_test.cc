@@ -143,6 +143,67 @@ TEST(PartnersHealth, TokenKeysRotateWithoutARestart) {
   }
 }
 
+TEST(PartnersHealth, PublishesOverTlsToANatsServerThatVerifiesItsClients) {
+  // NATS with TLS that requires a client certificate (mutual TLS), all
+  // signed by a CA of the test's own: the service connects with
+  // NATS_TLS_CA_FILE, NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE, serves, and
+  // its events leave the outbox.
+  const std::string dir = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/tls-", RandomSuffix());
+  ASSERT_EQ(Shell(absl::StrCat(
+                "mkdir -p ", dir, " && cd ", dir,
+                " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                "-keyout ca.key -out ca.pem -days 1 -subj /CN=test-ca 2>/dev/null"
+                " && for who in server client; do"
+                " openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $who.key"
+                " -out $who.csr -subj /CN=$who 2>/dev/null &&"
+                " printf \"subjectAltName=DNS:localhost,DNS:127.0.0.1,IP:127.0.0.1\\n"
+                "extendedKeyUsage=serverAuth,clientAuth\\n\" > ext.cnf &&"
+                " openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
+                " -out $who.pem -days 1 -extfile ext.cnf 2>/dev/null || exit 1; done")),
+            0);
+  const int port = FreePort();
+  Process nats("/usr/bin/env",
+               {"nats-server", "-js", "-a", "127.0.0.1", "-p", std::to_string(port), "-sd",
+                dir + "/js", "--tlsverify", "--tlscert", dir + "/server.pem", "--tlskey",
+                dir + "/server.key", "--tlscacert", dir + "/ca.pem"},
+               {}, dir + "/nats.log");
+  for (int i = 0; i < 200 && !PortOpen(port); ++i) absl::SleepFor(absl::Milliseconds(25));
+  ASSERT_TRUE(PortOpen(port)) << ReadFile(dir + "/nats.log");
+
+  const std::string url = NewDatabase();
+  const std::string suffix = RandomSuffix();
+  std::map<std::string, std::string> tls = {{"NATS_TLS_CA_FILE", dir + "/ca.pem"},
+                                            {"NATS_TLS_CERT_FILE", dir + "/client.pem"},
+                                            {"NATS_TLS_KEY_FILE", dir + "/client.key"}};
+  ServiceProcess svc({PARTNERS_BIN, url, absl::StrCat("tls://127.0.0.1:", port),
+                      "PARTNERS_" + suffix, "t" + suffix + ".connecting.partners", tls});
+  svc.Start();  // SERVING needs NATS connected and the stream made
+  auto stub = v1::PartnersService::NewStub(svc.channel());
+  v1::CreateOrganisationRequest req;
+  req.mutable_organisation()->set_name("Over TLS Trust");
+  req.mutable_organisation()->set_sector(v1::SECTOR_ACUTE_TRUST);
+  req.mutable_organisation()->set_region(v1::REGION_LONDON);
+  v1::Organisation created;
+  grpc::Status st =
+      stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin, "a")).get(), req, &created);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_TRUE(WaitForOutboxDrained(url)) << "the event was not published over TLS";
+
+  // A client certificate needs its key; a CA file that is not there is named.
+  for (const auto& [more, says] :
+       std::vector<std::pair<std::map<std::string, std::string>, std::string>>{
+           {{{"NATS_TLS_CERT_FILE", dir + "/client.pem"}},
+            "NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE: a client certificate needs its key"},
+           {{{"NATS_TLS_CA_FILE", dir + "/missing.pem"}}, "NATS_TLS_CA_FILE: cannot read"}}) {
+    std::map<std::string, std::string> env = more;
+    env["DATABASE_URL"] = url;
+    env["AUTH_JWT_KEY"] = kJwtKey;
+    OneShot run = RunOnce(PARTNERS_BIN, {}, env, "badtls", absl::Seconds(10));
+    EXPECT_EQ(run.code, 2);
+    EXPECT_NE(ReadFile(run.log).find(says), std::string::npos) << ReadFile(run.log);
+  }
+}
+
 TEST(PartnersHealth, AReplicaThatDoesNotMigrateWaitsForTheMigrationJob) {
   // As in Kubernetes (MIGRATE_ON_START=false, the Job migrating beside the
   // rollout): neither the init container's --wait-for-migrations nor the

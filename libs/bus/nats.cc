@@ -41,7 +41,8 @@ absl::Status FromNats(natsStatus s, absl::string_view what, jsErrCode jerr) {
 }
 
 absl::StatusOr<std::unique_ptr<Nats>> Nats::Connect(const std::string& url,
-                                                    const std::string& client_name) {
+                                                    const std::string& client_name,
+                                                    const NatsTls& tls) {
   natsOptions* raw_opts = nullptr;
   if (natsStatus s = natsOptions_Create(&raw_opts); s != NATS_OK) {
     return FromNats(s, "nats options");
@@ -60,6 +61,27 @@ absl::StatusOr<std::unique_ptr<Nats>> Nats::Connect(const std::string& url,
   if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts.get(), OnDisconnected, nullptr);
   if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts.get(), OnReconnected, nullptr);
   if (s != NATS_OK) return FromNats(s, absl::StrCat("nats options for ", url));
+  if (tls.enabled()) {
+    s = natsOptions_SetSecure(opts.get(), true);
+    if (s == NATS_OK && !tls.ca_file.empty()) {
+      s = natsOptions_LoadCATrustedCertificates(opts.get(), tls.ca_file.c_str());
+      if (s != NATS_OK) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("NATS_TLS_CA_FILE: cannot load CA certificates from ", tls.ca_file, ": ",
+                         nats_GetLastError(nullptr)));
+      }
+    }
+    if (s == NATS_OK && !tls.cert_file.empty()) {
+      s = natsOptions_LoadCertificatesChain(opts.get(), tls.cert_file.c_str(),
+                                            tls.key_file.c_str());
+      if (s != NATS_OK) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "NATS_TLS_CERT_FILE / NATS_TLS_KEY_FILE: cannot load the client certificate ",
+            tls.cert_file, " with its key ", tls.key_file, ": ", nats_GetLastError(nullptr)));
+      }
+    }
+    if (s != NATS_OK) return FromNats(s, absl::StrCat("nats TLS options for ", url));
+  }
   natsConnection* raw = nullptr;
   s = natsConnection_Connect(&raw, opts.get());
   if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {

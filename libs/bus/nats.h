@@ -49,11 +49,24 @@ struct StreamSpec {
   absl::Duration duplicate_window = absl::Minutes(10);
 };
 
+// TLS towards NATS: the CA that signed the server's certificate and, for a
+// server that verifies its clients, this client's certificate and key (PEM
+// files). Empty: the system's CAs, no client certificate. A `tls://` URL or
+// any of these turns TLS on.
+struct NatsTls {
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
+  bool enabled() const { return !ca_file.empty() || !cert_file.empty(); }
+};
+
 class Nats {
  public:
   // Returns at once; connection happens (and is retried) in the background.
+  // INVALID_ARGUMENT if the TLS files cannot be loaded.
   static absl::StatusOr<std::unique_ptr<Nats>> Connect(const std::string& url,
-                                                       const std::string& client_name);
+                                                       const std::string& client_name,
+                                                       const NatsTls& tls = {});
   ~Nats();
 
   bool connected() const;

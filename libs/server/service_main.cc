@@ -63,6 +63,20 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
       env.String("EVENT_SUBJECT_PREFIX", absl::StrCat("connecting.", def.name));
   c.event_stream = env.String("EVENT_STREAM", def.stream);
   c.nats_url = env.String("NATS_URL", "nats://127.0.0.1:4222");  // --republish --after-restore too
+  c.nats_tls.ca_file = env.String("NATS_TLS_CA_FILE", "");
+  c.nats_tls.cert_file = env.String("NATS_TLS_CERT_FILE", "");
+  c.nats_tls.key_file = env.String("NATS_TLS_KEY_FILE", "");
+  if (c.nats_tls.cert_file.empty() != c.nats_tls.key_file.empty()) {
+    env.AddError("NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE: a client certificate needs its key");
+  }
+  for (const auto& [var, path] :
+       {std::pair<const char*, const std::string&>{"NATS_TLS_CA_FILE", c.nats_tls.ca_file},
+        {"NATS_TLS_CERT_FILE", c.nats_tls.cert_file},
+        {"NATS_TLS_KEY_FILE", c.nats_tls.key_file}}) {
+    if (!path.empty() && !std::ifstream(path).good()) {
+      env.AddError(absl::StrCat(var, ": cannot read ", path));
+    }
+  }
   if (minimal) {  // --migrate, --wait-for-migrations, --republish
     if (absl::Status s = env.Finish(); !s.ok()) return s;
     return c;
@@ -326,7 +340,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
       // The snapshots are numbered past what the stream holds, so that no
       // relay finds the database behind it once they are published.
       absl::StatusOr<std::unique_ptr<bus::Nats>> nats =
-          bus::Nats::Connect(cfg->nats_url, def.name + "-republish");
+          bus::Nats::Connect(cfg->nats_url, def.name + "-republish", cfg->nats_tls);
       absl::Status s = nats.ok() ? bus::AdvanceOutboxPastStream(pool, **nats, cfg->event_stream,
                                                                 absl::Seconds(30))
                                  : nats.status();
@@ -359,7 +373,8 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   }
 
   absl::StatusOr<Authenticator> auth = Authenticator::Create(cfg->auth);
-  absl::StatusOr<std::unique_ptr<bus::Nats>> nats = bus::Nats::Connect(cfg->nats_url, def.name);
+  absl::StatusOr<std::unique_ptr<bus::Nats>> nats =
+      bus::Nats::Connect(cfg->nats_url, def.name, cfg->nats_tls);
   if (!auth.ok() || !nats.ok()) {
     log::Error("start-up failed",
                {{"error", (!auth.ok() ? auth.status() : nats.status()).ToString()}});

@@ -54,6 +54,7 @@ namespace connecting::server {
 struct ServiceConfig {
   std::string database_url;
   std::string nats_url;
+  bus::NatsTls nats_tls;
   std::string grpc_listen;
   std::string metrics_listen;
   AuthOptions auth;
