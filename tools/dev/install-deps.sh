@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../.."
 
 packages=(build-essential cmake pkg-config ccache git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
-  libpq-dev postgresql nats-server libnats-dev libssl-dev
+  libpq-dev postgresql nats-server libnats-dev libssl-dev openssl
   libgtest-dev libgmock-dev libbenchmark-dev libjwt-dev libcurl4-openssl-dev
   prometheus-cpp-dev)
 sudo=""
