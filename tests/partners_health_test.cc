@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "libs/db/db.h"
 #include "libs/server/auth.h"
 #include "tests/harness.h"
@@ -143,24 +144,32 @@ TEST(PartnersHealth, TokenKeysRotateWithoutARestart) {
   }
 }
 
+// A directory holding a CA of its own (ca.pem) and, signed by it, a server
+// and a client certificate (server.pem/.key, client.pem/.key) good for
+// 127.0.0.1 and localhost; "" if openssl failed.
+std::string MakeTestCa() {
+  const std::string dir = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/tls-", RandomSuffix());
+  int rc = Shell(absl::StrCat(
+      "mkdir -p ", dir, " && cd ", dir,
+      " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+      "-keyout ca.key -out ca.pem -days 1 -subj /CN=test-ca 2>/dev/null"
+      " && for who in server client; do"
+      " openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $who.key"
+      " -out $who.csr -subj /CN=$who 2>/dev/null &&"
+      " printf \"subjectAltName=DNS:localhost,DNS:127.0.0.1,IP:127.0.0.1\\n"
+      "extendedKeyUsage=serverAuth,clientAuth\\n\" > ext.cnf &&"
+      " openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
+      " -out $who.pem -days 1 -extfile ext.cnf 2>/dev/null || exit 1; done"));
+  return rc == 0 ? dir : "";
+}
+
 TEST(PartnersHealth, PublishesOverTlsToANatsServerThatVerifiesItsClients) {
   // NATS with TLS that requires a client certificate (mutual TLS), all
   // signed by a CA of the test's own: the service connects with
   // NATS_TLS_CA_FILE, NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE, serves, and
   // its events leave the outbox.
-  const std::string dir = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/tls-", RandomSuffix());
-  ASSERT_EQ(Shell(absl::StrCat(
-                "mkdir -p ", dir, " && cd ", dir,
-                " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-                "-keyout ca.key -out ca.pem -days 1 -subj /CN=test-ca 2>/dev/null"
-                " && for who in server client; do"
-                " openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $who.key"
-                " -out $who.csr -subj /CN=$who 2>/dev/null &&"
-                " printf \"subjectAltName=DNS:localhost,DNS:127.0.0.1,IP:127.0.0.1\\n"
-                "extendedKeyUsage=serverAuth,clientAuth\\n\" > ext.cnf &&"
-                " openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
-                " -out $who.pem -days 1 -extfile ext.cnf 2>/dev/null || exit 1; done")),
-            0);
+  const std::string dir = MakeTestCa();
+  ASSERT_FALSE(dir.empty());
   const int port = FreePort();
   Process nats("/usr/bin/env",
                {"nats-server", "-js", "-a", "127.0.0.1", "-p", std::to_string(port), "-sd",
@@ -202,6 +211,76 @@ TEST(PartnersHealth, PublishesOverTlsToANatsServerThatVerifiesItsClients) {
     EXPECT_EQ(run.code, 2);
     EXPECT_NE(ReadFile(run.log).find(says), std::string::npos) << ReadFile(run.log);
   }
+}
+
+TEST(PartnersHealth, ServesOverTlsToClientsWithCertificatesAndProbesInPlaintext) {
+  // gRPC over mutual TLS: a caller with a certificate from the configured CA
+  // is served; one without, or in plaintext, is not. Kubernetes' probes
+  // (plaintext only) ask the health-only port, which serves nothing else.
+  const std::string dir = MakeTestCa();
+  ASSERT_FALSE(dir.empty());
+  const int port = FreePort(), health_port = FreePort();
+  const std::string suffix = RandomSuffix();
+  const std::string log = dir + "/partners.log";
+  Process svc(PARTNERS_BIN, {},
+              {{"DATABASE_URL", NewDatabase()},
+               {"NATS_URL", RequiredEnv("CONNECTING_TEST_NATS")},
+               {"GRPC_LISTEN", absl::StrCat("127.0.0.1:", port)},
+               {"METRICS_LISTEN", absl::StrCat("127.0.0.1:", FreePort())},
+               {"GRPC_HEALTH_LISTEN", absl::StrCat("127.0.0.1:", health_port)},
+               {"GRPC_TLS_CERT_FILE", dir + "/server.pem"},
+               {"GRPC_TLS_KEY_FILE", dir + "/server.key"},
+               {"GRPC_TLS_CLIENT_CA_FILE", dir + "/ca.pem"},
+               {"AUTH_JWT_KEY", kJwtKey},
+               {"EVENT_STREAM", "PARTNERS_" + suffix},
+               {"EVENT_SUBJECT_PREFIX", "t" + suffix + ".connecting.partners"}},
+              log);
+  auto health = [&](int at) {
+    auto stub = grpc::health::v1::Health::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", at), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+    grpc::health::v1::HealthCheckRequest req;
+    grpc::health::v1::HealthCheckResponse resp;
+    grpc::Status st = stub->Check(&ctx, req, &resp);
+    return st.ok() ? static_cast<int>(resp.status()) : -1;
+  };
+  for (absl::Time until = absl::Now() + absl::Seconds(30);
+       health(health_port) != grpc::health::v1::HealthCheckResponse::SERVING &&
+       absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_EQ(health(health_port), grpc::health::v1::HealthCheckResponse::SERVING) << ReadFile(log);
+
+  auto list = [&](std::shared_ptr<grpc::ChannelCredentials> creds, int at) {
+    auto stub =
+        v1::PartnersService::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", at), creds));
+    v1::ListOrganisationsRequest req;
+    v1::ListOrganisationsResponse resp;
+    return stub->ListOrganisations(Ctx(Token(server::Role::kViewer, "v")).get(), req, &resp)
+        .error_code();
+  };
+  grpc::SslCredentialsOptions with_cert{ReadFile(dir + "/ca.pem"), ReadFile(dir + "/client.key"),
+                                        ReadFile(dir + "/client.pem")};
+  grpc::SslCredentialsOptions without_cert{ReadFile(dir + "/ca.pem"), "", ""};
+  EXPECT_EQ(list(grpc::SslCredentials(with_cert), port), grpc::StatusCode::OK);
+  EXPECT_EQ(list(grpc::SslCredentials(without_cert), port), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(list(grpc::InsecureChannelCredentials(), port), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(list(grpc::InsecureChannelCredentials(), health_port), grpc::StatusCode::UNIMPLEMENTED)
+      << "the plaintext port serves more than health";
+  EXPECT_EQ(health(port), -1) << "the TLS port answered in plaintext";
+
+  svc.Signal(SIGTERM);
+  EXPECT_EQ(svc.Wait(absl::Seconds(30)), 0) << ReadFile(log);
+
+  OneShot run = RunOnce(PARTNERS_BIN, {},
+                        {{"DATABASE_URL", NewDatabase()},
+                         {"AUTH_JWT_KEY", kJwtKey},
+                         {"GRPC_TLS_CERT_FILE", dir + "/server.pem"}},
+                        "badgrpctls", absl::Seconds(10));
+  EXPECT_EQ(run.code, 2);
+  EXPECT_NE(ReadFile(run.log).find("GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE"), std::string::npos)
+      << ReadFile(run.log);
 }
 
 TEST(PartnersHealth, AReplicaThatDoesNotMigrateWaitsForTheMigrationJob) {

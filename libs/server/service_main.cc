@@ -3,6 +3,8 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 #include <prometheus/exposer.h>
@@ -82,6 +84,26 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
     return c;
   }
   c.grpc_listen = env.Listen("GRPC_LISTEN", "0.0.0.0:50051");
+  c.grpc_tls_cert_file = env.String("GRPC_TLS_CERT_FILE", "");
+  c.grpc_tls_key_file = env.String("GRPC_TLS_KEY_FILE", "");
+  c.grpc_tls_client_ca_file = env.String("GRPC_TLS_CLIENT_CA_FILE", "");
+  if (c.grpc_tls_cert_file.empty() != c.grpc_tls_key_file.empty()) {
+    env.AddError("GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE: a certificate needs its key");
+  }
+  if (!c.grpc_tls_client_ca_file.empty() && c.grpc_tls_cert_file.empty()) {
+    env.AddError("GRPC_TLS_CLIENT_CA_FILE: needs GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE");
+  }
+  for (const auto& [var, path] :
+       {std::pair<const char*, const std::string&>{"GRPC_TLS_CERT_FILE", c.grpc_tls_cert_file},
+        {"GRPC_TLS_KEY_FILE", c.grpc_tls_key_file},
+        {"GRPC_TLS_CLIENT_CA_FILE", c.grpc_tls_client_ca_file}}) {
+    if (!path.empty() && !std::ifstream(path).good()) {
+      env.AddError(absl::StrCat(var, ": cannot read ", path));
+    }
+  }
+  if (const char* h = std::getenv("GRPC_HEALTH_LISTEN"); h != nullptr && *h != '\0') {
+    c.grpc_health_listen = env.Listen("GRPC_HEALTH_LISTEN", "");
+  }
   c.metrics_listen = env.Listen("METRICS_LISTEN", "0.0.0.0:9090");
   c.auth.algorithm = absl::AsciiStrToUpper(env.String("AUTH_JWT_ALG", "HS256"));
   c.auth.key = env.String("AUTH_JWT_KEY", "");
@@ -203,15 +225,17 @@ SchemaWait WaitForSchema(const std::string& url, const std::vector<db::Migration
 // because its database is down.
 class HealthMonitor {
  public:
-  HealthMonitor(std::string db_url, const bus::Nats* nats, grpc::HealthCheckServiceInterface* hs,
-                std::vector<std::string> names)
-      : db_url_(std::move(db_url)), nats_(nats), hs_(hs), names_(std::move(names)) {
+  // `hs`: the health services to keep up to date (the main server's, and the
+  // health-only server's if there is one).
+  HealthMonitor(std::string db_url, const bus::Nats* nats,
+                std::vector<grpc::HealthCheckServiceInterface*> hs, std::vector<std::string> names)
+      : db_url_(std::move(db_url)), nats_(nats), hs_(std::move(hs)), names_(std::move(names)) {
     names_.push_back("");
     up_ = &prometheus::BuildGauge()
                .Name("connecting_dependency_up")
                .Help("1 while a dependency is reachable")
                .Register(*metrics::Registry());
-    hs_->SetServingStatus("liveness", true);
+    for (auto* h : hs_) h->SetServingStatus("liveness", true);
     Publish(false);
     thread_ = std::thread([this] { Run(); });
   }
@@ -223,7 +247,9 @@ class HealthMonitor {
 
  private:
   void Publish(bool serving) {
-    for (const std::string& n : names_) hs_->SetServingStatus(n, serving);
+    for (auto* h : hs_) {
+      for (const std::string& n : names_) h->SetServingStatus(n, serving);
+    }
   }
   bool DatabaseUp() {
     if (conn_ == nullptr || !conn_->healthy()) {
@@ -253,7 +279,7 @@ class HealthMonitor {
 
   const std::string db_url_;
   const bus::Nats* const nats_;
-  grpc::HealthCheckServiceInterface* const hs_;
+  const std::vector<grpc::HealthCheckServiceInterface*> hs_;
   std::vector<std::string> names_;
   prometheus::Family<prometheus::Gauge>* up_;
   std::unique_ptr<db::Conn> conn_;
@@ -262,6 +288,28 @@ class HealthMonitor {
 };
 
 }  // namespace
+
+// How often gRPC looks at the TLS files for a renewed certificate.
+constexpr unsigned kTlsFileCheckSeconds = 60;
+
+// Plaintext, or TLS from GRPC_TLS_CERT_FILE / GRPC_TLS_KEY_FILE, read again by
+// gRPC when they change (a renewed certificate needs no restart), requiring
+// client certificates signed by GRPC_TLS_CLIENT_CA_FILE when set.
+static std::shared_ptr<grpc::ServerCredentials> ServerCredentials(const ServiceConfig& cfg) {
+  if (cfg.grpc_tls_cert_file.empty()) return grpc::InsecureServerCredentials();
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      cfg.grpc_tls_key_file, cfg.grpc_tls_cert_file, cfg.grpc_tls_client_ca_file,
+      kTlsFileCheckSeconds);
+  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  options.watch_identity_key_cert_pairs();
+  if (cfg.grpc_tls_client_ca_file.empty()) {
+    options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  } else {
+    options.watch_root_certs();
+    options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  }
+  return grpc::experimental::TlsServerCredentials(options);
+}
 
 int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   // Termination signals are blocked in every thread (they inherit this mask)
@@ -445,7 +493,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(cfg->grpc_listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(cfg->grpc_listen, ServerCredentials(*cfg), &port);
   builder.SetMaxReceiveMessageSize(cfg->max_message_bytes);
   builder.SetMaxSendMessageSize(cfg->max_message_bytes * 4);
   for (auto& s : services) builder.RegisterService(s.get());
@@ -463,8 +511,24 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
     server->Shutdown(std::chrono::system_clock::now());
     return 1;
   }
-  HealthMonitor health(cfg->database_url, nats->get(), server->GetHealthCheckService(),
-                       def.grpc_services);
+  // With TLS, Kubernetes' gRPC probes (plaintext only) ask a server of their
+  // own that has nothing but the health service.
+  std::unique_ptr<grpc::Server> health_server;
+  if (!cfg->grpc_health_listen.empty()) {
+    grpc::ServerBuilder hb;
+    int health_port = 0;
+    hb.AddListeningPort(cfg->grpc_health_listen, grpc::InsecureServerCredentials(), &health_port);
+    health_server = hb.BuildAndStart();
+    if (health_server == nullptr || health_port == 0) {
+      log::Error("cannot listen for health checks", {{"listen", cfg->grpc_health_listen}});
+      server->Shutdown(std::chrono::system_clock::now());
+      return 1;
+    }
+  }
+  std::vector<grpc::HealthCheckServiceInterface*> health_services = {
+      server->GetHealthCheckService()};
+  if (health_server != nullptr) health_services.push_back(health_server->GetHealthCheckService());
+  HealthMonitor health(cfg->database_url, nats->get(), health_services, def.grpc_services);
   log::Info("serving", {{"grpc", cfg->grpc_listen},
                         {"metrics", cfg->metrics_listen},
                         {"stream", cfg->event_stream},
@@ -474,7 +538,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   sigwait(&signals, &sig);
   log::Info("shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
   health.Stop();
-  server->GetHealthCheckService()->Shutdown();  // everything NOT_SERVING from here
+  for (auto* h : health_services) h->Shutdown();  // everything NOT_SERVING from here
   // Stop accepting, let in-flight RPCs finish until the grace deadline, then cancel them.
   server->Shutdown(absl::ToChronoTime(absl::Now() + cfg->shutdown_grace));
   log::Debug("shutdown: gRPC server stopped");
@@ -484,6 +548,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   for (auto& c : consumers) c->Stop();
   if (relay != nullptr) relay->Stop(absl::Now() + absl::Seconds(5));  // flush the outbox
   (*nats)->Close(absl::Seconds(2));
+  if (health_server != nullptr) health_server->Shutdown(std::chrono::system_clock::now());
   log::Info("stopped");
   return 0;
 }
