@@ -213,6 +213,41 @@ TEST(PartnersHealth, PublishesOverTlsToANatsServerThatVerifiesItsClients) {
   }
 }
 
+TEST(PartnersHealth, ConnectsToANatsServerInOperatorModeWithItsCredentials) {
+  // A NATS server that admits only users of its operator's accounts (JWTs
+  // made by tools/test/nats-operator.js): the service connects with
+  // NATS_CREDS_FILE, makes its stream and publishes.
+  const std::string dir =
+      absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/operator-", RandomSuffix());
+  const int port = FreePort();
+  ASSERT_EQ(Shell(absl::StrCat("mkdir -p ", dir, " && node ", SOURCE_DIR,
+                               "/tools/test/nats-operator.js ", dir, " ", port)),
+            0);
+  Process nats("/usr/bin/env", {"nats-server", "-c", dir + "/nats.conf"}, {}, dir + "/nats.log");
+  for (int i = 0; i < 200 && !PortOpen(port); ++i) absl::SleepFor(absl::Milliseconds(25));
+  ASSERT_TRUE(PortOpen(port)) << ReadFile(dir + "/nats.log");
+  const std::string url = NewDatabase();
+  const std::string suffix = RandomSuffix();
+  ServiceProcess svc({PARTNERS_BIN,
+                      url,
+                      absl::StrCat("nats://127.0.0.1:", port),
+                      "PARTNERS_" + suffix,
+                      "t" + suffix + ".connecting.partners",
+                      {{"NATS_CREDS_FILE", dir + "/service.creds"}}});
+  svc.Start();  // SERVING needs NATS connected and the stream made
+  auto stub = v1::PartnersService::NewStub(svc.channel());
+  v1::CreateOrganisationRequest req;
+  req.mutable_organisation()->set_name("Operator Mode Trust");
+  req.mutable_organisation()->set_sector(v1::SECTOR_ACUTE_TRUST);
+  req.mutable_organisation()->set_region(v1::REGION_LONDON);
+  v1::Organisation created;
+  grpc::Status st =
+      stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin, "a")).get(), req, &created);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_TRUE(WaitForOutboxDrained(url)) << "the event was not published";
+  EXPECT_EQ(ReadFile(dir + "/nats.log").find("authentication error"), std::string::npos);
+}
+
 TEST(PartnersHealth, ServesOverTlsToClientsWithCertificatesAndProbesInPlaintext) {
   // gRPC over mutual TLS: a caller with a certificate from the configured CA
   // is served; one without, or in plaintext, is not. Kubernetes' probes

@@ -82,6 +82,13 @@ absl::StatusOr<std::unique_ptr<Nats>> Nats::Connect(const std::string& url,
     }
     if (s != NATS_OK) return FromNats(s, absl::StrCat("nats TLS options for ", url));
   }
+  if (!tls.creds_file.empty()) {
+    s = natsOptions_SetUserCredentialsFromFiles(opts.get(), tls.creds_file.c_str(), nullptr);
+    if (s != NATS_OK) {
+      return absl::InvalidArgumentError(absl::StrCat("NATS_CREDS_FILE: cannot use ", tls.creds_file,
+                                                     ": ", nats_GetLastError(nullptr)));
+    }
+  }
   natsConnection* raw = nullptr;
   s = natsConnection_Connect(&raw, opts.get());
   if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {

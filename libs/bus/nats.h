@@ -49,8 +49,8 @@ struct StreamSpec {
   absl::Duration duplicate_window = absl::Minutes(10);
 };
 
-// TLS towards NATS: the CA that signed the server's certificate and, for a
-// server that verifies its clients, this client's certificate and key (PEM
+// How a service proves itself to NATS beyond the URL. TLS: the CA that signed the server's
+// certificate and, for a server that verifies its clients, this client's certificate and key (PEM
 // files). Empty: the system's CAs, no client certificate. A `tls://` URL or
 // any of these turns TLS on.
 struct NatsTls {
@@ -58,6 +58,9 @@ struct NatsTls {
   std::string cert_file;
   std::string key_file;
   bool enabled() const { return !ca_file.empty() || !cert_file.empty(); }
+  // A NATS user's credentials (its JWT and nkey seed, as `nsc` writes a
+  // .creds file), for a server in operator mode. Empty: none.
+  std::string creds_file;
 };
 
 class Nats {

@@ -1,6 +1,7 @@
 #include "libs/common/config.h"
 
 #include <cstdlib>
+#include <fstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -23,6 +24,13 @@ std::string EnvReader::Required(const char* name, const char* what) {
     errors_.push_back(absl::StrCat(name, ": required (", what, ")"));
     return "";
   }
+  return v;
+}
+
+std::string EnvReader::ReadableFile(const char* name) {
+  const char* v = Get(name);
+  if (v == nullptr) return "";
+  if (!std::ifstream(v).good()) errors_.push_back(absl::StrCat(name, ": cannot read ", v));
   return v;
 }
 

@@ -32,6 +32,8 @@ class EnvReader {
                           absl::Duration max);
   // "host:port" or "[v6]:port" with a port in 1–65535 (0 allowed when allow_zero).
   std::string Listen(const char* name, std::string default_value, bool allow_zero = false);
+  // The path of a file this process must be able to read; "" when unset.
+  std::string ReadableFile(const char* name);
 
   // Records a problem found by the caller's own checks.
   void AddError(std::string error) { errors_.push_back(std::move(error)); }

@@ -65,41 +65,26 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
       env.String("EVENT_SUBJECT_PREFIX", absl::StrCat("connecting.", def.name));
   c.event_stream = env.String("EVENT_STREAM", def.stream);
   c.nats_url = env.String("NATS_URL", "nats://127.0.0.1:4222");  // --republish --after-restore too
-  c.nats_tls.ca_file = env.String("NATS_TLS_CA_FILE", "");
-  c.nats_tls.cert_file = env.String("NATS_TLS_CERT_FILE", "");
-  c.nats_tls.key_file = env.String("NATS_TLS_KEY_FILE", "");
+  c.nats_tls.ca_file = env.ReadableFile("NATS_TLS_CA_FILE");
+  c.nats_tls.cert_file = env.ReadableFile("NATS_TLS_CERT_FILE");
+  c.nats_tls.key_file = env.ReadableFile("NATS_TLS_KEY_FILE");
+  c.nats_tls.creds_file = env.ReadableFile("NATS_CREDS_FILE");
   if (c.nats_tls.cert_file.empty() != c.nats_tls.key_file.empty()) {
     env.AddError("NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE: a client certificate needs its key");
-  }
-  for (const auto& [var, path] :
-       {std::pair<const char*, const std::string&>{"NATS_TLS_CA_FILE", c.nats_tls.ca_file},
-        {"NATS_TLS_CERT_FILE", c.nats_tls.cert_file},
-        {"NATS_TLS_KEY_FILE", c.nats_tls.key_file}}) {
-    if (!path.empty() && !std::ifstream(path).good()) {
-      env.AddError(absl::StrCat(var, ": cannot read ", path));
-    }
   }
   if (minimal) {  // --migrate, --wait-for-migrations, --republish
     if (absl::Status s = env.Finish(); !s.ok()) return s;
     return c;
   }
   c.grpc_listen = env.Listen("GRPC_LISTEN", "0.0.0.0:50051");
-  c.grpc_tls_cert_file = env.String("GRPC_TLS_CERT_FILE", "");
-  c.grpc_tls_key_file = env.String("GRPC_TLS_KEY_FILE", "");
-  c.grpc_tls_client_ca_file = env.String("GRPC_TLS_CLIENT_CA_FILE", "");
+  c.grpc_tls_cert_file = env.ReadableFile("GRPC_TLS_CERT_FILE");
+  c.grpc_tls_key_file = env.ReadableFile("GRPC_TLS_KEY_FILE");
+  c.grpc_tls_client_ca_file = env.ReadableFile("GRPC_TLS_CLIENT_CA_FILE");
   if (c.grpc_tls_cert_file.empty() != c.grpc_tls_key_file.empty()) {
     env.AddError("GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE: a certificate needs its key");
   }
   if (!c.grpc_tls_client_ca_file.empty() && c.grpc_tls_cert_file.empty()) {
     env.AddError("GRPC_TLS_CLIENT_CA_FILE: needs GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE");
-  }
-  for (const auto& [var, path] :
-       {std::pair<const char*, const std::string&>{"GRPC_TLS_CERT_FILE", c.grpc_tls_cert_file},
-        {"GRPC_TLS_KEY_FILE", c.grpc_tls_key_file},
-        {"GRPC_TLS_CLIENT_CA_FILE", c.grpc_tls_client_ca_file}}) {
-    if (!path.empty() && !std::ifstream(path).good()) {
-      env.AddError(absl::StrCat(var, ": cannot read ", path));
-    }
   }
   if (const char* h = std::getenv("GRPC_HEALTH_LISTEN"); h != nullptr && *h != '\0') {
     c.grpc_health_listen = env.Listen("GRPC_HEALTH_LISTEN", "");

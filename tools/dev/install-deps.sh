@@ -43,7 +43,7 @@ if [ "${CONNECTING_SKIP_APT:-}" != 1 ] && ! command -v promtool >/dev/null 2>&1 
   rm -rf "$work"
 fi
 if [ ! -x node_modules/.bin/buf ] || [ ! -d node_modules/grpc-js-reflection-client ] ||
-  [ ! -d node_modules/@nats-io/jetstream ]; then
-  echo "installing npm packages (buf; grpc-js for tools/grpc-call; nats.js for tools/watch-events)"
+  [ ! -d node_modules/@nats-io/jetstream ] || [ ! -d node_modules/@nats-io/jwt ]; then
+  echo "installing npm packages (buf; grpc-js for tools/grpc-call; nats.js for tools/watch-events; NATS JWTs for the tests)"
   npm ci --no-audit --no-fund --loglevel=error >/dev/null
 fi
