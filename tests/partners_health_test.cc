@@ -163,6 +163,39 @@ std::string MakeTestCa() {
   return rc == 0 ? dir : "";
 }
 
+// Partners on its own database, with NATS at `nats_url` and `env`: it
+// serves (which needs NATS connected and its stream made), and the event of
+// an organisation it creates leaves the outbox, published.
+void ServesAndPublishesThrough(const std::string& nats_url,
+                               std::map<std::string, std::string> env) {
+  const std::string url = NewDatabase();
+  const std::string suffix = RandomSuffix();
+  ServiceProcess svc({PARTNERS_BIN, url, nats_url, "PARTNERS_" + suffix,
+                      "t" + suffix + ".connecting.partners", std::move(env)});
+  svc.Start();
+  auto stub = v1::PartnersService::NewStub(svc.channel());
+  v1::CreateOrganisationRequest req;
+  req.mutable_organisation()->set_name("Well Connected Trust");
+  req.mutable_organisation()->set_sector(v1::SECTOR_ACUTE_TRUST);
+  req.mutable_organisation()->set_region(v1::REGION_LONDON);
+  v1::Organisation created;
+  grpc::Status st =
+      stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin, "a")).get(), req, &created);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_TRUE(WaitForOutboxDrained(url)) << "the event was not published";
+}
+
+// nats-server with `args`, logging to DIR/nats.log, once it listens on `port`.
+std::unique_ptr<Process> StartNats(std::vector<std::string> args, const std::string& dir,
+                                   int port) {
+  args.insert(args.begin(), "nats-server");
+  auto nats = std::make_unique<Process>("/usr/bin/env", args, std::map<std::string, std::string>{},
+                                        dir + "/nats.log");
+  for (int i = 0; i < 200 && !PortOpen(port); ++i) absl::SleepFor(absl::Milliseconds(25));
+  EXPECT_TRUE(PortOpen(port)) << ReadFile(dir + "/nats.log");
+  return nats;
+}
+
 TEST(PartnersHealth, PublishesOverTlsToANatsServerThatVerifiesItsClients) {
   // NATS with TLS that requires a client certificate (mutual TLS), all
   // signed by a CA of the test's own: the service connects with
@@ -171,32 +204,14 @@ TEST(PartnersHealth, PublishesOverTlsToANatsServerThatVerifiesItsClients) {
   const std::string dir = MakeTestCa();
   ASSERT_FALSE(dir.empty());
   const int port = FreePort();
-  Process nats("/usr/bin/env",
-               {"nats-server", "-js", "-a", "127.0.0.1", "-p", std::to_string(port), "-sd",
-                dir + "/js", "--tlsverify", "--tlscert", dir + "/server.pem", "--tlskey",
-                dir + "/server.key", "--tlscacert", dir + "/ca.pem"},
-               {}, dir + "/nats.log");
-  for (int i = 0; i < 200 && !PortOpen(port); ++i) absl::SleepFor(absl::Milliseconds(25));
-  ASSERT_TRUE(PortOpen(port)) << ReadFile(dir + "/nats.log");
-
-  const std::string url = NewDatabase();
-  const std::string suffix = RandomSuffix();
-  std::map<std::string, std::string> tls = {{"NATS_TLS_CA_FILE", dir + "/ca.pem"},
-                                            {"NATS_TLS_CERT_FILE", dir + "/client.pem"},
-                                            {"NATS_TLS_KEY_FILE", dir + "/client.key"}};
-  ServiceProcess svc({PARTNERS_BIN, url, absl::StrCat("tls://127.0.0.1:", port),
-                      "PARTNERS_" + suffix, "t" + suffix + ".connecting.partners", tls});
-  svc.Start();  // SERVING needs NATS connected and the stream made
-  auto stub = v1::PartnersService::NewStub(svc.channel());
-  v1::CreateOrganisationRequest req;
-  req.mutable_organisation()->set_name("Over TLS Trust");
-  req.mutable_organisation()->set_sector(v1::SECTOR_ACUTE_TRUST);
-  req.mutable_organisation()->set_region(v1::REGION_LONDON);
-  v1::Organisation created;
-  grpc::Status st =
-      stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin, "a")).get(), req, &created);
-  ASSERT_TRUE(st.ok()) << st.error_message();
-  EXPECT_TRUE(WaitForOutboxDrained(url)) << "the event was not published over TLS";
+  auto nats = StartNats({"-js", "-a", "127.0.0.1", "-p", std::to_string(port), "-sd", dir + "/js",
+                         "--tlsverify", "--tlscert", dir + "/server.pem", "--tlskey",
+                         dir + "/server.key", "--tlscacert", dir + "/ca.pem"},
+                        dir, port);
+  ServesAndPublishesThrough(absl::StrCat("tls://127.0.0.1:", port),
+                            {{"NATS_TLS_CA_FILE", dir + "/ca.pem"},
+                             {"NATS_TLS_CERT_FILE", dir + "/client.pem"},
+                             {"NATS_TLS_KEY_FILE", dir + "/client.key"}});
 
   // A client certificate needs its key; a CA file that is not there is named.
   for (const auto& [more, says] :
@@ -205,7 +220,7 @@ TEST(PartnersHealth, PublishesOverTlsToANatsServerThatVerifiesItsClients) {
             "NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE: a client certificate needs its key"},
            {{{"NATS_TLS_CA_FILE", dir + "/missing.pem"}}, "NATS_TLS_CA_FILE: cannot read"}}) {
     std::map<std::string, std::string> env = more;
-    env["DATABASE_URL"] = url;
+    env["DATABASE_URL"] = NewDatabase();
     env["AUTH_JWT_KEY"] = kJwtKey;
     OneShot run = RunOnce(PARTNERS_BIN, {}, env, "badtls", absl::Seconds(10));
     EXPECT_EQ(run.code, 2);
@@ -223,28 +238,9 @@ TEST(PartnersHealth, ConnectsToANatsServerInOperatorModeWithItsCredentials) {
   ASSERT_EQ(Shell(absl::StrCat("mkdir -p ", dir, " && node ", SOURCE_DIR,
                                "/tools/test/nats-operator.js ", dir, " ", port)),
             0);
-  Process nats("/usr/bin/env", {"nats-server", "-c", dir + "/nats.conf"}, {}, dir + "/nats.log");
-  for (int i = 0; i < 200 && !PortOpen(port); ++i) absl::SleepFor(absl::Milliseconds(25));
-  ASSERT_TRUE(PortOpen(port)) << ReadFile(dir + "/nats.log");
-  const std::string url = NewDatabase();
-  const std::string suffix = RandomSuffix();
-  ServiceProcess svc({PARTNERS_BIN,
-                      url,
-                      absl::StrCat("nats://127.0.0.1:", port),
-                      "PARTNERS_" + suffix,
-                      "t" + suffix + ".connecting.partners",
-                      {{"NATS_CREDS_FILE", dir + "/service.creds"}}});
-  svc.Start();  // SERVING needs NATS connected and the stream made
-  auto stub = v1::PartnersService::NewStub(svc.channel());
-  v1::CreateOrganisationRequest req;
-  req.mutable_organisation()->set_name("Operator Mode Trust");
-  req.mutable_organisation()->set_sector(v1::SECTOR_ACUTE_TRUST);
-  req.mutable_organisation()->set_region(v1::REGION_LONDON);
-  v1::Organisation created;
-  grpc::Status st =
-      stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin, "a")).get(), req, &created);
-  ASSERT_TRUE(st.ok()) << st.error_message();
-  EXPECT_TRUE(WaitForOutboxDrained(url)) << "the event was not published";
+  auto nats = StartNats({"-c", dir + "/nats.conf"}, dir, port);
+  ServesAndPublishesThrough(absl::StrCat("nats://127.0.0.1:", port),
+                            {{"NATS_CREDS_FILE", dir + "/service.creds"}});
   EXPECT_EQ(ReadFile(dir + "/nats.log").find("authentication error"), std::string::npos);
 }
 
