@@ -144,23 +144,32 @@ TEST(PartnersHealth, TokenKeysRotateWithoutARestart) {
   }
 }
 
+// In `dir`, NAME.pem and NAME.key: a certificate with the common name `cn`,
+// good for 127.0.0.1 and localhost, signed by the CA there; false if openssl
+// failed.
+bool IssueCertificate(const std::string& dir, const std::string& name, const std::string& cn) {
+  return Shell(absl::StrCat(
+             "cd ", dir, " && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes",
+             " -keyout ", name, ".key -out ", name, ".csr -subj /CN=", cn, " 2>/dev/null",
+             " && printf \"subjectAltName=DNS:localhost,DNS:127.0.0.1,IP:127.0.0.1\\n",
+             "extendedKeyUsage=serverAuth,clientAuth\\n\" > ", name, ".cnf",
+             " && openssl x509 -req -in ", name, ".csr -CA ca.pem -CAkey ca.key -CAcreateserial",
+             " -out ", name, ".pem -days 1 -extfile ", name, ".cnf 2>/dev/null")) == 0;
+}
+
 // A directory holding a CA of its own (ca.pem) and, signed by it, a server
-// and a client certificate (server.pem/.key, client.pem/.key) good for
-// 127.0.0.1 and localhost; "" if openssl failed.
+// and a client certificate (server.pem/.key, client.pem/.key); "" if openssl
+// failed.
 std::string MakeTestCa() {
   const std::string dir = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/tls-", RandomSuffix());
-  int rc = Shell(absl::StrCat(
-      "mkdir -p ", dir, " && cd ", dir,
-      " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-      "-keyout ca.key -out ca.pem -days 1 -subj /CN=test-ca 2>/dev/null"
-      " && for who in server client; do"
-      " openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $who.key"
-      " -out $who.csr -subj /CN=$who 2>/dev/null &&"
-      " printf \"subjectAltName=DNS:localhost,DNS:127.0.0.1,IP:127.0.0.1\\n"
-      "extendedKeyUsage=serverAuth,clientAuth\\n\" > ext.cnf &&"
-      " openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
-      " -out $who.pem -days 1 -extfile ext.cnf 2>/dev/null || exit 1; done"));
-  return rc == 0 ? dir : "";
+  int rc =
+      Shell(absl::StrCat("mkdir -p ", dir, " && cd ", dir,
+                         " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                         "-keyout ca.key -out ca.pem -days 1 -subj /CN=test-ca 2>/dev/null"));
+  return rc == 0 && IssueCertificate(dir, "server", "server") &&
+                 IssueCertificate(dir, "client", "client")
+             ? dir
+             : "";
 }
 
 // Partners on its own database, with NATS at `nats_url` and `env`: it
@@ -262,6 +271,7 @@ TEST(PartnersHealth, ServesOverTlsToClientsWithCertificatesAndProbesInPlaintext)
                {"GRPC_TLS_CERT_FILE", dir + "/server.pem"},
                {"GRPC_TLS_KEY_FILE", dir + "/server.key"},
                {"GRPC_TLS_CLIENT_CA_FILE", dir + "/ca.pem"},
+               {"GRPC_TLS_CHECK", "1s"},
                {"AUTH_JWT_KEY", kJwtKey},
                {"EVENT_STREAM", "PARTNERS_" + suffix},
                {"EVENT_SUBJECT_PREFIX", "t" + suffix + ".connecting.partners"}},
@@ -283,23 +293,41 @@ TEST(PartnersHealth, ServesOverTlsToClientsWithCertificatesAndProbesInPlaintext)
   }
   ASSERT_EQ(health(health_port), grpc::health::v1::HealthCheckResponse::SERVING) << ReadFile(log);
 
+  std::string server_name;  // the common name of the certificate the last call met
   auto list = [&](std::shared_ptr<grpc::ChannelCredentials> creds, int at) {
     auto stub =
         v1::PartnersService::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", at), creds));
     v1::ListOrganisationsRequest req;
     v1::ListOrganisationsResponse resp;
-    return stub->ListOrganisations(Ctx(Token(server::Role::kViewer, "v")).get(), req, &resp)
-        .error_code();
+    auto ctx = Ctx(Token(server::Role::kViewer, "v"));
+    grpc::StatusCode code = stub->ListOrganisations(ctx.get(), req, &resp).error_code();
+    auto names = ctx->auth_context()->FindPropertyValues("x509_common_name");
+    server_name = names.empty() ? "" : std::string(names[0].data(), names[0].size());
+    return code;
   };
   grpc::SslCredentialsOptions with_cert{ReadFile(dir + "/ca.pem"), ReadFile(dir + "/client.key"),
                                         ReadFile(dir + "/client.pem")};
   grpc::SslCredentialsOptions without_cert{ReadFile(dir + "/ca.pem"), "", ""};
   EXPECT_EQ(list(grpc::SslCredentials(with_cert), port), grpc::StatusCode::OK);
+  EXPECT_EQ(server_name, "server");
   EXPECT_EQ(list(grpc::SslCredentials(without_cert), port), grpc::StatusCode::UNAVAILABLE);
   EXPECT_EQ(list(grpc::InsecureChannelCredentials(), port), grpc::StatusCode::UNAVAILABLE);
   EXPECT_EQ(list(grpc::InsecureChannelCredentials(), health_port), grpc::StatusCode::UNIMPLEMENTED)
       << "the plaintext port serves more than health";
   EXPECT_EQ(health(port), -1) << "the TLS port answered in plaintext";
+
+  // The certificate is renewed in place (as cert-manager does): new
+  // connections meet the new one within GRPC_TLS_CHECK, without a restart.
+  ASSERT_TRUE(IssueCertificate(dir, "renewed", "server-renewed"));
+  ASSERT_EQ(std::rename((dir + "/renewed.key").c_str(), (dir + "/server.key").c_str()), 0);
+  ASSERT_EQ(std::rename((dir + "/renewed.pem").c_str(), (dir + "/server.pem").c_str()), 0);
+  for (absl::Time until = absl::Now() + absl::Seconds(10);
+       (list(grpc::SslCredentials(with_cert), port) != grpc::StatusCode::OK ||
+        server_name != "server-renewed") &&
+       absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_EQ(server_name, "server-renewed") << "the renewed certificate was not taken up";
 
   svc.Signal(SIGTERM);
   EXPECT_EQ(svc.Wait(absl::Seconds(30)), 0) << ReadFile(log);

@@ -86,6 +86,8 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
   if (!c.grpc_tls_client_ca_file.empty() && c.grpc_tls_cert_file.empty()) {
     env.AddError("GRPC_TLS_CLIENT_CA_FILE: needs GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE");
   }
+  c.grpc_tls_check =
+      env.Duration("GRPC_TLS_CHECK", absl::Seconds(60), absl::Seconds(1), absl::Hours(24));
   if (const char* h = std::getenv("GRPC_HEALTH_LISTEN"); h != nullptr && *h != '\0') {
     c.grpc_health_listen = env.Listen("GRPC_HEALTH_LISTEN", "");
   }
@@ -274,17 +276,14 @@ class HealthMonitor {
 
 }  // namespace
 
-// How often gRPC looks at the TLS files for a renewed certificate.
-constexpr unsigned kTlsFileCheckSeconds = 60;
-
 // Plaintext, or TLS from GRPC_TLS_CERT_FILE / GRPC_TLS_KEY_FILE, read again by
-// gRPC when they change (a renewed certificate needs no restart), requiring
+// gRPC every GRPC_TLS_CHECK (a renewed certificate needs no restart), requiring
 // client certificates signed by GRPC_TLS_CLIENT_CA_FILE when set.
 static std::shared_ptr<grpc::ServerCredentials> ServerCredentials(const ServiceConfig& cfg) {
   if (cfg.grpc_tls_cert_file.empty()) return grpc::InsecureServerCredentials();
   auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
       cfg.grpc_tls_key_file, cfg.grpc_tls_cert_file, cfg.grpc_tls_client_ca_file,
-      kTlsFileCheckSeconds);
+      static_cast<unsigned>(absl::ToInt64Seconds(cfg.grpc_tls_check)));
   grpc::experimental::TlsServerCredentialsOptions options(provider);
   options.watch_identity_key_cert_pairs();
   if (cfg.grpc_tls_client_ca_file.empty()) {

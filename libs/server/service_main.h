@@ -55,6 +55,7 @@ struct ServiceConfig {
   std::string database_url;
   std::string nats_url;
   std::string grpc_tls_cert_file, grpc_tls_key_file, grpc_tls_client_ca_file;
+  absl::Duration grpc_tls_check = absl::Seconds(60);  // how often the TLS files are read again
   std::string grpc_health_listen;  // a plaintext port with only the health service ("" none)
   bus::NatsTls nats_tls;
   std::string grpc_listen;
