@@ -84,8 +84,9 @@ absl::StatusOr<std::vector<std::string>> ParseKeys(absl::string_view algorithm,
   if (algorithm == "HS256") {
     if (!from_file) {
       keys.emplace_back(text);
-      if (text.size() < 32)
+      if (text.size() < 32) {
         return absl::InvalidArgumentError("HS256 key must be at least 32 bytes");
+      }
     } else {
       int line_no = 0;
       for (absl::string_view line : absl::StrSplit(text, '\n')) {
