@@ -152,6 +152,16 @@ void WriteFile(const std::string& path, const std::string& text) {
   ASSERT_EQ(std::rename(tmp.c_str(), path.c_str()), 0);  // as a Secret volume swaps it
 }
 
+// connecting_auth_key_file_rejected as /metrics reports it.
+double KeyFileRejected() {
+  for (const auto& family : metrics::Registry()->Collect()) {
+    if (family.name == "connecting_auth_key_file_rejected" && !family.metric.empty()) {
+      return family.metric[0].gauge.value;
+    }
+  }
+  return -1;
+}
+
 TEST(Auth, KeyFileRotatesWithoutARestart) {
   // The signing secret rotates: both are in the file for a while, then the
   // old one goes, and its tokens are refused, those verified before too.
@@ -177,14 +187,17 @@ TEST(Auth, KeyFileRotatesWithoutARestart) {
   EXPECT_TRUE(auth->Authenticate(by_a).ok());
   EXPECT_EQ(auth->keys().size(), 2u);
 
-  WriteFile(file, "tooshort\n");  // a bad edit: the keys in use stay
+  EXPECT_EQ(KeyFileRejected(), 0);
+  WriteFile(file, "tooshort\n");  // a bad edit: the keys in use stay, and it is said
   settle();
   EXPECT_TRUE(auth->Authenticate(by_b).ok());
   EXPECT_EQ(auth->keys().size(), 2u);
+  EXPECT_EQ(KeyFileRejected(), 1);
 
   WriteFile(file, b + "\n");
   settle();
   EXPECT_TRUE(auth->Authenticate(by_b).ok());
+  EXPECT_EQ(KeyFileRejected(), 0);
   auto old = auth->Authenticate(by_a);
   EXPECT_TRUE(absl::IsUnauthenticated(old.status())) << "a removed key's token still verified";
 

@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "libs/common/log.h"
+#include "libs/common/metrics.h"
 
 namespace connecting::server {
 namespace {
@@ -38,6 +39,18 @@ std::optional<long> IntClaim(jwt_t* j, const char* name) {
 }
 
 constexpr size_t kMaxKeys = 16;
+
+// 1 while the key file's content is one the authenticator refused (it goes
+// on with the keys it had): a rotation that is not taking effect.
+prometheus::Gauge& KeyFileRejected() {
+  static prometheus::Gauge& g =
+      prometheus::BuildGauge()
+          .Name("connecting_auth_key_file_rejected")
+          .Help("1 while AUTH_JWT_KEY_FILE holds no valid key set (the keys read before stay)")
+          .Register(*metrics::Registry())
+          .Add({});
+  return g;
+}
 
 std::optional<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -169,6 +182,7 @@ Authenticator::Authenticator(AuthOptions o, int alg, std::vector<std::string> ke
   cache_->keys = std::make_shared<const std::vector<std::string>>(std::move(keys));
   cache_->file_text = std::move(file_text);
   cache_->next_check = absl::Now() + options_.key_file_check;
+  KeyFileRejected().Set(0);
 }
 
 absl::StatusOr<Authenticator> Authenticator::Create(AuthOptions options) {
@@ -210,8 +224,10 @@ std::shared_ptr<const std::vector<std::string>> Authenticator::KeysLocked(absl::
   if (!keys.ok()) {
     log::Error("token key file changed but is not valid: the keys read before stay in use",
                {{"file", options_.key_file}, {"error", keys.status().message()}});
+    KeyFileRejected().Set(1);
     return c.keys;
   }
+  KeyFileRejected().Set(0);
   log::Info("token keys read again",
             {{"file", options_.key_file}, {"keys", absl::StrCat(keys->size())}});
   c.keys = std::make_shared<const std::vector<std::string>>(*std::move(keys));
