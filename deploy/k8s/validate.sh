@@ -52,4 +52,16 @@ for sev in $(grep -o 'severity: [a-z]*' monitoring/prometheusrule.yaml | awk '{p
     *) fail "alerts of severity $sev have no receiver" ;;
   esac
 done
+# The grpc-tls component on prod: TLS files mounted, probes on the health-only port.
+tls_dir=$(mktemp -d "$PWD/.grpc-tls-check.XXXXXX")
+trap 'rm -rf "$tls_dir"' EXIT
+printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../overlays/prod]\ncomponents: [../components/grpc-tls]\n' \
+  >"$tls_dir/kustomization.yaml"
+tls=$(kubectl kustomize "$tls_dir") || fail "prod with components/grpc-tls does not render"
+[ "$(grep -c "value: /etc/connecting/grpc-tls/tls.crt" <<<"$tls")" -eq 2 ] ||
+  fail "grpc-tls: a Deployment has no TLS certificate"
+[ "$(grep -c "port: 50052" <<<"$tls")" -ge 8 ] ||
+  fail "grpc-tls: the probes do not all ask the health-only port"
+grep -q "secretName: scheduling-grpc-tls" <<<"$tls" || fail "grpc-tls: no certificate Secret"
+[ "$(grep -c "name: auth$" <<<"$tls")" -ge 2 ] || fail "grpc-tls: the token key volume was lost"
 echo "k8s: dev and prod overlays, jobs and monitoring render and pass checks"
