@@ -42,7 +42,7 @@ absl::Status FromNats(natsStatus s, absl::string_view what, jsErrCode jerr) {
 
 absl::StatusOr<std::unique_ptr<Nats>> Nats::Connect(const std::string& url,
                                                     const std::string& client_name,
-                                                    const NatsTls& tls) {
+                                                    const NatsSecurity& security) {
   natsOptions* raw_opts = nullptr;
   if (natsStatus s = natsOptions_Create(&raw_opts); s != NATS_OK) {
     return FromNats(s, "nats options");
@@ -61,33 +61,28 @@ absl::StatusOr<std::unique_ptr<Nats>> Nats::Connect(const std::string& url,
   if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts.get(), OnDisconnected, nullptr);
   if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts.get(), OnReconnected, nullptr);
   if (s != NATS_OK) return FromNats(s, absl::StrCat("nats options for ", url));
-  if (tls.enabled()) {
+  if (security.tls()) {
     s = natsOptions_SetSecure(opts.get(), true);
-    if (s == NATS_OK && !tls.ca_file.empty()) {
-      s = natsOptions_LoadCATrustedCertificates(opts.get(), tls.ca_file.c_str());
-      if (s != NATS_OK) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("NATS_TLS_CA_FILE: cannot load CA certificates from ", tls.ca_file, ": ",
-                         nats_GetLastError(nullptr)));
-      }
-    }
-    if (s == NATS_OK && !tls.cert_file.empty()) {
-      s = natsOptions_LoadCertificatesChain(opts.get(), tls.cert_file.c_str(),
-                                            tls.key_file.c_str());
-      if (s != NATS_OK) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "NATS_TLS_CERT_FILE / NATS_TLS_KEY_FILE: cannot load the client certificate ",
-            tls.cert_file, " with its key ", tls.key_file, ": ", nats_GetLastError(nullptr)));
-      }
-    }
     if (s != NATS_OK) return FromNats(s, absl::StrCat("nats TLS options for ", url));
   }
-  if (!tls.creds_file.empty()) {
-    s = natsOptions_SetUserCredentialsFromFiles(opts.get(), tls.creds_file.c_str(), nullptr);
-    if (s != NATS_OK) {
-      return absl::InvalidArgumentError(absl::StrCat("NATS_CREDS_FILE: cannot use ", tls.creds_file,
-                                                     ": ", nats_GetLastError(nullptr)));
-    }
+  if (!security.ca_file.empty() &&
+      natsOptions_LoadCATrustedCertificates(opts.get(), security.ca_file.c_str()) != NATS_OK) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("NATS_TLS_CA_FILE: cannot load CA certificates from ", security.ca_file, ": ",
+                     nats_GetLastError(nullptr)));
+  }
+  if (!security.cert_file.empty() &&
+      natsOptions_LoadCertificatesChain(opts.get(), security.cert_file.c_str(),
+                                        security.key_file.c_str()) != NATS_OK) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "NATS_TLS_CERT_FILE / NATS_TLS_KEY_FILE: cannot load the client certificate ",
+        security.cert_file, " with its key ", security.key_file, ": ", nats_GetLastError(nullptr)));
+  }
+  if (!security.creds_file.empty() &&
+      natsOptions_SetUserCredentialsFromFiles(opts.get(), security.creds_file.c_str(), nullptr) !=
+          NATS_OK) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "NATS_CREDS_FILE: cannot use ", security.creds_file, ": ", nats_GetLastError(nullptr)));
   }
   natsConnection* raw = nullptr;
   s = natsConnection_Connect(&raw, opts.get());

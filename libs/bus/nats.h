@@ -49,27 +49,28 @@ struct StreamSpec {
   absl::Duration duplicate_window = absl::Minutes(10);
 };
 
-// How a service proves itself to NATS beyond the URL. TLS: the CA that signed the server's
-// certificate and, for a server that verifies its clients, this client's certificate and key (PEM
-// files). Empty: the system's CAs, no client certificate. A `tls://` URL or
-// any of these turns TLS on.
-struct NatsTls {
+// How a service proves itself to NATS beyond its URL (which may carry a user
+// and password, or a token). TLS: the CA that signed the server's certificate
+// and, for a server that verifies its clients, this client's certificate and
+// key (PEM files); empty, the system's CAs and no client certificate. A
+// `tls://` URL or a CA or certificate file turns TLS on. Credentials: a NATS
+// user's JWT and nkey seed (a .creds file, as `nsc` writes it), for a server
+// in operator mode.
+struct NatsSecurity {
   std::string ca_file;
   std::string cert_file;
   std::string key_file;
-  bool enabled() const { return !ca_file.empty() || !cert_file.empty(); }
-  // A NATS user's credentials (its JWT and nkey seed, as `nsc` writes a
-  // .creds file), for a server in operator mode. Empty: none.
   std::string creds_file;
+  bool tls() const { return !ca_file.empty() || !cert_file.empty(); }
 };
 
 class Nats {
  public:
   // Returns at once; connection happens (and is retried) in the background.
-  // INVALID_ARGUMENT if the TLS files cannot be loaded.
+  // INVALID_ARGUMENT if the TLS or credentials files cannot be loaded.
   static absl::StatusOr<std::unique_ptr<Nats>> Connect(const std::string& url,
                                                        const std::string& client_name,
-                                                       const NatsTls& tls = {});
+                                                       const NatsSecurity& security = {});
   ~Nats();
 
   bool connected() const;

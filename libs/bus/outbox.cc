@@ -20,6 +20,9 @@ namespace {
 
 // Each event's outbox row number, for CheckForRestore.
 constexpr char kOutboxSeqHeader[] = "connecting-outbox-seq";
+// The last outbox row number the database handed out (0: none yet).
+constexpr char kDatabaseOutboxSeq[] =
+    "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_seq_seq)";
 
 struct RelayMetrics {
   prometheus::Counter& published;
@@ -187,10 +190,10 @@ bool OutboxRelay::CheckForRestore(db::Conn& conn, jsCtx* js) {
   // NATS unreachable: what this relay published still counts.
   absl::StatusOr<int64_t> last = LastOutboxSeqInStream(js, options_.stream.name);
   if (last.ok()) highest_in_stream_ = std::max(highest_in_stream_, *last);
-  absl::StatusOr<db::Result> r = conn.Exec(
-      "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_seq_seq), "
-      "(SELECT to_char(detected_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
-      "FROM outbox_restores WHERE settled_at IS NULL)");
+  absl::StatusOr<db::Result> r = conn.Exec(absl::StrCat(
+      "SELECT ", kDatabaseOutboxSeq,
+      ", (SELECT to_char(detected_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+      "FROM outbox_restores WHERE settled_at IS NULL)"));
   if (!r.ok() || r->rows() != 1) return false;  // tried again at the next check
   const int64_t database = r->Int(0, 0);
   bool recorded = !r->IsNull(0, 1);
@@ -436,12 +439,12 @@ absl::Status AdvanceOutboxPastStream(db::Pool& pool, const Nats& nats, const std
   return db::Transact(pool, [&](db::Conn& c) -> absl::Status {
     // Only forward: setval(h) hands out h + 1 next.
     return c
-        .Exec(
-            "SELECT setval('outbox_seq_seq', h, true) FROM (SELECT GREATEST($1::bigint, "
-            "(SELECT COALESCE(max(stream_seq), 0) FROM outbox_restores WHERE settled_at IS NULL)) "
-            "AS h) x WHERE h > (SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
-            "FROM outbox_seq_seq)",
-            {*last})
+        .Exec(absl::StrCat(
+                  "SELECT setval('outbox_seq_seq', h, true) FROM (SELECT GREATEST($1::bigint, "
+                  "(SELECT COALESCE(max(stream_seq), 0) FROM outbox_restores "
+                  "WHERE settled_at IS NULL)) AS h) x WHERE h > ",
+                  kDatabaseOutboxSeq),
+              {*last})
         .status();
   });
 }

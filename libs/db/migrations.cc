@@ -13,11 +13,6 @@ constexpr char kLockKey[] = "7355608120260101";
 
 bool Repeatable(const Migration& m) { return absl::StartsWith(m.name, "R__"); }
 
-// What Migrate would apply of `set`, in order: versioned migrations first,
-// then the repeatable ones (unless a newer release migrated the component:
-// its repeatables stay as they are), each in the order given, leaving out
-// what is applied as it is. A versioned migration edited since it was applied
-// is an error.
 // `set`'s migrations in the order they apply: the versioned ones, then (with
 // `repeatables`) the repeatable ones, each in the order given.
 std::vector<const Migration*> InOrder(const MigrationSet& set, bool repeatables) {
@@ -31,6 +26,11 @@ std::vector<const Migration*> InOrder(const MigrationSet& set, bool repeatables)
   return order;
 }
 
+// What Migrate would apply of `set`, in order: versioned migrations first,
+// then the repeatable ones (unless a newer release migrated the component:
+// its repeatables stay as they are), each in the order given, leaving out
+// what is applied as it is. A versioned migration edited since it was applied
+// is an error.
 absl::StatusOr<std::vector<const Migration*>> ToApply(Conn& conn, const MigrationSet& set,
                                                       std::vector<std::string>* ahead) {
   std::set<std::string> versioned;
@@ -46,8 +46,9 @@ absl::StatusOr<std::vector<const Migration*>> ToApply(Conn& conn, const Migratio
   for (int i = 0; i < recorded->rows(); ++i) {
     if (versioned.count(recorded->String(i, 0)) > 0) continue;
     newer = true;
-    if (ahead != nullptr)
+    if (ahead != nullptr) {
       ahead->push_back(absl::StrCat(set.component, "/", recorded->String(i, 0)));
+    }
   }
   std::vector<const Migration*> out;
   for (const Migration* m : InOrder(set, !newer)) {

@@ -65,11 +65,11 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
       env.String("EVENT_SUBJECT_PREFIX", absl::StrCat("connecting.", def.name));
   c.event_stream = env.String("EVENT_STREAM", def.stream);
   c.nats_url = env.String("NATS_URL", "nats://127.0.0.1:4222");  // --republish --after-restore too
-  c.nats_tls.ca_file = env.ReadableFile("NATS_TLS_CA_FILE");
-  c.nats_tls.cert_file = env.ReadableFile("NATS_TLS_CERT_FILE");
-  c.nats_tls.key_file = env.ReadableFile("NATS_TLS_KEY_FILE");
-  c.nats_tls.creds_file = env.ReadableFile("NATS_CREDS_FILE");
-  if (c.nats_tls.cert_file.empty() != c.nats_tls.key_file.empty()) {
+  c.nats_security.ca_file = env.ReadableFile("NATS_TLS_CA_FILE");
+  c.nats_security.cert_file = env.ReadableFile("NATS_TLS_CERT_FILE");
+  c.nats_security.key_file = env.ReadableFile("NATS_TLS_KEY_FILE");
+  c.nats_security.creds_file = env.ReadableFile("NATS_CREDS_FILE");
+  if (c.nats_security.cert_file.empty() != c.nats_security.key_file.empty()) {
     env.AddError("NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE: a client certificate needs its key");
   }
   if (minimal) {  // --migrate, --wait-for-migrations, --republish
@@ -274,12 +274,10 @@ class HealthMonitor {
   std::thread thread_;
 };
 
-}  // namespace
-
 // Plaintext, or TLS from GRPC_TLS_CERT_FILE / GRPC_TLS_KEY_FILE, read again by
 // gRPC every GRPC_TLS_CHECK (a renewed certificate needs no restart), requiring
 // client certificates signed by GRPC_TLS_CLIENT_CA_FILE when set.
-static std::shared_ptr<grpc::ServerCredentials> ServerCredentials(const ServiceConfig& cfg) {
+std::shared_ptr<grpc::ServerCredentials> ServerCredentials(const ServiceConfig& cfg) {
   if (cfg.grpc_tls_cert_file.empty()) return grpc::InsecureServerCredentials();
   auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
       cfg.grpc_tls_key_file, cfg.grpc_tls_cert_file, cfg.grpc_tls_client_ca_file,
@@ -294,6 +292,8 @@ static std::shared_ptr<grpc::ServerCredentials> ServerCredentials(const ServiceC
   }
   return grpc::experimental::TlsServerCredentials(options);
 }
+
+}  // namespace
 
 int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   // Termination signals are blocked in every thread (they inherit this mask)
@@ -372,7 +372,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
       // The snapshots are numbered past what the stream holds, so that no
       // relay finds the database behind it once they are published.
       absl::StatusOr<std::unique_ptr<bus::Nats>> nats =
-          bus::Nats::Connect(cfg->nats_url, def.name + "-republish", cfg->nats_tls);
+          bus::Nats::Connect(cfg->nats_url, def.name + "-republish", cfg->nats_security);
       absl::Status s = nats.ok() ? bus::AdvanceOutboxPastStream(pool, **nats, cfg->event_stream,
                                                                 absl::Seconds(30))
                                  : nats.status();
@@ -406,7 +406,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
 
   absl::StatusOr<Authenticator> auth = Authenticator::Create(cfg->auth);
   absl::StatusOr<std::unique_ptr<bus::Nats>> nats =
-      bus::Nats::Connect(cfg->nats_url, def.name, cfg->nats_tls);
+      bus::Nats::Connect(cfg->nats_url, def.name, cfg->nats_security);
   if (!auth.ok() || !nats.ok()) {
     log::Error("start-up failed",
                {{"error", (!auth.ok() ? auth.status() : nats.status()).ToString()}});

@@ -57,7 +57,7 @@ struct ServiceConfig {
   std::string grpc_tls_cert_file, grpc_tls_key_file, grpc_tls_client_ca_file;
   absl::Duration grpc_tls_check = absl::Seconds(60);  // how often the TLS files are read again
   std::string grpc_health_listen;  // a plaintext port with only the health service ("" none)
-  bus::NatsTls nats_tls;
+  bus::NatsSecurity nats_security;
   std::string grpc_listen;
   std::string metrics_listen;
   AuthOptions auth;
