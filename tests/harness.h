@@ -34,6 +34,11 @@ int FreePort();
 bool PortOpen(int port);
 // A fresh, empty database on the shared server; returns its URL.
 std::string NewDatabase();
+// The whole of a file ("" if it cannot be read), e.g. a process's log.
+std::string ReadFile(const std::string& path);
+// Writes `text` beside `path`, then renames it over `path` in one step, as a
+// Kubernetes Secret volume swaps a file; false if either fails.
+bool ReplaceFile(const std::string& path, const std::string& text);
 
 // A child process with its own environment; killed (SIGKILL) on destruction.
 class Process {

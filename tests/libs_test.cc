@@ -6,7 +6,6 @@
 #include <openssl/pem.h>
 
 #include <atomic>
-#include <fstream>
 #include <functional>
 #include <future>
 
@@ -146,12 +145,6 @@ std::pair<std::string, std::string> NewKeyPair(const char* type) {
   return out;
 }
 
-void WriteFile(const std::string& path, const std::string& text) {
-  std::string tmp = path + ".new";
-  std::ofstream(tmp, std::ios::binary | std::ios::trunc) << text;
-  ASSERT_EQ(std::rename(tmp.c_str(), path.c_str()), 0);  // as a Secret volume swaps it
-}
-
 // connecting_auth_key_file_rejected as /metrics reports it.
 double KeyFileRejected() {
   for (const auto& family : metrics::Registry()->Collect()) {
@@ -168,7 +161,7 @@ TEST(Auth, KeyFileRotatesWithoutARestart) {
   const std::string a(40, 'a'), b(40, 'b');
   const std::string file =
       testing::RequiredEnv("CONNECTING_TEST_TMP") + "/keys-" + testing::RandomSuffix();
-  WriteFile(file, a + "\n");
+  ASSERT_TRUE(testing::ReplaceFile(file, a + "\n"));
   auto auth = server::Authenticator::Create(AuthWith("HS256", "", [&](server::AuthOptions& o) {
     o.key_file = file;
     o.key_file_check = absl::Milliseconds(50);
@@ -181,20 +174,21 @@ TEST(Auth, KeyFileRotatesWithoutARestart) {
   EXPECT_TRUE(auth->Authenticate(by_a).ok()) << "the line's newline is not part of the secret";
   EXPECT_TRUE(absl::IsUnauthenticated(auth->Authenticate(by_b).status()));
 
-  WriteFile(file, "  " + a + "  \n\n" + b + "\r\n");
+  ASSERT_TRUE(testing::ReplaceFile(file, "  " + a + "  \n\n" + b + "\r\n"));
   settle();
   EXPECT_TRUE(auth->Authenticate(by_b).ok());
   EXPECT_TRUE(auth->Authenticate(by_a).ok());
   EXPECT_EQ(auth->keys().size(), 2u);
 
   EXPECT_EQ(KeyFileRejected(), 0);
-  WriteFile(file, "tooshort\n");  // a bad edit: the keys in use stay, and it is said
+  // A bad edit: the keys in use stay, and it is said.
+  ASSERT_TRUE(testing::ReplaceFile(file, "tooshort\n"));
   settle();
   EXPECT_TRUE(auth->Authenticate(by_b).ok());
   EXPECT_EQ(auth->keys().size(), 2u);
   EXPECT_EQ(KeyFileRejected(), 1);
 
-  WriteFile(file, b + "\n");
+  ASSERT_TRUE(testing::ReplaceFile(file, b + "\n"));
   settle();
   EXPECT_TRUE(auth->Authenticate(by_b).ok());
   EXPECT_EQ(KeyFileRejected(), 0);

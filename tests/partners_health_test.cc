@@ -3,10 +3,8 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
-#include <fstream>
 #include <future>
 #include <iostream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -22,13 +20,6 @@ namespace v1 = ::connecting::partners::v1;
 int Shell(const std::string& script) {
   std::string cmd = absl::StrCat("bash -c '. ", SOURCE_DIR, "/tools/dev/lib.sh && ", script, "'");
   return std::system(cmd.c_str());
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
 }
 
 TEST(PartnersHealth, NotServingWhilePostgresIsDownServingWhenBack) {
@@ -101,11 +92,7 @@ TEST(PartnersHealth, TokenKeysRotateWithoutARestart) {
   const std::string next(48, 'n');
   const std::string file =
       absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/jwt-", RandomSuffix());
-  auto write = [&](const std::string& text) {
-    std::ofstream(file + ".new", std::ios::trunc) << text;
-    ASSERT_EQ(std::rename((file + ".new").c_str(), file.c_str()), 0);
-  };
-  write(std::string(kJwtKey) + "\n");
+  ASSERT_TRUE(ReplaceFile(file, std::string(kJwtKey) + "\n"));
   PartnersFixture fx(std::map<std::string, std::string>{
       {"AUTH_JWT_KEY", ""}, {"AUTH_JWT_KEY_FILE", file}, {"AUTH_JWT_KEY_FILE_CHECK", "200ms"}});
   auto next_token = server::MintToken(next, server::Role::kViewer, "v", {}, absl::Minutes(5));
@@ -123,10 +110,10 @@ TEST(PartnersHealth, TokenKeysRotateWithoutARestart) {
   const std::string current = Token(server::Role::kViewer, "v");
   EXPECT_EQ(code(current), grpc::StatusCode::OK);
   EXPECT_EQ(code(*next_token), grpc::StatusCode::UNAUTHENTICATED);
-  write(std::string(kJwtKey) + "\n" + next + "\n");
+  ASSERT_TRUE(ReplaceFile(file, std::string(kJwtKey) + "\n" + next + "\n"));
   EXPECT_EQ(becomes(*next_token, grpc::StatusCode::OK), grpc::StatusCode::OK);
   EXPECT_EQ(code(current), grpc::StatusCode::OK);
-  write(next + "\n");
+  ASSERT_TRUE(ReplaceFile(file, next + "\n"));
   EXPECT_EQ(becomes(current, grpc::StatusCode::UNAUTHENTICATED), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(code(*next_token), grpc::StatusCode::OK);
 

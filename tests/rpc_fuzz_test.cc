@@ -17,11 +17,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <fstream>
 #include <random>
 #include <regex>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -335,10 +333,8 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
   std::string scraped = HttpGet(fx.partners->metrics_port(), "/metrics") +
                         HttpGet(fx.scheduling->metrics_port(), "/metrics");
   ASSERT_NE(scraped.find("connecting_grpc_requests_total{"), std::string::npos) << scraped;
-  std::ifstream rules_file(std::string(SOURCE_DIR) + "/deploy/k8s/monitoring/prometheusrule.yaml");
-  std::stringstream rules;
-  rules << rules_file.rdbuf();
-  const std::string rule_text = rules.str();
+  const std::string rule_text =
+      ReadFile(std::string(SOURCE_DIR) + "/deploy/k8s/monitoring/prometheusrule.yaml");
   std::set<std::string> names, labels;
   std::regex metric("connecting_[a-z_]+"), by("by \\(([a-z_, ]+)\\)"), matcher("\\{([a-z_]+)=");
   for (std::sregex_iterator m(rule_text.begin(), rule_text.end(), metric), end; m != end; ++m) {

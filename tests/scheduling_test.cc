@@ -5,12 +5,10 @@
 #include <gtest/gtest.h>
 #include <nats/nats.h>
 
-#include <fstream>
 #include <future>
 #include <map>
 #include <random>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
@@ -256,11 +254,9 @@ TEST(SchedulingRestore, ChangesAfterPartnersIsRestoredToAnEarlierPointStillReach
   absl::Status backup = BackUpDatabase(*fx.partners, fx.partners_db);
   ASSERT_TRUE(backup.ok()) << backup;
 
-  pv1::Organisation o;
-  pv1::PauseOrganisationRequest pause;
-  pause.set_id(org);
-  ASSERT_TRUE(fx.partners_stub->PauseOrganisation(Ctx(fx.admin).get(), pause, &o).ok());
+  ASSERT_TRUE(fx.PausePartner(org).ok());
   ASSERT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_PAUSED));
+  pv1::Organisation o;
   pv1::ReactivateOrganisationRequest react;
   react.set_id(org);
   ASSERT_TRUE(fx.partners_stub->ReactivateOrganisation(Ctx(fx.admin).get(), react, &o).ok());
@@ -300,10 +296,8 @@ TEST(SchedulingRestore, RepublishAfterRestoreUndoesDownstreamWhatTheRestoreUndid
   // Partners, started on the restored database, says so (its relay checks
   // as it starts, beside the server).
   auto said_behind = [&] {
-    std::ifstream in(fx.partners->process()->log_path());
-    std::stringstream log;
-    log << in.rdbuf();
-    return log.str().find("database behind its stream") != std::string::npos;
+    return ReadFile(fx.partners->process()->log_path()).find("database behind its stream") !=
+           std::string::npos;
   };
   for (absl::Time until = absl::Now() + absl::Seconds(10); !said_behind() && absl::Now() < until;) {
     absl::SleepFor(absl::Milliseconds(50));
@@ -340,12 +334,8 @@ TEST(SchedulingRestore, RepublishAfterRestoreUndoesDownstreamWhatTheRestoreUndid
 
   OneShot after = fx.RepublishPartners(/*after_restore=*/true);
   ASSERT_EQ(after.code, 0) << "log: " << after.log;
-  {
-    std::ifstream in(after.log);
-    std::stringstream log;
-    log << in.rdbuf();
-    EXPECT_NE(log.str().find("\"restores_settled\":\"1\""), std::string::npos) << log.str();
-  }
+  EXPECT_NE(ReadFile(after.log).find("\"restores_settled\":\"1\""), std::string::npos)
+      << ReadFile(after.log);
   EXPECT_EQ(open_restores(), 0) << "--after-restore left the restore open";
   EXPECT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ACTIVE, absl::Seconds(15)))
       << "scheduling kept the archive the restore undid";
@@ -610,12 +600,10 @@ TEST_F(Scheduling, ReplayingDeadLettersAppliesThemThroughTheRealHandler) {
                {"LOG_LEVEL", "warn"}},
               "replay");
   EXPECT_EQ(replay.code, 0) << "log: " << replay.log;
-  std::ifstream in(replay.log);
-  std::stringstream out;
-  out << in.rdbuf();
-  EXPECT_NE(out.str().find("scheduling-partners-2: 1 dead letters replayed, 0 refused again"),
+  const std::string out = ReadFile(replay.log);
+  EXPECT_NE(out.find("scheduling-partners-2: 1 dead letters replayed, 0 refused again"),
             std::string::npos)
-      << out.str();
+      << out;
   EXPECT_EQ(Sql("SELECT count(*) FROM dead_letters"), 0);
   EXPECT_TRUE(fx_->WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ACTIVE, absl::Seconds(1)));
 }
