@@ -29,6 +29,9 @@ using server::Role;
 constexpr int kConfirmed = v1::BOOKING_STATUS_CONFIRMED;
 constexpr int kWaitlisted = v1::BOOKING_STATUS_WAITLISTED;
 constexpr int kCancelled = v1::BOOKING_STATUS_CANCELLED;
+// On a status from Promote: the person first in line whose confirmation on
+// another visit that date was still in flight (TransactPromoting).
+constexpr char kFirstInLinePayload[] = "connecting.scheduling/first-in-line";
 
 db::TxOptions Tx(const Call& call) {
   db::TxOptions o;
@@ -381,7 +384,7 @@ absl::Status SchedulingLogic::DeactivateParticipant(const Call& call,
                                                     v1::Participant* resp) {
   if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
   if (absl::Status s = RequireStaff(call.principal, "deactivate participants"); !s.ok()) return s;
-  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+  return TransactPromoting(call, [&](db::Conn& c) -> absl::Status {
     auto cur = store::GetParticipant(c, req.id(), true);
     if (!cur.ok()) return cur.status();
     if (absl::Status s = server::CheckEtag("participant", req.etag(), cur->etag()); !s.ok()) {
@@ -588,7 +591,7 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
       e, req.update_mask(),
       {"title", "date", "start_time", "end_time", "host_contact_id", "broadcast_link", "sites"});
   if (!e.empty()) return e.ToStatus();
-  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+  return TransactPromoting(call, [&](db::Conn& c) -> absl::Status {
     // The session row, then its sites (as CancelSession): bookings in
     // flight finish first, so the seats counted below are all there are.
     auto cur = store::GetSession(c, in.id(), true);
@@ -899,8 +902,10 @@ absl::StatusOr<bool> SchedulingLogic::Promote(db::Conn& c, const Call& call,
       // confirming transaction may itself be queued for this site's seats,
       // which we hold (a deadlock PostgreSQL would take a second to break).
       // Past it, the whole transaction starts again with its locks let go,
-      // so that the other one can finish; then it is known whether that
-      // person was confirmed elsewhere, and nobody is passed over on a guess.
+      // so that the other one can finish, and this time takes that person's
+      // row before any seat, which waits for their booking in flight to end
+      // (TransactPromoting); then it is known whether they were confirmed
+      // elsewhere, and nobody is passed over on a guess.
       if (absl::Status s = c.ExecScript("SAVEPOINT promote; SET LOCAL lock_timeout = '200ms'");
           !s.ok()) {
         return s;
@@ -909,9 +914,11 @@ absl::StatusOr<bool> SchedulingLogic::Promote(db::Conn& c, const Call& call,
       if (!s.ok() && db::IsLockNotAvailable(s)) {
         // The caller may be anyone booked on the session: the message names
         // nobody else.
-        return db::RetryTransaction(
+        absl::Status retry = db::RetryTransaction(
             absl::StrCat("the person first in line for the seat freed on session ", session.id(),
                          " is being confirmed on another visit that date; try again"));
+        retry.SetPayload(kFirstInLinePayload, absl::Cord(participant_id));
+        return retry;
       }
       if (!s.ok() && db::ConstraintOf(s) == "bookings_one_frontline_per_date") {
         // Undoes the lock_timeout too.
@@ -932,6 +939,25 @@ absl::StatusOr<bool> SchedulingLogic::Promote(db::Conn& c, const Call& call,
     return true;
   }
   return false;
+}
+
+absl::Status SchedulingLogic::TransactPromoting(const Call& call,
+                                                absl::FunctionRef<absl::Status(db::Conn&)> fn) {
+  // Whose confirmations elsewhere a promotion met in flight, over attempts.
+  std::vector<std::string> first_in_line;
+  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    if (!first_in_line.empty()) {
+      // Waits, within the call's deadline, for every booking of theirs in
+      // flight to end (they hold these rows FOR SHARE), and keeps new ones
+      // out until this commits. Taken before any seat, as bookings do.
+      if (absl::Status s = store::HoldParticipants(c, first_in_line); !s.ok()) return s;
+    }
+    absl::Status s = fn(c);
+    if (auto who = s.GetPayload(kFirstInLinePayload); who.has_value()) {
+      first_in_line.push_back(std::string(*who));
+    }
+    return s;
+  });
 }
 
 absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call& call,
@@ -1068,7 +1094,7 @@ absl::Status SchedulingLogic::ListBookings(const Call& call, const v1::ListBooki
 absl::Status SchedulingLogic::CancelBooking(const Call& call, const v1::CancelBookingRequest& req,
                                             v1::Booking* resp) {
   if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
-  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+  return TransactPromoting(call, [&](db::Conn& c) -> absl::Status {
     auto b = CancelInTx(c, call, req.id(), true);
     if (!b.ok()) return b.status();
     *resp = *std::move(b);
@@ -1085,7 +1111,7 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
   server::CheckText(e, "site", req.site(), {0, 100});
   server::CheckRequestId(e, "request_id", req.request_id());
   if (!e.empty()) return e.ToStatus();
-  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+  return TransactPromoting(call, [&](db::Conn& c) -> absl::Status {
     auto old = store::GetBooking(c, req.id(), false);
     if (!old.ok()) return old.status();
     if (absl::Status s = MayActFor(call.principal, old->participant_id()); !s.ok()) return s;

@@ -94,8 +94,15 @@ class SchedulingLogic {
   absl::StatusOr<v1::Booking> CancelInTx(db::Conn& tx, const Call& call,
                                          const std::string& booking_id, bool emit,
                                          bool only_if_live = false);
+  // A transaction of `fn`, which may promote (Promote). When a promotion
+  // meets the person first in line being confirmed on another visit that
+  // date, `fn` runs again holding that person's row from the start, so it
+  // waits for that confirmation to end (within the call's deadline) instead
+  // of giving up again after Promote's brief wait.
+  absl::Status TransactPromoting(const Call& call, absl::FunctionRef<absl::Status(db::Conn&)> fn);
   // Confirms the first eligible waitlisted booking of the site, if any;
-  // whether it did.
+  // whether it did. ABORTED, to retry through TransactPromoting, when the
+  // person first in line is being confirmed elsewhere that date.
   absl::StatusOr<bool> Promote(db::Conn& tx, const Call& call, const v1::Session& session,
                                const std::string& site);
   // Cancels the session and its live bookings inside `tx` (the caller holds

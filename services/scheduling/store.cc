@@ -2,6 +2,7 @@
 
 #include <google/protobuf/util/time_util.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "absl/strings/numbers.h"
@@ -229,6 +230,17 @@ db::Statement ShareParticipants(const std::vector<std::string>& ids) {
   // (R__lock_participants.sql).
   return {"SELECT lock_participants($1::uuid[])",
           {absl::StrCat("{", absl::StrJoin(ids, ","), "}")}};
+}
+
+absl::Status HoldParticipants(db::Conn& c, std::vector<std::string> ids) {
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  return c
+      .Exec(
+          "SELECT 1 FROM participants WHERE id = ANY($1::uuid[]) ORDER BY id "
+          "FOR NO KEY UPDATE",
+          {absl::StrCat("{", absl::StrJoin(ids, ","), "}")})
+      .status();
 }
 
 absl::StatusOr<v1::Participant> GetParticipantShared(db::Conn& c, const std::string& id) {

@@ -55,6 +55,9 @@ absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& i
 // ShareParticipants: the statement locking those rows FOR SHARE (ids sorted).
 db::Statement ShareParticipants(const std::vector<std::string>& ids);
 // The participant, read FOR SHARE (NOT_FOUND naming it if there is none).
+// Locks these participants FOR NO KEY UPDATE, in id order: waits for any
+// booking of theirs in flight (which holds them FOR SHARE) to end.
+absl::Status HoldParticipants(db::Conn& c, std::vector<std::string> ids);
 absl::StatusOr<v1::Participant> GetParticipantShared(db::Conn& c, const std::string& id);
 absl::StatusOr<v1::Participant> UpdateParticipant(db::Conn& c, const v1::Participant& p);
 absl::StatusOr<v1::Participant> SetParticipantStatus(db::Conn& c, const std::string& id, int s);
