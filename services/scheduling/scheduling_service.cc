@@ -384,7 +384,8 @@ absl::Status SchedulingLogic::DeactivateParticipant(const Call& call,
                                                     v1::Participant* resp) {
   if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
   if (absl::Status s = RequireStaff(call.principal, "deactivate participants"); !s.ok()) return s;
-  return TransactPromoting(call, [&](db::Conn& c) -> absl::Status {
+  // The person leaving is held with anyone first in line, in one id order.
+  return TransactPromoting(call, req.id(), [&](db::Conn& c) -> absl::Status {
     auto cur = store::GetParticipant(c, req.id(), true);
     if (!cur.ok()) return cur.status();
     if (absl::Status s = server::CheckEtag("participant", req.etag(), cur->etag()); !s.ok()) {
@@ -591,7 +592,7 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
       e, req.update_mask(),
       {"title", "date", "start_time", "end_time", "host_contact_id", "broadcast_link", "sites"});
   if (!e.empty()) return e.ToStatus();
-  return TransactPromoting(call, [&](db::Conn& c) -> absl::Status {
+  return TransactPromoting(call, "", [&](db::Conn& c) -> absl::Status {
     // The session row, then its sites (as CancelSession): bookings in
     // flight finish first, so the seats counted below are all there are.
     auto cur = store::GetSession(c, in.id(), true);
@@ -941,7 +942,7 @@ absl::StatusOr<bool> SchedulingLogic::Promote(db::Conn& c, const Call& call,
   return false;
 }
 
-absl::Status SchedulingLogic::TransactPromoting(const Call& call,
+absl::Status SchedulingLogic::TransactPromoting(const Call& call, const std::string& holds,
                                                 absl::FunctionRef<absl::Status(db::Conn&)> fn) {
   // Whose confirmations elsewhere a promotion met in flight, over attempts.
   std::vector<std::string> first_in_line;
@@ -949,8 +950,11 @@ absl::Status SchedulingLogic::TransactPromoting(const Call& call,
     if (!first_in_line.empty()) {
       // Waits, within the call's deadline, for every booking of theirs in
       // flight to end (they hold these rows FOR SHARE), and keeps new ones
-      // out until this commits. Taken before any seat, as bookings do.
-      if (absl::Status s = store::HoldParticipants(c, first_in_line); !s.ok()) return s;
+      // out until this commits. Taken before any seat, as bookings do, and
+      // with `holds` in the same id order.
+      std::vector<std::string> ids = first_in_line;
+      if (!holds.empty()) ids.push_back(holds);
+      if (absl::Status s = store::HoldParticipants(c, std::move(ids)); !s.ok()) return s;
     }
     absl::Status s = fn(c);
     if (auto who = s.GetPayload(kFirstInLinePayload); who.has_value()) {
@@ -1094,7 +1098,7 @@ absl::Status SchedulingLogic::ListBookings(const Call& call, const v1::ListBooki
 absl::Status SchedulingLogic::CancelBooking(const Call& call, const v1::CancelBookingRequest& req,
                                             v1::Booking* resp) {
   if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
-  return TransactPromoting(call, [&](db::Conn& c) -> absl::Status {
+  return TransactPromoting(call, "", [&](db::Conn& c) -> absl::Status {
     auto b = CancelInTx(c, call, req.id(), true);
     if (!b.ok()) return b.status();
     *resp = *std::move(b);
@@ -1111,7 +1115,7 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
   server::CheckText(e, "site", req.site(), {0, 100});
   server::CheckRequestId(e, "request_id", req.request_id());
   if (!e.empty()) return e.ToStatus();
-  return TransactPromoting(call, [&](db::Conn& c) -> absl::Status {
+  return TransactPromoting(call, "", [&](db::Conn& c) -> absl::Status {
     auto old = store::GetBooking(c, req.id(), false);
     if (!old.ok()) return old.status();
     if (absl::Status s = MayActFor(call.principal, old->participant_id()); !s.ok()) return s;

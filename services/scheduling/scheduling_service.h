@@ -98,8 +98,10 @@ class SchedulingLogic {
   // meets the person first in line being confirmed on another visit that
   // date, `fn` runs again holding that person's row from the start, so it
   // waits for that confirmation to end (within the call's deadline) instead
-  // of giving up again after Promote's brief wait.
-  absl::Status TransactPromoting(const Call& call, absl::FunctionRef<absl::Status(db::Conn&)> fn);
+  // of giving up again after Promote's brief wait. `holds`, when not empty,
+  // is a participant `fn` locks itself: held with them, in one id order.
+  absl::Status TransactPromoting(const Call& call, const std::string& holds,
+                                 absl::FunctionRef<absl::Status(db::Conn&)> fn);
   // Confirms the first eligible waitlisted booking of the site, if any;
   // whether it did. ABORTED, to retry through TransactPromoting, when the
   // person first in line is being confirmed elsewhere that date.
