@@ -24,9 +24,17 @@ curl -s "http://127.0.0.1:$scheduling_metrics/metrics" | awk '
 
 psql -d scheduling -qc "CREATE TABLE pgbench_single_row (id bigserial PRIMARY KEY, payload text NOT NULL)"
 echo "INSERT INTO pgbench_single_row (payload) VALUES ('booking-sized row');" >"$work/insert.sql"
+# BENCH_STATS: the WAL each run writes (records, full-page images, bytes).
+wal_reset() { [ -z "${BENCH_STATS:-}" ] || psql -d scheduling -qtAc "SELECT pg_stat_reset_shared('wal')" >/dev/null; }
+wal_per() {  # $1: what, $2: how many of them
+  [ -z "${BENCH_STATS:-}" ] || psql -d scheduling -tAc "SELECT format('  WAL per %s: %s records, %s full-page images, %s bytes', '$1',
+    round(wal_records::numeric / $2, 1), round(wal_fpi::numeric / $2, 2), round(wal_bytes / $2)) FROM pg_stat_wal"
+}
+wal_reset
 pgbench_tps=$(command pgbench -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 16 -j 2 -T "$SECONDS_PER_RUN" \
   -f "$work/insert.sql" scheduling 2>/dev/null | awk '/^tps/ {print int($3); exit}')
 echo "pgbench, single-row INSERT, 16 clients, same database: $pgbench_tps tps"
+wal_per "pgbench insert" "$(psql -d scheduling -tAc "SELECT count(*) FROM pgbench_single_row")"
 awk -v tps="$pgbench_tps" 'NR > 1 && $NF ~ /^[0-9]+$/ {
   rate = $(NF-3); name = $0; sub(/ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9]+$/, "", name);
   printf "  %-32s %.0f%% of pgbench\n", name, 100 * rate / tps }' "$work/bookings.txt"
@@ -71,10 +79,12 @@ floor_sessions=$(psql -d scheduling -tAc "SELECT count(*) FROM floor_sessions")
   echo "COMMIT;"
   echo "\\endpipeline"
 } >"$work/floor.sql"
+wal_reset
 floor_tps=$(command pgbench -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 4 -j 2 -M prepared \
   -T "$SECONDS_PER_RUN" -f "$work/floor.sql" scheduling 2>/dev/null | awk '/^tps/ {print int($3); exit}')
 floor_outcomes=$(psql -d scheduling -tAc "SELECT string_agg(status || ':' || n, ' ') FROM (SELECT CASE status WHEN 1 THEN 'confirmed' ELSE 'waitlisted' END AS status, count(*) AS n FROM bookings b JOIN floor_participants f ON f.id = b.participant_id GROUP BY 1) x")
 echo "floor: the booking's statements alone (pgbench, 4 lanes, batches of 4): $(( floor_tps * 4 )) bookings/s ($floor_outcomes)"
+wal_per "floor booking" "$(psql -d scheduling -tAc "SELECT count(*) FROM bookings b JOIN floor_participants f ON f.id = b.participant_id")"
 awk -v f="$floor_tps" -v tps="$pgbench_tps" 'BEGIN { printf "  %-32s %.0f%% of pgbench\n", "floor (database alone)", 100 * 4 * f / tps }'
 awk -v f="$floor_tps" 'NR > 1 && $NF ~ /^[0-9]+$/ {
   rate = $(NF-3); name = $0; sub(/ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9]+$/, "", name);
