@@ -381,6 +381,14 @@ void StartPromotionRace(SchedulingFixture& fx, const std::string& org, int days,
 // the call's deadline).
 constexpr auto kLongerThanTheOldRetries = std::chrono::milliseconds(2500);
 
+// Keeps the booking on B open that long, checking that the cancellation
+// waits meanwhile, then ends it with `end` (COMMIT or ROLLBACK).
+void EndTheBookingOnBLate(PromotionRace& race, const char* end) {
+  EXPECT_NE(race.cancel.wait_for(kLongerThanTheOldRetries), std::future_status::ready)
+      << "the cancellation ended while the person first in line might still get B";
+  ASSERT_TRUE(race.other->ExecScript(end).ok());
+}
+
 // The cancellation ended well; the first person waiting was skipped (they
 // hold the visit on B that date) and the seat went to the next.
 void ExpectSkippedForTheNext(PromotionRace& race) {
@@ -410,9 +418,7 @@ TEST_F(SchedulingConcurrency, PromotionSkipsSomeoneConfirmedElsewhereThatDateMea
 TEST_F(SchedulingConcurrency, PromotionWaitsOutALongConfirmationElsewhere) {
   PromotionRace race;
   ASSERT_NO_FATAL_FAILURE(StartPromotionRace(*fx_, *org_, 47, "PROML", &race));
-  EXPECT_NE(race.cancel.wait_for(kLongerThanTheOldRetries), std::future_status::ready)
-      << "the cancellation ended while the booking on B was still open";
-  ASSERT_TRUE(race.other->ExecScript("COMMIT").ok());
+  ASSERT_NO_FATAL_FAILURE(EndTheBookingOnBLate(race, "COMMIT"));
   ExpectSkippedForTheNext(race);
 }
 
@@ -424,9 +430,7 @@ TEST_F(SchedulingConcurrency, PromotionWaitsOutAConfirmationElsewhereThatRollsBa
   PromotionRace race;
   ASSERT_NO_FATAL_FAILURE(StartPromotionRace(*fx_, *org_, 46, "PROMW", &race));
   // Past the promotion's wait (it gave up once by now), then undone.
-  EXPECT_NE(race.cancel.wait_for(kLongerThanTheOldRetries), std::future_status::ready)
-      << "the cancellation finished while the person first in line might still get B";
-  ASSERT_TRUE(race.other->ExecScript("ROLLBACK").ok());
+  ASSERT_NO_FATAL_FAILURE(EndTheBookingOnBLate(race, "ROLLBACK"));
   grpc::Status st = race.cancel.get();
   EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
   auto statuses = race.other->Exec(
