@@ -327,14 +327,15 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
     EXPECT_TRUE(WaitForOutboxDrained(url)) << url << ": events still waiting in the outbox";
   }
 
-  // The alerts (deploy/k8s/monitoring) watch metrics that exist: every
-  // connecting_* name they use, and every label they group or match by, is
-  // on the services' /metrics pages now that everything has run.
+  // The alerts and the dashboard (deploy/k8s/monitoring) watch metrics that
+  // exist: every connecting_* name they use, and every label they group or
+  // match by, is on the services' /metrics pages now that everything has run.
   std::string scraped = HttpGet(fx.partners->metrics_port(), "/metrics") +
                         HttpGet(fx.scheduling->metrics_port(), "/metrics");
   ASSERT_NE(scraped.find("connecting_grpc_requests_total{"), std::string::npos) << scraped;
   const std::string rule_text =
-      ReadFile(std::string(SOURCE_DIR) + "/deploy/k8s/monitoring/prometheusrule.yaml");
+      ReadFile(std::string(SOURCE_DIR) + "/deploy/k8s/monitoring/prometheusrule.yaml") +
+      ReadFile(std::string(SOURCE_DIR) + "/deploy/k8s/monitoring/dashboard.json");
   std::set<std::string> names, labels;
   std::regex metric("connecting_[a-z_]+"), by("by \\(([a-z_, ]+)\\)"), matcher("\\{([a-z_]+)=");
   for (std::sregex_iterator m(rule_text.begin(), rule_text.end(), metric), end; m != end; ++m) {

@@ -43,6 +43,8 @@ monitoring=$(kubectl kustomize monitoring) || fail "monitoring does not render"
 grep -q "^kind: PrometheusRule$" <<<"$monitoring" || fail "monitoring has no PrometheusRule"
 grep -q "^kind: PodMonitor$" <<<"$monitoring" || fail "monitoring has no PodMonitor"
 grep -q "^kind: AlertmanagerConfig$" <<<"$monitoring" || fail "monitoring has no AlertmanagerConfig"
+grep -q '^    grafana_dashboard: "1"$' <<<"$monitoring" || fail "monitoring has no dashboard ConfigMap"
+grep -q '"uid": "connecting-services"' <<<"$monitoring" || fail "the dashboard ConfigMap lacks dashboard.json"
 # Every severity the rules raise has somewhere to go: critical its own route,
 # anything else the default receiver, which must be warning's.
 for sev in $(grep -o 'severity: [a-z]*' monitoring/prometheusrule.yaml | awk '{print $2}' | sort -u); do
