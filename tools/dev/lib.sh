@@ -9,9 +9,11 @@ pg_bindir() {
 }
 
 # Runs a command as the PostgreSQL owner: initdb refuses to run as root.
+# From /, which that user can enter (pg_ctl complains of a working directory
+# it cannot): the paths given must be absolute.
 as_pg_owner() {
   if [ "$(id -u)" = 0 ]; then
-    runuser -u postgres -- "$@"
+    (cd / && runuser -u postgres -- "$@")
   else
     "$@"
   fi
