@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= 2
 BUILD_TYPE ?= RelWithDebInfo
 
-.PHONY: all deps build lint breaking test up down bench demo token clean image-check
+.PHONY: all deps build lint breaking test up down reset bench demo token clean image-check
 
 all: build
 
@@ -26,6 +26,9 @@ up: build  ## run the suite locally with demo data (keeps data in .stack/ betwee
 
 down:  ## stop what `make up` started
 	@tools/dev/down.sh
+
+reset:  ## stop what `make up` started and delete its data (demo data comes back at the next make up)
+	@tools/dev/down.sh --reset
 
 token:  ## print a token for the local stack: make token ROLE=admin [ORG=<id>]
 	@tools/dev/token.sh $(or $(ROLE),admin) $(ORG)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # `make down`: stops what `make up` started (data stays in .stack/).
+# `make reset` (--reset): stops it and deletes its data, wherever it lies.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tools/dev/lib.sh
@@ -16,3 +17,13 @@ for pidfile in "$stack"/run/*.pid; do
 done
 stop_nats "$stack/nats" && echo "stopped NATS"
 if [ -f "$stack/run/pgdir" ]; then stop_postgres "$(cat "$stack/run/pgdir")" && echo "stopped PostgreSQL"; fi
+if [ "${1:-}" = --reset ]; then
+  # PostgreSQL's data sits outside .stack/ when its owner cannot enter the tree (up.sh).
+  pgdir=$(cat "$stack/run/pgdir" 2>/dev/null || true)
+  case "$pgdir" in
+    "$stack"/*) ;;
+    /var/tmp/connecting-*/pg) rm -rf "$(dirname "$pgdir")" ;;
+  esac
+  rm -rf "$stack"
+  echo "deleted the local stack's data: the next make up starts afresh"
+fi
