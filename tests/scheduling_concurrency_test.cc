@@ -336,7 +336,8 @@ TEST_F(SchedulingConcurrency, NoBookingSlipsInWhileAParticipantIsDeactivated) {
 // A seat frees on visit A (one seat) while the first person waiting for it is
 // being confirmed on visit B the same date, by a transaction left open on
 // `other` (BookSession on B, as the service sends it); the cancellation that
-// frees the seat runs in `cancel` and, once this returns, waits for it.
+// frees the seat (or, with `move_to`, the move of that booking to another
+// session) runs in `cancel` and, once this returns, waits for it.
 struct PromotionRace {
   sv1::Booking held, first_waiting, next_waiting;
   std::string first;
@@ -345,7 +346,8 @@ struct PromotionRace {
 };
 
 void StartPromotionRace(SchedulingFixture& fx, const std::string& org, int days,
-                        const std::string& tag, PromotionRace* race) {
+                        const std::string& tag, PromotionRace* race,
+                        const std::string& move_to = "") {
   std::string date = DateIn(days);
   sv1::Session a = NewSession(fx, org, 1, date);
   sv1::Session b = NewSession(fx, org, 5, date);
@@ -365,10 +367,16 @@ void StartPromotionRace(SchedulingFixture& fx, const std::string& org, int days,
                                 {b.id(), race->first});
   ASSERT_TRUE(on_b.ok()) << on_b.status();
   ASSERT_EQ(on_b->String(0, 0), "booked");
-  race->cancel = std::async(std::launch::async, [&fx, id = race->held.id()] {
+  race->cancel = std::async(std::launch::async, [&fx, id = race->held.id(), move_to] {
+    sv1::Booking out;
+    if (!move_to.empty()) {
+      sv1::RescheduleBookingRequest req;
+      req.set_id(id);
+      req.set_session_id(move_to);
+      return fx.stub->RescheduleBooking(Ctx(fx.admin).get(), req, &out);
+    }
     sv1::CancelBookingRequest req;
     req.set_id(id);
-    sv1::Booking out;
     return fx.stub->CancelBooking(Ctx(fx.admin).get(), req, &out);
   });
   // Until the promotion waits for the booking on B (or the cancel finishes).
@@ -418,6 +426,15 @@ TEST_F(SchedulingConcurrency, PromotionSkipsSomeoneConfirmedElsewhereThatDateMea
 TEST_F(SchedulingConcurrency, PromotionWaitsOutALongConfirmationElsewhere) {
   PromotionRace race;
   ASSERT_NO_FATAL_FAILURE(StartPromotionRace(*fx_, *org_, 47, "PROML", &race));
+  ASSERT_NO_FATAL_FAILURE(EndTheBookingOnBLate(race, "COMMIT"));
+  ExpectSkippedForTheNext(race);
+}
+
+TEST_F(SchedulingConcurrency, AMoveWaitsOutALongConfirmationElsewhereToo) {
+  // The seat is freed by moving its holder to a visit on another date.
+  sv1::Session later = NewSession(*fx_, *org_, 5, DateIn(49));
+  PromotionRace race;
+  ASSERT_NO_FATAL_FAILURE(StartPromotionRace(*fx_, *org_, 48, "PROMV", &race, later.id()));
   ASSERT_NO_FATAL_FAILURE(EndTheBookingOnBLate(race, "COMMIT"));
   ExpectSkippedForTheNext(race);
 }
