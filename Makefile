@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= 2
 BUILD_TYPE ?= RelWithDebInfo
 
-.PHONY: all deps build lint breaking test up down reset bench demo token clean image-check
+.PHONY: all deps build lint breaking test sanitize up down reset bench demo token clean image-check
 
 all: build
 
@@ -20,6 +20,9 @@ lint: deps  ## buf lint, and buf breaking against the last release tag if there 
 
 test: build lint  ## build, lint, and run every test against throwaway PostgreSQL + NATS
 	@tools/test/run.sh
+
+sanitize: deps  ## the tests built with AddressSanitizer and UBSan, in build-asan/ (8-12 min; not part of test)
+	@tools/test/sanitize.sh
 
 up: build  ## run the suite locally with demo data (keeps data in .stack/ between runs)
 	@tools/dev/up.sh
