@@ -4,64 +4,19 @@
 //   partners_bench --addr 127.0.0.1:50051 --token T --org <id> [--seconds 3]
 #include <grpcpp/grpcpp.h>
 
-#include <algorithm>
-#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <functional>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "absl/time/clock.h"
 #include "connecting/partners/v1/partners.api.h"
-#include "grpc/health/v1/health.grpc.pb.h"
+#include "tools/bench/load.h"
 
 namespace v1 = connecting::partners::v1;
 
-namespace {
-
-struct Result {
-  double qps = 0, p50_ms = 0, p99_ms = 0;
-  long errors = 0;
-};
-
-// Runs `call` on `streams` threads for `seconds`; each thread owns a stub.
-Result Run(int streams, double seconds,
-           const std::function<std::function<bool()>(int)>& make_call) {
-  std::vector<std::vector<double>> lat(streams);
-  std::atomic<long> errors{0};
-  std::atomic<bool> stop{false};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < streams; ++t) {
-    threads.emplace_back([&, t] {
-      auto call = make_call(t);
-      call();  // warm the connection
-      while (!stop.load(std::memory_order_relaxed)) {
-        absl::Time s = absl::Now();
-        if (!call()) ++errors;
-        lat[t].push_back(absl::ToDoubleMilliseconds(absl::Now() - s));
-      }
-    });
-  }
-  absl::Time start = absl::Now();
-  absl::SleepFor(absl::Seconds(seconds));
-  stop = true;
-  for (auto& th : threads) th.join();
-  double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
-  std::vector<double> all;
-  for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
-  std::sort(all.begin(), all.end());
-  Result r;
-  r.errors = errors;
-  if (all.empty()) return r;
-  r.qps = all.size() / elapsed;
-  r.p50_ms = all[all.size() / 2];
-  r.p99_ms = all[std::min(all.size() - 1, all.size() * 99 / 100)];
-  return r;
-}
-
-}  // namespace
+using connecting::bench::Result;
+using connecting::bench::Run;
 
 int main(int argc, char** argv) {
   std::string addr, token, org;
@@ -77,27 +32,12 @@ int main(int argc, char** argv) {
                  argv[0]);
     return 2;
   }
-  // A few channels (HTTP/2 connections) shared by the streams, as a real client pool would.
-  std::vector<std::shared_ptr<grpc::Channel>> channels;
-  for (int i = 0; i < 4; ++i) {
-    grpc::ChannelArguments args;
-    args.SetInt("grpc.channel_id", i);  // distinct channels, not one shared subchannel
-    channels.push_back(grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args));
-  }
+  auto channels = connecting::bench::Channels(addr);
   auto with_auth = [&](grpc::ClientContext& ctx) {
     ctx.AddMetadata("authorization", "Bearer " + token);
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   };
-  auto health = [&](int t) -> std::function<bool()> {
-    auto stub = std::shared_ptr<grpc::health::v1::Health::Stub>(
-        grpc::health::v1::Health::NewStub(channels[t % channels.size()]));
-    return [stub] {
-      grpc::ClientContext ctx;
-      grpc::health::v1::HealthCheckRequest req;
-      grpc::health::v1::HealthCheckResponse resp;
-      return stub->Check(&ctx, req, &resp).ok();
-    };
-  };
+  auto health = [&](int t) { return connecting::bench::HealthCall(channels[t % channels.size()]); };
   auto get = [&](int t) -> std::function<bool()> {
     auto stub = std::shared_ptr<v1::PartnersService::Stub>(
         v1::PartnersService::NewStub(channels[t % channels.size()]));
@@ -126,18 +66,14 @@ int main(int argc, char** argv) {
       return ok;
     };
   };
-  std::printf("%-28s %7s %10s %9s %9s %8s %s\n", "rpc", "streams", "qps", "p50 ms", "p99 ms",
-              "errors", "vs health");
+  connecting::bench::PrintHeader();
   for (int streams : {1, 16}) {
     Result h = Run(streams, seconds, health);
-    std::printf("%-28s %7d %10.0f %9.3f %9.3f %8ld %s\n", "grpc.health.v1/Check", streams, h.qps,
-                h.p50_ms, h.p99_ms, h.errors, "1.00");
+    connecting::bench::PrintRow("grpc.health.v1/Check", streams, h, h.qps);
     using Maker = std::function<std::function<bool()>(int)>;
     for (auto& [name, fn] : std::vector<std::pair<const char*, Maker>>{
              {"GetOrganisation", get}, {"ListOrganisations(50)", list}}) {
-      Result r = Run(streams, seconds, fn);
-      std::printf("%-28s %7d %10.0f %9.3f %9.3f %8ld %.2f\n", name, streams, r.qps, r.p50_ms,
-                  r.p99_ms, r.errors, h.qps > 0 ? r.qps / h.qps : 0.0);
+      connecting::bench::PrintRow(name, streams, Run(streams, seconds, fn), h.qps);
     }
   }
   return 0;

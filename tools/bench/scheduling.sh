@@ -94,3 +94,36 @@ if [ -n "${BENCH_STATS:-}" ]; then
   psql -d scheduling -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" 2>/dev/null &&
   psql -d scheduling -c "SELECT calls, total_exec_time::int ms, rows, left(query, 90) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25" 2>/dev/null || true
 fi
+
+# Programme figures at national scale: a year of 500,000 attended visits
+# (seventy times the programme's first two years) by 100,000 connectors at
+# 10,000 organisations. They are written straight into attendance_facts, the
+# one table the figures read, without the bookings behind them (foreign keys
+# off for this load: a seeded history, not a booked one).
+figures_year=$(( $(date -u +%Y) - 1 ))
+psql -d scheduling -q <<SQL
+DELETE FROM outbox;  -- the floor's filler events, which the relay would publish
+SET session_replication_role = replica;
+CREATE TEMP TABLE people AS SELECT g AS n, gen_random_uuid() AS id,
+  'Directorate ' || g % 40 AS directorate, 1 + g % 4 AS grade FROM generate_series(1, 100000) g;
+CREATE TEMP TABLE places AS SELECT g AS n, gen_random_uuid() AS id,
+  1 + g % 10 AS sector, 1 + g % 7 AS region FROM generate_series(1, 10000) g;
+CREATE INDEX ON people (n);
+CREATE INDEX ON places (n);
+INSERT INTO attendance_facts (booking_id, session_date, participant_id, organisation_id, sector,
+                              region, directorate, grade)
+SELECT gen_random_uuid(), date '$figures_year-01-01' + (g % 365)::int, p.id, o.id, o.sector,
+       o.region, p.directorate, p.grade
+  FROM generate_series(1, 500000::bigint) g
+  JOIN people p ON p.n = g * 7919 % 100000 + 1
+  JOIN places o ON o.n = g * 104729 % 10000 + 1;
+VACUUM ANALYZE attendance_facts;
+SQL
+launch_service "$BUILD_DIR/services/scheduling/scheduling" scheduling "$work/scheduling-figures.log" \
+  "$scheduling_port" "$scheduling_metrics" warn
+pids+=($!)
+wait_port 127.0.0.1 "$scheduling_port" 30 "${pids[-1]}" || { tail -5 "$work/scheduling-figures.log" >&2; exit 1; }
+echo
+echo "== programme figures ($figures_year: 500,000 attended visits, 100,000 connectors, 10,000 organisations; one stream)"
+"$BUILD_DIR/tools/figures_bench" --addr "127.0.0.1:$scheduling_port" --token "$admin" \
+  --year "$figures_year" --seconds "$SECONDS_PER_RUN"
