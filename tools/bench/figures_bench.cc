@@ -4,8 +4,9 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
-#include <cstring>
+#include <cstdlib>
 #include <functional>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,14 +19,11 @@ using connecting::bench::Result;
 using connecting::bench::Run;
 
 int main(int argc, char** argv) {
-  std::string addr, token, year;
-  double seconds = 3;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--addr")) addr = argv[i + 1];
-    if (!std::strcmp(argv[i], "--token")) token = argv[i + 1];
-    if (!std::strcmp(argv[i], "--year")) year = argv[i + 1];
-    if (!std::strcmp(argv[i], "--seconds")) seconds = std::atof(argv[i + 1]);
-  }
+  std::map<std::string, std::string> args = connecting::bench::Args(argc, argv);
+  const std::string addr = args["--addr"];
+  const std::string token = args["--token"];
+  const std::string year = args["--year"];
+  const double seconds = std::atof(args["--seconds"].c_str());
   if (addr.empty() || token.empty() || year.size() != 4) {
     std::fprintf(stderr, "usage: %s --addr HOST:PORT --token JWT --year YYYY [--seconds N]\n",
                  argv[0]);

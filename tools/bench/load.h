@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdio>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -56,6 +57,13 @@ Result Run(int streams, double seconds,
   r.p50_ms = all[all.size() / 2];
   r.p99_ms = all[std::min(all.size() - 1, all.size() * 99 / 100)];
   return r;
+}
+
+// The command line's "--name value" pairs, by name ("--seconds" defaults to 3).
+inline std::map<std::string, std::string> Args(int argc, char** argv) {
+  std::map<std::string, std::string> args = {{"--seconds", "3"}};
+  for (int i = 1; i + 1 < argc; i += 2) args[argv[i]] = argv[i + 1];
+  return args;
 }
 
 // A few channels (HTTP/2 connections) for the streams to share, as a real

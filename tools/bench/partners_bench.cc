@@ -5,8 +5,9 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
-#include <cstring>
+#include <cstdlib>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -19,14 +20,11 @@ using connecting::bench::Result;
 using connecting::bench::Run;
 
 int main(int argc, char** argv) {
-  std::string addr, token, org;
-  double seconds = 3;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--addr")) addr = argv[i + 1];
-    if (!std::strcmp(argv[i], "--token")) token = argv[i + 1];
-    if (!std::strcmp(argv[i], "--org")) org = argv[i + 1];
-    if (!std::strcmp(argv[i], "--seconds")) seconds = std::atof(argv[i + 1]);
-  }
+  std::map<std::string, std::string> args = connecting::bench::Args(argc, argv);
+  const std::string addr = args["--addr"];
+  const std::string token = args["--token"];
+  const std::string org = args["--org"];
+  const double seconds = std::atof(args["--seconds"].c_str());
   if (addr.empty() || token.empty() || org.empty()) {
     std::fprintf(stderr, "usage: %s --addr HOST:PORT --token JWT --org ID [--seconds N]\n",
                  argv[0]);
