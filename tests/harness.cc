@@ -239,7 +239,18 @@ ServiceProcess::ServiceProcess(Options o)
   channel_ = grpc::CreateCustomChannel(address(), grpc::InsecureChannelCredentials(), args);
 }
 
-ServiceProcess::~ServiceProcess() { Kill(); }
+ServiceProcess::~ServiceProcess() {
+  // One that already exited (a crash the test caused) is the test's business.
+  if (proc_ == nullptr || std::getenv("CONNECTING_TEST_STOP_WITH_SIGTERM") == nullptr ||
+      proc_->Wait(absl::ZeroDuration()) >= 0) {
+    Kill();
+    return;
+  }
+  std::string log = log_;
+  if (int code = Terminate(); code != 0) {
+    ADD_FAILURE() << options_.binary << " exited " << code << " on SIGTERM; log: " << log;
+  }
+}
 
 void ServiceProcess::Start(absl::Duration timeout) {
   std::map<std::string, std::string> env = {
@@ -257,6 +268,7 @@ void ServiceProcess::Start(absl::Duration timeout) {
   for (auto& [k, v] : options_.extra_env) env[k] = v;
   std::string log = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/", options_.stream, "-",
                                  RandomSuffix(), ".log");
+  log_ = log;
   proc_ = std::make_unique<Process>(options_.binary, std::vector<std::string>{}, env, log);
   // Wait for the port before the first RPC: a failed first connection puts the
   // channel into reconnect backoff.

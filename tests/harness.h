@@ -98,6 +98,10 @@ class ServiceProcess {
     std::map<std::string, std::string> extra_env;
   };
   explicit ServiceProcess(Options o);
+  // SIGKILL; with CONNECTING_TEST_STOP_WITH_SIGTERM set (make sanitize), a
+  // service still running gets SIGTERM instead, and the test fails unless it
+  // exits 0 (so that the sanitizers' exit checks, leaks included, run for
+  // every service).
   ~ServiceProcess();
   // Starts the binary and waits until its health check answers SERVING.
   void Start(absl::Duration timeout = absl::Seconds(30));
@@ -118,6 +122,7 @@ class ServiceProcess {
   int grpc_port_;
   int metrics_port_;
   std::unique_ptr<Process> proc_;
+  std::string log_;  // the running process's output
   std::shared_ptr<grpc::Channel> channel_;
 };
 

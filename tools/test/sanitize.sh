@@ -12,4 +12,7 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS="$f
   -DCMAKE_EXE_LINKER_FLAGS="$flags" -DCMAKE_SHARED_LINKER_FLAGS="$flags" >/dev/null
 cmake --build build-asan -j2
 export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
+# Every service a test leaves running is stopped with SIGTERM and must exit 0,
+# so the sanitizers' checks at exit (leaks) run for each (tests/harness.h).
+export CONNECTING_TEST_STOP_WITH_SIGTERM=1
 BUILD_DIR=build-asan tools/test/run.sh -E image_runtime_libs "$@"
