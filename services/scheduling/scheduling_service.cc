@@ -954,7 +954,7 @@ absl::Status SchedulingLogic::TransactPromoting(const Call& call, const std::str
       // with `holds` in the same id order.
       std::vector<std::string> ids = first_in_line;
       if (!holds.empty()) ids.push_back(holds);
-      if (absl::Status s = store::HoldParticipants(c, std::move(ids)); !s.ok()) return s;
+      if (absl::Status s = store::HoldParticipants(c, ids); !s.ok()) return s;
     }
     absl::Status s = fn(c);
     if (auto who = s.GetPayload(kFirstInLinePayload); who.has_value()) {

@@ -2,7 +2,6 @@
 
 #include <google/protobuf/util/time_util.h>
 
-#include <algorithm>
 #include <limits>
 
 #include "absl/strings/numbers.h"
@@ -224,22 +223,25 @@ absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& i
       ParticipantRow, "participant", id);
 }
 
+namespace {
+// A uuid[] literal of `ids`. Ids reach here validated as UUIDs, so it needs no
+// quoting.
+std::string UuidArray(const std::vector<std::string>& ids) {
+  return absl::StrCat("{", absl::StrJoin(ids, ","), "}");
+}
+}  // namespace
+
 db::Statement ShareParticipants(const std::vector<std::string>& ids) {
-  // Ids reach here validated as UUIDs, so the array literal needs no quoting.
   // A function, so that its plan is made once per connection
   // (R__lock_participants.sql).
-  return {"SELECT lock_participants($1::uuid[])",
-          {absl::StrCat("{", absl::StrJoin(ids, ","), "}")}};
+  return {"SELECT lock_participants($1::uuid[])", {UuidArray(ids)}};
 }
 
-absl::Status HoldParticipants(db::Conn& c, std::vector<std::string> ids) {
-  std::sort(ids.begin(), ids.end());
-  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+absl::Status HoldParticipants(db::Conn& c, const std::vector<std::string>& ids) {
+  // ORDER BY: the rows are locked in id order (a repeated id matches once).
   return c
-      .Exec(
-          "SELECT 1 FROM participants WHERE id = ANY($1::uuid[]) ORDER BY id "
-          "FOR NO KEY UPDATE",
-          {absl::StrCat("{", absl::StrJoin(ids, ","), "}")})
+      .Exec("SELECT 1 FROM participants WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE",
+            {UuidArray(ids)})
       .status();
 }
 

@@ -54,10 +54,10 @@ absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& i
 // its participant FOR SHARE, so a batch or a move takes that share first.
 // ShareParticipants: the statement locking those rows FOR SHARE (ids sorted).
 db::Statement ShareParticipants(const std::vector<std::string>& ids);
-// The participant, read FOR SHARE (NOT_FOUND naming it if there is none).
 // Locks these participants FOR NO KEY UPDATE, in id order: waits for any
 // booking of theirs in flight (which holds them FOR SHARE) to end.
-absl::Status HoldParticipants(db::Conn& c, std::vector<std::string> ids);
+absl::Status HoldParticipants(db::Conn& c, const std::vector<std::string>& ids);
+// The participant, read FOR SHARE (NOT_FOUND naming it if there is none).
 absl::StatusOr<v1::Participant> GetParticipantShared(db::Conn& c, const std::string& id);
 absl::StatusOr<v1::Participant> UpdateParticipant(db::Conn& c, const v1::Participant& p);
 absl::StatusOr<v1::Participant> SetParticipantStatus(db::Conn& c, const std::string& id, int s);
