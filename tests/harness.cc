@@ -246,9 +246,8 @@ ServiceProcess::~ServiceProcess() {
     Kill();
     return;
   }
-  std::string log = log_;
   if (int code = Terminate(); code != 0) {
-    ADD_FAILURE() << options_.binary << " exited " << code << " on SIGTERM; log: " << log;
+    ADD_FAILURE() << options_.binary << " exited " << code << " on SIGTERM; log: " << log_;
   }
 }
 

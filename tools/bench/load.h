@@ -25,8 +25,8 @@ struct Result {
 };
 
 // Runs `call` on `streams` threads for `seconds`; each thread owns a stub.
-Result Run(int streams, double seconds,
-           const std::function<std::function<bool()>(int)>& make_call) {
+inline Result Run(int streams, double seconds,
+                  const std::function<std::function<bool()>(int)>& make_call) {
   std::vector<std::vector<double>> lat(streams);
   std::atomic<long> errors{0};
   std::atomic<bool> stop{false};

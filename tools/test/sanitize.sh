@@ -2,7 +2,7 @@
 # `make sanitize`: the whole suite built with AddressSanitizer (leaks
 # included) and UndefinedBehaviorSanitizer, in build-asan/. The services the
 # tests start are the instrumented binaries too. Not part of `make test`
-# (8-12 minutes on two cores, most of it building; the tests run at their
+# (6-12 minutes on two cores, most of it building; the tests run at their
 # usual speed). The image test is left out: it checks the binaries' libraries
 # against the runtime image, which has no sanitizer runtimes.
 set -euo pipefail
