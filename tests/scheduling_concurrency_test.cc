@@ -1218,5 +1218,130 @@ TEST(SchedulingCrash, TerminatedMidBookingsAnswersEveryCallAndExitsZero) {
   storm.ExpectOneEventPerBooking();
 }
 
+TEST_F(SchedulingConcurrency, FiguresStayExactWhileHostsRecordAndCorrectAttendanceAtOnce) {
+  // Every attendance record or correction relinks its connector's and its
+  // organisation's chains that the figures read (migrations/0010); hosts
+  // recording at once, on the same organisations and people, must leave them
+  // as records made one by one would: figures equal to a count of the
+  // bookings themselves, and no writer broken out of a deadlock.
+  const std::string second = fx_->CreatePartner("Figures Partner");
+  auto conn = db::Conn::Open(fx_->scheduling_db, "test");
+  ASSERT_TRUE(conn.ok());
+  const char* dirs[] = {"Primary Care", "Social Care", "Public Health"};
+  std::vector<std::string> people;
+  for (int i = 0; i < 16; ++i) {
+    people.push_back(Register(*fx_, absl::StrCat("FIG", 100 + i), dirs[i % 3],
+                              static_cast<sv1::Grade>(1 + i % 4))
+                         .id());
+  }
+  std::vector<std::string> bookings;
+  for (int v = 0; v < 10; ++v) {
+    sv1::Session s = NewSession(*fx_, v % 3 ? *org_ : second, 16, DateIn(300 + v));
+    for (int i = 0; i < 16; ++i) {
+      if ((i + v) % 3 == 0) continue;
+      sv1::Booking b;
+      ASSERT_TRUE(Book(*fx_, s.id(), people[i], &b).ok());
+      bookings.push_back(b.id());
+    }
+    // The visit happened, 20 to 47 days ago, each on its own date and in no
+    // order (the tests' time machine).
+    const std::string ago = absl::StrCat("current_date - ", 20 + 3 * (v * 7 % 10));
+    ASSERT_TRUE(
+        (*conn)
+            ->Exec("UPDATE sessions SET session_date = " + ago + " WHERE id = $1::uuid", {s.id()})
+            .ok());
+    ASSERT_TRUE(
+        (*conn)
+            ->Exec("UPDATE bookings SET session_date = " + ago + " WHERE session_id = $1::uuid",
+                   {s.id()})
+            .ok());
+  }
+  const int64_t deadlocks_before = DeadlocksIn(fx_->scheduling_db);
+  // Every visit recorded attended; a third corrected to no-show, and half of
+  // those back again; eight hosts at once, each record in its own call.
+  auto record = [&](const std::string& id, bool attended) {
+    sv1::RecordAttendanceRequest req;
+    req.set_id(id);
+    req.set_attended(attended);
+    sv1::Booking out;
+    grpc::Status st = fx_->stub->RecordAttendance(Ctx(fx_->admin).get(), req, &out);
+    EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  };
+  std::vector<std::thread> hosts;
+  for (int h = 0; h < 8; ++h) {
+    hosts.emplace_back([&, h] {
+      for (size_t i = h; i < bookings.size(); i += 8) record(bookings[i], true);
+      for (size_t i = h; i < bookings.size(); i += 8) {
+        if (i % 3 == 0) record(bookings[i], false);
+      }
+      for (size_t i = h; i < bookings.size(); i += 8) {
+        if (i % 6 == 0) record(bookings[i], true);
+      }
+    });
+  }
+  for (auto& t : hosts) t.join();
+
+  auto day = [&](int ago) {
+    auto r = (*conn)->Exec(absl::StrCat("SELECT to_char(current_date - ", ago, ", 'YYYY-MM-DD')"));
+    return r.ok() ? r->String(0, 0) : std::string();
+  };
+  using Counts = std::map<std::string, std::tuple<int64_t, int64_t, int64_t>>;
+  // Counted from the bookings, not from what the figures read.
+  auto counted = [&](const std::string& key_sql, const std::string& from, const std::string& to) {
+    Counts m;
+    auto r = (*conn)->Exec(
+        absl::StrCat("SELECT ", key_sql,
+                     ", count(*), count(DISTINCT b.participant_id), "
+                     "count(DISTINCT s.organisation_id) FROM bookings b "
+                     "JOIN sessions s ON s.id = b.session_id "
+                     "JOIN participants p ON p.id = b.participant_id WHERE b.status = ",
+                     static_cast<int>(sv1::BOOKING_STATUS_ATTENDED),
+                     " AND b.session_date BETWEEN $1::date AND $2::date GROUP BY 1"),
+        {from, to});
+    EXPECT_TRUE(r.ok()) << r.status();
+    for (int i = 0; r.ok() && i < r->rows(); ++i) {
+      m[r->String(i, 0)] = {r->Int(i, 1), r->Int(i, 2), r->Int(i, 3)};
+    }
+    return m;
+  };
+  auto figures = [&](sv1::FiguresGrouping g, const std::string& from, const std::string& to) {
+    sv1::GetProgrammeFiguresRequest req;
+    req.set_from_date(from);
+    req.set_to_date(to);
+    req.set_group_by(g);
+    sv1::ProgrammeFigures out;
+    grpc::Status st = fx_->stub->GetProgrammeFigures(Ctx(fx_->admin).get(), req, &out);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    Counts m;
+    if (g == sv1::FIGURES_GROUPING_UNSPECIFIED) {
+      const auto& t = out.totals();
+      m["total"] = {t.connecting_days(), t.connectors(), t.organisations()};
+    }
+    for (const auto& row : out.rows()) {
+      m[row.key()] = {row.connecting_days(), row.connectors(), row.organisations()};
+    }
+    return m;
+  };
+  // A range that starts after some of the visits, and one holding them all.
+  for (const auto& [from, to] : {std::pair(day(35), day(20)), std::pair(day(60), day(0))}) {
+    SCOPED_TRACE(absl::StrCat(from, " to ", to));
+    Counts total = counted("'total'", from, to);
+    ASSERT_FALSE(total.empty());
+    EXPECT_EQ(figures(sv1::FIGURES_GROUPING_UNSPECIFIED, from, to), total);
+    EXPECT_EQ(figures(sv1::FIGURES_GROUPING_MONTH, from, to),
+              counted("to_char(b.session_date, 'YYYY-MM')", from, to));
+    Counts by_directorate = figures(sv1::FIGURES_GROUPING_DIRECTORATE, from, to);
+    EXPECT_EQ(by_directorate, counted("p.directorate", from, to));
+    EXPECT_EQ(by_directorate.size(), 3u);
+  }
+  ASSERT_TRUE((*conn)->ExecScript("BEGIN").ok());
+  auto relinked = (*conn)->Exec("SELECT rebuild_attendance_chains()");
+  ASSERT_TRUE(relinked.ok()) << relinked.status();
+  EXPECT_EQ(relinked->Int(0, 0), 0) << "facts whose chains were not kept right";
+  ASSERT_TRUE((*conn)->ExecScript("ROLLBACK").ok());
+  absl::SleepFor(absl::Milliseconds(1500));  // backends report their statistics within a second
+  EXPECT_EQ(DeadlocksIn(fx_->scheduling_db), deadlocks_before) << "attendance records deadlocked";
+}
+
 }  // namespace
 }  // namespace connecting::testing

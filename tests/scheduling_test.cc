@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <nats/nats.h>
 
+#include <algorithm>
 #include <future>
 #include <map>
 #include <random>
@@ -1340,7 +1341,11 @@ TEST_F(Scheduling, CancellingASessionCancelsEveryBookingWithAnEventEach) {
 }
 
 TEST_F(Scheduling, ProgrammeFiguresOverAGeneratedYearMatchACountMadeDirectly) {
-  // A year of attended visits: 40 connectors, 12 organisations, random dates.
+  // A year of attended visits: 40 connectors, 12 organisations, random dates,
+  // recorded in no order. From July a third of the connectors have moved
+  // directorate and grade, and a quarter of the organisations sector and
+  // region: a fact keeps what held on its date, so a group counts a connector
+  // (an organisation) by the visits made while in it.
   std::mt19937 rng(2026);
   struct Fact {
     std::string date, participant, org, directorate;
@@ -1352,10 +1357,13 @@ TEST_F(Scheduling, ProgrammeFiguresOverAGeneratedYearMatchACountMadeDirectly) {
     int day = rng() % 365;
     absl::CivilDay d = absl::CivilDay(2025, 1, 1) + day;
     int person = rng() % 40, org = rng() % 12;
+    const bool later = d >= absl::CivilDay(2025, 7, 1);
+    const int role = person + (later && person % 3 == 0 ? 1 : 0);
+    const int kind = org + (later && org % 4 == 0 ? 1 : 0);
     facts.push_back({absl::FormatCivilTime(d),
                      absl::StrCat("00000000-0000-4000-8000-0000000000", 10 + person),
-                     absl::StrCat("00000000-0000-4000-9000-0000000000", 10 + org), dirs[person % 4],
-                     1 + org % 5, 1 + org % 7, 1 + person % 4});
+                     absl::StrCat("00000000-0000-4000-9000-0000000000", 10 + org), dirs[role % 4],
+                     1 + kind % 5, 1 + kind % 7, 1 + role % 4});
   }
   auto conn = db::Conn::Open(fx_->scheduling_db, "test");
   ASSERT_TRUE(conn.ok());
@@ -1407,6 +1415,19 @@ TEST_F(Scheduling, ProgrammeFiguresOverAGeneratedYearMatchACountMadeDirectly) {
     EXPECT_EQ(figs.totals().organisations(), static_cast<int64_t>(std::get<2>(total[""]).size()));
     auto groups = expect(from, to, key_of);
     ASSERT_EQ(figs.rows_size(), static_cast<int>(groups.size())) << sv1::FiguresGrouping_Name(g);
+    // In the group's order: enum order, else the key's (dates, names).
+    std::vector<std::pair<int, std::string>> order;
+    for (const auto& row : figs.rows()) {
+      pv1::Sector sector;
+      pv1::Region region;
+      sv1::Grade grade;
+      int n = pv1::Sector_Parse(row.key(), &sector)   ? sector
+              : pv1::Region_Parse(row.key(), &region) ? region
+              : sv1::Grade_Parse(row.key(), &grade)   ? grade
+                                                      : 0;
+      order.emplace_back(n, row.key());
+    }
+    EXPECT_TRUE(std::is_sorted(order.begin(), order.end())) << sv1::FiguresGrouping_Name(g);
     for (const auto& row : figs.rows()) {
       auto it = groups.find(row.key());
       ASSERT_NE(it, groups.end()) << row.key();
@@ -1431,6 +1452,75 @@ TEST_F(Scheduling, ProgrammeFiguresOverAGeneratedYearMatchACountMadeDirectly) {
         [](const Fact& f) { return pv1::Region_Name(static_cast<pv1::Region>(f.region)); });
   check(sv1::FIGURES_GROUPING_GRADE, "2025-01-01", "2025-12-31",
         [](const Fact& f) { return sv1::Grade_Name(static_cast<sv1::Grade>(f.grade)); });
+  auto check_all = [&] {
+    const char* ranges[][2] = {
+        {"2025-01-01", "2025-12-31"}, {"2025-02-14", "2025-08-09"}, {"2025-06-30", "2025-07-01"}};
+    for (const auto& [from, to] : ranges) {
+      SCOPED_TRACE(absl::StrCat(from, " to ", to));
+      check(sv1::FIGURES_GROUPING_MONTH, from, to,
+            [](const Fact& f) { return f.date.substr(0, 7); });
+      check(sv1::FIGURES_GROUPING_QUARTER, from, to, [](const Fact& f) {
+        int m = std::stoi(f.date.substr(5, 2));
+        return f.date.substr(0, 4) + "-Q" + std::to_string((m - 1) / 3 + 1);
+      });
+      check(sv1::FIGURES_GROUPING_DIRECTORATE, from, to,
+            [](const Fact& f) { return f.directorate; });
+      check(sv1::FIGURES_GROUPING_SECTOR, from, to,
+            [](const Fact& f) { return pv1::Sector_Name(static_cast<pv1::Sector>(f.sector)); });
+      check(sv1::FIGURES_GROUPING_REGION, from, to,
+            [](const Fact& f) { return pv1::Region_Name(static_cast<pv1::Region>(f.region)); });
+      check(sv1::FIGURES_GROUPING_GRADE, from, to,
+            [](const Fact& f) { return sv1::Grade_Name(static_cast<sv1::Grade>(f.grade)); });
+    }
+  };
+  check_all();
+  // Corrections take a sixth of the visits back out, in no order.
+  std::shuffle(facts.begin(), facts.end(), rng);
+  auto booking_of = [&](const Fact& f) {
+    auto r = (*conn)->Exec(
+        "SELECT booking_id::text FROM attendance_facts WHERE participant_id = $1::uuid AND "
+        "organisation_id = $2::uuid AND session_date = $3::date LIMIT 1",
+        {f.participant, f.org, f.date});
+    EXPECT_TRUE(r.ok() && r->rows() == 1);
+    return r.ok() && r->rows() == 1 ? r->String(0, 0) : std::string();
+  };
+  for (int i = 0; i < 250; ++i) {
+    std::string id = booking_of(facts.back());
+    ASSERT_TRUE(
+        (*conn)->Exec("DELETE FROM attendance_facts WHERE booking_id = $1::uuid", {id}).ok());
+    facts.pop_back();
+  }
+  check_all();
+  // A partner sees its own visits' figures only.
+  {
+    const std::string org = facts.front().org;
+    sv1::GetProgrammeFiguresRequest req;
+    req.set_from_date("2025-03-01");
+    req.set_to_date("2025-10-31");
+    req.set_group_by(sv1::FIGURES_GROUPING_DIRECTORATE);
+    sv1::ProgrammeFigures figs;
+    grpc::Status st =
+        fx_->stub->GetProgrammeFigures(Ctx(Token(Role::kPartner, "host", org)).get(), req, &figs);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    std::map<std::string, std::pair<int64_t, std::set<std::string>>> want;
+    for (const Fact& f : facts) {
+      if (f.org != org || f.date < req.from_date() || f.date > req.to_date()) continue;
+      ++want[f.directorate].first;
+      want[f.directorate].second.insert(f.participant);
+    }
+    ASSERT_EQ(figs.rows_size(), static_cast<int>(want.size()));
+    for (const auto& row : figs.rows()) {
+      EXPECT_EQ(row.connecting_days(), want[row.key()].first) << row.key();
+      EXPECT_EQ(row.connectors(), static_cast<int64_t>(want[row.key()].second.size())) << row.key();
+      EXPECT_EQ(row.organisations(), 1) << row.key();
+    }
+  }
+  // The chains the figures read are those the facts give, link by link.
+  ASSERT_TRUE((*conn)->ExecScript("BEGIN").ok());
+  auto relinked = (*conn)->Exec("SELECT rebuild_attendance_chains()");
+  ASSERT_TRUE(relinked.ok()) << relinked.status();
+  EXPECT_EQ(relinked->Int(0, 0), 0) << "facts whose chains were not kept right";
+  ASSERT_TRUE((*conn)->ExecScript("ROLLBACK").ok());
   // The figures come from the date index, not a scan of every booking.
   auto plan = (*conn)->Exec(
       "EXPLAIN SELECT count(*) FROM attendance_facts WHERE session_date BETWEEN '2025-03-01' AND "

@@ -1269,25 +1269,27 @@ absl::Status SchedulingLogic::GetProgrammeFigures(const Call& call,
   } else if (!p.is_staff() && p.role != Role::kViewer) {
     return absl::PermissionDeniedError("participants may not read programme figures");
   }
-  std::string key;
+  store::FiguresGrouping by;
   switch (req.group_by()) {
     case v1::FIGURES_GROUPING_SECTOR:
-      key = "sector::text";
+      by = {"sector", "k::text", "_sector"};
       break;
     case v1::FIGURES_GROUPING_REGION:
-      key = "region::text";
+      by = {"region", "k::text", "_region"};
       break;
     case v1::FIGURES_GROUPING_DIRECTORATE:
-      key = "directorate";
+      by = {"directorate", "k", "_directorate"};
       break;
     case v1::FIGURES_GROUPING_GRADE:
-      key = "grade::text";
+      by = {"grade", "k::text", "_grade"};
       break;
     case v1::FIGURES_GROUPING_MONTH:
-      key = "to_char(session_date, 'YYYY-MM')";
+      by = {"date_trunc('month', session_date::timestamp)::date", "to_char(k, 'YYYY-MM')", "",
+            true};
       break;
     case v1::FIGURES_GROUPING_QUARTER:
-      key = "to_char(session_date, 'YYYY-\"Q\"Q')";
+      by = {"date_trunc('quarter', session_date::timestamp)::date", "to_char(k, 'YYYY-\"Q\"Q')", "",
+            true};
       break;
     default:
       break;
@@ -1296,15 +1298,15 @@ absl::Status SchedulingLogic::GetProgrammeFigures(const Call& call,
       pool_, db::TxOptions{db::Isolation::kRepeatableRead, true, 3, call.deadline},
       [&](db::Conn& c) -> absl::Status {
         resp->Clear();
-        auto totals = store::Figures(c, "''", req.from_date(), req.to_date(), org);
+        auto totals = store::Figures(c, {}, req.from_date(), req.to_date(), org);
         if (!totals.ok()) return totals.status();
         if (totals->empty()) {
           resp->mutable_totals();
         } else {
           *resp->mutable_totals() = (*totals)[0];
         }
-        if (key.empty()) return absl::OkStatus();
-        auto rows = store::Figures(c, key, req.from_date(), req.to_date(), org);
+        if (req.group_by() == v1::FIGURES_GROUPING_UNSPECIFIED) return absl::OkStatus();
+        auto rows = store::Figures(c, by, req.from_date(), req.to_date(), org);
         if (!rows.ok()) return rows.status();
         for (auto& r : *rows) {
           int n = 0;
