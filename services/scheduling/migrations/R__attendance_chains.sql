@@ -84,11 +84,14 @@ BEGIN
       -- After an insert it follows this fact; after a delete, what this one followed.
       nexts := jsonb_set(nexts, ARRAY[next_id::text],
                          COALESCE(nexts -> next_id::text, '{}') ||
-                         jsonb_build_object(d.chain, CASE TG_OP WHEN 'INSERT' THEN to_jsonb(f.session_date)
-                                                      ELSE to_jsonb(f) -> d.chain END));
+                         jsonb_build_object(d.chain,
+                                            CASE TG_OP WHEN 'INSERT' THEN to_jsonb(f.session_date)
+                                                       ELSE to_jsonb(f) -> d.chain END));
     END IF;
   END LOOP;
-  -- In booking id order, so that two writers never wait on each other's rows.
+  -- In booking id order: two writers relinking facts of each other's (one
+  -- sharing the connector, the other the organisation) never wait on each
+  -- other in a circle.
   FOR id IN SELECT k FROM jsonb_object_keys(nexts) k ORDER BY k::uuid LOOP
     SELECT string_agg(format('%1$I = ($2 ->> %1$L)::date', c), ', ') INTO sets
       FROM jsonb_object_keys(nexts -> id) c;
