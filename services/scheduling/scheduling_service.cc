@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <optional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -1269,27 +1270,27 @@ absl::Status SchedulingLogic::GetProgrammeFigures(const Call& call,
   } else if (!p.is_staff() && p.role != Role::kViewer) {
     return absl::PermissionDeniedError("participants may not read programme figures");
   }
-  store::FiguresGrouping by;
+  std::optional<store::FiguresGrouping> by;
   switch (req.group_by()) {
     case v1::FIGURES_GROUPING_SECTOR:
-      by = {"sector", "k::text", "_sector"};
+      by = store::FiguresGrouping{"sector", "k::text", "_sector"};
       break;
     case v1::FIGURES_GROUPING_REGION:
-      by = {"region", "k::text", "_region"};
+      by = store::FiguresGrouping{"region", "k::text", "_region"};
       break;
     case v1::FIGURES_GROUPING_DIRECTORATE:
-      by = {"directorate", "k", "_directorate"};
+      by = store::FiguresGrouping{"directorate", "k", "_directorate"};
       break;
     case v1::FIGURES_GROUPING_GRADE:
-      by = {"grade", "k::text", "_grade"};
+      by = store::FiguresGrouping{"grade", "k::text", "_grade"};
       break;
     case v1::FIGURES_GROUPING_MONTH:
-      by = {"date_trunc('month', session_date::timestamp)::date", "to_char(k, 'YYYY-MM')", "",
-            true};
+      by = store::FiguresGrouping{"date_trunc('month', session_date::timestamp)::date",
+                                  "to_char(k, 'YYYY-MM')", "", true};
       break;
     case v1::FIGURES_GROUPING_QUARTER:
-      by = {"date_trunc('quarter', session_date::timestamp)::date", "to_char(k, 'YYYY-\"Q\"Q')", "",
-            true};
+      by = store::FiguresGrouping{"date_trunc('quarter', session_date::timestamp)::date",
+                                  "to_char(k, 'YYYY-\"Q\"Q')", "", true};
       break;
     default:
       break;
@@ -1297,18 +1298,9 @@ absl::Status SchedulingLogic::GetProgrammeFigures(const Call& call,
   return db::Transact(
       pool_, db::TxOptions{db::Isolation::kRepeatableRead, true, 3, call.deadline},
       [&](db::Conn& c) -> absl::Status {
-        resp->Clear();
-        auto totals = store::Figures(c, {}, req.from_date(), req.to_date(), org);
-        if (!totals.ok()) return totals.status();
-        if (totals->empty()) {
-          resp->mutable_totals();
-        } else {
-          *resp->mutable_totals() = (*totals)[0];
-        }
-        if (req.group_by() == v1::FIGURES_GROUPING_UNSPECIFIED) return absl::OkStatus();
-        auto rows = store::Figures(c, by, req.from_date(), req.to_date(), org);
-        if (!rows.ok()) return rows.status();
-        for (auto& r : *rows) {
+        auto figures = store::Figures(c, by ? &*by : nullptr, req.from_date(), req.to_date(), org);
+        if (!figures.ok()) return figures.status();
+        for (auto& r : *figures->mutable_rows()) {
           int n = 0;
           if (req.group_by() == v1::FIGURES_GROUPING_SECTOR && absl::SimpleAtoi(r.key(), &n)) {
             r.set_key(pv1::Sector_Name(static_cast<pv1::Sector>(n)));
@@ -1319,8 +1311,8 @@ absl::Status SchedulingLogic::GetProgrammeFigures(const Call& call,
                      absl::SimpleAtoi(r.key(), &n)) {
             r.set_key(v1::Grade_Name(static_cast<v1::Grade>(n)));
           }
-          *resp->add_rows() = std::move(r);
         }
+        *resp = *std::move(figures);
         return absl::OkStatus();
       });
 }

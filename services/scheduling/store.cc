@@ -666,48 +666,78 @@ absl::StatusOr<std::vector<v1::EnduringContact>> EnduringContacts(db::Conn& c,
       });
 }
 
-absl::StatusOr<std::vector<v1::FiguresRow>> Figures(db::Conn& c, const FiguresGrouping& g,
-                                                    const std::string& from, const std::string& to,
-                                                    const std::string& organisation_id) {
-  std::string counts;
-  if (organisation_id.empty()) {
-    // A connector (an organisation) counts once per group, through their
-    // first visit in it: the one whose previous visit in that group is
-    // before the range, or before the group's period
-    // (migrations/0010_attendance_chains.sql). One pass, no sort.
-    const std::string first = g.period ? "greatest($1::date, k)" : "$1::date";
-    counts = absl::StrFormat(
-        "count(*) FILTER (WHERE c IS NULL OR c < %1$s), "
-        "count(*) FILTER (WHERE o IS NULL OR o < %1$s)",
-        first);
-  } else {
-    // One organisation's visits (its own index): few enough to count directly.
-    counts = "count(DISTINCT participant_id), count(DISTINCT organisation_id)";
-  }
-  // The group is computed once per visit and written as a key once per row.
-  std::string sql = absl::StrCat(
-      "SELECT ", g.key_sql, ", count(*), ", counts, " FROM (SELECT ", g.group_sql, " AS k, c_prev",
-      g.chains, " AS c, o_prev", g.chains,
-      " AS o, participant_id, organisation_id FROM attendance_facts WHERE session_date BETWEEN "
-      "$1::date AND $2::date",
-      organisation_id.empty() ? "" : " AND organisation_id = $3::uuid",
-      ") f GROUP BY k ORDER BY k");
-  std::vector<db::Param> params = {from, to};
-  if (!organisation_id.empty()) params.push_back(organisation_id);
+absl::StatusOr<v1::ProgrammeFigures> Figures(db::Conn& c, const FiguresGrouping* by,
+                                             const std::string& from, const std::string& to,
+                                             const std::string& organisation_id) {
   // Planned for the dates given: a plan made once for any range reads a
   // year's facts through the date index instead of scanning the table, in
   // twice the time.
   if (absl::Status s = c.ExecScript("SET LOCAL plan_cache_mode = force_custom_plan"); !s.ok()) {
     return s;
   }
-  return All<v1::FiguresRow>(c.Exec(sql, params), [](const db::Result& r, int i) {
+  const FiguresGrouping totals_only;
+  const FiguresGrouping& g = by ? *by : totals_only;
+  auto row_of = [](const db::Result& r, int i, int connectors, int organisations) {
     v1::FiguresRow row;
     row.set_key(r.String(i, 0));
     row.set_connecting_days(r.Int(i, 1));
-    row.set_connectors(r.Int(i, 2));
-    row.set_organisations(r.Int(i, 3));
+    row.set_connectors(r.Int(i, connectors));
+    row.set_organisations(r.Int(i, organisations));
     return row;
-  });
+  };
+  v1::ProgrammeFigures out;
+  v1::FiguresRow* totals = out.mutable_totals();
+  if (organisation_id.empty()) {
+    // A connector (an organisation) counts once per group through their
+    // first visit in it: the one whose previous visit in that group lies
+    // before the range, or before the group's period; and once in the totals
+    // through their first visit in the range, which lies in one group only,
+    // so the totals add up over the groups
+    // (migrations/0010_attendance_chains.sql). One pass, no sort; the group
+    // is computed once per visit and written as a key once per row.
+    const std::string first = g.period ? "greatest($1::date, k)" : "$1::date";
+    auto r =
+        c.Exec(absl::StrCat("SELECT ", g.key_sql, ", count(*), ",
+                            absl::StrFormat("count(*) FILTER (WHERE c IS NULL OR c < %1$s), "
+                                            "count(*) FILTER (WHERE o IS NULL OR o < %1$s), ",
+                                            first),
+                            "count(*) FILTER (WHERE ca IS NULL OR ca < $1::date), "
+                            "count(*) FILTER (WHERE oa IS NULL OR oa < $1::date) FROM (SELECT ",
+                            g.group_sql, " AS k, c_prev", g.chains, " AS c, o_prev", g.chains,
+                            " AS o, c_prev AS ca, o_prev AS oa FROM attendance_facts WHERE "
+                            "session_date BETWEEN $1::date AND $2::date) f GROUP BY k ORDER BY k"),
+               {from, to});
+    if (!r.ok()) return r.status();
+    for (int i = 0; i < r->rows(); ++i) {
+      totals->set_connecting_days(totals->connecting_days() + r->Int(i, 1));
+      totals->set_connectors(totals->connectors() + r->Int(i, 4));
+      totals->set_organisations(totals->organisations() + r->Int(i, 5));
+      if (by) *out.add_rows() = row_of(*r, i, 2, 3);
+    }
+    return out;
+  }
+  // One organisation's visits (its own index): few enough to count directly,
+  // the totals by themselves.
+  for (const FiguresGrouping* q : {&totals_only, by}) {
+    if (!q) continue;
+    auto r = c.Exec(absl::StrCat("SELECT ", q->key_sql,
+                                 ", count(*), count(DISTINCT participant_id), "
+                                 "count(DISTINCT organisation_id) FROM (SELECT ",
+                                 q->group_sql,
+                                 " AS k, participant_id, organisation_id FROM attendance_facts "
+                                 "WHERE session_date BETWEEN $1::date AND $2::date AND "
+                                 "organisation_id = $3::uuid) f GROUP BY k ORDER BY k"),
+                    {from, to, organisation_id});
+    if (!r.ok()) return r.status();
+    for (int i = 0; i < r->rows(); ++i) {
+      if (q == by) {
+        *out.add_rows() = row_of(*r, i, 2, 3);
+      } else {
+        *totals = row_of(*r, i, 2, 3);
+      }
+    }
+  }
+  return out;
 }
 
 absl::StatusOr<std::vector<v1::Participant>> ParticipantsAfter(db::Conn& c,

@@ -177,19 +177,23 @@ absl::StatusOr<bool> HasMetHost(db::Conn& c, const std::string& participant_id,
 absl::StatusOr<std::vector<v1::EnduringContact>> EnduringContacts(db::Conn& c,
                                                                   const std::string& participant);
 // How figures are grouped: `group_sql`, a fixed expression over
-// attendance_facts ("''" for the totals), and `key_sql`, the row's key
-// written from it (as `k`); `chains`, the suffix of the c_prev/o_prev columns
-// that link a connector's and an organisation's visits within one group
-// ("", "_sector", "_region", "_directorate", "_grade"); `period`: the group
-// is the first day of a month or quarter, which the visits before it lie
-// outside of.
+// attendance_facts (the default, one group: the totals), and `key_sql`, the
+// row's key written from it (as `k`); `chains`, the suffix of the
+// c_prev/o_prev columns that link a connector's and an organisation's
+// visits within one group ("", "_sector", "_region", "_directorate",
+// "_grade"); `period`: the group is the first day of a month or quarter,
+// and the visits before it lie outside it.
 struct FiguresGrouping {
   std::string group_sql = "''::text";
   std::string key_sql = "k";
   std::string chains;
   bool period = false;
 };
-// rows: (key, days, connectors, organisations), in group order, over [from, to];
+// The figures over [from, to]: the totals, and with `by` its rows in group
+// order; with `organisation_id`, that organisation's visits only.
+absl::StatusOr<v1::ProgrammeFigures> Figures(db::Conn& c, const FiguresGrouping* by,
+                                             const std::string& from, const std::string& to,
+                                             const std::string& organisation_id);
 // with `organisation_id`, that organisation's visits only.
 absl::StatusOr<std::vector<v1::FiguresRow>> Figures(db::Conn& c, const FiguresGrouping& g,
                                                     const std::string& from, const std::string& to,
