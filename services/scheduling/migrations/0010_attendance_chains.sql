@@ -10,7 +10,8 @@
 -- theirs there whose c_prev (c_prev_<group>) is NULL or before `from`, so
 -- the exact distinct counts are one pass over the range's facts, with no sort
 -- or hash of connectors. Likewise organisations. R__attendance_chains.sql
--- keeps the chains as facts come and go, and fills them here.
+-- fills the chains of the facts already recorded, and keeps them as facts
+-- come and go.
 ALTER TABLE attendance_facts
   ADD COLUMN c_prev date, ADD COLUMN c_prev_sector date, ADD COLUMN c_prev_region date,
   ADD COLUMN c_prev_directorate date, ADD COLUMN c_prev_grade date,

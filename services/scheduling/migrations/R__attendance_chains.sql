@@ -135,7 +135,8 @@ BEGIN
   LOCK TABLE attendance_facts IN SHARE ROW EXCLUSIVE MODE;
   SELECT string_agg(format('lag(session_date) OVER (PARTITION BY %I%s '
                            'ORDER BY session_date, booking_id) AS %I',
-                           owner, CASE WHEN grp IS NULL THEN '' ELSE format(', %I', grp) END, chain), ', '),
+                           owner, CASE WHEN grp IS NULL THEN '' ELSE format(', %I', grp) END,
+                           chain), ', '),
          string_agg(format('%1$I = w.%1$I', chain), ', '),
          string_agg(format('f.%1$I IS DISTINCT FROM w.%1$I', chain), ' OR ')
     INTO windows, sets, differs FROM attendance_chain_defs();
