@@ -114,7 +114,8 @@ BEGIN
       NEW.region, NEW.directorate, NEW.grade) IS DISTINCT FROM
      (OLD.booking_id, OLD.session_date, OLD.participant_id, OLD.organisation_id, OLD.sector,
       OLD.region, OLD.directorate, OLD.grade) THEN
-    RAISE EXCEPTION 'attendance_facts: % changes what its figures chains are ordered and grouped by',
+    RAISE EXCEPTION
+      'attendance_facts: % changes what its figures chains are ordered and grouped by',
       OLD.booking_id
       USING HINT = 'Delete the fact and insert it again.';
   END IF;
