@@ -1524,6 +1524,13 @@ TEST_F(Scheduling, ProgrammeFiguresOverAGeneratedYearMatchACountMadeDirectly) {
       EXPECT_EQ(row.organisations(), 1) << row.key();
     }
   }
+  // A fact is not moved in place (it would leave its chains behind).
+  auto moved =
+      (*conn)->Exec("UPDATE attendance_facts SET sector = sector + 1 WHERE booking_id = $1::uuid",
+                    {booking_of(facts.front())});
+  EXPECT_FALSE(moved.ok());
+  EXPECT_TRUE(absl::StrContains(moved.status().message(), "Delete the fact and insert it again"))
+      << moved.status();
   // The chains the figures read are those the facts give, link by link.
   ASSERT_TRUE((*conn)->ExecScript("BEGIN").ok());
   auto relinked = (*conn)->Exec("SELECT rebuild_attendance_chains()");
