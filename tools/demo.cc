@@ -1,6 +1,8 @@
 // Loads demo data into a running stack through the public API. Every create
 // carries a fixed request_id, so running it again changes nothing.
 //   PARTNERS_ADDR=127.0.0.1:50051 AUTH_JWT_KEY=... connecting-demo
+// With SCHEDULING_ADDR it also registers connectors and books visits; with
+// SCHEDULING_DATABASE_URL too, it writes a year of past visits (SeedHistory).
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
@@ -8,9 +10,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "connecting/partners/v1/partners.api.h"
 #include "connecting/scheduling/v1/scheduling.api.h"
+#include "libs/db/db.h"
 #include "libs/server/auth.h"
 
 namespace v1 = connecting::partners::v1;
@@ -65,8 +69,76 @@ bool Check(const grpc::Status& s, const char* what) {
 
 // Connectors, sessions at the demo partners (once scheduling has heard of
 // them from the partners stream) and a few bookings.
+// A year of visits made before the system, so that the programme figures and
+// each connector's enduring contacts have something to show: attended
+// frontline visits at the demo organisations with their hosts, one to three
+// connectors each. Written straight into scheduling's database, as an import
+// of the programme's earlier records would be: no API books the past, and no
+// events go out for them. Fixed ids: running it again changes nothing.
+int SeedHistory(const std::string& db_url, const std::vector<std::string>& orgs,
+                const std::vector<std::string>& hosts, const std::vector<std::string>& people) {
+  auto conn = connecting::db::Conn::Open(db_url, "connecting-demo");
+  if (!conn.ok()) {
+    std::fprintf(stderr, "history: %s\n", conn.status().ToString().c_str());
+    return 1;
+  }
+  connecting::db::Conn& c = **conn;
+  int added = 0;
+  constexpr int kVisits = 40;
+  for (int v = 0; v < kVisits; ++v) {
+    const size_t o = v % orgs.size();
+    const std::string session = absl::StrCat("demo-history-", v);
+    const int attendees = 1 + v % 3;
+    absl::Status st = c.ExecScript("BEGIN");
+    // 10 to 361 days ago, every 9 days; status COMPLETED.
+    auto made = st.ok() ? c.Exec(
+                              "INSERT INTO sessions (id, kind, title, organisation_id, "
+                              "host_contact_id, session_date, start_time, end_time, status) "
+                              "VALUES (md5($1)::uuid, 1, $2, $3::uuid, $4::uuid, "
+                              "current_date - $5::int, '09:30', '16:30', 4) "
+                              "ON CONFLICT (id) DO NOTHING RETURNING id::text",
+                              {session, kOrgs[o].offer, orgs[o], hosts[o], 10 + 9 * v})
+                        : absl::StatusOr<connecting::db::Result>(st);
+    if (made.ok() && made->rows() == 1) {
+      const std::string id = made->String(0, 0);
+      auto sites = c.Exec(
+          "INSERT INTO session_sites (session_id, site, capacity, confirmed, ordinal) "
+          "VALUES ($1::uuid, '', 4, $2, 0)",
+          {id, attendees});
+      st = sites.status();
+      for (int k = 0; st.ok() && k < attendees; ++k) {
+        const std::string booking = absl::StrCat(session, "-", k);
+        const std::string& person = people[(v + 2 * k) % people.size()];
+        // ATTENDED; its attendance fact as RecordAttendance writes it.
+        auto b = c.Exec(
+            "WITH b AS (INSERT INTO bookings (id, session_id, site, participant_id, status, "
+            "session_date, kind) SELECT md5($1)::uuid, s.id, '', $3::uuid, 4, s.session_date, 1 "
+            "FROM sessions s WHERE s.id = $2::uuid RETURNING id, session_date) "
+            "INSERT INTO attendance_facts (booking_id, session_date, participant_id, "
+            "organisation_id, host_contact_id, sector, region, directorate, grade) "
+            "SELECT b.id, b.session_date, p.id, o.id, $5::uuid, o.sector, o.region, "
+            "p.directorate, p.grade FROM b, participants p, partner_organisations o "
+            "WHERE p.id = $3::uuid AND o.id = $4::uuid",
+            {booking, id, person, orgs[o], hosts[o]});
+        st = b.status();
+      }
+      if (st.ok()) ++added;
+    } else if (!made.ok()) {
+      st = made.status();
+    }
+    absl::Status end = c.ExecScript(st.ok() ? "COMMIT" : "ROLLBACK");
+    if (!st.ok() || !end.ok()) {
+      std::fprintf(stderr, "history: %s\n", (st.ok() ? end : st).ToString().c_str());
+      return 1;
+    }
+  }
+  std::printf("  history: %d past visits (%d new), figures and enduring contacts from them\n",
+              kVisits, added);
+  return 0;
+}
+
 int SeedScheduling(const char* addr, const std::string& token, const std::vector<std::string>& orgs,
-                   const std::vector<std::string>& hosts) {
+                   const std::vector<std::string>& hosts, std::vector<std::string>* people_out) {
   auto stub = sv1::SchedulingService::NewStub(
       grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
   const char* people[][3] = {{"Asha Patel", "Primary Care and Prevention", "SCS"},
@@ -134,6 +206,7 @@ int SeedScheduling(const char* addr, const std::string& token, const std::vector
     }
     std::printf("  session %-37s %s %s\n", s->title().c_str(), s->date().c_str(), out.id().c_str());
   }
+  *people_out = participant_ids;
   return 0;
 }
 
@@ -198,5 +271,9 @@ int main() {
   }
   const char* sched_addr = std::getenv("SCHEDULING_ADDR");
   if (sched_addr == nullptr) return 0;
-  return SeedScheduling(sched_addr, *token, org_ids, host_ids);
+  std::vector<std::string> people;
+  if (int rc = SeedScheduling(sched_addr, *token, org_ids, host_ids, &people); rc != 0) return rc;
+  const char* history_db = std::getenv("SCHEDULING_DATABASE_URL");
+  if (history_db == nullptr) return 0;
+  return SeedHistory(history_db, org_ids, host_ids, people);
 }

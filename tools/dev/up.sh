@@ -67,6 +67,7 @@ start_service scheduling services/scheduling/scheduling "${SCHEDULING_PORT:-5005
 
 echo "loading demo data (idempotent)"
 PARTNERS_ADDR="127.0.0.1:$PARTNERS_PORT" SCHEDULING_ADDR="127.0.0.1:${SCHEDULING_PORT:-50052}" \
+  SCHEDULING_DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/scheduling" \
   AUTH_JWT_KEY="$key" "$BUILD_DIR/tools/connecting-demo"
 
 admin=$(AUTH_JWT_KEY="$key" "$BUILD_DIR/tools/connecting-token" admin)
