@@ -3,11 +3,12 @@
 # in Node) against partners and scheduling on the test PostgreSQL and NATS:
 # everything it does, it learns from reflection alone (no proto files), as
 # grpcurl and any other department's client would.
-# Usage (ctest runs it): grpc_call_test.sh PARTNERS_BIN SCHEDULING_BIN TOKEN_BIN
+# Then make up's demo loader, against the same services.
+# Usage (ctest runs it): grpc_call_test.sh PARTNERS_BIN SCHEDULING_BIN TOKEN_BIN DEMO_BIN
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . tools/dev/lib.sh
-partners_bin=$1 scheduling_bin=$2 token_bin=$3
+partners_bin=$1 scheduling_bin=$2 token_bin=$3 demo_bin=$4
 G=tools/grpc-call/grpc-call.js
 [ -d node_modules/grpc-js-reflection-client ] || { echo "npm packages missing: run make deps" >&2; exit 1; }
 
@@ -162,4 +163,25 @@ timeout 20 node $W --server "nats://127.0.0.1:$nats_port" --stream "PARTNERS_$su
   "organisation.created organisation.updated " ] || fail "partners events: $(cat "$work/partners-events")"
 expect_status 1 "stream not found" node $W --server "ws://127.0.0.1:$ws_port" --stream NO_SUCH_STREAM
 
-echo "grpc-call: discovery, health, partners and scheduling calls all behaved; watch-events read their events"
+# make up's demo data, loaded twice: the second run adds nothing. Its year of
+# past visits (40, 79 attendances by 5 connectors at 6 organisations) shows
+# in the figures and in a connector's enduring contacts.
+demo() {
+  PARTNERS_ADDR=$A SCHEDULING_ADDR=$S SCHEDULING_DATABASE_URL="$pg_base/gc_scheduling_$suffix" \
+    AUTH_JWT_KEY="$key" "$demo_bin" >"$work/demo.out" 2>&1 || fail "demo: $(tail -3 "$work/demo.out")"
+}
+demo
+grep -qF "history: 40 past visits (40 new)" "$work/demo.out" || fail "demo: $(tail -3 "$work/demo.out")"
+demo
+grep -qF "history: 40 past visits (0 new)" "$work/demo.out" || fail "demo again: $(tail -3 "$work/demo.out")"
+year=$($G -plaintext "${auth[@]}" -d "{\"from_date\": \"$(date -d '-400 days' +%F)\", \"to_date\": \"$(date +%F)\"}" \
+  "$S" connecting.scheduling.v1.SchedulingService/GetProgrammeFigures)
+[ "$(field totals.connectingDays <<<"$year")" = 79 ] && [ "$(field totals.connectors <<<"$year")" = 5 ] &&
+  [ "$(field totals.organisations <<<"$year")" = 6 ] || fail "the demo's past year: $year"
+demo_person=$($G -plaintext "${auth[@]}" -d '{"staff_number": "DEMO1001"}' \
+  "$S" connecting.scheduling.v1.SchedulingService/ListParticipants)
+contacts=$($G -plaintext "${auth[@]}" -d "{\"participant_id\": \"$(field participants.0.id <<<"$demo_person")\"}" \
+  "$S" connecting.scheduling.v1.SchedulingService/ListEnduringContacts)
+[ -n "$(field contacts.0.hostContactId <<<"$contacts")" ] || fail "the demo's enduring contacts: $contacts"
+
+echo "grpc-call: discovery, health, partners and scheduling calls all behaved; watch-events read their events; the demo loaded once"
