@@ -67,8 +67,6 @@ bool Check(const grpc::Status& s, const char* what) {
   return false;
 }
 
-// Connectors, sessions at the demo partners (once scheduling has heard of
-// them from the partners stream) and a few bookings.
 // A year of visits made before the system, so that the programme figures and
 // each connector's enduring contacts have something to show: attended
 // frontline visits at the demo organisations with their hosts, one to three
@@ -77,38 +75,32 @@ bool Check(const grpc::Status& s, const char* what) {
 // events go out for them. Fixed ids: running it again changes nothing.
 int SeedHistory(const std::string& db_url, const std::vector<std::string>& orgs,
                 const std::vector<std::string>& hosts, const std::vector<std::string>& people) {
-  auto conn = connecting::db::Conn::Open(db_url, "connecting-demo");
-  if (!conn.ok()) {
-    std::fprintf(stderr, "history: %s\n", conn.status().ToString().c_str());
-    return 1;
-  }
-  connecting::db::Conn& c = **conn;
+  connecting::db::Pool pool(db_url, 1, "connecting-demo");
   int added = 0;
   constexpr int kVisits = 40;
   for (int v = 0; v < kVisits; ++v) {
     const size_t o = v % orgs.size();
     const std::string session = absl::StrCat("demo-history-", v);
     const int attendees = 1 + v % 3;
-    absl::Status st = c.ExecScript("BEGIN");
-    // 10 to 361 days ago, every 9 days; status COMPLETED.
-    auto made = st.ok() ? c.Exec(
-                              "INSERT INTO sessions (id, kind, title, organisation_id, "
-                              "host_contact_id, session_date, start_time, end_time, status) "
-                              "VALUES (md5($1)::uuid, 1, $2, $3::uuid, $4::uuid, "
-                              "current_date - $5::int, '09:30', '16:30', 4) "
-                              "ON CONFLICT (id) DO NOTHING RETURNING id::text",
-                              {session, kOrgs[o].offer, orgs[o], hosts[o], 10 + 9 * v})
-                        : absl::StatusOr<connecting::db::Result>(st);
-    if (made.ok() && made->rows() == 1) {
-      const std::string id = made->String(0, 0);
+    bool made = false;
+    absl::Status st = connecting::db::Transact(pool, [&](connecting::db::Conn& c) -> absl::Status {
+      // 10 to 361 days ago, every 9 days; status COMPLETED.
+      auto r = c.Exec(
+          "INSERT INTO sessions (id, kind, title, organisation_id, host_contact_id, session_date, "
+          "start_time, end_time, status) VALUES (md5($1)::uuid, 1, $2, $3::uuid, $4::uuid, "
+          "current_date - $5::int, '09:30', '16:30', 4) "
+          "ON CONFLICT (id) DO NOTHING RETURNING id::text",
+          {session, kOrgs[o].offer, orgs[o], hosts[o], 10 + 9 * v});
+      if (!r.ok()) return r.status();
+      made = r->rows() == 1;
+      if (!made) return absl::OkStatus();  // loaded before
+      const std::string id = r->String(0, 0);
       auto sites = c.Exec(
           "INSERT INTO session_sites (session_id, site, capacity, confirmed, ordinal) "
           "VALUES ($1::uuid, '', 4, $2, 0)",
           {id, attendees});
-      st = sites.status();
-      for (int k = 0; st.ok() && k < attendees; ++k) {
-        const std::string booking = absl::StrCat(session, "-", k);
-        const std::string& person = people[(v + 2 * k) % people.size()];
+      if (!sites.ok()) return sites.status();
+      for (int k = 0; k < attendees; ++k) {
         // ATTENDED; its attendance fact as RecordAttendance writes it.
         auto b = c.Exec(
             "WITH b AS (INSERT INTO bookings (id, session_id, site, participant_id, status, "
@@ -119,24 +111,25 @@ int SeedHistory(const std::string& db_url, const std::vector<std::string>& orgs,
             "SELECT b.id, b.session_date, p.id, o.id, $5::uuid, o.sector, o.region, "
             "p.directorate, p.grade FROM b, participants p, partner_organisations o "
             "WHERE p.id = $3::uuid AND o.id = $4::uuid",
-            {booking, id, person, orgs[o], hosts[o]});
-        st = b.status();
+            {absl::StrCat(session, "-", k), id, people[(v + 2 * k) % people.size()], orgs[o],
+             hosts[o]});
+        if (!b.ok()) return b.status();
       }
-      if (st.ok()) ++added;
-    } else if (!made.ok()) {
-      st = made.status();
-    }
-    absl::Status end = c.ExecScript(st.ok() ? "COMMIT" : "ROLLBACK");
-    if (!st.ok() || !end.ok()) {
-      std::fprintf(stderr, "history: %s\n", (st.ok() ? end : st).ToString().c_str());
+      return absl::OkStatus();
+    });
+    if (!st.ok()) {
+      std::fprintf(stderr, "history: %s\n", st.ToString().c_str());
       return 1;
     }
+    if (made) ++added;
   }
   std::printf("  history: %d past visits (%d new), figures and enduring contacts from them\n",
               kVisits, added);
   return 0;
 }
 
+// Connectors, sessions at the demo partners (once scheduling has heard of
+// them from the partners stream) and a few bookings.
 int SeedScheduling(const char* addr, const std::string& token, const std::vector<std::string>& orgs,
                    const std::vector<std::string>& hosts, std::vector<std::string>* people_out) {
   auto stub = sv1::SchedulingService::NewStub(

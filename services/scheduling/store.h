@@ -194,10 +194,6 @@ struct FiguresGrouping {
 absl::StatusOr<v1::ProgrammeFigures> Figures(db::Conn& c, const FiguresGrouping* by,
                                              const std::string& from, const std::string& to,
                                              const std::string& organisation_id);
-// with `organisation_id`, that organisation's visits only.
-absl::StatusOr<std::vector<v1::FiguresRow>> Figures(db::Conn& c, const FiguresGrouping& g,
-                                                    const std::string& from, const std::string& to,
-                                                    const std::string& organisation_id);
 
 }  // namespace connecting::scheduling::store
 
