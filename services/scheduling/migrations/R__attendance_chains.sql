@@ -44,66 +44,76 @@ $$;
 -- Links a fact being inserted into its chains (BEFORE INSERT: its own
 -- columns are set in NEW) and unlinks one deleted (AFTER DELETE). Either
 -- way the fact after it in each chain gets a new predecessor date.
+--
+-- The function is written out here from attendance_chain_defs(), one
+-- subquery per chain (\sf attendance_chains_maintain shows it), so that its
+-- statements are static and each connection plans them once: built as
+-- dynamic SQL, planned at every call, an attendance record took 3.1 ms
+-- among 500,000 facts instead of 0.7 ms without the chains.
+DO $generate$
+DECLARE
+  prevs text;    -- the subqueries finding each chain's predecessor, in order
+  nexts text;    -- and its successor
+  targets text;  -- NEW.<chain>, in order
+  olds text;     -- OLD.<chain>, in order
+  sets text;     -- <chain> = the new link where that chain's successor is this row
+BEGIN
+  SELECT string_agg(format('(SELECT x.session_date FROM attendance_facts x WHERE %s AND '
+                           '(x.session_date, x.booking_id) < (f.session_date, f.booking_id) '
+                           'ORDER BY x.session_date DESC, x.booking_id DESC LIMIT 1)', same),
+                    E',\n           ' ORDER BY n),
+         string_agg(format('(SELECT x.booking_id FROM attendance_facts x WHERE %s AND '
+                           '(x.session_date, x.booking_id) > (f.session_date, f.booking_id) '
+                           'ORDER BY x.session_date, x.booking_id LIMIT 1)', same),
+                    E',\n           ' ORDER BY n),
+         string_agg(format('NEW.%I', chain), ', ' ORDER BY n),
+         string_agg(format('OLD.%I', chain), ', ' ORDER BY n),
+         string_agg(format('%1$I = CASE WHEN successor = successors[%2$s] THEN links[%2$s] '
+                           'ELSE %1$I END', chain, n), E',\n          ' ORDER BY n)
+    INTO prevs, nexts, targets, olds, sets
+    FROM (SELECT d.chain, d.n,
+                 format('x.%1$I = f.%1$I', d.owner) ||
+                   CASE WHEN d.grp IS NULL THEN '' ELSE format(' AND x.%1$I = f.%1$I', d.grp) END
+                   AS same
+            FROM attendance_chain_defs() WITH ORDINALITY d(chain, owner, grp, n)) c;
+  EXECUTE format($function$
 CREATE OR REPLACE FUNCTION attendance_chains_maintain() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql AS $body$
 DECLARE
   f attendance_facts;
-  d record;
-  same text;
-  link date;
-  next_id uuid;
-  links jsonb := '{}';
-  -- booking id -> {chain: its new predecessor date}
-  nexts jsonb := '{}';
-  id text;
-  sets text;
+  successors uuid[];  -- per chain, the fact after this one
+  links date[];       -- per chain, that fact's new predecessor date
+  successor uuid;
 BEGIN
   IF TG_OP = 'INSERT' THEN f := NEW; ELSE f := OLD; END IF;
   PERFORM lock_attendance_chains(f.participant_id, f.organisation_id);
-  IF TG_OP = 'INSERT' AND EXISTS (SELECT 1 FROM attendance_facts x
-                                  WHERE x.booking_id = f.booking_id) THEN
-    RETURN NULL;  -- already recorded: skipped, as ON CONFLICT DO NOTHING would
+  IF TG_OP = 'INSERT' THEN
+    IF EXISTS (SELECT 1 FROM attendance_facts x WHERE x.booking_id = f.booking_id) THEN
+      RETURN NULL;  -- already recorded: skipped, as ON CONFLICT DO NOTHING would
+    END IF;
+    SELECT %1$s
+      INTO %3$s;
+    links := array_fill(f.session_date, ARRAY[%6$s]);
+  ELSE
+    links := ARRAY[%4$s];  -- what the deleted fact followed
   END IF;
-  FOR d IN SELECT * FROM attendance_chain_defs() LOOP
-    same := format('x.%1$I = ($1).%1$I', d.owner);
-    IF d.grp IS NOT NULL THEN
-      same := same || format(' AND x.%1$I = ($1).%1$I', d.grp);
-    END IF;
-    IF TG_OP = 'INSERT' THEN
-      EXECUTE format('SELECT x.session_date FROM attendance_facts x WHERE %s AND '
-                     '(x.session_date, x.booking_id) < (($1).session_date, ($1).booking_id) '
-                     'ORDER BY x.session_date DESC, x.booking_id DESC LIMIT 1', same)
-        INTO link USING f;
-      links := links || jsonb_build_object(d.chain, link);
-    END IF;
-    EXECUTE format('SELECT x.booking_id FROM attendance_facts x WHERE %s AND '
-                   '(x.session_date, x.booking_id) > (($1).session_date, ($1).booking_id) '
-                   'ORDER BY x.session_date, x.booking_id LIMIT 1', same)
-      INTO next_id USING f;
-    IF next_id IS NOT NULL THEN
-      -- After an insert it follows this fact; after a delete, what this one followed.
-      nexts := jsonb_set(nexts, ARRAY[next_id::text],
-                         COALESCE(nexts -> next_id::text, '{}') ||
-                         jsonb_build_object(d.chain,
-                                            CASE TG_OP WHEN 'INSERT' THEN to_jsonb(f.session_date)
-                                                       ELSE to_jsonb(f) -> d.chain END));
-    END IF;
-  END LOOP;
+  SELECT ARRAY[%2$s]
+    INTO successors;
   -- In booking id order: two writers relinking facts of each other's (one
   -- sharing the connector, the other the organisation) never wait on each
   -- other in a circle.
-  FOR id IN SELECT k FROM jsonb_object_keys(nexts) k ORDER BY k::uuid LOOP
-    SELECT string_agg(format('%1$I = ($2 ->> %1$L)::date', c), ', ') INTO sets
-      FROM jsonb_object_keys(nexts -> id) c;
-    EXECUTE format('UPDATE attendance_facts SET %s WHERE booking_id = $1', sets)
-      USING id::uuid, nexts -> id;
+  FOR successor IN SELECT DISTINCT s FROM unnest(successors) s WHERE s IS NOT NULL ORDER BY s LOOP
+    UPDATE attendance_facts
+      SET %5$s
+      WHERE booking_id = successor;
   END LOOP;
-  IF TG_OP = 'INSERT' THEN
-    RETURN jsonb_populate_record(NEW, links);
-  END IF;
+  IF TG_OP = 'INSERT' THEN RETURN NEW; END IF;
   RETURN NULL;
 END;
-$$;
+$body$
+$function$, prevs, nexts, targets, olds, sets, (SELECT count(*) FROM attendance_chain_defs()));
+END;
+$generate$;
 
 -- A fact's place in its chains is fixed: one recorded wrongly is deleted and
 -- recorded again, which relinks it.
