@@ -21,7 +21,7 @@ lint: deps  ## buf lint, and buf breaking against the last release tag if there 
 test: build lint  ## build, lint, and run every test against throwaway PostgreSQL + NATS
 	@tools/test/run.sh
 
-sanitize: deps  ## the tests built with AddressSanitizer and UBSan, in build-asan/ (6-12 min; not part of test)
+sanitize: deps  ## the tests built with AddressSanitizer and UBSan, in build-asan/ (6-12 min; not part of test, CI runs it after test)
 	@tools/test/sanitize.sh
 
 up: build  ## run the suite locally with demo data (keeps data in .stack/ between runs)
