@@ -1181,6 +1181,80 @@ TEST_F(Scheduling, AParticipantIsFoundByStaffNumber) {
       << st.error_message();
 }
 
+TEST_F(Scheduling, AConnectorUpdatesTheirDetailsByMaskAndEtag) {
+  // A connector moves directorate: they change it themselves, with the etag of
+  // their last read; a stale etag, a repeat or someone else changes nothing.
+  sv1::Participant p = Register(*fx_, "UP0001", "Primary Care", sv1::GRADE_ANALYST);
+  const std::string mine = Token(Role::kParticipant, p.id());
+  sv1::UpdateParticipantRequest req;
+  req.mutable_participant()->set_id(p.id());
+  req.mutable_participant()->set_etag(p.etag());
+  req.mutable_participant()->set_directorate("Social Care");
+  req.mutable_participant()->set_display_name("Not In The Mask");
+  req.mutable_update_mask()->add_paths("directorate");
+  sv1::Participant moved;
+  grpc::Status st = fx_->stub->UpdateParticipant(Ctx(mine).get(), req, &moved);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(moved.directorate(), "Social Care");
+  EXPECT_EQ(moved.display_name(), p.display_name());
+  EXPECT_EQ(moved.grade(), sv1::GRADE_ANALYST);
+  EXPECT_NE(moved.etag(), p.etag());
+
+  // The same change again, with the new etag: nothing to write, same etag.
+  req.mutable_participant()->set_etag(moved.etag());
+  sv1::Participant again;
+  ASSERT_TRUE(fx_->stub->UpdateParticipant(Ctx(mine).get(), req, &again).ok());
+  EXPECT_EQ(again.etag(), moved.etag());
+
+  // The etag read before the move is stale.
+  req.mutable_participant()->set_etag(p.etag());
+  req.mutable_participant()->set_directorate("Finance");
+  sv1::Participant out;
+  st = fx_->stub->UpdateParticipant(Ctx(mine).get(), req, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED);
+  EXPECT_TRUE(absl::StrContains(st.error_message(), "etag: the participant changed"))
+      << st.error_message();
+  EXPECT_TRUE(absl::StrContains(st.error_message(), moved.etag())) << st.error_message();
+
+  // Another connector may not change them.
+  req.mutable_participant()->set_etag(moved.etag());
+  sv1::Participant other = Register(*fx_, "UP0002");
+  st = fx_->stub->UpdateParticipant(Ctx(Token(Role::kParticipant, other.id())).get(), req, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+
+  sv1::GetParticipantRequest get;
+  get.set_id(p.id());
+  sv1::Participant now;
+  ASSERT_TRUE(fx_->stub->GetParticipant(Ctx(fx_->admin).get(), get, &now).ok());
+  EXPECT_EQ(now.directorate(), "Social Care");
+  EXPECT_EQ(now.etag(), moved.etag());
+
+  // One event, for the one change, naming the field that changed. The
+  // refused calls committed nothing; waiting for a later event of ours (the
+  // second registration) shows the stream has everything before it.
+  std::vector<events::v1::ParticipantUpdated> updates;
+  bool other_seen = false;
+  absl::Time until = absl::Now() + absl::Seconds(10);
+  while (!other_seen && absl::Now() < until) {
+    updates.clear();
+    for (const auto& e : ReadStream(fx_->nats_url, fx_->scheduling_stream)) {
+      if (e.headers.count("ce-subject") == 0) continue;
+      if (e.headers.at("ce-subject") == other.id()) other_seen = true;
+      if (e.subject.find(".participant.updated") == std::string::npos) continue;
+      events::v1::ParticipantUpdated u;
+      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(e.data, &u).ok()) << e.data;
+      if (u.participant().id() == p.id()) updates.push_back(u);
+    }
+    if (!other_seen) absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(other_seen);
+  ASSERT_EQ(updates.size(), 1u);
+  EXPECT_EQ(std::vector<std::string>(updates[0].changed_fields().begin(),
+                                     updates[0].changed_fields().end()),
+            std::vector<std::string>{"directorate"});
+  EXPECT_EQ(updates[0].participant().etag(), moved.etag());
+}
+
 TEST_F(Scheduling, SessionsAreListedByHostAndByFreeSeats) {
   // A host leaves the partner: their visits are found to give them a new
   // host. A connector looks for visits they would get a seat on.

@@ -8,6 +8,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -16,6 +17,11 @@
 #include "libs/server/validate.h"
 
 namespace connecting::server {
+
+// ABORTED naming the current etag: the caller must read again.
+absl::Status StaleEtag(const char* what, const std::string& current);
+// OK when `given` is empty or matches `current`.
+absl::Status CheckEtag(const char* what, const std::string& given, const std::string& current);
 
 // Checks a mask: non-empty, only `allowed` paths, none twice.
 void ValidateMask(FieldErrors& errors, const google::protobuf::FieldMask& mask,
@@ -41,6 +47,33 @@ std::vector<std::string> ApplyMask(const T& from, const google::protobuf::FieldM
     if (a.SerializeAsString() != b.SerializeAsString()) changed.push_back(path);
   }
   return changed;
+}
+
+// An update by field mask (AIP-134) inside the caller's transaction, once
+// `current` has been read FOR UPDATE and the caller may change it. The etag
+// of `in` must be current's (ABORTED naming it otherwise); the masked fields
+// of `in` are laid over `current` and `check(merged)` judges the result (its
+// FieldErrors, and any rule on the whole) and may normalise it (trimmed text):
+// what changed is judged after that. When no masked field changes, `*out` is
+// `current` and nothing is written or emitted; otherwise `write(merged)`
+// stores it (absl::StatusOr<T>) and `emit(*out, changed)` writes its event,
+// `changed` being the masked paths whose values changed.
+template <class T, class Check, class Write, class Emit>
+absl::Status UpdateByMask(const char* what, const T& in, const google::protobuf::FieldMask& mask,
+                          T current, Check check, Write write, Emit emit, T* out) {
+  if (in.etag() != current.etag()) return StaleEtag(what, current.etag());
+  T merged = current;
+  ApplyMask(in, mask, &merged);
+  if (absl::Status s = check(merged); !s.ok()) return s;
+  const std::vector<std::string> changed = ApplyMask(merged, mask, &current);
+  if (changed.empty()) {
+    *out = std::move(current);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<T> updated = write(std::as_const(merged));
+  if (!updated.ok()) return updated.status();
+  *out = *std::move(updated);
+  return emit(std::as_const(*out), changed);
 }
 
 // Idempotent creation by a client request_id (AIP-155), inside the caller's
@@ -73,11 +106,6 @@ absl::StatusOr<bool> CreateOnce(const std::string& request_id, Lookup lookup, In
   *out = **prior;
   return false;
 }
-
-// ABORTED naming the current etag: the caller must read again.
-absl::Status StaleEtag(const char* what, const std::string& current);
-// OK when `given` is empty or matches `current`.
-absl::Status CheckEtag(const char* what, const std::string& given, const std::string& current);
 
 }  // namespace connecting::server
 

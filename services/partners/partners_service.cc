@@ -243,25 +243,25 @@ absl::Status PartnersLogic::UpdateOrganisation(const Call& call,
     if (!cur.ok()) return cur.status();
     if (absl::Status s = MayChange(call.principal, in.id()); !s.ok()) return s;
     if (absl::Status s = NotArchived(*cur); !s.ok()) return s;
-    if (in.etag() != cur->etag()) return server::StaleEtag("organisation", cur->etag());
-    v1::Organisation merged = *cur;
-    ApplyMask(in, req.update_mask(), &merged);
-    FieldErrors errs;
-    ValidateOrganisation(errs, "organisation", merged);
-    if (!errs.empty()) return errs.ToStatus();
-    // What changed, judged after normalisation (trimmed text, upper-case ODS code).
-    std::vector<std::string> changed = ApplyMask(merged, req.update_mask(), &*cur);
-    if (changed.empty()) {
-      *resp = *cur;
-      return absl::OkStatus();
-    }
-    auto updated = store::UpdateOrganisation(c, merged);
-    if (!updated.ok()) return OdsConflict(updated.status(), merged.ods_code());
-    *resp = *std::move(updated);
-    ev::OrganisationUpdated event;
-    *event.mutable_organisation() = *resp;
-    for (const std::string& f : changed) event.add_changed_fields(f);
-    return outbox_.Emit(c, "organisation.updated", resp->id(), event, call.traceparent);
+    return server::UpdateByMask(
+        "organisation", in, req.update_mask(), *std::move(cur),
+        [](v1::Organisation& merged) {
+          FieldErrors errs;
+          ValidateOrganisation(errs, "organisation", merged);
+          return errs.ToStatus();
+        },
+        [&](const v1::Organisation& merged) -> absl::StatusOr<v1::Organisation> {
+          auto updated = store::UpdateOrganisation(c, merged);
+          if (!updated.ok()) return OdsConflict(updated.status(), merged.ods_code());
+          return updated;
+        },
+        [&](const v1::Organisation& updated, const std::vector<std::string>& changed) {
+          ev::OrganisationUpdated event;
+          *event.mutable_organisation() = updated;
+          for (const std::string& f : changed) event.add_changed_fields(f);
+          return outbox_.Emit(c, "organisation.updated", updated.id(), event, call.traceparent);
+        },
+        resp);
   });
 }
 
@@ -432,24 +432,25 @@ absl::Status PartnersLogic::UpdateContact(const Call& call, const v1::UpdateCont
     auto cur = store::GetContact(c, in.id(), true);
     if (!cur.ok()) return cur.status();
     if (absl::Status s = MayChange(call.principal, cur->organisation_id()); !s.ok()) return s;
-    if (in.etag() != cur->etag()) return server::StaleEtag("contact", cur->etag());
-    v1::Contact merged = *cur;
-    ApplyMask(in, req.update_mask(), &merged);
-    FieldErrors errs;
-    ValidateContact(errs, "contact", merged);
-    if (!errs.empty()) return errs.ToStatus();
-    std::vector<std::string> changed = ApplyMask(merged, req.update_mask(), &*cur);
-    if (changed.empty()) {
-      *resp = *cur;
-      return absl::OkStatus();
-    }
-    auto updated = store::UpdateContact(c, merged);
-    if (!updated.ok()) return EmailConflict(updated.status(), merged.email());
-    *resp = *std::move(updated);
-    ev::ContactUpdated event;
-    *event.mutable_contact() = *resp;
-    for (const std::string& f : changed) event.add_changed_fields(f);
-    return outbox_.Emit(c, "contact.updated", resp->id(), event, call.traceparent);
+    return server::UpdateByMask(
+        "contact", in, req.update_mask(), *std::move(cur),
+        [](v1::Contact& merged) {
+          FieldErrors errs;
+          ValidateContact(errs, "contact", merged);
+          return errs.ToStatus();
+        },
+        [&](const v1::Contact& merged) -> absl::StatusOr<v1::Contact> {
+          auto updated = store::UpdateContact(c, merged);
+          if (!updated.ok()) return EmailConflict(updated.status(), merged.email());
+          return updated;
+        },
+        [&](const v1::Contact& updated, const std::vector<std::string>& changed) {
+          ev::ContactUpdated event;
+          *event.mutable_contact() = updated;
+          for (const std::string& f : changed) event.add_changed_fields(f);
+          return outbox_.Emit(c, "contact.updated", updated.id(), event, call.traceparent);
+        },
+        resp);
   });
 }
 
@@ -564,34 +565,33 @@ absl::Status PartnersLogic::UpdateOffer(const Call& call, const v1::UpdateOfferR
     auto cur = store::GetOffer(c, in.id(), true);
     if (!cur.ok()) return cur.status();
     if (absl::Status s = MayChange(call.principal, cur->organisation_id()); !s.ok()) return s;
-    if (in.etag() != cur->etag()) return server::StaleEtag("offer", cur->etag());
+    if (absl::Status s = server::CheckEtag("offer", in.etag(), cur->etag()); !s.ok()) return s;
     if (absl::Status s = NotArchived(*org); !s.ok()) return s;
-    v1::Offer merged = *cur;
-    ApplyMask(in, req.update_mask(), &merged);
-    FieldErrors errs;
-    ValidateOffer(errs, "offer", merged);
-    if (!errs.empty()) return errs.ToStatus();
-    if (merged.state() == v1::OFFER_STATE_PUBLISHED && merged.host_contact_id().empty()) {
-      return absl::FailedPreconditionError(
-          "offer.host_contact_id: a published offer must keep a host contact");
-    }
-    if (absl::Status s = CheckHost(c, "offer.host_contact_id", merged.host_contact_id(),
-                                   merged.organisation_id());
-        !s.ok()) {
-      return s;
-    }
-    std::vector<std::string> changed = ApplyMask(merged, req.update_mask(), &*cur);
-    if (changed.empty()) {
-      *resp = *cur;
-      return absl::OkStatus();
-    }
-    auto updated = store::UpdateOffer(c, merged);
-    if (!updated.ok()) return HostRemoved(updated.status(), merged.host_contact_id());
-    *resp = *std::move(updated);
-    ev::OfferUpdated event;
-    *event.mutable_offer() = *resp;
-    for (const std::string& f : changed) event.add_changed_fields(f);
-    return outbox_.Emit(c, "offer.updated", resp->id(), event, call.traceparent);
+    return server::UpdateByMask(
+        "offer", in, req.update_mask(), *std::move(cur),
+        [&](v1::Offer& merged) -> absl::Status {
+          FieldErrors errs;
+          ValidateOffer(errs, "offer", merged);
+          if (!errs.empty()) return errs.ToStatus();
+          if (merged.state() == v1::OFFER_STATE_PUBLISHED && merged.host_contact_id().empty()) {
+            return absl::FailedPreconditionError(
+                "offer.host_contact_id: a published offer must keep a host contact");
+          }
+          return CheckHost(c, "offer.host_contact_id", merged.host_contact_id(),
+                           merged.organisation_id());
+        },
+        [&](const v1::Offer& merged) -> absl::StatusOr<v1::Offer> {
+          auto updated = store::UpdateOffer(c, merged);
+          if (!updated.ok()) return HostRemoved(updated.status(), merged.host_contact_id());
+          return updated;
+        },
+        [&](const v1::Offer& updated, const std::vector<std::string>& changed) {
+          ev::OfferUpdated event;
+          *event.mutable_offer() = updated;
+          for (const std::string& f : changed) event.add_changed_fields(f);
+          return outbox_.Emit(c, "offer.updated", updated.id(), event, call.traceparent);
+        },
+        resp);
   });
 }
 

@@ -359,24 +359,21 @@ absl::Status SchedulingLogic::UpdateParticipant(const Call& call,
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto cur = store::GetParticipant(c, in.id(), true);
     if (!cur.ok()) return cur.status();
-    if (in.etag() != cur->etag()) return server::StaleEtag("participant", cur->etag());
-    v1::Participant merged = *cur;
-    server::ApplyMask(in, req.update_mask(), &merged);
-    FieldErrors errs;
-    ValidateParticipant(errs, "participant", merged);
-    if (!errs.empty()) return errs.ToStatus();
-    std::vector<std::string> changed = server::ApplyMask(merged, req.update_mask(), &*cur);
-    if (changed.empty()) {
-      *resp = *cur;
-      return absl::OkStatus();
-    }
-    auto up = store::UpdateParticipant(c, merged);
-    if (!up.ok()) return up.status();
-    *resp = *std::move(up);
-    ev::ParticipantUpdated event;
-    *event.mutable_participant() = *resp;
-    for (const auto& f : changed) event.add_changed_fields(f);
-    return outbox_.Emit(c, "participant.updated", resp->id(), event, call.traceparent);
+    return server::UpdateByMask(
+        "participant", in, req.update_mask(), *std::move(cur),
+        [](v1::Participant& merged) {
+          FieldErrors errs;
+          ValidateParticipant(errs, "participant", merged);
+          return errs.ToStatus();
+        },
+        [&](const v1::Participant& merged) { return store::UpdateParticipant(c, merged); },
+        [&](const v1::Participant& updated, const std::vector<std::string>& changed) {
+          ev::ParticipantUpdated event;
+          *event.mutable_participant() = updated;
+          for (const std::string& f : changed) event.add_changed_fields(f);
+          return outbox_.Emit(c, "participant.updated", updated.id(), event, call.traceparent);
+        },
+        resp);
   });
 }
 
