@@ -46,6 +46,18 @@ std::string RequiredEnv(const char* name) {
   return v;
 }
 
+uint32_t TestSeed(uint32_t fallback) {
+  uint32_t seed = fallback;
+  if (const char* v = std::getenv("CONNECTING_TEST_SEED"); v != nullptr && *v != '\0') {
+    if (!absl::SimpleAtoi(v, &seed)) {
+      std::fprintf(stderr, "CONNECTING_TEST_SEED=%s is not a number\n", v);
+      std::abort();
+    }
+  }
+  std::printf("seed %u (CONNECTING_TEST_SEED)\n", seed);
+  return seed;
+}
+
 std::string RandomSuffix() {
   static std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(getpid()) << 32);
   static const char kChars[] = "abcdefghijklmnopqrstuvwxyz0123456789";

@@ -126,6 +126,11 @@ class ServiceProcess {
   std::shared_ptr<grpc::Channel> channel_;
 };
 
+// A seeded test's seed: CONNECTING_TEST_SEED when set (to explore other
+// seeds: `CONNECTING_TEST_SEED=7 tools/test/run.sh -R rpc_fuzz`), else
+// `fallback`, which CI runs. Printed, so that a failure can be replayed.
+uint32_t TestSeed(uint32_t fallback);
+
 // A token for `role` signed with kJwtKey.
 std::string Token(server::Role role, const std::string& subject = "tester",
                   const std::string& org = "", absl::Duration lifetime = absl::Hours(1));
