@@ -18,6 +18,7 @@
 #include "libs/server/auth.h"
 #include "libs/server/executor.h"
 #include "libs/server/page_token.h"
+#include "libs/server/periodic.h"
 #include "libs/server/validate.h"
 #include "tests/harness.h"
 
@@ -254,6 +255,42 @@ TEST(Auth, AudienceMustNameTheService) {
     EXPECT_TRUE(absl::IsUnauthenticated(p.status())) << aud;
     EXPECT_NE(p.status().message().find("audience"), std::string::npos) << p.status();
   }
+}
+
+TEST(Periodic, RunsAtStartThenEveryIntervalAndStopsWithoutWaitingItOut) {
+  // A sweep every hour runs once at start; stopping the service does not
+  // wait the hour out.
+  std::atomic<int> hourly{0};
+  absl::Notification ran;
+  server::PeriodicRunner slow({"hourly", absl::Hours(1), [&] {
+                                 ++hourly;
+                                 ran.Notify();
+                               }});
+  slow.Start();
+  ASSERT_TRUE(ran.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  absl::Time stop = absl::Now();
+  slow.Stop();
+  EXPECT_LT(absl::Now() - stop, absl::Seconds(10)) << "Stop waited for the interval";
+  EXPECT_EQ(hourly.load(), 1);
+  EXPECT_EQ(slow.runs(), 1);
+
+  // A short interval repeats, a run at a time, until stopped; none after.
+  std::atomic<int> running{0}, overlapped{0}, runs{0};
+  server::PeriodicRunner fast({"fast", absl::Milliseconds(1), [&] {
+                                 if (++running > 1) ++overlapped;
+                                 absl::SleepFor(absl::Milliseconds(2));
+                                 --running;
+                                 ++runs;
+                               }});
+  fast.Start();
+  for (int i = 0; i < 500 && runs.load() < 5; ++i) absl::SleepFor(absl::Milliseconds(10));
+  fast.Stop();
+  const int at_stop = runs.load();
+  EXPECT_GE(at_stop, 5);
+  EXPECT_EQ(overlapped.load(), 0);
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(runs.load(), at_stop) << "ran after Stop";
+  EXPECT_EQ(fast.runs(), at_stop);
 }
 
 TEST(Executor, RefusesWorkBeyondItsQueue) {

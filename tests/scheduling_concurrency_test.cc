@@ -25,6 +25,15 @@
 namespace connecting::testing {
 namespace {
 
+// The status of booking `id` on `session`.
+sv1::BookingStatus StatusOf(SchedulingFixture& fx, const std::string& session,
+                            const std::string& id) {
+  for (const auto& b : SessionBookings(fx, session)) {
+    if (b.id() == id) return b.status();
+  }
+  return sv1::BOOKING_STATUS_UNSPECIFIED;
+}
+
 class SchedulingConcurrency : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -208,6 +217,115 @@ TEST_F(SchedulingConcurrency, PromotionSkipsWhoeverWouldHoldTwoVisitsThatDate) {
       EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_WAITLISTED);
     }
   }
+}
+
+// Someone waiting for a visit, passed over when its one seat freed because
+// they held another confirmed visit that date; nobody else waits there, so
+// the seat stays free.
+struct PassedOver {
+  sv1::Session wanted, other;
+  sv1::Booking waits, elsewhere;
+};
+PassedOver PassOver(SchedulingFixture& fx, const std::string& org, const std::string& date,
+                    const std::string& tag) {
+  PassedOver p;
+  p.wanted = NewSession(fx, org, 1, date);
+  p.other = NewSession(fx, org, 1, date);
+  std::string holder = Register(fx, tag + "01").id();
+  std::string x = Register(fx, tag + "02").id();
+  sv1::Booking held;
+  EXPECT_TRUE(Book(fx, p.wanted.id(), holder, &held).ok());
+  EXPECT_TRUE(Book(fx, p.wanted.id(), x, &p.waits).ok());
+  EXPECT_EQ(p.waits.status(), sv1::BOOKING_STATUS_WAITLISTED);
+  EXPECT_TRUE(Book(fx, p.other.id(), x, &p.elsewhere).ok());
+  EXPECT_EQ(p.elsewhere.status(), sv1::BOOKING_STATUS_CONFIRMED);
+  sv1::CancelBookingRequest cancel;
+  cancel.set_id(held.id());
+  sv1::Booking out;
+  EXPECT_TRUE(fx.stub->CancelBooking(Ctx(fx.admin).get(), cancel, &out).ok());
+  EXPECT_EQ(StatusOf(fx, p.wanted.id(), p.waits.id()), sv1::BOOKING_STATUS_WAITLISTED)
+      << "passed over, for now";
+  return p;
+}
+
+// The seat went to them: the booking CONFIRMED, the counters so, and one
+// booking.promoted event (within 10 s).
+void ExpectTheSeatIsTheirs(SchedulingFixture& fx, const PassedOver& p,
+                           absl::Duration within = absl::Seconds(0)) {
+  absl::Time until = absl::Now() + within;
+  while (StatusOf(fx, p.wanted.id(), p.waits.id()) != sv1::BOOKING_STATUS_CONFIRMED &&
+         absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(StatusOf(fx, p.wanted.id(), p.waits.id()), sv1::BOOKING_STATUS_CONFIRMED);
+  sv1::GetSessionRequest get;
+  get.set_id(p.wanted.id());
+  sv1::Session seats;
+  ASSERT_TRUE(fx.stub->GetSession(Ctx(fx.admin).get(), get, &seats).ok());
+  EXPECT_EQ(seats.sites(0).confirmed(), 1);
+  EXPECT_EQ(seats.sites(0).waitlisted(), 0);
+  int promoted = 0;
+  for (absl::Time end = absl::Now() + absl::Seconds(10); promoted == 0 && absl::Now() < end;
+       absl::SleepFor(absl::Milliseconds(100))) {
+    for (const StoredEvent& e : ReadStream(fx.nats_url, fx.scheduling_stream)) {
+      if (absl::EndsWith(e.subject, ".booking.promoted") &&
+          e.headers.at("ce-subject") == p.waits.id()) {
+        ++promoted;
+      }
+    }
+  }
+  EXPECT_EQ(promoted, 1);
+}
+
+TEST_F(SchedulingConcurrency, ASeatLeftFreeGoesToWhoeverWaitsOnceTheirOtherVisitThatDateEnds) {
+  // Once their other visit that date ends (cancelled, moved to another date,
+  // or its session cancelled) the seat is theirs. (Found by the random
+  // workload, seed 44.)
+  const char* ways[] = {"cancelled", "moved", "session cancelled"};
+  for (int way = 0; way < 3; ++way) {
+    SCOPED_TRACE(ways[way]);
+    PassedOver p = PassOver(*fx_, *org_, DateIn(33), absl::StrCat("FS", way));
+    const std::string x = p.waits.participant_id();
+    grpc::Status st;
+    sv1::Booking out;
+    if (way == 0) {
+      sv1::CancelBookingRequest cancel;
+      cancel.set_id(p.elsewhere.id());
+      st = fx_->stub->CancelBooking(Ctx(Token(server::Role::kParticipant, x)).get(), cancel, &out);
+    } else if (way == 1) {
+      sv1::RescheduleBookingRequest move;
+      move.set_id(p.elsewhere.id());
+      move.set_session_id(NewSession(*fx_, *org_, 1, DateIn(34)).id());
+      st =
+          fx_->stub->RescheduleBooking(Ctx(Token(server::Role::kParticipant, x)).get(), move, &out);
+    } else {
+      sv1::CancelSessionRequest cs;
+      cs.set_id(p.other.id());
+      cs.set_reason("the ward is closed");
+      sv1::Session gone;
+      st = fx_->stub->CancelSession(Ctx(fx_->admin).get(), cs, &gone);
+    }
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ExpectTheSeatIsTheirs(*fx_, p);  // as the call returns
+  }
+}
+
+TEST(SchedulingSweep, ASeatLeftFreeByAServiceThatStoppedIsHandedOnByTheSweep) {
+  // The change that ends the other visit commits, and the process stops
+  // before it hands the seat on: done here straight in the database. The
+  // sweep (SEAT_SWEEP_INTERVAL, 1 s here) hands it on.
+  SchedulingFixture fx(std::map<std::string, std::string>{{"SEAT_SWEEP_INTERVAL", "1s"}});
+  PassedOver p = PassOver(fx, fx.CreatePartner("Sweep Trust"), DateIn(35), "SW");
+  auto conn = db::Conn::Open(fx.scheduling_db, "test");
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  ASSERT_TRUE((*conn)
+                  ->ExecScript("BEGIN; UPDATE bookings SET status = 3 WHERE id = '" +
+                               p.elsewhere.id() +
+                               "'; UPDATE session_sites SET confirmed = confirmed - 1 "
+                               "WHERE session_id = '" +
+                               p.other.id() + "'; COMMIT")
+                  .ok());
+  ExpectTheSeatIsTheirs(fx, p, absl::Seconds(10));
 }
 
 TEST_F(SchedulingConcurrency, ABookingInFlightIsCancelledWithItsSession) {
@@ -947,7 +1065,7 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
   // a participant is deactivated and a session cancelled midway. Afterwards
   // every rule holds in what is stored, and the last event about each
   // booking says what is stored.
-  constexpr uint32_t kSeed = 77;
+  const uint32_t seed = TestSeed(77);  // 77 in CI
   constexpr int kClients = 6, kOpsPerClient = 70;
   std::vector<std::string> sessions;
   std::string d1 = DateIn(30), d2 = DateIn(31);
@@ -957,7 +1075,7 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
   ASSERT_FALSE(sessions.back().empty());
   std::vector<std::string> people;
   for (int i = 0; i < 12; ++i)
-    people.push_back(Register(*fx_, absl::StrCat("WL", kSeed * 100 + i)).id());
+    people.push_back(Register(*fx_, absl::StrCat("WL", seed % 10000, "X", i)).id());
 
   std::mutex mu;
   std::vector<std::string> bookings;  // every booking id any client was given
@@ -968,7 +1086,7 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
     if (++ops == kClients * kOpsPerClient / 2) midway();
   };
   auto client = [&](int c) {
-    std::mt19937 rng(kSeed * 100 + c);
+    std::mt19937 rng(seed * 100 + c);
     auto pick = [&](size_t n) { return std::uniform_int_distribution<size_t>(0, n - 1)(rng); };
     for (int i = 0; i < kOpsPerClient; ++i) {
       grpc::Status st;

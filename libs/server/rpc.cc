@@ -65,7 +65,15 @@ bool IsLowerHex(absl::string_view s) {
   return true;
 }
 
-// Keeps a valid W3C traceparent, or starts a new trace.
+absl::string_view Metadata(const grpc::CallbackServerContext* ctx, const char* key) {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find(key);
+  if (it == md.end()) return {};
+  return absl::string_view(it->second.data(), it->second.size());
+}
+
+}  // namespace
+
 std::string TraceParent(absl::string_view incoming) {
   if (incoming.size() == 55 && incoming.substr(0, 3) == "00-" && incoming[35] == '-' &&
       incoming[52] == '-' && IsLowerHex(incoming.substr(3, 32)) &&
@@ -76,15 +84,6 @@ std::string TraceParent(absl::string_view incoming) {
   static thread_local std::mt19937_64 rng(std::random_device{}());
   return absl::StrFormat("00-%016x%016x-%016x-01", rng(), rng() | 1, rng() | 1);
 }
-
-absl::string_view Metadata(const grpc::CallbackServerContext* ctx, const char* key) {
-  const auto& md = ctx->client_metadata();
-  auto it = md.find(key);
-  if (it == md.end()) return {};
-  return absl::string_view(it->second.data(), it->second.size());
-}
-
-}  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status, absl::string_view method,
                           absl::string_view traceparent) {

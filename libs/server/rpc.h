@@ -40,6 +40,10 @@ struct Call {
   absl::string_view method;
 };
 
+// A valid W3C traceparent `incoming` as it is; otherwise (or empty) a new
+// trace, as for work no request started.
+std::string TraceParent(absl::string_view incoming);
+
 // absl::Status → grpc::Status (same codes). INTERNAL details are logged, not sent.
 grpc::Status ToGrpcStatus(const absl::Status& status, absl::string_view method,
                           absl::string_view traceparent);

@@ -418,7 +418,8 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   RpcRunner rpc(&executor, &*auth, cfg->max_deadline);
   PageTokens page_tokens(cfg->page_token_key);
   std::vector<std::unique_ptr<bus::Consumer>> consumers;
-  ServiceContext ctx{*cfg, pool, **nats, outbox, rpc, page_tokens, consumers};
+  std::vector<PeriodicTask> periodic;
+  ServiceContext ctx{*cfg, pool, **nats, outbox, rpc, page_tokens, consumers, periodic};
   std::vector<std::unique_ptr<grpc::Service>> services = def.build(ctx);
   if (replay) {
     // Events the handlers emit go to the outbox; the serving replicas'
@@ -466,6 +467,15 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
       });
     }
     c->Start();
+  }
+  std::vector<std::unique_ptr<PeriodicRunner>> tasks;
+  for (PeriodicTask& t : periodic) {
+    t.run = [run = std::move(t.run), r = relay.get()] {
+      run();
+      if (bus::Outbox::TakeEmitted() && r != nullptr) r->Wake();
+    };
+    tasks.push_back(std::make_unique<PeriodicRunner>(std::move(t)));
+    tasks.back()->Start();
   }
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -529,6 +539,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   executor.Shutdown();
   server->Wait();
   log::Debug("shutdown: executor drained");
+  for (auto& t : tasks) t->Stop();
   for (auto& c : consumers) c->Stop();
   if (relay != nullptr) relay->Stop(absl::Now() + absl::Seconds(5));  // flush the outbox
   (*nats)->Close(absl::Seconds(2));

@@ -47,6 +47,7 @@
 #include "libs/db/db.h"
 #include "libs/db/migrations.h"
 #include "libs/server/page_token.h"
+#include "libs/server/periodic.h"
 #include "libs/server/rpc.h"
 
 namespace connecting::server {
@@ -87,6 +88,9 @@ struct ServiceContext {
   const PageTokens& page_tokens;
   // Consumers registered here start with the server and stop before it exits.
   std::vector<std::unique_ptr<bus::Consumer>>& consumers;
+  // Likewise background tasks (libs/server/periodic.h); the events they emit
+  // wake the outbox relay after each run.
+  std::vector<PeriodicTask>& periodic;
 };
 
 struct ServiceDefinition {

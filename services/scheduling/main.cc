@@ -4,6 +4,8 @@
 //   PARTNERS_EVENTS_SUBJECT  connecting.partners.>  (organisations, contacts, offers)
 // and how bookings share transactions:
 //   BOOKING_LANES            4 (1–64; see SchedulingLogic)
+// and how often it looks for seats left free while someone could take them:
+//   SEAT_SWEEP_INTERVAL      1m (1s–24h; see SchedulingLogic::SweepFreeSeats)
 #include <cstdio>
 #include <cstdlib>
 
@@ -37,6 +39,8 @@ int main(int argc, char** argv) {
     ctx.consumers.push_back(std::make_unique<bus::Consumer>(partners, &ctx.pool, &ctx.nats,
                                                             &scheduling::ApplyPartnerEvent));
     int lanes = static_cast<int>(env.Int("BOOKING_LANES", 4, 1, 64));
+    absl::Duration sweep =
+        env.Duration("SEAT_SWEEP_INTERVAL", absl::Minutes(1), absl::Seconds(1), absl::Hours(24));
     if (absl::Status st = env.Finish(); !st.ok()) {
       std::fprintf(stderr, "scheduling: invalid configuration:\n%s\n",
                    std::string(st.message()).c_str());
@@ -47,6 +51,7 @@ int main(int argc, char** argv) {
         ctx.pool, ctx.outbox, ctx.page_tokens,
         [executor](std::function<void()> task) { return executor->TrySubmit(std::move(task)); },
         lanes);
+    ctx.periodic.push_back({"seat sweep", sweep, [] { logic->SweepFreeSeats(); }});
     std::vector<std::unique_ptr<grpc::Service>> services;
     services.push_back(std::make_unique<scheduling::SchedulingGrpc>(logic.get(), &ctx.rpc));
     return services;

@@ -15,6 +15,7 @@
 #include "connecting/events/v1/scheduling_events.pb.h"
 #include "connecting/partners/v1/partners.pb.h"
 #include "libs/bus/republish.h"
+#include "libs/common/log.h"
 #include "libs/server/resource.h"
 #include "services/scheduling/scheduling_rules.h"
 #include "services/scheduling/store.h"
@@ -736,7 +737,7 @@ absl::Status SchedulingLogic::CancelSession(const Call& call, const v1::CancelSe
   server::CheckUuid(e, "id", req.id(), true);
   std::string reason = server::CheckText(e, "reason", req.reason(), {0, 500, true});
   if (!e.empty()) return e.ToStatus();
-  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+  absl::Status st = db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto s = store::GetSession(c, req.id(), true);
     if (!s.ok()) return s.status();
     // The connector who arranged a visit may withdraw it until the host
@@ -764,6 +765,9 @@ absl::Status SchedulingLogic::CancelSession(const Call& call, const v1::CancelSe
     *resp = *std::move(after);
     return absl::OkStatus();
   });
+  // This visit may have kept those booked on it from seats elsewhere that date.
+  if (st.ok()) PromoteWhereFreed(call, "", req.id());
+  return st;
 }
 
 absl::Status SchedulingLogic::CancelSessionInTx(db::Conn& c, const Call& call,
@@ -962,6 +966,52 @@ absl::Status SchedulingLogic::TransactPromoting(const Call& call, const std::str
   });
 }
 
+void SchedulingLogic::PromoteWhereFreed(const Call& call, const std::string& participant,
+                                        const std::string& session) {
+  std::vector<std::pair<std::string, std::string>> sites;
+  absl::Status st = db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
+    auto found = store::SeatsFreeForWaiting(c, participant, session);
+    if (!found.ok()) return found.status();
+    sites = *std::move(found);
+    return absl::OkStatus();
+  });
+  for (const auto& [session_id, site] : sites) {
+    if (!st.ok()) break;
+    st = TransactPromoting(call, "", [&](db::Conn& c) -> absl::Status {
+      auto seats = store::LockSite(c, session_id, site);
+      if (!seats.ok()) return seats.status();
+      if (!seats->has_value()) return absl::OkStatus();
+      auto s = store::GetSession(c, session_id, false);
+      if (!s.ok()) return s.status();
+      if (absl::Now() >= LocalInstant(s->date(), s->start_time())) return absl::OkStatus();
+      for (int free = (*seats)->capacity - (*seats)->confirmed; free > 0; --free) {
+        auto promoted = Promote(c, call, *s, site);
+        if (!promoted.ok()) return promoted.status();
+        if (!*promoted) break;
+      }
+      return absl::OkStatus();
+    });
+  }
+  if (!st.ok()) {
+    log::Warn(
+        "a seat freed for someone waiting was not handed on; the next change at its "
+        "site or a restart hands it on",
+        {{"participant", participant}, {"session", session}, {"error", st.ToString()}});
+  }
+}
+
+void SchedulingLogic::SweepFreeSeats() {
+  static const server::Principal* const kSweeper = [] {
+    auto* p = new server::Principal;
+    p->role = Role::kSystem;
+    p->subject = "seat-sweep";
+    return p;
+  }();
+  const Call call{*kSweeper, absl::Now() + absl::Seconds(30), server::TraceParent(""),
+                  "SweepFreeSeats"};
+  PromoteWhereFreed(call, "", "");
+}
+
 absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call& call,
                                                         const std::string& booking_id, bool emit,
                                                         bool only_if_live) {
@@ -1096,12 +1146,15 @@ absl::Status SchedulingLogic::ListBookings(const Call& call, const v1::ListBooki
 absl::Status SchedulingLogic::CancelBooking(const Call& call, const v1::CancelBookingRequest& req,
                                             v1::Booking* resp) {
   if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
-  return TransactPromoting(call, "", [&](db::Conn& c) -> absl::Status {
+  absl::Status st = TransactPromoting(call, "", [&](db::Conn& c) -> absl::Status {
     auto b = CancelInTx(c, call, req.id(), true);
     if (!b.ok()) return b.status();
     *resp = *std::move(b);
     return absl::OkStatus();
   });
+  // Their visit that date, ended, may have kept them from a seat elsewhere.
+  if (st.ok()) PromoteWhereFreed(call, resp->participant_id(), "");
+  return st;
 }
 
 absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
@@ -1113,7 +1166,7 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
   server::CheckText(e, "site", req.site(), {0, 100});
   server::CheckRequestId(e, "request_id", req.request_id());
   if (!e.empty()) return e.ToStatus();
-  return TransactPromoting(call, "", [&](db::Conn& c) -> absl::Status {
+  absl::Status st = TransactPromoting(call, "", [&](db::Conn& c) -> absl::Status {
     auto old = store::GetBooking(c, req.id(), false);
     if (!old.ok()) return old.status();
     if (absl::Status s = MayActFor(call.principal, old->participant_id()); !s.ok()) return s;
@@ -1167,6 +1220,9 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
     *resp = *std::move(to);
     return outbox_.Emit(c, "booking.rescheduled", resp->id(), event, call.traceparent);
   });
+  // The visit they left may have kept them from a seat elsewhere that date.
+  if (st.ok()) PromoteWhereFreed(call, resp->participant_id(), "");
+  return st;
 }
 
 absl::Status SchedulingLogic::RecordAttendance(const Call& call,

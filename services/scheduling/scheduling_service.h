@@ -74,6 +74,12 @@ class SchedulingLogic {
   void BookSession(const Call& call, const v1::BookSessionRequest& req, v1::Booking* resp,
                    server::RpcRunner::Done done);
 
+  // The background repair (SEAT_SWEEP_INTERVAL): every seat free while
+  // someone waits who could take it goes to whoever waits there first. The
+  // changes that free someone hand their seats on as they commit
+  // (PromoteWhereFreed); this catches a process that stopped in between.
+  void SweepFreeSeats();
+
  private:
   // Reads book_session's row (store::BookStatement): the refusal as a status,
   // or the booking into `booking` and, when `emit` and it is new, the outbox
@@ -107,6 +113,13 @@ class SchedulingLogic {
   // person first in line is being confirmed elsewhere that date.
   absl::StatusOr<bool> Promote(db::Conn& tx, const Call& call, const v1::Session& session,
                                const std::string& site);
+  // After a change that ended someone's confirmed frontline visit has
+  // committed: a seat Promote passed them over for meanwhile (they held that
+  // visit) is free, and goes now to whoever waits there first, one site per
+  // transaction. For `participant`, or everyone booked on `session`. A
+  // failure is logged: the change itself stands.
+  void PromoteWhereFreed(const Call& call, const std::string& participant,
+                         const std::string& session);
   // Cancels the session and its live bookings inside `tx` (the caller holds
   // the session row): session.cancelled with `reason`, a booking.cancelled
   // each.

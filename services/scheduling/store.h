@@ -98,6 +98,13 @@ struct SiteSeats {
 // Locks the site row (serialising all seat changes for it).
 absl::StatusOr<std::optional<SiteSeats>> LockSite(db::Conn& c, const std::string& session_id,
                                                   const std::string& site);
+// The sites where a seat is free while someone waits there who could take
+// it (they hold no confirmed frontline visit that date), as (session id,
+// site), among the waitlisted bookings of `participant` and of everyone
+// booked on `session` (either may be empty; both empty: everyone's);
+// sessions SCHEDULED, not begun.
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> SeatsFreeForWaiting(
+    db::Conn& c, const std::string& participant, const std::string& session);
 // Adjusts the site's confirmed and waitlisted counters.
 absl::Status AddSeats(db::Conn& c, const std::string& session_id, const std::string& site,
                       int confirmed, int waitlisted);
