@@ -675,11 +675,11 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
     if (absl::Status st = store::UpdateSession(c, merged); !st.ok()) return st;
     // Seats added go to whoever waits, first come first served.
     for (int i = 0; i < merged.sites_size(); ++i) {
-      int free = merged.sites(i).capacity() - before.sites(i).confirmed();
-      for (; free > 0 && before.sites(i).waitlisted() > 0; --free) {
-        auto promoted = Promote(c, call, merged, merged.sites(i).name());
-        if (!promoted.ok()) return promoted.status();
-        if (!*promoted) break;
+      if (before.sites(i).waitlisted() == 0) continue;
+      if (absl::Status st = FillSeats(c, call, merged, merged.sites(i).name(),
+                                      merged.sites(i).capacity() - before.sites(i).confirmed());
+          !st.ok()) {
+        return st;
       }
     }
     auto after = store::GetSession(c, in.id(), false);
@@ -966,6 +966,16 @@ absl::Status SchedulingLogic::TransactPromoting(const Call& call, const std::str
   });
 }
 
+absl::Status SchedulingLogic::FillSeats(db::Conn& c, const Call& call, const v1::Session& session,
+                                        const std::string& site, int free) {
+  for (; free > 0; --free) {
+    auto promoted = Promote(c, call, session, site);
+    if (!promoted.ok()) return promoted.status();
+    if (!*promoted) break;
+  }
+  return absl::OkStatus();
+}
+
 void SchedulingLogic::PromoteWhereFreed(const Call& call, const std::string& participant,
                                         const std::string& session) {
   std::vector<std::pair<std::string, std::string>> sites;
@@ -984,30 +994,25 @@ void SchedulingLogic::PromoteWhereFreed(const Call& call, const std::string& par
       auto s = store::GetSession(c, session_id, false);
       if (!s.ok()) return s.status();
       if (absl::Now() >= LocalInstant(s->date(), s->start_time())) return absl::OkStatus();
-      for (int free = (*seats)->capacity - (*seats)->confirmed; free > 0; --free) {
-        auto promoted = Promote(c, call, *s, site);
-        if (!promoted.ok()) return promoted.status();
-        if (!*promoted) break;
-      }
-      return absl::OkStatus();
+      return FillSeats(c, call, *s, site, (*seats)->capacity - (*seats)->confirmed);
     });
   }
   if (!st.ok()) {
     log::Warn(
-        "a seat freed for someone waiting was not handed on; the next change at its "
-        "site or a restart hands it on",
+        "a seat freed for someone waiting was not handed on yet; the seat sweep "
+        "(SEAT_SWEEP_INTERVAL) hands it on",
         {{"participant", participant}, {"session", session}, {"error", st.ToString()}});
   }
 }
 
 void SchedulingLogic::SweepFreeSeats() {
-  static const server::Principal* const kSweeper = [] {
-    auto* p = new server::Principal;
-    p->role = Role::kSystem;
-    p->subject = "seat-sweep";
+  static const server::Principal sweeper = [] {
+    server::Principal p;
+    p.role = Role::kSystem;
+    p.subject = "seat-sweep";
     return p;
   }();
-  const Call call{*kSweeper, absl::Now() + absl::Seconds(30), server::TraceParent(""),
+  const Call call{sweeper, absl::Now() + absl::Seconds(30), server::TraceParent(""),
                   "SweepFreeSeats"};
   PromoteWhereFreed(call, "", "");
 }

@@ -113,6 +113,10 @@ class SchedulingLogic {
   // person first in line is being confirmed elsewhere that date.
   absl::StatusOr<bool> Promote(db::Conn& tx, const Call& call, const v1::Session& session,
                                const std::string& site);
+  // Promotes into up to `free` seats of the site, first eligible first,
+  // until nobody eligible waits.
+  absl::Status FillSeats(db::Conn& c, const Call& call, const v1::Session& session,
+                         const std::string& site, int free);
   // After a change that ended someone's confirmed frontline visit has
   // committed: a seat Promote passed them over for meanwhile (they held that
   // visit) is free, and goes now to whoever waits there first, one site per
