@@ -37,7 +37,9 @@ sv1::BookingStatus StatusOf(SchedulingFixture& fx, const std::string& session,
 class SchedulingConcurrency : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    fx_ = new SchedulingFixture();
+    // No sweep during these tests: each shows that a change hands on the
+    // seats it frees itself, not that the sweep came by meanwhile.
+    fx_ = new SchedulingFixture(std::map<std::string, std::string>{{"SEAT_SWEEP_INTERVAL", "24h"}});
     org_ = new std::string(fx_->CreatePartner("Concurrency Trust"));
   }
   static void TearDownTestSuite() {
@@ -248,10 +250,10 @@ PassedOver PassOver(SchedulingFixture& fx, const std::string& org, const std::st
   return p;
 }
 
-// The seat went to them: the booking CONFIRMED, the counters so, and one
-// booking.promoted event (within 10 s).
+// The seat went to them: the booking CONFIRMED, the counters so (with
+// `still_waiting` behind them), and one booking.promoted event (within 10 s).
 void ExpectTheSeatIsTheirs(SchedulingFixture& fx, const PassedOver& p,
-                           absl::Duration within = absl::Seconds(0)) {
+                           absl::Duration within = absl::Seconds(0), int still_waiting = 0) {
   absl::Time until = absl::Now() + within;
   while (StatusOf(fx, p.wanted.id(), p.waits.id()) != sv1::BOOKING_STATUS_CONFIRMED &&
          absl::Now() < until) {
@@ -263,7 +265,7 @@ void ExpectTheSeatIsTheirs(SchedulingFixture& fx, const PassedOver& p,
   sv1::Session seats;
   ASSERT_TRUE(fx.stub->GetSession(Ctx(fx.admin).get(), get, &seats).ok());
   EXPECT_EQ(seats.sites(0).confirmed(), 1);
-  EXPECT_EQ(seats.sites(0).waitlisted(), 0);
+  EXPECT_EQ(seats.sites(0).waitlisted(), still_waiting);
   int promoted = 0;
   for (absl::Time end = absl::Now() + absl::Seconds(10); promoted == 0 && absl::Now() < end;
        absl::SleepFor(absl::Milliseconds(100))) {
@@ -310,21 +312,46 @@ TEST_F(SchedulingConcurrency, ASeatLeftFreeGoesToWhoeverWaitsOnceTheirOtherVisit
   }
 }
 
+// Their other visit that date ends straight in the database, as if the
+// process that ended it stopped before handing the seat on.
+void EndElsewhereWithoutHandingOn(SchedulingFixture& fx, const PassedOver& p) {
+  auto conn = db::Conn::Open(fx.scheduling_db, "test");
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  ASSERT_TRUE((*conn)
+                  ->Exec("UPDATE bookings SET status = 3, version = version + 1 "
+                         "WHERE id = $1::uuid",
+                         {p.elsewhere.id()})
+                  .ok());
+  ASSERT_TRUE((*conn)
+                  ->Exec("UPDATE session_sites SET confirmed = confirmed - 1 "
+                         "WHERE session_id = $1::uuid",
+                         {p.other.id()})
+                  .ok());
+}
+
+TEST_F(SchedulingConcurrency, ANewcomerWaitsBehindWhoeverIsOwedAFreeSeat) {
+  // A seat is free while someone who could take it waits (the process that
+  // should have handed it on stopped, and the sweep is a minute away). The
+  // next person to book does not take it ahead of them: they wait behind,
+  // and the seat is handed on as their booking commits.
+  PassedOver p = PassOver(*fx_, *org_, DateIn(36), "OW");
+  EndElsewhereWithoutHandingOn(*fx_, p);
+  sv1::Booking newcomer;
+  ASSERT_TRUE(Book(*fx_, p.wanted.id(), Register(*fx_, "OW03").id(), &newcomer).ok());
+  EXPECT_EQ(newcomer.status(), sv1::BOOKING_STATUS_WAITLISTED) << "took a seat owed to another";
+  EXPECT_EQ(newcomer.waitlist_position(), 2);
+  // The sweep does not run here (SEAT_SWEEP_INTERVAL is 24 h).
+  ExpectTheSeatIsTheirs(*fx_, p, absl::Seconds(10), /*still_waiting=*/1);
+  EXPECT_EQ(StatusOf(*fx_, p.wanted.id(), newcomer.id()), sv1::BOOKING_STATUS_WAITLISTED);
+}
+
 TEST(SchedulingSweep, ASeatLeftFreeByAServiceThatStoppedIsHandedOnByTheSweep) {
   // The change that ends the other visit commits, and the process stops
   // before it hands the seat on: done here straight in the database. The
   // sweep (SEAT_SWEEP_INTERVAL, 1 s here) hands it on.
   SchedulingFixture fx(std::map<std::string, std::string>{{"SEAT_SWEEP_INTERVAL", "1s"}});
   PassedOver p = PassOver(fx, fx.CreatePartner("Sweep Trust"), DateIn(35), "SW");
-  auto conn = db::Conn::Open(fx.scheduling_db, "test");
-  ASSERT_TRUE(conn.ok()) << conn.status();
-  ASSERT_TRUE((*conn)
-                  ->ExecScript("BEGIN; UPDATE bookings SET status = 3 WHERE id = '" +
-                               p.elsewhere.id() +
-                               "'; UPDATE session_sites SET confirmed = confirmed - 1 "
-                               "WHERE session_id = '" +
-                               p.other.id() + "'; COMMIT")
-                  .ok());
+  EndElsewhereWithoutHandingOn(fx, p);
   ExpectTheSeatIsTheirs(fx, p, absl::Seconds(10));
 }
 

@@ -193,6 +193,7 @@ SchedulingLogic::SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox,
       outbox_(outbox),
       tokens_(tokens),
       booking_lanes_(booking_lanes > 0 ? booking_lanes : 1),
+      schedule_(schedule),
       // A batch takes the people it books before any seats (store.h).
       bookings_(pool, "bookings", std::move(schedule), /*max_batch=*/64, /*max_pending=*/4096,
                 store::ShareParticipants) {}
@@ -854,12 +855,17 @@ absl::Status SchedulingLogic::EmitBooking(db::Conn& tx, const Call& call, const 
 
 absl::StatusOr<std::vector<db::Statement>> SchedulingLogic::Booked(
     const Call& call, const db::Result& rows, const std::string& session_id,
-    const std::string& participant_id, const std::string& site, bool emit, v1::Booking* booking) {
+    const std::string& participant_id, const std::string& site, bool emit, v1::Booking* booking,
+    bool* seat_owed) {
   auto b = store::ReadBooked(rows);
   if (!b.ok()) return b.status();
   if (absl::Status s = BookingRefusal(*b, session_id, participant_id, site); !s.ok()) return s;
   *booking = b->booking;
-  if (!emit || b->outcome != "booked") return std::vector<db::Statement>();
+  if (b->outcome != "booked") return std::vector<db::Statement>();
+  if (seat_owed != nullptr) {
+    *seat_owed = b->booking.status() == kWaitlisted && b->seats.confirmed < b->seats.capacity;
+  }
+  if (!emit) return std::vector<db::Statement>();
   ev::BookingChanged e;
   *e.mutable_booking() = b->booking;
   *e.mutable_session() = b->session;
@@ -1005,6 +1011,25 @@ void SchedulingLogic::PromoteWhereFreed(const Call& call, const std::string& par
   }
 }
 
+void SchedulingLogic::HandOnSoon(const std::string& participant, const std::string& traceparent) {
+  bool queued = schedule_([this, participant, traceparent] {
+    static const server::Principal hand_on = [] {
+      server::Principal p;
+      p.role = Role::kSystem;
+      p.subject = "seat-hand-on";
+      return p;
+    }();
+    const Call call{hand_on, absl::Now() + absl::Seconds(30), traceparent, "HandOnSeat"};
+    PromoteWhereFreed(call, participant, "");
+  });
+  if (!queued) {
+    log::Warn(
+        "a seat owed to someone waiting was not handed on yet (executor full); the seat "
+        "sweep (SEAT_SWEEP_INTERVAL) hands it on",
+        {{"participant", participant}});
+  }
+}
+
 void SchedulingLogic::SweepFreeSeats() {
   static const server::Principal sweeper = [] {
     server::Principal p;
@@ -1076,12 +1101,20 @@ void SchedulingLogic::BookSession(const Call& call, const v1::BookSessionRequest
   work.lock_first = req.participant_id();  // before any seats (store::ShareParticipants)
   work.first =
       store::BookStatement(req.session_id(), req.participant_id(), req.site(), req.request_id());
-  work.then = [this, &call, &req, resp](const db::Result& rows) {
-    return Booked(call, rows, req.session_id(), req.participant_id(), req.site(), true, resp);
+  // Set before COMMIT, read after it.
+  auto seat_owed = std::make_shared<bool>(false);
+  work.then = [this, &call, &req, resp, seat_owed](const db::Result& rows) {
+    return Booked(call, rows, req.session_id(), req.participant_id(), req.site(), true, resp,
+                  seat_owed.get());
   };
   std::string lane = absl::StrCat(
       "lane-", std::hash<std::string>()(req.session_id()) % static_cast<size_t>(booking_lanes_));
-  bookings_.Submit(lane, call.deadline, std::move(work), std::move(done));
+  bookings_.Submit(lane, call.deadline, std::move(work),
+                   [this, seat_owed, participant = req.participant_id(),
+                    traceparent = call.traceparent, done = std::move(done)](absl::Status s) {
+                     done(s);  // `call`, `req` and `resp` may be gone after it
+                     if (s.ok() && *seat_owed) HandOnSoon(participant, traceparent);
+                   });
 }
 
 absl::Status SchedulingLogic::GetBooking(const Call& call, const v1::GetBookingRequest& req,

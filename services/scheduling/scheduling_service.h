@@ -84,11 +84,15 @@ class SchedulingLogic {
   // Reads book_session's row (store::BookStatement): the refusal as a status,
   // or the booking into `booking` and, when `emit` and it is new, the outbox
   // row for booking.confirmed/waitlisted to write in the same transaction.
+  // `seat_owed`, when given, is set when the new booking waits beside a free
+  // seat: book_session put it behind someone in line owed that seat, to hand
+  // on once this commits (HandOnSoon).
   absl::StatusOr<std::vector<db::Statement>> Booked(const Call& call, const db::Result& rows,
                                                     const std::string& session_id,
                                                     const std::string& participant_id,
                                                     const std::string& site, bool emit,
-                                                    v1::Booking* booking);
+                                                    v1::Booking* booking,
+                                                    bool* seat_owed = nullptr);
   // Books inside `tx`; emits booking.confirmed/waitlisted when `emit`.
   absl::StatusOr<v1::Booking> BookInTx(db::Conn& tx, const Call& call,
                                        const std::string& session_id,
@@ -124,6 +128,10 @@ class SchedulingLogic {
   // failure is logged: the change itself stands.
   void PromoteWhereFreed(const Call& call, const std::string& participant,
                          const std::string& session);
+  // PromoteWhereFreed for `participant` on the executor, after a booking of
+  // theirs committed waiting beside a free seat (Booked's `seat_owed`); with
+  // the executor full, the seat sweep hands the seat on instead.
+  void HandOnSoon(const std::string& participant, const std::string& traceparent);
   // Cancels the session and its live bookings inside `tx` (the caller holds
   // the session row): session.cancelled with `reason`, a booking.cancelled
   // each.
@@ -143,6 +151,7 @@ class SchedulingLogic {
   const bus::Outbox& outbox_;
   const server::PageTokens& tokens_;
   const int booking_lanes_;
+  const db::GroupCommitter::Schedule schedule_;  // background work (HandOnSoon)
   // Bookings of one lane share transactions (see the constructor).
   db::GroupCommitter bookings_;
 };

@@ -131,6 +131,21 @@ BEGIN
 
   IF o_outcome IS NULL THEN
     new_status := CASE WHEN o_confirmed < o_capacity THEN 1 ELSE 2 END;
+    -- A free seat while people wait: someone in line may be owed it (their
+    -- other visit that date ended and the hand-on has not run yet: a process
+    -- stopped in between). Then the newcomer waits behind them, and the
+    -- service, seeing a waitlisted booking beside a free seat, hands the seat
+    -- on. Nested IFs: the outer test is a plain expression, so the common
+    -- path runs no query for it.
+    IF new_status = 1 AND o_waitlisted > 0 THEN
+      IF EXISTS (SELECT 1 FROM bookings w WHERE w.session_id = p_session AND w.site = p_site
+                   AND w.status = 2
+                   AND NOT (w.kind = 1 AND EXISTS (
+                     SELECT 1 FROM bookings f WHERE f.participant_id = w.participant_id
+                       AND f.kind = 1 AND f.status = 1 AND f.session_date = w.session_date))) THEN
+        new_status := 2;
+      END IF;
+    END IF;
     IF new_status = 1 THEN
       o_confirmed := o_confirmed + 1;
     ELSE
