@@ -1044,7 +1044,9 @@ void SchedulingLogic::SweepFreeSeats() {
 
 absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call& call,
                                                         const std::string& booking_id, bool emit,
-                                                        bool only_if_live) {
+                                                        bool only_if_live,
+                                                        bool* ended_frontline_visit) {
+  if (ended_frontline_visit != nullptr) *ended_frontline_visit = false;
   auto peek = store::GetBooking(c, booking_id, false);
   if (!peek.ok()) return peek.status();
   if (absl::Status s = MayActFor(call.principal, peek->participant_id()); !s.ok()) return s;
@@ -1070,6 +1072,10 @@ absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call&
         "; its bookings are no longer cancelled or moved (record attendance: NO_SHOW)"));
   }
   if (absl::Status s = store::SetBookingStatus(c, booking_id, kCancelled); !s.ok()) return s;
+  if (ended_frontline_visit != nullptr) {
+    *ended_frontline_visit =
+        b->status() == kConfirmed && session->kind() == v1::SESSION_KIND_FRONTLINE_VISIT;
+  }
   if (emit) {
     if (absl::Status s = EmitBooking(c, call, "cancelled", booking_id, ""); !s.ok()) return s;
   }
@@ -1184,14 +1190,15 @@ absl::Status SchedulingLogic::ListBookings(const Call& call, const v1::ListBooki
 absl::Status SchedulingLogic::CancelBooking(const Call& call, const v1::CancelBookingRequest& req,
                                             v1::Booking* resp) {
   if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
+  bool ended_visit = false;
   absl::Status st = TransactPromoting(call, "", [&](db::Conn& c) -> absl::Status {
-    auto b = CancelInTx(c, call, req.id(), true);
+    auto b = CancelInTx(c, call, req.id(), true, /*only_if_live=*/false, &ended_visit);
     if (!b.ok()) return b.status();
     *resp = *std::move(b);
     return absl::OkStatus();
   });
   // Their visit that date, ended, may have kept them from a seat elsewhere.
-  if (st.ok()) PromoteWhereFreed(call, resp->participant_id(), "");
+  if (st.ok() && ended_visit) PromoteWhereFreed(call, resp->participant_id(), "");
   return st;
 }
 

@@ -100,10 +100,13 @@ class SchedulingLogic {
                                        const std::string& request_id, bool emit);
   // Cancels inside `tx` and promotes the next eligible waitlisted booking. A
   // booking no longer CONFIRMED or WAITLISTED is FAILED_PRECONDITION, or with
-  // `only_if_live` returned as it is.
+  // `only_if_live` returned as it is. `ended_frontline_visit`, when given,
+  // says whether it cancelled a confirmed frontline visit (which may have
+  // kept its connector from a seat elsewhere that date: PromoteWhereFreed).
   absl::StatusOr<v1::Booking> CancelInTx(db::Conn& tx, const Call& call,
                                          const std::string& booking_id, bool emit,
-                                         bool only_if_live = false);
+                                         bool only_if_live = false,
+                                         bool* ended_frontline_visit = nullptr);
   // A transaction of `fn`, which may promote (Promote). When a promotion
   // meets the person first in line being confirmed on another visit that
   // date, `fn` runs again holding that person's row from the start, so it
