@@ -1011,8 +1011,8 @@ void SchedulingLogic::PromoteWhereFreed(const Call& call, const std::string& par
   }
 }
 
-void SchedulingLogic::HandOnSoon(const std::string& participant, const std::string& traceparent) {
-  bool queued = schedule_([this, participant, traceparent] {
+void SchedulingLogic::HandOnSoon(const std::string& session, const std::string& traceparent) {
+  bool queued = schedule_([this, session, traceparent] {
     static const server::Principal hand_on = [] {
       server::Principal p;
       p.role = Role::kSystem;
@@ -1020,13 +1020,15 @@ void SchedulingLogic::HandOnSoon(const std::string& participant, const std::stri
       return p;
     }();
     const Call call{hand_on, absl::Now() + absl::Seconds(30), traceparent, "HandOnSeat"};
-    PromoteWhereFreed(call, participant, "");
+    // Whoever waits on the session (not only the newcomer, who may since
+    // have been confirmed elsewhere that date).
+    PromoteWhereFreed(call, "", session);
   });
   if (!queued) {
     log::Warn(
         "a seat owed to someone waiting was not handed on yet (executor full); the seat "
         "sweep (SEAT_SWEEP_INTERVAL) hands it on",
-        {{"participant", participant}});
+        {{"session", session}});
   }
 }
 
@@ -1116,10 +1118,10 @@ void SchedulingLogic::BookSession(const Call& call, const v1::BookSessionRequest
   std::string lane = absl::StrCat(
       "lane-", std::hash<std::string>()(req.session_id()) % static_cast<size_t>(booking_lanes_));
   bookings_.Submit(lane, call.deadline, std::move(work),
-                   [this, seat_owed, participant = req.participant_id(),
-                    traceparent = call.traceparent, done = std::move(done)](absl::Status s) {
+                   [this, seat_owed, session = req.session_id(), traceparent = call.traceparent,
+                    done = std::move(done)](absl::Status s) {
                      done(s);  // `call`, `req` and `resp` may be gone after it
-                     if (s.ok() && *seat_owed) HandOnSoon(participant, traceparent);
+                     if (s.ok() && *seat_owed) HandOnSoon(session, traceparent);
                    });
 }
 

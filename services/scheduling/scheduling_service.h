@@ -131,10 +131,10 @@ class SchedulingLogic {
   // failure is logged: the change itself stands.
   void PromoteWhereFreed(const Call& call, const std::string& participant,
                          const std::string& session);
-  // PromoteWhereFreed for `participant` on the executor, after a booking of
-  // theirs committed waiting beside a free seat (Booked's `seat_owed`); with
-  // the executor full, the seat sweep hands the seat on instead.
-  void HandOnSoon(const std::string& participant, const std::string& traceparent);
+  // PromoteWhereFreed for `session` on the executor, after a booking there
+  // committed waiting beside a free seat (Booked's `seat_owed`); with the
+  // executor full, the seat sweep hands the seat on instead.
+  void HandOnSoon(const std::string& session, const std::string& traceparent);
   // Cancels the session and its live bookings inside `tx` (the caller holds
   // the session row): session.cancelled with `reason`, a booking.cancelled
   // each.
