@@ -13,6 +13,7 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -250,6 +251,13 @@ PassedOver PassOver(SchedulingFixture& fx, const std::string& org, const std::st
   return p;
 }
 
+// Seats handed on so far, by what found them (`by`: change, booking, sweep).
+double HandedOn(SchedulingFixture& fx, const std::string& by) {
+  return MetricValue(fx.scheduling->metrics_port(),
+                     "connecting_seats_handed_on_total{by=\"" + by + "\"}")
+      .value_or(-1);
+}
+
 // The seat went to them: the booking CONFIRMED, the counters so (with
 // `still_waiting` behind them), and one booking.promoted event (within 10 s).
 void ExpectTheSeatIsTheirs(SchedulingFixture& fx, const PassedOver& p,
@@ -288,6 +296,7 @@ TEST_F(SchedulingConcurrency, ASeatLeftFreeGoesToWhoeverWaitsOnceTheirOtherVisit
     SCOPED_TRACE(ways[way]);
     PassedOver p = PassOver(*fx_, *org_, DateIn(33), absl::StrCat("FS", way));
     const std::string x = p.waits.participant_id();
+    const double changed_before = HandedOn(*fx_, "change");
     grpc::Status st;
     sv1::Booking out;
     if (way == 0) {
@@ -309,6 +318,7 @@ TEST_F(SchedulingConcurrency, ASeatLeftFreeGoesToWhoeverWaitsOnceTheirOtherVisit
     }
     ASSERT_TRUE(st.ok()) << st.error_message();
     ExpectTheSeatIsTheirs(*fx_, p);  // as the call returns
+    EXPECT_EQ(HandedOn(*fx_, "change"), changed_before + 1);
   }
 }
 
@@ -336,6 +346,7 @@ TEST_F(SchedulingConcurrency, ANewcomerWaitsBehindWhoeverIsOwedAFreeSeat) {
   // and the seat is handed on as their booking commits.
   PassedOver p = PassOver(*fx_, *org_, DateIn(36), "OW");
   EndElsewhereWithoutHandingOn(*fx_, p);
+  const double before = HandedOn(*fx_, "booking");
   sv1::Booking newcomer;
   ASSERT_TRUE(Book(*fx_, p.wanted.id(), Register(*fx_, "OW03").id(), &newcomer).ok());
   EXPECT_EQ(newcomer.status(), sv1::BOOKING_STATUS_WAITLISTED) << "took a seat owed to another";
@@ -343,6 +354,49 @@ TEST_F(SchedulingConcurrency, ANewcomerWaitsBehindWhoeverIsOwedAFreeSeat) {
   // The sweep does not run here (SEAT_SWEEP_INTERVAL is 24 h).
   ExpectTheSeatIsTheirs(*fx_, p, absl::Seconds(10), /*still_waiting=*/1);
   EXPECT_EQ(StatusOf(*fx_, p.wanted.id(), newcomer.id()), sv1::BOOKING_STATUS_WAITLISTED);
+  EXPECT_EQ(HandedOn(*fx_, "booking"), before + 1);
+}
+
+TEST_F(SchedulingConcurrency, ASeatIsTheirsOnceTheVisitThatKeptThemFromItIsAttended) {
+  // Their morning visit kept them from a seat on an afternoon visit that
+  // date. Once the morning one is recorded (attended, or missed), it no
+  // longer holds the date (one CONFIRMED frontline visit per date), and the
+  // afternoon seat is theirs as the record returns.
+  auto clock = db::Conn::Open(fx_->scheduling_db, "test");
+  ASSERT_TRUE(clock.ok()) << clock.status();
+  auto late = (*clock)->Exec("SELECT ((now() AT TIME ZONE 'Europe/London')::time >= '23:55')::int");
+  ASSERT_TRUE(late.ok()) << late.status();
+  if (late->Int(0, 0) == 1) GTEST_SKIP() << "needs the rest of today in London (until 23:58)";
+  for (bool attended : {true, false}) {
+    SCOPED_TRACE(attended ? "attended" : "no-show");
+    PassedOver p = PassOver(*fx_, *org_, DateIn(37), attended ? "AT" : "NS");
+    // The time machine: both visits today, the morning one under way and the
+    // afternoon one still to begin.
+    const std::string today = "(now() AT TIME ZONE 'Europe/London')::date";
+    for (const auto& [id, from, to] :
+         {std::tuple<std::string, const char*, const char*>{p.other.id(), "00:00", "00:01"},
+          {p.wanted.id(), "23:58", "23:59"}}) {
+      ASSERT_TRUE((*clock)
+                      ->Exec("UPDATE sessions SET session_date = " + today + ", start_time = '" +
+                                 from + "', end_time = '" + to + "' WHERE id = $1::uuid",
+                             {id})
+                      .ok());
+      ASSERT_TRUE(
+          (*clock)
+              ->Exec("UPDATE bookings SET session_date = " + today + " WHERE session_id = $1::uuid",
+                     {id})
+              .ok());
+    }
+    const double before = HandedOn(*fx_, "change");
+    sv1::RecordAttendanceRequest record;
+    record.set_id(p.elsewhere.id());
+    record.set_attended(attended);
+    sv1::Booking out;
+    grpc::Status st = fx_->stub->RecordAttendance(Ctx(fx_->admin).get(), record, &out);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ExpectTheSeatIsTheirs(*fx_, p);  // as the call returns
+    EXPECT_EQ(HandedOn(*fx_, "change"), before + 1);
+  }
 }
 
 TEST(SchedulingSweep, ASeatLeftFreeByAServiceThatStoppedIsHandedOnByTheSweep) {
@@ -353,6 +407,8 @@ TEST(SchedulingSweep, ASeatLeftFreeByAServiceThatStoppedIsHandedOnByTheSweep) {
   PassedOver p = PassOver(fx, fx.CreatePartner("Sweep Trust"), DateIn(35), "SW");
   EndElsewhereWithoutHandingOn(fx, p);
   ExpectTheSeatIsTheirs(fx, p, absl::Seconds(10));
+  // What operators watch for (ConnectingSeatsHandedOnBySweep).
+  EXPECT_EQ(HandedOn(fx, "sweep"), 1);
 }
 
 TEST_F(SchedulingConcurrency, ABookingInFlightIsCancelledWithItsSession) {

@@ -16,6 +16,7 @@
 #include "connecting/partners/v1/partners.pb.h"
 #include "libs/bus/republish.h"
 #include "libs/common/log.h"
+#include "libs/common/metrics.h"
 #include "libs/server/resource.h"
 #include "services/scheduling/scheduling_rules.h"
 #include "services/scheduling/store.h"
@@ -184,6 +185,24 @@ void CheckDateFilter(FieldErrors& e, const char* field, const std::string& v) {
   if (!v.empty() && !IsDate(v)) e.Add(field, "must be a date written YYYY-MM-DD");
 }
 
+// connecting_seats_handed_on_total{by}: seats PromoteWhereFreed handed on.
+// Any by "sweep" means a change's own hand-on did not happen (a process
+// stopped in between, or the hand-on failed: see the warning it logged).
+prometheus::Counter& HandedOn(SchedulingLogic::HandOnBy by) {
+  static auto& family = prometheus::BuildCounter()
+                            .Name("connecting_seats_handed_on_total")
+                            .Help(
+                                "Seats left free while someone waiting could take them, handed "
+                                "on, by what found them: the change that freed the person "
+                                "(change), the next booking there (booking), the seat sweep "
+                                "(sweep)")
+                            .Register(*metrics::Registry());
+  static prometheus::Counter* counters[] = {&family.Add({{"by", "change"}}),
+                                            &family.Add({{"by", "booking"}}),
+                                            &family.Add({{"by", "sweep"}})};
+  return *counters[static_cast<int>(by)];
+}
+
 }  // namespace
 
 SchedulingLogic::SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox,
@@ -196,7 +215,9 @@ SchedulingLogic::SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox,
       schedule_(schedule),
       // A batch takes the people it books before any seats (store.h).
       bookings_(pool, "bookings", std::move(schedule), /*max_batch=*/64, /*max_pending=*/4096,
-                store::ShareParticipants) {}
+                store::ShareParticipants) {
+  HandedOn(HandOnBy::kChange);  // exported from the start, at 0
+}
 
 // ------------------------------------------------------------ partner events
 
@@ -767,7 +788,7 @@ absl::Status SchedulingLogic::CancelSession(const Call& call, const v1::CancelSe
     return absl::OkStatus();
   });
   // This visit may have kept those booked on it from seats elsewhere that date.
-  if (st.ok()) PromoteWhereFreed(call, "", req.id());
+  if (st.ok()) PromoteWhereFreed(call, HandOnBy::kChange, "", req.id());
   return st;
 }
 
@@ -973,16 +994,18 @@ absl::Status SchedulingLogic::TransactPromoting(const Call& call, const std::str
 }
 
 absl::Status SchedulingLogic::FillSeats(db::Conn& c, const Call& call, const v1::Session& session,
-                                        const std::string& site, int free) {
+                                        const std::string& site, int free, int* filled) {
   for (; free > 0; --free) {
     auto promoted = Promote(c, call, session, site);
     if (!promoted.ok()) return promoted.status();
     if (!*promoted) break;
+    if (filled != nullptr) ++*filled;
   }
   return absl::OkStatus();
 }
 
-void SchedulingLogic::PromoteWhereFreed(const Call& call, const std::string& participant,
+void SchedulingLogic::PromoteWhereFreed(const Call& call, HandOnBy by,
+                                        const std::string& participant,
                                         const std::string& session) {
   std::vector<std::pair<std::string, std::string>> sites;
   absl::Status st = db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
@@ -993,15 +1016,18 @@ void SchedulingLogic::PromoteWhereFreed(const Call& call, const std::string& par
   });
   for (const auto& [session_id, site] : sites) {
     if (!st.ok()) break;
+    int filled = 0;
     st = TransactPromoting(call, "", [&](db::Conn& c) -> absl::Status {
+      filled = 0;
       auto seats = store::LockSite(c, session_id, site);
       if (!seats.ok()) return seats.status();
       if (!seats->has_value()) return absl::OkStatus();
       auto s = store::GetSession(c, session_id, false);
       if (!s.ok()) return s.status();
       if (absl::Now() >= LocalInstant(s->date(), s->start_time())) return absl::OkStatus();
-      return FillSeats(c, call, *s, site, (*seats)->capacity - (*seats)->confirmed);
+      return FillSeats(c, call, *s, site, (*seats)->capacity - (*seats)->confirmed, &filled);
     });
+    if (st.ok() && filled > 0) HandedOn(by).Increment(filled);
   }
   if (!st.ok()) {
     log::Warn(
@@ -1022,7 +1048,7 @@ void SchedulingLogic::HandOnSoon(const std::string& session, const std::string& 
     const Call call{hand_on, absl::Now() + absl::Seconds(30), traceparent, "HandOnSeat"};
     // Whoever waits on the session (not only the newcomer, who may since
     // have been confirmed elsewhere that date).
-    PromoteWhereFreed(call, "", session);
+    PromoteWhereFreed(call, HandOnBy::kBooking, "", session);
   });
   if (!queued) {
     log::Warn(
@@ -1041,7 +1067,7 @@ void SchedulingLogic::SweepFreeSeats() {
   }();
   const Call call{sweeper, absl::Now() + absl::Seconds(30), server::TraceParent(""),
                   "SweepFreeSeats"};
-  PromoteWhereFreed(call, "", "");
+  PromoteWhereFreed(call, HandOnBy::kSweep, "", "");
 }
 
 absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call& call,
@@ -1200,7 +1226,8 @@ absl::Status SchedulingLogic::CancelBooking(const Call& call, const v1::CancelBo
     return absl::OkStatus();
   });
   // Their visit that date, ended, may have kept them from a seat elsewhere.
-  if (st.ok() && ended_visit) PromoteWhereFreed(call, resp->participant_id(), "");
+  if (st.ok() && ended_visit)
+    PromoteWhereFreed(call, HandOnBy::kChange, resp->participant_id(), "");
   return st;
 }
 
@@ -1268,7 +1295,7 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
     return outbox_.Emit(c, "booking.rescheduled", resp->id(), event, call.traceparent);
   });
   // The visit they left may have kept them from a seat elsewhere that date.
-  if (st.ok()) PromoteWhereFreed(call, resp->participant_id(), "");
+  if (st.ok()) PromoteWhereFreed(call, HandOnBy::kChange, resp->participant_id(), "");
   return st;
 }
 
@@ -1276,13 +1303,15 @@ absl::Status SchedulingLogic::RecordAttendance(const Call& call,
                                                const v1::RecordAttendanceRequest& req,
                                                v1::Booking* resp) {
   if (absl::Status s = server::CheckUuid("id", req.id()); !s.ok()) return s;
-  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+  bool ended_visit = false;
+  absl::Status done = db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto b = store::GetBooking(c, req.id(), true);
     if (!b.ok()) return b.status();
     auto s = store::GetSession(c, b->session_id(), false);
     if (!s.ok()) return s.status();
     if (absl::Status st = MayManageSession(call.principal, *s); !st.ok()) return st;
     const int status = req.attended() ? v1::BOOKING_STATUS_ATTENDED : v1::BOOKING_STATUS_NO_SHOW;
+    ended_visit = false;
     // A retry (the same record again) changes nothing and says so with the
     // booking; the other record corrects it (figures and enduring contacts
     // follow, and its event tells consumers which it was).
@@ -1306,6 +1335,7 @@ absl::Status SchedulingLogic::RecordAttendance(const Call& call,
           absl::StrCat("the session has not begun (", s->date(), " ", s->start_time(), ")"));
     }
     if (absl::Status st = store::SetBookingStatus(c, req.id(), status); !st.ok()) return st;
+    ended_visit = b->status() == kConfirmed && s->kind() == v1::SESSION_KIND_FRONTLINE_VISIT;
     auto after = store::GetBooking(c, req.id(), false);
     if (!after.ok()) return after.status();
     std::string reason;
@@ -1329,6 +1359,12 @@ absl::Status SchedulingLogic::RecordAttendance(const Call& call,
     *resp = *std::move(after);
     return EmitBooking(c, call, req.attended() ? "attended" : "no_show", req.id(), reason);
   });
+  // A confirmed visit, now attended or missed, no longer holds its date (the
+  // rule is one CONFIRMED frontline visit per date): a seat they were passed
+  // over for that date, still to begin, is theirs now.
+  if (done.ok() && ended_visit)
+    PromoteWhereFreed(call, HandOnBy::kChange, resp->participant_id(), "");
+  return done;
 }
 
 absl::Status SchedulingLogic::ListEnduringContacts(const Call& call,

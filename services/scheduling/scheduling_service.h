@@ -80,6 +80,10 @@ class SchedulingLogic {
   // (PromoteWhereFreed); this catches a process that stopped in between.
   void SweepFreeSeats();
 
+  // What found a seat to hand on (PromoteWhereFreed; the label of
+  // connecting_seats_handed_on_total).
+  enum class HandOnBy { kChange, kBooking, kSweep };
+
  private:
   // Reads book_session's row (store::BookStatement): the refusal as a status,
   // or the booking into `booking` and, when `emit` and it is new, the outbox
@@ -121,15 +125,15 @@ class SchedulingLogic {
   absl::StatusOr<bool> Promote(db::Conn& tx, const Call& call, const v1::Session& session,
                                const std::string& site);
   // Promotes into up to `free` seats of the site, first eligible first,
-  // until nobody eligible waits.
+  // until nobody eligible waits; counts them into `filled` when given.
   absl::Status FillSeats(db::Conn& c, const Call& call, const v1::Session& session,
-                         const std::string& site, int free);
+                         const std::string& site, int free, int* filled = nullptr);
   // After a change that ended someone's confirmed frontline visit has
   // committed: a seat Promote passed them over for meanwhile (they held that
   // visit) is free, and goes now to whoever waits there first, one site per
   // transaction. For `participant`, or everyone booked on `session`. A
   // failure is logged: the change itself stands.
-  void PromoteWhereFreed(const Call& call, const std::string& participant,
+  void PromoteWhereFreed(const Call& call, HandOnBy by, const std::string& participant,
                          const std::string& session);
   // PromoteWhereFreed for `session` on the executor, after a booking there
   // committed waiting beside a free seat (Booked's `seat_owed`); with the
