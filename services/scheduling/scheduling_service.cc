@@ -1052,8 +1052,8 @@ void SchedulingLogic::HandOnSoon(const std::string& session, const std::string& 
   });
   if (!queued) {
     log::Warn(
-        "a seat owed to someone waiting was not handed on yet (executor full); the seat "
-        "sweep (SEAT_SWEEP_INTERVAL) hands it on",
+        "a seat owed to someone waiting was not handed on yet (the executor is full or "
+        "shutting down); the seat sweep (SEAT_SWEEP_INTERVAL) hands it on",
         {{"session", session}});
   }
 }

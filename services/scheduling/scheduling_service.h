@@ -137,7 +137,7 @@ class SchedulingLogic {
                          const std::string& session);
   // PromoteWhereFreed for `session` on the executor, after a booking there
   // committed waiting beside a free seat (Booked's `seat_owed`); with the
-  // executor full, the seat sweep hands the seat on instead.
+  // executor full or shutting down, the seat sweep hands the seat on instead.
   void HandOnSoon(const std::string& session, const std::string& traceparent);
   // Cancels the session and its live bookings inside `tx` (the caller holds
   // the session row): session.cancelled with `reason`, a booking.cancelled
