@@ -185,6 +185,14 @@ void CheckDateFilter(FieldErrors& e, const char* field, const std::string& v) {
   if (!v.empty() && !IsDate(v)) e.Add(field, "must be a date written YYYY-MM-DD");
 }
 
+// Who the service is when it acts of itself (the seat hand-ons and sweep).
+server::Principal SystemPrincipal(const char* subject) {
+  server::Principal p;
+  p.role = Role::kSystem;
+  p.subject = subject;
+  return p;
+}
+
 // connecting_seats_handed_on_total{by}: seats PromoteWhereFreed handed on.
 // Any by "sweep" means a change's own hand-on did not happen (a process
 // stopped in between, or the hand-on failed: see the warning it logged).
@@ -1039,12 +1047,7 @@ void SchedulingLogic::PromoteWhereFreed(const Call& call, HandOnBy by,
 
 void SchedulingLogic::HandOnSoon(const std::string& session, const std::string& traceparent) {
   bool queued = schedule_([this, session, traceparent] {
-    static const server::Principal hand_on = [] {
-      server::Principal p;
-      p.role = Role::kSystem;
-      p.subject = "seat-hand-on";
-      return p;
-    }();
+    static const server::Principal hand_on = SystemPrincipal("seat-hand-on");
     const Call call{hand_on, absl::Now() + absl::Seconds(30), traceparent, "HandOnSeat"};
     // Whoever waits on the session (not only the newcomer, who may since
     // have been confirmed elsewhere that date).
@@ -1059,12 +1062,7 @@ void SchedulingLogic::HandOnSoon(const std::string& session, const std::string& 
 }
 
 void SchedulingLogic::SweepFreeSeats() {
-  static const server::Principal sweeper = [] {
-    server::Principal p;
-    p.role = Role::kSystem;
-    p.subject = "seat-sweep";
-    return p;
-  }();
+  static const server::Principal sweeper = SystemPrincipal("seat-sweep");
   const Call call{sweeper, absl::Now() + absl::Seconds(30), server::TraceParent(""),
                   "SweepFreeSeats"};
   PromoteWhereFreed(call, HandOnBy::kSweep, "", "");
