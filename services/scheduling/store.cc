@@ -447,19 +447,16 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> SeatsFreeForWai
   }
   return All<std::pair<std::string, std::string>>(
       c.Exec(absl::StrCat(
-                 "SELECT DISTINCT w.session_id::text, w.site FROM bookings w "
+                 "SELECT DISTINCT w.session_id::text, w.site FROM waiting_who_could_take_a_seat w "
                  "JOIN session_sites ss ON ss.session_id = w.session_id AND ss.site = w.site "
                  "JOIN sessions s ON s.id = w.session_id "
-                 "WHERE w.status = 2 AND ss.confirmed < ss.capacity AND ss.waitlisted > 0 "
+                 "WHERE ss.confirmed < ss.capacity AND ss.waitlisted > 0 "
                  "AND s.status = 2 "
                  // The date bounds the sweep to sessions to come (sessions_by_date),
                  // whatever waitlists past sessions left.
                  "AND s.session_date >= (now() AT TIME ZONE 'Europe/London')::date "
                  "AND (s.session_date + s.start_time) AT TIME ZONE 'Europe/London' > now() AND ",
-                 whose,
-                 " AND NOT (w.kind = 1 AND EXISTS (SELECT 1 FROM bookings f WHERE "
-                 "f.participant_id = w.participant_id AND f.kind = 1 AND f.status = 1 AND "
-                 "f.session_date = w.session_date))"),
+                 whose),
              params),
       [](const db::Result& r, int i) { return std::make_pair(r.String(i, 0), r.String(i, 1)); });
 }

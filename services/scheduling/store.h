@@ -99,7 +99,7 @@ struct SiteSeats {
 absl::StatusOr<std::optional<SiteSeats>> LockSite(db::Conn& c, const std::string& session_id,
                                                   const std::string& site);
 // The sites where a seat is free while someone waits there who could take
-// it (they hold no confirmed frontline visit that date), as (session id,
+// it (waiting_who_could_take_a_seat, migration 0012), as (session id,
 // site), among the waitlisted bookings of `participant` and of everyone
 // booked on `session` (either may be empty; both empty: everyone's);
 // sessions SCHEDULED, not begun.

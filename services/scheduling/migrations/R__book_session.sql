@@ -137,12 +137,10 @@ BEGIN
     -- service, seeing a waitlisted booking beside a free seat, hands the seat
     -- on. Nested IFs: the outer test is a plain expression, so the common
     -- path runs no query for it.
+    -- (The rule of who could take it: the view, migration 0012.)
     IF new_status = 1 AND o_waitlisted > 0 THEN
-      IF EXISTS (SELECT 1 FROM bookings w WHERE w.session_id = p_session AND w.site = p_site
-                   AND w.status = 2
-                   AND NOT (w.kind = 1 AND EXISTS (
-                     SELECT 1 FROM bookings f WHERE f.participant_id = w.participant_id
-                       AND f.kind = 1 AND f.status = 1 AND f.session_date = w.session_date))) THEN
+      IF EXISTS (SELECT 1 FROM waiting_who_could_take_a_seat w
+                  WHERE w.session_id = p_session AND w.site = p_site) THEN
         new_status := 2;
       END IF;
     END IF;
