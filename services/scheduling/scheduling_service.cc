@@ -185,6 +185,14 @@ void CheckDateFilter(FieldErrors& e, const char* field, const std::string& v) {
   if (!v.empty() && !IsDate(v)) e.Add(field, "must be a date written YYYY-MM-DD");
 }
 
+// Whether `b` holds its connector's date: a CONFIRMED frontline visit (one
+// per date). Ending it may free them for a seat elsewhere that date
+// (PromoteWhereFreed); the view waiting_who_could_take_a_seat says the same
+// in SQL.
+bool HoldsTheDate(const v1::Booking& b, const v1::Session& session) {
+  return b.status() == kConfirmed && session.kind() == v1::SESSION_KIND_FRONTLINE_VISIT;
+}
+
 // Who the service is when it acts of itself (the seat hand-ons and sweep).
 server::Principal SystemPrincipal(const char* subject) {
   server::Principal p;
@@ -1099,8 +1107,7 @@ absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call&
   }
   if (absl::Status s = store::SetBookingStatus(c, booking_id, kCancelled); !s.ok()) return s;
   if (ended_frontline_visit != nullptr) {
-    *ended_frontline_visit =
-        b->status() == kConfirmed && session->kind() == v1::SESSION_KIND_FRONTLINE_VISIT;
+    *ended_frontline_visit = HoldsTheDate(*b, *session);
   }
   if (emit) {
     if (absl::Status s = EmitBooking(c, call, "cancelled", booking_id, ""); !s.ok()) return s;
@@ -1333,7 +1340,7 @@ absl::Status SchedulingLogic::RecordAttendance(const Call& call,
           absl::StrCat("the session has not begun (", s->date(), " ", s->start_time(), ")"));
     }
     if (absl::Status st = store::SetBookingStatus(c, req.id(), status); !st.ok()) return st;
-    ended_visit = b->status() == kConfirmed && s->kind() == v1::SESSION_KIND_FRONTLINE_VISIT;
+    ended_visit = HoldsTheDate(*b, *s);
     auto after = store::GetBooking(c, req.id(), false);
     if (!after.ok()) return after.status();
     std::string reason;
