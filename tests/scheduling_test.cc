@@ -331,7 +331,7 @@ TEST(SchedulingRestore, RepublishAfterRestoreUndoesDownstreamWhatTheRestoreUndid
   ASSERT_EQ(plain.code, 0) << "log: " << plain.log;
   ASSERT_TRUE(wait_for_inbox(seen + 2));
   EXPECT_TRUE(fx.WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ARCHIVED, absl::Seconds(1)))
-      << "the limitation this test is about is gone: revisit the README";
+      << "the limitation this test is about is gone: revisit the README and docs/operations.md";
 
   OneShot after = fx.RepublishPartners(/*after_restore=*/true);
   ASSERT_EQ(after.code, 0) << "log: " << after.log;
@@ -420,7 +420,7 @@ TEST(SchedulingRestore, PartnersRepublishRebuildsAStreamThatLostItsEvents) {
 
 TEST(SchedulingRestore, PurgedPartnersStreamIsRepublishedForNewConsumersAndOldOnesKeepTheirs) {
   // An operator purges PARTNERS to save space, then runs `partners
-  // --republish` (README, "Backups and restores"). A consumer that had read
+  // --republish` (docs/operations.md, "Backups and restores"). A consumer that had read
   // the history keeps its projection exactly as it was; one starting afresh
   // (here scheduling's projection emptied, so it replays the stream) builds
   // it whole from the snapshots alone: archived organisation included.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The alert rules, checked by promtool: their syntax, then the unit tests in
-# alerts_test.yaml. prometheusrule.yaml's spec (everything under `spec:`) is
+# alerts_test.yaml, which must test every alert. prometheusrule.yaml's spec (everything under `spec:`) is
 # the plain rule file. Then the dashboard: its layout, and every panel's query
 # parsed by promtool (as a recording rule, Grafana's variables given values). PROMTOOL names the binary (`make deps` fetches one into
 # .tools/ when none is on the PATH).
@@ -15,6 +15,18 @@ awk 'f { print substr($0, 3) } /^spec:$/ { f = 1 }' prometheusrule.yaml >"$work/
 cp alerts_test.yaml "$work/"
 "$promtool" check rules "$work/rules.yaml"
 (cd "$work" && "$promtool" test rules alerts_test.yaml)
+# Every alert has a unit test and a line in the operators' table
+# (docs/operations.md, Monitoring), and the table lists no alert that is gone.
+alerts=$(sed -n 's/^ *- alert: *//p' prometheusrule.yaml | sort -u)
+documented=$(grep -o '^| `Connecting[A-Za-z]*`' ../../../docs/operations.md | tr -d '|` ' | sort -u)
+for a in $alerts; do
+  grep -Eq "alertname: $a([^A-Za-z]|$)" alerts_test.yaml || { echo "monitoring: alert $a has no unit test" >&2; exit 1; }
+done
+[ "$alerts" = "$documented" ] || {
+  echo "monitoring: docs/operations.md's alert table differs from prometheusrule.yaml:" >&2
+  diff <(echo "$alerts") <(echo "$documented") >&2 || true
+  exit 1
+}
 node - dashboard.json "$work/dashboard_rules.yaml" <<'JS'
 const fs = require("fs");
 const [file, out] = process.argv.slice(2);
