@@ -76,6 +76,29 @@ absl::Status UpdateByMask(const char* what, const T& in, const google::protobuf:
   return emit(std::as_const(*out), changed);
 }
 
+// UpdateByMask's `check` when the rules are one validator filling FieldErrors
+// (its field paths under `prefix`, e.g. "participant").
+template <class T>
+auto ValidatedBy(void (*validate)(FieldErrors&, const std::string&, T&), std::string prefix) {
+  return [validate, prefix = std::move(prefix)](T& merged) {
+    FieldErrors errors;
+    validate(errors, prefix, merged);
+    return errors.ToStatus();
+  };
+}
+
+// The `<resource>.updated` event of an update by mask: the resource as it is
+// now (`resource` names the event's field, e.g.
+// &ev::ParticipantUpdated::mutable_participant) and the paths that changed.
+template <class Event, class T>
+Event UpdatedEvent(T* (Event::*resource)(), const T& updated,
+                   const std::vector<std::string>& changed) {
+  Event event;
+  *(event.*resource)() = updated;
+  for (const std::string& path : changed) event.add_changed_fields(path);
+  return event;
+}
+
 // Idempotent creation by a client request_id (AIP-155), inside the caller's
 // transaction. With a request_id, `lookup()` first returns what an earlier call
 // made; otherwise `insert()` runs (its checks, then an INSERT … ON CONFLICT

@@ -245,21 +245,17 @@ absl::Status PartnersLogic::UpdateOrganisation(const Call& call,
     if (absl::Status s = NotArchived(*cur); !s.ok()) return s;
     return server::UpdateByMask(
         "organisation", in, req.update_mask(), *std::move(cur),
-        [](v1::Organisation& merged) {
-          FieldErrors errs;
-          ValidateOrganisation(errs, "organisation", merged);
-          return errs.ToStatus();
-        },
+        server::ValidatedBy(ValidateOrganisation, "organisation"),
         [&](const v1::Organisation& merged) -> absl::StatusOr<v1::Organisation> {
           auto updated = store::UpdateOrganisation(c, merged);
           if (!updated.ok()) return OdsConflict(updated.status(), merged.ods_code());
           return updated;
         },
         [&](const v1::Organisation& updated, const std::vector<std::string>& changed) {
-          ev::OrganisationUpdated event;
-          *event.mutable_organisation() = updated;
-          for (const std::string& f : changed) event.add_changed_fields(f);
-          return outbox_.Emit(c, "organisation.updated", updated.id(), event, call.traceparent);
+          return outbox_.Emit(c, "organisation.updated", updated.id(),
+                              server::UpdatedEvent(&ev::OrganisationUpdated::mutable_organisation,
+                                                   updated, changed),
+                              call.traceparent);
         },
         resp);
   });
@@ -434,21 +430,17 @@ absl::Status PartnersLogic::UpdateContact(const Call& call, const v1::UpdateCont
     if (absl::Status s = MayChange(call.principal, cur->organisation_id()); !s.ok()) return s;
     return server::UpdateByMask(
         "contact", in, req.update_mask(), *std::move(cur),
-        [](v1::Contact& merged) {
-          FieldErrors errs;
-          ValidateContact(errs, "contact", merged);
-          return errs.ToStatus();
-        },
+        server::ValidatedBy(ValidateContact, "contact"),
         [&](const v1::Contact& merged) -> absl::StatusOr<v1::Contact> {
           auto updated = store::UpdateContact(c, merged);
           if (!updated.ok()) return EmailConflict(updated.status(), merged.email());
           return updated;
         },
         [&](const v1::Contact& updated, const std::vector<std::string>& changed) {
-          ev::ContactUpdated event;
-          *event.mutable_contact() = updated;
-          for (const std::string& f : changed) event.add_changed_fields(f);
-          return outbox_.Emit(c, "contact.updated", updated.id(), event, call.traceparent);
+          return outbox_.Emit(
+              c, "contact.updated", updated.id(),
+              server::UpdatedEvent(&ev::ContactUpdated::mutable_contact, updated, changed),
+              call.traceparent);
         },
         resp);
   });
@@ -586,10 +578,10 @@ absl::Status PartnersLogic::UpdateOffer(const Call& call, const v1::UpdateOfferR
           return updated;
         },
         [&](const v1::Offer& updated, const std::vector<std::string>& changed) {
-          ev::OfferUpdated event;
-          *event.mutable_offer() = updated;
-          for (const std::string& f : changed) event.add_changed_fields(f);
-          return outbox_.Emit(c, "offer.updated", updated.id(), event, call.traceparent);
+          return outbox_.Emit(
+              c, "offer.updated", updated.id(),
+              server::UpdatedEvent(&ev::OfferUpdated::mutable_offer, updated, changed),
+              call.traceparent);
         },
         resp);
   });

@@ -400,17 +400,13 @@ absl::Status SchedulingLogic::UpdateParticipant(const Call& call,
     if (!cur.ok()) return cur.status();
     return server::UpdateByMask(
         "participant", in, req.update_mask(), *std::move(cur),
-        [](v1::Participant& merged) {
-          FieldErrors errs;
-          ValidateParticipant(errs, "participant", merged);
-          return errs.ToStatus();
-        },
+        server::ValidatedBy(ValidateParticipant, "participant"),
         [&](const v1::Participant& merged) { return store::UpdateParticipant(c, merged); },
         [&](const v1::Participant& updated, const std::vector<std::string>& changed) {
-          ev::ParticipantUpdated event;
-          *event.mutable_participant() = updated;
-          for (const std::string& f : changed) event.add_changed_fields(f);
-          return outbox_.Emit(c, "participant.updated", updated.id(), event, call.traceparent);
+          return outbox_.Emit(
+              c, "participant.updated", updated.id(),
+              server::UpdatedEvent(&ev::ParticipantUpdated::mutable_participant, updated, changed),
+              call.traceparent);
         },
         resp);
   });
@@ -723,10 +719,9 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
     auto after = store::GetSession(c, in.id(), false);
     if (!after.ok()) return after.status();
     *resp = *std::move(after);
-    ev::SessionUpdated event;
-    *event.mutable_session() = *resp;
-    for (const std::string& f : changed) event.add_changed_fields(f);
-    return outbox_.Emit(c, "session.updated", resp->id(), event, call.traceparent);
+    return outbox_.Emit(c, "session.updated", resp->id(),
+                        server::UpdatedEvent(&ev::SessionUpdated::mutable_session, *resp, changed),
+                        call.traceparent);
   });
 }
 
