@@ -1,5 +1,6 @@
 // Unit and integration tests of libs/: validation, page tokens, auth,
 // executor, the database layer and migrations (real PostgreSQL).
+#include <google/protobuf/wrappers.pb.h>
 #include <gtest/gtest.h>
 #include <jwt.h>
 #include <openssl/evp.h>
@@ -15,6 +16,7 @@
 #include "libs/db/db.h"
 #include "libs/db/group_commit.h"
 #include "libs/db/migrations.h"
+#include "libs/db/notify_cache.h"
 #include "libs/server/auth.h"
 #include "libs/server/executor.h"
 #include "libs/server/page_token.h"
@@ -863,6 +865,71 @@ TEST_F(Database, GroupCommitWaitersHoldNoThreadAndItShedsBeyondItsBound) {
   };
   stuck.Submit("k", absl::InfiniteFuture(), std::move(w), [&](absl::Status s) { refused = s; });
   EXPECT_TRUE(absl::IsResourceExhausted(refused)) << refused;
+}
+
+// A read cache's gauge, as the /metrics page reports it.
+double CacheGauge(const std::string& family_name, const std::string& cache) {
+  for (const auto& family : metrics::Registry()->Collect()) {
+    if (family.name != family_name) continue;
+    for (const auto& m : family.metric) {
+      for (const auto& l : m.label) {
+        if (l.name == "cache" && l.value == cache) return m.gauge.value;
+      }
+    }
+  }
+  return -1;
+}
+
+TEST_F(Database, ReadCacheStaysWithinItsByteBudget) {
+  // Entries differ in size (a page of organisations against one), so the
+  // budget is in bytes: filling the cache with far more than it may hold
+  // keeps it under the budget, keeps what was put last, and refuses a value
+  // larger than the whole budget without dropping the rest for it.
+  using Value = google::protobuf::StringValue;
+  const std::string name = "test-" + testing::RandomSuffix();
+  constexpr size_t kBudget = 100 * 1024;
+  db::NotifyCache<Value> cache(name, url_, "test_cache_" + testing::RandomSuffix(), kBudget);
+  cache.Start();
+  for (int i = 0; i < 500 && !cache.listening(); ++i) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_TRUE(cache.listening());
+  auto value = [](size_t n) {
+    Value v;
+    v.set_value(std::string(n, 'x'));
+    return v;
+  };
+
+  for (int i = 0; i < 200; ++i) {  // 200 × 10 KB into 100 KB
+    cache.Put(absl::StrCat("k", i), value(10 * 1024), cache.Generation());
+    auto [entries, bytes] = cache.EntriesAndBytes();
+    ASSERT_LE(bytes, kBudget) << "after " << i + 1 << " puts";
+    ASSERT_GE(entries, 1u);
+  }
+  auto [entries, bytes] = cache.EntriesAndBytes();
+  EXPECT_GE(entries, 5u) << "a budget of ten values should hold most of ten";
+  EXPECT_LE(entries, 9u) << "each value costs more than its 10 KB of text";
+  ASSERT_TRUE(cache.Get("k199").has_value());
+  EXPECT_EQ(cache.Get("k199")->value().size(), 10u * 1024);
+  EXPECT_EQ(CacheGauge("connecting_cache_bytes", name), static_cast<double>(bytes));
+  EXPECT_EQ(CacheGauge("connecting_cache_entries", name), static_cast<double>(entries));
+
+  // The same key again replaces its entry: counted once.
+  cache.Put("k199", value(10 * 1024), cache.Generation());
+  EXPECT_EQ(cache.EntriesAndBytes(), std::make_pair(entries, bytes));
+
+  // Too large to keep at all: not stored, and nothing else evicted for it.
+  cache.Put("huge", value(2 * kBudget), cache.Generation());
+  EXPECT_FALSE(cache.Get("huge").has_value());
+  EXPECT_EQ(cache.EntriesAndBytes(), std::make_pair(entries, bytes));
+
+  // An invalidated key gives its bytes back; a value read before the
+  // invalidation is not stored after it.
+  uint64_t before = cache.Generation();
+  cache.Invalidate("k199");
+  EXPECT_FALSE(cache.Get("k199").has_value());
+  EXPECT_LT(cache.EntriesAndBytes().second, bytes);
+  cache.Put("k199", value(10), before);
+  EXPECT_FALSE(cache.Get("k199").has_value());
+  cache.Stop();
 }
 
 }  // namespace

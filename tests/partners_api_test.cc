@@ -560,6 +560,45 @@ TEST(PartnersCache, ReplicasSeeEachOthersChanges) {
     ASSERT_TRUE(b->ListOrganisations(Ctx(fx.admin).get(), list, &page).ok());
   } while (page.organisations_size() != 2 && absl::Now() < until);
   EXPECT_EQ(page.organisations_size(), 2);
+  // And the reads above were answered from the caches, not only read through.
+  for (const char* cache : {"organisations", "organisation_pages"}) {
+    EXPECT_GT(
+        MetricValue(other.metrics_port(), absl::StrCat("connecting_cache_lookups_total{cache=\"",
+                                                       cache, "\",result=\"hit\"}"))
+            .value_or(0),
+        0)
+        << cache;
+  }
+}
+
+TEST(PartnersCache, WithoutCachesEveryReadComesFromTheDatabase) {
+  // READ_CACHE_MB=0: no caches at all (nor their listening connection), and
+  // reads, writes and listings behave the same.
+  PartnersFixture fx(std::map<std::string, std::string>{{"READ_CACHE_MB", "0"}});
+  v1::CreateOrganisationRequest create;
+  *create.mutable_organisation() = SampleOrganisation("Uncached Trust");
+  v1::Organisation org;
+  ASSERT_TRUE(fx.stub->CreateOrganisation(Ctx(fx.admin).get(), create, &org).ok());
+  v1::UpdateOrganisationRequest upd;
+  upd.mutable_organisation()->set_id(org.id());
+  upd.mutable_organisation()->set_etag(org.etag());
+  upd.mutable_organisation()->set_description("Revised");
+  upd.mutable_update_mask()->add_paths("description");
+  ASSERT_TRUE(fx.stub->UpdateOrganisation(Ctx(fx.admin).get(), upd, &org).ok());
+  v1::GetOrganisationRequest get;
+  get.set_id(org.id());
+  v1::Organisation seen;
+  ASSERT_TRUE(fx.stub->GetOrganisation(Ctx(fx.admin).get(), get, &seen).ok());
+  EXPECT_EQ(seen.description(), "Revised");
+  EXPECT_EQ(seen.etag(), org.etag());
+  v1::ListOrganisationsRequest list;
+  list.set_name_prefix("Uncached");
+  v1::ListOrganisationsResponse page;
+  ASSERT_TRUE(fx.stub->ListOrganisations(Ctx(fx.admin).get(), list, &page).ok());
+  ASSERT_EQ(page.organisations_size(), 1);
+  EXPECT_EQ(page.organisations(0).description(), "Revised");
+  EXPECT_EQ(HttpGet(fx.service->metrics_port(), "/metrics").find("connecting_cache_"),
+            std::string::npos);
 }
 
 }  // namespace

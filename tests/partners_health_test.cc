@@ -76,11 +76,13 @@ TEST(PartnersHealth, BadConfigurationExitsTwoNamingEveryVariable) {
                         {{"DATABASE_URL", ""},
                          {"AUTH_JWT_KEY", "short"},
                          {"GRPC_LISTEN", "nowhere"},
-                         {"DB_POOL_SIZE", "0"}},
+                         {"DB_POOL_SIZE", "0"},
+                         {"READ_CACHE_MB", "lots"}},  // partners' own, named with the rest
                         "badcfg", absl::Seconds(10));
   EXPECT_EQ(run.code, 2);
   std::string out = ReadFile(run.log);
-  for (const char* var : {"DATABASE_URL", "AUTH_JWT_KEY", "GRPC_LISTEN", "DB_POOL_SIZE"}) {
+  for (const char* var :
+       {"DATABASE_URL", "AUTH_JWT_KEY", "GRPC_LISTEN", "DB_POOL_SIZE", "READ_CACHE_MB"}) {
     EXPECT_NE(out.find(var), std::string::npos) << var << " not named in:\n" << out;
   }
 }

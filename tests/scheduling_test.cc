@@ -1896,5 +1896,19 @@ TEST_F(Scheduling, RescheduleMovesTheBookingAndFreesTheSeat) {
   }
 }
 
+TEST(SchedulingConfiguration, ItsOwnBadVariablesAreNamedWithTheCommonOnes) {
+  // Start-up stops before connecting anywhere, exit code 2, naming every bad
+  // variable: scheduling's own (lanes, sweep, partner events) with the rest.
+  OneShot run =
+      RunOnce(SCHEDULING_BIN, {},
+              {{"DATABASE_URL", ""}, {"BOOKING_LANES", "0"}, {"SEAT_SWEEP_INTERVAL", "forever"}},
+              "badcfg", absl::Seconds(10));
+  EXPECT_EQ(run.code, 2);
+  std::string out = ReadFile(run.log);
+  for (const char* var : {"DATABASE_URL", "BOOKING_LANES", "SEAT_SWEEP_INTERVAL"}) {
+    EXPECT_NE(out.find(var), std::string::npos) << var << " not named in:\n" << out;
+  }
+}
+
 }  // namespace
 }  // namespace connecting::testing

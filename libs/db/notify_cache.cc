@@ -6,9 +6,37 @@
 
 #include "absl/strings/str_cat.h"
 #include "libs/common/log.h"
+#include "libs/common/metrics.h"
 #include "libs/db/db.h"
 
 namespace connecting::db {
+
+CacheStats::CacheStats(const std::string& name) {
+  static auto& lookups = prometheus::BuildCounter()
+                             .Name("connecting_cache_lookups_total")
+                             .Help("Read-cache lookups by cache and result (hit, miss)")
+                             .Register(*metrics::Registry());
+  static auto& entries = prometheus::BuildGauge()
+                             .Name("connecting_cache_entries")
+                             .Help("Entries a read cache holds")
+                             .Register(*metrics::Registry());
+  static auto& bytes =
+      prometheus::BuildGauge()
+          .Name("connecting_cache_bytes")
+          .Help("Bytes a read cache holds, by its own count (its budget bounds it)")
+          .Register(*metrics::Registry());
+  hits_ = &lookups.Add({{"cache", name}, {"result", "hit"}});
+  misses_ = &lookups.Add({{"cache", name}, {"result", "miss"}});
+  entries_ = &entries.Add({{"cache", name}});
+  bytes_ = &bytes.Add({{"cache", name}});
+}
+
+void CacheStats::Lookup(bool hit) { (hit ? hits_ : misses_)->Increment(); }
+
+void CacheStats::Size(size_t entries, size_t bytes) {
+  entries_->Set(static_cast<double>(entries));
+  bytes_->Set(static_cast<double>(bytes));
+}
 
 NotifyListener::NotifyListener(std::string db_url, std::string channel)
     : db_url_(std::move(db_url)), channel_(std::move(channel)) {

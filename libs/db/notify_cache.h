@@ -10,16 +10,29 @@
 // Loading is race-free with generations: take Generation() before reading the
 // database and pass it to Put(); a value read before an invalidation is never
 // stored after it.
+//
+// Memory is bounded in bytes, not entries: a value's cost is its in-memory
+// size (protobuf's SpaceUsedLong) plus its key's, and a Put that would go
+// past the budget evicts entries, in no particular order, until it fits. A
+// value larger than the whole budget is not kept. Each cache reports
+// connecting_cache_bytes, _entries and _lookups_total{result} by its name.
 #ifndef CONNECTING_LIBS_DB_NOTIFY_CACHE_H_
 #define CONNECTING_LIBS_DB_NOTIFY_CACHE_H_
 
 #include <atomic>
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 #include "absl/synchronization/mutex.h"
+
+namespace prometheus {
+class Counter;
+class Gauge;
+}  // namespace prometheus
 
 namespace connecting::db {
 
@@ -47,24 +60,45 @@ class NotifyListener {
   std::thread thread_;
 };
 
+// A cache's metrics (libs/db/notify_cache.cc keeps Prometheus out of this
+// header).
+class CacheStats {
+ public:
+  explicit CacheStats(const std::string& name);
+  void Lookup(bool hit);
+  void Size(size_t entries, size_t bytes);
+
+ private:
+  prometheus::Counter* hits_;
+  prometheus::Counter* misses_;
+  prometheus::Gauge* entries_;
+  prometheus::Gauge* bytes_;
+};
+
 template <class V>
 class NotifyCache final : public NotifyListener {
  public:
-  // With `any_change_clears`, every notification empties the whole cache (for
-  // values derived from many rows, such as list pages).
-  NotifyCache(std::string db_url, std::string channel, size_t max_entries,
+  // Each entry's bookkeeping beyond its key and value (hash node, sizes).
+  static constexpr size_t kEntryOverhead = 64;
+
+  // `name` labels its metrics. With `any_change_clears`, every notification
+  // empties the whole cache (for values derived from many rows, such as list
+  // pages). A budget of 0 keeps nothing.
+  NotifyCache(const std::string& name, std::string db_url, std::string channel, size_t max_bytes,
               bool any_change_clears = false)
       : NotifyListener(std::move(db_url), std::move(channel)),
-        max_entries_(max_entries),
-        any_change_clears_(any_change_clears) {}
+        max_bytes_(max_bytes),
+        any_change_clears_(any_change_clears),
+        stats_(name) {}
   ~NotifyCache() override { Stop(); }
 
   std::optional<V> Get(const std::string& key) {
     if (!listening()) return std::nullopt;
     absl::MutexLock lock(&mu_);
     auto it = map_.find(key);
+    stats_.Lookup(it != map_.end());
     if (it == map_.end()) return std::nullopt;
-    return it->second;
+    return it->second.first;
   }
   uint64_t Generation() {
     absl::MutexLock lock(&mu_);
@@ -72,19 +106,31 @@ class NotifyCache final : public NotifyListener {
   }
   void Put(const std::string& key, V value, uint64_t generation) {
     if (!listening()) return;
+    // Measured outside the lock: a page of organisations takes a while.
+    const size_t cost = value.SpaceUsedLong() + key.size() + kEntryOverhead;
     absl::MutexLock lock(&mu_);
     if (generation != generation_) return;  // something changed meanwhile
-    if (map_.size() >= max_entries_) map_.clear();
-    map_.insert_or_assign(key, std::move(value));
+    EraseLocked(key);
+    if (cost > max_bytes_) return;
+    while (bytes_ + cost > max_bytes_ && !map_.empty()) EraseLocked(map_.begin()->first);
+    map_.emplace(key, std::make_pair(std::move(value), cost));
+    bytes_ += cost;
+    stats_.Size(map_.size(), bytes_);
   }
   void Invalidate(const std::string& key) {
     absl::MutexLock lock(&mu_);
     ++generation_;
     if (any_change_clears_) {
-      map_.clear();
+      ClearLocked();
     } else {
-      map_.erase(key);
+      EraseLocked(key);
     }
+    stats_.Size(map_.size(), bytes_);
+  }
+  // What the cache holds now, by its own count.
+  std::pair<size_t, size_t> EntriesAndBytes() {
+    absl::MutexLock lock(&mu_);
+    return {map_.size(), bytes_};
   }
 
  private:
@@ -92,14 +138,28 @@ class NotifyCache final : public NotifyListener {
   void OnReset() override {
     absl::MutexLock lock(&mu_);
     ++generation_;
+    ClearLocked();
+    stats_.Size(0, 0);
+  }
+  void EraseLocked(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = map_.find(key);
+    if (it == map_.end()) return;
+    bytes_ -= it->second.second;
+    map_.erase(it);
+  }
+  void ClearLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     map_.clear();
+    bytes_ = 0;
   }
 
-  const size_t max_entries_;
+  const size_t max_bytes_;
   const bool any_change_clears_;
+  CacheStats stats_;
   absl::Mutex mu_;
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
-  std::unordered_map<std::string, V> map_ ABSL_GUARDED_BY(mu_);
+  size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // key → value and its cost in bytes
+  std::unordered_map<std::string, std::pair<V, size_t>> map_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace connecting::db

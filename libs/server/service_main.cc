@@ -129,6 +129,7 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
   c.event_stream_replicas = static_cast<int>(env.Int("EVENT_STREAM_REPLICAS", 1, 1, 5));
   c.event_stream_max_age = env.Duration("EVENT_STREAM_MAX_AGE", def.stream_max_age,
                                         absl::ZeroDuration(), absl::Hours(24 * 365 * 100));
+  if (def.read_config) def.read_config(env);
   if (absl::Status s = env.Finish(); !s.ok()) return s;
   return c;
 }

@@ -44,6 +44,7 @@
 #include "libs/bus/consumer.h"
 #include "libs/bus/nats.h"
 #include "libs/bus/outbox.h"
+#include "libs/common/config.h"
 #include "libs/db/db.h"
 #include "libs/db/migrations.h"
 #include "libs/server/page_token.h"
@@ -111,6 +112,11 @@ struct ServiceDefinition {
   // Empty: the service has nothing to republish.
   std::function<absl::StatusOr<int64_t>(db::Pool&, const bus::Outbox&, bool new_versions)>
       republish;
+  // The service's own variables, read together with the common ones before
+  // anything starts (not for --migrate, --wait-for-migrations or
+  // --republish), so that start-up stops with exit code 2 naming every bad
+  // variable of either kind. Keep what it reads for `build`.
+  std::function<void(config::EnvReader&)> read_config;
   // Builds the gRPC services; called once, after the pool and NATS exist.
   std::function<std::vector<std::unique_ptr<grpc::Service>>(ServiceContext&)> build;
 };

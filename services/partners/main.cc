@@ -1,5 +1,7 @@
 // The partners service binary: configuration from the environment, then the
-// shared bootstrap (see libs/server/service_main.h).
+// shared bootstrap (see libs/server/service_main.h). Beyond the common
+// configuration it reads how much memory its read caches may hold:
+//   READ_CACHE_MB   64 (0–65536; organisations and list pages, half each)
 #include "libs/server/service_main.h"
 #include "services/partners/partners_service.h"
 
@@ -23,16 +25,25 @@ int main(int argc, char** argv) {
   static std::unique_ptr<partners::PartnersLogic::OrganisationCache> cache;
   static std::unique_ptr<partners::PartnersLogic::PageCache> pages;
   static std::unique_ptr<partners::PartnersLogic> logic;
+  static size_t cache_bytes = 0;
+  def.read_config = [](config::EnvReader& env) {
+    cache_bytes = static_cast<size_t>(env.Int("READ_CACHE_MB", 64, 0, 65536)) * 1024 * 1024;
+  };
   def.build = [](server::ServiceContext& ctx) {
     // Organisations are read far more than written (every booking checks its
     // partner); see libs/db/notify_cache.h for how the cache stays coherent.
-    cache = std::make_unique<partners::PartnersLogic::OrganisationCache>(
-        ctx.config.database_url, "partners_organisation_changed", 200000);
-    cache->Start();
-    pages = std::make_unique<partners::PartnersLogic::PageCache>(
-        ctx.config.database_url, "partners_organisation_changed", 20000,
-        /*any_change_clears=*/true);
-    pages->Start();
+    // READ_CACHE_MB bounds both, half each; 0: no caches, every read from
+    // the database.
+    if (cache_bytes > 0) {
+      cache = std::make_unique<partners::PartnersLogic::OrganisationCache>(
+          "organisations", ctx.config.database_url, "partners_organisation_changed",
+          cache_bytes / 2);
+      cache->Start();
+      pages = std::make_unique<partners::PartnersLogic::PageCache>(
+          "organisation_pages", ctx.config.database_url, "partners_organisation_changed",
+          cache_bytes / 2, /*any_change_clears=*/true);
+      pages->Start();
+    }
     logic = std::make_unique<partners::PartnersLogic>(ctx.pool, ctx.outbox, ctx.page_tokens,
                                                       cache.get(), pages.get());
     std::vector<std::unique_ptr<grpc::Service>> services;

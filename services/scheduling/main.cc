@@ -6,10 +6,6 @@
 //   BOOKING_LANES            4 (1–64; see SchedulingLogic)
 // and how often it looks for seats left free while someone could take them:
 //   SEAT_SWEEP_INTERVAL      1m (1s–24h; see SchedulingLogic::SweepFreeSeats)
-#include <cstdio>
-#include <cstdlib>
-
-#include "libs/common/config.h"
 #include "libs/server/service_main.h"
 #include "services/scheduling/scheduling_service.h"
 
@@ -26,26 +22,23 @@ int main(int argc, char** argv) {
   def.migrations = [] { return db::MigrationSet{"scheduling", scheduling::SqlMigrations()}; };
   def.republish = &scheduling::Republish;
   static std::unique_ptr<scheduling::SchedulingLogic> logic;
-  def.build = [](server::ServiceContext& ctx) {
-    config::EnvReader env;
-    bus::ConsumerOptions partners;
+  static bus::ConsumerOptions partners;
+  static int lanes = 4;
+  static absl::Duration sweep;
+  def.read_config = [](config::EnvReader& env) {
     partners.stream = env.String("PARTNERS_EVENTS_STREAM", "PARTNERS");
-    partners.filter_subject =
-        env.String("PARTNERS_EVENTS_SUBJECT", "connecting.partners.>");
+    partners.filter_subject = env.String("PARTNERS_EVENTS_SUBJECT", "connecting.partners.>");
+    lanes = static_cast<int>(env.Int("BOOKING_LANES", 4, 1, 64));
+    sweep =
+        env.Duration("SEAT_SWEEP_INTERVAL", absl::Minutes(1), absl::Seconds(1), absl::Hours(24));
+  };
+  def.build = [](server::ServiceContext& ctx) {
     // Since contacts and offers are projected too: a new durable, so that it
     // replays the stream from the start, replacing the organisations-only one.
     partners.durable = "scheduling-partners-2";
     partners.retired_durables = {"scheduling-partners"};
     ctx.consumers.push_back(std::make_unique<bus::Consumer>(partners, &ctx.pool, &ctx.nats,
                                                             &scheduling::ApplyPartnerEvent));
-    int lanes = static_cast<int>(env.Int("BOOKING_LANES", 4, 1, 64));
-    absl::Duration sweep =
-        env.Duration("SEAT_SWEEP_INTERVAL", absl::Minutes(1), absl::Seconds(1), absl::Hours(24));
-    if (absl::Status st = env.Finish(); !st.ok()) {
-      std::fprintf(stderr, "scheduling: invalid configuration:\n%s\n",
-                   std::string(st.message()).c_str());
-      std::exit(2);
-    }
     server::Executor* executor = ctx.rpc.executor();
     logic = std::make_unique<scheduling::SchedulingLogic>(
         ctx.pool, ctx.outbox, ctx.page_tokens,

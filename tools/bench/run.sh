@@ -20,6 +20,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# "partners 21.3 MiB resident (peak 24.0)": a service's memory now (/proc).
+memory_of() {
+  awk -v name="$1" '/^VmRSS:/ {r = $2} /^VmHWM:/ {p = $2}
+    END { printf "%s %.1f MiB resident (peak %.1f)", name, r / 1024, p / 1024 }' "/proc/$2/status"
+}
+
 pg_port=$(free_port)
 start_postgres "$work/pg" "$pg_port"
 nats_port=$(free_port)
@@ -30,8 +36,9 @@ key=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 PG_PORT=$pg_port NATS_PORT=$nats_port JWT_KEY=$key  # for launch_service
 
 partners_port=$(free_port)
+partners_metrics=$(free_port)
 launch_service "$BUILD_DIR/services/partners/partners" partners "$work/partners.log" "$partners_port" \
-  "$(free_port)" warn
+  "$partners_metrics" warn
 pids+=($!)
 wait_port 127.0.0.1 "$partners_port" 30 "${pids[-1]}" || { tail -5 "$work/partners.log" >&2; exit 1; }
 
@@ -46,12 +53,20 @@ FROM generate_series(1, 100000) AS g;
 ANALYZE organisations;
 SQL
 org=$(psql -d partners -tAc "SELECT id FROM organisations ORDER BY name LIMIT 1 OFFSET 50000")
+partners_memory_before=$(memory_of partners "${pids[0]}")
 token=$(AUTH_JWT_KEY="$key" "$BUILD_DIR/tools/connecting-token" viewer)
 
 echo
 echo "== partners reads (100,000 organisations; ${SECONDS_PER_RUN}s per row; $(nproc) cores shared by client and server)"
 "$BUILD_DIR/tools/partners_bench" --addr "127.0.0.1:$partners_port" --token "$token" --org "$org" \
   --seconds "$SECONDS_PER_RUN"
+echo "  memory: $(memory_of partners "${pids[0]}") after the reads; before them: ${partners_memory_before#partners }"
+curl -s "http://127.0.0.1:$partners_metrics/metrics" | awk '
+  /^connecting_cache_lookups_total/ { split($1, a, "\""); look[a[2] "," a[4]] = $NF; names[a[2]] = 1 }
+  /^connecting_cache_(entries|bytes)/ { split($1, a, "\""); v[substr($1, 1, index($1, "{") - 1) "," a[2]] = $NF }
+  END { for (c in names) printf "  cache %s: %d entries, %.1f MiB by its count, %.0f%% of lookups hit\n", c,
+          v["connecting_cache_entries," c], v["connecting_cache_bytes," c] / 1048576,
+          100 * look[c ",hit"] / (look[c ",hit"] + look[c ",miss"] + 1e-9) }' 
 fi
 
 if [ -x "$BUILD_DIR/tools/scheduling_bench" ]; then

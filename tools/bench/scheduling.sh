@@ -131,6 +131,7 @@ echo
 echo "== programme figures ($figures_year: 500,000 attended visits, 100,000 connectors, 10,000 organisations; one stream)"
 "$BUILD_DIR/tools/figures_bench" --addr "127.0.0.1:$scheduling_port" --token "$admin" \
   --year "$figures_year" --seconds "$SECONDS_PER_RUN"
+echo "  memory: $(memory_of scheduling "${pids[-1]}") after the figures"
 
 # What keeping the chains costs an attendance record: one more visit's fact
 # among those 500,000, by one client, with the chains' triggers (their

@@ -2,31 +2,34 @@
 // spread over many sessions. Participants and sessions are created first
 // (not timed). Prints QPS and p50/p99 per scenario, and with --cpu the CPU
 // each process spent per booking during it (from /proc: a process and all its
-// children, e.g. the postmaster and its backends), beside this client's own.
+// children, e.g. the postmaster and its backends), beside this client's own,
+// and each service's resident memory after the run and its growth during it.
 //   scheduling_bench --scheduling HOST:PORT --partners HOST:PORT --token JWT [--seconds N]
 //                    [--cpu name=pid,name=pid...]
+#include <dirent.h>
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
-#include <dirent.h>
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <functional>
 #include <map>
-#include <sstream>
 #include <mutex>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "connecting/partners/v1/partners.api.h"
@@ -115,6 +118,36 @@ std::string CpuPerBooking(const CpuSample& a, const CpuSample& b, size_t booking
                     : 0;
   return absl::StrCat("CPU per booking, us: ", out, "; together ", static_cast<long>(sum),
                       " (machine ", static_cast<int>(busy), "% busy)");
+}
+
+// Resident and peak resident memory of `pid` in kB (VmRSS, VmHWM; 0: gone).
+std::pair<long, long> MemoryKb(int pid) {
+  std::ifstream f(absl::StrCat("/proc/", pid, "/status"));
+  long rss = 0, peak = 0;
+  for (std::string line; std::getline(f, line);) {
+    if (absl::StartsWith(line, "VmRSS:"))
+      (void)absl::SimpleAtoi(absl::StripAsciiWhitespace(line.substr(6, line.size() - 9)), &rss);
+    if (absl::StartsWith(line, "VmHWM:"))
+      (void)absl::SimpleAtoi(absl::StripAsciiWhitespace(line.substr(6, line.size() - 9)), &peak);
+  }
+  return {rss, peak};
+}
+
+// "scheduling 41.2 MiB (peak 43.0, +1.3 over the run)": each watched service's
+// memory after a run and how it grew during it. PostgreSQL is left out: its
+// backends share its buffers, so their resident sizes do not add up.
+std::string MemoryAfter(const std::vector<std::pair<std::string, int>>& watched,
+                        const std::map<std::string, long>& before_kb) {
+  std::string out;
+  for (const auto& [name, pid] : watched) {
+    if (name == "postgres") continue;
+    auto [rss, peak] = MemoryKb(pid);
+    if (rss == 0) continue;
+    absl::StrAppendFormat(&out, "%s%s %.1f (peak %.1f, %+.1f over the run)",
+                          out.empty() ? "" : ", ", name, rss / 1024.0, peak / 1024.0,
+                          (rss - before_kb.at(name)) / 1024.0);
+  }
+  return absl::StrCat("memory, MiB resident: ", out);
 }
 
 std::string Date(int days) {
@@ -257,6 +290,8 @@ int main(int argc, char** argv) {
     };
     for (auto& ch : chains) ch.lat.clear();
     CpuSample cpu_before = SampleCpu(watched);
+    std::map<std::string, long> memory_before;
+    for (const auto& [name, pid] : watched) memory_before[name] = MemoryKb(pid).first;
     absl::Time start = absl::Now();
     for (int t = 0; t < kClients; ++t) next(t);
     absl::SleepFor(absl::Seconds(seconds));
@@ -284,6 +319,7 @@ int main(int argc, char** argv) {
                 all[std::min(all.size() - 1, all.size() * 99 / 100)], errors.load());
     if (!watched.empty()) {
       std::printf("  %s\n", CpuPerBooking(cpu_before, cpu_after, all.size()).c_str());
+      std::printf("  %s\n", MemoryAfter(watched, memory_before).c_str());
     }
     std::fflush(stdout);
   }
