@@ -310,6 +310,69 @@ TEST_F(Bus, ConsumerMakesItsDurableAgainIfItIsDeleted) {
   EXPECT_EQ(Count("SELECT count(DISTINCT event_id) FROM effects"), 3);
 }
 
+TEST_F(Bus, ConsumerPrunesItsInboxAndReplaysStillApplyNothingTwice) {
+  // Once acknowledged, events need no inbox row: the mark (the durable's ack
+  // floor, recorded) stands for them. A replay from the start applies none
+  // of them again; a stream made anew, whose numbers start from 1 again, has
+  // all its events applied; and a database restored to a point before the
+  // last prune replays what it lost.
+  auto handler = &Bus::RecordEffect;
+  bus::ConsumerOptions o = Opts();
+  o.check_every = absl::Milliseconds(200);
+  o.prune_every = absl::Milliseconds(100);
+  o.inbox_keep = absl::ZeroDuration();
+  bus::Consumer c(o, pool_.get(), nats_.get(), handler);
+  c.Start();
+  for (int i = 1; i <= 5; ++i) PublishRaw(absl::StrCat("e", i), absl::StrCat("e", i), "{}");
+  ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects", 5));
+  const std::string mark =
+      "SELECT coalesce((SELECT through_seq FROM inbox_pruned WHERE consumer = '" + o.durable +
+      "'), 0)";
+  ASSERT_TRUE(WaitFor(mark, 5)) << "the mark is " << Count(mark);
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM inbox", 0)) << "rows below the mark stay";
+
+  // The durable deleted: made again, it replays 1–5 from the start.
+  {
+    auto js = nats_->JetStream();
+    ASSERT_TRUE(js.ok());
+    ASSERT_EQ(js_DeleteConsumer(js->get(), stream_.c_str(), o.durable.c_str(), nullptr, nullptr),
+              NATS_OK);
+  }
+  PublishRaw("e6", "e6", "{}");
+  ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects WHERE event_id = 'e6'", 1));
+  absl::SleepFor(absl::Seconds(1));  // anything replayed twice would be in by now
+  EXPECT_EQ(Count("SELECT count(*) FROM effects"), 6);
+
+  // Restored to a point where only e1 and e2 had applied (and been pruned):
+  // the database is behind the durable, which replays; e3–e6 apply again.
+  ASSERT_TRUE(WaitFor(mark, 6));
+  ASSERT_TRUE(db::Transact(*pool_, [&](db::Conn& tx) {
+                return tx.ExecScript(
+                    "DELETE FROM effects WHERE event_id NOT IN ('e1', 'e2');"
+                    "DELETE FROM inbox;"
+                    "UPDATE inbox_pruned SET through_seq = 2;");
+              }).ok());
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects", 6, absl::Seconds(15)));
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_EQ(Count("SELECT count(*) FROM effects"), 6);
+  EXPECT_EQ(Count("SELECT count(DISTINCT event_id) FROM effects"), 6);
+
+  // The stream made anew: its events are numbered from 1, below the mark of
+  // the old one, and every one applies.
+  {
+    auto js = nats_->JetStream();
+    ASSERT_TRUE(js.ok());
+    ASSERT_EQ(js_DeleteStream(js->get(), stream_.c_str(), nullptr, nullptr), NATS_OK);
+    ASSERT_TRUE(nats_->EnsureStream({.name = stream_, .subjects = {prefix_ + ".>"}}).ok());
+  }
+  PublishRaw("new-1", "new-1", "{}");
+  PublishRaw("new-2", "new-2", "{}");
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects WHERE event_id LIKE 'new-%'", 2));
+  c.Stop();
+  EXPECT_EQ(Count("SELECT count(*) FROM effects"), 8);
+  EXPECT_EQ(Count("SELECT count(DISTINCT event_id) FROM effects"), 8);
+}
+
 TEST_F(Bus, ConsumerReplaysWhatARestoredDatabaseLost) {
   // The service's database goes back to an earlier point under a running
   // consumer (a restore): the durable on the server has acknowledged events

@@ -30,9 +30,12 @@ prometheus::Family<prometheus::Gauge>& PendingFamily() {
 }
 
 // Records an event as handled by a consumer, with its place in the stream; no
-// row is inserted if it already was.
+// row is inserted if it already was, or if it lies at or below the mark the
+// inbox was pruned to in this stream ($5: the stream's creation time).
 constexpr char kInboxInsert[] =
-    "INSERT INTO inbox (consumer, event_id, subject, stream_seq) VALUES ($1, $2, $3, $4) "
+    "INSERT INTO inbox (consumer, event_id, subject, stream_seq) "
+    "SELECT $1::text, $2::text, $3::text, $4::bigint WHERE NOT EXISTS (SELECT 1 FROM "
+    "inbox_pruned p WHERE p.consumer = $1 AND p.stream_created = $5 AND $4 <= p.through_seq) "
     "ON CONFLICT DO NOTHING";
 // A copy of an event already handled: its place counts too (a copy
 // republished later sits further on in the stream than the first).
@@ -73,6 +76,7 @@ absl::Status Consumer::Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub) {
         absl::StrCat("stream ", options_.stream, " does not exist yet (its producer creates it)"));
   }
   if (sst != NATS_OK) return FromNats(sst, absl::StrCat("stream ", options_.stream), serr);
+  stream_created_.store(si->Created);
   // Create the durable consumer explicitly so that unsubscribing never deletes it.
   jsConsumerConfig cc;
   jsConsumerConfig_Init(&cc);
@@ -204,13 +208,16 @@ bool Consumer::DatabaseBehind(uint64_t ack_floor) {
   bool behind = false;
   absl::Status s = db::WithConnection(*pool_, absl::Now() + absl::Seconds(5), [&](db::Conn& c) {
     auto r = c.Exec(
-        "SELECT (SELECT max(stream_seq) FROM inbox WHERE consumer = $1), "
-        "EXISTS (SELECT 1 FROM inbox WHERE consumer = $1), "
+        // The mark counts as a place recorded: the rows below it may be gone.
+        "SELECT greatest((SELECT max(stream_seq) FROM inbox WHERE consumer = $1), "
+        "(SELECT through_seq FROM inbox_pruned WHERE consumer = $1 AND stream_created = $2)), "
+        "EXISTS (SELECT 1 FROM inbox WHERE consumer = $1) "
+        "OR EXISTS (SELECT 1 FROM inbox_pruned WHERE consumer = $1), "
         // A replica of an earlier release recorded no place within the hour:
         // it may be acknowledging events beyond ours (a rolling update).
         "EXISTS (SELECT 1 FROM inbox WHERE consumer = $1 AND stream_seq IS NULL "
         "AND received_at > now() - interval '1 hour')",
-        {options_.durable});
+        {options_.durable, stream_created_.load()});
     if (!r.ok()) return r.status();
     if (r->String(0, 2) == "t") {
       behind = false;
@@ -225,6 +232,45 @@ bool Consumer::DatabaseBehind(uint64_t ack_floor) {
     return absl::OkStatus();
   });
   return s.ok() && behind;
+}
+
+void Consumer::PruneInbox(uint64_t ack_floor) {
+  const int64_t created = stream_created_.load();
+  if (ack_floor == 0 || created == 0) return;
+  int64_t deleted = 0;
+  absl::Status s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
+    // Whatever the server saw acknowledged had committed its effect before
+    // (the ack follows the commit), and the caller has just checked that
+    // the database still has it. A mark of another stream (made anew) is
+    // replaced.
+    auto mark = tx.Exec(
+        "INSERT INTO inbox_pruned AS p (consumer, stream_created, through_seq) "
+        "VALUES ($1, $2, $3) ON CONFLICT (consumer) DO UPDATE SET "
+        "stream_created = excluded.stream_created, through_seq = CASE "
+        "WHEN p.stream_created = excluded.stream_created "
+        "THEN greatest(p.through_seq, excluded.through_seq) ELSE excluded.through_seq END "
+        "RETURNING through_seq",
+        {options_.durable, created, static_cast<int64_t>(ack_floor)});
+    if (!mark.ok()) return mark.status();
+    auto del = tx.Exec(
+        "DELETE FROM inbox WHERE consumer = $1 AND stream_seq <= $2 "
+        "AND received_at < now() - make_interval(secs => $3)",
+        {options_.durable, mark->Int(0, 0),
+         static_cast<int64_t>(absl::ToInt64Seconds(options_.inbox_keep))});
+    if (!del.ok()) return del.status();
+    deleted = del->affected();
+    return absl::OkStatus();
+  });
+  if (!s.ok()) {
+    log::Warn("inbox pruning failed; trying again later",
+              {{"consumer", options_.durable}, {"error", s.ToString()}});
+    return;
+  }
+  if (deleted > 0) {
+    log::Info("inbox pruned", {{"consumer", options_.durable},
+                               {"through_seq", absl::StrCat(ack_floor)},
+                               {"rows_deleted", absl::StrCat(deleted)}});
+  }
 }
 
 bool Consumer::DatabaseReachable() {
@@ -274,6 +320,7 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
     if (d.id.empty()) d.id = absl::StrCat(options_.stream, ":", meta->Sequence.Stream);
   }
   const db::Param seq = stream_seq ? db::Param(*stream_seq) : db::Param(std::nullopt);
+  const db::Param created = db::Param(stream_created_.load());
   auto count = [&](const char* result) {
     ProcessedFamily().Add({{"consumer", options_.durable}, {"result", result}}).Increment();
   };
@@ -293,7 +340,7 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
     bool duplicate = false;
     absl::Status s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
       duplicate = false;
-      auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq});
+      auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq, created});
       if (!ins.ok()) return ins.status();
       if (ins->affected() == 0) {
         duplicate = true;
@@ -326,7 +373,7 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
       return;
     }
     absl::Status dl = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
-      auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq});
+      auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq, created});
       if (!ins.ok()) return ins.status();
       return tx
           .Exec(
@@ -357,6 +404,7 @@ void Consumer::Run() {
   NatsPtr<jsCtx> js;
   NatsPtr<natsSubscription> sub;
   absl::Time next_check = absl::InfinitePast();  // lag, and whether the durable exists
+  absl::Time next_prune = absl::Now() + options_.prune_every;
   std::string last_error;
   while (!stopping_.load()) {
     if (sub == nullptr) {
@@ -398,7 +446,7 @@ void Consumer::Run() {
       std::this_thread::sleep_for(std::chrono::milliseconds(250));
     }
     if (absl::Now() >= next_check && js != nullptr) {
-      next_check = absl::Now() + absl::Seconds(5);
+      next_check = absl::Now() + options_.check_every;
       jsConsumerInfo* ci = nullptr;
       natsStatus cs = js_GetConsumerInfo(&ci, js.get(), options_.stream.c_str(),
                                          options_.durable.c_str(), nullptr, nullptr);
@@ -408,12 +456,16 @@ void Consumer::Run() {
             .Set(static_cast<double>(ci->NumPending));
         // Read after the ack floor: whatever was acknowledged by then had
         // committed its inbox row before, unless the database lost it.
-        bool behind = DatabaseBehind(ci->AckFloor.Stream);
+        const uint64_t ack_floor = ci->AckFloor.Stream;
+        bool behind = DatabaseBehind(ack_floor);
         jsConsumerInfo_Destroy(ci);
         if (behind) {  // Subscribe starts the durable again
           healthy_.store(false);
           (void)natsSubscription_Unsubscribe(sub.get());
           sub.reset();
+        } else if (absl::Now() >= next_prune) {
+          next_prune = absl::Now() + options_.prune_every;
+          PruneInbox(ack_floor);
         }
       } else if (cs == NATS_NOT_FOUND) {
         // Deleted on the server (the durable, or its whole stream): a pull

@@ -22,6 +22,15 @@
 // floor; the consumer notices when it subscribes and every few seconds after,
 // and starts the durable again from the beginning of the stream, so the
 // events the database lost apply again (and those it kept are skipped).
+//
+// The inbox does not grow for good. Every `prune_every`, once the database
+// is known not to be behind, the consumer records the durable's ack floor as
+// the mark below which every event has taken effect (`inbox_pruned`), and
+// deletes the inbox rows at or below it that are older than `inbox_keep`. A
+// replay from the start skips what lies below the mark; the rows kept for
+// `inbox_keep` still catch a copy of an event published again later under a
+// new stream sequence (a relay that crashed between the PubAck and its
+// commit and came back within that time).
 #ifndef CONNECTING_LIBS_BUS_CONSUMER_H_
 #define CONNECTING_LIBS_BUS_CONSUMER_H_
 
@@ -63,6 +72,11 @@ struct ConsumerOptions {
   int max_deliver = 10;
   absl::Duration ack_wait = absl::Seconds(30);
   absl::Duration fetch_wait = absl::Milliseconds(500);
+  // How often the consumer looks at its durable on the server: the lag, a
+  // durable gone, a database behind it (restored), and whether to prune.
+  absl::Duration check_every = absl::Seconds(5);
+  absl::Duration prune_every = absl::Minutes(10);
+  absl::Duration inbox_keep = absl::Hours(24 * 7);
 };
 
 using Handler = std::function<absl::Status(db::Conn& tx, const Delivery& event)>;
@@ -102,6 +116,9 @@ class Consumer {
   // the inbox records for this consumer. False if the database cannot say.
   bool DatabaseBehind(uint64_t ack_floor);
   bool DatabaseReachable();
+  // Raises the mark to `ack_floor` and deletes the inbox rows it lets go
+  // (see above); logs, and leaves it for next time, if the database fails.
+  void PruneInbox(uint64_t ack_floor);
   // Waits until the database answers (true) or the consumer stops (false),
   // telling the server every third of the ack wait that `in_hand` is in progress.
   bool HoldWhileDatabaseDown(absl::Span<natsMsg* const> in_hand);
@@ -113,6 +130,9 @@ class Consumer {
   std::thread thread_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> healthy_{false};
+  // The stream's creation time (ns) when last subscribed: which stream the
+  // inbox's mark belongs to.
+  std::atomic<int64_t> stream_created_{0};
   std::function<void()> on_commit_;
 };
 
