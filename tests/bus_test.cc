@@ -91,6 +91,21 @@ class Bus : public ::testing::Test {
     o.max_deliver = 3;
     return o;
   }
+  // An operator deletes the durable, or the stream (and, with `anew`, makes
+  // it again, empty, numbering its events from 1).
+  void DeleteDurable(const std::string& durable) {
+    auto js = nats_->JetStream();
+    ASSERT_TRUE(js.ok());
+    ASSERT_EQ(js_DeleteConsumer(js->get(), stream_.c_str(), durable.c_str(), nullptr, nullptr),
+              NATS_OK);
+  }
+  void DeleteStream(bool anew) {
+    auto js = nats_->JetStream();
+    ASSERT_TRUE(js.ok());
+    ASSERT_EQ(js_DeleteStream(js->get(), stream_.c_str(), nullptr, nullptr), NATS_OK);
+    if (anew)
+      ASSERT_TRUE(nats_->EnsureStream({.name = stream_, .subjects = {prefix_ + ".>"}}).ok());
+  }
   // Publishes a message directly, bypassing the outbox (a duplicate copy with
   // its own Nats-Msg-Id, as a misbehaving producer might).
   void PublishRaw(const std::string& ce_id, const std::string& msg_id, const std::string& data) {
@@ -269,11 +284,7 @@ TEST_F(Bus, RelayMakesItsStreamAgainIfItIsDeleted) {
   Emit(5);
   auto relay = Relay();
   ASSERT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
-  {
-    auto js = nats_->JetStream();
-    ASSERT_TRUE(js.ok());
-    ASSERT_EQ(js_DeleteStream(js->get(), stream_.c_str(), nullptr, nullptr), NATS_OK);
-  }
+  DeleteStream(/*anew=*/false);
   Emit(3);
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
   relay->Stop(absl::Now());
@@ -290,20 +301,10 @@ TEST_F(Bus, ConsumerMakesItsDurableAgainIfItIsDeleted) {
   c.Start();
   PublishRaw("before", "before", "{}");
   ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects", 1));
-  {
-    auto js = nats_->JetStream();
-    ASSERT_TRUE(js.ok());
-    ASSERT_EQ(js_DeleteConsumer(js->get(), stream_.c_str(), o.durable.c_str(), nullptr, nullptr),
-              NATS_OK);
-  }
+  DeleteDurable(o.durable);
   PublishRaw("after-consumer-deleted", "after-consumer-deleted", "{}");
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects", 2));
-  {
-    auto js = nats_->JetStream();
-    ASSERT_TRUE(js.ok());
-    ASSERT_EQ(js_DeleteStream(js->get(), stream_.c_str(), nullptr, nullptr), NATS_OK);
-    ASSERT_TRUE(nats_->EnsureStream({.name = stream_, .subjects = {prefix_ + ".>"}}).ok());
-  }
+  DeleteStream(/*anew=*/true);
   PublishRaw("after-stream-deleted", "after-stream-deleted", "{}");
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects", 3));
   c.Stop();
@@ -332,12 +333,7 @@ TEST_F(Bus, ConsumerPrunesItsInboxAndReplaysStillApplyNothingTwice) {
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM inbox", 0)) << "rows below the mark stay";
 
   // The durable deleted: made again, it replays 1–5 from the start.
-  {
-    auto js = nats_->JetStream();
-    ASSERT_TRUE(js.ok());
-    ASSERT_EQ(js_DeleteConsumer(js->get(), stream_.c_str(), o.durable.c_str(), nullptr, nullptr),
-              NATS_OK);
-  }
+  DeleteDurable(o.durable);
   PublishRaw("e6", "e6", "{}");
   ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects WHERE event_id = 'e6'", 1));
   absl::SleepFor(absl::Seconds(1));  // anything replayed twice would be in by now
@@ -359,12 +355,7 @@ TEST_F(Bus, ConsumerPrunesItsInboxAndReplaysStillApplyNothingTwice) {
 
   // The stream made anew: its events are numbered from 1, below the mark of
   // the old one, and every one applies.
-  {
-    auto js = nats_->JetStream();
-    ASSERT_TRUE(js.ok());
-    ASSERT_EQ(js_DeleteStream(js->get(), stream_.c_str(), nullptr, nullptr), NATS_OK);
-    ASSERT_TRUE(nats_->EnsureStream({.name = stream_, .subjects = {prefix_ + ".>"}}).ok());
-  }
+  DeleteStream(/*anew=*/true);
   PublishRaw("new-1", "new-1", "{}");
   PublishRaw("new-2", "new-2", "{}");
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects WHERE event_id LIKE 'new-%'", 2));
