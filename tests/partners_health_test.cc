@@ -3,8 +3,10 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <atomic>
 #include <future>
 #include <iostream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -402,6 +404,52 @@ TEST(PartnersHealth, MigrateAppliesOnceAndIsIdempotent) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->Int(0, 0), r->Int(0, 1));
   EXPECT_GE(r->Int(0, 0), 2);
+}
+
+TEST(PartnersHealth, ClientsAreAskedToReconnectAfterTheMaxConnectionAge) {
+  // A client's connection is sent away (GOAWAY) after GRPC_MAX_CONNECTION_AGE,
+  // so that clients spread over replicas added since; it reconnects by itself
+  // and no call fails meanwhile.
+  PartnersFixture fx(std::map<std::string, std::string>{{"GRPC_MAX_CONNECTION_AGE", "1s"}});
+  auto channel = grpc::CreateChannel(fx.service->address(), grpc::InsecureChannelCredentials());
+  auto stub = v1::PartnersService::NewStub(channel);
+  ASSERT_TRUE(channel->WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Seconds(5))));
+  std::atomic<bool> done{false};
+  std::atomic<int> left_ready{0};  // times the connection went away
+  std::thread watch([&] {
+    grpc_connectivity_state last = channel->GetState(false);
+    while (!done.load()) {
+      if (channel->WaitForStateChange(last,
+                                      absl::ToChronoTime(absl::Now() + absl::Milliseconds(200)))) {
+        grpc_connectivity_state now = channel->GetState(false);
+        if (last == GRPC_CHANNEL_READY && now != GRPC_CHANNEL_READY) ++left_ready;
+        last = now;
+      }
+    }
+  });
+  int calls = 0, failed = 0;
+  for (absl::Time until = absl::Now() + absl::Milliseconds(3500); absl::Now() < until; ++calls) {
+    v1::ListOrganisationsRequest req;
+    v1::ListOrganisationsResponse resp;
+    grpc::Status st = stub->ListOrganisations(Ctx(fx.admin).get(), req, &resp);
+    if (!st.ok()) {
+      ++failed;
+      ADD_FAILURE() << "call " << calls << ": " << st.error_message();
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  done = true;
+  watch.join();
+  EXPECT_EQ(failed, 0);
+  EXPECT_GT(calls, 50);
+  EXPECT_GE(left_ready.load(), 2) << "a connection 1 s old should have been sent away";
+}
+
+TEST(PartnersHealth, BadMaxConnectionAgeIsNamed) {
+  OneShot run =
+      RunOnce(PARTNERS_BIN, {}, {{"GRPC_MAX_CONNECTION_AGE", "10ms"}}, "badage", absl::Seconds(10));
+  EXPECT_EQ(run.code, 2);
+  EXPECT_NE(ReadFile(run.log).find("GRPC_MAX_CONNECTION_AGE"), std::string::npos);
 }
 
 }  // namespace

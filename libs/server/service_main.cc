@@ -120,6 +120,11 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
   c.max_message_bytes = static_cast<int>(env.Int("MAX_MESSAGE_BYTES", 1 << 20, 1024, 64 << 20));
   c.max_deadline =
       env.Duration("MAX_DEADLINE", absl::Seconds(30), absl::Milliseconds(100), absl::Hours(1));
+  c.max_connection_age = env.Duration("GRPC_MAX_CONNECTION_AGE", absl::Minutes(5),
+                                      absl::ZeroDuration(), absl::Hours(24));
+  if (c.max_connection_age > absl::ZeroDuration() && c.max_connection_age < absl::Seconds(1)) {
+    env.AddError("GRPC_MAX_CONNECTION_AGE: must be 0 (never) or at least 1s");
+  }
   c.shutdown_grace =
       env.Duration("SHUTDOWN_GRACE", absl::Seconds(20), absl::ZeroDuration(), absl::Minutes(10));
   c.migrate_on_start = env.Bool("MIGRATE_ON_START", true);
@@ -491,6 +496,21 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   builder.AddListeningPort(cfg->grpc_listen, ServerCredentials(*cfg), &port);
   builder.SetMaxReceiveMessageSize(cfg->max_message_bytes);
   builder.SetMaxSendMessageSize(cfg->max_message_bytes * 4);
+  // Connections are long-lived (HTTP/2): a client stays on the replica it
+  // first reached, however many are added. Asking each to reconnect after
+  // GRPC_MAX_CONNECTION_AGE (with its calls in flight given up to
+  // MAX_DEADLINE to finish) spreads clients over the replicas there are now.
+  if (cfg->max_connection_age > absl::ZeroDuration()) {
+    builder.AddChannelArgument(
+        GRPC_ARG_MAX_CONNECTION_AGE_MS,
+        static_cast<int>(absl::ToInt64Milliseconds(cfg->max_connection_age)));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               static_cast<int>(absl::ToInt64Milliseconds(cfg->max_deadline)));
+  }
+  // Clients may keep idle connections alive with pings (every 10 s at most)
+  // without being sent away for pinging too often.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   for (auto& s : services) builder.RegisterService(s.get());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {

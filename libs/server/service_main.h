@@ -69,6 +69,9 @@ struct ServiceConfig {
   int max_queued_requests = 1024;
   int max_message_bytes = 1 << 20;
   absl::Duration max_deadline = absl::Seconds(30);
+  // A client connection is asked to go (GOAWAY) after this long, so that
+  // clients spread over new replicas; 0: never.
+  absl::Duration max_connection_age = absl::Minutes(5);
   absl::Duration shutdown_grace = absl::Seconds(20);
   bool migrate_on_start = true;
   bool outbox_relay = true;
