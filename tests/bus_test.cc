@@ -331,6 +331,17 @@ TEST_F(Bus, ConsumerPrunesItsInboxAndReplaysStillApplyNothingTwice) {
       "'), 0)";
   ASSERT_TRUE(WaitFor(mark, 5)) << "the mark is " << Count(mark);
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM inbox", 0)) << "rows below the mark stay";
+  // A backlog (the first prune after an upgrade) goes too, a batch at a time.
+  ASSERT_TRUE(db::Transact(*pool_, [&](db::Conn& tx) {
+                return tx
+                    .Exec(
+                        "INSERT INTO inbox (consumer, event_id, subject, stream_seq, "
+                        "received_at) SELECT $1, 'old-' || g, 'old', 1 + g % 5, "
+                        "now() - interval '1 day' FROM generate_series(1, 12000) g",
+                        {o.durable})
+                    .status();
+              }).ok());
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM inbox", 0)) << "a backlog below the mark stays";
 
   // The durable deleted: made again, it replays 1–5 from the start.
   DeleteDurable(o.durable);

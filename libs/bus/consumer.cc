@@ -237,12 +237,11 @@ bool Consumer::DatabaseBehind(uint64_t ack_floor) {
 void Consumer::PruneInbox(uint64_t ack_floor) {
   const int64_t created = stream_created_.load();
   if (ack_floor == 0 || created == 0) return;
-  int64_t deleted = 0;
+  // Whatever the server saw acknowledged had committed its effect before
+  // (the ack follows the commit), and the caller has just checked that the
+  // database still has it. A mark of another stream (made anew) is replaced.
+  int64_t through = 0;
   absl::Status s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
-    // Whatever the server saw acknowledged had committed its effect before
-    // (the ack follows the commit), and the caller has just checked that
-    // the database still has it. A mark of another stream (made anew) is
-    // replaced.
     auto mark = tx.Exec(
         "INSERT INTO inbox_pruned AS p (consumer, stream_created, through_seq) "
         "VALUES ($1, $2, $3) ON CONFLICT (consumer) DO UPDATE SET "
@@ -252,23 +251,39 @@ void Consumer::PruneInbox(uint64_t ack_floor) {
         "RETURNING through_seq",
         {options_.durable, created, static_cast<int64_t>(ack_floor)});
     if (!mark.ok()) return mark.status();
-    auto del = tx.Exec(
-        "DELETE FROM inbox WHERE consumer = $1 AND stream_seq <= $2 "
-        "AND received_at < now() - make_interval(secs => $3)",
-        {options_.durable, mark->Int(0, 0),
-         static_cast<int64_t>(absl::ToInt64Seconds(options_.inbox_keep))});
-    if (!del.ok()) return del.status();
-    deleted = del->affected();
+    through = mark->Int(0, 0);
     return absl::OkStatus();
   });
+  // Then the rows it lets go, a few thousand per transaction and at most
+  // kMaxBatches of them per call, so that a large backlog (the first prune
+  // after an upgrade) neither holds one long transaction nor keeps events
+  // waiting; the rest goes next time.
+  constexpr int kBatch = 5000, kMaxBatches = 20;
+  int64_t deleted = 0;
+  for (int i = 0; s.ok() && i < kMaxBatches && !stopping_.load(); ++i) {
+    int64_t n = 0;
+    s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
+      auto del = tx.Exec(
+          "DELETE FROM inbox WHERE ctid IN (SELECT ctid FROM inbox WHERE consumer = $1 "
+          "AND stream_seq <= $2 AND received_at < now() - make_interval(secs => $3) "
+          "LIMIT " +
+              std::to_string(kBatch) + ")",
+          {options_.durable, through,
+           static_cast<int64_t>(absl::ToInt64Seconds(options_.inbox_keep))});
+      if (!del.ok()) return del.status();
+      n = del->affected();
+      return absl::OkStatus();
+    });
+    deleted += n;
+    if (n < kBatch) break;
+  }
   if (!s.ok()) {
     log::Warn("inbox pruning failed; trying again later",
               {{"consumer", options_.durable}, {"error", s.ToString()}});
-    return;
   }
   if (deleted > 0) {
     log::Info("inbox pruned", {{"consumer", options_.durable},
-                               {"through_seq", absl::StrCat(ack_floor)},
+                               {"through_seq", absl::StrCat(through)},
                                {"rows_deleted", absl::StrCat(deleted)}});
   }
 }
