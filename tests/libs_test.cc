@@ -801,17 +801,24 @@ TEST_F(Database, StatementsStopAtTheCallersDeadline) {
   }
 }
 
-// connecting_group_commit_waiting{committer} as the /metrics page reports it.
-double Waiting(const std::string& committer) {
+// A gauge's series, family{label="value"}, as the /metrics page reports it
+// (-1: no such series).
+double GaugeValue(const std::string& family_name, const std::string& label,
+                  const std::string& value) {
   for (const auto& family : metrics::Registry()->Collect()) {
-    if (family.name != "connecting_group_commit_waiting") continue;
+    if (family.name != family_name) continue;
     for (const auto& m : family.metric) {
       for (const auto& l : m.label) {
-        if (l.name == "committer" && l.value == committer) return m.gauge.value;
+        if (l.name == label && l.value == value) return m.gauge.value;
       }
     }
   }
   return -1;
+}
+
+// connecting_group_commit_waiting{committer}.
+double Waiting(const std::string& committer) {
+  return GaugeValue("connecting_group_commit_waiting", "committer", committer);
 }
 
 TEST_F(Database, GroupCommitWaitersHoldNoThreadAndItShedsBeyondItsBound) {
@@ -867,19 +874,6 @@ TEST_F(Database, GroupCommitWaitersHoldNoThreadAndItShedsBeyondItsBound) {
   EXPECT_TRUE(absl::IsResourceExhausted(refused)) << refused;
 }
 
-// A read cache's gauge, as the /metrics page reports it.
-double CacheGauge(const std::string& family_name, const std::string& cache) {
-  for (const auto& family : metrics::Registry()->Collect()) {
-    if (family.name != family_name) continue;
-    for (const auto& m : family.metric) {
-      for (const auto& l : m.label) {
-        if (l.name == "cache" && l.value == cache) return m.gauge.value;
-      }
-    }
-  }
-  return -1;
-}
-
 TEST_F(Database, ReadCacheStaysWithinItsByteBudget) {
   // Entries differ in size (a page of organisations against one), so the
   // budget is in bytes: filling the cache with far more than it may hold
@@ -909,8 +903,8 @@ TEST_F(Database, ReadCacheStaysWithinItsByteBudget) {
   EXPECT_LE(entries, 9u) << "each value costs more than its 10 KB of text";
   ASSERT_TRUE(cache.Get("k199").has_value());
   EXPECT_EQ(cache.Get("k199")->value().size(), 10u * 1024);
-  EXPECT_EQ(CacheGauge("connecting_cache_bytes", name), static_cast<double>(bytes));
-  EXPECT_EQ(CacheGauge("connecting_cache_entries", name), static_cast<double>(entries));
+  EXPECT_EQ(GaugeValue("connecting_cache_bytes", "cache", name), static_cast<double>(bytes));
+  EXPECT_EQ(GaugeValue("connecting_cache_entries", "cache", name), static_cast<double>(entries));
 
   // The same key again replaces its entry: counted once.
   cache.Put("k199", value(10 * 1024), cache.Generation());

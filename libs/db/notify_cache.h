@@ -78,6 +78,8 @@ class CacheStats {
 template <class V>
 class NotifyCache final : public NotifyListener {
  public:
+  // key → value and its cost in bytes
+  using Map = std::unordered_map<std::string, std::pair<V, size_t>>;
   // Each entry's bookkeeping beyond its key and value (hash node, sizes).
   static constexpr size_t kEntryOverhead = 64;
 
@@ -112,7 +114,7 @@ class NotifyCache final : public NotifyListener {
     if (generation != generation_) return;  // something changed meanwhile
     EraseLocked(key);
     if (cost > max_bytes_) return;
-    while (bytes_ + cost > max_bytes_ && !map_.empty()) EraseLocked(map_.begin()->first);
+    while (bytes_ + cost > max_bytes_ && !map_.empty()) EraseLocked(map_.begin());
     map_.emplace(key, std::make_pair(std::move(value), cost));
     bytes_ += cost;
     stats_.Size(map_.size(), bytes_);
@@ -143,7 +145,9 @@ class NotifyCache final : public NotifyListener {
   }
   void EraseLocked(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto it = map_.find(key);
-    if (it == map_.end()) return;
+    if (it != map_.end()) EraseLocked(it);
+  }
+  void EraseLocked(typename Map::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     bytes_ -= it->second.second;
     map_.erase(it);
   }
@@ -158,8 +162,7 @@ class NotifyCache final : public NotifyListener {
   absl::Mutex mu_;
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  // key → value and its cost in bytes
-  std::unordered_map<std::string, std::pair<V, size_t>> map_ ABSL_GUARDED_BY(mu_);
+  Map map_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace connecting::db
