@@ -585,6 +585,51 @@ TEST_F(Database, PipelineReturnsResultsInOrderAndSkipsAfterAFailure) {
   EXPECT_EQ(after->Int(0, 0), 7);
 }
 
+TEST_F(Database, PrefixRangeHoldsExactlyTheTextsWithThePrefix) {
+  // PostgreSQL judges: in the "C" collation, lo <= v < hi must hold for the
+  // values starting with the prefix and for no other.
+  auto conn = db::Conn::Open(url_, "t");
+  ASSERT_TRUE(conn.ok());
+  const std::string top = "\xf4\x8f\xbf\xbf";  // U+10FFFF, the last code point
+  const std::vector<std::string> values = {"",
+                                           "a",
+                                           "ab",
+                                           "abc",
+                                           "abd",
+                                           "ac",
+                                           "b",
+                                           "z{",
+                                           "\x7f",
+                                           "\xc2\x80",
+                                           "\xc3\xa9",
+                                           "\xc3\xa9t\xc3\xa9",
+                                           "\xc3\xaa",
+                                           "\xed\x9f\xbf",
+                                           "\xee\x80\x80",
+                                           "a" + top,
+                                           top,
+                                           top + "x",
+                                           "b" + top};
+  for (const std::string& prefix :
+       {std::string("a"), std::string("ab"), std::string("z"), std::string("\x7f"),
+        std::string("\xc3\xa9"), std::string("\xed\x9f\xbf"), "a" + top, top}) {
+    db::TextRange r = db::PrefixRange(prefix);
+    EXPECT_EQ(r.lo, prefix);
+    EXPECT_EQ(r.hi.has_value(), prefix != top) << prefix;
+    for (const std::string& v : values) {
+      auto judged = (*conn)->Exec(
+          "SELECT starts_with($1 COLLATE \"C\", $2), $1 COLLATE \"C\" >= $2 AND "
+          "($3::text IS NULL OR $1 COLLATE \"C\" < $3)",
+          {v, prefix, r.hi ? db::Param(*r.hi) : db::Param(std::nullopt)});
+      ASSERT_TRUE(judged.ok()) << judged.status() << " prefix " << prefix << " value " << v;
+      EXPECT_EQ(judged->Bool(0, 0), judged->Bool(0, 1)) << "prefix " << prefix << " value " << v;
+    }
+  }
+  EXPECT_EQ(db::PrefixRange("ab").hi, "ac");
+  EXPECT_EQ(db::PrefixRange("a" + top).hi, "b");
+  EXPECT_EQ(db::PrefixRange("\xed\x9f\xbf").hi, "\xee\x80\x80");  // U+D7FF → U+E000
+}
+
 TEST_F(Database, PreparedStatementsStayBoundedAndTheBusyOnesStay) {
   // Statement texts that carry a page size are as many as callers make them:
   // a connection keeps the ones it used lately and deallocates the rest.

@@ -193,6 +193,30 @@ TEST_F(PartnersApi, ListPaginatesOverFilteredRowsWithoutGapsOrRepeats) {
   EXPECT_EQ(seen, expected);
 }
 
+TEST_F(PartnersApi, ListIsInNameOrderIgnoringCaseAcrossPages) {
+  // In byte order capitals come first ("ZQ Birch" before "Zq alder"); a
+  // reader expects the alphabet, and a name prefix matches either case.
+  for (const char* name : {"zQ dogwood", "Zq Cedar", "ZQ Birch", "zq cedar", "Zq alder"}) {
+    CreateOrg(name);
+  }
+  CreateOrg("Zr after");  // outside the prefix
+  v1::ListOrganisationsRequest req;
+  req.set_page_size(2);
+  req.set_name_prefix("zQ ");
+  std::vector<std::string> names;
+  int pages = 0;
+  do {
+    v1::ListOrganisationsResponse resp;
+    grpc::Status s = stub().ListOrganisations(Ctx(admin()).get(), req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    for (const auto& o : resp.organisations()) names.push_back(o.name());
+    req.set_page_token(resp.next_page_token());
+  } while (!req.page_token().empty() && ++pages < 10);
+  // Names equal but for case in byte order ("Zq Cedar" before "zq cedar").
+  EXPECT_EQ(names, (std::vector<std::string>{"Zq alder", "ZQ Birch", "Zq Cedar", "zq cedar",
+                                             "zQ dogwood"}));
+}
+
 TEST_F(PartnersApi, UpdateChangesOnlyMaskedFieldsAndNeedsTheCurrentEtag) {
   v1::Organisation org = CreateOrg("Update Me Trust");
   v1::UpdateOrganisationRequest req;

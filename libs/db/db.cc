@@ -124,6 +124,42 @@ absl::StatusOr<Result> Conn::Exec(absl::string_view sql, std::initializer_list<P
 
 std::string LimitClause(int rows) { return absl::StrCat(" LIMIT ", rows); }
 
+TextRange PrefixRange(absl::string_view prefix) {
+  TextRange r{std::string(prefix), std::nullopt};
+  std::string hi(prefix);
+  while (!hi.empty()) {
+    // The last character: its lead byte, then continuation bytes (10xxxxxx).
+    size_t start = hi.size() - 1;
+    while (start > 0 && (static_cast<unsigned char>(hi[start]) & 0xC0) == 0x80) --start;
+    auto lead = static_cast<unsigned char>(hi[start]);
+    size_t len = hi.size() - start;
+    uint32_t cp = len == 1 ? lead : len == 2 ? lead & 0x1F : len == 3 ? lead & 0x0F : lead & 0x07;
+    for (size_t i = start + 1; i < hi.size(); ++i) cp = (cp << 6) | (hi[i] & 0x3F);
+    hi.resize(start);
+    if (cp >= 0x10FFFF) continue;  // nothing above it: raise the one before
+    ++cp;
+    if (cp == 0xD800) cp = 0xE000;  // past the surrogates, which UTF-8 cannot hold
+    if (cp < 0x80) {
+      hi.push_back(static_cast<char>(cp));
+    } else if (cp < 0x800) {
+      hi.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+      hi.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else if (cp < 0x10000) {
+      hi.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+      hi.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+      hi.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else {
+      hi.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+      hi.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+      hi.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+      hi.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+    r.hi = std::move(hi);
+    break;
+  }
+  return r;
+}
+
 const std::string* Conn::FindPrepared(const std::string& sql) {
   auto it = prepared_.find(sql);
   if (it == prepared_.end()) return nullptr;

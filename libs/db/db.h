@@ -84,6 +84,19 @@ class Result {
 // text per page size: Conn keeps the statements it prepared bounded.
 std::string LimitClause(int rows);
 
+// The text values (in the "C" collation, byte order) that start with
+// `prefix`, as the bounds lo <= v < hi: `hi` is the prefix with its last
+// character raised by one code point (U+10FFFF characters dropped first);
+// nullopt when nothing is left to raise. As parameters (`col >= $1 AND col <
+// $2`) they walk an index on the column in a prepared statement's generic
+// plan too, which `col LIKE $1` (a pattern PostgreSQL cannot see when it
+// plans) never does: it reads the whole index.
+struct TextRange {
+  std::string lo;
+  std::optional<std::string> hi;
+};
+TextRange PrefixRange(absl::string_view prefix);
+
 // A statement with its parameters, to run later (see Conn::Pipeline).
 struct Statement {
   std::string sql;

@@ -2,6 +2,7 @@
 
 #include <google/protobuf/util/time_util.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -169,30 +170,45 @@ absl::StatusOr<std::vector<v1::Organisation>> ListOrganisations(db::Conn& c,
                                                                 const std::optional<After>& after,
                                                                 int limit) {
   // One statement text per combination of filters, so each is prepared once
-  // and planned for its own indexes.
+  // and planned for its own indexes. Enum filters are in the text (validated
+  // numbers, a handful of values each), so each value has its own plan: a
+  // prepared statement's generic plan assumes every value equally common,
+  // and for a rare one (paused, archived) would walk the name index.
   std::vector<db::Param> params;
   std::vector<std::string> where;
   auto add = [&](const std::string& cond, db::Param p) {
     params.push_back(std::move(p));
     where.push_back(absl::StrCat(cond, "$", params.size()));
   };
-  if (f.sector != 0) add("sector = ", f.sector);
-  if (f.region != 0) add("region = ", f.region);
-  if (f.status != 0) add("status = ", f.status);
+  if (f.sector != 0) where.push_back(absl::StrCat("sector = ", f.sector));
+  if (f.region != 0) where.push_back(absl::StrCat("region = ", f.region));
+  if (f.status != 0) where.push_back(absl::StrCat("status = ", f.status));
   if (!f.ods_code.empty()) add("ods_code = ", f.ods_code);
   if (!f.name_prefix.empty()) {
-    params.push_back(absl::StrCat(EscapeLike(f.name_prefix), "%"));
-    where.push_back(absl::StrCat("name_lower LIKE lower($", params.size(), ")"));
+    // Ignoring the case of ASCII letters, as name_lower holds names (lower()
+    // in the "C" collation), and as a range of the index the list is read in.
+    db::TextRange range = db::PrefixRange(absl::AsciiStrToLower(f.name_prefix));
+    add("name_lower >= ", range.lo);
+    if (range.hi) {
+      add("name_lower < ", *range.hi);
+    } else {
+      add("name_lower LIKE ", absl::StrCat(EscapeLike(range.lo), "%"));
+    }
   }
   if (after) {
+    // The token holds the last name and id; its name_lower follows from the name.
     params.push_back(after->sort_text);
     params.push_back(after->id);
-    where.push_back(
-        absl::StrCat("(name, id) > ($", params.size() - 1, ", $", params.size(), "::uuid)"));
+    where.push_back(absl::StrCat("(name_lower, name, id) > (lower($", params.size() - 1,
+                                 "::text COLLATE \"C\"), $", params.size() - 1, ", $",
+                                 params.size(), "::uuid)"));
   }
+  // By name ignoring case, then name and id: a name prefix is a range of the
+  // index each filter walks (partners migration 0004).
   std::string sql =
       absl::StrCat("SELECT ", kOrgCols, " FROM organisations", where.empty() ? "" : " WHERE ",
-                   absl::StrJoin(where, " AND "), " ORDER BY organisations.name, organisations.id",
+                   absl::StrJoin(where, " AND "),
+                   " ORDER BY organisations.name_lower, organisations.name, organisations.id",
                    db::LimitClause(limit));
   return All<v1::Organisation>(c.Exec(sql, params), OrgRow);
 }
@@ -336,10 +352,7 @@ absl::StatusOr<std::vector<v1::Offer>> ListOffers(db::Conn& c, const std::string
     params.push_back(org_id);
     where.push_back(absl::StrCat("organisation_id = $", params.size(), "::uuid"));
   }
-  if (state != 0) {
-    params.push_back(state);
-    where.push_back(absl::StrCat("state = $", params.size()));
-  }
+  if (state != 0) where.push_back(absl::StrCat("state = ", state));  // as ListOrganisations
   if (after) {
     params.push_back(after->sort_text);
     params.push_back(after->id);

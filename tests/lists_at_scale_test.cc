@@ -1,0 +1,194 @@
+// Every list filter of both services reads about as many rows as a page
+// returns, however rare the value asked for and wherever it falls in the
+// list's order: an index in the list's own order serves each filter. Without
+// one, a page of a rare value walks the whole order (an empty directorate read
+// every participant) and grows with the table, not the page.
+//
+// Each database is migrated by its service's binary, filled with tens of
+// thousands of rows by SQL, and each list's statement (the store's own, as
+// the service runs it) is run in a transaction whose per-table counters
+// (pg_stat_get_xact_*) say how many index entries and rows it read, with the
+// plan PostgreSQL makes for the values given and with the generic plan a
+// prepared statement may settle on.
+#include <gtest/gtest.h>
+
+#include <functional>
+
+#include "absl/strings/str_cat.h"
+#include "libs/db/db.h"
+#include "services/partners/store.h"
+#include "services/scheduling/store.h"
+#include "tests/harness.h"
+
+namespace connecting::testing {
+namespace {
+
+constexpr int kPage = 51;  // a page of 50, read with one more row to know whether more follow
+// At most this many index entries and rows read per row returned (a session
+// reads its sites too), plus a few.
+constexpr int64_t kReadsPerRow = 5;
+constexpr int64_t kSlack = 20;
+
+// Index entries and rows the transaction read so far, over the tables and
+// indexes of the schema.
+int64_t RowsRead(db::Conn& c) {
+  auto r = c.Exec(
+      "SELECT coalesce(sum(pg_stat_get_xact_tuples_returned(oid) + "
+      "pg_stat_get_xact_tuples_fetched(oid)), 0)::bigint FROM pg_class "
+      "WHERE relnamespace = 'public'::regnamespace");
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? r->Int(0, 0) : -1;
+}
+
+std::unique_ptr<db::Conn> Migrated(const char* binary, const std::string& url,
+                                   const std::string& fill) {
+  OneShot m = RunOnce(binary, {"--migrate"}, {{"DATABASE_URL", url}}, "migrate");
+  EXPECT_EQ(m.code, 0) << m.log;
+  auto c = db::Conn::Open(url, "test");
+  EXPECT_TRUE(c.ok()) << c.status();
+  if (!c.ok()) return nullptr;
+  absl::Status s = (*c)->ExecScript(fill + "; ANALYZE");
+  EXPECT_TRUE(s.ok()) << s;
+  // Every row read counted in this backend: no parallel workers.
+  EXPECT_TRUE((*c)->ExecScript("SET max_parallel_workers_per_gather = 0").ok());
+  return std::move(*c);
+}
+
+// Runs `list` (returning how many rows it gave) under both plan modes and
+// expects `want` rows, read within the bound.
+void ExpectReadInProportion(db::Conn& c, const std::string& what, int want,
+                            const std::function<absl::StatusOr<int>(db::Conn&)>& list) {
+  for (const char* mode : {"force_custom_plan", "force_generic_plan"}) {
+    SCOPED_TRACE(absl::StrCat(what, " (", mode, ")"));
+    ASSERT_TRUE(c.ExecScript(absl::StrCat("SET plan_cache_mode = ", mode, "; BEGIN")).ok());
+    int64_t before = RowsRead(c);
+    absl::StatusOr<int> rows = list(c);
+    int64_t read = RowsRead(c) - before;
+    ASSERT_TRUE(c.ExecScript("ROLLBACK").ok());
+    ASSERT_TRUE(rows.ok()) << rows.status();
+    EXPECT_EQ(*rows, want);
+    EXPECT_LE(read, kReadsPerRow * want + kSlack) << *rows << " rows returned";
+  }
+}
+
+template <class T>
+absl::StatusOr<int> Count(const absl::StatusOr<std::vector<T>>& rows) {
+  if (!rows.ok()) return rows.status();
+  return static_cast<int>(rows->size());
+}
+
+// 30,000 organisations: one in a hundred archived, all named "Zeal …" (after
+// every other name), one in a hundred paused; 30,000 offers, one in a hundred
+// withdrawn and titled last.
+constexpr char kPartnersFill[] = R"sql(
+INSERT INTO organisations (name, sector, region, status)
+SELECT CASE WHEN i % 100 = 0 THEN 'Zeal ' ELSE 'Trust ' END || lpad(i::text, 6, '0'),
+       1 + i % 8, 1 + i % 9, CASE WHEN i % 100 = 0 THEN 3 WHEN i % 100 = 1 THEN 2 ELSE 1 END
+FROM generate_series(1, 30000) i;
+INSERT INTO offers (organisation_id, title, setting, capacity_per_day, weekdays, state)
+SELECT id, CASE WHEN n % 100 = 0 THEN 'Zz offer ' ELSE 'Offer ' END || lpad(n::text, 6, '0'),
+       1, 5, '{1}', CASE WHEN n % 100 = 0 THEN 3 ELSE 2 END
+FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM organisations) o
+)sql";
+
+TEST(ListsAtScale, OrganisationsAndOffersReadInProportionToThePage) {
+  namespace ps = ::connecting::partners::store;
+  std::unique_ptr<db::Conn> c = Migrated(PARTNERS_BIN, NewDatabase(), kPartnersFill);
+  ASSERT_NE(c, nullptr);
+  auto orgs = [](ps::OrganisationFilter f, std::optional<ps::After> after = std::nullopt) {
+    return [f, after](db::Conn& c) { return Count(ps::ListOrganisations(c, f, after, kPage)); };
+  };
+  ExpectReadInProportion(*c, "all", kPage, orgs({}));
+  ExpectReadInProportion(*c, "archived (all named last)", kPage, orgs({0, 0, 3, "", ""}));
+  ExpectReadInProportion(*c, "paused (one in a hundred)", kPage, orgs({0, 0, 2, "", ""}));
+  ExpectReadInProportion(*c, "a sector", kPage, orgs({3, 0, 0, "", ""}));
+  ExpectReadInProportion(*c, "a region", kPage, orgs({0, 4, 0, "", ""}));
+  // A name prefix is matched ignoring case, and the list is in that order.
+  ExpectReadInProportion(*c, "prefix named last", kPage, orgs({0, 0, 0, "zEAL", ""}));
+  ExpectReadInProportion(*c, "prefix of nine", 9,  // Trust 010001–010009 (010000 is a Zeal)
+                         orgs({0, 0, 0, "trust 01000", ""}));
+  ExpectReadInProportion(*c, "prefix matching nothing", 0, orgs({0, 0, 0, "Trusty", ""}));
+  // A later page: the last 30 of the 300 archived organisations.
+  auto mid = c->Exec(
+      "SELECT name, id::text FROM organisations WHERE status = 3 "
+      "ORDER BY name_lower, name, id OFFSET 269 LIMIT 1");
+  ASSERT_TRUE(mid.ok() && mid->rows() == 1);
+  ExpectReadInProportion(*c, "archived, the last 30", 30,
+                         orgs({0, 0, 3, "", ""}, ps::After{mid->String(0, 0), mid->String(0, 1)}));
+
+  auto offers = [](int state) {
+    return
+        [state](db::Conn& c) { return Count(ps::ListOffers(c, "", state, std::nullopt, kPage)); };
+  };
+  ExpectReadInProportion(*c, "withdrawn offers (titled last)", kPage, offers(3));
+  ExpectReadInProportion(*c, "published offers", kPage, offers(2));
+  ExpectReadInProportion(*c, "draft offers (none)", 0, offers(1));
+}
+
+// 30,000 participants in 200 directorates (one in a hundred senior civil
+// servants, one in a hundred inactive) and 20,000 sessions over two years
+// (one in a hundred awaiting their host, one in a hundred a partner's visit
+// to the department), each with its site.
+constexpr char kSchedulingFill[] = R"sql(
+INSERT INTO participants (staff_number, display_name, email, grade, directorate, status)
+SELECT 'S' || i, 'Person ' || lpad(i::text, 6, '0'), 'p' || i || '@example.gov.uk',
+       CASE WHEN i % 100 = 0 THEN 1 ELSE 2 + i % 3 END, 'Directorate ' || (i % 200),
+       CASE WHEN i % 100 = 1 THEN 2 ELSE 1 END
+FROM generate_series(1, 30000) i;
+INSERT INTO sessions (kind, title, organisation_id, session_date, start_time, end_time, status)
+SELECT CASE WHEN i % 100 = 0 THEN 3 ELSE 1 END, 'Visit ' || i, gen_random_uuid(),
+       date '2026-01-01' + i / 29, time '09:00', time '16:00',
+       CASE WHEN i % 100 = 1 THEN 1 ELSE 2 END
+FROM generate_series(1, 20000) i;
+INSERT INTO session_sites (session_id, site, capacity, ordinal) SELECT id, '', 10, 0 FROM sessions
+)sql";
+
+TEST(ListsAtScale, ParticipantsAndSessionsReadInProportionToThePage) {
+  namespace ss = ::connecting::scheduling::store;
+  std::unique_ptr<db::Conn> c = Migrated(SCHEDULING_BIN, NewDatabase(), kSchedulingFill);
+  ASSERT_NE(c, nullptr);
+  auto people = [](ss::ParticipantFilter f, std::vector<std::string> after = {}) {
+    return [f, after](db::Conn& c) { return Count(ss::ListParticipants(c, f, after, kPage)); };
+  };
+  ExpectReadInProportion(*c, "all", kPage, people({}));
+  ExpectReadInProportion(*c, "a directorate", kPage, people({0, 0, "Directorate 7", ""}));
+  ExpectReadInProportion(*c, "a directorate with nobody", 0, people({0, 0, "Directorate 900", ""}));
+  ExpectReadInProportion(*c, "senior civil servants", kPage, people({1, 0, "", ""}));
+  ExpectReadInProportion(*c, "inactive", kPage, people({0, 2, "", ""}));
+  ExpectReadInProportion(*c, "a staff number", 1, people({0, 0, "", "S12345"}));
+  auto mid = c->Exec(
+      "SELECT display_name, id::text FROM participants WHERE grade = 1 "
+      "ORDER BY display_name, id OFFSET 249 LIMIT 1");
+  ASSERT_TRUE(mid.ok() && mid->rows() == 1);
+  ExpectReadInProportion(*c, "senior civil servants, from the 250th", 50,
+                         people({1, 0, "", ""}, {mid->String(0, 0), mid->String(0, 1)}));
+
+  auto sessions = [](ss::SessionFilter f, std::vector<std::string> after = {}) {
+    return [f, after](db::Conn& c) { return Count(ss::ListSessions(c, f, after, kPage)); };
+  };
+  auto filter = [](int kind, int status, std::string from = "") {
+    ss::SessionFilter f;
+    f.kind = kind;
+    f.status = status;
+    f.from_date = std::move(from);
+    return f;
+  };
+  ExpectReadInProportion(*c, "all", kPage, sessions({}));
+  ExpectReadInProportion(*c, "awaiting their host", kPage, sessions(filter(0, 1)));
+  ExpectReadInProportion(*c, "awaiting their host, from a date", kPage,
+                         sessions(filter(0, 1, "2027-01-01")));
+  ExpectReadInProportion(*c, "partner visits", kPage, sessions(filter(3, 0)));
+  ExpectReadInProportion(*c, "partner visits, from a date", kPage,
+                         sessions(filter(3, 0, "2027-03-01")));
+  ExpectReadInProportion(*c, "department events (none)", 0, sessions(filter(2, 0)));
+  auto later = c->Exec(
+      "SELECT session_date::text, start_time::text, id::text FROM sessions "
+      "WHERE status = 1 ORDER BY session_date, start_time, id OFFSET 149 LIMIT 1");
+  ASSERT_TRUE(later.ok() && later->rows() == 1);
+  ExpectReadInProportion(
+      *c, "awaiting their host, from the 150th", 50,
+      sessions(filter(0, 1), {later->String(0, 0), later->String(0, 1), later->String(0, 2)}));
+}
+
+}  // namespace
+}  // namespace connecting::testing
