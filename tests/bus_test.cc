@@ -103,8 +103,9 @@ class Bus : public ::testing::Test {
     auto js = nats_->JetStream();
     ASSERT_TRUE(js.ok());
     ASSERT_EQ(js_DeleteStream(js->get(), stream_.c_str(), nullptr, nullptr), NATS_OK);
-    if (anew)
+    if (anew) {
       ASSERT_TRUE(nats_->EnsureStream({.name = stream_, .subjects = {prefix_ + ".>"}}).ok());
+    }
   }
   // Publishes a message directly, bypassing the outbox (a duplicate copy with
   // its own Nats-Msg-Id, as a misbehaving producer might).
