@@ -22,6 +22,7 @@
 #include "libs/server/page_token.h"
 #include "libs/server/periodic.h"
 #include "libs/server/validate.h"
+#include "libs/server/wire_reply.h"
 #include "tests/harness.h"
 
 namespace connecting {
@@ -917,6 +918,41 @@ TEST_F(Database, GroupCommitWaitersHoldNoThreadAndItShedsBeyondItsBound) {
   };
   stuck.Submit("k", absl::InfiniteFuture(), std::move(w), [&](absl::Status s) { refused = s; });
   EXPECT_TRUE(absl::IsResourceExhausted(refused)) << refused;
+}
+
+TEST(WireReply, SendsTheBytesOfTheReplyItWasMadeFrom) {
+  namespace pv1 = ::connecting::partners::v1;
+  pv1::ListOrganisationsResponse reply;
+  for (int i = 0; i < 3; ++i) {
+    pv1::Organisation* o = reply.add_organisations();
+    o->set_id(absl::StrCat("00000000-0000-0000-0000-00000000000", i));
+    o->set_name(absl::StrCat("Ysbyty Gwynedd ŵ ", i));
+    o->set_sector(pv1::SECTOR_ACUTE_TRUST);
+    o->set_region(pv1::REGION_SOUTH_WEST);
+    o->set_description(std::string(300, 'd'));
+    o->mutable_create_time()->set_seconds(1700000000 + i);
+    o->mutable_create_time()->set_nanos(123);
+  }
+  reply.set_next_page_token("token");
+  server::WireReply wire(reply);
+  pv1::ListOrganisationsResponse out;
+  out.set_next_page_token("something left over");
+  wire.CopyTo(&out);
+  EXPECT_EQ(out.SerializeAsString(), reply.SerializeAsString());
+  pv1::ListOrganisationsResponse back;
+  ASSERT_TRUE(back.ParseFromString(out.SerializeAsString()));
+  EXPECT_EQ(back.organisations(2).name(), "Ysbyty Gwynedd ŵ 2");
+  EXPECT_EQ(back.organisations(1).create_time().seconds(), 1700000001);
+  EXPECT_EQ(back.next_page_token(), "token");
+  // Less than the message it came from: the cache's budget holds more replies.
+  EXPECT_LT(wire.SpaceUsedLong(), reply.SpaceUsedLong());
+  // A copy shares the bytes.
+  server::WireReply copy = wire;
+  EXPECT_EQ(copy.SpaceUsedLong(), wire.SpaceUsedLong());
+  pv1::ListOrganisationsResponse empty_reply;
+  server::WireReply none(empty_reply);
+  none.CopyTo(&out);
+  EXPECT_EQ(out.ByteSizeLong(), 0u);
 }
 
 TEST_F(Database, ReadCacheStaysWithinItsByteBudget) {

@@ -595,6 +595,45 @@ TEST(PartnersCache, ReplicasSeeEachOthersChanges) {
   }
 }
 
+TEST(PartnersCache, CachedRepliesAreByteForByteTheRepliesReadFromTheDatabase) {
+  PartnersFixture fx;
+  auto hits = [&](const char* cache) {
+    return MetricValue(
+               fx.service->metrics_port(),
+               absl::StrCat("connecting_cache_lookups_total{cache=\"", cache, "\",result=\"hit\"}"))
+        .value_or(0);
+  };
+  v1::Organisation org;
+  for (const char* name : {"Wire Trust A", "Wire Trust B", "Wire Trust C"}) {
+    v1::CreateOrganisationRequest create;
+    *create.mutable_organisation() = SampleOrganisation(name);
+    create.mutable_organisation()->set_description("Wards, clinics and a ninety-bed unit");
+    ASSERT_TRUE(fx.stub->CreateOrganisation(Ctx(fx.admin).get(), create, &org).ok());
+  }
+  v1::ListOrganisationsRequest list;
+  list.set_name_prefix("Wire");
+  list.set_page_size(2);
+  v1::GetOrganisationRequest get;
+  get.set_id(org.id());
+  double pages_before = hits("organisation_pages"), orgs_before = hits("organisations");
+  v1::ListOrganisationsResponse read, cached;
+  ASSERT_TRUE(fx.stub->ListOrganisations(Ctx(fx.admin).get(), list, &read).ok());
+  ASSERT_TRUE(fx.stub->ListOrganisations(Ctx(fx.admin).get(), list, &cached).ok());
+  ASSERT_EQ(read.organisations_size(), 2);
+  EXPECT_FALSE(read.next_page_token().empty());
+  EXPECT_EQ(cached.SerializeAsString(), read.SerializeAsString());
+  EXPECT_EQ(cached.organisations(1).description(), "Wards, clinics and a ninety-bed unit");
+  v1::Organisation got, got_cached;
+  ASSERT_TRUE(fx.stub->GetOrganisation(Ctx(fx.admin).get(), get, &got).ok());
+  ASSERT_TRUE(fx.stub->GetOrganisation(Ctx(fx.admin).get(), get, &got_cached).ok());
+  EXPECT_EQ(got_cached.SerializeAsString(), got.SerializeAsString());
+  EXPECT_EQ(got_cached.name(), "Wire Trust C");
+  EXPECT_TRUE(got_cached.has_create_time());
+  // The second of each came from the cache.
+  EXPECT_EQ(hits("organisation_pages"), pages_before + 1);
+  EXPECT_EQ(hits("organisations"), orgs_before + 1);
+}
+
 TEST(PartnersCache, WithoutCachesEveryReadComesFromTheDatabase) {
   // READ_CACHE_MB=0: no caches at all (nor their listening connection), and
   // reads, writes and listings behave the same.

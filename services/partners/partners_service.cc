@@ -152,9 +152,9 @@ absl::Status PartnersLogic::CreateOrganisation(const Call& call,
 std::optional<absl::Status> PartnersLogic::GetOrganisationCached(
     const Call&, const v1::GetOrganisationRequest& req, v1::Organisation* resp) {
   if (cache_ == nullptr) return std::nullopt;
-  std::optional<v1::Organisation> hit = cache_->Get(req.id());
+  std::optional<server::WireReply> hit = cache_->Get(req.id());
   if (!hit) return std::nullopt;
-  *resp = *std::move(hit);
+  hit->CopyTo(resp);
   return absl::OkStatus();
 }
 
@@ -166,7 +166,7 @@ absl::Status PartnersLogic::GetOrganisation(const Call& call, const v1::GetOrgan
     auto org = store::GetOrganisation(c, req.id(), false);
     if (!org.ok()) return org.status();
     *resp = *std::move(org);
-    if (cache_ != nullptr) cache_->Put(resp->id(), *resp, generation);
+    if (cache_ != nullptr) cache_->Put(resp->id(), server::WireReply(*resp), generation);
     return absl::OkStatus();
   });
 }
@@ -176,9 +176,9 @@ std::optional<absl::Status> PartnersLogic::ListOrganisationsCached(
   // Keyed by the request's exact bytes: only a request already answered (and
   // so already validated) can hit. Every role sees the same directory.
   if (pages_ == nullptr) return std::nullopt;
-  std::optional<v1::ListOrganisationsResponse> hit = pages_->Get(req.SerializeAsString());
+  std::optional<server::WireReply> hit = pages_->Get(req.SerializeAsString());
   if (!hit) return std::nullopt;
-  *resp = *std::move(hit);
+  hit->CopyTo(resp);
   return absl::OkStatus();
 }
 
@@ -206,7 +206,9 @@ absl::Status PartnersLogic::ListOrganisations(const Call& call,
     resp->Clear();
     absl::Status s = Page(tokens_, scope, *std::move(rows), limit, resp,
                           resp->mutable_organisations(), &OrgName);
-    if (s.ok() && pages_ != nullptr) pages_->Put(req.SerializeAsString(), *resp, generation);
+    if (s.ok() && pages_ != nullptr) {
+      pages_->Put(req.SerializeAsString(), server::WireReply(*resp), generation);
+    }
     return s;
   });
 }

@@ -10,6 +10,7 @@
 #include "libs/db/notify_cache.h"
 #include "libs/server/page_token.h"
 #include "libs/server/rpc.h"
+#include "libs/server/wire_reply.h"
 
 namespace connecting::partners {
 
@@ -18,9 +19,9 @@ using server::Call;
 
 class PartnersLogic {
  public:
-  using OrganisationCache = db::NotifyCache<v1::Organisation>;
+  using OrganisationCache = db::NotifyCache<server::WireReply>;
   // List pages by the request's bytes; emptied by any organisation change.
-  using PageCache = db::NotifyCache<v1::ListOrganisationsResponse>;
+  using PageCache = db::NotifyCache<server::WireReply>;
   // The caches may be null (no caching).
   PartnersLogic(db::Pool& pool, const bus::Outbox& outbox, const server::PageTokens& tokens,
                 OrganisationCache* cache = nullptr, PageCache* pages = nullptr)

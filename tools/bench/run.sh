@@ -69,11 +69,11 @@ curl -s "http://127.0.0.1:$partners_metrics/metrics" | awk '
           100 * look[c ",hit"] / (look[c ",hit"] + look[c ",miss"] + 1e-9) }' 
 fi
 
-if [ -x "$BUILD_DIR/tools/scheduling_bench" ]; then
+if [ "${BENCH_ONLY:-}" != partners ] && [ -x "$BUILD_DIR/tools/scheduling_bench" ]; then
   . tools/bench/scheduling.sh
 fi
 
-if [ -x "$BUILD_DIR/tools/event_json_bench" ]; then
+if [ "${BENCH_ONLY:-}" != partners ] && [ -x "$BUILD_DIR/tools/event_json_bench" ]; then
   echo
   echo "== event encoding (the BookingChanged of an event session on three sites; CPU per event)"
   "$BUILD_DIR/tools/event_json_bench" --benchmark_min_time=0.3 2>/dev/null | awk '
