@@ -478,6 +478,45 @@ TEST_F(Bus, ConsumerAppliesEachEventOnceAcrossRetriesDuplicatesAndReplicas) {
   relay->Stop(absl::Now());
 }
 
+TEST_F(Bus, AFetchAppliesInOneTransactionAndAFailureHoldsBackNoOther) {
+  // A backlog (a new consumer replaying a stream) applies a fetch of events
+  // per transaction, not one each: one commit's flush for up to 64.
+  ASSERT_TRUE(db::WithConnection(*pool_, absl::InfiniteFuture(), [](db::Conn& c) {
+                return c.ExecScript("CREATE TABLE applied_in (event_id text, txid bigint)");
+              }).ok());
+  auto handler = [](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
+    if (d.payload == "poison") return absl::InvalidArgumentError("cannot parse");
+    return tx.Exec("INSERT INTO applied_in VALUES ($1, txid_current())", {d.id}).status();
+  };
+  Emit(256);
+  auto relay = Relay();
+  ASSERT_EQ(testing::WaitForEvents(nats_url_, stream_, 256).size(), 256u);
+  bus::Consumer c(Opts(), pool_.get(), nats_.get(), handler);
+  c.Start();
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM applied_in", 256));
+  EXPECT_LE(Count("SELECT count(DISTINCT txid) FROM applied_in"), 16)
+      << "one transaction per fetch";
+
+  // One event of a fetch fails: the others apply once each, in spite of it,
+  // and it alone is dead-lettered.
+  c.Stop();
+  PublishRaw("before-1", "before-1", "{}");
+  PublishRaw("poisoned", "poisoned", "poison");
+  PublishRaw("after-1", "after-1", "{}");
+  PublishRaw("after-2", "after-2", "{}");
+  bus::Consumer again(Opts(), pool_.get(), nats_.get(), handler);
+  again.Start();
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM applied_in", 259));
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM dead_letters WHERE event_id = 'poisoned'", 1));
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_EQ(Count("SELECT count(*) FROM applied_in"), 259);
+  EXPECT_EQ(Count("SELECT count(DISTINCT event_id) FROM applied_in"), 259);
+  EXPECT_EQ(Count("SELECT count(*) FROM applied_in WHERE event_id = 'poisoned'"), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM inbox"), 260);
+  again.Stop();
+  relay->Stop(absl::Now());
+}
+
 TEST_F(Bus, UnreadableEventsAreDeadLetteredNotRetriedForever) {
   auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
     if (d.payload == "poison") return absl::InvalidArgumentError("cannot parse");

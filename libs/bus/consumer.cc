@@ -317,8 +317,42 @@ bool Consumer::HoldWhileDatabaseDown(absl::Span<natsMsg* const> in_hand) {
   return false;
 }
 
-void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
-  natsMsg* msg = in_hand.front();
+bool Consumer::ApplyTogether(absl::Span<natsMsg* const> fetched) {
+  if (fetched.size() < 2) return false;
+  std::vector<std::pair<Delivery, db::Param>> events;
+  events.reserve(fetched.size());
+  for (natsMsg* msg : fetched) {
+    db::Param seq = std::nullopt;
+    Delivery d = ReadDelivery(msg, &seq);
+    events.emplace_back(std::move(d), std::move(seq));
+  }
+  const db::Param created = db::Param(stream_created_.load());
+  std::vector<bool> duplicate(events.size());
+  absl::Status s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
+    for (size_t i = 0; i < events.size(); ++i) {
+      const auto& [d, seq] = events[i];
+      auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq, created});
+      if (!ins.ok()) return ins.status();
+      duplicate[i] = ins->affected() == 0;  // handled before, or twice in this fetch
+      absl::Status applied = duplicate[i]
+                                 ? tx.Exec(kInboxCopy, {options_.durable, d.id, seq}).status()
+                                 : handler_(tx, d);
+      if (!applied.ok()) return applied;
+    }
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return false;
+  if (on_commit_) on_commit_();
+  for (size_t i = 0; i < events.size(); ++i) {
+    ProcessedFamily()
+        .Add({{"consumer", options_.durable}, {"result", duplicate[i] ? "duplicate" : "applied"}})
+        .Increment();
+    natsMsg_Ack(fetched[i], nullptr);
+  }
+  return true;
+}
+
+Delivery Consumer::ReadDelivery(natsMsg* msg, db::Param* seq) const {
   Delivery d;
   d.subject = natsMsg_GetSubject(msg);
   d.id = Header(msg, "ce-id");
@@ -326,15 +360,21 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
   d.type = Header(msg, "ce-type");
   d.traceparent = Header(msg, "traceparent");
   d.payload.assign(natsMsg_GetData(msg), static_cast<size_t>(natsMsg_GetDataLength(msg)));
+  *seq = db::Param(std::nullopt);  // NULL in the inbox if unknown
   jsMsgMetaData* raw_meta = nullptr;
-  std::optional<int64_t> stream_seq;  // NULL in the inbox if unknown
   if (natsMsg_GetMetaData(&raw_meta, msg) == NATS_OK) {
     NatsPtr<jsMsgMetaData> meta(raw_meta);
     d.deliveries = meta->NumDelivered;
-    stream_seq = static_cast<int64_t>(meta->Sequence.Stream);
+    *seq = db::Param(static_cast<int64_t>(meta->Sequence.Stream));
     if (d.id.empty()) d.id = absl::StrCat(options_.stream, ":", meta->Sequence.Stream);
   }
-  const db::Param seq = stream_seq ? db::Param(*stream_seq) : db::Param(std::nullopt);
+  return d;
+}
+
+void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
+  natsMsg* msg = in_hand.front();
+  db::Param seq = std::nullopt;
+  const Delivery d = ReadDelivery(msg, &seq);
   const db::Param created = db::Param(stream_created_.load());
   auto count = [&](const char* result) {
     ProcessedFamily().Add({{"consumer", options_.durable}, {"result", result}}).Increment();
@@ -449,8 +489,10 @@ void Consumer::Run() {
                                            absl::ToInt64Milliseconds(options_.fetch_wait), &jerr);
     if (st == NATS_OK) {
       healthy_.store(true);
-      for (int i = 0; i < list.Count; ++i) {  // when stopping, held ones are handed back
-        Process(absl::MakeConstSpan(list.Msgs + i, list.Msgs + list.Count));
+      auto fetched = absl::MakeConstSpan(list.Msgs, list.Msgs + list.Count);
+      size_t from = ApplyTogether(fetched) ? fetched.size() : 0;
+      for (size_t i = from; i < fetched.size(); ++i) {  // when stopping, held ones are handed back
+        Process(fetched.subspan(i));
       }
       natsMsgList_Destroy(&list);
     } else if (st == NATS_TIMEOUT) {

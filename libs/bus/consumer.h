@@ -1,10 +1,12 @@
 // Durable JetStream pull consumers whose handlers take effect exactly once.
 //
-// For each message the consumer opens a transaction, records the event id in
-// the `inbox` table and runs the handler in that same transaction; it acks only
-// after COMMIT. A redelivered event (ack lost, crash before ack, a replica
-// racing) finds its inbox row, changes nothing and is acked. Replicas of a
-// service share one durable consumer, so each message goes to one of them.
+// For each message the consumer records the event id in the `inbox` table and
+// runs the handler in the same transaction; it acks only after COMMIT. The
+// messages of one fetch (up to `batch_size`) share one transaction; if any of
+// them fails, that transaction is rolled back and each is handled in its own,
+// as described below, so a failure never holds back or repeats the others. A redelivered event (ack
+// lost, crash before ack, a replica racing) finds its inbox row, changes nothing and is acked.
+// Replicas of a service share one durable consumer, so each message goes to one of them.
 //
 // Handler results: OK → commit, ack. INVALID_ARGUMENT (the event cannot be
 // understood) → dead-lettered and terminated at once. Any other error → rolled
@@ -109,6 +111,13 @@ class Consumer {
  private:
   void Run();
   absl::Status Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub);
+  // Applies every message of a fetch in one transaction and acks them after
+  // its commit; false, with nothing applied, if any of them failed (each is
+  // then handled on its own by Process).
+  bool ApplyTogether(absl::Span<natsMsg* const> fetched);
+  // A message as the handler sees it, and its stream sequence (`seq`, NULL
+  // if unknown) for the inbox.
+  Delivery ReadDelivery(natsMsg* msg, db::Param* seq) const;
   // Handles in_hand.front(); the rest of its batch waits behind it.
   void Process(absl::Span<natsMsg* const> in_hand);
   // Whether the database lost events the server saw acknowledged: the

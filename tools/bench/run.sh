@@ -67,6 +67,21 @@ curl -s "http://127.0.0.1:$partners_metrics/metrics" | awk '
   END { for (c in names) printf "  cache %s: %d entries, %.1f MiB by its count, %.0f%% of lookups hit\n", c,
           v["connecting_cache_entries," c], v["connecting_cache_bytes," c] / 1048576,
           100 * look[c ",hit"] / (look[c ",hit"] + look[c ",miss"] + 1e-9) }' 
+
+# The 100,000 organisations onto the PARTNERS stream (`partners --republish`,
+# then the serving replica's relay), for scheduling to replay when it starts
+# (tools/bench/scheduling.sh): how fast a new consumer, or one set right after
+# a restore, catches up.
+echo
+echo "== partner events (100,000 organisations republished; replayed by scheduling when it starts)"
+start=$(date +%s.%N)
+DATABASE_URL="postgresql://postgres@127.0.0.1:$pg_port/partners" \
+  "$BUILD_DIR/services/partners/partners" --republish >"$work/republish.log" 2>&1
+until [ "$(psql -d partners -tAc "SELECT count(*) FROM outbox")" = 0 ]; do sleep 0.2; done
+end=$(date +%s.%N)
+replay_orgs=100000
+awk -v s="$start" -v e="$end" 'BEGIN { printf "  republished and published: %.1f s, %.0f events/s\n",
+  e - s, 100000 / (e - s) }'
 fi
 
 if [ "${BENCH_ONLY:-}" != partners ] && [ -x "$BUILD_DIR/tools/scheduling_bench" ]; then
