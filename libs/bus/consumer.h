@@ -105,7 +105,7 @@ class Consumer {
   // running consumers and other replays (rows are taken FOR UPDATE SKIP
   // LOCKED). An error only if the database fails.
   absl::StatusOr<ReplayReport> ReplayDeadLetters();
-  // Called after each committed event (handlers may have emitted events).
+  // Called after each commit of events (handlers may have emitted events).
   void SetOnCommit(std::function<void()> f) { on_commit_ = std::move(f); }
 
  private:
