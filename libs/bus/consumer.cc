@@ -329,11 +329,19 @@ bool Consumer::ApplyTogether(absl::Span<natsMsg* const> fetched) {
   const db::Param created = db::Param(stream_created_.load());
   std::vector<bool> duplicate(events.size());
   absl::Status s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
+    // Every inbox row in one round trip, then the handlers of the new ones.
+    std::vector<db::Statement> inserts;
+    inserts.reserve(events.size());
+    for (const auto& [d, seq] : events) {
+      inserts.push_back({kInboxInsert, {options_.durable, d.id, d.subject, seq, created}});
+    }
+    std::vector<absl::StatusOr<db::Result>> inserted = tx.Pipeline(inserts);
+    for (size_t i = 0; i < events.size(); ++i) {
+      if (!inserted[i].ok()) return inserted[i].status();
+      duplicate[i] = inserted[i]->affected() == 0;  // handled before, or twice in this fetch
+    }
     for (size_t i = 0; i < events.size(); ++i) {
       const auto& [d, seq] = events[i];
-      auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq, created});
-      if (!ins.ok()) return ins.status();
-      duplicate[i] = ins->affected() == 0;  // handled before, or twice in this fetch
       absl::Status applied = duplicate[i]
                                  ? tx.Exec(kInboxCopy, {options_.durable, d.id, seq}).status()
                                  : handler_(tx, d);
