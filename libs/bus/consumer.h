@@ -2,9 +2,10 @@
 //
 // For each message the consumer records the event id in the `inbox` table and
 // runs the handler in the same transaction; it acks only after COMMIT. The
-// messages of one fetch (up to `batch_size`) share one transaction; if any of
-// them fails, that transaction is rolled back and each is handled in its own,
-// as described below, so a failure never holds back or repeats the others. A redelivered event (ack
+// messages of one fetch (up to `batch_size`) share one transaction, their
+// inbox rows written in one round trip; if any of them fails, that
+// transaction is rolled back and each is handled in its own, as described
+// below, so a failure never holds back or repeats the others. A redelivered event (ack
 // lost, crash before ack, a replica racing) finds its inbox row, changes nothing and is acked.
 // Replicas of a service share one durable consumer, so each message goes to one of them.
 //
