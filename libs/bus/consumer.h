@@ -5,9 +5,10 @@
 // messages of one fetch (up to `batch_size`) share one transaction, their
 // inbox rows written in one round trip; if any of them fails, that
 // transaction is rolled back and each is handled in its own, as described
-// below, so a failure never holds back or repeats the others. A redelivered event (ack
-// lost, crash before ack, a replica racing) finds its inbox row, changes nothing and is acked.
-// Replicas of a service share one durable consumer, so each message goes to one of them.
+// below, so a failure never holds back or repeats the others. A redelivered
+// event (ack lost, crash before ack, a replica racing) finds its inbox row,
+// changes nothing and is acked. Replicas of a service share one durable
+// consumer, so each message goes to one of them.
 //
 // Handler results: OK → commit, ack. INVALID_ARGUMENT (the event cannot be
 // understood) → dead-lettered and terminated at once. Any other error → rolled
