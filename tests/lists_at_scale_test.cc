@@ -131,7 +131,8 @@ TEST(ListsAtScale, OrganisationsAndOffersReadInProportionToThePage) {
 // to the department), each with its site.
 constexpr char kSchedulingFill[] = R"sql(
 INSERT INTO participants (staff_number, display_name, email, grade, directorate, status)
-SELECT 'S' || i, 'Person ' || lpad(i::text, 6, '0'), 'p' || i || '@example.gov.uk',
+SELECT 'S' || i, CASE WHEN i % 10 = 0 THEN 'person ' ELSE 'Person ' END || lpad(i::text, 6, '0'),
+       'p' || i || '@example.gov.uk',
        CASE WHEN i % 100 = 0 THEN 1 ELSE 2 + i % 3 END, 'Directorate ' || (i % 200),
        CASE WHEN i % 100 = 1 THEN 2 ELSE 1 END
 FROM generate_series(1, 30000) i;
@@ -150,18 +151,28 @@ TEST(ListsAtScale, ParticipantsAndSessionsReadInProportionToThePage) {
   auto people = [](ss::ParticipantFilter f, std::vector<std::string> after = {}) {
     return [f, after](db::Conn& c) { return Count(ss::ListParticipants(c, f, after, kPage)); };
   };
+  auto who = [](int grade, int status, std::string directorate, std::string staff_number = "",
+                std::string name_prefix = "") {
+    return ss::ParticipantFilter{grade, status, std::move(directorate), std::move(staff_number),
+                                 std::move(name_prefix)};
+  };
   ExpectReadInProportion(*c, "all", kPage, people({}));
-  ExpectReadInProportion(*c, "a directorate", kPage, people({0, 0, "Directorate 7", ""}));
-  ExpectReadInProportion(*c, "a directorate with nobody", 0, people({0, 0, "Directorate 900", ""}));
-  ExpectReadInProportion(*c, "senior civil servants", kPage, people({1, 0, "", ""}));
-  ExpectReadInProportion(*c, "inactive", kPage, people({0, 2, "", ""}));
-  ExpectReadInProportion(*c, "a staff number", 1, people({0, 0, "", "S12345"}));
+  ExpectReadInProportion(*c, "a directorate", kPage, people(who(0, 0, "Directorate 7")));
+  ExpectReadInProportion(*c, "a directorate with nobody", 0, people(who(0, 0, "Directorate 900")));
+  ExpectReadInProportion(*c, "senior civil servants", kPage, people(who(1, 0, "")));
+  ExpectReadInProportion(*c, "inactive", kPage, people(who(0, 2, "")));
+  ExpectReadInProportion(*c, "a staff number", 1, people(who(0, 0, "", "S12345")));
+  // A name prefix, matched ignoring case, late in the order.
+  ExpectReadInProportion(*c, "a name prefix", kPage, people(who(0, 0, "", "", "PERSON 029")));
+  ExpectReadInProportion(*c, "a name prefix of ten", 10, people(who(0, 0, "", "", "person 02999")));
+  ExpectReadInProportion(*c, "a name prefix matching nobody", 0,
+                         people(who(0, 0, "", "", "Persona")));
   auto mid = c->Exec(
       "SELECT display_name, id::text FROM participants WHERE grade = 1 "
-      "ORDER BY display_name, id OFFSET 249 LIMIT 1");
+      "ORDER BY lower(display_name), display_name, id OFFSET 249 LIMIT 1");
   ASSERT_TRUE(mid.ok() && mid->rows() == 1);
   ExpectReadInProportion(*c, "senior civil servants, from the 250th", 50,
-                         people({1, 0, "", ""}, {mid->String(0, 0), mid->String(0, 1)}));
+                         people(who(1, 0, ""), {mid->String(0, 0), mid->String(0, 1)}));
 
   auto sessions = [](ss::SessionFilter f, std::vector<std::string> after = {}) {
     return [f, after](db::Conn& c) { return Count(ss::ListSessions(c, f, after, kPage)); };

@@ -1181,6 +1181,47 @@ TEST_F(Scheduling, AParticipantIsFoundByStaffNumber) {
       << st.error_message();
 }
 
+TEST_F(Scheduling, AParticipantIsFoundByNameIgnoringCaseInNameOrder) {
+  // The programme team looks a connector up by the start of their name; the
+  // list reads as the alphabet does, whatever the capitals.
+  const std::vector<std::pair<std::string, std::string>> people = {
+      {"NM0005", "zqx dogwood"}, {"NM0003", "Zqx Cedar"}, {"NM0002", "ZQX Birch"},
+      {"NM0004", "zqx cedar"},   {"NM0001", "Zqx alder"}, {"NM0006", "Zqy after"}};
+  for (const auto& [number, name] : people) {
+    sv1::RegisterParticipantRequest req;
+    sv1::Participant* p = req.mutable_participant();
+    p->set_staff_number(number);
+    p->set_display_name(name);
+    p->set_email(number + "@dept.example.gov.uk");
+    p->set_grade(sv1::GRADE_ANALYST);
+    p->set_directorate("Names");
+    sv1::Participant out;
+    grpc::Status s = fx_->stub->RegisterParticipant(Ctx(fx_->admin).get(), req, &out);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  sv1::ListParticipantsRequest list;
+  list.set_name_prefix("zQX ");
+  list.set_page_size(2);
+  std::vector<std::string> names;
+  int pages = 0;
+  do {
+    sv1::ListParticipantsResponse page;
+    grpc::Status s = fx_->stub->ListParticipants(Ctx(fx_->admin).get(), list, &page);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    for (const auto& p : page.participants()) names.push_back(p.display_name());
+    list.set_page_token(page.next_page_token());
+  } while (!list.page_token().empty() && ++pages < 10);
+  EXPECT_EQ(names, (std::vector<std::string>{"Zqx alder", "ZQX Birch", "Zqx Cedar", "zqx cedar",
+                                             "zqx dogwood"}));
+  // The token belongs to its filters; a prefix too long is named.
+  list.set_name_prefix(std::string(201, 'z'));
+  list.clear_page_token();
+  sv1::ListParticipantsResponse page;
+  grpc::Status st = fx_->stub->ListParticipants(Ctx(fx_->admin).get(), list, &page);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("name_prefix"), std::string::npos) << st.error_message();
+}
+
 TEST_F(Scheduling, AConnectorUpdatesTheirDetailsByMaskAndEtag) {
   // A connector moves directorate: they change it themselves, with the etag of
   // their last read; a stale etag, a repeat or someone else changes nothing.

@@ -364,14 +364,15 @@ absl::Status SchedulingLogic::ListParticipants(const Call& call,
   if (!v1::ParticipantStatus_IsValid(req.status())) e.Add("status", "unknown value");
   std::string dir = server::CheckText(e, "directorate", req.directorate(), {0, 100});
   std::string staff_number = CheckStaffNumber(e, "staff_number", req.staff_number(), false);
+  std::string prefix = server::CheckText(e, "name_prefix", req.name_prefix(), {0, 200});
   if (!e.empty()) return e.ToStatus();
   std::string scope = absl::StrCat("ListParticipants|", req.grade(), "|", req.status(), "|", dir,
-                                   "|", staff_number);
+                                   "|", staff_number, "|", prefix);
   auto after = Token(tokens_, scope, req.page_token(), 2);
   if (!after.ok()) return after.status();
   return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
-    auto rows = store::ListParticipants(c, {req.grade(), req.status(), dir, staff_number}, *after,
-                                        limit + 1);
+    auto rows = store::ListParticipants(c, {req.grade(), req.status(), dir, staff_number, prefix},
+                                        *after, limit + 1);
     if (!rows.ok()) return rows.status();
     resp->Clear();
     for (int i = 0; i < static_cast<int>(rows->size()) && i < limit; ++i) {

@@ -4,6 +4,7 @@
 
 #include <limits>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -294,16 +295,32 @@ absl::StatusOr<std::vector<v1::Participant>> ListParticipants(db::Conn& c,
     params.push_back(f.staff_number);
     where.push_back(absl::StrCat("staff_number = $", params.size()));
   }
+  if (!f.name_prefix.empty()) {
+    // A range of the index the list is read in (scheduling migration 0013):
+    // lower() in the name's "C" collation lowers ASCII letters only.
+    db::TextRange range = db::PrefixRange(absl::AsciiStrToLower(f.name_prefix));
+    params.push_back(range.lo);
+    where.push_back(absl::StrCat("lower(display_name) >= $", params.size()));
+    if (range.hi) {
+      params.push_back(*range.hi);
+      where.push_back(absl::StrCat("lower(display_name) < $", params.size()));
+    } else {  // only U+10FFFF characters: no upper bound to walk to
+      where.push_back(absl::StrCat("starts_with(lower(display_name), $", params.size(), ")"));
+    }
+  }
   if (after.size() == 2) {
+    // The token holds the last name and id; the lowered name follows from it.
     params.push_back(after[0]);
     params.push_back(after[1]);
-    where.push_back(absl::StrCat("(display_name, id) > ($", params.size() - 1, ", $", params.size(),
-                                 "::uuid)"));
+    where.push_back(absl::StrCat("(lower(display_name), display_name, id) > (lower($",
+                                 params.size() - 1, "::text COLLATE \"C\"), $", params.size() - 1,
+                                 ", $", params.size(), "::uuid)"));
   }
   return All<v1::Participant>(
       c.Exec(absl::StrCat("SELECT ", kParticipantCols, " FROM participants",
                           where.empty() ? "" : " WHERE ", absl::StrJoin(where, " AND "),
-                          " ORDER BY participants.display_name, participants.id",
+                          " ORDER BY lower(participants.display_name), participants.display_name, "
+                          "participants.id",
                           db::LimitClause(limit)),
              params),
       ParticipantRow);

@@ -65,6 +65,7 @@ struct ParticipantFilter {
   int grade = 0, status = 0;
   std::string directorate;
   std::string staff_number;
+  std::string name_prefix;  // matched ignoring the case of ASCII letters
 };
 absl::StatusOr<std::vector<v1::Participant>> ListParticipants(db::Conn& c,
                                                               const ParticipantFilter& f,
