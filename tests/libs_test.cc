@@ -626,6 +626,21 @@ TEST_F(Database, PrefixRangeHoldsExactlyTheTextsWithThePrefix) {
       EXPECT_EQ(judged->Bool(0, 0), judged->Bool(0, 1)) << "prefix " << prefix << " value " << v;
     }
   }
+  // CaselessPrefix's condition, on a lowered value, ignores ASCII case, and
+  // holds without an upper bound too (a prefix of U+10FFFF alone).
+  for (const std::string& prefix : {std::string("AB"), std::string("z"), top}) {
+    for (const std::string& v : values) {
+      std::vector<db::Param> params = {v};
+      std::string cond = db::CaselessPrefix("lower($1::text COLLATE \"C\")", prefix, &params);
+      params.push_back(prefix);
+      auto judged =
+          (*conn)->Exec(absl::StrCat("SELECT starts_with(lower($1::text COLLATE \"C\"), lower($",
+                                     params.size(), "::text COLLATE \"C\")), ", cond),
+                        params);
+      ASSERT_TRUE(judged.ok()) << judged.status() << " prefix " << prefix << " value " << v;
+      EXPECT_EQ(judged->Bool(0, 0), judged->Bool(0, 1)) << "prefix " << prefix << " value " << v;
+    }
+  }
   EXPECT_EQ(db::PrefixRange("ab").hi, "ac");
   EXPECT_EQ(db::PrefixRange("a" + top).hi, "b");
   EXPECT_EQ(db::PrefixRange("\xed\x9f\xbf").hi, "\xee\x80\x80");  // U+D7FF → U+E000

@@ -4,6 +4,7 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -158,6 +159,20 @@ TextRange PrefixRange(absl::string_view prefix) {
     break;
   }
   return r;
+}
+
+std::string CaselessPrefix(absl::string_view lowered, absl::string_view prefix,
+                           std::vector<Param>* params) {
+  TextRange range = PrefixRange(absl::AsciiStrToLower(prefix));
+  params->push_back(range.lo);
+  std::string cond = absl::StrCat(lowered, " >= $", params->size());
+  if (range.hi) {
+    params->push_back(*range.hi);
+    absl::StrAppend(&cond, " AND ", lowered, " < $", params->size());
+  } else {  // only U+10FFFF characters: no upper bound to walk to
+    absl::StrAppend(&cond, " AND starts_with(", lowered, ", $", params->size(), ")");
+  }
+  return cond;
 }
 
 const std::string* Conn::FindPrepared(const std::string& sql) {

@@ -97,6 +97,13 @@ struct TextRange {
 };
 TextRange PrefixRange(absl::string_view prefix);
 
+// The condition that `lowered` (lower() of a "C"-collated column, or a
+// column holding it) starts with `prefix` ignoring the case of ASCII letters
+// (as lower() in "C" lowers them), written as a PrefixRange of an index on
+// it; its parameters are appended to `params`.
+std::string CaselessPrefix(absl::string_view lowered, absl::string_view prefix,
+                           std::vector<Param>* params);
+
 // A statement with its parameters, to run later (see Conn::Pipeline).
 struct Statement {
   std::string sql;

@@ -2,7 +2,6 @@
 
 #include <google/protobuf/util/time_util.h>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -93,15 +92,6 @@ std::string Weekdays(const v1::Offer& o) {
 
 std::string Requirements(const v1::Offer& o) { return absl::StrJoin(o.requirements(), kUnitSep); }
 
-std::string EscapeLike(absl::string_view s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '\\' || c == '%' || c == '_') out.push_back('\\');
-    out.push_back(c);
-  }
-  return out;
-}
-
 }  // namespace
 
 using db::All;
@@ -185,15 +175,9 @@ absl::StatusOr<std::vector<v1::Organisation>> ListOrganisations(db::Conn& c,
   if (f.status != 0) where.push_back(absl::StrCat("status = ", f.status));
   if (!f.ods_code.empty()) add("ods_code = ", f.ods_code);
   if (!f.name_prefix.empty()) {
-    // Ignoring the case of ASCII letters, as name_lower holds names (lower()
-    // in the "C" collation), and as a range of the index the list is read in.
-    db::TextRange range = db::PrefixRange(absl::AsciiStrToLower(f.name_prefix));
-    add("name_lower >= ", range.lo);
-    if (range.hi) {
-      add("name_lower < ", *range.hi);
-    } else {
-      add("name_lower LIKE ", absl::StrCat(EscapeLike(range.lo), "%"));
-    }
+    // name_lower holds lower(name) in the "C" collation: a range of the
+    // index the list is read in.
+    where.push_back(db::CaselessPrefix("name_lower", f.name_prefix, &params));
   }
   if (after) {
     // The token holds the last name and id; its name_lower follows from the name.

@@ -4,7 +4,6 @@
 
 #include <limits>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -296,17 +295,8 @@ absl::StatusOr<std::vector<v1::Participant>> ListParticipants(db::Conn& c,
     where.push_back(absl::StrCat("staff_number = $", params.size()));
   }
   if (!f.name_prefix.empty()) {
-    // A range of the index the list is read in (scheduling migration 0013):
-    // lower() in the name's "C" collation lowers ASCII letters only.
-    db::TextRange range = db::PrefixRange(absl::AsciiStrToLower(f.name_prefix));
-    params.push_back(range.lo);
-    where.push_back(absl::StrCat("lower(display_name) >= $", params.size()));
-    if (range.hi) {
-      params.push_back(*range.hi);
-      where.push_back(absl::StrCat("lower(display_name) < $", params.size()));
-    } else {  // only U+10FFFF characters: no upper bound to walk to
-      where.push_back(absl::StrCat("starts_with(lower(display_name), $", params.size(), ")"));
-    }
+    // A range of the index the list is read in (scheduling migration 0013).
+    where.push_back(db::CaselessPrefix("lower(display_name)", f.name_prefix, &params));
   }
   if (after.size() == 2) {
     // The token holds the last name and id; the lowered name follows from it.
