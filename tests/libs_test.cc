@@ -9,7 +9,9 @@
 #include <atomic>
 #include <functional>
 #include <future>
+#include <optional>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "libs/common/metrics.h"
@@ -502,6 +504,159 @@ TEST_F(Database, RepeatableMigrationsFollowTheirFileAfterTheVersionedOnes) {
   applied = db::Migrate(**conn, newer, &ahead);
   ASSERT_TRUE(applied.ok());
   EXPECT_TRUE(applied->empty() && ahead.empty()) << "the newer release finds it current";
+}
+
+// Whether `index` exists and is valid (usable by reads); nullopt: absent.
+std::optional<bool> IndexValid(db::Conn& c, const std::string& index) {
+  auto r = c.Exec("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", {index});
+  if (!r.ok() || r->rows() == 0) return std::nullopt;
+  return r->Bool(0, 0);
+}
+
+TEST_F(Database, AnIndexBuiltOutsideATransactionLetsWritesThroughAndAnotherReplicaWaits) {
+  auto conn = db::Conn::Open(url_, "t");
+  ASSERT_TRUE(conn.ok());
+  std::vector<db::MigrationSet> v1 = {
+      {"live",
+       {{"0001_t", "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000)"}}}};
+  ASSERT_TRUE(db::Migrate(**conn, v1).ok());
+  std::vector<db::MigrationSet> v2 = v1;
+  v2[0].migrations.push_back(
+      {"0002_t_by_x", absl::StrCat(db::kNoTransaction, "\n",
+                                   "CREATE INDEX CONCURRENTLY IF NOT EXISTS t_by_x ON t (x);\n")});
+
+  // A writer's transaction is open when the build starts: the build waits
+  // for it, as any index build must.
+  auto open = db::Conn::Open(url_, "open");
+  ASSERT_TRUE(open.ok());
+  ASSERT_TRUE((*open)->ExecScript("BEGIN; INSERT INTO t VALUES (0)").ok());
+  auto first = std::async(std::launch::async, [&] {
+    auto c = db::Conn::Open(url_, "first");
+    return c.ok() ? db::Migrate(**c, v2) : c.status();
+  });
+  // Whatever fails below, the build is let finish (the future waits for it).
+  absl::Cleanup end_open = [&] { (void)(*open)->ExecScript("COMMIT"); };
+  // Until the build waits for that transaction (bounded: 20 s).
+  bool waiting = false;
+  for (int i = 0; i < 400 && !waiting; ++i) {
+    auto r = (*conn)->Exec(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'first' "
+        "AND wait_event_type = 'Lock' AND query LIKE '%CREATE INDEX CONCURRENTLY%'");
+    ASSERT_TRUE(r.ok()) << r.status();
+    waiting = r->Int(0, 0) == 1;
+    if (!waiting) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(waiting) << "the build never started waiting";
+  // Another replica migrating meanwhile waits for the first without holding
+  // a snapshot, which the build would otherwise wait for in turn.
+  auto second = std::async(std::launch::async, [&] {
+    auto c = db::Conn::Open(url_, "second");
+    return c.ok() ? db::Migrate(**c, v2) : c.status();
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  // Other writers go on while the index builds (a CREATE INDEX in a
+  // transaction would hold them: this insert would wait behind it).
+  auto writer = db::Conn::Open(url_, "writer");
+  ASSERT_TRUE(writer.ok());
+  EXPECT_TRUE(
+      (*writer)->ExecScript("SET statement_timeout = '3s'; INSERT INTO t VALUES (1001)").ok())
+      << "a write waited for the index build";
+  EXPECT_FALSE(IndexValid(**conn, "t_by_x").value_or(false)) << "built before the open write ended";
+
+  std::move(end_open).Invoke();
+  // Bounded: were the second replica to hold a snapshot while it waits, the
+  // two would wait for each other for good (PostgreSQL does not see it).
+  for (auto* f : {&first, &second}) {
+    if (f->wait_for(std::chrono::seconds(60)) == std::future_status::ready) continue;
+    ADD_FAILURE() << "the migrations waited for each other";
+    (void)(*conn)->Exec(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name IN ('first', 'second')");
+  }
+  auto applied = first.get();
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, std::vector<std::string>{"live/0002_t_by_x"});
+  auto again = second.get();
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->empty()) << "applied twice";
+  EXPECT_EQ(IndexValid(**conn, "t_by_x"), std::optional<bool>(true));
+  auto rows = (*conn)->Exec("SELECT count(*) FROM t WHERE x IN (0, 1001)");
+  ASSERT_TRUE(rows.ok());
+  EXPECT_EQ(rows->Int(0, 0), 2);
+}
+
+TEST_F(Database, AMigrationOutsideATransactionResumesAfterAFailedIndexBuild) {
+  auto conn = db::Conn::Open(url_, "t");
+  ASSERT_TRUE(conn.ok());
+  // Statements are split at semicolons outside comments and quoted text;
+  // each can run again (the last runs once: after it, the migration is
+  // recorded).
+  std::vector<db::MigrationSet> sets = {
+      {"resume",
+       {{"0001_t", "CREATE TABLE t (x int, note text)"},
+        {"0002_unique",
+         absl::StrCat(db::kNoTransaction,
+                      "\n-- notes; with semicolons in them\n"
+                      "CREATE TABLE IF NOT EXISTS notes AS SELECT * FROM (VALUES (1, 'a;b'), "
+                      "(2, $$c;d$$), (3, E'e\\';f'), (4, $q$g;$$h$q$) /* ; */) v(x, note);\n"
+                      "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS t_x ON t (x);\n"
+                      "/* nested /* ; */ ; */ UPDATE notes SET note = note || '.' WHERE x = 1;\n"
+                      "-- the end;\n")}}}};
+  auto notes = [&] {
+    auto r = (*conn)->Exec("SELECT string_agg(note, '|' ORDER BY x) FROM notes");
+    return r.ok() ? r->String(0, 0) : r.status().ToString();
+  };
+  ASSERT_TRUE(db::Migrate(**conn, {{"resume", {sets[0].migrations[0]}}}).ok());
+  // A duplicate, which the unique index refuses.
+  ASSERT_TRUE((*conn)->ExecScript("INSERT INTO t VALUES (1, 'one'), (1, 'duplicate')").ok());
+  auto failed = db::Migrate(**conn, sets);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.status().message().find("resume/0002_unique failed: at statement 2 of 3"),
+            absl::string_view::npos)
+      << failed.status();
+  EXPECT_EQ(IndexValid(**conn, "t_x"), std::nullopt) << "the failed build's index was left";
+  EXPECT_EQ(notes(), "a;b|c;d|e';f|g;$$h") << "split wrongly";
+
+  // A build killed part-way (with no chance to drop it) leaves an invalid
+  // index of the migration's name: the next run builds it again.
+  EXPECT_FALSE((*conn)->ExecScript("CREATE UNIQUE INDEX CONCURRENTLY t_x ON t (x)").ok());
+  ASSERT_EQ(IndexValid(**conn, "t_x"), std::optional<bool>(false));
+  ASSERT_TRUE((*conn)->ExecScript("DELETE FROM t WHERE note = 'duplicate'").ok());
+  auto applied = db::Migrate(**conn, sets);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, std::vector<std::string>{"resume/0002_unique"});
+  EXPECT_EQ(IndexValid(**conn, "t_x"), std::optional<bool>(true)) << "left invalid";
+  EXPECT_FALSE((*conn)->ExecScript("INSERT INTO t VALUES (1, 'twice')").ok()) << "not unique";
+  EXPECT_EQ(notes(), "a;b.|c;d|e';f|g;$$h");
+  applied = db::Migrate(**conn, sets);
+  ASSERT_TRUE(applied.ok());
+  EXPECT_TRUE(applied->empty());
+}
+
+TEST_F(Database, AMigrationOutsideATransactionMustBuildIndexesSoThatItCanRunAgain) {
+  auto conn = db::Conn::Open(url_, "t");
+  ASSERT_TRUE(conn.ok());
+  for (const char* build : {"CREATE INDEX t_x ON t (x)", "CREATE INDEX CONCURRENTLY t_x ON t (x)",
+                            "create unique index concurrently on t (x)"}) {
+    std::vector<db::MigrationSet> sets = {
+        {"rule",
+         {{"0001_t", "CREATE TABLE t (x int)"},
+          {"0002_x", absl::StrCat(db::kNoTransaction, "\nCREATE TABLE u (y int);\n", build)}}}};
+    auto applied = db::Migrate(**conn, sets);
+    EXPECT_TRUE(absl::IsFailedPrecondition(applied.status())) << build << ": " << applied.status();
+    EXPECT_NE(applied.status().message().find("CONCURRENTLY IF NOT EXISTS"),
+              absl::string_view::npos)
+        << applied.status();
+    auto u = (*conn)->Exec("SELECT to_regclass('u') IS NULL");
+    ASSERT_TRUE(u.ok());
+    EXPECT_TRUE(u->Bool(0, 0)) << build << ": ran a statement before refusing";
+  }
+  std::vector<db::MigrationSet> repeatable = {
+      {"rule2",
+       {{"R__f", absl::StrCat(db::kNoTransaction,
+                              "\nCREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql "
+                              "AS 'SELECT 1'")}}}};
+  EXPECT_TRUE(absl::IsFailedPrecondition(db::Migrate(**conn, repeatable).status()));
 }
 
 TEST_F(Database, PendingListsWhatMigrateWouldApplyAndAppliesNothing) {

@@ -2,8 +2,10 @@
 
 #include <set>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace connecting::db {
 namespace {
@@ -12,6 +14,140 @@ namespace {
 constexpr char kLockKey[] = "7355608120260101";
 
 bool Repeatable(const Migration& m) { return absl::StartsWith(m.name, "R__"); }
+
+bool NoTransaction(const Migration& m) {
+  absl::string_view sql = m.sql;
+  return absl::StripTrailingAsciiWhitespace(sql.substr(0, sql.find('\n'))) == kNoTransaction;
+}
+
+bool IdentStart(char c) { return absl::ascii_isalpha(c) || c == '_'; }
+bool IdentChar(char c) { return absl::ascii_isalnum(c) || c == '_' || c == '$'; }
+
+// Where the comment, quoted text or dollar-quoted text starting at `i` ends
+// (the index just past it), or `i` when none starts there.
+size_t SkipQuoted(absl::string_view sql, size_t i) {
+  const size_t n = sql.size();
+  if (sql.substr(i, 2) == "--") {
+    size_t e = sql.find('\n', i);
+    return e == absl::string_view::npos ? n : e + 1;
+  }
+  if (sql.substr(i, 2) == "/*") {  // nested, as PostgreSQL has them
+    int depth = 0;
+    for (size_t j = i; j < n; ++j) {
+      if (sql.substr(j, 2) == "/*") {
+        ++depth;
+        ++j;
+      } else if (sql.substr(j, 2) == "*/") {
+        ++j;
+        if (--depth == 0) return j + 1;
+      }
+    }
+    return n;
+  }
+  if (sql[i] == '\'' || sql[i] == '"') {
+    // An E'' string takes backslash escapes; '' and "" inside are two
+    // quoted runs side by side, which is the same for finding the end.
+    const bool escapes = sql[i] == '\'' && i > 0 && (sql[i - 1] == 'E' || sql[i - 1] == 'e') &&
+                         (i < 2 || !IdentChar(sql[i - 2]));
+    for (size_t j = i + 1; j < n; ++j) {
+      if (escapes && sql[j] == '\\') {
+        ++j;
+      } else if (sql[j] == sql[i]) {
+        return j + 1;
+      }
+    }
+    return n;
+  }
+  if (sql[i] == '$' && (i == 0 || !IdentChar(sql[i - 1]))) {  // $tag$ … $tag$
+    size_t j = i + 1;
+    if (j < n && absl::ascii_isdigit(sql[j])) return i;  // a parameter, $1
+    while (j < n && IdentChar(sql[j]) && sql[j] != '$') ++j;
+    if (j >= n || sql[j] != '$') return i;
+    absl::string_view tag = sql.substr(i, j + 1 - i);
+    size_t e = sql.find(tag, j + 1);
+    return e == absl::string_view::npos ? n : e + tag.size();
+  }
+  return i;
+}
+
+// The statements of `sql`, split at the semicolons outside comments and
+// quoted text, each without its semicolon; those holding only comments and
+// white space are left out.
+std::vector<std::string> Statements(absl::string_view sql) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  bool content = false;
+  for (size_t i = 0; i <= sql.size();) {
+    if (i == sql.size() || sql[i] == ';') {
+      if (content) out.emplace_back(absl::StripAsciiWhitespace(sql.substr(start, i - start)));
+      start = ++i;
+      content = false;
+      continue;
+    }
+    size_t end = SkipQuoted(sql, i);
+    const bool comment = sql.substr(i, 2) == "--" || sql.substr(i, 2) == "/*";
+    if (end == i) end = i + 1;
+    if (!comment && !absl::ascii_isspace(sql[i])) content = true;
+    i = end;
+  }
+  return out;
+}
+
+// The words a statement starts with, comments skipped: keywords upper-cased,
+// names as written (a quoted name with its quotes, a qualified one whole).
+std::vector<std::string> LeadingWords(absl::string_view sql, size_t count) {
+  std::vector<std::string> words;
+  size_t i = 0;
+  while (i < sql.size() && words.size() < count) {
+    if (absl::ascii_isspace(sql[i])) {
+      ++i;
+      continue;
+    }
+    const bool comment = sql.substr(i, 2) == "--" || sql.substr(i, 2) == "/*";
+    if (comment) {
+      i = SkipQuoted(sql, i);
+      continue;
+    }
+    size_t j = i;
+    while (j < sql.size()) {  // a name, possibly qualified: a.b, "A".b
+      if (sql[j] == '"') {
+        j = SkipQuoted(sql, j);
+      } else if (IdentStart(sql[j])) {
+        while (j < sql.size() && IdentChar(sql[j])) ++j;
+      } else {
+        break;
+      }
+      if (j >= sql.size() || sql[j] != '.') break;
+      ++j;
+    }
+    if (j == i) break;  // punctuation: no more words
+    std::string word(sql.substr(i, j - i));
+    if (word[0] != '"' && word.find('.') == std::string::npos) absl::AsciiStrToUpper(&word);
+    words.push_back(std::move(word));
+    i = j;
+  }
+  return words;
+}
+
+// The index a CREATE INDEX statement builds; "" for any other statement.
+// A CREATE INDEX in a migration run outside a transaction must read
+// CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS name (else an error):
+// only that can run again after a failure part-way.
+absl::StatusOr<std::string> IndexBuilt(absl::string_view statement) {
+  std::vector<std::string> w = LeadingWords(statement, 8);
+  if (w.empty() || w[0] != "CREATE") return std::string();
+  size_t k = w.size() > 1 && w[1] == "UNIQUE" ? 2 : 1;
+  if (w.size() <= k || w[k] != "INDEX") return std::string();
+  ++k;
+  if (w.size() < k + 5 || w[k] != "CONCURRENTLY" || w[k + 1] != "IF" || w[k + 2] != "NOT" ||
+      w[k + 3] != "EXISTS" || w[k + 4] == "ON") {
+    return absl::FailedPreconditionError(
+        "a migration run outside a transaction builds an index with "
+        "CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS <name> (so that running it again "
+        "after a failure part-way resumes it)");
+  }
+  return w[k + 4];
+}
 
 // `set`'s migrations in the order they apply: the versioned ones, then (with
 // `repeatables`) the repeatable ones, each in the order given.
@@ -69,6 +205,43 @@ absl::StatusOr<std::vector<const Migration*>> ToApply(Conn& conn, const Migratio
   return out;
 }
 
+// Drops `index` if a build of it failed part-way (it is left INVALID:
+// never read, yet kept up to date by every write).
+absl::Status DropIfInvalid(Conn& conn, const std::string& index) {
+  absl::StatusOr<Result> invalid =
+      conn.Exec("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", {index});
+  if (!invalid.ok()) return invalid.status();
+  if (invalid->rows() == 0 || !invalid->Bool(0, 0)) return absl::OkStatus();
+  return conn.ExecScript(absl::StrCat("DROP INDEX CONCURRENTLY IF EXISTS ", index));
+}
+
+// Runs a migration marked kNoTransaction: statement by statement, each in
+// its own transaction, so CREATE INDEX CONCURRENTLY lets writes through
+// while it builds; recorded once all have run. Nothing runs unless every
+// index build is written to be run again.
+absl::Status ApplyWithoutTransaction(Conn& conn, const MigrationSet& set, const Migration& m) {
+  std::vector<std::string> statements = Statements(m.sql);
+  std::vector<std::string> indexes;
+  for (const std::string& st : statements) {
+    absl::StatusOr<std::string> index = IndexBuilt(st);
+    if (!index.ok()) return index.status();
+    indexes.push_back(*index);
+  }
+  for (size_t i = 0; i < statements.size(); ++i) {
+    absl::Status s = indexes[i].empty() ? absl::OkStatus() : DropIfInvalid(conn, indexes[i]);
+    if (s.ok()) s = conn.ExecScript(statements[i]);
+    if (!s.ok()) {
+      if (!indexes[i].empty()) (void)DropIfInvalid(conn, indexes[i]);
+      return absl::Status(s.code(), absl::StrCat("at statement ", i + 1, " of ", statements.size(),
+                                                 " (running it again resumes): ", s.message()));
+    }
+  }
+  return conn
+      .Exec("INSERT INTO schema_migrations (component, name, checksum) VALUES ($1, $2, md5($3))",
+            {set.component, m.name, m.sql})
+      .status();
+}
+
 absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
                                                        const std::vector<MigrationSet>& sets,
                                                        std::vector<std::string>* ahead) {
@@ -77,6 +250,20 @@ absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
     absl::StatusOr<std::vector<const Migration*>> plan = ToApply(conn, set, ahead);
     if (!plan.ok()) return plan.status();
     for (const Migration* m : *plan) {
+      if (NoTransaction(*m)) {
+        absl::Status s = Repeatable(*m)
+                             ? absl::FailedPreconditionError(absl::StrCat(
+                                   "a repeatable migration runs in a transaction; only a "
+                                   "versioned one may start with ",
+                                   kNoTransaction))
+                             : ApplyWithoutTransaction(conn, set, *m);
+        if (!s.ok()) {
+          return absl::Status(s.code(), absl::StrCat("migration ", set.component, "/", m->name,
+                                                     " failed: ", s.message()));
+        }
+        applied.push_back(absl::StrCat(set.component, "/", m->name));
+        continue;
+      }
       if (absl::Status s = conn.ExecScript("BEGIN"); !s.ok()) return s;
       absl::Status s = conn.ExecScript(m->sql);
       if (s.ok()) {
@@ -103,9 +290,16 @@ absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
 
 absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn, const std::vector<MigrationSet>& sets,
                                                  std::vector<std::string>* ahead) {
-  if (absl::Status s = conn.ExecScript(absl::StrCat("SELECT pg_advisory_lock(", kLockKey, ")"));
-      !s.ok()) {
-    return s;
+  // Tried rather than waited for in PostgreSQL: a statement waiting for the
+  // lock holds a snapshot, which CREATE INDEX CONCURRENTLY under that lock
+  // would wait for in turn (a deadlock, which PostgreSQL breaks by failing
+  // one of them). Waiting here, between statements, holds none.
+  for (;;) {
+    absl::StatusOr<Result> got =
+        conn.Exec(absl::StrCat("SELECT pg_try_advisory_lock(", kLockKey, ")"));
+    if (!got.ok()) return got.status();
+    if (got->Bool(0, 0)) break;
+    absl::SleepFor(absl::Milliseconds(100));
   }
   absl::Status s = conn.ExecScript(
       "CREATE TABLE IF NOT EXISTS schema_migrations ("

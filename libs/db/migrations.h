@@ -24,6 +24,19 @@
 // release that reverts to an earlier text.) tests/repeatable_migrations_test.sh
 // enforces it: each directory's repeatable.lock lists every text of its R__
 // files with the versioned migration released with it.
+//
+// A versioned migration whose first line is kNoTransaction runs outside a
+// transaction, one statement at a time, so that it can build indexes with
+// CREATE INDEX CONCURRENTLY, which lets the table's writes through while it
+// builds (inside a transaction, CREATE INDEX holds them until it ends). It is
+// recorded once its last statement has run; a failure part-way leaves the
+// statements before it done, and the next Migrate runs it again from the
+// start, so each statement must be safe to run again: Migrate refuses
+// (FAILED_PRECONDITION, before running any) a CREATE INDEX not written
+// CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS <name>, and drops an index
+// of that name a failed build left invalid before building it again. Use
+// DROP INDEX CONCURRENTLY IF EXISTS, and build a replacement under a new name
+// before dropping the index it replaces, so that reads keep an index.
 #ifndef CONNECTING_LIBS_DB_MIGRATIONS_H_
 #define CONNECTING_LIBS_DB_MIGRATIONS_H_
 
@@ -34,6 +47,9 @@
 #include "libs/db/db.h"
 
 namespace connecting::db {
+
+// The first line of a migration that runs outside a transaction (above).
+inline constexpr char kNoTransaction[] = "-- connecting:no-transaction";
 
 struct Migration {
   std::string name;  // e.g. "0001_init" (in the order given), or "R__book_session"

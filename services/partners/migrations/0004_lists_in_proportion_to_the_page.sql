@@ -1,3 +1,4 @@
+-- connecting:no-transaction
 -- Every list filter walks an index in the list's own order, so a page reads
 -- about as many rows as it returns, however rare the value asked for
 -- (measured over 200,000 organisations: archived ones, one in fifty, read
@@ -7,13 +8,20 @@
 -- Organisations are listed by name ignoring case (name_lower, then name,
 -- then id), so that a name prefix, which is matched ignoring case, is a
 -- range of the same index the list is read in.
-DROP INDEX organisations_by_name;
-DROP INDEX organisations_by_name_lower;
-DROP INDEX organisations_by_sector;
-DROP INDEX organisations_by_region;
-CREATE INDEX organisations_by_name ON organisations (name_lower, name, id);
-CREATE INDEX organisations_by_sector ON organisations (sector, name_lower, name, id);
-CREATE INDEX organisations_by_region ON organisations (region, name_lower, name, id);
-CREATE INDEX organisations_by_status ON organisations (status, name_lower, name, id);
-
-CREATE INDEX offers_by_state ON offers (state, title, id);
+--
+-- Run outside a transaction (libs/db/migrations.h): each index is built
+-- CONCURRENTLY, letting writes through, and the new ones are built before
+-- the ones they replace are dropped, so lists always have an index.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS organisations_in_name_order
+  ON organisations (name_lower, name, id);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS organisations_by_sector_in_name_order
+  ON organisations (sector, name_lower, name, id);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS organisations_by_region_in_name_order
+  ON organisations (region, name_lower, name, id);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS organisations_by_status_in_name_order
+  ON organisations (status, name_lower, name, id);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS offers_by_state ON offers (state, title, id);
+DROP INDEX CONCURRENTLY IF EXISTS organisations_by_name;
+DROP INDEX CONCURRENTLY IF EXISTS organisations_by_name_lower;
+DROP INDEX CONCURRENTLY IF EXISTS organisations_by_sector;
+DROP INDEX CONCURRENTLY IF EXISTS organisations_by_region;
