@@ -79,7 +79,8 @@ absl::StatusOr<int> Count(const absl::StatusOr<std::vector<T>>& rows) {
 
 // 30,000 organisations: one in a hundred archived, all named "Zeal …" (after
 // every other name), one in a hundred paused; 30,000 offers, one in a hundred
-// withdrawn and titled last.
+// withdrawn and titled last; a contact at each organisation, 2,000 at the
+// first.
 constexpr char kPartnersFill[] = R"sql(
 INSERT INTO organisations (name, sector, region, status)
 SELECT CASE WHEN i % 100 = 0 THEN 'Zeal ' ELSE 'Trust ' END || lpad(i::text, 6, '0'),
@@ -88,7 +89,14 @@ FROM generate_series(1, 30000) i;
 INSERT INTO offers (organisation_id, title, setting, capacity_per_day, weekdays, state)
 SELECT id, CASE WHEN n % 100 = 0 THEN 'Zz offer ' ELSE 'Offer ' END || lpad(n::text, 6, '0'),
        1, 5, '{1}', CASE WHEN n % 100 = 0 THEN 3 ELSE 2 END
-FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM organisations) o
+FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM organisations) o;
+INSERT INTO contacts (organisation_id, display_name, email)
+SELECT id, 'Host ' || name, 'host@example.nhs.uk' FROM organisations;
+INSERT INTO contacts (organisation_id, display_name, email)
+SELECT (SELECT min(id::text)::uuid FROM organisations),
+       CASE WHEN i % 2 = 0 THEN 'contact ' ELSE 'Contact ' END || lpad(i::text, 6, '0'),
+       'c' || i || '@example.nhs.uk'
+FROM generate_series(1, 2000) i
 )sql";
 
 TEST(ListsAtScale, OrganisationsAndOffersReadInProportionToThePage) {
@@ -123,6 +131,30 @@ TEST(ListsAtScale, OrganisationsAndOffersReadInProportionToThePage) {
   ExpectReadInProportion(*c, "withdrawn offers (titled last)", kPage, offers(3));
   ExpectReadInProportion(*c, "published offers", kPage, offers(2));
   ExpectReadInProportion(*c, "draft offers (none)", 0, offers(1));
+  ExpectReadInProportion(*c, "every offer", kPage, offers(0));
+  auto title = c->Exec(
+      "SELECT title, id::text FROM offers ORDER BY lower(title), title, id "
+      "OFFSET 29969 LIMIT 1");
+  ASSERT_TRUE(title.ok() && title->rows() == 1);
+  ExpectReadInProportion(*c, "every offer, the last 30", 30, [&](db::Conn& c) {
+    return Count(
+        ps::ListOffers(c, "", 0, ps::After{title->String(0, 0), title->String(0, 1)}, kPage));
+  });
+
+  // Contacts of one organisation among 32,000, by name ignoring case.
+  auto first = c->Exec(
+      "SELECT organisation_id::text, display_name, id::text FROM contacts "
+      "WHERE organisation_id = (SELECT min(id::text)::uuid FROM organisations) "
+      "ORDER BY lower(display_name), display_name, id OFFSET 1970 LIMIT 1");
+  ASSERT_TRUE(first.ok() && first->rows() == 1);
+  const std::string org = first->String(0, 0);
+  ExpectReadInProportion(*c, "an organisation's contacts", kPage, [&](db::Conn& c) {
+    return Count(ps::ListContacts(c, org, std::nullopt, kPage));
+  });
+  ExpectReadInProportion(*c, "an organisation's contacts, the last 30", 30, [&](db::Conn& c) {
+    return Count(
+        ps::ListContacts(c, org, ps::After{first->String(0, 1), first->String(0, 2)}, kPage));
+  });
 }
 
 // 30,000 participants in 200 directorates (one in a hundred senior civil

@@ -47,11 +47,12 @@ class PartnersApi : public ::testing::Test {
     EXPECT_TRUE(s.ok()) << s.error_message();
     return out;
   }
-  v1::Offer CreateOffer(const std::string& org_id, const std::string& host) {
+  v1::Offer CreateOffer(const std::string& org_id, const std::string& host,
+                        const std::string& title = "A day on the acute medical unit") {
     v1::CreateOfferRequest req;
     v1::Offer* o = req.mutable_offer();
     o->set_organisation_id(org_id);
-    o->set_title("A day on the acute medical unit");
+    o->set_title(title);
     o->set_setting(v1::SETTING_HOSPITAL_WARD);
     o->set_capacity_per_day(2);
     o->add_weekdays(v1::WEEKDAY_TUESDAY);
@@ -215,6 +216,50 @@ TEST_F(PartnersApi, ListIsInNameOrderIgnoringCaseAcrossPages) {
   // Names equal but for case in byte order ("Zq Cedar" before "zq cedar").
   EXPECT_EQ(names, (std::vector<std::string>{"Zq alder", "ZQ Birch", "Zq Cedar", "zq cedar",
                                              "zQ dogwood"}));
+}
+
+TEST_F(PartnersApi, ContactsAndOffersAreInNameOrderIgnoringCaseAcrossPages) {
+  v1::Organisation org = CreateOrg("Alphabet Trust");
+  std::string host;
+  for (const char* name :
+       {"echo White", "Delta Green", "bravo Jones", "Alpha Smith", "charlie Brown"}) {
+    host = CreateContact(org.id(), name).id();
+  }
+  for (const char* title : {"ward round", "Outpatients", "a day on AMU", "District nursing"}) {
+    CreateOffer(org.id(), host, title);
+  }
+  using Names = std::vector<std::string>;
+  Names contacts;
+  v1::ListContactsRequest lc;
+  lc.set_organisation_id(org.id());
+  lc.set_page_size(2);
+  for (int pages = 0; pages < 10; ++pages) {
+    v1::ListContactsResponse resp;
+    grpc::Status s = stub().ListContacts(Ctx(admin()).get(), lc, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    for (const auto& c : resp.contacts()) contacts.push_back(c.display_name());
+    lc.set_page_token(resp.next_page_token());
+    if (lc.page_token().empty()) break;
+  }
+  EXPECT_EQ(contacts,
+            (Names{"Alpha Smith", "bravo Jones", "charlie Brown", "Delta Green", "echo White"}));
+  for (v1::OfferState state : {v1::OFFER_STATE_UNSPECIFIED, v1::OFFER_STATE_DRAFT}) {
+    Names offers;
+    v1::ListOffersRequest lo;
+    lo.set_organisation_id(org.id());
+    lo.set_state(state);
+    lo.set_page_size(3);
+    for (int pages = 0; pages < 10; ++pages) {
+      v1::ListOffersResponse resp;
+      grpc::Status s = stub().ListOffers(Ctx(admin()).get(), lo, &resp);
+      ASSERT_TRUE(s.ok()) << s.error_message();
+      for (const auto& o : resp.offers()) offers.push_back(o.title());
+      lo.set_page_token(resp.next_page_token());
+      if (lo.page_token().empty()) break;
+    }
+    EXPECT_EQ(offers, (Names{"a day on AMU", "District nursing", "Outpatients", "ward round"}))
+        << "state " << state;
+  }
 }
 
 TEST_F(PartnersApi, UpdateChangesOnlyMaskedFieldsAndNeedsTheCurrentEtag) {

@@ -248,23 +248,18 @@ absl::StatusOr<std::vector<std::string>> OffersHostedBy(db::Conn& c,
 absl::StatusOr<std::vector<v1::Contact>> ListContacts(db::Conn& c, const std::string& org_id,
                                                       const std::optional<After>& after,
                                                       int limit) {
-  if (after) {
-    return All<v1::Contact>(
-        c.Exec(
-            absl::StrCat(
-                "SELECT ", kContactCols,
-                " FROM contacts WHERE organisation_id = $1::uuid AND "
-                "(display_name, id) > ($2, $3::uuid) ORDER BY contacts.display_name, contacts.id",
-                db::LimitClause(limit)),
-            {org_id, after->sort_text, after->id}),
-        ContactRow);
-  }
-  return All<v1::Contact>(c.Exec(absl::StrCat("SELECT ", kContactCols,
-                                              " FROM contacts WHERE organisation_id = $1::uuid "
-                                              "ORDER BY contacts.display_name, contacts.id",
-                                              db::LimitClause(limit)),
-                                 {org_id}),
-                          ContactRow);
+  // By name ignoring case, then name and id (partners migration 0004); the
+  // token holds the last name and id, its lowered name follows from them.
+  std::string sql =
+      absl::StrCat("SELECT ", kContactCols, " FROM contacts WHERE organisation_id = $1::uuid",
+                   after ? " AND (lower(display_name), display_name, id) > "
+                           "(lower($2::text COLLATE \"C\"), $2, $3::uuid)"
+                         : "",
+                   " ORDER BY lower(contacts.display_name), contacts.display_name, contacts.id",
+                   db::LimitClause(limit));
+  if (after)
+    return All<v1::Contact>(c.Exec(sql, {org_id, after->sort_text, after->id}), ContactRow);
+  return All<v1::Contact>(c.Exec(sql, {org_id}), ContactRow);
 }
 
 absl::StatusOr<std::optional<v1::Offer>> OfferByRequestId(db::Conn& c, const std::string& rid) {
@@ -340,12 +335,15 @@ absl::StatusOr<std::vector<v1::Offer>> ListOffers(db::Conn& c, const std::string
   if (after) {
     params.push_back(after->sort_text);
     params.push_back(after->id);
-    where.push_back(
-        absl::StrCat("(title, id) > ($", params.size() - 1, ", $", params.size(), "::uuid)"));
+    where.push_back(absl::StrCat("(lower(title), title, id) > (lower($", params.size() - 1,
+                                 "::text COLLATE \"C\"), $", params.size() - 1, ", $",
+                                 params.size(), "::uuid)"));
   }
+  // By title ignoring case, then title and id, as organisations by name.
   std::string sql = absl::StrCat("SELECT ", kOfferCols, " FROM offers",
                                  where.empty() ? "" : " WHERE ", absl::StrJoin(where, " AND "),
-                                 " ORDER BY offers.title, offers.id", db::LimitClause(limit));
+                                 " ORDER BY lower(offers.title), offers.title, offers.id",
+                                 db::LimitClause(limit));
   return All<v1::Offer>(c.Exec(sql, params), OfferRow);
 }
 

@@ -7,7 +7,8 @@
 --
 -- Organisations are listed by name ignoring case (name_lower, then name,
 -- then id), so that a name prefix, which is matched ignoring case, is a
--- range of the same index the list is read in.
+-- range of the same index the list is read in. Contacts and offers are
+-- listed by name (title) ignoring case too, the same way.
 --
 -- Run outside a transaction (libs/db/migrations.h): each index is built
 -- CONCURRENTLY, letting writes through, and the new ones are built before
@@ -20,8 +21,17 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS organisations_by_region_in_name_order
   ON organisations (region, name_lower, name, id);
 CREATE INDEX CONCURRENTLY IF NOT EXISTS organisations_by_status_in_name_order
   ON organisations (status, name_lower, name, id);
-CREATE INDEX CONCURRENTLY IF NOT EXISTS offers_by_state ON offers (state, title, id);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS offers_in_title_order ON offers (lower(title), title, id);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS offers_by_state_in_title_order
+  ON offers (state, lower(title), title, id);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS offers_by_organisation_in_title_order
+  ON offers (organisation_id, lower(title), title, id);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS contacts_in_name_order
+  ON contacts (organisation_id, lower(display_name), display_name, id);
 DROP INDEX CONCURRENTLY IF EXISTS organisations_by_name;
 DROP INDEX CONCURRENTLY IF EXISTS organisations_by_name_lower;
 DROP INDEX CONCURRENTLY IF EXISTS organisations_by_sector;
 DROP INDEX CONCURRENTLY IF EXISTS organisations_by_region;
+DROP INDEX CONCURRENTLY IF EXISTS offers_by_title;
+DROP INDEX CONCURRENTLY IF EXISTS offers_by_organisation;
+DROP INDEX CONCURRENTLY IF EXISTS contacts_by_organisation;
