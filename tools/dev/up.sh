@@ -59,7 +59,15 @@ start_service() {  # name binary grpc_port metrics_port variable-prefix
   require_free_port "$metrics" "$name metrics" "${var}_METRICS"
   JWT_KEY=$key launch_service "$BUILD_DIR/$bin" "$name" "$stack/logs/$name.log" "$port" "$metrics" info
   echo $! >"$pidfile"
-  wait_port 127.0.0.1 "$port" 30 "$(cat "$pidfile")" || { tail -20 "$stack/logs/$name.log"; exit 1; }
+  wait_port 127.0.0.1 "$port" 30 "$(cat "$pidfile")" || {
+    tail -20 "$stack/logs/$name.log"
+    if grep -q "edited after it was applied" "$stack/logs/$name.log"; then
+      # Only an unreleased migration is ever edited (CHANGELOG, Upgrading).
+      echo >&2 "$name: this stack's database was made with an earlier text of an" \
+        "unreleased migration; 'make reset' deletes .stack's data (demo data comes back)."
+    fi
+    exit 1
+  }
 }
 start_service partners services/partners/partners "$PARTNERS_PORT" "$PARTNERS_METRICS" PARTNERS
 start_service scheduling services/scheduling/scheduling "${SCHEDULING_PORT:-50052}" \
