@@ -42,7 +42,9 @@ launch_service "$BUILD_DIR/services/partners/partners" partners "$work/partners.
 pids+=($!)
 wait_port 127.0.0.1 "$partners_port" 30 "${pids[-1]}" || { tail -5 "$work/partners.log" >&2; exit 1; }
 
-if [ "${BENCH_ONLY:-}" != scheduling ]; then
+# BENCH_ONLY: partners, scheduling or migration runs that part alone.
+only() { [ -z "${BENCH_ONLY:-}" ] || [ "$BENCH_ONLY" = "$1" ]; }
+if only partners; then
 echo "seeding 100,000 organisations"
 until psql -d partners -tAc "SELECT 1 FROM pg_tables WHERE tablename = 'organisations'" | grep -q 1; do sleep 0.2; done
 psql -d partners -q <<'SQL'
@@ -84,11 +86,15 @@ awk -v s="$start" -v e="$end" 'BEGIN { printf "  republished and published: %.1f
   e - s, 100000 / (e - s) }'
 fi
 
-if [ "${BENCH_ONLY:-}" != partners ] && [ -x "$BUILD_DIR/tools/scheduling_bench" ]; then
+if only scheduling && [ -x "$BUILD_DIR/tools/scheduling_bench" ]; then
   . tools/bench/scheduling.sh
 fi
 
-if [ "${BENCH_ONLY:-}" != partners ] && [ -x "$BUILD_DIR/tools/event_json_bench" ]; then
+if only migration; then
+  . tools/bench/migration.sh
+fi
+
+if only scheduling && [ -x "$BUILD_DIR/tools/event_json_bench" ]; then
   echo
   echo "== event encoding (the BookingChanged of an event session on three sites; CPU per event)"
   "$BUILD_DIR/tools/event_json_bench" --benchmark_min_time=0.3 2>/dev/null | awk '
