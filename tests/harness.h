@@ -182,6 +182,23 @@ int64_t DropConnections(const std::string& db_url);
 
 // Race tests: a second connection holds a row while the service's call
 // arrives, and lets go once the call waits for it.
+// Walks a list through its pages: sends `request` with `call(request,
+// &page)`, then again with each page's next_page_token until a page has
+// none, handing each page to `each(page)`. A failed call's status, or
+// OUT_OF_RANGE after `max_pages` pages (a token that never runs out).
+template <class Page, class Request, class Call, class Each>
+grpc::Status EveryPage(Request request, Call call, Each each, int max_pages = 100) {
+  for (int pages = 0; pages < max_pages; ++pages) {
+    Page page;
+    grpc::Status s = call(request, &page);
+    if (!s.ok()) return s;
+    each(page);
+    if (page.next_page_token().empty()) return grpc::Status::OK;
+    request.set_page_token(page.next_page_token());
+  }
+  return grpc::Status(grpc::StatusCode::OUT_OF_RANGE, "the pages never ran out");
+}
+
 // Whether some backend of the database at `db_url` waits for a lock now.
 bool WaitsForALock(const std::string& db_url);
 // Until `n` backends of that database wait for a lock at once (at most 5 s);

@@ -66,6 +66,18 @@ class PartnersApi : public ::testing::Test {
     return out;
   }
 
+  // Every page of a list call, as testing::EveryPage.
+  template <class Page, class Request, class Each>
+  grpc::Status EveryPage(const Request& req,
+                         grpc::Status (v1::PartnersService::Stub::*list)(grpc::ClientContext*,
+                                                                         const Request&, Page*),
+                         Each each) {
+    return testing::EveryPage<Page>(
+        req,
+        [&](const Request& r, Page* page) { return (stub().*list)(Ctx(admin()).get(), r, page); },
+        each);
+  }
+
   static PartnersFixture* fx_;
 };
 PartnersFixture* PartnersApi::fx_ = nullptr;
@@ -205,14 +217,11 @@ TEST_F(PartnersApi, ListIsInNameOrderIgnoringCaseAcrossPages) {
   req.set_page_size(2);
   req.set_name_prefix("zQ ");
   std::vector<std::string> names;
-  int pages = 0;
-  do {
-    v1::ListOrganisationsResponse resp;
-    grpc::Status s = stub().ListOrganisations(Ctx(admin()).get(), req, &resp);
-    ASSERT_TRUE(s.ok()) << s.error_message();
-    for (const auto& o : resp.organisations()) names.push_back(o.name());
-    req.set_page_token(resp.next_page_token());
-  } while (!req.page_token().empty() && ++pages < 10);
+  grpc::Status s = EveryPage(req, &v1::PartnersService::Stub::ListOrganisations,
+                             [&](const v1::ListOrganisationsResponse& page) {
+                               for (const auto& o : page.organisations()) names.push_back(o.name());
+                             });
+  ASSERT_TRUE(s.ok()) << s.error_message();
   // Names equal but for case in byte order ("Zq Cedar" before "zq cedar").
   EXPECT_EQ(names, (std::vector<std::string>{"Zq alder", "ZQ Birch", "Zq Cedar", "zq cedar",
                                              "zQ dogwood"}));
@@ -233,14 +242,13 @@ TEST_F(PartnersApi, ContactsAndOffersAreInNameOrderIgnoringCaseAcrossPages) {
   v1::ListContactsRequest lc;
   lc.set_organisation_id(org.id());
   lc.set_page_size(2);
-  for (int pages = 0; pages < 10; ++pages) {
-    v1::ListContactsResponse resp;
-    grpc::Status s = stub().ListContacts(Ctx(admin()).get(), lc, &resp);
-    ASSERT_TRUE(s.ok()) << s.error_message();
-    for (const auto& c : resp.contacts()) contacts.push_back(c.display_name());
-    lc.set_page_token(resp.next_page_token());
-    if (lc.page_token().empty()) break;
-  }
+  grpc::Status s = EveryPage(lc, &v1::PartnersService::Stub::ListContacts,
+                             [&](const v1::ListContactsResponse& page) {
+                               for (const auto& c : page.contacts()) {
+                                 contacts.push_back(c.display_name());
+                               }
+                             });
+  ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(contacts,
             (Names{"Alpha Smith", "bravo Jones", "charlie Brown", "Delta Green", "echo White"}));
   for (v1::OfferState state : {v1::OFFER_STATE_UNSPECIFIED, v1::OFFER_STATE_DRAFT}) {
@@ -249,14 +257,11 @@ TEST_F(PartnersApi, ContactsAndOffersAreInNameOrderIgnoringCaseAcrossPages) {
     lo.set_organisation_id(org.id());
     lo.set_state(state);
     lo.set_page_size(3);
-    for (int pages = 0; pages < 10; ++pages) {
-      v1::ListOffersResponse resp;
-      grpc::Status s = stub().ListOffers(Ctx(admin()).get(), lo, &resp);
-      ASSERT_TRUE(s.ok()) << s.error_message();
-      for (const auto& o : resp.offers()) offers.push_back(o.title());
-      lo.set_page_token(resp.next_page_token());
-      if (lo.page_token().empty()) break;
-    }
+    s = EveryPage(lo, &v1::PartnersService::Stub::ListOffers,
+                  [&](const v1::ListOffersResponse& page) {
+                    for (const auto& o : page.offers()) offers.push_back(o.title());
+                  });
+    ASSERT_TRUE(s.ok()) << s.error_message();
     EXPECT_EQ(offers, (Names{"a day on AMU", "District nursing", "Outpatients", "ward round"}))
         << "state " << state;
   }
@@ -453,12 +458,11 @@ TEST_F(PartnersApi, ContactsRoundTrip) {
   list.set_organisation_id(org.id());
   list.set_page_size(3);
   std::set<std::string> seen;
-  do {
-    v1::ListContactsResponse resp;
-    ASSERT_TRUE(stub().ListContacts(Ctx(admin()).get(), list, &resp).ok());
-    for (const auto& x : resp.contacts()) seen.insert(x.id());
-    list.set_page_token(resp.next_page_token());
-  } while (!list.page_token().empty());
+  ASSERT_TRUE(EveryPage(list, &v1::PartnersService::Stub::ListContacts,
+                        [&](const v1::ListContactsResponse& page) {
+                          for (const auto& x : page.contacts()) seen.insert(x.id());
+                        })
+                  .ok());
   EXPECT_EQ(seen, std::set<std::string>(ids.begin(), ids.end()));
 
   v1::UpdateContactRequest upd;

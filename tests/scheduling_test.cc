@@ -1203,14 +1203,15 @@ TEST_F(Scheduling, AParticipantIsFoundByNameIgnoringCaseInNameOrder) {
   list.set_name_prefix("zQX ");
   list.set_page_size(2);
   std::vector<std::string> names;
-  int pages = 0;
-  do {
-    sv1::ListParticipantsResponse page;
-    grpc::Status s = fx_->stub->ListParticipants(Ctx(fx_->admin).get(), list, &page);
-    ASSERT_TRUE(s.ok()) << s.error_message();
-    for (const auto& p : page.participants()) names.push_back(p.display_name());
-    list.set_page_token(page.next_page_token());
-  } while (!list.page_token().empty() && ++pages < 10);
+  grpc::Status walked = testing::EveryPage<sv1::ListParticipantsResponse>(
+      list,
+      [&](const sv1::ListParticipantsRequest& r, sv1::ListParticipantsResponse* page) {
+        return fx_->stub->ListParticipants(Ctx(fx_->admin).get(), r, page);
+      },
+      [&](const sv1::ListParticipantsResponse& page) {
+        for (const auto& p : page.participants()) names.push_back(p.display_name());
+      });
+  ASSERT_TRUE(walked.ok()) << walked.error_message();
   EXPECT_EQ(names, (std::vector<std::string>{"Zqx alder", "ZQX Birch", "Zqx Cedar", "zqx cedar",
                                              "zqx dogwood"}));
   // The token belongs to its filters; a prefix too long is named.
