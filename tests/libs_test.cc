@@ -530,9 +530,15 @@ TEST_F(Database, AnIndexBuiltOutsideATransactionLetsWritesThroughAndAnotherRepli
   auto open = db::Conn::Open(url_, "open");
   ASSERT_TRUE(open.ok());
   ASSERT_TRUE((*open)->ExecScript("BEGIN; INSERT INTO t VALUES (0)").ok());
+  std::vector<std::string> told;  // what the first replica was told
   auto first = std::async(std::launch::async, [&] {
     auto c = db::Conn::Open(url_, "first");
-    return c.ok() ? db::Migrate(**c, v2) : c.status();
+    return c.ok()
+               ? db::Migrate(**c, v2, nullptr,
+                             [&](const std::string& m, size_t i, size_t n, absl::string_view line) {
+                               told.push_back(absl::StrCat(m, " ", i, "/", n, " ", line));
+                             })
+               : c.status();
   });
   // Whatever fails below, the build is let finish (the future waits for it).
   absl::Cleanup end_open = [&] { (void)(*open)->ExecScript("COMMIT"); };
@@ -576,6 +582,9 @@ TEST_F(Database, AnIndexBuiltOutsideATransactionLetsWritesThroughAndAnotherRepli
   auto applied = first.get();
   ASSERT_TRUE(applied.ok()) << applied.status();
   EXPECT_EQ(*applied, std::vector<std::string>{"live/0002_t_by_x"});
+  EXPECT_EQ(told,
+            std::vector<std::string>{
+                "live/0002_t_by_x 1/1 CREATE INDEX CONCURRENTLY IF NOT EXISTS t_by_x ON t (x)"});
   auto again = second.get();
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_TRUE(again->empty()) << "applied twice";
@@ -622,10 +631,19 @@ TEST_F(Database, AMigrationOutsideATransactionResumesAfterAFailedIndexBuild) {
   EXPECT_FALSE((*conn)->ExecScript("CREATE UNIQUE INDEX CONCURRENTLY t_x ON t (x)").ok());
   ASSERT_EQ(IndexValid(**conn, "t_x"), std::optional<bool>(false));
   ASSERT_TRUE((*conn)->ExecScript("DELETE FROM t WHERE note = 'duplicate'").ok());
-  auto applied = db::Migrate(**conn, sets);
+  std::vector<std::string> told;  // each statement's first line, comments left out
+  auto applied = db::Migrate(**conn, sets, nullptr,
+                             [&](const std::string&, size_t i, size_t n, absl::string_view line) {
+                               told.push_back(absl::StrCat(i, "/", n, " ", line));
+                             });
   ASSERT_TRUE(applied.ok()) << applied.status();
   EXPECT_EQ(*applied, std::vector<std::string>{"resume/0002_unique"});
   EXPECT_EQ(IndexValid(**conn, "t_x"), std::optional<bool>(true)) << "left invalid";
+  EXPECT_EQ(told, (std::vector<std::string>{
+                      "1/3 CREATE TABLE IF NOT EXISTS notes AS SELECT * FROM (VALUES (1, 'a;b'), "
+                      "(2, $$c;d$$), (3, E'e\\';f'), (4, $q$g;$$h$q$) /* ; */) v(x, note)",
+                      "2/3 CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS t_x ON t (x)",
+                      "3/3 UPDATE notes SET note = note || '.' WHERE x = 1"}));
   EXPECT_FALSE((*conn)->ExecScript("INSERT INTO t VALUES (1, 'twice')").ok()) << "not unique";
   EXPECT_EQ(notes(), "a;b.|c;d|e';f|g;$$h");
   applied = db::Migrate(**conn, sets);

@@ -129,6 +129,22 @@ std::vector<std::string> LeadingWords(absl::string_view sql, size_t count) {
   return words;
 }
 
+// A statement's first line once the comments before it are left out.
+absl::string_view FirstLine(absl::string_view sql) {
+  size_t i = 0;
+  while (i < sql.size()) {
+    if (absl::ascii_isspace(sql[i])) {
+      ++i;
+    } else if (sql.substr(i, 2) == "--" || sql.substr(i, 2) == "/*") {
+      i = SkipQuoted(sql, i);
+    } else {
+      break;
+    }
+  }
+  absl::string_view rest = sql.substr(i);
+  return absl::StripTrailingAsciiWhitespace(rest.substr(0, rest.find('\n')));
+}
+
 // The index a CREATE INDEX statement builds; "" for any other statement.
 // A CREATE INDEX in a migration run outside a transaction must read
 // CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS name (else an error):
@@ -219,7 +235,8 @@ absl::Status DropIfInvalid(Conn& conn, const std::string& index) {
 // its own transaction, so CREATE INDEX CONCURRENTLY lets writes through
 // while it builds; recorded once all have run. Nothing runs unless every
 // index build is written to be run again.
-absl::Status ApplyWithoutTransaction(Conn& conn, const MigrationSet& set, const Migration& m) {
+absl::Status ApplyWithoutTransaction(Conn& conn, const MigrationSet& set, const Migration& m,
+                                     const MigrationProgress& progress) {
   std::vector<std::string> statements = Statements(m.sql);
   std::vector<std::string> indexes;
   for (const std::string& st : statements) {
@@ -228,6 +245,10 @@ absl::Status ApplyWithoutTransaction(Conn& conn, const MigrationSet& set, const 
     indexes.push_back(*index);
   }
   for (size_t i = 0; i < statements.size(); ++i) {
+    if (progress) {
+      progress(absl::StrCat(set.component, "/", m.name), i + 1, statements.size(),
+               FirstLine(statements[i]));
+    }
     absl::Status s = indexes[i].empty() ? absl::OkStatus() : DropIfInvalid(conn, indexes[i]);
     if (s.ok()) s = conn.ExecScript(statements[i]);
     if (!s.ok()) {
@@ -244,7 +265,8 @@ absl::Status ApplyWithoutTransaction(Conn& conn, const MigrationSet& set, const 
 
 absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
                                                        const std::vector<MigrationSet>& sets,
-                                                       std::vector<std::string>* ahead) {
+                                                       std::vector<std::string>* ahead,
+                                                       const MigrationProgress& progress) {
   std::vector<std::string> applied;
   for (const MigrationSet& set : sets) {
     absl::StatusOr<std::vector<const Migration*>> plan = ToApply(conn, set, ahead);
@@ -256,7 +278,7 @@ absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
                                    "a repeatable migration runs in a transaction; only a "
                                    "versioned one may start with ",
                                    kNoTransaction))
-                             : ApplyWithoutTransaction(conn, set, *m);
+                             : ApplyWithoutTransaction(conn, set, *m, progress);
         if (!s.ok()) {
           return absl::Status(s.code(), absl::StrCat("migration ", set.component, "/", m->name,
                                                      " failed: ", s.message()));
@@ -289,7 +311,8 @@ absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
 }  // namespace
 
 absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn, const std::vector<MigrationSet>& sets,
-                                                 std::vector<std::string>* ahead) {
+                                                 std::vector<std::string>* ahead,
+                                                 const MigrationProgress& progress) {
   // Tried rather than waited for in PostgreSQL: a statement waiting for the
   // lock holds a snapshot, which CREATE INDEX CONCURRENTLY under that lock
   // would wait for in turn (a deadlock, which PostgreSQL breaks by failing
@@ -309,7 +332,8 @@ absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn, const std::vector<M
       "  applied_at timestamptz NOT NULL DEFAULT now(),"
       "  PRIMARY KEY (component, name))");
   absl::StatusOr<std::vector<std::string>> result =
-      s.ok() ? MigrateLocked(conn, sets, ahead) : absl::StatusOr<std::vector<std::string>>(s);
+      s.ok() ? MigrateLocked(conn, sets, ahead, progress)
+             : absl::StatusOr<std::vector<std::string>>(s);
   (void)conn.ExecScript(absl::StrCat("SELECT pg_advisory_unlock(", kLockKey, ")"));
   return result;
 }

@@ -40,6 +40,7 @@
 #ifndef CONNECTING_LIBS_DB_MIGRATIONS_H_
 #define CONNECTING_LIBS_DB_MIGRATIONS_H_
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -61,11 +62,18 @@ struct MigrationSet {
   std::vector<Migration> migrations;
 };
 
+// Told before each statement of a migration run outside a transaction (an
+// index build may take minutes): "component/name", the statement's number
+// (from 1) and how many there are, and its first line (comments left out).
+using MigrationProgress = std::function<void(const std::string& migration, size_t statement,
+                                             size_t statements, absl::string_view first_line)>;
+
 // Returns "component/name" of each migration applied by this call. `ahead`,
 // if given, receives the versioned migrations the database has and `sets`
 // do not (the components whose repeatable migrations were left alone).
 absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn, const std::vector<MigrationSet>& sets,
-                                                 std::vector<std::string>* ahead = nullptr);
+                                                 std::vector<std::string>* ahead = nullptr,
+                                                 const MigrationProgress& progress = nullptr);
 
 // What Migrate would apply now ("component/name", in order), without
 // applying anything or taking the lock: empty once the database is at least

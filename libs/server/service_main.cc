@@ -146,7 +146,14 @@ absl::Status RunMigrations(const std::string& url, const std::vector<db::Migrati
     auto conn = db::Conn::Open(url, "migrations");
     if (conn.ok()) {
       std::vector<std::string> ahead;
-      auto applied = db::Migrate(**conn, sets, &ahead);
+      // An index build may take minutes: each statement is logged as it starts.
+      auto applied =
+          db::Migrate(**conn, sets, &ahead,
+                      [](const std::string& migration, size_t i, size_t n, absl::string_view line) {
+                        log::Info("migration statement", {{"migration", migration},
+                                                          {"statement", absl::StrCat(i, " of ", n)},
+                                                          {"sql", line}});
+                      });
       if (!applied.ok()) return applied.status();
       for (const std::string& m : *applied) log::Info("migration applied", {{"migration", m}});
       if (!ahead.empty()) {
