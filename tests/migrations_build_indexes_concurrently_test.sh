@@ -3,7 +3,7 @@
 #
 # Inside a migration's transaction, CREATE INDEX holds every write to its
 # table until the migration commits: over 300,000 participants, bookings and
-# registrations waited 1.9 s (tools/bench/migration.sh). So a versioned
+# registrations waited up to 3.9 s (tools/bench/migration.sh). So a versioned
 # migration that indexes a table it did not create in the same file runs
 # outside a transaction (first line `-- connecting:no-transaction`) and
 # builds with CREATE INDEX CONCURRENTLY IF NOT EXISTS (libs/db/migrations.h,
