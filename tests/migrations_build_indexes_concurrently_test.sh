@@ -2,7 +2,7 @@
 # An index on a table that already exists is built CONCURRENTLY.
 #
 # Inside a migration's transaction, CREATE INDEX holds every write to its
-# table until the migration commits: over 300,000 participants, bookings and
+# table until the migration commits: over 300,000 participants,
 # registrations waited up to 3.9 s (tools/bench/migration.sh). So a versioned
 # migration that indexes a table it did not create in the same file runs
 # outside a transaction (first line `-- connecting:no-transaction`) and

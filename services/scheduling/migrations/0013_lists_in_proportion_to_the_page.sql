@@ -10,8 +10,8 @@
 -- prefix, matched ignoring case, is a range of the index the list is read in.
 --
 -- Run outside a transaction (libs/db/migrations.h): each index is built
--- CONCURRENTLY, letting bookings and registrations through, and the name
--- index is built before the one it replaces is dropped.
+-- CONCURRENTLY, letting registrations and session changes through, and the
+-- name index is built before the one it replaces is dropped.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS participants_in_name_order
   ON participants (lower(display_name), display_name, id);
 CREATE INDEX CONCURRENTLY IF NOT EXISTS participants_by_directorate
