@@ -175,6 +175,16 @@ std::string CaselessPrefix(absl::string_view lowered, absl::string_view prefix,
   return cond;
 }
 
+std::string CaselessAfter(absl::string_view lowered, absl::string_view name, absl::string_view id,
+                          const std::string& after_name, const std::string& after_id,
+                          std::vector<Param>* params) {
+  params->push_back(after_name);
+  params->push_back(after_id);
+  const size_t n = params->size();
+  return absl::StrCat("(", lowered, ", ", name, ", ", id, ") > (lower($", n - 1,
+                      "::text COLLATE \"C\"), $", n - 1, ", $", n, "::uuid)");
+}
+
 const std::string* Conn::FindPrepared(const std::string& sql) {
   auto it = prepared_.find(sql);
   if (it == prepared_.end()) return nullptr;

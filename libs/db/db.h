@@ -104,6 +104,15 @@ TextRange PrefixRange(absl::string_view prefix);
 std::string CaselessPrefix(absl::string_view lowered, absl::string_view prefix,
                            std::vector<Param>* params);
 
+// The keyset condition of a list in the order (`lowered`, `name`, `id`),
+// where `lowered` is lower() of the "C"-collated `name` (or a column holding
+// it): the rows after the one whose name and id a page token holds. The
+// lowered name follows from the name, so the token need not carry it. Its
+// parameters are appended to `params`.
+std::string CaselessAfter(absl::string_view lowered, absl::string_view name, absl::string_view id,
+                          const std::string& after_name, const std::string& after_id,
+                          std::vector<Param>* params);
+
 // A statement with its parameters, to run later (see Conn::Pipeline).
 struct Statement {
   std::string sql;

@@ -180,12 +180,8 @@ absl::StatusOr<std::vector<v1::Organisation>> ListOrganisations(db::Conn& c,
     where.push_back(db::CaselessPrefix("name_lower", f.name_prefix, &params));
   }
   if (after) {
-    // The token holds the last name and id; its name_lower follows from the name.
-    params.push_back(after->sort_text);
-    params.push_back(after->id);
-    where.push_back(absl::StrCat("(name_lower, name, id) > (lower($", params.size() - 1,
-                                 "::text COLLATE \"C\"), $", params.size() - 1, ", $",
-                                 params.size(), "::uuid)"));
+    where.push_back(
+        db::CaselessAfter("name_lower", "name", "id", after->sort_text, after->id, &params));
   }
   // By name ignoring case, then name and id: a name prefix is a range of the
   // index each filter walks (partners migration 0004).
@@ -248,18 +244,21 @@ absl::StatusOr<std::vector<std::string>> OffersHostedBy(db::Conn& c,
 absl::StatusOr<std::vector<v1::Contact>> ListContacts(db::Conn& c, const std::string& org_id,
                                                       const std::optional<After>& after,
                                                       int limit) {
-  // By name ignoring case, then name and id (partners migration 0004); the
-  // token holds the last name and id, its lowered name follows from them.
-  std::string sql =
-      absl::StrCat("SELECT ", kContactCols, " FROM contacts WHERE organisation_id = $1::uuid",
-                   after ? " AND (lower(display_name), display_name, id) > "
-                           "(lower($2::text COLLATE \"C\"), $2, $3::uuid)"
-                         : "",
-                   " ORDER BY lower(contacts.display_name), contacts.display_name, contacts.id",
-                   db::LimitClause(limit));
-  if (after)
-    return All<v1::Contact>(c.Exec(sql, {org_id, after->sort_text, after->id}), ContactRow);
-  return All<v1::Contact>(c.Exec(sql, {org_id}), ContactRow);
+  // By name ignoring case, then name and id (partners migration 0004).
+  std::vector<db::Param> params = {org_id};
+  std::string where = "organisation_id = $1::uuid";
+  if (after) {
+    absl::StrAppend(&where, " AND ",
+                    db::CaselessAfter("lower(display_name)", "display_name", "id", after->sort_text,
+                                      after->id, &params));
+  }
+  return All<v1::Contact>(
+      c.Exec(
+          absl::StrCat("SELECT ", kContactCols, " FROM contacts WHERE ", where,
+                       " ORDER BY lower(contacts.display_name), contacts.display_name, contacts.id",
+                       db::LimitClause(limit)),
+          params),
+      ContactRow);
 }
 
 absl::StatusOr<std::optional<v1::Offer>> OfferByRequestId(db::Conn& c, const std::string& rid) {
@@ -333,11 +332,8 @@ absl::StatusOr<std::vector<v1::Offer>> ListOffers(db::Conn& c, const std::string
   }
   if (state != 0) where.push_back(absl::StrCat("state = ", state));  // as ListOrganisations
   if (after) {
-    params.push_back(after->sort_text);
-    params.push_back(after->id);
-    where.push_back(absl::StrCat("(lower(title), title, id) > (lower($", params.size() - 1,
-                                 "::text COLLATE \"C\"), $", params.size() - 1, ", $",
-                                 params.size(), "::uuid)"));
+    where.push_back(
+        db::CaselessAfter("lower(title)", "title", "id", after->sort_text, after->id, &params));
   }
   // By title ignoring case, then title and id, as organisations by name.
   std::string sql = absl::StrCat("SELECT ", kOfferCols, " FROM offers",

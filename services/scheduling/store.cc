@@ -299,12 +299,8 @@ absl::StatusOr<std::vector<v1::Participant>> ListParticipants(db::Conn& c,
     where.push_back(db::CaselessPrefix("lower(display_name)", f.name_prefix, &params));
   }
   if (after.size() == 2) {
-    // The token holds the last name and id; the lowered name follows from it.
-    params.push_back(after[0]);
-    params.push_back(after[1]);
-    where.push_back(absl::StrCat("(lower(display_name), display_name, id) > (lower($",
-                                 params.size() - 1, "::text COLLATE \"C\"), $", params.size() - 1,
-                                 ", $", params.size(), "::uuid)"));
+    where.push_back(db::CaselessAfter("lower(display_name)", "display_name", "id", after[0],
+                                      after[1], &params));
   }
   return All<v1::Participant>(
       c.Exec(absl::StrCat("SELECT ", kParticipantCols, " FROM participants",
