@@ -70,6 +70,24 @@ size_t SkipQuoted(absl::string_view sql, size_t i) {
   return i;
 }
 
+bool CommentAt(absl::string_view sql, size_t i) {
+  return sql.substr(i, 2) == "--" || sql.substr(i, 2) == "/*";
+}
+
+// Past the white space and comments starting at `i`.
+size_t SkipSpaceAndComments(absl::string_view sql, size_t i) {
+  while (i < sql.size()) {
+    if (absl::ascii_isspace(sql[i])) {
+      ++i;
+    } else if (CommentAt(sql, i)) {
+      i = SkipQuoted(sql, i);
+    } else {
+      break;
+    }
+  }
+  return i;
+}
+
 // The statements of `sql`, split at the semicolons outside comments and
 // quoted text, each without its semicolon; those holding only comments and
 // white space are left out.
@@ -85,9 +103,8 @@ std::vector<std::string> Statements(absl::string_view sql) {
       continue;
     }
     size_t end = SkipQuoted(sql, i);
-    const bool comment = sql.substr(i, 2) == "--" || sql.substr(i, 2) == "/*";
     if (end == i) end = i + 1;
-    if (!comment && !absl::ascii_isspace(sql[i])) content = true;
+    if (!CommentAt(sql, i) && !absl::ascii_isspace(sql[i])) content = true;
     i = end;
   }
   return out;
@@ -97,17 +114,8 @@ std::vector<std::string> Statements(absl::string_view sql) {
 // names as written (a quoted name with its quotes, a qualified one whole).
 std::vector<std::string> LeadingWords(absl::string_view sql, size_t count) {
   std::vector<std::string> words;
-  size_t i = 0;
-  while (i < sql.size() && words.size() < count) {
-    if (absl::ascii_isspace(sql[i])) {
-      ++i;
-      continue;
-    }
-    const bool comment = sql.substr(i, 2) == "--" || sql.substr(i, 2) == "/*";
-    if (comment) {
-      i = SkipQuoted(sql, i);
-      continue;
-    }
+  for (size_t i = SkipSpaceAndComments(sql, 0); i < sql.size() && words.size() < count;
+       i = SkipSpaceAndComments(sql, i)) {
     size_t j = i;
     while (j < sql.size()) {  // a name, possibly qualified: a.b, "A".b
       if (sql[j] == '"') {
@@ -131,17 +139,7 @@ std::vector<std::string> LeadingWords(absl::string_view sql, size_t count) {
 
 // A statement's first line once the comments before it are left out.
 absl::string_view FirstLine(absl::string_view sql) {
-  size_t i = 0;
-  while (i < sql.size()) {
-    if (absl::ascii_isspace(sql[i])) {
-      ++i;
-    } else if (sql.substr(i, 2) == "--" || sql.substr(i, 2) == "/*") {
-      i = SkipQuoted(sql, i);
-    } else {
-      break;
-    }
-  }
-  absl::string_view rest = sql.substr(i);
+  absl::string_view rest = sql.substr(SkipSpaceAndComments(sql, 0));
   return absl::StripTrailingAsciiWhitespace(rest.substr(0, rest.find('\n')));
 }
 
