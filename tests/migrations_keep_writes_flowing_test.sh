@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# A migration never holds a table that already exists for as long as its
+# rows take to read.
+#
+# Replicas of the old release keep serving while a migration Job runs
+# (docs/operations.md), so a statement that locks an existing table and
+# then reads every row stops bookings and registrations for that long: over
+# 300,000 participants, an index built inside a migration's transaction held
+# registrations up to 3.9 s (tools/bench/migration.sh). Each versioned
+# migration is read statement by statement (comments out, lower-cased), and
+# on a table the same file did not create:
+#   - CREATE INDEX must be CONCURRENTLY, in a migration whose first line is
+#     `-- connecting:no-transaction` (libs/db/migrations.h, which refuses any
+#     other CREATE INDEX there);
+#   - a UNIQUE, PRIMARY KEY or EXCLUDE constraint (ALTER TABLE … ADD, or on
+#     an added column) builds its index under an exclusive lock: build the
+#     index concurrently first, then ADD CONSTRAINT … USING INDEX;
+#   - a CHECK or FOREIGN KEY constraint reads every row under its lock: add
+#     it NOT VALID, then VALIDATE CONSTRAINT (which lets writes through);
+#   - ALTER COLUMN … TYPE rewrites the table and SET NOT NULL reads it, both
+#     under an exclusive lock: add a new column instead, or a CHECK
+#     (… IS NOT NULL) NOT VALID, validated, before SET NOT NULL.
+# The migrations listed below came before this check, when their tables were
+# small; they stay as they were applied.
+# Usage (ctest runs it): migrations_keep_writes_flowing_test.sh [ROOT]
+#        migrations_keep_writes_flowing_test.sh --self-test
+set -euo pipefail
+
+if [ "${1:-}" = "--self-test" ]; then
+  # The check itself: each kind of statement it must refuse is refused with
+  # its reason, and the forms it must accept pass.
+  self=$(readlink -f "$0")
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  expect() {  # expect pass|fail "reason substring" "migration text"
+    rm -rf "$tmp/root" && mkdir -p "$tmp/root/services/x/migrations"
+    printf '%s\n' "$3" >"$tmp/root/services/x/migrations/0001_x.sql"
+    local rc=0
+    "$self" "$tmp/root" >"$tmp/out" 2>&1 || rc=$?
+    if [ "$1" = pass ] && [ $rc -ne 0 ]; then
+      echo "self-test: refused what it must accept: $3" >&2
+      cat "$tmp/out" >&2
+      exit 1
+    fi
+    if [ "$1" = fail ] && { [ $rc -eq 0 ] || ! grep -qF -- "$2" "$tmp/out"; }; then
+      echo "self-test: did not refuse ($2): $3" >&2
+      cat "$tmp/out" >&2
+      exit 1
+    fi
+  }
+  expect fail "inside a transaction" "CREATE INDEX people_by_name ON people (name);"
+  expect fail "inside a transaction" "create unique index if not exists x on only people (a);"
+  expect fail "USING INDEX" "ALTER TABLE people ADD CONSTRAINT people_email UNIQUE (email);"
+  expect fail "USING INDEX" "ALTER TABLE IF EXISTS ONLY people ADD PRIMARY KEY (id);"
+  expect fail "USING INDEX" "ALTER TABLE people ADD COLUMN code text UNIQUE;"
+  expect fail "USING INDEX" "ALTER TABLE rooms ADD EXCLUDE USING gist (during WITH &&);"
+  expect fail "NOT VALID" "ALTER TABLE people ADD CONSTRAINT adult CHECK (age >= 18);"
+  expect fail "NOT VALID" "ALTER TABLE people ADD COLUMN n int NOT NULL DEFAULT 0 CHECK (n >= 0);"
+  expect fail "NOT VALID" "ALTER TABLE people ADD FOREIGN KEY (team) REFERENCES teams (id);"
+  expect fail "NOT VALID" "ALTER TABLE people ADD COLUMN team uuid REFERENCES teams;"
+  expect fail "rewrites" "ALTER TABLE people ALTER COLUMN age TYPE bigint;"
+  expect fail "rewrites" "alter table people alter age set data type bigint;"
+  expect fail "SET NOT NULL" "ALTER TABLE people ALTER COLUMN email SET NOT NULL;"
+  expect pass "" "-- connecting:no-transaction
+CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS people_email ON people (email);
+ALTER TABLE people ADD CONSTRAINT people_email UNIQUE USING INDEX people_email;"
+  expect pass "" "ALTER TABLE people ADD CONSTRAINT adult CHECK (age >= 18) NOT VALID;
+ALTER TABLE people VALIDATE CONSTRAINT adult;
+ALTER TABLE people ADD COLUMN team uuid, ADD CONSTRAINT t FOREIGN KEY (team) REFERENCES teams NOT VALID;"
+  expect pass "" "ALTER TABLE people ADD COLUMN nickname text; -- a UNIQUE name? CHECK later
+ALTER TABLE people DROP CONSTRAINT people_check; ALTER TABLE people SET (fillfactor = 50);
+/* ALTER TABLE people ALTER COLUMN age TYPE bigint; */"
+  expect pass "" "CREATE TABLE teams (id uuid PRIMARY KEY, name text UNIQUE CHECK (name <> ''));
+CREATE INDEX teams_by_name ON teams (name);
+ALTER TABLE teams ADD CONSTRAINT one_name UNIQUE (name), ALTER COLUMN name SET NOT NULL;
+CREATE TABLE IF NOT EXISTS rooms (id int);
+ALTER TABLE rooms ADD PRIMARY KEY (id);"
+  echo "self-test: every statement that holds an existing table while it reads it is refused"
+  exit 0
+fi
+
+cd "${1:-$(dirname "$0")/..}"
+shopt -s nullglob
+grandfathered=(
+  libs/bus/migrations/0006_inbox_stream_position.sql
+  services/scheduling/migrations/0002_site_waitlist_counter.sql
+  services/scheduling/migrations/0004_booking_indexes.sql
+  services/scheduling/migrations/0007_sessions_by_arranger.sql
+  services/scheduling/migrations/0008_sessions_by_host.sql
+  services/scheduling/migrations/0010_attendance_chains.sql
+)
+failures=0
+checked=0
+refuse() {  # refuse FILE TABLE REASON
+  echo "$1: on $2, which it did not create: $3" >&2
+  failures=$((failures + 1))
+}
+for f in libs/*/migrations/[0-9][0-9][0-9][0-9]_*.sql services/*/migrations/[0-9][0-9][0-9][0-9]_*.sql; do
+  checked=$((checked + 1))
+  [[ " ${grandfathered[*]} " == *" $f "* ]] && continue
+  # Comments out (`--` to the end of a line, `/* … */`), lower-cased, one
+  # statement per line. A function body's semicolons split it too, which
+  # only matters if it holds one of these statements as text.
+  statements=$(perl -0777 -pe 's{/\*.*?\*/}{ }gs; s{--[^\n]*}{}g; s{\s+}{ }g; s{;}{\n}g; $_ = lc' "$f")
+  created=$(grep -oP '^ *create (unlogged )?table (if not exists )?\K\w+' <<<"$statements" || true)
+  ours() { grep -qx "$1" <<<"$created"; }
+  create_index='^ *create (unique )?index '
+  concurrently='^ *create (unique )?index concurrently '
+  alter_table='^ *alter table (if exists )?(only )?([a-z0-9_]+)'
+  while IFS= read -r s; do
+    if [[ $s =~ $create_index ]] && [[ ! $s =~ $concurrently ]]; then
+      table=$(grep -oP '\bon (only )?\K\w+' <<<"$s" | head -1)
+      ours "$table" || refuse "$f" "$table" "an index built inside a transaction holds its writes; build it CONCURRENTLY in a migration whose first line is '-- connecting:no-transaction' (libs/db/migrations.h)"
+      continue
+    fi
+    [[ $s =~ $alter_table ]] || continue
+    table=${BASH_REMATCH[3]}
+    ours "$table" && continue
+    if grep -qP '\b(unique|primary key|exclude)\b' <<<"$s" && ! grep -qP '\busing index\b' <<<"$s"; then
+      refuse "$f" "$table" "a UNIQUE, PRIMARY KEY or EXCLUDE constraint builds its index under an exclusive lock; build the index CONCURRENTLY first, then ADD CONSTRAINT … USING INDEX"
+    fi
+    if grep -qP '\b(check|references|foreign key)\b' <<<"$s" && ! grep -qP '\bnot valid\b' <<<"$s"; then
+      refuse "$f" "$table" "a CHECK or FOREIGN KEY constraint reads every row under its lock; add it NOT VALID, then VALIDATE CONSTRAINT"
+    fi
+    if grep -qP '\balter (column )?\w+ (set data )?type\b' <<<"$s"; then
+      refuse "$f" "$table" "ALTER COLUMN … TYPE rewrites the table under an exclusive lock; add a new column instead"
+    fi
+    if grep -qP '\bset not null\b' <<<"$s"; then
+      refuse "$f" "$table" "SET NOT NULL reads every row under an exclusive lock; add CHECK (… IS NOT NULL) NOT VALID and VALIDATE it first"
+    fi
+  done <<<"$statements"
+done
+[ "$checked" -gt 0 ] || { echo "no migrations found under $(pwd)" >&2; exit 1; }
+if [ "$failures" -gt 0 ]; then exit 1; fi
+echo "$checked versioned migrations: none holds an existing table while it reads it"
