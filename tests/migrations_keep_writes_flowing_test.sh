@@ -14,9 +14,12 @@
 #     other CREATE INDEX there);
 #   - a UNIQUE, PRIMARY KEY or EXCLUDE constraint (ALTER TABLE … ADD, or on
 #     an added column) builds its index under an exclusive lock: build the
-#     index concurrently first, then ADD CONSTRAINT … USING INDEX;
+#     index concurrently first, then ADD CONSTRAINT … USING INDEX in the
+#     next migration;
 #   - a CHECK or FOREIGN KEY constraint reads every row under its lock: add
-#     it NOT VALID, then VALIDATE CONSTRAINT (which lets writes through);
+#     it NOT VALID, then VALIDATE CONSTRAINT (which lets writes through) in
+#     a later migration: in the same transaction the lock taken to add it
+#     is still held while it validates;
 #   - ALTER COLUMN … TYPE rewrites the table and SET NOT NULL reads it, both
 #     under an exclusive lock: add a new column instead, or a CHECK
 #     (… IS NOT NULL) NOT VALID, validated, before SET NOT NULL.
@@ -61,12 +64,14 @@ if [ "${1:-}" = "--self-test" ]; then
   expect fail "rewrites" "ALTER TABLE people ALTER COLUMN age TYPE bigint;"
   expect fail "rewrites" "alter table people alter age set data type bigint;"
   expect fail "SET NOT NULL" "ALTER TABLE people ALTER COLUMN email SET NOT NULL;"
+  expect fail "later migration" "ALTER TABLE people ADD CONSTRAINT adult CHECK (age >= 18) NOT VALID;
+ALTER TABLE people VALIDATE CONSTRAINT adult;"
   expect pass "" "-- connecting:no-transaction
-CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS people_email ON people (email);
-ALTER TABLE people ADD CONSTRAINT people_email UNIQUE USING INDEX people_email;"
+CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS people_email ON people (email);"
+  expect pass "" "ALTER TABLE people ADD CONSTRAINT people_email UNIQUE USING INDEX people_email;"
   expect pass "" "ALTER TABLE people ADD CONSTRAINT adult CHECK (age >= 18) NOT VALID;
-ALTER TABLE people VALIDATE CONSTRAINT adult;
 ALTER TABLE people ADD COLUMN team uuid, ADD CONSTRAINT t FOREIGN KEY (team) REFERENCES teams NOT VALID;"
+  expect pass "" "ALTER TABLE people VALIDATE CONSTRAINT adult;"
   expect pass "" "ALTER TABLE people ADD COLUMN nickname text; -- a UNIQUE name? CHECK later
 ALTER TABLE people DROP CONSTRAINT people_check; ALTER TABLE people SET (fillfactor = 50);
 /* ALTER TABLE people ALTER COLUMN age TYPE bigint; */"
@@ -103,6 +108,10 @@ for f in libs/*/migrations/[0-9][0-9][0-9][0-9]_*.sql services/*/migrations/[0-9
   # only matters if it holds one of these statements as text.
   statements=$(perl -0777 -pe 's{/\*.*?\*/}{ }gs; s{--[^\n]*}{}g; s{\s+}{ }g; s{;}{\n}g; $_ = lc' "$f")
   created=$(grep -oP '^ *create (unlogged )?table (if not exists )?\K\w+' <<<"$statements" || true)
+  # Constraints this file adds NOT VALID, if it runs in one transaction.
+  unvalidated=""
+  head -1 "$f" | grep -q '^-- connecting:no-transaction' ||
+    unvalidated=$(grep -oP 'add constraint \K\w+(?=[^,]* not valid\b)' <<<"$statements" || true)
   ours() { grep -qx "$1" <<<"$created"; }
   create_index='^ *create (unique )?index '
   concurrently='^ *create (unique )?index concurrently '
@@ -125,6 +134,10 @@ for f in libs/*/migrations/[0-9][0-9][0-9][0-9]_*.sql services/*/migrations/[0-9
     if grep -qP '\balter (column )?\w+ (set data )?type\b' <<<"$s"; then
       refuse "$f" "$table" "ALTER COLUMN … TYPE rewrites the table under an exclusive lock; add a new column instead"
     fi
+    for name in $(grep -oP '\bvalidate constraint \K\w+' <<<"$s" || true); do
+      grep -qx "$name" <<<"$unvalidated" || continue
+      refuse "$f" "$table" "VALIDATE CONSTRAINT $name in the transaction that added it still holds the lock the ADD took; validate it in a later migration"
+    done
     if grep -qP '\bset not null\b' <<<"$s"; then
       refuse "$f" "$table" "SET NOT NULL reads every row under an exclusive lock; add CHECK (… IS NOT NULL) NOT VALID and VALIDATE it first"
     fi
