@@ -1299,10 +1299,11 @@ TEST_F(Scheduling, AConnectorUpdatesTheirDetailsByMaskAndEtag) {
 
 TEST_F(Scheduling, SessionsAreListedByHostAndByFreeSeats) {
   // A host leaves the partner: their visits are found to give them a new
-  // host. A connector looks for visits they would get a seat on.
+  // host. A connector looks for visits they would get a seat on: not a full
+  // one, nor one cancelled (its seats all free) or already begun.
   std::string host = fx_->CreateHost(*org_, "Leaving Host");
   std::vector<sv1::Session> hosted;
-  for (int i = 0; i < 2; ++i) {
+  for (int i = 0; i < 4; ++i) {
     sv1::Session s = NewSession(*fx_, *org_, 1, DateIn(120 + i));
     sv1::UpdateSessionRequest req;
     *req.mutable_session() = s;
@@ -1315,19 +1316,42 @@ TEST_F(Scheduling, SessionsAreListedByHostAndByFreeSeats) {
   }
   sv1::Booking b;
   ASSERT_TRUE(Book(*fx_, hosted[0].id(), Register(*fx_, "FREE01").id(), &b).ok());  // now full
-  auto list = [&](bool free_only) {
+  sv1::CancelSessionRequest cancel;
+  cancel.set_id(hosted[2].id());
+  cancel.set_reason("host left");
+  sv1::Session cancelled;
+  ASSERT_TRUE(fx_->stub->CancelSession(Ctx(fx_->admin).get(), cancel, &cancelled).ok());
+  // Began at midnight today (sessions cannot be made in the past through the API).
+  ASSERT_EQ(Sql("UPDATE sessions SET session_date = (now() AT TIME ZONE 'Europe/London')::date, "
+                "start_time = '00:00', end_time = '23:59' WHERE id = '" +
+                hosted[3].id() + "'"),
+            1);
+  auto list = [&](bool free_only, int status = 0) {
     sv1::ListSessionsRequest req;
     req.set_host_contact_id(host);
     req.set_with_free_seats(free_only);
+    req.set_status(static_cast<sv1::SessionStatus>(status));
     sv1::ListSessionsResponse out;
     grpc::Status st = fx_->stub->ListSessions(Ctx(fx_->admin).get(), req, &out);
     EXPECT_TRUE(st.ok()) << st.error_message();
-    std::vector<std::string> ids;
-    for (const auto& s : out.sessions()) ids.push_back(s.id());
+    std::set<std::string> ids;
+    for (const auto& s : out.sessions()) ids.insert(s.id());
     return ids;
   };
-  EXPECT_EQ(list(false), (std::vector<std::string>{hosted[0].id(), hosted[1].id()}));
-  EXPECT_EQ(list(true), (std::vector<std::string>{hosted[1].id()})) << "the full one is left out";
+  EXPECT_EQ(list(false), (std::set<std::string>{hosted[0].id(), hosted[1].id(), hosted[2].id(),
+                                                hosted[3].id()}));
+  EXPECT_EQ(list(true), (std::set<std::string>{hosted[1].id()}))
+      << "the full, the cancelled and the begun ones are left out";
+  EXPECT_EQ(list(true, sv1::SESSION_STATUS_SCHEDULED), (std::set<std::string>{hosted[1].id()}));
+  sv1::ListSessionsRequest cancelled_free;
+  cancelled_free.set_with_free_seats(true);
+  cancelled_free.set_status(sv1::SESSION_STATUS_CANCELLED);
+  sv1::ListSessionsResponse none;
+  grpc::Status refused = fx_->stub->ListSessions(Ctx(fx_->admin).get(), cancelled_free, &none);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.error_message().find("status"), std::string::npos) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("with_free_seats"), std::string::npos)
+      << refused.error_message();
   sv1::ListSessionsRequest bad;
   bad.set_host_contact_id("someone");
   sv1::ListSessionsResponse out;

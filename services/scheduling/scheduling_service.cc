@@ -584,7 +584,14 @@ absl::Status SchedulingLogic::ListSessions(const Call& call, const v1::ListSessi
   CheckDateFilter(e, "from_date", req.from_date());
   CheckDateFilter(e, "to_date", req.to_date());
   if (!v1::SessionKind_IsValid(req.kind())) e.Add("kind", "unknown value");
-  if (!v1::SessionStatus_IsValid(req.status())) e.Add("status", "unknown value");
+  if (!v1::SessionStatus_IsValid(req.status())) {
+    e.Add("status", "unknown value");
+  } else if (req.with_free_seats() && req.status() != v1::SESSION_STATUS_UNSPECIFIED &&
+             req.status() != v1::SESSION_STATUS_SCHEDULED) {
+    e.Add("status",
+          "must be unset or SESSION_STATUS_SCHEDULED with with_free_seats (only a scheduled "
+          "session can be booked)");
+  }
   server::CheckUuid(e, "organisation_id", req.organisation_id(), false);
   server::CheckUuid(e, "host_contact_id", req.host_contact_id(), false);
   if (!e.empty()) return e.ToStatus();

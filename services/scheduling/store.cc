@@ -400,7 +400,12 @@ absl::StatusOr<std::vector<v1::Session>> ListSessions(db::Conn& c, const Session
   if (!f.organisation_id.empty()) add("s.organisation_id = ", f.organisation_id, "::uuid");
   if (!f.host_contact_id.empty()) add("s.host_contact_id = ", f.host_contact_id, "::uuid");
   if (f.with_free_seats) {
+    // Sessions a booking made now would be confirmed on: scheduled, not
+    // begun (as book_session has it), a seat free at some site. The date
+    // bound lets the status index start at today.
     where.push_back(
+        "s.status = 2 AND s.session_date >= (now() AT TIME ZONE 'Europe/London')::date AND "
+        "(s.session_date + s.start_time) AT TIME ZONE 'Europe/London' > now() AND "
         "EXISTS (SELECT 1 FROM session_sites ss WHERE ss.session_id = s.id AND "
         "ss.confirmed < ss.capacity)");
   }
