@@ -402,7 +402,7 @@ absl::StatusOr<std::vector<v1::Session>> ListSessions(db::Conn& c, const Session
   if (f.with_free_seats) {
     // Sessions a booking made now would be confirmed on: scheduled, not
     // begun (as book_session has it), a seat free at some site. The date
-    // bound lets the status index start at today.
+    // bound starts the walk in date order at today, past the history.
     where.push_back(
         "s.status = 2 AND s.session_date >= (now() AT TIME ZONE 'Europe/London')::date AND "
         "(s.session_date + s.start_time) AT TIME ZONE 'Europe/London' > now() AND "
