@@ -162,7 +162,7 @@ TEST(ListsAtScale, OrganisationsAndOffersReadInProportionToThePage) {
 // 30,000 participants in 200 directorates (one in a hundred senior civil
 // servants, one in a hundred inactive) and 20,000 sessions over two years
 // (one in a hundred awaiting their host, one in a hundred a partner's visit
-// to the department), each with its site.
+// to the department, one in seven at one partner), each with its site.
 constexpr char kSchedulingFill[] = R"sql(
 INSERT INTO participants (staff_number, display_name, email, grade, directorate, status)
 SELECT 'S' || i, CASE WHEN i % 10 = 0 THEN 'person ' ELSE 'Person ' END || lpad(i::text, 6, '0'),
@@ -171,7 +171,9 @@ SELECT 'S' || i, CASE WHEN i % 10 = 0 THEN 'person ' ELSE 'Person ' END || lpad(
        CASE WHEN i % 100 = 1 THEN 2 ELSE 1 END
 FROM generate_series(1, 30000) i;
 INSERT INTO sessions (kind, title, organisation_id, session_date, start_time, end_time, status)
-SELECT CASE WHEN i % 100 = 0 THEN 3 ELSE 1 END, 'Visit ' || i, gen_random_uuid(),
+SELECT CASE WHEN i % 100 = 0 THEN 3 ELSE 1 END, 'Visit ' || i,
+       CASE WHEN i % 7 = 0 THEN 'b1900000-0000-4000-8000-000000000001'::uuid
+            ELSE gen_random_uuid() END,
        current_date - 340 + i / 29, time '09:00', time '16:00',
        CASE WHEN i % 100 = 1 THEN 1 ELSE 2 END
 FROM generate_series(1, 20000) i;
@@ -226,6 +228,13 @@ TEST(ListsAtScale, ParticipantsAndSessionsReadInProportionToThePage) {
   ExpectReadInProportion(*c, "partner visits, from a date", kPage,
                          sessions(filter(3, 0, "2027-03-01")));
   ExpectReadInProportion(*c, "department events (none)", 0, sessions(filter(2, 0)));
+  // A partner (one in seven of the sessions, 2,857) lists the visits
+  // awaiting its hosts (29 of them), and its scheduled ones.
+  ss::SessionFilter partner = filter(0, 1);
+  partner.organisation_id = "b1900000-0000-4000-8000-000000000001";
+  ExpectReadInProportion(*c, "a partner's awaiting their host", 29, sessions(partner));
+  partner.status = 2;
+  ExpectReadInProportion(*c, "a partner's scheduled", kPage, sessions(partner));
   // Sessions a booking would be confirmed on: the 9,860 past ones, ahead of
   // today in the list's order, are not read; today's 29, once begun, are
   // passed over (an index entry and a row each). A row returned reads its
