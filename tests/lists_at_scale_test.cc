@@ -113,6 +113,8 @@ TEST(ListsAtScale, OrganisationsAndOffersReadInProportionToThePage) {
   ExpectReadInProportion(*c, "paused (one in a hundred)", kPage, orgs({0, 0, 2, "", ""}));
   ExpectReadInProportion(*c, "a sector", kPage, orgs({3, 0, 0, "", ""}));
   ExpectReadInProportion(*c, "a region", kPage, orgs({0, 4, 0, "", ""}));
+  // One in 72: a dashboard's "acute trusts in London".
+  ExpectReadInProportion(*c, "a sector in a region", kPage, orgs({3, 4, 0, "", ""}));
   // A name prefix is matched ignoring case, and the list is in that order.
   ExpectReadInProportion(*c, "prefix named last", kPage, orgs({0, 0, 0, "zEAL", ""}));
   ExpectReadInProportion(*c, "prefix of nine", 9,  // Trust 010001–010009 (010000 is a Zeal)
