@@ -1,5 +1,6 @@
 // Every list filter of both services reads about as many rows as a page
-// returns, however rare the value asked for and wherever it falls in the
+// returns (and an attendance record, at the end, reads about its chains'
+// neighbours), however rare the value asked for and wherever it falls in the
 // list's order: an index in the list's own order serves each filter. Without
 // one, a page of a rare value walks the whole order (an empty directorate read
 // every participant) and grows with the table, not the page.
@@ -251,6 +252,46 @@ TEST(ListsAtScale, ParticipantsAndSessionsReadInProportionToThePage) {
   ExpectReadInProportion(
       *c, "awaiting their host, from the 150th", 50,
       sessions(filter(0, 1), {later->String(0, 0), later->String(0, 1), later->String(0, 2)}));
+}
+
+// Recording an attendance links its fact into the figures' ten chains
+// (docs/scheduling.md, Programme figures): each chain's neighbours before
+// and after it are found by an index in chain order, so a record reads
+// about the same whatever the organisation's history. At an organisation of
+// 50,000 visits by 40 directorates, a visit by a directorate new to it (and
+// of its rarest grade) is linked without walking those visits.
+TEST(AtScale, AnAttendanceRecordReadsItsNeighboursNotTheOrganisationsVisits) {
+  std::unique_ptr<db::Conn> c = Migrated(SCHEDULING_BIN, NewDatabase(), R"sql(
+-- The facts' bookings are not the point here: facts without them.
+ALTER TABLE attendance_facts DROP CONSTRAINT attendance_facts_booking_id_fkey;
+SET session_replication_role = replica;
+INSERT INTO attendance_facts (booking_id, session_date, participant_id, organisation_id, sector,
+                              region, directorate, grade)
+SELECT gen_random_uuid(), current_date - 400 + g % 365, gen_random_uuid(),
+       'a7700000-0000-4000-8000-000000000001', 2, 3, 'Directorate ' || g % 40,
+       CASE WHEN g % 5000 = 0 THEN 1 ELSE 2 + g % 3 END
+FROM generate_series(1, 50000) g;
+SET session_replication_role = DEFAULT;
+SELECT rebuild_attendance_chains()
+)sql");
+  ASSERT_NE(c, nullptr);
+  for (const char* who : {"'Directorate 7', 3", "'Directorate new', 1"}) {
+    SCOPED_TRACE(who);
+    ASSERT_TRUE(c->ExecScript("BEGIN").ok());
+    int64_t before = RowsRead(*c);
+    ASSERT_TRUE(
+        c->ExecScript(absl::StrCat("INSERT INTO attendance_facts (booking_id, session_date, "
+                                   "participant_id, organisation_id, sector, region, directorate, "
+                                   "grade) VALUES (gen_random_uuid(), current_date - 200, "
+                                   "gen_random_uuid(), 'a7700000-0000-4000-8000-000000000001', 2, "
+                                   "3, ",
+                                   who, ")"))
+            .ok());
+    int64_t read = RowsRead(*c) - before;
+    ASSERT_TRUE(c->ExecScript("ROLLBACK").ok());
+    // Ten chains, a neighbour each way: an index entry and a row for each.
+    EXPECT_LE(read, 2 * 2 * 10 + kSlack);
+  }
 }
 
 }  // namespace
