@@ -134,6 +134,14 @@ bigger=$($G -plaintext "${auth[@]}" -d "{\"session\": {\"id\": \"$(field id <<<"
   "$S" connecting.scheduling.v1.SchedulingService/UpdateSession)
 [ "$(field sites.0.capacity <<<"$bigger")" = 2 ] && [ "$(field sites.0.confirmed <<<"$bigger")" = 1 ] ||
   fail "update session: $bigger"
+# The partner's view: its own sessions by status, nothing awaiting its hosts.
+partner=(-H "authorization: Bearer $(AUTH_JWT_KEY="$key" "$token_bin" partner "$id")")
+theirs=$($G -plaintext "${partner[@]}" -d '{"status": "SESSION_STATUS_SCHEDULED"}' "$S" \
+  connecting.scheduling.v1.SchedulingService/ListSessions)
+[ "$(field sessions.0.id <<<"$theirs")" = "$(field id <<<"$session")" ] || fail "partner's sessions: $theirs"
+pending=$($G -plaintext "${partner[@]}" -d '{"status": "SESSION_STATUS_PENDING_HOST"}' "$S" \
+  connecting.scheduling.v1.SchedulingService/ListSessions)
+! grep -q '"sessions"' <<<"$pending" || fail "pending: $pending"
 $G -plaintext "${auth[@]}" -d "{\"from_date\": \"$(date +%Y)-01-01\", \"to_date\": \"$(( $(date +%Y) + 1 ))-12-31\",
   \"group_by\": \"FIGURES_GROUPING_QUARTER\"}" "$S" connecting.scheduling.v1.SchedulingService/GetProgrammeFigures \
   >/dev/null || fail "figures"
