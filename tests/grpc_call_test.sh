@@ -191,5 +191,18 @@ demo_person=$($G -plaintext "${auth[@]}" -d '{"staff_number": "DEMO1001"}' \
 contacts=$($G -plaintext "${auth[@]}" -d "{\"participant_id\": \"$(field participants.0.id <<<"$demo_person")\"}" \
   "$S" connecting.scheduling.v1.SchedulingService/ListEnduringContacts)
 [ -n "$(field contacts.0.hostContactId <<<"$contacts")" ] || fail "the demo's enduring contacts: $contacts"
+# The visit the demo's connector arranged (the same one both runs) awaits its
+# partner's host: the partner finds it by status and accepts it.
+arranged=$(sed -n 's/^  arranged visit .* \([0-9a-f-]\{36\}\) (SESSION_STATUS_PENDING_HOST)$/\1/p' "$work/demo.out")
+[ -n "$arranged" ] || fail "the demo's arranged visit: $(tail -3 "$work/demo.out")"
+visit=$($G -plaintext "${auth[@]}" -d "{\"id\": \"$arranged\"}" "$S" \
+  connecting.scheduling.v1.SchedulingService/GetSession)
+host_partner=(-H "authorization: Bearer $(AUTH_JWT_KEY="$key" "$token_bin" partner "$(field organisationId <<<"$visit")")")
+to_accept=$($G -plaintext "${host_partner[@]}" -d '{"status": "SESSION_STATUS_PENDING_HOST"}' "$S" \
+  connecting.scheduling.v1.SchedulingService/ListSessions)
+[ "$(field sessions.0.id <<<"$to_accept")" = "$arranged" ] || fail "the partner's visits to accept: $to_accept"
+accepted=$($G -plaintext "${host_partner[@]}" -d "{\"id\": \"$arranged\"}" "$S" \
+  connecting.scheduling.v1.SchedulingService/AcceptSession)
+[ "$(field status <<<"$accepted")" = SESSION_STATUS_SCHEDULED ] || fail "accept: $accepted"
 
-echo "grpc-call: discovery, health, partners and scheduling calls all behaved; watch-events read their events; the demo loaded once"
+echo "grpc-call: discovery, health, partners and scheduling calls all behaved; watch-events read their events; the demo loaded once, its arranged visit accepted by its partner"

@@ -2,7 +2,8 @@
 // carries a fixed request_id, so running it again changes nothing.
 //   PARTNERS_ADDR=127.0.0.1:50051 AUTH_JWT_KEY=... connecting-demo
 // With SCHEDULING_ADDR it also registers connectors and books visits; with
-// SCHEDULING_DATABASE_URL too, it writes a year of past visits (SeedHistory).
+// SCHEDULING_DATABASE_URL too, it writes a year of past visits (SeedHistory),
+// and a connector arranges a visit with a host met in them (ArrangeVisit).
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
@@ -203,6 +204,39 @@ int SeedScheduling(const char* addr, const std::string& token, const std::vector
   return 0;
 }
 
+// A connector arranges a follow-up visit with a host met in the history (an
+// enduring contact), as a connector's own app would, with their token: it
+// waits for the partner's host to accept it (PENDING_HOST), which a partner
+// token finds with ListSessions by status.
+int ArrangeVisit(const std::string& addr, const std::string& key, const std::string& connector,
+                 const std::string& org, const std::string& host) {
+  auto token = connecting::server::MintToken(key, connecting::server::Role::kParticipant, connector,
+                                             {}, absl::Minutes(10));
+  if (!token.ok()) return 1;
+  auto stub = sv1::SchedulingService::NewStub(
+      grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
+  absl::TimeZone tz;
+  if (!absl::LoadTimeZone("Europe/London", &tz)) tz = absl::UTCTimeZone();
+  sv1::CreateSessionRequest req;
+  req.set_request_id("demo-arranged-1");
+  sv1::Session* s = req.mutable_session();
+  s->set_kind(sv1::SESSION_KIND_FRONTLINE_VISIT);
+  s->set_title("Follow-up visit");
+  s->set_organisation_id(org);
+  s->set_host_contact_id(host);
+  s->set_date(absl::FormatTime("%Y-%m-%d", absl::Now() + absl::Hours(24 * 30), tz));
+  s->set_start_time("10:00");
+  s->set_end_time("15:00");
+  s->add_sites()->set_capacity(1);
+  sv1::Session out;
+  if (!Check(stub->CreateSession(Ctx(*token).get(), req, &out), "CreateSession (arranged)")) {
+    return 1;
+  }
+  std::printf("  arranged visit %s %s %s (%s)\n", out.title().c_str(), out.date().c_str(),
+              out.id().c_str(), sv1::SessionStatus_Name(out.status()).c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main() {
@@ -268,5 +302,6 @@ int main() {
   if (int rc = SeedScheduling(sched_addr, *token, org_ids, host_ids, &people); rc != 0) return rc;
   const char* history_db = std::getenv("SCHEDULING_DATABASE_URL");
   if (history_db == nullptr) return 0;
-  return SeedHistory(history_db, org_ids, host_ids, people);
+  if (int rc = SeedHistory(history_db, org_ids, host_ids, people); rc != 0) return rc;
+  return ArrangeVisit(sched_addr, key, people[0], org_ids[0], host_ids[0]);
 }
