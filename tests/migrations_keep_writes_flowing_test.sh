@@ -22,7 +22,12 @@
 #     is still held while it validates;
 #   - ALTER COLUMN … TYPE rewrites the table and SET NOT NULL reads it, both
 #     under an exclusive lock: add a new column instead, or a CHECK
-#     (… IS NOT NULL) NOT VALID, validated, before SET NOT NULL.
+#     (… IS NOT NULL) NOT VALID, validated, before SET NOT NULL;
+#   - so does a column added with a volatile DEFAULT (gen_random_uuid(),
+#     random(), clock_timestamp(), nextval(), a serial type) or GENERATED …
+#     STORED, and SET LOGGED/UNLOGGED or SET TABLESPACE: add the column
+#     plain and fill it in batches;
+#   - VACUUM FULL and CLUSTER rewrite a table under an exclusive lock.
 # The migrations listed below came before this check, when their tables were
 # small; they stay as they were applied.
 # Usage (ctest runs it): migrations_keep_writes_flowing_test.sh [ROOT]
@@ -64,6 +69,13 @@ if [ "${1:-}" = "--self-test" ]; then
   expect fail "rewrites" "ALTER TABLE people ALTER COLUMN age TYPE bigint;"
   expect fail "rewrites" "alter table people alter age set data type bigint;"
   expect fail "SET NOT NULL" "ALTER TABLE people ALTER COLUMN email SET NOT NULL;"
+  expect fail "volatile" "ALTER TABLE people ADD COLUMN token uuid NOT NULL DEFAULT gen_random_uuid();"
+  expect fail "volatile" "ALTER TABLE people ADD COLUMN n bigserial;"
+  expect fail "volatile" "ALTER TABLE people ADD COLUMN seen timestamptz DEFAULT clock_timestamp();"
+  expect fail "volatile" "ALTER TABLE people ADD COLUMN n int GENERATED ALWAYS AS (age * 2) STORED;"
+  expect fail "rewrites" "ALTER TABLE people SET UNLOGGED;"
+  expect fail "rewrites" "VACUUM FULL people;"
+  expect fail "rewrites" "CLUSTER people USING people_pkey;"
   expect fail "later migration" "ALTER TABLE people ADD CONSTRAINT adult CHECK (age >= 18) NOT VALID;
 ALTER TABLE people VALIDATE CONSTRAINT adult;"
   expect pass "" "-- connecting:no-transaction
@@ -72,6 +84,8 @@ CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS people_email ON people (email);"
   expect pass "" "ALTER TABLE people ADD CONSTRAINT adult CHECK (age >= 18) NOT VALID;
 ALTER TABLE people ADD COLUMN team uuid, ADD CONSTRAINT t FOREIGN KEY (team) REFERENCES teams NOT VALID;"
   expect pass "" "ALTER TABLE people VALIDATE CONSTRAINT adult;"
+  expect pass "" "ALTER TABLE people ADD COLUMN made timestamptz NOT NULL DEFAULT now();
+ALTER TABLE people ADD COLUMN id2 uuid; ALTER TABLE people ALTER COLUMN id2 SET DEFAULT gen_random_uuid();"
   expect pass "" "ALTER TABLE people ADD COLUMN nickname text; -- a UNIQUE name? CHECK later
 ALTER TABLE people DROP CONSTRAINT people_check; ALTER TABLE people SET (fillfactor = 50);
 /* ALTER TABLE people ALTER COLUMN age TYPE bigint; */"
@@ -116,10 +130,16 @@ for f in libs/*/migrations/[0-9][0-9][0-9][0-9]_*.sql services/*/migrations/[0-9
   create_index='^ *create (unique )?index '
   concurrently='^ *create (unique )?index concurrently '
   alter_table='^ *alter table (if exists )?(only )?([a-z0-9_]+)'
+  rewrite_table='^ *(vacuum (\([^)]*full[^)]*\) |full )(verbose )?|cluster (verbose )?)([a-z0-9_]+)'
   while IFS= read -r s; do
     if [[ $s =~ $create_index ]] && [[ ! $s =~ $concurrently ]]; then
       table=$(grep -oP '\bon (only )?\K\w+' <<<"$s" | head -1)
       ours "$table" || refuse "$f" "$table" "an index built inside a transaction holds its writes; build it CONCURRENTLY in a migration whose first line is '-- connecting:no-transaction' (libs/db/migrations.h)"
+      continue
+    fi
+    if [[ $s =~ $rewrite_table ]]; then
+      ours "${BASH_REMATCH[5]}" ||
+        refuse "$f" "${BASH_REMATCH[5]}" "VACUUM FULL or CLUSTER rewrites the table under an exclusive lock"
       continue
     fi
     [[ $s =~ $alter_table ]] || continue
@@ -138,6 +158,12 @@ for f in libs/*/migrations/[0-9][0-9][0-9][0-9]_*.sql services/*/migrations/[0-9
       grep -qx "$name" <<<"$unvalidated" || continue
       refuse "$f" "$table" "VALIDATE CONSTRAINT $name in the transaction that added it still holds the lock the ADD took; validate it in a later migration"
     done
+    if grep -qP '\badd (column )?(if not exists )?\w+ [^,]*(\bdefault [^,]*\b(gen_random_uuid|random|clock_timestamp|timeofday|uuid_generate_v\d\w*|nextval) *\(|\b(small|big)?serial\b|\bstored\b)' <<<"$s"; then
+      refuse "$f" "$table" "a column added with a volatile DEFAULT, a serial type or GENERATED … STORED rewrites the table under an exclusive lock; add it plain, then fill it in batches"
+    fi
+    if grep -qP '\bset (logged|unlogged|tablespace)\b' <<<"$s"; then
+      refuse "$f" "$table" "SET LOGGED, UNLOGGED or TABLESPACE rewrites the table under an exclusive lock"
+    fi
     if grep -qP '\bset not null\b' <<<"$s"; then
       refuse "$f" "$table" "SET NOT NULL reads every row under an exclusive lock; add CHECK (… IS NOT NULL) NOT VALID and VALIDATE it first"
     fi
