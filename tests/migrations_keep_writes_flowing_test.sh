@@ -114,6 +114,11 @@ refuse() {  # refuse FILE TABLE REASON
   echo "$1: on $2, which it did not create: $3" >&2
   failures=$((failures + 1))
 }
+ours() { grep -qx "$1" <<<"$created"; }  # a table the file being read creates
+create_index='^ *create (unique )?index '
+concurrently='^ *create (unique )?index concurrently '
+alter_table='^ *alter table (if exists )?(only )?([a-z0-9_]+)'
+rewrite_table='^ *(vacuum (\([^)]*full[^)]*\) |full )(verbose )?|cluster (verbose )?)([a-z0-9_]+)'
 for f in libs/*/migrations/[0-9][0-9][0-9][0-9]_*.sql services/*/migrations/[0-9][0-9][0-9][0-9]_*.sql; do
   checked=$((checked + 1))
   [[ " ${grandfathered[*]} " == *" $f "* ]] && continue
@@ -126,11 +131,6 @@ for f in libs/*/migrations/[0-9][0-9][0-9][0-9]_*.sql services/*/migrations/[0-9
   unvalidated=""
   head -1 "$f" | grep -q '^-- connecting:no-transaction' ||
     unvalidated=$(grep -oP 'add constraint \K\w+(?=[^,]* not valid\b)' <<<"$statements" || true)
-  ours() { grep -qx "$1" <<<"$created"; }
-  create_index='^ *create (unique )?index '
-  concurrently='^ *create (unique )?index concurrently '
-  alter_table='^ *alter table (if exists )?(only )?([a-z0-9_]+)'
-  rewrite_table='^ *(vacuum (\([^)]*full[^)]*\) |full )(verbose )?|cluster (verbose )?)([a-z0-9_]+)'
   while IFS= read -r s; do
     if [[ $s =~ $create_index ]] && [[ ! $s =~ $concurrently ]]; then
       table=$(grep -oP '\bon (only )?\K\w+' <<<"$s" | head -1)
