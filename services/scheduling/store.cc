@@ -22,6 +22,13 @@ constexpr char kParticipantCols[] =
     "(extract(epoch FROM created_at) * 1000000)::bigint, "
     "(extract(epoch FROM updated_at) * 1000000)::bigint, version";
 
+// A session `s` that has not begun (as book_session has it, in the
+// department's time zone). The date bound lets a walk in date order
+// (sessions_by_date) start at today, past the history.
+constexpr char kNotBegun[] =
+    "s.session_date >= (now() AT TIME ZONE 'Europe/London')::date AND "
+    "(s.session_date + s.start_time) AT TIME ZONE 'Europe/London' > now()";
+
 // Sites are folded into one text column: name \x1f capacity \x1f confirmed
 // \x1f waitlisted, joined by \x1e, in their given order.
 constexpr char kSessionCols[] =
@@ -401,13 +408,10 @@ absl::StatusOr<std::vector<v1::Session>> ListSessions(db::Conn& c, const Session
   if (!f.host_contact_id.empty()) add("s.host_contact_id = ", f.host_contact_id, "::uuid");
   if (f.with_free_seats) {
     // Sessions a booking made now would be confirmed on: scheduled, not
-    // begun (as book_session has it), a seat free at some site. The date
-    // bound starts the walk in date order at today, past the history.
-    where.push_back(
-        "s.status = 2 AND s.session_date >= (now() AT TIME ZONE 'Europe/London')::date AND "
-        "(s.session_date + s.start_time) AT TIME ZONE 'Europe/London' > now() AND "
-        "EXISTS (SELECT 1 FROM session_sites ss WHERE ss.session_id = s.id AND "
-        "ss.confirmed < ss.capacity)");
+    // begun, a seat free at some site.
+    where.push_back(absl::StrCat("s.status = 2 AND ", kNotBegun,
+                                 " AND EXISTS (SELECT 1 FROM session_sites ss WHERE "
+                                 "ss.session_id = s.id AND ss.confirmed < ss.capacity)"));
   }
   if (after.size() == 3) {
     params.push_back(after[0]);
@@ -458,12 +462,9 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> SeatsFreeForWai
                  "JOIN session_sites ss ON ss.session_id = w.session_id AND ss.site = w.site "
                  "JOIN sessions s ON s.id = w.session_id "
                  "WHERE ss.confirmed < ss.capacity AND ss.waitlisted > 0 "
-                 "AND s.status = 2 "
-                 // The date bounds the sweep to sessions to come (sessions_by_date),
-                 // whatever waitlists past sessions left.
-                 "AND s.session_date >= (now() AT TIME ZONE 'Europe/London')::date "
-                 "AND (s.session_date + s.start_time) AT TIME ZONE 'Europe/London' > now() AND ",
-                 whose),
+                 // Sessions to come, whatever waitlists past sessions left.
+                 "AND s.status = 2 AND ",
+                 kNotBegun, " AND ", whose),
              params),
       [](const db::Result& r, int i) { return std::make_pair(r.String(i, 0), r.String(i, 1)); });
 }
