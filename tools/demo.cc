@@ -55,6 +55,13 @@ const DemoOrg kOrgs[] = {
      "Drop-in centre for people experiencing homelessness", v1::SETTING_VOLUNTARY_SERVICE},
 };
 
+// The date `days` from now in the department's time zone, YYYY-MM-DD.
+std::string DaysAhead(int days) {
+  absl::TimeZone tz;
+  if (!absl::LoadTimeZone("Europe/London", &tz)) tz = absl::UTCTimeZone();
+  return absl::FormatTime("%Y-%m-%d", absl::Now() + absl::Hours(24 * days), tz);
+}
+
 std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token) {
   auto c = std::make_unique<grpc::ClientContext>();
   c->AddMetadata("authorization", "Bearer " + token);
@@ -161,8 +168,6 @@ int SeedScheduling(const char* addr, const std::string& token, const std::vector
     }
     participant_ids.push_back(out.id());
   }
-  absl::TimeZone tz;
-  if (!absl::LoadTimeZone("Europe/London", &tz)) tz = absl::UTCTimeZone();
   for (size_t i = 0; i < orgs.size(); ++i) {
     sv1::CreateSessionRequest req;
     req.set_request_id("demo-session-" + std::to_string(i + 1));
@@ -171,7 +176,7 @@ int SeedScheduling(const char* addr, const std::string& token, const std::vector
     s->set_title(kOrgs[i].offer);
     s->set_organisation_id(orgs[i]);
     s->set_host_contact_id(hosts[i]);
-    s->set_date(absl::FormatTime("%Y-%m-%d", absl::Now() + absl::Hours(24 * (7 + 2 * i)), tz));
+    s->set_date(DaysAhead(7 + 2 * static_cast<int>(i)));
     s->set_start_time("09:30");
     s->set_end_time("16:30");
     // Three bookings each: every other session full with someone waiting,
@@ -215,8 +220,6 @@ int ArrangeVisit(const std::string& addr, const std::string& key, const std::str
   if (!token.ok()) return 1;
   auto stub = sv1::SchedulingService::NewStub(
       grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
-  absl::TimeZone tz;
-  if (!absl::LoadTimeZone("Europe/London", &tz)) tz = absl::UTCTimeZone();
   sv1::CreateSessionRequest req;
   req.set_request_id("demo-arranged-1");
   sv1::Session* s = req.mutable_session();
@@ -224,7 +227,7 @@ int ArrangeVisit(const std::string& addr, const std::string& key, const std::str
   s->set_title("Follow-up visit");
   s->set_organisation_id(org);
   s->set_host_contact_id(host);
-  s->set_date(absl::FormatTime("%Y-%m-%d", absl::Now() + absl::Hours(24 * 30), tz));
+  s->set_date(DaysAhead(30));
   s->set_start_time("10:00");
   s->set_end_time("15:00");
   s->add_sites()->set_capacity(1);
