@@ -677,6 +677,97 @@ TEST_F(Database, AMigrationOutsideATransactionMustBuildIndexesSoThatItCanRunAgai
   EXPECT_TRUE(absl::IsFailedPrecondition(db::Migrate(**conn, repeatable).status()));
 }
 
+// The backfill docs/operations.md gives for a table that already holds data:
+// a DO block in a no-transaction migration, committing after each batch, so
+// a writer waits at most for one batch, and a run stopped part-way keeps the
+// batches it committed and the next run fills the rest.
+TEST_F(Database, ABackfillCommitsBatchByBatchAndResumesWhereItStopped) {
+  auto conn = db::Conn::Open(url_, "t");
+  ASSERT_TRUE(conn.ok());
+  const std::string backfill =
+      "DO $$\n"
+      "DECLARE last int := 0;\n"
+      "BEGIN\n"
+      "  LOOP\n"
+      "    WITH batch AS (SELECT id FROM t WHERE id > last ORDER BY id LIMIT 500),\n"
+      "         filled AS (UPDATE t SET y = t.x * 2 FROM batch\n"
+      "                     WHERE t.id = batch.id AND t.y IS NULL)\n"
+      "    SELECT max(id) INTO last FROM batch;\n"
+      "    EXIT WHEN last IS NULL;\n"
+      "    COMMIT;\n"
+      "  END LOOP;\n"
+      "END $$;\n";
+  std::vector<db::MigrationSet> sets = {
+      {"fill",
+       {{"0001_t",
+         "CREATE TABLE t (id int PRIMARY KEY, x int);"
+         "INSERT INTO t SELECT i, i FROM generate_series(1, 5000) i"},
+        {"0002_y", "ALTER TABLE t ADD COLUMN y int"},
+        {"0003_fill_y", absl::StrCat(db::kNoTransaction, "\n", backfill)}}}};
+  auto filled = [&] {
+    auto r = (*conn)->Exec("SELECT count(*) FILTER (WHERE y = 2 * x), count(y) FROM t");
+    return r.ok() ? absl::StrCat(r->Int(0, 0), " ", r->Int(0, 1)) : r.status().ToString();
+  };
+
+  // In one transaction, PostgreSQL refuses the batches' COMMIT: nothing is
+  // filled and nothing is recorded.
+  std::vector<db::MigrationSet> in_one = {
+      {"fill", {sets[0].migrations[0], sets[0].migrations[1], {"0003_fill_y", backfill}}}};
+  auto refused = db::Migrate(**conn, in_one);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_EQ(filled(), "0 0");
+
+  // A writer holds row 4,000: the backfill waits for it in its eighth batch.
+  auto holder = db::Conn::Open(url_, "holder");
+  ASSERT_TRUE(holder.ok());
+  ASSERT_TRUE((*holder)->ExecScript("BEGIN; SELECT * FROM t WHERE id = 4000 FOR UPDATE").ok());
+  absl::Cleanup release = [&] { (void)(*holder)->ExecScript("ROLLBACK"); };
+  auto first = std::async(std::launch::async, [&] {
+    auto c = db::Conn::Open(url_, "backfill");
+    return c.ok() ? db::Migrate(**c, sets) : c.status();
+  });
+  bool waiting = false;  // bounded: 20 s
+  for (int i = 0; i < 400 && !waiting; ++i) {
+    auto r = (*conn)->Exec(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'backfill' "
+        "AND wait_event_type = 'Lock'");
+    ASSERT_TRUE(r.ok()) << r.status();
+    waiting = r->Int(0, 0) == 1;
+    if (!waiting) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(waiting) << "the backfill never reached the held row";
+  // The seven batches before it are committed, and their rows are free.
+  EXPECT_EQ(filled(), "3500 3500");
+  auto writer = db::Conn::Open(url_, "writer");
+  ASSERT_TRUE(writer.ok());
+  EXPECT_TRUE(
+      (*writer)->ExecScript("SET statement_timeout = '3s'; UPDATE t SET x = x WHERE id = 10").ok())
+      << "a filled row stayed locked";
+
+  // Stopped part-way (a Job killed): the committed batches stay.
+  ASSERT_TRUE((*conn)
+                  ->Exec("SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                         "WHERE application_name = 'backfill'")
+                  .ok());
+  ASSERT_EQ(first.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  auto stopped = first.get();
+  ASSERT_FALSE(stopped.ok());
+  EXPECT_NE(stopped.status().message().find("fill/0003_fill_y failed: at statement 1 of 1"),
+            absl::string_view::npos)
+      << stopped.status();
+  EXPECT_EQ(filled(), "3500 3500");
+
+  // Run again once the writer is done: it fills the rest and is recorded.
+  std::move(release).Invoke();
+  auto applied = db::Migrate(**conn, sets);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, std::vector<std::string>{"fill/0003_fill_y"});
+  EXPECT_EQ(filled(), "5000 5000");
+  applied = db::Migrate(**conn, sets);
+  ASSERT_TRUE(applied.ok());
+  EXPECT_TRUE(applied->empty());
+}
+
 TEST_F(Database, PendingListsWhatMigrateWouldApplyAndAppliesNothing) {
   // What a replica that does not migrate waits for (MIGRATE_ON_START=false).
   auto conn = db::Conn::Open(url_, "t");

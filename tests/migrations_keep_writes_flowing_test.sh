@@ -27,7 +27,12 @@
 #     random(), clock_timestamp(), nextval(), a serial type) or GENERATED …
 #     STORED, and SET LOGGED/UNLOGGED or SET TABLESPACE: add the column
 #     plain and fill it in batches;
-#   - VACUUM FULL and CLUSTER rewrite a table under an exclusive lock.
+#   - VACUUM FULL and CLUSTER rewrite a table under an exclusive lock;
+#   - UPDATE, DELETE and MERGE hold every row they change until they end
+#     (a writer to any of them waits that long): change rows in batches, a
+#     DO block that COMMITs after each, in a no-transaction migration (a
+#     DO block in a transaction cannot commit; a function's body is only
+#     defined, not run, and is not checked).
 # The migrations listed below came before this check, when their tables were
 # small; they stay as they were applied.
 # Usage (ctest runs it): migrations_keep_writes_flowing_test.sh [ROOT]
@@ -78,6 +83,31 @@ if [ "${1:-}" = "--self-test" ]; then
   expect fail "rewrites" "CLUSTER people USING people_pkey;"
   expect fail "later migration" "ALTER TABLE people ADD CONSTRAINT adult CHECK (age >= 18) NOT VALID;
 ALTER TABLE people VALIDATE CONSTRAINT adult;"
+  expect fail "in batches" "UPDATE people SET email = lower(email);"
+  expect fail "in batches" "delete from only people where left_on < now();"
+  expect fail "in batches" "WITH old AS (SELECT id FROM people) DELETE FROM people USING old WHERE people.id = old.id;"
+  expect fail "in batches" "-- connecting:no-transaction
+UPDATE people p SET n = 0 WHERE p.n IS NULL;"
+  expect fail "COMMIT after each batch" "DO \$\$ BEGIN UPDATE people SET n = 0; COMMIT; END \$\$;"
+  expect fail "COMMIT after each batch" "-- connecting:no-transaction
+DO \$fill\$ BEGIN DELETE FROM people WHERE n IS NULL; END \$fill\$ LANGUAGE plpgsql;"
+  expect pass "" "-- connecting:no-transaction
+DO \$\$
+DECLARE last uuid := '00000000-0000-0000-0000-000000000000';
+BEGIN
+  LOOP
+    WITH batch AS (SELECT id FROM people WHERE id > last ORDER BY id LIMIT 1000),
+         filled AS (UPDATE people p SET n = 0 FROM batch WHERE p.id = batch.id AND p.n IS NULL)
+    SELECT max(id) INTO last FROM batch;
+    EXIT WHEN last IS NULL;
+    COMMIT;
+  END LOOP;
+END \$\$;"
+  expect pass "" "CREATE FUNCTION touch(uuid) RETURNS void LANGUAGE sql AS \$\$
+  UPDATE people SET n = n + 1 WHERE id = \$1; DELETE FROM people WHERE n > 9 \$\$;
+ALTER TABLE people ADD COLUMN team uuid REFERENCES teams ON UPDATE CASCADE NOT VALID;"
+  expect pass "" "CREATE TABLE t (x int); INSERT INTO t VALUES (1); UPDATE t SET x = 2; DELETE FROM t;
+DO \$\$ BEGIN UPDATE t SET x = 3; END \$\$; INSERT INTO t SELECT n FROM people;"
   expect pass "" "-- connecting:no-transaction
 CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS people_email ON people (email);"
   expect pass "" "ALTER TABLE people ADD CONSTRAINT people_email UNIQUE USING INDEX people_email;"
@@ -101,6 +131,7 @@ fi
 cd "${1:-$(dirname "$0")/..}"
 shopt -s nullglob
 grandfathered=(
+  libs/bus/migrations/0003_outbox_delete_when_published.sql
   libs/bus/migrations/0006_inbox_stream_position.sql
   services/scheduling/migrations/0002_site_waitlist_counter.sql
   services/scheduling/migrations/0004_booking_indexes.sql
@@ -119,19 +150,44 @@ create_index='^ *create (unique )?index '
 concurrently='^ *create (unique )?index concurrently '
 alter_table='^ *alter table (if exists )?(only )?([a-z0-9_]+)'
 rewrite_table='^ *(vacuum (\([^)]*full[^)]*\) |full )(verbose )?|cluster (verbose )?)([a-z0-9_]+)'
+change_rows='^ *(update|delete|merge|with) '
+do_block='^ *do .*\$body\(([^)]*)\)(commit)?\$'
 for f in libs/*/migrations/[0-9][0-9][0-9][0-9]_*.sql services/*/migrations/[0-9][0-9][0-9][0-9]_*.sql; do
   checked=$((checked + 1))
   [[ " ${grandfathered[*]} " == *" $f "* ]] && continue
   # Comments out (`--` to the end of a line, `/* … */`), lower-cased, one
-  # statement per line. A function body's semicolons split it too, which
-  # only matters if it holds one of these statements as text.
-  statements=$(perl -0777 -pe 's{/\*.*?\*/}{ }gs; s{--[^\n]*}{}g; s{\s+}{ }g; s{;}{\n}g; $_ = lc' "$f")
+  # statement per line. A dollar-quoted body (a function's, a DO block's)
+  # becomes `$body(T …)$`, naming the tables it updates or deletes from
+  # (T …), with `commit` after the parenthesis if it commits.
+  statements=$(perl -0777 -pe 's{/\*.*?\*/}{ }gs; s{--[^\n]*}{}g;
+    s{\$(\w*)\$(.*?)\$\1\$}{my $b = lc $2;
+      my @t = grep { defined } $b =~ /\b(?:update\s+(?:only\s+)?(\w+)(?=(?:\s+(?:as\s+)?\w+)?\s+set\b)|delete\s+from\s+(?:only\s+)?(\w+)|merge\s+into\s+(?:only\s+)?(\w+))/g;
+      " \$body(@t)" . ($b =~ /\bcommit\b/ ? "commit" : "") . "\$ "}gse;
+    s{\s+}{ }g; s{;}{\n}g; $_ = lc' "$f")
   created=$(grep -oP '^ *create (unlogged )?table (if not exists )?\K\w+' <<<"$statements" || true)
   # Constraints this file adds NOT VALID, if it runs in one transaction.
   unvalidated=""
-  head -1 "$f" | grep -q '^-- connecting:no-transaction' ||
+  no_transaction=false
+  if head -1 "$f" | grep -q '^-- connecting:no-transaction'; then
+    no_transaction=true
+  else
     unvalidated=$(grep -oP 'add constraint \K\w+(?=[^,]* not valid\b)' <<<"$statements" || true)
+  fi
   while IFS= read -r s; do
+    if [[ $s =~ $change_rows ]]; then
+      for table in $(grep -oP '\b(update (only )?\K\w+(?=( (as )?\w+)? set\b)|delete from (only )?\K\w+|merge into (only )?\K\w+)' <<<"$s" || true); do
+        ours "$table" || refuse "$f" "$table" "an UPDATE, DELETE or MERGE holds every row it changes until it ends, however it runs; change them in batches: a DO block that commits after each batch, in a migration whose first line is '-- connecting:no-transaction' (docs/operations.md)"
+      done
+      continue
+    fi
+    if [[ $s =~ $do_block ]]; then
+      for table in ${BASH_REMATCH[1]}; do
+        ours "$table" && continue
+        [ "$no_transaction" = true ] && [ -n "${BASH_REMATCH[2]}" ] ||
+          refuse "$f" "$table" "a DO block that changes rows holds them all until its transaction ends; COMMIT after each batch, in a migration whose first line is '-- connecting:no-transaction' (docs/operations.md)"
+      done
+      continue
+    fi
     if [[ $s =~ $create_index ]] && [[ ! $s =~ $concurrently ]]; then
       table=$(grep -oP '\bon (only )?\K\w+' <<<"$s" | head -1)
       ours "$table" || refuse "$f" "$table" "an index built inside a transaction holds its writes; build it CONCURRENTLY in a migration whose first line is '-- connecting:no-transaction' (libs/db/migrations.h)"

@@ -36,7 +36,10 @@
 // CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS <name>, and drops an index
 // of that name a failed build left invalid before building it again. Use
 // DROP INDEX CONCURRENTLY IF EXISTS, and build a replacement under a new name
-// before dropping the index it replaces, so that reads keep an index.
+// before dropping the index it replaces, so that reads keep an index. Each
+// statement runs at the top level, so a DO block there may COMMIT: that is
+// how a backfill changes rows in batches (docs/operations.md), skipping the
+// rows already done so that it too can run again.
 #ifndef CONNECTING_LIBS_DB_MIGRATIONS_H_
 #define CONNECTING_LIBS_DB_MIGRATIONS_H_
 
