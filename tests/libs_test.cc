@@ -726,16 +726,7 @@ TEST_F(Database, ABackfillCommitsBatchByBatchAndResumesWhereItStopped) {
     auto c = db::Conn::Open(url_, "backfill");
     return c.ok() ? db::Migrate(**c, sets) : c.status();
   });
-  bool waiting = false;  // bounded: 20 s
-  for (int i = 0; i < 400 && !waiting; ++i) {
-    auto r = (*conn)->Exec(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'backfill' "
-        "AND wait_event_type = 'Lock'");
-    ASSERT_TRUE(r.ok()) << r.status();
-    waiting = r->Int(0, 0) == 1;
-    if (!waiting) absl::SleepFor(absl::Milliseconds(50));
-  }
-  ASSERT_TRUE(waiting) << "the backfill never reached the held row";
+  ASSERT_TRUE(testing::UntilLockWaiters(url_, 1)) << "the backfill never reached the held row";
   // The seven batches before it are committed, and their rows are free.
   EXPECT_EQ(filled(), "3500 3500");
   auto writer = db::Conn::Open(url_, "writer");
