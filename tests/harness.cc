@@ -115,6 +115,15 @@ std::string ReadFile(const std::string& path) {
   return s.str();
 }
 
+std::string LogTail(const std::string& path, size_t lines) {
+  const std::string text = ReadFile(path);
+  size_t start = text.size();
+  for (size_t n = 0; start > 0 && n <= lines;) {
+    if (text[--start] == '\n') ++n;
+  }
+  return absl::StrCat(start > 0 ? "…\n" : "", text.substr(start == 0 ? 0 : start + 1));
+}
+
 bool ReplaceFile(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".new";
   {
@@ -259,7 +268,9 @@ ServiceProcess::~ServiceProcess() {
     return;
   }
   if (int code = Terminate(); code != 0) {
-    ADD_FAILURE() << options_.binary << " exited " << code << " on SIGTERM; log: " << log_;
+    ADD_FAILURE() << options_.binary << " exited " << code << " on SIGTERM; log " << log_
+                  << ", its end:\n"
+                  << LogTail(log_, 40);
   }
 }
 
@@ -288,7 +299,12 @@ void ServiceProcess::Start(absl::Duration timeout) {
     absl::SleepFor(absl::Milliseconds(20));
   }
   if (!WaitForHealth(1, until - absl::Now())) {
-    ADD_FAILURE() << "service did not become SERVING; log: " << log;
+    // The log goes with the test's directory: its end is the cause.
+    const int exited = proc_->Wait(absl::ZeroDuration());
+    ADD_FAILURE() << "service did not become SERVING within " << timeout
+                  << (exited >= 0 ? absl::StrCat(" (it exited ", exited, ")") : "") << "; log "
+                  << log << ", its end:\n"
+                  << LogTail(log, 40);
   }
 }
 

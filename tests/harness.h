@@ -36,6 +36,9 @@ bool PortOpen(int port);
 std::string NewDatabase();
 // The whole of a file ("" if it cannot be read), e.g. a process's log.
 std::string ReadFile(const std::string& path);
+// The last `lines` lines of the file at `path` (a process's log), for a
+// failure message: the test's directory, logs included, goes when it ends.
+std::string LogTail(const std::string& path, size_t lines);
 // Writes `text` beside `path`, then renames it over `path` in one step, as a
 // Kubernetes Secret volume swaps a file; false if either fails.
 bool ReplaceFile(const std::string& path, const std::string& text);
