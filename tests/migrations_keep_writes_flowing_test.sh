@@ -33,8 +33,15 @@
 #     DO block that COMMITs after each, in a no-transaction migration (a
 #     DO block in a transaction cannot commit; a function's body is only
 #     defined, not run, and is not checked).
+# Nor may it take away what those replicas use: DROP TABLE, VIEW, FUNCTION,
+# PROCEDURE or TYPE, ALTER TABLE … DROP [COLUMN] and RENAME (a column, a
+# table, a view or function) of what the file did not create are refused
+# unless the file has a line `-- connecting:contract: <why>`, saying why no
+# release still running reads or writes it (it was replaced a release
+# before). Dropping and creating a name in one file is not checked: a
+# replaced function must keep what its callers of the release before read.
 # The migrations listed below came before this check, when their tables were
-# small; they stay as they were applied.
+# small and no release was running; they stay as they were applied.
 # Usage (ctest runs it): migrations_keep_writes_flowing_test.sh [ROOT]
 #        migrations_keep_writes_flowing_test.sh --self-test
 set -euo pipefail
@@ -108,6 +115,20 @@ END \$\$;"
 ALTER TABLE people ADD COLUMN team uuid REFERENCES teams ON UPDATE CASCADE NOT VALID;"
   expect pass "" "CREATE TABLE t (x int); INSERT INTO t VALUES (1); UPDATE t SET x = 2; DELETE FROM t;
 DO \$\$ BEGIN UPDATE t SET x = 3; END \$\$; INSERT INTO t SELECT n FROM people;"
+  expect fail "expand" "DROP TABLE IF EXISTS public.people;"
+  expect fail "expand" "ALTER TABLE people DROP COLUMN email;"
+  expect fail "expand" "alter table people drop if exists nickname, drop constraint x;"
+  expect fail "expand" "ALTER TABLE people RENAME COLUMN email TO mail;"
+  expect fail "expand" "ALTER TABLE people RENAME TO persons;"
+  expect fail "expand" "DROP FUNCTION touch(uuid);"
+  expect fail "expand" "ALTER FUNCTION touch(uuid) RENAME TO touch_v1;"
+  expect pass "" "-- connecting:contract: release 2027.1 stopped reading email and nickname
+ALTER TABLE people DROP COLUMN email, DROP nickname; DROP FUNCTION touch(uuid);"
+  expect pass "" "ALTER TABLE people DROP CONSTRAINT people_check, ALTER COLUMN n DROP DEFAULT,
+  ALTER COLUMN n DROP NOT NULL; ALTER TABLE people RENAME CONSTRAINT a TO b;
+ALTER INDEX people_by_n RENAME TO people_in_n_order;
+CREATE TABLE t (x int); ALTER TABLE t RENAME COLUMN x TO y; DROP TABLE t;
+CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'; DROP FUNCTION f();"
   expect pass "" "-- connecting:no-transaction
 CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS people_email ON people (email);"
   expect pass "" "ALTER TABLE people ADD CONSTRAINT people_email UNIQUE USING INDEX people_email;"
@@ -124,13 +145,14 @@ CREATE INDEX teams_by_name ON teams (name);
 ALTER TABLE teams ADD CONSTRAINT one_name UNIQUE (name), ALTER COLUMN name SET NOT NULL;
 CREATE TABLE IF NOT EXISTS rooms (id int);
 ALTER TABLE rooms ADD PRIMARY KEY (id);"
-  echo "self-test: every statement that holds an existing table while it reads it is refused"
+  echo "self-test: every statement that holds an existing table while it reads it, or takes away what the release before uses, is refused"
   exit 0
 fi
 
 cd "${1:-$(dirname "$0")/..}"
 shopt -s nullglob
 grandfathered=(
+  libs/bus/migrations/0002_outbox_wake_in_process.sql
   libs/bus/migrations/0003_outbox_delete_when_published.sql
   libs/bus/migrations/0006_inbox_stream_position.sql
   services/scheduling/migrations/0002_site_waitlist_counter.sql
@@ -152,6 +174,9 @@ alter_table='^ *alter table (if exists )?(only )?([a-z0-9_]+)'
 rewrite_table='^ *(vacuum (\([^)]*full[^)]*\) |full )(verbose )?|cluster (verbose )?)([a-z0-9_]+)'
 change_rows='^ *(update|delete|merge|with) '
 do_block='^ *do .*\$body\(([^)]*)\)(commit)?\$'
+drop_object='^ *drop (table|view|materialized view|function|procedure|type) (if exists )?([a-z0-9_]+\.)?([a-z0-9_]+)'
+rename_object='^ *alter (view|materialized view|function|procedure|type) (if exists )?([a-z0-9_]+\.)?([a-z0-9_]+).*\brename to\b'
+still_used="the previous release's replicas serve while the migration runs and until the rollout replaces them, and use what it had: add the new beside the old (expand), and drop or rename the old only in a later release, once no release still running reads or writes it, in a file with a line '-- connecting:contract: <why nothing running uses it>' (docs/operations.md)"
 for f in libs/*/migrations/[0-9][0-9][0-9][0-9]_*.sql services/*/migrations/[0-9][0-9][0-9][0-9]_*.sql; do
   checked=$((checked + 1))
   [[ " ${grandfathered[*]} " == *" $f "* ]] && continue
@@ -164,7 +189,11 @@ for f in libs/*/migrations/[0-9][0-9][0-9][0-9]_*.sql services/*/migrations/[0-9
       my @t = grep { defined } $b =~ /\b(?:update\s+(?:only\s+)?(\w+)(?=(?:\s+(?:as\s+)?\w+)?\s+set\b)|delete\s+from\s+(?:only\s+)?(\w+)|merge\s+into\s+(?:only\s+)?(\w+))/g;
       " \$body(@t)" . ($b =~ /\bcommit\b/ ? "commit" : "") . "\$ "}gse;
     s{\s+}{ }g; s{;}{\n}g; $_ = lc' "$f")
-  created=$(grep -oP '^ *create (unlogged )?table (if not exists )?\K\w+' <<<"$statements" || true)
+  created=$(grep -oP '^ *create (or replace )?(unlogged table|table|view|materialized view|function|procedure|type) (if not exists )?\K\w+' <<<"$statements" || true)
+  # What the release before still reads may be removed only by a file that
+  # says why nothing running uses it any more.
+  contract=false
+  grep -qE '^-- connecting:contract: *[^ ]' "$f" && contract=true
   # Constraints this file adds NOT VALID, if it runs in one transaction.
   unvalidated=""
   no_transaction=false
@@ -198,9 +227,16 @@ for f in libs/*/migrations/[0-9][0-9][0-9][0-9]_*.sql services/*/migrations/[0-9
         refuse "$f" "${BASH_REMATCH[5]}" "VACUUM FULL or CLUSTER rewrites the table under an exclusive lock"
       continue
     fi
+    if [[ $s =~ $drop_object ]] || [[ $s =~ $rename_object ]]; then
+      ours "${BASH_REMATCH[4]}" || $contract || refuse "$f" "${BASH_REMATCH[4]}" "$still_used"
+      continue
+    fi
     [[ $s =~ $alter_table ]] || continue
     table=${BASH_REMATCH[3]}
     ours "$table" && continue
+    if ! $contract && grep -qP '\b(drop (column\b|(?!constraint|default|not|identity|expression)\w+)|rename (column )?(?!constraint)\w+ to|rename to)\b' <<<"$s"; then
+      refuse "$f" "$table" "$still_used"
+    fi
     if grep -qP '\b(unique|primary key|exclude)\b' <<<"$s" && ! grep -qP '\busing index\b' <<<"$s"; then
       refuse "$f" "$table" "a UNIQUE, PRIMARY KEY or EXCLUDE constraint builds its index under an exclusive lock; build the index CONCURRENTLY first, then ADD CONSTRAINT … USING INDEX"
     fi
@@ -227,4 +263,4 @@ for f in libs/*/migrations/[0-9][0-9][0-9][0-9]_*.sql services/*/migrations/[0-9
 done
 [ "$checked" -gt 0 ] || { echo "no migrations found under $(pwd)" >&2; exit 1; }
 if [ "$failures" -gt 0 ]; then exit 1; fi
-echo "$checked versioned migrations: none holds an existing table while it reads it"
+echo "$checked versioned migrations: none holds an existing table while it reads it, nor takes away what the release before uses"
