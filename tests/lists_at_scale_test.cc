@@ -250,6 +250,10 @@ TEST(ListsAtScale, ParticipantsAndSessionsReadInProportionToThePage) {
   ExpectReadInProportion(*c, "a partner's awaiting their host", 29, sessions(partner));
   partner.status = 2;
   ExpectReadInProportion(*c, "a partner's scheduled", kPage, sessions(partner));
+  // And its visits to the department (28), of any status.
+  partner.status = 0;
+  partner.kind = 3;
+  ExpectReadInProportion(*c, "a partner's visits to the department", 28, sessions(partner));
   // Sessions a booking would be confirmed on: the 9,860 past ones, ahead of
   // today in the list's order, are not read; today's 29, once begun, are
   // passed over (an index entry and a row each). A row returned reads its
