@@ -1,6 +1,8 @@
 // Unit and integration tests of libs/: validation, page tokens, auth,
 // executor, the database layer and migrations (real PostgreSQL).
 #include <google/protobuf/wrappers.pb.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/server_builder.h>
 #include <gtest/gtest.h>
 #include <jwt.h>
 #include <openssl/evp.h>
@@ -21,6 +23,7 @@
 #include "libs/db/notify_cache.h"
 #include "libs/server/auth.h"
 #include "libs/server/executor.h"
+#include "libs/server/health.h"
 #include "libs/server/page_token.h"
 #include "libs/server/periodic.h"
 #include "libs/server/validate.h"
@@ -1188,6 +1191,109 @@ TEST_F(Database, GroupCommitWaitersHoldNoThreadAndItShedsBeyondItsBound) {
   };
   stuck.Submit("k", absl::InfiniteFuture(), std::move(w), [&](absl::Status s) { refused = s; });
   EXPECT_TRUE(absl::IsResourceExhausted(refused)) << refused;
+}
+
+TEST(Health, NotServingUntilSetWatchersHearEachChangeAndShutdownEndsThem) {
+  // gRPC's built-in health service answered SERVING for "" from the moment the
+  // server listened, before PostgreSQL or NATS were checked: a probe (and once
+  // a test, in CI) saw SERVING, then NOT_SERVING.
+  namespace hv1 = ::grpc::health::v1;
+  server::HealthService health({"connecting.partners.v1.PartnersService"});
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&health);
+  std::unique_ptr<grpc::Server> srv = builder.BuildAndStart();
+  ASSERT_NE(srv, nullptr);
+  auto stub = hv1::Health::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  auto check = [&](const std::string& name) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    hv1::HealthCheckRequest req;
+    req.set_service(name);
+    hv1::HealthCheckResponse resp;
+    grpc::Status s = stub->Check(&ctx, req, &resp);
+    return s.ok() ? static_cast<int>(resp.status()) : -s.error_code();
+  };
+  EXPECT_EQ(check(""), hv1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(check("connecting.partners.v1.PartnersService"), hv1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(check("liveness"), hv1::HealthCheckResponse::SERVING);
+  EXPECT_EQ(check("connecting.nothing.v1.Nothing"), -grpc::StatusCode::NOT_FOUND);
+
+  // Two watchers: one of the server, one of an unknown name.
+  grpc::ClientContext watch_ctx, unknown_ctx;
+  hv1::HealthCheckRequest req;
+  auto watch = stub->Watch(&watch_ctx, req);
+  req.set_service("connecting.nothing.v1.Nothing");
+  auto unknown = stub->Watch(&unknown_ctx, req);
+  hv1::HealthCheckResponse resp;
+  ASSERT_TRUE(watch->Read(&resp));
+  EXPECT_EQ(resp.status(), hv1::HealthCheckResponse::NOT_SERVING);
+  ASSERT_TRUE(unknown->Read(&resp));
+  EXPECT_EQ(resp.status(), hv1::HealthCheckResponse::SERVICE_UNKNOWN);
+
+  health.SetServing(true);
+  EXPECT_EQ(check(""), hv1::HealthCheckResponse::SERVING);
+  EXPECT_EQ(check("connecting.partners.v1.PartnersService"), hv1::HealthCheckResponse::SERVING);
+  ASSERT_TRUE(watch->Read(&resp));
+  EXPECT_EQ(resp.status(), hv1::HealthCheckResponse::SERVING);
+  health.SetServing(true);  // no change: nothing sent
+  health.SetServing(false);
+  ASSERT_TRUE(watch->Read(&resp));
+  EXPECT_EQ(resp.status(), hv1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(check("liveness"), hv1::HealthCheckResponse::SERVING) << "liveness is the process's";
+  health.SetServing(true);
+  ASSERT_TRUE(watch->Read(&resp));
+  EXPECT_EQ(resp.status(), hv1::HealthCheckResponse::SERVING);
+  EXPECT_EQ(health.watchers(), 2);
+
+  // Shutdown: NOT_SERVING for good, each watcher told and ended, so the
+  // server's own shutdown does not wait out its deadline for them.
+  health.Shutdown();
+  ASSERT_TRUE(watch->Read(&resp));
+  EXPECT_EQ(resp.status(), hv1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_FALSE(watch->Read(&resp));
+  EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_FALSE(unknown->Read(&resp));
+  EXPECT_EQ(unknown->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  health.SetServing(true);
+  EXPECT_EQ(check(""), hv1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(check("liveness"), hv1::HealthCheckResponse::NOT_SERVING);
+  // A watch begun after the shutdown hears NOT_SERVING and ends.
+  grpc::ClientContext late_ctx;
+  req.set_service("");
+  auto late = stub->Watch(&late_ctx, req);
+  ASSERT_TRUE(late->Read(&resp));
+  EXPECT_EQ(resp.status(), hv1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_FALSE(late->Read(&resp));
+  EXPECT_EQ(late->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  for (int i = 0; i < 200 && health.watchers() > 0; ++i) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(health.watchers(), 0);
+
+  // A client that goes away mid-watch is let go without a shutdown.
+  server::HealthService other({});
+  grpc::ServerBuilder b2;
+  int port2 = 0;
+  b2.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port2);
+  b2.RegisterService(&other);
+  std::unique_ptr<grpc::Server> srv2 = b2.BuildAndStart();
+  ASSERT_NE(srv2, nullptr);
+  auto stub2 = hv1::Health::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port2), grpc::InsecureChannelCredentials()));
+  {
+    grpc::ClientContext ctx;
+    req.set_service("");
+    auto w = stub2->Watch(&ctx, req);
+    ASSERT_TRUE(w->Read(&resp));
+    EXPECT_EQ(other.watchers(), 1);
+    ctx.TryCancel();
+    w->Finish();
+  }
+  for (int i = 0; i < 200 && other.watchers() > 0; ++i) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(other.watchers(), 0);
+  srv2->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  srv->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
 }
 
 TEST(WireReply, SendsTheBytesOfTheReplyItWasMadeFrom) {

@@ -73,6 +73,28 @@ TEST(PartnersHealth, SigtermDrainsAndExitsZero) {
   EXPECT_EQ(ReadStream(fx.nats_url, fx.stream).size(), 1u);
 }
 
+TEST(PartnersHealth, AHealthWatchHearsNotServingAndEndsWhenTheServiceStops) {
+  // A client-side health checker keeps Health/Watch open: on SIGTERM it hears
+  // NOT_SERVING, its stream ends, and the service still exits 0.
+  PartnersFixture fx;
+  auto health = grpc::health::v1::Health::NewStub(fx.service->channel());
+  grpc::ClientContext ctx;
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service("connecting.partners.v1.PartnersService");
+  auto watch = health->Watch(&ctx, req);
+  grpc::health::v1::HealthCheckResponse resp;
+  ASSERT_TRUE(watch->Read(&resp));
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  fx.stub.reset();
+  auto exited = std::async(std::launch::async, [&] { return fx.service->Terminate(); });
+  ASSERT_TRUE(watch->Read(&resp));
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_FALSE(watch->Read(&resp));
+  EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  health.reset();
+  EXPECT_EQ(exited.get(), 0);
+}
+
 TEST(PartnersHealth, BadConfigurationExitsTwoNamingEveryVariable) {
   OneShot run = RunOnce(PARTNERS_BIN, {},
                         {{"DATABASE_URL", ""},

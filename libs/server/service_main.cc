@@ -1,7 +1,6 @@
 #include "libs/server/service_main.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
@@ -22,10 +21,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
-#include "grpc/health/v1/health.pb.h"
 #include "libs/common/config.h"
 #include "libs/common/log.h"
 #include "libs/common/metrics.h"
+#include "libs/server/health.h"
 
 namespace connecting::server {
 namespace {
@@ -226,17 +225,13 @@ SchemaWait WaitForSchema(const std::string& url, const std::vector<db::Migration
 class HealthMonitor {
  public:
   // `hs`: the health services to keep up to date (the main server's, and the
-  // health-only server's if there is one).
-  HealthMonitor(std::string db_url, const bus::Nats* nats,
-                std::vector<grpc::HealthCheckServiceInterface*> hs, std::vector<std::string> names)
-      : db_url_(std::move(db_url)), nats_(nats), hs_(std::move(hs)), names_(std::move(names)) {
-    names_.push_back("");
+  // health-only server's if there is one). They start NOT_SERVING.
+  HealthMonitor(std::string db_url, const bus::Nats* nats, std::vector<HealthService*> hs)
+      : db_url_(std::move(db_url)), nats_(nats), hs_(std::move(hs)) {
     up_ = &prometheus::BuildGauge()
                .Name("connecting_dependency_up")
                .Help("1 while a dependency is reachable")
                .Register(*metrics::Registry());
-    for (auto* h : hs_) h->SetServingStatus("liveness", true);
-    Publish(false);
     thread_ = std::thread([this] { Run(); });
   }
   ~HealthMonitor() { Stop(); }
@@ -247,9 +242,7 @@ class HealthMonitor {
 
  private:
   void Publish(bool serving) {
-    for (auto* h : hs_) {
-      for (const std::string& n : names_) h->SetServingStatus(n, serving);
-    }
+    for (auto* h : hs_) h->SetServing(serving);
   }
   bool DatabaseUp() {
     if (conn_ == nullptr || !conn_->healthy()) {
@@ -279,8 +272,7 @@ class HealthMonitor {
 
   const std::string db_url_;
   const bus::Nats* const nats_;
-  const std::vector<grpc::HealthCheckServiceInterface*> hs_;
-  std::vector<std::string> names_;
+  const std::vector<HealthService*> hs_;
   prometheus::Family<prometheus::Gauge>* up_;
   std::unique_ptr<db::Conn> conn_;
   absl::Notification stop_;
@@ -491,12 +483,11 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
     tasks.back()->Start();
   }
 
-  grpc::EnableDefaultHealthCheckService(true);
-  // gRPC's built-in health service encodes its messages without protobuf, so
-  // reflection could name grpc.health.v1.Health but not describe it, and
-  // grpcurl could not call Health/Check. Touching the generated descriptor
-  // links it into this binary's pool, where reflection finds it.
-  (void)grpc::health::v1::HealthCheckRequest::descriptor();
+  // Our own health service, not gRPC's built-in one (which answers SERVING
+  // before anything is checked): NOT_SERVING until the monitor below finds
+  // PostgreSQL and NATS up. Declared before the servers, so it outlives them.
+  HealthService health_service(def.grpc_services);
+  std::unique_ptr<HealthService> health_only_service;
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
@@ -519,6 +510,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   for (auto& s : services) builder.RegisterService(s.get());
+  builder.RegisterService(&health_service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     log::Error("cannot listen for gRPC", {{"listen", cfg->grpc_listen}});
@@ -540,6 +532,8 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
     grpc::ServerBuilder hb;
     int health_port = 0;
     hb.AddListeningPort(cfg->grpc_health_listen, grpc::InsecureServerCredentials(), &health_port);
+    health_only_service = std::make_unique<HealthService>(def.grpc_services);
+    hb.RegisterService(health_only_service.get());
     health_server = hb.BuildAndStart();
     if (health_server == nullptr || health_port == 0) {
       log::Error("cannot listen for health checks", {{"listen", cfg->grpc_health_listen}});
@@ -547,10 +541,9 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
       return 1;
     }
   }
-  std::vector<grpc::HealthCheckServiceInterface*> health_services = {
-      server->GetHealthCheckService()};
-  if (health_server != nullptr) health_services.push_back(health_server->GetHealthCheckService());
-  HealthMonitor health(cfg->database_url, nats->get(), health_services, def.grpc_services);
+  std::vector<HealthService*> health_services = {&health_service};
+  if (health_only_service != nullptr) health_services.push_back(health_only_service.get());
+  HealthMonitor health(cfg->database_url, nats->get(), health_services);
   log::Info("serving", {{"grpc", cfg->grpc_listen},
                         {"metrics", cfg->metrics_listen},
                         {"stream", cfg->event_stream},
