@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <iostream>
 #include <mutex>
 #include <random>
 #include <sstream>
@@ -261,6 +262,12 @@ ServiceProcess::ServiceProcess(Options o)
 }
 
 ServiceProcess::~ServiceProcess() {
+  // The log goes with the test's directory: when the test failed, its end is
+  // what CI keeps of what the service saw.
+  if (!log_.empty() && ::testing::Test::HasFailure()) {
+    std::cerr << "the test failed; " << options_.binary << "'s log " << log_ << " ends:\n"
+              << LogTail(log_, 30) << std::endl;
+  }
   // One that already exited (a crash the test caused) is the test's business.
   if (proc_ == nullptr || std::getenv("CONNECTING_TEST_STOP_WITH_SIGTERM") == nullptr ||
       proc_->Wait(absl::ZeroDuration()) >= 0) {
