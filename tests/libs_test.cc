@@ -1193,20 +1193,31 @@ TEST_F(Database, GroupCommitWaitersHoldNoThreadAndItShedsBeyondItsBound) {
   EXPECT_TRUE(absl::IsResourceExhausted(refused)) << refused;
 }
 
+// A loopback gRPC server with nothing but `health`, and a client of it.
+struct ServedHealth {
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<grpc::health::v1::Health::Stub> stub;
+};
+ServedHealth Serve(server::HealthService* health) {
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(health);
+  ServedHealth served{builder.BuildAndStart(), nullptr};
+  served.stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  return served;
+}
+
 TEST(Health, NotServingUntilSetWatchersHearEachChangeAndShutdownEndsThem) {
   // gRPC's built-in health service answered SERVING for "" from the moment the
   // server listened, before PostgreSQL or NATS were checked: a probe (and once
   // a test, in CI) saw SERVING, then NOT_SERVING.
   namespace hv1 = ::grpc::health::v1;
   server::HealthService health({"connecting.partners.v1.PartnersService"});
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&health);
-  std::unique_ptr<grpc::Server> srv = builder.BuildAndStart();
-  ASSERT_NE(srv, nullptr);
-  auto stub = hv1::Health::NewStub(
-      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  ServedHealth served = Serve(&health);
+  ASSERT_NE(served.server, nullptr);
+  auto& stub = served.stub;
   auto check = [&](const std::string& name) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
@@ -1273,14 +1284,9 @@ TEST(Health, NotServingUntilSetWatchersHearEachChangeAndShutdownEndsThem) {
 
   // A client that goes away mid-watch is let go without a shutdown.
   server::HealthService other({});
-  grpc::ServerBuilder b2;
-  int port2 = 0;
-  b2.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port2);
-  b2.RegisterService(&other);
-  std::unique_ptr<grpc::Server> srv2 = b2.BuildAndStart();
-  ASSERT_NE(srv2, nullptr);
-  auto stub2 = hv1::Health::NewStub(
-      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port2), grpc::InsecureChannelCredentials()));
+  ServedHealth served2 = Serve(&other);
+  ASSERT_NE(served2.server, nullptr);
+  auto& stub2 = served2.stub;
   {
     grpc::ClientContext ctx;
     req.set_service("");
@@ -1292,8 +1298,8 @@ TEST(Health, NotServingUntilSetWatchersHearEachChangeAndShutdownEndsThem) {
   }
   for (int i = 0; i < 200 && other.watchers() > 0; ++i) absl::SleepFor(absl::Milliseconds(10));
   EXPECT_EQ(other.watchers(), 0);
-  srv2->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  srv->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  served2.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  served.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
 }
 
 TEST(WireReply, SendsTheBytesOfTheReplyItWasMadeFrom) {
