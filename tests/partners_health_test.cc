@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "libs/db/db.h"
 #include "libs/server/auth.h"
@@ -53,6 +54,47 @@ TEST(PartnersHealth, NotServingWhilePostgresIsDownServingWhenBack) {
   ASSERT_EQ(Shell(absl::StrCat("start_postgres ", dir, " ", port, " fast")), 0);
   EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(15)));
   s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  svc.Kill();
+  Shell(absl::StrCat("stop_postgres ", dir));
+}
+
+TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAgain) {
+  // A PostgreSQL that hangs (or whose host vanished) closes nothing: its
+  // connections stay open and a query waits for an answer that does not
+  // come. Every process of a private PostgreSQL is stopped (SIGSTOP) and the
+  // service must say NOT_SERVING all the same, then SERVING once it answers.
+  std::string dir = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/pg-", RandomSuffix());
+  int port = FreePort();
+  ASSERT_EQ(Shell(absl::StrCat("start_postgres ", dir, " ", port, " fast")), 0);
+  std::string suffix = RandomSuffix();
+  ServiceProcess svc({PARTNERS_BIN,
+                      absl::StrCat("postgresql://postgres@127.0.0.1:", port, "/postgres"),
+                      RequiredEnv("CONNECTING_TEST_NATS"),
+                      "PARTNERS_" + suffix,
+                      "t" + suffix + ".connecting.partners",
+                      {}});
+  svc.Start();
+  ASSERT_EQ(svc.Health(), 1);
+  // The postmaster (first line of postmaster.pid) and its children.
+  const std::string postgres = absl::StrCat(
+      "pm=$(head -1 ", dir, "/data/postmaster.pid); ",
+      "kids=$(grep -l \"^PPid:[[:space:]]*$pm$\" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3); ",
+      "kill -SIG $pm $kids");
+  auto signal_postgres = [&](const std::string& sig) {
+    return Shell(absl::StrReplaceAll(postgres, {{"SIG", sig}}));
+  };
+  ASSERT_EQ(signal_postgres("STOP"), 0);
+  EXPECT_TRUE(svc.WaitForHealth(2, absl::Seconds(15)))
+      << "still " << svc.Health() << " with PostgreSQL not answering";
+  EXPECT_EQ(svc.Health("liveness"), 1);
+  ASSERT_EQ(signal_postgres("CONT"), 0);
+  EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(20)));
+  auto stub = v1::PartnersService::NewStub(svc.channel());
+  v1::CreateOrganisationRequest req;
+  *req.mutable_organisation() = SampleOrganisation("Hung Database Trust");
+  v1::Organisation out;
+  grpc::Status s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
   EXPECT_TRUE(s.ok()) << s.error_message();
   svc.Kill();
   Shell(absl::StrCat("stop_postgres ", dir));

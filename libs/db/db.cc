@@ -1,6 +1,9 @@
 #include "libs/db/db.h"
 
+#include <poll.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <random>
 #include <thread>
 
@@ -240,6 +243,36 @@ absl::Status Conn::ExecScript(absl::string_view sql) {
     return ErrorFromResult(conn_.get(), res.raw_for_status());
   }
   return absl::OkStatus();
+}
+
+absl::Status Conn::Ping(absl::Duration timeout) {
+  PGconn* c = conn_.get();
+  const absl::Time deadline = absl::Now() + timeout;
+  if (PQsendQuery(c, "SELECT 1") != 1) {
+    broken_ = true;
+    return ErrorFromResult(c, nullptr);
+  }
+  while (PQisBusy(c) == 1) {
+    const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+    if (ms <= 0) {
+      broken_ = true;  // the answer may still come: this connection is done
+      return absl::UnavailableError(
+          absl::StrCat("database unavailable: no answer within ", absl::FormatDuration(timeout)));
+    }
+    pollfd p{PQsocket(c), POLLIN, 0};
+    const int ready = poll(&p, 1, static_cast<int>(std::min<int64_t>(ms, 1000)));
+    if ((ready < 0 && errno != EINTR) || (ready > 0 && PQconsumeInput(c) != 1)) {
+      broken_ = true;
+      return ErrorFromResult(c, nullptr);
+    }
+  }
+  absl::Status out;
+  while (PGresult* raw = PQgetResult(c)) {
+    Result res(raw);
+    ExecStatusType st = PQresultStatus(res.raw_for_status());
+    if (out.ok() && st != PGRES_TUPLES_OK) out = ErrorFromResult(c, res.raw_for_status());
+  }
+  return out;
 }
 
 std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>& statements) {

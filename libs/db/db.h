@@ -135,6 +135,11 @@ class Conn {
   // Keep pipelines small (tens of statements): results are read only after
   // everything is sent.
   std::vector<absl::StatusOr<Result>> Pipeline(const std::vector<Statement>& statements);
+  // SELECT 1, waiting at most `timeout` for the answer. A server that stopped
+  // answering (hung, or its host gone without a reset) would hold a plain
+  // Exec until TCP gives up, many minutes later; past the timeout this
+  // connection is marked broken (healthy() is false) and UNAVAILABLE returned.
+  absl::Status Ping(absl::Duration timeout);
   bool healthy() const { return !broken_ && PQstatus(conn_.get()) == CONNECTION_OK; }
   // Statements prepared on this connection now (at most about kMaxPrepared).
   size_t prepared_count() const { return prepared_.size(); }

@@ -250,7 +250,9 @@ class HealthMonitor {
       if (!c.ok()) return false;
       conn_ = *std::move(c);
     }
-    return conn_->ExecScript("SELECT 1").ok();
+    // Bounded: a PostgreSQL that stopped answering is down, not SERVING
+    // until TCP gives up on it.
+    return conn_->Ping(absl::Seconds(2)).ok();
   }
   void Run() {
     int last = -1;
