@@ -8,6 +8,7 @@
 #include <iostream>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -84,6 +85,11 @@ TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAg
   auto signal_postgres = [&](const std::string& sig) {
     return Shell(absl::StrReplaceAll(postgres, {{"SIG", sig}}));
   };
+  // Whatever the test's outcome, that PostgreSQL runs again and is stopped.
+  absl::Cleanup resume = [&] {
+    signal_postgres("CONT");
+    Shell(absl::StrCat("stop_postgres ", dir));
+  };
   ASSERT_EQ(signal_postgres("STOP"), 0);
   EXPECT_TRUE(svc.WaitForHealth(2, absl::Seconds(15)))
       << "still " << svc.Health() << " with PostgreSQL not answering";
@@ -97,7 +103,6 @@ TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAg
   grpc::Status s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
   EXPECT_TRUE(s.ok()) << s.error_message();
   svc.Kill();
-  Shell(absl::StrCat("stop_postgres ", dir));
 }
 
 TEST(PartnersHealth, SigtermDrainsAndExitsZero) {
