@@ -26,23 +26,37 @@ int Shell(const std::string& script) {
   return std::system(cmd.c_str());
 }
 
+// A PostgreSQL of the test's own, so stopping or pausing it disturbs no other
+// test; stopped when it goes.
+struct PrivatePostgres {
+  PrivatePostgres()
+      : dir(absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/pg-", RandomSuffix())),
+        port(FreePort()) {}
+  ~PrivatePostgres() { Stop(); }
+  int Start() const { return Shell(absl::StrCat("start_postgres ", dir, " ", port, " fast")); }
+  int Stop() const { return Shell(absl::StrCat("stop_postgres ", dir)); }
+  // Partners on this database, with a stream of its own on the shared NATS.
+  ServiceProcess::Options Partners() const {
+    std::string suffix = RandomSuffix();
+    return {PARTNERS_BIN,
+            absl::StrCat("postgresql://postgres@127.0.0.1:", port, "/postgres"),
+            RequiredEnv("CONNECTING_TEST_NATS"),
+            "PARTNERS_" + suffix,
+            "t" + suffix + ".connecting.partners",
+            {}};
+  }
+  const std::string dir;
+  const int port;
+};
+
 TEST(PartnersHealth, NotServingWhilePostgresIsDownServingWhenBack) {
-  // A private PostgreSQL, so stopping it disturbs no other test.
-  std::string dir = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/pg-", RandomSuffix());
-  int port = FreePort();
-  ASSERT_EQ(Shell(absl::StrCat("start_postgres ", dir, " ", port, " fast")), 0);
-  std::string url = absl::StrCat("postgresql://postgres@127.0.0.1:", port, "/postgres");
-  std::string suffix = RandomSuffix();
-  ServiceProcess svc({PARTNERS_BIN,
-                      url,
-                      RequiredEnv("CONNECTING_TEST_NATS"),
-                      "PARTNERS_" + suffix,
-                      "t" + suffix + ".connecting.partners",
-                      {}});
+  PrivatePostgres pg;
+  ASSERT_EQ(pg.Start(), 0);
+  ServiceProcess svc(pg.Partners());
   svc.Start();
   EXPECT_EQ(svc.Health(), 1);
 
-  ASSERT_EQ(Shell(absl::StrCat("stop_postgres ", dir)), 0);
+  ASSERT_EQ(pg.Stop(), 0);
   EXPECT_TRUE(svc.WaitForHealth(2, absl::Seconds(10)));
   EXPECT_EQ(svc.Health("liveness"), 1) << "liveness must not depend on the database";
   auto stub = v1::PartnersService::NewStub(svc.channel());
@@ -52,12 +66,11 @@ TEST(PartnersHealth, NotServingWhilePostgresIsDownServingWhenBack) {
   grpc::Status s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
 
-  ASSERT_EQ(Shell(absl::StrCat("start_postgres ", dir, " ", port, " fast")), 0);
+  ASSERT_EQ(pg.Start(), 0);
   EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(15)));
   s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
   EXPECT_TRUE(s.ok()) << s.error_message();
   svc.Kill();
-  Shell(absl::StrCat("stop_postgres ", dir));
 }
 
 TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAgain) {
@@ -65,31 +78,21 @@ TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAg
   // connections stay open and a query waits for an answer that does not
   // come. Every process of a private PostgreSQL is stopped (SIGSTOP) and the
   // service must say NOT_SERVING all the same, then SERVING once it answers.
-  std::string dir = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/pg-", RandomSuffix());
-  int port = FreePort();
-  ASSERT_EQ(Shell(absl::StrCat("start_postgres ", dir, " ", port, " fast")), 0);
-  std::string suffix = RandomSuffix();
-  ServiceProcess svc({PARTNERS_BIN,
-                      absl::StrCat("postgresql://postgres@127.0.0.1:", port, "/postgres"),
-                      RequiredEnv("CONNECTING_TEST_NATS"),
-                      "PARTNERS_" + suffix,
-                      "t" + suffix + ".connecting.partners",
-                      {}});
+  PrivatePostgres pg;
+  ASSERT_EQ(pg.Start(), 0);
+  ServiceProcess svc(pg.Partners());
   svc.Start();
   ASSERT_EQ(svc.Health(), 1);
   // The postmaster (first line of postmaster.pid) and its children.
   const std::string postgres = absl::StrCat(
-      "pm=$(head -1 ", dir, "/data/postmaster.pid); ",
+      "pm=$(head -1 ", pg.dir, "/data/postmaster.pid); ",
       "kids=$(grep -l \"^PPid:[[:space:]]*$pm$\" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3); ",
       "kill -SIG $pm $kids");
   auto signal_postgres = [&](const std::string& sig) {
     return Shell(absl::StrReplaceAll(postgres, {{"SIG", sig}}));
   };
-  // Whatever the test's outcome, that PostgreSQL runs again and is stopped.
-  absl::Cleanup resume = [&] {
-    signal_postgres("CONT");
-    Shell(absl::StrCat("stop_postgres ", dir));
-  };
+  // Whatever the test's outcome, that PostgreSQL runs again (and can stop).
+  absl::Cleanup resume = [&] { signal_postgres("CONT"); };
   ASSERT_EQ(signal_postgres("STOP"), 0);
   EXPECT_TRUE(svc.WaitForHealth(2, absl::Seconds(15)))
       << "still " << svc.Health() << " with PostgreSQL not answering";

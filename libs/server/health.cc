@@ -51,10 +51,9 @@ class HealthService::Watcher final : public grpc::ServerWriteReactor<HealthCheck
  private:
   void Next() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (writing_ || finished_) return;
-    if (!sent_any_ || want_ != sent_) {
+    if (want_ != sent_) {  // want_ is never UNKNOWN: the first status always goes
       resp_.set_status(want_);
       sent_ = want_;
-      sent_any_ = true;
       writing_ = true;
       StartWrite(&resp_);
       return;
@@ -74,7 +73,6 @@ class HealthService::Watcher final : public grpc::ServerWriteReactor<HealthCheck
   HealthCheckResponse resp_ ABSL_GUARDED_BY(mu_);
   ServingStatus want_ ABSL_GUARDED_BY(mu_) = HealthCheckResponse::UNKNOWN;
   ServingStatus sent_ ABSL_GUARDED_BY(mu_) = HealthCheckResponse::UNKNOWN;
-  bool sent_any_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool ending_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;

@@ -3,8 +3,8 @@
 // whole server ("") from the moment it listens, before anything has checked
 // PostgreSQL or NATS: a readiness probe, or a test waiting for SERVING, could
 // see SERVING, then NOT_SERVING once the first check ran. Here every name
-// starts NOT_SERVING, except "liveness" (the process works), and only Set()
-// changes that.
+// starts NOT_SERVING, except "liveness" (the process works), and only
+// SetServing() changes that.
 #ifndef CONNECTING_LIBS_SERVER_HEALTH_H_
 #define CONNECTING_LIBS_SERVER_HEALTH_H_
 
