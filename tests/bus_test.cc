@@ -137,6 +137,46 @@ TEST_F(Bus, RelayPublishesEveryOutboxRowOnce) {
   EXPECT_EQ(stored.size(), 300u);
 }
 
+TEST_F(Bus, ARelayWhoseDatabaseFallsSilentConnectsAgainAndPublishesEachEventOnce) {
+  // The relay's database stops answering without closing the connection
+  // (hung, or the network to it gone): the relay must not wait on it for
+  // ever, reporting healthy. It gives up after answer_timeout, says it is
+  // unhealthy, and once the database answers again publishes what waited,
+  // each event once.
+  testing::StallingProxy proxy(testing::PortOf(url_));
+  bus::RelayOptions ro;
+  ro.database_url = testing::WithPort(url_, proxy.port());
+  ro.stream = {.name = stream_, .subjects = {prefix_ + ".>"}};
+  ro.answer_timeout = absl::Seconds(1);
+  bus::OutboxRelay relay(ro, nats_.get());
+  relay.Start();
+  Emit(3);
+  relay.Wake();
+  ASSERT_TRUE(WaitFor("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0));
+  auto healthy_becomes = [&relay](bool want) {
+    const absl::Time until = absl::Now() + absl::Seconds(15);
+    while (relay.healthy() != want && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
+    return relay.healthy() == want;
+  };
+  ASSERT_TRUE(healthy_becomes(true));
+
+  proxy.Stall();
+  Emit(4);  // straight to the database, not through the stalled relay's path
+  relay.Wake();
+  EXPECT_TRUE(healthy_becomes(false)) << "the relay still says healthy, waiting on nothing";
+  EXPECT_EQ(Count("SELECT count(*) FROM outbox WHERE sent_at IS NULL"), 4);
+  proxy.Resume();
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0));
+  EXPECT_TRUE(healthy_becomes(true));
+  relay.Stop(absl::Now());
+  auto stored = testing::ReadStream(nats_url_, stream_);
+  std::set<std::string> ids;
+  for (const auto& e : stored)
+    ids.insert(e.headers.count("Nats-Msg-Id") ? e.headers.at("Nats-Msg-Id") : "");
+  EXPECT_EQ(stored.size(), 7u);
+  EXPECT_EQ(ids.size(), 7u);
+}
+
 // connecting_outbox_database_behind_stream as /metrics reports it.
 double BehindStream() {
   for (const auto& family : metrics::Registry()->Collect()) {
@@ -616,6 +656,42 @@ TEST_F(Bus, DatabaseOutageHoldsEventsWithoutUsingUpTheirDeliveries) {
   EXPECT_EQ(Count("SELECT count(*) FROM dead_letters"), 0);
   std::lock_guard<std::mutex> l(mu);
   EXPECT_EQ(deliveries, std::vector<uint64_t>(4, 1)) << "an outage used up deliveries";
+}
+
+TEST_F(Bus, AConsumerWhoseDatabaseFallsSilentHoldsItsEventsAndAppliesEachOnce) {
+  // The database stops answering (hung, or the network to it gone) just as
+  // an event's transaction commits: the consumer must not wait on it for
+  // ever, reporting healthy, but give up by the ack wait, hold its events
+  // while the database is unreachable, and then apply each event once.
+  testing::StallingProxy proxy(testing::PortOf(url_));
+  db::Pool stalling(testing::WithPort(url_, proxy.port()), 4, "bus-test-stalling");
+  std::atomic<bool> stalled{false};
+  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
+    absl::Status s = RecordEffect(tx, d);
+    if (d.id == "commit-unanswered" && !stalled.exchange(true)) proxy.Stall();
+    return s;
+  };
+  bus::ConsumerOptions o = Opts();
+  o.ack_wait = absl::Seconds(2);
+  bus::Consumer c(o, &stalling, nats_.get(), handler);
+  c.Start();
+  PublishRaw("warm-up", "warm-up", "{}");
+  ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects", 1));
+  ASSERT_TRUE(c.healthy());
+  PublishRaw("commit-unanswered", "commit-unanswered", "{}");
+  const absl::Time until = absl::Now() + absl::Seconds(15);
+  while (!stalled.load() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_TRUE(stalled.load());
+  while (c.healthy() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
+  EXPECT_FALSE(c.healthy()) << "the consumer still says healthy, waiting on nothing";
+  PublishRaw("meanwhile", "meanwhile", "{}");
+  absl::SleepFor(absl::Seconds(1));
+  proxy.Resume();
+  EXPECT_TRUE(WaitFor("SELECT count(DISTINCT event_id) FROM effects", 3));
+  absl::SleepFor(absl::Milliseconds(500));
+  c.Stop();
+  EXPECT_EQ(Count("SELECT count(*) FROM effects"), 3) << "an event applied twice";
+  EXPECT_EQ(Count("SELECT count(*) FROM dead_letters"), 0);
 }
 
 TEST_F(Bus, StoppingDuringADatabaseOutageHandsTheEventsBack) {

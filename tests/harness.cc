@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <nats/nats.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -149,6 +150,29 @@ std::string NewDatabase() {
   return admin.substr(0, slash + 1) + name;
 }
 
+namespace {
+// Where the port of a postgresql://user@host:port/db URL is: [begin, end).
+std::pair<size_t, size_t> PortSpan(const std::string& url) {
+  const size_t at = url.find('@');
+  const size_t slash = url.find('/', at == std::string::npos ? url.find("//") + 2 : at);
+  const size_t colon = url.rfind(':', slash);
+  if (colon == std::string::npos || (at != std::string::npos && colon < at)) return {0, 0};
+  return {colon + 1, slash == std::string::npos ? url.size() : slash};
+}
+}  // namespace
+
+int PortOf(const std::string& url) {
+  auto [begin, end] = PortSpan(url);
+  int port = 0;
+  return begin < end && absl::SimpleAtoi(url.substr(begin, end - begin), &port) ? port : 0;
+}
+
+std::string WithPort(const std::string& url, int port) {
+  auto [begin, end] = PortSpan(url);
+  if (begin >= end) return url;
+  return absl::StrCat(url.substr(0, begin), port, url.substr(end));
+}
+
 Process::Process(std::string path, std::vector<std::string> args,
                  std::map<std::string, std::string> env, std::string log_path)
     : log_path_(std::move(log_path)) {
@@ -218,6 +242,112 @@ OneShot RunOnce(const std::string& binary, const std::vector<std::string>& args,
       absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/", name, "-", RandomSuffix(), ".log");
   Process p(binary, args, std::move(env), log);
   return {p.Wait(timeout), log};  // the destructor kills it if still running
+}
+
+StallingProxy::StallingProxy(int target_port) : target_port_(target_port) {
+  listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr = Loopback(0);
+  socklen_t len = sizeof addr;
+  if (listen_fd_ < 0 || bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      listen(listen_fd_, 64) != 0 ||
+      getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0 ||
+      pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) {
+    std::perror("StallingProxy");
+    std::abort();
+  }
+  port_ = ntohs(addr.sin_port);
+  thread_ = std::thread([this] { Run(); });
+}
+
+StallingProxy::~StallingProxy() {
+  stop_ = true;
+  Wake();
+  thread_.join();
+  close(listen_fd_);
+  close(wake_[0]);
+  close(wake_[1]);
+}
+
+void StallingProxy::Wake() { (void)!write(wake_[1], "x", 1); }
+
+void StallingProxy::Stall() {
+  stalled_ = true;
+  Wake();
+}
+
+void StallingProxy::Resume() {
+  stalled_ = false;
+  Wake();
+}
+
+void StallingProxy::Run() {
+  // Each pair relays client <-> server; a side that ends closes both.
+  struct Pair {
+    int client;
+    int server;
+  };
+  std::vector<Pair> pairs;
+  auto close_pair = [](const Pair& p) {
+    close(p.client);
+    close(p.server);
+  };
+  while (!stop_) {
+    std::vector<pollfd> fds{{wake_[0], POLLIN, 0}, {listen_fd_, POLLIN, 0}};
+    const bool relaying = !stalled_;
+    if (relaying) {
+      for (const Pair& p : pairs) {
+        fds.push_back({p.client, POLLIN, 0});
+        fds.push_back({p.server, POLLIN, 0});
+      }
+    }
+    const size_t polled = fds.size() / 2 - 1;  // the pairs in `fds`, first in `pairs`
+    if (poll(fds.data(), fds.size(), 1000) <= 0) continue;
+    if (fds[0].revents != 0) {
+      char drain[64];
+      while (read(wake_[0], drain, sizeof drain) > 0) {
+      }
+    }
+    if (fds[1].revents != 0) {
+      int client = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      int server = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_in to = Loopback(target_port_);
+      if (client >= 0 && server >= 0 &&
+          connect(server, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0) {
+        pairs.push_back({client, server});
+      } else {
+        if (client >= 0) close(client);
+        if (server >= 0) close(server);
+      }
+    }
+    std::vector<Pair> kept;
+    for (size_t i = 0; i < pairs.size(); ++i) {
+      if (i >= polled) {  // accepted just now, or not polled while stalled
+        kept.push_back(pairs[i]);
+        continue;
+      }
+      bool open = true;
+      for (int side = 0; side < 2 && open; ++side) {
+        if (fds[2 + 2 * i + side].revents == 0) continue;
+        const int from = side == 0 ? pairs[i].client : pairs[i].server;
+        const int to = side == 0 ? pairs[i].server : pairs[i].client;
+        char buf[65536];
+        const ssize_t n = read(from, buf, sizeof buf);
+        open = n > 0;
+        for (ssize_t sent = 0; open && sent < n;) {
+          const ssize_t w = send(to, buf + sent, static_cast<size_t>(n - sent), MSG_NOSIGNAL);
+          open = w > 0;
+          sent += std::max<ssize_t>(w, 0);
+        }
+      }
+      if (open) {
+        kept.push_back(pairs[i]);
+      } else {
+        close_pair(pairs[i]);
+      }
+    }
+    pairs = std::move(kept);
+  }
+  for (const Pair& p : pairs) close_pair(p);
 }
 
 NatsServer::NatsServer() : port_(FreePort()) {

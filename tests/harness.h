@@ -10,12 +10,14 @@
 #include <grpcpp/grpcpp.h>
 #include <sys/types.h>
 
+#include <atomic>
 #include <functional>
 #include <future>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -34,6 +36,10 @@ int FreePort();
 bool PortOpen(int port);
 // A fresh, empty database on the shared server; returns its URL.
 std::string NewDatabase();
+// The port of a postgresql://user@host:port/db URL (0 if it has none), and
+// the URL with another port (e.g. a StallingProxy's).
+int PortOf(const std::string& url);
+std::string WithPort(const std::string& url, int port);
 // The whole of a file ("" if it cannot be read), e.g. a process's log.
 std::string ReadFile(const std::string& path);
 // The last `lines` lines of the file at `path` (a process's log), for a
@@ -87,6 +93,30 @@ class NatsServer {
   int port_;
   std::string dir_;
   std::unique_ptr<Process> proc_;
+};
+
+// A TCP relay on 127.0.0.1 to a server on 127.0.0.1:`target_port`, which a
+// test can stall: while stalled it forwards nothing either way and closes
+// nothing, as a network that drops every packet (or a server's host that
+// vanished) looks to a client. New connections are accepted all the same.
+class StallingProxy {
+ public:
+  explicit StallingProxy(int target_port);
+  ~StallingProxy();
+  int port() const { return port_; }
+  void Stall();
+  void Resume();
+
+ private:
+  void Run();
+  void Wake();
+  const int target_port_;
+  int port_ = 0;
+  int listen_fd_ = -1;
+  int wake_[2] = {-1, -1};  // a pipe that interrupts the relay's poll
+  std::atomic<bool> stalled_{false};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
 };
 
 // One running service binary.

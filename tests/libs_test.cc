@@ -1120,6 +1120,106 @@ TEST_F(Database, StatementsStopAtTheCallersDeadline) {
   }
 }
 
+TEST_F(Database, AServerThatStopsAnsweringCostsACallerItsDeadlineNotItsThread) {
+  // PostgreSQL behind a network that drops everything (a stalled relay)
+  // keeps its connections open and answers nothing. A transaction, a single
+  // read and a group-committed batch each wait until their deadline and
+  // Pool::kAnswerGrace, no longer; their connections are dropped; a new one
+  // gives up at connect_timeout; and once the network is back the pool
+  // works again. A COMMIT without an answer is reported as of unknown
+  // outcome. Each call runs on a thread of its own, watched: waiting for
+  // ever (until TCP gives up) fails the test instead of hanging it.
+  testing::StallingProxy proxy(testing::PortOf(url_));
+  db::Pool pool(testing::WithPort(url_, proxy.port()), 3, "libs-test-stalled");
+  ASSERT_TRUE(db::Transact(pool, [](db::Conn& c) {
+                return c.ExecScript("CREATE TABLE stalled (v int PRIMARY KEY)");
+              }).ok());
+  {  // three connections open and idle
+    std::vector<db::Pool::Lease> open;
+    for (int i = 0; i < 3; ++i) {
+      auto lease = pool.Acquire(absl::Now() + absl::Seconds(5));
+      ASSERT_TRUE(lease.ok()) << lease.status();
+      ASSERT_TRUE((*lease)->Exec("SELECT 1").ok());
+      open.push_back(*std::move(lease));
+    }
+  }
+  auto watched = [&proxy](const char* what, std::function<absl::Status()> call) {
+    const absl::Time start = absl::Now();
+    auto outcome = std::async(std::launch::async, std::move(call));
+    if (outcome.wait_for(std::chrono::seconds(15)) != std::future_status::ready) {
+      ADD_FAILURE() << what << " still waiting after 15 s: its wait is not bounded";
+      proxy.Resume();  // lets it end
+    }
+    absl::Status s = outcome.get();
+    EXPECT_LT(absl::Now() - start, absl::Seconds(6)) << what;
+    return s;
+  };
+  auto insert = [](int v) {
+    return [v](db::Conn& c) { return c.Exec("INSERT INTO stalled VALUES ($1)", {v}).status(); };
+  };
+  db::TxOptions soon;
+  server::Executor threads(1, 8);
+  db::GroupCommitter group(pool, "stalled", [&threads](std::function<void()> task) {
+    return threads.TrySubmit(std::move(task));
+  });
+
+  proxy.Stall();
+  soon.deadline = absl::Now() + absl::Milliseconds(300);
+  absl::Status s = watched("Transact", [&] { return db::Transact(pool, soon, insert(1)); });
+  EXPECT_TRUE(absl::IsDeadlineExceeded(s)) << s;
+  s = watched("WithConnection", [&] {
+    return db::WithConnection(pool, absl::Now() + absl::Milliseconds(300),
+                              [](db::Conn& c) { return c.Exec("SELECT 1").status(); });
+  });
+  EXPECT_TRUE(absl::IsDeadlineExceeded(s)) << s;
+  s = watched("GroupCommitter", [&] {
+    db::GroupCommitter::Work w;
+    w.first = {"INSERT INTO stalled VALUES (2) RETURNING v", {}};
+    w.then = [](const db::Result&) -> absl::StatusOr<std::vector<db::Statement>> {
+      return std::vector<db::Statement>{};
+    };
+    std::promise<absl::Status> done;
+    group.Submit("k", absl::Now() + absl::Milliseconds(300), std::move(w),
+                 [&done](absl::Status st) { done.set_value(std::move(st)); });
+    return done.get_future().get();
+  });
+  EXPECT_TRUE(absl::IsDeadlineExceeded(s)) << s;
+  // Every connection that waited was dropped: the next one is new, and its
+  // handshake gets no answer either.
+  s = watched("a new connection", [&] {
+    return db::WithConnection(pool, absl::Now() + absl::Milliseconds(300),
+                              [](db::Conn& c) { return c.Exec("SELECT 1").status(); });
+  });
+  EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+
+  proxy.Resume();
+  soon.deadline = absl::Now() + absl::Seconds(5);
+  s = watched("Transact once answered", [&] { return db::Transact(pool, soon, insert(3)); });
+  EXPECT_TRUE(s.ok()) << s;
+
+  // The COMMIT is sent, and then nothing comes back.
+  soon.deadline = absl::Now() + absl::Milliseconds(500);
+  s = watched("COMMIT", [&] {
+    return db::Transact(pool, soon, [&](db::Conn& c) {
+      absl::Status inserted = insert(4)(c);
+      proxy.Stall();
+      return inserted;
+    });
+  });
+  EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+  EXPECT_NE(s.message().find("during COMMIT"), std::string::npos) << s;
+  proxy.Resume();
+  ASSERT_TRUE(db::WithConnection(*pool_, absl::Now() + absl::Seconds(5), [](db::Conn& c) {
+                auto r = c.Exec(
+                    "SELECT count(*) FILTER (WHERE v < 3), count(*) FILTER (WHERE v = 3) "
+                    "FROM stalled");
+                if (!r.ok()) return r.status();
+                EXPECT_EQ(r->Int(0, 0), 0) << "a statement given up on was kept";
+                EXPECT_EQ(r->Int(0, 1), 1);
+                return absl::OkStatus();
+              }).ok());
+}
+
 // A gauge's series, family{label="value"}, as the /metrics page reports it
 // (-1: no such series).
 double GaugeValue(const std::string& family_name, const std::string& label,
@@ -1386,6 +1486,43 @@ TEST_F(Database, ReadCacheStaysWithinItsByteBudget) {
   EXPECT_LT(cache.EntriesAndBytes().second, bytes);
   cache.Put("k199", value(10), before);
   EXPECT_FALSE(cache.Get("k199").has_value());
+  cache.Stop();
+}
+
+TEST_F(Database, ACacheWhoseListenerFallsSilentIsBypassedWithinSeconds) {
+  // The listening connection dies without a reset (a failover, the network
+  // gone): no change would be heard again, so the cache must notice the
+  // silence itself, empty and bypass itself, and fill again once LISTEN is
+  // back in place.
+  using Value = google::protobuf::StringValue;
+  testing::StallingProxy proxy(testing::PortOf(url_));
+  db::NotifyCache<Value> cache("test-" + testing::RandomSuffix(),
+                               testing::WithPort(url_, proxy.port()),
+                               "test_cache_" + testing::RandomSuffix(), 1 << 20);
+  cache.Start();
+  auto becomes = [&cache](bool listening, absl::Duration within) {
+    const absl::Time until = absl::Now() + within;
+    while (cache.listening() != listening && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return cache.listening() == listening;
+  };
+  ASSERT_TRUE(becomes(true, absl::Seconds(5)));
+  Value v;
+  v.set_value("kept");
+  cache.Put("k", v, cache.Generation());
+  ASSERT_TRUE(cache.Get("k").has_value());
+
+  proxy.Stall();
+  const absl::Time stalled = absl::Now();
+  EXPECT_TRUE(becomes(false, absl::Seconds(10))) << "a silent listener is trusted";
+  EXPECT_LT(absl::Now() - stalled, absl::Seconds(5));
+  EXPECT_FALSE(cache.Get("k").has_value()) << "served from a cache that hears nothing";
+  proxy.Resume();
+  EXPECT_TRUE(becomes(true, absl::Seconds(15)));
+  EXPECT_FALSE(cache.Get("k").has_value()) << "what was cached before may have missed a change";
+  cache.Put("k", v, cache.Generation());
+  EXPECT_TRUE(cache.Get("k").has_value());
   cache.Stop();
 }
 

@@ -9,8 +9,10 @@
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "libs/db/db.h"
 #include "libs/server/auth.h"
@@ -93,17 +95,39 @@ TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAg
   };
   // Whatever the test's outcome, that PostgreSQL runs again (and can stop).
   absl::Cleanup resume = [&] { signal_postgres("CONT"); };
-  ASSERT_EQ(signal_postgres("STOP"), 0);
-  EXPECT_TRUE(svc.WaitForHealth(2, absl::Seconds(15)))
-      << "still " << svc.Health() << " with PostgreSQL not answering";
-  EXPECT_EQ(svc.Health("liveness"), 1);
-  ASSERT_EQ(signal_postgres("CONT"), 0);
-  EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(20)));
   auto stub = v1::PartnersService::NewStub(svc.channel());
   v1::CreateOrganisationRequest req;
   *req.mutable_organisation() = SampleOrganisation("Hung Database Trust");
   v1::Organisation out;
-  grpc::Status s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
+  ASSERT_TRUE(stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out).ok());
+  ASSERT_EQ(signal_postgres("STOP"), 0);
+  EXPECT_TRUE(svc.WaitForHealth(2, absl::Seconds(15)))
+      << "still " << svc.Health() << " with PostgreSQL not answering";
+  EXPECT_EQ(svc.Health("liveness"), 1);
+  // A write meanwhile: its caller gives up at its deadline, and so must the
+  // service, soon after, rather than hold a worker and a connection until
+  // PostgreSQL answers (the request is counted once it finishes).
+  auto timed_out = [&] {
+    for (absl::string_view line : absl::StrSplit(HttpGet(svc.metrics_port(), "/metrics"), '\n')) {
+      if (absl::StartsWith(line, "connecting_grpc_requests_total{") &&
+          absl::StrContains(line, "CreateOrganisation") &&
+          absl::StrContains(line, "DEADLINE_EXCEEDED")) {
+        return true;
+      }
+    }
+    return false;
+  };
+  *req.mutable_organisation() = SampleOrganisation("Unanswered Trust");
+  auto ctx = Ctx(Token(server::Role::kAdmin));
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  grpc::Status s = stub->CreateOrganisation(ctx.get(), req, &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (!timed_out() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_TRUE(timed_out()) << "the service still waits on PostgreSQL for a request given up on";
+  ASSERT_EQ(signal_postgres("CONT"), 0);
+  EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(20)));
+  s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
   EXPECT_TRUE(s.ok()) << s.error_message();
   svc.Kill();
 }

@@ -288,6 +288,12 @@ void Consumer::PruneInbox(uint64_t ack_floor) {
   }
 }
 
+db::TxOptions Consumer::EventTransaction() const {
+  db::TxOptions o;
+  o.deadline = absl::Now() + options_.ack_wait;
+  return o;
+}
+
 bool Consumer::DatabaseReachable() {
   return db::WithConnection(*pool_, absl::Now() + absl::Seconds(2),
                             [](db::Conn& c) { return c.Exec("SELECT 1").status(); })
@@ -328,7 +334,7 @@ bool Consumer::ApplyTogether(absl::Span<natsMsg* const> fetched) {
   }
   const db::Param created = db::Param(stream_created_.load());
   std::vector<bool> duplicate(events.size());
-  absl::Status s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
+  absl::Status s = db::Transact(*pool_, EventTransaction(), [&](db::Conn& tx) -> absl::Status {
     // Every inbox row in one round trip, then the handlers of the new ones.
     std::vector<db::Statement> inserts;
     inserts.reserve(events.size());
@@ -401,7 +407,7 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
 
   while (true) {
     bool duplicate = false;
-    absl::Status s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
+    absl::Status s = db::Transact(*pool_, EventTransaction(), [&](db::Conn& tx) -> absl::Status {
       duplicate = false;
       auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq, created});
       if (!ins.ok()) return ins.status();

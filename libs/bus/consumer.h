@@ -127,6 +127,11 @@ class Consumer {
   // the inbox records for this consumer. False if the database cannot say.
   bool DatabaseBehind(uint64_t ack_floor);
   bool DatabaseReachable();
+  // The options of a transaction applying events: it ends by the events' ack
+  // wait, after which JetStream delivers them again anyway, so a database
+  // that stopped answering (hung, or the network to it gone) holds the
+  // consumer no longer than that.
+  db::TxOptions EventTransaction() const;
   // Raises the mark to `ack_floor` and deletes the inbox rows it lets go
   // (see above); logs, and leaves it for next time, if the database fails.
   void PruneInbox(uint64_t ack_floor);

@@ -360,6 +360,8 @@ void OutboxRelay::Run() {
       // A restore drops every connection: look before publishing on this one.
       next_restore_check = absl::InfinitePast();
     }
+    const absl::Time answers_until = absl::Now() + options_.answer_timeout;
+    conn->set_answer_deadline(flushing ? std::min(answers_until, flush_deadline_) : answers_until);
     // The lag gauges matter most while nothing can be published (NATS down,
     // a stream refusing) and while a backlog drains, so they are read before
     // publishing is even tried. Counting a backlog scans it: the reads are

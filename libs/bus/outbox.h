@@ -81,6 +81,12 @@ struct RelayOptions {
   // busy service publishes in batches (adds at most this to event latency).
   absl::Duration linger = absl::Milliseconds(5);
   absl::Duration ack_timeout = absl::Seconds(5);
+  // How long one pass (claim, publish, mark sent) may wait for PostgreSQL's
+  // answers. A database that stopped answering without closing the
+  // connection (hung, or the network to it gone) would otherwise hold the
+  // relay, still reporting healthy, until TCP gives up; past this the relay
+  // drops the connection, reports unhealthy and connects again.
+  absl::Duration answer_timeout = absl::Seconds(15);
   // How often a running relay looks again for a restore (see
   // CheckForRestore); it also looks each time it connects to PostgreSQL.
   absl::Duration restore_check_interval = absl::Seconds(30);

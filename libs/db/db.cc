@@ -38,6 +38,11 @@ std::vector<const char*> ParamValues(const std::vector<Param>& params) {
   return values;
 }
 
+absl::Status Dropped() {
+  return absl::UnavailableError(
+      "database connection dropped after an earlier failure (lost, or no answer in time)");
+}
+
 absl::Status Skipped() {
   return absl::AbortedError("skipped: an earlier statement in the pipeline failed");
 }
@@ -107,12 +112,16 @@ std::string ConstraintOf(const absl::Status& status) {
 }
 
 absl::StatusOr<std::unique_ptr<Conn>> Conn::Open(const std::string& url,
-                                                 absl::string_view application_name) {
+                                                 absl::string_view application_name,
+                                                 absl::Duration connect_timeout) {
   std::string app(application_name);
+  // libpq counts whole seconds, and takes less than 2 as 2.
+  std::string seconds = absl::StrCat(
+      std::max<int64_t>(2, absl::ToInt64Seconds(absl::Ceil(connect_timeout, absl::Seconds(1)))));
   // Later keywords win over earlier ones, and dbname expands the URL in place,
   // so the URL can override the defaults given before it.
   const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
-  const char* vals[] = {"5", app.c_str(), url.c_str(), nullptr};
+  const char* vals[] = {seconds.c_str(), app.c_str(), url.c_str(), nullptr};
   PGconn* raw = PQconnectdbParams(keys, vals, /*expand_dbname=*/1);
   std::unique_ptr<Conn> conn(new Conn(raw));
   if (raw == nullptr || PQstatus(raw) != CONNECTION_OK) {
@@ -206,9 +215,63 @@ void Conn::ForgetLeastUsed() {
   for (const auto& [use, sql] : by_use) {
     absl::StrAppend(&script, "DEALLOCATE ", prepared_.at(sql).name, ";");
   }
-  Result res(PQexec(conn_.get(), script.c_str()));
-  if (PQresultStatus(res.raw_for_status()) != PGRES_COMMAND_OK) return;  // kept; tried next time
+  absl::StatusOr<Result> res = Collect(PQsendQuery(conn_.get(), script.c_str()) == 1);
+  if (!res.ok()) return;  // kept; tried next time (or the connection is gone)
   for (const auto& [use, sql] : by_use) prepared_.erase(sql);
+}
+
+absl::Status Conn::AwaitResult() {
+  PGconn* c = conn_.get();
+  while (PQisBusy(c) == 1) {
+    int wait_ms = -1;
+    if (answer_deadline_ != absl::InfiniteFuture()) {
+      const absl::Duration left = answer_deadline_ - absl::Now();
+      if (left <= absl::ZeroDuration()) {
+        broken_ = true;  // the answer may still come: this connection is done
+        return absl::DeadlineExceededError(
+            "the database did not answer in time (it may be hung or unreachable); "
+            "the connection was dropped");
+      }
+      wait_ms = static_cast<int>(std::min<int64_t>(
+          absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))), 60'000));
+    }
+    pollfd p{PQsocket(c), POLLIN, 0};
+    const int ready = poll(&p, 1, wait_ms);
+    if (ready < 0 && errno == EINTR) continue;
+    // A failed read leaves the error for PQgetResult, which no longer blocks.
+    if (ready < 0 || (ready > 0 && PQconsumeInput(c) != 1)) break;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Result> Conn::Collect(bool sent) {
+  PGconn* c = conn_.get();
+  if (broken_) return Dropped();
+  if (!sent) {
+    broken_ = true;
+    return ErrorFromResult(c, nullptr);
+  }
+  std::optional<Result> last;
+  std::optional<Result> error;
+  for (;;) {
+    if (absl::Status waited = AwaitResult(); !waited.ok()) return waited;
+    PGresult* raw = PQgetResult(c);
+    if (raw == nullptr) break;
+    Result r(raw);
+    const ExecStatusType st = PQresultStatus(r.raw_for_status());
+    if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+      broken_ = true;  // the connection waits for COPY data nobody sends
+      return absl::InternalError("COPY is not supported through Conn");
+    }
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+      if (!error) error.emplace(std::move(r));
+    } else {
+      last.emplace(std::move(r));
+    }
+  }
+  if (error) return ErrorFromResult(c, error->raw_for_status());
+  if (!last) return ErrorFromResult(c, nullptr);
+  return *std::move(last);
 }
 
 absl::StatusOr<Result> Conn::Exec(absl::string_view sql, const std::vector<Param>& params) {
@@ -218,61 +281,33 @@ absl::StatusOr<Result> Conn::Exec(absl::string_view sql, const std::vector<Param
   const std::string* name = FindPrepared(key);
   if (name == nullptr) {
     std::string fresh = absl::StrCat("s", ++next_prepared_);
-    Result prep(PQprepare(c, fresh.c_str(), key.c_str(), static_cast<int>(params.size()), nullptr));
-    if (PQresultStatus(prep.raw_for_status()) != PGRES_COMMAND_OK) {
-      return ErrorFromResult(c, prep.raw_for_status());
-    }
+    absl::StatusOr<Result> prep =
+        Collect(PQsendPrepare(c, fresh.c_str(), key.c_str(), static_cast<int>(params.size()),
+                              nullptr) == 1);
+    if (!prep.ok()) return prep.status();
     name = &prepared_.insert_or_assign(std::move(key), Prepared{std::move(fresh), ++uses_})
                 .first->second.name;
   }
   std::vector<const char*> values = ParamValues(params);
-  Result res(PQexecPrepared(c, name->c_str(), static_cast<int>(params.size()), values.data(),
-                            nullptr, nullptr, 0));
-  ExecStatusType st = PQresultStatus(res.raw_for_status());
-  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-    return ErrorFromResult(c, res.raw_for_status());
-  }
-  return res;
+  return Collect(PQsendQueryPrepared(c, name->c_str(), static_cast<int>(params.size()),
+                                     values.data(), nullptr, nullptr, 0) == 1);
 }
 
 absl::Status Conn::ExecScript(absl::string_view sql) {
   std::string s(sql);
-  Result res(PQexec(conn_.get(), s.c_str()));
-  ExecStatusType st = PQresultStatus(res.raw_for_status());
-  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-    return ErrorFromResult(conn_.get(), res.raw_for_status());
-  }
-  return absl::OkStatus();
+  return Collect(PQsendQuery(conn_.get(), s.c_str()) == 1).status();
 }
 
 absl::Status Conn::Ping(absl::Duration timeout) {
-  PGconn* c = conn_.get();
-  const absl::Time deadline = absl::Now() + timeout;
-  if (PQsendQuery(c, "SELECT 1") != 1) {
-    broken_ = true;
-    return ErrorFromResult(c, nullptr);
+  const absl::Time saved = answer_deadline_;
+  answer_deadline_ = std::min(saved, absl::Now() + timeout);
+  absl::Status s = ExecScript("SELECT 1");
+  answer_deadline_ = saved;
+  if (absl::IsDeadlineExceeded(s)) {
+    return absl::UnavailableError(
+        absl::StrCat("database unavailable: no answer within ", absl::FormatDuration(timeout)));
   }
-  while (PQisBusy(c) == 1) {
-    const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
-    if (ms <= 0) {
-      broken_ = true;  // the answer may still come: this connection is done
-      return absl::UnavailableError(
-          absl::StrCat("database unavailable: no answer within ", absl::FormatDuration(timeout)));
-    }
-    pollfd p{PQsocket(c), POLLIN, 0};
-    const int ready = poll(&p, 1, static_cast<int>(std::min<int64_t>(ms, 1000)));
-    if ((ready < 0 && errno != EINTR) || (ready > 0 && PQconsumeInput(c) != 1)) {
-      broken_ = true;
-      return ErrorFromResult(c, nullptr);
-    }
-  }
-  absl::Status out;
-  while (PGresult* raw = PQgetResult(c)) {
-    Result res(raw);
-    ExecStatusType st = PQresultStatus(res.raw_for_status());
-    if (out.ok() && st != PGRES_TUPLES_OK) out = ErrorFromResult(c, res.raw_for_status());
-  }
-  return out;
+  return s;
 }
 
 std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>& statements) {
@@ -284,6 +319,7 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
     return std::move(out);
   };
   if (statements.empty()) return out;
+  if (broken_) return fail_rest(Dropped());
   ForgetLeastUsed();
   if (PQenterPipelineMode(c) != 1) return fail_rest(ErrorFromResult(c, nullptr));
   // Each statement is sent as Parse (first use on this connection) then Bind/Execute.
@@ -323,11 +359,18 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
     return fail_rest(s);
   }
   absl::Status prepare_error;
+  // An answer that does not come in time fails what is left; the connection
+  // is then broken and dropped.
+  absl::Status waited;
+  auto next_result = [&]() -> PGresult* {
+    if (waited.ok()) waited = AwaitResult();
+    return waited.ok() ? PQgetResult(c) : nullptr;
+  };
   for (const Sent& s : sent) {
-    PGresult* raw = PQgetResult(c);
+    PGresult* raw = next_result();
     if (raw == nullptr) break;  // the connection went: handled below
     Result res(raw);
-    while (PGresult* extra = PQgetResult(c)) PQclear(extra);  // up to the command's end
+    while (PGresult* extra = next_result()) PQclear(extra);  // up to the command's end
     ExecStatusType st = PQresultStatus(res.raw_for_status());
     if (s.is_prepare) {
       if (st == PGRES_COMMAND_OK) {
@@ -350,9 +393,15 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
       out.emplace_back(ErrorFromResult(c, res.raw_for_status()));
     }
   }
-  PGresult* sync = PQgetResult(c);  // PGRES_PIPELINE_SYNC
+  PGresult* sync = next_result();  // PGRES_PIPELINE_SYNC
   bool synced = sync != nullptr && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
   PQclear(sync);
+  if (!waited.ok()) {
+    for (auto& r : out) {
+      if (!r.ok()) r = waited;
+    }
+    return fail_rest(waited);
+  }
   if (!synced || PQstatus(c) != CONNECTION_OK || PQexitPipelineMode(c) != 1) {
     // Lost mid-pipeline: what did not succeed failed for that reason, not
     // because of a statement ("skipped" would invite a retry on this handle).
@@ -375,6 +424,8 @@ Pool::Lease::~Lease() {
 }
 
 absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline) {
+  const absl::Time answers_until =
+      deadline == absl::InfiniteFuture() ? deadline : deadline + kAnswerGrace;
   {
     absl::MutexLock lock(&mu_);
     auto can_take = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -386,17 +437,22 @@ absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline) {
     if (!idle_.empty()) {
       std::unique_ptr<Conn> c = std::move(idle_.back());
       idle_.pop_back();
+      c->set_answer_deadline(answers_until);
       return Lease(this, std::move(c));
     }
     ++open_or_leased_;
   }
-  // Open outside the lock: connecting can take seconds when the server is down.
-  absl::StatusOr<std::unique_ptr<Conn>> c = Conn::Open(url_, application_name_);
+  // Open outside the lock: connecting can take seconds when the server is
+  // down, and as long as connect_timeout when it accepts but does not answer.
+  absl::StatusOr<std::unique_ptr<Conn>> c =
+      Conn::Open(url_, application_name_,
+                 std::clamp(deadline - absl::Now(), absl::Seconds(2), Conn::kConnectTimeout));
   if (!c.ok()) {
     absl::MutexLock lock(&mu_);
     --open_or_leased_;
     return c.status();
   }
+  (*c)->set_answer_deadline(answers_until);
   return Lease(this, *std::move(c));
 }
 
@@ -408,6 +464,7 @@ void Pool::Release(std::unique_ptr<Conn> conn) {
     --open_or_leased_;
     return;
   }
+  conn->set_answer_deadline(absl::InfiniteFuture());
   idle_.push_back(std::move(conn));
 }
 

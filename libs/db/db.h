@@ -122,9 +122,12 @@ struct Statement {
 // One libpq connection.
 class Conn {
  public:
-  // Connects (blocking, bounded by connect_timeout in the URL or 5 s).
-  static absl::StatusOr<std::unique_ptr<Conn>> Open(const std::string& url,
-                                                    absl::string_view application_name);
+  static constexpr absl::Duration kConnectTimeout = absl::Seconds(5);
+  // Connects (blocking, bounded by connect_timeout in the URL or else
+  // `connect_timeout`, in whole seconds and at least 2).
+  static absl::StatusOr<std::unique_ptr<Conn>> Open(
+      const std::string& url, absl::string_view application_name,
+      absl::Duration connect_timeout = kConnectTimeout);
   absl::StatusOr<Result> Exec(absl::string_view sql, std::initializer_list<Param> params = {});
   absl::StatusOr<Result> Exec(absl::string_view sql, const std::vector<Param>& params);
   // Runs several statements without parameters (migrations, BEGIN/COMMIT).
@@ -135,11 +138,19 @@ class Conn {
   // Keep pipelines small (tens of statements): results are read only after
   // everything is sent.
   std::vector<absl::StatusOr<Result>> Pipeline(const std::vector<Statement>& statements);
-  // SELECT 1, waiting at most `timeout` for the answer. A server that stopped
-  // answering (hung, or its host gone without a reset) would hold a plain
-  // Exec until TCP gives up, many minutes later; past the timeout this
-  // connection is marked broken (healthy() is false) and UNAVAILABLE returned.
+  // SELECT 1, waiting at most `timeout` for the answer (and no later than the
+  // answer deadline); UNAVAILABLE past it.
   absl::Status Ping(absl::Duration timeout);
+  // How long any statement on this connection may wait for its answer. A
+  // server that stopped answering (hung, or its host or the network between
+  // gone without a reset) keeps its connection open, and a query would wait
+  // until TCP gives up, many minutes later, holding its thread. Past this
+  // time the wait ends: the connection is marked broken (healthy() is false,
+  // so the pool drops it and the server rolls back whatever was open) and the
+  // statement fails with DEADLINE_EXCEEDED. Pool::Acquire sets it from the
+  // caller's deadline; InfiniteFuture waits for ever.
+  void set_answer_deadline(absl::Time t) { answer_deadline_ = t; }
+  absl::Time answer_deadline() const { return answer_deadline_; }
   bool healthy() const { return !broken_ && PQstatus(conn_.get()) == CONNECTION_OK; }
   // Statements prepared on this connection now (at most about kMaxPrepared).
   size_t prepared_count() const { return prepared_.size(); }
@@ -147,7 +158,15 @@ class Conn {
 
  private:
   explicit Conn(PGconn* c) : conn_(c, &PQfinish) {}
+  // Waits until PQgetResult would not block, or until the answer deadline
+  // (DEADLINE_EXCEEDED, the connection marked broken).
+  absl::Status AwaitResult();
+  // After a statement was sent (`sent` is what the PQsend call returned):
+  // its results, as PQexec gives them (the first error, else the last),
+  // each awaited within the answer deadline.
+  absl::StatusOr<Result> Collect(bool sent);
   std::unique_ptr<PGconn, decltype(&PQfinish)> conn_;
+  absl::Time answer_deadline_ = absl::InfiniteFuture();
   struct Prepared {
     std::string name;
     uint64_t last_use;
@@ -200,7 +219,12 @@ class Pool {
 
   Pool(std::string url, int size, std::string application_name);
   // Waits for a free connection until `deadline`; RESOURCE_EXHAUSTED when none
-  // frees in time, UNAVAILABLE when the database cannot be reached.
+  // frees in time, UNAVAILABLE when the database cannot be reached. The
+  // connection's statements wait for their answers until `deadline` plus
+  // kAnswerGrace (Conn::set_answer_deadline): a server that is merely slow
+  // ends a statement itself at the deadline (statement_timeout, which
+  // Transact sets) and says so; one that does not answer by then is given up.
+  static constexpr absl::Duration kAnswerGrace = absl::Seconds(1);
   absl::StatusOr<Lease> Acquire(absl::Time deadline);
   const std::string& url() const { return url_; }
   int size() const { return size_; }
@@ -223,7 +247,8 @@ struct TxOptions {
   bool read_only = false;
   // Attempts in all, for ABORTED (serialization failure, deadlock).
   int max_attempts = 8;
-  // Bounds waiting for a connection and each statement (statement_timeout).
+  // Bounds waiting for a connection, each statement (statement_timeout) and,
+  // a server that does not answer, each answer (Pool::kAnswerGrace later).
   absl::Time deadline = absl::InfiniteFuture();
 };
 
@@ -249,7 +274,8 @@ inline absl::Status Transact(Pool& pool, absl::FunctionRef<absl::Status(Conn&)> 
 
 // Runs `fn` on a pooled connection without BEGIN/COMMIT (each statement
 // commits on its own): for reads that are a single statement, saving two
-// round trips. Waits for a connection until `deadline`.
+// round trips. Waits for a connection, and for each answer, until `deadline`
+// (and Pool::kAnswerGrace).
 absl::Status WithConnection(Pool& pool, absl::Time deadline,
                             absl::FunctionRef<absl::Status(Conn&)> fn);
 

@@ -76,7 +76,17 @@ void NotifyListener::Run() {
       listening_.store(true);
     }
     pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {PQsocket(conn->raw()), POLLIN, 0}};
-    (void)poll(fds, 2, 5000);
+    const int ready = poll(fds, 2, static_cast<int>(absl::ToInt64Milliseconds(kCheckEvery)));
+    if (ready == 0) {
+      // Nothing heard for a while. A connection that died without a reset
+      // (the server's host or the network gone, a failover) reads as quiet
+      // for ever, while the changes it should announce go unheard and the
+      // cache serves stale values: ask, briefly, whether anyone is there.
+      if (!conn->Ping(kCheckTimeout).ok()) {
+        conn.reset();  // logged as lost, and the cache emptied, above
+        continue;
+      }
+    }
     {
       if (PQconsumeInput(conn->raw()) == 0) {
         conn.reset();

@@ -5,7 +5,9 @@
 // most one notification delivery (~1 ms) behind a commit made by another
 // replica, and never behind the replica's own writes (it calls Invalidate
 // after committing). While the listening connection is down the cache is
-// emptied and bypassed, since notifications may have been missed.
+// emptied and bypassed, since notifications may have been missed; one that
+// falls silent without closing (a failover, the network gone) counts as down
+// within about three seconds (see kCheckEvery).
 //
 // Loading is race-free with generations: take Generation() before reading the
 // database and pass it to Put(); a value read before an invalidation is never
@@ -28,6 +30,7 @@
 #include <utility>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace prometheus {
 class Counter;
@@ -52,6 +55,12 @@ class NotifyListener {
 
  private:
   void Run();
+  // After this long without a word from the server the listener asks
+  // whether its connection still stands (SELECT 1, answered within
+  // kCheckTimeout, or the connection is dropped and the cache bypassed until
+  // LISTEN is in place again): a change is missed for at most about their sum.
+  static constexpr absl::Duration kCheckEvery = absl::Seconds(1);
+  static constexpr absl::Duration kCheckTimeout = absl::Seconds(2);
   const std::string db_url_;
   const std::string channel_;
   std::atomic<bool> stop_{false};
