@@ -154,9 +154,7 @@ TEST_F(Bus, ARelayWhoseDatabaseFallsSilentConnectsAgainAndPublishesEachEventOnce
   relay.Wake();
   ASSERT_TRUE(WaitFor("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0));
   auto healthy_becomes = [&relay](bool want) {
-    const absl::Time until = absl::Now() + absl::Seconds(15);
-    while (relay.healthy() != want && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
-    return relay.healthy() == want;
+    return testing::WaitUntil([&] { return relay.healthy() == want; }, absl::Seconds(15));
   };
   ASSERT_TRUE(healthy_becomes(true));
 
@@ -679,11 +677,10 @@ TEST_F(Bus, AConsumerWhoseDatabaseFallsSilentHoldsItsEventsAndAppliesEachOnce) {
   ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects", 1));
   ASSERT_TRUE(c.healthy());
   PublishRaw("commit-unanswered", "commit-unanswered", "{}");
-  const absl::Time until = absl::Now() + absl::Seconds(15);
-  while (!stalled.load() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
-  ASSERT_TRUE(stalled.load());
-  while (c.healthy() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
-  EXPECT_FALSE(c.healthy()) << "the consumer still says healthy, waiting on nothing";
+  const absl::Time until = absl::Now() + absl::Seconds(15);  // for both
+  ASSERT_TRUE(testing::WaitUntil([&] { return stalled.load(); }, until - absl::Now()));
+  EXPECT_TRUE(testing::WaitUntil([&] { return !c.healthy(); }, until - absl::Now()))
+      << "the consumer still says healthy, waiting on nothing";
   PublishRaw("meanwhile", "meanwhile", "{}");
   absl::SleepFor(absl::Seconds(1));
   proxy.Resume();

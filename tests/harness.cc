@@ -161,6 +161,12 @@ std::pair<size_t, size_t> PortSpan(const std::string& url) {
 }
 }  // namespace
 
+bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout, absl::Duration every) {
+  const absl::Time until = absl::Now() + timeout;
+  while (!done() && absl::Now() < until) absl::SleepFor(every);
+  return done();
+}
+
 int PortOf(const std::string& url) {
   auto [begin, end] = PortSpan(url);
   int port = 0;

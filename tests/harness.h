@@ -40,6 +40,10 @@ std::string NewDatabase();
 // the URL with another port (e.g. a StallingProxy's).
 int PortOf(const std::string& url);
 std::string WithPort(const std::string& url, int port);
+// Polls `done` every `every` until it holds or `timeout` passes; whether it
+// held at the end.
+bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout,
+               absl::Duration every = absl::Milliseconds(20));
 // The whole of a file ("" if it cannot be read), e.g. a process's log.
 std::string ReadFile(const std::string& path);
 // The last `lines` lines of the file at `path` (a process's log), for a

@@ -1501,11 +1501,7 @@ TEST_F(Database, ACacheWhoseListenerFallsSilentIsBypassedWithinSeconds) {
                                "test_cache_" + testing::RandomSuffix(), 1 << 20);
   cache.Start();
   auto becomes = [&cache](bool listening, absl::Duration within) {
-    const absl::Time until = absl::Now() + within;
-    while (cache.listening() != listening && absl::Now() < until) {
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    return cache.listening() == listening;
+    return testing::WaitUntil([&] { return cache.listening() == listening; }, within);
   };
   ASSERT_TRUE(becomes(true, absl::Seconds(5)));
   Value v;

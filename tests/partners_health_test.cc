@@ -122,9 +122,8 @@ TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAg
   ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
   grpc::Status s = stub->CreateOrganisation(ctx.get(), req, &out);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
-  const absl::Time until = absl::Now() + absl::Seconds(10);
-  while (!timed_out() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(100));
-  EXPECT_TRUE(timed_out()) << "the service still waits on PostgreSQL for a request given up on";
+  EXPECT_TRUE(WaitUntil(timed_out, absl::Seconds(10), absl::Milliseconds(100)))
+      << "the service still waits on PostgreSQL for a request given up on";
   ASSERT_EQ(signal_postgres("CONT"), 0);
   EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(20)));
   s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);

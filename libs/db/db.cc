@@ -464,7 +464,6 @@ void Pool::Release(std::unique_ptr<Conn> conn) {
     --open_or_leased_;
     return;
   }
-  conn->set_answer_deadline(absl::InfiniteFuture());
   idle_.push_back(std::move(conn));
 }
 

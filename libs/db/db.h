@@ -150,7 +150,6 @@ class Conn {
   // statement fails with DEADLINE_EXCEEDED. Pool::Acquire sets it from the
   // caller's deadline; InfiniteFuture waits for ever.
   void set_answer_deadline(absl::Time t) { answer_deadline_ = t; }
-  absl::Time answer_deadline() const { return answer_deadline_; }
   bool healthy() const { return !broken_ && PQstatus(conn_.get()) == CONNECTION_OK; }
   // Statements prepared on this connection now (at most about kMaxPrepared).
   size_t prepared_count() const { return prepared_.size(); }
