@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "libs/common/metrics.h"
@@ -498,15 +499,27 @@ TEST_F(Database, RepeatableMigrationsFollowTheirFileAfterTheVersionedOnes) {
   EXPECT_EQ(answer(), 300);
   sets[0].migrations[0].sql = good;  // the older release, as it was
   std::vector<std::string> ahead;
-  applied = db::Migrate(**conn, sets, &ahead);
+  db::MigrateOptions tell_ahead;
+  tell_ahead.ahead = &ahead;
+  applied = db::Migrate(**conn, sets, tell_ahead);
   ASSERT_TRUE(applied.ok()) << applied.status();
   EXPECT_TRUE(applied->empty()) << "the older release re-applied " << (*applied)[0];
   EXPECT_EQ(ahead, std::vector<std::string>{"rep/0002_more"});
   EXPECT_EQ(answer(), 300) << "the newer definition stays";
   ahead.clear();
-  applied = db::Migrate(**conn, newer, &ahead);
+  applied = db::Migrate(**conn, newer, tell_ahead);
   ASSERT_TRUE(applied.ok());
   EXPECT_TRUE(applied->empty() && ahead.empty()) << "the newer release finds it current";
+}
+
+// Options that note each statement of a migration run outside a
+// transaction as it starts: "[component/name ]i/n first line".
+db::MigrateOptions Telling(std::vector<std::string>* told, bool with_name) {
+  db::MigrateOptions o;
+  o.progress = [told, with_name](const std::string& m, size_t i, size_t n, absl::string_view line) {
+    told->push_back(absl::StrCat(with_name ? m + " " : "", i, "/", n, " ", line));
+  };
+  return o;
 }
 
 // Whether `index` exists and is valid (usable by reads); nullopt: absent.
@@ -536,12 +549,7 @@ TEST_F(Database, AnIndexBuiltOutsideATransactionLetsWritesThroughAndAnotherRepli
   std::vector<std::string> told;  // what the first replica was told
   auto first = std::async(std::launch::async, [&] {
     auto c = db::Conn::Open(url_, "first");
-    return c.ok()
-               ? db::Migrate(**c, v2, nullptr,
-                             [&](const std::string& m, size_t i, size_t n, absl::string_view line) {
-                               told.push_back(absl::StrCat(m, " ", i, "/", n, " ", line));
-                             })
-               : c.status();
+    return c.ok() ? db::Migrate(**c, v2, Telling(&told, true)) : c.status();
   });
   // Whatever fails below, the build is let finish (the future waits for it).
   absl::Cleanup end_open = [&] { (void)(*open)->ExecScript("COMMIT"); };
@@ -635,10 +643,7 @@ TEST_F(Database, AMigrationOutsideATransactionResumesAfterAFailedIndexBuild) {
   ASSERT_EQ(IndexValid(**conn, "t_x"), std::optional<bool>(false));
   ASSERT_TRUE((*conn)->ExecScript("DELETE FROM t WHERE note = 'duplicate'").ok());
   std::vector<std::string> told;  // each statement's first line, comments left out
-  auto applied = db::Migrate(**conn, sets, nullptr,
-                             [&](const std::string&, size_t i, size_t n, absl::string_view line) {
-                               told.push_back(absl::StrCat(i, "/", n, " ", line));
-                             });
+  auto applied = db::Migrate(**conn, sets, Telling(&told, false));
   ASSERT_TRUE(applied.ok()) << applied.status();
   EXPECT_EQ(*applied, std::vector<std::string>{"resume/0002_unique"});
   EXPECT_EQ(IndexValid(**conn, "t_x"), std::optional<bool>(true)) << "left invalid";
@@ -678,6 +683,132 @@ TEST_F(Database, AMigrationOutsideATransactionMustBuildIndexesSoThatItCanRunAgai
                               "\nCREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql "
                               "AS 'SELECT 1'")}}}};
   EXPECT_TRUE(absl::IsFailedPrecondition(db::Migrate(**conn, repeatable).status()));
+}
+
+// What a migration's lock waits were told: "migration|holders" each.
+struct LockWaits {
+  absl::Mutex mu;
+  std::vector<std::string> told ABSL_GUARDED_BY(mu);
+
+  db::MigrateOptions Options(absl::Duration lock_timeout, absl::Duration lock_wait) {
+    db::MigrateOptions o;
+    o.lock_timeout = lock_timeout;
+    o.lock_wait = lock_wait;
+    o.on_lock_busy = [this](const std::string& m, int, absl::Duration, absl::Duration,
+                            const std::string& holders) {
+      absl::MutexLock l(&mu);
+      told.push_back(absl::StrCat(m, "|", holders));
+    };
+    return o;
+  }
+  std::vector<std::string> Told() {
+    absl::MutexLock l(&mu);
+    return told;
+  }
+};
+
+// A statement waiting for a table lock makes every later query of that
+// table queue behind it: a migration's ALTER TABLE behind one long read
+// would stop the service's writes for as long as the read lasts.
+TEST_F(Database, AMigrationWaitingForALockHoldsTheTablesWritesUpOnlyBriefly) {
+  auto conn = db::Conn::Open(url_, "t");
+  ASSERT_TRUE(conn.ok());
+  std::vector<db::MigrationSet> sets = {{"lock", {{"0001_t", "CREATE TABLE t (x int)"}}}};
+  ASSERT_TRUE(db::Migrate(**conn, sets).ok());
+  auto writer = db::Conn::Open(url_, "writer");
+  ASSERT_TRUE(writer.ok());
+  // Were a write held up until the read ends, it would fail here.
+  ASSERT_TRUE((*writer)->ExecScript("SET statement_timeout = '3s'").ok());
+  int written = 0;
+
+  // In a transaction, then outside one, one statement of several.
+  std::vector<db::MigrationSet> v2 = sets;
+  v2[0].migrations.push_back({"0002_y", "ALTER TABLE t ADD COLUMN y int"});
+  std::vector<db::MigrationSet> v3 = v2;
+  v3[0].migrations.push_back(
+      {"0003_z", absl::StrCat(db::kNoTransaction,
+                              "\nCREATE TABLE IF NOT EXISTS u (x int);\n"
+                              "ALTER TABLE t ADD COLUMN IF NOT EXISTS z int;\n")});
+  for (const auto& step :
+       {std::make_pair("lock/0002_y", &v2), std::make_pair("lock/0003_z statement 2 of 2", &v3)}) {
+    const std::string migration = step.first;
+    const std::vector<db::MigrationSet>* release = step.second;
+    SCOPED_TRACE(migration);
+    // A long read: it holds the table's lock until it ends.
+    auto reader = db::Conn::Open(url_, "long-read");
+    ASSERT_TRUE(reader.ok());
+    ASSERT_TRUE((*reader)->ExecScript("BEGIN; SELECT count(*) FROM t").ok());
+    LockWaits waits;
+    auto migrating = std::async(std::launch::async, [&] {
+      auto c = db::Conn::Open(url_, "migrator");
+      return c.ok() ? db::Migrate(**c, *release,
+                                  waits.Options(absl::Milliseconds(200), absl::Seconds(60)))
+                    : c.status();
+    });
+    // Whatever fails below, the read ends before the migration is waited for.
+    absl::Cleanup end_read = [&] { (void)(*reader)->ExecScript("COMMIT"); };
+    // Writes go on while the migration tries, and tries again, for 2 s.
+    for (absl::Time end = absl::Now() + absl::Seconds(2); absl::Now() < end; ++written) {
+      absl::Status s =
+          (*writer)->ExecScript(absl::StrCat("INSERT INTO t (x) VALUES (", written, ")"));
+      ASSERT_TRUE(s.ok()) << "a write waited behind the migration: " << s;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    std::vector<std::string> told = waits.Told();
+    ASSERT_FALSE(told.empty()) << "the migration never gave up waiting";
+    EXPECT_TRUE(absl::StartsWith(told[0], absl::StrCat(migration, "|pid "))) << told[0];
+    EXPECT_TRUE(absl::StrContains(told[0], "long-read, idle in transaction")) << told[0];
+    EXPECT_TRUE(absl::StrContains(told[0], "SELECT count(*) FROM t")) << told[0];
+    // Once the read ends, the migration's next attempt has its lock.
+    std::move(end_read).Invoke();
+    ASSERT_EQ(migrating.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+    auto applied = migrating.get();
+    ASSERT_TRUE(applied.ok()) << applied.status();
+    EXPECT_EQ(applied->size(), 1u);
+  }
+  auto r = (*conn)->Exec("SELECT count(*), count(y) + count(z) FROM t");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->Int(0, 0), written) << "a write was lost";
+  EXPECT_EQ(r->Int(0, 1), 0);
+}
+
+TEST_F(Database, AMigrationKeptFromItsLocksGivesUpNamingWhoHoldsThemAndChangesNothing) {
+  auto conn = db::Conn::Open(url_, "t");
+  ASSERT_TRUE(conn.ok());
+  std::vector<db::MigrationSet> sets = {{"stuck", {{"0001_t", "CREATE TABLE t (x int)"}}}};
+  ASSERT_TRUE(db::Migrate(**conn, sets).ok());
+  sets[0].migrations.push_back(
+      {"0002_y", "CREATE TABLE v (x int); ALTER TABLE t ADD COLUMN y int"});
+  auto reader = db::Conn::Open(url_, "nightly-report");
+  ASSERT_TRUE(reader.ok());
+  auto pid = (*reader)->Exec("BEGIN; SELECT pg_backend_pid() FROM t LIMIT 0");
+  ASSERT_TRUE((*reader)->ExecScript("BEGIN; SELECT count(*) FROM t").ok());
+  pid = (*reader)->Exec("SELECT pg_backend_pid()");
+  ASSERT_TRUE(pid.ok()) << pid.status();
+  LockWaits waits;
+  auto refused =
+      db::Migrate(**conn, sets, waits.Options(absl::Milliseconds(100), absl::Seconds(2)));
+  ASSERT_TRUE(absl::IsAborted(refused.status())) << refused.status();
+  const std::string message(refused.status().message());
+  EXPECT_TRUE(absl::StrContains(message, "stuck/0002_y failed: could not take the locks"))
+      << message;
+  EXPECT_TRUE(absl::StrContains(message, absl::StrCat("pid ", pid->Int(0, 0), " (nightly-report")))
+      << message;
+  EXPECT_GE(waits.Told().size(), 1u);
+  // Nothing of it is kept, nor recorded.
+  auto r = (*conn)->Exec(
+      "SELECT to_regclass('v') IS NULL, "
+      "NOT EXISTS (SELECT FROM information_schema.columns WHERE table_name = 't' "
+      "AND column_name = 'y'), "
+      "NOT EXISTS (SELECT FROM schema_migrations WHERE component = 'stuck' AND name = '0002_y')");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->Bool(0, 0) && r->Bool(0, 1) && r->Bool(0, 2));
+  // Run again once the read is over, it applies.
+  ASSERT_TRUE((*reader)->ExecScript("COMMIT").ok());
+  auto applied =
+      db::Migrate(**conn, sets, waits.Options(absl::Milliseconds(100), absl::Seconds(2)));
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, std::vector<std::string>{"stuck/0002_y"});
 }
 
 // The backfill docs/operations.md gives for a table that already holds data:

@@ -1,10 +1,13 @@
 #include "libs/db/migrations.h"
 
+#include <algorithm>
+#include <random>
 #include <set>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 
 namespace connecting::db {
@@ -163,6 +166,82 @@ absl::StatusOr<std::string> IndexBuilt(absl::string_view statement) {
   return w[k + 4];
 }
 
+// True for a statement that changes an index CONCURRENTLY: it never holds
+// writes back, and it waits for every older transaction, as long as they
+// take, whatever lock_timeout says.
+bool Concurrently(absl::string_view statement) {
+  std::vector<std::string> w = LeadingWords(statement, 4);
+  if (w.empty() || (w[0] != "CREATE" && w[0] != "DROP" && w[0] != "REINDEX")) return false;
+  return std::find(w.begin(), w.end(), "CONCURRENTLY") != w.end();
+}
+
+// `d` as PostgreSQL's lock_timeout: whole milliseconds, at least one (0
+// would mean no limit).
+std::string LockTimeout(absl::Duration d) {
+  return absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(d)), "ms");
+}
+
+// The transactions open in this database since at least `age` ago that
+// hold a table lock, oldest first: who a migration most likely waited for.
+std::string OpenTransactions(Conn& conn, absl::Duration age) {
+  absl::StatusOr<Result> r = conn.Exec(
+      "SELECT pid, coalesce(nullif(application_name, ''), usename::text, '?'), "
+      "coalesce(state, '?'), floor(extract(epoch FROM clock_timestamp() - xact_start))::bigint, "
+      "left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 100) "
+      "FROM pg_stat_activity a "
+      "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+      "AND xact_start <= clock_timestamp() - $1::interval "
+      "AND EXISTS (SELECT 1 FROM pg_locks l "
+      "            WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation') "
+      "ORDER BY xact_start LIMIT 5",
+      {absl::StrCat(absl::ToInt64Milliseconds(age), " milliseconds")});
+  if (!r.ok()) return absl::StrCat("(could not be listed: ", r.status().message(), ")");
+  std::vector<std::string> out;
+  for (int i = 0; i < r->rows(); ++i) {
+    out.push_back(absl::StrCat("pid ", r->Int(i, 0), " (", r->String(i, 1), ", ", r->String(i, 2),
+                               ", transaction open ", r->Int(i, 3),
+                               " s; last statement: ", r->String(i, 4), ")"));
+  }
+  return absl::StrJoin(out, "; ");
+}
+
+// Runs `attempt` (given the lock_timeout to set, "" for none) until it ends
+// other than by a lock_timeout, as MigrateOptions says; ABORTED once
+// lock_wait is spent.
+absl::Status WithLockRetries(Conn& conn, const std::string& what, const MigrateOptions& o,
+                             absl::FunctionRef<absl::Status(const std::string&)> attempt) {
+  if (o.lock_timeout <= absl::ZeroDuration()) return attempt("");
+  thread_local std::minstd_rand random(std::random_device{}());
+  const absl::Time give_up = absl::Now() + o.lock_wait;
+  absl::Duration wait = std::min(absl::Milliseconds(100), o.lock_timeout);
+  absl::Duration pause = absl::Milliseconds(500);
+  for (int n = 1;; ++n) {
+    const absl::Time began = absl::Now();
+    absl::Status s = attempt(LockTimeout(wait));
+    if (!IsLockNotAvailable(s)) return s;
+    const absl::Duration waited = absl::Now() - began;
+    std::string holders = OpenTransactions(conn, waited);
+    const absl::Duration left = give_up - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      return absl::AbortedError(absl::StrCat(
+          "could not take the locks it needs within ", absl::FormatDuration(o.lock_wait), " (", n,
+          " attempts, none waiting longer than ", absl::FormatDuration(wait),
+          ", so as not to hold the service's queries up); transactions open since before the "
+          "last attempt: ",
+          holders.empty() ? "none" : holders,
+          ". Run it again once they end (or end them: pg_terminate_backend(pid))"));
+    }
+    // Up to a quarter longer, so that replicas retrying together spread;
+    // the last attempt comes when lock_wait is up.
+    const absl::Duration next =
+        std::min(pause * (1 + std::uniform_real_distribution<>(0, 0.25)(random)), left);
+    if (o.on_lock_busy) o.on_lock_busy(what, n, waited, next, holders);
+    absl::SleepFor(next);
+    wait = std::min(wait * 2, o.lock_timeout);
+    pause = std::min(pause * 2, absl::Seconds(10));
+  }
+}
+
 // `set`'s migrations in the order they apply: the versioned ones, then (with
 // `repeatables`) the repeatable ones, each in the order given.
 std::vector<const Migration*> InOrder(const MigrationSet& set, bool repeatables) {
@@ -234,7 +313,7 @@ absl::Status DropIfInvalid(Conn& conn, const std::string& index) {
 // while it builds; recorded once all have run. Nothing runs unless every
 // index build is written to be run again.
 absl::Status ApplyWithoutTransaction(Conn& conn, const MigrationSet& set, const Migration& m,
-                                     const MigrationProgress& progress) {
+                                     const MigrateOptions& o) {
   std::vector<std::string> statements = Statements(m.sql);
   std::vector<std::string> indexes;
   for (const std::string& st : statements) {
@@ -243,12 +322,27 @@ absl::Status ApplyWithoutTransaction(Conn& conn, const MigrationSet& set, const 
     indexes.push_back(*index);
   }
   for (size_t i = 0; i < statements.size(); ++i) {
-    if (progress) {
-      progress(absl::StrCat(set.component, "/", m.name), i + 1, statements.size(),
-               FirstLine(statements[i]));
+    if (o.progress) {
+      o.progress(absl::StrCat(set.component, "/", m.name), i + 1, statements.size(),
+                 FirstLine(statements[i]));
     }
     absl::Status s = indexes[i].empty() ? absl::OkStatus() : DropIfInvalid(conn, indexes[i]);
-    if (s.ok()) s = conn.ExecScript(statements[i]);
+    if (s.ok() && Concurrently(statements[i])) {
+      s = conn.ExecScript(statements[i]);
+    } else if (s.ok()) {
+      s = WithLockRetries(
+          conn,
+          absl::StrCat(set.component, "/", m.name, " statement ", i + 1, " of ", statements.size()),
+          o, [&](const std::string& lock_timeout) {
+            if (lock_timeout.empty()) return conn.ExecScript(statements[i]);
+            // For the session: the statement may commit (a DO block's batches).
+            absl::Status s =
+                conn.ExecScript(absl::StrCat("SET lock_timeout = '", lock_timeout, "'"));
+            if (s.ok()) s = conn.ExecScript(statements[i]);
+            absl::Status reset = conn.ExecScript("RESET lock_timeout");
+            return s.ok() ? reset : s;
+          });
+    }
     if (!s.ok()) {
       if (!indexes[i].empty()) (void)DropIfInvalid(conn, indexes[i]);
       return absl::Status(s.code(), absl::StrCat("at statement ", i + 1, " of ", statements.size(),
@@ -263,11 +357,10 @@ absl::Status ApplyWithoutTransaction(Conn& conn, const MigrationSet& set, const 
 
 absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
                                                        const std::vector<MigrationSet>& sets,
-                                                       std::vector<std::string>* ahead,
-                                                       const MigrationProgress& progress) {
+                                                       const MigrateOptions& o) {
   std::vector<std::string> applied;
   for (const MigrationSet& set : sets) {
-    absl::StatusOr<std::vector<const Migration*>> plan = ToApply(conn, set, ahead);
+    absl::StatusOr<std::vector<const Migration*>> plan = ToApply(conn, set, o.ahead);
     if (!plan.ok()) return plan.status();
     for (const Migration* m : *plan) {
       if (NoTransaction(*m)) {
@@ -276,7 +369,7 @@ absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
                                    "a repeatable migration runs in a transaction; only a "
                                    "versioned one may start with ",
                                    kNoTransaction))
-                             : ApplyWithoutTransaction(conn, set, *m, progress);
+                             : ApplyWithoutTransaction(conn, set, *m, o);
         if (!s.ok()) {
           return absl::Status(s.code(), absl::StrCat("migration ", set.component, "/", m->name,
                                                      " failed: ", s.message()));
@@ -284,19 +377,26 @@ absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
         applied.push_back(absl::StrCat(set.component, "/", m->name));
         continue;
       }
-      if (absl::Status s = conn.ExecScript("BEGIN"); !s.ok()) return s;
-      absl::Status s = conn.ExecScript(m->sql);
-      if (s.ok()) {
-        s = conn.Exec(
-                    "INSERT INTO schema_migrations (component, name, checksum) "
-                    "VALUES ($1, $2, md5($3)) ON CONFLICT (component, name) DO UPDATE "
-                    "SET checksum = EXCLUDED.checksum, applied_at = now()",
-                    {set.component, m->name, m->sql})
-                .status();
-      }
-      if (s.ok()) s = conn.ExecScript("COMMIT");
+      const std::string name = absl::StrCat(set.component, "/", m->name);
+      absl::Status s = WithLockRetries(conn, name, o, [&](const std::string& lock_timeout) {
+        absl::Status s = conn.ExecScript("BEGIN");
+        if (s.ok() && !lock_timeout.empty()) {
+          s = conn.ExecScript(absl::StrCat("SET LOCAL lock_timeout = '", lock_timeout, "'"));
+        }
+        if (s.ok()) s = conn.ExecScript(m->sql);
+        if (s.ok()) {
+          s = conn.Exec(
+                      "INSERT INTO schema_migrations (component, name, checksum) "
+                      "VALUES ($1, $2, md5($3)) ON CONFLICT (component, name) DO UPDATE "
+                      "SET checksum = EXCLUDED.checksum, applied_at = now()",
+                      {set.component, m->name, m->sql})
+                  .status();
+        }
+        if (s.ok()) s = conn.ExecScript("COMMIT");
+        if (!s.ok()) (void)conn.ExecScript("ROLLBACK");
+        return s;
+      });
       if (!s.ok()) {
-        (void)conn.ExecScript("ROLLBACK");
         return absl::Status(s.code(), absl::StrCat("migration ", set.component, "/", m->name,
                                                    " failed: ", s.message()));
       }
@@ -309,8 +409,7 @@ absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
 }  // namespace
 
 absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn, const std::vector<MigrationSet>& sets,
-                                                 std::vector<std::string>* ahead,
-                                                 const MigrationProgress& progress) {
+                                                 const MigrateOptions& options) {
   // Tried rather than waited for in PostgreSQL: a statement waiting for the
   // lock holds a snapshot, which CREATE INDEX CONCURRENTLY under that lock
   // would wait for in turn (a deadlock, which PostgreSQL breaks by failing
@@ -330,8 +429,7 @@ absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn, const std::vector<M
       "  applied_at timestamptz NOT NULL DEFAULT now(),"
       "  PRIMARY KEY (component, name))");
   absl::StatusOr<std::vector<std::string>> result =
-      s.ok() ? MigrateLocked(conn, sets, ahead, progress)
-             : absl::StatusOr<std::vector<std::string>>(s);
+      s.ok() ? MigrateLocked(conn, sets, options) : absl::StatusOr<std::vector<std::string>>(s);
   (void)conn.ExecScript(absl::StrCat("SELECT pg_advisory_unlock(", kLockKey, ")"));
   return result;
 }

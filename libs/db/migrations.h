@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "libs/db/db.h"
 
 namespace connecting::db {
@@ -71,12 +72,36 @@ struct MigrationSet {
 using MigrationProgress = std::function<void(const std::string& migration, size_t statement,
                                              size_t statements, absl::string_view first_line)>;
 
-// Returns "component/name" of each migration applied by this call. `ahead`,
-// if given, receives the versioned migrations the database has and `sets`
-// do not (the components whose repeatable migrations were left alone).
+// Told each time a migration (or one statement of a migration run outside
+// a transaction) gave up waiting for a lock and will try again: which
+// ("component/name"), the attempt that failed (from 1), how long it waited,
+// how long until the next, and the transactions open in the database since
+// before that attempt began, the likely holders ("" if none).
+using MigrationLockBusy =
+    std::function<void(const std::string& migration, int attempt, absl::Duration waited,
+                       absl::Duration next_in, const std::string& holders)>;
+
+struct MigrateOptions {
+  // Receives the versioned migrations the database has and the sets do
+  // not (the components whose repeatable migrations were left alone).
+  std::vector<std::string>* ahead = nullptr;
+  MigrationProgress progress;
+  // A statement waiting for a table lock (ALTER TABLE behind a long read)
+  // makes every later query of that table wait behind it: the service
+  // stops. So each attempt waits at most lock_timeout (100 ms at first,
+  // doubling up to this), then rolls back, lets the queue through for a
+  // pause (0.5 s at first, doubling up to 10 s) and tries again, until
+  // lock_wait has passed: then ABORTED, naming the open transactions.
+  // Zero: wait without bound. Index builds and drops CONCURRENTLY never
+  // hold writes back and wait as long as they must.
+  absl::Duration lock_timeout = absl::Seconds(1);
+  absl::Duration lock_wait = absl::Minutes(10);
+  MigrationLockBusy on_lock_busy;
+};
+
+// Returns "component/name" of each migration applied by this call.
 absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn, const std::vector<MigrationSet>& sets,
-                                                 std::vector<std::string>* ahead = nullptr,
-                                                 const MigrationProgress& progress = nullptr);
+                                                 const MigrateOptions& options = {});
 
 // What Migrate would apply now ("component/name", in order), without
 // applying anything or taking the lock: empty once the database is at least

@@ -127,6 +127,10 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
   c.shutdown_grace =
       env.Duration("SHUTDOWN_GRACE", absl::Seconds(20), absl::ZeroDuration(), absl::Minutes(10));
   c.migrate_on_start = env.Bool("MIGRATE_ON_START", true);
+  c.migration_lock_timeout = env.Duration("MIGRATION_LOCK_TIMEOUT", absl::Seconds(1),
+                                          absl::ZeroDuration(), absl::Minutes(1));
+  c.migration_lock_wait =
+      env.Duration("MIGRATION_LOCK_WAIT", absl::Minutes(10), absl::Seconds(1), absl::Hours(24));
   c.outbox_relay = env.Bool("OUTBOX_RELAY", true);
   c.outbox_linger =
       env.Duration("OUTBOX_LINGER", absl::Milliseconds(5), absl::ZeroDuration(), absl::Seconds(1));
@@ -138,21 +142,34 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
   return c;
 }
 
-absl::Status RunMigrations(const std::string& url, const std::vector<db::MigrationSet>& sets,
+absl::Status RunMigrations(const ServiceConfig& cfg, const std::vector<db::MigrationSet>& sets,
                            absl::Duration wait_for_db) {
   absl::Time give_up = absl::Now() + wait_for_db;
   while (true) {
-    auto conn = db::Conn::Open(url, "migrations");
+    auto conn = db::Conn::Open(cfg.database_url, "migrations");
     if (conn.ok()) {
       std::vector<std::string> ahead;
+      db::MigrateOptions options;
+      options.ahead = &ahead;
       // An index build may take minutes: each statement is logged as it starts.
-      auto applied =
-          db::Migrate(**conn, sets, &ahead,
-                      [](const std::string& migration, size_t i, size_t n, absl::string_view line) {
-                        log::Info("migration statement", {{"migration", migration},
-                                                          {"statement", absl::StrCat(i, " of ", n)},
-                                                          {"sql", line}});
-                      });
+      options.progress = [](const std::string& migration, size_t i, size_t n,
+                            absl::string_view line) {
+        log::Info(
+            "migration statement",
+            {{"migration", migration}, {"statement", absl::StrCat(i, " of ", n)}, {"sql", line}});
+      };
+      options.lock_timeout = cfg.migration_lock_timeout;
+      options.lock_wait = cfg.migration_lock_wait;
+      options.on_lock_busy = [](const std::string& migration, int attempt, absl::Duration waited,
+                                absl::Duration next_in, const std::string& holders) {
+        log::Warn("migration waiting for a lock held by another transaction",
+                  {{"migration", migration},
+                   {"attempt", absl::StrCat(attempt)},
+                   {"waited", absl::FormatDuration(waited)},
+                   {"next_attempt_in", absl::FormatDuration(next_in)},
+                   {"open_transactions", holders.empty() ? "none" : holders}});
+      };
+      auto applied = db::Migrate(**conn, sets, options);
       if (!applied.ok()) return applied.status();
       for (const std::string& m : *applied) log::Info("migration applied", {{"migration", m}});
       if (!ahead.empty()) {
@@ -359,8 +376,8 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   }
   const std::vector<db::MigrationSet> migrations = {bus::Migrations(), def.migrations()};
   if (migrate_only || (cfg->migrate_on_start && !republish && !wait_only)) {
-    absl::Status s = RunMigrations(cfg->database_url, migrations,
-                                   migrate_only ? absl::Minutes(2) : absl::Minutes(1));
+    absl::Status s =
+        RunMigrations(*cfg, migrations, migrate_only ? absl::Minutes(2) : absl::Minutes(1));
     if (!s.ok()) {
       log::Error("migrations failed", {{"error", s.ToString()}});
       return 1;

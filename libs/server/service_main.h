@@ -24,6 +24,8 @@
 //   MAX_DEADLINE          30s (caps every request's deadline)
 //   SHUTDOWN_GRACE        20s
 //   MIGRATE_ON_START      true
+//   MIGRATION_LOCK_TIMEOUT 1s (longest a migration's attempt holds queries up; 0: no limit)
+//   MIGRATION_LOCK_WAIT   10m (a migration kept from its locks this long fails)
 //   OUTBOX_RELAY          true
 //   OUTBOX_LINGER         5ms (relay waits this long after a commit to batch more events)
 //   EVENT_SUBJECT_PREFIX  connecting.<service>
@@ -74,6 +76,8 @@ struct ServiceConfig {
   absl::Duration max_connection_age = absl::Minutes(5);
   absl::Duration shutdown_grace = absl::Seconds(20);
   bool migrate_on_start = true;
+  absl::Duration migration_lock_timeout = absl::Seconds(1);  // db::MigrateOptions
+  absl::Duration migration_lock_wait = absl::Minutes(10);
   bool outbox_relay = true;
   absl::Duration outbox_linger = absl::Milliseconds(5);
   std::string event_subject_prefix;
