@@ -1340,6 +1340,21 @@ TEST_F(Database, AServerThatStopsAnsweringCostsACallerItsDeadlineNotItsThread) {
   EXPECT_TRUE(absl::IsUnavailable(s)) << s;
   EXPECT_NE(s.message().find("during COMMIT"), std::string::npos) << s;
   proxy.Resume();
+
+  // A statement larger than the sockets' buffers, to a server that stopped
+  // reading: sending it waits until the deadline too, not until TCP gives up.
+  s = watched("a large statement", [&] {
+    return db::WithConnection(pool, absl::Now() + absl::Seconds(5), [&](db::Conn& c) {
+      // Prepared while the server answers: only the large send is left.
+      absl::Status ready = c.Exec("SELECT length($1)", {"x"}).status();
+      if (!ready.ok()) return ready;
+      proxy.Stall();
+      c.set_answer_deadline(absl::Now() + absl::Milliseconds(300));
+      return c.Exec("SELECT length($1)", {std::string(64 << 20, 'x')}).status();
+    });
+  });
+  EXPECT_TRUE(absl::IsDeadlineExceeded(s)) << s;
+  proxy.Resume();
   ASSERT_TRUE(db::WithConnection(*pool_, absl::Now() + absl::Seconds(5), [](db::Conn& c) {
                 auto r = c.Exec(
                     "SELECT count(*) FILTER (WHERE v < 3), count(*) FILTER (WHERE v = 3) "

@@ -128,6 +128,11 @@ absl::StatusOr<std::unique_ptr<Conn>> Conn::Open(const std::string& url,
     return absl::UnavailableError(absl::StrCat(
         "database unavailable: ", Trimmed(raw ? PQerrorMessage(raw) : "out of memory")));
   }
+  // Sending never blocks: FlushOutput waits, up to the answer deadline.
+  if (PQsetnonblocking(raw, 1) != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("database connection: ", Trimmed(PQerrorMessage(raw))));
+  }
   return conn;
 }
 
@@ -220,23 +225,53 @@ void Conn::ForgetLeastUsed() {
   for (const auto& [use, sql] : by_use) prepared_.erase(sql);
 }
 
+std::optional<int> Conn::PollMillis() const {
+  if (answer_deadline_ == absl::InfiniteFuture()) return -1;
+  const absl::Duration left = answer_deadline_ - absl::Now();
+  if (left <= absl::ZeroDuration()) return std::nullopt;
+  return static_cast<int>(std::min<int64_t>(
+      absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))), 60'000));
+}
+
+absl::Status Conn::FlushOutput() {
+  PGconn* c = conn_.get();
+  for (;;) {
+    const int left = PQflush(c);
+    if (left == 0) return absl::OkStatus();
+    if (left < 0) {
+      broken_ = true;
+      return ErrorFromResult(c, nullptr);
+    }
+    std::optional<int> wait_ms = PollMillis();
+    if (!wait_ms) {
+      broken_ = true;  // part of a statement sent: this connection is done
+      return absl::DeadlineExceededError(
+          "the database did not take the statement in time (it may be hung or unreachable); "
+          "the connection was dropped");
+    }
+    // Read what the server sends meanwhile, or it may stop reading in turn.
+    pollfd p{PQsocket(c), POLLIN | POLLOUT, 0};
+    const int ready = poll(&p, 1, *wait_ms);
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready < 0 || ((p.revents & POLLIN) != 0 && PQconsumeInput(c) != 1)) {
+      broken_ = true;
+      return ErrorFromResult(c, nullptr);
+    }
+  }
+}
+
 absl::Status Conn::AwaitResult() {
   PGconn* c = conn_.get();
   while (PQisBusy(c) == 1) {
-    int wait_ms = -1;
-    if (answer_deadline_ != absl::InfiniteFuture()) {
-      const absl::Duration left = answer_deadline_ - absl::Now();
-      if (left <= absl::ZeroDuration()) {
-        broken_ = true;  // the answer may still come: this connection is done
-        return absl::DeadlineExceededError(
-            "the database did not answer in time (it may be hung or unreachable); "
-            "the connection was dropped");
-      }
-      wait_ms = static_cast<int>(std::min<int64_t>(
-          absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))), 60'000));
+    std::optional<int> wait_ms = PollMillis();
+    if (!wait_ms) {
+      broken_ = true;  // the answer may still come: this connection is done
+      return absl::DeadlineExceededError(
+          "the database did not answer in time (it may be hung or unreachable); "
+          "the connection was dropped");
     }
     pollfd p{PQsocket(c), POLLIN, 0};
-    const int ready = poll(&p, 1, wait_ms);
+    const int ready = poll(&p, 1, *wait_ms);
     if (ready < 0 && errno == EINTR) continue;
     // A failed read leaves the error for PQgetResult, which no longer blocks.
     if (ready < 0 || (ready > 0 && PQconsumeInput(c) != 1)) break;
@@ -251,6 +286,7 @@ absl::StatusOr<Result> Conn::Collect(bool sent) {
     broken_ = true;
     return ErrorFromResult(c, nullptr);
   }
+  if (absl::Status flushed = FlushOutput(); !flushed.ok()) return flushed;
   std::optional<Result> last;
   std::optional<Result> error;
   for (;;) {
@@ -358,6 +394,7 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
     broken_ = true;  // unusable mid-pipeline: the pool drops it
     return fail_rest(s);
   }
+  if (absl::Status flushed = FlushOutput(); !flushed.ok()) return fail_rest(flushed);
   absl::Status prepare_error;
   // An answer that does not come in time fails what is left; the connection
   // is then broken and dropped.

@@ -157,6 +157,14 @@ class Conn {
 
  private:
   explicit Conn(PGconn* c) : conn_(c, &PQfinish) {}
+  // Milliseconds to poll for before the answer deadline (-1: no deadline);
+  // nullopt once it has passed.
+  std::optional<int> PollMillis() const;
+  // The connection is in nonblocking mode: a statement sent may still sit in
+  // libpq's buffer. Sends it, reading what comes meanwhile, until the answer
+  // deadline (DEADLINE_EXCEEDED, the connection marked broken): a server
+  // that stopped reading costs the caller its deadline, not its thread.
+  absl::Status FlushOutput();
   // Waits until PQgetResult would not block, or until the answer deadline
   // (DEADLINE_EXCEEDED, the connection marked broken).
   absl::Status AwaitResult();
