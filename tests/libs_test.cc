@@ -786,9 +786,39 @@ TEST_F(Database, AMigrationKeptFromItsLocksGivesUpNamingWhoHoldsThemAndChangesNo
   pid = (*reader)->Exec("SELECT pg_backend_pid()");
   ASSERT_TRUE(pid.ok()) << pid.status();
   LockWaits waits;
-  auto refused =
-      db::Migrate(**conn, sets, waits.Options(absl::Milliseconds(100), absl::Seconds(2)));
+  // Another replica migrating meanwhile waits its turn, and is told who
+  // migrates.
+  absl::Notification first_started;
+  std::vector<std::string> told_second;
+  auto second = std::async(std::launch::async, [&] {
+    auto c = db::Conn::Open(url_, "replica-2");
+    first_started.WaitForNotification();
+    db::MigrateOptions o;
+    o.lock_timeout = absl::Milliseconds(100);
+    o.lock_wait = absl::Seconds(1);
+    o.on_waiting_for_other = [&](absl::Duration, const std::string& migrating) {
+      told_second.push_back(migrating);
+    };
+    return c.ok() ? db::Migrate(**c, sets, o) : c.status();
+  });
+  db::MigrateOptions first = waits.Options(absl::Milliseconds(100), absl::Seconds(2));
+  first.on_lock_busy = [&, told = first.on_lock_busy](const std::string& m, int n, absl::Duration w,
+                                                      absl::Duration next,
+                                                      const std::string& holders) {
+    told(m, n, w, next, holders);
+    if (!first_started.HasBeenNotified()) first_started.Notify();
+  };
+  auto refused = db::Migrate(**conn, sets, first);
+  if (!first_started.HasBeenNotified()) first_started.Notify();
   ASSERT_TRUE(absl::IsAborted(refused.status())) << refused.status();
+  // Its own turn ends as the first one's did.
+  ASSERT_EQ(second.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  EXPECT_TRUE(absl::IsAborted(second.get().status()));
+  ASSERT_FALSE(told_second.empty()) << "the second replica waited without a word";
+  auto me = (*conn)->Exec("SELECT pg_backend_pid()");
+  ASSERT_TRUE(me.ok());
+  EXPECT_TRUE(absl::StartsWith(told_second[0], absl::StrCat("pid ", me->Int(0, 0), " (t, ")))
+      << told_second[0];
   const std::string message(refused.status().message());
   EXPECT_TRUE(absl::StrContains(message, "stuck/0002_y failed: could not take the locks"))
       << message;

@@ -406,6 +406,24 @@ absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
   return applied;
 }
 
+// Who holds the migration lock: "pid N (application, state, running for
+// S s: last statement)", or "".
+std::string Migrating(Conn& conn) {
+  absl::StatusOr<Result> r = conn.Exec(absl::StrCat(
+      "SELECT a.pid, coalesce(nullif(a.application_name, ''), a.usename::text, '?'), "
+      "coalesce(a.state, '?'), floor(extract(epoch FROM clock_timestamp() - "
+      "a.backend_start))::bigint, left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), "
+      "100) "
+      "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+      "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
+      "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+      "AND ((l.classid::bigint << 32) | l.objid::bigint) = ",
+      kLockKey, " LIMIT 1"));
+  if (!r.ok() || r->rows() == 0) return "";
+  return absl::StrCat("pid ", r->Int(0, 0), " (", r->String(0, 1), ", ", r->String(0, 2),
+                      ", connected ", r->Int(0, 3), " s; last statement: ", r->String(0, 4), ")");
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn, const std::vector<MigrationSet>& sets,
@@ -414,11 +432,17 @@ absl::StatusOr<std::vector<std::string>> Migrate(Conn& conn, const std::vector<M
   // lock holds a snapshot, which CREATE INDEX CONCURRENTLY under that lock
   // would wait for in turn (a deadlock, which PostgreSQL breaks by failing
   // one of them). Waiting here, between statements, holds none.
+  const absl::Time start = absl::Now();
+  absl::Time tell_at = start + absl::Seconds(1);
   for (;;) {
     absl::StatusOr<Result> got =
         conn.Exec(absl::StrCat("SELECT pg_try_advisory_lock(", kLockKey, ")"));
     if (!got.ok()) return got.status();
     if (got->Bool(0, 0)) break;
+    if (options.on_waiting_for_other && absl::Now() >= tell_at) {
+      options.on_waiting_for_other(absl::Now() - start, Migrating(conn));
+      tell_at = absl::Now() + absl::Seconds(30);
+    }
     absl::SleepFor(absl::Milliseconds(100));
   }
   absl::Status s = conn.ExecScript(

@@ -97,6 +97,11 @@ struct MigrateOptions {
   absl::Duration lock_timeout = absl::Seconds(1);
   absl::Duration lock_wait = absl::Minutes(10);
   MigrationLockBusy on_lock_busy;
+  // Told while another process migrates this database (each replica with
+  // MIGRATE_ON_START waits its turn, however long): after 1 s, then every
+  // 30 s, with how long this one has waited and who migrates ("pid N
+  // (application, state, …)", or "" if it could not be seen).
+  std::function<void(absl::Duration waited, const std::string& migrating)> on_waiting_for_other;
 };
 
 // Returns "component/name" of each migration applied by this call.

@@ -169,6 +169,11 @@ absl::Status RunMigrations(const ServiceConfig& cfg, const std::vector<db::Migra
                    {"next_attempt_in", absl::FormatDuration(next_in)},
                    {"open_transactions", holders.empty() ? "none" : holders}});
       };
+      options.on_waiting_for_other = [](absl::Duration waited, const std::string& migrating) {
+        log::Info("waiting for another process's migrations to end",
+                  {{"waited", absl::FormatDuration(absl::Trunc(waited, absl::Seconds(1)))},
+                   {"migrating", migrating.empty() ? "unknown" : migrating}});
+      };
       auto applied = db::Migrate(**conn, sets, options);
       if (!applied.ok()) return applied.status();
       for (const std::string& m : *applied) log::Info("migration applied", {{"migration", m}});
