@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <random>
 #include <thread>
 
@@ -225,12 +226,26 @@ void Conn::ForgetLeastUsed() {
   for (const auto& [use, sql] : by_use) prepared_.erase(sql);
 }
 
-std::optional<int> Conn::PollMillis() const {
-  if (answer_deadline_ == absl::InfiniteFuture()) return -1;
-  const absl::Duration left = answer_deadline_ - absl::Now();
-  if (left <= absl::ZeroDuration()) return std::nullopt;
-  return static_cast<int>(std::min<int64_t>(
-      absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))), 60'000));
+absl::StatusOr<short> Conn::PollSocket(short events, absl::string_view waiting_for) {
+  int wait_ms = -1;
+  if (answer_deadline_ != absl::InfiniteFuture()) {
+    const absl::Duration left = answer_deadline_ - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      broken_ = true;  // the answer may still come: this connection is done
+      return absl::DeadlineExceededError(
+          absl::StrCat("the database did not ", waiting_for,
+                       " in time (it may be hung or unreachable); the connection was dropped"));
+    }
+    wait_ms = static_cast<int>(std::min<int64_t>(
+        absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))), 60'000));
+  }
+  pollfd p{PQsocket(conn_.get()), events, 0};
+  const int ready = poll(&p, 1, wait_ms);
+  if (ready < 0 && errno != EINTR) {
+    broken_ = true;
+    return absl::UnavailableError(absl::StrCat("database connection: poll: ", strerror(errno)));
+  }
+  return ready > 0 ? p.revents : static_cast<short>(0);
 }
 
 absl::Status Conn::FlushOutput() {
@@ -242,18 +257,10 @@ absl::Status Conn::FlushOutput() {
       broken_ = true;
       return ErrorFromResult(c, nullptr);
     }
-    std::optional<int> wait_ms = PollMillis();
-    if (!wait_ms) {
-      broken_ = true;  // part of a statement sent: this connection is done
-      return absl::DeadlineExceededError(
-          "the database did not take the statement in time (it may be hung or unreachable); "
-          "the connection was dropped");
-    }
     // Read what the server sends meanwhile, or it may stop reading in turn.
-    pollfd p{PQsocket(c), POLLIN | POLLOUT, 0};
-    const int ready = poll(&p, 1, *wait_ms);
-    if (ready < 0 && errno == EINTR) continue;
-    if (ready < 0 || ((p.revents & POLLIN) != 0 && PQconsumeInput(c) != 1)) {
+    absl::StatusOr<short> got = PollSocket(POLLIN | POLLOUT, "take the statement");
+    if (!got.ok()) return got.status();
+    if ((*got & ~POLLOUT) != 0 && PQconsumeInput(c) != 1) {
       broken_ = true;
       return ErrorFromResult(c, nullptr);
     }
@@ -263,18 +270,10 @@ absl::Status Conn::FlushOutput() {
 absl::Status Conn::AwaitResult() {
   PGconn* c = conn_.get();
   while (PQisBusy(c) == 1) {
-    std::optional<int> wait_ms = PollMillis();
-    if (!wait_ms) {
-      broken_ = true;  // the answer may still come: this connection is done
-      return absl::DeadlineExceededError(
-          "the database did not answer in time (it may be hung or unreachable); "
-          "the connection was dropped");
-    }
-    pollfd p{PQsocket(c), POLLIN, 0};
-    const int ready = poll(&p, 1, *wait_ms);
-    if (ready < 0 && errno == EINTR) continue;
+    absl::StatusOr<short> got = PollSocket(POLLIN, "answer");
+    if (!got.ok()) return got.status();
     // A failed read leaves the error for PQgetResult, which no longer blocks.
-    if (ready < 0 || (ready > 0 && PQconsumeInput(c) != 1)) break;
+    if (*got != 0 && PQconsumeInput(c) != 1) break;
   }
   return absl::OkStatus();
 }

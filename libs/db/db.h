@@ -157,9 +157,11 @@ class Conn {
 
  private:
   explicit Conn(PGconn* c) : conn_(c, &PQfinish) {}
-  // Milliseconds to poll for before the answer deadline (-1: no deadline);
-  // nullopt once it has passed.
-  std::optional<int> PollMillis() const;
+  // Polls the socket for `events` until the answer deadline: the events
+  // that came (0: none yet, poll again). DEADLINE_EXCEEDED once the deadline
+  // has passed ("the database did not <waiting_for> in time"), UNAVAILABLE
+  // if poll fails; either marks the connection broken.
+  absl::StatusOr<short> PollSocket(short events, absl::string_view waiting_for);
   // The connection is in nonblocking mode: a statement sent may still sit in
   // libpq's buffer. Sends it, reading what comes meanwhile, until the answer
   // deadline (DEADLINE_EXCEEDED, the connection marked broken): a server
