@@ -609,6 +609,62 @@ TEST_F(Scheduling, ReplayingDeadLettersAppliesThemThroughTheRealHandler) {
   EXPECT_TRUE(fx_->WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_ACTIVE, absl::Seconds(1)));
 }
 
+TEST(SchedulingMigrations, AMigrationBehindALongReportLetsTheTableBeUsedAndFailsNamingIt) {
+  // A release that changes the figures' triggers (R__attendance_chains: its
+  // DROP TRIGGER locks attendance_facts outright) meets a report reading
+  // that table in a transaction left open. Everything else reading the
+  // table goes on meanwhile; the Job fails after MIGRATION_LOCK_WAIT naming
+  // the report, changing nothing, and succeeds once the report is over.
+  const std::string url = NewDatabase();
+  OneShot first = RunOnce(SCHEDULING_BIN, {"--migrate"}, {{"DATABASE_URL", url}}, "migrate");
+  ASSERT_EQ(first.code, 0) << "log: " << first.log;
+  auto conn = db::Conn::Open(url, "test");
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  // As if the release edited the file: its text differs from what was applied.
+  ASSERT_TRUE((*conn)
+                  ->ExecScript("UPDATE schema_migrations SET checksum = 'older' "
+                               "WHERE component = 'scheduling' AND name = 'R__attendance_chains'")
+                  .ok());
+  auto report = db::Conn::Open(url, "nightly-report");
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_TRUE((*report)->ExecScript("BEGIN; SELECT count(*) FROM attendance_facts").ok());
+
+  Process job(
+      SCHEDULING_BIN, {"--migrate"}, {{"DATABASE_URL", url}, {"MIGRATION_LOCK_WAIT", "4s"}},
+      absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/migrate-", RandomSuffix(), ".log"));
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return absl::StrContains(ReadFile(job.log_path()),
+                                 "migration waiting for a lock held by another transaction");
+      },
+      absl::Seconds(20)))
+      << ReadFile(job.log_path());
+  // The figures read the table while the Job tries (were it waiting behind
+  // the report, this read would wait behind it in turn).
+  ASSERT_TRUE((*conn)->ExecScript("SET statement_timeout = '3s'").ok());
+  for (int i = 0; i < 10; ++i) {
+    absl::Status read = (*conn)->Exec("SELECT count(*) FROM attendance_facts").status();
+    ASSERT_TRUE(read.ok()) << "a read waited behind the migration: " << read;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(job.Wait(absl::Seconds(30)), 1);
+  const std::string log = ReadFile(job.log_path());
+  EXPECT_TRUE(absl::StrContains(log,
+                                "scheduling/R__attendance_chains failed: could not take the "
+                                "locks it needs within 4s"))
+      << log;
+  EXPECT_TRUE(absl::StrContains(log, "(nightly-report, idle in transaction")) << log;
+  auto checksum =
+      (*conn)->Exec("SELECT checksum FROM schema_migrations WHERE name = 'R__attendance_chains'");
+  ASSERT_TRUE(checksum.ok()) << checksum.status();
+  EXPECT_EQ(checksum->String(0, 0), "older") << "recorded as applied";
+
+  ASSERT_TRUE((*report)->ExecScript("COMMIT").ok());
+  OneShot again = RunOnce(SCHEDULING_BIN, {"--migrate"}, {{"DATABASE_URL", url}}, "migrate");
+  EXPECT_EQ(again.code, 0) << ReadFile(again.log);
+  EXPECT_TRUE(absl::StrContains(ReadFile(again.log), "scheduling/R__attendance_chains"));
+}
+
 TEST_F(Scheduling, ASessionsHostAndOfferAreThoseOfItsOrganisation) {
   std::string org = fx_->CreatePartner("Hosting Trust");
   std::string other = fx_->CreatePartner("Neighbouring Trust");

@@ -71,6 +71,10 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
   if (c.nats_security.cert_file.empty() != c.nats_security.key_file.empty()) {
     env.AddError("NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE: a client certificate needs its key");
   }
+  c.migration_lock_timeout = env.Duration("MIGRATION_LOCK_TIMEOUT", absl::Seconds(1),
+                                          absl::ZeroDuration(), absl::Minutes(1));
+  c.migration_lock_wait =
+      env.Duration("MIGRATION_LOCK_WAIT", absl::Minutes(10), absl::Seconds(1), absl::Hours(24));
   if (minimal) {  // --migrate, --wait-for-migrations, --republish
     if (absl::Status s = env.Finish(); !s.ok()) return s;
     return c;
@@ -127,10 +131,6 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
   c.shutdown_grace =
       env.Duration("SHUTDOWN_GRACE", absl::Seconds(20), absl::ZeroDuration(), absl::Minutes(10));
   c.migrate_on_start = env.Bool("MIGRATE_ON_START", true);
-  c.migration_lock_timeout = env.Duration("MIGRATION_LOCK_TIMEOUT", absl::Seconds(1),
-                                          absl::ZeroDuration(), absl::Minutes(1));
-  c.migration_lock_wait =
-      env.Duration("MIGRATION_LOCK_WAIT", absl::Minutes(10), absl::Seconds(1), absl::Hours(24));
   c.outbox_relay = env.Bool("OUTBOX_RELAY", true);
   c.outbox_linger =
       env.Duration("OUTBOX_LINGER", absl::Milliseconds(5), absl::ZeroDuration(), absl::Seconds(1));
