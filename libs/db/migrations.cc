@@ -181,28 +181,42 @@ std::string LockTimeout(absl::Duration d) {
   return absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(d)), "ms");
 }
 
-// The transactions open in this database since at least `age` ago that
-// hold a table lock, oldest first: who a migration most likely waited for.
-std::string OpenTransactions(Conn& conn, absl::Duration age) {
+// The sessions of pg_stat_activity (as `a`) that `from_where` selects
+// ("FROM … WHERE …"), oldest `since` first, at most 5: "pid N (application,
+// state, <since_label> S s; last statement: …)", joined by "; ".
+absl::StatusOr<std::string> Sessions(Conn& conn, absl::string_view since,
+                                     absl::string_view since_label, absl::string_view from_where,
+                                     const std::vector<Param>& params = {}) {
   absl::StatusOr<Result> r = conn.Exec(
-      "SELECT pid, coalesce(nullif(application_name, ''), usename::text, '?'), "
-      "coalesce(state, '?'), floor(extract(epoch FROM clock_timestamp() - xact_start))::bigint, "
-      "left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 100) "
-      "FROM pg_stat_activity a "
-      "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-      "AND xact_start <= clock_timestamp() - $1::interval "
-      "AND EXISTS (SELECT 1 FROM pg_locks l "
-      "            WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation') "
-      "ORDER BY xact_start LIMIT 5",
-      {absl::StrCat(absl::ToInt64Milliseconds(age), " milliseconds")});
-  if (!r.ok()) return absl::StrCat("(could not be listed: ", r.status().message(), ")");
+      absl::StrCat("SELECT a.pid, coalesce(nullif(a.application_name, ''), a.usename::text, '?'), "
+                   "coalesce(a.state, '?'), floor(extract(epoch FROM clock_timestamp() - a.",
+                   since,
+                   "))::bigint, "
+                   "left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 100) ",
+                   from_where, " ORDER BY a.", since, " LIMIT 5"),
+      params);
+  if (!r.ok()) return r.status();
   std::vector<std::string> out;
   for (int i = 0; i < r->rows(); ++i) {
     out.push_back(absl::StrCat("pid ", r->Int(i, 0), " (", r->String(i, 1), ", ", r->String(i, 2),
-                               ", transaction open ", r->Int(i, 3),
+                               ", ", since_label, " ", r->Int(i, 3),
                                " s; last statement: ", r->String(i, 4), ")"));
   }
   return absl::StrJoin(out, "; ");
+}
+
+// The transactions open in this database since at least `age` ago that
+// hold a table lock, oldest first: who a migration most likely waited for.
+std::string OpenTransactions(Conn& conn, absl::Duration age) {
+  absl::StatusOr<std::string> open =
+      Sessions(conn, "xact_start", "transaction open",
+               "FROM pg_stat_activity a "
+               "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
+               "AND a.xact_start <= clock_timestamp() - $1::interval "
+               "AND EXISTS (SELECT 1 FROM pg_locks l "
+               "            WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation')",
+               {absl::StrCat(absl::ToInt64Milliseconds(age), " milliseconds")});
+  return open.ok() ? *open : absl::StrCat("(could not be listed: ", open.status().message(), ")");
 }
 
 // Runs `attempt` (given the lock_timeout to set, "" for none) until it ends
@@ -406,22 +420,17 @@ absl::StatusOr<std::vector<std::string>> MigrateLocked(Conn& conn,
   return applied;
 }
 
-// Who holds the migration lock: "pid N (application, state, running for
-// S s: last statement)", or "".
+// Who holds the migration lock: "pid N (application, state, connected S s;
+// last statement: …)", or "".
 std::string Migrating(Conn& conn) {
-  absl::StatusOr<Result> r = conn.Exec(absl::StrCat(
-      "SELECT a.pid, coalesce(nullif(a.application_name, ''), a.usename::text, '?'), "
-      "coalesce(a.state, '?'), floor(extract(epoch FROM clock_timestamp() - "
-      "a.backend_start))::bigint, left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), "
-      "100) "
-      "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-      "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
-      "(SELECT oid FROM pg_database WHERE datname = current_database()) "
-      "AND ((l.classid::bigint << 32) | l.objid::bigint) = ",
-      kLockKey, " LIMIT 1"));
-  if (!r.ok() || r->rows() == 0) return "";
-  return absl::StrCat("pid ", r->Int(0, 0), " (", r->String(0, 1), ", ", r->String(0, 2),
-                      ", connected ", r->Int(0, 3), " s; last statement: ", r->String(0, 4), ")");
+  absl::StatusOr<std::string> holder =
+      Sessions(conn, "backend_start", "connected",
+               absl::StrCat("FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                            "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
+                            "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+                            "AND ((l.classid::bigint << 32) | l.objid::bigint) = ",
+                            kLockKey));
+  return holder.ok() ? *holder : "";
 }
 
 }  // namespace
