@@ -4,9 +4,11 @@
 #include <nats/nats.h>
 
 #include <atomic>
+#include <future>
 #include <mutex>
 #include <set>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -618,6 +620,66 @@ TEST_F(Bus, DeadLettersReplayOnceTheirCauseIsFixed) {
   absl::SleepFor(absl::Milliseconds(500));
   again.Stop();
   EXPECT_EQ(Count("SELECT count(*) FROM effects"), 3);
+}
+
+TEST_F(Bus, AReplayWhoseDatabaseStopsAnsweringEndsWithinItsStepLimitKeepingItsDeadLetters) {
+  // `--replay-dead-letters` against a database that stops answering half way
+  // (hung, or its host gone, closing nothing) ends with an error a few
+  // seconds after its step limit instead of waiting for ever. The dead letter
+  // it was on is kept as it was, not counted as refused again; once the
+  // database answers, a new replay applies the rest, each once.
+  std::atomic<bool> fixed{false};
+  std::atomic<int> calls{0};
+  testing::StallingProxy proxy(testing::PortOf(url_));
+  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
+    if (!fixed.load()) return absl::InvalidArgumentError("unknown field \"grade\"");
+    if (calls++ == 1) proxy.Stall();  // the second one meets a silent database
+    return RecordEffect(tx, d);
+  };
+  {
+    bus::Consumer c(Opts(), pool_.get(), nats_.get(), handler);
+    c.Start();
+    for (int i = 0; i < 3; ++i) {
+      std::string id = absl::StrCat("late-", i);
+      PublishRaw(id, id, "{}");
+    }
+    ASSERT_TRUE(WaitFor("SELECT count(*) FROM dead_letters WHERE deliveries = 1", 3));
+    c.Stop();
+  }
+  fixed = true;
+  auto through =
+      std::make_unique<db::Pool>(testing::WithPort(url_, proxy.port()), 2, "bus-test-replay");
+  bus::Consumer replayer(Opts(), through.get(), nats_.get(), handler);
+  const absl::Time start = absl::Now();
+  auto replay =
+      std::async(std::launch::async, [&] { return replayer.ReplayDeadLetters(absl::Seconds(1)); });
+  // Declared after the future, so it runs first: a replay still waiting
+  // is let go, and the future's destructor does not hang the test.
+  absl::Cleanup let_go = [&proxy] { proxy.Resume(); };
+  ASSERT_EQ(replay.wait_for(std::chrono::seconds(20)), std::future_status::ready)
+      << "the replay still waits on a database that stopped answering";
+  absl::StatusOr<bus::ReplayReport> r = replay.get();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  EXPECT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsDeadlineExceeded(r.status()) || absl::IsUnavailable(r.status()))
+      << r.status();
+
+  proxy.Resume();
+  through.reset();  // its connections closed, so PostgreSQL rolls the stalled one back
+  ASSERT_TRUE(WaitFor(
+      "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'bus-test-replay'", 0));
+  EXPECT_EQ(Count("SELECT count(*) FROM effects"), 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM dead_letters WHERE deliveries = 1 "
+                  "AND error LIKE '%unknown field%'"),
+            2)
+      << "the dead letter in hand was changed";
+  r = bus::Consumer(Opts(), pool_.get(), nats_.get(), handler).ReplayDeadLetters();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->replayed, 2);
+  EXPECT_EQ(r->failing, 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM dead_letters"), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM effects"), 3);
+  EXPECT_EQ(Count("SELECT count(DISTINCT event_id) FROM effects"), 3);
 }
 
 TEST_F(Bus, DatabaseOutageHoldsEventsWithoutUsingUpTheirDeliveries) {

@@ -5,8 +5,11 @@
 #include <grpcpp/server_builder.h>
 #include <gtest/gtest.h>
 #include <jwt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <functional>
@@ -423,6 +426,53 @@ TEST_F(Database, UnreachableDatabaseIsUnavailable) {
   db::Pool nowhere("postgresql://postgres@127.0.0.1:1/none?connect_timeout=1", 1, "t");
   absl::Status s = db::Transact(nowhere, [](db::Conn&) { return absl::OkStatus(); });
   EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+}
+
+TEST_F(Database, ConnectionsProbeASilentServerAndTheUrlCanSayOtherwise) {
+  // A server whose host vanished sends no reset. Every connection probes
+  // after 30 s of silence (10 s apart, 3 probes) and gives sent data 60 s to
+  // be acknowledged, so a statement without a deadline (a migration's)
+  // fails within about a minute instead of the kernel's two hours; the
+  // socket itself carries the settings. A URL's own values win.
+  struct Got {
+    int keepalive = -1, idle = -1, interval = -1, count = -1;
+    unsigned user_timeout = 0;
+  };
+  auto options_of = [](db::Conn& c) {
+    Got g;
+    int fd = PQsocket(c.raw());
+    socklen_t n = sizeof(int);
+    EXPECT_EQ(getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &g.keepalive, &n), 0);
+    EXPECT_EQ(getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &g.idle, &n), 0);
+    EXPECT_EQ(getsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &g.interval, &n), 0);
+    EXPECT_EQ(getsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &g.count, &n), 0);
+    n = sizeof(unsigned);
+    EXPECT_EQ(getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &g.user_timeout, &n), 0);
+    return g;
+  };
+  ASSERT_TRUE(absl::StrContains(url_, "127.0.0.1")) << "the test needs a TCP connection";
+  auto plain = db::Conn::Open(url_, "t");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  Got g = options_of(**plain);
+  EXPECT_NE(g.keepalive, 0);
+  EXPECT_EQ(g.idle, 30);
+  EXPECT_EQ(g.interval, 10);
+  EXPECT_EQ(g.count, 3);
+  EXPECT_EQ(g.user_timeout, 60000u);
+
+  auto own = db::Conn::Open(url_ + "?keepalives_idle=7&tcp_user_timeout=5000", "t");
+  ASSERT_TRUE(own.ok()) << own.status();
+  g = options_of(**own);
+  EXPECT_EQ(g.idle, 7);
+  EXPECT_EQ(g.interval, 10);
+  EXPECT_EQ(g.user_timeout, 5000u);
+  auto off = db::Conn::Open(url_ + "?keepalives=0", "t");
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_EQ(options_of(**off).keepalive, 0);
+  // The pool's connections are opened the same way.
+  auto lease = pool_->Acquire(absl::InfiniteFuture());
+  ASSERT_TRUE(lease.ok());
+  EXPECT_EQ(options_of(**lease).idle, 30);
 }
 
 TEST_F(Database, MigrationsApplyOnceAndRefuseEditedHistory) {

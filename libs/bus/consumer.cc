@@ -137,10 +137,10 @@ absl::Status Consumer::Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ReplayReport> Consumer::ReplayDeadLetters() {
+absl::StatusOr<ReplayReport> Consumer::ReplayDeadLetters(absl::Duration step_limit) {
   std::vector<std::string> ids;
   absl::Status listed =
-      db::WithConnection(*pool_, absl::Now() + absl::Minutes(1), [&](db::Conn& c) {
+      db::WithConnection(*pool_, absl::Now() + step_limit, [&](db::Conn& c) {
         auto r = c.Exec(
             "SELECT event_id FROM dead_letters WHERE consumer = $1 ORDER BY failed_at, event_id",
             {options_.durable});
@@ -153,7 +153,9 @@ absl::StatusOr<ReplayReport> Consumer::ReplayDeadLetters() {
   for (const std::string& id : ids) {
     bool gone = false;  // replayed meanwhile by someone else
     absl::Status refused;
-    absl::Status s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
+    db::TxOptions step;
+    step.deadline = absl::Now() + step_limit;
+    absl::Status s = db::Transact(*pool_, step, [&](db::Conn& tx) -> absl::Status {
       gone = false;
       refused = absl::OkStatus();
       auto row = tx.Exec(
@@ -187,10 +189,14 @@ absl::StatusOr<ReplayReport> Consumer::ReplayDeadLetters() {
       continue;
     }
     if (refused.ok()) return s;  // the database, not the handler
+    // A handler's statement failing with the database gone (down, or not
+    // answering) says nothing of the event: keep it as it was, and stop.
+    if (!absl::IsInvalidArgument(refused) && !DatabaseReachable()) return refused;
     ++report.failing;
     log::Warn("dead letter refused again",
               {{"consumer", options_.durable}, {"event_id", id}, {"error", refused.ToString()}});
-    absl::Status kept = db::Transact(*pool_, [&](db::Conn& tx) {
+    step.deadline = absl::Now() + step_limit;
+    absl::Status kept = db::Transact(*pool_, step, [&](db::Conn& tx) {
       return tx
           .Exec(
               "UPDATE dead_letters SET error = $3, deliveries = deliveries + 1, "

@@ -105,8 +105,9 @@ class Consumer {
   // (its inbox row stays, so the event never applies twice); refused → rolled
   // back and kept with the new error and one more delivery. Safe beside
   // running consumers and other replays (rows are taken FOR UPDATE SKIP
-  // LOCKED). An error only if the database fails.
-  absl::StatusOr<ReplayReport> ReplayDeadLetters();
+  // LOCKED). An error only if the database fails, or does not answer: the
+  // listing and each dead letter's transaction get `step_limit` each.
+  absl::StatusOr<ReplayReport> ReplayDeadLetters(absl::Duration step_limit = absl::Minutes(1));
   // Called after each commit of events (handlers may have emitted events).
   void SetOnCommit(std::function<void()> f) { on_commit_ = std::move(f); }
 

@@ -121,8 +121,25 @@ absl::StatusOr<std::unique_ptr<Conn>> Conn::Open(const std::string& url,
       std::max<int64_t>(2, absl::ToInt64Seconds(absl::Ceil(connect_timeout, absl::Seconds(1)))));
   // Later keywords win over earlier ones, and dbname expands the URL in place,
   // so the URL can override the defaults given before it.
-  const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
-  const char* vals[] = {seconds.c_str(), app.c_str(), url.c_str(), nullptr};
+  //
+  // A server whose host is gone (powered off, a failover to another address,
+  // the network cut) sends no reset. Statements with a deadline give up at
+  // it; one without (a migration's, which may rightly run for an hour)
+  // would wait for the kernel's defaults, over two hours. Probes after 30 s
+  // of silence, 10 s apart, and sent data left unacknowledged for 60 s end
+  // such a connection within about a minute. A server that is merely busy
+  // answers the probes from its kernel, so a long statement runs on.
+  const char* keys[] = {"connect_timeout",
+                        "application_name",
+                        "keepalives",
+                        "keepalives_idle",
+                        "keepalives_interval",
+                        "keepalives_count",
+                        "tcp_user_timeout",
+                        "dbname",
+                        nullptr};
+  const char* vals[] = {seconds.c_str(), app.c_str(), "1",    "30", "10", "3",
+                        "60000",         url.c_str(), nullptr};
   PGconn* raw = PQconnectdbParams(keys, vals, /*expand_dbname=*/1);
   std::unique_ptr<Conn> conn(new Conn(raw));
   if (raw == nullptr || PQstatus(raw) != CONNECTION_OK) {

@@ -455,7 +455,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
     // relays publish them.
     int failing = 0;
     for (auto& c : consumers) {
-      absl::StatusOr<bus::ReplayReport> r = c->ReplayDeadLetters();
+      absl::StatusOr<bus::ReplayReport> r = c->ReplayDeadLetters(cfg->max_deadline);
       if (!r.ok()) {
         log::Error("replaying dead letters failed", {{"error", r.status().ToString()}});
         return 1;
