@@ -103,10 +103,18 @@ listed=$($G -plaintext "${auth[@]}" -d '{"page_size": 2, "region": "REGION_SOUTH
 expect_status $((64 + 10)) "ABORTED" $G -plaintext "${auth[@]}" -d "{
   \"organisation\": {\"id\": \"$id\", \"etag\": \"$(field etag <<<"$org")\", \"description\": \"x\"},
   \"update_mask\": \"description\"}" "$A" connecting.partners.v1.PartnersService/UpdateOrganisation
+# ... and the details for programs (README, "Error details"), printed as grpcurl does.
+details_say() { grep -qF -- "$1" "$work/err" || fail "no \"$1\" in the error's details: $(cat "$work/err")"; }
+details_say '"@type": "type.googleapis.com/google.rpc.ErrorInfo"'
+details_say '"reason": "ETAG_MISMATCH"'
+details_say '"domain": "connecting.partners"'
 expect_status $((64 + 3)) "page_size: must be between 1 and 500" $G -plaintext "${auth[@]}" \
   -d '{"page_size": -1}' "$A" connecting.partners.v1.PartnersService/ListOrganisations
+details_say '"@type": "type.googleapis.com/google.rpc.BadRequest"'
+details_say '"field": "page_size"'
 expect_status $((64 + 16)) "UNAUTHENTICATED" $G -plaintext -d '{}' "$A" \
   connecting.partners.v1.PartnersService/ListOrganisations
+details_say '"reason": "TOKEN_MISSING"'
 expect_status 2 "no such field" $G -plaintext -d '{"nope": 1}' "$A" \
   connecting.partners.v1.PartnersService/ListOrganisations
 

@@ -29,6 +29,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "libs/db/db.h"
 
@@ -904,6 +906,30 @@ connecting::partners::v1::Organisation SampleOrganisation(const std::string& nam
   o.set_region(connecting::partners::v1::REGION_LONDON);
   o.set_description("A teaching hospital.");
   return o;
+}
+
+}  // namespace connecting::testing
+
+namespace connecting::testing {
+
+ErrorDetails DetailsOf(const grpc::Status& status) {
+  ErrorDetails out;
+  google::rpc::Status st;
+  if (status.error_details().empty() || !st.ParseFromString(status.error_details())) return out;
+  out.present = true;
+  out.code = st.code();
+  for (const google::protobuf::Any& any : st.details()) {
+    google::rpc::ErrorInfo info;
+    google::rpc::BadRequest bad;
+    if (any.UnpackTo(&info)) {
+      out.reason = info.reason();
+      out.domain = info.domain();
+    } else if (any.UnpackTo(&bad)) {
+      for (const auto& v : bad.field_violations())
+        out.fields.emplace_back(v.field(), v.description());
+    }
+  }
+  return out;
 }
 
 }  // namespace connecting::testing

@@ -174,6 +174,16 @@ std::string Token(server::Role role, const std::string& subject = "tester",
 // A ClientContext carrying the token and a 10 s deadline.
 std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token);
 
+// What an error's google.rpc.Status details say (libs/server/errors.h), as
+// a client reads them from grpc::Status::error_details().
+struct ErrorDetails {
+  bool present = false;                                     // the trailer was there and parsed
+  int code = -1;                                            // google.rpc.Status.code
+  std::string reason, domain;                               // google.rpc.ErrorInfo, if any
+  std::vector<std::pair<std::string, std::string>> fields;  // google.rpc.BadRequest
+};
+ErrorDetails DetailsOf(const grpc::Status& status);
+
 // Calls `method` ("/package.Service/Method") with `request` as its raw wire
 // bytes and the token, waiting for the answer (10 s deadline); the reply's
 // bytes go to `response` if given.

@@ -26,6 +26,7 @@
 #include "libs/db/migrations.h"
 #include "libs/db/notify_cache.h"
 #include "libs/server/auth.h"
+#include "libs/server/errors.h"
 #include "libs/server/executor.h"
 #include "libs/server/health.h"
 #include "libs/server/page_token.h"
@@ -61,6 +62,41 @@ TEST(Validate, TextRulesTrimAndNameTheField) {
   EXPECT_NE(s.message().find("x.name: must be 1–5 characters, got 7"), absl::string_view::npos);
   EXPECT_NE(s.message().find("x.note"), absl::string_view::npos);
   EXPECT_EQ(s.message().find("x.body"), absl::string_view::npos);
+}
+
+TEST(ErrorDetails, EachFieldAMessageNamesIsAViolationWithItsRule) {
+  using Pairs = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(server::FieldViolations("session.sites[0].capacity: must be 1–10000; "
+                                    "session.end_time: must be after start_time"),
+            (Pairs{{"session.sites[0].capacity", "must be 1–10000"},
+                   {"session.end_time", "must be after start_time"}}));
+  // A rule with "; " in it stays whole; a message naming no field gives none.
+  EXPECT_EQ(server::FieldViolations("site: unknown; try one of Leeds, London"),
+            (Pairs{{"site", "unknown; try one of Leeds, London"}}));
+  EXPECT_TRUE(server::FieldViolations("the session has not ended yet").empty());
+  EXPECT_TRUE(server::FieldViolations("Session.x: no").empty());
+  EXPECT_TRUE(server::FieldViolations("a[: no").empty());
+  EXPECT_TRUE(server::FieldViolations("").empty());
+
+  // The details a client reads: ErrorInfo when a reason was given, and
+  // BadRequest for INVALID_ARGUMENT.
+  grpc::Status g = server::DetailedStatus(
+      static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION), "session x began",
+      server::Refusal("SESSION_BEGAN", "session x began"), "connecting.scheduling");
+  testing::ErrorDetails d = testing::DetailsOf(g);
+  EXPECT_EQ(d.reason, "SESSION_BEGAN");
+  EXPECT_EQ(d.domain, "connecting.scheduling");
+  EXPECT_TRUE(d.fields.empty());
+  g = server::DetailedStatus(static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT),
+                             "id: must be a UUID", absl::InvalidArgumentError("id: must be a UUID"),
+                             "connecting.partners");
+  d = testing::DetailsOf(g);
+  EXPECT_EQ(d.reason, "");
+  EXPECT_EQ(d.fields, (Pairs{{"id", "must be a UUID"}}));
+  // Nothing to add: no trailer at all.
+  g = server::DetailedStatus(static_cast<int>(grpc::StatusCode::NOT_FOUND), "gone",
+                             absl::NotFoundError("gone"), "connecting.partners");
+  EXPECT_TRUE(g.error_details().empty());
 }
 
 TEST(Validate, UuidsAndPageSizes) {

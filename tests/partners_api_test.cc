@@ -143,6 +143,9 @@ TEST_F(PartnersApi, DuplicateOdsCodeIsAlreadyExists) {
   grpc::Status s = stub().CreateOrganisation(Ctx(admin()).get(), req, &out);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS);
   EXPECT_NE(s.error_message().find("organisation.ods_code"), std::string::npos);
+  ErrorDetails why = DetailsOf(s);  // for programs: the cause by name
+  EXPECT_EQ(why.reason, "ODS_CODE_TAKEN");
+  EXPECT_EQ(why.domain, "connecting.partners");
 }
 
 TEST_F(PartnersApi, AnOrganisationIsFoundByItsOdsCode) {
@@ -307,8 +310,11 @@ TEST_F(PartnersApi, PauseArchiveReactivateFollowTheLifecycle) {
   v1::Organisation out;
   ASSERT_TRUE(stub().PauseOrganisation(Ctx(admin()).get(), pause, &out).ok());
   EXPECT_EQ(out.status(), v1::ORGANISATION_STATUS_PAUSED);
-  EXPECT_EQ(stub().PauseOrganisation(Ctx(admin()).get(), pause, &out).error_code(),
-            grpc::StatusCode::FAILED_PRECONDITION);
+  // Pausing again (a retry of a pause that took effect) is refused, and
+  // says by name that the organisation is in the state asked for.
+  grpc::Status again = stub().PauseOrganisation(Ctx(admin()).get(), pause, &out);
+  EXPECT_EQ(again.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(DetailsOf(again).reason, "ALREADY_IN_STATE") << again.error_message();
 
   v1::ArchiveOrganisationRequest archive;
   archive.set_id(org.id());
@@ -325,8 +331,9 @@ TEST_F(PartnersApi, PauseArchiveReactivateFollowTheLifecycle) {
   upd.mutable_organisation()->set_etag(out.etag());
   upd.mutable_organisation()->set_name("Renamed");
   upd.mutable_update_mask()->add_paths("name");
-  EXPECT_EQ(stub().UpdateOrganisation(Ctx(admin()).get(), upd, &out).error_code(),
-            grpc::StatusCode::FAILED_PRECONDITION);
+  grpc::Status frozen = stub().UpdateOrganisation(Ctx(admin()).get(), upd, &out);
+  EXPECT_EQ(frozen.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(DetailsOf(frozen).reason, "ORGANISATION_ARCHIVED") << frozen.error_message();
 
   v1::ReactivateOrganisationRequest react;
   react.set_id(org.id());

@@ -1829,6 +1829,83 @@ TEST_F(Scheduling, BadInputNamesTheFieldAndChangesNothing) {
             grpc::StatusCode::ALREADY_EXISTS);
 }
 
+TEST_F(Scheduling, ErrorsNameTheirCauseForProgramsAsWellAsPeople) {
+  // Besides its message, an error carries google.rpc details a client can
+  // act on without reading English: the fields of a bad request, each with
+  // its rule (BadRequest), and the cause of a refusal under a stable name
+  // (ErrorInfo, domain connecting.scheduling).
+  sv1::CreateSessionRequest bad;
+  sv1::Session* s = bad.mutable_session();
+  s->set_kind(sv1::SESSION_KIND_FRONTLINE_VISIT);
+  s->set_title("Bad");
+  s->set_organisation_id(*org_);
+  s->set_date(DateIn(3));
+  s->set_start_time("10:00");
+  s->set_end_time("09:00");
+  s->add_sites()->set_capacity(0);
+  sv1::Session out;
+  grpc::Status st = fx_->stub->CreateSession(Ctx(fx_->admin).get(), bad, &out);
+  ASSERT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  ErrorDetails d = DetailsOf(st);
+  ASSERT_TRUE(d.present) << "no google.rpc.Status in the trailer";
+  EXPECT_EQ(d.code, static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  std::map<std::string, std::string> fields(d.fields.begin(), d.fields.end());
+  EXPECT_EQ(fields.size(), 2u) << st.error_message();
+  EXPECT_EQ(fields["session.end_time"], "must be after start_time") << st.error_message();
+  EXPECT_NE(fields["session.sites[0].capacity"], "") << st.error_message();
+
+  // A refusal by the rules: the partner paused.
+  std::string org = fx_->CreatePartner("Paused For Now Trust");
+  sv1::Session session = NewSession(*fx_, org, 2, DateIn(6));
+  std::string person = Register(*fx_, "WHY001").id();
+  sv1::Booking b;
+  ASSERT_TRUE(Book(*fx_, session.id(), person, &b).ok());
+  ASSERT_TRUE(fx_->PausePartner(org).ok());
+  ASSERT_TRUE(fx_->WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_PAUSED));
+  sv1::Booking refused;
+  st = Book(*fx_, session.id(), Register(*fx_, "WHY002").id(), &refused);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  d = DetailsOf(st);
+  EXPECT_EQ(d.reason, "PARTNER_NOT_ACTIVE") << st.error_message();
+  EXPECT_EQ(d.domain, "connecting.scheduling");
+  EXPECT_TRUE(d.fields.empty());
+
+  // A retried cancellation that took effect the first time is told so
+  // (ALREADY_IN_STATE), unlike moving a cancelled booking (WRONG_STATE).
+  sv1::CancelBookingRequest cancel;
+  cancel.set_id(b.id());
+  ASSERT_TRUE(fx_->stub->CancelBooking(Ctx(fx_->admin).get(), cancel, &b).ok());
+  st = fx_->stub->CancelBooking(Ctx(fx_->admin).get(), cancel, &b);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(DetailsOf(st).reason, "ALREADY_IN_STATE") << st.error_message();
+  sv1::RescheduleBookingRequest move;
+  move.set_id(b.id());
+  move.set_session_id(NewSession(*fx_, *org_, 2, DateIn(7)).id());
+  st = fx_->stub->RescheduleBooking(Ctx(fx_->admin).get(), move, &b);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(DetailsOf(st).reason, "WRONG_STATE") << st.error_message();
+
+  // A stale etag, and tokens missing or expired.
+  sv1::UpdateSessionRequest update;
+  *update.mutable_session() = NewSession(*fx_, *org_, 2, DateIn(8));
+  update.mutable_session()->set_title("Renamed");
+  update.mutable_session()->set_etag("\"stale\"");
+  update.mutable_update_mask()->add_paths("title");
+  st = fx_->stub->UpdateSession(Ctx(fx_->admin).get(), update, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED) << st.error_message();
+  EXPECT_EQ(DetailsOf(st).reason, "ETAG_MISMATCH");
+  sv1::GetSessionRequest get;
+  get.set_id(session.id());
+  grpc::ClientContext bare;
+  st = fx_->stub->GetSession(&bare, get, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(DetailsOf(st).reason, "TOKEN_MISSING");
+  st = fx_->stub->GetSession(
+      Ctx(Token(server::Role::kAdmin, "programme-team", "", absl::Hours(-1))).get(), get, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(DetailsOf(st).reason, "TOKEN_EXPIRED");
+}
+
 TEST_F(Scheduling, RolesSeeAndDoOnlyWhatTheyMay) {
   std::string other_org = fx_->CreatePartner("Other Scheduling Trust");
   sv1::Participant me = Register(*fx_, "ROLE01");

@@ -21,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "libs/common/log.h"
 #include "libs/common/metrics.h"
+#include "libs/server/errors.h"
 
 namespace connecting::server {
 namespace {
@@ -237,12 +238,14 @@ std::shared_ptr<const std::vector<std::string>> Authenticator::KeysLocked(absl::
 
 absl::StatusOr<Principal> Authenticator::Authenticate(absl::string_view authorization) const {
   if (authorization.empty()) {
-    return absl::UnauthenticatedError("missing authorization metadata (Bearer token)");
+    return WithReason(absl::UnauthenticatedError("missing authorization metadata (Bearer token)"),
+                      "TOKEN_MISSING");
   }
   constexpr absl::string_view kBearer = "Bearer ";
   if (authorization.size() <= kBearer.size() ||
       !absl::StartsWithIgnoreCase(authorization, kBearer)) {
-    return absl::UnauthenticatedError("authorization must be \"Bearer <token>\"");
+    return WithReason(absl::UnauthenticatedError("authorization must be \"Bearer <token>\""),
+                      "TOKEN_MISSING");
   }
   std::string token(authorization.substr(kBearer.size()));
   const absl::Time now_time = absl::Now();
@@ -259,6 +262,7 @@ absl::StatusOr<Principal> Authenticator::Authenticate(absl::string_view authoriz
   }
   int64_t exp = 0;
   absl::StatusOr<Principal> p = Verify(token, *keys, &exp);
+  if (!p.ok() && ReasonOf(p.status()).empty()) return WithReason(p.status(), "TOKEN_INVALID");
   if (p.ok()) {
     absl::MutexLock lock(&cache_->mu);
     if (cache_->keys == keys) {  // not if the keys changed meanwhile
@@ -294,7 +298,9 @@ absl::StatusOr<Principal> Authenticator::Verify(const std::string& token,
   const int64_t leeway = absl::ToInt64Seconds(options_.leeway);
   std::optional<long> exp = IntClaim(jwt.get(), "exp");
   if (!exp) return absl::UnauthenticatedError("token has no exp claim");
-  if (*exp + leeway < now) return absl::UnauthenticatedError("token has expired");
+  if (*exp + leeway < now) {
+    return WithReason(absl::UnauthenticatedError("token has expired"), "TOKEN_EXPIRED");
+  }
   *exp_out = *exp;
   if (std::optional<long> nbf = IntClaim(jwt.get(), "nbf"); nbf && *nbf - leeway > now) {
     return absl::UnauthenticatedError("token is not valid yet (nbf)");

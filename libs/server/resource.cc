@@ -4,6 +4,7 @@
 #include <set>
 
 #include "absl/strings/str_join.h"
+#include "libs/server/errors.h"
 
 namespace connecting::server {
 
@@ -29,9 +30,10 @@ void ValidateMask(FieldErrors& errors, const google::protobuf::FieldMask& mask,
 }
 
 absl::Status StaleEtag(const char* what, const std::string& current) {
-  return absl::AbortedError(absl::StrCat("etag: the ", what,
-                                         " changed since you read it (current etag ", current,
-                                         "); read it again and reapply your change"));
+  return WithReason(absl::AbortedError(absl::StrCat(
+                        "etag: the ", what, " changed since you read it (current etag ", current,
+                        "); read it again and reapply your change")),
+                    "ETAG_MISMATCH");
 }
 
 absl::Status CheckEtag(const char* what, const std::string& given, const std::string& current) {

@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "libs/common/log.h"
 #include "libs/common/metrics.h"
+#include "libs/server/errors.h"
 #include "libs/server/strict_parse.h"
 
 namespace connecting::server {
@@ -86,7 +87,7 @@ std::string TraceParent(absl::string_view incoming) {
 }
 
 grpc::Status ToGrpcStatus(const absl::Status& status, absl::string_view method,
-                          absl::string_view traceparent) {
+                          absl::string_view traceparent, absl::string_view domain) {
   if (status.ok()) return grpc::Status::OK;
   auto code = static_cast<grpc::StatusCode>(status.code());
   if (code == grpc::StatusCode::INTERNAL || code == grpc::StatusCode::UNKNOWN) {
@@ -97,7 +98,13 @@ grpc::Status ToGrpcStatus(const absl::Status& status, absl::string_view method,
                                      "traceparent ",
                                      traceparent));
   }
-  return grpc::Status(code, std::string(status.message()));
+  if (code == grpc::StatusCode::RESOURCE_EXHAUSTED && ReasonOf(status).empty()) {
+    // The executor's queue, a lane's waiters, the pool's connections: all
+    // this server's capacity (a request too large never reaches us).
+    return DetailedStatus(static_cast<int>(code), std::string(status.message()),
+                          WithReason(status, "SERVER_AT_CAPACITY"), domain);
+  }
+  return DetailedStatus(static_cast<int>(code), std::string(status.message()), status, domain);
 }
 
 RpcRunner::Finish RpcRunner::Finisher(grpc::ServerUnaryReactor* reactor, const char* method) {
@@ -115,13 +122,14 @@ std::optional<RpcRunner::Admitted> RpcRunner::Admit(grpc::CallbackServerContext*
                                                     const google::protobuf::Message* request,
                                                     const Finish& finish) {
   if (std::optional<std::string> bad = MalformedReason(*request)) {
-    finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *bad));
+    finish(DetailedStatus(static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT), *bad,
+                          absl::OkStatus(), domain_));
     return std::nullopt;
   }
   absl::StatusOr<Principal> principal = auth_->Authenticate(Metadata(ctx, "authorization"));
   if (!principal.ok()) {
-    finish(
-        grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(principal.status().message())));
+    finish(DetailedStatus(static_cast<int>(grpc::StatusCode::UNAUTHENTICATED),
+                          std::string(principal.status().message()), principal.status(), domain_));
     return std::nullopt;
   }
   absl::Time deadline = std::min(absl::FromChrono(ctx->deadline()), absl::Now() + max_deadline_);
@@ -138,7 +146,7 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
   if (fast != nullptr) {
     Call call{a->principal, a->deadline, a->trace, method};
     if (std::optional<absl::Status> done = fast(call)) {
-      finish(ToGrpcStatus(*done, method, a->trace));
+      finish(ToGrpcStatus(*done, method, a->trace, domain_));
       return reactor;
     }
   }
@@ -157,11 +165,13 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
         absl::Status s = work(call);
         if (!s.ok()) log::Debug("rpc failed", {{"method", method}, {"error", s.ToString()}});
         if (after_work_) after_work_();
-        finish(ToGrpcStatus(s, method, a.trace));
+        finish(ToGrpcStatus(s, method, a.trace, domain_));
       });
   if (!queued) {
-    finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        "server is at capacity; retry with backoff"));
+    finish(ToGrpcStatus(
+        WithReason(absl::ResourceExhaustedError("server is at capacity; retry with backoff"),
+                   "SERVER_AT_CAPACITY"),
+        method, "", domain_));
   }
   return reactor;
 }
@@ -185,7 +195,7 @@ grpc::ServerUnaryReactor* RpcRunner::RunAsync(grpc::CallbackServerContext* ctx,
   start(state->call, [this, state, method, finish](absl::Status s) {
     if (!s.ok()) log::Debug("rpc failed", {{"method", method}, {"error", s.ToString()}});
     if (after_work_) after_work_();
-    finish(ToGrpcStatus(s, method, state->call.traceparent));
+    finish(ToGrpcStatus(s, method, state->call.traceparent, domain_));
     delete state;
   });
   return reactor;

@@ -44,9 +44,10 @@ struct Call {
 // trace, as for work no request started.
 std::string TraceParent(absl::string_view incoming);
 
-// absl::Status → grpc::Status (same codes). INTERNAL details are logged, not sent.
+// absl::Status → grpc::Status (same codes), with the error details of
+// libs/server/errors.h under `domain`. INTERNAL details are logged, not sent.
 grpc::Status ToGrpcStatus(const absl::Status& status, absl::string_view method,
-                          absl::string_view traceparent);
+                          absl::string_view traceparent, absl::string_view domain);
 
 class RpcRunner {
  public:
@@ -55,8 +56,14 @@ class RpcRunner {
   // status finishes the call (e.g. a cache hit); nullopt queues `work`.
   using FastPath = std::function<std::optional<absl::Status>(const Call&)>;
 
-  RpcRunner(Executor* executor, const Authenticator* auth, absl::Duration max_deadline)
-      : executor_(executor), auth_(auth), max_deadline_(max_deadline) {}
+  // `error_domain` names the service in its errors' ErrorInfo
+  // ("connecting.<service>").
+  RpcRunner(Executor* executor, const Authenticator* auth, absl::Duration max_deadline,
+            std::string error_domain)
+      : executor_(executor),
+        auth_(auth),
+        max_deadline_(max_deadline),
+        domain_(std::move(error_domain)) {}
 
   // Runs on the worker after each call's work, whatever its outcome (the
   // outbox relay's wake-up: whatever the call committed can be published now).
@@ -94,6 +101,7 @@ class RpcRunner {
   Executor* const executor_;
   const Authenticator* const auth_;
   const absl::Duration max_deadline_;
+  const std::string domain_;
   std::function<void()> after_work_;
 };
 

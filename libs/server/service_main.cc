@@ -444,7 +444,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   db::Pool pool(cfg->database_url, cfg->db_pool_size, def.name);
   bus::Outbox outbox(cfg->event_subject_prefix, absl::StrCat("/connecting/", def.name));
   Executor executor(cfg->worker_threads, cfg->max_queued_requests);
-  RpcRunner rpc(&executor, &*auth, cfg->max_deadline);
+  RpcRunner rpc(&executor, &*auth, cfg->max_deadline, absl::StrCat("connecting.", def.name));
   PageTokens page_tokens(cfg->page_token_key);
   std::vector<std::unique_ptr<bus::Consumer>> consumers;
   std::vector<PeriodicTask> periodic;

@@ -5,6 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "libs/server/errors.h"
 
 namespace connecting::partners {
 
@@ -149,7 +150,8 @@ absl::Status CheckTransition(const Principal& p, const std::string& organisation
     case OrgTransition::kPause:
       if (absl::Status s = MayChange(p, organisation_id); !s.ok()) return s;
       if (from != ORGANISATION_STATUS_ACTIVE) {
-        return absl::FailedPreconditionError(
+        return server::Refusal(
+            from == ORGANISATION_STATUS_PAUSED ? "ALREADY_IN_STATE" : "WRONG_STATE",
             absl::StrCat("only an ACTIVE organisation can be paused; it is ",
                          v1::OrganisationStatus_Name(from)));
       }
@@ -157,13 +159,13 @@ absl::Status CheckTransition(const Principal& p, const std::string& organisation
     case OrgTransition::kArchive:
       if (absl::Status s = MayAdminister(p, "archive an organisation"); !s.ok()) return s;
       if (from == ORGANISATION_STATUS_ARCHIVED) {
-        return absl::FailedPreconditionError("the organisation is already ARCHIVED");
+        return server::Refusal("ALREADY_IN_STATE", "the organisation is already ARCHIVED");
       }
       return absl::OkStatus();
     case OrgTransition::kReactivate:
       if (absl::Status s = MayChange(p, organisation_id); !s.ok()) return s;
       if (from == ORGANISATION_STATUS_ACTIVE) {
-        return absl::FailedPreconditionError("the organisation is already ACTIVE");
+        return server::Refusal("ALREADY_IN_STATE", "the organisation is already ACTIVE");
       }
       if (from == ORGANISATION_STATUS_ARCHIVED && !p.is_staff()) {
         return absl::PermissionDeniedError(

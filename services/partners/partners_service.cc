@@ -4,6 +4,7 @@
 #include "absl/strings/str_join.h"
 #include "connecting/events/v1/partners_events.pb.h"
 #include "libs/bus/republish.h"
+#include "libs/server/errors.h"
 #include "libs/server/resource.h"
 #include "libs/server/validate.h"
 #include "services/partners/partners_rules.h"
@@ -25,24 +26,29 @@ db::TxOptions Tx(const Call& call) {
 
 absl::Status OdsConflict(const absl::Status& s, const std::string& ods) {
   if (absl::IsAlreadyExists(s) && db::ConstraintOf(s) == "organisations_ods_code_key") {
-    return absl::AlreadyExistsError(
-        absl::StrCat("organisation.ods_code: ", ods, " is already used by another organisation"));
+    return server::WithReason(
+        absl::AlreadyExistsError(absl::StrCat("organisation.ods_code: ", ods,
+                                              " is already used by another organisation")),
+        "ODS_CODE_TAKEN");
   }
   return s;
 }
 
 absl::Status EmailConflict(const absl::Status& s, const std::string& email) {
   if (absl::IsAlreadyExists(s) && db::ConstraintOf(s) == "contacts_email_key") {
-    return absl::AlreadyExistsError(
-        absl::StrCat("contact.email: ", email, " is already a contact of this organisation"));
+    return server::WithReason(
+        absl::AlreadyExistsError(
+            absl::StrCat("contact.email: ", email, " is already a contact of this organisation")),
+        "CONTACT_EMAIL_TAKEN");
   }
   return s;
 }
 
 absl::Status NotArchived(const v1::Organisation& org) {
   if (org.status() == v1::ORGANISATION_STATUS_ARCHIVED) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "organisation ", org.id(), " is ARCHIVED; reactivate it before changing its data"));
+    return server::Refusal("ORGANISATION_ARCHIVED",
+                           absl::StrCat("organisation ", org.id(),
+                                        " is ARCHIVED; reactivate it before changing its data"));
   }
   return absl::OkStatus();
 }
@@ -51,8 +57,8 @@ absl::Status NotArchived(const v1::Organisation& org) {
 // landed (its foreign key says so): the field and the rule, not the database's words.
 absl::Status HostRemoved(const absl::Status& s, const std::string& contact_id) {
   if (db::ConstraintOf(s) == "offers_host_contact_id_fkey") {
-    return absl::FailedPreconditionError(
-        absl::StrCat("offer.host_contact_id: contact ", contact_id, " was removed meanwhile"));
+    return server::Refusal("HOST_REMOVED", absl::StrCat("offer.host_contact_id: contact ",
+                                                        contact_id, " was removed meanwhile"));
   }
   return s;
 }
@@ -459,7 +465,8 @@ absl::Status PartnersLogic::RemoveContact(const Call& call, const v1::RemoveCont
     auto hosted = store::OffersHostedBy(c, req.id());
     if (!hosted.ok()) return hosted.status();
     if (!hosted->empty()) {
-      return absl::FailedPreconditionError(
+      return server::Refusal(
+          "CONTACT_HOSTS_OFFERS",
           absl::StrCat("contact ", req.id(), " hosts offer(s) ", absl::StrJoin(*hosted, ", "),
                        "; give those offers another host_contact_id first"));
     }
@@ -568,7 +575,8 @@ absl::Status PartnersLogic::UpdateOffer(const Call& call, const v1::UpdateOfferR
           ValidateOffer(errs, "offer", merged);
           if (!errs.empty()) return errs.ToStatus();
           if (merged.state() == v1::OFFER_STATE_PUBLISHED && merged.host_contact_id().empty()) {
-            return absl::FailedPreconditionError(
+            return server::Refusal(
+                "HOST_REQUIRED",
                 "offer.host_contact_id: a published offer must keep a host contact");
           }
           return CheckHost(c, "offer.host_contact_id", merged.host_contact_id(),
@@ -602,20 +610,24 @@ absl::Status PartnersLogic::ChangeOfferState(const Call& call, const std::string
     if (absl::Status s = CheckEtag("offer", etag, cur->etag()); !s.ok()) return s;
     if (publish) {
       if (cur->state() == v1::OFFER_STATE_PUBLISHED) {
-        return absl::FailedPreconditionError("the offer is already PUBLISHED");
+        return server::Refusal("ALREADY_IN_STATE", "the offer is already PUBLISHED");
       }
       if (cur->host_contact_id().empty()) {
-        return absl::FailedPreconditionError(
-            "offer.host_contact_id: set a host contact before publishing");
+        return server::Refusal("HOST_REQUIRED",
+                               "offer.host_contact_id: set a host contact before publishing");
       }
       if (org->status() != v1::ORGANISATION_STATUS_ACTIVE) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "organisation ", org->id(), " is ", v1::OrganisationStatus_Name(org->status()),
-            "; only an ACTIVE organisation's offers can be published"));
+        return server::Refusal(
+            "ORGANISATION_NOT_ACTIVE",
+            absl::StrCat("organisation ", org->id(), " is ",
+                         v1::OrganisationStatus_Name(org->status()),
+                         "; only an ACTIVE organisation's offers can be published"));
       }
     } else if (cur->state() != v1::OFFER_STATE_PUBLISHED) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "only a PUBLISHED offer can be withdrawn; it is ", v1::OfferState_Name(cur->state())));
+      return server::Refusal(
+          cur->state() == v1::OFFER_STATE_WITHDRAWN ? "ALREADY_IN_STATE" : "WRONG_STATE",
+          absl::StrCat("only a PUBLISHED offer can be withdrawn; it is ",
+                       v1::OfferState_Name(cur->state())));
     }
     auto updated = store::SetOfferState(
         c, id, publish ? v1::OFFER_STATE_PUBLISHED : v1::OFFER_STATE_WITHDRAWN);

@@ -17,6 +17,7 @@
 #include "libs/bus/republish.h"
 #include "libs/common/log.h"
 #include "libs/common/metrics.h"
+#include "libs/server/errors.h"
 #include "libs/server/resource.h"
 #include "services/scheduling/scheduling_rules.h"
 #include "services/scheduling/store.h"
@@ -45,14 +46,16 @@ db::TxOptions Tx(const Call& call) {
 // For a partner organisation, contact or offer (`what`, e.g. "contact <id>")
 // that no PARTNERS event has told scheduling of.
 absl::Status NotYetKnown(absl::string_view what) {
-  return absl::FailedPreconditionError(
+  return server::Refusal(
+      "PARTNER_NOT_YET_KNOWN",
       absl::StrCat(what, " is not known to scheduling (no partners event for it yet)"));
 }
 
 // Why an organisation with this projected status (0: unknown) takes no bookings.
 absl::Status PartnerRefusal(const std::string& id, int status) {
   if (status == 0) return NotYetKnown(absl::StrCat("organisation ", id));
-  return absl::FailedPreconditionError(
+  return server::Refusal(
+      "PARTNER_NOT_ACTIVE",
       absl::StrCat("partner organisation ", id, " is ",
                    pv1::OrganisationStatus_Name(static_cast<pv1::OrganisationStatus>(status)),
                    "; it takes no bookings"));
@@ -80,8 +83,8 @@ absl::Status CheckHost(db::Conn& c, const v1::Session& s) {
       return absl::InvalidArgumentError(absl::StrCat(who, " is not at organisation ", org));
     }
     if ((*h)->removed) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(who, " has been removed from its organisation"));
+      return server::Refusal("HOST_REMOVED",
+                             absl::StrCat(who, " has been removed from its organisation"));
     }
   }
   return absl::OkStatus();
@@ -99,9 +102,11 @@ absl::Status CheckHostAndOffer(db::Conn& c, const v1::Session& s) {
       return absl::InvalidArgumentError(absl::StrCat(what, " is not at organisation ", org));
     }
     if ((*o)->state != pv1::OFFER_STATE_PUBLISHED) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          what, " is ", pv1::OfferState_Name(static_cast<pv1::OfferState>((*o)->state)),
-          "; sessions come only from PUBLISHED offers"));
+      return server::Refusal(
+          "OFFER_NOT_PUBLISHED",
+          absl::StrCat(what, " is ",
+                       pv1::OfferState_Name(static_cast<pv1::OfferState>((*o)->state)),
+                       "; sessions come only from PUBLISHED offers"));
     }
   }
   return absl::OkStatus();
@@ -126,22 +131,23 @@ absl::Status BookingRefusal(const store::Booked& b, const std::string& session_i
     return absl::NotFoundError(absl::StrCat("participant ", participant_id, " not found"));
   }
   if (o == "participant_inactive") {
-    return absl::FailedPreconditionError(
-        absl::StrCat("participant ", participant_id, " is INACTIVE and cannot book"));
+    return server::Refusal("PARTICIPANT_INACTIVE", absl::StrCat("participant ", participant_id,
+                                                                " is INACTIVE and cannot book"));
   }
   if (o == "no_session") {
     return absl::NotFoundError(absl::StrCat("session ", session_id, " not found"));
   }
   if (o == "not_scheduled") {
-    return absl::FailedPreconditionError(
+    return server::Refusal(
+        "SESSION_NOT_SCHEDULED",
         absl::StrCat("session ", session_id, " is ",
                      v1::SessionStatus_Name(static_cast<v1::SessionStatus>(b.session_status)),
                      "; only SCHEDULED sessions take bookings"));
   }
   if (o == "began") {
-    return absl::FailedPreconditionError(absl::StrCat("session ", session_id, " began at ",
-                                                      s.date(), " ", s.start_time(),
-                                                      "; it takes no more bookings"));
+    return server::Refusal("SESSION_BEGAN",
+                           absl::StrCat("session ", session_id, " began at ", s.date(), " ",
+                                        s.start_time(), "; it takes no more bookings"));
   }
   if (o == "partner_inactive") return PartnerRefusal(s.organisation_id(), b.partner_status);
   if (o == "site_not_allowed") {
@@ -156,17 +162,22 @@ absl::Status BookingRefusal(const store::Booked& b, const std::string& session_i
         absl::StrCat("site: session has no site named \"", site, "\""));
   }
   if (o == "live_on_session") {
-    return absl::AlreadyExistsError(absl::StrCat("participant ", participant_id,
-                                                 " already holds booking ", b.detail,
-                                                 " on session ", session_id));
+    return server::WithReason(absl::AlreadyExistsError(absl::StrCat(
+                                  "participant ", participant_id, " already holds booking ",
+                                  b.detail, " on session ", session_id)),
+                              "ALREADY_BOOKED");
   }
   if (o == "frontline_on_date") {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "participant ", participant_id, " already has confirmed frontline visit ", b.detail, " on ",
-        s.date(), " (a connector holds at most one confirmed frontline visit per date)"));
+    return server::Refusal(
+        "FRONTLINE_VISIT_ON_DATE",
+        absl::StrCat("participant ", participant_id, " already has confirmed frontline visit ",
+                     b.detail, " on ", s.date(),
+                     " (a connector holds at most one confirmed frontline visit per date)"));
   }
   if (o == "retry") {
-    return absl::AbortedError("a conflicting booking changed while this one was made; retry");
+    return server::WithReason(
+        absl::AbortedError("a conflicting booking changed while this one was made; retry"),
+        "CONCURRENT_CHANGE");
   }
   return absl::InternalError(absl::StrCat("book_session: unknown outcome \"", o, "\""));
 }
@@ -327,8 +338,10 @@ absl::Status SchedulingLogic::RegisterParticipant(const Call& call,
           auto ins = store::InsertParticipant(c, p, req.request_id());
           if (!ins.ok() && absl::IsAlreadyExists(ins.status()) &&
               db::ConstraintOf(ins.status()) == "participants_staff_number_key") {
-            return absl::AlreadyExistsError(absl::StrCat(
-                "participant.staff_number: ", p.staff_number(), " is already registered"));
+            return server::WithReason(
+                absl::AlreadyExistsError(absl::StrCat(
+                    "participant.staff_number: ", p.staff_number(), " is already registered")),
+                "STAFF_NUMBER_TAKEN");
           }
           return ins;
         },
@@ -426,7 +439,7 @@ absl::Status SchedulingLogic::DeactivateParticipant(const Call& call,
       return s;
     }
     if (cur->status() == v1::PARTICIPANT_STATUS_INACTIVE) {
-      return absl::FailedPreconditionError("the participant is already INACTIVE");
+      return server::Refusal("ALREADY_IN_STATE", "the participant is already INACTIVE");
     }
     // Someone who leaves the programme frees their seats for the waitlists.
     auto live = store::FutureLiveBookingsOf(c, req.id());
@@ -529,22 +542,27 @@ absl::Status SchedulingLogic::CreateSession(const Call& call, const v1::CreateSe
             auto who = store::GetParticipantShared(c, p.participant_id);
             if (!who.ok()) return who.status();
             if (who->status() != v1::PARTICIPANT_STATUS_ACTIVE) {
-              return absl::FailedPreconditionError(absl::StrCat(
-                  "participant ", p.participant_id, " is INACTIVE and cannot arrange visits"));
+              return server::Refusal("PARTICIPANT_INACTIVE",
+                                     absl::StrCat("participant ", p.participant_id,
+                                                  " is INACTIVE and cannot arrange visits"));
             }
             // A visit on a date they are already out on could never be
             // accepted (one confirmed frontline visit per date).
             auto taken = store::ConfirmedFrontlineOn(c, p.participant_id, s.date());
             if (!taken.ok()) return taken.status();
             if (taken->has_value()) {
-              return absl::FailedPreconditionError(absl::StrCat(
-                  "session.date: you already have confirmed frontline visit ", **taken, " on ",
-                  s.date(), " (a connector holds at most one confirmed frontline visit per date)"));
+              return server::Refusal(
+                  "FRONTLINE_VISIT_ON_DATE",
+                  absl::StrCat(
+                      "session.date: you already have confirmed frontline visit ", **taken, " on ",
+                      s.date(),
+                      " (a connector holds at most one confirmed frontline visit per date)"));
             }
             auto met = store::HasMetHost(c, p.participant_id, s.host_contact_id());
             if (!met.ok()) return met.status();
             if (!*met) {
-              return absl::FailedPreconditionError(
+              return server::Refusal(
+                  "NOT_AN_ENDURING_CONTACT",
                   "session.host_contact_id: not one of your enduring contacts (a host you met on "
                   "an attended visit)");
             }
@@ -642,14 +660,15 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
     if (in.etag() != cur->etag()) return server::StaleEtag("session", cur->etag());
     if (cur->status() != v1::SESSION_STATUS_SCHEDULED &&
         cur->status() != v1::SESSION_STATUS_PENDING_HOST) {
-      return absl::FailedPreconditionError(
+      return server::Refusal(
+          "WRONG_STATE",
           absl::StrCat("only a SCHEDULED or PENDING_HOST session can be changed; it is ",
                        v1::SessionStatus_Name(cur->status())));
     }
     if (absl::Now() >= LocalInstant(cur->date(), cur->start_time())) {
-      return absl::FailedPreconditionError(absl::StrCat("the session began at ", cur->date(), " ",
-                                                        cur->start_time(),
-                                                        "; it can no longer be changed"));
+      return server::Refusal("SESSION_BEGAN",
+                             absl::StrCat("the session began at ", cur->date(), " ",
+                                          cur->start_time(), "; it can no longer be changed"));
     }
     if (absl::Status st = store::LockSites(c, in.id()); !st.ok()) return st;
     auto seats = store::GetSession(c, in.id(), false);  // the counters, now settled
@@ -696,7 +715,8 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
     for (int i = 0; i < merged.sites_size(); ++i) {
       const v1::Site& site = merged.sites(i);
       if (site.capacity() < site.confirmed()) {
-        return absl::FailedPreconditionError(
+        return server::Refusal(
+            "CAPACITY_BELOW_CONFIRMED",
             absl::StrCat("session.sites[", i, "].capacity: ", site.confirmed(),
                          " bookings are confirmed there already; cancel or move some first"));
       }
@@ -705,10 +725,12 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
       int live = 0;
       for (const v1::Site& site : before.sites()) live += site.confirmed() + site.waitlisted();
       if (live > 0) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "session.date: the session has ", live,
-            " live bookings; move them (RescheduleBooking) or cancel the session and create "
-            "another"));
+        return server::Refusal(
+            "SESSION_HAS_BOOKINGS",
+            absl::StrCat(
+                "session.date: the session has ", live,
+                " live bookings; move them (RescheduleBooking) or cancel the session and create "
+                "another"));
       }
     }
     if (did_change("host_contact_id")) {  // its offer was checked when it was created
@@ -752,7 +774,8 @@ absl::Status SchedulingLogic::AcceptSession(const Call& call, const v1::AcceptSe
     if (!s.ok()) return s.status();
     if (absl::Status st = MayManageSession(call.principal, *s); !st.ok()) return st;
     if (s->status() != v1::SESSION_STATUS_PENDING_HOST) {
-      return absl::FailedPreconditionError(
+      return server::Refusal(
+          s->status() == v1::SESSION_STATUS_SCHEDULED ? "ALREADY_IN_STATE" : "WRONG_STATE",
           absl::StrCat("only a PENDING_HOST session can be accepted; it is ",
                        v1::SessionStatus_Name(s->status())));
     }
@@ -792,11 +815,13 @@ absl::Status SchedulingLogic::CancelSession(const Call& call, const v1::CancelSe
     }
     if (s->status() == v1::SESSION_STATUS_CANCELLED ||
         s->status() == v1::SESSION_STATUS_COMPLETED) {
-      return absl::FailedPreconditionError(
+      return server::Refusal(
+          s->status() == v1::SESSION_STATUS_CANCELLED ? "ALREADY_IN_STATE" : "WRONG_STATE",
           absl::StrCat("the session is already ", v1::SessionStatus_Name(s->status())));
     }
     if (arranger && s->status() != v1::SESSION_STATUS_PENDING_HOST) {
-      return absl::FailedPreconditionError(
+      return server::Refusal(
+          "HOST_ACCEPTED",
           absl::StrCat("the host accepted this visit (it is ", v1::SessionStatus_Name(s->status()),
                        "); cancel your booking on it, or ask the programme team or the partner"));
     }
@@ -853,12 +878,13 @@ absl::Status SchedulingLogic::CompleteSession(const Call& call,
     if (!s.ok()) return s.status();
     if (absl::Status st = MayManageSession(call.principal, *s); !st.ok()) return st;
     if (s->status() != v1::SESSION_STATUS_SCHEDULED) {
-      return absl::FailedPreconditionError(
+      return server::Refusal(
+          s->status() == v1::SESSION_STATUS_COMPLETED ? "ALREADY_IN_STATE" : "WRONG_STATE",
           absl::StrCat("only a SCHEDULED session can be completed; it is ",
                        v1::SessionStatus_Name(s->status())));
     }
     if (absl::Now() < LocalInstant(s->date(), s->end_time())) {
-      return absl::FailedPreconditionError("the session has not ended yet");
+      return server::Refusal("SESSION_NOT_ENDED", "the session has not ended yet");
     }
     if (absl::Status st = store::SetSessionStatus(c, req.id(), v1::SESSION_STATUS_COMPLETED);
         !st.ok()) {
@@ -1094,7 +1120,10 @@ absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call&
   if (!b.ok()) return b.status();
   if (b->status() != kConfirmed && b->status() != kWaitlisted) {
     if (only_if_live) return b;
-    return absl::FailedPreconditionError(
+    // Cancelling a cancelled booking asks for the state it is in (a retry);
+    // moving one (emit false: RescheduleBooking) does not.
+    return server::Refusal(
+        emit && b->status() == v1::BOOKING_STATUS_CANCELLED ? "ALREADY_IN_STATE" : "WRONG_STATE",
         absl::StrCat("only a CONFIRMED or WAITLISTED booking can be cancelled; it is ",
                      v1::BookingStatus_Name(b->status())));
   }
@@ -1104,9 +1133,11 @@ absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call&
   // would invite someone to a visit under way): who did not come is a no-show.
   if (absl::Now() >= LocalInstant(session->date(), session->start_time())) {
     if (only_if_live) return b;
-    return absl::FailedPreconditionError(absl::StrCat(
-        "session ", session->id(), " began at ", session->date(), " ", session->start_time(),
-        "; its bookings are no longer cancelled or moved (record attendance: NO_SHOW)"));
+    return server::Refusal(
+        "SESSION_BEGAN",
+        absl::StrCat(
+            "session ", session->id(), " began at ", session->date(), " ", session->start_time(),
+            "; its bookings are no longer cancelled or moved (record attendance: NO_SHOW)"));
   }
   if (absl::Status s = store::SetBookingStatus(c, booking_id, kCancelled); !s.ok()) return s;
   if (ended_frontline_visit != nullptr) {
@@ -1283,8 +1314,10 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
       if (prior->has_value()) {
         if ((*prior)->participant_id() != old->participant_id() ||
             (*prior)->session_id() != req.session_id()) {
-          return absl::AlreadyExistsError(absl::StrCat("request_id: already used for booking ",
-                                                       (*prior)->id(), ", another request"));
+          return server::WithReason(
+              absl::AlreadyExistsError(absl::StrCat("request_id: already used for booking ",
+                                                    (*prior)->id(), ", another request")),
+              "REQUEST_ID_REUSED");
         }
         *resp = **std::move(prior);
         return absl::OkStatus();
@@ -1330,16 +1363,19 @@ absl::Status SchedulingLogic::RecordAttendance(const Call& call,
     const bool correction =
         b->status() == v1::BOOKING_STATUS_ATTENDED || b->status() == v1::BOOKING_STATUS_NO_SHOW;
     if (b->status() != kConfirmed && !correction) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "attendance is recorded for CONFIRMED bookings (and corrected on ATTENDED or NO_SHOW "
-          "ones); this one is ",
-          v1::BookingStatus_Name(b->status())));
+      return server::Refusal(
+          "WRONG_STATE",
+          absl::StrCat(
+              "attendance is recorded for CONFIRMED bookings (and corrected on ATTENDED or NO_SHOW "
+              "ones); this one is ",
+              v1::BookingStatus_Name(b->status())));
     }
     if (s->status() == v1::SESSION_STATUS_CANCELLED) {
-      return absl::FailedPreconditionError("the session was cancelled");
+      return server::Refusal("WRONG_STATE", "the session was cancelled");
     }
     if (absl::Now() < LocalInstant(s->date(), s->start_time())) {
-      return absl::FailedPreconditionError(
+      return server::Refusal(
+          "SESSION_NOT_BEGUN",
           absl::StrCat("the session has not begun (", s->date(), " ", s->start_time(), ")"));
     }
     if (absl::Status st = store::SetBookingStatus(c, req.id(), status); !st.ok()) return st;

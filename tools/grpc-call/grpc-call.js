@@ -15,6 +15,75 @@
 const fs = require('fs');
 const grpc = require('@grpc/grpc-js');
 const { GrpcReflection } = require('grpc-js-reflection-client');
+const protobuf = require('protobufjs');
+
+// The error details a server may send (google.rpc.Status in the
+// grpc-status-details-bin trailer), as protos/third_party/google/rpc has them.
+const rpcTypes = protobuf.Root.fromJSON({
+  nested: {
+    google: {
+      nested: {
+        rpc: {
+          nested: {
+            Status: {
+              fields: {
+                code: {type: 'int32', id: 1},
+                message: {type: 'string', id: 2},
+                details: {rule: 'repeated', type: 'Any', id: 3},
+              },
+            },
+            Any: {fields: {type_url: {type: 'string', id: 1}, value: {type: 'bytes', id: 2}}},
+            ErrorInfo: {
+              fields: {
+                reason: {type: 'string', id: 1},
+                domain: {type: 'string', id: 2},
+                metadata: {keyType: 'string', type: 'string', id: 3},
+              },
+            },
+            BadRequest: {
+              fields: {field_violations: {rule: 'repeated', type: 'FieldViolation', id: 1}},
+              nested: {
+                FieldViolation: {
+                  fields: {
+                    field: {type: 'string', id: 1},
+                    description: {type: 'string', id: 2},
+                    reason: {type: 'string', id: 3},
+                  },
+                },
+              },
+            },
+          },
+        },
+      },
+    },
+  },
+});
+
+// The details of a failed call as grpcurl prints them: one JSON object per
+// detail, with its "@type"; '' when there are none.
+function describeDetails(status) {
+  const raw = status.metadata ? status.metadata.get('grpc-status-details-bin') : [];
+  if (!raw || raw.length === 0) return '';
+  let st;
+  try {
+    st = rpcTypes.lookupType('google.rpc.Status').decode(raw[0]);
+  } catch (e) {
+    return `  Details: (unreadable: ${e.message})\n`;
+  }
+  let out = '  Details:\n';
+  st.details.forEach((any, i) => {
+    const name = any.type_url.replace(/^.*\//, '');
+    let body = {'@type': any.type_url};
+    const type = rpcTypes.lookup(name);
+    if (type instanceof protobuf.Type && name.startsWith('google.rpc.')) {
+      body = Object.assign(body, type.toObject(type.decode(any.value), {defaults: false}));
+    } else {
+      body.value = Buffer.from(any.value).toString('base64');
+    }
+    out += `  ${i + 1})\t${JSON.stringify(body, null, 2).replace(/\n/g, '\n  \t')}\n`;
+  });
+  return out;
+}
 
 function usage(msg) {
   if (msg) process.stderr.write(`grpc-call: ${msg}\n`);
@@ -290,7 +359,8 @@ async function main() {
   client.close();
   if (!status) return 0;
   const codeName = Object.keys(grpc.status).find((k) => grpc.status[k] === status.code) || status.code;
-  process.stderr.write(`ERROR:\n  Code: ${codeName}\n  Message: ${status.details}\n`);
+  process.stderr.write(
+      `ERROR:\n  Code: ${codeName}\n  Message: ${status.details}\n` + describeDetails(status));
   return 64 + status.code;
 }
 

@@ -1,0 +1,49 @@
+// Machine-readable errors (AIP-193). Besides its code and message, an error
+// a service returns carries a google.rpc.Status in the
+// `grpc-status-details-bin` trailer (what grpc::Status::error_details()
+// gives a C++ client) with:
+//  - google.rpc.ErrorInfo {reason, domain "connecting.<service>"} when the
+//    cause has a name: a stable UPPER_SNAKE_CASE reason a client can act on
+//    (PARTNER_NOT_ACTIVE, ETAG_MISMATCH, ALREADY_IN_STATE, …), listed in the
+//    README; a reason, once given, is never renamed;
+//  - google.rpc.BadRequest for INVALID_ARGUMENT: one field violation per
+//    field the message names ("a.b: rule; c: rule"), so a form can mark
+//    each field.
+#ifndef CONNECTING_LIBS_SERVER_ERRORS_H_
+#define CONNECTING_LIBS_SERVER_ERRORS_H_
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
+namespace grpc {
+class Status;
+}
+
+namespace connecting::server {
+
+// `status` with `reason` attached (ErrorInfo.reason when sent).
+absl::Status WithReason(absl::Status status, absl::string_view reason);
+// The reason attached by WithReason; empty if none.
+std::string ReasonOf(const absl::Status& status);
+
+// FAILED_PRECONDITION with a reason: the rule the request met.
+absl::Status Refusal(absl::string_view reason, absl::string_view message);
+
+// The fields an INVALID_ARGUMENT message names, each with its rule:
+// "a.b: rule one; c[2]: rule two" gives {{"a.b", "rule one"}, {"c[2]", "rule
+// two"}}. A part that names no field belongs to the rule before it; a
+// message that starts with no field gives nothing.
+std::vector<std::pair<std::string, std::string>> FieldViolations(absl::string_view message);
+
+// The gRPC status for `code` and `message`, with the details above drawn
+// from `source` (its reason) and `domain`.
+grpc::Status DetailedStatus(int code, const std::string& message, const absl::Status& source,
+                            absl::string_view domain);
+
+}  // namespace connecting::server
+
+#endif  // CONNECTING_LIBS_SERVER_ERRORS_H_
