@@ -246,25 +246,30 @@ void AppendField(std::string& out, int number, const std::string& bytes) {
 }
 
 // Wire bytes of `type` with invalid UTF-8 in its first string field (looking
-// one level into message fields); "" if it has none.
+// into message fields), and that field's path from the request in `field`
+// ("organisation.name"; a repeated one's first element: "weekdays[0]"); ""
+// if it has none.
 std::string InvalidUtf8Request(const google::protobuf::Descriptor* type, std::string* field) {
   using FD = google::protobuf::FieldDescriptor;
+  auto name_of = [](const FD* f) { return f->name() + (f->is_repeated() ? "[0]" : ""); };
   for (int i = 0; i < type->field_count(); ++i) {
     const FD* f = type->field(i);
     if (f->type() == FD::TYPE_STRING) {
       std::string out;
       AppendField(out, f->number(), "bad \xff\xfe text");
-      *field = f->full_name();
+      *field = name_of(f);
       return out;
     }
   }
   for (int i = 0; i < type->field_count(); ++i) {
     const FD* f = type->field(i);
     if (f->type() == FD::TYPE_MESSAGE) {
-      std::string inner = InvalidUtf8Request(f->message_type(), field);
+      std::string inner_field;
+      std::string inner = InvalidUtf8Request(f->message_type(), &inner_field);
       if (!inner.empty()) {
         std::string out;
         AppendField(out, f->number(), inner);
+        *field = name_of(f) + "." + inner_field;
         return out;
       }
     }
@@ -286,8 +291,11 @@ TEST_F(PartnersValidation, InvalidUtf8InAnyRequestIsInvalidArgumentNamingTheFiel
                 Token(server::Role::kAdmin));
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
         << method->name() << ": " << s.error_message();
-    EXPECT_NE(s.error_message().find(field), std::string::npos)
-        << method->name() << ": " << s.error_message();
+    EXPECT_EQ(s.error_message(), field + ": must be valid UTF-8 text") << method->name();
+    // The same path in the details, for programs.
+    ErrorDetails d = DetailsOf(s);
+    ASSERT_EQ(d.fields.size(), 1u) << method->name() << ": " << s.error_message();
+    EXPECT_EQ(d.fields[0].first, field) << method->name();
   }
 }
 

@@ -1904,6 +1904,28 @@ TEST_F(Scheduling, ErrorsNameTheirCauseForProgramsAsWellAsPeople) {
       Ctx(Token(server::Role::kAdmin, "programme-team", "", absl::Hours(-1))).get(), get, &out);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(DetailsOf(st).reason, "TOKEN_EXPIRED");
+
+  // Bytes that do not parse (invalid UTF-8 in the second site's name) name
+  // the field by its path from the request, like every other bad field.
+  sv1::CreateSessionRequest event;
+  sv1::Session* e = event.mutable_session();
+  e->set_kind(sv1::SESSION_KIND_DEPARTMENT_EVENT);
+  e->set_title("Connecting comes to you");
+  e->set_organisation_id(*org_);
+  e->set_date(DateIn(9));
+  e->set_start_time("12:00");
+  e->set_end_time("13:00");
+  e->add_sites()->set_name("Leeds");
+  e->add_sites()->set_name("ZZZZ");
+  std::string raw = event.SerializeAsString();
+  raw.replace(raw.find("ZZZZ"), 4, "\xff\xfe\xff\xfe");
+  st = RawCall(fx_->scheduling->channel(),
+               "/connecting.scheduling.v1.SchedulingService/CreateSession", raw, fx_->admin);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(), "session.sites[1].name: must be valid UTF-8 text");
+  d = DetailsOf(st);
+  ASSERT_EQ(d.fields.size(), 1u) << st.error_message();
+  EXPECT_EQ(d.fields[0].first, "session.sites[1].name");
 }
 
 TEST_F(Scheduling, RolesSeeAndDoOnlyWhatTheyMay) {

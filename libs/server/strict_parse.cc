@@ -1,9 +1,14 @@
 #include "libs/server/strict_parse.h"
 
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/stubs/common.h>
 #include <google/protobuf/stubs/logging.h>
 #include <google/protobuf/unknown_field_set.h>
 
+#include <map>
 #include <mutex>
+#include <string>
+#include <vector>
 
 namespace connecting::server {
 namespace {
@@ -31,7 +36,36 @@ std::string Describe(const std::string& log_line) {
   if (log_line.find("UTF-8") != std::string::npos && b != std::string::npos) {
     return "field " + log_line.substr(a + 1, b - a - 1) + ": must be valid UTF-8 text";
   }
-  return "request: not a valid protocol buffer message";
+  return "the request is not a valid protocol buffer message";
+}
+
+// The path from the request to the first string field holding invalid UTF-8
+// in `bytes`, a message of `type` ("session.sites[1].name"); "" if none is
+// found (bytes that are not a message at all).
+std::string InvalidUtf8Path(const std::string& bytes, const google::protobuf::Descriptor* type,
+                            int depth) {
+  using google::protobuf::FieldDescriptor;
+  using google::protobuf::UnknownField;
+  google::protobuf::UnknownFieldSet fields;
+  if (depth > 32 || !fields.ParseFromString(bytes)) return "";
+  std::map<int, int> occurrences;  // so far, by field number: a repeated field's index
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const UnknownField& f = fields.field(i);
+    const int index = occurrences[f.number()]++;
+    const FieldDescriptor* fd = type->FindFieldByNumber(f.number());
+    if (fd == nullptr || f.type() != UnknownField::TYPE_LENGTH_DELIMITED) continue;
+    std::string name = fd->name();
+    if (fd->is_repeated()) name += "[" + std::to_string(index) + "]";
+    if (fd->type() == FieldDescriptor::TYPE_STRING &&
+        !google::protobuf::internal::IsStructurallyValidUTF8(f.length_delimited())) {
+      return name;
+    }
+    if (fd->type() == FieldDescriptor::TYPE_MESSAGE) {
+      std::string inner = InvalidUtf8Path(f.length_delimited(), fd->message_type(), depth + 1);
+      if (!inner.empty()) return name + "." + inner;
+    }
+  }
+  return "";
 }
 
 }  // namespace
@@ -41,13 +75,27 @@ grpc::Status ParseRequestStrictly(grpc::ByteBuffer* buffer, google::protobuf::Me
   std::call_once(once, [] { google::protobuf::SetLogHandler(&CaptureLog); });
   std::string captured;
   t_capture = &captured;
+  grpc::ByteBuffer kept(*buffer);  // shares the slices; parsing empties `buffer`
   grpc::Status s =
       grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(buffer, msg);
   t_capture = nullptr;
   if (s.ok()) return s;
   msg->Clear();
-  msg->GetReflection()->MutableUnknownFields(msg)->AddLengthDelimited(kMalformedMarker,
-                                                                      Describe(captured));
+  // The field by its path from the request, as every other INVALID_ARGUMENT
+  // names it ("session.title: …"); protobuf's log names only its type.
+  std::string reason;
+  std::vector<grpc::Slice> slices;
+  if (kept.Dump(&slices).ok()) {
+    std::string bytes;
+    for (const grpc::Slice& slice : slices) {
+      bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    }
+    if (std::string path = InvalidUtf8Path(bytes, msg->GetDescriptor(), 0); !path.empty()) {
+      reason = path + ": must be valid UTF-8 text";
+    }
+  }
+  if (reason.empty()) reason = Describe(captured);
+  msg->GetReflection()->MutableUnknownFields(msg)->AddLengthDelimited(kMalformedMarker, reason);
   return grpc::Status::OK;
 }
 
