@@ -1869,6 +1869,20 @@ TEST_F(Scheduling, ErrorsNameTheirCauseForProgramsAsWellAsPeople) {
   EXPECT_EQ(d.reason, "PARTNER_NOT_ACTIVE") << st.error_message();
   EXPECT_EQ(d.domain, "connecting.scheduling");
   EXPECT_TRUE(d.fields.empty());
+  // Operators see it counted by its reason (a call is counted as it ends).
+  auto counted = [&] {
+    for (absl::string_view line :
+         absl::StrSplit(HttpGet(fx_->scheduling->metrics_port(), "/metrics"), '\n')) {
+      if (absl::StartsWith(line, "connecting_grpc_requests_total{") &&
+          absl::StrContains(line, "method=\"BookSession\"") &&
+          absl::StrContains(line, "code=\"FAILED_PRECONDITION\"") &&
+          absl::StrContains(line, "reason=\"PARTNER_NOT_ACTIVE\"")) {
+        return true;
+      }
+    }
+    return false;
+  };
+  EXPECT_TRUE(WaitUntil(counted, absl::Seconds(5), absl::Milliseconds(50)));
 
   // A retried cancellation that took effect the first time is told so
   // (ALREADY_IN_STATE), unlike moving a cancelled booking (WRONG_STATE).

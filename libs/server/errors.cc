@@ -67,6 +67,17 @@ std::vector<std::pair<std::string, std::string>> FieldViolations(absl::string_vi
   return out;
 }
 
+std::string ReasonIn(const grpc::Status& status) {
+  if (status.error_details().empty()) return "";
+  google::rpc::Status details;
+  if (!details.ParseFromString(status.error_details())) return "";
+  google::rpc::ErrorInfo info;
+  for (const google::protobuf::Any& any : details.details()) {
+    if (any.UnpackTo(&info)) return info.reason();
+  }
+  return "";
+}
+
 grpc::Status DetailedStatus(int code, const std::string& message, const absl::Status& source,
                             absl::string_view domain) {
   google::rpc::Status details;

@@ -39,6 +39,9 @@ absl::Status Refusal(absl::string_view reason, absl::string_view message);
 // message that starts with no field gives nothing.
 std::vector<std::pair<std::string, std::string>> FieldViolations(absl::string_view message);
 
+// The ErrorInfo reason in a gRPC status's details; "" if none.
+std::string ReasonIn(const grpc::Status& status);
+
 // The gRPC status for `code` and `message`, with the details above drawn
 // from `source` (its reason) and `domain`.
 grpc::Status DetailedStatus(int code, const std::string& message, const absl::Status& source,

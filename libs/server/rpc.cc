@@ -43,7 +43,8 @@ struct RpcMetrics {
   static RpcMetrics& Get() {
     static RpcMetrics* m = new RpcMetrics{prometheus::BuildCounter()
                                               .Name("connecting_grpc_requests_total")
-                                              .Help("RPCs handled, by method and status code")
+                                              .Help("RPCs handled, by method, status code "
+                                                    "and, for a named cause, its reason")
                                               .Register(*metrics::Registry()),
                                           prometheus::BuildHistogram()
                                               .Name("connecting_grpc_request_duration_seconds")
@@ -111,7 +112,15 @@ RpcRunner::Finish RpcRunner::Finisher(grpc::ServerUnaryReactor* reactor, const c
   const absl::Time start = absl::Now();
   return [reactor, method, start](const grpc::Status& s) {
     RpcMetrics& m = RpcMetrics::Get();
-    m.requests.Add({{"method", method}, {"code", CodeName(s.error_code())}}).Increment();
+    // A refusal's reason too (bounded: the README's table), so that
+    // dashboards tell a paused partner from an expired token.
+    std::string reason = s.ok() ? std::string() : ReasonIn(s);
+    if (reason.empty()) {
+      m.requests.Add({{"method", method}, {"code", CodeName(s.error_code())}}).Increment();
+    } else {
+      m.requests.Add({{"method", method}, {"code", CodeName(s.error_code())}, {"reason", reason}})
+          .Increment();
+    }
     m.latency.Add({{"method", method}}, Buckets())
         .Observe(absl::ToDoubleSeconds(absl::Now() - start));
     reactor->Finish(s);
