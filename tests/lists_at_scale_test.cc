@@ -177,7 +177,8 @@ TEST(ListsAtScale, OrganisationsAndOffersReadInProportionToThePage) {
 // 30,000 participants in 200 directorates (one in a hundred senior civil
 // servants, one in a hundred inactive) and 20,000 sessions over two years
 // (one in a hundred awaiting their host, one in a hundred a partner's visit
-// to the department, one in seven at one partner), each with its site.
+// to the department, one in a thousand both, one in seven at one partner),
+// each with its site.
 constexpr char kSchedulingFill[] = R"sql(
 INSERT INTO participants (staff_number, display_name, email, grade, directorate, status)
 SELECT 'S' || i, CASE WHEN i % 10 = 0 THEN 'person ' ELSE 'Person ' END || lpad(i::text, 6, '0'),
@@ -190,7 +191,7 @@ SELECT CASE WHEN i % 100 = 0 THEN 3 ELSE 1 END, 'Visit ' || i,
        CASE WHEN i % 7 = 0 THEN 'b1900000-0000-4000-8000-000000000001'::uuid
             ELSE gen_random_uuid() END,
        current_date - 340 + i / 29, time '09:00', time '16:00',
-       CASE WHEN i % 100 = 1 THEN 1 ELSE 2 END
+       CASE WHEN i % 100 = 1 OR i % 1000 = 0 THEN 1 ELSE 2 END
 FROM generate_series(1, 20000) i;
 INSERT INTO session_sites (session_id, site, capacity, ordinal) SELECT id, '', 10, 0 FROM sessions
 )sql";
@@ -243,11 +244,16 @@ TEST(ListsAtScale, ParticipantsAndSessionsReadInProportionToThePage) {
   ExpectReadInProportion(*c, "partner visits, from a date", kPage,
                          sessions(filter(3, 0, "2027-03-01")));
   ExpectReadInProportion(*c, "department events (none)", 0, sessions(filter(2, 0)));
+  // A rare pair: the partner visits awaiting their host (20), among 200
+  // partner visits and 220 sessions awaiting their host.
+  ExpectReadInProportion(*c, "partner visits awaiting their host", 20, sessions(filter(3, 1)));
+  ExpectReadInProportion(*c, "scheduled partner visits, from a date", kPage,
+                         sessions(filter(3, 2, "2026-06-01")));
   // A partner (one in seven of the sessions, 2,857) lists the visits
-  // awaiting its hosts (29 of them), and its scheduled ones.
+  // awaiting its hosts (31 of them), and its scheduled ones.
   ss::SessionFilter partner = filter(0, 1);
   partner.organisation_id = "b1900000-0000-4000-8000-000000000001";
-  ExpectReadInProportion(*c, "a partner's awaiting their host", 29, sessions(partner));
+  ExpectReadInProportion(*c, "a partner's awaiting their host", 31, sessions(partner));
   partner.status = 2;
   ExpectReadInProportion(*c, "a partner's scheduled", kPage, sessions(partner));
   // And its visits to the department (28), of any status.
@@ -261,12 +267,16 @@ TEST(ListsAtScale, ParticipantsAndSessionsReadInProportionToThePage) {
   ss::SessionFilter free_seats;
   free_seats.with_free_seats = true;
   ExpectReadInProportion(*c, "with free seats", kPage, sessions(free_seats), 6, 2 * 29);
+  // Of one kind: none of today's are partner visits, and the 98 past ones
+  // are not read either.
+  free_seats.kind = 3;
+  ExpectReadInProportion(*c, "partner visits with free seats", kPage, sessions(free_seats), 6);
   auto later = c->Exec(
       "SELECT session_date::text, start_time::text, id::text FROM sessions "
-      "WHERE status = 1 ORDER BY session_date, start_time, id OFFSET 149 LIMIT 1");
+      "WHERE status = 1 ORDER BY session_date, start_time, id OFFSET 169 LIMIT 1");
   ASSERT_TRUE(later.ok() && later->rows() == 1);
   ExpectReadInProportion(
-      *c, "awaiting their host, from the 150th", 50,
+      *c, "awaiting their host, from the 170th (the last 50)", 50,
       sessions(filter(0, 1), {later->String(0, 0), later->String(0, 1), later->String(0, 2)}));
 }
 
