@@ -329,14 +329,28 @@ TEST(PartnersHealth, ConnectsToANatsServerInOperatorModeWithItsCredentials) {
   // NATS_CREDS_FILE, makes its stream and publishes.
   const std::string dir =
       absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/operator-", RandomSuffix());
-  const int port = FreePort();
+  // The keys and JWTs take a while to make (seconds on a loaded machine):
+  // the port is chosen after, and given on the command line (which wins
+  // over the file's), so that no other test's server takes it meanwhile.
   ASSERT_EQ(Shell(absl::StrCat("mkdir -p ", dir, " && node ", SOURCE_DIR,
-                               "/tools/test/nats-operator.js ", dir, " ", port)),
+                               "/tools/test/nats-operator.js ", dir, " 4222")),
             0);
-  auto nats = StartNats({"-c", dir + "/nats.conf"}, dir, port);
+  const int port = FreePort();
+  // -D: an authentication failure is logged with its reason.
+  auto nats = StartNats(
+      {"-c", dir + "/nats.conf", "-a", "127.0.0.1", "-p", std::to_string(port), "-D"}, dir, port);
   ServesAndPublishesThrough(absl::StrCat("nats://127.0.0.1:", port),
                             {{"NATS_CREDS_FILE", dir + "/service.creds"}});
-  EXPECT_EQ(ReadFile(dir + "/nats.log").find("authentication error"), std::string::npos);
+  std::string refusals;
+  for (absl::string_view line : absl::StrSplit(ReadFile(dir + "/nats.log"), '\n')) {
+    if (absl::StrContains(line, "uthentication") || absl::StrContains(line, "JWT") ||
+        absl::StrContains(line, "[ERR]")) {
+      absl::StrAppend(&refusals, line, "\n");
+    }
+  }
+  EXPECT_EQ(refusals.find("authentication error"), std::string::npos)
+      << "the server refused a client:\n"
+      << refusals;
 }
 
 TEST(PartnersHealth, ServesOverTlsToClientsWithCertificatesAndProbesInPlaintext) {
