@@ -9,6 +9,7 @@
 //  - google.rpc.BadRequest for INVALID_ARGUMENT: one field violation per
 //    field the message names ("a.b: rule; c: rule"), so a form can mark
 //    each field.
+// An error with neither (NOT_FOUND, say) has no trailer.
 #ifndef CONNECTING_LIBS_SERVER_ERRORS_H_
 #define CONNECTING_LIBS_SERVER_ERRORS_H_
 
