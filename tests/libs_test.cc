@@ -80,22 +80,19 @@ TEST(ErrorDetails, EachFieldAMessageNamesIsAViolationWithItsRule) {
 
   // The details a client reads: ErrorInfo when a reason was given, and
   // BadRequest for INVALID_ARGUMENT.
-  grpc::Status g = server::DetailedStatus(
-      static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION), "session x began",
-      server::Refusal("SESSION_BEGAN", "session x began"), "connecting.scheduling");
+  grpc::Status g = server::DetailedStatus(server::Refusal("SESSION_BEGAN", "session x began"),
+                                          "connecting.scheduling");
   testing::ErrorDetails d = testing::DetailsOf(g);
   EXPECT_EQ(d.reason, "SESSION_BEGAN");
   EXPECT_EQ(d.domain, "connecting.scheduling");
   EXPECT_TRUE(d.fields.empty());
-  g = server::DetailedStatus(static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT),
-                             "id: must be a UUID", absl::InvalidArgumentError("id: must be a UUID"),
+  g = server::DetailedStatus(absl::InvalidArgumentError("id: must be a UUID"),
                              "connecting.partners");
   d = testing::DetailsOf(g);
   EXPECT_EQ(d.reason, "");
   EXPECT_EQ(d.fields, (Pairs{{"id", "must be a UUID"}}));
   // Nothing to add: no trailer at all.
-  g = server::DetailedStatus(static_cast<int>(grpc::StatusCode::NOT_FOUND), "gone",
-                             absl::NotFoundError("gone"), "connecting.partners");
+  g = server::DetailedStatus(absl::NotFoundError("gone"), "connecting.partners");
   EXPECT_TRUE(g.error_details().empty());
 }
 

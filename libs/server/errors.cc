@@ -78,12 +78,13 @@ std::string ReasonIn(const grpc::Status& status) {
   return "";
 }
 
-grpc::Status DetailedStatus(int code, const std::string& message, const absl::Status& source,
-                            absl::string_view domain) {
+grpc::Status DetailedStatus(const absl::Status& status, absl::string_view domain) {
+  const int code = static_cast<int>(status.code());
+  const std::string message(status.message());
   google::rpc::Status details;
   details.set_code(code);
   details.set_message(message);
-  if (std::string reason = ReasonOf(source); !reason.empty()) {
+  if (std::string reason = ReasonOf(status); !reason.empty()) {
     google::rpc::ErrorInfo info;
     info.set_reason(std::move(reason));
     info.set_domain(std::string(domain));

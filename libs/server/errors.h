@@ -43,10 +43,9 @@ std::vector<std::pair<std::string, std::string>> FieldViolations(absl::string_vi
 // The ErrorInfo reason in a gRPC status's details; "" if none.
 std::string ReasonIn(const grpc::Status& status);
 
-// The gRPC status for `code` and `message`, with the details above drawn
-// from `source` (its reason) and `domain`.
-grpc::Status DetailedStatus(int code, const std::string& message, const absl::Status& source,
-                            absl::string_view domain);
+// `status` as gRPC sends it: its code and message, with the details above
+// (its reason under `domain`, the fields its message names).
+grpc::Status DetailedStatus(const absl::Status& status, absl::string_view domain);
 
 }  // namespace connecting::server
 

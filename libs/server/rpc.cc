@@ -1,6 +1,8 @@
 #include "libs/server/rpc.h"
 
+#include <map>
 #include <random>
+#include <string>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -102,10 +104,9 @@ grpc::Status ToGrpcStatus(const absl::Status& status, absl::string_view method,
   if (code == grpc::StatusCode::RESOURCE_EXHAUSTED && ReasonOf(status).empty()) {
     // The executor's queue, a lane's waiters, the pool's connections: all
     // this server's capacity (a request too large never reaches us).
-    return DetailedStatus(static_cast<int>(code), std::string(status.message()),
-                          WithReason(status, "SERVER_AT_CAPACITY"), domain);
+    return DetailedStatus(WithReason(status, "SERVER_AT_CAPACITY"), domain);
   }
-  return DetailedStatus(static_cast<int>(code), std::string(status.message()), status, domain);
+  return DetailedStatus(status, domain);
 }
 
 RpcRunner::Finish RpcRunner::Finisher(grpc::ServerUnaryReactor* reactor, const char* method) {
@@ -114,13 +115,12 @@ RpcRunner::Finish RpcRunner::Finisher(grpc::ServerUnaryReactor* reactor, const c
     RpcMetrics& m = RpcMetrics::Get();
     // A refusal's reason too (bounded: the README's table), so that
     // dashboards tell a paused partner from an expired token.
-    std::string reason = s.ok() ? std::string() : ReasonIn(s);
-    if (reason.empty()) {
-      m.requests.Add({{"method", method}, {"code", CodeName(s.error_code())}}).Increment();
-    } else {
-      m.requests.Add({{"method", method}, {"code", CodeName(s.error_code())}, {"reason", reason}})
-          .Increment();
+    std::map<std::string, std::string> labels{{"method", method},
+                                              {"code", CodeName(s.error_code())}};
+    if (std::string reason = s.ok() ? "" : ReasonIn(s); !reason.empty()) {
+      labels.emplace("reason", std::move(reason));
     }
+    m.requests.Add(labels).Increment();
     m.latency.Add({{"method", method}}, Buckets())
         .Observe(absl::ToDoubleSeconds(absl::Now() - start));
     reactor->Finish(s);
@@ -131,14 +131,12 @@ std::optional<RpcRunner::Admitted> RpcRunner::Admit(grpc::CallbackServerContext*
                                                     const google::protobuf::Message* request,
                                                     const Finish& finish) {
   if (std::optional<std::string> bad = MalformedReason(*request)) {
-    finish(DetailedStatus(static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT), *bad,
-                          absl::OkStatus(), domain_));
+    finish(DetailedStatus(absl::InvalidArgumentError(*bad), domain_));
     return std::nullopt;
   }
   absl::StatusOr<Principal> principal = auth_->Authenticate(Metadata(ctx, "authorization"));
   if (!principal.ok()) {
-    finish(DetailedStatus(static_cast<int>(grpc::StatusCode::UNAUTHENTICATED),
-                          std::string(principal.status().message()), principal.status(), domain_));
+    finish(DetailedStatus(principal.status(), domain_));
     return std::nullopt;
   }
   absl::Time deadline = std::min(absl::FromChrono(ctx->deadline()), absl::Now() + max_deadline_);
@@ -177,10 +175,9 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
         finish(ToGrpcStatus(s, method, a.trace, domain_));
       });
   if (!queued) {
-    finish(ToGrpcStatus(
-        WithReason(absl::ResourceExhaustedError("server is at capacity; retry with backoff"),
-                   "SERVER_AT_CAPACITY"),
-        method, "", domain_));
+    // ToGrpcStatus names it SERVER_AT_CAPACITY, as every capacity refusal.
+    finish(ToGrpcStatus(absl::ResourceExhaustedError("server is at capacity; retry with backoff"),
+                        method, "", domain_));
   }
   return reactor;
 }
