@@ -64,19 +64,37 @@ TEST(Validate, TextRulesTrimAndNameTheField) {
   EXPECT_EQ(s.message().find("x.body"), absl::string_view::npos);
 }
 
-TEST(ErrorDetails, EachFieldAMessageNamesIsAViolationWithItsRule) {
+TEST(ErrorDetails, TheViolationsTravelWithTheStatusNotInItsText) {
   using Pairs = std::vector<std::pair<std::string, std::string>>;
-  EXPECT_EQ(server::FieldViolations("session.sites[0].capacity: must be 1–10000; "
-                                    "session.end_time: must be after start_time"),
-            (Pairs{{"session.sites[0].capacity", "must be 1–10000"},
-                   {"session.end_time", "must be after start_time"}}));
-  // A rule with "; " in it stays whole; a message naming no field gives none.
-  EXPECT_EQ(server::FieldViolations("site: unknown; try one of Leeds, London"),
-            (Pairs{{"site", "unknown; try one of Leeds, London"}}));
-  EXPECT_TRUE(server::FieldViolations("the session has not ended yet").empty());
-  EXPECT_TRUE(server::FieldViolations("Session.x: no").empty());
-  EXPECT_TRUE(server::FieldViolations("a[: no").empty());
-  EXPECT_TRUE(server::FieldViolations("").empty());
+  auto pairs = [](const absl::Status& s) {
+    Pairs out;
+    for (const auto& v : server::FieldViolationsOf(s)) out.emplace_back(v.field, v.rule);
+    return out;
+  };
+  FieldErrors e;
+  e.Add("session.sites[0].capacity", "must be 1–10000");
+  e.Add("session.end_time", "must be after start_time");
+  absl::Status s = e.ToStatus();
+  EXPECT_EQ(s.message(),
+            "session.sites[0].capacity: must be 1–10000; session.end_time: must be after "
+            "start_time");
+  EXPECT_EQ(pairs(s), (Pairs{{"session.sites[0].capacity", "must be 1–10000"},
+                             {"session.end_time", "must be after start_time"}}));
+  // A rule that quotes the caller's text is one violation, whatever the text
+  // holds: a message read back would have found a field "b" here.
+  s = server::FieldError("site", "session has no site named \"a; b: c\"");
+  EXPECT_TRUE(absl::IsInvalidArgument(s));
+  EXPECT_EQ(s.message(), "site: session has no site named \"a; b: c\"");
+  EXPECT_EQ(pairs(s), (Pairs{{"site", "session has no site named \"a; b: c\""}}));
+  grpc::Status sent = server::DetailedStatus(s, "connecting.scheduling");
+  EXPECT_EQ(testing::DetailsOf(sent).fields, pairs(s));
+  // A status made otherwise carries none, and sends none, however its text reads.
+  EXPECT_TRUE(pairs(absl::InvalidArgumentError("id: must be a UUID")).empty());
+  EXPECT_TRUE(server::DetailedStatus(absl::InvalidArgumentError("id: must be a UUID"),
+                                     "connecting.partners")
+                  .error_details()
+                  .empty());
+  EXPECT_TRUE(server::FieldErrorsStatus({}).ok());
 
   // The details a client reads: ErrorInfo when a reason was given, and
   // BadRequest for INVALID_ARGUMENT.
@@ -86,11 +104,10 @@ TEST(ErrorDetails, EachFieldAMessageNamesIsAViolationWithItsRule) {
   EXPECT_EQ(d.reason, "SESSION_BEGAN");
   EXPECT_EQ(d.domain, "connecting.scheduling");
   EXPECT_TRUE(d.fields.empty());
-  g = server::DetailedStatus(absl::InvalidArgumentError("id: must be a UUID"),
-                             "connecting.partners");
+  g = server::DetailedStatus(server::CheckUuid("id", "x"), "connecting.partners");
   d = testing::DetailsOf(g);
   EXPECT_EQ(d.reason, "");
-  EXPECT_EQ(d.fields, (Pairs{{"id", "must be a UUID"}}));
+  EXPECT_EQ(d.fields, (Pairs{{"id", "must be a UUID in lower-case 8-4-4-4-12 form"}}));
   // Nothing to add: no trailer at all.
   g = server::DetailedStatus(absl::NotFoundError("gone"), "connecting.partners");
   EXPECT_TRUE(g.error_details().empty());

@@ -1,6 +1,7 @@
 // Random requests to every RPC of both services: whatever arrives, the answer
 // is a precise status (never INTERNAL, UNKNOWN or a dropped connection), an
-// INVALID_ARGUMENT names its field ("field: rule"), the services keep
+// INVALID_ARGUMENT names its field ("field: rule") and carries the same fields
+// and rules in its BadRequest, the services keep
 // serving, and what is stored stays consistent: every site's seat counters
 // equal its bookings, and every event reaches the stream.
 //
@@ -26,6 +27,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "libs/db/db.h"
@@ -288,6 +290,18 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
             EXPECT_TRUE(NamesAField(st.error_message()) || garbage) << where;
             EXPECT_TRUE(garbage || IsFieldOf(method->input_type(), st.error_message()))
                 << "names no field of " << method->input_type()->full_name() << ": " << where;
+            if (!garbage) {
+              // A program reads the same fields and rules from the BadRequest.
+              std::vector<std::string> said;
+              for (const auto& [field, rule] : DetailsOf(st).fields) {
+                said.push_back(absl::StrCat(field, ": ", rule));
+                EXPECT_TRUE(IsFieldOf(method->input_type(), said.back()))
+                    << "a violation names no field of " << method->input_type()->full_name() << ": "
+                    << said.back() << "\n  " << where;
+              }
+              EXPECT_EQ(absl::StrJoin(said, "; "), st.error_message())
+                  << "the BadRequest does not say what the message says: " << where;
+            }
             break;
           default:  // INTERNAL, UNKNOWN, UNAVAILABLE (a crash), DEADLINE_EXCEEDED (a hang)...
             ADD_FAILURE() << where;

@@ -1940,6 +1940,27 @@ TEST_F(Scheduling, ErrorsNameTheirCauseForProgramsAsWellAsPeople) {
   d = DetailsOf(st);
   ASSERT_EQ(d.fields.size(), 1u) << st.error_message();
   EXPECT_EQ(d.fields[0].first, "session.sites[1].name");
+
+  // The violations come from the rule that was broken, not from reading the
+  // message back: a site name quoting what looks like another field's rule
+  // is still one violation, of `site`.
+  e->mutable_sites(1)->set_name("York");
+  for (sv1::Site& site : *e->mutable_sites()) site.set_capacity(5);
+  e->set_broadcast_link("https://example.org/live");
+  sv1::Session created;
+  st = fx_->stub->CreateSession(Ctx(fx_->admin).get(), event, &created);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  sv1::BookSessionRequest odd;
+  odd.set_session_id(created.id());
+  odd.set_participant_id(person);
+  odd.set_site("Leeds; session_id: unknown");
+  st = fx_->stub->BookSession(Ctx(fx_->admin).get(), odd, &b);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(), "site: session has no site named \"Leeds; session_id: unknown\"");
+  d = DetailsOf(st);
+  EXPECT_EQ(d.fields, (std::vector<std::pair<std::string, std::string>>{
+                          {"site", "session has no site named \"Leeds; session_id: unknown\""}}))
+      << st.error_message();
 }
 
 TEST_F(Scheduling, RolesSeeAndDoOnlyWhatTheyMay) {

@@ -2,39 +2,18 @@
 
 #include <grpcpp/support/status.h>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
-#include "absl/strings/str_split.h"
+#include "absl/strings/str_cat.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 
 namespace connecting::server {
 namespace {
 
+// Payload keys; a payload never leaves the process (DetailedStatus sends
+// what it holds as details).
 constexpr char kReasonPayload[] = "connecting.server/reason";
-
-// A field path as the messages write it: lower-case names joined by dots,
-// each optionally indexed ("session.sites[0].capacity").
-size_t FieldPathEnd(absl::string_view s) {
-  size_t i = 0;
-  while (true) {
-    size_t start = i;
-    while (i < s.size() && (absl::ascii_islower(s[i]) || absl::ascii_isdigit(s[i]) || s[i] == '_'))
-      ++i;
-    if (i == start || absl::ascii_isdigit(s[start])) return 0;
-    if (i < s.size() && s[i] == '[') {
-      size_t j = i + 1;
-      while (j < s.size() && absl::ascii_isdigit(s[j])) ++j;
-      if (j == i + 1 || j >= s.size() || s[j] != ']') return 0;
-      i = j + 1;
-    }
-    if (i < s.size() && s[i] == '.') {
-      ++i;
-      continue;
-    }
-    return i;
-  }
-}
+constexpr char kViolationsPayload[] = "type.googleapis.com/google.rpc.BadRequest";
 
 }  // namespace
 
@@ -52,18 +31,31 @@ absl::Status Refusal(absl::string_view reason, absl::string_view message) {
   return WithReason(absl::FailedPreconditionError(message), reason);
 }
 
-std::vector<std::pair<std::string, std::string>> FieldViolations(absl::string_view message) {
-  std::vector<std::pair<std::string, std::string>> out;
-  for (absl::string_view part : absl::StrSplit(message, "; ")) {
-    size_t end = FieldPathEnd(part);
-    if (end > 0 && part.substr(end, 2) == ": ") {
-      out.emplace_back(std::string(part.substr(0, end)), std::string(part.substr(end + 2)));
-    } else if (!out.empty()) {
-      out.back().second.append("; ").append(part.data(), part.size());
-    } else {
-      return {};
-    }
+absl::Status FieldError(absl::string_view field, absl::string_view rule) {
+  return FieldErrorsStatus({{std::string(field), std::string(rule)}});
+}
+
+absl::Status FieldErrorsStatus(const std::vector<FieldViolation>& violations) {
+  if (violations.empty()) return absl::OkStatus();
+  std::string message;
+  google::rpc::BadRequest bad;
+  for (const FieldViolation& v : violations) {
+    absl::StrAppend(&message, message.empty() ? "" : "; ", v.field, ": ", v.rule);
+    auto* out = bad.add_field_violations();
+    out->set_field(v.field);
+    out->set_description(v.rule);
   }
+  absl::Status status = absl::InvalidArgumentError(message);
+  status.SetPayload(kViolationsPayload, absl::Cord(bad.SerializeAsString()));
+  return status;
+}
+
+std::vector<FieldViolation> FieldViolationsOf(const absl::Status& status) {
+  std::vector<FieldViolation> out;
+  auto p = status.GetPayload(kViolationsPayload);
+  google::rpc::BadRequest bad;
+  if (!p || !bad.ParseFromString(std::string(*p))) return out;
+  for (const auto& v : bad.field_violations()) out.push_back({v.field(), v.description()});
   return out;
 }
 
@@ -91,15 +83,10 @@ grpc::Status DetailedStatus(const absl::Status& status, absl::string_view domain
     details.add_details()->PackFrom(info);
   }
   if (code == static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT)) {
-    auto fields = FieldViolations(message);
-    if (!fields.empty()) {
-      google::rpc::BadRequest bad;
-      for (auto& [field, rule] : fields) {
-        auto* v = bad.add_field_violations();
-        v->set_field(std::move(field));
-        v->set_description(std::move(rule));
-      }
-      details.add_details()->PackFrom(bad);
+    if (auto bad = status.GetPayload(kViolationsPayload)) {
+      google::protobuf::Any* any = details.add_details();
+      any->set_type_url(kViolationsPayload);
+      any->set_value(std::string(*bad));
     }
   }
   if (details.details_size() == 0)

@@ -7,8 +7,10 @@
 //    (PARTNER_NOT_ACTIVE, ETAG_MISMATCH, ALREADY_IN_STATE, …), listed in the
 //    README; a reason, once given, is never renamed;
 //  - google.rpc.BadRequest for INVALID_ARGUMENT: one field violation per
-//    field the message names ("a.b: rule; c: rule"), so a form can mark
-//    each field.
+//    field the request broke, each with its rule, so a form can mark each
+//    field. They travel with the status from where the rule was checked
+//    (FieldError, FieldErrors::ToStatus), never read back from the message,
+//    which says the same for people ("a.b: rule; c: rule").
 // An error with neither (NOT_FOUND, say) has no trailer.
 #ifndef CONNECTING_LIBS_SERVER_ERRORS_H_
 #define CONNECTING_LIBS_SERVER_ERRORS_H_
@@ -34,17 +36,25 @@ std::string ReasonOf(const absl::Status& status);
 // FAILED_PRECONDITION with a reason: the rule the request met.
 absl::Status Refusal(absl::string_view reason, absl::string_view message);
 
-// The fields an INVALID_ARGUMENT message names, each with its rule:
-// "a.b: rule one; c[2]: rule two" gives {{"a.b", "rule one"}, {"c[2]", "rule
-// two"}}. A part that names no field belongs to the rule before it; a
-// message that starts with no field gives nothing.
-std::vector<std::pair<std::string, std::string>> FieldViolations(absl::string_view message);
+// A field the request broke, and the rule it broke.
+struct FieldViolation {
+  std::string field;  // its path from the request: "session.sites[0].capacity"
+  std::string rule;   // "must be 1–10000"
+  bool operator==(const FieldViolation& o) const { return field == o.field && rule == o.rule; }
+};
+
+// INVALID_ARGUMENT "field: rule" carrying that violation.
+absl::Status FieldError(absl::string_view field, absl::string_view rule);
+// INVALID_ARGUMENT "f1: rule; f2: rule" carrying each violation; OK if none.
+absl::Status FieldErrorsStatus(const std::vector<FieldViolation>& violations);
+// The violations a status carries (empty for one made otherwise).
+std::vector<FieldViolation> FieldViolationsOf(const absl::Status& status);
 
 // The ErrorInfo reason in a gRPC status's details; "" if none.
 std::string ReasonIn(const grpc::Status& status);
 
 // `status` as gRPC sends it: its code and message, with the details above
-// (its reason under `domain`, the fields its message names).
+// (its reason under `domain`, the field violations it carries).
 grpc::Status DetailedStatus(const absl::Status& status, absl::string_view domain);
 
 }  // namespace connecting::server

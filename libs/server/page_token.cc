@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "libs/server/errors.h"
 
 namespace connecting::server {
 namespace {
@@ -35,9 +36,9 @@ std::string PageTokens::Encode(absl::string_view scope,
 
 absl::StatusOr<std::vector<std::string>> PageTokens::Decode(absl::string_view scope,
                                                             absl::string_view token) const {
-  auto bad = absl::InvalidArgumentError(
-      "page_token: is not a token this method issued for these filters; start again "
-      "without page_token");
+  auto bad = FieldError("page_token",
+                        "is not a token this method issued for these filters; start again "
+                        "without page_token");
   if (token.size() > 4096) return bad;
   std::vector<absl::string_view> parts = absl::StrSplit(token, '.');
   std::string payload, mac;

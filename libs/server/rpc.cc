@@ -130,8 +130,10 @@ RpcRunner::Finish RpcRunner::Finisher(grpc::ServerUnaryReactor* reactor, const c
 std::optional<RpcRunner::Admitted> RpcRunner::Admit(grpc::CallbackServerContext* ctx,
                                                     const google::protobuf::Message* request,
                                                     const Finish& finish) {
-  if (std::optional<std::string> bad = MalformedReason(*request)) {
-    finish(DetailedStatus(absl::InvalidArgumentError(*bad), domain_));
+  if (std::optional<MalformedRequest> bad = MalformedReason(*request)) {
+    finish(DetailedStatus(bad->field.empty() ? absl::InvalidArgumentError(bad->rule)
+                                             : FieldError(bad->field, bad->rule),
+                          domain_));
     return std::nullopt;
   }
   absl::StatusOr<Principal> principal = auth_->Authenticate(Metadata(ctx, "authorization"));

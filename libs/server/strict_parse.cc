@@ -13,8 +13,9 @@
 namespace connecting::server {
 namespace {
 
-// The largest field number protobuf allows; no API message uses it.
-constexpr int kMalformedMarker = 536870911;
+// The largest field numbers protobuf allows; no API message uses them.
+constexpr int kMalformedMarker = 536870911;  // the rule broken
+constexpr int kMalformedField = 536870910;   // the field's path, when known
 
 thread_local std::string* t_capture = nullptr;
 
@@ -83,32 +84,38 @@ grpc::Status ParseRequestStrictly(grpc::ByteBuffer* buffer, google::protobuf::Me
   msg->Clear();
   // The field by its path from the request, as every other INVALID_ARGUMENT
   // names it ("session.title: …"); protobuf's log names only its type.
-  std::string reason;
+  std::string field, rule;
   std::vector<grpc::Slice> slices;
   if (kept.Dump(&slices).ok()) {
     std::string bytes;
     for (const grpc::Slice& slice : slices) {
       bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
     }
-    if (std::string path = InvalidUtf8Path(bytes, msg->GetDescriptor(), 0); !path.empty()) {
-      reason = path + ": must be valid UTF-8 text";
-    }
+    field = InvalidUtf8Path(bytes, msg->GetDescriptor(), 0);
+    if (!field.empty()) rule = "must be valid UTF-8 text";
   }
-  if (reason.empty()) reason = Describe(captured);
-  msg->GetReflection()->MutableUnknownFields(msg)->AddLengthDelimited(kMalformedMarker, reason);
+  if (rule.empty()) rule = Describe(captured);
+  auto* unknown = msg->GetReflection()->MutableUnknownFields(msg);
+  unknown->AddLengthDelimited(kMalformedMarker, rule);
+  if (!field.empty()) unknown->AddLengthDelimited(kMalformedField, field);
   return grpc::Status::OK;
 }
 
-std::optional<std::string> MalformedReason(const google::protobuf::Message& msg) {
+std::optional<MalformedRequest> MalformedReason(const google::protobuf::Message& msg) {
   const google::protobuf::UnknownFieldSet& unknown = msg.GetReflection()->GetUnknownFields(msg);
+  std::optional<MalformedRequest> out;
   for (int i = 0; i < unknown.field_count(); ++i) {
     const auto& f = unknown.field(i);
-    if (f.number() == kMalformedMarker &&
-        f.type() == google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) {
-      return f.length_delimited();
+    if (f.type() != google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) continue;
+    if (f.number() == kMalformedMarker) {
+      if (!out) out.emplace();
+      out->rule = f.length_delimited();
+    } else if (f.number() == kMalformedField) {
+      if (!out) out.emplace();
+      out->field = f.length_delimited();
     }
   }
-  return std::nullopt;
+  return out;
 }
 
 }  // namespace connecting::server

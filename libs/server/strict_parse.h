@@ -22,8 +22,15 @@ namespace connecting::server {
 
 // Parses `buffer` into `msg`; on failure leaves `msg` empty and marked.
 grpc::Status ParseRequestStrictly(grpc::ByteBuffer* buffer, google::protobuf::Message* msg);
-// The reason a marked request failed to parse, or nullopt for a good request.
-std::optional<std::string> MalformedReason(const google::protobuf::Message& msg);
+// Why a marked request failed to parse: the field's path from the request
+// ("session.sites[1].name") when one field is to blame, else empty, and the
+// rule ("must be valid UTF-8 text", or that the bytes are no message).
+struct MalformedRequest {
+  std::string field;
+  std::string rule;
+};
+// Why a marked request failed to parse, or nullopt for a good request.
+std::optional<MalformedRequest> MalformedReason(const google::protobuf::Message& msg);
 
 }  // namespace connecting::server
 

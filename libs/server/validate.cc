@@ -2,18 +2,14 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 
 namespace connecting::server {
 
 void FieldErrors::Add(absl::string_view field, absl::string_view rule) {
-  errors_.push_back(absl::StrCat(field, ": ", rule));
+  errors_.push_back({std::string(field), std::string(rule)});
 }
 
-absl::Status FieldErrors::ToStatus() const {
-  if (errors_.empty()) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrJoin(errors_, "; "));
-}
+absl::Status FieldErrors::ToStatus() const { return FieldErrorsStatus(errors_); }
 
 bool IsValidUtf8(absl::string_view s) {
   size_t i = 0;
@@ -116,11 +112,8 @@ bool IsUuid(absl::string_view s) {
 }
 
 absl::Status CheckUuid(absl::string_view field, absl::string_view value) {
-  if (value.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": is required"));
-  if (!IsUuid(value)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ": must be a UUID in lower-case 8-4-4-4-12 form"));
-  }
+  if (value.empty()) return FieldError(field, "is required");
+  if (!IsUuid(value)) return FieldError(field, "must be a UUID in lower-case 8-4-4-4-12 form");
   return absl::OkStatus();
 }
 

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "libs/server/errors.h"
 
 namespace connecting::server {
 
@@ -19,11 +20,12 @@ class FieldErrors {
  public:
   void Add(absl::string_view field, absl::string_view rule);
   bool empty() const { return errors_.empty(); }
-  // OK when empty, else INVALID_ARGUMENT "f1: rule; f2: rule".
+  // OK when empty, else INVALID_ARGUMENT "f1: rule; f2: rule" carrying each
+  // violation (FieldErrorsStatus).
   absl::Status ToStatus() const;
 
  private:
-  std::vector<std::string> errors_;
+  std::vector<FieldViolation> errors_;
 };
 
 bool IsValidUtf8(absl::string_view s);
@@ -51,7 +53,7 @@ std::string CheckCode(FieldErrors& errors, absl::string_view field, absl::string
 
 // Canonical lower-case UUID text (8-4-4-4-12 hex).
 bool IsUuid(absl::string_view s);
-// INVALID_ARGUMENT "<field>: must be a UUID" unless `value` is one.
+// FieldError "<field>: must be a UUID …" unless `value` is one.
 absl::Status CheckUuid(absl::string_view field, absl::string_view value);
 void CheckUuid(FieldErrors& errors, absl::string_view field, absl::string_view value,
                bool required);

@@ -79,8 +79,8 @@ absl::Status CheckHost(db::Conn& c, const std::string& field, const std::string&
   absl::StatusOr<v1::Contact> host = store::GetContact(c, contact_id, false);
   if ((!host.ok() && absl::IsNotFound(host.status())) ||
       (host.ok() && host->organisation_id() != org_id)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ": ", contact_id, " is not a contact of organisation ", org_id));
+    return server::FieldError(
+        field, absl::StrCat(contact_id, " is not a contact of organisation ", org_id));
   }
   return host.status();
 }
@@ -107,7 +107,7 @@ absl::StatusOr<std::optional<store::After>> DecodeToken(const server::PageTokens
   absl::StatusOr<std::vector<std::string>> parts = tokens.Decode(scope, token);
   if (!parts.ok()) return parts.status();
   if (parts->size() != 2 || !server::IsUuid((*parts)[1])) {
-    return absl::InvalidArgumentError("page_token: is malformed");
+    return server::FieldError("page_token", "is malformed");
   }
   return std::optional<store::After>(store::After{(*parts)[0], (*parts)[1]});
 }

@@ -80,7 +80,8 @@ absl::Status CheckHost(db::Conn& c, const v1::Session& s) {
     if (!h.ok()) return h.status();
     if (!h->has_value()) return NotYetKnown(who);
     if ((*h)->organisation_id != org) {
-      return absl::InvalidArgumentError(absl::StrCat(who, " is not at organisation ", org));
+      return server::FieldError("session.host_contact_id",
+                                absl::StrCat("contact ", id, " is not at organisation ", org));
     }
     if ((*h)->removed) {
       return server::Refusal("HOST_REMOVED",
@@ -99,7 +100,8 @@ absl::Status CheckHostAndOffer(db::Conn& c, const v1::Session& s) {
     if (!o.ok()) return o.status();
     if (!o->has_value()) return NotYetKnown(what);
     if ((*o)->organisation_id != org) {
-      return absl::InvalidArgumentError(absl::StrCat(what, " is not at organisation ", org));
+      return server::FieldError("session.offer_id",
+                                absl::StrCat("offer ", id, " is not at organisation ", org));
     }
     if ((*o)->state != pv1::OFFER_STATE_PUBLISHED) {
       return server::Refusal(
@@ -151,15 +153,13 @@ absl::Status BookingRefusal(const store::Booked& b, const std::string& session_i
   }
   if (o == "partner_inactive") return PartnerRefusal(s.organisation_id(), b.partner_status);
   if (o == "site_not_allowed") {
-    return absl::InvalidArgumentError("site: only department events have sites; leave it empty");
+    return server::FieldError("site", "only department events have sites; leave it empty");
   }
   if (o == "site_required") {
-    return absl::InvalidArgumentError(
-        "site: is required for a department event (one of its sites)");
+    return server::FieldError("site", "is required for a department event (one of its sites)");
   }
   if (o == "no_site") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("site: session has no site named \"", site, "\""));
+    return server::FieldError("site", absl::StrCat("session has no site named \"", site, "\""));
   }
   if (o == "live_on_session") {
     return server::WithReason(absl::AlreadyExistsError(absl::StrCat(
@@ -188,7 +188,7 @@ absl::StatusOr<std::vector<std::string>> Token(const server::PageTokens& tokens,
   if (token.empty()) return std::vector<std::string>();
   auto v = tokens.Decode(scope, token);
   if (!v.ok()) return v.status();
-  if (v->size() != parts) return absl::InvalidArgumentError("page_token: is malformed");
+  if (v->size() != parts) return server::FieldError("page_token", "is malformed");
   return v;
 }
 
@@ -520,9 +520,9 @@ absl::Status SchedulingLogic::CreateSession(const Call& call, const v1::CreateSe
       return absl::PermissionDeniedError("a participant may arrange only frontline visits");
     }
     if (s.host_contact_id().empty()) {
-      return absl::InvalidArgumentError(
-          "session.host_contact_id: is required when you arrange your own visit (one of your "
-          "enduring contacts)");
+      return server::FieldError("session.host_contact_id",
+                                "is required when you arrange your own visit (one of your "
+                                "enduring contacts)");
     }
     s.set_arranged_by(p.participant_id);
     s.set_status(v1::SESSION_STATUS_PENDING_HOST);
@@ -1237,7 +1237,7 @@ absl::Status SchedulingLogic::ListBookings(const Call& call, const v1::ListBooki
   if (!after.ok()) return after.status();
   int64_t after_seq = 0;
   if (!after->empty() && !absl::SimpleAtoi((*after)[0], &after_seq)) {
-    return absl::InvalidArgumentError("page_token: is malformed");
+    return server::FieldError("page_token", "is malformed");
   }
   return db::WithConnection(pool_, call.deadline, [&](db::Conn& c) -> absl::Status {
     std::vector<int64_t> seqs;
@@ -1284,7 +1284,7 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
     if (!old.ok()) return old.status();
     if (absl::Status s = MayActFor(call.principal, old->participant_id()); !s.ok()) return s;
     if (old->session_id() == req.session_id()) {
-      return absl::InvalidArgumentError("session_id: the booking is already on this session");
+      return server::FieldError("session_id", "the booking is already on this session");
     }
     // The person, then both sites' seats: a deactivation holds the leaver
     // and then wants their seats, so a move must not hold seats while it
