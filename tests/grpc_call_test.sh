@@ -108,6 +108,7 @@ details_say() { grep -qF -- "$1" "$work/err" || fail "no \"$1\" in the error's d
 details_say '"@type": "type.googleapis.com/google.rpc.ErrorInfo"'
 details_say '"reason": "ETAG_MISMATCH"'
 details_say '"domain": "connecting.partners"'
+details_say "\"etag\": \"$(field etag <<<"$updated")\""  # metadata: the current etag
 expect_status $((64 + 3)) "page_size: must be between 1 and 500" $G -plaintext "${auth[@]}" \
   -d '{"page_size": -1}' "$A" connecting.partners.v1.PartnersService/ListOrganisations
 details_say '"@type": "type.googleapis.com/google.rpc.BadRequest"'

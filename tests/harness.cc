@@ -924,6 +924,7 @@ ErrorDetails DetailsOf(const grpc::Status& status) {
     if (any.UnpackTo(&info)) {
       out.reason = info.reason();
       out.domain = info.domain();
+      out.metadata.insert(info.metadata().begin(), info.metadata().end());
     } else if (any.UnpackTo(&bad)) {
       for (const auto& v : bad.field_violations())
         out.fields.emplace_back(v.field(), v.description());

@@ -180,6 +180,7 @@ struct ErrorDetails {
   bool present = false;                                     // the trailer was there and parsed
   int code = -1;                                            // google.rpc.Status.code
   std::string reason, domain;                               // google.rpc.ErrorInfo, if any
+  std::map<std::string, std::string> metadata;              // its metadata
   std::vector<std::pair<std::string, std::string>> fields;  // google.rpc.BadRequest
 };
 ErrorDetails DetailsOf(const grpc::Status& status);

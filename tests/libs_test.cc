@@ -98,12 +98,22 @@ TEST(ErrorDetails, TheViolationsTravelWithTheStatusNotInItsText) {
 
   // The details a client reads: ErrorInfo when a reason was given, and
   // BadRequest for INVALID_ARGUMENT.
-  grpc::Status g = server::DetailedStatus(server::Refusal("SESSION_BEGAN", "session x began"),
-                                          "connecting.scheduling");
+  absl::Status began = server::Refusal("SESSION_BEGAN", "session x began",
+                                       {{"sessionId", "x"}, {"date", "2026-12-01"}});
+  EXPECT_EQ(server::ReasonOf(began), "SESSION_BEGAN");
+  EXPECT_EQ(server::MetadataOf(began),
+            (server::ErrorMetadata{{"date", "2026-12-01"}, {"sessionId", "x"}}));
+  grpc::Status g = server::DetailedStatus(began, "connecting.scheduling");
+  EXPECT_EQ(g.error_message(), "session x began");
   testing::ErrorDetails d = testing::DetailsOf(g);
   EXPECT_EQ(d.reason, "SESSION_BEGAN");
   EXPECT_EQ(d.domain, "connecting.scheduling");
+  EXPECT_EQ(d.metadata,
+            (std::map<std::string, std::string>{{"sessionId", "x"}, {"date", "2026-12-01"}}));
   EXPECT_TRUE(d.fields.empty());
+  // An OK status stays OK, with nothing attached.
+  EXPECT_TRUE(server::WithReason(absl::OkStatus(), "X_Y").ok());
+  EXPECT_EQ(server::ReasonOf(absl::OkStatus()), "");
   g = server::DetailedStatus(server::CheckUuid("id", "x"), "connecting.partners");
   d = testing::DetailsOf(g);
   EXPECT_EQ(d.reason, "");

@@ -146,6 +146,7 @@ TEST_F(PartnersApi, DuplicateOdsCodeIsAlreadyExists) {
   ErrorDetails why = DetailsOf(s);  // for programs: the cause by name
   EXPECT_EQ(why.reason, "ODS_CODE_TAKEN");
   EXPECT_EQ(why.domain, "connecting.partners");
+  EXPECT_EQ(why.metadata, (std::map<std::string, std::string>{{"odsCode", "RJ2"}}));
 }
 
 TEST_F(PartnersApi, AnOrganisationIsFoundByItsOdsCode) {

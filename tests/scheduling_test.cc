@@ -1860,6 +1860,18 @@ TEST_F(Scheduling, ErrorsNameTheirCauseForProgramsAsWellAsPeople) {
   std::string person = Register(*fx_, "WHY001").id();
   sv1::Booking b;
   ASSERT_TRUE(Book(*fx_, session.id(), person, &b).ok());
+  // A booking in the way is named by its id (ErrorInfo metadata), as is the
+  // confirmed frontline visit that holds the date.
+  using Metadata = std::map<std::string, std::string>;
+  sv1::Booking in_the_way;
+  st = Book(*fx_, session.id(), person, &in_the_way);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ALREADY_EXISTS) << st.error_message();
+  EXPECT_EQ(DetailsOf(st).reason, "ALREADY_BOOKED");
+  EXPECT_EQ(DetailsOf(st).metadata, (Metadata{{"bookingId", b.id()}}));
+  st = Book(*fx_, NewSession(*fx_, *org_, 2, DateIn(6)).id(), person, &in_the_way);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_EQ(DetailsOf(st).reason, "FRONTLINE_VISIT_ON_DATE");
+  EXPECT_EQ(DetailsOf(st).metadata, (Metadata{{"bookingId", b.id()}, {"date", DateIn(6)}}));
   ASSERT_TRUE(fx_->PausePartner(org).ok());
   ASSERT_TRUE(fx_->WaitForPartnerStatus(org, pv1::ORGANISATION_STATUS_PAUSED));
   sv1::Booking refused;
@@ -1869,6 +1881,10 @@ TEST_F(Scheduling, ErrorsNameTheirCauseForProgramsAsWellAsPeople) {
   EXPECT_EQ(d.reason, "PARTNER_NOT_ACTIVE") << st.error_message();
   EXPECT_EQ(d.domain, "connecting.scheduling");
   EXPECT_TRUE(d.fields.empty());
+  // The ids and states the message names, without reading the message.
+  EXPECT_EQ(d.metadata,
+            (Metadata{{"organisationId", org}, {"status", "ORGANISATION_STATUS_PAUSED"}}));
+
   // Operators see it counted by its reason (a call is counted as it ends).
   auto counted = [&] {
     for (absl::string_view line :
@@ -1892,6 +1908,7 @@ TEST_F(Scheduling, ErrorsNameTheirCauseForProgramsAsWellAsPeople) {
   st = fx_->stub->CancelBooking(Ctx(fx_->admin).get(), cancel, &b);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(DetailsOf(st).reason, "ALREADY_IN_STATE") << st.error_message();
+  EXPECT_EQ(DetailsOf(st).metadata, (Metadata{{"status", "BOOKING_STATUS_CANCELLED"}}));
   sv1::RescheduleBookingRequest move;
   move.set_id(b.id());
   move.set_session_id(NewSession(*fx_, *org_, 2, DateIn(7)).id());
@@ -1902,12 +1919,14 @@ TEST_F(Scheduling, ErrorsNameTheirCauseForProgramsAsWellAsPeople) {
   // A stale etag, and tokens missing or expired.
   sv1::UpdateSessionRequest update;
   *update.mutable_session() = NewSession(*fx_, *org_, 2, DateIn(8));
+  const std::string current_etag = update.session().etag();
   update.mutable_session()->set_title("Renamed");
   update.mutable_session()->set_etag("\"stale\"");
   update.mutable_update_mask()->add_paths("title");
   st = fx_->stub->UpdateSession(Ctx(fx_->admin).get(), update, &out);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED) << st.error_message();
   EXPECT_EQ(DetailsOf(st).reason, "ETAG_MISMATCH");
+  EXPECT_EQ(DetailsOf(st).metadata, (Metadata{{"etag", current_etag}}));
   sv1::GetSessionRequest get;
   get.set_id(session.id());
   grpc::ClientContext bare;

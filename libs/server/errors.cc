@@ -2,6 +2,8 @@
 
 #include <grpcpp/support/status.h>
 
+#include <algorithm>
+
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "google/rpc/error_details.pb.h"
@@ -10,25 +12,45 @@
 namespace connecting::server {
 namespace {
 
-// Payload keys; a payload never leaves the process (DetailedStatus sends
-// what it holds as details).
-constexpr char kReasonPayload[] = "connecting.server/reason";
+// Payload keys, each holding that message serialised; a payload never
+// leaves the process (DetailedStatus sends what it holds as details).
+constexpr char kReasonPayload[] = "type.googleapis.com/google.rpc.ErrorInfo";
 constexpr char kViolationsPayload[] = "type.googleapis.com/google.rpc.BadRequest";
+
+// The ErrorInfo WithReason attached (no domain: DetailedStatus adds it).
+bool AttachedInfo(const absl::Status& status, google::rpc::ErrorInfo* info) {
+  auto p = status.GetPayload(kReasonPayload);
+  return p && info->ParseFromString(std::string(*p));
+}
 
 }  // namespace
 
-absl::Status WithReason(absl::Status status, absl::string_view reason) {
-  if (!status.ok()) status.SetPayload(kReasonPayload, absl::Cord(reason));
+absl::Status WithReason(absl::Status status, absl::string_view reason,
+                        const ErrorMetadata& metadata) {
+  if (status.ok()) return status;
+  google::rpc::ErrorInfo info;
+  info.set_reason(std::string(reason));
+  for (const auto& [key, value] : metadata) (*info.mutable_metadata())[key] = value;
+  status.SetPayload(kReasonPayload, absl::Cord(info.SerializeAsString()));
   return status;
 }
 
 std::string ReasonOf(const absl::Status& status) {
-  auto p = status.GetPayload(kReasonPayload);
-  return p ? std::string(*p) : std::string();
+  google::rpc::ErrorInfo info;
+  return AttachedInfo(status, &info) ? info.reason() : std::string();
 }
 
-absl::Status Refusal(absl::string_view reason, absl::string_view message) {
-  return WithReason(absl::FailedPreconditionError(message), reason);
+ErrorMetadata MetadataOf(const absl::Status& status) {
+  google::rpc::ErrorInfo info;
+  if (!AttachedInfo(status, &info)) return {};
+  ErrorMetadata out(info.metadata().begin(), info.metadata().end());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+absl::Status Refusal(absl::string_view reason, absl::string_view message,
+                     const ErrorMetadata& metadata) {
+  return WithReason(absl::FailedPreconditionError(message), reason, metadata);
 }
 
 absl::Status FieldError(absl::string_view field, absl::string_view rule) {
@@ -76,9 +98,7 @@ grpc::Status DetailedStatus(const absl::Status& status, absl::string_view domain
   google::rpc::Status details;
   details.set_code(code);
   details.set_message(message);
-  if (std::string reason = ReasonOf(status); !reason.empty()) {
-    google::rpc::ErrorInfo info;
-    info.set_reason(std::move(reason));
+  if (google::rpc::ErrorInfo info; AttachedInfo(status, &info) && !info.reason().empty()) {
     info.set_domain(std::string(domain));
     details.add_details()->PackFrom(info);
   }

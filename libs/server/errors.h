@@ -2,10 +2,11 @@
 // a service returns carries a google.rpc.Status in the
 // `grpc-status-details-bin` trailer (what grpc::Status::error_details()
 // gives a C++ client) with:
-//  - google.rpc.ErrorInfo {reason, domain "connecting.<service>"} when the
-//    cause has a name: a stable UPPER_SNAKE_CASE reason a client can act on
-//    (PARTNER_NOT_ACTIVE, ETAG_MISMATCH, ALREADY_IN_STATE, …), listed in the
-//    README; a reason, once given, is never renamed;
+//  - google.rpc.ErrorInfo {reason, domain "connecting.<service>", metadata}
+//    when the cause has a name: a stable UPPER_SNAKE_CASE reason a client can
+//    act on (PARTNER_NOT_ACTIVE, ETAG_MISMATCH, ALREADY_IN_STATE, …), listed
+//    in the README with its metadata keys (the ids and states the message
+//    names: "bookingId", "state"); a reason, once given, is never renamed;
 //  - google.rpc.BadRequest for INVALID_ARGUMENT: one field violation per
 //    field the request broke, each with its rule, so a form can mark each
 //    field. They travel with the status from where the rule was checked
@@ -28,13 +29,23 @@ class Status;
 
 namespace connecting::server {
 
-// `status` with `reason` attached (ErrorInfo.reason when sent).
-absl::Status WithReason(absl::Status status, absl::string_view reason);
+// The facts of a named cause that a program may act on without reading the
+// message (ErrorInfo.metadata, AIP-193): lowerCamelCase keys, text values,
+// e.g. {"bookingId", id} for the booking that is in the way. Each reason's
+// keys are listed in the README; a key, once sent, is never renamed.
+using ErrorMetadata = std::vector<std::pair<std::string, std::string>>;
+
+// `status` with `reason` (ErrorInfo.reason when sent) and its metadata.
+absl::Status WithReason(absl::Status status, absl::string_view reason,
+                        const ErrorMetadata& metadata = {});
 // The reason attached by WithReason; empty if none.
 std::string ReasonOf(const absl::Status& status);
+// The metadata attached by WithReason, sorted by key.
+ErrorMetadata MetadataOf(const absl::Status& status);
 
 // FAILED_PRECONDITION with a reason: the rule the request met.
-absl::Status Refusal(absl::string_view reason, absl::string_view message);
+absl::Status Refusal(absl::string_view reason, absl::string_view message,
+                     const ErrorMetadata& metadata = {});
 
 // A field the request broke, and the rule it broke.
 struct FieldViolation {

@@ -33,7 +33,7 @@ absl::Status StaleEtag(const char* what, const std::string& current) {
   return WithReason(absl::AbortedError(absl::StrCat(
                         "etag: the ", what, " changed since you read it (current etag ", current,
                         "); read it again and reapply your change")),
-                    "ETAG_MISMATCH");
+                    "ETAG_MISMATCH", {{"etag", current}});
 }
 
 absl::Status CheckEtag(const char* what, const std::string& given, const std::string& current) {

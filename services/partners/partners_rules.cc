@@ -153,19 +153,22 @@ absl::Status CheckTransition(const Principal& p, const std::string& organisation
         return server::Refusal(
             from == ORGANISATION_STATUS_PAUSED ? "ALREADY_IN_STATE" : "WRONG_STATE",
             absl::StrCat("only an ACTIVE organisation can be paused; it is ",
-                         v1::OrganisationStatus_Name(from)));
+                         v1::OrganisationStatus_Name(from)),
+            {{"status", v1::OrganisationStatus_Name(from)}});
       }
       return absl::OkStatus();
     case OrgTransition::kArchive:
       if (absl::Status s = MayAdminister(p, "archive an organisation"); !s.ok()) return s;
       if (from == ORGANISATION_STATUS_ARCHIVED) {
-        return server::Refusal("ALREADY_IN_STATE", "the organisation is already ARCHIVED");
+        return server::Refusal("ALREADY_IN_STATE", "the organisation is already ARCHIVED",
+                               {{"status", v1::OrganisationStatus_Name(from)}});
       }
       return absl::OkStatus();
     case OrgTransition::kReactivate:
       if (absl::Status s = MayChange(p, organisation_id); !s.ok()) return s;
       if (from == ORGANISATION_STATUS_ACTIVE) {
-        return server::Refusal("ALREADY_IN_STATE", "the organisation is already ACTIVE");
+        return server::Refusal("ALREADY_IN_STATE", "the organisation is already ACTIVE",
+                               {{"status", v1::OrganisationStatus_Name(from)}});
       }
       if (from == ORGANISATION_STATUS_ARCHIVED && !p.is_staff()) {
         return absl::PermissionDeniedError(

@@ -29,7 +29,7 @@ absl::Status OdsConflict(const absl::Status& s, const std::string& ods) {
     return server::WithReason(
         absl::AlreadyExistsError(absl::StrCat("organisation.ods_code: ", ods,
                                               " is already used by another organisation")),
-        "ODS_CODE_TAKEN");
+        "ODS_CODE_TAKEN", {{"odsCode", ods}});
   }
   return s;
 }
@@ -39,7 +39,7 @@ absl::Status EmailConflict(const absl::Status& s, const std::string& email) {
     return server::WithReason(
         absl::AlreadyExistsError(
             absl::StrCat("contact.email: ", email, " is already a contact of this organisation")),
-        "CONTACT_EMAIL_TAKEN");
+        "CONTACT_EMAIL_TAKEN", {{"email", email}});
   }
   return s;
 }
@@ -48,7 +48,8 @@ absl::Status NotArchived(const v1::Organisation& org) {
   if (org.status() == v1::ORGANISATION_STATUS_ARCHIVED) {
     return server::Refusal("ORGANISATION_ARCHIVED",
                            absl::StrCat("organisation ", org.id(),
-                                        " is ARCHIVED; reactivate it before changing its data"));
+                                        " is ARCHIVED; reactivate it before changing its data"),
+                           {{"organisationId", org.id()}});
   }
   return absl::OkStatus();
 }
@@ -57,8 +58,10 @@ absl::Status NotArchived(const v1::Organisation& org) {
 // landed (its foreign key says so): the field and the rule, not the database's words.
 absl::Status HostRemoved(const absl::Status& s, const std::string& contact_id) {
   if (db::ConstraintOf(s) == "offers_host_contact_id_fkey") {
-    return server::Refusal("HOST_REMOVED", absl::StrCat("offer.host_contact_id: contact ",
-                                                        contact_id, " was removed meanwhile"));
+    return server::Refusal(
+        "HOST_REMOVED",
+        absl::StrCat("offer.host_contact_id: contact ", contact_id, " was removed meanwhile"),
+        {{"contactId", contact_id}});
   }
   return s;
 }
@@ -468,7 +471,8 @@ absl::Status PartnersLogic::RemoveContact(const Call& call, const v1::RemoveCont
       return server::Refusal(
           "CONTACT_HOSTS_OFFERS",
           absl::StrCat("contact ", req.id(), " hosts offer(s) ", absl::StrJoin(*hosted, ", "),
-                       "; give those offers another host_contact_id first"));
+                       "; give those offers another host_contact_id first"),
+          {{"offerIds", absl::StrJoin(*hosted, ",")}});
     }
     if (absl::Status s = store::DeleteContact(c, req.id()); !s.ok()) return s;
     ev::ContactRemoved event;
@@ -610,7 +614,8 @@ absl::Status PartnersLogic::ChangeOfferState(const Call& call, const std::string
     if (absl::Status s = CheckEtag("offer", etag, cur->etag()); !s.ok()) return s;
     if (publish) {
       if (cur->state() == v1::OFFER_STATE_PUBLISHED) {
-        return server::Refusal("ALREADY_IN_STATE", "the offer is already PUBLISHED");
+        return server::Refusal("ALREADY_IN_STATE", "the offer is already PUBLISHED",
+                               {{"state", v1::OfferState_Name(cur->state())}});
       }
       if (cur->host_contact_id().empty()) {
         return server::Refusal("HOST_REQUIRED",
@@ -621,13 +626,16 @@ absl::Status PartnersLogic::ChangeOfferState(const Call& call, const std::string
             "ORGANISATION_NOT_ACTIVE",
             absl::StrCat("organisation ", org->id(), " is ",
                          v1::OrganisationStatus_Name(org->status()),
-                         "; only an ACTIVE organisation's offers can be published"));
+                         "; only an ACTIVE organisation's offers can be published"),
+            {{"organisationId", org->id()},
+             {"status", v1::OrganisationStatus_Name(org->status())}});
       }
     } else if (cur->state() != v1::OFFER_STATE_PUBLISHED) {
       return server::Refusal(
           cur->state() == v1::OFFER_STATE_WITHDRAWN ? "ALREADY_IN_STATE" : "WRONG_STATE",
           absl::StrCat("only a PUBLISHED offer can be withdrawn; it is ",
-                       v1::OfferState_Name(cur->state())));
+                       v1::OfferState_Name(cur->state())),
+          {{"state", v1::OfferState_Name(cur->state())}});
     }
     auto updated = store::SetOfferState(
         c, id, publish ? v1::OFFER_STATE_PUBLISHED : v1::OFFER_STATE_WITHDRAWN);

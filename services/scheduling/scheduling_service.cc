@@ -44,21 +44,24 @@ db::TxOptions Tx(const Call& call) {
 }
 
 // For a partner organisation, contact or offer (`what`, e.g. "contact <id>")
-// that no PARTNERS event has told scheduling of.
-absl::Status NotYetKnown(absl::string_view what) {
+// that no PARTNERS event has told scheduling of; `key` ("contactId") names
+// its id in the metadata.
+absl::Status NotYetKnown(absl::string_view what, const char* key, const std::string& id) {
   return server::Refusal(
       "PARTNER_NOT_YET_KNOWN",
-      absl::StrCat(what, " is not known to scheduling (no partners event for it yet)"));
+      absl::StrCat(what, " is not known to scheduling (no partners event for it yet)"),
+      {{key, id}});
 }
 
 // Why an organisation with this projected status (0: unknown) takes no bookings.
 absl::Status PartnerRefusal(const std::string& id, int status) {
-  if (status == 0) return NotYetKnown(absl::StrCat("organisation ", id));
+  if (status == 0) return NotYetKnown(absl::StrCat("organisation ", id), "organisationId", id);
+  const std::string& name =
+      pv1::OrganisationStatus_Name(static_cast<pv1::OrganisationStatus>(status));
   return server::Refusal(
       "PARTNER_NOT_ACTIVE",
-      absl::StrCat("partner organisation ", id, " is ",
-                   pv1::OrganisationStatus_Name(static_cast<pv1::OrganisationStatus>(status)),
-                   "; it takes no bookings"));
+      absl::StrCat("partner organisation ", id, " is ", name, "; it takes no bookings"),
+      {{"organisationId", id}, {"status", name}});
 }
 
 // The partner must be known from PARTNERS events and ACTIVE.
@@ -78,14 +81,15 @@ absl::Status CheckHost(db::Conn& c, const v1::Session& s) {
     const std::string who = absl::StrCat("session.host_contact_id: contact ", id);
     auto h = store::GetPartnerContact(c, id);
     if (!h.ok()) return h.status();
-    if (!h->has_value()) return NotYetKnown(who);
+    if (!h->has_value()) return NotYetKnown(who, "contactId", id);
     if ((*h)->organisation_id != org) {
       return server::FieldError("session.host_contact_id",
                                 absl::StrCat("contact ", id, " is not at organisation ", org));
     }
     if ((*h)->removed) {
       return server::Refusal("HOST_REMOVED",
-                             absl::StrCat(who, " has been removed from its organisation"));
+                             absl::StrCat(who, " has been removed from its organisation"),
+                             {{"contactId", id}});
     }
   }
   return absl::OkStatus();
@@ -98,17 +102,17 @@ absl::Status CheckHostAndOffer(db::Conn& c, const v1::Session& s) {
     const std::string what = absl::StrCat("session.offer_id: offer ", id);
     auto o = store::GetPartnerOffer(c, id);
     if (!o.ok()) return o.status();
-    if (!o->has_value()) return NotYetKnown(what);
+    if (!o->has_value()) return NotYetKnown(what, "offerId", id);
     if ((*o)->organisation_id != org) {
       return server::FieldError("session.offer_id",
                                 absl::StrCat("offer ", id, " is not at organisation ", org));
     }
     if ((*o)->state != pv1::OFFER_STATE_PUBLISHED) {
+      const std::string& state = pv1::OfferState_Name(static_cast<pv1::OfferState>((*o)->state));
       return server::Refusal(
           "OFFER_NOT_PUBLISHED",
-          absl::StrCat(what, " is ",
-                       pv1::OfferState_Name(static_cast<pv1::OfferState>((*o)->state)),
-                       "; sessions come only from PUBLISHED offers"));
+          absl::StrCat(what, " is ", state, "; sessions come only from PUBLISHED offers"),
+          {{"offerId", id}, {"state", state}});
     }
   }
   return absl::OkStatus();
@@ -133,23 +137,27 @@ absl::Status BookingRefusal(const store::Booked& b, const std::string& session_i
     return absl::NotFoundError(absl::StrCat("participant ", participant_id, " not found"));
   }
   if (o == "participant_inactive") {
-    return server::Refusal("PARTICIPANT_INACTIVE", absl::StrCat("participant ", participant_id,
-                                                                " is INACTIVE and cannot book"));
+    return server::Refusal(
+        "PARTICIPANT_INACTIVE",
+        absl::StrCat("participant ", participant_id, " is INACTIVE and cannot book"),
+        {{"participantId", participant_id}});
   }
   if (o == "no_session") {
     return absl::NotFoundError(absl::StrCat("session ", session_id, " not found"));
   }
   if (o == "not_scheduled") {
-    return server::Refusal(
-        "SESSION_NOT_SCHEDULED",
-        absl::StrCat("session ", session_id, " is ",
-                     v1::SessionStatus_Name(static_cast<v1::SessionStatus>(b.session_status)),
-                     "; only SCHEDULED sessions take bookings"));
+    const std::string& status =
+        v1::SessionStatus_Name(static_cast<v1::SessionStatus>(b.session_status));
+    return server::Refusal("SESSION_NOT_SCHEDULED",
+                           absl::StrCat("session ", session_id, " is ", status,
+                                        "; only SCHEDULED sessions take bookings"),
+                           {{"sessionId", session_id}, {"status", status}});
   }
   if (o == "began") {
     return server::Refusal("SESSION_BEGAN",
                            absl::StrCat("session ", session_id, " began at ", s.date(), " ",
-                                        s.start_time(), "; it takes no more bookings"));
+                                        s.start_time(), "; it takes no more bookings"),
+                           {{"sessionId", session_id}});
   }
   if (o == "partner_inactive") return PartnerRefusal(s.organisation_id(), b.partner_status);
   if (o == "site_not_allowed") {
@@ -165,14 +173,15 @@ absl::Status BookingRefusal(const store::Booked& b, const std::string& session_i
     return server::WithReason(absl::AlreadyExistsError(absl::StrCat(
                                   "participant ", participant_id, " already holds booking ",
                                   b.detail, " on session ", session_id)),
-                              "ALREADY_BOOKED");
+                              "ALREADY_BOOKED", {{"bookingId", b.detail}});
   }
   if (o == "frontline_on_date") {
     return server::Refusal(
         "FRONTLINE_VISIT_ON_DATE",
         absl::StrCat("participant ", participant_id, " already has confirmed frontline visit ",
                      b.detail, " on ", s.date(),
-                     " (a connector holds at most one confirmed frontline visit per date)"));
+                     " (a connector holds at most one confirmed frontline visit per date)"),
+        {{"bookingId", b.detail}, {"date", s.date()}});
   }
   if (o == "retry") {
     return server::WithReason(
@@ -341,7 +350,7 @@ absl::Status SchedulingLogic::RegisterParticipant(const Call& call,
             return server::WithReason(
                 absl::AlreadyExistsError(absl::StrCat(
                     "participant.staff_number: ", p.staff_number(), " is already registered")),
-                "STAFF_NUMBER_TAKEN");
+                "STAFF_NUMBER_TAKEN", {{"staffNumber", p.staff_number()}});
           }
           return ins;
         },
@@ -439,7 +448,8 @@ absl::Status SchedulingLogic::DeactivateParticipant(const Call& call,
       return s;
     }
     if (cur->status() == v1::PARTICIPANT_STATUS_INACTIVE) {
-      return server::Refusal("ALREADY_IN_STATE", "the participant is already INACTIVE");
+      return server::Refusal("ALREADY_IN_STATE", "the participant is already INACTIVE",
+                             {{"status", v1::ParticipantStatus_Name(cur->status())}});
     }
     // Someone who leaves the programme frees their seats for the waitlists.
     auto live = store::FutureLiveBookingsOf(c, req.id());
@@ -544,7 +554,8 @@ absl::Status SchedulingLogic::CreateSession(const Call& call, const v1::CreateSe
             if (who->status() != v1::PARTICIPANT_STATUS_ACTIVE) {
               return server::Refusal("PARTICIPANT_INACTIVE",
                                      absl::StrCat("participant ", p.participant_id,
-                                                  " is INACTIVE and cannot arrange visits"));
+                                                  " is INACTIVE and cannot arrange visits"),
+                                     {{"participantId", p.participant_id}});
             }
             // A visit on a date they are already out on could never be
             // accepted (one confirmed frontline visit per date).
@@ -556,7 +567,8 @@ absl::Status SchedulingLogic::CreateSession(const Call& call, const v1::CreateSe
                   absl::StrCat(
                       "session.date: you already have confirmed frontline visit ", **taken, " on ",
                       s.date(),
-                      " (a connector holds at most one confirmed frontline visit per date)"));
+                      " (a connector holds at most one confirmed frontline visit per date)"),
+                  {{"bookingId", **taken}, {"date", s.date()}});
             }
             auto met = store::HasMetHost(c, p.participant_id, s.host_contact_id());
             if (!met.ok()) return met.status();
@@ -564,7 +576,8 @@ absl::Status SchedulingLogic::CreateSession(const Call& call, const v1::CreateSe
               return server::Refusal(
                   "NOT_AN_ENDURING_CONTACT",
                   "session.host_contact_id: not one of your enduring contacts (a host you met on "
-                  "an attended visit)");
+                  "an attended visit)",
+                  {{"contactId", s.host_contact_id()}});
             }
           }
           auto id = store::InsertSession(c, s, req.request_id());
@@ -663,12 +676,14 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
       return server::Refusal(
           "WRONG_STATE",
           absl::StrCat("only a SCHEDULED or PENDING_HOST session can be changed; it is ",
-                       v1::SessionStatus_Name(cur->status())));
+                       v1::SessionStatus_Name(cur->status())),
+          {{"status", v1::SessionStatus_Name(cur->status())}});
     }
     if (absl::Now() >= LocalInstant(cur->date(), cur->start_time())) {
       return server::Refusal("SESSION_BEGAN",
                              absl::StrCat("the session began at ", cur->date(), " ",
-                                          cur->start_time(), "; it can no longer be changed"));
+                                          cur->start_time(), "; it can no longer be changed"),
+                             {{"sessionId", cur->id()}});
     }
     if (absl::Status st = store::LockSites(c, in.id()); !st.ok()) return st;
     auto seats = store::GetSession(c, in.id(), false);  // the counters, now settled
@@ -718,7 +733,8 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
         return server::Refusal(
             "CAPACITY_BELOW_CONFIRMED",
             absl::StrCat("session.sites[", i, "].capacity: ", site.confirmed(),
-                         " bookings are confirmed there already; cancel or move some first"));
+                         " bookings are confirmed there already; cancel or move some first"),
+            {{"site", site.name()}, {"confirmed", absl::StrCat(site.confirmed())}});
       }
     }
     if (did_change("date")) {
@@ -730,7 +746,8 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
             absl::StrCat(
                 "session.date: the session has ", live,
                 " live bookings; move them (RescheduleBooking) or cancel the session and create "
-                "another"));
+                "another"),
+            {{"liveBookings", absl::StrCat(live)}});
       }
     }
     if (did_change("host_contact_id")) {  // its offer was checked when it was created
@@ -777,7 +794,8 @@ absl::Status SchedulingLogic::AcceptSession(const Call& call, const v1::AcceptSe
       return server::Refusal(
           s->status() == v1::SESSION_STATUS_SCHEDULED ? "ALREADY_IN_STATE" : "WRONG_STATE",
           absl::StrCat("only a PENDING_HOST session can be accepted; it is ",
-                       v1::SessionStatus_Name(s->status())));
+                       v1::SessionStatus_Name(s->status())),
+          {{"status", v1::SessionStatus_Name(s->status())}});
     }
     if (absl::Status st = store::SetSessionStatus(c, req.id(), v1::SESSION_STATUS_SCHEDULED);
         !st.ok()) {
@@ -817,13 +835,15 @@ absl::Status SchedulingLogic::CancelSession(const Call& call, const v1::CancelSe
         s->status() == v1::SESSION_STATUS_COMPLETED) {
       return server::Refusal(
           s->status() == v1::SESSION_STATUS_CANCELLED ? "ALREADY_IN_STATE" : "WRONG_STATE",
-          absl::StrCat("the session is already ", v1::SessionStatus_Name(s->status())));
+          absl::StrCat("the session is already ", v1::SessionStatus_Name(s->status())),
+          {{"status", v1::SessionStatus_Name(s->status())}});
     }
     if (arranger && s->status() != v1::SESSION_STATUS_PENDING_HOST) {
       return server::Refusal(
           "HOST_ACCEPTED",
           absl::StrCat("the host accepted this visit (it is ", v1::SessionStatus_Name(s->status()),
-                       "); cancel your booking on it, or ask the programme team or the partner"));
+                       "); cancel your booking on it, or ask the programme team or the partner"),
+          {{"status", v1::SessionStatus_Name(s->status())}});
     }
     if (absl::Status st = CancelSessionInTx(c, call, req.id(), reason); !st.ok()) return st;
     auto after = store::GetSession(c, req.id(), false);
@@ -881,10 +901,12 @@ absl::Status SchedulingLogic::CompleteSession(const Call& call,
       return server::Refusal(
           s->status() == v1::SESSION_STATUS_COMPLETED ? "ALREADY_IN_STATE" : "WRONG_STATE",
           absl::StrCat("only a SCHEDULED session can be completed; it is ",
-                       v1::SessionStatus_Name(s->status())));
+                       v1::SessionStatus_Name(s->status())),
+          {{"status", v1::SessionStatus_Name(s->status())}});
     }
     if (absl::Now() < LocalInstant(s->date(), s->end_time())) {
-      return server::Refusal("SESSION_NOT_ENDED", "the session has not ended yet");
+      return server::Refusal("SESSION_NOT_ENDED", "the session has not ended yet",
+                             {{"sessionId", s->id()}});
     }
     if (absl::Status st = store::SetSessionStatus(c, req.id(), v1::SESSION_STATUS_COMPLETED);
         !st.ok()) {
@@ -1125,7 +1147,8 @@ absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call&
     return server::Refusal(
         emit && b->status() == v1::BOOKING_STATUS_CANCELLED ? "ALREADY_IN_STATE" : "WRONG_STATE",
         absl::StrCat("only a CONFIRMED or WAITLISTED booking can be cancelled; it is ",
-                     v1::BookingStatus_Name(b->status())));
+                     v1::BookingStatus_Name(b->status())),
+        {{"status", v1::BookingStatus_Name(b->status())}});
   }
   auto session = store::GetSession(c, b->session_id(), false);
   if (!session.ok()) return session.status();
@@ -1137,7 +1160,8 @@ absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call&
         "SESSION_BEGAN",
         absl::StrCat(
             "session ", session->id(), " began at ", session->date(), " ", session->start_time(),
-            "; its bookings are no longer cancelled or moved (record attendance: NO_SHOW)"));
+            "; its bookings are no longer cancelled or moved (record attendance: NO_SHOW)"),
+        {{"sessionId", session->id()}});
   }
   if (absl::Status s = store::SetBookingStatus(c, booking_id, kCancelled); !s.ok()) return s;
   if (ended_frontline_visit != nullptr) {
@@ -1317,7 +1341,7 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
           return server::WithReason(
               absl::AlreadyExistsError(absl::StrCat("request_id: already used for booking ",
                                                     (*prior)->id(), ", another request")),
-              "REQUEST_ID_REUSED");
+              "REQUEST_ID_REUSED", {{"bookingId", (*prior)->id()}});
         }
         *resp = **std::move(prior);
         return absl::OkStatus();
@@ -1368,15 +1392,18 @@ absl::Status SchedulingLogic::RecordAttendance(const Call& call,
           absl::StrCat(
               "attendance is recorded for CONFIRMED bookings (and corrected on ATTENDED or NO_SHOW "
               "ones); this one is ",
-              v1::BookingStatus_Name(b->status())));
+              v1::BookingStatus_Name(b->status())),
+          {{"status", v1::BookingStatus_Name(b->status())}});
     }
     if (s->status() == v1::SESSION_STATUS_CANCELLED) {
-      return server::Refusal("WRONG_STATE", "the session was cancelled");
+      return server::Refusal("WRONG_STATE", "the session was cancelled",
+                             {{"status", v1::SessionStatus_Name(s->status())}});
     }
     if (absl::Now() < LocalInstant(s->date(), s->start_time())) {
       return server::Refusal(
           "SESSION_NOT_BEGUN",
-          absl::StrCat("the session has not begun (", s->date(), " ", s->start_time(), ")"));
+          absl::StrCat("the session has not begun (", s->date(), " ", s->start_time(), ")"),
+          {{"sessionId", s->id()}});
     }
     if (absl::Status st = store::SetBookingStatus(c, req.id(), status); !st.ok()) return st;
     ended_visit = HoldsTheDate(*b, *s);
