@@ -116,6 +116,12 @@ details_say '"field": "page_size"'
 expect_status $((64 + 16)) "UNAUTHENTICATED" $G -plaintext -d '{}' "$A" \
   connecting.partners.v1.PartnersService/ListOrganisations
 details_say '"reason": "TOKEN_MISSING"'
+expect_status $((64 + 5)) "NOT_FOUND" $G -plaintext "${auth[@]}" \
+  -d '{"id": "00000000-0000-4000-8000-000000000000"}' "$A" \
+  connecting.partners.v1.PartnersService/GetOrganisation
+details_say '"@type": "type.googleapis.com/google.rpc.ResourceInfo"'
+details_say '"resource_type": "organisation"'
+details_say '"resource_name": "00000000-0000-4000-8000-000000000000"'
 expect_status 2 "no such field" $G -plaintext -d '{"nope": 1}' "$A" \
   connecting.partners.v1.PartnersService/ListOrganisations
 

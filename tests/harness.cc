@@ -921,6 +921,7 @@ ErrorDetails DetailsOf(const grpc::Status& status) {
   for (const google::protobuf::Any& any : st.details()) {
     google::rpc::ErrorInfo info;
     google::rpc::BadRequest bad;
+    google::rpc::ResourceInfo resource;
     if (any.UnpackTo(&info)) {
       out.reason = info.reason();
       out.domain = info.domain();
@@ -928,6 +929,9 @@ ErrorDetails DetailsOf(const grpc::Status& status) {
     } else if (any.UnpackTo(&bad)) {
       for (const auto& v : bad.field_violations())
         out.fields.emplace_back(v.field(), v.description());
+    } else if (any.UnpackTo(&resource)) {
+      out.resource_type = resource.resource_type();
+      out.resource_name = resource.resource_name();
     }
   }
   return out;

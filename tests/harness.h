@@ -181,6 +181,7 @@ struct ErrorDetails {
   int code = -1;                                            // google.rpc.Status.code
   std::string reason, domain;                               // google.rpc.ErrorInfo, if any
   std::map<std::string, std::string> metadata;              // its metadata
+  std::string resource_type, resource_name;                 // google.rpc.ResourceInfo
   std::vector<std::pair<std::string, std::string>> fields;  // google.rpc.BadRequest
 };
 ErrorDetails DetailsOf(const grpc::Status& status);

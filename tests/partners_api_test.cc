@@ -108,6 +108,12 @@ TEST_F(PartnersApi, GetUnknownOrganisationIsNotFound) {
   grpc::Status s = stub().GetOrganisation(Ctx(admin()).get(), get, &got);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_NE(s.error_message().find("00000000-0000-4000-8000-000000000000"), std::string::npos);
+  ErrorDetails which = DetailsOf(s);  // for programs: the resource not found
+  EXPECT_EQ(which.resource_type, "organisation");
+  EXPECT_EQ(which.resource_name, "00000000-0000-4000-8000-000000000000");
+  // Asked again (a read cache might answer it), the same.
+  s = stub().GetOrganisation(Ctx(admin()).get(), get, &got);
+  EXPECT_EQ(DetailsOf(s).resource_name, "00000000-0000-4000-8000-000000000000");
 }
 
 TEST_F(PartnersApi, RepeatedRequestIdCreatesOnceEvenConcurrently) {

@@ -278,8 +278,16 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
             absl::StrCat(path, " (seed ", seed, ", call ", i, "): ", st.error_code(), " ",
                          st.error_message(), "\n  request: ", shown);
         switch (st.error_code()) {
+          case grpc::StatusCode::NOT_FOUND: {
+            // A program learns which resource from the ResourceInfo.
+            ErrorDetails d = DetailsOf(st);
+            EXPECT_FALSE(d.resource_type.empty()) << "NOT_FOUND without a ResourceInfo: " << where;
+            EXPECT_EQ(absl::StrCat(d.resource_type, " ", d.resource_name, " not found"),
+                      st.error_message())
+                << where;
+            break;
+          }
           case grpc::StatusCode::OK:
-          case grpc::StatusCode::NOT_FOUND:
           case grpc::StatusCode::ALREADY_EXISTS:
           case grpc::StatusCode::FAILED_PRECONDITION:
           case grpc::StatusCode::ABORTED:

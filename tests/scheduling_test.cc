@@ -1792,9 +1792,17 @@ TEST_F(Scheduling, BadInputNamesTheFieldAndChangesNothing) {
   EXPECT_EQ(Sql("SELECT count(*) FROM sessions"), sessions_before);
 
   sv1::Booking b;
-  grpc::Status st =
-      Book(*fx_, "00000000-0000-4000-8000-000000000000", Register(*fx_, "BAD001").id(), &b);
+  const std::string bad001 = Register(*fx_, "BAD001").id();
+  grpc::Status st = Book(*fx_, "00000000-0000-4000-8000-000000000000", bad001, &b);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+  // Which of the two ids was unknown, for programs (google.rpc.ResourceInfo).
+  EXPECT_EQ(DetailsOf(st).resource_type, "session") << st.error_message();
+  EXPECT_EQ(DetailsOf(st).resource_name, "00000000-0000-4000-8000-000000000000");
+  st = Book(*fx_, NewSession(*fx_, *org_, 2, DateIn(20)).id(),
+            "00000000-0000-4000-8000-000000000001", &b);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(DetailsOf(st).resource_type, "participant") << st.error_message();
+  EXPECT_EQ(DetailsOf(st).resource_name, "00000000-0000-4000-8000-000000000001");
   expect_invalid(Book(*fx_, "not-a-uuid", "also-not", &b), "session_id");
 
   sv1::ListSessionsRequest list;

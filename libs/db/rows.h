@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/strings/str_cat.h"
+#include "libs/common/not_found.h"
 #include "libs/db/db.h"
 
 namespace connecting::db {
@@ -21,12 +21,13 @@ absl::StatusOr<std::optional<T>> MaybeOne(absl::StatusOr<Result> r, RowFn row) {
   return std::optional<T>(row(*r, 0));
 }
 
-// NOT_FOUND "<what> <id> not found" when there is no row.
+// NOT_FOUND "<what> <id> not found" naming the resource (connecting::NotFound)
+// when there is no row.
 template <class T, class RowFn>
 absl::StatusOr<T> One(absl::StatusOr<Result> r, RowFn row, const char* what,
                       const std::string& id) {
   if (!r.ok()) return r.status();
-  if (r->rows() == 0) return absl::NotFoundError(absl::StrCat(what, " ", id, " not found"));
+  if (r->rows() == 0) return NotFound(what, id);
   return row(*r, 0);
 }
 

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
+#include "libs/common/not_found.h"
 
 namespace connecting::server {
 namespace {
@@ -108,6 +109,12 @@ grpc::Status DetailedStatus(const absl::Status& status, absl::string_view domain
       any->set_type_url(kViolationsPayload);
       any->set_value(std::string(*bad));
     }
+  }
+  if (std::string type, id; NotFoundResource(status, &type, &id)) {
+    google::rpc::ResourceInfo info;
+    info.set_resource_type(std::move(type));
+    info.set_resource_name(std::move(id));
+    details.add_details()->PackFrom(info);
   }
   if (details.details_size() == 0)
     return grpc::Status(static_cast<grpc::StatusCode>(code), message);

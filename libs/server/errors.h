@@ -12,7 +12,10 @@
 //    field. They travel with the status from where the rule was checked
 //    (FieldError, FieldErrors::ToStatus), never read back from the message,
 //    which says the same for people ("a.b: rule; c: rule").
-// An error with neither (NOT_FOUND, say) has no trailer.
+//  - google.rpc.ResourceInfo for NOT_FOUND made by connecting::NotFound
+//    (libs/common/not_found.h): resource_type "session", resource_name its
+//    id, so that a program knows which of the request's ids it was.
+// An error with none of these has no trailer.
 #ifndef CONNECTING_LIBS_SERVER_ERRORS_H_
 #define CONNECTING_LIBS_SERVER_ERRORS_H_
 

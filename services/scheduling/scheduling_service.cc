@@ -17,6 +17,7 @@
 #include "libs/bus/republish.h"
 #include "libs/common/log.h"
 #include "libs/common/metrics.h"
+#include "libs/common/not_found.h"
 #include "libs/server/errors.h"
 #include "libs/server/resource.h"
 #include "services/scheduling/scheduling_rules.h"
@@ -134,7 +135,7 @@ absl::Status BookingRefusal(const store::Booked& b, const std::string& session_i
   const v1::Session& s = b.session;
   if (o == "booked" || o == "prior") return absl::OkStatus();
   if (o == "no_participant") {
-    return absl::NotFoundError(absl::StrCat("participant ", participant_id, " not found"));
+    return NotFound("participant", participant_id);
   }
   if (o == "participant_inactive") {
     return server::Refusal(
@@ -143,7 +144,7 @@ absl::Status BookingRefusal(const store::Booked& b, const std::string& session_i
         {{"participantId", participant_id}});
   }
   if (o == "no_session") {
-    return absl::NotFoundError(absl::StrCat("session ", session_id, " not found"));
+    return NotFound("session", session_id);
   }
   if (o == "not_scheduled") {
     const std::string& status =

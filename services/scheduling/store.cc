@@ -117,7 +117,7 @@ std::string Text0(const db::Result& r, int i) { return r.String(i, 0); }
 
 absl::Status Affected(absl::StatusOr<db::Result> r, const char* what, const std::string& id) {
   if (!r.ok()) return r.status();
-  if (r->affected() == 0) return absl::NotFoundError(absl::StrCat(what, " ", id, " not found"));
+  if (r->affected() == 0) return NotFound(what, id);
   return absl::OkStatus();
 }
 

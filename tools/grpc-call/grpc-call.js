@@ -52,6 +52,14 @@ const rpcTypes = protobuf.Root.fromJSON({
                 },
               },
             },
+            ResourceInfo: {
+              fields: {
+                resource_type: {type: 'string', id: 1},
+                resource_name: {type: 'string', id: 2},
+                owner: {type: 'string', id: 3},
+                description: {type: 'string', id: 4},
+              },
+            },
           },
         },
       },
