@@ -923,6 +923,7 @@ ErrorDetails DetailsOf(const grpc::Status& status) {
     google::rpc::BadRequest bad;
     google::rpc::ResourceInfo resource;
     if (any.UnpackTo(&info)) {
+      ++out.error_infos;
       out.reason = info.reason();
       out.domain = info.domain();
       out.metadata.insert(info.metadata().begin(), info.metadata().end());

@@ -180,6 +180,7 @@ struct ErrorDetails {
   bool present = false;                                     // the trailer was there and parsed
   int code = -1;                                            // google.rpc.Status.code
   std::string reason, domain;                               // google.rpc.ErrorInfo, if any
+  int error_infos = 0;                                      // how many ErrorInfo (AIP-193: one)
   std::map<std::string, std::string> metadata;              // its metadata
   std::string resource_type, resource_name;                 // google.rpc.ResourceInfo
   std::vector<std::pair<std::string, std::string>> fields;  // google.rpc.BadRequest

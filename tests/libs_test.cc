@@ -21,6 +21,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "libs/common/metrics.h"
+#include "libs/common/not_found.h"
 #include "libs/db/db.h"
 #include "libs/db/group_commit.h"
 #include "libs/db/migrations.h"
@@ -88,12 +89,13 @@ TEST(ErrorDetails, TheViolationsTravelWithTheStatusNotInItsText) {
   EXPECT_EQ(pairs(s), (Pairs{{"site", "session has no site named \"a; b: c\""}}));
   grpc::Status sent = server::DetailedStatus(s, "connecting.scheduling");
   EXPECT_EQ(testing::DetailsOf(sent).fields, pairs(s));
-  // A status made otherwise carries none, and sends none, however its text reads.
+  // A status made otherwise carries none, and sends none, however its text
+  // reads: only the reason its code implies.
   EXPECT_TRUE(pairs(absl::InvalidArgumentError("id: must be a UUID")).empty());
-  EXPECT_TRUE(server::DetailedStatus(absl::InvalidArgumentError("id: must be a UUID"),
-                                     "connecting.partners")
-                  .error_details()
-                  .empty());
+  testing::ErrorDetails plain = testing::DetailsOf(server::DetailedStatus(
+      absl::InvalidArgumentError("id: must be a UUID"), "connecting.partners"));
+  EXPECT_TRUE(plain.fields.empty());
+  EXPECT_EQ(plain.reason, "REQUEST_MALFORMED");
   EXPECT_TRUE(server::FieldErrorsStatus({}).ok());
 
   // The details a client reads: ErrorInfo when a reason was given, and
@@ -116,11 +118,33 @@ TEST(ErrorDetails, TheViolationsTravelWithTheStatusNotInItsText) {
   EXPECT_EQ(server::ReasonOf(absl::OkStatus()), "");
   g = server::DetailedStatus(server::CheckUuid("id", "x"), "connecting.partners");
   d = testing::DetailsOf(g);
-  EXPECT_EQ(d.reason, "");
+  EXPECT_EQ(d.reason, "FIELD_INVALID");
   EXPECT_EQ(d.fields, (Pairs{{"id", "must be a UUID in lower-case 8-4-4-4-12 form"}}));
-  // Nothing to add: no trailer at all.
-  g = server::DetailedStatus(absl::NotFoundError("gone"), "connecting.partners");
-  EXPECT_TRUE(g.error_details().empty());
+  // Every error has exactly one ErrorInfo (AIP-193): one whose code refused
+  // without naming a cause gets the reason its code implies, with what it
+  // knows as metadata.
+  using Metadata = std::map<std::string, std::string>;
+  d = testing::DetailsOf(server::DetailedStatus(NotFound("session", "s1"), "connecting.partners"));
+  EXPECT_EQ(d.reason, "RESOURCE_NOT_FOUND");
+  EXPECT_EQ(d.metadata, (Metadata{{"resourceType", "session"}, {"resourceName", "s1"}}));
+  EXPECT_EQ(d.resource_type, "session");
+  EXPECT_EQ(d.resource_name, "s1");
+  for (auto [status, reason] : std::vector<std::pair<absl::Status, std::string>>{
+           {absl::NotFoundError("gone"), "RESOURCE_NOT_FOUND"},
+           {absl::PermissionDeniedError("no"), "NOT_PERMITTED"},
+           {absl::UnavailableError("database unavailable"), "DEPENDENCY_UNAVAILABLE"},
+           {absl::AbortedError("retry"), "CONCURRENT_CHANGE"},
+           {absl::ResourceExhaustedError("full"), "SERVER_AT_CAPACITY"},
+           {absl::InternalError("bug"), "INTERNAL_ERROR"},
+           {absl::UnknownError("?"), "INTERNAL_ERROR"}}) {
+    grpc::Status sent = server::DetailedStatus(status, "connecting.partners");
+    EXPECT_EQ(static_cast<int>(sent.error_code()), static_cast<int>(status.code()));
+    EXPECT_EQ(sent.error_message(), status.message());
+    d = testing::DetailsOf(sent);
+    EXPECT_EQ(d.reason, reason) << status;
+    EXPECT_EQ(d.domain, "connecting.partners") << status;
+  }
+  EXPECT_TRUE(server::DetailedStatus(absl::OkStatus(), "connecting.partners").ok());
 }
 
 TEST(Validate, UuidsAndPageSizes) {

@@ -277,6 +277,14 @@ TEST_F(RpcFuzz, EveryRpcAnswersRandomRequestsWithAPreciseStatusAndKeepsItsData) 
         const std::string where =
             absl::StrCat(path, " (seed ", seed, ", call ", i, "): ", st.error_code(), " ",
                          st.error_message(), "\n  request: ", shown);
+        if (!st.ok()) {
+          // Every error names its cause for programs: exactly one ErrorInfo
+          // (AIP-193), with this service's domain.
+          ErrorDetails d = DetailsOf(st);
+          EXPECT_EQ(d.error_infos, 1) << where;
+          EXPECT_FALSE(d.reason.empty()) << "an error without a reason: " << where;
+          EXPECT_TRUE(absl::StartsWith(d.domain, "connecting.")) << where;
+        }
         switch (st.error_code()) {
           case grpc::StatusCode::NOT_FOUND: {
             // A program learns which resource from the ResourceInfo.

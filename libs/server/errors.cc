@@ -26,6 +26,42 @@ bool AttachedInfo(const absl::Status& status, google::rpc::ErrorInfo* info) {
 
 }  // namespace
 
+absl::Status WithDefaultReason(absl::Status s) {
+  if (s.ok() || !ReasonOf(s).empty()) return s;
+  switch (s.code()) {
+    case absl::StatusCode::kInvalidArgument:
+      return FieldViolationsOf(s).empty() ? WithReason(s, "REQUEST_MALFORMED")
+                                          : WithReason(s, "FIELD_INVALID");
+    case absl::StatusCode::kNotFound: {
+      std::string type, id;
+      if (!NotFoundResource(s, &type, &id)) return WithReason(s, "RESOURCE_NOT_FOUND");
+      return WithReason(s, "RESOURCE_NOT_FOUND", {{"resourceType", type}, {"resourceName", id}});
+    }
+    case absl::StatusCode::kPermissionDenied:
+      return WithReason(s, "NOT_PERMITTED");
+    case absl::StatusCode::kAlreadyExists:
+      return WithReason(s, "RESOURCE_EXISTS");
+    case absl::StatusCode::kFailedPrecondition:
+      return WithReason(s, "PRECONDITION_FAILED");
+    case absl::StatusCode::kAborted:
+      return WithReason(s, "CONCURRENT_CHANGE");
+    case absl::StatusCode::kUnavailable:
+      return WithReason(s, "DEPENDENCY_UNAVAILABLE");
+    case absl::StatusCode::kDeadlineExceeded:
+      return WithReason(s, "DEADLINE_EXCEEDED");
+    case absl::StatusCode::kResourceExhausted:
+      // The executor's queue, a lane's waiters, the pool's connections: all
+      // this server's capacity (a request too large never reaches us).
+      return WithReason(s, "SERVER_AT_CAPACITY");
+    case absl::StatusCode::kCancelled:
+      return WithReason(s, "REQUEST_CANCELLED");
+    case absl::StatusCode::kUnauthenticated:
+      return WithReason(s, "TOKEN_INVALID");
+    default:  // INTERNAL, UNKNOWN, DATA_LOSS; no method answers any other code
+      return WithReason(s, "INTERNAL_ERROR");
+  }
+}
+
 absl::Status WithReason(absl::Status status, absl::string_view reason,
                         const ErrorMetadata& metadata) {
   if (status.ok()) return status;
@@ -93,7 +129,9 @@ std::string ReasonIn(const grpc::Status& status) {
   return "";
 }
 
-grpc::Status DetailedStatus(const absl::Status& status, absl::string_view domain) {
+grpc::Status DetailedStatus(const absl::Status& given, absl::string_view domain) {
+  if (given.ok()) return grpc::Status::OK;
+  const absl::Status status = WithDefaultReason(given);
   const int code = static_cast<int>(status.code());
   const std::string message(status.message());
   google::rpc::Status details;

@@ -15,7 +15,8 @@
 //  - google.rpc.ResourceInfo for NOT_FOUND made by connecting::NotFound
 //    (libs/common/not_found.h): resource_type "session", resource_name its
 //    id, so that a program knows which of the request's ids it was.
-// An error with none of these has no trailer.
+// Every error has the trailer: one without a named cause gets the reason its
+// code implies (WithDefaultReason).
 #ifndef CONNECTING_LIBS_SERVER_ERRORS_H_
 #define CONNECTING_LIBS_SERVER_ERRORS_H_
 
@@ -67,8 +68,15 @@ std::vector<FieldViolation> FieldViolationsOf(const absl::Status& status);
 // The ErrorInfo reason in a gRPC status's details; "" if none.
 std::string ReasonIn(const grpc::Status& status);
 
+// `s` with the reason its code implies when the code that refused named none
+// (FIELD_INVALID, RESOURCE_NOT_FOUND, NOT_PERMITTED, DEPENDENCY_UNAVAILABLE,
+// INTERNAL_ERROR, …; the README lists them), so that every error a service
+// sends carries exactly one ErrorInfo, as AIP-193 requires.
+absl::Status WithDefaultReason(absl::Status s);
+
 // `status` as gRPC sends it: its code and message, with the details above
-// (its reason under `domain`, the field violations it carries).
+// (its reason, or the default one, under `domain`; the field violations and
+// the resource not found it carries).
 grpc::Status DetailedStatus(const absl::Status& status, absl::string_view domain);
 
 }  // namespace connecting::server

@@ -96,15 +96,12 @@ grpc::Status ToGrpcStatus(const absl::Status& status, absl::string_view method,
   if (code == grpc::StatusCode::INTERNAL || code == grpc::StatusCode::UNKNOWN) {
     log::Error("internal error",
                {{"method", method}, {"traceparent", traceparent}, {"error", status.ToString()}});
-    return grpc::Status(grpc::StatusCode::INTERNAL,
-                        absl::StrCat("internal error; the server log has the details under "
-                                     "traceparent ",
-                                     traceparent));
-  }
-  if (code == grpc::StatusCode::RESOURCE_EXHAUSTED && ReasonOf(status).empty()) {
-    // The executor's queue, a lane's waiters, the pool's connections: all
-    // this server's capacity (a request too large never reaches us).
-    return DetailedStatus(WithReason(status, "SERVER_AT_CAPACITY"), domain);
+    return DetailedStatus(
+        WithReason(
+            absl::InternalError(absl::StrCat(
+                "internal error; the server log has the details under traceparent ", traceparent)),
+            "INTERNAL_ERROR", {{"traceparent", std::string(traceparent)}}),
+        domain);
   }
   return DetailedStatus(status, domain);
 }
@@ -162,12 +159,13 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
   bool queued = executor_->TrySubmit(
       [this, ctx, method, finish, work = std::move(work), a = *std::move(a)]() mutable {
         if (ctx->IsCancelled()) {
-          finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
+          finish(DetailedStatus(absl::CancelledError("cancelled by the client"), domain_));
           return;
         }
         if (absl::Now() >= a.deadline) {
-          finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                              "deadline passed while the request waited in the queue"));
+          finish(DetailedStatus(
+              absl::DeadlineExceededError("deadline passed while the request waited in the queue"),
+              domain_));
           return;
         }
         Call call{a.principal, a.deadline, a.trace, method};
@@ -177,7 +175,7 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
         finish(ToGrpcStatus(s, method, a.trace, domain_));
       });
   if (!queued) {
-    // ToGrpcStatus names it SERVER_AT_CAPACITY, as every capacity refusal.
+    // Named SERVER_AT_CAPACITY, as every capacity refusal (WithDefaultReason).
     finish(ToGrpcStatus(absl::ResourceExhaustedError("server is at capacity; retry with backoff"),
                         method, "", domain_));
   }
