@@ -154,8 +154,6 @@ grpc::Status DetailedStatus(const absl::Status& given, absl::string_view domain)
     info.set_resource_name(std::move(id));
     details.add_details()->PackFrom(info);
   }
-  if (details.details_size() == 0)
-    return grpc::Status(static_cast<grpc::StatusCode>(code), message);
   return grpc::Status(static_cast<grpc::StatusCode>(code), message, details.SerializeAsString());
 }
 

@@ -2,11 +2,12 @@
 // a service returns carries a google.rpc.Status in the
 // `grpc-status-details-bin` trailer (what grpc::Status::error_details()
 // gives a C++ client) with:
-//  - google.rpc.ErrorInfo {reason, domain "connecting.<service>", metadata}
-//    when the cause has a name: a stable UPPER_SNAKE_CASE reason a client can
-//    act on (PARTNER_NOT_ACTIVE, ETAG_MISMATCH, ALREADY_IN_STATE, …), listed
-//    in the README with its metadata keys (the ids and states the message
-//    names: "bookingId", "state"); a reason, once given, is never renamed;
+//  - always, one google.rpc.ErrorInfo {reason, domain "connecting.<service>",
+//    metadata}: a stable UPPER_SNAKE_CASE reason a client can act on, the
+//    refusal's own (PARTNER_NOT_ACTIVE, ETAG_MISMATCH, ALREADY_IN_STATE, …)
+//    or the one its code implies (WithDefaultReason), listed in the README
+//    with its metadata keys (the ids and states the message names:
+//    "bookingId", "status"); a reason, once given, is never renamed;
 //  - google.rpc.BadRequest for INVALID_ARGUMENT: one field violation per
 //    field the request broke, each with its rule, so a form can mark each
 //    field. They travel with the status from where the rule was checked
@@ -15,8 +16,6 @@
 //  - google.rpc.ResourceInfo for NOT_FOUND made by connecting::NotFound
 //    (libs/common/not_found.h): resource_type "session", resource_name its
 //    id, so that a program knows which of the request's ids it was.
-// Every error has the trailer: one without a named cause gets the reason its
-// code implies (WithDefaultReason).
 #ifndef CONNECTING_LIBS_SERVER_ERRORS_H_
 #define CONNECTING_LIBS_SERVER_ERRORS_H_
 
