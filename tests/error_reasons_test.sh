@@ -9,7 +9,8 @@
 # Reasons are the string literals given to server::Refusal(...) and
 # server::WithReason(...) calls (whole calls, parentheses balanced, strings
 # respected), in services/ and libs/; keys are the literal keys of the
-# metadata in those calls ({{"bookingId", …}}).
+# metadata in those calls ({{"bookingId", …}}), and server::NotPermitted's
+# (role, and the ids its calls give).
 # Usage (ctest runs it): error_reasons_test.sh [ROOT]
 set -euo pipefail
 cd "${1:-$(dirname "$0")/..}"
@@ -20,6 +21,13 @@ calls=$(find services libs -name '*.cc' -print0 | xargs -0 perl -0777 -ne '
     my @reasons = $call =~ /"([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)"/g;
     my @keys = $call =~ /\{"([a-z][A-Za-z0-9]*)",/g;
     for my $r (@reasons) { print "$r\n"; print "$r $_\n" for @keys; }
+  }
+  # server::NotPermitted(principal, message, {{"key", …}}): NOT_PERMITTED with
+  # the role and those keys.
+  while (/\bNotPermitted\s*(\((?:[^()"]++|"(?:[^"\\]|\\.)*"|(?1))*\))/g) {
+    my $call = $1;
+    print "NOT_PERMITTED role\n";
+    print "NOT_PERMITTED $_\n" for $call =~ /\{"([a-z][A-Za-z0-9]*)",/g;
   }' | sort -u)
 sent=$(awk '{ print $1 }' <<<"$calls" | sort -u)
 # The table under "Error details": each row's reason and metadata cells.

@@ -1999,8 +1999,13 @@ TEST_F(Scheduling, RolesSeeAndDoOnlyWhatTheyMay) {
   std::string self = Token(Role::kParticipant, me.id());
   sv1::Booking b;
   EXPECT_TRUE(Book(*fx_, mine.id(), me.id(), &b, "", self).ok());
-  EXPECT_EQ(Book(*fx_, mine.id(), you.id(), &b, "", self).error_code(),
-            grpc::StatusCode::PERMISSION_DENIED);
+  grpc::Status denied = Book(*fx_, mine.id(), you.id(), &b, "", self);
+  EXPECT_EQ(denied.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  // For programs: the reason, the token's role and whom it may not act for.
+  EXPECT_EQ(DetailsOf(denied).reason, "NOT_PERMITTED");
+  EXPECT_EQ(DetailsOf(denied).metadata, (std::map<std::string, std::string>{
+                                            {"role", "participant"}, {"participantId", you.id()}}))
+      << denied.error_message();
   ASSERT_TRUE(Book(*fx_, theirs.id(), you.id(), &b).ok());
 
   sv1::ListBookingsRequest lb;

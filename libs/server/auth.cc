@@ -144,6 +144,12 @@ absl::StatusOr<std::vector<std::string>> ParseKeys(absl::string_view algorithm,
   return keys;
 }
 
+absl::Status NotPermitted(const Principal& p, absl::string_view message,
+                          std::vector<std::pair<std::string, std::string>> scope) {
+  scope.emplace_back("role", std::string(RoleName(p.role)));
+  return WithReason(absl::PermissionDeniedError(message), "NOT_PERMITTED", scope);
+}
+
 absl::string_view RoleName(Role role) {
   switch (role) {
     case Role::kAdmin:

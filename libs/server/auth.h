@@ -42,6 +42,12 @@ struct Principal {
   bool is_staff() const { return role == Role::kAdmin || role == Role::kSystem; }
 };
 
+// PERMISSION_DENIED for `p`, reason NOT_PERMITTED, with the token's `role`
+// and the ids the message names (`scope`, e.g. {{"organisationId", id}}) as
+// the ErrorInfo's metadata (libs/server/errors.h).
+absl::Status NotPermitted(const Principal& p, absl::string_view message,
+                          std::vector<std::pair<std::string, std::string>> scope = {});
+
 struct AuthOptions {
   std::string algorithm = "HS256";  // HS256, RS256 or ES256
   std::string key;                  // HS256 secret, or PEM public key(s)

@@ -118,27 +118,31 @@ const std::vector<std::string>& OfferMaskPaths() {
 absl::Status MayReadContacts(const Principal& p, const std::string& organisation_id) {
   if (p.is_staff() || p.role == Role::kViewer) return absl::OkStatus();
   if (p.role == Role::kPartner && p.organisation_id == organisation_id) return absl::OkStatus();
-  return absl::PermissionDeniedError(absl::StrCat("role ", server::RoleName(p.role),
-                                                  " may not read the contacts of organisation ",
-                                                  organisation_id));
+  return server::NotPermitted(
+      p,
+      absl::StrCat("role ", server::RoleName(p.role), " may not read the contacts of organisation ",
+                   organisation_id),
+      {{"organisationId", organisation_id}});
 }
 
 absl::Status MayChange(const Principal& p, const std::string& organisation_id) {
   if (p.is_staff()) return absl::OkStatus();
   if (p.role == Role::kPartner) {
     if (p.organisation_id == organisation_id) return absl::OkStatus();
-    return absl::PermissionDeniedError(absl::StrCat(
-        "a partner token may change only its own organisation (", p.organisation_id, ")"));
+    return server::NotPermitted(
+        p,
+        absl::StrCat("a partner token may change only its own organisation (", p.organisation_id,
+                     ")"),
+        {{"organisationId", p.organisation_id}});
   }
-  return absl::PermissionDeniedError(
-      absl::StrCat("role ", server::RoleName(p.role), " may not change partners data"));
+  return server::NotPermitted(
+      p, absl::StrCat("role ", server::RoleName(p.role), " may not change partners data"));
 }
 
 absl::Status MayAdminister(const Principal& p, const char* action) {
   if (p.is_staff()) return absl::OkStatus();
-  return absl::PermissionDeniedError(absl::StrCat("only admin and system tokens may ", action,
-                                                  "; this token's role is ",
-                                                  server::RoleName(p.role)));
+  return server::NotPermitted(p, absl::StrCat("only admin and system tokens may ", action,
+                                              "; this token's role is ", server::RoleName(p.role)));
 }
 
 absl::Status CheckTransition(const Principal& p, const std::string& organisation_id,
@@ -171,8 +175,8 @@ absl::Status CheckTransition(const Principal& p, const std::string& organisation
                                {{"status", v1::OrganisationStatus_Name(from)}});
       }
       if (from == ORGANISATION_STATUS_ARCHIVED && !p.is_staff()) {
-        return absl::PermissionDeniedError(
-            "only admin and system tokens may reactivate an ARCHIVED organisation");
+        return server::NotPermitted(
+            p, "only admin and system tokens may reactivate an ARCHIVED organisation");
       }
       return absl::OkStatus();
   }

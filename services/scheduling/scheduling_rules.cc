@@ -131,23 +131,26 @@ void ValidateSession(FieldErrors& e, const std::string& prefix, v1::Session& s) 
 
 absl::Status RequireStaff(const Principal& p, const char* action) {
   if (p.is_staff()) return absl::OkStatus();
-  return absl::PermissionDeniedError(absl::StrCat("only admin and system tokens may ", action,
-                                                  "; this token's role is ",
-                                                  server::RoleName(p.role)));
+  return server::NotPermitted(p, absl::StrCat("only admin and system tokens may ", action,
+                                              "; this token's role is ", server::RoleName(p.role)));
 }
 
 absl::Status MayReadParticipant(const Principal& p, const std::string& participant_id) {
   if (p.is_staff() || p.role == Role::kViewer) return absl::OkStatus();
   if (p.role == Role::kParticipant && p.participant_id == participant_id) return absl::OkStatus();
-  return absl::PermissionDeniedError(
-      absl::StrCat("role ", server::RoleName(p.role), " may not see participant ", participant_id));
+  return server::NotPermitted(
+      p,
+      absl::StrCat("role ", server::RoleName(p.role), " may not see participant ", participant_id),
+      {{"participantId", participant_id}});
 }
 
 absl::Status MayActFor(const Principal& p, const std::string& participant_id) {
   if (p.is_staff()) return absl::OkStatus();
   if (p.role == Role::kParticipant && p.participant_id == participant_id) return absl::OkStatus();
-  return absl::PermissionDeniedError(absl::StrCat("role ", server::RoleName(p.role),
-                                                  " may not act for participant ", participant_id));
+  return server::NotPermitted(p,
+                              absl::StrCat("role ", server::RoleName(p.role),
+                                           " may not act for participant ", participant_id),
+                              {{"participantId", participant_id}});
 }
 
 absl::Status MayManageSession(const Principal& p, const v1::Session& s) {
@@ -155,9 +158,10 @@ absl::Status MayManageSession(const Principal& p, const v1::Session& s) {
   if (p.role == Role::kPartner && p.organisation_id == s.organisation_id()) {
     return absl::OkStatus();
   }
-  return absl::PermissionDeniedError(absl::StrCat("only staff or the partner organisation ",
-                                                  s.organisation_id(), " may manage session ",
-                                                  s.id()));
+  return server::NotPermitted(p,
+                              absl::StrCat("only staff or the partner organisation ",
+                                           s.organisation_id(), " may manage session ", s.id()),
+                              {{"organisationId", s.organisation_id()}, {"sessionId", s.id()}});
 }
 
 }  // namespace connecting::scheduling

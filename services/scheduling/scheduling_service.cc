@@ -379,7 +379,7 @@ absl::Status SchedulingLogic::ListParticipants(const Call& call,
                                                const v1::ListParticipantsRequest& req,
                                                v1::ListParticipantsResponse* resp) {
   if (!call.principal.is_staff() && call.principal.role != Role::kViewer) {
-    return absl::PermissionDeniedError("only staff and viewers may list participants");
+    return server::NotPermitted(call.principal, "only staff and viewers may list participants");
   }
   FieldErrors e;
   int limit = server::PageSize(e, req.page_size());
@@ -523,12 +523,12 @@ absl::Status SchedulingLogic::CreateSession(const Call& call, const v1::CreateSe
   const server::Principal& p = call.principal;
   bool arranged = p.role == Role::kParticipant;
   if (!p.is_staff() && !arranged) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("role ", server::RoleName(p.role), " may not create sessions"));
+    return server::NotPermitted(
+        p, absl::StrCat("role ", server::RoleName(p.role), " may not create sessions"));
   }
   if (arranged) {
     if (s.kind() != v1::SESSION_KIND_FRONTLINE_VISIT) {
-      return absl::PermissionDeniedError("a participant may arrange only frontline visits");
+      return server::NotPermitted(p, "a participant may arrange only frontline visits");
     }
     if (s.host_contact_id().empty()) {
       return server::FieldError("session.host_contact_id",
@@ -602,7 +602,8 @@ absl::Status SchedulingLogic::GetSession(const Call& call, const v1::GetSessionR
     if (!s.ok()) return s.status();
     if (call.principal.role == Role::kPartner &&
         s->organisation_id() != call.principal.organisation_id) {
-      return absl::PermissionDeniedError("a partner sees only sessions at its organisation");
+      return server::NotPermitted(call.principal,
+                                  "a partner sees only sessions at its organisation");
     }
     *resp = *std::move(s);
     return absl::OkStatus();
@@ -631,7 +632,8 @@ absl::Status SchedulingLogic::ListSessions(const Call& call, const v1::ListSessi
                          req.status(),    req.host_contact_id(), req.with_free_seats()};
   if (call.principal.role == Role::kPartner) {
     if (!f.organisation_id.empty() && f.organisation_id != call.principal.organisation_id) {
-      return absl::PermissionDeniedError("a partner sees only sessions at its organisation");
+      return server::NotPermitted(call.principal,
+                                  "a partner sees only sessions at its organisation");
     }
     f.organisation_id = call.principal.organisation_id;
   }
@@ -1226,7 +1228,7 @@ absl::Status SchedulingLogic::GetBooking(const Call& call, const v1::GetBookingR
       auto s = store::GetSession(c, b->session_id(), false);
       if (!s.ok()) return s.status();
       if (s->organisation_id() != p.organisation_id) {
-        return absl::PermissionDeniedError("a partner sees only bookings at its organisation");
+        return server::NotPermitted(p, "a partner sees only bookings at its organisation");
       }
     } else if (absl::Status st = MayReadParticipant(p, b->participant_id()); !st.ok()) {
       return st;
@@ -1251,7 +1253,7 @@ absl::Status SchedulingLogic::ListBookings(const Call& call, const v1::ListBooki
   store::BookingFilter f{req.session_id(), req.participant_id(), "", req.status()};
   if (p.role == Role::kParticipant) {
     if (req.participant_id() != p.participant_id) {
-      return absl::PermissionDeniedError("a participant sees only its own bookings");
+      return server::NotPermitted(p, "a participant sees only its own bookings");
     }
   } else if (p.role == Role::kPartner) {
     f.partner_organisation_id = p.organisation_id;  // only bookings at its sessions
@@ -1476,7 +1478,7 @@ absl::Status SchedulingLogic::GetProgrammeFigures(const Call& call,
   if (p.role == Role::kPartner) {
     org = p.organisation_id;  // a partner sees only its own results
   } else if (!p.is_staff() && p.role != Role::kViewer) {
-    return absl::PermissionDeniedError("participants may not read programme figures");
+    return server::NotPermitted(p, "participants may not read programme figures");
   }
   std::optional<store::FiguresGrouping> by;
   switch (req.group_by()) {
