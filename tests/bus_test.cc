@@ -9,6 +9,7 @@
 #include <set>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -525,7 +526,12 @@ TEST_F(Bus, AFetchAppliesInOneTransactionAndAFailureHoldsBackNoOther) {
                 return c.ExecScript("CREATE TABLE applied_in (event_id text, txid bigint)");
               }).ok());
   auto handler = [](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
-    if (d.payload == "poison") return absl::InvalidArgumentError("cannot parse");
+    if (d.payload == "poison") {
+      // With a payload, as the services' statuses carry their error details.
+      absl::Status refused = absl::InvalidArgumentError("cannot parse");
+      refused.SetPayload("type.googleapis.com/google.rpc.ErrorInfo", absl::Cord("\n\x02\x01X"));
+      return refused;
+    }
     return tx.Exec("INSERT INTO applied_in VALUES ($1, txid_current())", {d.id}).status();
   };
   Emit(256);
@@ -548,6 +554,10 @@ TEST_F(Bus, AFetchAppliesInOneTransactionAndAFailureHoldsBackNoOther) {
   again.Start();
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM applied_in", 259));
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM dead_letters WHERE event_id = 'poisoned'", 1));
+  // Its error as people read it, without the payload's bytes.
+  EXPECT_EQ(Count("SELECT count(*) FROM dead_letters WHERE event_id = 'poisoned' "
+                  "AND error = 'INVALID_ARGUMENT: cannot parse'"),
+            1);
   absl::SleepFor(absl::Milliseconds(500));
   EXPECT_EQ(Count("SELECT count(*) FROM applied_in"), 259);
   EXPECT_EQ(Count("SELECT count(DISTINCT event_id) FROM applied_in"), 259);

@@ -121,7 +121,7 @@ absl::Status Consumer::Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub) {
                 {{"stream", options_.stream}, {"consumer", retired}, {"replaced_by", options_.durable}});
     } else if (ds != NATS_NOT_FOUND) {
       log::Warn("could not delete a retired durable consumer",
-                {{"consumer", retired}, {"error", FromNats(ds, retired, derr).ToString()}});
+                {{"consumer", retired}, {"error", log::Text(FromNats(ds, retired, derr))}});
     }
   }
 
@@ -194,14 +194,14 @@ absl::StatusOr<ReplayReport> Consumer::ReplayDeadLetters(absl::Duration step_lim
     if (!absl::IsInvalidArgument(refused) && !DatabaseReachable()) return refused;
     ++report.failing;
     log::Warn("dead letter refused again",
-              {{"consumer", options_.durable}, {"event_id", id}, {"error", refused.ToString()}});
+              {{"consumer", options_.durable}, {"event_id", id}, {"error", log::Text(refused)}});
     step.deadline = absl::Now() + step_limit;
     absl::Status kept = db::Transact(*pool_, step, [&](db::Conn& tx) {
       return tx
           .Exec(
               "UPDATE dead_letters SET error = $3, deliveries = deliveries + 1, "
               "failed_at = now() WHERE consumer = $1 AND event_id = $2",
-              {options_.durable, id, refused.ToString()})
+              {options_.durable, id, log::Text(refused)})
           .status();
     });
     if (!kept.ok()) return kept;
@@ -285,7 +285,7 @@ void Consumer::PruneInbox(uint64_t ack_floor) {
   }
   if (!s.ok()) {
     log::Warn("inbox pruning failed; trying again later",
-              {{"consumer", options_.durable}, {"error", s.ToString()}});
+              {{"consumer", options_.durable}, {"error", log::Text(s)}});
   }
   if (deleted > 0) {
     log::Info("inbox pruned", {{"consumer", options_.durable},
@@ -442,7 +442,7 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
                                                       {"event_id", d.id},
                                                       {"subject", d.subject},
                                                       {"deliveries", absl::StrCat(d.deliveries)},
-                                                      {"error", s.ToString()}});
+                                                      {"error", log::Text(s)}});
       int64_t delay_ms = std::min<int64_t>(30000, 250LL << std::min<uint64_t>(d.deliveries, 7));
       natsMsg_NakWithDelay(msg, delay_ms, nullptr);
       return;
@@ -454,7 +454,7 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
           .Exec(
               "INSERT INTO dead_letters (consumer, event_id, subject, type, payload, error, "
               "deliveries) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-              {options_.durable, d.id, d.subject, d.type, d.payload, s.ToString(),
+              {options_.durable, d.id, d.subject, d.type, d.payload, log::Text(s),
                static_cast<int64_t>(d.deliveries)})
           .status();
     });
@@ -469,7 +469,7 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
     log::Error("event dead-lettered", {{"consumer", options_.durable},
                                        {"event_id", d.id},
                                        {"subject", d.subject},
-                                       {"error", s.ToString()}});
+                                       {"error", log::Text(s)}});
     natsMsg_Term(msg, nullptr);
     return;
   }
@@ -492,9 +492,9 @@ void Consumer::Run() {
       if (s.ok()) s = Subscribe(js.get(), &sub);
       if (!s.ok()) {
         healthy_.store(false);
-        if (s.ToString() != last_error) {
-          log::Warn("consumer waiting", {{"consumer", options_.durable}, {"error", s.ToString()}});
-          last_error = s.ToString();
+        if (log::Text(s) != last_error) {
+          log::Warn("consumer waiting", {{"consumer", options_.durable}, {"error", log::Text(s)}});
+          last_error = log::Text(s);
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(500));
         continue;

@@ -328,8 +328,8 @@ void OutboxRelay::Run() {
   absl::Status last_error = absl::OkStatus();
   auto report = [&](const absl::Status& s) {
     healthy_.store(false);
-    if (s.ToString() != last_error.ToString()) {
-      log::Warn("outbox relay waiting", {{"error", s.ToString()}});
+    if (log::Text(s) != log::Text(last_error)) {
+      log::Warn("outbox relay waiting", {{"error", log::Text(s)}});
       last_error = s;
     }
   };

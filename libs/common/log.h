@@ -30,6 +30,13 @@ inline void Info(absl::string_view msg, Fields f = {}) { Write(Level::kInfo, msg
 inline void Warn(absl::string_view msg, Fields f = {}) { Write(Level::kWarn, msg, f); }
 inline void Error(absl::string_view msg, Fields f = {}) { Write(Level::kError, msg, f); }
 
+// A status as people read it, for a log line or a stored error: its code and
+// message, without the payloads its error details travel in
+// (libs/server/errors.h).
+inline std::string Text(const absl::Status& s) {
+  return s.ToString(absl::StatusToStringMode::kWithNoExtraData);
+}
+
 // Appends `s` to `out` as a JSON string literal (with quotes).
 void AppendJsonString(std::string& out, absl::string_view s);
 

@@ -95,7 +95,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status, absl::string_view method,
   auto code = static_cast<grpc::StatusCode>(status.code());
   if (code == grpc::StatusCode::INTERNAL || code == grpc::StatusCode::UNKNOWN) {
     log::Error("internal error",
-               {{"method", method}, {"traceparent", traceparent}, {"error", status.ToString()}});
+               {{"method", method}, {"traceparent", traceparent}, {"error", log::Text(status)}});
     return DetailedStatus(
         WithReason(
             absl::InternalError(absl::StrCat(
@@ -170,7 +170,7 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
         }
         Call call{a.principal, a.deadline, a.trace, method};
         absl::Status s = work(call);
-        if (!s.ok()) log::Debug("rpc failed", {{"method", method}, {"error", s.ToString()}});
+        if (!s.ok()) log::Debug("rpc failed", {{"method", method}, {"error", log::Text(s)}});
         if (after_work_) after_work_();
         finish(ToGrpcStatus(s, method, a.trace, domain_));
       });
@@ -199,7 +199,7 @@ grpc::ServerUnaryReactor* RpcRunner::RunAsync(grpc::CallbackServerContext* ctx,
   };
   auto* state = new State(*std::move(a), method);
   start(state->call, [this, state, method, finish](absl::Status s) {
-    if (!s.ok()) log::Debug("rpc failed", {{"method", method}, {"error", s.ToString()}});
+    if (!s.ok()) log::Debug("rpc failed", {{"method", method}, {"error", log::Text(s)}});
     if (after_work_) after_work_();
     finish(ToGrpcStatus(s, method, state->call.traceparent, domain_));
     delete state;

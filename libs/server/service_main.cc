@@ -188,7 +188,7 @@ absl::Status RunMigrations(const ServiceConfig& cfg, const std::vector<db::Migra
       return absl::OkStatus();
     }
     if (absl::Now() >= give_up) return conn.status();
-    log::Warn("waiting for database", {{"error", conn.status().ToString()}});
+    log::Warn("waiting for database", {{"error", log::Text(conn.status())}});
     absl::SleepFor(absl::Seconds(1));
   }
 }
@@ -215,7 +215,7 @@ SchemaWait WaitForSchema(const std::string& url, const std::vector<db::Migration
         return SchemaWait::kCurrent;
       }
       if (absl::IsFailedPrecondition(pending.status())) {
-        log::Error("database schema cannot be used", {{"error", pending.status().ToString()}});
+        log::Error("database schema cannot be used", {{"error", log::Text(pending.status())}});
         return SchemaWait::kFailed;
       }
       why = pending.ok() ? absl::FailedPreconditionError(absl::StrJoin(*pending, ","))
@@ -228,7 +228,7 @@ SchemaWait WaitForSchema(const std::string& url, const std::vector<db::Migration
         log::Warn("waiting for the migration Job (or --migrate) to apply migrations",
                   {{"pending", why.message()}});
       } else {
-        log::Warn("waiting for database", {{"error", why.ToString()}});
+        log::Warn("waiting for database", {{"error", log::Text(why)}});
       }
       next_log = absl::Now() + absl::Seconds(30);
     }
@@ -384,7 +384,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
     absl::Status s =
         RunMigrations(*cfg, migrations, migrate_only ? absl::Minutes(2) : absl::Minutes(1));
     if (!s.ok()) {
-      log::Error("migrations failed", {{"error", s.ToString()}});
+      log::Error("migrations failed", {{"error", log::Text(s)}});
       return 1;
     }
     if (migrate_only) return 0;
@@ -406,13 +406,13 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
                                                                 absl::Seconds(30))
                                  : nats.status();
       if (!s.ok()) {
-        log::Error("republishing failed", {{"error", s.ToString()}});
+        log::Error("republishing failed", {{"error", log::Text(s)}});
         return 1;
       }
     }
     absl::StatusOr<int64_t> n = def.republish(pool, outbox, after_restore);
     if (!n.ok()) {
-      log::Error("republishing failed", {{"error", n.status().ToString()}});
+      log::Error("republishing failed", {{"error", log::Text(n.status())}});
       return 1;
     }
     int64_t settled = 0;
@@ -420,7 +420,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
       absl::StatusOr<int64_t> r = bus::SettleRestores(pool);
       if (!r.ok()) {
         log::Error("republished, but the recorded restore is not settled",
-                   {{"error", r.status().ToString()}});
+                   {{"error", log::Text(r.status())}});
         return 1;
       }
       settled = *r;
@@ -438,7 +438,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
       bus::Nats::Connect(cfg->nats_url, def.name, cfg->nats_security);
   if (!auth.ok() || !nats.ok()) {
     log::Error("start-up failed",
-               {{"error", (!auth.ok() ? auth.status() : nats.status()).ToString()}});
+               {{"error", log::Text(!auth.ok() ? auth.status() : nats.status())}});
     return 1;
   }
   db::Pool pool(cfg->database_url, cfg->db_pool_size, def.name);
@@ -457,7 +457,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
     for (auto& c : consumers) {
       absl::StatusOr<bus::ReplayReport> r = c->ReplayDeadLetters(cfg->max_deadline);
       if (!r.ok()) {
-        log::Error("replaying dead letters failed", {{"error", r.status().ToString()}});
+        log::Error("replaying dead letters failed", {{"error", log::Text(r.status())}});
         return 1;
       }
       std::printf("%s: %d dead letters replayed, %d refused again\n", c->durable().c_str(),

@@ -1103,7 +1103,7 @@ void SchedulingLogic::PromoteWhereFreed(const Call& call, HandOnBy by,
     log::Warn(
         "a seat freed for someone waiting was not handed on yet; the seat sweep "
         "(SEAT_SWEEP_INTERVAL) hands it on",
-        {{"participant", participant}, {"session", session}, {"error", st.ToString()}});
+        {{"participant", participant}, {"session", session}, {"error", log::Text(st)}});
   }
 }
 
