@@ -1935,6 +1935,15 @@ TEST_F(Scheduling, ErrorsNameTheirCauseForProgramsAsWellAsPeople) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED) << st.error_message();
   EXPECT_EQ(DetailsOf(st).reason, "ETAG_MISMATCH");
   EXPECT_EQ(DetailsOf(st).metadata, (Metadata{{"etag", current_etag}}));
+  // Too early: the session and when it ends, for a program to wait for.
+  sv1::CompleteSessionRequest complete;
+  complete.set_id(update.session().id());
+  st = fx_->stub->CompleteSession(Ctx(fx_->admin).get(), complete, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_EQ(DetailsOf(st).reason, "SESSION_NOT_ENDED");
+  EXPECT_EQ(DetailsOf(st).metadata, (Metadata{{"sessionId", update.session().id()},
+                                              {"date", DateIn(8)},
+                                              {"endTime", update.session().end_time()}}));
   sv1::GetSessionRequest get;
   get.set_id(session.id());
   grpc::ClientContext bare;

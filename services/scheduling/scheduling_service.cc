@@ -155,10 +155,11 @@ absl::Status BookingRefusal(const store::Booked& b, const std::string& session_i
                            {{"sessionId", session_id}, {"status", status}});
   }
   if (o == "began") {
-    return server::Refusal("SESSION_BEGAN",
-                           absl::StrCat("session ", session_id, " began at ", s.date(), " ",
-                                        s.start_time(), "; it takes no more bookings"),
-                           {{"sessionId", session_id}});
+    return server::Refusal(
+        "SESSION_BEGAN",
+        absl::StrCat("session ", session_id, " began at ", s.date(), " ", s.start_time(),
+                     "; it takes no more bookings"),
+        {{"sessionId", session_id}, {"date", s.date()}, {"startTime", s.start_time()}});
   }
   if (o == "partner_inactive") return PartnerRefusal(s.organisation_id(), b.partner_status);
   if (o == "site_not_allowed") {
@@ -683,10 +684,11 @@ absl::Status SchedulingLogic::UpdateSession(const Call& call, const v1::UpdateSe
           {{"status", v1::SessionStatus_Name(cur->status())}});
     }
     if (absl::Now() >= LocalInstant(cur->date(), cur->start_time())) {
-      return server::Refusal("SESSION_BEGAN",
-                             absl::StrCat("the session began at ", cur->date(), " ",
-                                          cur->start_time(), "; it can no longer be changed"),
-                             {{"sessionId", cur->id()}});
+      return server::Refusal(
+          "SESSION_BEGAN",
+          absl::StrCat("the session began at ", cur->date(), " ", cur->start_time(),
+                       "; it can no longer be changed"),
+          {{"sessionId", cur->id()}, {"date", cur->date()}, {"startTime", cur->start_time()}});
     }
     if (absl::Status st = store::LockSites(c, in.id()); !st.ok()) return st;
     auto seats = store::GetSession(c, in.id(), false);  // the counters, now settled
@@ -908,8 +910,10 @@ absl::Status SchedulingLogic::CompleteSession(const Call& call,
           {{"status", v1::SessionStatus_Name(s->status())}});
     }
     if (absl::Now() < LocalInstant(s->date(), s->end_time())) {
-      return server::Refusal("SESSION_NOT_ENDED", "the session has not ended yet",
-                             {{"sessionId", s->id()}});
+      return server::Refusal(
+          "SESSION_NOT_ENDED",
+          absl::StrCat("the session has not ended yet (", s->date(), " ", s->end_time(), ")"),
+          {{"sessionId", s->id()}, {"date", s->date()}, {"endTime", s->end_time()}});
     }
     if (absl::Status st = store::SetSessionStatus(c, req.id(), v1::SESSION_STATUS_COMPLETED);
         !st.ok()) {
@@ -1164,7 +1168,9 @@ absl::StatusOr<v1::Booking> SchedulingLogic::CancelInTx(db::Conn& c, const Call&
         absl::StrCat(
             "session ", session->id(), " began at ", session->date(), " ", session->start_time(),
             "; its bookings are no longer cancelled or moved (record attendance: NO_SHOW)"),
-        {{"sessionId", session->id()}});
+        {{"sessionId", session->id()},
+         {"date", session->date()},
+         {"startTime", session->start_time()}});
   }
   if (absl::Status s = store::SetBookingStatus(c, booking_id, kCancelled); !s.ok()) return s;
   if (ended_frontline_visit != nullptr) {
@@ -1406,7 +1412,7 @@ absl::Status SchedulingLogic::RecordAttendance(const Call& call,
       return server::Refusal(
           "SESSION_NOT_BEGUN",
           absl::StrCat("the session has not begun (", s->date(), " ", s->start_time(), ")"),
-          {{"sessionId", s->id()}});
+          {{"sessionId", s->id()}, {"date", s->date()}, {"startTime", s->start_time()}});
     }
     if (absl::Status st = store::SetBookingStatus(c, req.id(), status); !st.ok()) return st;
     ended_visit = HoldsTheDate(*b, *s);
