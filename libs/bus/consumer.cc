@@ -492,9 +492,9 @@ void Consumer::Run() {
       if (s.ok()) s = Subscribe(js.get(), &sub);
       if (!s.ok()) {
         healthy_.store(false);
-        if (log::Text(s) != last_error) {
-          log::Warn("consumer waiting", {{"consumer", options_.durable}, {"error", log::Text(s)}});
-          last_error = log::Text(s);
+        if (std::string text = log::Text(s); text != last_error) {
+          log::Warn("consumer waiting", {{"consumer", options_.durable}, {"error", text}});
+          last_error = std::move(text);
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(500));
         continue;

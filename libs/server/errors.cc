@@ -27,11 +27,11 @@ bool AttachedInfo(const absl::Status& status, google::rpc::ErrorInfo* info) {
 }  // namespace
 
 absl::Status WithDefaultReason(absl::Status s) {
-  if (s.ok() || !ReasonOf(s).empty()) return s;
+  if (s.ok() || s.GetPayload(kReasonPayload)) return s;
   switch (s.code()) {
     case absl::StatusCode::kInvalidArgument:
-      return FieldViolationsOf(s).empty() ? WithReason(s, "REQUEST_MALFORMED")
-                                          : WithReason(s, "FIELD_INVALID");
+      return s.GetPayload(kViolationsPayload) ? WithReason(s, "FIELD_INVALID")
+                                              : WithReason(s, "REQUEST_MALFORMED");
     case absl::StatusCode::kNotFound: {
       std::string type, id;
       if (!NotFoundResource(s, &type, &id)) return WithReason(s, "RESOURCE_NOT_FOUND");

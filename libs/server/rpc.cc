@@ -110,7 +110,7 @@ RpcRunner::Finish RpcRunner::Finisher(grpc::ServerUnaryReactor* reactor, const c
   const absl::Time start = absl::Now();
   return [reactor, method, start](const grpc::Status& s) {
     RpcMetrics& m = RpcMetrics::Get();
-    // A refusal's reason too (bounded: the README's table), so that
+    // Every error's reason too (bounded: the README's table), so that
     // dashboards tell a paused partner from an expired token.
     std::map<std::string, std::string> labels{{"method", method},
                                               {"code", CodeName(s.error_code())}};
