@@ -32,6 +32,7 @@
 #include "libs/server/health.h"
 #include "libs/server/page_token.h"
 #include "libs/server/periodic.h"
+#include "libs/server/rpc.h"
 #include "libs/server/validate.h"
 #include "libs/server/wire_reply.h"
 #include "tests/harness.h"
@@ -459,6 +460,79 @@ TEST_F(Database, ErrorsMapToSpecificStatuses) {
     return absl::OkStatus();
   });
   EXPECT_TRUE(s.ok());
+}
+
+TEST_F(Database, ClientsHearPlainWordsNotTheDatabases) {
+  // The database's messages name hosts, users, tables, constraints and the
+  // values stored: they stay in the server's log. A client gets the code,
+  // the reason and plain words (with the traceparent to quote when a rule
+  // of the schema refused what the service's checks let through: a bug).
+  Script("CREATE TABLE people (email text UNIQUE, age int CHECK (age >= 0))");
+  auto insert = [&](const std::string& sql) {
+    return db::Transact(*pool_, [&sql](db::Conn& c) { return c.Exec(sql).status(); });
+  };
+  ASSERT_TRUE(insert("INSERT INTO people VALUES ('someone@example.org', 30)").ok());
+  const std::string trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+  using Metadata = std::map<std::string, std::string>;
+  struct Case {
+    absl::Status status;
+    std::vector<std::string> database_words;  // in the status, never in what is sent
+    grpc::StatusCode code;
+    std::string message, reason;
+    Metadata metadata;
+  };
+  const std::string see = "; the server log has the details under traceparent " + trace;
+  db::Pool nowhere("postgresql://nobody@127.0.0.1:1/secret_db?connect_timeout=1", 1, "t");
+  absl::Status unreachable = db::Transact(nowhere, [](db::Conn&) { return absl::OkStatus(); });
+  std::vector<Case> cases{
+      {insert("INSERT INTO people VALUES ('someone@example.org', 40)"),
+       {"people_email_key", "someone@example.org", "duplicate key"},
+       grpc::StatusCode::ALREADY_EXISTS,
+       "the change conflicts with data already stored" + see,
+       "RESOURCE_EXISTS",
+       {{"traceparent", trace}}},
+      {insert("INSERT INTO people VALUES ('other@example.org', -1)"),
+       {"people_age_check", "violates"},
+       grpc::StatusCode::FAILED_PRECONDITION,
+       "a rule of the stored data refused the change" + see,
+       "PRECONDITION_FAILED",
+       {{"traceparent", trace}}},
+      {unreachable,
+       {"127.0.0.1", "port 1"},
+       grpc::StatusCode::UNAVAILABLE,
+       "the service's database is unavailable; retry with backoff",
+       "DEPENDENCY_UNAVAILABLE",
+       {}},
+      {db::LostAtCommit(unreachable),
+       {"127.0.0.1", "COMMIT"},
+       grpc::StatusCode::UNAVAILABLE,
+       "the connection to the service's database was lost during the commit: the change may or "
+       "may not have been made; read it, or ask again with the same request_id",
+       "DEPENDENCY_UNAVAILABLE",
+       {{"commitOutcome", "UNKNOWN"}}},
+  };
+  for (const Case& c : cases) {
+    ASSERT_FALSE(c.status.ok());
+    EXPECT_TRUE(db::SaidByDatabase(c.status)) << c.status;
+    grpc::Status sent = server::ToGrpcStatus(c.status, "Test/Method", trace, "connecting.test");
+    EXPECT_EQ(sent.error_code(), c.code) << c.status;
+    EXPECT_EQ(sent.error_message(), c.message) << c.status;
+    for (const std::string& words : c.database_words) {
+      EXPECT_TRUE(absl::StrContains(c.status.message(), words)) << c.status;
+      EXPECT_FALSE(absl::StrContains(sent.error_message(), words)) << sent.error_message();
+      EXPECT_FALSE(absl::StrContains(sent.error_details(), words)) << words;
+    }
+    testing::ErrorDetails d = testing::DetailsOf(sent);
+    EXPECT_EQ(d.error_infos, 1) << c.status;
+    EXPECT_EQ(d.reason, c.reason) << c.status;
+    EXPECT_EQ(d.metadata, c.metadata) << c.status;
+  }
+  // The service's own words pass as they are; so does a cause it named.
+  absl::Status own = absl::UnavailableError("the server is shutting down");
+  EXPECT_FALSE(db::SaidByDatabase(own));
+  EXPECT_EQ(server::ToGrpcStatus(own, "Test/Method", trace, "d").error_message(), own.message());
+  absl::Status named = server::WithReason(absl::AlreadyExistsError("email: taken"), "EMAIL_TAKEN");
+  EXPECT_EQ(server::ToGrpcStatus(named, "Test/Method", trace, "d").error_message(), "email: taken");
 }
 
 TEST_F(Database, SerializationFailuresAreRetriedUntilBothCommit) {

@@ -67,6 +67,11 @@ TEST(PartnersHealth, NotServingWhilePostgresIsDownServingWhenBack) {
   v1::Organisation out;
   grpc::Status s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  // In plain words: where the database is, and what libpq said, stay in
+  // the server's log.
+  EXPECT_EQ(s.error_message(), "the service's database is unavailable; retry with backoff");
+  EXPECT_FALSE(absl::StrContains(s.error_message() + s.error_details(), std::to_string(pg.port)));
+  EXPECT_EQ(DetailsOf(s).reason, "DEPENDENCY_UNAVAILABLE");
 
   ASSERT_EQ(pg.Start(), 0);
   EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(15)));

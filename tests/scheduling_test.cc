@@ -161,7 +161,11 @@ TEST(SchedulingOutage, DatabaseOutageLosesNoPartnerEventAndTheServiceComesBack) 
   DatabaseOutage outage(fx.scheduling_db);
   EXPECT_TRUE(fx.scheduling->WaitForHealth(2, absl::Seconds(10))) << "should be NOT_SERVING";
   sv1::Booking b;
-  EXPECT_EQ(Book(fx, at_steady.id(), first, &b).error_code(), grpc::StatusCode::UNAVAILABLE);
+  grpc::Status down = Book(fx, at_steady.id(), first, &b);
+  EXPECT_EQ(down.error_code(), grpc::StatusCode::UNAVAILABLE);
+  // What PostgreSQL said (the database's name among it) stays in the log.
+  EXPECT_EQ(down.error_message(), "the service's database is unavailable; retry with backoff");
+  EXPECT_EQ(DetailsOf(down).reason, "DEPENDENCY_UNAVAILABLE");
   absl::StatusOr<pv1::Organisation> archived = fx.ArchivePartner(doomed);
   ASSERT_TRUE(archived.ok()) << archived.status();
   absl::SleepFor(absl::Seconds(3));  // the archive event is delivered and held

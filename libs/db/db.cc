@@ -23,6 +23,14 @@ constexpr char kConstraintPayload[] = "connecting.db/constraint";
 // (an ABORTED from the caller's own logic, such as a stale etag, is final).
 constexpr char kRetryPayload[] = "connecting.db/retry";
 constexpr char kLockNotAvailablePayload[] = "connecting.db/lock-not-available";
+// Set on statuses whose message holds the database's or libpq's own words.
+constexpr char kSaidPayload[] = "connecting.db/said";
+constexpr char kCommitUnknownPayload[] = "connecting.db/commit-outcome-unknown";
+
+absl::Status Said(absl::Status s) {
+  if (!s.ok()) s.SetPayload(kSaidPayload, absl::Cord("1"));
+  return s;
+}
 
 std::string Trimmed(const char* s) {
   std::string out = s != nullptr ? s : "";
@@ -40,8 +48,8 @@ std::vector<const char*> ParamValues(const std::vector<Param>& params) {
 }
 
 absl::Status Dropped() {
-  return absl::UnavailableError(
-      "database connection dropped after an earlier failure (lost, or no answer in time)");
+  return Said(absl::UnavailableError(
+      "database connection dropped after an earlier failure (lost, or no answer in time)"));
 }
 
 absl::Status Skipped() {
@@ -64,8 +72,8 @@ int64_t Result::Int(int row, int col) const {
 
 absl::Status ErrorFromResult(PGconn* conn, const PGresult* res) {
   if (conn == nullptr || PQstatus(conn) != CONNECTION_OK) {
-    return absl::UnavailableError(
-        absl::StrCat("database unavailable: ", Trimmed(conn ? PQerrorMessage(conn) : "")));
+    return Said(absl::UnavailableError(
+        absl::StrCat("database unavailable: ", Trimmed(conn ? PQerrorMessage(conn) : ""))));
   }
   const char* state_c = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
   std::string state = state_c ? state_c : "";
@@ -90,7 +98,7 @@ absl::Status ErrorFromResult(PGconn* conn, const PGresult* res) {
     st = absl::InternalError(absl::StrCat("database error ", state, ": ", msg));
   }
   if (constraint != nullptr) st.SetPayload(kConstraintPayload, absl::Cord(constraint));
-  return st;
+  return Said(std::move(st));
 }
 
 bool IsRetryable(const absl::Status& status) {
@@ -110,6 +118,21 @@ bool IsLockNotAvailable(const absl::Status& status) {
 std::string ConstraintOf(const absl::Status& status) {
   auto p = status.GetPayload(kConstraintPayload);
   return p ? std::string(*p) : std::string();
+}
+
+bool SaidByDatabase(const absl::Status& status) {
+  return status.GetPayload(kSaidPayload).has_value();
+}
+
+absl::Status LostAtCommit(const absl::Status& cause) {
+  absl::Status s = Said(absl::UnavailableError(
+      absl::StrCat("database connection lost during COMMIT: ", cause.message())));
+  s.SetPayload(kCommitUnknownPayload, absl::Cord("1"));
+  return s;
+}
+
+bool CommitOutcomeUnknown(const absl::Status& status) {
+  return status.GetPayload(kCommitUnknownPayload).has_value();
 }
 
 absl::StatusOr<std::unique_ptr<Conn>> Conn::Open(const std::string& url,
@@ -143,13 +166,13 @@ absl::StatusOr<std::unique_ptr<Conn>> Conn::Open(const std::string& url,
   PGconn* raw = PQconnectdbParams(keys, vals, /*expand_dbname=*/1);
   std::unique_ptr<Conn> conn(new Conn(raw));
   if (raw == nullptr || PQstatus(raw) != CONNECTION_OK) {
-    return absl::UnavailableError(absl::StrCat(
-        "database unavailable: ", Trimmed(raw ? PQerrorMessage(raw) : "out of memory")));
+    return Said(absl::UnavailableError(absl::StrCat(
+        "database unavailable: ", Trimmed(raw ? PQerrorMessage(raw) : "out of memory"))));
   }
   // Sending never blocks: FlushOutput waits, up to the answer deadline.
   if (PQsetnonblocking(raw, 1) != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("database connection: ", Trimmed(PQerrorMessage(raw))));
+    return Said(absl::UnavailableError(
+        absl::StrCat("database connection: ", Trimmed(PQerrorMessage(raw)))));
   }
   return conn;
 }
@@ -260,7 +283,8 @@ absl::StatusOr<short> Conn::PollSocket(short events, absl::string_view waiting_f
   const int ready = poll(&p, 1, wait_ms);
   if (ready < 0 && errno != EINTR) {
     broken_ = true;
-    return absl::UnavailableError(absl::StrCat("database connection: poll: ", strerror(errno)));
+    return Said(
+        absl::UnavailableError(absl::StrCat("database connection: poll: ", strerror(errno))));
   }
   return ready > 0 ? p.revents : static_cast<short>(0);
 }
@@ -356,8 +380,8 @@ absl::Status Conn::Ping(absl::Duration timeout) {
   absl::Status s = ExecScript("SELECT 1");
   answer_deadline_ = saved;
   if (absl::IsDeadlineExceeded(s)) {
-    return absl::UnavailableError(
-        absl::StrCat("database unavailable: no answer within ", absl::FormatDuration(timeout)));
+    return Said(absl::UnavailableError(
+        absl::StrCat("database unavailable: no answer within ", absl::FormatDuration(timeout))));
   }
   return s;
 }
@@ -405,7 +429,7 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
   if (!send_ok || PQpipelineSync(c) != 1) {
     absl::Status s = ErrorFromResult(c, nullptr);
     if (s.ok() || !absl::IsUnavailable(s)) {
-      s = absl::UnavailableError(absl::StrCat("database pipeline failed: ", s.message()));
+      s = Said(absl::UnavailableError(absl::StrCat("database pipeline failed: ", s.message())));
     }
     broken_ = true;  // unusable mid-pipeline: the pool drops it
     return fail_rest(s);
@@ -459,8 +483,8 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
     // Lost mid-pipeline: what did not succeed failed for that reason, not
     // because of a statement ("skipped" would invite a retry on this handle).
     broken_ = true;
-    absl::Status lost = absl::UnavailableError(
-        absl::StrCat("database connection lost during a pipeline: ", Trimmed(PQerrorMessage(c))));
+    absl::Status lost = Said(absl::UnavailableError(
+        absl::StrCat("database connection lost during a pipeline: ", Trimmed(PQerrorMessage(c)))));
     for (auto& r : out) {
       if (!r.ok()) r = lost;
     }
@@ -563,8 +587,7 @@ absl::Status Transact(Pool& pool, const TxOptions& options,
       if (last.ok()) return last;
       if (!conn.healthy()) {
         // The COMMIT may or may not have landed; the caller must not assume either.
-        return absl::UnavailableError(
-            absl::StrCat("database connection lost during COMMIT: ", last.message()));
+        return LostAtCommit(last);
       }
     } else if (conn.healthy()) {
       (void)conn.ExecScript("ROLLBACK");

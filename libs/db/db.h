@@ -11,6 +11,12 @@
 //   lost or refused connection         → UNAVAILABLE
 //   anything else                      → INTERNAL (a bug in our SQL)
 //
+// Such a status (every one above, and every UNAVAILABLE this layer makes)
+// keeps the database's own words (libpq's and PostgreSQL's messages: hosts,
+// users, tables, constraints, stored values) for the server's log and dead
+// letters, marked SaidByDatabase(): the RPC boundary answers a client in
+// plain words instead (server::ToGrpcStatus).
+//
 // Threading: a Conn belongs to one thread at a time (the Lease holder); Pool is
 // thread-safe.
 #ifndef CONNECTING_LIBS_DB_DB_H_
@@ -207,6 +213,12 @@ bool IsLockNotAvailable(const absl::Status& status);
 absl::Status RetryTransaction(absl::string_view why);
 // The constraint a violation named, or "" (from ALREADY_EXISTS/FAILED_PRECONDITION).
 std::string ConstraintOf(const absl::Status& status);
+// True for a status made here from what the database or libpq said (above).
+bool SaidByDatabase(const absl::Status& status);
+// UNAVAILABLE for a transaction whose connection was lost at its COMMIT: the
+// change may or may not have been made (CommitOutcomeUnknown), `cause` says why.
+absl::Status LostAtCommit(const absl::Status& cause);
+bool CommitOutcomeUnknown(const absl::Status& status);
 
 // A fixed-size pool. Connections open lazily and are replaced when they break,
 // so the pool works across a database restart.

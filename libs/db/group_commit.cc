@@ -214,8 +214,7 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline) {
     }
     if (!commit.ok() && !c.healthy() && done.size() >= 2 && done[done.size() - 2].ok()) {
       // Lost at COMMIT itself: it may or may not have landed.
-      commit = absl::UnavailableError(
-          absl::StrCat("database connection lost during COMMIT: ", commit.message()));
+      commit = LostAtCommit(commit);
     } else if (!commit.ok()) {
       rollback();
       if (IsRetryable(commit) && ++retries < kMaxRetries) {

@@ -10,6 +10,7 @@
 #include "absl/time/clock.h"
 #include "libs/common/log.h"
 #include "libs/common/metrics.h"
+#include "libs/db/db.h"
 #include "libs/server/errors.h"
 #include "libs/server/strict_parse.h"
 
@@ -89,9 +90,63 @@ std::string TraceParent(absl::string_view incoming) {
   return absl::StrFormat("00-%016x%016x-%016x-01", rng(), rng() | 1, rng() | 1);
 }
 
-grpc::Status ToGrpcStatus(const absl::Status& status, absl::string_view method,
+namespace {
+
+// A status holding the database's own words (hosts, users, tables,
+// constraints, stored values: db::SaidByDatabase) in plain words for the
+// client, with its code and the reason the code implies; the words stay in
+// the server's log ("rpc failed" at debug, and at error, under the
+// traceparent the client is given, for a rule of the schema that refused
+// what the service's own checks let through: a bug, as INTERNAL is). No
+// handler names a cause on such a status: each makes its own.
+absl::Status InPlainWords(const absl::Status& status, absl::string_view method,
+                          absl::string_view traceparent) {
+  if (!db::SaidByDatabase(status)) return status;
+  const std::string trace(traceparent);
+  // A bug: logged, and the client given the traceparent to report it with.
+  auto bug = [&](absl::StatusCode code, absl::string_view what) {
+    log::Error("the database refused a change the service's own checks let through",
+               {{"method", method}, {"traceparent", traceparent}, {"error", log::Text(status)}});
+    return absl::Status(
+        code, absl::StrCat(what, "; the server log has the details under traceparent ", trace));
+  };
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+      if (db::CommitOutcomeUnknown(status)) {
+        return WithReason(
+            absl::UnavailableError(
+                "the connection to the service's database was lost during the commit: the "
+                "change may or may not have been made; read it, or ask again with the same "
+                "request_id"),
+            "DEPENDENCY_UNAVAILABLE", {{"commitOutcome", "UNKNOWN"}});
+      }
+      return WithReason(
+          absl::UnavailableError("the service's database is unavailable; retry with backoff"),
+          "DEPENDENCY_UNAVAILABLE");
+    case absl::StatusCode::kDeadlineExceeded:
+      return WithReason(
+          absl::DeadlineExceededError("the deadline passed while the database worked on the call"),
+          "DEADLINE_EXCEEDED");
+    case absl::StatusCode::kAborted:
+      return WithReason(absl::AbortedError("a concurrent change got in the way; retry"),
+                        "CONCURRENT_CHANGE");
+    case absl::StatusCode::kAlreadyExists:
+      return WithReason(bug(status.code(), "the change conflicts with data already stored"),
+                        "RESOURCE_EXISTS", {{"traceparent", trace}});
+    case absl::StatusCode::kFailedPrecondition:
+      return WithReason(bug(status.code(), "a rule of the stored data refused the change"),
+                        "PRECONDITION_FAILED", {{"traceparent", trace}});
+    default:  // INTERNAL: ToGrpcStatus logs it and answers in its own words
+      return status;
+  }
+}
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& given, absl::string_view method,
                           absl::string_view traceparent, absl::string_view domain) {
-  if (status.ok()) return grpc::Status::OK;
+  if (given.ok()) return grpc::Status::OK;
+  const absl::Status status = InPlainWords(given, method, traceparent);
   auto code = static_cast<grpc::StatusCode>(status.code());
   if (code == grpc::StatusCode::INTERNAL || code == grpc::StatusCode::UNKNOWN) {
     log::Error("internal error",
@@ -170,7 +225,10 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
         }
         Call call{a.principal, a.deadline, a.trace, method};
         absl::Status s = work(call);
-        if (!s.ok()) log::Debug("rpc failed", {{"method", method}, {"error", log::Text(s)}});
+        if (!s.ok()) {
+          log::Debug("rpc failed",
+                     {{"method", method}, {"traceparent", a.trace}, {"error", log::Text(s)}});
+        }
         if (after_work_) after_work_();
         finish(ToGrpcStatus(s, method, a.trace, domain_));
       });
@@ -199,7 +257,11 @@ grpc::ServerUnaryReactor* RpcRunner::RunAsync(grpc::CallbackServerContext* ctx,
   };
   auto* state = new State(*std::move(a), method);
   start(state->call, [this, state, method, finish](absl::Status s) {
-    if (!s.ok()) log::Debug("rpc failed", {{"method", method}, {"error", log::Text(s)}});
+    if (!s.ok()) {
+      log::Debug(
+          "rpc failed",
+          {{"method", method}, {"traceparent", state->call.traceparent}, {"error", log::Text(s)}});
+    }
     if (after_work_) after_work_();
     finish(ToGrpcStatus(s, method, state->call.traceparent, domain_));
     delete state;
