@@ -77,7 +77,17 @@ absl::Status ErrorFromResult(PGconn* conn, const PGresult* res) {
   }
   const char* state_c = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
   std::string state = state_c ? state_c : "";
-  std::string msg = Trimmed(res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
+  std::string msg;
+  if (res != nullptr && absl::StartsWith(state, "23")) {
+    // An integrity violation's DETAIL quotes the row (e-mail addresses,
+    // names: personal data), which would go on to logs and dead letters;
+    // its message names the constraint and table, enough to find the rule.
+    char* terse = PQresultVerboseErrorMessage(res, PQERRORS_TERSE, PQSHOW_CONTEXT_NEVER);
+    msg = Trimmed(terse);
+    PQfreemem(terse);
+  } else {
+    msg = Trimmed(res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
+  }
   const char* constraint = res ? PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME) : nullptr;
   absl::Status st;
   if (state == "23505") {
