@@ -462,6 +462,19 @@ TEST_F(Database, ErrorsMapToSpecificStatuses) {
   EXPECT_TRUE(s.ok());
 }
 
+// connecting_database_refusals_total{method} as /metrics reports it (0 if none yet).
+double DatabaseRefusals(const std::string& method) {
+  for (const auto& family : metrics::Registry()->Collect()) {
+    if (family.name != "connecting_database_refusals_total") continue;
+    for (const auto& m : family.metric) {
+      for (const auto& label : m.label) {
+        if (label.name == "method" && label.value == method) return m.counter.value;
+      }
+    }
+  }
+  return 0;
+}
+
 TEST_F(Database, ClientsHearPlainWordsNotTheDatabases) {
   // The database's messages name hosts, users, tables, constraints and the
   // values stored: they stay in the server's log. A client gets the code,
@@ -517,6 +530,7 @@ TEST_F(Database, ClientsHearPlainWordsNotTheDatabases) {
       << cases[0].status;
   EXPECT_FALSE(absl::StrContains(cases[1].status.message(), "other@example.org"))
       << cases[1].status;
+  const double refusals_before = DatabaseRefusals("Test/Method");
   for (const Case& c : cases) {
     ASSERT_FALSE(c.status.ok());
     EXPECT_TRUE(db::SaidByDatabase(c.status)) << c.status;
@@ -533,6 +547,8 @@ TEST_F(Database, ClientsHearPlainWordsNotTheDatabases) {
     EXPECT_EQ(d.reason, c.reason) << c.status;
     EXPECT_EQ(d.metadata, c.metadata) << c.status;
   }
+  // The two a rule of the schema refused are counted, for the alert.
+  EXPECT_EQ(DatabaseRefusals("Test/Method") - refusals_before, 2);
   // The service's own words pass as they are; so does a cause it named.
   absl::Status own = absl::UnavailableError("the server is shutting down");
   EXPECT_FALSE(db::SaidByDatabase(own));

@@ -42,6 +42,7 @@ const char* CodeName(grpc::StatusCode c) {
 struct RpcMetrics {
   prometheus::Family<prometheus::Counter>& requests;
   prometheus::Family<prometheus::Histogram>& latency;
+  prometheus::Family<prometheus::Counter>& database_refusals;
 
   static RpcMetrics& Get() {
     static RpcMetrics* m = new RpcMetrics{prometheus::BuildCounter()
@@ -52,6 +53,13 @@ struct RpcMetrics {
                                           prometheus::BuildHistogram()
                                               .Name("connecting_grpc_request_duration_seconds")
                                               .Help("RPC latency from receipt to finish, by method")
+                                              .Register(*metrics::Registry()),
+                                          prometheus::BuildCounter()
+                                              .Name("connecting_database_refusals_total")
+                                              .Help("Changes a rule of the database's schema "
+                                                    "refused after the service's own checks "
+                                                    "let them through (a bug: each is logged "
+                                                    "at error under its traceparent), by method")
                                               .Register(*metrics::Registry())};
     return *m;
   }
@@ -107,6 +115,7 @@ absl::Status InPlainWords(const absl::Status& status, absl::string_view method,
   auto bug = [&](absl::StatusCode code, absl::string_view what) {
     log::Error("the database refused a change the service's own checks let through",
                {{"method", method}, {"traceparent", traceparent}, {"error", log::Text(status)}});
+    RpcMetrics::Get().database_refusals.Add({{"method", std::string(method)}}).Increment();
     return absl::Status(
         code, absl::StrCat(what, "; the server log has the details under traceparent ", trace));
   };
