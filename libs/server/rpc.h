@@ -58,12 +58,9 @@ class RpcRunner {
 
   // `error_domain` names the service in its errors' ErrorInfo
   // ("connecting.<service>").
+  // Registers the RPC metrics, so that /metrics has them from the start.
   RpcRunner(Executor* executor, const Authenticator* auth, absl::Duration max_deadline,
-            std::string error_domain)
-      : executor_(executor),
-        auth_(auth),
-        max_deadline_(max_deadline),
-        domain_(std::move(error_domain)) {}
+            std::string error_domain);
 
   // Runs on the worker after each call's work, whatever its outcome (the
   // outbox relay's wake-up: whatever the call committed can be published now).
