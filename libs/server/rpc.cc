@@ -105,11 +105,13 @@ namespace {
 
 // A status holding the database's own words (hosts, users, tables,
 // constraints, stored values: db::SaidByDatabase) in plain words for the
-// client, with its code and the reason the code implies; the words stay in
-// the server's log ("rpc failed" at debug, and at error, under the
-// traceparent the client is given, for a rule of the schema that refused
-// what the service's own checks let through: a bug, as INTERNAL is). No
-// handler names a cause on such a status: each makes its own.
+// client, with its code. DetailedStatus adds the reason the code implies, as
+// for any status without one; a lost commit and a bug name theirs here, for
+// their metadata. The words stay in the server's log ("rpc failed" at debug,
+// and at error, under the traceparent the client is given, for a rule of
+// the schema that refused what the service's own checks let through: a bug,
+// as INTERNAL is). No handler names a cause on such a status: each makes its
+// own.
 absl::Status InPlainWords(const absl::Status& status, absl::string_view method,
                           absl::string_view traceparent) {
   if (!db::SaidByDatabase(status)) return status;
@@ -132,16 +134,12 @@ absl::Status InPlainWords(const absl::Status& status, absl::string_view method,
                 "request_id"),
             "DEPENDENCY_UNAVAILABLE", {{"commitOutcome", "UNKNOWN"}});
       }
-      return WithReason(
-          absl::UnavailableError("the service's database is unavailable; retry with backoff"),
-          "DEPENDENCY_UNAVAILABLE");
+      return absl::UnavailableError("the service's database is unavailable; retry with backoff");
     case absl::StatusCode::kDeadlineExceeded:
-      return WithReason(
-          absl::DeadlineExceededError("the deadline passed while the database worked on the call"),
-          "DEADLINE_EXCEEDED");
+      return absl::DeadlineExceededError(
+          "the deadline passed while the database worked on the call");
     case absl::StatusCode::kAborted:
-      return WithReason(absl::AbortedError("a concurrent change got in the way; retry"),
-                        "CONCURRENT_CHANGE");
+      return absl::AbortedError("a concurrent change got in the way; retry");
     case absl::StatusCode::kAlreadyExists:
       return WithReason(bug(status.code(), "the change conflicts with data already stored"),
                         "RESOURCE_EXISTS", {{"traceparent", trace}});
@@ -245,13 +243,7 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
           return;
         }
         Call call{a.principal, a.deadline, a.trace, method};
-        absl::Status s = work(call);
-        if (!s.ok()) {
-          log::Debug("rpc failed",
-                     {{"method", method}, {"traceparent", a.trace}, {"error", log::Text(s)}});
-        }
-        if (after_work_) after_work_();
-        finish(ToGrpcStatus(s, method, a.trace, domain_));
+        WorkDone(finish, method, a.trace, work(call));
       });
   if (!queued) {
     // Named SERVER_AT_CAPACITY, as every capacity refusal (WithDefaultReason).
@@ -259,6 +251,15 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
                         method, "", domain_));
   }
   return reactor;
+}
+
+void RpcRunner::WorkDone(const Finish& finish, const char* method, const std::string& trace,
+                         const absl::Status& s) const {
+  if (!s.ok()) {
+    log::Debug("rpc failed", {{"method", method}, {"traceparent", trace}, {"error", log::Text(s)}});
+  }
+  if (after_work_) after_work_();
+  finish(ToGrpcStatus(s, method, trace, domain_));
 }
 
 grpc::ServerUnaryReactor* RpcRunner::RunAsync(grpc::CallbackServerContext* ctx,
@@ -278,13 +279,7 @@ grpc::ServerUnaryReactor* RpcRunner::RunAsync(grpc::CallbackServerContext* ctx,
   };
   auto* state = new State(*std::move(a), method);
   start(state->call, [this, state, method, finish](absl::Status s) {
-    if (!s.ok()) {
-      log::Debug(
-          "rpc failed",
-          {{"method", method}, {"traceparent", state->call.traceparent}, {"error", log::Text(s)}});
-    }
-    if (after_work_) after_work_();
-    finish(ToGrpcStatus(s, method, state->call.traceparent, domain_));
+    WorkDone(finish, method, state->call.traceparent, s);
     delete state;
   });
   return reactor;

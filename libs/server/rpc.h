@@ -94,6 +94,9 @@ class RpcRunner {
   std::optional<Admitted> Admit(grpc::CallbackServerContext* ctx,
                                 const google::protobuf::Message* request, const Finish& finish);
   static Finish Finisher(grpc::ServerUnaryReactor* reactor, const char* method);
+  // Ends a call whose work ran: logs a failure (debug), wakes after_work_, finishes.
+  void WorkDone(const Finish& finish, const char* method, const std::string& trace,
+                const absl::Status& s) const;
 
   Executor* const executor_;
   const Authenticator* const auth_;
