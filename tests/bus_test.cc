@@ -15,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "connecting/events/v1/partners_events.pb.h"
 #include "libs/bus/consumer.h"
+#include "libs/bus/nats.h"
 #include "libs/bus/outbox.h"
 #include "libs/common/metrics.h"
 #include "libs/db/migrations.h"
@@ -22,6 +23,16 @@
 
 namespace connecting {
 namespace {
+
+TEST(Nats, UrlsAreLoggedWithoutTheirSecrets) {
+  EXPECT_EQ(bus::WithoutSecrets("nats://svc:s3cret@nats-0.nats:4222"),
+            "nats://svc:REDACTED@nats-0.nats:4222");
+  EXPECT_EQ(bus::WithoutSecrets("tls://t0ken@nats:4222,nats://a:b@other:4222,nats://plain:4222"),
+            "tls://REDACTED@nats:4222,nats://a:REDACTED@other:4222,nats://plain:4222");
+  EXPECT_EQ(bus::WithoutSecrets("127.0.0.1:4222"), "127.0.0.1:4222");
+  EXPECT_EQ(bus::WithoutSecrets("u:p@127.0.0.1:4222"), "u:REDACTED@127.0.0.1:4222");
+  EXPECT_EQ(bus::WithoutSecrets(""), "");
+}
 
 class Bus : public ::testing::Test {
  protected:

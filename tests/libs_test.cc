@@ -22,6 +22,7 @@
 #include "absl/synchronization/notification.h"
 #include "libs/common/metrics.h"
 #include "libs/common/not_found.h"
+#include "libs/common/throttle.h"
 #include "libs/db/db.h"
 #include "libs/db/group_commit.h"
 #include "libs/db/migrations.h"
@@ -390,6 +391,16 @@ TEST(Periodic, RunsAtStartThenEveryIntervalAndStopsWithoutWaitingItOut) {
   EXPECT_EQ(fast.runs(), at_stop);
 }
 
+TEST(Throttle, LetsTheFirstLineThroughThenOneAnIntervalCountingTheRest) {
+  log::Throttle throttle(absl::Milliseconds(200));
+  EXPECT_EQ(throttle.Admit(), std::optional<int64_t>(0));
+  EXPECT_EQ(throttle.Admit(), std::nullopt);
+  EXPECT_EQ(throttle.Admit(), std::nullopt);
+  absl::SleepFor(absl::Milliseconds(250));
+  EXPECT_EQ(throttle.Admit(), std::optional<int64_t>(2)) << "the two held back are counted";
+  EXPECT_EQ(throttle.Admit(), std::nullopt);
+}
+
 TEST(Executor, RefusesWorkBeyondItsQueue) {
   server::Executor ex(1, 2);
   absl::Notification release;
@@ -552,6 +563,34 @@ TEST_F(Database, ClientsHearPlainWordsNotTheDatabases) {
   EXPECT_EQ(server::ToGrpcStatus(own, "Test/Method", trace, "d").error_message(), own.message());
   absl::Status named = server::WithReason(absl::AlreadyExistsError("email: taken"), "EMAIL_TAKEN");
   EXPECT_EQ(server::ToGrpcStatus(named, "Test/Method", trace, "d").error_message(), "email: taken");
+}
+
+TEST_F(Database, WhatTheDatabaseSaysBesideAResultIsAJsonLogLine) {
+  // A WARNING or NOTICE (and the FATAL a server sends as it ends a
+  // connection) arrives beside a statement's result: libpq's default writes
+  // it raw to stderr, a line no log collector parses. It is a JSON line on
+  // stdout instead, warnings at warn, notices at debug only, with the
+  // severity, code and message and never the DETAIL (which may quote
+  // stored values).
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
+  absl::Status s = db::Transact(*pool_, [](db::Conn& c) {
+    return c.ExecScript(
+        "DO $$ BEGIN "
+        "RAISE WARNING 'careful with %', 'the seats' USING DETAIL = 'someone@example.org'; "
+        "RAISE NOTICE 'just so you know'; END $$");
+  });
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(err, "");
+  EXPECT_TRUE(absl::StrContains(out, "\"level\":\"warn\"")) << out;
+  EXPECT_TRUE(absl::StrContains(out,
+                                "\"msg\":\"the database says\",\"severity\":\"WARNING\","
+                                "\"sqlstate\":\"01000\",\"message\":\"careful with the seats\""))
+      << out;
+  EXPECT_FALSE(absl::StrContains(out, "someone@example.org")) << out;
+  EXPECT_FALSE(absl::StrContains(out, "just so you know")) << "a notice is for debug only: " << out;
 }
 
 TEST_F(Database, SerializationFailuresAreRetriedUntilBothCommit) {
@@ -1112,11 +1151,18 @@ TEST_F(Database, ABackfillCommitsBatchByBatchAndResumesWhereItStopped) {
   auto holder = db::Conn::Open(url_, "holder");
   ASSERT_TRUE(holder.ok());
   ASSERT_TRUE((*holder)->ExecScript("BEGIN; SELECT * FROM t WHERE id = 4000 FOR UPDATE").ok());
-  absl::Cleanup release = [&] { (void)(*holder)->ExecScript("ROLLBACK"); };
+  // The backfill waits for the row without giving up and retrying (it
+  // would by default: MigrateOptions::lock_timeout), so that the cancel
+  // below always finds it waiting, never pausing between two tries.
+  db::MigrateOptions wait_for_the_row;
+  wait_for_the_row.lock_timeout = absl::ZeroDuration();
   auto first = std::async(std::launch::async, [&] {
     auto c = db::Conn::Open(url_, "backfill");
-    return c.ok() ? db::Migrate(**c, sets) : c.status();
+    return c.ok() ? db::Migrate(**c, sets, wait_for_the_row) : c.status();
   });
+  // Declared after the backfill: whatever the test's outcome, the row is
+  // released before the backfill is waited for.
+  absl::Cleanup release = [&] { (void)(*holder)->ExecScript("ROLLBACK"); };
   ASSERT_TRUE(testing::UntilLockWaiters(url_, 1)) << "the backfill never reached the held row";
   // The seven batches before it are committed, and their rows are free.
   EXPECT_EQ(filled(), "3500 3500");

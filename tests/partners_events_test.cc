@@ -7,6 +7,8 @@
 #include <regex>
 #include <set>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
 #include "connecting/events/v1/partners_events.pb.h"
 #include "libs/db/db.h"
 #include "tests/harness.h"
@@ -252,6 +254,22 @@ TEST(PartnersEvents, NatsRestartedMidWayEventsArriveOnceAfterwards) {
 
   nats.Stop();
   EXPECT_TRUE(svc.WaitForHealth(2, absl::Seconds(10))) << "health should be NOT_SERVING";
+  // The log says which dependency is down, and how the client library sees it.
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        for (absl::string_view line : absl::StrSplit(ReadFile(svc.process()->log_path()), '\n')) {
+          if (absl::StrContains(line, "\"msg\":\"health: NOT_SERVING\"") &&
+              absl::StrContains(line, "\"postgresql\":\"up\"") &&
+              absl::StrContains(line, "\"nats\":\"down\"") &&
+              absl::StrContains(line, "\"nats_error\":\"") &&
+              !absl::StrContains(line, "\"nats_error\":\"\"")) {
+            return true;
+          }
+        }
+        return false;
+      },
+      absl::Seconds(5)))
+      << LogTail(svc.process()->log_path(), 20);
   // Writes still commit while NATS is down; their events wait in the outbox.
   v1::Organisation during = CreateOrg(*stub, "During Outage Trust");
   v1::Organisation during2 = CreateOrg(*stub, "During Outage Trust 2");

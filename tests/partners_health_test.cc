@@ -65,13 +65,61 @@ TEST(PartnersHealth, NotServingWhilePostgresIsDownServingWhenBack) {
   v1::CreateOrganisationRequest req;
   *req.mutable_organisation() = SampleOrganisation("Outage Trust");
   v1::Organisation out;
-  grpc::Status s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
+  const std::string trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  auto outage_call = [&] {
+    auto ctx = Ctx(Token(server::Role::kAdmin));
+    ctx->AddMetadata("traceparent", trace);
+    return stub->CreateOrganisation(ctx.get(), req, &out);
+  };
+  grpc::Status s = outage_call();
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
   // In plain words: where the database is, and what libpq said, stay in
   // the server's log.
   EXPECT_EQ(s.error_message(), "the service's database is unavailable; retry with backoff");
   EXPECT_FALSE(absl::StrContains(s.error_message() + s.error_details(), std::to_string(pg.port)));
   EXPECT_EQ(DetailsOf(s).reason, "DEPENDENCY_UNAVAILABLE");
+  // The log, at warn, says what the client was not told: the health
+  // monitor's view (libpq's words, with the database's port once it
+  // refuses connections), and the calls answered UNAVAILABLE: the first
+  // at once under its traceparent, the next ones within 10 s counted
+  // into one later line rather than a line each.
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(outage_call().error_code(), grpc::StatusCode::UNAVAILABLE);
+  const std::string port = absl::StrCat("port ", pg.port);
+  auto warnings = [&](absl::string_view msg) {
+    std::vector<std::string> found;
+    for (absl::string_view line : absl::StrSplit(ReadFile(svc.process()->log_path()), '\n')) {
+      if (absl::StrContains(line, "\"level\":\"warn\"") &&
+          absl::StrContains(line, absl::StrCat("\"msg\":\"", msg, "\""))) {
+        found.emplace_back(line);
+      }
+    }
+    return found;
+  };
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        for (const std::string& line : warnings("health: NOT_SERVING")) {
+          if (absl::StrContains(line, "\"postgresql\":\"down\"") && absl::StrContains(line, port) &&
+              absl::StrContains(line, "refused")) {
+            return true;
+          }
+        }
+        return false;
+      },
+      absl::Seconds(10)))
+      << "no NOT_SERVING line with libpq's words:\n"
+      << LogTail(svc.process()->log_path(), 20);
+  std::vector<std::string> unavailable =
+      warnings("calls answered UNAVAILABLE: the database is unavailable");
+  ASSERT_EQ(unavailable.size(), 1u) << LogTail(svc.process()->log_path(), 20);
+  EXPECT_TRUE(absl::StrContains(unavailable[0], "\"method\":\"CreateOrganisation\""))
+      << unavailable[0];
+  EXPECT_TRUE(absl::StrContains(unavailable[0], trace)) << unavailable[0];
+  EXPECT_TRUE(absl::StrContains(unavailable[0], "\"more_since_the_last_line\":\"0\""))
+      << unavailable[0];
+  // What the client did not hear: libpq's own words.
+  EXPECT_TRUE(absl::StrContains(unavailable[0], port) ||
+              absl::StrContains(unavailable[0], "server closed the connection"))
+      << unavailable[0];
 
   ASSERT_EQ(pg.Start(), 0);
   EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(15)));
@@ -356,6 +404,59 @@ TEST(PartnersHealth, ConnectsToANatsServerInOperatorModeWithItsCredentials) {
   EXPECT_EQ(refusals.find("authentication error"), std::string::npos)
       << "the server refused a client:\n"
       << refusals;
+}
+
+TEST(PartnersHealth, ANatsServerRefusingItsSubjectsIsNamedInTheLogAndLosesNoEvent) {
+  // NATS permissions that leave out the service's subjects: the connection
+  // is up (SERVING), the stream is made, but the server refuses every
+  // publish. Only an asynchronous error from the server says so: the log
+  // must name it, and the event must stay in the outbox.
+  const std::string dir =
+      absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/nats-perm-", RandomSuffix());
+  ASSERT_EQ(Shell(absl::StrCat("mkdir -p ", dir)), 0);
+  ASSERT_TRUE(ReplaceFile(dir + "/nats.conf", absl::StrCat(R"(
+jetstream { store_dir: ")",
+                                                           dir, R"(/js" }
+authorization {
+  users = [ { user: svc, password: secret,
+              permissions: { publish: { deny: ["*.connecting.>"] } } } ]
+}
+)")));
+  const int port = FreePort();
+  auto nats = StartNats({"-c", dir + "/nats.conf", "-a", "127.0.0.1", "-p", std::to_string(port)},
+                        dir, port);
+  const std::string url = NewDatabase();
+  const std::string suffix = RandomSuffix();
+  const std::string subjects = "t" + suffix + ".connecting.partners";
+  ServiceProcess svc({PARTNERS_BIN,
+                      url,
+                      absl::StrCat("nats://svc:secret@127.0.0.1:", port),
+                      "PARTNERS_" + suffix,
+                      subjects,
+                      {}});
+  svc.Start();
+  auto stub = v1::PartnersService::NewStub(svc.channel());
+  v1::CreateOrganisationRequest req;
+  *req.mutable_organisation() = SampleOrganisation("Refused Subjects Trust");
+  v1::Organisation out;
+  grpc::Status s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        for (absl::string_view line : absl::StrSplit(ReadFile(svc.process()->log_path()), '\n')) {
+          if (absl::StrContains(line, "\"level\":\"warn\"") &&
+              absl::StrContains(line, "\"msg\":\"nats reported an error\"") &&
+              absl::StrContains(line, "Permissions Violation for Publish") &&
+              absl::StrContains(line, subjects)) {
+            return true;
+          }
+        }
+        return false;
+      },
+      absl::Seconds(10)))
+      << "the refusal is not in the log:\n"
+      << LogTail(svc.process()->log_path(), 20);
+  EXPECT_FALSE(WaitForOutboxDrained(url, absl::Seconds(1))) << "the refused event left the outbox";
 }
 
 TEST(PartnersHealth, ServesOverTlsToClientsWithCertificatesAndProbesInPlaintext) {

@@ -1,20 +1,66 @@
 #include "libs/bus/nats.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "libs/common/log.h"
+#include "libs/common/throttle.h"
 
 namespace connecting::bus {
 namespace {
 
 void OnDisconnected(natsConnection* nc, void*) {
   // Also called as the process closes its connection on purpose: not worth a warning.
-  if (!natsConnection_IsClosed(nc)) log::Warn("nats disconnected");
+  if (natsConnection_IsClosed(nc)) return;
+  const char* text = nullptr;
+  natsStatus last = natsConnection_GetLastError(nc, &text);
+  log::Warn("nats disconnected", {{"error", last == NATS_OK ? "" : natsStatus_GetText(last)},
+                                  {"detail", text != nullptr ? text : ""}});
 }
 void OnReconnected(natsConnection*, void*) { log::Info("nats reconnected"); }
 void OnConnected(natsConnection*, void*) { log::Info("nats connected"); }
+// What the server or the client library reports outside any call: a
+// publish or subscription the server's permissions refuse, a slow consumer
+// dropping messages. Nothing else would say it. A refusal comes back for
+// every publish, so at most one line every 10 s, counting the rest.
+void OnAsyncError(natsConnection* nc, natsSubscription* sub, natsStatus err, void*) {
+  static log::Throttle* const throttle = new log::Throttle(absl::Seconds(10));
+  std::optional<int64_t> held = throttle->Admit();
+  if (!held) return;
+  const char* subject = sub != nullptr ? natsSubscription_GetSubject(sub) : nullptr;
+  const char* text = nullptr;
+  if (nc != nullptr) natsConnection_GetLastError(nc, &text);
+  log::Warn("nats reported an error", {{"error", natsStatus_GetText(err)},
+                                       {"detail", text != nullptr ? text : ""},
+                                       {"subscription", subject != nullptr ? subject : ""},
+                                       {"more_since_the_last_line", absl::StrCat(*held)}});
+}
 
 }  // namespace
+
+std::string WithoutSecrets(absl::string_view urls) {
+  std::vector<std::string> out;
+  for (absl::string_view url : absl::StrSplit(urls, ',')) {
+    const size_t scheme = url.find("://");
+    const size_t start = scheme == absl::string_view::npos ? 0 : scheme + 3;
+    const size_t at = url.find('@', start);
+    const size_t slash = url.find('/', start);
+    if (at == absl::string_view::npos || (slash != absl::string_view::npos && slash < at)) {
+      out.emplace_back(url);
+      continue;
+    }
+    absl::string_view userinfo = url.substr(start, at - start);
+    const size_t colon = userinfo.find(':');
+    // user:password keeps the user; a lone token is all secret.
+    out.push_back(absl::StrCat(url.substr(0, start),
+                               colon == absl::string_view::npos
+                                   ? "REDACTED"
+                                   : absl::StrCat(userinfo.substr(0, colon), ":REDACTED"),
+                               url.substr(at)));
+  }
+  return absl::StrJoin(out, ",");
+}
 
 absl::Status FromNats(natsStatus s, absl::string_view what, jsErrCode jerr) {
   if (s == NATS_OK) return absl::OkStatus();
@@ -60,10 +106,12 @@ absl::StatusOr<std::unique_ptr<Nats>> Nats::Connect(const std::string& url,
   if (s == NATS_OK) s = natsOptions_SetRetryOnFailedConnect(opts.get(), true, OnConnected, nullptr);
   if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts.get(), OnDisconnected, nullptr);
   if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts.get(), OnReconnected, nullptr);
-  if (s != NATS_OK) return FromNats(s, absl::StrCat("nats options for ", url));
+  if (s == NATS_OK) s = natsOptions_SetErrorHandler(opts.get(), OnAsyncError, nullptr);
+  if (s != NATS_OK) return FromNats(s, absl::StrCat("nats options for ", WithoutSecrets(url)));
   if (security.tls()) {
     s = natsOptions_SetSecure(opts.get(), true);
-    if (s != NATS_OK) return FromNats(s, absl::StrCat("nats TLS options for ", url));
+    if (s != NATS_OK)
+      return FromNats(s, absl::StrCat("nats TLS options for ", WithoutSecrets(url)));
   }
   if (!security.ca_file.empty() &&
       natsOptions_LoadCATrustedCertificates(opts.get(), security.ca_file.c_str()) != NATS_OK) {
@@ -87,9 +135,9 @@ absl::StatusOr<std::unique_ptr<Nats>> Nats::Connect(const std::string& url,
   natsConnection* raw = nullptr;
   s = natsConnection_Connect(&raw, opts.get());
   if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
-    return FromNats(s, absl::StrCat("nats connect to ", url));
+    return FromNats(s, absl::StrCat("nats connect to ", WithoutSecrets(url)));
   }
-  if (s == NATS_OK) log::Info("nats connected", {{"url", url}});
+  if (s == NATS_OK) log::Info("nats connected", {{"url", WithoutSecrets(url)}});
   return std::unique_ptr<Nats>(new Nats(NatsPtr<natsConnection>(raw)));
 }
 
@@ -97,6 +145,33 @@ Nats::~Nats() = default;
 
 bool Nats::connected() const {
   return natsConnection_Status(conn_.get()) == NATS_CONN_STATUS_CONNECTED;
+}
+
+std::string Nats::Why() const {
+  std::string why;
+  switch (natsConnection_Status(conn_.get())) {
+    case NATS_CONN_STATUS_CONNECTED:
+      return "";
+    case NATS_CONN_STATUS_CONNECTING:
+      why = "connecting";
+      break;
+    case NATS_CONN_STATUS_RECONNECTING:
+      why = "reconnecting";
+      break;
+    case NATS_CONN_STATUS_CLOSED:
+      why = "closed";
+      break;
+    default:
+      why = "disconnected";
+  }
+  const char* text = nullptr;
+  if (natsStatus last = natsConnection_GetLastError(conn_.get(), &text); last != NATS_OK) {
+    absl::StrAppend(&why, ": ", natsStatus_GetText(last));
+    if (text != nullptr && *text != '\0' && text != absl::string_view(natsStatus_GetText(last))) {
+      absl::StrAppend(&why, " (", std::string(text), ")");
+    }
+  }
+  return why;
 }
 
 absl::StatusOr<NatsPtr<jsCtx>> Nats::JetStream(jsOptions* options) const {

@@ -64,6 +64,11 @@ struct NatsSecurity {
   bool tls() const { return !ca_file.empty() || !cert_file.empty(); }
 };
 
+// `urls` (NATS_URL: one or more, comma-separated) as it may be logged: a
+// password or token in a URL's user part replaced by REDACTED
+// ("nats://svc:REDACTED@host:4222").
+std::string WithoutSecrets(absl::string_view urls);
+
 class Nats {
  public:
   // Returns at once; connection happens (and is retried) in the background.
@@ -74,6 +79,10 @@ class Nats {
   ~Nats();
 
   bool connected() const;
+  // "" while connected; otherwise the connection's state and the last error
+  // the client library recorded (e.g. "reconnecting: Authentication
+  // Violation"), for the log.
+  std::string Why() const;
   natsConnection* connection() const { return conn_.get(); }
   // A fresh JetStream context with the given options (each component owns one).
   absl::StatusOr<NatsPtr<jsCtx>> JetStream(jsOptions* options = nullptr) const;

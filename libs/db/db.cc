@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "libs/common/log.h"
 
 namespace connecting::db {
 namespace {
@@ -145,6 +146,30 @@ bool CommitOutcomeUnknown(const absl::Status& status) {
   return status.GetPayload(kCommitUnknownPayload).has_value();
 }
 
+namespace {
+
+// What PostgreSQL sends outside a statement's result (a NOTICE or WARNING
+// from a statement; a FATAL as the server ends the connection, e.g. at
+// shutdown), as a JSON line like every other: libpq's default writes it raw
+// to stderr. Its severity, code and primary message only: a DETAIL may
+// quote stored values. NOTICE and below (DROP ... IF EXISTS "skipping") at
+// debug; WARNING and worse at warn.
+void NoticeToLog(void*, const PGresult* notice) {
+  auto field = [notice](int code) {
+    const char* v = PQresultErrorField(notice, code);
+    return v != nullptr ? v : "";
+  };
+  const absl::string_view severity = field(PG_DIAG_SEVERITY_NONLOCALIZED);
+  const bool worth_a_warning =
+      severity == "WARNING" || severity == "ERROR" || severity == "FATAL" || severity == "PANIC";
+  log::Write(worth_a_warning ? log::Level::kWarn : log::Level::kDebug, "the database says",
+             {{"severity", severity},
+              {"sqlstate", field(PG_DIAG_SQLSTATE)},
+              {"message", field(PG_DIAG_MESSAGE_PRIMARY)}});
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Conn>> Conn::Open(const std::string& url,
                                                  absl::string_view application_name,
                                                  absl::Duration connect_timeout) {
@@ -175,6 +200,7 @@ absl::StatusOr<std::unique_ptr<Conn>> Conn::Open(const std::string& url,
                         "60000",         url.c_str(), nullptr};
   PGconn* raw = PQconnectdbParams(keys, vals, /*expand_dbname=*/1);
   std::unique_ptr<Conn> conn(new Conn(raw));
+  if (raw != nullptr) PQsetNoticeReceiver(raw, NoticeToLog, nullptr);
   if (raw == nullptr || PQstatus(raw) != CONNECTION_OK) {
     return Said(absl::UnavailableError(absl::StrCat(
         "database unavailable: ", Trimmed(raw ? PQerrorMessage(raw) : "out of memory"))));

@@ -10,6 +10,7 @@
 #include "absl/time/clock.h"
 #include "libs/common/log.h"
 #include "libs/common/metrics.h"
+#include "libs/common/throttle.h"
 #include "libs/db/db.h"
 #include "libs/server/errors.h"
 #include "libs/server/strict_parse.h"
@@ -103,15 +104,38 @@ std::string TraceParent(absl::string_view incoming) {
 
 namespace {
 
+// Calls answered UNAVAILABLE for the database, in the log at warn with what
+// the database or libpq said: the first at once, then at most one line every
+// 10 s with how many more there were, so that an outage does not write a
+// line per call. (The health monitor logs its own view of
+// the database as it changes: libs/server/service_main.cc.) A commit whose
+// outcome is unknown is logged every time: each concerns one change a
+// client may ask about, under its traceparent.
+void DatabaseUnavailableLogged(const absl::Status& status, absl::string_view method,
+                               absl::string_view traceparent) {
+  if (db::CommitOutcomeUnknown(status)) {
+    log::Warn("a commit's outcome is unknown: the connection to the database was lost",
+              {{"method", method}, {"traceparent", traceparent}, {"error", log::Text(status)}});
+    return;
+  }
+  static log::Throttle* const throttle = new log::Throttle(absl::Seconds(10));
+  if (std::optional<int64_t> held = throttle->Admit()) {
+    log::Warn("calls answered UNAVAILABLE: the database is unavailable",
+              {{"method", method},
+               {"traceparent", traceparent},
+               {"error", log::Text(status)},
+               {"more_since_the_last_line", absl::StrCat(*held)}});
+  }
+}
+
 // A status holding the database's own words (hosts, users, tables,
 // constraints, stored values: db::SaidByDatabase) in plain words for the
 // client, with its code. DetailedStatus adds the reason the code implies, as
 // for any status without one; a lost commit and a bug name theirs here, for
-// their metadata. The words stay in the server's log ("rpc failed" at debug,
-// and at error, under the traceparent the client is given, for a rule of
-// the schema that refused what the service's own checks let through: a bug,
-// as INTERNAL is). No handler names a cause on such a status: each makes its
-// own.
+// their metadata. The words stay in the server's log ("rpc failed" at debug;
+// UNAVAILABLE also at warn, throttled, above; and at error, under the traceparent the client is
+// given, for a rule of the schema that refused what the service's own checks let through: a bug, as
+// INTERNAL is). No handler names a cause on such a status: each makes its own.
 absl::Status InPlainWords(const absl::Status& status, absl::string_view method,
                           absl::string_view traceparent) {
   if (!db::SaidByDatabase(status)) return status;
@@ -126,6 +150,7 @@ absl::Status InPlainWords(const absl::Status& status, absl::string_view method,
   };
   switch (status.code()) {
     case absl::StatusCode::kUnavailable:
+      DatabaseUnavailableLogged(status, method, traceparent);
       if (db::CommitOutcomeUnknown(status)) {
         return WithReason(
             absl::UnavailableError(

@@ -266,30 +266,44 @@ class HealthMonitor {
   void Publish(bool serving) {
     for (auto* h : hs_) h->SetServing(serving);
   }
-  bool DatabaseUp() {
+  // OK, or what libpq or PostgreSQL said: the operator's first clue (a
+  // refused connection, a wrong password, too many clients), which no
+  // client is told (libs/server/rpc.cc answers in plain words).
+  absl::Status DatabaseUp() {
     if (conn_ == nullptr || !conn_->healthy()) {
       auto c = db::Conn::Open(db_url_, "health");
-      if (!c.ok()) return false;
+      if (!c.ok()) return c.status();
       conn_ = *std::move(c);
     }
     // Bounded: a PostgreSQL that stopped answering is down, not SERVING
     // until TCP gives up on it.
-    return conn_->Ping(absl::Seconds(2)).ok();
+    return conn_->Ping(absl::Seconds(2));
   }
   void Run() {
     int last = -1;
+    std::string last_why;
     do {
-      bool db_up = DatabaseUp();
+      absl::Status db = DatabaseUp();
+      bool db_up = db.ok();
       bool nats_up = nats_->connected();
       up_->Add({{"dependency", "postgresql"}}).Set(db_up ? 1 : 0);
       up_->Add({{"dependency", "nats"}}).Set(nats_up ? 1 : 0);
       int now = (db_up ? 1 : 0) | (nats_up ? 2 : 0);
-      if (now != last) {
-        Publish(db_up && nats_up);
+      // Why each is down, logged with every change of state and whenever
+      // the reason changes while down (a refused connection, then a wrong
+      // password once it listens again), not every half second.
+      const std::string why =
+          absl::StrCat(db_up ? "" : log::Text(db), "\x1f", nats_up ? "" : nats_->Why());
+      if (now != last || why != last_why) {
+        if (now != last) Publish(db_up && nats_up);
         log::Write(now == 3 ? log::Level::kInfo : log::Level::kWarn,
                    now == 3 ? "health: SERVING" : "health: NOT_SERVING",
-                   {{"postgresql", db_up ? "up" : "down"}, {"nats", nats_up ? "up" : "down"}});
+                   {{"postgresql", db_up ? "up" : "down"},
+                    {"postgresql_error", db_up ? "" : log::Text(db)},
+                    {"nats", nats_up ? "up" : "down"},
+                    {"nats_error", nats_up ? "" : nats_->Why()}});
         last = now;
+        last_why = why;
       }
     } while (!stop_.WaitForNotificationWithTimeout(absl::Milliseconds(500)));
   }
