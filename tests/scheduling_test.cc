@@ -1,5 +1,6 @@
 // Scheduling end to end with partners: the partner projection, attendance and
 // enduring contacts, session cancellation, programme figures, bad input, roles.
+#include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/message_differencer.h>
 #include <gtest/gtest.h>
@@ -2209,6 +2210,41 @@ TEST(SchedulingConfiguration, ItsOwnBadVariablesAreNamedWithTheCommonOnes) {
   for (const char* var : {"DATABASE_URL", "BOOKING_LANES", "SEAT_SWEEP_INTERVAL"}) {
     EXPECT_NE(out.find(var), std::string::npos) << var << " not named in:\n" << out;
   }
+}
+
+TEST(SchedulingLog, EveryLineTheServiceWritesIsAJsonObject) {
+  // A log collector parses each line: nothing may reach stdout or stderr in
+  // another format. With everything on (LOG_LEVEL=debug, gRPC's own debug
+  // messages), a start that migrates (PostgreSQL's NOTICEs: DROP TRIGGER
+  // IF EXISTS ... skipping, which libpq used to write raw to stderr), the
+  // partner projection consuming, calls and a drain write only JSON
+  // objects, and gRPC's and PostgreSQL's messages are among them.
+  SchedulingFixture fx(
+      std::map<std::string, std::string>{{"LOG_LEVEL", "debug"}, {"GRPC_VERBOSITY", "DEBUG"}});
+  const std::string org = fx.CreatePartner("Well Logged Trust");
+  ASSERT_FALSE(org.empty());
+  const std::string log = fx.scheduling->process()->log_path();
+  fx.stub.reset();
+  fx.scheduling->DropChannel();
+  EXPECT_EQ(fx.scheduling->Terminate(), 0);
+  int lines = 0, from_grpc = 0, from_postgres = 0;
+  for (absl::string_view line : absl::StrSplit(ReadFile(log), '\n', absl::SkipEmpty())) {
+    ++lines;
+    google::protobuf::Struct object;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(std::string(line), &object).ok())
+        << "not a JSON object: " << line;
+    const auto& f = object.fields();
+    ASSERT_TRUE(f.count("ts") && f.count("level") && f.count("msg")) << line;
+    EXPECT_EQ(f.at("service").string_value(), "scheduling") << line;
+    if (f.count("source") && f.at("source").string_value() == "grpc") ++from_grpc;
+    if (f.at("msg").string_value() == "the database says" && f.count("severity") &&
+        f.at("severity").string_value() == "NOTICE") {
+      ++from_postgres;
+    }
+  }
+  EXPECT_GT(lines, 20);
+  EXPECT_GT(from_grpc, 0) << "gRPC wrote nothing at debug?";
+  EXPECT_GT(from_postgres, 0) << "the migrations' NOTICEs are missing";
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "libs/server/service_main.h"
 
+#include <grpc/support/log.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/security/tls_certificate_provider.h>
@@ -25,6 +26,7 @@
 #include "libs/common/log.h"
 #include "libs/common/metrics.h"
 #include "libs/server/health.h"
+#include "libs/server/strict_parse.h"
 
 namespace connecting::server {
 namespace {
@@ -386,6 +388,19 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
     return 2;
   }
   log::SetService(def.name);
+  // gRPC's own messages (a listener that failed, a keepalive that went
+  // unanswered) as JSON lines like every other, instead of its own format
+  // on stderr. GRPC_VERBOSITY still chooses which it sends (ERROR by
+  // default); they keep their severity.
+  gpr_set_log_function([](gpr_log_func_args* args) {
+    log::Write(args->severity == GPR_LOG_SEVERITY_ERROR  ? log::Level::kError
+               : args->severity == GPR_LOG_SEVERITY_INFO ? log::Level::kInfo
+                                                         : log::Level::kDebug,
+               args->message != nullptr ? args->message : "",
+               {{"source", "grpc"},
+                {"at", absl::StrCat(args->file != nullptr ? args->file : "", ":", args->line)}});
+  });
+  RouteProtobufLogs();
   absl::StatusOr<ServiceConfig> cfg = LoadConfig(def, migrate_only || wait_only || republish);
   if (!cfg.ok()) {
     std::fprintf(stderr, "%s: invalid configuration:\n%s\n", def.name.c_str(),

@@ -10,6 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "libs/common/log.h"
+
 namespace connecting::server {
 namespace {
 
@@ -25,8 +28,11 @@ void CaptureLog(google::protobuf::LogLevel level, const char* filename, int line
     *t_capture = message;
     return;
   }
+  // Otherwise a JSON line like every other (protobuf's default handler
+  // writes its own format to stderr).
   if (level >= google::protobuf::LOGLEVEL_WARNING) {
-    fprintf(stderr, "[protobuf %s:%d] %s\n", filename, line, message.c_str());
+    log::Write(level >= google::protobuf::LOGLEVEL_ERROR ? log::Level::kError : log::Level::kWarn,
+               message, {{"source", "protobuf"}, {"at", absl::StrCat(filename, ":", line)}});
   }
 }
 
@@ -71,9 +77,13 @@ std::string InvalidUtf8Path(const std::string& bytes, const google::protobuf::De
 
 }  // namespace
 
-grpc::Status ParseRequestStrictly(grpc::ByteBuffer* buffer, google::protobuf::Message* msg) {
+void RouteProtobufLogs() {
   static std::once_flag once;
   std::call_once(once, [] { google::protobuf::SetLogHandler(&CaptureLog); });
+}
+
+grpc::Status ParseRequestStrictly(grpc::ByteBuffer* buffer, google::protobuf::Message* msg) {
+  RouteProtobufLogs();
   std::string captured;
   t_capture = &captured;
   grpc::ByteBuffer kept(*buffer);  // shares the slices; parsing empties `buffer`

@@ -20,6 +20,10 @@
 
 namespace connecting::server {
 
+// Protobuf's own messages (outside a request's parsing, which keeps its
+// message as the rule) as JSON log lines, at warn or error, instead of its
+// format on stderr. ServiceMain calls it; the first parse does too.
+void RouteProtobufLogs();
 // Parses `buffer` into `msg`; on failure leaves `msg` empty and marked.
 grpc::Status ParseRequestStrictly(grpc::ByteBuffer* buffer, google::protobuf::Message* msg);
 // Why a marked request failed to parse: the field's path from the request
