@@ -107,10 +107,10 @@ namespace {
 // Calls answered UNAVAILABLE for the database, in the log at warn with what
 // the database or libpq said: the first at once, then at most one line every
 // 10 s with how many more there were, so that an outage does not write a
-// line per call. (The health monitor logs its own view of
-// the database as it changes: libs/server/service_main.cc.) A commit whose
-// outcome is unknown is logged every time: each concerns one change a
-// client may ask about, under its traceparent.
+// line per call. (The health monitor logs its own view of the database as
+// it changes: libs/server/service_main.cc.) A commit whose outcome is
+// unknown is logged every time: each concerns one change a client may ask
+// about, under its traceparent.
 void DatabaseUnavailableLogged(const absl::Status& status, absl::string_view method,
                                absl::string_view traceparent) {
   if (db::CommitOutcomeUnknown(status)) {
@@ -132,10 +132,11 @@ void DatabaseUnavailableLogged(const absl::Status& status, absl::string_view met
 // constraints, stored values: db::SaidByDatabase) in plain words for the
 // client, with its code. DetailedStatus adds the reason the code implies, as
 // for any status without one; a lost commit and a bug name theirs here, for
-// their metadata. The words stay in the server's log ("rpc failed" at debug;
-// UNAVAILABLE also at warn, throttled, above; and at error, under the traceparent the client is
-// given, for a rule of the schema that refused what the service's own checks let through: a bug, as
-// INTERNAL is). No handler names a cause on such a status: each makes its own.
+// their metadata. The words stay in the server's log: "rpc failed" at
+// debug; UNAVAILABLE at warn too, throttled (above); and at error, under
+// the traceparent the client is given, a rule of the schema that refused
+// what the service's own checks let through (a bug, as INTERNAL is). No
+// handler names a cause on such a status: each makes its own.
 absl::Status InPlainWords(const absl::Status& status, absl::string_view method,
                           absl::string_view traceparent) {
   if (!db::SaidByDatabase(status)) return status;
