@@ -10,8 +10,10 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/cord.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "connecting/events/v1/partners_events.pb.h"
 #include "libs/bus/consumer.h"
@@ -342,6 +344,45 @@ TEST_F(Bus, RelayMakesItsStreamAgainIfItIsDeleted) {
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
   relay->Stop(absl::Now());
   EXPECT_EQ(testing::ReadStream(nats_url_, stream_).size(), 3u);
+}
+
+TEST_F(Bus, AStreamThatRefusesEventsIsNamedInTheLogOnceAndTheEventsWait) {
+  // An operator's limit (here 2 messages, refusing new ones once full)
+  // makes JetStream refuse every event after it, again at every try (4 a
+  // second). The relay says so at warn, once in 10 s however many are
+  // refused (the next line counts them), and keeps the batch in the outbox
+  // (the 2 the stream took are sent again with it and dropped as copies).
+  DeleteStream(/*anew=*/false);
+  {
+    auto js = nats_->JetStream();
+    ASSERT_TRUE(js.ok());
+    jsStreamConfig cfg;
+    jsStreamConfig_Init(&cfg);
+    cfg.Name = stream_.c_str();
+    const std::string subjects = prefix_ + ".>";
+    const char* list[] = {subjects.c_str()};
+    cfg.Subjects = list;
+    cfg.SubjectsLen = 1;
+    cfg.MaxMsgs = 2;
+    cfg.Discard = js_DiscardNew;
+    ASSERT_EQ(js_AddStream(nullptr, js->get(), &cfg, nullptr, nullptr), NATS_OK);
+  }
+  Emit(20);
+  ::testing::internal::CaptureStdout();
+  auto relay = Relay();
+  absl::SleepFor(absl::Seconds(3));  // a dozen tries, each refused again
+  relay->Stop(absl::Now());
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  EXPECT_EQ(Count("SELECT count(*) FROM outbox"), 20) << "a refused event left the outbox";
+  EXPECT_EQ(testing::ReadStream(nats_url_, stream_).size(), 2u);
+  std::vector<std::string> lines;
+  for (absl::string_view line : absl::StrSplit(out, '\n')) {
+    if (absl::StrContains(line, "\"msg\":\"outbox publish rejected\"")) lines.emplace_back(line);
+  }
+  ASSERT_EQ(lines.size(), 1u) << out;
+  EXPECT_TRUE(absl::StrContains(lines[0], "\"level\":\"warn\"")) << lines[0];
+  EXPECT_TRUE(absl::StrContains(lines[0], "maximum messages exceeded")) << lines[0];
+  EXPECT_TRUE(absl::StrContains(lines[0], prefix_ + ".contact.removed")) << lines[0];
 }
 
 TEST_F(Bus, ConsumerMakesItsDurableAgainIfItIsDeleted) {

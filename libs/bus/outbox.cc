@@ -14,6 +14,7 @@
 #include "libs/bus/event_json.h"
 #include "libs/common/log.h"
 #include "libs/common/metrics.h"
+#include "libs/common/throttle.h"
 
 namespace connecting::bus {
 namespace {
@@ -138,7 +139,16 @@ void OutboxRelay::OnAck(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, vo
     absl::MutexLock lock(&self->mu_);
     self->acked_.emplace_back(id);
   } else if (pae != nullptr) {
-    log::Warn("outbox publish rejected", {{"error", pae->ErrText ? pae->ErrText : ""}});
+    // Each event of a batch is refused alike (a full stream, a subject no
+    // stream takes), again at every try: one line every 10 s, with a count.
+    if (std::optional<int64_t> held = self->refused_lines_.Admit()) {
+      const char* subject = natsMsg_GetSubject(msg);
+      if (id == nullptr) (void)natsMsgHeader_Get(msg, "Nats-Msg-Id", &id);
+      log::Warn("outbox publish rejected", {{"error", pae->ErrText ? pae->ErrText : ""},
+                                            {"subject", subject != nullptr ? subject : ""},
+                                            {"event_id", id != nullptr ? id : ""},
+                                            {"more_since_the_last_line", absl::StrCat(*held)}});
+    }
   }
   natsMsg_Destroy(msg);
 }

@@ -31,6 +31,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "libs/bus/nats.h"
+#include "libs/common/throttle.h"
 #include "libs/db/db.h"
 #include "libs/db/migrations.h"
 
@@ -140,6 +141,9 @@ class OutboxRelay {
   absl::Mutex mu_;
   uint64_t batch_generation_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::string> acked_ ABSL_GUARDED_BY(mu_);
+  // Events JetStream refuses are refused again at every try: logged once
+  // every 10 s, with a count.
+  log::Throttle refused_lines_{absl::Seconds(10)};
 };
 
 // `--republish --after-restore`, before its snapshots: sets the database's
