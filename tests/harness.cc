@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
@@ -24,6 +25,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -126,6 +128,18 @@ std::string LogTail(const std::string& path, size_t lines) {
     if (text[--start] == '\n') ++n;
   }
   return absl::StrCat(start > 0 ? "…\n" : "", text.substr(start == 0 ? 0 : start + 1));
+}
+
+std::vector<std::string> LogLinesWith(const std::string& path,
+                                      const std::vector<std::string>& parts) {
+  std::vector<std::string> found;
+  for (absl::string_view line : absl::StrSplit(ReadFile(path), '\n', absl::SkipEmpty())) {
+    if (std::all_of(parts.begin(), parts.end(),
+                    [&](const std::string& p) { return absl::StrContains(line, p); })) {
+      found.emplace_back(line);
+    }
+  }
+  return found;
 }
 
 bool ReplaceFile(const std::string& path, const std::string& text) {

@@ -49,6 +49,10 @@ std::string ReadFile(const std::string& path);
 // The last `lines` lines of the file at `path` (a process's log), for a
 // failure message: the test's directory, logs included, goes when it ends.
 std::string LogTail(const std::string& path, size_t lines);
+// The lines of the file at `path` (a process's log) holding every one of
+// `parts`, e.g. {"\"level\":\"warn\"", "\"msg\":\"health: NOT_SERVING\""}.
+std::vector<std::string> LogLinesWith(const std::string& path,
+                                      const std::vector<std::string>& parts);
 // Writes `text` beside `path`, then renames it over `path` in one step, as a
 // Kubernetes Secret volume swaps a file; false if either fails.
 bool ReplaceFile(const std::string& path, const std::string& text);

@@ -86,14 +86,8 @@ TEST(PartnersHealth, NotServingWhilePostgresIsDownServingWhenBack) {
   for (int i = 0; i < 3; ++i) EXPECT_EQ(outage_call().error_code(), grpc::StatusCode::UNAVAILABLE);
   const std::string port = absl::StrCat("port ", pg.port);
   auto warnings = [&](absl::string_view msg) {
-    std::vector<std::string> found;
-    for (absl::string_view line : absl::StrSplit(ReadFile(svc.process()->log_path()), '\n')) {
-      if (absl::StrContains(line, "\"level\":\"warn\"") &&
-          absl::StrContains(line, absl::StrCat("\"msg\":\"", msg, "\""))) {
-        found.emplace_back(line);
-      }
-    }
-    return found;
+    return LogLinesWith(svc.process()->log_path(),
+                        {"\"level\":\"warn\"", absl::StrCat("\"msg\":\"", msg, "\"")});
   };
   EXPECT_TRUE(WaitUntil(
       [&] {
@@ -443,15 +437,10 @@ authorization {
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_TRUE(WaitUntil(
       [&] {
-        for (absl::string_view line : absl::StrSplit(ReadFile(svc.process()->log_path()), '\n')) {
-          if (absl::StrContains(line, "\"level\":\"warn\"") &&
-              absl::StrContains(line, "\"msg\":\"nats reported an error\"") &&
-              absl::StrContains(line, "Permissions Violation for Publish") &&
-              absl::StrContains(line, subjects)) {
-            return true;
-          }
-        }
-        return false;
+        return !LogLinesWith(svc.process()->log_path(),
+                             {"\"level\":\"warn\"", "\"msg\":\"nats reported an error\"",
+                              "Permissions Violation for Publish", subjects})
+                    .empty();
       },
       absl::Seconds(10)))
       << "the refusal is not in the log:\n"

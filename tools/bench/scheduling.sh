@@ -48,9 +48,9 @@ pgbench_tps=$(command pgbench -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 16 -j
 echo "pgbench, single-row INSERT, 16 clients, same database: $pgbench_tps tps"
 # Each of pgbench's inserts is a commit, so its rate follows the disk's
 # flush time; bookings share commits (batches), so it weighs less on them
-# and the share of pgbench below rises on a slow disk (0.15 ms here on
-# 2026-11-30: 17-18%; 0.47 ms on 2026-12-02: 22-44%). Measured where the
-# database writes its WAL.
+# and the share of pgbench below rises on a slow disk (11-19% on hosts
+# whose disk flushed in 0.15 ms; 22-44% on one at 0.47-0.50 ms, on
+# 2026-12-02). Measured where the database writes its WAL.
 flush_us=$("$(pg_bindir)/pg_test_fsync" -s 1 -f "$work/pg/fsync.test" 2>/dev/null |
   awk '/one 8kB write/ {one = 1} one && $1 == "fdatasync" {print int($(NF-1)); exit}')
 rm -f "$work/pg/fsync.test"
