@@ -644,6 +644,57 @@ TEST_F(Database, UnreachableDatabaseIsUnavailable) {
   EXPECT_TRUE(absl::IsUnavailable(s)) << s;
 }
 
+TEST_F(Database, AConnectionTheServerEndedWhileIdleIsReplacedNotHandedOut) {
+  // A restart, a failover or an operator's pg_terminate_backend ends the
+  // pool's idle connections. The next caller gets a fresh connection, not
+  // an UNAVAILABLE at its first statement (a read has no retry, and a
+  // transaction gets none for it: max_attempts 1).
+  db::Pool pool(url_, 2, "idle-ended");
+  auto pid_of_a_connection = [&] {
+    std::string pid;
+    EXPECT_TRUE(db::WithConnection(pool, absl::InfiniteFuture(), [&](db::Conn& c) {
+                  auto r = c.Exec("SELECT pg_backend_pid()::text");
+                  if (r.ok()) pid = r->String(0, 0);
+                  return r.status();
+                }).ok());
+    return pid;
+  };
+  for (int round = 0; round < 2; ++round) {
+    const std::string pid = pid_of_a_connection();
+    ASSERT_FALSE(pid.empty());
+    ASSERT_TRUE(db::WithConnection(*pool_, absl::InfiniteFuture(), [&](db::Conn& c) {
+                  return c.Exec("SELECT pg_terminate_backend(" + pid + ")").status();
+                }).ok());
+    ASSERT_TRUE(testing::WaitUntil(
+        [&] {
+          bool gone = false;
+          (void)db::WithConnection(*pool_, absl::InfiniteFuture(), [&](db::Conn& c) {
+            auto r = c.Exec("SELECT count(*) FROM pg_stat_activity WHERE pid = " + pid);
+            gone = r.ok() && r->Int(0, 0) == 0;
+            return r.status();
+          });
+          return gone;
+        },
+        absl::Seconds(5)));
+    if (round == 0) {
+      std::string other;
+      absl::Status s = db::WithConnection(pool, absl::InfiniteFuture(), [&](db::Conn& c) {
+        auto r = c.Exec("SELECT pg_backend_pid()::text");
+        if (r.ok()) other = r->String(0, 0);
+        return r.status();
+      });
+      EXPECT_TRUE(s.ok()) << "a read on the ended connection: " << s;
+      EXPECT_NE(other, pid);
+    } else {
+      db::TxOptions once;
+      once.max_attempts = 1;
+      absl::Status s =
+          db::Transact(pool, once, [](db::Conn& c) { return c.Exec("SELECT 1").status(); });
+      EXPECT_TRUE(s.ok()) << "a transaction on the ended connection: " << s;
+    }
+  }
+}
+
 TEST_F(Database, ConnectionsProbeASilentServerAndTheUrlCanSayOtherwise) {
   // A server whose host vanished sends no reset. Every connection probes
   // after 30 s of silence (10 s apart, 3 probes) and gives sent data 60 s to

@@ -146,29 +146,28 @@ bool CommitOutcomeUnknown(const absl::Status& status) {
   return status.GetPayload(kCommitUnknownPayload).has_value();
 }
 
-namespace {
-
 // What PostgreSQL sends outside a statement's result (a NOTICE or WARNING
 // from a statement; a FATAL as the server ends the connection, e.g. at
 // shutdown), as a JSON line like every other: libpq's default writes it raw
 // to stderr. Its severity, code and primary message only: a DETAIL may
 // quote stored values. NOTICE and below (DROP ... IF EXISTS "skipping") at
-// debug; WARNING and worse at warn.
-void NoticeToLog(void*, const PGresult* notice) {
+// debug; WARNING and worse at warn. A FATAL or PANIC means the server is
+// ending this connection: it is broken from then on.
+void Conn::OnNotice(void* self, const PGresult* notice) {
   auto field = [notice](int code) {
     const char* v = PQresultErrorField(notice, code);
     return v != nullptr ? v : "";
   };
   const absl::string_view severity = field(PG_DIAG_SEVERITY_NONLOCALIZED);
-  const bool worth_a_warning =
-      severity == "WARNING" || severity == "ERROR" || severity == "FATAL" || severity == "PANIC";
-  log::Write(worth_a_warning ? log::Level::kWarn : log::Level::kDebug, "the database says",
+  const bool ending = severity == "FATAL" || severity == "PANIC";
+  if (ending && self != nullptr) static_cast<Conn*>(self)->broken_ = true;
+  log::Write(ending || severity == "WARNING" || severity == "ERROR" ? log::Level::kWarn
+                                                                    : log::Level::kDebug,
+             "the database says",
              {{"severity", severity},
               {"sqlstate", field(PG_DIAG_SQLSTATE)},
               {"message", field(PG_DIAG_MESSAGE_PRIMARY)}});
 }
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<Conn>> Conn::Open(const std::string& url,
                                                  absl::string_view application_name,
@@ -200,7 +199,7 @@ absl::StatusOr<std::unique_ptr<Conn>> Conn::Open(const std::string& url,
                         "60000",         url.c_str(), nullptr};
   PGconn* raw = PQconnectdbParams(keys, vals, /*expand_dbname=*/1);
   std::unique_ptr<Conn> conn(new Conn(raw));
-  if (raw != nullptr) PQsetNoticeReceiver(raw, NoticeToLog, nullptr);
+  if (raw != nullptr) PQsetNoticeReceiver(raw, &Conn::OnNotice, conn.get());
   if (raw == nullptr || PQstatus(raw) != CONNECTION_OK) {
     return Said(absl::UnavailableError(absl::StrCat(
         "database unavailable: ", Trimmed(raw ? PQerrorMessage(raw) : "out of memory"))));
@@ -536,9 +535,27 @@ Pool::Lease::~Lease() {
   if (pool_ != nullptr && conn_ != nullptr) pool_->Release(std::move(conn_));
 }
 
+bool Conn::UsableAfterIdle() {
+  if (!healthy()) return false;
+  // Nothing arrived while idle: the usual case, one poll. A server ending
+  // the connection sends a FATAL, then closes it: libpq reads the message
+  // and hands it to OnNotice (the close may not have arrived yet).
+  for (int reads = 0; reads < 4; ++reads) {
+    pollfd p = {PQsocket(conn_.get()), POLLIN, 0};
+    if (poll(&p, 1, 0) <= 0) break;
+    if (PQconsumeInput(conn_.get()) == 0) {
+      broken_ = true;
+      return false;
+    }
+    (void)PQisBusy(conn_.get());  // parses what was read: a FATAL marks it broken
+  }
+  return healthy();
+}
+
 absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline) {
   const absl::Time answers_until =
       deadline == absl::InfiniteFuture() ? deadline : deadline + kAnswerGrace;
+  std::unique_ptr<Conn> idle;
   {
     absl::MutexLock lock(&mu_);
     auto can_take = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -548,12 +565,19 @@ absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline) {
       return absl::ResourceExhaustedError("all database connections are busy");
     }
     if (!idle_.empty()) {
-      std::unique_ptr<Conn> c = std::move(idle_.back());
+      idle = std::move(idle_.back());
       idle_.pop_back();
-      c->set_answer_deadline(answers_until);
-      return Lease(this, std::move(c));
+    } else {
+      ++open_or_leased_;
     }
-    ++open_or_leased_;
+  }
+  if (idle != nullptr) {
+    if (idle->UsableAfterIdle()) {
+      idle->set_answer_deadline(answers_until);
+      return Lease(this, std::move(idle));
+    }
+    // Ended by the server while idle (its slot stays taken, for the new one).
+    idle.reset();
   }
   // Open outside the lock: connecting can take seconds when the server is
   // down, and as long as connect_timeout when it accepts but does not answer.

@@ -157,12 +157,20 @@ class Conn {
   // caller's deadline; InfiniteFuture waits for ever.
   void set_answer_deadline(absl::Time t) { answer_deadline_ = t; }
   bool healthy() const { return !broken_ && PQstatus(conn_.get()) == CONNECTION_OK; }
+  // For a connection that sat idle: false if the server ended it meanwhile
+  // (a restart, a failover, pg_terminate_backend), which it says on the
+  // socket. Reads only what already arrived; never waits. Pool::Acquire asks
+  // it, so that a caller gets a fresh connection rather than a failure at
+  // its first statement.
+  bool UsableAfterIdle();
   // Statements prepared on this connection now (at most about kMaxPrepared).
   size_t prepared_count() const { return prepared_.size(); }
   PGconn* raw() { return conn_.get(); }
 
  private:
   explicit Conn(PGconn* c) : conn_(c, &PQfinish) {}
+  // libpq's notice receiver (`self`: this connection).
+  static void OnNotice(void* self, const PGresult* notice);
   // Polls the socket for `events` until the answer deadline: the events
   // that came (0: none yet, poll again). DEADLINE_EXCEEDED once the deadline
   // has passed ("the database did not <waiting_for> in time"), UNAVAILABLE
