@@ -69,6 +69,23 @@ class Bus : public ::testing::Test {
                   }).ok());
     }
   }
+  // The stream made anew, holding at most `max_msgs` and refusing new ones
+  // once full (an operator's limit).
+  void LimitStream(int64_t max_msgs) {
+    DeleteStream(/*anew=*/false);
+    auto js = nats_->JetStream();
+    ASSERT_TRUE(js.ok());
+    jsStreamConfig cfg;
+    jsStreamConfig_Init(&cfg);
+    cfg.Name = stream_.c_str();
+    const std::string subjects = prefix_ + ".>";
+    const char* list[] = {subjects.c_str()};
+    cfg.Subjects = list;
+    cfg.SubjectsLen = 1;
+    cfg.MaxMsgs = max_msgs;
+    cfg.Discard = js_DiscardNew;
+    ASSERT_EQ(js_AddStream(nullptr, js->get(), &cfg, nullptr, nullptr), NATS_OK);
+  }
   std::unique_ptr<bus::OutboxRelay> Relay() {
     bus::RelayOptions ro;
     ro.database_url = url_;
@@ -346,27 +363,23 @@ TEST_F(Bus, RelayMakesItsStreamAgainIfItIsDeleted) {
   EXPECT_EQ(testing::ReadStream(nats_url_, stream_).size(), 3u);
 }
 
+// connecting_outbox_publish_failures_total as /metrics reports it.
+double PublishFailures() {
+  for (const auto& family : metrics::Registry()->Collect()) {
+    if (family.name == "connecting_outbox_publish_failures_total" && !family.metric.empty()) {
+      return family.metric[0].counter.value;
+    }
+  }
+  return -1;
+}
+
 TEST_F(Bus, AStreamThatRefusesEventsIsNamedInTheLogOnceAndTheEventsWait) {
   // An operator's limit (here 2 messages, refusing new ones once full)
-  // makes JetStream refuse every event after it, again at every try (4 a
-  // second). The relay says so at warn, once in 10 s however many are
-  // refused (the next line counts them), and keeps the batch in the outbox
-  // (the 2 the stream took are sent again with it and dropped as copies).
-  DeleteStream(/*anew=*/false);
-  {
-    auto js = nats_->JetStream();
-    ASSERT_TRUE(js.ok());
-    jsStreamConfig cfg;
-    jsStreamConfig_Init(&cfg);
-    cfg.Name = stream_.c_str();
-    const std::string subjects = prefix_ + ".>";
-    const char* list[] = {subjects.c_str()};
-    cfg.Subjects = list;
-    cfg.SubjectsLen = 1;
-    cfg.MaxMsgs = 2;
-    cfg.Discard = js_DiscardNew;
-    ASSERT_EQ(js_AddStream(nullptr, js->get(), &cfg, nullptr, nullptr), NATS_OK);
-  }
+  // makes JetStream refuse every event after it, again at every try. The
+  // relay says so at warn, once in 10 s however many are refused (the next
+  // line counts them), and keeps the batch in the outbox (the 2 the stream
+  // took are sent again with it and dropped as copies).
+  LimitStream(2);
   Emit(20);
   ::testing::internal::CaptureStdout();
   auto relay = Relay();
@@ -383,6 +396,49 @@ TEST_F(Bus, AStreamThatRefusesEventsIsNamedInTheLogOnceAndTheEventsWait) {
   EXPECT_TRUE(absl::StrContains(lines[0], "\"level\":\"warn\"")) << lines[0];
   EXPECT_TRUE(absl::StrContains(lines[0], "maximum messages exceeded")) << lines[0];
   EXPECT_TRUE(absl::StrContains(lines[0], prefix_ + ".contact.removed")) << lines[0];
+}
+
+TEST_F(Bus, ARefusedBatchIsTriedAgainLessAndLessOftenNotAtEveryCommit) {
+  // Under load every commit wakes the relay. While JetStream refuses the
+  // batch, a try at each wake would claim and send it again hundreds of
+  // times a second; the relay waits instead, longer after each refusal (250
+  // ms, 500 ms, 1 s, then every 2 s), and publishes everything soon after
+  // the stream takes events again.
+  LimitStream(2);
+  Emit(20);
+  const double failures_before = PublishFailures();
+  auto relay = Relay();
+  const absl::Time end = absl::Now() + absl::Seconds(3);
+  while (absl::Now() < end) {  // a busy service's commits
+    relay->Wake();
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  // Tries in 3 s: at 0, 0.25, 0.75, 1.75 and 3.75 s. A try each wake would be
+  // a hundred or more; one every poll interval, a dozen.
+  const double tries = (PublishFailures() - failures_before) / 18;
+  EXPECT_GE(tries, 2) << "the relay stopped trying";
+  EXPECT_LE(tries, 5) << "the relay tried a refused batch again at every wake";
+  EXPECT_EQ(Count("SELECT count(*) FROM outbox"), 20) << "a refused event left the outbox";
+  // The operator raises the limit: the events go out at the next try (2 s at most).
+  {
+    auto js = nats_->JetStream();
+    ASSERT_TRUE(js.ok());
+    jsStreamConfig cfg;
+    jsStreamConfig_Init(&cfg);
+    cfg.Name = stream_.c_str();
+    const std::string subjects = prefix_ + ".>";
+    const char* list[] = {subjects.c_str()};
+    cfg.Subjects = list;
+    cfg.SubjectsLen = 1;
+    cfg.MaxMsgs = -1;
+    cfg.Discard = js_DiscardNew;
+    ASSERT_EQ(js_UpdateStream(nullptr, js->get(), &cfg, nullptr, nullptr), NATS_OK);
+  }
+  const absl::Time raised = absl::Now();
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
+  EXPECT_LT(absl::Now() - raised, absl::Seconds(5)) << "the events waited past the longest retry";
+  relay->Stop(absl::Now());
+  EXPECT_EQ(testing::ReadStream(nats_url_, stream_).size(), 20u);
 }
 
 TEST_F(Bus, ConsumerMakesItsDurableAgainIfItIsDeleted) {

@@ -1,8 +1,12 @@
 #include "libs/bus/nats.h"
 
+#include <map>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "libs/common/log.h"
 #include "libs/common/throttle.h"
@@ -10,15 +14,51 @@
 namespace connecting::bus {
 namespace {
 
+// The connection's last error as one string: the status's text, then the
+// library's detail when it adds something ("" when there is none).
+std::string LastErrorText(natsConnection* nc) {
+  const char* text = nullptr;
+  natsStatus last = nc != nullptr ? natsConnection_GetLastError(nc, &text) : NATS_OK;
+  if (last == NATS_OK) return "";
+  std::string out = natsStatus_GetText(last);
+  if (text != nullptr && *text != '\0' && out != text) absl::StrAppend(&out, " (", text, ")");
+  return out;
+}
+
+// What ended each connection, kept until it is up again: the client library
+// clears its last error between reconnection attempts, so while it
+// reconnects Why() would otherwise say only "reconnecting". Keyed by the
+// connection, which the callbacks are given; ~Nats removes its entry.
+struct Ended {
+  absl::Mutex mu;
+  std::map<const natsConnection*, std::pair<std::string, absl::Time>> why ABSL_GUARDED_BY(mu);
+  static Ended& Get() {
+    static Ended* const e = new Ended;
+    return *e;
+  }
+};
+
 void OnDisconnected(natsConnection* nc, void*) {
   // Also called as the process closes its connection on purpose: not worth a warning.
   if (natsConnection_IsClosed(nc)) return;
-  const char* text = nullptr;
-  natsStatus last = natsConnection_GetLastError(nc, &text);
-  log::Warn("nats disconnected", {{"error", last == NATS_OK ? "" : natsStatus_GetText(last)},
-                                  {"detail", text != nullptr ? text : ""}});
+  std::string error = LastErrorText(nc);
+  // A server that shut down, or a connection the network ended, leaves no error.
+  if (error.empty()) error = "the connection was lost";
+  {
+    Ended& ended = Ended::Get();
+    absl::MutexLock lock(&ended.mu);
+    ended.why[nc] = {error, absl::Now()};
+  }
+  log::Warn("nats disconnected", {{"error", error}});
 }
-void OnReconnected(natsConnection*, void*) { log::Info("nats reconnected"); }
+void OnReconnected(natsConnection* nc, void*) {
+  {
+    Ended& ended = Ended::Get();
+    absl::MutexLock lock(&ended.mu);
+    ended.why.erase(nc);
+  }
+  log::Info("nats reconnected");
+}
 void OnConnected(natsConnection*, void*) { log::Info("nats connected"); }
 // What the server or the client library reports outside any call: a
 // publish or subscription the server's permissions refuse, a slow consumer
@@ -29,10 +69,8 @@ void OnAsyncError(natsConnection* nc, natsSubscription* sub, natsStatus err, voi
   std::optional<int64_t> held = throttle->Admit();
   if (!held) return;
   const char* subject = sub != nullptr ? natsSubscription_GetSubject(sub) : nullptr;
-  const char* text = nullptr;
-  if (nc != nullptr) natsConnection_GetLastError(nc, &text);
   log::Warn("nats reported an error", {{"error", natsStatus_GetText(err)},
-                                       {"detail", text != nullptr ? text : ""},
+                                       {"detail", LastErrorText(nc)},
                                        {"subscription", subject != nullptr ? subject : ""},
                                        {"more_since_the_last_line", absl::StrCat(*held)}});
 }
@@ -141,7 +179,11 @@ absl::StatusOr<std::unique_ptr<Nats>> Nats::Connect(const std::string& url,
   return std::unique_ptr<Nats>(new Nats(NatsPtr<natsConnection>(raw)));
 }
 
-Nats::~Nats() = default;
+Nats::~Nats() {
+  Ended& ended = Ended::Get();
+  absl::MutexLock lock(&ended.mu);
+  ended.why.erase(conn_.get());
+}
 
 bool Nats::connected() const {
   return natsConnection_Status(conn_.get()) == NATS_CONN_STATUS_CONNECTED;
@@ -164,11 +206,15 @@ std::string Nats::Why() const {
     default:
       why = "disconnected";
   }
-  const char* text = nullptr;
-  if (natsStatus last = natsConnection_GetLastError(conn_.get(), &text); last != NATS_OK) {
-    absl::StrAppend(&why, ": ", natsStatus_GetText(last));
-    if (text != nullptr && *text != '\0' && text != absl::string_view(natsStatus_GetText(last))) {
-      absl::StrAppend(&why, " (", std::string(text), ")");
+  if (std::string last = LastErrorText(conn_.get()); !last.empty()) {
+    absl::StrAppend(&why, ": ", last);
+  } else {
+    Ended& ended = Ended::Get();
+    absl::MutexLock lock(&ended.mu);
+    if (auto it = ended.why.find(conn_.get()); it != ended.why.end()) {
+      absl::StrAppend(&why, " since ",
+                      absl::FormatTime("%H:%M:%SZ", it->second.second, absl::UTCTimeZone()), ": ",
+                      it->second.first);
     }
   }
   return why;

@@ -81,7 +81,9 @@ class Nats {
   bool connected() const;
   // "" while connected; otherwise the connection's state and the last error
   // the client library recorded (e.g. "reconnecting: Authentication
-  // Violation"), for the log.
+  // Violation"), or, when it recorded none (it forgets between reconnection
+  // attempts), what ended the connection and when ("reconnecting since
+  // 14:02:07Z: Connection Closed"), for the log.
   std::string Why() const;
   natsConnection* connection() const { return conn_.get(); }
   // A fresh JetStream context with the given options (each component owns one).

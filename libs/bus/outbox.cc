@@ -165,6 +165,24 @@ void OutboxRelay::WaitForWork() {
   (void)!read(wake_fd_, &drained, sizeof drained);
 }
 
+void OutboxRelay::WaitToRetry(absl::Duration& wait) {
+  wait = wait <= absl::ZeroDuration() ? options_.poll_interval
+                                      : std::min(2 * wait, options_.max_retry_wait);
+  const bool was_stopping = stopping_.load();
+  absl::Time until = absl::Now() + wait;
+  if (was_stopping) until = std::min(until, flush_deadline_);
+  // Stop() while waiting: its flush starts now, with a fresh try.
+  while (was_stopping || !stopping_.load()) {
+    const absl::Duration left = until - absl::Now();
+    if (left <= absl::ZeroDuration()) return;
+    pollfd fd = {wake_fd_, POLLIN, 0};
+    if (poll(&fd, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1) > 0) {
+      uint64_t drained;
+      (void)!read(wake_fd_, &drained, sizeof drained);
+    }
+  }
+}
+
 // The outbox row number of the last event in `stream`: 0 if it holds none, or
 // none from a relay (a release before the header, or purged).
 absl::StatusOr<int64_t> LastOutboxSeqInStream(jsCtx* js, const std::string& stream) {
@@ -336,6 +354,7 @@ void OutboxRelay::Run() {
   absl::Time next_housekeeping = absl::InfinitePast();
   absl::Time next_restore_check = absl::InfinitePast();
   absl::Status last_error = absl::OkStatus();
+  absl::Duration retry_wait = absl::ZeroDuration();  // none while passes succeed
   auto report = [&](const absl::Status& s) {
     healthy_.store(false);
     if (log::Text(s) != log::Text(last_error)) {
@@ -351,7 +370,7 @@ void OutboxRelay::Run() {
       if (!c.ok()) {
         report(c.status());
         if (flushing) break;
-        WaitForWork();
+        WaitToRetry(retry_wait);
         continue;
       }
       // The outbox is a queue: its statistics say "empty" as often as not,
@@ -363,7 +382,8 @@ void OutboxRelay::Run() {
       if (absl::Status s = (*c)->ExecScript("SET enable_seqscan = off; SET jit = off");
           !s.ok()) {
         report(s);
-        WaitForWork();
+        if (flushing) break;
+        WaitToRetry(retry_wait);
         continue;
       }
       conn = *std::move(c);
@@ -397,7 +417,7 @@ void OutboxRelay::Run() {
       if (!j.ok()) {
         report(j.status());
         if (flushing) break;
-        WaitForWork();
+        WaitToRetry(retry_wait);
         continue;
       }
       js = *std::move(j);
@@ -407,7 +427,7 @@ void OutboxRelay::Run() {
       if (!s.ok()) {
         report(s);
         if (flushing) break;
-        WaitForWork();
+        WaitToRetry(retry_wait);
         continue;
       }
       stream_ready = true;
@@ -420,9 +440,10 @@ void OutboxRelay::Run() {
     if (!n.ok()) {
       report(n.status());
       stream_ready = false;  // an operator may have deleted it: make it again
-      if (!flushing) WaitForWork();
+      WaitToRetry(retry_wait);  // while flushing, no later than its deadline
       continue;
     }
+    retry_wait = absl::ZeroDuration();
     healthy_.store(true);
     if (!last_error.ok()) {
       log::Info("outbox relay publishing again");

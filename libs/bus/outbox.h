@@ -82,6 +82,12 @@ struct RelayOptions {
   // busy service publishes in batches (adds at most this to event latency).
   absl::Duration linger = absl::Milliseconds(5);
   absl::Duration ack_timeout = absl::Seconds(5);
+  // After a pass that failed (PostgreSQL or NATS down, a stream refusing its
+  // events), the relay waits before trying again: the poll interval, then
+  // twice as long after each further failure, up to this. It does not heed
+  // wakes meanwhile: under load every commit wakes it, and would have it
+  // claim and send the same batch again hundreds of times a second.
+  absl::Duration max_retry_wait = absl::Seconds(2);
   // How long one pass (claim, publish, mark sent) may wait for PostgreSQL's
   // answers. A database that stopped answering without closing the
   // connection (hung, or the network to it gone) would otherwise hold the
@@ -124,6 +130,9 @@ class OutboxRelay {
   bool CheckForRestore(db::Conn& conn, jsCtx* js);
   // Sleeps until Wake(), Stop() or the poll interval.
   void WaitForWork();
+  // After a failed pass: lengthens `wait` (see RelayOptions::max_retry_wait)
+  // and sleeps that long, or until Stop() or the flush deadline.
+  void WaitToRetry(absl::Duration& wait);
   static void OnAck(jsCtx* js, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure);
 
   const RelayOptions options_;

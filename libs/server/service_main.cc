@@ -294,16 +294,17 @@ class HealthMonitor {
       // Why each is down, logged with every change of state and whenever
       // the reason changes while down (a refused connection, then a wrong
       // password once it listens again), not every half second.
-      const std::string why =
-          absl::StrCat(db_up ? "" : log::Text(db), "\x1f", nats_up ? "" : nats_->Why());
+      const std::string db_why = db_up ? "" : log::Text(db);
+      const std::string nats_why = nats_up ? "" : nats_->Why();
+      const std::string why = absl::StrCat(db_why, "\x1f", nats_why);
       if (now != last || why != last_why) {
         if (now != last) Publish(db_up && nats_up);
         log::Write(now == 3 ? log::Level::kInfo : log::Level::kWarn,
                    now == 3 ? "health: SERVING" : "health: NOT_SERVING",
                    {{"postgresql", db_up ? "up" : "down"},
-                    {"postgresql_error", db_up ? "" : log::Text(db)},
+                    {"postgresql_error", db_why},
                     {"nats", nats_up ? "up" : "down"},
-                    {"nats_error", nats_up ? "" : nats_->Why()}});
+                    {"nats_error", nats_why}});
         last = now;
         last_why = why;
       }
