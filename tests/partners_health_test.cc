@@ -171,6 +171,15 @@ TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAg
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
   EXPECT_TRUE(WaitUntil(timed_out, absl::Seconds(10), absl::Milliseconds(100)))
       << "the service still waits on PostgreSQL for a request given up on";
+  // The operator reads why in the log, at warn, under the call's method.
+  EXPECT_EQ(LogLinesWith(svc.process()->log_path(),
+                         {"\"level\":\"warn\"",
+                          "\"msg\":\"calls answered DEADLINE_EXCEEDED: the database did not "
+                          "answer in time\"",
+                          "CreateOrganisation", "\"traceparent\":\"00-"})
+                .size(),
+            1u)
+      << LogTail(svc.process()->log_path(), 20);
   ASSERT_EQ(signal_postgres("CONT"), 0);
   EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(20)));
   s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);

@@ -281,7 +281,20 @@ grpc::ServerUnaryReactor* RpcRunner::Run(grpc::CallbackServerContext* ctx,
 
 void RpcRunner::WorkDone(const Finish& finish, const char* method, const std::string& trace,
                          const absl::Status& s) const {
-  if (!s.ok()) {
+  if (absl::IsDeadlineExceeded(s)) {
+    // The call's deadline passed while the database worked on it (a lock
+    // held elsewhere, a database that stopped answering, a deadline too
+    // short for the call): at warn, as UNAVAILABLE is, the first at once and
+    // then one line every 10 s with a count.
+    static log::Throttle* const throttle = new log::Throttle(absl::Seconds(10));
+    if (std::optional<int64_t> held = throttle->Admit()) {
+      log::Warn("calls answered DEADLINE_EXCEEDED: the database did not answer in time",
+                {{"method", method},
+                 {"traceparent", trace},
+                 {"error", log::Text(s)},
+                 {"more_since_the_last_line", absl::StrCat(*held)}});
+    }
+  } else if (!s.ok()) {
     log::Debug("rpc failed", {{"method", method}, {"traceparent", trace}, {"error", log::Text(s)}});
   }
   if (after_work_) after_work_();
