@@ -463,6 +463,18 @@ TEST_F(Database, ErrorsMapToSpecificStatuses) {
   EXPECT_FALSE(db::IsRetryable(s));
   EXPECT_EQ(attempts, 1);
   ASSERT_TRUE((*holder)->ExecScript("COMMIT").ok());
+  // The server's own trouble (out of disk or memory, an I/O error) is the
+  // database being unavailable, to retry later, not a bug (INTERNAL).
+  for (const char* code : {"disk_full", "out_of_memory", "io_error", "insufficient_resources"}) {
+    s = db::Transact(*pool_, [code](db::Conn& c) {
+      return c.ExecScript(
+          absl::StrCat("DO $$ BEGIN RAISE EXCEPTION 'the server says so' USING "
+                       "ERRCODE = '",
+                       code, "'; END $$"));
+    });
+    EXPECT_TRUE(absl::IsUnavailable(s)) << code << ": " << s;
+    EXPECT_TRUE(db::SaidByDatabase(s)) << code;
+  }
   // Nothing of the failed transactions was kept.
   s = db::WithConnection(*pool_, absl::InfiniteFuture(), [](db::Conn& c) {
     auto r = c.Exec("SELECT count(*) FROM t");
@@ -693,6 +705,51 @@ TEST_F(Database, AConnectionTheServerEndedWhileIdleIsReplacedNotHandedOut) {
       EXPECT_TRUE(s.ok()) << "a transaction on the ended connection: " << s;
     }
   }
+}
+
+TEST_F(Database, AWriteOnAReadOnlyServerIsUnavailableAndItsConnectionIsDropped) {
+  // After a failover a connection can land on a standby (the old primary,
+  // or the first host of a URL naming several), which refuses every write:
+  // here, a database set read-only and its connections ended, as a
+  // failover ends them. A write answers UNAVAILABLE (not INTERNAL, which
+  // says "bug"), and its connection is dropped rather than returned to the
+  // pool, so that once writes are taken again the next one succeeds on a
+  // fresh connection instead of failing on the old one for its lifetime.
+  Script("CREATE TABLE t (id int PRIMARY KEY)");
+  auto admin = db::Conn::Open(url_, "admin");  // opened while writes are taken
+  ASSERT_TRUE(admin.ok());
+  auto read_only = [&](bool on) {
+    ASSERT_TRUE((*admin)
+                    ->ExecScript(absl::StrCat("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I ",
+                                              on ? "SET default_transaction_read_only = on"
+                                                 : "RESET "
+                                                   "default_transaction_"
+                                                   "read_only",
+                                              "', current_database()); END $$"))
+                    .ok());
+  };
+  read_only(true);
+  ASSERT_TRUE((*admin)
+                  ->ExecScript("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                               "datname = current_database() AND pid <> pg_backend_pid()")
+                  .ok());
+  absl::Status s =
+      db::Transact(*pool_, [](db::Conn& c) { return c.Exec("INSERT INTO t VALUES (1)").status(); });
+  EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "accepts no writes")) << s;
+  EXPECT_TRUE(db::SaidByDatabase(s));
+  // Through a pipeline (group commit's way) too.
+  bool healthy_after = true;
+  s = db::WithConnection(*pool_, absl::InfiniteFuture(), [&](db::Conn& c) {
+    auto results = c.Pipeline({{"INSERT INTO t VALUES (2)", {}}});
+    healthy_after = c.healthy();
+    return results[0].status();
+  });
+  EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+  EXPECT_FALSE(healthy_after) << "a connection to a read-only server went back to the pool";
+  read_only(false);
+  s = db::Transact(*pool_, [](db::Conn& c) { return c.Exec("INSERT INTO t VALUES (3)").status(); });
+  EXPECT_TRUE(s.ok()) << "writes are taken again, but not on the pool's connections: " << s;
 }
 
 TEST_F(Database, ConnectionsProbeASilentServerAndTheUrlCanSayOtherwise) {

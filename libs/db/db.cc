@@ -24,6 +24,8 @@ constexpr char kConstraintPayload[] = "connecting.db/constraint";
 // (an ABORTED from the caller's own logic, such as a stale etag, is final).
 constexpr char kRetryPayload[] = "connecting.db/retry";
 constexpr char kLockNotAvailablePayload[] = "connecting.db/lock-not-available";
+// A write refused by a server that takes none: the connection is dropped.
+constexpr char kReadOnlyPayload[] = "connecting.db/read-only";
 // Set on statuses whose message holds the database's or libpq's own words.
 constexpr char kSaidPayload[] = "connecting.db/said";
 constexpr char kCommitUnknownPayload[] = "connecting.db/commit-outcome-unknown";
@@ -102,8 +104,24 @@ absl::Status ErrorFromResult(PGconn* conn, const PGresult* res) {
     st.SetPayload(kLockNotAvailablePayload, absl::Cord("1"));
   } else if (state == "57014") {
     st = absl::DeadlineExceededError(msg);
-  } else if (absl::StartsWith(state, "08") || state == "57P01" || state == "57P02" ||
-             state == "57P03" || state == "53300") {
+  } else if (state == "25006") {
+    // A write on a server that takes none: a standby (a failover left this
+    // connection on the old primary, or a URL naming several hosts found a
+    // standby first), or a database set read-only. Not the caller's fault
+    // nor a bug: UNAVAILABLE, and the connection is dropped (Collect), so
+    // that the next one is made afresh, to the primary if DNS or the URL
+    // leads there now.
+    st = absl::UnavailableError(
+        absl::StrCat("database unavailable: it accepts no writes (a standby, or a database set "
+                     "read-only): ",
+                     msg));
+    st.SetPayload(kReadOnlyPayload, absl::Cord("1"));
+  } else if (absl::StartsWith(state, "08") || absl::StartsWith(state, "53") ||
+             absl::StartsWith(state, "58") || state == "57P01" || state == "57P02" ||
+             state == "57P03" || state == "57P04") {
+    // Lost connections (08), the server out of disk, memory or connections
+    // (53), an I/O error on its side (58), a shutdown or a dropped database
+    // (57P0x): the database's trouble, to retry later, not a bug of ours.
     st = absl::UnavailableError(absl::StrCat("database unavailable: ", msg));
   } else {
     st = absl::InternalError(absl::StrCat("database error ", state, ": ", msg));
@@ -380,9 +398,14 @@ absl::StatusOr<Result> Conn::Collect(bool sent) {
       last.emplace(std::move(r));
     }
   }
-  if (error) return ErrorFromResult(c, error->raw_for_status());
+  if (error) return Dropping(ErrorFromResult(c, error->raw_for_status()));
   if (!last) return ErrorFromResult(c, nullptr);
   return *std::move(last);
+}
+
+absl::Status Conn::Dropping(absl::Status s) {
+  if (s.GetPayload(kReadOnlyPayload).has_value()) broken_ = true;
+  return s;
 }
 
 absl::StatusOr<Result> Conn::Exec(absl::string_view sql, const std::vector<Param>& params) {
@@ -502,7 +525,7 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
     } else if (st == PGRES_PIPELINE_ABORTED) {
       out.emplace_back(Skipped());
     } else {
-      out.emplace_back(ErrorFromResult(c, res.raw_for_status()));
+      out.emplace_back(Dropping(ErrorFromResult(c, res.raw_for_status())));
     }
   }
   PGresult* sync = next_result();  // PGRES_PIPELINE_SYNC

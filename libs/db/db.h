@@ -8,7 +8,11 @@
 //   serialization / deadlock           → ABORTED (Transact retries these)
 //   lock not available (55P03)         → ABORTED, IsLockNotAvailable() (lock_timeout, NOWAIT)
 //   statement timeout (57014)          → DEADLINE_EXCEEDED
-//   lost or refused connection         → UNAVAILABLE
+//   lost or refused connection, server
+//   out of disk, memory or connections
+//   (08, 53), I/O error (58), shutdown → UNAVAILABLE
+//   a write on a read-only server
+//   (25006: a standby)                 → UNAVAILABLE, and the connection is dropped
 //   anything else                      → INTERNAL (a bug in our SQL)
 //
 // Such a status (every one above, and every UNAVAILABLE this layer makes)
@@ -188,6 +192,9 @@ class Conn {
   // its results, as PQexec gives them (the first error, else the last),
   // each awaited within the answer deadline.
   absl::StatusOr<Result> Collect(bool sent);
+  // `s`, after marking this connection broken if it says the server takes
+  // no writes (the pool then connects afresh).
+  absl::Status Dropping(absl::Status s);
   std::unique_ptr<PGconn, decltype(&PQfinish)> conn_;
   absl::Time answer_deadline_ = absl::InfiniteFuture();
   struct Prepared {
