@@ -323,10 +323,14 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
   (void)js_PublishAsyncComplete(js, &po);  // on timeout, the rows stay pending
 
   size_t acked = 0;
+  std::unordered_set<std::string> acked_ids;
   {
     absl::MutexLock lock(&mu_);
     // A late ack from an earlier batch may land here; count only our own rows.
-    for (const std::string& id : acked_) acked += claimed.count(id);
+    for (std::string& id : acked_) {
+      if (claimed.count(id) != 0) acked_ids.insert(std::move(id));
+    }
+    acked = acked_ids.size();
     acked_.clear();
   }
   if (options_.crash_after_publish && acked > 0) {
@@ -335,11 +339,31 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
   }
   const size_t claimed_rows = static_cast<size_t>(rows->rows());
   if (acked < claimed_rows) {
-    // Keep them all: the next batch sends them again and JetStream drops the
-    // copies of those it already has (Nats-Msg-Id within its duplicate window).
+    // The rows JetStream acknowledged from the batch's start, in commit
+    // order, leave the outbox: sent again after a refusal that outlasts the
+    // stream's duplicate window (2 minutes by default), they would be stored
+    // twice. The rest stay, the acknowledged among them too, so that no
+    // event overtakes one before it; the next try sends them again.
     RelayMetrics::Get().failed.Increment(static_cast<double>(claimed_rows - acked));
-    return rollback(absl::UnavailableError(absl::StrCat(claimed_rows - acked, " of ", claimed_rows,
-                                                        " events not acknowledged by JetStream")));
+    std::string sent_seqs;
+    int64_t last_sent = 0;
+    size_t prefix = 0;
+    for (int r : order) {
+      if (acked_ids.count(rows->String(r, 0)) == 0) break;
+      absl::StrAppend(&sent_seqs, prefix == 0 ? "{" : ",", rows->Int(r, 8));
+      last_sent = rows->Int(r, 8);
+      ++prefix;
+    }
+    const absl::Status refused = absl::UnavailableError(absl::StrCat(
+        claimed_rows - acked, " of ", claimed_rows, " events not acknowledged by JetStream"));
+    if (absl::Status s = rollback(refused); prefix == 0 || !conn.healthy()) return s;
+    absl::StatusOr<db::Result> gone =
+        conn.Exec("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", {sent_seqs + "}"});
+    if (gone.ok()) {
+      highest_in_stream_ = std::max(highest_in_stream_, last_sent);
+      RelayMetrics::Get().published.Increment(static_cast<double>(gone->affected()));
+    }
+    return refused;
   }
   if (absl::Status s = conn.ExecScript("COMMIT"); !s.ok()) return s;
   highest_in_stream_ = std::max(highest_in_stream_, rows->Int(order.back(), 8));
