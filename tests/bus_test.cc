@@ -69,11 +69,13 @@ class Bus : public ::testing::Test {
                   }).ok());
     }
   }
-  // The stream made anew, holding at most `max_msgs` and refusing new ones
-  // once full (an operator's limit), dropping copies of an event sent again
-  // within `duplicate_window`.
-  void LimitStream(int64_t max_msgs, absl::Duration duplicate_window = absl::Minutes(2)) {
-    DeleteStream(/*anew=*/false);
+  // The stream holding at most `max_msgs` (-1: no limit) and refusing new
+  // ones once full (an operator's limit), dropping copies of an event sent
+  // again within `duplicate_window`: made anew, or, with `update`, the
+  // stream as it is given these limits.
+  void LimitStream(int64_t max_msgs, absl::Duration duplicate_window = absl::Minutes(2),
+                   bool update = false) {
+    if (!update) DeleteStream(/*anew=*/false);
     auto js = nats_->JetStream();
     ASSERT_TRUE(js.ok());
     jsStreamConfig cfg;
@@ -86,7 +88,9 @@ class Bus : public ::testing::Test {
     cfg.MaxMsgs = max_msgs;
     cfg.Discard = js_DiscardNew;
     cfg.Duplicates = absl::ToInt64Nanoseconds(duplicate_window);
-    ASSERT_EQ(js_AddStream(nullptr, js->get(), &cfg, nullptr, nullptr), NATS_OK);
+    ASSERT_EQ(update ? js_UpdateStream(nullptr, js->get(), &cfg, nullptr, nullptr)
+                     : js_AddStream(nullptr, js->get(), &cfg, nullptr, nullptr),
+              NATS_OK);
   }
   std::unique_ptr<bus::OutboxRelay> Relay() {
     bus::RelayOptions ro;
@@ -426,20 +430,7 @@ TEST_F(Bus, ARefusedBatchIsTriedAgainLessAndLessOftenNotAtEveryCommit) {
   EXPECT_EQ(Count("SELECT count(*) FROM outbox"), 18)
       << "a refused event left the outbox, or one the stream took stayed";
   // The operator raises the limit: the events go out at the next try (2 s at most).
-  {
-    auto js = nats_->JetStream();
-    ASSERT_TRUE(js.ok());
-    jsStreamConfig cfg;
-    jsStreamConfig_Init(&cfg);
-    cfg.Name = stream_.c_str();
-    const std::string subjects = prefix_ + ".>";
-    const char* list[] = {subjects.c_str()};
-    cfg.Subjects = list;
-    cfg.SubjectsLen = 1;
-    cfg.MaxMsgs = -1;
-    cfg.Discard = js_DiscardNew;
-    ASSERT_EQ(js_UpdateStream(nullptr, js->get(), &cfg, nullptr, nullptr), NATS_OK);
-  }
+  LimitStream(-1, absl::Seconds(1), /*update=*/true);
   const absl::Time raised = absl::Now();
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0));
   EXPECT_LT(absl::Now() - raised, absl::Seconds(5)) << "the events waited past the longest retry";

@@ -104,6 +104,18 @@ std::string TraceParent(absl::string_view incoming) {
 
 namespace {
 
+// A warn line for calls answered alike: the first at once, then at most one
+// every interval of `throttle`, counting the calls in between.
+void CallsLogged(log::Throttle& throttle, const char* msg, const absl::Status& status,
+                 absl::string_view method, absl::string_view traceparent) {
+  if (std::optional<int64_t> held = throttle.Admit()) {
+    log::Warn(msg, {{"method", method},
+                    {"traceparent", traceparent},
+                    {"error", log::Text(status)},
+                    {"more_since_the_last_line", absl::StrCat(*held)}});
+  }
+}
+
 // Calls answered UNAVAILABLE for the database, in the log at warn with what
 // the database or libpq said: the first at once, then at most one line every
 // 10 s with how many more there were, so that an outage does not write a
@@ -119,13 +131,8 @@ void DatabaseUnavailableLogged(const absl::Status& status, absl::string_view met
     return;
   }
   static log::Throttle* const throttle = new log::Throttle(absl::Seconds(10));
-  if (std::optional<int64_t> held = throttle->Admit()) {
-    log::Warn("calls answered UNAVAILABLE: the database is unavailable",
-              {{"method", method},
-               {"traceparent", traceparent},
-               {"error", log::Text(status)},
-               {"more_since_the_last_line", absl::StrCat(*held)}});
-  }
+  CallsLogged(*throttle, "calls answered UNAVAILABLE: the database is unavailable", status, method,
+              traceparent);
 }
 
 // A status holding the database's own words (hosts, users, tables,
@@ -287,13 +294,8 @@ void RpcRunner::WorkDone(const Finish& finish, const char* method, const std::st
     // short for the call): at warn, as UNAVAILABLE is, the first at once and
     // then one line every 10 s with a count.
     static log::Throttle* const throttle = new log::Throttle(absl::Seconds(10));
-    if (std::optional<int64_t> held = throttle->Admit()) {
-      log::Warn("calls answered DEADLINE_EXCEEDED: the database did not answer in time",
-                {{"method", method},
-                 {"traceparent", trace},
-                 {"error", log::Text(s)},
-                 {"more_since_the_last_line", absl::StrCat(*held)}});
-    }
+    CallsLogged(*throttle, "calls answered DEADLINE_EXCEEDED: the database did not answer in time",
+                s, method, trace);
   } else if (!s.ok()) {
     log::Debug("rpc failed", {{"method", method}, {"traceparent", trace}, {"error", log::Text(s)}});
   }
