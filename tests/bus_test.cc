@@ -839,6 +839,56 @@ TEST_F(Bus, DatabaseOutageHoldsEventsWithoutUsingUpTheirDeliveries) {
   EXPECT_EQ(deliveries, std::vector<uint64_t>(4, 1)) << "an outage used up deliveries";
 }
 
+TEST_F(Bus, ADatabaseTakingNoWritesHoldsEventsWithoutUsingUpTheirDeliveries) {
+  // After a failover the consumer's connections can land on a standby,
+  // which answers but refuses every write: the events' fault no more than
+  // an outage is. Here the database is set read-only and its connections
+  // ended, for longer than three deliveries' backoff and the ack wait: no
+  // event is dead-lettered, none spends a delivery, each applies once after.
+  std::mutex mu;
+  std::vector<uint64_t> deliveries;
+  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
+    {
+      std::lock_guard<std::mutex> l(mu);
+      deliveries.push_back(d.deliveries);
+    }
+    return RecordEffect(tx, d);
+  };
+  bus::ConsumerOptions o = Opts();
+  o.ack_wait = absl::Seconds(2);
+  bus::Consumer c(o, pool_.get(), nats_.get(), handler);
+  c.Start();
+  PublishRaw("warm-up", "warm-up", "{}");
+  ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects", 1));
+  auto admin = db::Conn::Open(url_, "admin");  // opened while writes are taken
+  ASSERT_TRUE(admin.ok());
+  auto read_only = [&](bool on) {
+    return (*admin)->ExecScript(absl::StrCat(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I ",
+        on ? "SET default_transaction_read_only = on" : "RESET default_transaction_read_only",
+        "', current_database()); END $$"));
+  };
+  ASSERT_TRUE(read_only(true).ok());
+  absl::Cleanup writable = [&] { (void)read_only(false); };
+  ASSERT_TRUE((*admin)
+                  ->ExecScript("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                               "datname = current_database() AND pid <> pg_backend_pid()")
+                  .ok());
+  for (int i = 0; i < 3; ++i) {
+    std::string id = absl::StrCat("while-read-only-", i);
+    PublishRaw(id, id, "{}");
+  }
+  absl::SleepFor(absl::Seconds(10));
+  ASSERT_TRUE(read_only(false).ok());
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects WHERE event_id LIKE 'while-read-only-%'", 3));
+  absl::SleepFor(absl::Milliseconds(500));
+  c.Stop();
+  EXPECT_EQ(Count("SELECT count(*) FROM effects"), 4);
+  EXPECT_EQ(Count("SELECT count(*) FROM dead_letters"), 0);
+  std::lock_guard<std::mutex> l(mu);
+  EXPECT_EQ(deliveries, std::vector<uint64_t>(4, 1)) << "a read-only database used up deliveries";
+}
+
 TEST_F(Bus, AConsumerWhoseDatabaseFallsSilentHoldsItsEventsAndAppliesEachOnce) {
   // The database stops answering (hung, or the network to it gone) just as
   // an event's transaction commits: the consumer must not wait on it for

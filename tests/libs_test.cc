@@ -733,6 +733,14 @@ TEST_F(Database, AWriteOnAReadOnlyServerIsUnavailableAndItsConnectionIsDropped) 
                   ->ExecScript("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
                                "datname = current_database() AND pid <> pg_backend_pid()")
                   .ok());
+  ASSERT_TRUE(testing::WaitUntil(  // ended, so that the pool's check finds them closed
+      [&] {
+        auto r = (*admin)->Exec(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+            "pid <> pg_backend_pid()");
+        return r.ok() && r->Int(0, 0) == 0;
+      },
+      absl::Seconds(5)));
   absl::Status s =
       db::Transact(*pool_, [](db::Conn& c) { return c.Exec("INSERT INTO t VALUES (1)").status(); });
   EXPECT_TRUE(absl::IsUnavailable(s)) << s;

@@ -301,14 +301,23 @@ db::TxOptions Consumer::EventTransaction() const {
 }
 
 bool Consumer::DatabaseReachable() {
-  return db::WithConnection(*pool_, absl::Now() + absl::Seconds(2),
-                            [](db::Conn& c) { return c.Exec("SELECT 1").status(); })
-      .ok();
+  // Reachable and taking writes: a standby (a failover) or a database set
+  // read-only answers, but refuses every event's inbox row, which must not
+  // use up the event's deliveries any more than an outage does.
+  bool writable = false;
+  (void)db::WithConnection(*pool_, absl::Now() + absl::Seconds(2), [&](db::Conn& c) {
+    auto r = c.Exec("SELECT current_setting('transaction_read_only') = 'off'");
+    writable = r.ok() && r->rows() == 1 && r->String(0, 0) == "t";
+    // The next look opens a fresh connection, which may reach the primary.
+    if (r.ok() && !writable) c.Discard();
+    return r.status();
+  });
+  return writable;
 }
 
 bool Consumer::HoldWhileDatabaseDown(absl::Span<natsMsg* const> in_hand) {
   healthy_.store(false);
-  log::Warn("database unreachable: holding events until it is back",
+  log::Warn("database unreachable or taking no writes: holding events until it is back",
             {{"consumer", options_.durable}, {"in_hand", absl::StrCat(in_hand.size())}});
   absl::Time touch = absl::InfinitePast();
   absl::Duration pause = absl::Milliseconds(250);

@@ -127,6 +127,8 @@ class Consumer {
   // durable's ack floor (read before) is past the greatest stream sequence
   // the inbox records for this consumer. False if the database cannot say.
   bool DatabaseBehind(uint64_t ack_floor);
+  // True if the database answers and takes writes (not a standby, not set
+  // read-only).
   bool DatabaseReachable();
   // The options of a transaction applying events: it ends by the events' ack
   // wait, after which JetStream delivers them again anyway, so a database

@@ -161,6 +161,10 @@ class Conn {
   // caller's deadline; InfiniteFuture waits for ever.
   void set_answer_deadline(absl::Time t) { answer_deadline_ = t; }
   bool healthy() const { return !broken_ && PQstatus(conn_.get()) == CONNECTION_OK; }
+  // Marks this connection for closing: the pool drops it when its lease
+  // ends and opens a fresh one (e.g. for one found on a server that takes
+  // no writes, whose read-only setting lasts as long as the connection).
+  void Discard() { broken_ = true; }
   // For a connection that sat idle: false if the server ended it meanwhile
   // (a restart, a failover, pg_terminate_backend), which it says on the
   // socket. Reads only what already arrived; never waits. Pool::Acquire asks
