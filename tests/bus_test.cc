@@ -4,6 +4,7 @@
 #include <nats/nats.h>
 
 #include <atomic>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <set>
@@ -92,6 +93,7 @@ class Bus : public ::testing::Test {
                      : js_AddStream(nullptr, js->get(), &cfg, nullptr, nullptr),
               NATS_OK);
   }
+  void HeldThrough(const std::function<void()>& begin, const std::function<void()>& end);
   std::unique_ptr<bus::OutboxRelay> Relay() {
     bus::RelayOptions ro;
     ro.database_url = url_;
@@ -803,11 +805,13 @@ TEST_F(Bus, AReplayWhoseDatabaseStopsAnsweringEndsWithinItsStepLimitKeepingItsDe
   EXPECT_EQ(Count("SELECT count(DISTINCT event_id) FROM effects"), 3);
 }
 
-TEST_F(Bus, DatabaseOutageHoldsEventsWithoutUsingUpTheirDeliveries) {
-  // While the service's database is unreachable no event can take effect, but
-  // that is not the events' fault: they must neither be dead-lettered nor
-  // dropped by the server once their deliveries run out (max_deliver is 3
-  // here; the outage outlasts the three retries' backoff and the ack wait).
+// Runs a consumer (3 deliveries at most, acks awaited 2 s) through the
+// database's trouble: begun once a first event applied, ended 10 s after
+// three more were published, longer than their three deliveries' backoff
+// and the ack wait. That is not the events' fault: none may be
+// dead-lettered, nor dropped by the server once its deliveries run out, nor
+// spend a delivery; each applies once afterwards.
+void Bus::HeldThrough(const std::function<void()>& begin, const std::function<void()>& end) {
   std::mutex mu;
   std::vector<uint64_t> deliveries;
   auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
@@ -823,43 +827,33 @@ TEST_F(Bus, DatabaseOutageHoldsEventsWithoutUsingUpTheirDeliveries) {
   c.Start();
   PublishRaw("warm-up", "warm-up", "{}");
   ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects", 1));
-  auto outage = std::make_unique<testing::DatabaseOutage>(url_);
+  begin();
   for (int i = 0; i < 3; ++i) {
-    std::string id = absl::StrCat("during-outage-", i);
+    std::string id = absl::StrCat("in-trouble-", i);
     PublishRaw(id, id, "{}");
   }
   absl::SleepFor(absl::Seconds(10));
-  outage.reset();
-  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects WHERE event_id LIKE 'during-outage-%'", 3));
+  end();
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects WHERE event_id LIKE 'in-trouble-%'", 3));
   absl::SleepFor(absl::Milliseconds(500));
   c.Stop();
   EXPECT_EQ(Count("SELECT count(*) FROM effects"), 4);
   EXPECT_EQ(Count("SELECT count(*) FROM dead_letters"), 0);
   std::lock_guard<std::mutex> l(mu);
-  EXPECT_EQ(deliveries, std::vector<uint64_t>(4, 1)) << "an outage used up deliveries";
+  EXPECT_EQ(deliveries, std::vector<uint64_t>(4, 1)) << "the trouble used up deliveries";
+}
+
+TEST_F(Bus, DatabaseOutageHoldsEventsWithoutUsingUpTheirDeliveries) {
+  // While the service's database is unreachable no event can take effect.
+  std::unique_ptr<testing::DatabaseOutage> outage;
+  HeldThrough([&] { outage = std::make_unique<testing::DatabaseOutage>(url_); },
+              [&] { outage.reset(); });
 }
 
 TEST_F(Bus, ADatabaseTakingNoWritesHoldsEventsWithoutUsingUpTheirDeliveries) {
   // After a failover the consumer's connections can land on a standby,
-  // which answers but refuses every write: the events' fault no more than
-  // an outage is. Here the database is set read-only and its connections
-  // ended, for longer than three deliveries' backoff and the ack wait: no
-  // event is dead-lettered, none spends a delivery, each applies once after.
-  std::mutex mu;
-  std::vector<uint64_t> deliveries;
-  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
-    {
-      std::lock_guard<std::mutex> l(mu);
-      deliveries.push_back(d.deliveries);
-    }
-    return RecordEffect(tx, d);
-  };
-  bus::ConsumerOptions o = Opts();
-  o.ack_wait = absl::Seconds(2);
-  bus::Consumer c(o, pool_.get(), nats_.get(), handler);
-  c.Start();
-  PublishRaw("warm-up", "warm-up", "{}");
-  ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects", 1));
+  // which answers but refuses every write. Here the database is set
+  // read-only and its connections ended.
   auto admin = db::Conn::Open(url_, "admin");  // opened while writes are taken
   ASSERT_TRUE(admin.ok());
   auto read_only = [&](bool on) {
@@ -868,25 +862,16 @@ TEST_F(Bus, ADatabaseTakingNoWritesHoldsEventsWithoutUsingUpTheirDeliveries) {
         on ? "SET default_transaction_read_only = on" : "RESET default_transaction_read_only",
         "', current_database()); END $$"));
   };
-  ASSERT_TRUE(read_only(true).ok());
   absl::Cleanup writable = [&] { (void)read_only(false); };
-  ASSERT_TRUE((*admin)
-                  ->ExecScript("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                               "datname = current_database() AND pid <> pg_backend_pid()")
-                  .ok());
-  for (int i = 0; i < 3; ++i) {
-    std::string id = absl::StrCat("while-read-only-", i);
-    PublishRaw(id, id, "{}");
-  }
-  absl::SleepFor(absl::Seconds(10));
-  ASSERT_TRUE(read_only(false).ok());
-  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects WHERE event_id LIKE 'while-read-only-%'", 3));
-  absl::SleepFor(absl::Milliseconds(500));
-  c.Stop();
-  EXPECT_EQ(Count("SELECT count(*) FROM effects"), 4);
-  EXPECT_EQ(Count("SELECT count(*) FROM dead_letters"), 0);
-  std::lock_guard<std::mutex> l(mu);
-  EXPECT_EQ(deliveries, std::vector<uint64_t>(4, 1)) << "a read-only database used up deliveries";
+  HeldThrough(
+      [&] {
+        ASSERT_TRUE(read_only(true).ok());
+        ASSERT_TRUE((*admin)
+                        ->ExecScript("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                                     "datname = current_database() AND pid <> pg_backend_pid()")
+                        .ok());
+      },
+      [&] { ASSERT_TRUE(read_only(false).ok()); });
 }
 
 TEST_F(Bus, AConsumerWhoseDatabaseFallsSilentHoldsItsEventsAndAppliesEachOnce) {
