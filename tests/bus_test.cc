@@ -20,7 +20,6 @@
 #include "libs/bus/consumer.h"
 #include "libs/bus/nats.h"
 #include "libs/bus/outbox.h"
-#include "libs/common/metrics.h"
 #include "libs/db/migrations.h"
 #include "tests/harness.h"
 
@@ -218,12 +217,7 @@ TEST_F(Bus, ARelayWhoseDatabaseFallsSilentConnectsAgainAndPublishesEachEventOnce
 
 // connecting_outbox_database_behind_stream as /metrics reports it.
 double BehindStream() {
-  for (const auto& family : metrics::Registry()->Collect()) {
-    if (family.name == "connecting_outbox_database_behind_stream" && !family.metric.empty()) {
-      return family.metric[0].gauge.value;
-    }
-  }
-  return -1;
+  return testing::InProcessMetric("connecting_outbox_database_behind_stream").value_or(-1);
 }
 
 // Waits up to 10 s for the gauge to read `want`; returns what it reads last.
@@ -373,12 +367,7 @@ TEST_F(Bus, RelayMakesItsStreamAgainIfItIsDeleted) {
 
 // connecting_outbox_publish_failures_total as /metrics reports it.
 double PublishFailures() {
-  for (const auto& family : metrics::Registry()->Collect()) {
-    if (family.name == "connecting_outbox_publish_failures_total" && !family.metric.empty()) {
-      return family.metric[0].counter.value;
-    }
-  }
-  return -1;
+  return testing::InProcessMetric("connecting_outbox_publish_failures_total").value_or(-1);
 }
 
 TEST_F(Bus, AStreamThatRefusesEventsIsNamedInTheLogOnceAndTheEventsWait) {

@@ -34,6 +34,7 @@
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "libs/common/metrics.h"
 #include "libs/db/db.h"
 
 extern char** environ;
@@ -696,6 +697,15 @@ std::string HttpGet(int port, const std::string& path) {
   close(fd);
   size_t body = out.find("\r\n\r\n");
   return body == std::string::npos ? "" : out.substr(body + 4);
+}
+
+std::optional<double> InProcessMetric(const std::string& family) {
+  for (const auto& f : metrics::Registry()->Collect()) {
+    if (f.name != family || f.metric.empty()) continue;
+    return f.type == prometheus::MetricType::Counter ? f.metric[0].counter.value
+                                                     : f.metric[0].gauge.value;
+  }
+  return std::nullopt;
 }
 
 std::optional<double> MetricValue(int port, const std::string& series) {

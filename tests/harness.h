@@ -278,6 +278,9 @@ std::string HttpGet(int port, const std::string& path);
 // `connecting_outbox_pending`) on the /metrics endpoint at `port`; nullopt if
 // it is not exported.
 std::optional<double> MetricValue(int port, const std::string& series);
+// The value of the unlabelled counter or gauge `family` in this process's own
+// registry (what its /metrics would report); nullopt if not registered yet.
+std::optional<double> InProcessMetric(const std::string& family);
 
 // How long `stream` keeps events (zero: for good); nullopt if it does not exist.
 std::optional<absl::Duration> StreamMaxAge(const std::string& nats_url, const std::string& stream);

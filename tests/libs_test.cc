@@ -246,12 +246,7 @@ std::pair<std::string, std::string> NewKeyPair(const char* type) {
 
 // connecting_auth_key_file_rejected as /metrics reports it.
 double KeyFileRejected() {
-  for (const auto& family : metrics::Registry()->Collect()) {
-    if (family.name == "connecting_auth_key_file_rejected" && !family.metric.empty()) {
-      return family.metric[0].gauge.value;
-    }
-  }
-  return -1;
+  return testing::InProcessMetric("connecting_auth_key_file_rejected").value_or(-1);
 }
 
 TEST(Auth, KeyFileRotatesWithoutARestart) {
@@ -487,12 +482,7 @@ TEST_F(Database, ErrorsMapToSpecificStatuses) {
 
 // connecting_database_refusals_total as /metrics reports it (0 if not yet registered).
 double DatabaseRefusals() {
-  for (const auto& family : metrics::Registry()->Collect()) {
-    if (family.name == "connecting_database_refusals_total" && !family.metric.empty()) {
-      return family.metric[0].counter.value;
-    }
-  }
-  return 0;
+  return testing::InProcessMetric("connecting_database_refusals_total").value_or(0);
 }
 
 TEST_F(Database, ClientsHearPlainWordsNotTheDatabases) {
