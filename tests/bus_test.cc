@@ -863,6 +863,61 @@ TEST_F(Bus, ADatabaseTakingNoWritesHoldsEventsWithoutUsingUpTheirDeliveries) {
       [&] { ASSERT_TRUE(read_only(false).ok()); });
 }
 
+TEST_F(Bus, ADatabaseOutOfDiskHoldsEventsWithoutUsingUpTheirDeliveries) {
+  // A full disk: the database answers, and says it takes writes, yet every
+  // insert fails (SQLSTATE 53100, as when PostgreSQL cannot extend a file).
+  // Not the events' fault: they must outlast it, as they do an outage.
+  auto script = [&](const std::string& sql) {
+    return db::WithConnection(*pool_, absl::Now() + absl::Seconds(10),
+                              [&](db::Conn& c) { return c.ExecScript(sql); });
+  };
+  ASSERT_TRUE(script("CREATE TABLE disk_full (since timestamptz);"
+                     "CREATE FUNCTION no_space() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "IF EXISTS (SELECT 1 FROM disk_full) THEN RAISE EXCEPTION "
+                     "'could not extend file: No space left on device' USING ERRCODE = "
+                     "'disk_full'; END IF; RETURN NEW; END $$;"
+                     "CREATE TRIGGER no_space BEFORE INSERT ON inbox FOR EACH ROW "
+                     "EXECUTE FUNCTION no_space();"
+                     "CREATE TRIGGER no_space BEFORE INSERT ON dead_letters FOR EACH ROW "
+                     "EXECUTE FUNCTION no_space();")
+                  .ok());
+  HeldThrough([&] { ASSERT_TRUE(script("INSERT INTO disk_full VALUES (now())").ok()); },
+              [&] { ASSERT_TRUE(script("DELETE FROM disk_full").ok()); });
+}
+
+TEST_F(Bus, AnEventThatIsNotTextIsDeadLetteredNotDropped) {
+  // An event whose bytes PostgreSQL cannot keep as text: an id, or a
+  // payload, that is not UTF-8 (a foreign or broken producer). It fails, and
+  // once its deliveries are spent it must still reach the dead letters
+  // rather than be dropped by the server, and hold nothing up behind it.
+  auto handler = [](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
+    absl::Status s = RecordEffect(tx, d);
+    if (!s.ok()) return s;
+    return tx.Exec("SELECT $1::text", {d.payload}).status();  // fails on bytes not UTF-8
+  };
+  bus::Consumer c(Opts(), pool_.get(), nats_.get(), handler);
+  c.Start();
+  PublishRaw("id-\xff\xfe", "not-utf8-id", "{}");
+  PublishRaw("payload-not-utf8", "payload-not-utf8", "{\"name\": \"\xc3\x28\"}");
+  const std::string long_id(3000, 'x');  // beyond what the inbox's index takes
+  PublishRaw(long_id, "long-id", "{}");
+  PublishRaw("after", "after", "{}");
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM dead_letters", 3, absl::Seconds(30)))
+      << "an event was dropped without a trace";
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects WHERE event_id = 'after'", 1));
+  c.Stop();
+  EXPECT_EQ(Count("SELECT count(*) FROM effects"), 1);
+  // Each kept for operators, the bytes that are not text shown escaped.
+  EXPECT_EQ(Count("SELECT count(*) FROM dead_letters WHERE event_id = 'id-\\xff\\xfe'"), 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM dead_letters WHERE event_id = 'payload-not-utf8' "
+                  "AND payload = '{\"name\": \"\\xc3(\"}'"),
+            1);
+  EXPECT_EQ(
+      Count("SELECT count(*) FROM dead_letters WHERE event_id ~ '^x{200}[.]{3}#[0-9a-f]{16}$' "
+            "AND error LIKE '%3000 bytes%'"),
+      1);
+}
+
 TEST_F(Bus, AConsumerWhoseDatabaseFallsSilentHoldsItsEventsAndAppliesEachOnce) {
   // The database stops answering (hung, or the network to it gone) just as
   // an event's transaction commits: the consumer must not wait on it for

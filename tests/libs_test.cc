@@ -22,6 +22,7 @@
 #include "absl/synchronization/notification.h"
 #include "libs/common/metrics.h"
 #include "libs/common/not_found.h"
+#include "libs/common/text.h"
 #include "libs/common/throttle.h"
 #include "libs/db/db.h"
 #include "libs/db/group_commit.h"
@@ -51,6 +52,21 @@ TEST(Validate, Utf8) {
   EXPECT_FALSE(server::IsValidUtf8("\xed\xa0\x80"));  // surrogate
   EXPECT_FALSE(server::IsValidUtf8("abc\xe2\x82"));   // truncated
   EXPECT_EQ(server::Utf8Length("ŵŵ😀"), 3u);
+}
+
+TEST(Text, StorableTextLeavesTextAloneAndEscapesWhatIsNot) {
+  bool escaped = true;
+  EXPECT_EQ(text::StorableText("{\"a\": \"Ysbyty ŵ \\n\"}", &escaped), "{\"a\": \"Ysbyty ŵ \\n\"}");
+  EXPECT_FALSE(escaped);
+  // Bytes outside a character, and NUL, become \xNN; backslashes double,
+  // so that no two inputs give the same text.
+  EXPECT_EQ(text::StorableText("a\xffŵ\xc3\x28", &escaped), "a\\xffŵ\\xc3(");
+  EXPECT_TRUE(escaped);
+  EXPECT_EQ(text::StorableText(std::string("a\0b", 3), &escaped), "a\\x00b");
+  EXPECT_TRUE(escaped);
+  EXPECT_NE(text::StorableText("\\xff\xfe"), text::StorableText("\xff\xfe"));
+  EXPECT_EQ(text::StorableText("\\\xfe"), "\\\\\\xfe");
+  EXPECT_TRUE(text::IsValidUtf8(text::StorableText("\xed\xa0\x80 \xf4\x90\x80\x80")));
 }
 
 TEST(Validate, TextRulesTrimAndNameTheField) {

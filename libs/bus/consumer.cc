@@ -7,6 +7,7 @@
 #include "absl/time/clock.h"
 #include "libs/common/log.h"
 #include "libs/common/metrics.h"
+#include "libs/common/text.h"
 
 namespace connecting::bus {
 namespace {
@@ -41,6 +42,20 @@ constexpr char kInboxInsert[] =
 // republished later sits further on in the stream than the first).
 constexpr char kInboxCopy[] =
     "UPDATE inbox SET stream_seq = greatest(stream_seq, $3) WHERE consumer = $1 AND event_id = $2";
+
+// An id longer than this is not one (ours are 36); the inbox's index takes
+// keys of at most about 2,700 bytes.
+constexpr size_t kMaxIdBytes = 512;
+
+// A stable 64-bit hash (FNV-1a), the same in every process and release.
+uint64_t StableHash(absl::string_view s) {
+  uint64_t h = 14695981039346656037ULL;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
 
 std::string Header(natsMsg* msg, const char* key) {
   const char* v = nullptr;
@@ -315,21 +330,27 @@ bool Consumer::DatabaseReachable() {
   return writable;
 }
 
+bool Consumer::Pause(absl::Span<natsMsg* const> in_hand, absl::Duration* pause, absl::Time* touch) {
+  for (const absl::Time until = absl::Now() + *pause; !stopping_.load();) {
+    const absl::Time now = absl::Now();
+    if (now >= *touch) {  // keep the server from redelivering them elsewhere
+      for (natsMsg* m : in_hand) (void)natsMsg_InProgress(m, nullptr);
+      *touch = now + options_.ack_wait / 3;
+    }
+    if (now >= until) break;
+    absl::SleepFor(std::min(absl::Milliseconds(50), until - now));
+  }
+  *pause = std::min(2 * *pause, absl::Seconds(2));
+  return !stopping_.load();
+}
+
 bool Consumer::HoldWhileDatabaseDown(absl::Span<natsMsg* const> in_hand) {
   healthy_.store(false);
   log::Warn("database unreachable or taking no writes: holding events until it is back",
             {{"consumer", options_.durable}, {"in_hand", absl::StrCat(in_hand.size())}});
   absl::Time touch = absl::InfinitePast();
   absl::Duration pause = absl::Milliseconds(250);
-  while (!stopping_.load()) {
-    if (absl::Now() >= touch) {  // keep the server from redelivering them elsewhere
-      for (natsMsg* m : in_hand) (void)natsMsg_InProgress(m, nullptr);
-      touch = absl::Now() + options_.ack_wait / 3;
-    }
-    for (absl::Time until = absl::Now() + pause; absl::Now() < until && !stopping_.load();) {
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    pause = std::min(2 * pause, absl::Seconds(2));
+  while (Pause(in_hand, &pause, &touch)) {
     if (DatabaseReachable()) {
       log::Info("database reachable again", {{"consumer", options_.durable}});
       return true;
@@ -342,9 +363,11 @@ bool Consumer::ApplyTogether(absl::Span<natsMsg* const> fetched) {
   if (fetched.size() < 2) return false;
   std::vector<std::pair<Delivery, db::Param>> events;
   events.reserve(fetched.size());
+  std::string malformed;
   for (natsMsg* msg : fetched) {
     db::Param seq = std::nullopt;
-    Delivery d = ReadDelivery(msg, &seq);
+    Delivery d = ReadDelivery(msg, &seq, &malformed);
+    if (!malformed.empty()) return false;  // Process dead-letters it
     events.emplace_back(std::move(d), std::move(seq));
   }
   const db::Param created = db::Param(stream_created_.load());
@@ -381,12 +404,25 @@ bool Consumer::ApplyTogether(absl::Span<natsMsg* const> fetched) {
   return true;
 }
 
-Delivery Consumer::ReadDelivery(natsMsg* msg, db::Param* seq) const {
+Delivery Consumer::ReadDelivery(natsMsg* msg, db::Param* seq, std::string* malformed) const {
   Delivery d;
-  d.subject = natsMsg_GetSubject(msg);
+  malformed->clear();
+  d.subject = text::StorableText(natsMsg_GetSubject(msg));
+  bool escaped = false;
   d.id = Header(msg, "ce-id");
   if (d.id.empty()) d.id = Header(msg, "Nats-Msg-Id");
-  d.type = Header(msg, "ce-type");
+  d.id = text::StorableText(d.id, &escaped);
+  if (escaped) *malformed = "the event's id (ce-id) is not UTF-8 text; kept escaped";
+  if (d.id.size() > kMaxIdBytes) {
+    // Kept short enough for the inbox, and still one key per id.
+    size_t cut = 200;
+    while (cut > 0 && (static_cast<unsigned char>(d.id[cut]) & 0xc0) == 0x80) --cut;
+    *malformed = absl::StrCat("the event's id (ce-id) is ", d.id.size(),
+                              " bytes, longer than any id (at most ", kMaxIdBytes,
+                              "); kept as its start and a hash");
+    d.id = absl::StrCat(d.id.substr(0, cut), "...#", absl::Hex(StableHash(d.id), absl::kZeroPad16));
+  }
+  d.type = text::StorableText(Header(msg, "ce-type"));
   d.traceparent = Header(msg, "traceparent");
   d.payload.assign(natsMsg_GetData(msg), static_cast<size_t>(natsMsg_GetDataLength(msg)));
   *seq = db::Param(std::nullopt);  // NULL in the inbox if unknown
@@ -403,7 +439,8 @@ Delivery Consumer::ReadDelivery(natsMsg* msg, db::Param* seq) const {
 void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
   natsMsg* msg = in_hand.front();
   db::Param seq = std::nullopt;
-  const Delivery d = ReadDelivery(msg, &seq);
+  std::string malformed;
+  const Delivery d = ReadDelivery(msg, &seq, &malformed);
   const db::Param created = db::Param(stream_created_.load());
   auto count = [&](const char* result) {
     ProcessedFamily().Add({{"consumer", options_.durable}, {"result", result}}).Increment();
@@ -419,22 +456,49 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
     natsMsg_Nak(msg, nullptr);
     return kStopping;
   };
+  // The database answering that it is in trouble (out of disk, say), or a
+  // dead letter that cannot be written: the event is kept in hand too, and
+  // tried again after a pause that grows, whatever its deliveries. Told
+  // once.
+  absl::Duration pause = absl::Milliseconds(250);
+  absl::Time touch = absl::InfinitePast();
+  bool held = false;
+  auto hold = [&](const char* what, const absl::Status& why) {
+    if (!held) {
+      held = true;
+      healthy_.store(false);
+      log::Warn(what, {{"consumer", options_.durable},
+                       {"event_id", d.id},
+                       {"subject", d.subject},
+                       {"deliveries", absl::StrCat(d.deliveries)},
+                       {"error", log::Text(why)}});
+    }
+    if (Pause(in_hand, &pause, &touch)) return true;
+    natsMsg_Nak(msg, nullptr);  // handed back for redelivery
+    return false;
+  };
 
   while (true) {
     bool duplicate = false;
-    absl::Status s = db::Transact(*pool_, EventTransaction(), [&](db::Conn& tx) -> absl::Status {
-      duplicate = false;
-      auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq, created});
-      if (!ins.ok()) return ins.status();
-      if (ins->affected() == 0) {
-        duplicate = true;
-        return tx.Exec(kInboxCopy, {options_.durable, d.id, seq}).status();
-      }
-      return handler_(tx, d);
-    });
+    absl::Status s = absl::InvalidArgumentError(malformed);
+    if (malformed.empty()) {
+      s = db::Transact(*pool_, EventTransaction(), [&](db::Conn& tx) -> absl::Status {
+        duplicate = false;
+        auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq, created});
+        if (!ins.ok()) return ins.status();
+        if (ins->affected() == 0) {
+          duplicate = true;
+          return tx.Exec(kInboxCopy, {options_.durable, d.id, seq}).status();
+        }
+        return handler_(tx, d);
+      });
+    }
     if (s.ok()) {
       if (on_commit_) on_commit_();
       count(duplicate ? "duplicate" : "applied");
+      if (held)
+        log::Info("event applied after being held",
+                  {{"consumer", options_.durable}, {"event_id", d.id}});
       natsMsg_Ack(msg, nullptr);
       return;
     }
@@ -442,6 +506,14 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
       auto db = database();
       if (db == kBack) continue;
       if (db == kStopping) return;
+      if (absl::IsUnavailable(s) && db::SaidByDatabase(s)) {
+        if (hold("event held: the database answers but is in trouble (not the event's fault); "
+                 "trying again",
+                 s)) {
+          continue;
+        }
+        return;
+      }
     }
     bool give_up =
         absl::IsInvalidArgument(s) || d.deliveries >= static_cast<uint64_t>(options_.max_deliver);
@@ -456,6 +528,15 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
       natsMsg_NakWithDelay(msg, delay_ms, nullptr);
       return;
     }
+    // Kept as text PostgreSQL takes, and said so.
+    bool escaped = false;
+    const std::string payload = text::StorableText(d.payload, &escaped);
+    std::string error = log::Text(s);
+    if (escaped) {
+      absl::StrAppend(&error,
+                      " (the payload is not UTF-8 text: kept with those bytes as \\xNN "
+                      "and backslashes doubled)");
+    }
     absl::Status dl = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
       auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq, created});
       if (!ins.ok()) return ins.status();
@@ -463,7 +544,7 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
           .Exec(
               "INSERT INTO dead_letters (consumer, event_id, subject, type, payload, error, "
               "deliveries) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-              {options_.durable, d.id, d.subject, d.type, d.payload, log::Text(s),
+              {options_.durable, d.id, d.subject, d.type, payload, error,
                static_cast<int64_t>(d.deliveries)})
           .status();
     });
@@ -471,14 +552,16 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
       auto db = database();
       if (db == kBack) continue;  // the event may take effect now; if not, it is dead-lettered then
       if (db == kStopping) return;
-      natsMsg_NakWithDelay(msg, 5000, nullptr);  // cannot even record it: try later
+      // Never handed back while the consumer runs: on its last delivery the
+      // server would drop it without a trace.
+      if (hold("event held: it could not be dead-lettered; trying again", dl)) continue;
       return;
     }
     count("dead_lettered");
     log::Error("event dead-lettered", {{"consumer", options_.durable},
                                        {"event_id", d.id},
                                        {"subject", d.subject},
-                                       {"error", log::Text(s)}});
+                                       {"error", error}});
     natsMsg_Term(msg, nullptr);
     return;
   }

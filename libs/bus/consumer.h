@@ -13,10 +13,20 @@
 // Handler results: OK → commit, ack. INVALID_ARGUMENT (the event cannot be
 // understood) → dead-lettered and terminated at once. Any other error → rolled
 // back and redelivered after a backoff; after `max_deliver` attempts it is
-// dead-lettered. Except while the service's own database is unreachable: then
-// the consumer holds the events in hand (telling the server they are in
-// progress) and tries again once it answers, so an outage of any length
-// neither dead-letters events nor spends their deliveries. Dead letters stay
+// dead-lettered. Except while the service's own database is unreachable or
+// takes no writes: then the consumer holds the events in hand (telling the
+// server they are in progress) and tries again once it answers, so an
+// outage of any length neither dead-letters events nor spends their
+// deliveries. So too while it answers UNAVAILABLE, its own trouble (out of
+// disk, memory or connections; an I/O error): the event is tried again,
+// less and less often, up to every 2 s. (A handler's own UNAVAILABLE, a
+// dependency of its down, is retried and dead-lettered like any error, so
+// that the events behind it go on.) An event that cannot be dead-lettered
+// either is held the same way, never handed back: on its last delivery the
+// server would drop it. An event whose id is not UTF-8 text (or is longer
+// than 512 bytes) is dead-lettered at once, under its id escaped; a payload
+// that is not UTF-8 text goes to the dead letters escaped (\xNN, with
+// backslashes doubled), as the error says. Dead letters stay
 // in the `dead_letters` table for operators, who replay them once the cause is
 // fixed (ReplayDeadLetters; a service's `--replay-dead-letters`).
 //
@@ -119,8 +129,11 @@ class Consumer {
   // then handled on its own by Process).
   bool ApplyTogether(absl::Span<natsMsg* const> fetched);
   // A message as the handler sees it, and its stream sequence (`seq`, NULL
-  // if unknown) for the inbox.
-  Delivery ReadDelivery(natsMsg* msg, db::Param* seq) const;
+  // if unknown) for the inbox. Its id, subject and type are kept as text
+  // PostgreSQL takes (text::StorableText); `*malformed` says why the event
+  // cannot be understood (an id that is not text, or too long for the
+  // inbox's index), or is left empty.
+  Delivery ReadDelivery(natsMsg* msg, db::Param* seq, std::string* malformed) const;
   // Handles in_hand.front(); the rest of its batch waits behind it.
   void Process(absl::Span<natsMsg* const> in_hand);
   // Whether the database lost events the server saw acknowledged: the
@@ -139,8 +152,13 @@ class Consumer {
   // (see above); logs, and leaves it for next time, if the database fails.
   void PruneInbox(uint64_t ack_floor);
   // Waits until the database answers (true) or the consumer stops (false),
-  // telling the server every third of the ack wait that `in_hand` is in progress.
+  // keeping `in_hand` (Pause).
   bool HoldWhileDatabaseDown(absl::Span<natsMsg* const> in_hand);
+  // Sleeps `*pause` and doubles it for the next time (up to 2 s), telling
+  // the server every third of the ack wait that `in_hand` is in progress,
+  // so that it neither redelivers them nor counts a delivery; false if the
+  // consumer is stopping.
+  bool Pause(absl::Span<natsMsg* const> in_hand, absl::Duration* pause, absl::Time* touch);
 
   const ConsumerOptions options_;
   db::Pool* const pool_;

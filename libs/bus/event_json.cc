@@ -10,6 +10,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "libs/common/text.h"
 
 namespace connecting::bus {
 namespace {
@@ -37,37 +38,6 @@ bool EscapedAboveAscii(uint32_t cp) {
          (cp >= 0xfff9 && cp <= 0xfffb) || (cp >= 0x1d173 && cp <= 0x1d17a) || cp == 0xe0001 || (cp >= 0xe0020 && cp <= 0xe007f);
 }
 
-// Decodes one UTF-8 sequence at s[i]; false if it is not valid UTF-8.
-bool DecodeUtf8(absl::string_view s, size_t* i, uint32_t* cp) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  size_t n = s.size(), k = *i;
-  unsigned char c = p[k];
-  int len;
-  uint32_t v, min;
-  if (c < 0x80) {
-    *cp = c;
-    *i = k + 1;
-    return true;
-  } else if ((c & 0xe0) == 0xc0) {
-    len = 2, v = c & 0x1f, min = 0x80;
-  } else if ((c & 0xf0) == 0xe0) {
-    len = 3, v = c & 0x0f, min = 0x800;
-  } else if ((c & 0xf8) == 0xf0) {
-    len = 4, v = c & 0x07, min = 0x10000;
-  } else {
-    return false;
-  }
-  if (k + len > n) return false;
-  for (int j = 1; j < len; ++j) {
-    if ((p[k + j] & 0xc0) != 0x80) return false;
-    v = (v << 6) | (p[k + j] & 0x3f);
-  }
-  if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff)) return false;
-  *cp = v;
-  *i = k + len;
-  return true;
-}
-
 // A quoted JSON string, escaped as protobuf escapes it; false on invalid UTF-8.
 bool AppendString(absl::string_view s, std::string* out) {
   out->push_back('"');
@@ -85,7 +55,7 @@ bool AppendString(absl::string_view s, std::string* out) {
     if (i == s.size()) break;
     size_t start = i;
     uint32_t cp;
-    if (!DecodeUtf8(s, &i, &cp)) return false;
+    if (!text::DecodeUtf8(s, &i, &cp)) return false;
     switch (cp) {
       case '"': out->append("\\\""); continue;
       case '\\': out->append("\\\\"); continue;

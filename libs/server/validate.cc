@@ -11,50 +11,6 @@ void FieldErrors::Add(absl::string_view field, absl::string_view rule) {
 
 absl::Status FieldErrors::ToStatus() const { return FieldErrorsStatus(errors_); }
 
-bool IsValidUtf8(absl::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    unsigned char c = s[i];
-    int n;
-    uint32_t cp;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c >> 5) == 0x6) {
-      n = 1;
-      cp = c & 0x1f;
-    } else if ((c >> 4) == 0xe) {
-      n = 2;
-      cp = c & 0x0f;
-    } else if ((c >> 3) == 0x1e) {
-      n = 3;
-      cp = c & 0x07;
-    } else {
-      return false;
-    }
-    for (int k = 1; k <= n; ++k) {
-      if (i + k >= s.size()) return false;
-      unsigned char cc = s[i + k];
-      if ((cc >> 6) != 0x2) return false;
-      cp = (cp << 6) | (cc & 0x3f);
-    }
-    if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
-        cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
-      return false;
-    }
-    i += n + 1;
-  }
-  return true;
-}
-
-size_t Utf8Length(absl::string_view s) {
-  size_t n = 0;
-  for (unsigned char c : s) {
-    if ((c & 0xc0) != 0x80) ++n;
-  }
-  return n;
-}
-
 std::string CheckCode(FieldErrors& errors, absl::string_view field, absl::string_view value,
                       size_t min_chars, size_t max_chars, bool required, absl::string_view hint) {
   std::string code = absl::AsciiStrToUpper(absl::StripAsciiWhitespace(value));

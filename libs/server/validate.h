@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "libs/common/text.h"
 #include "libs/server/errors.h"
 
 namespace connecting::server {
@@ -28,9 +29,8 @@ class FieldErrors {
   std::vector<FieldViolation> errors_;
 };
 
-bool IsValidUtf8(absl::string_view s);
-// Code points in valid UTF-8.
-size_t Utf8Length(absl::string_view s);
+using text::IsValidUtf8;
+using text::Utf8Length;
 
 struct TextRule {
   size_t min_chars = 0;
