@@ -15,6 +15,7 @@
 #include <functional>
 #include <future>
 #include <optional>
+#include <set>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
@@ -654,6 +655,46 @@ TEST_F(Database, PoolAcquireTimesOutWhenAllConnectionsAreBusy) {
   ASSERT_TRUE(first.ok());
   auto second = small.Acquire(absl::Now() + absl::Milliseconds(100));
   EXPECT_TRUE(absl::IsResourceExhausted(second.status()));
+}
+
+TEST_F(Database, ARenewedPoolHandsOutOnlyConnectionsMadeAfterIt) {
+  // After a failover a connection keeps the server it was made to (or its
+  // read-only setting): once renewed, the pool closes the idle ones at once
+  // and the leased ones when their leases end, and its size still holds.
+  db::Pool pool(url_, 2, "libs-test-renew");
+  auto pid = [](db::Pool::Lease& l) {
+    auto r = l->Exec("SELECT pg_backend_pid()::text");
+    return r.ok() ? r->String(0, 0) : std::string("?");
+  };
+  std::set<std::string> before;
+  {
+    auto idle = pool.Acquire(absl::InfiniteFuture());
+    ASSERT_TRUE(idle.ok());
+    before.insert(pid(*idle));
+  }
+  std::optional<db::Pool::Lease> leased, other;
+  {
+    auto l = pool.Acquire(absl::InfiniteFuture());
+    ASSERT_TRUE(l.ok());
+    leased.emplace(*std::move(l));
+    auto o = pool.Acquire(absl::InfiniteFuture());
+    ASSERT_TRUE(o.ok());
+    other.emplace(*std::move(o));
+  }
+  before.insert(pid(*leased));
+  ASSERT_EQ(before.size(), 1u) << "the idle connection was not reused";
+  before.insert(pid(*other));
+  other.reset();  // back to idle
+  pool.Renew();
+  leased.reset();  // its lease ends
+  for (int i = 0; i < 2; ++i) {
+    auto a = pool.Acquire(absl::Now() + absl::Seconds(5));
+    ASSERT_TRUE(a.ok()) << a.status();
+    auto b = pool.Acquire(absl::Now() + absl::Seconds(5));
+    ASSERT_TRUE(b.ok()) << b.status() << ": the closed connections still count against the size";
+    EXPECT_EQ(before.count(pid(*a)), 0u) << "a connection made before Renew";
+    EXPECT_EQ(before.count(pid(*b)), 0u) << "a connection made before Renew";
+  }
 }
 
 TEST_F(Database, UnreachableDatabaseIsUnavailable) {

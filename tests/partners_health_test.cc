@@ -187,6 +187,78 @@ TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAg
   svc.Kill();
 }
 
+TEST(PartnersHealth, ADatabaseTakingNoWritesKeepsReadsSaysSoAndIsWrittenAtOnceWhenItTakesThem) {
+  // After a failover the URL can lead to a standby for a while, or an
+  // operator sets the database read-only. Reads go on (SERVING), writes
+  // answer UNAVAILABLE, and the operator sees it in the log and a metric.
+  // Once it takes writes again, the first write succeeds: no connection
+  // made meanwhile (read-only for its life) is handed to it.
+  PrivatePostgres pg;
+  ASSERT_EQ(pg.Start(), 0);
+  ServiceProcess svc(pg.Partners());
+  svc.Start();
+  ASSERT_EQ(svc.Health(), 1);
+  auto read_only = [&] { return MetricValue(svc.metrics_port(), "connecting_database_read_only"); };
+  EXPECT_EQ(read_only(), 0.0);
+  auto admin = db::Conn::Open(
+      absl::StrCat("postgresql://postgres@127.0.0.1:", pg.port, "/postgres"), "test");
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  // On: every connection but this one ended, so that all are made anew
+  // read-only. Off: those stay read-only for their life, as connections
+  // to a standby stay on it once the URL leads to the new primary; only new
+  // ones take writes.
+  auto set_read_only = [&](bool on) {
+    return (*admin)->ExecScript(
+        on ? "ALTER DATABASE postgres SET default_transaction_read_only = on;"
+             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+             "datname = 'postgres' AND pid <> pg_backend_pid()"
+           : "ALTER DATABASE postgres RESET default_transaction_read_only");
+  };
+  absl::Cleanup writable = [&] { (void)set_read_only(false); };
+  auto stub = v1::PartnersService::NewStub(svc.channel());
+  auto create = [&](const std::string& name) {
+    v1::CreateOrganisationRequest req;
+    *req.mutable_organisation() = SampleOrganisation(name);
+    v1::Organisation out;
+    return stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
+  };
+  ASSERT_TRUE(create("Before Trust").ok());
+
+  ASSERT_TRUE(set_read_only(true).ok());
+  EXPECT_TRUE(WaitUntil([&] { return read_only() == 1.0; }, absl::Seconds(10)))
+      << LogTail(svc.process()->log_path(), 20);
+  EXPECT_EQ(svc.Health(), 1) << "reads still work: NOT_SERVING would take every replica out";
+  grpc::Status refused = create("Meanwhile Trust");
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
+  EXPECT_EQ(LogLinesWith(svc.process()->log_path(),
+                         {"\"level\":\"warn\"", "\"msg\":\"database takes no writes"})
+                .size(),
+            1u)
+      << LogTail(svc.process()->log_path(), 20);
+
+  // Reads from the database (pages nobody asked for before, so not
+  // cached), on connections that stay read-only.
+  for (const char* prefix : {"Bef", "Be", "B"}) {
+    v1::ListOrganisationsRequest list;
+    list.set_name_prefix(prefix);
+    v1::ListOrganisationsResponse page;
+    grpc::Status s = stub->ListOrganisations(Ctx(Token(server::Role::kViewer)).get(), list, &page);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(page.organisations_size(), 1);
+  }
+
+  ASSERT_TRUE(set_read_only(false).ok());
+  EXPECT_TRUE(WaitUntil([&] { return read_only() == 0.0; }, absl::Seconds(10)))
+      << LogTail(svc.process()->log_path(), 20);
+  EXPECT_EQ(LogLinesWith(svc.process()->log_path(),
+                         {"\"level\":\"info\"", "\"msg\":\"database takes writes again\""})
+                .size(),
+            1u);
+  grpc::Status after = create("After Trust");
+  EXPECT_TRUE(after.ok()) << "the first write after: " << after.error_message();
+  svc.Kill();
+}
+
 TEST(PartnersHealth, SigtermDrainsAndExitsZero) {
   PartnersFixture fx;
   v1::CreateOrganisationRequest req;

@@ -321,11 +321,11 @@ bool Consumer::DatabaseReachable() {
   // use up the event's deliveries any more than an outage does.
   bool writable = false;
   (void)db::WithConnection(*pool_, absl::Now() + absl::Seconds(2), [&](db::Conn& c) {
-    auto r = c.Exec("SELECT current_setting('transaction_read_only') = 'off'");
-    writable = r.ok() && r->rows() == 1 && r->String(0, 0) == "t";
+    absl::StatusOr<bool> writes = c.PingTakesWrites(absl::Seconds(2));
+    writable = writes.ok() && *writes;
     // The next look opens a fresh connection, which may reach the primary.
-    if (r.ok() && !writable) c.Discard();
-    return r.status();
+    if (writes.ok() && !writable) c.Discard();
+    return writes.status();
   });
   return writable;
 }

@@ -444,6 +444,19 @@ absl::Status Conn::Ping(absl::Duration timeout) {
   return s;
 }
 
+absl::StatusOr<bool> Conn::PingTakesWrites(absl::Duration timeout) {
+  const absl::Time saved = answer_deadline_;
+  answer_deadline_ = std::min(saved, absl::Now() + timeout);
+  absl::StatusOr<Result> r = Exec("SELECT current_setting('transaction_read_only') = 'off'");
+  answer_deadline_ = saved;
+  if (absl::IsDeadlineExceeded(r.status())) {
+    return Said(absl::UnavailableError(
+        absl::StrCat("database unavailable: no answer within ", absl::FormatDuration(timeout))));
+  }
+  if (!r.ok()) return r.status();
+  return r->rows() == 1 && r->String(0, 0) == "t";
+}
+
 std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>& statements) {
   PGconn* c = conn_.get();
   std::vector<absl::StatusOr<Result>> out;
@@ -555,7 +568,7 @@ Pool::Pool(std::string url, int size, std::string application_name)
     : url_(std::move(url)), size_(size), application_name_(std::move(application_name)) {}
 
 Pool::Lease::~Lease() {
-  if (pool_ != nullptr && conn_ != nullptr) pool_->Release(std::move(conn_));
+  if (pool_ != nullptr && conn_ != nullptr) pool_->Release(std::move(conn_), generation_);
 }
 
 bool Conn::UsableAfterIdle() {
@@ -579,8 +592,10 @@ absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline) {
   const absl::Time answers_until =
       deadline == absl::InfiniteFuture() ? deadline : deadline + kAnswerGrace;
   std::unique_ptr<Conn> idle;
+  uint64_t generation;
   {
     absl::MutexLock lock(&mu_);
+    generation = generation_;
     auto can_take = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return !idle_.empty() || open_or_leased_ < size_;
     };
@@ -597,7 +612,7 @@ absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline) {
   if (idle != nullptr) {
     if (idle->UsableAfterIdle()) {
       idle->set_answer_deadline(answers_until);
-      return Lease(this, std::move(idle));
+      return Lease(this, std::move(idle), generation);
     }
     // Ended by the server while idle (its slot stays taken, for the new one).
     idle.reset();
@@ -613,18 +628,33 @@ absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline) {
     return c.status();
   }
   (*c)->set_answer_deadline(answers_until);
-  return Lease(this, *std::move(c));
+  return Lease(this, *std::move(c), generation);
 }
 
-void Pool::Release(std::unique_ptr<Conn> conn) {
-  absl::MutexLock lock(&mu_);
-  // A connection left inside a transaction (a caller bug or a lost COMMIT) or
-  // broken is dropped rather than handed to the next caller.
-  if (!conn->healthy() || PQtransactionStatus(conn->raw()) != PQTRANS_IDLE) {
+void Pool::Release(std::unique_ptr<Conn> conn, uint64_t generation) {
+  {
+    absl::MutexLock lock(&mu_);
+    // A connection left inside a transaction (a caller bug or a lost COMMIT),
+    // broken, or made before Renew is dropped rather than handed to the next
+    // caller.
+    if (conn->healthy() && PQtransactionStatus(conn->raw()) == PQTRANS_IDLE &&
+        generation == generation_) {
+      idle_.push_back(std::move(conn));
+      return;
+    }
     --open_or_leased_;
-    return;
   }
-  idle_.push_back(std::move(conn));
+  conn.reset();  // closed outside the lock
+}
+
+void Pool::Renew() {
+  std::vector<std::unique_ptr<Conn>> old;
+  {
+    absl::MutexLock lock(&mu_);
+    ++generation_;
+    old.swap(idle_);
+    open_or_leased_ -= static_cast<int>(old.size());
+  }
 }
 
 void BackoffBeforeRetry(int attempt) {

@@ -151,6 +151,9 @@ class Conn {
   // SELECT 1, waiting at most `timeout` for the answer (and no later than the
   // answer deadline); UNAVAILABLE past it.
   absl::Status Ping(absl::Duration timeout);
+  // As Ping, and whether the server takes writes: false on a standby or a
+  // database set read-only (transaction_read_only on).
+  absl::StatusOr<bool> PingTakesWrites(absl::Duration timeout);
   // How long any statement on this connection may wait for its answer. A
   // server that stopped answering (hung, or its host or the network between
   // gone without a reset) keeps its connection open, and a query would wait
@@ -245,7 +248,8 @@ class Pool {
  public:
   class Lease {
    public:
-    Lease(Pool* pool, std::unique_ptr<Conn> conn) : pool_(pool), conn_(std::move(conn)) {}
+    Lease(Pool* pool, std::unique_ptr<Conn> conn, uint64_t generation)
+        : pool_(pool), conn_(std::move(conn)), generation_(generation) {}
     Lease(Lease&&) = default;
     Lease& operator=(Lease&&) = delete;
     ~Lease();
@@ -255,6 +259,7 @@ class Pool {
    private:
     Pool* pool_;
     std::unique_ptr<Conn> conn_;
+    uint64_t generation_;  // the pool's when leased (Renew)
   };
 
   Pool(std::string url, int size, std::string application_name);
@@ -268,9 +273,15 @@ class Pool {
   absl::StatusOr<Lease> Acquire(absl::Time deadline);
   const std::string& url() const { return url_; }
   int size() const { return size_; }
+  // Closes the idle connections, and each leased one when its lease ends,
+  // so that every later Acquire opens a new one: for when the server behind
+  // the URL changed (a failover; a standby, or a database set read-only,
+  // taking writes again), where a connection made before keeps the old
+  // server, or its read-only setting.
+  void Renew();
 
  private:
-  void Release(std::unique_ptr<Conn> conn);
+  void Release(std::unique_ptr<Conn> conn, uint64_t generation);
 
   const std::string url_;
   const int size_;
@@ -278,6 +289,7 @@ class Pool {
   absl::Mutex mu_;
   std::vector<std::unique_ptr<Conn>> idle_ ABSL_GUARDED_BY(mu_);
   int open_or_leased_ ABSL_GUARDED_BY(mu_) = 0;  // connections counted against size_
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // raised by Renew
 };
 
 enum class Isolation { kReadCommitted, kRepeatableRead, kSerializable };

@@ -250,12 +250,20 @@ class HealthMonitor {
  public:
   // `hs`: the health services to keep up to date (the main server's, and the
   // health-only server's if there is one). They start NOT_SERVING.
-  HealthMonitor(std::string db_url, const bus::Nats* nats, std::vector<HealthService*> hs)
-      : db_url_(std::move(db_url)), nats_(nats), hs_(std::move(hs)) {
+  // `pool`: renewed whenever the database starts or stops taking writes.
+  HealthMonitor(db::Pool* pool, const bus::Nats* nats, std::vector<HealthService*> hs)
+      : pool_(pool), db_url_(pool->url()), nats_(nats), hs_(std::move(hs)) {
     up_ = &prometheus::BuildGauge()
                .Name("connecting_dependency_up")
                .Help("1 while a dependency is reachable")
                .Register(*metrics::Registry());
+    read_only_ = &prometheus::BuildGauge()
+                      .Name("connecting_database_read_only")
+                      .Help(
+                          "1 while the service's database answers but takes no writes (a "
+                          "standby, or a database set read-only)")
+                      .Register(*metrics::Registry())
+                      .Add({});
     thread_ = std::thread([this] { Run(); });
   }
   ~HealthMonitor() { Stop(); }
@@ -271,7 +279,8 @@ class HealthMonitor {
   // OK, or what libpq or PostgreSQL said: the operator's first clue (a
   // refused connection, a wrong password, too many clients), which no
   // client is told (libs/server/rpc.cc answers in plain words).
-  absl::Status DatabaseUp() {
+  // With whether the database takes writes.
+  absl::StatusOr<bool> DatabaseUp() {
     if (conn_ == nullptr || !conn_->healthy()) {
       auto c = db::Conn::Open(db_url_, "health");
       if (!c.ok()) return c.status();
@@ -279,14 +288,39 @@ class HealthMonitor {
     }
     // Bounded: a PostgreSQL that stopped answering is down, not SERVING
     // until TCP gives up on it.
-    return conn_->Ping(absl::Seconds(2));
+    absl::StatusOr<bool> writes = conn_->PingTakesWrites(absl::Seconds(2));
+    // A read-only connection stays so (a standby's; a database's setting
+    // read at connect): the next look connects anew, and may find the
+    // primary, or the setting gone.
+    if (writes.ok() && !*writes) conn_.reset();
+    return writes;
+  }
+  // A database that answers but takes no writes stays SERVING: reads work,
+  // and NOT_SERVING would take every replica out of its Service. Writes
+  // answer UNAVAILABLE meanwhile. The change is logged and counted, and the
+  // pool renewed at each change, so that no connection keeps the server or
+  // the setting it was made with.
+  void FollowReadOnly(bool read_only) {
+    if (read_only == read_only_now_) return;
+    read_only_now_ = read_only;
+    read_only_->Set(read_only ? 1 : 0);
+    pool_->Renew();
+    if (read_only) {
+      log::Warn(
+          "database takes no writes (a standby, or a database set read-only): writes answer "
+          "UNAVAILABLE, reads go on");
+    } else {
+      log::Info("database takes writes again");
+    }
   }
   void Run() {
     int last = -1;
     std::string last_why;
     do {
-      absl::Status db = DatabaseUp();
+      absl::StatusOr<bool> writes = DatabaseUp();
+      const absl::Status db = writes.status();
       bool db_up = db.ok();
+      if (db_up) FollowReadOnly(!*writes);
       bool nats_up = nats_->connected();
       up_->Add({{"dependency", "postgresql"}}).Set(db_up ? 1 : 0);
       up_->Add({{"dependency", "nats"}}).Set(nats_up ? 1 : 0);
@@ -311,10 +345,13 @@ class HealthMonitor {
     } while (!stop_.WaitForNotificationWithTimeout(absl::Milliseconds(500)));
   }
 
+  db::Pool* const pool_;
   const std::string db_url_;
   const bus::Nats* const nats_;
   const std::vector<HealthService*> hs_;
   prometheus::Family<prometheus::Gauge>* up_;
+  prometheus::Gauge* read_only_;
+  bool read_only_now_ = false;
   std::unique_ptr<db::Conn> conn_;
   absl::Notification stop_;
   std::thread thread_;
@@ -597,7 +634,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   }
   std::vector<HealthService*> health_services = {&health_service};
   if (health_only_service != nullptr) health_services.push_back(health_only_service.get());
-  HealthMonitor health(cfg->database_url, nats->get(), health_services);
+  HealthMonitor health(&pool, nats->get(), health_services);
   log::Info("serving", {{"grpc", cfg->grpc_listen},
                         {"metrics", cfg->metrics_listen},
                         {"stream", cfg->event_stream},
