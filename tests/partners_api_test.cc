@@ -309,19 +309,29 @@ TEST_F(PartnersApi, PauseArchiveReactivateFollowTheLifecycle) {
   v1::Offer offer = CreateOffer(org.id(), host.id());
   v1::PublishOfferRequest pub;
   pub.set_id(offer.id());
+  pub.set_etag(offer.etag());
   ASSERT_TRUE(stub().PublishOffer(Ctx(admin()).get(), pub, &offer).ok());
+  // Sent again, as a client does whose reply was lost, with the etag the
+  // publishing itself made stale: it hears that the offer is published.
+  v1::Offer unchanged;
+  grpc::Status republished = stub().PublishOffer(Ctx(admin()).get(), pub, &unchanged);
+  EXPECT_EQ(republished.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(DetailsOf(republished).reason, "ALREADY_IN_STATE") << republished.error_message();
 
   v1::PauseOrganisationRequest pause;
   pause.set_id(org.id());
   pause.set_reason("Winter pressures");
+  pause.set_etag(org.etag());
   v1::Organisation out;
   ASSERT_TRUE(stub().PauseOrganisation(Ctx(admin()).get(), pause, &out).ok());
   EXPECT_EQ(out.status(), v1::ORGANISATION_STATUS_PAUSED);
-  // Pausing again (a retry of a pause that took effect) is refused, and
-  // says by name that the organisation is in the state asked for.
+  // Pausing again (a retry of a pause that took effect, its etag now
+  // stale) is refused, and says by name that the organisation is in the
+  // state asked for.
   grpc::Status again = stub().PauseOrganisation(Ctx(admin()).get(), pause, &out);
   EXPECT_EQ(again.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(DetailsOf(again).reason, "ALREADY_IN_STATE") << again.error_message();
+  pause.clear_etag();
 
   v1::ArchiveOrganisationRequest archive;
   archive.set_id(org.id());

@@ -2073,9 +2073,16 @@ TEST_F(Scheduling, DeactivatingAParticipantFreesTheirSeats) {
   EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_WAITLISTED);
   sv1::DeactivateParticipantRequest req;
   req.set_id(leaver.id());
+  req.set_etag(leaver.etag());
   sv1::Participant out;
   ASSERT_TRUE(fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), req, &out).ok());
   EXPECT_EQ(out.status(), sv1::PARTICIPANT_STATUS_INACTIVE);
+  // Sent again with the etag the deactivation made stale (its reply lost):
+  // it hears that it took effect.
+  sv1::Participant unchanged;
+  grpc::Status retried = fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), req, &unchanged);
+  EXPECT_EQ(retried.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(DetailsOf(retried).reason, "ALREADY_IN_STATE") << retried.error_message();
   for (const auto& x : SessionBookings(*fx_, s.id())) {
     if (x.id() == a.id()) {
       EXPECT_EQ(x.status(), sv1::BOOKING_STATUS_CANCELLED);

@@ -611,7 +611,9 @@ absl::Status PartnersLogic::ChangeOfferState(const Call& call, const std::string
     auto cur = store::GetOffer(c, id, true);
     if (!cur.ok()) return cur.status();
     if (absl::Status s = MayChange(call.principal, cur->organisation_id()); !s.ok()) return s;
-    if (absl::Status s = CheckEtag("offer", etag, cur->etag()); !s.ok()) return s;
+    // The state answers before the etag (as for organisations), so that a
+    // retry of a call that took effect, whose etag that change made stale,
+    // hears ALREADY_IN_STATE.
     if (publish) {
       if (cur->state() == v1::OFFER_STATE_PUBLISHED) {
         return server::Refusal("ALREADY_IN_STATE", "the offer is already PUBLISHED",
@@ -637,6 +639,7 @@ absl::Status PartnersLogic::ChangeOfferState(const Call& call, const std::string
                        v1::OfferState_Name(cur->state())),
           {{"state", v1::OfferState_Name(cur->state())}});
     }
+    if (absl::Status s = CheckEtag("offer", etag, cur->etag()); !s.ok()) return s;
     auto updated = store::SetOfferState(
         c, id, publish ? v1::OFFER_STATE_PUBLISHED : v1::OFFER_STATE_WITHDRAWN);
     if (!updated.ok()) return updated.status();

@@ -446,12 +446,14 @@ absl::Status SchedulingLogic::DeactivateParticipant(const Call& call,
   return TransactPromoting(call, req.id(), [&](db::Conn& c) -> absl::Status {
     auto cur = store::GetParticipant(c, req.id(), true);
     if (!cur.ok()) return cur.status();
-    if (absl::Status s = server::CheckEtag("participant", req.etag(), cur->etag()); !s.ok()) {
-      return s;
-    }
+    // Already done answers before the etag, which the change itself made
+    // stale: a retry of a call whose reply was lost learns it took effect.
     if (cur->status() == v1::PARTICIPANT_STATUS_INACTIVE) {
       return server::Refusal("ALREADY_IN_STATE", "the participant is already INACTIVE",
                              {{"status", v1::ParticipantStatus_Name(cur->status())}});
+    }
+    if (absl::Status s = server::CheckEtag("participant", req.etag(), cur->etag()); !s.ok()) {
+      return s;
     }
     // Someone who leaves the programme frees their seats for the waitlists.
     auto live = store::FutureLiveBookingsOf(c, req.id());
