@@ -496,9 +496,10 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
     if (s.ok()) {
       if (on_commit_) on_commit_();
       count(duplicate ? "duplicate" : "applied");
-      if (held)
+      if (held) {
         log::Info("event applied after being held",
                   {{"consumer", options_.durable}, {"event_id", d.id}});
+      }
       natsMsg_Ack(msg, nullptr);
       return;
     }

@@ -22,8 +22,8 @@
 // less and less often, up to every 2 s. (A handler's own UNAVAILABLE, a
 // dependency of its down, is retried and dead-lettered like any error, so
 // that the events behind it go on.) An event that cannot be dead-lettered
-// either is held the same way, never handed back: on its last delivery the
-// server would drop it. An event whose id is not UTF-8 text (or is longer
+// either is held the same way, handed back only when the consumer stops:
+// on its last delivery the server would drop it. An event whose id is not UTF-8 text (or is longer
 // than 512 bytes) is dead-lettered at once, under its id escaped; a payload
 // that is not UTF-8 text goes to the dead letters escaped (\xNN, with
 // backslashes doubled), as the error says. Dead letters stay

@@ -432,18 +432,6 @@ absl::Status Conn::ExecScript(absl::string_view sql) {
   return Collect(PQsendQuery(conn_.get(), s.c_str()) == 1).status();
 }
 
-absl::Status Conn::Ping(absl::Duration timeout) {
-  const absl::Time saved = answer_deadline_;
-  answer_deadline_ = std::min(saved, absl::Now() + timeout);
-  absl::Status s = ExecScript("SELECT 1");
-  answer_deadline_ = saved;
-  if (absl::IsDeadlineExceeded(s)) {
-    return Said(absl::UnavailableError(
-        absl::StrCat("database unavailable: no answer within ", absl::FormatDuration(timeout))));
-  }
-  return s;
-}
-
 absl::StatusOr<bool> Conn::PingTakesWrites(absl::Duration timeout) {
   const absl::Time saved = answer_deadline_;
   answer_deadline_ = std::min(saved, absl::Now() + timeout);
@@ -456,6 +444,8 @@ absl::StatusOr<bool> Conn::PingTakesWrites(absl::Duration timeout) {
   if (!r.ok()) return r.status();
   return r->rows() == 1 && r->String(0, 0) == "t";
 }
+
+absl::Status Conn::Ping(absl::Duration timeout) { return PingTakesWrites(timeout).status(); }
 
 std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>& statements) {
   PGconn* c = conn_.get();

@@ -148,12 +148,12 @@ class Conn {
   // Keep pipelines small (tens of statements): results are read only after
   // everything is sent.
   std::vector<absl::StatusOr<Result>> Pipeline(const std::vector<Statement>& statements);
-  // SELECT 1, waiting at most `timeout` for the answer (and no later than the
-  // answer deadline); UNAVAILABLE past it.
-  absl::Status Ping(absl::Duration timeout);
-  // As Ping, and whether the server takes writes: false on a standby or a
-  // database set read-only (transaction_read_only on).
+  // Whether the server takes writes (false on a standby or a database set
+  // read-only: transaction_read_only on), waiting at most `timeout` for the
+  // answer (and no later than the answer deadline); UNAVAILABLE past it.
   absl::StatusOr<bool> PingTakesWrites(absl::Duration timeout);
+  // The same, for whether the server answers at all.
+  absl::Status Ping(absl::Duration timeout);
   // How long any statement on this connection may wait for its answer. A
   // server that stopped answering (hung, or its host or the network between
   // gone without a reset) keeps its connection open, and a query would wait
