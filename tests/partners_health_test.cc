@@ -37,11 +37,14 @@ struct PrivatePostgres {
   ~PrivatePostgres() { Stop(); }
   int Start() const { return Shell(absl::StrCat("start_postgres ", dir, " ", port, " fast")); }
   int Stop() const { return Shell(absl::StrCat("stop_postgres ", dir)); }
+  std::string url() const {
+    return absl::StrCat("postgresql://postgres@127.0.0.1:", port, "/postgres");
+  }
   // Partners on this database, with a stream of its own on the shared NATS.
   ServiceProcess::Options Partners() const {
     std::string suffix = RandomSuffix();
     return {PARTNERS_BIN,
-            absl::StrCat("postgresql://postgres@127.0.0.1:", port, "/postgres"),
+            url(),
             RequiredEnv("CONNECTING_TEST_NATS"),
             "PARTNERS_" + suffix,
             "t" + suffix + ".connecting.partners",
@@ -200,8 +203,7 @@ TEST(PartnersHealth, ADatabaseTakingNoWritesKeepsReadsSaysSoAndIsWrittenAtOnceWh
   ASSERT_EQ(svc.Health(), 1);
   auto read_only = [&] { return MetricValue(svc.metrics_port(), "connecting_database_read_only"); };
   EXPECT_EQ(read_only(), 0.0);
-  auto admin = db::Conn::Open(
-      absl::StrCat("postgresql://postgres@127.0.0.1:", pg.port, "/postgres"), "test");
+  auto admin = db::Conn::Open(pg.url(), "test");
   ASSERT_TRUE(admin.ok()) << admin.status();
   // On: every connection but this one ended, so that all are made anew
   // read-only. Off: those stay read-only for their life, as connections
