@@ -973,5 +973,78 @@ TEST_F(Bus, StoppingDuringADatabaseOutageHandsTheEventsBack) {
   EXPECT_EQ(Count("SELECT count(*) FROM dead_letters"), 0);
 }
 
+TEST_F(Bus, AnEventHandedBackMoreOftenThanItsDeliveriesAllowIsNeverDropped) {
+  // A consumer stopped while it holds an event hands it back, and each hand-
+  // back is a delivery. JetStream used to drop an event after max_deliver + 1
+  // of them, without a trace: a rolling restart during a long database
+  // outage could do that. It no longer gives up on an event, and a durable
+  // made by that earlier release is brought to this one's settings.
+  bus::ConsumerOptions o = Opts();
+  o.ack_wait = absl::Seconds(5);
+  auto js = nats_->JetStream();
+  ASSERT_TRUE(js.ok());
+  auto info = [&](int64_t* delivered, int64_t* max_deliver, int64_t* ack_wait) {
+    jsConsumerInfo* ci = nullptr;
+    ASSERT_EQ(
+        js_GetConsumerInfo(&ci, js->get(), stream_.c_str(), o.durable.c_str(), nullptr, nullptr),
+        NATS_OK);
+    *delivered = static_cast<int64_t>(ci->Delivered.Consumer);
+    *max_deliver = ci->Config->MaxDeliver;
+    *ack_wait = ci->Config->AckWait;
+    jsConsumerInfo_Destroy(ci);
+  };
+  {  // as the earlier release made it
+    jsConsumerConfig cc;
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = o.durable.c_str();
+    cc.AckPolicy = js_AckExplicit;
+    cc.DeliverPolicy = js_DeliverAll;
+    cc.FilterSubject = o.filter_subject.c_str();
+    cc.MaxDeliver = o.max_deliver + 1;
+    cc.AckWait = absl::ToInt64Nanoseconds(absl::Seconds(30));
+    ASSERT_EQ(js_AddConsumer(nullptr, js->get(), stream_.c_str(), &cc, nullptr, nullptr), NATS_OK);
+  }
+  std::mutex mu;
+  std::vector<uint64_t> deliveries;
+  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
+    {
+      std::lock_guard<std::mutex> l(mu);
+      deliveries.push_back(d.deliveries);
+    }
+    return RecordEffect(tx, d);
+  };
+  auto outage = std::make_unique<testing::DatabaseOutage>(url_);
+  PublishRaw("handed-back", "handed-back", "{}");
+  constexpr int kHandBacks = 6;  // beyond max_deliver + 1 = 4
+  int64_t delivered = 0, max_deliver = 0, ack_wait = 0;
+  for (int i = 0; i < kHandBacks; ++i) {
+    bus::Consumer c(o, pool_.get(), nats_.get(), handler);
+    c.Start();
+    ASSERT_TRUE(testing::WaitUntil(
+        [&] {
+          int64_t m = 0, a = 0;
+          info(&delivered, &m, &a);
+          return delivered == i + 1;
+        },
+        absl::Seconds(10)))
+        << "delivery " << i + 1 << " never came";
+    c.Stop();  // holding it: handed back
+  }
+  info(&delivered, &max_deliver, &ack_wait);
+  EXPECT_EQ(max_deliver, -1);
+  EXPECT_EQ(ack_wait, absl::ToInt64Nanoseconds(o.ack_wait));
+  outage.reset();
+  bus::Consumer c(o, pool_.get(), nats_.get(), handler);
+  c.Start();
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects WHERE event_id = 'handed-back'", 1))
+      << "the event was dropped";
+  c.Stop();
+  EXPECT_EQ(Count("SELECT count(*) FROM dead_letters"), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM consumer_unanswered"), 0);
+  std::lock_guard<std::mutex> l(mu);
+  EXPECT_EQ(deliveries, std::vector<uint64_t>{kHandBacks + 1})
+      << "the handler ran on a delivery made while the database was down";
+}
+
 }  // namespace
 }  // namespace connecting

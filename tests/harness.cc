@@ -435,6 +435,24 @@ ServiceProcess::~ServiceProcess() {
 }
 
 void ServiceProcess::Start(absl::Duration timeout) {
+  Launch();
+  // Wait for the port before the first RPC: a failed first connection puts the
+  // channel into reconnect backoff.
+  absl::Time until = absl::Now() + timeout;
+  while (absl::Now() < until && !PortOpen(grpc_port_) && proc_->Wait(absl::ZeroDuration()) < 0) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  if (!WaitForHealth(1, until - absl::Now())) {
+    // The log goes with the test's directory: its end is the cause.
+    const int exited = proc_->Wait(absl::ZeroDuration());
+    ADD_FAILURE() << "service did not become SERVING within " << timeout
+                  << (exited >= 0 ? absl::StrCat(" (it exited ", exited, ")") : "") << "; log "
+                  << log_ << ", its end:\n"
+                  << LogTail(log_, 40);
+  }
+}
+
+void ServiceProcess::Launch() {
   std::map<std::string, std::string> env = {
       {"DATABASE_URL", options_.database_url},
       {"NATS_URL", options_.nats_url},
@@ -452,20 +470,6 @@ void ServiceProcess::Start(absl::Duration timeout) {
                                  RandomSuffix(), ".log");
   log_ = log;
   proc_ = std::make_unique<Process>(options_.binary, std::vector<std::string>{}, env, log);
-  // Wait for the port before the first RPC: a failed first connection puts the
-  // channel into reconnect backoff.
-  absl::Time until = absl::Now() + timeout;
-  while (absl::Now() < until && !PortOpen(grpc_port_) && proc_->Wait(absl::ZeroDuration()) < 0) {
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  if (!WaitForHealth(1, until - absl::Now())) {
-    // The log goes with the test's directory: its end is the cause.
-    const int exited = proc_->Wait(absl::ZeroDuration());
-    ADD_FAILURE() << "service did not become SERVING within " << timeout
-                  << (exited >= 0 ? absl::StrCat(" (it exited ", exited, ")") : "") << "; log "
-                  << log << ", its end:\n"
-                  << LogTail(log, 40);
-  }
 }
 
 int ServiceProcess::Health(const std::string& service) {

@@ -146,6 +146,8 @@ class ServiceProcess {
   ~ServiceProcess();
   // Starts the binary and waits until its health check answers SERVING.
   void Start(absl::Duration timeout = absl::Seconds(30));
+  // Starts the binary without waiting for it (for one that may exit at once).
+  void Launch();
   // Health status of the whole server ("" service): SERVING=1, NOT_SERVING=2, -1 unreachable.
   int Health(const std::string& service = "");
   bool WaitForHealth(int status, absl::Duration timeout);

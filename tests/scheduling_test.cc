@@ -211,6 +211,69 @@ TEST(SchedulingOutage, SigtermWhileTheDatabaseIsDownStillExitsPromptly) {
   EXPECT_LT(absl::Now() - asked, absl::Seconds(20));
 }
 
+TEST(SchedulingOutage, AnEventThatBringsTheServiceDownIsDeadLetteredAfterThreeStartsNotForever) {
+  // A partner event whose handling crashes the process (the test hook exits
+  // with 86 when the handler meets "Crashing Trust"), as a bug, or a kill
+  // each time, would. Restarted after each crash, as Kubernetes does, the
+  // service must not crash for ever, nor let JetStream drop the event
+  // without a trace once its deliveries run out: after three starts of its
+  // handling that never answered, the event goes to the dead letters, and
+  // the events behind it apply, once each.
+  SchedulingFixture fx({{"CONNECTING_TEST_CRASH_ON_EVENT_WITH", "Crashing Trust"},
+                        {"CONSUMER_ACK_WAIT", "2s"},
+                        {"CONSUMER_MAX_DELIVER", "2"}});
+  std::string before = fx.CreatePartner("Before The Crash Trust");
+  auto create = [&](const std::string& name) {
+    pv1::CreateOrganisationRequest req;
+    *req.mutable_organisation() = SampleOrganisation(name);
+    pv1::Organisation org;
+    grpc::Status st = fx.partners_stub->CreateOrganisation(Ctx(fx.admin).get(), req, &org);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return org.id();
+  };
+  std::string crashing = create("Crashing Trust");
+  std::string after = create("After The Crash Trust");
+
+  auto sql = [&](const std::string& q) -> int64_t {
+    auto conn = db::Conn::Open(fx.scheduling_db, "test");
+    if (!conn.ok()) return -1;
+    auto r = (*conn)->Exec(q);
+    return r.ok() ? r->Int(0, 0) : -1;
+  };
+  const std::string dead_letter =
+      "SELECT count(*) FROM dead_letters WHERE payload LIKE '%Crashing Trust%' AND error LIKE "
+      "'ABORTED: handling it began 3 times and never answered%'";
+  int crashes = 0;
+  const absl::Time until = absl::Now() + absl::Seconds(120);
+  while (absl::Now() < until && crashes < 20 && sql(dead_letter) != 1) {
+    const int code = fx.scheduling->process()->Wait(absl::Milliseconds(200));
+    if (code < 0) continue;
+    EXPECT_EQ(code, 86) << "the service exited, not by the test hook";
+    ++crashes;
+    ServiceProcess::Options o = fx.scheduling->options();
+    fx.scheduling = std::make_unique<ServiceProcess>(o);
+    fx.scheduling->Launch();
+  }
+  ASSERT_EQ(sql(dead_letter), 1) << "the crashing event never reached the dead letters (" << crashes
+                                 << " crashes)";
+  // A first delivery, then three starts counted, each ending in a crash.
+  EXPECT_EQ(crashes, 4);
+  fx.stub = sv1::SchedulingService::NewStub(fx.scheduling->channel());
+  EXPECT_TRUE(fx.scheduling->WaitForHealth(1, absl::Seconds(15)));
+  EXPECT_TRUE(fx.WaitForPartnerStatus(after, pv1::ORGANISATION_STATUS_ACTIVE, absl::Seconds(15)))
+      << "the event behind the crashing one never applied";
+  absl::SleepFor(absl::Seconds(3));  // more than the ack wait: nothing comes back
+  EXPECT_LT(fx.scheduling->process()->Wait(absl::ZeroDuration()), 0) << "it crashed again";
+  EXPECT_EQ(sql("SELECT count(*) FROM partner_organisations WHERE id = '" + crashing + "'"), 0);
+  EXPECT_EQ(sql("SELECT count(*) FROM partner_organisations"), 2);
+  EXPECT_EQ(sql("SELECT count(*) FROM dead_letters"), 1);
+  EXPECT_EQ(sql("SELECT count(*) FROM consumer_unanswered"), 0) << "a count of starts was left";
+  EXPECT_EQ(sql("SELECT count(*) FROM inbox WHERE event_id IN "
+                "(SELECT event_id FROM dead_letters)"),
+            1);
+  EXPECT_EQ(sql("SELECT count(*) FROM partner_organisations WHERE id = '" + before + "'"), 1);
+}
+
 TEST(SchedulingOutage, NatsRestartLosesNoEventEitherWay) {
   // NATS goes away while partners archives an organisation and scheduling
   // takes a booking: both commit (NOT_SERVING meanwhile), and once NATS is

@@ -43,6 +43,18 @@ constexpr char kInboxInsert[] =
 constexpr char kInboxCopy[] =
     "UPDATE inbox SET stream_seq = greatest(stream_seq, $3) WHERE consumer = $1 AND event_id = $2";
 
+// A start of handling an event delivered again; $3 is the number of starts
+// without an answer, this one included.
+constexpr char kMarkStarted[] =
+    "INSERT INTO consumer_unanswered AS u (consumer, event_id, starts) VALUES ($1, $2, 1) "
+    "ON CONFLICT (consumer, event_id) DO UPDATE SET starts = u.starts + 1, last_start = now() "
+    "RETURNING starts";
+// The event was answered (applied, dead-lettered, or handed back to retry).
+constexpr char kClearStarted[] =
+    "DELETE FROM consumer_unanswered WHERE consumer = $1 AND event_id = $2";
+// Starts that went unanswered before an event is dead-lettered unhandled.
+constexpr int64_t kMaxUnanswered = 3;
+
 // An id longer than this is not one (ours are 36); the inbox's index takes
 // keys of at most about 2,700 bytes.
 constexpr size_t kMaxIdBytes = 512;
@@ -99,7 +111,10 @@ absl::Status Consumer::Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub) {
   cc.AckPolicy = js_AckExplicit;
   cc.DeliverPolicy = js_DeliverAll;
   cc.FilterSubject = options_.filter_subject.c_str();
-  cc.MaxDeliver = options_.max_deliver + 1;  // the last one is ours to dead-letter
+  // The server never gives up on an event (it would drop it without a
+  // trace): the consumer dead-letters, after `max_deliver` failures or
+  // kMaxUnanswered starts without an answer.
+  cc.MaxDeliver = -1;
   cc.AckWait = absl::ToInt64Nanoseconds(options_.ack_wait);
   jsConsumerInfo* ci = nullptr;
   jsErrCode jerr = static_cast<jsErrCode>(0);
@@ -125,6 +140,26 @@ absl::Status Consumer::Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub) {
   }
   if (st == NATS_NOT_FOUND) {
     st = js_AddConsumer(&ci, js, options_.stream.c_str(), &cc, nullptr, &jerr);
+  } else if (st == NATS_OK && ci->Config != nullptr &&
+             (ci->Config->MaxDeliver != cc.MaxDeliver || ci->Config->AckWait != cc.AckWait)) {
+    // A durable made by an earlier release (which let the server drop an
+    // event after max_deliver + 1 deliveries), or with another ack wait:
+    // brought to these settings, keeping the rest of its configuration.
+    const int64_t was_max_deliver = ci->Config->MaxDeliver;
+    const int64_t was_ack_wait_ms = ci->Config->AckWait / 1000000;
+    ci->Config->MaxDeliver = cc.MaxDeliver;
+    ci->Config->AckWait = cc.AckWait;
+    jsConsumerInfo* updated = nullptr;
+    st = js_UpdateConsumer(&updated, js, options_.stream.c_str(), ci->Config, nullptr, &jerr);
+    jsConsumerInfo_Destroy(ci);
+    ci = updated;
+    if (st == NATS_OK) {
+      log::Info("durable consumer brought to this release's settings",
+                {{"consumer", options_.durable},
+                 {"max_deliver", absl::StrCat(was_max_deliver, " -> unlimited")},
+                 {"ack_wait_ms", absl::StrCat(was_ack_wait_ms, " -> ",
+                                              absl::ToInt64Milliseconds(options_.ack_wait))}});
+    }
   }
   NatsPtr<jsConsumerInfo> ci_owner(ci);
   if (st != NATS_OK) return FromNats(st, absl::StrCat("consumer ", options_.durable), jerr);
@@ -273,7 +308,14 @@ void Consumer::PruneInbox(uint64_t ack_floor) {
         {options_.durable, created, static_cast<int64_t>(ack_floor)});
     if (!mark.ok()) return mark.status();
     through = mark->Int(0, 0);
-    return absl::OkStatus();
+    // Counts of starts left by an event never delivered again (its stream
+    // made anew, or the durable started over).
+    return tx
+        .Exec(
+            "DELETE FROM consumer_unanswered WHERE consumer = $1 "
+            "AND last_start < now() - make_interval(secs => $2)",
+            {options_.durable, static_cast<int64_t>(absl::ToInt64Seconds(options_.inbox_keep))})
+        .status();
   });
   // Then the rows it lets go, a few thousand per transaction and at most
   // kMaxBatches of them per call, so that a large backlog (the first prune
@@ -359,6 +401,15 @@ bool Consumer::HoldWhileDatabaseDown(absl::Span<natsMsg* const> in_hand) {
   return false;
 }
 
+absl::Status Consumer::RunHandler(db::Conn& tx, const Delivery& d) const {
+  if (!options_.crash_on_payload.empty() &&
+      d.payload.find(options_.crash_on_payload) != std::string::npos) {
+    log::Warn("test hook: exiting while handling an event", {{"event_id", d.id}});
+    std::_Exit(86);
+  }
+  return handler_(tx, d);
+}
+
 bool Consumer::ApplyTogether(absl::Span<natsMsg* const> fetched) {
   if (fetched.size() < 2) return false;
   std::vector<std::pair<Delivery, db::Param>> events;
@@ -368,6 +419,9 @@ bool Consumer::ApplyTogether(absl::Span<natsMsg* const> fetched) {
     db::Param seq = std::nullopt;
     Delivery d = ReadDelivery(msg, &seq, &malformed);
     if (!malformed.empty()) return false;  // Process dead-letters it
+    // Delivered again: its handling may have brought the process down, so
+    // each is handled on its own, its starts counted.
+    if (d.deliveries > 1) return false;
     events.emplace_back(std::move(d), std::move(seq));
   }
   const db::Param created = db::Param(stream_created_.load());
@@ -388,7 +442,7 @@ bool Consumer::ApplyTogether(absl::Span<natsMsg* const> fetched) {
       const auto& [d, seq] = events[i];
       absl::Status applied = duplicate[i]
                                  ? tx.Exec(kInboxCopy, {options_.durable, d.id, seq}).status()
-                                 : handler_(tx, d);
+                                 : RunHandler(tx, d);
       if (!applied.ok()) return applied;
     }
     return absl::OkStatus();
@@ -446,8 +500,8 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
     ProcessedFamily().Add({{"consumer", options_.durable}, {"result", result}}).Increment();
   };
   // A failure while our own database is unreachable says nothing about the
-  // event: it is kept in hand, costing none of its deliveries (the server
-  // drops an event once they are spent), and tried again once the database
+  // event: it is kept in hand, costing none of its deliveries (it is
+  // dead-lettered once they are spent), and tried again once the database
   // is back. Stopping meanwhile hands it back for redelivery.
   enum { kReachable, kBack, kStopping };
   auto database = [&]() {
@@ -478,19 +532,46 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
     return false;
   };
 
+  // An event delivered again may be one whose handling brought the process
+  // down: each start is counted in a commit of its own before the handler
+  // runs, and the count deleted with the event's outcome.
+  const bool again = malformed.empty() && d.deliveries > 1;
+  bool started = !again;
+  int64_t unanswered = 0;  // starts before this one that never answered
+  const std::vector<db::Param> key = {options_.durable, d.id};
   while (true) {
     bool duplicate = false;
-    absl::Status s = absl::InvalidArgumentError(malformed);
-    if (malformed.empty()) {
+    absl::Status s = absl::OkStatus();
+    if (!malformed.empty()) {
+      s = absl::InvalidArgumentError(malformed);
+    } else if (!started) {
+      s = db::Transact(*pool_, EventTransaction(), [&](db::Conn& tx) -> absl::Status {
+        auto n = tx.Exec(kMarkStarted, key);
+        if (!n.ok()) return n.status();
+        unanswered = n->Int(0, 0) - 1;
+        return absl::OkStatus();
+      });
+      started = s.ok();
+    }
+    if (s.ok() && unanswered >= kMaxUnanswered) {
+      s = absl::AbortedError(absl::StrCat(
+          "handling it began ", unanswered,
+          " times and never answered (the process crashed, or was stopped, while on it): "
+          "not run again, so that it cannot bring the service down again; replay it once the "
+          "cause is found"));
+    } else if (s.ok()) {
       s = db::Transact(*pool_, EventTransaction(), [&](db::Conn& tx) -> absl::Status {
         duplicate = false;
+        if (again) {
+          if (absl::Status c = tx.Exec(kClearStarted, key).status(); !c.ok()) return c;
+        }
         auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq, created});
         if (!ins.ok()) return ins.status();
         if (ins->affected() == 0) {
           duplicate = true;
           return tx.Exec(kInboxCopy, {options_.durable, d.id, seq}).status();
         }
-        return handler_(tx, d);
+        return RunHandler(tx, d);
       });
     }
     if (s.ok()) {
@@ -503,7 +584,8 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
       natsMsg_Ack(msg, nullptr);
       return;
     }
-    if (!absl::IsInvalidArgument(s)) {
+    const bool unrunnable = absl::IsInvalidArgument(s) || unanswered >= kMaxUnanswered;
+    if (!unrunnable) {
       auto db = database();
       if (db == kBack) continue;
       if (db == kStopping) return;
@@ -516,10 +598,13 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
         return;
       }
     }
-    bool give_up =
-        absl::IsInvalidArgument(s) || d.deliveries >= static_cast<uint64_t>(options_.max_deliver);
+    bool give_up = unrunnable || d.deliveries >= static_cast<uint64_t>(options_.max_deliver);
     if (!give_up) {
       count("retried");
+      if (again && started) {  // answered: this start does not count against it
+        (void)db::WithConnection(*pool_, absl::Now() + absl::Seconds(2),
+                                 [&](db::Conn& c) { return c.Exec(kClearStarted, key).status(); });
+      }
       log::Warn("event handling failed, will retry", {{"consumer", options_.durable},
                                                       {"event_id", d.id},
                                                       {"subject", d.subject},
@@ -539,6 +624,9 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
                       "and backslashes doubled)");
     }
     absl::Status dl = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
+      if (again) {
+        if (absl::Status c = tx.Exec(kClearStarted, key).status(); !c.ok()) return c;
+      }
       auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq, created});
       if (!ins.ok()) return ins.status();
       return tx
@@ -553,8 +641,8 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
       auto db = database();
       if (db == kBack) continue;  // the event may take effect now; if not, it is dead-lettered then
       if (db == kStopping) return;
-      // Never handed back while the consumer runs: on its last delivery the
-      // server would drop it without a trace.
+      // Held rather than handed back while the consumer runs: it would come
+      // straight back, past its deliveries, to fail the same way.
       if (hold("event held: it could not be dead-lettered; trying again", dl)) continue;
       return;
     }

@@ -13,17 +13,24 @@
 // Handler results: OK → commit, ack. INVALID_ARGUMENT (the event cannot be
 // understood) → dead-lettered and terminated at once. Any other error → rolled
 // back and redelivered after a backoff; after `max_deliver` attempts it is
-// dead-lettered. Except while the service's own database is unreachable or
-// takes no writes: then the consumer holds the events in hand (telling the
-// server they are in progress) and tries again once it answers, so an
-// outage of any length neither dead-letters events nor spends their
-// deliveries. So too while it answers UNAVAILABLE, its own trouble (out of
-// disk, memory or connections; an I/O error): the event is tried again,
-// less and less often, up to every 2 s. (A handler's own UNAVAILABLE, a
-// dependency of its down, is retried and dead-lettered like any error, so
-// that the events behind it go on.) An event that cannot be dead-lettered
-// either is held the same way, handed back only when the consumer stops:
-// on its last delivery the server would drop it. An event whose id is not UTF-8 text (or is longer
+// dead-lettered. The server itself never gives up on an event (its durable
+// has no delivery limit; one made by an earlier release, which let the
+// server drop an event after max_deliver + 1 deliveries without a trace, is
+// updated when the consumer subscribes). An event delivered again, though,
+// may be one whose handling brought the process down (a crash, a kill):
+// it is handled on its own, and each start of its handling is counted in a
+// commit of its own first (`consumer_unanswered`), the count deleted with
+// its outcome. An event whose handling began three times without an answer
+// is dead-lettered without running its handler again, so that it cannot
+// keep the service down; the events after it go on. Except while the service's own database is
+// unreachable or takes no writes: then the consumer holds the events in hand (telling the server
+// they are in progress) and tries again once it answers, so an outage of any length neither
+// dead-letters events nor spends their deliveries. So too while it answers UNAVAILABLE, its own
+// trouble (out of disk, memory or connections; an I/O error): the event is tried again, less and
+// less often, up to every 2 s. (A handler's own UNAVAILABLE, a dependency of its down, is retried
+// and dead-lettered like any error, so that the events behind it go on.) An event that cannot be
+// dead-lettered either is held the same way, handed back only when the consumer stops (a start that
+// never answered, if its handling had begun). An event whose id is not UTF-8 text (or is longer
 // than 512 bytes) is dead-lettered at once, under its id escaped; a payload
 // that is not UTF-8 text goes to the dead letters escaped (\xNN, with
 // backslashes doubled), as the error says. Dead letters stay
@@ -83,7 +90,11 @@ struct ConsumerOptions {
   // now takes more event types is fed every such event still retained.
   std::vector<std::string> retired_durables;
   int batch_size = 64;
+  // Failed attempts before an event is dead-lettered (CONSUMER_MAX_DELIVER).
   int max_deliver = 10;
+  // How long the server waits for an answer before delivering an event again
+  // (CONSUMER_ACK_WAIT); also the longest one transaction applying events
+  // may take.
   absl::Duration ack_wait = absl::Seconds(30);
   absl::Duration fetch_wait = absl::Milliseconds(500);
   // How often the consumer looks at its durable on the server: the lag, a
@@ -91,6 +102,10 @@ struct ConsumerOptions {
   absl::Duration check_every = absl::Seconds(5);
   absl::Duration prune_every = absl::Minutes(10);
   absl::Duration inbox_keep = absl::Hours(24 * 7);
+  // Test hook (CONNECTING_TEST_CRASH_ON_EVENT_WITH): the process exits (code
+  // 86) when a handler is about to run on an event whose payload holds this
+  // text, as a handler that crashes would.
+  std::string crash_on_payload;
 };
 
 using Handler = std::function<absl::Status(db::Conn& tx, const Delivery& event)>;
@@ -125,8 +140,8 @@ class Consumer {
   void Run();
   absl::Status Subscribe(jsCtx* js, NatsPtr<natsSubscription>* sub);
   // Applies every message of a fetch in one transaction and acks them after
-  // its commit; false, with nothing applied, if any of them failed (each is
-  // then handled on its own by Process).
+  // its commit; false, with nothing applied, if any of them failed or was
+  // delivered before (each is then handled on its own by Process).
   bool ApplyTogether(absl::Span<natsMsg* const> fetched);
   // A message as the handler sees it, and its stream sequence (`seq`, NULL
   // if unknown) for the inbox. Its id, subject and type are kept as text
@@ -134,6 +149,8 @@ class Consumer {
   // cannot be understood (an id that is not text, or too long for the
   // inbox's index), or is left empty.
   Delivery ReadDelivery(natsMsg* msg, db::Param* seq, std::string* malformed) const;
+  // The handler, unless the crash test hook applies to `d`.
+  absl::Status RunHandler(db::Conn& tx, const Delivery& d) const;
   // Handles in_hand.front(); the rest of its batch waits behind it.
   void Process(absl::Span<natsMsg* const> in_hand);
   // Whether the database lost events the server saw acknowledged: the

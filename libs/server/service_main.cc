@@ -139,6 +139,12 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
   c.event_stream_replicas = static_cast<int>(env.Int("EVENT_STREAM_REPLICAS", 1, 1, 5));
   c.event_stream_max_age = env.Duration("EVENT_STREAM_MAX_AGE", def.stream_max_age,
                                         absl::ZeroDuration(), absl::Hours(24 * 365 * 100));
+  c.consumer.ack_wait =
+      env.Duration("CONSUMER_ACK_WAIT", absl::Seconds(30), absl::Seconds(1), absl::Minutes(10));
+  c.consumer.max_deliver = static_cast<int>(env.Int("CONSUMER_MAX_DELIVER", 10, 1, 1000));
+  if (const char* crash = std::getenv("CONNECTING_TEST_CRASH_ON_EVENT_WITH"); crash != nullptr) {
+    c.consumer.crash_on_payload = crash;
+  }
   if (def.read_config) def.read_config(env);
   if (absl::Status s = env.Finish(); !s.ok()) return s;
   return c;

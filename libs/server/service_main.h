@@ -32,6 +32,8 @@
 //   EVENT_STREAM          <SERVICE>, e.g. PARTNERS
 //   EVENT_STREAM_REPLICAS 1
 //   EVENT_STREAM_MAX_AGE  the service's (partners: 0, kept for good; others 8760h)
+//   CONSUMER_ACK_WAIT     30s (1s–10m; an event unanswered this long is delivered again)
+//   CONSUMER_MAX_DELIVER  10 (1–1000; failed attempts before an event is dead-lettered)
 #ifndef CONNECTING_LIBS_SERVER_SERVICE_MAIN_H_
 #define CONNECTING_LIBS_SERVER_SERVICE_MAIN_H_
 
@@ -84,6 +86,9 @@ struct ServiceConfig {
   std::string event_stream;
   int event_stream_replicas = 1;
   absl::Duration event_stream_max_age;
+  // What every consumer of the service starts from (ack wait, attempts, the
+  // crash test hook); the service fills in the stream, durable and subjects.
+  bus::ConsumerOptions consumer;
 };
 
 // What a service's wiring gets to build its handlers from.

@@ -22,12 +22,12 @@ int main(int argc, char** argv) {
   def.migrations = [] { return db::MigrationSet{"scheduling", scheduling::SqlMigrations()}; };
   def.republish = &scheduling::Republish;
   static std::unique_ptr<scheduling::SchedulingLogic> logic;
-  static bus::ConsumerOptions partners;
+  static std::string partners_stream, partners_subject;
   static int lanes = 4;
   static absl::Duration sweep;
   def.read_config = [](config::EnvReader& env) {
-    partners.stream = env.String("PARTNERS_EVENTS_STREAM", "PARTNERS");
-    partners.filter_subject = env.String("PARTNERS_EVENTS_SUBJECT", "connecting.partners.>");
+    partners_stream = env.String("PARTNERS_EVENTS_STREAM", "PARTNERS");
+    partners_subject = env.String("PARTNERS_EVENTS_SUBJECT", "connecting.partners.>");
     lanes = static_cast<int>(env.Int("BOOKING_LANES", 4, 1, 64));
     sweep =
         env.Duration("SEAT_SWEEP_INTERVAL", absl::Minutes(1), absl::Seconds(1), absl::Hours(24));
@@ -35,6 +35,9 @@ int main(int argc, char** argv) {
   def.build = [](server::ServiceContext& ctx) {
     // Since contacts and offers are projected too: a new durable, so that it
     // replays the stream from the start, replacing the organisations-only one.
+    bus::ConsumerOptions partners = ctx.config.consumer;
+    partners.stream = partners_stream;
+    partners.filter_subject = partners_subject;
     partners.durable = "scheduling-partners-2";
     partners.retired_durables = {"scheduling-partners"};
     ctx.consumers.push_back(std::make_unique<bus::Consumer>(partners, &ctx.pool, &ctx.nats,
