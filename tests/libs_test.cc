@@ -807,6 +807,78 @@ TEST_F(Database, AWriteOnAReadOnlyServerIsUnavailableAndItsConnectionIsDropped) 
   EXPECT_TRUE(s.ok()) << "writes are taken again, but not on the pool's connections: " << s;
 }
 
+TEST_F(Database, AWriteOnAConnectionMadeWhileTheDatabaseTookNoWritesIsTriedOnANewOne) {
+  // The database takes writes again (a failover done, a read-only setting
+  // lifted) and the pool still holds connections made before, each with
+  // the read-only setting it read at connect. Until the health monitor
+  // renews the pool (every half second), each would refuse one write; the
+  // write is tried again at once on a new connection instead, and succeeds.
+  Script("CREATE TABLE t (id int PRIMARY KEY)");
+  auto admin = db::Conn::Open(url_, "admin");  // opened while writes are taken
+  ASSERT_TRUE(admin.ok());
+  auto set_read_only = [&](bool on) {
+    return (*admin)->ExecScript(absl::StrCat(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I ",
+        on ? "SET default_transaction_read_only = on" : "RESET default_transaction_read_only",
+        "', current_database()); END $$"));
+  };
+  absl::Cleanup writable = [&] { (void)set_read_only(false); };
+  // The pool full of connections made while the database took no writes,
+  // each read-only; then writes are taken again, their connections left.
+  auto made_read_only = [&] {
+    ASSERT_TRUE(set_read_only(true).ok());
+    ASSERT_TRUE((*admin)
+                    ->ExecScript("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                                 "datname = current_database() AND pid <> pg_backend_pid()")
+                    .ok());
+    ASSERT_TRUE(testing::WaitUntil(  // ended, so that the pool's check finds them closed
+        [&] {
+          auto r = (*admin)->Exec(
+              "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+              "pid <> pg_backend_pid()");
+          return r.ok() && r->Int(0, 0) == 0;
+        },
+        absl::Seconds(5)));
+    std::vector<db::Pool::Lease> leases;
+    for (int i = 0; i < 4; ++i) {
+      auto l = pool_->Acquire(absl::Now() + absl::Seconds(10));
+      ASSERT_TRUE(l.ok()) << l.status();
+      auto r = (*l)->Exec("SELECT current_setting('transaction_read_only')");
+      ASSERT_TRUE(r.ok()) << r.status();
+      ASSERT_EQ(r->String(0, 0), "on");
+      leases.push_back(*std::move(l));
+    }
+    leases.clear();
+    ASSERT_TRUE(set_read_only(false).ok());
+  };
+  made_read_only();
+  for (int i = 0; i < 4; ++i) {
+    absl::Status s = db::Transact(*pool_, [&](db::Conn& c) {
+      return c.Exec("INSERT INTO t VALUES ($1)", {int32_t{i}}).status();
+    });
+    EXPECT_TRUE(s.ok()) << "write " << i << ": " << s;
+  }
+  // Group commit's batches (bookings' way) likewise.
+  made_read_only();
+  server::Executor threads(1, 16);
+  db::GroupCommitter group(*pool_, "read-only-test", [&threads](std::function<void()> task) {
+    return threads.TrySubmit(std::move(task));
+  });
+  for (int i = 4; i < 8; ++i) {
+    db::GroupCommitter::Work w;
+    w.first = {"INSERT INTO t VALUES ($1) RETURNING id", {int32_t{i}}};
+    w.then = [](const db::Result&) { return std::vector<db::Statement>{}; };
+    std::promise<absl::Status> outcome;
+    group.Submit("k", absl::Now() + absl::Seconds(10), std::move(w),
+                 [&outcome](absl::Status s) { outcome.set_value(std::move(s)); });
+    absl::Status s = outcome.get_future().get();
+    EXPECT_TRUE(s.ok()) << "batch " << i << ": " << s;
+  }
+  auto n = (*admin)->Exec("SELECT count(*) FROM t");
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(n->Int(0, 0), 8);
+}
+
 TEST_F(Database, ConnectionsProbeASilentServerAndTheUrlCanSayOtherwise) {
   // A server whose host vanished sends no reset. Every connection probes
   // after 30 s of silence (10 s apart, 3 probes) and gives sent data 60 s to

@@ -403,8 +403,12 @@ absl::StatusOr<Result> Conn::Collect(bool sent) {
   return *std::move(last);
 }
 
+bool RefusedForReadOnly(const absl::Status& status) {
+  return status.GetPayload(kReadOnlyPayload).has_value();
+}
+
 absl::Status Conn::Dropping(absl::Status s) {
-  if (s.GetPayload(kReadOnlyPayload).has_value()) broken_ = true;
+  if (RefusedForReadOnly(s)) broken_ = true;
   return s;
 }
 
@@ -578,7 +582,7 @@ bool Conn::UsableAfterIdle() {
   return healthy();
 }
 
-absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline) {
+absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline, bool fresh) {
   const absl::Time answers_until =
       deadline == absl::InfiniteFuture() ? deadline : deadline + kAnswerGrace;
   std::unique_ptr<Conn> idle;
@@ -592,13 +596,16 @@ absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline) {
     if (!mu_.AwaitWithDeadline(absl::Condition(&can_take), deadline)) {
       return absl::ResourceExhaustedError("all database connections are busy");
     }
-    if (!idle_.empty()) {
+    if (fresh && open_or_leased_ < size_) {
+      ++open_or_leased_;
+    } else if (!idle_.empty()) {
       idle = std::move(idle_.back());
       idle_.pop_back();
     } else {
       ++open_or_leased_;
     }
   }
+  if (fresh) idle.reset();  // its slot is the new connection's
   if (idle != nullptr) {
     if (idle->UsableAfterIdle()) {
       idle->set_answer_deadline(answers_until);
@@ -675,8 +682,11 @@ absl::Status Transact(Pool& pool, const TxOptions& options,
     begin = "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY";
   }
   absl::Status last;
+  bool fresh = false;           // the next attempt on a new connection
+  bool tried_on_fresh = false;  // after a refusal to write
   for (int attempt = 1; attempt <= options.max_attempts; ++attempt) {
-    absl::StatusOr<Pool::Lease> lease = pool.Acquire(options.deadline);
+    absl::StatusOr<Pool::Lease> lease = pool.Acquire(options.deadline, fresh);
+    fresh = false;
     if (!lease.ok()) return lease.status();
     Conn& conn = **lease;
     absl::StatusOr<std::optional<int64_t>> timeout = StatementTimeout(options.deadline);
@@ -694,6 +704,16 @@ absl::Status Transact(Pool& pool, const TxOptions& options,
       }
     } else if (conn.healthy()) {
       (void)conn.ExecScript("ROLLBACK");
+    }
+    if (RefusedForReadOnly(last) && !tried_on_fresh) {
+      // A write refused by a server that takes none: the transaction did
+      // nothing. The connection may be one made before a failover, or
+      // before the database took writes again (its setting read at
+      // connect); a new one, made now, reaches the server the URL leads to
+      // now. Tried once: on a standby it is refused again.
+      tried_on_fresh = true;
+      fresh = true;
+      continue;
     }
     if (!IsRetryable(last) || attempt == options.max_attempts) break;
     BackoffBeforeRetry(attempt);

@@ -13,6 +13,8 @@
 //   (08, 53), I/O error (58), shutdown → UNAVAILABLE
 //   a write on a read-only server
 //   (25006: a standby)                 → UNAVAILABLE, and the connection is dropped
+//                                        (Transact and group commit try once more
+//                                        on a new connection first)
 //   anything else                      → INTERNAL (a bug in our SQL)
 //
 // Such a status (every one above, and every UNAVAILABLE this layer makes)
@@ -235,6 +237,9 @@ bool IsLockNotAvailable(const absl::Status& status);
 absl::Status RetryTransaction(absl::string_view why);
 // The constraint a violation named, or "" (from ALREADY_EXISTS/FAILED_PRECONDITION).
 std::string ConstraintOf(const absl::Status& status);
+// True for a write refused by a server that takes none (25006: a standby, or
+// a database set read-only); the transaction did nothing.
+bool RefusedForReadOnly(const absl::Status& status);
 // True for a status made here from what the database or libpq said (above).
 bool SaidByDatabase(const absl::Status& status);
 // UNAVAILABLE for a transaction whose connection was lost at its COMMIT: the
@@ -270,7 +275,9 @@ class Pool {
   // ends a statement itself at the deadline (statement_timeout, which
   // Transact sets) and says so; one that does not answer by then is given up.
   static constexpr absl::Duration kAnswerGrace = absl::Seconds(1);
-  absl::StatusOr<Lease> Acquire(absl::Time deadline);
+  // With `fresh`, the connection is a new one, never one that sat idle (an
+  // idle one is closed to make room, if the pool is full).
+  absl::StatusOr<Lease> Acquire(absl::Time deadline, bool fresh = false);
   const std::string& url() const { return url_; }
   int size() const { return size_; }
   // Closes the idle connections, and each leased one when its lease ends,
@@ -317,7 +324,10 @@ void BackoffBeforeRetry(int attempt);
 // error rolls back and returns it. On a serialization failure or deadlock (an
 // ABORTED from PostgreSQL, not one `fn` returns) the whole transaction is retried
 // with jittered backoff, so `fn` must have no effect outside the database
-// except on values it overwrites each attempt.
+// except on values it overwrites each attempt. A write refused because the
+// server takes none (25006) is tried once more at once, on a new connection:
+// the refusing one may have been made before a failover, or before the
+// database took writes again.
 absl::Status Transact(Pool& pool, const TxOptions& options,
                       absl::FunctionRef<absl::Status(Conn&)> fn);
 inline absl::Status Transact(Pool& pool, absl::FunctionRef<absl::Status(Conn&)> fn) {

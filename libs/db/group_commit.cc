@@ -123,8 +123,10 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline) {
     for (Item* it : batch) it->result = s;
   };
   int retries = 0;
+  bool fresh = false, tried_on_fresh = false;  // as Transact does (db.h)
   while (!batch.empty()) {
-    absl::StatusOr<Pool::Lease> lease = pool_.Acquire(deadline);
+    absl::StatusOr<Pool::Lease> lease = pool_.Acquire(deadline, fresh);
+    fresh = false;
     if (!lease.ok()) return fail(lease.status());
     Conn& c = **lease;
     auto rollback = [&c] {
@@ -174,6 +176,11 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline) {
     }
     if (!shared.ok()) {
       rollback();
+      if (RefusedForReadOnly(shared) && !tried_on_fresh) {
+        tried_on_fresh = true;  // once, on a connection made now
+        fresh = true;
+        continue;
+      }
       if (IsRetryable(shared) && ++retries < kMaxRetries) {
         BackoffBeforeRetry(retries);
         continue;
