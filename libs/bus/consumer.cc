@@ -43,8 +43,8 @@ constexpr char kInboxInsert[] =
 constexpr char kInboxCopy[] =
     "UPDATE inbox SET stream_seq = greatest(stream_seq, $3) WHERE consumer = $1 AND event_id = $2";
 
-// A start of handling an event delivered again; $3 is the number of starts
-// without an answer, this one included.
+// A start of handling an event delivered again; returns the number of
+// starts without an answer, this one included.
 constexpr char kMarkStarted[] =
     "INSERT INTO consumer_unanswered AS u (consumer, event_id, starts) VALUES ($1, $2, 1) "
     "ON CONFLICT (consumer, event_id) DO UPDATE SET starts = u.starts + 1, last_start = now() "
