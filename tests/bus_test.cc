@@ -93,6 +93,26 @@ class Bus : public ::testing::Test {
               NATS_OK);
   }
   void HeldThrough(const std::function<void()>& begin, const std::function<void()>& end);
+  // A full disk, as far as the inbox and dead letters can tell: every
+  // insert into them fails with SQLSTATE 53100 while `full`.
+  void DiskFull(bool full) {
+    auto script = [&](const std::string& sql) {
+      return db::WithConnection(*pool_, absl::Now() + absl::Seconds(10),
+                                [&](db::Conn& c) { return c.ExecScript(sql); });
+    };
+    ASSERT_TRUE(script("CREATE TABLE IF NOT EXISTS disk_full (since timestamptz);"
+                       "CREATE OR REPLACE FUNCTION no_space() RETURNS trigger LANGUAGE plpgsql "
+                       "AS $$ BEGIN IF EXISTS (SELECT 1 FROM disk_full) THEN RAISE EXCEPTION "
+                       "'could not extend file: No space left on device' USING ERRCODE = "
+                       "'disk_full'; END IF; RETURN NEW; END $$;"
+                       "CREATE OR REPLACE TRIGGER no_space BEFORE INSERT ON inbox FOR EACH ROW "
+                       "EXECUTE FUNCTION no_space();"
+                       "CREATE OR REPLACE TRIGGER no_space BEFORE INSERT ON dead_letters "
+                       "FOR EACH ROW EXECUTE FUNCTION no_space();")
+                    .ok());
+    ASSERT_TRUE(
+        script(full ? "INSERT INTO disk_full VALUES (now())" : "DELETE FROM disk_full").ok());
+  }
   std::unique_ptr<bus::OutboxRelay> Relay() {
     bus::RelayOptions ro;
     ro.database_url = url_;
@@ -867,22 +887,46 @@ TEST_F(Bus, ADatabaseOutOfDiskHoldsEventsWithoutUsingUpTheirDeliveries) {
   // A full disk: the database answers, and says it takes writes, yet every
   // insert fails (SQLSTATE 53100, as when PostgreSQL cannot extend a file).
   // Not the events' fault: they must outlast it, as they do an outage.
-  auto script = [&](const std::string& sql) {
-    return db::WithConnection(*pool_, absl::Now() + absl::Seconds(10),
-                              [&](db::Conn& c) { return c.ExecScript(sql); });
+  HeldThrough([&] { DiskFull(true); }, [&] { DiskFull(false); });
+}
+
+TEST_F(Bus, StopsWhileTheDatabaseIsInTroubleDoNotCountAgainstAnEvent) {
+  // A start of handling an event delivered again is counted, so that an
+  // event which crashes the service is dead-lettered after three. A
+  // consumer stopped while it holds such an event (a rolling restart while
+  // the disk is full) hands it back, which is an answer: five such stops
+  // must not get a good event dead-lettered.
+  bus::ConsumerOptions o = Opts();
+  auto js = nats_->JetStream();
+  ASSERT_TRUE(js.ok());
+  auto delivered = [&] {
+    jsConsumerInfo* ci = nullptr;
+    if (js_GetConsumerInfo(&ci, js->get(), stream_.c_str(), o.durable.c_str(), nullptr, nullptr) !=
+        NATS_OK) {
+      return int64_t{-1};
+    }
+    const auto n = static_cast<int64_t>(ci->Delivered.Consumer);
+    jsConsumerInfo_Destroy(ci);
+    return n;
   };
-  ASSERT_TRUE(script("CREATE TABLE disk_full (since timestamptz);"
-                     "CREATE FUNCTION no_space() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                     "IF EXISTS (SELECT 1 FROM disk_full) THEN RAISE EXCEPTION "
-                     "'could not extend file: No space left on device' USING ERRCODE = "
-                     "'disk_full'; END IF; RETURN NEW; END $$;"
-                     "CREATE TRIGGER no_space BEFORE INSERT ON inbox FOR EACH ROW "
-                     "EXECUTE FUNCTION no_space();"
-                     "CREATE TRIGGER no_space BEFORE INSERT ON dead_letters FOR EACH ROW "
-                     "EXECUTE FUNCTION no_space();")
-                  .ok());
-  HeldThrough([&] { ASSERT_TRUE(script("INSERT INTO disk_full VALUES (now())").ok()); },
-              [&] { ASSERT_TRUE(script("DELETE FROM disk_full").ok()); });
+  DiskFull(true);
+  PublishRaw("held-and-stopped", "held-and-stopped", "{}");
+  for (int i = 0; i < 5; ++i) {
+    bus::Consumer c(o, pool_.get(), nats_.get(), &Bus::RecordEffect);
+    c.Start();
+    ASSERT_TRUE(testing::WaitUntil([&] { return delivered() == i + 1; }, absl::Seconds(10)))
+        << "delivery " << i + 1 << " never came";
+    // Held: the consumer says it is not healthy once it holds the event.
+    ASSERT_TRUE(testing::WaitUntil([&] { return !c.healthy(); }, absl::Seconds(10)));
+    c.Stop();
+  }
+  DiskFull(false);
+  bus::Consumer c(o, pool_.get(), nats_.get(), &Bus::RecordEffect);
+  c.Start();
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects WHERE event_id = 'held-and-stopped'", 1));
+  c.Stop();
+  EXPECT_EQ(Count("SELECT count(*) FROM dead_letters"), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM consumer_unanswered"), 0);
 }
 
 TEST_F(Bus, AnEventThatIsNotTextIsDeadLetteredNotDropped) {

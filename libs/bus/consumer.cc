@@ -499,6 +499,13 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
   auto count = [&](const char* result) {
     ProcessedFamily().Add({{"consumer", options_.durable}, {"result", result}}).Increment();
   };
+  // An event delivered again may be one whose handling brought the process
+  // down: each start is counted in a commit of its own before the handler
+  // runs, and the count deleted with the event's outcome.
+  const bool again = malformed.empty() && d.deliveries > 1;
+  bool started = !again;
+  int64_t unanswered = 0;  // starts before this one that never answered
+  const std::vector<db::Param> key = {options_.durable, d.id};
   // A failure while our own database is unreachable says nothing about the
   // event: it is kept in hand, costing none of its deliveries (it is
   // dead-lettered once they are spent), and tried again once the database
@@ -528,17 +535,17 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
                        {"error", log::Text(why)}});
     }
     if (Pause(in_hand, &pause, &touch)) return true;
+    if (again && started) {
+      // Handed back, which is an answer: its start is taken back if the
+      // database lets it, so that stops while the database is in trouble
+      // do not count against the event.
+      (void)db::WithConnection(*pool_, absl::Now() + absl::Milliseconds(500),
+                               [&](db::Conn& c) { return c.Exec(kClearStarted, key).status(); });
+    }
     natsMsg_Nak(msg, nullptr);  // handed back for redelivery
     return false;
   };
 
-  // An event delivered again may be one whose handling brought the process
-  // down: each start is counted in a commit of its own before the handler
-  // runs, and the count deleted with the event's outcome.
-  const bool again = malformed.empty() && d.deliveries > 1;
-  bool started = !again;
-  int64_t unanswered = 0;  // starts before this one that never answered
-  const std::vector<db::Param> key = {options_.durable, d.id};
   while (true) {
     bool duplicate = false;
     absl::Status s = absl::OkStatus();
