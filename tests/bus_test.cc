@@ -125,6 +125,20 @@ class Bus : public ::testing::Test {
   static absl::Status RecordEffect(db::Conn& tx, const bus::Delivery& d) {
     return tx.Exec("INSERT INTO effects VALUES ($1, $2)", {d.id, d.subject}).status();
   }
+  // RecordEffect, noting each event's delivery count as the handler saw it.
+  bus::Handler RecordingDeliveries() {
+    return [this](db::Conn& tx, const bus::Delivery& d) {
+      {
+        std::lock_guard<std::mutex> l(deliveries_mu_);
+        deliveries_.push_back(d.deliveries);
+      }
+      return RecordEffect(tx, d);
+    };
+  }
+  std::vector<uint64_t> Deliveries() {
+    std::lock_guard<std::mutex> l(deliveries_mu_);
+    return deliveries_;
+  }
   int64_t Count(const std::string& sql) {
     int64_t n = -1;
     (void)db::WithConnection(*pool_, absl::InfiniteFuture(), [&](db::Conn& c) {
@@ -186,6 +200,8 @@ class Bus : public ::testing::Test {
   std::string url_, nats_url_, suffix_, stream_, prefix_;
   std::unique_ptr<db::Pool> pool_;
   std::unique_ptr<bus::Nats> nats_;
+  std::mutex deliveries_mu_;
+  std::vector<uint64_t> deliveries_;
 };
 
 TEST_F(Bus, RelayPublishesEveryOutboxRowOnce) {
@@ -821,15 +837,7 @@ TEST_F(Bus, AReplayWhoseDatabaseStopsAnsweringEndsWithinItsStepLimitKeepingItsDe
 // dead-lettered, nor dropped by the server once its deliveries run out, nor
 // spend a delivery; each applies once afterwards.
 void Bus::HeldThrough(const std::function<void()>& begin, const std::function<void()>& end) {
-  std::mutex mu;
-  std::vector<uint64_t> deliveries;
-  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
-    {
-      std::lock_guard<std::mutex> l(mu);
-      deliveries.push_back(d.deliveries);
-    }
-    return RecordEffect(tx, d);
-  };
+  auto handler = RecordingDeliveries();
   bus::ConsumerOptions o = Opts();
   o.ack_wait = absl::Seconds(2);
   bus::Consumer c(o, pool_.get(), nats_.get(), handler);
@@ -848,8 +856,7 @@ void Bus::HeldThrough(const std::function<void()>& begin, const std::function<vo
   c.Stop();
   EXPECT_EQ(Count("SELECT count(*) FROM effects"), 4);
   EXPECT_EQ(Count("SELECT count(*) FROM dead_letters"), 0);
-  std::lock_guard<std::mutex> l(mu);
-  EXPECT_EQ(deliveries, std::vector<uint64_t>(4, 1)) << "the trouble used up deliveries";
+  EXPECT_EQ(Deliveries(), std::vector<uint64_t>(4, 1)) << "the trouble used up deliveries";
 }
 
 TEST_F(Bus, DatabaseOutageHoldsEventsWithoutUsingUpTheirDeliveries) {
@@ -1048,15 +1055,7 @@ TEST_F(Bus, AnEventHandedBackMoreOftenThanItsDeliveriesAllowIsNeverDropped) {
     cc.AckWait = absl::ToInt64Nanoseconds(absl::Seconds(30));
     ASSERT_EQ(js_AddConsumer(nullptr, js->get(), stream_.c_str(), &cc, nullptr, nullptr), NATS_OK);
   }
-  std::mutex mu;
-  std::vector<uint64_t> deliveries;
-  auto handler = [&](db::Conn& tx, const bus::Delivery& d) -> absl::Status {
-    {
-      std::lock_guard<std::mutex> l(mu);
-      deliveries.push_back(d.deliveries);
-    }
-    return RecordEffect(tx, d);
-  };
+  auto handler = RecordingDeliveries();
   auto outage = std::make_unique<testing::DatabaseOutage>(url_);
   PublishRaw("handed-back", "handed-back", "{}");
   constexpr int kHandBacks = 6;  // beyond max_deliver + 1 = 4
@@ -1085,8 +1084,7 @@ TEST_F(Bus, AnEventHandedBackMoreOftenThanItsDeliveriesAllowIsNeverDropped) {
   c.Stop();
   EXPECT_EQ(Count("SELECT count(*) FROM dead_letters"), 0);
   EXPECT_EQ(Count("SELECT count(*) FROM consumer_unanswered"), 0);
-  std::lock_guard<std::mutex> l(mu);
-  EXPECT_EQ(deliveries, std::vector<uint64_t>{kHandBacks + 1})
+  EXPECT_EQ(Deliveries(), std::vector<uint64_t>{kHandBacks + 1})
       << "the handler ran on a delivery made while the database was down";
 }
 

@@ -442,6 +442,33 @@ class Database : public ::testing::Test {
     absl::Status s = db::Transact(*pool_, [&sql](db::Conn& c) { return c.ExecScript(sql); });
     ASSERT_TRUE(s.ok()) << s;
   }
+  // Through `admin`: the test's database set to take no writes (read by
+  // each connection as it is made), or to take them again.
+  static void SetReadOnly(db::Conn& admin, bool on) {
+    ASSERT_TRUE(admin
+                    .ExecScript(absl::StrCat("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I ",
+                                             on ? "SET default_transaction_read_only = on"
+                                                : "RESET default_transaction_read_only",
+                                             "', current_database()); END $$"))
+                    .ok());
+  }
+  // Through `admin`: every other connection to the test's database ended,
+  // as a failover ends them, and gone, so that the pool's check finds them
+  // closed.
+  static void EndOtherConnections(db::Conn& admin) {
+    ASSERT_TRUE(admin
+                    .ExecScript("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                                "datname = current_database() AND pid <> pg_backend_pid()")
+                    .ok());
+    ASSERT_TRUE(testing::WaitUntil(
+        [&] {
+          auto r = admin.Exec(
+              "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+              "pid <> pg_backend_pid()");
+          return r.ok() && r->Int(0, 0) == 0;
+        },
+        absl::Seconds(5)));
+  }
   std::string url_;
   std::unique_ptr<db::Pool> pool_;
 };
@@ -765,29 +792,8 @@ TEST_F(Database, AWriteOnAReadOnlyServerIsUnavailableAndItsConnectionIsDropped) 
   Script("CREATE TABLE t (id int PRIMARY KEY)");
   auto admin = db::Conn::Open(url_, "admin");  // opened while writes are taken
   ASSERT_TRUE(admin.ok());
-  auto read_only = [&](bool on) {
-    ASSERT_TRUE((*admin)
-                    ->ExecScript(absl::StrCat("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I ",
-                                              on ? "SET default_transaction_read_only = on"
-                                                 : "RESET "
-                                                   "default_transaction_"
-                                                   "read_only",
-                                              "', current_database()); END $$"))
-                    .ok());
-  };
-  read_only(true);
-  ASSERT_TRUE((*admin)
-                  ->ExecScript("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                               "datname = current_database() AND pid <> pg_backend_pid()")
-                  .ok());
-  ASSERT_TRUE(testing::WaitUntil(  // ended, so that the pool's check finds them closed
-      [&] {
-        auto r = (*admin)->Exec(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
-            "pid <> pg_backend_pid()");
-        return r.ok() && r->Int(0, 0) == 0;
-      },
-      absl::Seconds(5)));
+  SetReadOnly(**admin, true);
+  EndOtherConnections(**admin);
   absl::Status s =
       db::Transact(*pool_, [](db::Conn& c) { return c.Exec("INSERT INTO t VALUES (1)").status(); });
   EXPECT_TRUE(absl::IsUnavailable(s)) << s;
@@ -802,7 +808,7 @@ TEST_F(Database, AWriteOnAReadOnlyServerIsUnavailableAndItsConnectionIsDropped) 
   });
   EXPECT_TRUE(absl::IsUnavailable(s)) << s;
   EXPECT_FALSE(healthy_after) << "a connection to a read-only server went back to the pool";
-  read_only(false);
+  SetReadOnly(**admin, false);
   s = db::Transact(*pool_, [](db::Conn& c) { return c.Exec("INSERT INTO t VALUES (3)").status(); });
   EXPECT_TRUE(s.ok()) << "writes are taken again, but not on the pool's connections: " << s;
 }
@@ -816,29 +822,12 @@ TEST_F(Database, AWriteOnAConnectionMadeWhileTheDatabaseTookNoWritesIsTriedOnANe
   Script("CREATE TABLE t (id int PRIMARY KEY)");
   auto admin = db::Conn::Open(url_, "admin");  // opened while writes are taken
   ASSERT_TRUE(admin.ok());
-  auto set_read_only = [&](bool on) {
-    return (*admin)->ExecScript(absl::StrCat(
-        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I ",
-        on ? "SET default_transaction_read_only = on" : "RESET default_transaction_read_only",
-        "', current_database()); END $$"));
-  };
-  absl::Cleanup writable = [&] { (void)set_read_only(false); };
+  absl::Cleanup writable = [&] { SetReadOnly(**admin, false); };
   // The pool full of connections made while the database took no writes,
   // each read-only; then writes are taken again, their connections left.
   auto made_read_only = [&] {
-    ASSERT_TRUE(set_read_only(true).ok());
-    ASSERT_TRUE((*admin)
-                    ->ExecScript("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                                 "datname = current_database() AND pid <> pg_backend_pid()")
-                    .ok());
-    ASSERT_TRUE(testing::WaitUntil(  // ended, so that the pool's check finds them closed
-        [&] {
-          auto r = (*admin)->Exec(
-              "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
-              "pid <> pg_backend_pid()");
-          return r.ok() && r->Int(0, 0) == 0;
-        },
-        absl::Seconds(5)));
+    SetReadOnly(**admin, true);
+    EndOtherConnections(**admin);
     std::vector<db::Pool::Lease> leases;
     for (int i = 0; i < 4; ++i) {
       auto l = pool_->Acquire(absl::Now() + absl::Seconds(10));
@@ -849,7 +838,7 @@ TEST_F(Database, AWriteOnAConnectionMadeWhileTheDatabaseTookNoWritesIsTriedOnANe
       leases.push_back(*std::move(l));
     }
     leases.clear();
-    ASSERT_TRUE(set_read_only(false).ok());
+    SetReadOnly(**admin, false);
   };
   made_read_only();
   for (int i = 0; i < 4; ++i) {
