@@ -243,13 +243,16 @@ TEST(SchedulingOutage, AnEventThatBringsTheServiceDownIsDeadLetteredAfterThreeSt
   const std::string dead_letter =
       "SELECT count(*) FROM dead_letters WHERE payload LIKE '%Crashing Trust%' AND error LIKE "
       "'ABORTED: handling it began 3 times and never answered%'";
-  int crashes = 0;
+  int crashes = 0, warned = 0;
   const absl::Time until = absl::Now() + absl::Seconds(120);
   while (absl::Now() < until && crashes < 20 && sql(dead_letter) != 1) {
     const int code = fx.scheduling->process()->Wait(absl::Milliseconds(200));
     if (code < 0) continue;
     EXPECT_EQ(code, 86) << "the service exited, not by the test hook";
     ++crashes;
+    warned += static_cast<int>(LogLinesWith(fx.scheduling->process()->log_path(),
+                                            {"\"level\":\"warn\"", "\"unanswered_starts\""})
+                                   .size());
     ServiceProcess::Options o = fx.scheduling->options();
     fx.scheduling = std::make_unique<ServiceProcess>(o);
     fx.scheduling->Launch();
@@ -258,6 +261,9 @@ TEST(SchedulingOutage, AnEventThatBringsTheServiceDownIsDeadLetteredAfterThreeSt
                                  << " crashes)";
   // A first delivery, then three starts counted, each ending in a crash.
   EXPECT_EQ(crashes, 4);
+  // The second and third counted starts each found one before unanswered,
+  // and said so, naming the event, before trying again.
+  EXPECT_EQ(warned, 2);
   fx.stub = sv1::SchedulingService::NewStub(fx.scheduling->channel());
   EXPECT_TRUE(fx.scheduling->WaitForHealth(1, absl::Seconds(15)));
   EXPECT_TRUE(fx.WaitForPartnerStatus(after, pv1::ORGANISATION_STATUS_ACTIVE, absl::Seconds(15)))

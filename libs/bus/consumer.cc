@@ -559,6 +559,16 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
         return absl::OkStatus();
       });
       started = s.ok();
+      if (started && unanswered > 0 && unanswered < kMaxUnanswered) {
+        log::Warn(
+            "event delivered again after its handling began and never answered (the process "
+            "crashed, or was killed, while on it?): trying again",
+            {{"consumer", options_.durable},
+             {"event_id", d.id},
+             {"subject", d.subject},
+             {"unanswered_starts", absl::StrCat(unanswered)},
+             {"dead_lettered_after", absl::StrCat(kMaxUnanswered)}});
+      }
     }
     if (s.ok() && unanswered >= kMaxUnanswered) {
       s = absl::AbortedError(absl::StrCat(
