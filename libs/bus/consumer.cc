@@ -506,6 +506,14 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
   bool started = !again;
   int64_t unanswered = 0;  // starts before this one that never answered
   const std::vector<db::Param> key = {options_.durable, d.id};
+  // The count deleted: in the transaction of the event's outcome, or on its
+  // own (best effort, within `limit`) when the event is handed back.
+  auto forget_start = [&](db::Conn& c) {
+    return again ? c.Exec(kClearStarted, key).status() : absl::OkStatus();
+  };
+  auto take_back_start = [&](absl::Duration limit) {
+    if (again && started) (void)db::WithConnection(*pool_, absl::Now() + limit, forget_start);
+  };
   // A failure while our own database is unreachable says nothing about the
   // event: it is kept in hand, costing none of its deliveries (it is
   // dead-lettered once they are spent), and tried again once the database
@@ -535,13 +543,10 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
                        {"error", log::Text(why)}});
     }
     if (Pause(in_hand, &pause, &touch)) return true;
-    if (again && started) {
-      // Handed back, which is an answer: its start is taken back if the
-      // database lets it, so that stops while the database is in trouble
-      // do not count against the event.
-      (void)db::WithConnection(*pool_, absl::Now() + absl::Milliseconds(500),
-                               [&](db::Conn& c) { return c.Exec(kClearStarted, key).status(); });
-    }
+    // Handed back, which is an answer: its start is taken back if the
+    // database lets it, so that stops while the database is in trouble do
+    // not count against the event.
+    take_back_start(absl::Milliseconds(500));
     natsMsg_Nak(msg, nullptr);  // handed back for redelivery
     return false;
   };
@@ -579,9 +584,7 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
     } else if (s.ok()) {
       s = db::Transact(*pool_, EventTransaction(), [&](db::Conn& tx) -> absl::Status {
         duplicate = false;
-        if (again) {
-          if (absl::Status c = tx.Exec(kClearStarted, key).status(); !c.ok()) return c;
-        }
+        if (absl::Status c = forget_start(tx); !c.ok()) return c;
         auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq, created});
         if (!ins.ok()) return ins.status();
         if (ins->affected() == 0) {
@@ -618,10 +621,7 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
     bool give_up = unrunnable || d.deliveries >= static_cast<uint64_t>(options_.max_deliver);
     if (!give_up) {
       count("retried");
-      if (again && started) {  // answered: this start does not count against it
-        (void)db::WithConnection(*pool_, absl::Now() + absl::Seconds(2),
-                                 [&](db::Conn& c) { return c.Exec(kClearStarted, key).status(); });
-      }
+      take_back_start(absl::Seconds(2));  // answered: this start does not count against it
       log::Warn("event handling failed, will retry", {{"consumer", options_.durable},
                                                       {"event_id", d.id},
                                                       {"subject", d.subject},
@@ -641,9 +641,7 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
                       "and backslashes doubled)");
     }
     absl::Status dl = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
-      if (again) {
-        if (absl::Status c = tx.Exec(kClearStarted, key).status(); !c.ok()) return c;
-      }
+      if (absl::Status c = forget_start(tx); !c.ok()) return c;
       auto ins = tx.Exec(kInboxInsert, {options_.durable, d.id, d.subject, seq, created});
       if (!ins.ok()) return ins.status();
       return tx
