@@ -28,11 +28,11 @@ cpu="postgres=$(head -1 "$work/pg/data/postmaster.pid"),scheduling=${pids[-1]},p
 cpu="$cpu,nats=$(cat "$work/nats/nats.pid")"
 "$BUILD_DIR/tools/scheduling_bench" --scheduling "127.0.0.1:$scheduling_port" \
   --partners "127.0.0.1:$partners_port" --token "$admin" --seconds "$SECONDS_PER_RUN" \
-  --cpu "$cpu" | tee "$work/bookings.txt"
+  --cpu "$cpu" --nats "nats://127.0.0.1:$nats_port" | tee "$work/bookings.txt"
 curl -s "http://127.0.0.1:$scheduling_metrics/metrics" | awk '
   /^connecting_group_commit_batch_size_sum\{committer="bookings"/ {sum = $NF}
   /^connecting_group_commit_batch_size_count\{committer="bookings"/ {n = $NF}
-  END { if (n > 0) printf "  (both scenarios: %d transactions, %.1f bookings each on average)\n", n, sum / n }'
+  END { if (n > 0) printf "  (all three scenarios: %d transactions, %.1f bookings each on average)\n", n, sum / n }'
 
 psql -d scheduling -qc "CREATE TABLE pgbench_single_row (id bigserial PRIMARY KEY, payload text NOT NULL)"
 echo "INSERT INTO pgbench_single_row (payload) VALUES ('booking-sized row');" >"$work/insert.sql"
@@ -58,7 +58,7 @@ echo "  the disk's flush (pg_test_fsync, fdatasync of one 8 kB write): ${flush_u
 wal_per "pgbench insert" "$(psql -d scheduling -tAc "SELECT count(*) FROM pgbench_single_row")"
 awk -v tps="$pgbench_tps" 'NR > 1 && $NF ~ /^[0-9]+$/ {
   rate = $(NF-3); name = $0; sub(/ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9]+$/, "", name);
-  printf "  %-32s %.0f%% of pgbench\n", name, 100 * rate / tps }' "$work/bookings.txt"
+  printf "  %-36s %.0f%% of pgbench\n", name, 100 * rate / tps }' "$work/bookings.txt"
 # The floor: what the database alone does with the statements of a booking,
 # sent the way the service sends them (per lane, a batch of 4 in two round
 # trips: BEGIN, the people's share locks, book_session x4, then the 4 outbox
@@ -106,10 +106,10 @@ floor_tps=$(command pgbench -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 4 -j 2 
 floor_outcomes=$(psql -d scheduling -tAc "SELECT string_agg(status || ':' || n, ' ') FROM (SELECT CASE status WHEN 1 THEN 'confirmed' ELSE 'waitlisted' END AS status, count(*) AS n FROM bookings b JOIN floor_participants f ON f.id = b.participant_id GROUP BY 1) x")
 echo "floor: the booking's statements alone (pgbench, 4 lanes, batches of 4): $(( floor_tps * 4 )) bookings/s ($floor_outcomes)"
 wal_per "floor booking" "$(psql -d scheduling -tAc "SELECT count(*) FROM bookings b JOIN floor_participants f ON f.id = b.participant_id")"
-awk -v f="$floor_tps" -v tps="$pgbench_tps" 'BEGIN { printf "  %-32s %.0f%% of pgbench\n", "floor (database alone)", 100 * 4 * f / tps }'
+awk -v f="$floor_tps" -v tps="$pgbench_tps" 'BEGIN { printf "  %-36s %.0f%% of pgbench\n", "floor (database alone)", 100 * 4 * f / tps }'
 awk -v f="$floor_tps" 'NR > 1 && $NF ~ /^[0-9]+$/ {
   rate = $(NF-3); name = $0; sub(/ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9]+$/, "", name);
-  printf "  %-32s %.0f%% of the floor\n", name, 100 * rate / (4 * f) }' "$work/bookings.txt"
+  printf "  %-36s %.0f%% of the floor\n", name, 100 * rate / (4 * f) }' "$work/bookings.txt"
 if [ -n "${BENCH_STATS:-}" ]; then
   psql -d scheduling -c "SELECT relname, seq_scan, seq_tup_read, idx_scan, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, n_dead_tup FROM pg_stat_user_tables ORDER BY seq_tup_read DESC"
   psql -d scheduling -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" 2>/dev/null &&

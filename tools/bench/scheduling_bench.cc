@@ -4,10 +4,15 @@
 // each process spent per booking during it (from /proc: a process and all its
 // children, e.g. the postmaster and its backends), beside this client's own,
 // and each service's resident memory after the run and its growth during it.
+// With --nats, a third run spreads over the sessions again while a dashboard
+// follows the bookings' events (a JetStream ordered consumer, as
+// tools/watch-events reads them), and prints how long after each booking's
+// reply its event reached it.
 //   scheduling_bench --scheduling HOST:PORT --partners HOST:PORT --token JWT [--seconds N]
-//                    [--cpu name=pid,name=pid...]
+//                    [--cpu name=pid,name=pid...] [--nats URL]
 #include <dirent.h>
 #include <grpcpp/grpcpp.h>
+#include <nats/nats.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,6 +28,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -154,10 +160,103 @@ std::string Date(int days) {
   return absl::FormatTime("%Y-%m-%d", absl::Now() + absl::Hours(24 * days), absl::UTCTimeZone());
 }
 
+// A dashboard following the bookings: when each booking's reply came back to
+// its caller and when its event (ce-subject: the booking's id) reached the
+// follower.
+class Follower {
+ public:
+  // nullptr (and a line on stderr) if NATS or the stream cannot be reached.
+  static std::unique_ptr<Follower> Start(const std::string& url) {
+    auto f = std::unique_ptr<Follower>(new Follower());
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = "SCHEDULING";
+    so.Ordered = true;
+    so.Config.DeliverPolicy = js_DeliverNew;
+    natsStatus s = natsConnection_ConnectTo(&f->nc_, url.c_str());
+    if (s == NATS_OK) s = natsConnection_JetStream(&f->js_, f->nc_, nullptr);
+    if (s == NATS_OK) {
+      s = js_Subscribe(&f->sub_, f->js_, "connecting.scheduling.booking.>", &Follower::OnEvent,
+                       f.get(), nullptr, &so, &jerr);
+    }
+    if (s != NATS_OK) {
+      std::fprintf(stderr, "cannot follow the SCHEDULING stream: %s (%d)\n", natsStatus_GetText(s),
+                   static_cast<int>(jerr));
+      return nullptr;
+    }
+    return f;
+  }
+  ~Follower() {
+    // Unsubscribed first, and given time to settle: cnats may crash on a
+    // message arriving for a subscription already destroyed.
+    if (sub_ != nullptr) {
+      (void)natsSubscription_Unsubscribe(sub_);
+      absl::SleepFor(absl::Milliseconds(200));
+      natsSubscription_Destroy(sub_);
+    }
+    jsCtx_Destroy(js_);
+    natsConnection_Destroy(nc_);
+  }
+  void Replied(const std::string& booking_id, absl::Time at) {
+    std::lock_guard<std::mutex> l(mu_);
+    replied_.emplace(booking_id, at);
+  }
+  // "events reached a follower ... ms after the booking's reply": waits up to
+  // `patience` for the events of every booking replied to.
+  std::string Summary(absl::Duration patience) {
+    const absl::Time until = absl::Now() + patience;
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        size_t found = 0;
+        for (const auto& [id, at] : replied_) found += seen_.count(id);
+        if (found == replied_.size() || absl::Now() >= until) break;
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    std::lock_guard<std::mutex> l(mu_);
+    std::vector<double> lag;
+    for (const auto& [id, at] : replied_) {
+      auto it = seen_.find(id);
+      if (it != seen_.end()) lag.push_back(absl::ToDoubleMilliseconds(it->second - at));
+    }
+    std::sort(lag.begin(), lag.end());
+    std::string out = absl::StrFormat("events at a follower: %zu of %zu bookings within %s",
+                                      lag.size(), replied_.size(), absl::FormatDuration(patience));
+    if (!lag.empty()) {
+      absl::StrAppendFormat(
+          &out, "; after the booking's reply: p50 %.1f ms, p99 %.1f ms, max %.1f ms",
+          lag[lag.size() / 2], lag[std::min(lag.size() - 1, lag.size() * 99 / 100)], lag.back());
+    }
+    return out;
+  }
+
+ private:
+  Follower() = default;
+  static void OnEvent(natsConnection*, natsSubscription*, natsMsg* m, void* closure) {
+    auto* f = static_cast<Follower*>(closure);
+    const absl::Time now = absl::Now();
+    const char* id = nullptr;
+    if (natsMsgHeader_Get(m, "ce-subject", &id) == NATS_OK && id != nullptr) {
+      std::lock_guard<std::mutex> l(f->mu_);
+      f->seen_.emplace(id, now);
+    }
+    natsMsg_Destroy(m);
+  }
+
+  natsConnection* nc_ = nullptr;
+  jsCtx* js_ = nullptr;
+  natsSubscription* sub_ = nullptr;
+  std::mutex mu_;
+  std::unordered_map<std::string, absl::Time> replied_;
+  std::unordered_map<std::string, absl::Time> seen_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string sched, partners;
+  std::string sched, partners, nats_url;
   double seconds = 3;
   std::vector<std::pair<std::string, int>> watched;  // --cpu
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -165,6 +264,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--partners")) partners = argv[i + 1];
     if (!std::strcmp(argv[i], "--token")) g_token = argv[i + 1];
     if (!std::strcmp(argv[i], "--seconds")) seconds = std::atof(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--nats")) nats_url = argv[i + 1];
     if (!std::strcmp(argv[i], "--cpu")) {
       for (absl::string_view item : absl::StrSplit(argv[i + 1], ',', absl::SkipEmpty())) {
         std::pair<std::string, std::string> kv = absl::StrSplit(item, '=');
@@ -220,9 +320,10 @@ int main(int argc, char** argv) {
   std::vector<std::string> many;
   for (int d = 0; d < 200; ++d) many.push_back(make_session(1000, 6 + d));
 
-  // Enough participants for every booking either scenario can make.
-  // (a client books at most a few hundred a second, in each of two scenarios).
-  const int per_client = 1000 + static_cast<int>(600 * seconds);
+  // Enough participants for every booking the scenarios can make
+  // (a client books at most a few hundred a second, in each of them).
+  const int scenarios = nats_url.empty() ? 2 : 3;
+  const int per_client = 1000 + static_cast<int>(300 * scenarios * seconds);
   std::vector<std::vector<std::string>> people(kClients);
   {
     std::vector<std::thread> ts;
@@ -245,7 +346,7 @@ int main(int argc, char** argv) {
     for (auto& t : ts) t.join();
   }
 
-  std::printf("%-34s %7s %9s %9s %9s %7s\n", "scenario", "clients", "bookings/s", "p50 ms",
+  std::printf("%-36s %7s %9s %9s %9s %7s\n", "scenario", "clients", "bookings/s", "p50 ms",
               "p99 ms", "errors");
   // Each client is a chain of calls on gRPC's callback API: 16 bookings in
   // flight at a time from a couple of threads, as pgbench -c 16 -j 2 does,
@@ -263,7 +364,9 @@ int main(int argc, char** argv) {
     chains[t].people = &people[t];
     chains[t].rng.seed(t);
   }
-  for (int scenario = 0; scenario < 2; ++scenario) {
+  for (int scenario = 0; scenario < scenarios; ++scenario) {
+    std::unique_ptr<Follower> follower;
+    if (scenario == 2 && !(follower = Follower::Start(nats_url))) break;
     std::atomic<bool> stop{false};
     std::atomic<long> errors{0};
     std::atomic<int> running{kClients};
@@ -283,8 +386,10 @@ int main(int argc, char** argv) {
       absl::Time start = absl::Now();
       ch.stub->async()->BookSession(
           ctx.get(), req.get(), resp.get(), [&, t, ctx, req, resp, start](grpc::Status st) {
+            const absl::Time now = absl::Now();
             if (!st.ok()) ++errors;
-            chains[t].lat.push_back(absl::ToDoubleMilliseconds(absl::Now() - start));
+            if (st.ok() && follower != nullptr) follower->Replied(resp->id(), now);
+            chains[t].lat.push_back(absl::ToDoubleMilliseconds(now - start));
             next(t);
           });
     };
@@ -313,14 +418,16 @@ int main(int argc, char** argv) {
     for (auto& ch : chains) all.insert(all.end(), ch.lat.begin(), ch.lat.end());
     std::sort(all.begin(), all.end());
     if (all.empty()) continue;
-    std::printf("%-34s %7d %9.0f %9.3f %9.3f %7ld\n",
-                scenario == 0 ? "BookSession, one hot session" : "BookSession, 200 sessions",
-                kClients, all.size() / elapsed, all[all.size() / 2],
+    const char* names[] = {"BookSession, one hot session", "BookSession, 200 sessions",
+                           "BookSession, 200 sessions, followed"};
+    std::printf("%-36s %7d %9.0f %9.3f %9.3f %7ld\n", names[scenario], kClients,
+                all.size() / elapsed, all[all.size() / 2],
                 all[std::min(all.size() - 1, all.size() * 99 / 100)], errors.load());
     if (!watched.empty()) {
       std::printf("  %s\n", CpuPerBooking(cpu_before, cpu_after, all.size()).c_str());
       std::printf("  %s\n", MemoryAfter(watched, memory_before).c_str());
     }
+    if (follower != nullptr) std::printf("  %s\n", follower->Summary(absl::Seconds(5)).c_str());
     std::fflush(stdout);
   }
   return 0;
