@@ -7,7 +7,9 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <random>
 #include <set>
+#include <thread>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/cord.h"
@@ -113,8 +115,9 @@ class Bus : public ::testing::Test {
     ASSERT_TRUE(
         script(full ? "INSERT INTO disk_full VALUES (now())" : "DELETE FROM disk_full").ok());
   }
-  std::unique_ptr<bus::OutboxRelay> Relay() {
+  std::unique_ptr<bus::OutboxRelay> Relay(absl::Duration poll_interval = absl::Milliseconds(250)) {
     bus::RelayOptions ro;
+    ro.poll_interval = poll_interval;
     ro.database_url = url_;
     ro.stream = {.name = stream_, .subjects = {prefix_ + ".>"}};
     auto r = std::make_unique<bus::OutboxRelay>(ro, nats_.get());
@@ -211,6 +214,39 @@ TEST_F(Bus, RelayPublishesEveryOutboxRowOnce) {
   relay->Stop(absl::Now());
   auto stored = testing::ReadStream(nats_url_, stream_);
   EXPECT_EQ(stored.size(), 300u);
+}
+
+// As a service does: each commit wakes the relay. Wakes that come while
+// one is pending write nothing, so none may be lost in between: with the
+// poll an hour away, only the wakes get the events out.
+TEST_F(Bus, EveryCommitsEventGoesOutOnItsWakeNotAtTheNextPoll) {
+  auto relay = Relay(absl::Hours(1));
+  for (absl::Time until = absl::Now() + absl::Seconds(20);
+       !relay->healthy() && absl::Now() < until;)
+    absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_TRUE(relay->healthy());  // its first pass done: now it waits for wakes
+  bus::Outbox outbox(prefix_, "/connecting/demo");
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 4; ++w) {
+    writers.emplace_back([&, w] {
+      std::mt19937 rng(w);
+      for (int i = 0; i < 60; ++i) {
+        ASSERT_TRUE(db::Transact(*pool_, [&](db::Conn& c) {
+                      events::v1::ContactRemoved e;
+                      e.set_contact_id(absl::StrCat("w", w, "-", i));
+                      return outbox.Emit(c, "contact.removed", e.contact_id(), e, "");
+                    }).ok());
+        relay->Wake();
+        // Commits land before, during and after the relay's linger and
+        // its batches.
+        absl::SleepFor(absl::Microseconds(rng() % 8000));
+      }
+    });
+  }
+  for (auto& t : writers) t.join();
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0));
+  relay->Stop(absl::Now());
+  EXPECT_EQ(testing::ReadStream(nats_url_, stream_).size(), 240u);
 }
 
 TEST_F(Bus, ARelayWhoseDatabaseFallsSilentConnectsAgainAndPublishesEachEventOnce) {

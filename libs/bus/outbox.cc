@@ -127,8 +127,22 @@ void OutboxRelay::Stop(absl::Time flush_deadline) {
 }
 
 void OutboxRelay::Wake() {
-  uint64_t one = 1;
-  (void)!write(wake_fd_, &one, sizeof one);
+  // Only the first wake since the relay last took them writes the eventfd (a
+  // system call, and the relay's wake-up); the linger counts from it.
+  int64_t none = 0;
+  if (first_wake_ns_.compare_exchange_strong(none, absl::ToUnixNanos(absl::Now()))) {
+    uint64_t one = 1;
+    (void)!write(wake_fd_, &one, sizeof one);
+  }
+}
+
+void OutboxRelay::TakeWakes() {
+  uint64_t drained;
+  (void)!read(wake_fd_, &drained, sizeof drained);
+  // After the read: a Wake() from here on writes the eventfd again. One that
+  // came between the read and this store wrote nothing, but its commit came
+  // before it, so the claim that follows sees that commit's rows.
+  first_wake_ns_.store(0);
 }
 
 void OutboxRelay::OnAck(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure) {
@@ -157,12 +171,17 @@ void OutboxRelay::WaitForWork() {
   pollfd fd = {wake_fd_, POLLIN, 0};
   int woken = poll(&fd, 1, static_cast<int>(absl::ToInt64Milliseconds(options_.poll_interval)));
   if (woken > 0 && !stopping_.load() && options_.linger > absl::ZeroDuration()) {
-    // Let the commits that follow this one join its batch: one relay
-    // transaction and one round of PubAcks for many events.
-    absl::SleepFor(options_.linger);
+    // Let the commits that follow the first one join its batch: one relay
+    // transaction and one round of PubAcks for many events. Counted from
+    // that first commit's wake, which under load came while the batch
+    // before was out: its events have waited for company already.
+    const int64_t first = first_wake_ns_.load();
+    const absl::Time until =
+        (first != 0 ? absl::FromUnixNanos(first) : absl::Now()) + options_.linger;
+    const absl::Duration left = until - absl::Now();
+    if (left > absl::ZeroDuration()) absl::SleepFor(std::min(left, options_.linger));
   }
-  uint64_t drained;
-  (void)!read(wake_fd_, &drained, sizeof drained);
+  TakeWakes();
 }
 
 void OutboxRelay::WaitToRetry(absl::Duration& wait) {
@@ -176,10 +195,7 @@ void OutboxRelay::WaitToRetry(absl::Duration& wait) {
     const absl::Duration left = until - absl::Now();
     if (left <= absl::ZeroDuration()) return;
     pollfd fd = {wake_fd_, POLLIN, 0};
-    if (poll(&fd, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1) > 0) {
-      uint64_t drained;
-      (void)!read(wake_fd_, &drained, sizeof drained);
-    }
+    if (poll(&fd, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1) > 0) TakeWakes();
   }
 }
 

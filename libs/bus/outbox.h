@@ -78,8 +78,10 @@ struct RelayOptions {
   // How often to look for rows written by other replicas (this process's own
   // writes wake the relay at once).
   absl::Duration poll_interval = absl::Milliseconds(250);
-  // After a wake, wait this long for more commits before publishing, so a
-  // busy service publishes in batches (adds at most this to event latency).
+  // After a commit's wake, wait until this long after it for more commits
+  // before publishing, so a busy service publishes in batches. Counted from
+  // the first commit since the relay last looked: an event waits at most
+  // this for company, beyond the batch before it.
   absl::Duration linger = absl::Milliseconds(5);
   absl::Duration ack_timeout = absl::Seconds(5);
   // After a pass that failed (PostgreSQL or NATS down, a stream refusing its
@@ -130,6 +132,8 @@ class OutboxRelay {
   bool CheckForRestore(db::Conn& conn, jsCtx* js);
   // Sleeps until Wake(), Stop() or the poll interval.
   void WaitForWork();
+  // Reads the eventfd and lets the next Wake() write it again.
+  void TakeWakes();
   // After a failed pass: lengthens `wait` (see RelayOptions::max_retry_wait)
   // and sleeps that long, or until Stop() or the flush deadline.
   void WaitToRetry(absl::Duration& wait);
@@ -138,7 +142,10 @@ class OutboxRelay {
   const RelayOptions options_;
   const Nats* const nats_;
   std::thread thread_;
-  int wake_fd_ = -1;  // eventfd: Stop() wakes the loop
+  int wake_fd_ = -1;  // eventfd: Wake() and Stop() wake the loop
+  // When the first Wake() since the relay last took them came (Unix ns; 0:
+  // none since). Later ones neither write the eventfd nor move it.
+  std::atomic<int64_t> first_wake_ns_{0};
   std::atomic<bool> stopping_{false};
   std::atomic<bool> healthy_{false};
   absl::Time flush_deadline_ = absl::InfinitePast();
