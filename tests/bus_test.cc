@@ -221,10 +221,8 @@ TEST_F(Bus, RelayPublishesEveryOutboxRowOnce) {
 // poll an hour away, only the wakes get the events out.
 TEST_F(Bus, EveryCommitsEventGoesOutOnItsWakeNotAtTheNextPoll) {
   auto relay = Relay(absl::Hours(1));
-  for (absl::Time until = absl::Now() + absl::Seconds(20);
-       !relay->healthy() && absl::Now() < until;)
-    absl::SleepFor(absl::Milliseconds(20));
-  ASSERT_TRUE(relay->healthy());  // its first pass done: now it waits for wakes
+  // Its first pass done: now it waits for wakes.
+  ASSERT_TRUE(testing::WaitUntil([&] { return relay->healthy(); }, absl::Seconds(20)));
   bus::Outbox outbox(prefix_, "/connecting/demo");
   std::vector<std::thread> writers;
   for (int w = 0; w < 4; ++w) {
