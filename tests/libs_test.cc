@@ -2077,6 +2077,21 @@ TEST(Health, NotServingUntilSetWatchersHearEachChangeAndShutdownEndsThem) {
 
 TEST(WireReply, SendsTheBytesOfTheReplyItWasMadeFrom) {
   namespace pv1 = ::connecting::partners::v1;
+  // What gRPC sends for a reply: its serialization of the reply type (the
+  // service's .api.h gives it), from the reply the handler filled.
+  auto sent = [](const pv1::ListOrganisationsResponse& msg) {
+    grpc::ByteBuffer bb;
+    bool own = false;
+    EXPECT_TRUE(
+        grpc::SerializationTraits<pv1::ListOrganisationsResponse>::Serialize(msg, &bb, &own).ok());
+    std::vector<grpc::Slice> slices;
+    EXPECT_TRUE(bb.Dump(&slices).ok());
+    std::string bytes;
+    for (const grpc::Slice& s : slices) {
+      bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+    return bytes;
+  };
   pv1::ListOrganisationsResponse reply;
   for (int i = 0; i < 3; ++i) {
     pv1::Organisation* o = reply.add_organisations();
@@ -2089,13 +2104,15 @@ TEST(WireReply, SendsTheBytesOfTheReplyItWasMadeFrom) {
     o->mutable_create_time()->set_nanos(123);
   }
   reply.set_next_page_token("token");
+  // A reply made in the process is serialized as protobuf does it.
+  EXPECT_EQ(sent(reply), reply.SerializeAsString());
   server::WireReply wire(reply);
   pv1::ListOrganisationsResponse out;
   out.set_next_page_token("something left over");
   wire.CopyTo(&out);
-  EXPECT_EQ(out.SerializeAsString(), reply.SerializeAsString());
+  EXPECT_EQ(sent(out), reply.SerializeAsString());
   pv1::ListOrganisationsResponse back;
-  ASSERT_TRUE(back.ParseFromString(out.SerializeAsString()));
+  ASSERT_TRUE(back.ParseFromString(sent(out)));
   EXPECT_EQ(back.organisations(2).name(), "Ysbyty Gwynedd ŵ 2");
   EXPECT_EQ(back.organisations(1).create_time().seconds(), 1700000001);
   EXPECT_EQ(back.next_page_token(), "token");
@@ -2107,7 +2124,11 @@ TEST(WireReply, SendsTheBytesOfTheReplyItWasMadeFrom) {
   pv1::ListOrganisationsResponse empty_reply;
   server::WireReply none(empty_reply);
   none.CopyTo(&out);
-  EXPECT_EQ(out.ByteSizeLong(), 0u);
+  EXPECT_EQ(sent(out), "");
+  // A reply whose unknown fields are something else is serialized whole.
+  pv1::ListOrganisationsResponse other = reply;
+  other.GetReflection()->MutableUnknownFields(&other)->AddVarint(server::WireReply::kField, 7);
+  EXPECT_EQ(sent(other), other.SerializeAsString());
 }
 
 TEST_F(Database, ReadCacheStaysWithinItsByteBudget) {

@@ -38,19 +38,30 @@ std::optional<MalformedRequest> MalformedReason(const google::protobuf::Message&
 
 }  // namespace connecting::server
 
-#define CONNECTING_STRICT_REQUEST(T)                                                      \
-  namespace grpc {                                                                        \
-  template <>                                                                             \
-  class SerializationTraits<T, void> {                                                    \
-   public:                                                                                \
-    static Status Serialize(const ::google::protobuf::MessageLite& msg, ByteBuffer* bb,   \
-                            bool* own_buffer) {                                           \
-      return GenericSerialize<ProtoBufferWriter, T>(msg, bb, own_buffer);                 \
-    }                                                                                     \
-    static Status Deserialize(ByteBuffer* buffer, ::google::protobuf::MessageLite* msg) { \
-      return ::connecting::server::ParseRequestStrictly(buffer, static_cast<T*>(msg));    \
-    }                                                                                     \
-  };                                                                                      \
+namespace connecting::server {
+
+// gRPC's serialization of a request type T: parsed strictly, serialized as
+// protobuf does it (a client's).
+template <class T>
+struct StrictRequestTraits {
+  static grpc::Status Serialize(const google::protobuf::MessageLite& msg, grpc::ByteBuffer* bb,
+                                bool* own_buffer) {
+    return grpc::GenericSerialize<grpc::ProtoBufferWriter, T>(msg, bb, own_buffer);
   }
+  static grpc::Status Deserialize(grpc::ByteBuffer* buffer, google::protobuf::MessageLite* msg) {
+    return ParseRequestStrictly(buffer, static_cast<T*>(msg));
+  }
+};
+
+}  // namespace connecting::server
+
+// Gives type T the serialization `Traits<T>` (before anything uses T's).
+#define CONNECTING_SERIALIZATION_TRAITS(T, Traits)                                \
+  namespace grpc {                                                                \
+  template <>                                                                     \
+  class SerializationTraits<T, void> : public ::connecting::server::Traits<T> {}; \
+  }
+
+#define CONNECTING_STRICT_REQUEST(T) CONNECTING_SERIALIZATION_TRAITS(T, StrictRequestTraits)
 
 #endif  // CONNECTING_LIBS_SERVER_STRICT_PARSE_H_
