@@ -24,6 +24,32 @@ struct Result {
   long errors = 0;
 };
 
+// Whether a call succeeded; the first few failures of the process are
+// printed to stderr with their status, so that an errors column has a cause.
+inline bool Ok(const grpc::Status& status) {
+  if (status.ok()) return true;
+  static std::atomic<int> printed{0};
+  if (printed.fetch_add(1) < 5) {
+    std::fprintf(stderr, "call failed: code %d: %s\n", static_cast<int>(status.error_code()),
+                 status.error_message().c_str());
+  }
+  return false;
+}
+
+// Throughput and latency percentiles of calls that took `latencies_ms` in
+// all over `elapsed`, `errors` of them failing.
+inline Result Summarise(std::vector<double> latencies_ms, absl::Duration elapsed, long errors) {
+  std::sort(latencies_ms.begin(), latencies_ms.end());
+  Result r;
+  r.errors = errors;
+  if (latencies_ms.empty()) return r;
+  const size_t n = latencies_ms.size();
+  r.qps = n / absl::ToDoubleSeconds(elapsed);
+  r.p50_ms = latencies_ms[n / 2];
+  r.p99_ms = latencies_ms[std::min(n - 1, n * 99 / 100)];
+  return r;
+}
+
 // Runs `call` on `streams` threads for `seconds`; each thread owns a stub.
 inline Result Run(int streams, double seconds,
                   const std::function<std::function<bool()>(int)>& make_call) {
@@ -46,17 +72,9 @@ inline Result Run(int streams, double seconds,
   absl::SleepFor(absl::Seconds(seconds));
   stop = true;
   for (auto& th : threads) th.join();
-  double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
   std::vector<double> all;
   for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
-  std::sort(all.begin(), all.end());
-  Result r;
-  r.errors = errors;
-  if (all.empty()) return r;
-  r.qps = all.size() / elapsed;
-  r.p50_ms = all[all.size() / 2];
-  r.p99_ms = all[std::min(all.size() - 1, all.size() * 99 / 100)];
-  return r;
+  return Summarise(std::move(all), absl::Now() - start, errors);
 }
 
 // The command line's "--name value" pairs, by name ("--seconds" defaults to 3).
@@ -82,11 +100,11 @@ inline std::vector<std::shared_ptr<grpc::Channel>> Channels(const std::string& a
 // against, on the same server in the same run.
 inline std::function<bool()> HealthCall(const std::shared_ptr<grpc::Channel>& channel) {
   std::shared_ptr<grpc::health::v1::Health::Stub> stub = grpc::health::v1::Health::NewStub(channel);
-  return [stub] {
+  auto resp = std::make_shared<grpc::health::v1::HealthCheckResponse>();  // reused, as every row's
+  return [stub, resp] {
     grpc::ClientContext ctx;
     grpc::health::v1::HealthCheckRequest req;
-    grpc::health::v1::HealthCheckResponse resp;
-    return stub->Check(&ctx, req, &resp).ok();
+    return Ok(stub->Check(&ctx, req, resp.get()));
   };
 }
 
