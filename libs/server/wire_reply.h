@@ -14,7 +14,11 @@
 //
 // The reply filled by CopyTo is for sending through gRPC only: read in the
 // process, its fields are empty, and protobuf's own serialization would
-// write the bytes wrapped in that unknown field.
+// write the bytes wrapped in that unknown field. Only a reply type of the
+// service's own package gets the serialization (a type of another package,
+// google.protobuf.Empty say, is not the .api.h's to give it), so cache
+// replies of those types only; the partners cache tests send both cached
+// types through gRPC and compare the bytes.
 #ifndef CONNECTING_LIBS_SERVER_WIRE_REPLY_H_
 #define CONNECTING_LIBS_SERVER_WIRE_REPLY_H_
 
