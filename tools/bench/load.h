@@ -36,17 +36,31 @@ inline bool Ok(const grpc::Status& status) {
   return false;
 }
 
+// The median, the 99th percentile and the largest of `values` (sorted here).
+struct Spread {
+  double p50 = 0, p99 = 0, max = 0;
+};
+inline Spread SpreadOf(std::vector<double>& values) {
+  std::sort(values.begin(), values.end());
+  Spread s;
+  if (values.empty()) return s;
+  const size_t n = values.size();
+  s.p50 = values[n / 2];
+  s.p99 = values[std::min(n - 1, n * 99 / 100)];
+  s.max = values.back();
+  return s;
+}
+
 // Throughput and latency percentiles of calls that took `latencies_ms` in
 // all over `elapsed`, `errors` of them failing.
 inline Result Summarise(std::vector<double> latencies_ms, absl::Duration elapsed, long errors) {
-  std::sort(latencies_ms.begin(), latencies_ms.end());
   Result r;
   r.errors = errors;
   if (latencies_ms.empty()) return r;
-  const size_t n = latencies_ms.size();
-  r.qps = n / absl::ToDoubleSeconds(elapsed);
-  r.p50_ms = latencies_ms[n / 2];
-  r.p99_ms = latencies_ms[std::min(n - 1, n * 99 / 100)];
+  r.qps = latencies_ms.size() / absl::ToDoubleSeconds(elapsed);
+  const Spread s = SpreadOf(latencies_ms);
+  r.p50_ms = s.p50;
+  r.p99_ms = s.p99;
   return r;
 }
 

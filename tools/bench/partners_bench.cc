@@ -82,10 +82,8 @@ int main(int argc, char** argv) {
     auto resp = std::make_shared<v1::ListOrganisationsResponse>();
     return [stub, token, resp, &page] { return page(*stub, *token, *resp); };
   };
-  connecting::bench::PrintHeader();
-  {
-    // The first walk, every page read from the database (bounded: a minute).
-    Result h = Run(1, seconds, health);
+  // The first walk, every page read from the database (bounded: a minute).
+  auto first_walk = [&] {
     auto stub = v1::PartnersService::NewStub(channels[0]);
     std::string token;
     v1::ListOrganisationsResponse resp;
@@ -97,13 +95,15 @@ int main(int argc, char** argv) {
       if (!page(*stub, token, resp)) ++errors;
       latencies.push_back(absl::ToDoubleMilliseconds(absl::Now() - s));
     } while (!token.empty() && errors == 0 && absl::Now() - start < absl::Minutes(1));
-    connecting::bench::PrintRow(
-        "ListOrganisations(50) 1st walk", 1,
-        connecting::bench::Summarise(std::move(latencies), absl::Now() - start, errors), h.qps);
-  }
+    return connecting::bench::Summarise(std::move(latencies), absl::Now() - start, errors);
+  };
+  connecting::bench::PrintHeader();
   for (int streams : {1, 16}) {
     Result h = Run(streams, seconds, health);
     connecting::bench::PrintRow("grpc.health.v1/Check", streams, h, h.qps);
+    if (streams == 1) {  // before the timed list rows, which it leaves the cache full for
+      connecting::bench::PrintRow("ListOrganisations(50) 1st walk", 1, first_walk(), h.qps);
+    }
     using Maker = std::function<std::function<bool()>(int)>;
     for (auto& [name, fn] : std::vector<std::pair<const char*, Maker>>{
              {"GetOrganisation", get}, {"ListOrganisations(50)", list}}) {

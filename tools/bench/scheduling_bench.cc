@@ -29,6 +29,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -40,6 +41,7 @@
 #include "absl/time/clock.h"
 #include "connecting/partners/v1/partners.api.h"
 #include "connecting/scheduling/v1/scheduling.api.h"
+#include "tools/bench/load.h"
 
 namespace pv1 = connecting::partners::v1;
 namespace sv1 = connecting::scheduling::v1;
@@ -221,13 +223,13 @@ class Follower {
       auto it = seen_.find(id);
       if (it != seen_.end()) lag.push_back(absl::ToDoubleMilliseconds(it->second - at));
     }
-    std::sort(lag.begin(), lag.end());
     std::string out = absl::StrFormat("events at a follower: %zu of %zu bookings within %s",
                                       lag.size(), replied_.size(), absl::FormatDuration(patience));
     if (!lag.empty()) {
-      absl::StrAppendFormat(
-          &out, "; after the booking's reply: p50 %.1f ms, p99 %.1f ms, max %.1f ms",
-          lag[lag.size() / 2], lag[std::min(lag.size() - 1, lag.size() * 99 / 100)], lag.back());
+      const connecting::bench::Spread spread = connecting::bench::SpreadOf(lag);
+      absl::StrAppendFormat(&out,
+                            "; after the booking's reply: p50 %.1f ms, p99 %.1f ms, max %.1f ms",
+                            spread.p50, spread.p99, spread.max);
     }
     return out;
   }
@@ -405,7 +407,7 @@ int main(int argc, char** argv) {
       std::unique_lock<std::mutex> l(mu);
       cv.wait_for(l, std::chrono::seconds(30), [&] { return running.load() == 0; });
     }
-    double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
+    const absl::Duration elapsed = absl::Now() - start;
     CpuSample cpu_after = SampleCpu(watched);
     for (auto& ch : chains) {
       if (ch.used >= ch.people->size()) {
@@ -416,15 +418,16 @@ int main(int argc, char** argv) {
     }
     std::vector<double> all;
     for (auto& ch : chains) all.insert(all.end(), ch.lat.begin(), ch.lat.end());
-    std::sort(all.begin(), all.end());
     if (all.empty()) continue;
+    const size_t bookings = all.size();
+    const connecting::bench::Result r =
+        connecting::bench::Summarise(std::move(all), elapsed, errors.load());
     const char* names[] = {"BookSession, one hot session", "BookSession, 200 sessions",
                            "BookSession, 200 sessions, followed"};
-    std::printf("%-36s %7d %9.0f %9.3f %9.3f %7ld\n", names[scenario], kClients,
-                all.size() / elapsed, all[all.size() / 2],
-                all[std::min(all.size() - 1, all.size() * 99 / 100)], errors.load());
+    std::printf("%-36s %7d %9.0f %9.3f %9.3f %7ld\n", names[scenario], kClients, r.qps, r.p50_ms,
+                r.p99_ms, r.errors);
     if (!watched.empty()) {
-      std::printf("  %s\n", CpuPerBooking(cpu_before, cpu_after, all.size()).c_str());
+      std::printf("  %s\n", CpuPerBooking(cpu_before, cpu_after, bookings).c_str());
       std::printf("  %s\n", MemoryAfter(watched, memory_before).c_str());
     }
     if (follower != nullptr) std::printf("  %s\n", follower->Summary(absl::Seconds(5)).c_str());
