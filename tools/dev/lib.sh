@@ -1,4 +1,5 @@
 # Shared shell functions for the dev stack, the test run and the benchmarks.
+# shellcheck shell=bash
 # Source it: . tools/dev/lib.sh
 
 pg_bindir() {
@@ -107,4 +108,40 @@ launch_service() {
   DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/$2" NATS_URL="nats://127.0.0.1:$NATS_PORT" \
   GRPC_LISTEN="127.0.0.1:$4" METRICS_LISTEN="127.0.0.1:$5" AUTH_JWT_KEY="$JWT_KEY" LOG_LEVEL="$6" \
     nohup "$1" >>"$3" 2>&1 </dev/null &
+}
+
+# start_test_stack DIR: the test run's throwaway PostgreSQL (fsync off) and
+# nats-server on free loopback ports, their files in DIR, and the
+# CONNECTING_TEST_* variables the test binaries read (tests/harness.h)
+# exported for them. stop_test_stack DIR stops both.
+start_test_stack() {
+  local dir=$1 pg_port nats_port
+  pg_port=$(free_port)
+  start_postgres "$dir/pg" "$pg_port" fast || return 1
+  nats_port=$(free_port)
+  start_nats "$dir/nats" "$nats_port" || return 1
+  export CONNECTING_TEST_PG="postgresql://postgres@127.0.0.1:$pg_port/postgres"
+  export CONNECTING_TEST_NATS="nats://127.0.0.1:$nats_port"
+  CONNECTING_TEST_PG_BINDIR=$(pg_bindir)
+  export CONNECTING_TEST_PG_BINDIR
+  export CONNECTING_TEST_TMP="$dir"
+  # Idle test clients notice server restarts (GOAWAY) quickly instead of every 5 s.
+  export GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS=100
+  echo "test PostgreSQL on 127.0.0.1:$pg_port, NATS on 127.0.0.1:$nats_port"
+}
+
+stop_test_stack() {  # DIR
+  stop_nats "$1/nats"
+  stop_postgres "$1/pg"
+}
+
+# use_test_stack NAME: start_test_stack in a new /tmp/connecting-NAME.XXXXXX
+# (its path left in $work), stopped and removed when the script exits,
+# whatever happens.
+use_test_stack() {
+  work=$(mktemp -d "/tmp/connecting-$1.XXXXXX")
+  chmod 755 "$work"
+  trap 'stop_test_stack "$work"; rm -rf "$work"' EXIT
+  trap 'exit 130' INT TERM
+  start_test_stack "$work"
 }
