@@ -303,6 +303,12 @@ void StallingProxy::Resume() {
   Wake();
 }
 
+void StallingProxy::Abandon() {
+  const int asked = ++abandon_asked_;
+  Wake();
+  while (abandon_done_.load() < asked) absl::SleepFor(absl::Milliseconds(1));
+}
+
 void StallingProxy::Run() {
   // Each pair relays client <-> server; a side that ends closes both.
   struct Pair {
@@ -310,11 +316,17 @@ void StallingProxy::Run() {
     int server;
   };
   std::vector<Pair> pairs;
+  std::vector<Pair> abandoned;  // open, never polled (Abandon)
   auto close_pair = [](const Pair& p) {
     close(p.client);
     close(p.server);
   };
   while (!stop_) {
+    if (const int asked = abandon_asked_.load(); asked != abandon_done_.load()) {
+      abandoned.insert(abandoned.end(), pairs.begin(), pairs.end());
+      pairs.clear();
+      abandon_done_ = asked;
+    }
     std::vector<pollfd> fds{{wake_[0], POLLIN, 0}, {listen_fd_, POLLIN, 0}};
     const bool relaying = !stalled_;
     if (relaying) {
@@ -371,6 +383,7 @@ void StallingProxy::Run() {
     pairs = std::move(kept);
   }
   for (const Pair& p : pairs) close_pair(p);
+  for (const Pair& p : abandoned) close_pair(p);
 }
 
 NatsServer::NatsServer() : port_(FreePort()) {

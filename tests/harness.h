@@ -114,10 +114,17 @@ class StallingProxy {
   int port() const { return port_; }
   void Stall();
   void Resume();
+  // The connections open now are never relayed again, nor closed, until
+  // the proxy goes; those made later are relayed as usual: a failover that
+  // moved the server's address, where the old peer vanished without a
+  // word. Returns once the relay has let them go.
+  void Abandon();
 
  private:
   void Run();
   void Wake();
+  std::atomic<int> abandon_asked_{0};
+  std::atomic<int> abandon_done_{0};
   const int target_port_;
   int port_ = 0;
   int listen_fd_ = -1;

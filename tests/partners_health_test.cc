@@ -190,6 +190,68 @@ TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAg
   svc.Kill();
 }
 
+TEST(PartnersHealth, OnceItsDatabaseAnswersAgainNoCallWaitsOnAConnectionThatFellSilent) {
+  // A failover that moves the database's address: the connections made
+  // before it lead nowhere (the old server vanished without a word), new
+  // ones reach the new server. The health check's own connection falls
+  // silent too and is replaced; from then on the pool must not hand out a
+  // connection made before, or each of its idle ones would cost a caller
+  // its whole deadline.
+  const std::string db_url = NewDatabase();
+  StallingProxy proxy(PortOf(db_url));
+  const std::string suffix = RandomSuffix();
+  ServiceProcess svc({PARTNERS_BIN,
+                      WithPort(db_url, proxy.port()),
+                      RequiredEnv("CONNECTING_TEST_NATS"),
+                      "PARTNERS_" + suffix,
+                      "t" + suffix + ".connecting.partners",
+                      {{"DB_POOL_SIZE", "6"}}});
+  svc.Start();
+  ASSERT_EQ(svc.Health(), 1);
+  auto stub = v1::PartnersService::NewStub(svc.channel());
+  const std::string admin = Token(server::Role::kAdmin);
+  auto create = [&](const std::string& name, absl::Duration deadline) {
+    v1::CreateOrganisationRequest req;
+    *req.mutable_organisation() = SampleOrganisation(name);
+    v1::Organisation out;
+    auto ctx = Ctx(admin);
+    ctx->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+    return stub->CreateOrganisation(ctx.get(), req, &out);
+  };
+  // Every connection of the pool opened: six writes at once, twice.
+  for (int round = 0; round < 2; ++round) {
+    std::vector<std::thread> writers;
+    std::atomic<int> failed{0};
+    for (int i = 0; i < 6; ++i) {
+      writers.emplace_back([&, i] {
+        if (!create(absl::StrCat("Before Failover ", round, "-", i), absl::Seconds(10)).ok()) {
+          ++failed;
+        }
+      });
+    }
+    for (auto& t : writers) t.join();
+    ASSERT_EQ(failed.load(), 0);
+  }
+  proxy.Abandon();
+  // The health check finds its connection silent (NOT_SERVING), connects
+  // anew, and is SERVING again.
+  auto health_lines = [&](const char* state) {
+    return LogLinesWith(svc.process()->log_path(), {absl::StrCat("\"msg\":\"health: ", state)})
+        .size();
+  };
+  ASSERT_TRUE(WaitUntil([&] { return health_lines("NOT_SERVING") >= 1; }, absl::Seconds(15)))
+      << LogTail(svc.process()->log_path(), 20);
+  ASSERT_TRUE(WaitUntil([&] { return health_lines("SERVING") >= 2; }, absl::Seconds(15)))
+      << LogTail(svc.process()->log_path(), 20);
+  // Writes one after another, more of them than the pool holds: none may
+  // meet a connection made before the failover.
+  for (int i = 0; i < 8; ++i) {
+    grpc::Status s = create(absl::StrCat("After Failover ", i), absl::Seconds(3));
+    EXPECT_TRUE(s.ok()) << "write " << i << ": " << s.error_code() << " " << s.error_message();
+  }
+  svc.Kill();
+}
+
 TEST(PartnersHealth, ADatabaseTakingNoWritesKeepsReadsSaysSoAndIsWrittenAtOnceWhenItTakesThem) {
   // After a failover the URL can lead to a standby for a while, or an
   // operator sets the database read-only. Reads go on (SERVING), writes

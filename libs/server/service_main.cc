@@ -256,7 +256,8 @@ class HealthMonitor {
  public:
   // `hs`: the health services to keep up to date (the main server's, and the
   // health-only server's if there is one). They start NOT_SERVING.
-  // `pool`: renewed whenever the database starts or stops taking writes.
+  // `pool`: renewed whenever the database starts or stops taking writes, and
+  // when it answers again after being down.
   HealthMonitor(db::Pool* pool, const bus::Nats* nats, std::vector<HealthService*> hs)
       : pool_(pool), db_url_(pool->url()), nats_(nats), hs_(std::move(hs)) {
     up_ = &prometheus::BuildGauge()
@@ -327,6 +328,12 @@ class HealthMonitor {
       const absl::Status db = writes.status();
       bool db_up = db.ok();
       if (db_up) FollowReadOnly(!*writes);
+      // Back after being down: the pool's connections were made before,
+      // perhaps to a server that went without a word (a failover that
+      // moved its address), which a connection sitting idle cannot show.
+      // Each would cost a caller its deadline; new ones are made instead.
+      if (db_up && db_was_down_) pool_->Renew();
+      db_was_down_ = !db_up;
       bool nats_up = nats_->connected();
       up_->Add({{"dependency", "postgresql"}}).Set(db_up ? 1 : 0);
       up_->Add({{"dependency", "nats"}}).Set(nats_up ? 1 : 0);
@@ -358,6 +365,7 @@ class HealthMonitor {
   prometheus::Family<prometheus::Gauge>* up_;
   prometheus::Gauge* read_only_;
   bool read_only_now_ = false;
+  bool db_was_down_ = false;
   std::unique_ptr<db::Conn> conn_;
   absl::Notification stop_;
   std::thread thread_;
