@@ -6,7 +6,9 @@
 #include <atomic>
 #include <future>
 #include <iostream>
+#include <map>
 #include <thread>
+#include <utility>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
@@ -28,6 +30,19 @@ int Shell(const std::string& script) {
   return std::system(cmd.c_str());
 }
 
+// Partners on the database at `db_url`, with a stream of its own on the
+// shared NATS.
+ServiceProcess::Options PartnersOn(const std::string& db_url,
+                                   std::map<std::string, std::string> extra_env = {}) {
+  std::string suffix = RandomSuffix();
+  return {PARTNERS_BIN,
+          db_url,
+          RequiredEnv("CONNECTING_TEST_NATS"),
+          "PARTNERS_" + suffix,
+          "t" + suffix + ".connecting.partners",
+          std::move(extra_env)};
+}
+
 // A PostgreSQL of the test's own, so stopping or pausing it disturbs no other
 // test; stopped when it goes.
 struct PrivatePostgres {
@@ -41,15 +56,7 @@ struct PrivatePostgres {
     return absl::StrCat("postgresql://postgres@127.0.0.1:", port, "/postgres");
   }
   // Partners on this database, with a stream of its own on the shared NATS.
-  ServiceProcess::Options Partners() const {
-    std::string suffix = RandomSuffix();
-    return {PARTNERS_BIN,
-            url(),
-            RequiredEnv("CONNECTING_TEST_NATS"),
-            "PARTNERS_" + suffix,
-            "t" + suffix + ".connecting.partners",
-            {}};
-  }
+  ServiceProcess::Options Partners() const { return PartnersOn(url()); }
   const std::string dir;
   const int port;
 };
@@ -199,13 +206,7 @@ TEST(PartnersHealth, OnceItsDatabaseAnswersAgainNoCallWaitsOnAConnectionThatFell
   // its whole deadline.
   const std::string db_url = NewDatabase();
   StallingProxy proxy(PortOf(db_url));
-  const std::string suffix = RandomSuffix();
-  ServiceProcess svc({PARTNERS_BIN,
-                      WithPort(db_url, proxy.port()),
-                      RequiredEnv("CONNECTING_TEST_NATS"),
-                      "PARTNERS_" + suffix,
-                      "t" + suffix + ".connecting.partners",
-                      {{"DB_POOL_SIZE", "6"}}});
+  ServiceProcess svc(PartnersOn(WithPort(db_url, proxy.port()), {{"DB_POOL_SIZE", "6"}}));
   svc.Start();
   ASSERT_EQ(svc.Health(), 1);
   auto stub = v1::PartnersService::NewStub(svc.channel());
