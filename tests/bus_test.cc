@@ -45,6 +45,7 @@ class Bus : public ::testing::Test {
     nats_url_ = testing::RequiredEnv("CONNECTING_TEST_NATS");
     suffix_ = testing::RandomSuffix();
     stream_ = "BUS_" + suffix_;
+    testing::RemoveStreamAfterSuite(stream_);
     prefix_ = "t" + suffix_ + ".connecting.demo";
     auto conn = db::Conn::Open(url_, "t");
     ASSERT_TRUE(conn.ok());
@@ -1120,6 +1121,37 @@ TEST_F(Bus, AnEventHandedBackMoreOftenThanItsDeliveriesAllowIsNeverDropped) {
   EXPECT_EQ(Count("SELECT count(*) FROM consumer_unanswered"), 0);
   EXPECT_EQ(Deliveries(), std::vector<uint64_t>{kHandBacks + 1})
       << "the handler ran on a delivery made while the database was down";
+}
+
+// What a suite made on the shared servers is gone once it ends
+// (tests/harness.h), so that a sweep over thousands of seeds does not fill
+// the disk. Two suites, run in this order: the first makes a database and a
+// stream, the second looks for them.
+std::string* made_database = new std::string;
+std::string* made_stream = new std::string;
+
+TEST(HarnessMakes, ADatabaseAndAStream) {
+  const std::string url = testing::NewDatabase();
+  *made_database = url.substr(url.rfind('/') + 1);
+  *made_stream = "LEFTOVER_" + testing::RandomSuffix();
+  testing::RemoveStreamAfterSuite(*made_stream);
+  auto n = bus::Nats::Connect(testing::RequiredEnv("CONNECTING_TEST_NATS"), "harness-test");
+  ASSERT_TRUE(n.ok()) << n.status();
+  for (int i = 0; i < 100 && !(*n)->connected(); ++i) absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_TRUE((*n)->EnsureStream({.name = *made_stream, .subjects = {*made_stream + ".>"}}).ok());
+  EXPECT_TRUE(testing::StreamMaxAge(testing::RequiredEnv("CONNECTING_TEST_NATS"), *made_stream))
+      << "the stream was not made";
+}
+
+TEST(HarnessRemoved, WhatTheSuiteBeforeMadeOnceItEnded) {
+  if (made_database->empty()) GTEST_SKIP() << "HarnessMakes did not run before (a filter)";
+  auto admin = db::Conn::Open(testing::RequiredEnv("CONNECTING_TEST_PG"), "harness-test");
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  auto r = (*admin)->Exec("SELECT count(*) FROM pg_database WHERE datname = $1", {*made_database});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->Int(0, 0), 0) << "database " << *made_database << " is still there";
+  EXPECT_FALSE(testing::StreamMaxAge(testing::RequiredEnv("CONNECTING_TEST_NATS"), *made_stream))
+      << "stream " << *made_stream << " is still there";
 }
 
 }  // namespace

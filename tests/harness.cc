@@ -153,6 +153,66 @@ bool ReplaceFile(const std::string& path, const std::string& text) {
   return std::rename(tmp.c_str(), path.c_str()) == 0;
 }
 
+namespace {
+// The databases and streams this test binary made on the shared servers and
+// has not removed yet.
+struct Leftovers {
+  std::mutex mu;
+  std::vector<std::string> databases;
+  std::vector<std::string> streams;
+};
+Leftovers& Made() {
+  static auto* made = new Leftovers;
+  return *made;
+}
+
+void RemoveLeftovers() {
+  std::vector<std::string> databases, streams;
+  {
+    std::lock_guard<std::mutex> l(Made().mu);
+    databases.swap(Made().databases);
+    streams.swap(Made().streams);
+  }
+  // A warning, not a failure: the tests are over, and what is left goes
+  // with the run's servers.
+  auto warn = [](const std::string& what, const absl::Status& s) {
+    std::cerr << "test harness: could not remove " << what << ": " << s << std::endl;
+  };
+  if (!databases.empty()) {
+    auto conn = db::Conn::Open(RequiredEnv("CONNECTING_TEST_PG"), "test-harness");
+    for (const auto& name : databases) {
+      // FORCE: a service the test killed may have left a connection behind.
+      absl::Status s =
+          conn.ok()
+              ? (*conn)->ExecScript(absl::StrCat("DROP DATABASE IF EXISTS ", name, " WITH (FORCE)"))
+              : conn.status();
+      if (!s.ok()) warn("database " + name, s);
+    }
+  }
+  const std::string nats_url = RequiredEnv("CONNECTING_TEST_NATS");
+  for (const auto& stream : streams) {
+    absl::Status s = ChangeStream(nats_url, stream, StreamChange::kDelete);
+    // Not found: never made (a test that failed early), or removed by the test.
+    if (!s.ok() && !absl::IsNotFound(s)) warn("stream " + stream, s);
+  }
+}
+
+class RemoveLeftoversAtSuiteEnd : public ::testing::EmptyTestEventListener {
+  void OnTestSuiteEnd(const ::testing::TestSuite&) override { RemoveLeftovers(); }
+};
+
+// Every test binary links this file; gtest_main runs the suites after.
+const bool kRemovesLeftovers = [] {
+  ::testing::UnitTest::GetInstance()->listeners().Append(new RemoveLeftoversAtSuiteEnd);
+  return true;
+}();
+}  // namespace
+
+void RemoveStreamAfterSuite(const std::string& stream) {
+  std::lock_guard<std::mutex> l(Made().mu);
+  Made().streams.push_back(stream);
+}
+
 std::string NewDatabase() {
   std::string admin = RequiredEnv("CONNECTING_TEST_PG");
   std::string name = "t_" + RandomSuffix();
@@ -163,6 +223,10 @@ std::string NewDatabase() {
   }
   absl::Status s = (*conn)->ExecScript("CREATE DATABASE " + name);
   EXPECT_TRUE(s.ok()) << s;
+  if (s.ok()) {
+    std::lock_guard<std::mutex> l(Made().mu);
+    Made().databases.push_back(name);
+  }
   size_t slash = admin.rfind('/');
   return admin.substr(0, slash + 1) + name;
 }
@@ -418,6 +482,10 @@ std::string NatsServer::url() const { return absl::StrCat("nats://127.0.0.1:", p
 
 ServiceProcess::ServiceProcess(Options o)
     : options_(std::move(o)), grpc_port_(FreePort()), metrics_port_(FreePort()) {
+  const char* shared_nats = std::getenv("CONNECTING_TEST_NATS");
+  if (!options_.stream.empty() && shared_nats != nullptr && options_.nats_url == shared_nats) {
+    RemoveStreamAfterSuite(options_.stream);
+  }
   // Short reconnect backoff: tests connect before the server listens and
   // across restarts, and gRPC's default backoff would add seconds each time.
   grpc::ChannelArguments args;

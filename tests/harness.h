@@ -36,6 +36,12 @@ int FreePort();
 bool PortOpen(int port);
 // A fresh, empty database on the shared server; returns its URL.
 std::string NewDatabase();
+// What a test makes on the shared servers goes when its test suite ends
+// (after TearDownTestSuite), so that a long run (tools/test/seeds.sh: two
+// databases, some 24 MB, a seed) does not fill the disk. NewDatabase's
+// databases and the streams of ServiceProcess on the shared NATS are
+// removed so; a test that makes a stream there itself names it here.
+void RemoveStreamAfterSuite(const std::string& stream);
 // The port of a postgresql://user@host:port/db URL (0 if it has none), and
 // the URL with another port (e.g. a StallingProxy's).
 int PortOf(const std::string& url);

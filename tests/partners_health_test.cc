@@ -602,6 +602,7 @@ TEST(PartnersHealth, ServesOverTlsToClientsWithCertificatesAndProbesInPlaintext)
   ASSERT_FALSE(dir.empty());
   const int port = FreePort(), health_port = FreePort();
   const std::string suffix = RandomSuffix();
+  RemoveStreamAfterSuite("PARTNERS_" + suffix);
   const std::string log = dir + "/partners.log";
   Process svc(PARTNERS_BIN, {},
               {{"DATABASE_URL", NewDatabase()},
