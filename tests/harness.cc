@@ -189,9 +189,9 @@ void RemoveLeftovers() {
       if (!s.ok()) warn("database " + name, s);
     }
   }
-  const std::string nats_url = RequiredEnv("CONNECTING_TEST_NATS");
   for (const auto& stream : streams) {
-    absl::Status s = ChangeStream(nats_url, stream, StreamChange::kDelete);
+    absl::Status s =
+        ChangeStream(RequiredEnv("CONNECTING_TEST_NATS"), stream, StreamChange::kDelete);
     // Not found: never made (a test that failed early), or removed by the test.
     if (!s.ok() && !absl::IsNotFound(s)) warn("stream " + stream, s);
   }
