@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "connecting/events/v1/scheduling_events.pb.h"
 #include "libs/db/db.h"
 #include "tests/scheduling_common.h"
@@ -227,23 +228,25 @@ TEST_F(SchedulingConcurrency, PromotionSkipsWhoeverWouldHoldTwoVisitsThatDate) {
 // the seat stays free.
 struct PassedOver {
   sv1::Session wanted, other;
-  sv1::Booking waits, elsewhere;
+  sv1::Booking held, waits, elsewhere;
 };
+// With `cancel_held` false, it stops before the cancellation: someone holds
+// the one seat of `wanted`, the other waits for it and holds `other`.
 PassedOver PassOver(SchedulingFixture& fx, const std::string& org, const std::string& date,
-                    const std::string& tag) {
+                    const std::string& tag, bool cancel_held = true) {
   PassedOver p;
   p.wanted = NewSession(fx, org, 1, date);
   p.other = NewSession(fx, org, 1, date);
   std::string holder = Register(fx, tag + "01").id();
   std::string x = Register(fx, tag + "02").id();
-  sv1::Booking held;
-  EXPECT_TRUE(Book(fx, p.wanted.id(), holder, &held).ok());
+  EXPECT_TRUE(Book(fx, p.wanted.id(), holder, &p.held).ok());
   EXPECT_TRUE(Book(fx, p.wanted.id(), x, &p.waits).ok());
   EXPECT_EQ(p.waits.status(), sv1::BOOKING_STATUS_WAITLISTED);
   EXPECT_TRUE(Book(fx, p.other.id(), x, &p.elsewhere).ok());
   EXPECT_EQ(p.elsewhere.status(), sv1::BOOKING_STATUS_CONFIRMED);
+  if (!cancel_held) return p;
   sv1::CancelBookingRequest cancel;
-  cancel.set_id(held.id());
+  cancel.set_id(p.held.id());
   sv1::Booking out;
   EXPECT_TRUE(fx.stub->CancelBooking(Ctx(fx.admin).get(), cancel, &out).ok());
   EXPECT_EQ(StatusOf(fx, p.wanted.id(), p.waits.id()), sv1::BOOKING_STATUS_WAITLISTED)
@@ -335,6 +338,63 @@ void EndElsewhereWithoutHandingOn(SchedulingFixture& fx, const PassedOver& p) {
                          "WHERE ss.session_id = b.session_id AND ss.site = b.site",
                          {p.elsewhere.id()})
                   .ok());
+}
+
+TEST_F(SchedulingConcurrency, ASeatFreedAsTheVisitThatKeptThemFromItEndsIsTheirs) {
+  // Two changes at the same moment (found by the random workload, seed
+  // 834): the holder of the one seat cancels, and the promotion passes over
+  // the person waiting, who holds another visit that date; meanwhile that
+  // other visit is cancelled, and its hand-on looks for their seat before
+  // the first cancellation has committed, so finds none. The seat must not
+  // stay free while they wait. The first cancellation is held at its
+  // COMMIT (a deferred trigger waiting on an advisory lock) until the second
+  // has finished.
+  PassedOver p = PassOver(*fx_, *org_, DateIn(38), "MM", /*cancel_held=*/false);
+  auto ctl = db::Conn::Open(fx_->scheduling_db, "test");
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  const std::string trigger = "pause_" + absl::StrReplaceAll(p.held.id(), {{"-", "_"}});
+  ASSERT_TRUE((*ctl)
+                  ->ExecScript(absl::StrCat(
+                      "CREATE OR REPLACE FUNCTION test_pause_commit() RETURNS trigger "
+                      "LANGUAGE plpgsql AS $$ BEGIN "
+                      "PERFORM pg_advisory_xact_lock_shared(TG_ARGV[0]::bigint); RETURN NULL; "
+                      "END $$; "
+                      "CREATE CONSTRAINT TRIGGER ",
+                      trigger,
+                      " AFTER UPDATE ON bookings DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
+                      "WHEN (NEW.id = '",
+                      p.held.id(), "'::uuid) EXECUTE FUNCTION test_pause_commit('838'); ",
+                      "SELECT pg_advisory_lock(838)"))
+                  .ok());
+  struct Cleanup {
+    db::Conn* c;
+    std::string trigger;
+    ~Cleanup() {
+      (void)c->ExecScript("SELECT pg_advisory_unlock_all(); DROP TRIGGER IF EXISTS " + trigger +
+                          " ON bookings");
+    }
+  } cleanup{ctl->get(), trigger};
+  const double before = HandedOn(*fx_, "change");
+  std::future<grpc::Status> first = std::async(std::launch::async, [&] {
+    sv1::CancelBookingRequest req;
+    req.set_id(p.held.id());
+    sv1::Booking out;
+    return fx_->stub->CancelBooking(Ctx(fx_->admin).get(), req, &out);
+  });
+  UntilWaitingOrDone(fx_->scheduling_db, first);
+  ASSERT_TRUE(WaitsForALock(fx_->scheduling_db)) << "the cancellation should wait at its commit";
+  sv1::CancelBookingRequest other;
+  other.set_id(p.elsewhere.id());
+  sv1::Booking out;
+  grpc::Status st = fx_->stub->CancelBooking(Ctx(fx_->admin).get(), other, &out);
+  ASSERT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  EXPECT_EQ(StatusOf(*fx_, p.wanted.id(), p.waits.id()), sv1::BOOKING_STATUS_WAITLISTED)
+      << "the seat is not free yet";
+  ASSERT_TRUE((*ctl)->ExecScript("SELECT pg_advisory_unlock(838)").ok());
+  st = first.get();
+  ASSERT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  ExpectTheSeatIsTheirs(*fx_, p);  // as the first cancellation returns
+  EXPECT_EQ(HandedOn(*fx_, "change"), before + 1);
 }
 
 TEST_F(SchedulingConcurrency, ANewcomerWaitsBehindWhoeverIsOwedAFreeSeat) {

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <functional>
 #include <optional>
+#include <set>
+#include <string>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -37,6 +39,11 @@ constexpr int kCancelled = v1::BOOKING_STATUS_CANCELLED;
 // On a status from Promote: the person first in line whose confirmation on
 // another visit that date was still in flight (TransactPromoting).
 constexpr char kFirstInLinePayload[] = "connecting.scheduling/first-in-line";
+// The sessions where a promotion, in the transaction TransactPromoting runs
+// on this thread, passed someone over and left the seat free (Promote).
+// db::Transact runs the transaction on the calling thread; outside one this
+// is null and nothing is noted.
+thread_local std::set<std::string>* left_free_here = nullptr;
 
 db::TxOptions Tx(const Call& call) {
   db::TxOptions o;
@@ -996,11 +1003,15 @@ absl::StatusOr<bool> SchedulingLogic::Promote(db::Conn& c, const Call& call,
   auto waiting = store::Waitlist(c, session.id(), site);
   if (!waiting.ok()) return waiting.status();
   const bool frontline = session.kind() == v1::SESSION_KIND_FRONTLINE_VISIT;
+  bool passed_over = false;
   for (const auto& [booking_id, participant_id] : *waiting) {
     if (frontline) {
       auto other = store::ConfirmedFrontlineOn(c, participant_id, session.date());
       if (!other.ok()) return other.status();
-      if (other->has_value()) continue;  // would break the one-visit-per-date rule
+      if (other->has_value()) {  // would break the one-visit-per-date rule
+        passed_over = true;
+        continue;
+      }
       // A visit that date being confirmed elsewhere right now is not visible
       // yet: the unique index waits for it and, if it commits, refuses this
       // one. That person is skipped like the others, and the cancellation
@@ -1029,6 +1040,7 @@ absl::StatusOr<bool> SchedulingLogic::Promote(db::Conn& c, const Call& call,
       if (!s.ok() && db::ConstraintOf(s) == "bookings_one_frontline_per_date") {
         // Undoes the lock_timeout too.
         if (absl::Status r = c.ExecScript("ROLLBACK TO SAVEPOINT promote"); !r.ok()) return r;
+        passed_over = true;
         continue;
       }
       if (!s.ok()) return s;
@@ -1044,14 +1056,20 @@ absl::StatusOr<bool> SchedulingLogic::Promote(db::Conn& c, const Call& call,
     if (absl::Status s = EmitBooking(c, call, "promoted", booking_id, ""); !s.ok()) return s;
     return true;
   }
+  if (passed_over && left_free_here != nullptr) left_free_here->insert(session.id());
   return false;
 }
 
 absl::Status SchedulingLogic::TransactPromoting(const Call& call, const std::string& holds,
-                                                absl::FunctionRef<absl::Status(db::Conn&)> fn) {
+                                                absl::FunctionRef<absl::Status(db::Conn&)> fn,
+                                                bool hand_on_left_free) {
   // Whose confirmations elsewhere a promotion met in flight, over attempts.
   std::vector<std::string> first_in_line;
-  return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+  std::set<std::string> left_free;
+  std::set<std::string>* const outer = left_free_here;
+  left_free_here = &left_free;
+  absl::Status st = db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    left_free.clear();  // what an attempt rolled back noted went with it
     if (!first_in_line.empty()) {
       // Waits, within the call's deadline, for every booking of theirs in
       // flight to end (they hold these rows FOR SHARE), and keeps new ones
@@ -1067,6 +1085,18 @@ absl::Status SchedulingLogic::TransactPromoting(const Call& call, const std::str
     }
     return s;
   });
+  left_free_here = outer;
+  // A seat left free for someone passed over, who held a visit that date:
+  // a change ending that visit at the same moment hands the seat on after
+  // it commits (PromoteWhereFreed), but if it looked before this committed,
+  // it saw no seat free. Looking again now, after this commit, closes the
+  // gap: whichever of the two commits last sees what the other did.
+  if (st.ok() && hand_on_left_free) {
+    for (const std::string& session : left_free) {
+      PromoteWhereFreed(call, HandOnBy::kChange, "", session);
+    }
+  }
+  return st;
 }
 
 absl::Status SchedulingLogic::FillSeats(db::Conn& c, const Call& call, const v1::Session& session,
@@ -1093,16 +1123,22 @@ void SchedulingLogic::PromoteWhereFreed(const Call& call, HandOnBy by,
   for (const auto& [session_id, site] : sites) {
     if (!st.ok()) break;
     int filled = 0;
-    st = TransactPromoting(call, "", [&](db::Conn& c) -> absl::Status {
-      filled = 0;
-      auto seats = store::LockSite(c, session_id, site);
-      if (!seats.ok()) return seats.status();
-      if (!seats->has_value()) return absl::OkStatus();
-      auto s = store::GetSession(c, session_id, false);
-      if (!s.ok()) return s.status();
-      if (absl::Now() >= LocalInstant(s->date(), s->start_time())) return absl::OkStatus();
-      return FillSeats(c, call, *s, site, (*seats)->capacity - (*seats)->confirmed, &filled);
-    });
+    // A seat this leaves free was free before it (committed): a change that
+    // ends the visit of someone it passes over sees it after committing, so
+    // it need not look again (TransactPromoting), nor start looking anew.
+    st = TransactPromoting(
+        call, "",
+        [&](db::Conn& c) -> absl::Status {
+          filled = 0;
+          auto seats = store::LockSite(c, session_id, site);
+          if (!seats.ok()) return seats.status();
+          if (!seats->has_value()) return absl::OkStatus();
+          auto s = store::GetSession(c, session_id, false);
+          if (!s.ok()) return s.status();
+          if (absl::Now() >= LocalInstant(s->date(), s->start_time())) return absl::OkStatus();
+          return FillSeats(c, call, *s, site, (*seats)->capacity - (*seats)->confirmed, &filled);
+        },
+        /*hand_on_left_free=*/false);
     if (st.ok() && filled > 0) HandedOn(by).Increment(filled);
   }
   if (!st.ok()) {

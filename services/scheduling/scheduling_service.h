@@ -117,8 +117,13 @@ class SchedulingLogic {
   // waits for that confirmation to end (within the call's deadline) instead
   // of giving up again after Promote's brief wait. `holds`, when not empty,
   // is a participant `fn` locks itself: held with them, in one id order.
+  // Once it has committed, a seat a promotion left free, passing over
+  // someone who held a visit that date, is handed on if they (or whoever
+  // waits) can take it now (PromoteWhereFreed); `hand_on_left_free` false
+  // for a hand-on itself.
   absl::Status TransactPromoting(const Call& call, const std::string& holds,
-                                 absl::FunctionRef<absl::Status(db::Conn&)> fn);
+                                 absl::FunctionRef<absl::Status(db::Conn&)> fn,
+                                 bool hand_on_left_free = true);
   // Confirms the first eligible waitlisted booking of the site, if any;
   // whether it did. ABORTED, to retry through TransactPromoting, when the
   // person first in line is being confirmed elsewhere that date.
