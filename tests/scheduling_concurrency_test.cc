@@ -366,6 +366,9 @@ TEST_F(SchedulingConcurrency, ASeatFreedAsTheVisitThatKeptThemFromItEndsIsTheirs
                       p.held.id(), "'::uuid) EXECUTE FUNCTION test_pause_commit('838'); ",
                       "SELECT pg_advisory_lock(838)"))
                   .ok());
+  // Declared before the cleanup, so that a failure ends the wait at COMMIT
+  // (the cleanup) before waiting for this call to return.
+  std::future<grpc::Status> first;
   struct Cleanup {
     db::Conn* c;
     std::string trigger;
@@ -375,7 +378,7 @@ TEST_F(SchedulingConcurrency, ASeatFreedAsTheVisitThatKeptThemFromItEndsIsTheirs
     }
   } cleanup{ctl->get(), trigger};
   const double before = HandedOn(*fx_, "change");
-  std::future<grpc::Status> first = std::async(std::launch::async, [&] {
+  first = std::async(std::launch::async, [&] {
     sv1::CancelBookingRequest req;
     req.set_id(p.held.id());
     sv1::Booking out;

@@ -126,7 +126,8 @@ class SchedulingLogic {
                                  bool hand_on_left_free = true);
   // Confirms the first eligible waitlisted booking of the site, if any;
   // whether it did. ABORTED, to retry through TransactPromoting, when the
-  // person first in line is being confirmed elsewhere that date.
+  // person first in line is being confirmed elsewhere that date. A seat it
+  // leaves free passing someone over is noted for TransactPromoting.
   absl::StatusOr<bool> Promote(db::Conn& tx, const Call& call, const v1::Session& session,
                                const std::string& site);
   // Promotes into up to `free` seats of the site, first eligible first,
