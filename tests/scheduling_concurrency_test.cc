@@ -15,6 +15,7 @@
 #include <thread>
 #include <tuple>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -366,17 +367,13 @@ TEST_F(SchedulingConcurrency, ASeatFreedAsTheVisitThatKeptThemFromItEndsIsTheirs
                       p.held.id(), "'::uuid) EXECUTE FUNCTION test_pause_commit('838'); ",
                       "SELECT pg_advisory_lock(838)"))
                   .ok());
-  // Declared before the cleanup, so that a failure ends the wait at COMMIT
-  // (the cleanup) before waiting for this call to return.
+  // Declared before `let_go`, so that a failure ends the wait at COMMIT
+  // before waiting for this call to return.
   std::future<grpc::Status> first;
-  struct Cleanup {
-    db::Conn* c;
-    std::string trigger;
-    ~Cleanup() {
-      (void)c->ExecScript("SELECT pg_advisory_unlock_all(); DROP TRIGGER IF EXISTS " + trigger +
-                          " ON bookings");
-    }
-  } cleanup{ctl->get(), trigger};
+  absl::Cleanup let_go = [&] {
+    (void)(*ctl)->ExecScript("SELECT pg_advisory_unlock_all(); DROP TRIGGER IF EXISTS " + trigger +
+                             " ON bookings");
+  };
   const double before = HandedOn(*fx_, "change");
   first = std::async(std::launch::async, [&] {
     sv1::CancelBookingRequest req;
