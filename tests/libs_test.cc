@@ -1744,6 +1744,60 @@ TEST_F(Database, GroupCommitTakesTheLockFirstRowsBeforeAnyItemRuns) {
   EXPECT_EQ(n->Int(0, 0), 3);
 }
 
+TEST_F(Database, GroupCommitAnswersABatchWhileTheNextIsAtTheDatabase) {
+  // A hot key's next batch does not wait for the callers of the one before
+  // to be answered (a send each): it is sent first, and they are answered
+  // while it is at the database. Here the first batch's caller checks, as it
+  // is answered, that the second batch already waits at the database.
+  Script(
+      "CREATE TABLE seats (k int PRIMARY KEY, n int NOT NULL);"
+      "INSERT INTO seats VALUES (1, 0)");
+  server::Executor threads(2, 8);
+  db::GroupCommitter group(*pool_, "answers", [&threads](std::function<void()> task) {
+    return threads.TrySubmit(std::move(task));
+  });
+  auto holder = db::Conn::Open(url_, "test");
+  ASSERT_TRUE(holder.ok());
+  ASSERT_TRUE((*holder)
+                  ->ExecScript("SELECT pg_advisory_lock(7); BEGIN; "
+                               "SELECT 1 FROM seats WHERE k = 1 FOR UPDATE")
+                  .ok());
+  auto work = [](std::string sql) {
+    db::GroupCommitter::Work w;
+    w.first = {std::move(sql), {}};
+    w.then = [](const db::Result&) -> absl::StatusOr<std::vector<db::Statement>> {
+      return std::vector<db::Statement>{};
+    };
+    return w;
+  };
+  // The first batch waits for the advisory lock, so the second queues
+  // behind it; the second waits for the seat the holder keeps.
+  absl::Notification first_heard, second_heard;
+  bool second_at_the_database = false;
+  absl::Status first_status, second_status;
+  group.Submit("hot", absl::Now() + absl::Seconds(20), work("SELECT pg_advisory_xact_lock(7)"),
+               [&](absl::Status s) {
+                 first_status = s;
+                 second_at_the_database = testing::UntilLockWaiters(url_, 1);
+                 first_heard.Notify();
+               });
+  ASSERT_TRUE(testing::UntilLockWaiters(url_, 1));
+  group.Submit("hot", absl::Now() + absl::Seconds(20),
+               work("UPDATE seats SET n = n + 1 WHERE k = 1 RETURNING n"), [&](absl::Status s) {
+                 second_status = s;
+                 second_heard.Notify();
+               });
+  ASSERT_TRUE((*holder)->Exec("SELECT pg_advisory_unlock(7)").ok());
+  ASSERT_TRUE(first_heard.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_TRUE(first_status.ok()) << first_status;
+  EXPECT_TRUE(second_at_the_database)
+      << "the first batch's caller was answered before the next batch was sent";
+  EXPECT_FALSE(second_heard.HasBeenNotified()) << "the seat is still held";
+  ASSERT_TRUE((*holder)->ExecScript("COMMIT").ok());
+  ASSERT_TRUE(second_heard.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_TRUE(second_status.ok()) << second_status;
+}
+
 TEST_F(Database, StatementsStopAtTheCallersDeadline) {
   // A statement still running at the deadline is cancelled by PostgreSQL
   // (statement_timeout), in a plain transaction and in a group-committed one;

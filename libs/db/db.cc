@@ -451,7 +451,8 @@ absl::StatusOr<bool> Conn::PingTakesWrites(absl::Duration timeout) {
 
 absl::Status Conn::Ping(absl::Duration timeout) { return PingTakesWrites(timeout).status(); }
 
-std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>& statements) {
+std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>& statements,
+                                                   const std::function<void()>& while_waiting) {
   PGconn* c = conn_.get();
   std::vector<absl::StatusOr<Result>> out;
   out.reserve(statements.size());
@@ -500,6 +501,7 @@ std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>&
     return fail_rest(s);
   }
   if (absl::Status flushed = FlushOutput(); !flushed.ok()) return fail_rest(flushed);
+  if (while_waiting) while_waiting();
   absl::Status prepare_error;
   // An answer that does not come in time fails what is left; the connection
   // is then broken and dropped.
@@ -582,7 +584,16 @@ bool Conn::UsableAfterIdle() {
   return healthy();
 }
 
-absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline, bool fresh) {
+absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline, bool fresh,
+                                          const std::function<void()>& before_waiting) {
+  if (before_waiting) {
+    bool at_hand;
+    {
+      absl::MutexLock lock(&mu_);
+      at_hand = !fresh && !idle_.empty();
+    }
+    if (!at_hand) before_waiting();
+  }
   const absl::Time answers_until =
       deadline == absl::InfiniteFuture() ? deadline : deadline + kAnswerGrace;
   std::unique_ptr<Conn> idle;

@@ -31,6 +31,7 @@
 #include <libpq-fe.h>
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <optional>
@@ -148,8 +149,10 @@ class Conn {
   // (libpq pipeline mode). Results come back in order; after a failed
   // statement PostgreSQL skips the rest, which report ABORTED ("skipped").
   // Keep pipelines small (tens of statements): results are read only after
-  // everything is sent.
-  std::vector<absl::StatusOr<Result>> Pipeline(const std::vector<Statement>& statements);
+  // everything is sent. `while_waiting`, if given, runs once everything is
+  // sent, before the answers are read (not if sending failed).
+  std::vector<absl::StatusOr<Result>> Pipeline(const std::vector<Statement>& statements,
+                                               const std::function<void()>& while_waiting = {});
   // Whether the server takes writes (false on a standby or a database set
   // read-only: transaction_read_only on), waiting at most `timeout` for the
   // answer (and no later than the answer deadline); UNAVAILABLE past it.
@@ -277,7 +280,10 @@ class Pool {
   static constexpr absl::Duration kAnswerGrace = absl::Seconds(1);
   // With `fresh`, the connection is a new one, never one that sat idle (an
   // idle one is closed to make room, if the pool is full).
-  absl::StatusOr<Lease> Acquire(absl::Time deadline, bool fresh = false);
+  // `before_waiting`, if given, runs first unless an idle connection is at
+  // hand (so before waiting for one, or opening one).
+  absl::StatusOr<Lease> Acquire(absl::Time deadline, bool fresh = false,
+                                const std::function<void()>& before_waiting = {});
   const std::string& url() const { return url_; }
   int size() const { return size_; }
   // Closes the idle connections, and each leased one when its lease ends,

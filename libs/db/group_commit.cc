@@ -75,19 +75,33 @@ void GroupCommitter::Submit(const std::string& key, absl::Time deadline, Work wo
 }
 
 void GroupCommitter::Drain(const std::string& key) {
+  std::vector<Item*> unanswered;  // the batch that ended last
+  auto answer = [&unanswered] {
+    for (Item* it : unanswered) {
+      it->done(it->result);
+      delete it;
+    }
+    unanswered.clear();
+  };
   for (;;) {
     std::vector<Item*> batch;
     {
       absl::MutexLock lock(&mu_);
       auto it = queues_.find(key);
       std::vector<Item*>& q = it->second.pending;
-      if (q.empty()) {
+      // The key is let go only once every caller is answered: the committer's
+      // destructor waits for that, and `done` may use what outlives it.
+      if (q.empty() && unanswered.empty()) {
         queues_.erase(it);
         return;
       }
       size_t n = std::min(q.size(), static_cast<size_t>(max_batch_));
       batch.assign(q.begin(), q.begin() + n);
       q.erase(q.begin(), q.begin() + n);
+    }
+    if (batch.empty()) {
+      answer();
+      continue;
     }
     // Whoever waited past their deadline is told so and left out; the batch
     // runs until the latest deadline of the rest.
@@ -105,27 +119,28 @@ void GroupCommitter::Drain(const std::string& key) {
     std::stable_sort(run.begin(), run.end(), [](const Item* a, const Item* b) {
       return a->work.lock_order < b->work.lock_order;
     });
-    if (!run.empty()) RunBatch(run, deadline);
+    if (!run.empty()) RunBatch(run, deadline, answer);
+    answer();  // if RunBatch did not
     {
       absl::MutexLock lock(&mu_);
       pending_ -= static_cast<int>(batch.size());
       waiting_->Set(pending_);
     }
-    for (Item* it : batch) {
-      it->done(it->result);
-      delete it;
-    }
+    unanswered = std::move(batch);
   }
 }
 
-void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline) {
+void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline,
+                              const std::function<void()>& answer) {
   auto fail = [&](const absl::Status& s) {
     for (Item* it : batch) it->result = s;
   };
   int retries = 0;
   bool fresh = false, tried_on_fresh = false;  // as Transact does (db.h)
+  int attempts = 0;
   while (!batch.empty()) {
-    absl::StatusOr<Pool::Lease> lease = pool_.Acquire(deadline, fresh);
+    if (attempts++ > 0) answer();  // a retry may wait (a backoff, a new connection)
+    absl::StatusOr<Pool::Lease> lease = pool_.Acquire(deadline, fresh, answer);
     fresh = false;
     if (!lease.ok()) return fail(lease.status());
     Conn& c = **lease;
@@ -153,7 +168,7 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline) {
     }
     const size_t lead = first.size();
     for (Item* it : batch) first.push_back(it->work.first);
-    std::vector<absl::StatusOr<Result>> rows = c.Pipeline(first);
+    std::vector<absl::StatusOr<Result>> rows = c.Pipeline(first, answer);
     absl::Status shared;  // an error of the transaction rather than of one item
     for (size_t i = 0; i < lead && shared.ok(); ++i) shared = rows[i].status();
     int raised = -1;  // the item whose statement raised

@@ -19,6 +19,12 @@
 // that caller alone: the batch rolls back and runs again without it.
 // A serialization failure or deadlock retries the whole batch, so `then` may
 // run more than once and must only overwrite what it sets.
+//
+// The callers of a batch are answered while the next batch's first round
+// trip is at the database (at once when no batch follows, or before the
+// next one waits for a connection). Answered one after another before the
+// next batch began, their sends held up that batch, and with it a hot key's
+// locks.
 #ifndef CONNECTING_LIBS_DB_GROUP_COMMIT_H_
 #define CONNECTING_LIBS_DB_GROUP_COMMIT_H_
 
@@ -79,9 +85,10 @@ class GroupCommitter {
 
   // Queues `work` for a transaction shared with other work for `key` and
   // returns at once; `done` runs exactly once, on the batch's thread after
-  // that transaction committed or failed (RESOURCE_EXHAUSTED, on the calling
+  // that transaction committed or failed (in the order the batch ran its
+  // work; `done` must not block). RESOURCE_EXHAUSTED, on the calling
   // thread, if too many wait or no thread can be had; DEADLINE_EXCEEDED if
-  // `deadline` passed before the batch began).
+  // `deadline` passed before the batch began.
   void Submit(const std::string& key, absl::Time deadline, Work work, Done done);
 
  private:
@@ -97,8 +104,10 @@ class GroupCommitter {
 
   // Runs the batches of `key` until none is waiting.
   void Drain(const std::string& key);
-  // Runs the batch to completion: every item's result is set.
-  void RunBatch(std::vector<Item*> batch, absl::Time deadline);
+  // Runs the batch to completion: every item's result is set. `answer`
+  // answers the batch before it: RunBatch calls it while its first round
+  // trip is at the database, or before it waits for a connection.
+  void RunBatch(std::vector<Item*> batch, absl::Time deadline, const std::function<void()>& answer);
   bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queues_.empty(); }
 
   Pool& pool_;
