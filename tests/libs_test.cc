@@ -1748,7 +1748,8 @@ TEST_F(Database, GroupCommitAnswersABatchWhileTheNextIsAtTheDatabase) {
   // A hot key's next batch does not wait for the callers of the one before
   // to be answered (a send each): it is sent first, and they are answered
   // while it is at the database. Here the first batch's caller checks, as it
-  // is answered, that the second batch already waits at the database.
+  // is answered, that the second batch already waits at the database (its
+  // `done` waits up to 5 s for that, as a real one must not).
   Script(
       "CREATE TABLE seats (k int PRIMARY KEY, n int NOT NULL);"
       "INSERT INTO seats VALUES (1, 0)");

@@ -85,8 +85,8 @@ class GroupCommitter {
 
   // Queues `work` for a transaction shared with other work for `key` and
   // returns at once; `done` runs exactly once, on the batch's thread after
-  // that transaction committed or failed (in the order the batch ran its
-  // work; `done` must not block). RESOURCE_EXHAUSTED, on the calling
+  // that transaction committed or failed (`done` must not block: the next
+  // batch is at the database meanwhile). RESOURCE_EXHAUSTED, on the calling
   // thread, if too many wait or no thread can be had; DEADLINE_EXCEEDED if
   // `deadline` passed before the batch began.
   void Submit(const std::string& key, absl::Time deadline, Work work, Done done);
