@@ -586,13 +586,17 @@ bool Conn::UsableAfterIdle() {
 
 absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline, bool fresh,
                                           const std::function<void()>& before_waiting) {
+  bool before_waiting_ran = false;
   if (before_waiting) {
     bool at_hand;
     {
       absl::MutexLock lock(&mu_);
       at_hand = !fresh && !idle_.empty();
     }
-    if (!at_hand) before_waiting();
+    if (!at_hand) {
+      before_waiting();
+      before_waiting_ran = true;
+    }
   }
   const absl::Time answers_until =
       deadline == absl::InfiniteFuture() ? deadline : deadline + kAnswerGrace;
@@ -627,6 +631,7 @@ absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline, bool fresh,
   }
   // Open outside the lock: connecting can take seconds when the server is
   // down, and as long as connect_timeout when it accepts but does not answer.
+  if (before_waiting && !before_waiting_ran) before_waiting();  // the idle one had gone
   absl::StatusOr<std::unique_ptr<Conn>> c =
       Conn::Open(url_, application_name_,
                  std::clamp(deadline - absl::Now(), absl::Seconds(2), Conn::kConnectTimeout));
