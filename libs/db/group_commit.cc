@@ -137,9 +137,7 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline,
   };
   int retries = 0;
   bool fresh = false, tried_on_fresh = false;  // as Transact does (db.h)
-  int attempts = 0;
   while (!batch.empty()) {
-    if (attempts++ > 0) answer();  // a retry may wait (a backoff, a new connection)
     absl::StatusOr<Pool::Lease> lease = pool_.Acquire(deadline, fresh, answer);
     fresh = false;
     if (!lease.ok()) return fail(lease.status());
