@@ -273,6 +273,21 @@ bool OutboxRelay::CheckForRestore(db::Conn& conn, jsCtx* js) {
   return recorded;
 }
 
+std::string OutboxRelay::ClaimSql(int batch_size) {
+  // The batch size is in the text (db::LimitClause), not a parameter: as
+  // `LIMIT $1` PostgreSQL planned the statement again at every batch, which
+  // took about as long as running it (measured: 134 µs of 296 per batch of 8,
+  // with pg_stat_statements; the relay's CPU in PostgreSQL per event, a
+  // backlog drained in batches of 8, from 110–127 µs to 75–112).
+  return absl::StrCat(
+      "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sent_at IS NULL "
+      "ORDER BY seq",
+      db::LimitClause(batch_size),
+      " FOR UPDATE SKIP LOCKED) "
+      "RETURNING id, subject, type, source, ce_subject, payload, traceparent, "
+      "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), seq");
+}
+
 absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
   if (absl::Status s = conn.ExecScript("BEGIN"); !s.ok()) return s;
   auto rollback = [&](absl::Status s) {
@@ -282,12 +297,7 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
   // Claim a batch by deleting it: the delete commits only once JetStream has
   // acknowledged every row, so an unpublished row is never lost (a failure or
   // crash rolls it back, and the next batch sends it again).
-  absl::StatusOr<db::Result> rows = conn.Exec(
-      "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sent_at IS NULL "
-      "ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) "
-      "RETURNING id, subject, type, source, ce_subject, payload, traceparent, "
-      "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), seq",
-      {static_cast<int32_t>(options_.batch_size)});
+  absl::StatusOr<db::Result> rows = conn.Exec(ClaimSql(options_.batch_size));
   if (!rows.ok()) return rollback(rows.status());
   if (rows->rows() == 0) {
     (void)conn.ExecScript("COMMIT");

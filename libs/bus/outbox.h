@@ -117,6 +117,11 @@ class OutboxRelay {
   // True once the stream exists and the last round trip to PostgreSQL worked.
   bool healthy() const { return healthy_.load(); }
 
+  // The statement that claims (deletes) up to `batch_size` pending rows,
+  // oldest first, returning what each event's message needs. Public for the
+  // test that checks PostgreSQL plans it once per connection.
+  static std::string ClaimSql(int batch_size);
+
  private:
   void Run();
   // Publishes one batch; returns how many rows it published and deleted.
