@@ -116,6 +116,51 @@ if [ -n "${BENCH_STATS:-}" ]; then
   psql -d scheduling -c "SELECT calls, total_exec_time::int ms, rows, left(query, 90) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25" 2>/dev/null || true
 fi
 
+# An outbox backlog, as after NATS was unreachable for a while: the floor
+# left its filler events (1 kB each) in the outbox with no service running,
+# topped up here to 50,000. A scheduling started on them publishes them all:
+# how fast a backlog drains, and what each event costs every process (the
+# relay's transactions, JetStream storing and acknowledging, the service's
+# NATS client).
+psql -d scheduling -qc "INSERT INTO outbox (subject, type, source, ce_subject, payload, traceparent)
+  SELECT 'connecting.scheduling.booking.confirmed', 'connecting.events.v1.BookingChanged',
+         'scheduling', 'bench', repeat('x', 1000), ''
+    FROM generate_series(1, 50000 - (SELECT count(*) FROM outbox))"
+backlog=$(psql -d scheduling -tAc "SELECT count(*) FROM outbox")
+if [ "$backlog" -gt 0 ]; then
+  proc_ticks() {  # utime + stime of a process, with its reaped children (the postmaster's backends)
+    local t p; t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat")
+    for p in $(pgrep -P "$1"); do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done
+    echo "$t"
+  }
+  pg_pid=$(head -1 "$work/pg/data/postmaster.pid"); nats_pid=$(cat "$work/nats/nats.pid")
+  launch_service "$BUILD_DIR/services/scheduling/scheduling" scheduling "$work/scheduling-backlog.log" \
+    "$scheduling_port" "$scheduling_metrics" warn
+  backlog_pid=$!
+  pids+=($backlog_pid)
+  published() {  # events its relay published so far (its metrics: no load on the database)
+    curl -s "http://127.0.0.1:$scheduling_metrics/metrics" |
+      awk '/^connecting_outbox_published_total/ {n = $NF} END {printf "%d", n}'
+  }
+  wait_port 127.0.0.1 "$scheduling_port" 30 "$backlog_pid" || { tail -5 "$work/scheduling-backlog.log" >&2; exit 1; }
+  # From when it serves (its start-up aside): what is left then, drained.
+  before="$(proc_ticks "$pg_pid") $(proc_ticks "$nats_pid") $(proc_ticks "$backlog_pid") $(date +%s.%N) $(published)"
+  deadline=$(( $(date +%s) + 300 ))
+  until [ "$(published)" -ge "$backlog" ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "  outbox backlog: not drained after 300 s" >&2; break; }
+    sleep 0.05
+  done
+  after="$(proc_ticks "$pg_pid") $(proc_ticks "$nats_pid") $(proc_ticks "$backlog_pid") $(date +%s.%N) $(published)"
+  kill -TERM "$backlog_pid" && wait "$backlog_pid" 2>/dev/null || true
+  unset 'pids[-1]'  # ended: not to be signalled again at exit
+  awk -v total="$backlog" -v hz="$(getconf CLK_TCK)" -v b="$before" -v a="$after" 'BEGIN {
+    split(b, x, " "); split(a, y, " "); n = y[5] - x[5]
+    if (n <= 0) { print "outbox backlog: published before the service answered"; exit }
+    us = 1e6 / hz / n
+    printf "outbox backlog of %d events (1 kB each), published by a scheduling started on it: %d of them in %.2f s once it served, %.0f events/s\n", total, n, y[4] - x[4], n / (y[4] - x[4])
+    printf "  CPU per event, us: postgres %.0f, nats %.0f, scheduling %.0f\n", (y[1] - x[1]) * us, (y[2] - x[2]) * us, (y[3] - x[3]) * us }'
+fi
+
 # Programme figures at national scale: a year of 500,000 attended visits
 # (seventy times the programme's first two years) by 100,000 connectors at
 # 10,000 organisations. They are written straight into attendance_facts, the
@@ -125,7 +170,7 @@ fi
 # them does (R__attendance_chains.sql).
 figures_year=$(( $(date -u +%Y) - 1 ))
 psql -d scheduling -q <<SQL
-DELETE FROM outbox;  -- the floor's filler events, which the relay would publish
+DELETE FROM outbox;  -- any the backlog's relay left
 SET session_replication_role = replica;
 CREATE TABLE bench_people AS SELECT g AS n, gen_random_uuid() AS id,
   'Directorate ' || g % 40 AS directorate, 1 + g % 4 AS grade FROM generate_series(1, 100000) g;
