@@ -586,23 +586,33 @@ bool Conn::UsableAfterIdle() {
 
 absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline, bool fresh,
                                           const std::function<void()>& before_waiting) {
-  bool before_waiting_ran = false;
-  if (before_waiting) {
-    bool at_hand;
-    {
-      absl::MutexLock lock(&mu_);
-      at_hand = !fresh && !idle_.empty();
-    }
-    if (!at_hand) {
-      before_waiting();
-      before_waiting_ran = true;
-    }
-  }
   const absl::Time answers_until =
       deadline == absl::InfiniteFuture() ? deadline : deadline + kAnswerGrace;
   std::unique_ptr<Conn> idle;
   uint64_t generation;
+  bool slot_taken = false;  // idle, or a slot for a new connection
   {
+    absl::MutexLock lock(&mu_);
+    generation = generation_;
+    // An idle connection at hand is taken in the same critical section that
+    // saw it, so `before_waiting` never runs for nothing, and is never left
+    // out when another thread took that connection first.
+    if (!fresh && !idle_.empty()) {
+      idle = std::move(idle_.back());
+      idle_.pop_back();
+      slot_taken = true;
+    }
+  }
+  if (idle != nullptr) {
+    if (idle->UsableAfterIdle()) {
+      idle->set_answer_deadline(answers_until);
+      return Lease(this, std::move(idle), generation);
+    }
+    // Ended by the server while idle (its slot stays taken, for the new one).
+    idle.reset();
+  }
+  if (before_waiting) before_waiting();
+  if (!slot_taken) {
     absl::MutexLock lock(&mu_);
     generation = generation_;
     auto can_take = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -626,12 +636,10 @@ absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline, bool fresh,
       idle->set_answer_deadline(answers_until);
       return Lease(this, std::move(idle), generation);
     }
-    // Ended by the server while idle (its slot stays taken, for the new one).
-    idle.reset();
+    idle.reset();  // as above: its slot is the new connection's
   }
   // Open outside the lock: connecting can take seconds when the server is
   // down, and as long as connect_timeout when it accepts but does not answer.
-  if (before_waiting && !before_waiting_ran) before_waiting();  // the idle one had gone
   absl::StatusOr<std::unique_ptr<Conn>> c =
       Conn::Open(url_, application_name_,
                  std::clamp(deadline - absl::Now(), absl::Seconds(2), Conn::kConnectTimeout));
