@@ -409,7 +409,7 @@ void StallingProxy::Run() {
     if (fds[1].revents != 0) {
       int client = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
       int server = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_in to = Loopback(target_port_);
+      sockaddr_in to = Loopback(target_port_.load());
       if (client >= 0 && server >= 0 &&
           connect(server, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0) {
         pairs.push_back({client, server});

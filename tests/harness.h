@@ -125,13 +125,16 @@ class StallingProxy {
   // moved the server's address, where the old peer vanished without a
   // word. Returns once the relay has let them go.
   void Abandon();
+  // Connections made from now on go to the server on `target_port`: with
+  // Abandon, a failover to another server behind a stable address.
+  void Retarget(int target_port) { target_port_ = target_port; }
 
  private:
   void Run();
   void Wake();
   std::atomic<int> abandon_asked_{0};
   std::atomic<int> abandon_done_{0};
-  const int target_port_;
+  std::atomic<int> target_port_;
   int port_ = 0;
   int listen_fd_ = -1;
   int wake_[2] = {-1, -1};  // a pipe that interrupts the relay's poll

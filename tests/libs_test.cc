@@ -724,6 +724,48 @@ TEST_F(Database, ARenewedPoolHandsOutOnlyConnectionsMadeAfterIt) {
   }
 }
 
+TEST_F(Database, RenewEndingLeasedConnectionsEndsTheirWaitsAtOnce) {
+  // For a server known to be gone: a statement waiting on a leased
+  // connection fails at once as a lost connection, instead of waiting for
+  // an answer until its deadline; every leased connection is ended, and
+  // the pool opens new ones once their leases end.
+  db::Pool pool(url_, 2, "libs-test-renew-end");
+  std::optional<db::Pool::Lease> waiting, other;
+  {
+    auto w = pool.Acquire(absl::Now() + absl::Seconds(60));
+    ASSERT_TRUE(w.ok()) << w.status();
+    waiting.emplace(*std::move(w));
+    auto o = pool.Acquire(absl::Now() + absl::Seconds(60));
+    ASSERT_TRUE(o.ok()) << o.status();
+    other.emplace(*std::move(o));
+  }
+  std::future<absl::Status> slept = std::async(
+      std::launch::async, [&] { return (*waiting)->Exec("SELECT pg_sleep(50)").status(); });
+  // Until the statement runs at the server.
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        auto r = (*other)->Exec(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(50)' "
+            "AND state = 'active'");
+        return r.ok() && r->String(0, 0) == "1";
+      },
+      absl::Seconds(10)));
+  EXPECT_EQ(pool.Renew(/*end_leased=*/true), 2);
+  ASSERT_EQ(slept.wait_for(std::chrono::seconds(10)), std::future_status::ready)
+      << "the statement still waits";
+  absl::Status s = slept.get();
+  EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+  EXPECT_FALSE((*waiting)->healthy());
+  EXPECT_FALSE((*other)->Exec("SELECT 1").ok()) << "every leased connection is ended";
+  waiting.reset();
+  other.reset();
+  for (int i = 0; i < 2; ++i) {
+    auto a = pool.Acquire(absl::Now() + absl::Seconds(5));
+    ASSERT_TRUE(a.ok()) << a.status() << ": the ended connections still count against the size";
+    EXPECT_TRUE((*a)->Exec("SELECT 1").ok());
+  }
+}
+
 TEST_F(Database, UnreachableDatabaseIsUnavailable) {
   db::Pool nowhere("postgresql://postgres@127.0.0.1:1/none?connect_timeout=1", 1, "t");
   absl::Status s = db::Transact(nowhere, [](db::Conn&) { return absl::OkStatus(); });

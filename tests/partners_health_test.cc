@@ -253,6 +253,93 @@ TEST(PartnersHealth, OnceItsDatabaseAnswersAgainNoCallWaitsOnAConnectionThatFell
   svc.Kill();
 }
 
+TEST(PartnersHealth, AfterAFailoverToAnotherServerCallsWaitingOnTheOldOneAnswerAtOnce) {
+  // A failover to another server behind the same address while calls wait
+  // on the old one, which vanished without a word. Once the health check
+  // reaches the new server (another postmaster), those calls answer
+  // UNAVAILABLE (retry) rather than waiting out their deadlines; the next
+  // write lands on the new server.
+  const std::string db_url = NewDatabase();
+  PrivatePostgres next;  // the new server, with a database of the same name
+  ASSERT_EQ(next.Start(), 0);
+  const std::string next_url = WithPort(db_url, next.port);
+  {
+    auto admin = db::Conn::Open(next.url(), "test");
+    ASSERT_TRUE(admin.ok()) << admin.status();
+    const std::string name = db_url.substr(db_url.rfind('/') + 1);
+    ASSERT_TRUE((*admin)->ExecScript(absl::StrCat("CREATE DATABASE ", name)).ok());
+  }
+  OneShot migrate = RunOnce(PARTNERS_BIN, {"--migrate"}, {{"DATABASE_URL", next_url}}, "migrate");
+  ASSERT_EQ(migrate.code, 0) << migrate.log;
+  StallingProxy proxy(PortOf(db_url));
+  ServiceProcess svc(PartnersOn(WithPort(db_url, proxy.port()), {{"DB_POOL_SIZE", "6"}}));
+  svc.Start();
+  ASSERT_EQ(svc.Health(), 1);
+  auto stub = v1::PartnersService::NewStub(svc.channel());
+  const std::string admin = Token(server::Role::kAdmin);
+  auto create = [&](const std::string& name, absl::Duration deadline) {
+    v1::CreateOrganisationRequest req;
+    *req.mutable_organisation() = SampleOrganisation(name);
+    v1::Organisation out;
+    auto ctx = Ctx(admin);
+    ctx->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+    return stub->CreateOrganisation(ctx.get(), req, &out);
+  };
+  // Three connections open: three writes at once, twice.
+  for (int round = 0; round < 2; ++round) {
+    std::vector<std::future<grpc::Status>> writes;
+    for (int i = 0; i < 3; ++i) {
+      writes.push_back(std::async(std::launch::async, [&, round, i] {
+        return create(absl::StrCat("Before Failover ", round, "-", i), absl::Seconds(10));
+      }));
+    }
+    for (auto& w : writes) ASSERT_TRUE(w.get().ok());
+  }
+
+  // Three writes wait on the old server, their deadlines 25 s away.
+  proxy.Stall();
+  struct Outcome {
+    grpc::Status status;
+    absl::Duration took;
+  };
+  std::vector<std::future<Outcome>> waiting;
+  for (int i = 0; i < 3; ++i) {
+    waiting.push_back(std::async(std::launch::async, [&, i] {
+      const absl::Time start = absl::Now();
+      grpc::Status s = create(absl::StrCat("During Failover ", i), absl::Seconds(25));
+      return Outcome{s, absl::Now() - start};
+    }));
+  }
+  absl::SleepFor(absl::Milliseconds(500));
+  ASSERT_EQ(LogLinesWith(svc.process()->log_path(), {"\"msg\":\"database server changed"}).size(),
+            0u);
+  proxy.Retarget(next.port);
+  proxy.Abandon();
+  proxy.Resume();
+  for (auto& w : waiting) {
+    Outcome o = w.get();
+    EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << o.status.error_message() << "\n"
+        << LogTail(svc.process()->log_path(), 20);
+    // The health check's 2 s for the silent connection, then a new one.
+    EXPECT_LT(o.took, absl::Seconds(12)) << "a call waited for a server that was gone";
+  }
+  EXPECT_EQ(LogLinesWith(svc.process()->log_path(),
+                         {"\"level\":\"warn\"", "\"msg\":\"database server changed"})
+                .size(),
+            1u)
+      << LogTail(svc.process()->log_path(), 20);
+  grpc::Status after = create("After Failover", absl::Seconds(5));
+  EXPECT_TRUE(after.ok()) << after.error_code() << " " << after.error_message();
+  auto on_next = db::Conn::Open(next_url, "test");
+  ASSERT_TRUE(on_next.ok()) << on_next.status();
+  auto found = (*on_next)->Exec("SELECT name FROM organisations ORDER BY name");
+  ASSERT_TRUE(found.ok()) << found.status();
+  ASSERT_EQ(found->rows(), 1);
+  EXPECT_EQ(found->String(0, 0), "After Failover");
+  svc.Kill();
+}
+
 TEST(PartnersHealth, ADatabaseTakingNoWritesKeepsReadsSaysSoAndIsWrittenAtOnceWhenItTakesThem) {
   // After a failover the URL can lead to a standby for a while, or an
   // operator sets the database read-only. Reads go on (SERVING), writes

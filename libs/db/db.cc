@@ -1,6 +1,9 @@
 #include "libs/db/db.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -227,7 +230,17 @@ absl::StatusOr<std::unique_ptr<Conn>> Conn::Open(const std::string& url,
     return Said(absl::UnavailableError(
         absl::StrCat("database connection: ", Trimmed(PQerrorMessage(raw)))));
   }
+  conn->interrupt_fd_ = fcntl(PQsocket(raw), F_DUPFD_CLOEXEC, 0);
   return conn;
+}
+
+Conn::~Conn() {
+  conn_.reset();
+  if (interrupt_fd_ >= 0) close(interrupt_fd_);
+}
+
+void Conn::Interrupt() {
+  if (interrupt_fd_ >= 0) shutdown(interrupt_fd_, SHUT_RDWR);
 }
 
 absl::StatusOr<Result> Conn::Exec(absl::string_view sql, std::initializer_list<Param> params) {
@@ -606,7 +619,7 @@ absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline, bool fresh,
   if (idle != nullptr) {
     if (idle->UsableAfterIdle()) {
       idle->set_answer_deadline(answers_until);
-      return Lease(this, std::move(idle), generation);
+      return Leased(std::move(idle), generation);
     }
     // Ended by the server while idle (its slot stays taken, for the new one).
     idle.reset();
@@ -634,7 +647,7 @@ absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline, bool fresh,
   if (idle != nullptr) {
     if (idle->UsableAfterIdle()) {
       idle->set_answer_deadline(answers_until);
-      return Lease(this, std::move(idle), generation);
+      return Leased(std::move(idle), generation);
     }
     idle.reset();  // as above: its slot is the new connection's
   }
@@ -649,12 +662,21 @@ absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline, bool fresh,
     return c.status();
   }
   (*c)->set_answer_deadline(answers_until);
-  return Lease(this, *std::move(c), generation);
+  return Leased(*std::move(c), generation);
+}
+
+Pool::Lease Pool::Leased(std::unique_ptr<Conn> conn, uint64_t generation) {
+  absl::MutexLock lock(&mu_);
+  leased_.push_back(conn.get());
+  return Lease(this, std::move(conn), generation);
 }
 
 void Pool::Release(std::unique_ptr<Conn> conn, uint64_t generation) {
   {
     absl::MutexLock lock(&mu_);
+    if (auto it = std::find(leased_.begin(), leased_.end(), conn.get()); it != leased_.end()) {
+      leased_.erase(it);
+    }
     // A connection left inside a transaction (a caller bug or a lost COMMIT),
     // broken, or made before Renew is dropped rather than handed to the next
     // caller.
@@ -668,14 +690,21 @@ void Pool::Release(std::unique_ptr<Conn> conn, uint64_t generation) {
   conn.reset();  // closed outside the lock
 }
 
-void Pool::Renew() {
+int Pool::Renew(bool end_leased) {
   std::vector<std::unique_ptr<Conn>> old;
+  int ended = 0;
   {
     absl::MutexLock lock(&mu_);
     ++generation_;
     old.swap(idle_);
     open_or_leased_ -= static_cast<int>(old.size());
+    // Under the lock: a lease cannot end, and its Conn go, meanwhile.
+    if (end_leased) {
+      for (Conn* c : leased_) c->Interrupt();
+      ended = static_cast<int>(leased_.size());
+    }
   }
+  return ended;
 }
 
 void BackoffBeforeRetry(int attempt) {

@@ -182,6 +182,14 @@ class Conn {
   // Statements prepared on this connection now (at most about kMaxPrepared).
   size_t prepared_count() const { return prepared_.size(); }
   PGconn* raw() { return conn_.get(); }
+  // Ends the connection's traffic, from any thread (shutdown(2) of its
+  // socket): whatever its owner waits for fails at once as a lost
+  // connection (at a COMMIT: outcome unknown), and the pool drops it. For
+  // connections to a server that is gone (Pool::Renew).
+  void Interrupt();
+  ~Conn();
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
 
  private:
   explicit Conn(PGconn* c) : conn_(c, &PQfinish) {}
@@ -225,6 +233,10 @@ class Conn {
   uint64_t uses_ = 0;
   int next_prepared_ = 0;
   bool broken_ = false;  // a pipeline failed half-way: the protocol state is unknown
+  // A duplicate of libpq's socket, for Interrupt: libpq closes its own when
+  // the connection fails, and that number may then be another socket's;
+  // this one stays this socket's until the Conn goes.
+  int interrupt_fd_ = -1;
 };
 
 // The status for a failed libpq call (see the mapping above).
@@ -290,17 +302,23 @@ class Pool {
   // so that every later Acquire opens a new one: for when the server behind
   // the URL changed (a failover; a standby, or a database set read-only,
   // taking writes again), where a connection made before keeps the old
-  // server, or its read-only setting.
-  void Renew();
+  // server, or its read-only setting. With `end_leased`, the leased ones are
+  // also interrupted now (Conn::Interrupt), for when the server they lead to
+  // is known to be gone: their callers fail at once instead of waiting out
+  // their deadlines for answers that will not come. Returns how many were.
+  int Renew(bool end_leased = false);
 
  private:
   void Release(std::unique_ptr<Conn> conn, uint64_t generation);
+  // The lease of `conn`, counted among the leased (for Renew).
+  Lease Leased(std::unique_ptr<Conn> conn, uint64_t generation);
 
   const std::string url_;
   const int size_;
   const std::string application_name_;
   absl::Mutex mu_;
   std::vector<std::unique_ptr<Conn>> idle_ ABSL_GUARDED_BY(mu_);
+  std::vector<Conn*> leased_ ABSL_GUARDED_BY(mu_);
   int open_or_leased_ ABSL_GUARDED_BY(mu_) = 0;  // connections counted against size_
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // raised by Renew
 };

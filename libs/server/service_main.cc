@@ -292,6 +292,7 @@ class HealthMonitor {
       auto c = db::Conn::Open(db_url_, "health");
       if (!c.ok()) return c.status();
       conn_ = *std::move(c);
+      NoteServer();
     }
     // Bounded: a PostgreSQL that stopped answering is down, not SERVING
     // until TCP gives up on it.
@@ -320,6 +321,19 @@ class HealthMonitor {
       log::Info("database takes writes again");
     }
   }
+  // Which server the new health connection reached, known by when its
+  // postmaster started (not by its address: one server can be reached at
+  // several). Another than the one before means the one before is gone (a
+  // failover, a restart), and the pool's connections to it with it.
+  void NoteServer() {
+    conn_->set_answer_deadline(absl::Now() + absl::Seconds(2));
+    absl::StatusOr<db::Result> r = conn_->Exec("SELECT pg_postmaster_start_time()::text");
+    conn_->set_answer_deadline(absl::InfiniteFuture());
+    if (!r.ok() || r->rows() != 1) return;  // the ping that follows says why
+    std::string now = r->String(0, 0);
+    if (!server_.empty() && now != server_) server_changed_ = true;
+    server_ = std::move(now);
+  }
   void Run() {
     int last = -1;
     std::string last_why;
@@ -332,7 +346,19 @@ class HealthMonitor {
       // perhaps to a server that went without a word (a failover that
       // moved its address), which a connection sitting idle cannot show.
       // Each would cost a caller its deadline; new ones are made instead.
-      if (db_up && db_was_down_) pool_->Renew();
+      if (db_up && server_changed_) {
+        // The connections in use wait for answers from a server that is
+        // gone, perhaps without a word (its host or address moved): each
+        // would hold its caller until the call's deadline. They end now.
+        server_changed_ = false;
+        const int ended = pool_->Renew(/*end_leased=*/true);
+        log::Warn(
+            "database server changed (a failover or a restart): connections to the one before "
+            "closed, calls still waiting on them answer UNAVAILABLE",
+            {{"connections_in_use_ended", absl::StrCat(ended)}});
+      } else if (db_up && db_was_down_) {
+        pool_->Renew();
+      }
       db_was_down_ = !db_up;
       bool nats_up = nats_->connected();
       up_->Add({{"dependency", "postgresql"}}).Set(db_up ? 1 : 0);
@@ -366,6 +392,8 @@ class HealthMonitor {
   prometheus::Gauge* read_only_;
   bool read_only_now_ = false;
   bool db_was_down_ = false;
+  std::string server_;  // NoteServer
+  bool server_changed_ = false;
   std::unique_ptr<db::Conn> conn_;
   absl::Notification stop_;
   std::thread thread_;
