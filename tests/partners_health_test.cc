@@ -324,10 +324,13 @@ TEST(PartnersHealth, AfterAFailoverToAnotherServerCallsWaitingOnTheOldOneAnswerA
     // The health check's 2 s for the silent connection, then a new one.
     EXPECT_LT(o.took, absl::Seconds(12)) << "a call waited for a server that was gone";
   }
-  EXPECT_EQ(LogLinesWith(svc.process()->log_path(),
-                         {"\"level\":\"warn\"", "\"msg\":\"database server changed"})
-                .size(),
-            1u)
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        return LogLinesWith(svc.process()->log_path(),
+                            {"\"level\":\"warn\"", "\"msg\":\"database server changed"})
+                   .size() == 1;
+      },
+      absl::Seconds(5)))
       << LogTail(svc.process()->log_path(), 20);
   grpc::Status after = create("After Failover", absl::Seconds(5));
   EXPECT_TRUE(after.ok()) << after.error_code() << " " << after.error_message();
