@@ -175,7 +175,8 @@ TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAg
     return false;
   };
   *req.mutable_organisation() = SampleOrganisation("Unanswered Trust");
-  auto ctx = Ctx(Token(server::Role::kAdmin));
+  static const std::string admin = Token(server::Role::kAdmin);
+  auto ctx = Ctx(admin);
   ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
   grpc::Status s = stub->CreateOrganisation(ctx.get(), req, &out);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
@@ -197,6 +198,38 @@ TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAg
   svc.Kill();
 }
 
+// CreateOrganisation of `name` as an admin, with the call's deadline
+// `deadline` from now.
+grpc::Status CreateWithin(v1::PartnersService::Stub& stub, const std::string& name,
+                          absl::Duration deadline) {
+  v1::CreateOrganisationRequest req;
+  *req.mutable_organisation() = SampleOrganisation(name);
+  v1::Organisation out;
+  static const std::string admin = Token(server::Role::kAdmin);
+  auto ctx = Ctx(admin);
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  return stub.CreateOrganisation(ctx.get(), req, &out);
+}
+
+// `n` writes at once, twice, so that the pool has opened `n` connections
+// (the first round may reuse some): how many of them failed.
+int FailedOfWritesAtOnce(v1::PartnersService::Stub& stub, int n) {
+  std::atomic<int> failed{0};
+  for (int round = 0; round < 2; ++round) {
+    std::vector<std::thread> writers;
+    for (int i = 0; i < n; ++i) {
+      writers.emplace_back([&, round, i] {
+        if (!CreateWithin(stub, absl::StrCat("Before Failover ", round, "-", i), absl::Seconds(10))
+                 .ok()) {
+          ++failed;
+        }
+      });
+    }
+    for (auto& t : writers) t.join();
+  }
+  return failed.load();
+}
+
 TEST(PartnersHealth, OnceItsDatabaseAnswersAgainNoCallWaitsOnAConnectionThatFellSilent) {
   // A failover that moves the database's address: the connections made
   // before it lead nowhere (the old server vanished without a word), new
@@ -210,29 +243,11 @@ TEST(PartnersHealth, OnceItsDatabaseAnswersAgainNoCallWaitsOnAConnectionThatFell
   svc.Start();
   ASSERT_EQ(svc.Health(), 1);
   auto stub = v1::PartnersService::NewStub(svc.channel());
-  const std::string admin = Token(server::Role::kAdmin);
   auto create = [&](const std::string& name, absl::Duration deadline) {
-    v1::CreateOrganisationRequest req;
-    *req.mutable_organisation() = SampleOrganisation(name);
-    v1::Organisation out;
-    auto ctx = Ctx(admin);
-    ctx->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
-    return stub->CreateOrganisation(ctx.get(), req, &out);
+    return CreateWithin(*stub, name, deadline);
   };
-  // Every connection of the pool opened: six writes at once, twice.
-  for (int round = 0; round < 2; ++round) {
-    std::vector<std::thread> writers;
-    std::atomic<int> failed{0};
-    for (int i = 0; i < 6; ++i) {
-      writers.emplace_back([&, i] {
-        if (!create(absl::StrCat("Before Failover ", round, "-", i), absl::Seconds(10)).ok()) {
-          ++failed;
-        }
-      });
-    }
-    for (auto& t : writers) t.join();
-    ASSERT_EQ(failed.load(), 0);
-  }
+  // Every connection of the pool opened.
+  ASSERT_EQ(FailedOfWritesAtOnce(*stub, 6), 0);
   proxy.Abandon();
   // The health check finds its connection silent (NOT_SERVING), connects
   // anew, and is SERVING again.
@@ -276,25 +291,11 @@ TEST(PartnersHealth, AfterAFailoverToAnotherServerCallsWaitingOnTheOldOneAnswerA
   svc.Start();
   ASSERT_EQ(svc.Health(), 1);
   auto stub = v1::PartnersService::NewStub(svc.channel());
-  const std::string admin = Token(server::Role::kAdmin);
   auto create = [&](const std::string& name, absl::Duration deadline) {
-    v1::CreateOrganisationRequest req;
-    *req.mutable_organisation() = SampleOrganisation(name);
-    v1::Organisation out;
-    auto ctx = Ctx(admin);
-    ctx->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
-    return stub->CreateOrganisation(ctx.get(), req, &out);
+    return CreateWithin(*stub, name, deadline);
   };
-  // Three connections open: three writes at once, twice.
-  for (int round = 0; round < 2; ++round) {
-    std::vector<std::future<grpc::Status>> writes;
-    for (int i = 0; i < 3; ++i) {
-      writes.push_back(std::async(std::launch::async, [&, round, i] {
-        return create(absl::StrCat("Before Failover ", round, "-", i), absl::Seconds(10));
-      }));
-    }
-    for (auto& w : writes) ASSERT_TRUE(w.get().ok());
-  }
+  // Three connections open.
+  ASSERT_EQ(FailedOfWritesAtOnce(*stub, 3), 0);
 
   // Three writes wait on the old server, their deadlines 25 s away.
   proxy.Stall();

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -616,14 +617,18 @@ absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline, bool fresh,
       slot_taken = true;
     }
   }
-  if (idle != nullptr) {
-    if (idle->UsableAfterIdle()) {
-      idle->set_answer_deadline(answers_until);
-      return Leased(std::move(idle), generation);
+  // An idle connection is leased unless the server ended it while it sat;
+  // then it goes, and its slot stays taken, for the new one.
+  auto lease_idle = [&]() -> std::optional<Lease> {
+    if (idle == nullptr) return std::nullopt;
+    if (!idle->UsableAfterIdle()) {
+      idle.reset();
+      return std::nullopt;
     }
-    // Ended by the server while idle (its slot stays taken, for the new one).
-    idle.reset();
-  }
+    idle->set_answer_deadline(answers_until);
+    return Leased(std::move(idle), generation);
+  };
+  if (std::optional<Lease> l = lease_idle()) return *std::move(l);
   if (before_waiting) before_waiting();
   if (!slot_taken) {
     absl::MutexLock lock(&mu_);
@@ -644,13 +649,7 @@ absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline, bool fresh,
     }
   }
   if (fresh) idle.reset();  // its slot is the new connection's
-  if (idle != nullptr) {
-    if (idle->UsableAfterIdle()) {
-      idle->set_answer_deadline(answers_until);
-      return Leased(std::move(idle), generation);
-    }
-    idle.reset();  // as above: its slot is the new connection's
-  }
+  if (std::optional<Lease> l = lease_idle()) return *std::move(l);
   // Open outside the lock: connecting can take seconds when the server is
   // down, and as long as connect_timeout when it accepts but does not answer.
   absl::StatusOr<std::unique_ptr<Conn>> c =
