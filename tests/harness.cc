@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -93,9 +94,28 @@ bool PortOpen(int port) {
   return ok;
 }
 
+// Claims PORT for this test run: a file PORT under $CONNECTING_TEST_TMP/ports,
+// created only if absent, and never removed while the run lasts. Every test
+// process of the run (and tools/dev/lib.sh's free_port) claims its ports
+// there, so no two of them pick the same port between choosing it and binding
+// it, nor one process twice. Without CONNECTING_TEST_TMP, every port counts as
+// claimed-for-us.
+bool ClaimPort(int port) {
+  const char* tmp = std::getenv("CONNECTING_TEST_TMP");
+  if (tmp == nullptr || *tmp == '\0') return true;
+  const std::string dir = absl::StrCat(tmp, "/ports");
+  mkdir(dir.c_str(), 0755);  // EEXIST is the usual answer
+  int fd =
+      open(absl::StrCat(dir, "/", port).c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return false;
+  close(fd);
+  return true;
+}
+
 // A loopback port free to bind, below the kernel's ephemeral range: a port
 // the kernel handed out could be taken by an outgoing connection before the
-// server under test binds it.
+// server under test binds it. Claimed for this run (ClaimPort) before it is
+// returned.
 int FreePort() {
   int low = 32768, high = 60999;
   if (FILE* f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r")) {
@@ -109,7 +129,7 @@ int FreePort() {
     sockaddr_in addr = Loopback(port);
     bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
     close(fd);
-    if (ok) return port;
+    if (ok && ClaimPort(port)) return port;
   }
   std::fprintf(stderr, "no free loopback port below %d\n", low);
   std::abort();

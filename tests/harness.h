@@ -32,6 +32,8 @@ inline constexpr char kJwtKey[] = "test-signing-key-0123456789abcdef-0123456789"
 // The value of a variable set by tools/test/run.sh; aborts the test run if unset.
 std::string RequiredEnv(const char* name);
 std::string RandomSuffix();
+// A loopback port free to bind and claimed for the whole test run: no other
+// test process of the run is handed it (tests/harness.cc).
 int FreePort();
 bool PortOpen(int port);
 // A fresh, empty database on the shared server; returns its URL.

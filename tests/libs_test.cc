@@ -413,6 +413,18 @@ TEST(Throttle, LetsTheFirstLineThroughThenOneAnIntervalCountingTheRest) {
   EXPECT_EQ(throttle.Admit(), std::nullopt);
 }
 
+// Two tests of one run, or one test's gRPC and metrics ports, never get the
+// same port: each would fail to bind it in turn. 500 picks from the ~22,700
+// ports below the ephemeral range would repeat one (about five times) were
+// the ports not claimed.
+TEST(Harness, FreePortNeverHandsOutAPortTwiceInARun) {
+  std::set<int> seen;
+  for (int i = 0; i < 500; ++i) {
+    const int port = testing::FreePort();
+    EXPECT_TRUE(seen.insert(port).second) << "port " << port << " handed out twice";
+  }
+}
+
 TEST(Executor, RefusesWorkBeyondItsQueue) {
   server::Executor ex(1, 2);
   absl::Notification release;

@@ -23,13 +23,21 @@ as_pg_owner() {
 # A TCP port on 127.0.0.1 that nothing listens on right now.
 # free_port: a loopback port nobody listens on, below the kernel's ephemeral
 # range, so an outgoing connection cannot take it before our server binds it.
+# Under a test stack ($CONNECTING_TEST_TMP) the port is also claimed for the
+# run, as the C++ harness's FreePort claims its own (tests/harness.cc), so two
+# tests running side by side never pick the same one.
 free_port() {
   local p low=32768
   read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
   [ "$low" -gt 11000 ] || low=32768
   for _ in $(seq 1 200); do
     p=$(( (RANDOM * 32768 + RANDOM) % (low - 10000) + 10000 ))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then continue; fi
+    if [ -n "${CONNECTING_TEST_TMP:-}" ]; then
+      mkdir -p "$CONNECTING_TEST_TMP/ports"
+      (set -C; : >"$CONNECTING_TEST_TMP/ports/$p") 2>/dev/null || continue
+    fi
+    echo "$p"; return 0
   done
   echo "no free port found" >&2; return 1
 }
