@@ -326,11 +326,15 @@ void Consumer::PruneInbox(uint64_t ack_floor) {
   for (int i = 0; s.ok() && i < kMaxBatches && !stopping_.load(); ++i) {
     int64_t n = 0;
     s = db::Transact(*pool_, [&](db::Conn& tx) -> absl::Status {
+      // ARRAY(...): the rows are picked once, before the DELETE, which then
+      // goes to each by its ctid; as `ctid IN (SELECT ... LIMIT n)` a plan
+      // made while the inbox was small could run the subquery again for
+      // every row of the inbox (as the outbox's claim did: OutboxRelay).
       auto del = tx.Exec(
-          "DELETE FROM inbox WHERE ctid IN (SELECT ctid FROM inbox WHERE consumer = $1 "
+          "DELETE FROM inbox WHERE ctid = ANY (ARRAY(SELECT ctid FROM inbox WHERE consumer = $1 "
           "AND stream_seq <= $2 AND received_at < now() - make_interval(secs => $3) "
           "LIMIT " +
-              std::to_string(kBatch) + ")",
+              std::to_string(kBatch) + "))",
           {options_.durable, through,
            static_cast<int64_t>(absl::ToInt64Seconds(options_.inbox_keep))});
       if (!del.ok()) return del.status();

@@ -274,18 +274,20 @@ bool OutboxRelay::CheckForRestore(db::Conn& conn, jsCtx* js) {
 }
 
 std::string OutboxRelay::ClaimSql(int batch_size) {
-  // The batch size is in the text (db::LimitClause), not a parameter: as
-  // `LIMIT $1` PostgreSQL planned the statement again at every batch while
-  // the outbox held a backlog, which took about as long as running it
-  // (measured with pg_stat_statements: 134 µs a batch; in batches of 8, 134
-  // of 296). At batch_size 256 that is about 0.5 µs per event, and with few
-  // rows pending, as under booking load, it had settled on one plan after
-  // five batches: no measurable gain, one plan less to make per batch.
+  // The batch is picked by an ARRAY(...) subquery, which PostgreSQL runs
+  // once, before the DELETE: whatever the plan, a batch is at most
+  // `batch_size` rows. As `seq IN (SELECT ... LIMIT n FOR UPDATE SKIP
+  // LOCKED)`, a plan made while the outbox was empty (a nested loop over the
+  // outbox, running the subquery again for each row) took the whole backlog
+  // as one batch, in time growing with its square: 50,000 rows took 6
+  // minutes (2026-12-03). The relay runs it unprepared (ExecPlannedNow), so
+  // each batch is planned for the outbox as it is then: over a backlog, by
+  // the index on seq.
   return absl::StrCat(
-      "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sent_at IS NULL "
+      "DELETE FROM outbox WHERE seq = ANY (ARRAY(SELECT seq FROM outbox WHERE sent_at IS NULL "
       "ORDER BY seq",
       db::LimitClause(batch_size),
-      " FOR UPDATE SKIP LOCKED) "
+      " FOR UPDATE SKIP LOCKED)) "
       "RETURNING id, subject, type, source, ce_subject, payload, traceparent, "
       "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), seq");
 }
@@ -299,7 +301,7 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
   // Claim a batch by deleting it: the delete commits only once JetStream has
   // acknowledged every row, so an unpublished row is never lost (a failure or
   // crash rolls it back, and the next batch sends it again).
-  absl::StatusOr<db::Result> rows = conn.Exec(ClaimSql(options_.batch_size));
+  absl::StatusOr<db::Result> rows = conn.ExecPlannedNow(ClaimSql(options_.batch_size));
   if (!rows.ok()) return rollback(rows.status());
   if (rows->rows() == 0) {
     (void)conn.ExecScript("COMMIT");

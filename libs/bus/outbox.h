@@ -119,7 +119,8 @@ class OutboxRelay {
 
   // The statement that claims (deletes) up to `batch_size` pending rows,
   // oldest first, returning what each event's message needs. Public for the
-  // test that checks PostgreSQL plans it once per connection.
+  // test that checks a batch stays a batch whatever the outbox held when the
+  // connection last planned it.
   static std::string ClaimSql(int batch_size);
 
  private:
