@@ -280,9 +280,7 @@ std::string OutboxRelay::ClaimSql(int batch_size) {
   // LOCKED)`, a plan made while the outbox was empty (a nested loop over the
   // outbox, running the subquery again for each row) took the whole backlog
   // as one batch, in time growing with its square: 50,000 rows took 6
-  // minutes (2026-12-03). The relay runs it unprepared (ExecPlannedNow), so
-  // each batch is planned for the outbox as it is then: over a backlog, by
-  // the index on seq.
+  // minutes (2026-12-03).
   return absl::StrCat(
       "DELETE FROM outbox WHERE seq = ANY (ARRAY(SELECT seq FROM outbox WHERE sent_at IS NULL "
       "ORDER BY seq",
@@ -292,8 +290,26 @@ std::string OutboxRelay::ClaimSql(int batch_size) {
       "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), seq");
 }
 
-absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
+absl::Status OutboxRelay::SetUpConnection(db::Conn& conn) {
+  // The outbox is a queue: its statistics say "empty" as often as not, while
+  // a backlog builds up faster than they follow, and between vacuums it holds
+  // thousands of dead rows. A plan made for an empty outbox scans and sorts
+  // all of them at every claim (measured: a sixth of the machine under
+  // booking load); without sequential scans the one plan left walks the
+  // primary key to the live rows, however many PostgreSQL believes there
+  // are, so the plan the connection keeps for the claim (a prepared
+  // statement) is right for any backlog. With sequential scans priced out,
+  // every plan looks dear enough to JIT compile, which would cost more than
+  // the scan: no JIT either.
+  return conn.ExecScript("SET enable_seqscan = off; SET jit = off");
+}
+
+absl::StatusOr<db::Result> OutboxRelay::Claim(db::Conn& conn, int batch_size) {
   if (absl::Status s = conn.ExecScript("BEGIN"); !s.ok()) return s;
+  return conn.Exec(ClaimSql(batch_size));
+}
+
+absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
   auto rollback = [&](absl::Status s) {
     if (conn.healthy()) (void)conn.ExecScript("ROLLBACK");
     return s;
@@ -301,7 +317,7 @@ absl::StatusOr<int> OutboxRelay::PublishBatch(db::Conn& conn, jsCtx* js) {
   // Claim a batch by deleting it: the delete commits only once JetStream has
   // acknowledged every row, so an unpublished row is never lost (a failure or
   // crash rolls it back, and the next batch sends it again).
-  absl::StatusOr<db::Result> rows = conn.ExecPlannedNow(ClaimSql(options_.batch_size));
+  absl::StatusOr<db::Result> rows = Claim(conn, options_.batch_size);
   if (!rows.ok()) return rollback(rows.status());
   if (rows->rows() == 0) {
     (void)conn.ExecScript("COMMIT");
@@ -427,14 +443,7 @@ void OutboxRelay::Run() {
         WaitToRetry(retry_wait);
         continue;
       }
-      // The outbox is a queue: its statistics say "empty" as often as not,
-      // while between vacuums it holds thousands of dead rows. A sequential
-      // scan then reads them all on every claim (measured: a sixth of the
-      // machine under booking load); the primary key walks to the live ones.
-      // With sequential scans priced out, every plan looks dear enough to JIT
-      // compile, which would cost more than the scan: no JIT either.
-      if (absl::Status s = (*c)->ExecScript("SET enable_seqscan = off; SET jit = off");
-          !s.ok()) {
+      if (absl::Status s = SetUpConnection(**c); !s.ok()) {
         report(s);
         if (flushing) break;
         WaitToRetry(retry_wait);

@@ -118,10 +118,15 @@ class OutboxRelay {
   bool healthy() const { return healthy_.load(); }
 
   // The statement that claims (deletes) up to `batch_size` pending rows,
-  // oldest first, returning what each event's message needs. Public for the
-  // test that checks a batch stays a batch whatever the outbox held when the
-  // connection last planned it.
+  // oldest first, returning what each event's message needs.
   static std::string ClaimSql(int batch_size);
+  // What the relay sets on its connection when it opens it (how the claim
+  // is planned), and a batch's first step: open a transaction on `conn` and
+  // claim the batch in it (ClaimSql). Public for the test that checks a batch
+  // stays one batch, found by the index, whatever the outbox held when the
+  // connection planned it.
+  static absl::Status SetUpConnection(db::Conn& conn);
+  static absl::StatusOr<db::Result> Claim(db::Conn& conn, int batch_size);
 
  private:
   void Run();

@@ -445,14 +445,6 @@ absl::StatusOr<Result> Conn::Exec(absl::string_view sql, const std::vector<Param
                                      values.data(), nullptr, nullptr, 0) == 1);
 }
 
-absl::StatusOr<Result> Conn::ExecPlannedNow(absl::string_view sql,
-                                            const std::vector<Param>& params) {
-  std::string text(sql);
-  std::vector<const char*> values = ParamValues(params);
-  return Collect(PQsendQueryParams(conn_.get(), text.c_str(), static_cast<int>(params.size()),
-                                   nullptr, values.data(), nullptr, nullptr, 0) == 1);
-}
-
 absl::Status Conn::ExecScript(absl::string_view sql) {
   std::string s(sql);
   return Collect(PQsendQuery(conn_.get(), s.c_str()) == 1).status();

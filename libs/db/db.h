@@ -143,14 +143,6 @@ class Conn {
       absl::Duration connect_timeout = kConnectTimeout);
   absl::StatusOr<Result> Exec(absl::string_view sql, std::initializer_list<Param> params = {});
   absl::StatusOr<Result> Exec(absl::string_view sql, const std::vector<Param>& params);
-  // Runs `sql` unprepared (libpq's unnamed statement): parsed and planned at
-  // every call, from the table's size at that moment. For a statement whose
-  // best plan turns with the size of a table that changes faster than its
-  // statistics follow: a plan Exec cached while the outbox was empty (its
-  // usual state) stays until the next ANALYZE, and would walk a backlog that
-  // built up meanwhile row by row.
-  absl::StatusOr<Result> ExecPlannedNow(absl::string_view sql,
-                                        const std::vector<Param>& params = {});
   // Runs several statements without parameters (migrations, BEGIN/COMMIT).
   absl::Status ExecScript(absl::string_view sql);
   // Sends every statement, then waits once: n statements cost one round trip
