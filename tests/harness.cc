@@ -84,22 +84,14 @@ sockaddr_in Loopback(int port) {
   return addr;
 }
 
-}  // namespace
-
-bool PortOpen(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr = Loopback(port);
-  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-  close(fd);
-  return ok;
-}
-
 // Claims PORT for this test run: a file PORT under $CONNECTING_TEST_TMP/ports,
 // created only if absent, and never removed while the run lasts. Every test
 // process of the run (and tools/dev/lib.sh's free_port) claims its ports
 // there, so no two of them pick the same port between choosing it and binding
 // it, nor one process twice. Without CONNECTING_TEST_TMP, every port counts as
-// claimed-for-us.
+// claimed-for-us. A run claims a few ports per test; a sweep of a thousand
+// seeds (tools/test/seeds.sh), a few thousand of the 22,000 or so below the
+// ephemeral range.
 bool ClaimPort(int port) {
   const char* tmp = std::getenv("CONNECTING_TEST_TMP");
   if (tmp == nullptr || *tmp == '\0') return true;
@@ -110,6 +102,16 @@ bool ClaimPort(int port) {
   if (fd < 0) return false;
   close(fd);
   return true;
+}
+
+}  // namespace
+
+bool PortOpen(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr = Loopback(port);
+  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  close(fd);
+  return ok;
 }
 
 // A loopback port free to bind, below the kernel's ephemeral range: a port
