@@ -132,72 +132,6 @@ TEST(PartnersHealth, NotServingWhilePostgresIsDownServingWhenBack) {
   svc.Kill();
 }
 
-TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAgain) {
-  // A PostgreSQL that hangs (or whose host vanished) closes nothing: its
-  // connections stay open and a query waits for an answer that does not
-  // come. Every process of a private PostgreSQL is stopped (SIGSTOP) and the
-  // service must say NOT_SERVING all the same, then SERVING once it answers.
-  PrivatePostgres pg;
-  ASSERT_EQ(pg.Start(), 0);
-  ServiceProcess svc(pg.Partners());
-  svc.Start();
-  ASSERT_EQ(svc.Health(), 1);
-  // The postmaster (first line of postmaster.pid) and its children.
-  const std::string postgres = absl::StrCat(
-      "pm=$(head -1 ", pg.dir, "/data/postmaster.pid); ",
-      "kids=$(grep -l \"^PPid:[[:space:]]*$pm$\" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3); ",
-      "kill -SIG $pm $kids");
-  auto signal_postgres = [&](const std::string& sig) {
-    return Shell(absl::StrReplaceAll(postgres, {{"SIG", sig}}));
-  };
-  // Whatever the test's outcome, that PostgreSQL runs again (and can stop).
-  absl::Cleanup resume = [&] { signal_postgres("CONT"); };
-  auto stub = v1::PartnersService::NewStub(svc.channel());
-  v1::CreateOrganisationRequest req;
-  *req.mutable_organisation() = SampleOrganisation("Hung Database Trust");
-  v1::Organisation out;
-  ASSERT_TRUE(stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out).ok());
-  ASSERT_EQ(signal_postgres("STOP"), 0);
-  EXPECT_TRUE(svc.WaitForHealth(2, absl::Seconds(15)))
-      << "still " << svc.Health() << " with PostgreSQL not answering";
-  EXPECT_EQ(svc.Health("liveness"), 1);
-  // A write meanwhile: its caller gives up at its deadline, and so must the
-  // service, soon after, rather than hold a worker and a connection until
-  // PostgreSQL answers (the request is counted once it finishes).
-  auto timed_out = [&] {
-    for (absl::string_view line : absl::StrSplit(HttpGet(svc.metrics_port(), "/metrics"), '\n')) {
-      if (absl::StartsWith(line, "connecting_grpc_requests_total{") &&
-          absl::StrContains(line, "CreateOrganisation") &&
-          absl::StrContains(line, "DEADLINE_EXCEEDED")) {
-        return true;
-      }
-    }
-    return false;
-  };
-  *req.mutable_organisation() = SampleOrganisation("Unanswered Trust");
-  static const std::string admin = Token(server::Role::kAdmin);
-  auto ctx = Ctx(admin);
-  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
-  grpc::Status s = stub->CreateOrganisation(ctx.get(), req, &out);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
-  EXPECT_TRUE(WaitUntil(timed_out, absl::Seconds(10), absl::Milliseconds(100)))
-      << "the service still waits on PostgreSQL for a request given up on";
-  // The operator reads why in the log, at warn, under the call's method.
-  EXPECT_EQ(LogLinesWith(svc.process()->log_path(),
-                         {"\"level\":\"warn\"",
-                          "\"msg\":\"calls answered DEADLINE_EXCEEDED: the database did not "
-                          "answer in time\"",
-                          "CreateOrganisation", "\"traceparent\":\"00-"})
-                .size(),
-            1u)
-      << LogTail(svc.process()->log_path(), 20);
-  ASSERT_EQ(signal_postgres("CONT"), 0);
-  EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(20)));
-  s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
-  EXPECT_TRUE(s.ok()) << s.error_message();
-  svc.Kill();
-}
-
 // CreateOrganisation of `name` as an admin, with the call's deadline
 // `deadline` from now.
 grpc::Status CreateWithin(v1::PartnersService::Stub& stub, const std::string& name,
@@ -230,6 +164,65 @@ int FailedOfWritesAtOnce(v1::PartnersService::Stub& stub, int n) {
   return failed.load();
 }
 
+TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAgain) {
+  // A PostgreSQL that hangs (or whose host vanished) closes nothing: its
+  // connections stay open and a query waits for an answer that does not
+  // come. Every process of a private PostgreSQL is stopped (SIGSTOP) and the
+  // service must say NOT_SERVING all the same, then SERVING once it answers.
+  PrivatePostgres pg;
+  ASSERT_EQ(pg.Start(), 0);
+  ServiceProcess svc(pg.Partners());
+  svc.Start();
+  ASSERT_EQ(svc.Health(), 1);
+  // The postmaster (first line of postmaster.pid) and its children.
+  const std::string postgres = absl::StrCat(
+      "pm=$(head -1 ", pg.dir, "/data/postmaster.pid); ",
+      "kids=$(grep -l \"^PPid:[[:space:]]*$pm$\" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3); ",
+      "kill -SIG $pm $kids");
+  auto signal_postgres = [&](const std::string& sig) {
+    return Shell(absl::StrReplaceAll(postgres, {{"SIG", sig}}));
+  };
+  // Whatever the test's outcome, that PostgreSQL runs again (and can stop).
+  absl::Cleanup resume = [&] { signal_postgres("CONT"); };
+  auto stub = v1::PartnersService::NewStub(svc.channel());
+  ASSERT_TRUE(CreateWithin(*stub, "Hung Database Trust", absl::Seconds(10)).ok());
+  ASSERT_EQ(signal_postgres("STOP"), 0);
+  EXPECT_TRUE(svc.WaitForHealth(2, absl::Seconds(15)))
+      << "still " << svc.Health() << " with PostgreSQL not answering";
+  EXPECT_EQ(svc.Health("liveness"), 1);
+  // A write meanwhile: its caller gives up at its deadline, and so must the
+  // service, soon after, rather than hold a worker and a connection until
+  // PostgreSQL answers (the request is counted once it finishes).
+  auto timed_out = [&] {
+    for (absl::string_view line : absl::StrSplit(HttpGet(svc.metrics_port(), "/metrics"), '\n')) {
+      if (absl::StartsWith(line, "connecting_grpc_requests_total{") &&
+          absl::StrContains(line, "CreateOrganisation") &&
+          absl::StrContains(line, "DEADLINE_EXCEEDED")) {
+        return true;
+      }
+    }
+    return false;
+  };
+  grpc::Status s = CreateWithin(*stub, "Unanswered Trust", absl::Seconds(1));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
+  EXPECT_TRUE(WaitUntil(timed_out, absl::Seconds(10), absl::Milliseconds(100)))
+      << "the service still waits on PostgreSQL for a request given up on";
+  // The operator reads why in the log, at warn, under the call's method.
+  EXPECT_EQ(LogLinesWith(svc.process()->log_path(),
+                         {"\"level\":\"warn\"",
+                          "\"msg\":\"calls answered DEADLINE_EXCEEDED: the database did not "
+                          "answer in time\"",
+                          "CreateOrganisation", "\"traceparent\":\"00-"})
+                .size(),
+            1u)
+      << LogTail(svc.process()->log_path(), 20);
+  ASSERT_EQ(signal_postgres("CONT"), 0);
+  EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(20)));
+  s = CreateWithin(*stub, "Unanswered Trust", absl::Seconds(10));
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  svc.Kill();
+}
+
 TEST(PartnersHealth, OnceItsDatabaseAnswersAgainNoCallWaitsOnAConnectionThatFellSilent) {
   // A failover that moves the database's address: the connections made
   // before it lead nowhere (the old server vanished without a word), new
@@ -243,9 +236,6 @@ TEST(PartnersHealth, OnceItsDatabaseAnswersAgainNoCallWaitsOnAConnectionThatFell
   svc.Start();
   ASSERT_EQ(svc.Health(), 1);
   auto stub = v1::PartnersService::NewStub(svc.channel());
-  auto create = [&](const std::string& name, absl::Duration deadline) {
-    return CreateWithin(*stub, name, deadline);
-  };
   // Every connection of the pool opened.
   ASSERT_EQ(FailedOfWritesAtOnce(*stub, 6), 0);
   proxy.Abandon();
@@ -262,7 +252,7 @@ TEST(PartnersHealth, OnceItsDatabaseAnswersAgainNoCallWaitsOnAConnectionThatFell
   // Writes one after another, more of them than the pool holds: none may
   // meet a connection made before the failover.
   for (int i = 0; i < 8; ++i) {
-    grpc::Status s = create(absl::StrCat("After Failover ", i), absl::Seconds(3));
+    grpc::Status s = CreateWithin(*stub, absl::StrCat("After Failover ", i), absl::Seconds(3));
     EXPECT_TRUE(s.ok()) << "write " << i << ": " << s.error_code() << " " << s.error_message();
   }
   svc.Kill();
@@ -291,9 +281,6 @@ TEST(PartnersHealth, AfterAFailoverToAnotherServerCallsWaitingOnTheOldOneAnswerA
   svc.Start();
   ASSERT_EQ(svc.Health(), 1);
   auto stub = v1::PartnersService::NewStub(svc.channel());
-  auto create = [&](const std::string& name, absl::Duration deadline) {
-    return CreateWithin(*stub, name, deadline);
-  };
   // Three connections open.
   ASSERT_EQ(FailedOfWritesAtOnce(*stub, 3), 0);
 
@@ -307,7 +294,7 @@ TEST(PartnersHealth, AfterAFailoverToAnotherServerCallsWaitingOnTheOldOneAnswerA
   for (int i = 0; i < 3; ++i) {
     waiting.push_back(std::async(std::launch::async, [&, i] {
       const absl::Time start = absl::Now();
-      grpc::Status s = create(absl::StrCat("During Failover ", i), absl::Seconds(25));
+      grpc::Status s = CreateWithin(*stub, absl::StrCat("During Failover ", i), absl::Seconds(25));
       return Outcome{s, absl::Now() - start};
     }));
   }
@@ -333,7 +320,7 @@ TEST(PartnersHealth, AfterAFailoverToAnotherServerCallsWaitingOnTheOldOneAnswerA
       },
       absl::Seconds(5)))
       << LogTail(svc.process()->log_path(), 20);
-  grpc::Status after = create("After Failover", absl::Seconds(5));
+  grpc::Status after = CreateWithin(*stub, "After Failover", absl::Seconds(5));
   EXPECT_TRUE(after.ok()) << after.error_code() << " " << after.error_message();
   auto on_next = db::Conn::Open(next_url, "test");
   ASSERT_TRUE(on_next.ok()) << on_next.status();
@@ -373,10 +360,7 @@ TEST(PartnersHealth, ADatabaseTakingNoWritesKeepsReadsSaysSoAndIsWrittenAtOnceWh
   absl::Cleanup writable = [&] { (void)set_read_only(false); };
   auto stub = v1::PartnersService::NewStub(svc.channel());
   auto create = [&](const std::string& name) {
-    v1::CreateOrganisationRequest req;
-    *req.mutable_organisation() = SampleOrganisation(name);
-    v1::Organisation out;
-    return stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
+    return CreateWithin(*stub, name, absl::Seconds(10));
   };
   ASSERT_TRUE(create("Before Trust").ok());
 
