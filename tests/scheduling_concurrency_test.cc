@@ -42,7 +42,10 @@ class SchedulingConcurrency : public ::testing::Test {
   static void SetUpTestSuite() {
     // No sweep during these tests: each shows that a change hands on the
     // seats it frees itself, not that the sweep came by meanwhile.
-    fx_ = new SchedulingFixture(std::map<std::string, std::string>{{"SEAT_SWEEP_INTERVAL", "24h"}});
+    // Four lanes: bookings of different sessions commit in parallel, so the
+    // races below meet across lanes as well as within one.
+    fx_ = new SchedulingFixture(
+        std::map<std::string, std::string>{{"SEAT_SWEEP_INTERVAL", "24h"}, {"BOOKING_LANES", "4"}});
     org_ = new std::string(fx_->CreatePartner("Concurrency Trust"));
   }
   static void TearDownTestSuite() {

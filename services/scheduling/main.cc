@@ -3,7 +3,7 @@
 //   PARTNERS_EVENTS_STREAM   PARTNERS
 //   PARTNERS_EVENTS_SUBJECT  connecting.partners.>  (organisations, contacts, offers)
 // and how bookings share transactions:
-//   BOOKING_LANES            4 (1–64; see SchedulingLogic)
+//   BOOKING_LANES            1 (1–64; see SchedulingLogic)
 // and how often it looks for seats left free while someone could take them:
 //   SEAT_SWEEP_INTERVAL      1m (1s–24h; see SchedulingLogic::SweepFreeSeats)
 #include "libs/server/service_main.h"
@@ -23,12 +23,12 @@ int main(int argc, char** argv) {
   def.republish = &scheduling::Republish;
   static std::unique_ptr<scheduling::SchedulingLogic> logic;
   static std::string partners_stream, partners_subject;
-  static int lanes = 4;
+  static int lanes = 1;
   static absl::Duration sweep;
   def.read_config = [](config::EnvReader& env) {
     partners_stream = env.String("PARTNERS_EVENTS_STREAM", "PARTNERS");
     partners_subject = env.String("PARTNERS_EVENTS_SUBJECT", "connecting.partners.>");
-    lanes = static_cast<int>(env.Int("BOOKING_LANES", 4, 1, 64));
+    lanes = static_cast<int>(env.Int("BOOKING_LANES", 1, 1, 64));
     sweep =
         env.Duration("SEAT_SWEEP_INTERVAL", absl::Minutes(1), absl::Seconds(1), absl::Hours(24));
   };

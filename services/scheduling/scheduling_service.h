@@ -35,11 +35,13 @@ class SchedulingLogic {
   // lane commits what queued meanwhile as one transaction, so concurrent
   // bookings share BEGIN, COMMIT and round trips whichever sessions they are
   // for. Bookings of one session are always in the same lane; lanes run in
-  // parallel.
+  // parallel. One lane by default: it packs the most bookings into each
+  // transaction, and the database spends the least CPU per booking; each
+  // replica is a lane of its own at the database (docs/performance.md).
   // `schedule` gives each lane's batch a thread (the RPC executor's), so a
   // booking waiting for its batch holds none.
   SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox, const server::PageTokens& tokens,
-                  db::GroupCommitter::Schedule schedule, int booking_lanes = 4);
+                  db::GroupCommitter::Schedule schedule, int booking_lanes = 1);
 
 #define CONNECTING_SCHEDULING_METHODS(X)                                             \
   X(RegisterParticipant, RegisterParticipantRequest, Participant)                    \

@@ -29,10 +29,11 @@ cpu="$cpu,nats=$(cat "$work/nats/nats.pid")"
 "$BUILD_DIR/tools/scheduling_bench" --scheduling "127.0.0.1:$scheduling_port" \
   --partners "127.0.0.1:$partners_port" --token "$admin" --seconds "$SECONDS_PER_RUN" \
   --cpu "$cpu" --nats "nats://127.0.0.1:$nats_port" | tee "$work/bookings.txt"
-curl -s "http://127.0.0.1:$scheduling_metrics/metrics" | awk '
+batches=$(curl -s "http://127.0.0.1:$scheduling_metrics/metrics" | awk '
   /^connecting_group_commit_batch_size_sum\{committer="bookings"/ {sum = $NF}
   /^connecting_group_commit_batch_size_count\{committer="bookings"/ {n = $NF}
-  END { if (n > 0) printf "  (all three scenarios: %d transactions, %.1f bookings each on average)\n", n, sum / n }'
+  END { if (n > 0) printf "%d %.1f", n, sum / n }')
+[ -z "$batches" ] || echo "  (all three scenarios: ${batches% *} transactions, ${batches#* } bookings each on average)"
 
 psql -d scheduling -qc "CREATE TABLE pgbench_single_row (id bigserial PRIMARY KEY, payload text NOT NULL)"
 echo "INSERT INTO pgbench_single_row (payload) VALUES ('booking-sized row');" >"$work/insert.sql"
@@ -60,12 +61,17 @@ awk -v tps="$pgbench_tps" 'NR > 1 && $NF ~ /^[0-9]+$/ {
   rate = $(NF-3); name = $0; sub(/ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9]+$/, "", name);
   printf "  %-36s %.0f%% of pgbench\n", name, 100 * rate / tps }' "$work/bookings.txt"
 # The floor: what the database alone does with the statements of a booking,
-# sent the way the service sends them (per lane, a batch of 4 in two round
-# trips: BEGIN, the people's share locks, book_session x4, then the 4 outbox
-# rows + COMMIT; the people locked are the next four the shared sequence
+# sent the way the service sent them (per lane, a batch in two round trips:
+# BEGIN, the people's share locks, book_session for each, then the outbox
+# rows + COMMIT; the people locked are the next ones the shared sequence
 # hands out, which other lanes may take meanwhile: the same work), by pgbench
-# with 4 clients standing for the 4 lanes. No gRPC, no service, no NATS: the
-# best any service could do with these statements on this machine.
+# with a client for each of the service's lanes and batches of the size the
+# service's averaged over its runs (metrics above). Each client books its
+# own share of the sessions, as a session's bookings keep to one lane. No
+# gRPC, no service, no NATS: the best any service could do with these
+# statements on this machine.
+floor_lanes=${BOOKING_LANES:-1}
+floor_batch=$(awk -v b="${batches#* }" 'BEGIN { n = int(b + 0.5); print (n < 1 ? 4 : n) }')
 scheduling_pid=${pids[-1]}
 kill -TERM "$scheduling_pid" && wait "$scheduling_pid" 2>/dev/null || true  # its relay would publish the rows
 psql -d scheduling -q <<SQL
@@ -84,32 +90,34 @@ ANALYZE;
 SQL
 floor_sessions=$(psql -d scheduling -tAc "SELECT count(*) FROM floor_sessions")
 {
-  for i in 1 2 3 4; do echo "\\set s$i (random(0, $floor_sessions / 4 - 1) * 4 + :client_id % 4)"; done
+  for i in $(seq "$floor_batch"); do
+    echo "\\set s$i (random(0, $floor_sessions / $floor_lanes - 1) * $floor_lanes + :client_id % $floor_lanes)"
+  done
   echo "\\startpipeline"
   echo "BEGIN ISOLATION LEVEL READ COMMITTED;"
   echo "SELECT set_config('statement_timeout', '10000', true);"
-  echo "SELECT lock_participants(ARRAY(SELECT id FROM floor_participants WHERE n > (SELECT last_value FROM floor_next) AND n <= (SELECT last_value FROM floor_next) + 4));"
-  for i in 1 2 3 4; do
+  echo "SELECT lock_participants(ARRAY(SELECT id FROM floor_participants WHERE n > (SELECT last_value FROM floor_next) AND n <= (SELECT last_value FROM floor_next) + $floor_batch));"
+  for i in $(seq "$floor_batch"); do
     echo "SELECT * FROM book_session((SELECT id FROM floor_sessions WHERE n = :s$i), (SELECT id FROM floor_participants WHERE n = (SELECT nextval('floor_next'))), '', NULL);"
   done
   echo "\\endpipeline"
   echo "\\startpipeline"
-  for i in 1 2 3 4; do
+  for i in $(seq "$floor_batch"); do
     echo "INSERT INTO outbox (subject, type, source, ce_subject, payload, traceparent) VALUES ('connecting.scheduling.booking.confirmed', 'connecting.events.v1.BookingChanged', 'scheduling', 'bench', repeat('x', 1000), '');"
   done
   echo "COMMIT;"
   echo "\\endpipeline"
 } >"$work/floor.sql"
 wal_reset
-floor_tps=$(command pgbench -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 4 -j 2 -M prepared \
+floor_tps=$(command pgbench -h 127.0.0.1 -p "$pg_port" -U postgres -n -c "$floor_lanes" -j 2 -M prepared \
   -T "$SECONDS_PER_RUN" -f "$work/floor.sql" scheduling 2>/dev/null | awk '/^tps/ {print int($3); exit}')
 floor_outcomes=$(psql -d scheduling -tAc "SELECT string_agg(status || ':' || n, ' ') FROM (SELECT CASE status WHEN 1 THEN 'confirmed' ELSE 'waitlisted' END AS status, count(*) AS n FROM bookings b JOIN floor_participants f ON f.id = b.participant_id GROUP BY 1) x")
-echo "floor: the booking's statements alone (pgbench, 4 lanes, batches of 4): $(( floor_tps * 4 )) bookings/s ($floor_outcomes)"
+echo "floor: the booking's statements alone (pgbench, $floor_lanes lane(s), batches of $floor_batch): $(( floor_tps * floor_batch )) bookings/s ($floor_outcomes)"
 wal_per "floor booking" "$(psql -d scheduling -tAc "SELECT count(*) FROM bookings b JOIN floor_participants f ON f.id = b.participant_id")"
-awk -v f="$floor_tps" -v tps="$pgbench_tps" 'BEGIN { printf "  %-36s %.0f%% of pgbench\n", "floor (database alone)", 100 * 4 * f / tps }'
-awk -v f="$floor_tps" 'NR > 1 && $NF ~ /^[0-9]+$/ {
+awk -v f="$(( floor_tps * floor_batch ))" -v tps="$pgbench_tps" 'BEGIN { printf "  %-36s %.0f%% of pgbench\n", "floor (database alone)", 100 * f / tps }'
+awk -v f="$(( floor_tps * floor_batch ))" 'NR > 1 && $NF ~ /^[0-9]+$/ {
   rate = $(NF-3); name = $0; sub(/ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9]+$/, "", name);
-  printf "  %-36s %.0f%% of the floor\n", name, 100 * rate / (4 * f) }' "$work/bookings.txt"
+  printf "  %-36s %.0f%% of the floor\n", name, 100 * rate / f }' "$work/bookings.txt"
 if [ -n "${BENCH_STATS:-}" ]; then
   psql -d scheduling -c "SELECT relname, seq_scan, seq_tup_read, idx_scan, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, n_dead_tup FROM pg_stat_user_tables ORDER BY seq_tup_read DESC"
   psql -d scheduling -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" 2>/dev/null &&
