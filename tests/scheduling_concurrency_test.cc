@@ -1197,12 +1197,7 @@ class BookingStorm {
   std::atomic<int> next_{0};
 };
 
-// SIGKILL in the middle of concurrent, group-committed bookings, then a
-// restart: every booking a client was told about is stored as told, the seat
-// counters match the rows, the confirmed are the earliest arrivals, retrying
-// every request (same request_id) books each person exactly once, and the
-// stream carries exactly one event per stored booking.
-TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
+void RandomConcurrentWorkloadKeepsEveryRule(SchedulingFixture& fx, const std::string& org) {
   // Six clients book, cancel, reschedule, retry and change capacities at
   // random (seeded) over
   // four frontline visits on two dates and a two-site department event, while
@@ -1214,12 +1209,12 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
   std::vector<std::string> sessions;
   std::string d1 = DateIn(30), d2 = DateIn(31);
   for (int i = 0; i < 4; ++i)
-    sessions.push_back(NewSession(*fx_, *org_, 2 + i % 2, i < 2 ? d1 : d2).id());
-  sessions.push_back(NewEventSession(*fx_, *org_, DateIn(32), {{"Leeds", 2}, {"London", 2}}).id());
+    sessions.push_back(NewSession(fx, org, 2 + i % 2, i < 2 ? d1 : d2).id());
+  sessions.push_back(NewEventSession(fx, org, DateIn(32), {{"Leeds", 2}, {"London", 2}}).id());
   ASSERT_FALSE(sessions.back().empty());
   std::vector<std::string> people;
   for (int i = 0; i < 12; ++i)
-    people.push_back(Register(*fx_, absl::StrCat("WL", seed % 10000, "X", i)).id());
+    people.push_back(Register(fx, absl::StrCat("WL", seed % 10000, "X", i)).id());
 
   std::mutex mu;
   std::vector<std::string> bookings;  // every booking id any client was given
@@ -1240,14 +1235,14 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
         sv1::GetSessionRequest get;
         get.set_id(sessions[pick(sessions.size())]);
         sv1::UpdateSessionRequest req;
-        st = fx_->stub->GetSession(Ctx(fx_->admin).get(), get, req.mutable_session());
+        st = fx.stub->GetSession(Ctx(fx.admin).get(), get, req.mutable_session());
         if (st.ok()) {
           req.mutable_session()
               ->mutable_sites(static_cast<int>(pick(req.session().sites_size())))
               ->set_capacity(1 + static_cast<int>(pick(4)));
           req.mutable_update_mask()->add_paths("sites");
           sv1::Session updated;
-          st = fx_->stub->UpdateSession(Ctx(fx_->admin).get(), req, &updated);
+          st = fx.stub->UpdateSession(Ctx(fx.admin).get(), req, &updated);
         }
         std::lock_guard<std::mutex> l(mu);
         ++codes[st.error_code()];
@@ -1265,7 +1260,7 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
         req.set_participant_id(people[pick(people.size())]);
         if (si == 4) req.set_site(pick(2) ? "Leeds" : "London");
         req.set_request_id(absl::StrCat("wl-", c, "-", pick(3) == 0 ? i / 2 : i));
-        st = fx_->stub->BookSession(Ctx(fx_->admin).get(), req, &out);
+        st = fx.stub->BookSession(Ctx(fx.admin).get(), req, &out);
       } else {
         std::string id;
         {
@@ -1275,14 +1270,14 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
         if (op < 8) {
           sv1::CancelBookingRequest req;
           req.set_id(id);
-          st = fx_->stub->CancelBooking(Ctx(fx_->admin).get(), req, &out);
+          st = fx.stub->CancelBooking(Ctx(fx.admin).get(), req, &out);
         } else {  // op 8
           sv1::RescheduleBookingRequest req;
           req.set_id(id);
           size_t si = pick(sessions.size());
           req.set_session_id(sessions[si]);
           if (si == 4) req.set_site(pick(2) ? "Leeds" : "London");
-          st = fx_->stub->RescheduleBooking(Ctx(fx_->admin).get(), req, &out);
+          st = fx.stub->RescheduleBooking(Ctx(fx.admin).get(), req, &out);
         }
       }
       std::lock_guard<std::mutex> l(mu);
@@ -1304,16 +1299,16 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
     sv1::DeactivateParticipantRequest dp;
     dp.set_id(people[0]);
     sv1::Participant gone;
-    grpc::Status ds = fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), dp, &gone);
+    grpc::Status ds = fx.stub->DeactivateParticipant(Ctx(fx.admin).get(), dp, &gone);
     EXPECT_TRUE(ds.ok()) << ds.error_code() << " " << ds.error_message();
     sv1::CancelSessionRequest cs;
     cs.set_id(sessions[1]);
     cs.set_reason("the ward is closed that day");
     sv1::Session cancelled;
-    grpc::Status cst = fx_->stub->CancelSession(Ctx(fx_->admin).get(), cs, &cancelled);
+    grpc::Status cst = fx.stub->CancelSession(Ctx(fx.admin).get(), cs, &cancelled);
     EXPECT_TRUE(cst.ok()) << cst.error_code() << " " << cst.error_message();
   };
-  auto deadlocks = [&] { return DeadlocksIn(fx_->scheduling_db); };
+  auto deadlocks = [&] { return DeadlocksIn(fx.scheduling_db); };
   int64_t deadlocks_before = deadlocks();
   std::vector<std::thread> threads;
   for (int c = 0; c < kClients; ++c) threads.emplace_back(client, c);
@@ -1326,7 +1321,7 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
   std::printf("%d operations; by status code:%s\n", ops.load(), summary.c_str());
   EXPECT_GT(codes[0], 100) << "the workload should mostly do things";
 
-  auto conn = db::Conn::Open(fx_->scheduling_db, "test");
+  auto conn = db::Conn::Open(fx.scheduling_db, "test");
   ASSERT_TRUE(conn.ok()) << conn.status();
   auto none = [&](const std::string& what, const std::string& sql) {
     auto r = (*conn)->Exec(sql);
@@ -1371,7 +1366,7 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
   for (int i = 0; i < stored->rows(); ++i) {
     want[stored->String(i, 0)] = {stored->Int(i, 1), stored->Int(i, 2)};
   }
-  ASSERT_TRUE(WaitForOutboxDrained(fx_->scheduling_db));
+  ASSERT_TRUE(WaitForOutboxDrained(fx.scheduling_db));
   std::map<std::string, std::pair<int64_t, int64_t>> latest;
   auto see = [&](const sv1::Booking& b) {
     int64_t version = 0;
@@ -1379,7 +1374,7 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
     auto& l = latest[b.id()];
     if (version > l.second) l = {b.status(), version};
   };
-  for (const StoredEvent& e : ReadStream(fx_->nats_url, fx_->scheduling_stream)) {
+  for (const StoredEvent& e : ReadStream(fx.nats_url, fx.scheduling_stream)) {
     const std::string& type = e.headers.count("ce-type") ? e.headers.at("ce-type") : "";
     if (type == "connecting.events.v1.BookingChanged") {
       events::v1::BookingChanged ev;
@@ -1402,6 +1397,21 @@ TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
   }
 }
 
+TEST_F(SchedulingConcurrency, RandomConcurrentWorkloadKeepsEveryRule) {
+  RandomConcurrentWorkloadKeepsEveryRule(*fx_, *org_);
+}
+
+// The same with every booking in one lane, as the service runs by default:
+// larger batches, the bookings of every session sharing their transactions.
+TEST_F(SchedulingOneLane, RandomConcurrentWorkloadKeepsEveryRule) {
+  RandomConcurrentWorkloadKeepsEveryRule(*fx_, *org_);
+}
+
+// SIGKILL in the middle of concurrent, group-committed bookings, then a
+// restart: every booking a client was told about is stored as told, the seat
+// counters match the rows, the confirmed are the earliest arrivals, retrying
+// every request (same request_id) books each person exactly once, and the
+// stream carries exactly one event per stored booking.
 TEST(SchedulingCrash, KilledMidBookingsLosesNothingAcknowledgedAndDuplicatesNothing) {
   BookingStorm storm;
   std::vector<BookingStorm::Told> before = storm.StopAfter(40, [&] { storm.fx.scheduling->Kill(); });
