@@ -23,12 +23,13 @@ int main(int argc, char** argv) {
   def.republish = &scheduling::Republish;
   static std::unique_ptr<scheduling::SchedulingLogic> logic;
   static std::string partners_stream, partners_subject;
-  static int lanes = 1;
+  static int lanes = scheduling::SchedulingLogic::kDefaultBookingLanes;
   static absl::Duration sweep;
   def.read_config = [](config::EnvReader& env) {
     partners_stream = env.String("PARTNERS_EVENTS_STREAM", "PARTNERS");
     partners_subject = env.String("PARTNERS_EVENTS_SUBJECT", "connecting.partners.>");
-    lanes = static_cast<int>(env.Int("BOOKING_LANES", 1, 1, 64));
+    lanes = static_cast<int>(
+        env.Int("BOOKING_LANES", scheduling::SchedulingLogic::kDefaultBookingLanes, 1, 64));
     sweep =
         env.Duration("SEAT_SWEEP_INTERVAL", absl::Minutes(1), absl::Seconds(1), absl::Hours(24));
   };

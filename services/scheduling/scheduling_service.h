@@ -40,8 +40,9 @@ class SchedulingLogic {
   // replica is a lane of its own at the database (docs/performance.md).
   // `schedule` gives each lane's batch a thread (the RPC executor's), so a
   // booking waiting for its batch holds none.
+  static constexpr int kDefaultBookingLanes = 1;  // BOOKING_LANES unset
   SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox, const server::PageTokens& tokens,
-                  db::GroupCommitter::Schedule schedule, int booking_lanes = 1);
+                  db::GroupCommitter::Schedule schedule, int booking_lanes = kDefaultBookingLanes);
 
 #define CONNECTING_SCHEDULING_METHODS(X)                                             \
   X(RegisterParticipant, RegisterParticipantRequest, Participant)                    \
