@@ -116,9 +116,11 @@ class Bus : public ::testing::Test {
     ASSERT_TRUE(
         script(full ? "INSERT INTO disk_full VALUES (now())" : "DELETE FROM disk_full").ok());
   }
-  std::unique_ptr<bus::OutboxRelay> Relay(absl::Duration poll_interval = absl::Milliseconds(250)) {
+  std::unique_ptr<bus::OutboxRelay> Relay(absl::Duration poll_interval = absl::Milliseconds(250),
+                                          absl::Duration linger = bus::RelayOptions().linger) {
     bus::RelayOptions ro;
     ro.poll_interval = poll_interval;
+    ro.linger = linger;
     ro.database_url = url_;
     ro.stream = {.name = stream_, .subjects = {prefix_ + ".>"}};
     auto r = std::make_unique<bus::OutboxRelay>(ro, nats_.get());
@@ -301,6 +303,34 @@ TEST_F(Bus, EveryCommitsEventGoesOutOnItsWakeNotAtTheNextPoll) {
   EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0));
   relay->Stop(absl::Now());
   EXPECT_EQ(testing::ReadStream(nats_url_, stream_).size(), 240u);
+}
+
+// The linger is for a busy relay: an event after a quiet spell goes out at
+// once, and one that follows a publish within the linger waits for company.
+// (A linger of 3 s, so that the two cannot be mistaken for each other.)
+TEST_F(Bus, AQuietRelayPublishesAtOnceAndABusyOneWaitsForCompany) {
+  auto relay = Relay(absl::Hours(1), absl::Seconds(3));
+  ASSERT_TRUE(testing::WaitUntil([&] { return relay->healthy(); }, absl::Seconds(20)));
+  // Its first pass found nothing: quiet.
+  Emit(1);
+  relay->Wake();
+  EXPECT_TRUE(
+      WaitFor("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0, absl::Milliseconds(1500)))
+      << "a lone event waited for company on a quiet relay";
+  // Published just now: busy. The next event waits out the linger, and what
+  // commits meanwhile goes with it.
+  const absl::Time woken = absl::Now();
+  Emit(1);
+  relay->Wake();
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_EQ(Count("SELECT count(*) FROM outbox WHERE sent_at IS NULL"), 1)
+      << "a busy relay published without lingering";
+  Emit(2);
+  relay->Wake();
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0));
+  EXPECT_GE(absl::Now() - woken, absl::Seconds(2));
+  relay->Stop(absl::Now());
+  EXPECT_EQ(testing::ReadStream(nats_url_, stream_).size(), 4u);
 }
 
 TEST_F(Bus, ARelayWhoseDatabaseFallsSilentConnectsAgainAndPublishesEachEventOnce) {

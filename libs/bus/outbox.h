@@ -78,11 +78,13 @@ struct RelayOptions {
   // How often to look for rows written by other replicas (this process's own
   // writes wake the relay at once).
   absl::Duration poll_interval = absl::Milliseconds(250);
-  // After a commit's wake, wait until this long after it for more commits
-  // before publishing, so a busy service publishes in batches. Counted from
-  // the first commit since the relay last looked: an event waits at most
-  // this for company, beyond the batch before it.
-  absl::Duration linger = absl::Milliseconds(5);
+  // While the relay is busy (it published less than this long ago), a
+  // commit's wake waits until this long after it for more commits before
+  // publishing, so a busy service publishes in batches. Counted from the
+  // first commit since the relay last looked: an event waits at most this
+  // for company, beyond the batch before it. After a quiet spell (nothing
+  // published for this long) an event goes out at once, alone.
+  absl::Duration linger = absl::Milliseconds(25);
   absl::Duration ack_timeout = absl::Seconds(5);
   // After a pass that failed (PostgreSQL or NATS down, a stream refusing its
   // events), the relay waits before trying again: the poll interval, then
@@ -141,7 +143,8 @@ class OutboxRelay {
   // yet settled. Records it in outbox_restores (logged once, by the relay
   // that found it) and sets connecting_outbox_database_behind_stream.
   bool CheckForRestore(db::Conn& conn, jsCtx* js);
-  // Sleeps until Wake(), Stop() or the poll interval.
+  // Sleeps until Wake(), Stop() or the poll interval; after a wake, while
+  // busy, for the linger too.
   void WaitForWork();
   // Reads the eventfd and lets the next Wake() write it again.
   void TakeWakes();
@@ -164,6 +167,8 @@ class OutboxRelay {
   // holds (published and acknowledged, or read from its last message).
   int64_t highest_in_stream_ = 0;
   bool told_of_recorded_restore_ = false;
+  // The relay thread's own: when its last pass that published anything ended.
+  absl::Time last_published_ = absl::InfinitePast();
 
   absl::Mutex mu_;
   uint64_t batch_generation_ ABSL_GUARDED_BY(mu_) = 0;

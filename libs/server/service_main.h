@@ -27,7 +27,7 @@
 //   MIGRATION_LOCK_TIMEOUT 1s (longest a migration's attempt holds queries up; 0: no limit)
 //   MIGRATION_LOCK_WAIT   10m (a migration kept from its locks this long fails)
 //   OUTBOX_RELAY          true
-//   OUTBOX_LINGER         5ms (relay waits this long after a commit to batch more events)
+//   OUTBOX_LINGER         25ms (a busy relay waits this long after a commit to batch more events)
 //   EVENT_SUBJECT_PREFIX  connecting.<service>
 //   EVENT_STREAM          <SERVICE>, e.g. PARTNERS
 //   EVENT_STREAM_REPLICAS 1
@@ -81,7 +81,7 @@ struct ServiceConfig {
   absl::Duration migration_lock_timeout = absl::Seconds(1);  // db::MigrateOptions
   absl::Duration migration_lock_wait = absl::Minutes(10);
   bool outbox_relay = true;
-  absl::Duration outbox_linger = absl::Milliseconds(5);
+  absl::Duration outbox_linger = absl::Milliseconds(25);
   std::string event_subject_prefix;
   std::string event_stream;
   int event_stream_replicas = 1;
