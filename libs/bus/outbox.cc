@@ -174,10 +174,11 @@ void OutboxRelay::WaitForWork() {
       absl::Now() - last_published_ < options_.linger) {
     // Busy: let the commits that follow the first one join its batch: one
     // relay transaction, one round of PubAcks and one set of wake-ups for
-    // many events (docs/performance.md). Counted from that first commit's wake, which
-    // under load came while the batch before was out: its events have
-    // waited for company already. After a quiet spell the event goes at
-    // once: a lone booking's event reaches a dashboard without the wait.
+    // many events (docs/performance.md). Counted from that first commit's
+    // wake, which under load came while the batch before was out: its
+    // events have waited for company already. After a quiet spell the
+    // event goes at once: a lone booking's event reaches a dashboard
+    // without the wait.
     const int64_t first = first_wake_ns_.load();
     const absl::Time until =
         (first != 0 ? absl::FromUnixNanos(first) : absl::Now()) + options_.linger;

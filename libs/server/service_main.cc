@@ -134,8 +134,8 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
       env.Duration("SHUTDOWN_GRACE", absl::Seconds(20), absl::ZeroDuration(), absl::Minutes(10));
   c.migrate_on_start = env.Bool("MIGRATE_ON_START", true);
   c.outbox_relay = env.Bool("OUTBOX_RELAY", true);
-  c.outbox_linger =
-      env.Duration("OUTBOX_LINGER", absl::Milliseconds(25), absl::ZeroDuration(), absl::Seconds(1));
+  c.outbox_linger = env.Duration("OUTBOX_LINGER", bus::RelayOptions().linger, absl::ZeroDuration(),
+                                 absl::Seconds(1));
   c.event_stream_replicas = static_cast<int>(env.Int("EVENT_STREAM_REPLICAS", 1, 1, 5));
   c.event_stream_max_age = env.Duration("EVENT_STREAM_MAX_AGE", def.stream_max_age,
                                         absl::ZeroDuration(), absl::Hours(24 * 365 * 100));

@@ -81,7 +81,7 @@ struct ServiceConfig {
   absl::Duration migration_lock_timeout = absl::Seconds(1);  // db::MigrateOptions
   absl::Duration migration_lock_wait = absl::Minutes(10);
   bool outbox_relay = true;
-  absl::Duration outbox_linger = absl::Milliseconds(25);
+  absl::Duration outbox_linger = bus::RelayOptions().linger;
   std::string event_subject_prefix;
   std::string event_stream;
   int event_stream_replicas = 1;
