@@ -23,30 +23,48 @@ admin=$(AUTH_JWT_KEY="$key" "$BUILD_DIR/tools/connecting-token" admin)
 
 echo
 echo "== bookings (16 clients; every rule checked under the site lock, an outbox event each; concurrent bookings share transactions)"
-# --cpu: CPU per booking of each process (the postmaster with its backends).
-cpu="postgres=$(head -1 "$work/pg/data/postmaster.pid"),scheduling=${pids[-1]},partners=${pids[0]}"
-cpu="$cpu,nats=$(cat "$work/nats/nats.pid")"
-"$BUILD_DIR/tools/scheduling_bench" --scheduling "127.0.0.1:$scheduling_port" \
-  --partners "127.0.0.1:$partners_port" --token "$admin" --seconds "$SECONDS_PER_RUN" \
-  --cpu "$cpu" --nats "nats://127.0.0.1:$nats_port" | tee "$work/bookings.txt"
-batches=$(curl -s "http://127.0.0.1:$scheduling_metrics/metrics" | awk '
-  /^connecting_group_commit_batch_size_sum\{committer="bookings"/ {sum = $NF}
-  /^connecting_group_commit_batch_size_count\{committer="bookings"/ {n = $NF}
-  END { if (n > 0) printf "%d %.1f", n, sum / n }')
-[ -z "$batches" ] || echo "  (all three scenarios: ${batches% *} transactions, ${batches#* } bookings each on average)"
-
+# pgbench's single-row INSERT into the same database, for as long as a
+# booking run, before the first booking run and after each (--between): each
+# run is compared with the pgbench runs on either side of it, as this host's
+# speed drifts within a minute (pgbench alone ranged 7,500-11,400 tps over
+# one quarter of an hour on 2026-12-04).
 psql -d scheduling -qc "CREATE TABLE pgbench_single_row (id bigserial PRIMARY KEY, payload text NOT NULL)"
 echo "INSERT INTO pgbench_single_row (payload) VALUES ('booking-sized row');" >"$work/insert.sql"
+: >"$work/pgbench.txt"
 # BENCH_STATS: the WAL each run writes (records, full-page images, bytes).
 wal_reset() { [ -z "${BENCH_STATS:-}" ] || psql -d scheduling -qtAc "SELECT pg_stat_reset_shared('wal')" >/dev/null; }
 wal_per() {  # $1: what, $2: how many of them
   [ -z "${BENCH_STATS:-}" ] || psql -d scheduling -tAc "SELECT format('  WAL per %s: %s records, %s full-page images, %s bytes', '$1',
     round(wal_records::numeric / $2, 1), round(wal_fpi::numeric / $2, 2), round(wal_bytes / $2)) FROM pg_stat_wal"
 }
-wal_reset
-pgbench_tps=$(command pgbench -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 16 -j 2 -T "$SECONDS_PER_RUN" \
-  -f "$work/insert.sql" scheduling 2>/dev/null | awk '/^tps/ {print int($3); exit}')
-echo "pgbench, single-row INSERT, 16 clients, same database: $pgbench_tps tps"
+{
+  echo "set -e"
+  echo "psql() { command psql -h 127.0.0.1 -p $pg_port -U postgres -v ON_ERROR_STOP=1 \"\$@\"; }"
+  declare -f wal_reset wal_per
+  echo "BENCH_STATS='${BENCH_STATS:-}'"
+  echo "rows=\$(psql -d scheduling -tAc 'SELECT count(*) FROM pgbench_single_row')"
+  echo "wal_reset"
+  echo "tps=\$(command pgbench -h 127.0.0.1 -p $pg_port -U postgres -n -c 16 -j 2 -T $SECONDS_PER_RUN \\"
+  echo "  -f '$work/insert.sql' scheduling 2>/dev/null | awk '/^tps/ {print int(\$3); exit}')"
+  echo "[ -n \"\$tps\" ] || { echo 'pgbench gave no rate' >&2; exit 1; }"
+  echo "echo \"\$tps\" >>'$work/pgbench.txt'"
+  echo "wal_per 'pgbench insert' \$(( \$(psql -d scheduling -tAc 'SELECT count(*) FROM pgbench_single_row') - rows )) >'$work/pgbench-wal.txt'"
+} >"$work/pgbench.sh"
+# --cpu: CPU per booking of each process (the postmaster with its backends).
+cpu="postgres=$(head -1 "$work/pg/data/postmaster.pid"),scheduling=${pids[-1]},partners=${pids[0]}"
+cpu="$cpu,nats=$(cat "$work/nats/nats.pid")"
+"$BUILD_DIR/tools/scheduling_bench" --scheduling "127.0.0.1:$scheduling_port" \
+  --partners "127.0.0.1:$partners_port" --token "$admin" --seconds "$SECONDS_PER_RUN" \
+  --cpu "$cpu" --nats "nats://127.0.0.1:$nats_port" --between "bash $work/pgbench.sh" |
+  tee "$work/bookings.txt"
+batches=$(curl -s "http://127.0.0.1:$scheduling_metrics/metrics" | awk '
+  /^connecting_group_commit_batch_size_sum\{committer="bookings"/ {sum = $NF}
+  /^connecting_group_commit_batch_size_count\{committer="bookings"/ {n = $NF}
+  END { if (n > 0) printf "%d %.1f", n, sum / n }')
+[ -z "$batches" ] || echo "  (all three scenarios: ${batches% *} transactions, ${batches#* } bookings each on average)"
+
+echo "pgbench, single-row INSERT, 16 clients, same database, before the first booking run and after each: $(paste -sd' ' "$work/pgbench.txt" | sed 's/ / tps, /g') tps"
+pgbench_tps=$(tail -1 "$work/pgbench.txt")  # the floor below runs next to the last
 # Each of pgbench's inserts is a commit, so its rate follows the disk's
 # flush time; bookings share commits (batches), so it weighs less on them
 # and the share of pgbench below rises on a slow disk (11-19% on hosts
@@ -56,10 +74,14 @@ flush_us=$("$(pg_bindir)/pg_test_fsync" -s 1 -f "$work/pg/fsync.test" 2>/dev/nul
   awk '/one 8kB write/ {one = 1} one && $1 == "fdatasync" {print int($(NF-1)); exit}')
 rm -f "$work/pg/fsync.test"
 echo "  the disk's flush (pg_test_fsync, fdatasync of one 8 kB write): ${flush_us:-?} us"
-wal_per "pgbench insert" "$(psql -d scheduling -tAc "SELECT count(*) FROM pgbench_single_row")"
-awk -v tps="$pgbench_tps" 'NR > 1 && $NF ~ /^[0-9]+$/ {
-  rate = $(NF-3); name = $0; sub(/ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9]+$/, "", name);
-  printf "  %-36s %.0f%% of pgbench\n", name, 100 * rate / tps }' "$work/bookings.txt"
+[ -z "${BENCH_STATS:-}" ] || cat "$work/pgbench-wal.txt"
+# Each booking run's share of the mean of the pgbench runs on either side.
+awk 'BEGIN { n = 0 } NR == FNR { tps[FNR - 1] = $1; next }
+  FNR > 1 && $NF ~ /^[0-9]+$/ {
+    rate = $(NF-3); name = $0; sub(/ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9]+$/, "", name);
+    if ((n + 1) in tps) printf "  %-36s %.0f%% of pgbench (%d and %d tps either side)\n", name,
+      100 * rate / ((tps[n] + tps[n + 1]) / 2), tps[n], tps[n + 1]
+    n++ }' "$work/pgbench.txt" "$work/bookings.txt"
 # The floor: what the database alone does with the statements of a booking,
 # sent the way the service sent them (per lane, a batch in two round trips:
 # BEGIN, the people's share locks, book_session for each, then the outbox

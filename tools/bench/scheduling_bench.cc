@@ -8,8 +8,12 @@
 // follows the bookings' events (a JetStream ordered consumer, as
 // tools/watch-events reads them), and prints how long after each booking's
 // reply its event reached it.
+// With --between, a shell command runs before the first run and after each
+// (its clients idle): tools/bench/scheduling.sh runs pgbench there, so that
+// each run is compared with the pgbench runs just before and after it
+// rather than with one taken a minute later on a host whose speed drifts.
 //   scheduling_bench --scheduling HOST:PORT --partners HOST:PORT --token JWT [--seconds N]
-//                    [--cpu name=pid,name=pid...] [--nats URL]
+//                    [--cpu name=pid,name=pid...] [--nats URL] [--between COMMAND]
 #include <dirent.h>
 #include <grpcpp/grpcpp.h>
 #include <nats/nats.h>
@@ -19,6 +23,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -258,7 +263,7 @@ class Follower {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string sched, partners, nats_url;
+  std::string sched, partners, nats_url, between;
   double seconds = 3;
   std::vector<std::pair<std::string, int>> watched;  // --cpu
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -267,6 +272,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--token")) g_token = argv[i + 1];
     if (!std::strcmp(argv[i], "--seconds")) seconds = std::atof(argv[i + 1]);
     if (!std::strcmp(argv[i], "--nats")) nats_url = argv[i + 1];
+    if (!std::strcmp(argv[i], "--between")) between = argv[i + 1];
     if (!std::strcmp(argv[i], "--cpu")) {
       for (absl::string_view item : absl::StrSplit(argv[i + 1], ',', absl::SkipEmpty())) {
         std::pair<std::string, std::string> kv = absl::StrSplit(item, '=');
@@ -366,6 +372,14 @@ int main(int argc, char** argv) {
     chains[t].people = &people[t];
     chains[t].rng.seed(t);
   }
+  auto run_between = [&] {
+    if (between.empty()) return true;
+    std::fflush(stdout);
+    if (std::system(between.c_str()) == 0) return true;
+    std::fprintf(stderr, "--between failed: %s\n", between.c_str());
+    return false;
+  };
+  if (!run_between()) return 1;
   for (int scenario = 0; scenario < scenarios; ++scenario) {
     std::unique_ptr<Follower> follower;
     if (scenario == 2 && !(follower = Follower::Start(nats_url))) break;
@@ -418,7 +432,10 @@ int main(int argc, char** argv) {
     }
     std::vector<double> all;
     for (auto& ch : chains) all.insert(all.end(), ch.lat.begin(), ch.lat.end());
-    if (all.empty()) continue;
+    if (all.empty()) {
+      if (!run_between()) return 1;
+      continue;
+    }
     const size_t bookings = all.size();
     const connecting::bench::Result r =
         connecting::bench::Summarise(std::move(all), elapsed, errors.load());
@@ -432,6 +449,7 @@ int main(int argc, char** argv) {
     }
     if (follower != nullptr) std::printf("  %s\n", follower->Summary(absl::Seconds(5)).c_str());
     std::fflush(stdout);
+    if (!run_between()) return 1;
   }
   return 0;
 }
