@@ -43,9 +43,12 @@ class SchedulingConcurrency : public ::testing::Test {
     // No sweep during these tests: each shows that a change hands on the
     // seats it frees itself, not that the sweep came by meanwhile.
     // Four lanes: bookings of different sessions commit in parallel, so the
-    // races below meet across lanes as well as within one.
-    fx_ = new SchedulingFixture(
-        std::map<std::string, std::string>{{"SEAT_SWEEP_INTERVAL", "24h"}, {"BOOKING_LANES", "4"}});
+    // races below meet across lanes as well as within one. A booking that
+    // waits more than a millisecond for a lock leaves its batch to wait
+    // apart (BOOKING_LOCK_WAIT), so these races, the random workload's
+    // included, go through that path too.
+    fx_ = new SchedulingFixture(std::map<std::string, std::string>{
+        {"SEAT_SWEEP_INTERVAL", "24h"}, {"BOOKING_LANES", "4"}, {"BOOKING_LOCK_WAIT", "1ms"}});
     org_ = new std::string(fx_->CreatePartner("Concurrency Trust"));
   }
   static void TearDownTestSuite() {
@@ -832,11 +835,14 @@ std::vector<sv1::Session> SessionsInLockOrder(SchedulingFixture& fx, const std::
 }
 
 // Every booking in one lane (BOOKING_LANES=1), so that the bookings a test
-// queues behind a held batch run together as the next one.
+// queues behind a held batch run together as the next one; a batch waits
+// for its locks as long as they are held (BOOKING_LOCK_WAIT), as it does for
+// waits shorter than that.
 class SchedulingOneLane : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    fx_ = new SchedulingFixture(std::map<std::string, std::string>{{"BOOKING_LANES", "1"}});
+    fx_ = new SchedulingFixture(
+        std::map<std::string, std::string>{{"BOOKING_LANES", "1"}, {"BOOKING_LOCK_WAIT", "1h"}});
     org_ = new std::string(fx_->CreatePartner("One Lane Trust"));
   }
   static void TearDownTestSuite() {
@@ -862,6 +868,71 @@ class SchedulingOneLane : public ::testing::Test {
 };
 SchedulingFixture* SchedulingOneLane::fx_ = nullptr;
 std::string* SchedulingOneLane::org_ = nullptr;
+
+// One lane, and a booking waits for its seats in its batch for 100 ms.
+class SchedulingLockWait : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    fx_ = new SchedulingFixture(
+        std::map<std::string, std::string>{{"BOOKING_LANES", "1"}, {"BOOKING_LOCK_WAIT", "100ms"}});
+  }
+  static void TearDownTestSuite() { delete fx_; }
+  static SchedulingFixture* fx_;
+};
+SchedulingFixture* SchedulingLockWait::fx_ = nullptr;
+
+TEST_F(SchedulingLockWait, BookingsWaitingForHeldSeatsHoldUpNoOtherSession) {
+  // A transaction holds a session's seats (a large session being cancelled,
+  // a client that left one open). A booking of those seats waits for them,
+  // and so does the one booking them after it; a booking of another session
+  // in the same lane must not wait with them. Once the seats are let go the
+  // two book in the order they came.
+  SchedulingFixture& fx = *fx_;
+  const std::string org = fx.CreatePartner("Lock Wait Trust");
+  sv1::Session held = NewSession(fx, org, 1, DateIn(90));
+  sv1::Session other = NewSession(fx, org, 5, DateIn(91));
+  const std::string first = Register(fx, "LOCKW1").id();
+  const std::string second = Register(fx, "LOCKW2").id();
+  const std::string elsewhere = Register(fx, "LOCKW3").id();
+  const std::string lock_waits = "connecting_group_commit_lock_waits_total{committer=\"bookings\"}";
+  const double waits_before = MetricValue(fx.scheduling->metrics_port(), lock_waits).value_or(0);
+
+  std::unique_ptr<db::Conn> holder = HoldSeats(fx.scheduling_db, held.id());
+  ASSERT_TRUE(holder);
+  sv1::Booking first_out, second_out, elsewhere_out;
+  auto first_call =
+      std::async(std::launch::async, [&] { return Book(fx, held.id(), first, &first_out); });
+  ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 1));
+  auto second_call =
+      std::async(std::launch::async, [&] { return Book(fx, held.id(), second, &second_out); });
+  absl::SleepFor(absl::Milliseconds(300));  // past the lock wait: both wait apart now
+  const absl::Time start = absl::Now();
+  grpc::Status st = Book(fx, other.id(), elsewhere, &elsewhere_out);
+  const absl::Duration took = absl::Now() - start;
+  ASSERT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  EXPECT_EQ(elsewhere_out.status(), sv1::BOOKING_STATUS_CONFIRMED);
+  EXPECT_LT(took, absl::Seconds(2)) << "a booking of another session waited for the held seats";
+  EXPECT_EQ(first_call.wait_for(std::chrono::seconds(0)), std::future_status::timeout)
+      << "booked while the seats were held";
+  EXPECT_EQ(second_call.wait_for(std::chrono::seconds(0)), std::future_status::timeout)
+      << "booked while the seats were held";
+  EXPECT_GE(MetricValue(fx.scheduling->metrics_port(), lock_waits).value_or(0), waits_before + 1);
+
+  ASSERT_TRUE(holder->ExecScript("COMMIT").ok());
+  st = first_call.get();
+  ASSERT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  st = second_call.get();
+  ASSERT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  EXPECT_EQ(first_out.status(), sv1::BOOKING_STATUS_CONFIRMED) << "not in the order they came";
+  EXPECT_EQ(second_out.status(), sv1::BOOKING_STATUS_WAITLISTED);
+  EXPECT_EQ(second_out.waitlist_position(), 1);
+  sv1::GetSessionRequest get;
+  get.set_id(held.id());
+  sv1::Session now;
+  ASSERT_TRUE(fx.stub->GetSession(Ctx(fx.admin).get(), get, &now).ok());
+  EXPECT_EQ(now.sites(0).confirmed(), 1);
+  EXPECT_EQ(now.sites(0).waitlisted(), 1);
+}
 
 TEST_F(SchedulingOneLane, DeactivationNeverDeadlocksWithABatchBookingTheLeaver) {
   // The leaver holds bookings on sessions a and b. One batch books someone

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "libs/common/metrics.h"
@@ -14,12 +15,20 @@ constexpr int kMaxRetries = 8;  // serialization failures and deadlocks, per bat
 }  // namespace
 
 GroupCommitter::GroupCommitter(Pool& pool, const std::string& name, Schedule schedule,
-                               int max_batch, int max_pending, LockFirst lock_first)
+                               int max_batch, int max_pending, LockFirst lock_first,
+                               absl::Duration lock_wait)
     : pool_(pool),
       schedule_(std::move(schedule)),
       max_batch_(max_batch),
       max_pending_(max_pending),
-      lock_first_(std::move(lock_first)) {
+      lock_first_(std::move(lock_first)),
+      lock_wait_(lock_wait) {
+  static auto& lock_waits =
+      prometheus::BuildCounter()
+          .Name("connecting_group_commit_lock_waits_total")
+          .Help("Callers that left their batch to wait for a row lock another transaction held")
+          .Register(*metrics::Registry());
+  lock_waits_ = &lock_waits.Add({{"committer", name}});
   static auto& family = prometheus::BuildHistogram()
                             .Name("connecting_group_commit_batch_size")
                             .Help("Callers whose work one group-committed transaction carried")
@@ -38,26 +47,38 @@ GroupCommitter::~GroupCommitter() {
   mu_.Await(absl::Condition(this, &GroupCommitter::Idle));
 }
 
+bool GroupCommitter::IsPatient(const std::string& key) { return absl::EndsWith(key, Patient("")); }
+
 void GroupCommitter::Submit(const std::string& key, absl::Time deadline, Work work, Done done) {
   auto* item = new Item{std::move(work), deadline, std::move(done), absl::OkStatus()};
-  bool start = false, full = false;
+  bool full = false;
   {
     absl::MutexLock lock(&mu_);
     full = pending_ >= max_pending_;
-    if (!full) {
-      waiting_->Set(++pending_);
-      auto [it, fresh] = queues_.try_emplace(key);
-      it->second.pending.push_back(item);
-      start = fresh;  // otherwise the running Drain for this key takes it
-    }
+    if (!full) waiting_->Set(++pending_);
   }
   if (full) {
     item->done(absl::ResourceExhaustedError("too many callers waiting; retry with backoff"));
     delete item;
     return;
   }
+  Enqueue(key, {item});
+}
+
+void GroupCommitter::Enqueue(const std::string& key, std::vector<Item*> items) {
+  const bool patient = IsPatient(key);
+  bool start = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto [it, fresh] = queues_.try_emplace(key);
+    for (Item* item : items) {
+      it->second.pending.push_back(item);
+      if (patient) ++it->second.rows[item->work.lock_order];
+    }
+    start = fresh;  // otherwise the running Drain for this key takes them
+  }
   if (start && !schedule_([this, key] { Drain(key); })) {
-    // No thread: fail what queued for this key since (at least our item).
+    // No thread: fail what queued for this key since (at least ours).
     std::vector<Item*> orphans;
     {
       absl::MutexLock lock(&mu_);
@@ -75,6 +96,7 @@ void GroupCommitter::Submit(const std::string& key, absl::Time deadline, Work wo
 }
 
 void GroupCommitter::Drain(const std::string& key) {
+  const bool patient = IsPatient(key);
   std::vector<Item*> unanswered;  // the batch that ended last
   auto answer = [&unanswered] {
     for (Item* it : unanswered) {
@@ -98,6 +120,18 @@ void GroupCommitter::Drain(const std::string& key) {
       size_t n = std::min(q.size(), static_cast<size_t>(max_batch_));
       batch.assign(q.begin(), q.begin() + n);
       q.erase(q.begin(), q.begin() + n);
+      // Whoever locks a row that callers before them wait for joins them.
+      if (auto w = patient ? queues_.end() : queues_.find(Patient(key)); w != queues_.end()) {
+        Queue& waiting = w->second;
+        auto behind = std::stable_partition(batch.begin(), batch.end(), [&waiting](Item* i) {
+          return waiting.rows.count(i->work.lock_order) == 0;
+        });
+        for (auto i = behind; i != batch.end(); ++i) {
+          waiting.pending.push_back(*i);
+          ++waiting.rows[(*i)->work.lock_order];
+        }
+        batch.erase(behind, batch.end());
+      }
     }
     if (batch.empty()) {
       answer();
@@ -119,18 +153,36 @@ void GroupCommitter::Drain(const std::string& key) {
     std::stable_sort(run.begin(), run.end(), [](const Item* a, const Item* b) {
       return a->work.lock_order < b->work.lock_order;
     });
-    if (!run.empty()) RunBatch(run, deadline, answer);
+    if (!run.empty()) RunBatch(run, deadline, patient, answer);
+
     answer();  // if RunBatch did not
+    auto left = std::stable_partition(batch.begin(), batch.end(),
+                                      [](const Item* i) { return !i->waits_for_lock; });
+    std::vector<Item*> to_wait(left, batch.end());
+    batch.erase(left, batch.end());
+    for (Item* i : to_wait) i->waits_for_lock = false;  // until its next batch says so
     {
       absl::MutexLock lock(&mu_);
       pending_ -= static_cast<int>(batch.size());
       waiting_->Set(pending_);
+      if (patient) {
+        auto& rows = queues_.find(key)->second.rows;
+        for (const Item* i : batch) {
+          if (auto r = rows.find(i->work.lock_order); r != rows.end() && --r->second <= 0) {
+            rows.erase(r);
+          }
+        }
+      }
+    }
+    if (!to_wait.empty()) {
+      lock_waits_->Increment(static_cast<double>(to_wait.size()));
+      Enqueue(Patient(key), std::move(to_wait));
     }
     unanswered = std::move(batch);
   }
 }
 
-void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline,
+void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline, bool patient,
                               const std::function<void()>& answer) {
   auto fail = [&](const absl::Status& s) {
     for (Item* it : batch) it->result = s;
@@ -155,6 +207,11 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline,
       first.push_back(
           {"SELECT set_config('statement_timeout', $1, true)", {absl::StrCat(**timeout)}});
     }
+    if (!patient && lock_wait_ < absl::InfiniteDuration()) {
+      first.push_back(
+          {"SELECT set_config('lock_timeout', $1, true)",
+           {absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(lock_wait_)))}});
+    }
     if (lock_first_) {
       std::vector<std::string> keys;
       for (const Item* it : batch) {
@@ -170,16 +227,29 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline,
     absl::Status shared;  // an error of the transaction rather than of one item
     for (size_t i = 0; i < lead && shared.ok(); ++i) shared = rows[i].status();
     int raised = -1;  // the item whose statement raised
+    int locked = -1;  // the item that waited too long for a row lock
     for (size_t i = 0; shared.ok() && i < batch.size(); ++i) {
       const absl::Status& s = rows[lead + i].status();
       if (s.ok()) continue;
-      if (IsRetryable(s) || absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) ||
-          absl::IsResourceExhausted(s)) {
+      if (!patient && IsLockNotAvailable(s)) {
+        locked = static_cast<int>(i);
+      } else if (IsRetryable(s) || absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) ||
+                 absl::IsResourceExhausted(s)) {
         shared = s;
       } else {
         raised = static_cast<int>(i);
       }
       break;  // the rest were skipped
+    }
+    if (locked >= 0) {
+      // It, and whoever in the batch locks the same row, wait elsewhere.
+      rollback();
+      const std::string row = batch[locked]->work.lock_order;
+      for (Item* it : batch) it->waits_for_lock = it->work.lock_order == row;
+      batch.erase(std::remove_if(batch.begin(), batch.end(),
+                                 [](const Item* it) { return it->waits_for_lock; }),
+                  batch.end());
+      continue;  // again without them
     }
     if (raised >= 0) {
       rollback();
@@ -189,6 +259,10 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline,
     }
     if (!shared.ok()) {
       rollback();
+      if (!patient && IsLockNotAvailable(shared)) {
+        patient = true;  // a row the whole batch locks first: it waits, as one
+        continue;
+      }
       if (RefusedForReadOnly(shared) && !tried_on_fresh) {
         tried_on_fresh = true;  // once, on a connection made now
         fresh = true;

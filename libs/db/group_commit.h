@@ -20,6 +20,14 @@
 // A serialization failure or deadlock retries the whole batch, so `then` may
 // run more than once and must only overwrite what it sets.
 //
+// A caller whose `first` waits longer than `lock_wait` for a row lock (a
+// long transaction holds it: a large session being cancelled, or a client
+// that left one open) leaves its batch for a queue of its own per key,
+// whose batches wait for their locks as long as their deadlines allow; the
+// batch runs again without it. Callers behind it that lock the same row
+// (its `lock_order`) join it there, in order, while it waits; the rest of
+// the key's callers go on being committed meanwhile.
+//
 // The callers of a batch are answered while the next batch's first round
 // trip is at the database (at once when no batch follows, or before the
 // next one waits for a connection). Answered one after another before the
@@ -40,6 +48,7 @@
 #include "libs/db/db.h"
 
 namespace prometheus {
+class Counter;
 class Gauge;
 class Histogram;
 }  // namespace prometheus
@@ -75,9 +84,13 @@ class GroupCommitter {
   // waiting caller holds no thread. `name` labels the metrics
   // connecting_group_commit_batch_size{committer=name}, how many callers each
   // committed transaction carried, and connecting_group_commit_waiting, how
-  // many wait now. At most `max_pending` callers wait at once.
+  // many wait now, and connecting_group_commit_lock_waits_total, how many
+  // callers left their batch to wait for a lock. At most `max_pending`
+  // callers wait at once. `lock_wait`: infinite, every caller waits for its
+  // locks in its batch.
   GroupCommitter(Pool& pool, const std::string& name, Schedule schedule, int max_batch = 64,
-                 int max_pending = 4096, LockFirst lock_first = nullptr);
+                 int max_pending = 4096, LockFirst lock_first = nullptr,
+                 absl::Duration lock_wait = absl::InfiniteDuration());
   // Waits for the batches still running (a batch's thread goes on touching
   // the committer after it answered its last caller); `schedule` must run
   // what it accepted, as Executor does even when shutting down.
@@ -97,17 +110,29 @@ class GroupCommitter {
     absl::Time deadline;
     Done done;
     absl::Status result;
+    bool waits_for_lock = false;  // set by RunBatch: to its key's patient queue
   };
   struct Queue {
     std::vector<Item*> pending;
+    // A patient queue (see Patient): how many of its callers, queued or in
+    // its running batch, lock each row (by lock_order).
+    std::unordered_map<std::string, int> rows;
   };
 
+  // The queue of `key`'s callers that wait for a lock as long as it takes.
+  static std::string Patient(const std::string& key) { return key + "\x1f(waiting for a lock)"; }
+  static bool IsPatient(const std::string& key);
+  // Queues `items` under `key`, and starts a Drain for it if none runs;
+  // fails them if no thread can be had for it.
+  void Enqueue(const std::string& key, std::vector<Item*> items);
   // Runs the batches of `key` until none is waiting.
   void Drain(const std::string& key);
-  // Runs the batch to completion: every item's result is set. `answer`
-  // answers the batch before it: RunBatch calls it while its first round
-  // trip is at the database, or before it waits for a connection.
-  void RunBatch(std::vector<Item*> batch, absl::Time deadline, const std::function<void()>& answer);
+  // Runs the batch to completion: every item's result is set, or, unless
+  // `patient`, its waits_for_lock. `answer` answers the batch before it:
+  // RunBatch calls it while its first round trip is at the database, or
+  // before it waits for a connection.
+  void RunBatch(std::vector<Item*> batch, absl::Time deadline, bool patient,
+                const std::function<void()>& answer);
   bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queues_.empty(); }
 
   Pool& pool_;
@@ -115,6 +140,8 @@ class GroupCommitter {
   const int max_batch_;
   const int max_pending_;
   const LockFirst lock_first_;
+  const absl::Duration lock_wait_;
+  prometheus::Counter* lock_waits_;
   prometheus::Histogram* batch_sizes_;
   prometheus::Gauge* waiting_;  // callers queued or in a running batch
   absl::Mutex mu_;

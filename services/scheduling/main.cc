@@ -4,6 +4,10 @@
 //   PARTNERS_EVENTS_SUBJECT  connecting.partners.>  (organisations, contacts, offers)
 // and how bookings share transactions:
 //   BOOKING_LANES            1 (1–64; see SchedulingLogic)
+//   BOOKING_LOCK_WAIT        100ms (1ms–1h): how long a booking waits for its
+//                            seats' lock in its lane's batch before it waits
+//                            apart (a long cancellation holds them), so that
+//                            the lane's other bookings go on
 // and how often it looks for seats left free while someone could take them:
 //   SEAT_SWEEP_INTERVAL      1m (1s–24h; see SchedulingLogic::SweepFreeSeats)
 #include "libs/server/service_main.h"
@@ -24,7 +28,7 @@ int main(int argc, char** argv) {
   static std::unique_ptr<scheduling::SchedulingLogic> logic;
   static std::string partners_stream, partners_subject;
   static int lanes = scheduling::SchedulingLogic::kDefaultBookingLanes;
-  static absl::Duration sweep;
+  static absl::Duration sweep, lock_wait;
   def.read_config = [](config::EnvReader& env) {
     partners_stream = env.String("PARTNERS_EVENTS_STREAM", "PARTNERS");
     partners_subject = env.String("PARTNERS_EVENTS_SUBJECT", "connecting.partners.>");
@@ -32,6 +36,9 @@ int main(int argc, char** argv) {
         env.Int("BOOKING_LANES", scheduling::SchedulingLogic::kDefaultBookingLanes, 1, 64));
     sweep =
         env.Duration("SEAT_SWEEP_INTERVAL", absl::Minutes(1), absl::Seconds(1), absl::Hours(24));
+    lock_wait =
+        env.Duration("BOOKING_LOCK_WAIT", scheduling::SchedulingLogic::kDefaultBookingLockWait,
+                     absl::Milliseconds(1), absl::Hours(1));
   };
   def.build = [](server::ServiceContext& ctx) {
     // Since contacts and offers are projected too: a new durable, so that it
@@ -47,7 +54,7 @@ int main(int argc, char** argv) {
     logic = std::make_unique<scheduling::SchedulingLogic>(
         ctx.pool, ctx.outbox, ctx.page_tokens,
         [executor](std::function<void()> task) { return executor->TrySubmit(std::move(task)); },
-        lanes);
+        lanes, lock_wait);
     ctx.periodic.push_back({"seat sweep", sweep, [] { logic->SweepFreeSeats(); }});
     std::vector<std::unique_ptr<grpc::Service>> services;
     services.push_back(std::make_unique<scheduling::SchedulingGrpc>(logic.get(), &ctx.rpc));

@@ -252,7 +252,8 @@ prometheus::Counter& HandedOn(SchedulingLogic::HandOnBy by) {
 
 SchedulingLogic::SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox,
                                  const server::PageTokens& tokens,
-                                 db::GroupCommitter::Schedule schedule, int booking_lanes)
+                                 db::GroupCommitter::Schedule schedule, int booking_lanes,
+                                 absl::Duration booking_lock_wait)
     : pool_(pool),
       outbox_(outbox),
       tokens_(tokens),
@@ -260,7 +261,7 @@ SchedulingLogic::SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox,
       schedule_(schedule),
       // A batch takes the people it books before any seats (store.h).
       bookings_(pool, "bookings", std::move(schedule), /*max_batch=*/64, /*max_pending=*/4096,
-                store::ShareParticipants) {
+                store::ShareParticipants, booking_lock_wait) {
   HandedOn(HandOnBy::kChange);  // exported from the start, at 0
 }
 

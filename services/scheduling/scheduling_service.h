@@ -40,9 +40,15 @@ class SchedulingLogic {
   // replica is a lane of its own at the database (docs/performance.md).
   // `schedule` gives each lane's batch a thread (the RPC executor's), so a
   // booking waiting for its batch holds none.
+  // A booking whose seats another transaction holds (a large session being
+  // cancelled) waits for them in its batch for at most `booking_lock_wait`,
+  // then apart from the lane, with whoever else books those seats meanwhile,
+  // while the lane goes on (db::GroupCommitter's lock_wait).
   static constexpr int kDefaultBookingLanes = 1;  // BOOKING_LANES unset
+  static constexpr absl::Duration kDefaultBookingLockWait = absl::Milliseconds(100);
   SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox, const server::PageTokens& tokens,
-                  db::GroupCommitter::Schedule schedule, int booking_lanes = kDefaultBookingLanes);
+                  db::GroupCommitter::Schedule schedule, int booking_lanes = kDefaultBookingLanes,
+                  absl::Duration booking_lock_wait = kDefaultBookingLockWait);
 
 #define CONNECTING_SCHEDULING_METHODS(X)                                             \
   X(RegisterParticipant, RegisterParticipantRequest, Participant)                    \
