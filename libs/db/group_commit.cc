@@ -154,7 +154,6 @@ void GroupCommitter::Drain(const std::string& key) {
       return a->work.lock_order < b->work.lock_order;
     });
     if (!run.empty()) RunBatch(run, deadline, patient, answer);
-
     answer();  // if RunBatch did not
     auto left = std::stable_partition(batch.begin(), batch.end(),
                                       [](const Item* i) { return !i->waits_for_lock; });
