@@ -7,7 +7,8 @@ start=$(date +%s.%N)
 launch_service "$BUILD_DIR/services/scheduling/scheduling" scheduling "$work/scheduling.log" \
   "$scheduling_port" "$scheduling_metrics" warn
 pids+=($!)
-wait_port 127.0.0.1 "$scheduling_port" 30 "${pids[-1]}" || { tail -5 "$work/scheduling.log" >&2; exit 1; }
+scheduling_pid=${pids[-1]}
+wait_port 127.0.0.1 "$scheduling_port" 30 "$scheduling_pid" || { tail -5 "$work/scheduling.log" >&2; exit 1; }
 if [ -n "${replay_orgs:-}" ]; then  # run.sh put them on the stream: the replay, from start-up
   deadline=$(( $(date +%s) + 600 ))
   until [ "$(psql -d scheduling -tAc "SELECT count(*) FROM partner_organisations")" -ge "$replay_orgs" ]; do
@@ -51,8 +52,23 @@ wal_per() {  # $1: what, $2: how many of them
   echo "wal_per 'pgbench insert' \$(( \$(psql -d scheduling -tAc 'SELECT count(*) FROM pgbench_single_row') - rows )) >'$work/pgbench-wal.txt'"
 } >"$work/pgbench.sh"
 # --cpu: CPU per booking of each process (the postmaster with its backends).
-cpu="postgres=$(head -1 "$work/pg/data/postmaster.pid"),scheduling=${pids[-1]},partners=${pids[0]}"
+cpu="postgres=$(head -1 "$work/pg/data/postmaster.pid"),scheduling=$scheduling_pid,partners=${pids[0]}"
 cpu="$cpu,nats=$(cat "$work/nats/nats.pid")"
+# BENCH_BUSY=N: N busy loops at the same priority through the pgbench,
+# booking and floor runs, each taking a core when it can: a host with other
+# work on it, as this one often is, made repeatable.
+busy=()
+forget() {  # processes ended: not to be signalled again at exit
+  local keep=() p
+  for p in "${pids[@]}"; do [[ " $* " == *" $p "* ]] || keep+=("$p"); done
+  pids=("${keep[@]}")
+}
+for _ in $(seq "${BENCH_BUSY:-0}"); do
+  timeout 1800 sh -c 'while :; do :; done' &
+  busy+=($!)
+  pids+=($!)
+done
+[ "${#busy[@]}" -eq 0 ] || echo "(with ${#busy[@]} busy loop(s) beside, BENCH_BUSY)"
 "$BUILD_DIR/tools/scheduling_bench" --scheduling "127.0.0.1:$scheduling_port" \
   --partners "127.0.0.1:$partners_port" --token "$admin" --seconds "$SECONDS_PER_RUN" \
   --cpu "$cpu" --nats "nats://127.0.0.1:$nats_port" --between "bash $work/pgbench.sh" |
@@ -94,8 +110,8 @@ awk 'BEGIN { n = 0 } NR == FNR { tps[FNR - 1] = $1; next }
 # statements on this machine.
 floor_lanes=${BOOKING_LANES:-1}
 floor_batch=$(awk -v b="${batches#* }" 'BEGIN { n = int(b + 0.5); print (n < 1 ? 4 : n) }')
-scheduling_pid=${pids[-1]}
 kill -TERM "$scheduling_pid" && wait "$scheduling_pid" 2>/dev/null || true  # its relay would publish the rows
+forget "$scheduling_pid"
 psql -d scheduling -q <<SQL
 INSERT INTO participants (staff_number, display_name, email, grade, directorate)
   SELECT 'FLOOR' || g, 'Floor ' || g, 'floor' || g || '@example.org', 1, 'Bench'
@@ -140,6 +156,10 @@ awk -v f="$(( floor_tps * floor_batch ))" -v tps="$pgbench_tps" 'BEGIN { printf 
 awk -v f="$(( floor_tps * floor_batch ))" 'NR > 1 && $NF ~ /^[0-9]+$/ {
   rate = $(NF-3); name = $0; sub(/ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9]+$/, "", name);
   printf "  %-36s %.0f%% of the floor\n", name, 100 * rate / f }' "$work/bookings.txt"
+if [ "${#busy[@]}" -gt 0 ]; then
+  for p in "${busy[@]}"; do kill -TERM "$p" && wait "$p" 2>/dev/null || true; done
+  forget "${busy[@]}"
+fi
 if [ -n "${BENCH_STATS:-}" ]; then
   psql -d scheduling -c "SELECT relname, seq_scan, seq_tup_read, idx_scan, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, n_dead_tup FROM pg_stat_user_tables ORDER BY seq_tup_read DESC"
   psql -d scheduling -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" 2>/dev/null &&
