@@ -922,6 +922,130 @@ TEST_F(Database, AWriteOnAConnectionMadeWhileTheDatabaseTookNoWritesIsTriedOnANe
   EXPECT_EQ(n->Int(0, 0), 8);
 }
 
+TEST_F(Database, AWriteWhoseConnectionWasLostBeforeItsCommitRunsOnceMoreOnANewOne) {
+  // A failover, a restart or an operator's pg_terminate_backend ends a
+  // connection while its transaction runs, before its COMMIT: the server
+  // rolled it back. The write runs once more, at once, on a new connection
+  // (after a failover, to the server the address leads to now) and takes
+  // effect once, rather than answering UNAVAILABLE. Only once: a second
+  // loss is answered.
+  Script(
+      "CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL);"
+      "INSERT INTO t VALUES (1, 0);"
+      "CREATE TABLE followed (n int NOT NULL)");
+  auto admin = db::Conn::Open(url_, "admin");
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  // Another connection watches: within `admin`'s transaction
+  // pg_stat_activity would stay as its first look saw it.
+  auto watcher = db::Conn::Open(url_, "watcher");
+  ASSERT_TRUE(watcher.ok()) << watcher.status();
+  // Ends the pool's connection that waits for the row `admin` holds, once
+  // one does (and not `ended` before).
+  std::set<std::string> ended;
+  auto end_the_waiting_one = [&] {
+    std::string pid;
+    EXPECT_TRUE(testing::WaitUntil(
+        [&] {
+          auto r = (*watcher)->Exec(
+              "SELECT pid::text FROM pg_stat_activity WHERE application_name = 'libs-test' "
+              "AND wait_event_type = 'Lock'");
+          if (r.ok() && r->rows() == 1 && ended.count(r->String(0, 0)) == 0) pid = r->String(0, 0);
+          return !pid.empty();
+        },
+        absl::Seconds(10)))
+        << "no connection of the pool waits for the row: " <<
+        [&] {
+          auto r = (*watcher)->Exec(
+              "SELECT string_agg(concat_ws(' ', pid, application_name, state, wait_event_type, "
+              "left(query, 40)), '; ') FROM pg_stat_activity WHERE datname = current_database()");
+          return r.ok() ? r->String(0, 0) : r.status().ToString();
+        }();
+    if (pid.empty()) return;
+    ended.insert(pid);
+    EXPECT_TRUE((*watcher)->Exec("SELECT pg_terminate_backend($1::int)", {pid}).ok());
+  };
+  auto n_and_followed = [&] {
+    auto r = (*watcher)->Exec("SELECT (SELECT n FROM t), (SELECT count(*) FROM followed)");
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? std::make_pair(r->Int(0, 0), r->Int(0, 1)) : std::make_pair(-1L, -1L);
+  };
+  auto hold_the_row = [&] {
+    ASSERT_TRUE((*admin)->ExecScript("BEGIN; SELECT * FROM t WHERE id = 1 FOR UPDATE").ok());
+  };
+
+  // Transact: lost once, then run on a new connection.
+  std::atomic<int> attempts{0};
+  auto increment = [&attempts](db::Conn& c) {
+    ++attempts;
+    return c.Exec("UPDATE t SET n = n + 1 WHERE id = 1").status();
+  };
+  hold_the_row();
+  auto once = std::async(std::launch::async, [&] { return db::Transact(*pool_, increment); });
+  end_the_waiting_one();
+  end_the_waiting_one();  // the same write, waiting again on a new connection...
+  ASSERT_TRUE((*admin)->ExecScript("COMMIT").ok());
+  absl::Status s = once.get();
+  // ...which was its last chance: a second loss is answered.
+  EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+  EXPECT_EQ(attempts.load(), 2);
+  EXPECT_EQ(n_and_followed().first, 0) << "a lost transaction left a change";
+
+  attempts = 0;
+  hold_the_row();
+  auto twice = std::async(std::launch::async, [&] { return db::Transact(*pool_, increment); });
+  end_the_waiting_one();
+  EXPECT_TRUE(testing::WaitUntil([&] { return attempts.load() == 2; }, absl::Seconds(10)));
+  ASSERT_TRUE((*admin)->ExecScript("COMMIT").ok());
+  s = twice.get();
+  EXPECT_TRUE(s.ok()) << "a write lost before its COMMIT: " << s;
+  EXPECT_EQ(attempts.load(), 2);
+  EXPECT_EQ(n_and_followed().first, 1) << "the write took effect once";
+
+  // Group commit (bookings' way): the batch lost in its first round trip runs
+  // again, its second round trip with it.
+  server::Executor threads(1, 16);
+  db::GroupCommitter group(*pool_, "lost-test", [&threads](std::function<void()> task) {
+    return threads.TrySubmit(std::move(task));
+  });
+  // An increment whose follow-up commits with it; its outcome.
+  auto submit_increment = [&group] {
+    auto outcome = std::make_shared<std::promise<absl::Status>>();
+    db::GroupCommitter::Work w;
+    w.first = {"UPDATE t SET n = n + 1 WHERE id = 1 RETURNING n", {}};
+    w.then = [](const db::Result& r) {
+      return std::vector<db::Statement>{{"INSERT INTO followed VALUES ($1)", {r.String(0, 0)}}};
+    };
+    group.Submit("k", absl::Now() + absl::Seconds(20), std::move(w),
+                 [outcome](absl::Status st) { outcome->set_value(std::move(st)); });
+    return outcome->get_future();
+  };
+  hold_the_row();
+  std::future<absl::Status> lost_twice = submit_increment();
+  end_the_waiting_one();
+  end_the_waiting_one();  // waiting again, on a new connection
+  ASSERT_TRUE((*admin)->ExecScript("COMMIT").ok());
+  s = lost_twice.get();
+  EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+  EXPECT_EQ(n_and_followed(), std::make_pair(1L, 0L)) << "a lost batch left a change";
+
+  hold_the_row();
+  std::future<absl::Status> lost_once = submit_increment();
+  end_the_waiting_one();
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        auto r = (*watcher)->Exec(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'libs-test' "
+            "AND wait_event_type = 'Lock'");
+        return r.ok() && r->Int(0, 0) == 1;
+      },
+      absl::Seconds(10)))
+      << "the batch did not wait again on a new connection";
+  ASSERT_TRUE((*admin)->ExecScript("COMMIT").ok());
+  s = lost_once.get();
+  EXPECT_TRUE(s.ok()) << "a batch lost before its COMMIT: " << s;
+  EXPECT_EQ(n_and_followed(), std::make_pair(2L, 1L)) << "the batch took effect once, whole";
+}
+
 TEST_F(Database, ConnectionsProbeASilentServerAndTheUrlCanSayOtherwise) {
   // A server whose host vanished sends no reset. Every connection probes
   // after 30 s of silence (10 s apart, 3 probes) and gives sent data 60 s to

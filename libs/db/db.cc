@@ -721,6 +721,10 @@ absl::StatusOr<std::optional<int64_t>> StatementTimeout(absl::Time deadline) {
   return std::optional<int64_t>(ms);
 }
 
+bool LostBeforeCommit(const Conn& conn, const absl::Status& status) {
+  return !conn.healthy() && absl::IsUnavailable(status) && !RefusedForReadOnly(status);
+}
+
 absl::Status Transact(Pool& pool, const TxOptions& options,
                       absl::FunctionRef<absl::Status(Conn&)> fn) {
   const char* begin = "BEGIN ISOLATION LEVEL READ COMMITTED";
@@ -736,6 +740,7 @@ absl::Status Transact(Pool& pool, const TxOptions& options,
   absl::Status last;
   bool fresh = false;           // the next attempt on a new connection
   bool tried_on_fresh = false;  // after a refusal to write
+  bool tried_after_loss = false;  // after a connection lost before COMMIT
   for (int attempt = 1; attempt <= options.max_attempts; ++attempt) {
     absl::StatusOr<Pool::Lease> lease = pool.Acquire(options.deadline, fresh);
     fresh = false;
@@ -764,6 +769,11 @@ absl::Status Transact(Pool& pool, const TxOptions& options,
       // connect); a new one, made now, reaches the server the URL leads to
       // now. Tried once: on a standby it is refused again.
       tried_on_fresh = true;
+      fresh = true;
+      continue;
+    }
+    if (LostBeforeCommit(conn, last) && !tried_after_loss && absl::Now() < options.deadline) {
+      tried_after_loss = true;
       fresh = true;
       continue;
     }

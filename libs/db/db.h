@@ -261,6 +261,10 @@ bool SaidByDatabase(const absl::Status& status);
 // change may or may not have been made (CommitOutcomeUnknown), `cause` says why.
 absl::Status LostAtCommit(const absl::Status& cause);
 bool CommitOutcomeUnknown(const absl::Status& status);
+// True when `status` came from `conn` being lost (a restart, a failover,
+// pg_terminate_backend, the pool ending it). Before a COMMIT was sent, the
+// server has rolled the transaction back, and running it again is safe.
+bool LostBeforeCommit(const Conn& conn, const absl::Status& status);
 
 // A fixed-size pool. Connections open lazily and are replaced when they break,
 // so the pool works across a database restart.
@@ -351,7 +355,10 @@ void BackoffBeforeRetry(int attempt);
 // except on values it overwrites each attempt. A write refused because the
 // server takes none (25006) is tried once more at once, on a new connection:
 // the refusing one may have been made before a failover, or before the
-// database took writes again.
+// database took writes again. So is a transaction whose connection was lost
+// before its COMMIT was sent (LostBeforeCommit), while its deadline lasts:
+// the server it reaches now (another after a failover, or the same once
+// restarted) runs it; one lost at COMMIT is not (LostAtCommit).
 absl::Status Transact(Pool& pool, const TxOptions& options,
                       absl::FunctionRef<absl::Status(Conn&)> fn);
 inline absl::Status Transact(Pool& pool, absl::FunctionRef<absl::Status(Conn&)> fn) {

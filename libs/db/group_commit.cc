@@ -187,7 +187,7 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline, boo
     for (Item* it : batch) it->result = s;
   };
   int retries = 0;
-  bool fresh = false, tried_on_fresh = false;  // as Transact does (db.h)
+  bool fresh = false, tried_on_fresh = false, tried_after_loss = false;  // as Transact (db.h)
   while (!batch.empty()) {
     absl::StatusOr<Pool::Lease> lease = pool_.Acquire(deadline, fresh, answer);
     fresh = false;
@@ -264,6 +264,11 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline, boo
       }
       if (RefusedForReadOnly(shared) && !tried_on_fresh) {
         tried_on_fresh = true;  // once, on a connection made now
+        fresh = true;
+        continue;
+      }
+      if (LostBeforeCommit(c, shared) && !tried_after_loss && absl::Now() < deadline) {
+        tried_after_loss = true;  // no COMMIT was sent: once more, on a connection made now
         fresh = true;
         continue;
       }
