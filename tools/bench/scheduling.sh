@@ -43,13 +43,14 @@ wal_per() {  # $1: what, $2: how many of them
   echo "psql() { command psql -h 127.0.0.1 -p $pg_port -U postgres -v ON_ERROR_STOP=1 \"\$@\"; }"
   declare -f wal_reset wal_per
   echo "BENCH_STATS='${BENCH_STATS:-}'"
-  echo "rows=\$(psql -d scheduling -tAc 'SELECT count(*) FROM pgbench_single_row')"
+  echo "[ -z \"\$BENCH_STATS\" ] || rows=\$(psql -d scheduling -tAc 'SELECT count(*) FROM pgbench_single_row')"
   echo "wal_reset"
   echo "tps=\$(command pgbench -h 127.0.0.1 -p $pg_port -U postgres -n -c 16 -j 2 -T $SECONDS_PER_RUN \\"
   echo "  -f '$work/insert.sql' scheduling 2>/dev/null | awk '/^tps/ {print int(\$3); exit}')"
   echo "[ -n \"\$tps\" ] || { echo 'pgbench gave no rate' >&2; exit 1; }"
   echo "echo \"\$tps\" >>'$work/pgbench.txt'"
-  echo "wal_per 'pgbench insert' \$(( \$(psql -d scheduling -tAc 'SELECT count(*) FROM pgbench_single_row') - rows )) >'$work/pgbench-wal.txt'"
+  echo "[ -z \"\$BENCH_STATS\" ] ||"
+  echo "  wal_per 'pgbench insert' \$(( \$(psql -d scheduling -tAc 'SELECT count(*) FROM pgbench_single_row') - rows )) >'$work/pgbench-wal.txt'"
 } >"$work/pgbench.sh"
 # --cpu: CPU per booking of each process (the postmaster with its backends).
 cpu="postgres=$(head -1 "$work/pg/data/postmaster.pid"),scheduling=$scheduling_pid,partners=${pids[0]}"
