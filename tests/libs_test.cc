@@ -2100,6 +2100,23 @@ TEST_F(Database, AServerThatStopsAnsweringCostsACallerItsDeadlineNotItsThread) {
   EXPECT_TRUE(absl::IsUnavailable(s)) << s;
   EXPECT_NE(s.message().find("during COMMIT"), std::string::npos) << s;
   proxy.Resume();
+  // Likewise a batch's second round trip (its follow-ups and COMMIT), even
+  // though the first answer not to come is a follow-up's, not the COMMIT's.
+  s = watched("a batch's COMMIT", [&] {
+    db::GroupCommitter::Work w;
+    w.first = {"INSERT INTO stalled VALUES (5) RETURNING v", {}};
+    w.then = [&proxy](const db::Result&) -> absl::StatusOr<std::vector<db::Statement>> {
+      proxy.Stall();
+      return std::vector<db::Statement>{{"INSERT INTO stalled VALUES (6)", {}}};
+    };
+    std::promise<absl::Status> done;
+    group.Submit("k", absl::Now() + absl::Milliseconds(500), std::move(w),
+                 [&done](absl::Status st) { done.set_value(std::move(st)); });
+    return done.get_future().get();
+  });
+  EXPECT_TRUE(db::CommitOutcomeUnknown(s)) << s;
+  EXPECT_NE(s.message().find("during COMMIT"), std::string::npos) << s;
+  proxy.Resume();
 
   // A statement larger than the sockets' buffers, to a server that stopped
   // reading: sending it waits until the deadline too, not until TCP gives up.

@@ -310,8 +310,9 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline, boo
         break;
       }
     }
-    if (!commit.ok() && !c.healthy() && done.size() >= 2 && done[done.size() - 2].ok()) {
-      // Lost at COMMIT itself: it may or may not have landed.
+    if (!commit.ok() && !c.healthy() && !RefusedForReadOnly(commit)) {
+      // Lost with its COMMIT sent (whichever answer was the first not to
+      // come): it may or may not have landed.
       commit = LostAtCommit(commit);
     } else if (!commit.ok()) {
       rollback();
