@@ -97,6 +97,7 @@ void GroupCommitter::Enqueue(const std::string& key, std::vector<Item*> items) {
 
 void GroupCommitter::Drain(const std::string& key) {
   const bool patient = IsPatient(key);
+  const std::string waiting_key = Patient(key);  // where its callers wait for a lock
   std::vector<Item*> unanswered;  // the batch that ended last
   auto answer = [&unanswered] {
     for (Item* it : unanswered) {
@@ -121,7 +122,7 @@ void GroupCommitter::Drain(const std::string& key) {
       batch.assign(q.begin(), q.begin() + n);
       q.erase(q.begin(), q.begin() + n);
       // Whoever locks a row that callers before them wait for joins them.
-      if (auto w = patient ? queues_.end() : queues_.find(Patient(key)); w != queues_.end()) {
+      if (auto w = patient ? queues_.end() : queues_.find(waiting_key); w != queues_.end()) {
         Queue& waiting = w->second;
         auto behind = std::stable_partition(batch.begin(), batch.end(), [&waiting](Item* i) {
           return waiting.rows.count(i->work.lock_order) == 0;
@@ -175,7 +176,7 @@ void GroupCommitter::Drain(const std::string& key) {
     }
     if (!to_wait.empty()) {
       lock_waits_->Increment(static_cast<double>(to_wait.size()));
-      Enqueue(Patient(key), std::move(to_wait));
+      Enqueue(waiting_key, std::move(to_wait));
     }
     unanswered = std::move(batch);
   }

@@ -1,6 +1,11 @@
 # Sourced by tools/bench/run.sh (its stack is running): booking throughput
 # beside pgbench inserting single rows into the same database.
 psql -qc "CREATE DATABASE scheduling"
+forget() {  # processes ended: not to be signalled again at exit
+  local keep=() p
+  for p in "${pids[@]}"; do [[ " $* " == *" $p "* ]] || keep+=("$p"); done
+  pids=("${keep[@]}")
+}
 scheduling_port=$(free_port)
 scheduling_metrics=$(free_port)
 start=$(date +%s.%N)
@@ -59,11 +64,6 @@ cpu="$cpu,nats=$(cat "$work/nats/nats.pid")"
 # booking and floor runs, each taking a core when it can: a host with other
 # work on it, as this one often is, made repeatable.
 busy=()
-forget() {  # processes ended: not to be signalled again at exit
-  local keep=() p
-  for p in "${pids[@]}"; do [[ " $* " == *" $p "* ]] || keep+=("$p"); done
-  pids=("${keep[@]}")
-}
 for _ in $(seq "${BENCH_BUSY:-0}"); do
   timeout 1800 sh -c 'while :; do :; done' &
   busy+=($!)
@@ -203,7 +203,7 @@ if [ "$backlog" -gt 0 ]; then
   done
   after="$(proc_ticks "$pg_pid") $(proc_ticks "$nats_pid") $(proc_ticks "$backlog_pid") $(date +%s.%N) $(published)"
   kill -TERM "$backlog_pid" && wait "$backlog_pid" 2>/dev/null || true
-  unset 'pids[-1]'  # ended: not to be signalled again at exit
+  forget "$backlog_pid"
   awk -v total="$backlog" -v hz="$(getconf CLK_TCK)" -v b="$before" -v a="$after" 'BEGIN {
     split(b, x, " "); split(a, y, " "); n = y[5] - x[5]
     if (n <= 0) { print "outbox backlog: published before the service answered"; exit }
