@@ -101,11 +101,12 @@ awk 'BEGIN { n = 0 } NR == FNR { tps[FNR - 1] = $1; next }
     n++ }' "$work/pgbench.txt" "$work/bookings.txt"
 # The floor: what the database alone does with the statements of a booking,
 # sent the way the service sent them (per lane, a batch in two round trips:
-# BEGIN, the people's share locks, book_session for each, then the outbox
-# rows + COMMIT; the people locked are the next ones the shared sequence
-# hands out, which other lanes may take meanwhile: the same work), by pgbench
-# with a client for each of the service's lanes and batches of the size the
-# service's averaged over its runs (metrics above). Each client books its
+# BEGIN, the people's share locks, book_session for each with a request_id
+# of its own, then the outbox rows + COMMIT; the people locked are the next
+# ones the shared sequence hands out, which other lanes may take meanwhile:
+# the same work), by pgbench with a client for each of the service's lanes
+# and batches of the size the service's averaged over its runs (metrics
+# above). Each client books its
 # own share of the sessions, as a session's bookings keep to one lane. No
 # gRPC, no service, no NATS: the best any service could do with these
 # statements on this machine.
@@ -137,7 +138,7 @@ floor_sessions=$(psql -d scheduling -tAc "SELECT count(*) FROM floor_sessions")
   echo "SELECT set_config('statement_timeout', '10000', true);"
   echo "SELECT lock_participants(ARRAY(SELECT id FROM floor_participants WHERE n > (SELECT last_value FROM floor_next) AND n <= (SELECT last_value FROM floor_next) + $floor_batch));"
   for i in $(seq "$floor_batch"); do
-    echo "SELECT * FROM book_session((SELECT id FROM floor_sessions WHERE n = :s$i), (SELECT id FROM floor_participants WHERE n = (SELECT nextval('floor_next'))), '', NULL);"
+    echo "SELECT * FROM book_session((SELECT id FROM floor_sessions WHERE n = :s$i), (SELECT id FROM floor_participants WHERE n = (SELECT nextval('floor_next'))), '', gen_random_uuid()::text);"
   done
   echo "\\endpipeline"
   echo "\\startpipeline"

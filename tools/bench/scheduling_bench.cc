@@ -1,17 +1,14 @@
 // Booking throughput: 16 concurrent clients booking one hot session, and
-// spread over many sessions. Participants and sessions are created first
-// (not timed). Prints QPS and p50/p99 per scenario, and with --cpu the CPU
-// each process spent per booking during it (from /proc: a process and all its
-// children, e.g. the postmaster and its backends), beside this client's own,
-// and each service's resident memory after the run and its growth during it.
-// With --nats, a third run spreads over the sessions again while a dashboard
-// follows the bookings' events (a JetStream ordered consumer, as
-// tools/watch-events reads them), and prints how long after each booking's
-// reply its event reached it.
-// With --between, a shell command runs before the first run and after each
-// (its clients idle): tools/bench/scheduling.sh runs pgbench there, so that
-// each run is compared with the pgbench runs just before and after it
-// rather than with one taken a minute later on a host whose speed drifts.
+// spread over many sessions, each booking with a request_id of its own. Participants and sessions
+// are created first (not timed). Prints QPS and p50/p99 per scenario, and with --cpu the CPU each
+// process spent per booking during it (from /proc: a process and all its children, e.g. the
+// postmaster and its backends), beside this client's own, and each service's resident memory after
+// the run and its growth during it. With --nats, a third run spreads over the sessions again while
+// a dashboard follows the bookings' events (a JetStream ordered consumer, as tools/watch-events
+// reads them), and prints how long after each booking's reply its event reached it. With --between,
+// a shell command runs before the first run and after each (its clients idle):
+// tools/bench/scheduling.sh runs pgbench there, so that each run is compared with the pgbench runs
+// just before and after it rather than with one taken a minute later on a host whose speed drifts.
 //   scheduling_bench --scheduling HOST:PORT --partners HOST:PORT --token JWT [--seconds N]
 //                    [--cpu name=pid,name=pid...] [--nats URL] [--between COMMAND]
 #include <dirent.h>
@@ -63,21 +60,42 @@ std::unique_ptr<grpc::ClientContext> Ctx() {
 }
 
 // utime + stime of `pid` in clock ticks, and its parent's pid (-1: gone).
-std::pair<long long, int> Ticks(int pid) {
+// With `reaped`, also the time of its children that ended and were waited
+// for (cutime + cstime): a backend that exits between two samples (pgbench's,
+// run between the booking runs) leaves its time there, not in the sum of the
+// live ones.
+std::pair<long long, int> Ticks(int pid, bool reaped = false) {
   std::ifstream f(absl::StrCat("/proc/", pid, "/stat"));
   std::string line;
   if (!std::getline(f, line)) return {0, -1};
   size_t close = line.rfind(')');  // the command name may hold spaces
   if (close == std::string::npos) return {0, -1};
   std::vector<std::string> v = absl::StrSplit(line.substr(close + 2), ' ');
-  // From the state field on: ppid is the 2nd, utime the 12th, stime the 13th.
-  if (v.size() < 13) return {0, -1};
-  long long ut = 0, st = 0;
+  // From the state field on: ppid is the 2nd, utime the 12th, stime the
+  // 13th, cutime and cstime the 14th and 15th.
+  if (v.size() < 15) return {0, -1};
+  long long ut = 0, st = 0, cut = 0, cst = 0;
   int ppid = -1;
   (void)absl::SimpleAtoi(v[1], &ppid);
   (void)absl::SimpleAtoi(v[11], &ut);
   (void)absl::SimpleAtoi(v[12], &st);
-  return {ut + st, ppid};
+  if (reaped) {
+    (void)absl::SimpleAtoi(v[13], &cut);
+    (void)absl::SimpleAtoi(v[14], &cst);
+  }
+  return {ut + st + cut + cst, ppid};
+}
+
+// A version 4 UUID from `rng`, in lower-case 8-4-4-4-12 form.
+std::string RandomUuid(std::mt19937& rng) {
+  uint32_t w[4];
+  for (uint32_t& x : w) x = rng();
+  w[1] = (w[1] & 0xffff0fffu) | 0x00004000u;  // version 4
+  w[2] = (w[2] & 0x3fffffffu) | 0x80000000u;  // variant 1
+  char out[37];
+  std::snprintf(out, sizeof out, "%08x-%04x-%04x-%04x-%04x%08x", w[0], w[1] >> 16, w[1] & 0xffffu,
+                w[2] >> 16, w[2] & 0xffffu, w[3]);
+  return out;
 }
 
 // CPU ticks of each named process and its children, and of the machine.
@@ -97,9 +115,9 @@ CpuSample SampleCpu(const std::vector<std::pair<std::string, int>>& watched) {
     closedir(d);
   }
   for (const auto& [name, pid] : watched) {
-    long long t = 0;
+    long long t = Ticks(pid, /*reaped=*/true).first;
     for (const auto& [p, tp] : all) {
-      if (p == pid || tp.second == pid) t += tp.first;
+      if (tp.second == pid) t += tp.first;
     }
     out.ticks[name] = t;
   }
@@ -370,7 +388,8 @@ int main(int argc, char** argv) {
   for (int t = 0; t < kClients; ++t) {
     chains[t].stub = sv1::SchedulingService::NewStub(channels[t % channels.size()]);
     chains[t].people = &people[t];
-    chains[t].rng.seed(t);
+    chains[t].rng.seed(std::random_device{}() ^
+                       static_cast<unsigned>(t));  // request_ids new each run
   }
   auto run_between = [&] {
     if (between.empty()) return true;
@@ -399,6 +418,9 @@ int main(int argc, char** argv) {
       auto resp = std::make_shared<sv1::Booking>();
       req->set_session_id(scenario == 0 ? hot : many[ch.rng() % many.size()]);
       req->set_participant_id((*ch.people)[ch.used++]);
+      // A request_id each, as a client that retries safely sends (a UUID):
+      // the booking also looks for an earlier one and indexes the key.
+      req->set_request_id(RandomUuid(ch.rng));
       absl::Time start = absl::Now();
       ch.stub->async()->BookSession(
           ctx.get(), req.get(), resp.get(), [&, t, ctx, req, resp, start](grpc::Status st) {
