@@ -139,6 +139,48 @@ TEST_F(PartnersApi, RepeatedRequestIdCreatesOnceEvenConcurrently) {
   EXPECT_EQ(resp.organisations_size(), 1);
 }
 
+TEST_F(PartnersApi, ARequestIdReusedForAnotherOrganisationsContactIsRefused) {
+  // A request_id names one request: sent again for another organisation's
+  // contact (or offer), it is refused, not answered with the first contact
+  // (another organisation's people), and nothing is created.
+  v1::Organisation a = CreateOrg("Reuse Trust A"), b = CreateOrg("Reuse Trust B");
+  v1::CreateContactRequest req;
+  req.mutable_contact()->set_organisation_id(a.id());
+  req.mutable_contact()->set_display_name("Kim Ward");
+  req.mutable_contact()->set_email("kim@example.nhs.uk");
+  req.set_request_id("contact-reuse-1");
+  v1::Contact first, again;
+  ASSERT_TRUE(stub().CreateContact(Ctx(admin()).get(), req, &first).ok());
+  ASSERT_TRUE(stub().CreateContact(Ctx(admin()).get(), req, &again).ok());  // a retry
+  EXPECT_EQ(again.id(), first.id());
+
+  req.mutable_contact()->set_organisation_id(b.id());
+  grpc::Status s = stub().CreateContact(Ctx(admin()).get(), req, &again);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS) << s.error_message();
+  EXPECT_NE(s.error_message().find("request_id"), std::string::npos) << s.error_message();
+  EXPECT_EQ(s.error_message().find(first.id()), std::string::npos) << s.error_message();
+  EXPECT_EQ(DetailsOf(s).reason, "REQUEST_ID_REUSED");
+  v1::ListContactsRequest list;
+  list.set_organisation_id(b.id());
+  v1::ListContactsResponse contacts;
+  ASSERT_TRUE(stub().ListContacts(Ctx(admin()).get(), list, &contacts).ok());
+  EXPECT_EQ(contacts.contacts_size(), 0);
+
+  v1::CreateOfferRequest offer;
+  offer.mutable_offer()->set_organisation_id(a.id());
+  offer.mutable_offer()->set_title("A day in the emergency department");
+  offer.mutable_offer()->set_setting(v1::SETTING_HOSPITAL_WARD);
+  offer.mutable_offer()->set_capacity_per_day(1);
+  offer.mutable_offer()->add_weekdays(v1::WEEKDAY_MONDAY);
+  offer.set_request_id("offer-reuse-1");
+  v1::Offer made, other;
+  ASSERT_TRUE(stub().CreateOffer(Ctx(admin()).get(), offer, &made).ok());
+  offer.mutable_offer()->set_organisation_id(b.id());
+  s = stub().CreateOffer(Ctx(admin()).get(), offer, &other);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS) << s.error_message();
+  EXPECT_EQ(DetailsOf(s).reason, "REQUEST_ID_REUSED");
+}
+
 TEST_F(PartnersApi, DuplicateOdsCodeIsAlreadyExists) {
   v1::CreateOrganisationRequest req;
   *req.mutable_organisation() = SampleOrganisation("Guy's Hospital");

@@ -1575,6 +1575,95 @@ TEST_F(Scheduling, ARetriedBookingAnswersWithItsPlaceNow) {
   EXPECT_EQ(SessionBookings(*fx_, s.id()).size(), 3u);
 }
 
+TEST_F(Scheduling, ARequestIdUsedForAnotherBookingIsRefusedNotAnsweredWithIt) {
+  // A client that reuses a request_id for another booking (another session,
+  // another site, another person) is told so: it does not get the first
+  // booking back as if it were the one asked for, and nothing is booked.
+  sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(133));
+  sv1::Session other = NewSession(*fx_, *org_, 2, DateIn(134));
+  std::string who = Register(*fx_, "REUSE01").id();
+  sv1::Booking first, again;
+  ASSERT_TRUE(Book(*fx_, s.id(), who, &first, "book-reuse-1").ok());
+
+  grpc::Status st = Book(*fx_, other.id(), who, &again, "book-reuse-1");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ALREADY_EXISTS) << st.error_message();
+  EXPECT_NE(st.error_message().find("request_id"), std::string::npos) << st.error_message();
+  ErrorDetails d = DetailsOf(st);
+  EXPECT_EQ(d.reason, "REQUEST_ID_REUSED");
+  EXPECT_EQ(d.metadata["bookingId"], first.id());
+  EXPECT_TRUE(SessionBookings(*fx_, other.id()).empty());
+
+  // Another person's request with that key learns nothing of the booking.
+  std::string someone = Register(*fx_, "REUSE02").id();
+  st = Book(*fx_, s.id(), someone, &again, "book-reuse-1");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ALREADY_EXISTS) << st.error_message();
+  d = DetailsOf(st);
+  EXPECT_EQ(d.reason, "REQUEST_ID_REUSED");
+  EXPECT_EQ(d.metadata.count("bookingId"), 0u);
+  EXPECT_EQ(st.error_message().find(first.id()), std::string::npos) << st.error_message();
+  EXPECT_EQ(SessionBookings(*fx_, s.id()).size(), 1u);
+
+  // The same request again is still a retry: the same booking.
+  ASSERT_TRUE(Book(*fx_, s.id(), who, &again, "book-reuse-1").ok());
+  EXPECT_EQ(again.id(), first.id());
+
+  // A department event: the same key for another of its sites is refused.
+  sv1::Session event = NewEventSession(*fx_, *org_, DateIn(135), {{"Leeds", 5}, {"London", 5}});
+  sv1::BookSessionRequest req;
+  req.set_session_id(event.id());
+  req.set_participant_id(who);
+  req.set_site("Leeds");
+  req.set_request_id("book-reuse-2");
+  ASSERT_TRUE(fx_->stub->BookSession(Ctx(fx_->admin).get(), req, &first).ok());
+  req.set_site("London");
+  st = fx_->stub->BookSession(Ctx(fx_->admin).get(), req, &again);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ALREADY_EXISTS) << st.error_message();
+  EXPECT_EQ(DetailsOf(st).reason, "REQUEST_ID_REUSED");
+}
+
+TEST_F(Scheduling, ARequestIdThatMadeAnotherParticipantOrSessionIsRefused) {
+  // What a request could not have made (another staff number; a session of
+  // another kind) is not handed back for a reused key; a retry still is.
+  sv1::RegisterParticipantRequest reg;
+  reg.mutable_participant()->set_staff_number("KEYED01");
+  reg.mutable_participant()->set_display_name("Keyed One");
+  reg.mutable_participant()->set_email("keyed01@dept.example.gov.uk");
+  reg.mutable_participant()->set_grade(sv1::GRADE_ANALYST);
+  reg.mutable_participant()->set_directorate("Data");
+  reg.set_request_id("register-keyed-1");
+  sv1::Participant first, again;
+  ASSERT_TRUE(fx_->stub->RegisterParticipant(Ctx(fx_->admin).get(), reg, &first).ok());
+  ASSERT_TRUE(fx_->stub->RegisterParticipant(Ctx(fx_->admin).get(), reg, &again).ok());
+  EXPECT_EQ(again.id(), first.id());
+  reg.mutable_participant()->set_staff_number("KEYED02");
+  grpc::Status st = fx_->stub->RegisterParticipant(Ctx(fx_->admin).get(), reg, &again);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ALREADY_EXISTS) << st.error_message();
+  EXPECT_EQ(DetailsOf(st).reason, "REQUEST_ID_REUSED");
+  sv1::ListParticipantsRequest list;
+  list.set_staff_number("KEYED02");
+  sv1::ListParticipantsResponse none;
+  ASSERT_TRUE(fx_->stub->ListParticipants(Ctx(fx_->admin).get(), list, &none).ok());
+  EXPECT_EQ(none.participants_size(), 0);
+
+  sv1::CreateSessionRequest create;
+  sv1::Session* s = create.mutable_session();
+  s->set_kind(sv1::SESSION_KIND_FRONTLINE_VISIT);
+  s->set_title("Visit");
+  s->set_organisation_id(*org_);
+  s->set_host_contact_id(fx_->hosts[*org_]);
+  s->set_date(DateIn(136));
+  s->set_start_time("09:00");
+  s->set_end_time("17:00");
+  s->add_sites()->set_capacity(2);
+  create.set_request_id("create-keyed-1");
+  sv1::Session made, other;
+  ASSERT_TRUE(fx_->stub->CreateSession(Ctx(fx_->admin).get(), create, &made).ok());
+  s->set_kind(sv1::SESSION_KIND_PARTNER_VISIT);
+  st = fx_->stub->CreateSession(Ctx(fx_->admin).get(), create, &other);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ALREADY_EXISTS) << st.error_message();
+  EXPECT_EQ(DetailsOf(st).reason, "REQUEST_ID_REUSED");
+}
+
 TEST_F(Scheduling, CancellingASessionCancelsEveryBookingWithAnEventEach) {
   sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(9));
   std::set<std::string> booked;

@@ -36,6 +36,13 @@ absl::Status StaleEtag(const char* what, const std::string& current) {
                     "ETAG_MISMATCH", {{"etag", current}});
 }
 
+absl::Status RequestIdReused(absl::string_view what) {
+  return WithReason(absl::AlreadyExistsError(absl::StrCat(
+                        "request_id: already used for another request, which made a ", what,
+                        " this one could not have made (a request_id names one request)")),
+                    "REQUEST_ID_REUSED");
+}
+
 absl::Status CheckEtag(const char* what, const std::string& given, const std::string& current) {
   if (!given.empty() && given != current) return StaleEtag(what, current);
   return absl::OkStatus();

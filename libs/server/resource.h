@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "libs/server/validate.h"
 
 namespace connecting::server {
@@ -99,23 +100,38 @@ Event UpdatedEvent(T* (Event::*resource)(), const T& updated,
   return event;
 }
 
+// ALREADY_EXISTS, reason REQUEST_ID_REUSED: `request_id` already made a
+// `what` ("participant", "session"…) that this request could not have made.
+// A key names one request; the caller gets an error, not another request's
+// resource as if it were the one asked for.
+absl::Status RequestIdReused(absl::string_view what);
+
 // Idempotent creation by a client request_id (AIP-155), inside the caller's
 // transaction. With a request_id, `lookup()` first returns what an earlier call
 // made; otherwise `insert()` runs (its checks, then an INSERT … ON CONFLICT
 // (request_id) DO NOTHING returning nullopt when a concurrent call with the same
 // request_id won, in which case that call's resource is looked up). Both
-// return absl::StatusOr<std::optional<T>>. Sets `*out` and returns true when
-// this call created it (so it emits the event), false when an earlier one did.
-template <class T, class Lookup, class Insert>
-absl::StatusOr<bool> CreateOnce(const std::string& request_id, Lookup lookup, Insert insert,
-                                T* out) {
-  if (!request_id.empty()) {
+// return absl::StatusOr<std::optional<T>>. What an earlier call made is
+// returned only if `same(prior)` (a bool) says this request could have made
+// it: its fields that never change (who it is for, its parent, a staff
+// number) are the request's; else RequestIdReused(what). Sets `*out` and
+// returns true when this call created it (so it emits the event), false when
+// an earlier one did.
+template <class T, class Lookup, class Insert, class Same>
+absl::StatusOr<bool> CreateOnce(const std::string& request_id, absl::string_view what,
+                                Lookup lookup, Insert insert, Same same, T* out) {
+  auto earlier = [&]() -> absl::StatusOr<bool> {  // true: it was there
     absl::StatusOr<std::optional<T>> prior = lookup();
     if (!prior.ok()) return prior.status();
-    if (prior->has_value()) {
-      *out = **prior;
-      return false;
-    }
+    if (!prior->has_value()) return false;
+    if (!same(static_cast<const T&>(**prior))) return RequestIdReused(what);
+    *out = **std::move(prior);
+    return true;
+  };
+  if (!request_id.empty()) {
+    absl::StatusOr<bool> found = earlier();
+    if (!found.ok()) return found.status();
+    if (*found) return false;
   }
   absl::StatusOr<std::optional<T>> created = insert();
   if (!created.ok()) return created.status();
@@ -123,10 +139,9 @@ absl::StatusOr<bool> CreateOnce(const std::string& request_id, Lookup lookup, In
     *out = **created;
     return true;
   }
-  absl::StatusOr<std::optional<T>> prior = lookup();
-  if (!prior.ok()) return prior.status();
-  if (!prior->has_value()) return absl::AbortedError("request_id race; retry");
-  *out = **prior;
+  absl::StatusOr<bool> found = earlier();
+  if (!found.ok()) return found.status();
+  if (!*found) return absl::AbortedError("request_id race; retry");
   return false;
 }
 

@@ -144,13 +144,15 @@ absl::Status PartnersLogic::CreateOrganisation(const Call& call,
   } forget{pages_};
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto created = server::CreateOnce(
-        req.request_id(), [&] { return store::OrganisationByRequestId(c, req.request_id()); },
+        req.request_id(), "organisation",
+        [&] { return store::OrganisationByRequestId(c, req.request_id()); },
         [&]() -> absl::StatusOr<std::optional<v1::Organisation>> {
           auto inserted = store::InsertOrganisation(c, org, req.request_id());
           if (!inserted.ok()) return OdsConflict(inserted.status(), org.ods_code());
           return inserted;
         },
-        resp);
+        // Every field of an organisation may change since: nothing to compare.
+        [](const v1::Organisation&) { return true; }, resp);
     if (!created.ok() || !*created) return created.status();
     ev::OrganisationCreated event;
     *event.mutable_organisation() = *resp;
@@ -371,7 +373,7 @@ absl::Status PartnersLogic::CreateContact(const Call& call, const v1::CreateCont
 
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto created = server::CreateOnce(
-        req.request_id(), [&] { return store::ContactByRequestId(c, req.request_id()); },
+        req.request_id(), "contact", [&] { return store::ContactByRequestId(c, req.request_id()); },
         [&]() -> absl::StatusOr<std::optional<v1::Contact>> {
           auto org = store::GetOrganisation(c, ct.organisation_id(), true);
           if (!org.ok()) return org.status();
@@ -380,6 +382,7 @@ absl::Status PartnersLogic::CreateContact(const Call& call, const v1::CreateCont
           if (!inserted.ok()) return EmailConflict(inserted.status(), ct.email());
           return inserted;
         },
+        [&](const v1::Contact& prior) { return prior.organisation_id() == ct.organisation_id(); },
         resp);
     if (!created.ok() || !*created) return created.status();
     ev::ContactCreated event;
@@ -499,7 +502,7 @@ absl::Status PartnersLogic::CreateOffer(const Call& call, const v1::CreateOfferR
   if (absl::Status s = MayChange(call.principal, offer.organisation_id()); !s.ok()) return s;
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto created = server::CreateOnce(
-        req.request_id(), [&] { return store::OfferByRequestId(c, req.request_id()); },
+        req.request_id(), "offer", [&] { return store::OfferByRequestId(c, req.request_id()); },
         [&]() -> absl::StatusOr<std::optional<v1::Offer>> {
           auto org = store::GetOrganisation(c, offer.organisation_id(), true);
           if (!org.ok()) return org.status();
@@ -513,6 +516,7 @@ absl::Status PartnersLogic::CreateOffer(const Call& call, const v1::CreateOfferR
           if (!inserted.ok()) return HostRemoved(inserted.status(), offer.host_contact_id());
           return inserted;
         },
+        [&](const v1::Offer& prior) { return prior.organisation_id() == offer.organisation_id(); },
         resp);
     if (!created.ok() || !*created) return created.status();
     ev::OfferCreated event;

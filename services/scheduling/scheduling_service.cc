@@ -134,13 +134,37 @@ std::string SiteLockOrder(const std::string& session_id, const std::string& site
   return absl::StrCat(session_id, "\x1f", site);
 }
 
-// The status for book_session's outcome: OK for booked and prior, else the
-// refusal naming the rule (or the field) that refused it.
+// A request_id already used for another request (another session, site or
+// person): ALREADY_EXISTS rather than that request's booking, which the caller
+// did not ask for. The booking is named only to the same person's request.
+absl::Status RequestIdReused(const v1::Booking& prior, const std::string& participant_id) {
+  if (prior.participant_id() != participant_id) {
+    return server::WithReason(
+        absl::AlreadyExistsError("request_id: already used for another person's request"),
+        "REQUEST_ID_REUSED");
+  }
+  return server::WithReason(absl::AlreadyExistsError(absl::StrCat(
+                                "request_id: already used for booking ", prior.id(), " (session ",
+                                prior.session_id(), "), another request")),
+                            "REQUEST_ID_REUSED", {{"bookingId", prior.id()}});
+}
+
+// The status for book_session's outcome: OK for booked and for prior (a
+// retry of the same request), else the refusal naming the rule (or the
+// field) that refused it.
 absl::Status BookingRefusal(const store::Booked& b, const std::string& session_id,
                             const std::string& participant_id, const std::string& site) {
   const std::string& o = b.outcome;
   const v1::Session& s = b.session;
-  if (o == "booked" || o == "prior") return absl::OkStatus();
+  if (o == "booked") return absl::OkStatus();
+  if (o == "prior") {
+    const v1::Booking& prior = b.booking;
+    if (prior.session_id() != session_id || prior.participant_id() != participant_id ||
+        prior.site() != site) {
+      return RequestIdReused(prior, participant_id);
+    }
+    return absl::OkStatus();
+  }
   if (o == "no_participant") {
     return NotFound("participant", participant_id);
   }
@@ -352,7 +376,8 @@ absl::Status SchedulingLogic::RegisterParticipant(const Call& call,
   if (!e.empty()) return e.ToStatus();
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto created = server::CreateOnce(
-        req.request_id(), [&] { return store::ParticipantByRequestId(c, req.request_id()); },
+        req.request_id(), "participant",
+        [&] { return store::ParticipantByRequestId(c, req.request_id()); },
         [&]() -> absl::StatusOr<std::optional<v1::Participant>> {
           auto ins = store::InsertParticipant(c, p, req.request_id());
           if (!ins.ok() && absl::IsAlreadyExists(ins.status()) &&
@@ -364,6 +389,7 @@ absl::Status SchedulingLogic::RegisterParticipant(const Call& call,
           }
           return ins;
         },
+        [&](const v1::Participant& prior) { return prior.staff_number() == p.staff_number(); },
         resp);
     if (!created.ok() || !*created) return created.status();
     ev::ParticipantRegistered event;
@@ -554,7 +580,7 @@ absl::Status SchedulingLogic::CreateSession(const Call& call, const v1::CreateSe
   }
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
     auto created = server::CreateOnce(
-        req.request_id(), [&] { return store::SessionByRequestId(c, req.request_id()); },
+        req.request_id(), "session", [&] { return store::SessionByRequestId(c, req.request_id()); },
         [&]() -> absl::StatusOr<std::optional<v1::Session>> {
           if (auto org = ActivePartner(c, s.organisation_id()); !org.ok()) return org.status();
           if (absl::Status st = CheckHostAndOffer(c, s); !st.ok()) return st;
@@ -598,6 +624,12 @@ absl::Status SchedulingLogic::CreateSession(const Call& call, const v1::CreateSe
           auto session = store::GetSession(c, **id, false);
           if (!session.ok()) return session.status();
           return std::optional<v1::Session>(*std::move(session));
+        },
+        // The kind, the partner and who arranged it never change; a title or
+        // date may have since.
+        [&](const v1::Session& prior) {
+          return prior.kind() == s.kind() && prior.organisation_id() == s.organisation_id() &&
+                 prior.arranged_by() == s.arranged_by();
         },
         resp);
     if (!created.ok() || !*created) return created.status();
@@ -1385,11 +1417,8 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
       if (!prior.ok()) return prior.status();
       if (prior->has_value()) {
         if ((*prior)->participant_id() != old->participant_id() ||
-            (*prior)->session_id() != req.session_id()) {
-          return server::WithReason(
-              absl::AlreadyExistsError(absl::StrCat("request_id: already used for booking ",
-                                                    (*prior)->id(), ", another request")),
-              "REQUEST_ID_REUSED", {{"bookingId", (*prior)->id()}});
+            (*prior)->session_id() != req.session_id() || (*prior)->site() != req.site()) {
+          return RequestIdReused(**prior, old->participant_id());
         }
         *resp = **std::move(prior);
         return absl::OkStatus();
