@@ -443,6 +443,25 @@ TEST(Executor, RefusesWorkBeyondItsQueue) {
   EXPECT_FALSE(ex.TrySubmit([] {}));
 }
 
+// For the lost-connection tests, over a table t (id int, n int) holding row
+// 1 and a table `followed`: through `admin`, row 1 locked until it commits;
+// through `watcher`, t's n and how many rows `followed` holds; a write
+// adding 1 to n that counts its attempts.
+void HoldTheRow(db::Conn& admin) {
+  ASSERT_TRUE(admin.ExecScript("BEGIN; SELECT * FROM t WHERE id = 1 FOR UPDATE").ok());
+}
+std::pair<long, long> NAndFollowed(db::Conn& watcher) {
+  auto r = watcher.Exec("SELECT (SELECT n FROM t), (SELECT count(*) FROM followed)");
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? std::make_pair(r->Int(0, 0), r->Int(0, 1)) : std::make_pair(-1L, -1L);
+}
+std::function<absl::Status(db::Conn&)> Increment(std::atomic<int>& attempts) {
+  return [&attempts](db::Conn& c) {
+    ++attempts;
+    return c.Exec("UPDATE t SET n = n + 1 WHERE id = 1").status();
+  };
+}
+
 class Database : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -964,21 +983,12 @@ TEST_F(Database, AWriteWhoseConnectionWasLostBeforeItsCommitRunsOnceMoreOnANewOn
     ended.insert(pid);
     EXPECT_TRUE((*watcher)->Exec("SELECT pg_terminate_backend($1::int)", {pid}).ok());
   };
-  auto n_and_followed = [&] {
-    auto r = (*watcher)->Exec("SELECT (SELECT n FROM t), (SELECT count(*) FROM followed)");
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? std::make_pair(r->Int(0, 0), r->Int(0, 1)) : std::make_pair(-1L, -1L);
-  };
-  auto hold_the_row = [&] {
-    ASSERT_TRUE((*admin)->ExecScript("BEGIN; SELECT * FROM t WHERE id = 1 FOR UPDATE").ok());
-  };
+  auto n_and_followed = [&] { return NAndFollowed(**watcher); };
+  auto hold_the_row = [&] { HoldTheRow(**admin); };
 
   // Transact: lost once, then run on a new connection.
   std::atomic<int> attempts{0};
-  auto increment = [&attempts](db::Conn& c) {
-    ++attempts;
-    return c.Exec("UPDATE t SET n = n + 1 WHERE id = 1").status();
-  };
+  auto increment = Increment(attempts);
   hold_the_row();
   auto once = std::async(std::launch::async, [&] { return db::Transact(*pool_, increment); });
   end_the_waiting_one();
@@ -1044,6 +1054,99 @@ TEST_F(Database, AWriteWhoseConnectionWasLostBeforeItsCommitRunsOnceMoreOnANewOn
   s = lost_once.get();
   EXPECT_TRUE(s.ok()) << "a batch lost before its COMMIT: " << s;
   EXPECT_EQ(n_and_followed(), std::make_pair(2L, 1L)) << "the batch took effect once, whole";
+}
+
+TEST_F(Database, AWriteLostWhileItsServerIsAwayWaitsForItWithinItsDeadline) {
+  // A restart, or a failover whose address has not moved yet: a write's
+  // connection is lost before its COMMIT, and for a while the address
+  // refuses connections. The write waits for the server (AcquireAfterLoss)
+  // and runs once when it answers, for Transact and for group commit,
+  // rather than answering UNAVAILABLE at the first refusal; a server that
+  // stays away is answered UNAVAILABLE before the caller's deadline.
+  Script(
+      "CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL);"
+      "INSERT INTO t VALUES (1, 0);"
+      "CREATE TABLE followed (n int NOT NULL)");
+  testing::StallingProxy proxy(testing::PortOf(url_));
+  db::Pool pool(testing::WithPort(url_, proxy.port()), 2, "away-test");
+  const int nobody = testing::FreePort();  // refuses connections
+  auto admin = db::Conn::Open(url_, "admin");
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  auto watcher = db::Conn::Open(url_, "watcher");
+  ASSERT_TRUE(watcher.ok()) << watcher.status();
+  auto n_and_followed = [&] { return NAndFollowed(**watcher); };
+  // Once the pool's connection waits for the row `admin` holds: the address
+  // refuses from now on, and that connection is ended.
+  auto go_away = [&] {
+    std::string pid;
+    ASSERT_TRUE(testing::WaitUntil(
+        [&] {
+          auto r = (*watcher)->Exec(
+              "SELECT pid::text FROM pg_stat_activity WHERE application_name = 'away-test' "
+              "AND wait_event_type = 'Lock'");
+          if (r.ok() && r->rows() == 1) pid = r->String(0, 0);
+          return !pid.empty();
+        },
+        absl::Seconds(10)));
+    proxy.Retarget(nobody);
+    ASSERT_TRUE((*watcher)->Exec("SELECT pg_terminate_backend($1::int)", {pid}).ok());
+  };
+  auto come_back = [&] {
+    absl::SleepFor(absl::Milliseconds(700));  // refused meanwhile, more than once
+    proxy.Retarget(testing::PortOf(url_));
+    ASSERT_TRUE((*admin)->ExecScript("COMMIT").ok());
+  };
+  auto hold_the_row = [&] { HoldTheRow(**admin); };
+  std::atomic<int> attempts{0};
+  auto increment = Increment(attempts);
+  const db::TxOptions ten_seconds{.deadline = absl::Now() + absl::Seconds(10)};
+
+  hold_the_row();
+  auto waited =
+      std::async(std::launch::async, [&] { return db::Transact(pool, ten_seconds, increment); });
+  go_away();
+  come_back();
+  absl::Status s = waited.get();
+  EXPECT_TRUE(s.ok()) << "a write lost while its server was away for 0.7 s: " << s;
+  EXPECT_EQ(attempts.load(), 2);
+  EXPECT_EQ(n_and_followed().first, 1) << "the write took effect once";
+
+  // Group commit: the batch waits for the server the same way.
+  server::Executor threads(1, 16);
+  db::GroupCommitter group(pool, "away-test", [&threads](std::function<void()> task) {
+    return threads.TrySubmit(std::move(task));
+  });
+  db::GroupCommitter::Work w;
+  w.first = {"UPDATE t SET n = n + 1 WHERE id = 1 RETURNING n", {}};
+  w.then = [](const db::Result& r) {
+    return std::vector<db::Statement>{{"INSERT INTO followed VALUES ($1)", {r.String(0, 0)}}};
+  };
+  std::promise<absl::Status> outcome;
+  hold_the_row();
+  group.Submit("k", absl::Now() + absl::Seconds(10), w,
+               [&outcome](absl::Status st) { outcome.set_value(std::move(st)); });
+  go_away();
+  come_back();
+  s = outcome.get_future().get();
+  EXPECT_TRUE(s.ok()) << "a batch lost while its server was away for 0.7 s: " << s;
+  EXPECT_EQ(n_and_followed(), std::make_pair(2L, 1L)) << "the batch took effect once, whole";
+
+  // A server that stays away: UNAVAILABLE, before the deadline, nothing done.
+  attempts = 0;
+  hold_the_row();
+  const absl::Time start = absl::Now();
+  auto given_up = std::async(std::launch::async, [&] {
+    return db::Transact(pool, {.deadline = start + absl::Milliseconds(1500)}, increment);
+  });
+  go_away();
+  s = given_up.get();
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+  EXPECT_LT(took, absl::Milliseconds(1500)) << "answered after its deadline";
+  EXPECT_EQ(attempts.load(), 1);
+  proxy.Retarget(testing::PortOf(url_));
+  ASSERT_TRUE((*admin)->ExecScript("COMMIT").ok());
+  EXPECT_EQ(n_and_followed(), std::make_pair(2L, 1L)) << "a write given up left a change";
 }
 
 TEST_F(Database, ConnectionsProbeASilentServerAndTheUrlCanSayOtherwise) {

@@ -725,6 +725,19 @@ bool LostBeforeCommit(const Conn& conn, const absl::Status& status) {
   return !conn.healthy() && absl::IsUnavailable(status) && !RefusedForReadOnly(status);
 }
 
+absl::StatusOr<Pool::Lease> AcquireAfterLoss(Pool& pool, absl::Time deadline,
+                                             const std::function<void()>& before_waiting) {
+  const absl::Time until = std::min(deadline, absl::Now() + kReconnectFor);
+  absl::Duration wait = absl::Milliseconds(50);
+  for (;;) {
+    absl::StatusOr<Pool::Lease> lease = pool.Acquire(deadline, /*fresh=*/true, before_waiting);
+    if (lease.ok() || !absl::IsUnavailable(lease.status())) return lease;
+    if (absl::Now() + wait + kReconnectMargin >= until) return lease;
+    absl::SleepFor(wait);
+    wait = std::min(wait * 2, absl::Seconds(1));
+  }
+}
+
 absl::Status Transact(Pool& pool, const TxOptions& options,
                       absl::FunctionRef<absl::Status(Conn&)> fn) {
   const char* begin = "BEGIN ISOLATION LEVEL READ COMMITTED";
@@ -741,9 +754,11 @@ absl::Status Transact(Pool& pool, const TxOptions& options,
   bool fresh = false;           // the next attempt on a new connection
   bool tried_on_fresh = false;  // after a refusal to write
   bool tried_after_loss = false;  // after a connection lost before COMMIT
+  bool reconnect = false;         // the next attempt's connection: AcquireAfterLoss
   for (int attempt = 1; attempt <= options.max_attempts; ++attempt) {
-    absl::StatusOr<Pool::Lease> lease = pool.Acquire(options.deadline, fresh);
-    fresh = false;
+    absl::StatusOr<Pool::Lease> lease = reconnect ? AcquireAfterLoss(pool, options.deadline)
+                                                  : pool.Acquire(options.deadline, fresh);
+    fresh = reconnect = false;
     if (!lease.ok()) return lease.status();
     Conn& conn = **lease;
     absl::StatusOr<std::optional<int64_t>> timeout = StatementTimeout(options.deadline);
@@ -774,7 +789,7 @@ absl::Status Transact(Pool& pool, const TxOptions& options,
     }
     if (LostBeforeCommit(conn, last) && !tried_after_loss && absl::Now() < options.deadline) {
       tried_after_loss = true;
-      fresh = true;
+      reconnect = true;
       continue;
     }
     if (!IsRetryable(last) || attempt == options.max_attempts) break;

@@ -339,6 +339,18 @@ struct TxOptions {
   absl::Time deadline = absl::InfiniteFuture();
 };
 
+// A new connection for running again a transaction lost before its COMMIT
+// (LostBeforeCommit). The loss may be the server restarting, or a failover
+// whose address has not moved yet, so a connection refused (UNAVAILABLE) is
+// tried again, 50 ms later and then twice as long each time up to 1 s, for
+// at most kReconnectFor and while `deadline` leaves kReconnectMargin after
+// the wait; then the last refusal is the answer. `before_waiting` as
+// Pool::Acquire's.
+inline constexpr absl::Duration kReconnectFor = absl::Seconds(10);
+inline constexpr absl::Duration kReconnectMargin = absl::Milliseconds(100);
+absl::StatusOr<Pool::Lease> AcquireAfterLoss(Pool& pool, absl::Time deadline,
+                                             const std::function<void()>& before_waiting = {});
+
 // The statement_timeout, in milliseconds, under which a transaction's
 // statements end by `deadline`: nullopt for no deadline (InfiniteFuture),
 // DEADLINE_EXCEEDED once it has passed.
@@ -358,7 +370,8 @@ void BackoffBeforeRetry(int attempt);
 // database took writes again. So is a transaction whose connection was lost
 // before its COMMIT was sent (LostBeforeCommit), while its deadline lasts:
 // the server it reaches now (another after a failover, or the same once
-// restarted) runs it; one lost at COMMIT is not (LostAtCommit).
+// restarted; AcquireAfterLoss waits a little for one that refuses
+// connections) runs it; one lost at COMMIT is not (LostAtCommit).
 absl::Status Transact(Pool& pool, const TxOptions& options,
                       absl::FunctionRef<absl::Status(Conn&)> fn);
 inline absl::Status Transact(Pool& pool, absl::FunctionRef<absl::Status(Conn&)> fn) {

@@ -189,9 +189,11 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline, boo
   };
   int retries = 0;
   bool fresh = false, tried_on_fresh = false, tried_after_loss = false;  // as Transact (db.h)
+  bool reconnect = false;
   while (!batch.empty()) {
-    absl::StatusOr<Pool::Lease> lease = pool_.Acquire(deadline, fresh, answer);
-    fresh = false;
+    absl::StatusOr<Pool::Lease> lease = reconnect ? AcquireAfterLoss(pool_, deadline, answer)
+                                                  : pool_.Acquire(deadline, fresh, answer);
+    fresh = reconnect = false;
     if (!lease.ok()) return fail(lease.status());
     Conn& c = **lease;
     auto rollback = [&c] {
@@ -270,7 +272,7 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline, boo
       }
       if (LostBeforeCommit(c, shared) && !tried_after_loss && absl::Now() < deadline) {
         tried_after_loss = true;  // no COMMIT was sent: once more, on a connection made now
-        fresh = true;
+        reconnect = true;
         continue;
       }
       if (IsRetryable(shared) && ++retries < kMaxRetries) {
