@@ -157,7 +157,9 @@ TEST_F(PartnersApi, ARequestIdReusedForAnotherOrganisationsContactIsRefused) {
   req.mutable_contact()->set_organisation_id(b.id());
   grpc::Status s = stub().CreateContact(Ctx(admin()).get(), req, &again);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS) << s.error_message();
-  EXPECT_NE(s.error_message().find("request_id"), std::string::npos) << s.error_message();
+  EXPECT_NE(s.error_message().find("request_id: already used for another request, whose contact"),
+            std::string::npos)
+      << s.error_message();
   EXPECT_EQ(s.error_message().find(first.id()), std::string::npos) << s.error_message();
   EXPECT_EQ(DetailsOf(s).reason, "REQUEST_ID_REUSED");
   v1::ListContactsRequest list;

@@ -38,7 +38,7 @@ absl::Status StaleEtag(const char* what, const std::string& current) {
 
 absl::Status RequestIdReused(absl::string_view what) {
   return WithReason(absl::AlreadyExistsError(absl::StrCat(
-                        "request_id: already used for another request, which made a ", what,
+                        "request_id: already used for another request, whose ", what,
                         " this one could not have made (a request_id names one request)")),
                     "REQUEST_ID_REUSED");
 }

@@ -137,7 +137,7 @@ std::string SiteLockOrder(const std::string& session_id, const std::string& site
 // A request_id already used for another request (another session, site or
 // person): ALREADY_EXISTS rather than that request's booking, which the caller
 // did not ask for. The booking is named only to the same person's request.
-absl::Status RequestIdReused(const v1::Booking& prior, const std::string& participant_id) {
+absl::Status BookingKeyReused(const v1::Booking& prior, const std::string& participant_id) {
   if (prior.participant_id() != participant_id) {
     return server::WithReason(
         absl::AlreadyExistsError("request_id: already used for another person's request"),
@@ -161,7 +161,7 @@ absl::Status BookingRefusal(const store::Booked& b, const std::string& session_i
     const v1::Booking& prior = b.booking;
     if (prior.session_id() != session_id || prior.participant_id() != participant_id ||
         prior.site() != site) {
-      return RequestIdReused(prior, participant_id);
+      return BookingKeyReused(prior, participant_id);
     }
     return absl::OkStatus();
   }
@@ -1418,7 +1418,7 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
       if (prior->has_value()) {
         if ((*prior)->participant_id() != old->participant_id() ||
             (*prior)->session_id() != req.session_id() || (*prior)->site() != req.site()) {
-          return RequestIdReused(**prior, old->participant_id());
+          return BookingKeyReused(**prior, old->participant_id());
         }
         *resp = **std::move(prior);
         return absl::OkStatus();
