@@ -354,7 +354,8 @@ class HealthMonitor {
         const int ended = pool_->Renew(/*end_leased=*/true);
         log::Warn(
             "database server changed (a failover or a restart): connections to the one before "
-            "closed, calls still waiting on them answer UNAVAILABLE",
+            "closed; calls waiting on them run once more on the new one, or answer UNAVAILABLE "
+            "if caught at their COMMIT",
             {{"connections_in_use_ended", absl::StrCat(ended)}});
       } else if (db_up && db_was_down_) {
         pool_->Renew();
