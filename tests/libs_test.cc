@@ -455,6 +455,32 @@ std::pair<long, long> NAndFollowed(db::Conn& watcher) {
   EXPECT_TRUE(r.ok()) << r.status();
   return r.ok() ? std::make_pair(r->Int(0, 0), r->Int(0, 1)) : std::make_pair(-1L, -1L);
 }
+// Through `watcher`: the pid of the one connection named `application`
+// that waits for a row lock, once one does (and not one of `not_these`),
+// or "" after 10 s, with the database's connections in `*seen`.
+std::string PidWaitingForALock(db::Conn& watcher, const std::string& application,
+                               const std::set<std::string>& not_these, std::string* seen) {
+  std::string pid;
+  if (testing::WaitUntil(
+          [&] {
+            auto r = watcher.Exec(
+                "SELECT pid::text FROM pg_stat_activity WHERE application_name = $1 "
+                "AND wait_event_type = 'Lock'",
+                {application});
+            if (r.ok() && r->rows() == 1 && not_these.count(r->String(0, 0)) == 0) {
+              pid = r->String(0, 0);
+            }
+            return !pid.empty();
+          },
+          absl::Seconds(10))) {
+    return pid;
+  }
+  auto r = watcher.Exec(
+      "SELECT string_agg(concat_ws(' ', pid, application_name, state, wait_event_type, "
+      "left(query, 40)), '; ') FROM pg_stat_activity WHERE datname = current_database()");
+  *seen = r.ok() ? r->String(0, 0) : r.status().ToString();
+  return "";
+}
 std::function<absl::Status(db::Conn&)> Increment(std::atomic<int>& attempts) {
   return [&attempts](db::Conn& c) {
     ++attempts;
@@ -962,23 +988,9 @@ TEST_F(Database, AWriteWhoseConnectionWasLostBeforeItsCommitRunsOnceMoreOnANewOn
   // one does (and not `ended` before).
   std::set<std::string> ended;
   auto end_the_waiting_one = [&] {
-    std::string pid;
-    EXPECT_TRUE(testing::WaitUntil(
-        [&] {
-          auto r = (*watcher)->Exec(
-              "SELECT pid::text FROM pg_stat_activity WHERE application_name = 'libs-test' "
-              "AND wait_event_type = 'Lock'");
-          if (r.ok() && r->rows() == 1 && ended.count(r->String(0, 0)) == 0) pid = r->String(0, 0);
-          return !pid.empty();
-        },
-        absl::Seconds(10)))
-        << "no connection of the pool waits for the row: " <<
-        [&] {
-          auto r = (*watcher)->Exec(
-              "SELECT string_agg(concat_ws(' ', pid, application_name, state, wait_event_type, "
-              "left(query, 40)), '; ') FROM pg_stat_activity WHERE datname = current_database()");
-          return r.ok() ? r->String(0, 0) : r.status().ToString();
-        }();
+    std::string seen;
+    std::string pid = PidWaitingForALock(**watcher, "libs-test", ended, &seen);
+    EXPECT_FALSE(pid.empty()) << "no connection of the pool waits for the row: " << seen;
     if (pid.empty()) return;
     ended.insert(pid);
     EXPECT_TRUE((*watcher)->Exec("SELECT pg_terminate_backend($1::int)", {pid}).ok());
@@ -1078,16 +1090,9 @@ TEST_F(Database, AWriteLostWhileItsServerIsAwayWaitsForItWithinItsDeadline) {
   // Once the pool's connection waits for the row `admin` holds: the address
   // refuses from now on, and that connection is ended.
   auto go_away = [&] {
-    std::string pid;
-    ASSERT_TRUE(testing::WaitUntil(
-        [&] {
-          auto r = (*watcher)->Exec(
-              "SELECT pid::text FROM pg_stat_activity WHERE application_name = 'away-test' "
-              "AND wait_event_type = 'Lock'");
-          if (r.ok() && r->rows() == 1) pid = r->String(0, 0);
-          return !pid.empty();
-        },
-        absl::Seconds(10)));
+    std::string seen;
+    std::string pid = PidWaitingForALock(**watcher, "away-test", {}, &seen);
+    ASSERT_FALSE(pid.empty()) << "no connection of the pool waits for the row: " << seen;
     proxy.Retarget(nobody);
     ASSERT_TRUE((*watcher)->Exec("SELECT pg_terminate_backend($1::int)", {pid}).ok());
   };

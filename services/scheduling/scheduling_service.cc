@@ -138,11 +138,7 @@ std::string SiteLockOrder(const std::string& session_id, const std::string& site
 // person): ALREADY_EXISTS rather than that request's booking, which the caller
 // did not ask for. The booking is named only to the same person's request.
 absl::Status BookingKeyReused(const v1::Booking& prior, const std::string& participant_id) {
-  if (prior.participant_id() != participant_id) {
-    return server::WithReason(
-        absl::AlreadyExistsError("request_id: already used for another person's request"),
-        "REQUEST_ID_REUSED");
-  }
+  if (prior.participant_id() != participant_id) return server::RequestIdReused("booking");
   return server::WithReason(absl::AlreadyExistsError(absl::StrCat(
                                 "request_id: already used for booking ", prior.id(), " (session ",
                                 prior.session_id(), "), another request")),
