@@ -955,7 +955,7 @@ TEST_F(Database, AWriteOnAConnectionMadeWhileTheDatabaseTookNoWritesIsTriedOnANe
   for (int i = 4; i < 8; ++i) {
     db::GroupCommitter::Work w;
     w.first = {"INSERT INTO t VALUES ($1) RETURNING id", {int32_t{i}}};
-    w.then = [](const db::Result&) { return std::vector<db::Statement>{}; };
+    w.then = [](const db::Result&, int) { return std::vector<db::Statement>{}; };
     std::promise<absl::Status> outcome;
     group.Submit("k", absl::Now() + absl::Seconds(10), std::move(w),
                  [&outcome](absl::Status s) { outcome.set_value(std::move(s)); });
@@ -1034,7 +1034,7 @@ TEST_F(Database, AWriteWhoseConnectionWasLostBeforeItsCommitRunsOnceMoreOnANewOn
     auto outcome = std::make_shared<std::promise<absl::Status>>();
     db::GroupCommitter::Work w;
     w.first = {"UPDATE t SET n = n + 1 WHERE id = 1 RETURNING n", {}};
-    w.then = [](const db::Result& r) {
+    w.then = [](const db::Result& r, int) {
       return std::vector<db::Statement>{{"INSERT INTO followed VALUES ($1)", {r.String(0, 0)}}};
     };
     group.Submit("k", absl::Now() + absl::Seconds(20), std::move(w),
@@ -1123,7 +1123,7 @@ TEST_F(Database, AWriteLostWhileItsServerIsAwayWaitsForItWithinItsDeadline) {
   });
   db::GroupCommitter::Work w;
   w.first = {"UPDATE t SET n = n + 1 WHERE id = 1 RETURNING n", {}};
-  w.then = [](const db::Result& r) {
+  w.then = [](const db::Result& r, int) {
     return std::vector<db::Statement>{{"INSERT INTO followed VALUES ($1)", {r.String(0, 0)}}};
   };
   std::promise<absl::Status> outcome;
@@ -1931,7 +1931,7 @@ TEST_F(Database, GroupCommitKeepsEachCallersOutcomeSeparate) {
                      : std::string("WITH u AS (UPDATE hot SET n = n + 1 WHERE k = 1 RETURNING n) "
                                    "INSERT INTO taken SELECT $1 FROM u RETURNING v"),
                  refuse ? std::vector<db::Param>{} : std::vector<db::Param>{int32_t{v}}};
-      w.then = [i, refuse](const db::Result& r) -> absl::StatusOr<std::vector<db::Statement>> {
+      w.then = [i, refuse](const db::Result& r, int) -> absl::StatusOr<std::vector<db::Statement>> {
         if (refuse) return absl::FailedPreconditionError("refused by rule");
         if (i == 13) return absl::InternalError("unexpected");
         return std::vector<db::Statement>{{"INSERT INTO followed VALUES ($1)", {r.String(0, 0)}}};
@@ -2007,7 +2007,7 @@ TEST_F(Database, GroupCommitTakesTheLockFirstRowsBeforeAnyItemRuns) {
     db::GroupCommitter::Work w;
     w.lock_first = who;
     w.first = {"UPDATE seats SET n = n + 1 WHERE k = 1 RETURNING n", {}};
-    w.then = [](const db::Result&) -> absl::StatusOr<std::vector<db::Statement>> {
+    w.then = [](const db::Result&, int) -> absl::StatusOr<std::vector<db::Statement>> {
       return std::vector<db::Statement>{};
     };
     group.Submit("k", absl::Now() + absl::Seconds(20), std::move(w), [&](absl::Status s) {
@@ -2028,6 +2028,86 @@ TEST_F(Database, GroupCommitTakesTheLockFirstRowsBeforeAnyItemRuns) {
   auto n = (*leaver)->Exec("SELECT n FROM seats WHERE k = 1");
   ASSERT_TRUE(n.ok());
   EXPECT_EQ(n->Int(0, 0), 3);
+}
+
+TEST_F(Database, GroupCommitCombinesCallersOfOneRowIntoOneStatement) {
+  // Callers next to each other in a batch's order that lock the same row and
+  // give `args` share one first statement (Combine), each reading its own
+  // row of it. Callers of another row, or without args, are not combined.
+  // A combined statement that raises runs again with its callers alone, so
+  // only the caller whose own statement raises fails.
+  Script("CREATE TABLE taken (v int PRIMARY KEY); INSERT INTO taken VALUES (99)");
+  server::Executor threads(1, 8);
+  std::vector<std::vector<int>> combined;  // the values of each combined statement
+  db::GroupCommitter group(
+      *pool_, "combine",
+      [&threads](std::function<void()> task) { return threads.TrySubmit(std::move(task)); },
+      /*max_batch=*/64, /*max_pending=*/100, nullptr, absl::InfiniteDuration(),
+      [&combined](const std::vector<const db::GroupCommitter::Work*>& run) {
+        std::vector<int> values;
+        for (const auto* w : run) values.push_back(std::stoi(*w->args[0].value()));
+        combined.push_back(values);
+        return db::Statement{"INSERT INTO taken SELECT unnest($1::int[]) RETURNING v",
+                             {absl::StrCat("{", absl::StrJoin(values, ","), "}")}};
+      });
+  // The one thread is busy until every caller queued, so they form one batch.
+  absl::Notification queued;
+  ASSERT_TRUE(threads.TrySubmit([&queued] { queued.WaitForNotification(); }));
+  struct Caller {
+    std::string row;
+    int v;
+    bool args;
+  };
+  // Row "b" in arrival order 1, 3, 5, 99 (taken already), 7, and row "a"
+  // with 2, 4, then 6 without args, then 8, 10.
+  const std::vector<Caller> callers = {
+      {"b", 1, true},  {"a", 2, true},  {"b", 3, true}, {"a", 4, true}, {"b", 5, true},
+      {"a", 6, false}, {"b", 99, true}, {"a", 8, true}, {"b", 7, true}, {"a", 10, true}};
+  std::vector<absl::Status> outcome(callers.size());
+  std::atomic<int> heard{0};
+  absl::Notification all_heard;
+  for (size_t i = 0; i < callers.size(); ++i) {
+    const Caller& c = callers[i];
+    db::GroupCommitter::Work w;
+    w.lock_order = c.row;
+    w.first = {"INSERT INTO taken VALUES ($1) RETURNING v", {int32_t{c.v}}};
+    if (c.args) w.args = {int32_t{c.v}};
+    w.then = [v = c.v](const db::Result& r, int row) -> absl::StatusOr<std::vector<db::Statement>> {
+      if (r.Int(row, 0) != v) {
+        return absl::InternalError(absl::StrCat("read ", r.Int(row, 0), " for ", v));
+      }
+      return std::vector<db::Statement>{};
+    };
+    group.Submit("k", absl::Now() + absl::Seconds(20), std::move(w), [&, i](absl::Status s) {
+      outcome[i] = s;
+      if (++heard == static_cast<int>(callers.size())) all_heard.Notify();
+    });
+  }
+  queued.Notify();
+  ASSERT_TRUE(all_heard.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  for (size_t i = 0; i < callers.size(); ++i) {
+    if (callers[i].v == 99) {
+      EXPECT_TRUE(absl::IsAlreadyExists(outcome[i])) << outcome[i];
+    } else {
+      EXPECT_TRUE(outcome[i].ok()) << callers[i].v << ": " << outcome[i];
+    }
+  }
+  // Row "a" runs first (lock order): 2, 4 combined, 6 alone, 8, 10 combined;
+  // then row "b" combined, which raised, and so ran again alone.
+  ASSERT_GE(combined.size(), 3u);
+  EXPECT_EQ(combined[0], (std::vector<int>{2, 4}));
+  EXPECT_EQ(combined[1], (std::vector<int>{8, 10}));
+  EXPECT_EQ(combined[2], (std::vector<int>{1, 3, 5, 99, 7}));
+  for (size_t i = 3; i < combined.size(); ++i) {
+    EXPECT_NE(combined[i].size(), 5u) << "row b combined again after it raised";
+  }
+  ASSERT_TRUE(db::WithConnection(*pool_, absl::InfiniteFuture(), [](db::Conn& c) {
+                auto n = c.Exec("SELECT count(*) FROM taken");
+                if (n.ok()) {
+                  EXPECT_EQ(n->Int(0, 0), 10) << "99 and the nine callers' values";
+                }
+                return n.status();
+              }).ok());
 }
 
 TEST_F(Database, GroupCommitAnswersABatchWhileTheNextIsAtTheDatabase) {
@@ -2052,7 +2132,7 @@ TEST_F(Database, GroupCommitAnswersABatchWhileTheNextIsAtTheDatabase) {
   auto work = [](std::string sql) {
     db::GroupCommitter::Work w;
     w.first = {std::move(sql), {}};
-    w.then = [](const db::Result&) -> absl::StatusOr<std::vector<db::Statement>> {
+    w.then = [](const db::Result&, int) -> absl::StatusOr<std::vector<db::Statement>> {
       return std::vector<db::Statement>{};
     };
     return w;
@@ -2106,7 +2186,7 @@ TEST_F(Database, StatementsStopAtTheCallersDeadline) {
   for (absl::Duration left : {absl::Milliseconds(300), absl::Milliseconds(-1)}) {
     db::GroupCommitter::Work w;
     w.first = {"SELECT pg_sleep(5)", {}};
-    w.then = [](const db::Result&) -> absl::StatusOr<std::vector<db::Statement>> {
+    w.then = [](const db::Result&, int) -> absl::StatusOr<std::vector<db::Statement>> {
       return std::vector<db::Statement>{};
     };
     std::promise<absl::Status> outcome;
@@ -2174,7 +2254,7 @@ TEST_F(Database, AServerThatStopsAnsweringCostsACallerItsDeadlineNotItsThread) {
   s = watched("GroupCommitter", [&] {
     db::GroupCommitter::Work w;
     w.first = {"INSERT INTO stalled VALUES (2) RETURNING v", {}};
-    w.then = [](const db::Result&) -> absl::StatusOr<std::vector<db::Statement>> {
+    w.then = [](const db::Result&, int) -> absl::StatusOr<std::vector<db::Statement>> {
       return std::vector<db::Statement>{};
     };
     std::promise<absl::Status> done;
@@ -2213,7 +2293,7 @@ TEST_F(Database, AServerThatStopsAnsweringCostsACallerItsDeadlineNotItsThread) {
   s = watched("a batch's COMMIT", [&] {
     db::GroupCommitter::Work w;
     w.first = {"INSERT INTO stalled VALUES (5) RETURNING v", {}};
-    w.then = [&proxy](const db::Result&) -> absl::StatusOr<std::vector<db::Statement>> {
+    w.then = [&proxy](const db::Result&, int) -> absl::StatusOr<std::vector<db::Statement>> {
       proxy.Stall();
       return std::vector<db::Statement>{{"INSERT INTO stalled VALUES (6)", {}}};
     };
@@ -2286,7 +2366,7 @@ TEST_F(Database, GroupCommitWaitersHoldNoThreadAndItShedsBeyondItsBound) {
   for (int i = 0; i < 300; ++i) {
     db::GroupCommitter::Work w;
     w.first = {i == 0 ? "SELECT pg_sleep(0.3)" : "SELECT 1", {}};
-    w.then = [](const db::Result&) -> absl::StatusOr<std::vector<db::Statement>> {
+    w.then = [](const db::Result&, int) -> absl::StatusOr<std::vector<db::Statement>> {
       return std::vector<db::Statement>{};
     };
     group.Submit("k", absl::Now() + absl::Seconds(20), std::move(w), [&](absl::Status s) {
@@ -2317,7 +2397,7 @@ TEST_F(Database, GroupCommitWaitersHoldNoThreadAndItShedsBeyondItsBound) {
   absl::Status refused;
   db::GroupCommitter::Work w;
   w.first = {"SELECT 1", {}};
-  w.then = [](const db::Result&) -> absl::StatusOr<std::vector<db::Statement>> {
+  w.then = [](const db::Result&, int) -> absl::StatusOr<std::vector<db::Statement>> {
     return std::vector<db::Statement>{};
   };
   stuck.Submit("k", absl::InfiniteFuture(), std::move(w), [&](absl::Status s) { refused = s; });

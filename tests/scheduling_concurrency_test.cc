@@ -484,7 +484,7 @@ TEST_F(SchedulingConcurrency, ABookingInFlightIsCancelledWithItsSession) {
   sv1::Session session = NewSession(*fx_, *org_, 5, DateIn(8));
   auto conn = db::Conn::Open(fx_->scheduling_db, "test");
   ASSERT_TRUE(conn.ok()) << conn.status();
-  // A booking's first step: the site's row lock (book_session then reads the
+  // A booking's first step: the site's row lock (book_site then reads the
   // session and writes). Another replica's booking could sit here.
   ASSERT_TRUE((*conn)->ExecScript("BEGIN").ok());
   ASSERT_TRUE((*conn)
@@ -500,8 +500,9 @@ TEST_F(SchedulingConcurrency, ABookingInFlightIsCancelledWithItsSession) {
   });
   EXPECT_EQ(cancel.wait_for(std::chrono::milliseconds(500)), std::future_status::timeout)
       << "CancelSession must wait for the booking that holds the site";
-  auto booked = (*conn)->Exec("SELECT o_outcome FROM book_session($1::uuid, $2::uuid, '', NULL)",
-                              {session.id(), who});
+  auto booked = (*conn)->Exec(
+      "SELECT o_outcome FROM book_site($1::uuid, '', ARRAY[$2::uuid], ARRAY[NULL::text])",
+      {session.id(), who});
   ASSERT_TRUE(booked.ok()) << booked.status();
   EXPECT_EQ(booked->String(0, 0), "booked");
   ASSERT_TRUE((*conn)->ExecScript("COMMIT").ok());
@@ -628,8 +629,9 @@ void StartPromotionRace(SchedulingFixture& fx, const std::string& org, int days,
   ASSERT_TRUE(other.ok());
   race->other = *std::move(other);
   ASSERT_TRUE(race->other->ExecScript("BEGIN").ok());
-  auto on_b = race->other->Exec("SELECT o_outcome FROM book_session($1::uuid, $2::uuid, '', NULL)",
-                                {b.id(), race->first});
+  auto on_b = race->other->Exec(
+      "SELECT o_outcome FROM book_site($1::uuid, '', ARRAY[$2::uuid], ARRAY[NULL::text])",
+      {b.id(), race->first});
   ASSERT_TRUE(on_b.ok()) << on_b.status();
   ASSERT_EQ(on_b->String(0, 0), "booked");
   race->cancel = std::async(std::launch::async, [&fx, id = race->held.id(), move_to] {

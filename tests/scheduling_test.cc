@@ -13,6 +13,7 @@
 #include <set>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "connecting/events/v1/scheduling_events.pb.h"
 #include "libs/db/db.h"
@@ -2307,6 +2308,121 @@ TEST_F(Scheduling, DepartmentEventsHaveCapacityPerSite) {
   grpc::Status st = fx_->stub->BookSession(Ctx(fx_->admin).get(), bad, &out);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("site"), std::string::npos);
+}
+
+TEST_F(Scheduling, ARunOfBookingsOfOneSiteGetsWhatEachWouldHaveGotOneByOne) {
+  // A batch's bookings of one site go to book_site as one run (the group
+  // committer's Combine, store::BookRun), under one take of the site's lock.
+  // The same requests sent to one session as a run and to its twin one at a
+  // time get the same outcomes, places in line and seats; the counters end
+  // alike and match the bookings.
+  auto conn = db::Conn::Open(fx_->scheduling_db, "test");
+  ASSERT_TRUE(conn.ok());
+  struct Twin {
+    std::string session;
+    std::vector<std::string> people;
+  };
+  std::vector<Twin> twins;
+  for (int t = 0; t < 2; ++t) {
+    std::string date = DateIn(60 + t);
+    Twin tw;
+    tw.session = NewSession(*fx_, *org_, 2, date).id();
+    for (int i = 0; i < 7; ++i) tw.people.push_back(Register(*fx_, absl::StrCat("RUN", t, i)).id());
+    // Person 3 holds a confirmed frontline visit that date; person 4 left.
+    sv1::Booking elsewhere;
+    ASSERT_TRUE(Book(*fx_, NewSession(*fx_, *org_, 5, date).id(), tw.people[3], &elsewhere).ok());
+    sv1::DeactivateParticipantRequest leave;
+    leave.set_id(tw.people[4]);
+    sv1::Participant left;
+    ASSERT_TRUE(fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), leave, &left).ok());
+    twins.push_back(tw);
+  }
+  // (person, request_id) in arrival order; person -1 is nobody registered.
+  const std::vector<std::pair<int, std::string>> requests = {{0, "a"}, {1, "b"}, {0, "c"}, {2, "b"},
+                                                             {3, ""},  {4, "e"}, {-1, ""}, {2, "f"},
+                                                             {5, ""},  {2, "f"}, {6, "g"}};
+  const std::vector<std::string> want = {"booked",
+                                         "booked",
+                                         "live_on_session",
+                                         "prior",
+                                         "frontline_on_date",
+                                         "participant_inactive",
+                                         "no_participant",
+                                         "booked",
+                                         "booked",
+                                         "prior",
+                                         "booked"};
+  const std::string cols =
+      "o_outcome, coalesce(o_booking_status, 0), coalesce(o_waitlist_position, -1), "
+      "o_detail IS NULL, coalesce(o_confirmed, -1), coalesce(o_waitlisted, -1), "
+      "coalesce(replace(replace(os_sites, E'\\x1f', '/'), E'\\x1e', ';'), '-')";
+  auto person = [](const Twin& tw, int i) {
+    return i < 0 ? std::string("00000000-0000-4000-8000-00000000d00d") : tw.people[i];
+  };
+  auto key = [](int t, const std::string& k) { return k.empty() ? k : absl::StrCat("run", t, k); };
+  // Twin 0: one run.
+  std::vector<std::string> people, keys;
+  for (const auto& [who, k] : requests) {
+    people.push_back(person(twins[0], who));
+    keys.push_back(k.empty() ? "NULL" : absl::StrCat("\"", key(0, k), "\""));
+  }
+  auto run = (*conn)->Exec(
+      absl::StrCat("SELECT ", cols, " FROM book_site($1::uuid, '', $2::uuid[], $3::text[])"),
+      {twins[0].session, absl::StrCat("{", absl::StrJoin(people, ","), "}"),
+       absl::StrCat("{", absl::StrJoin(keys, ","), "}")});
+  ASSERT_TRUE(run.ok()) << run.status();
+  ASSERT_EQ(run->rows(), static_cast<int>(requests.size()));
+  // Twin 1: one at a time, each in a statement of its own.
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto one = (*conn)->Exec(
+        absl::StrCat("SELECT ", cols,
+                     " FROM book_site($1::uuid, '', ARRAY[$2::uuid], ARRAY[$3::text])"),
+        {twins[1].session, person(twins[1], requests[i].first),
+         db::NullIfEmpty(key(1, requests[i].second))});
+    ASSERT_TRUE(one.ok()) << one.status();
+    ASSERT_EQ(one->rows(), 1);
+    EXPECT_EQ(run->String(i, 0), want[i]) << "request " << i;
+    EXPECT_EQ(one->String(0, 0), want[i]) << "request " << i << " alone";
+    for (int c = 1; c <= 3; ++c) EXPECT_EQ(run->String(i, c), one->String(0, c)) << i << "," << c;
+    if (want[i] != "prior") {  // a retry alone is answered before the site's lock
+      for (int c = 4; c <= 6; ++c) {
+        EXPECT_EQ(run->String(i, c), one->String(0, c)) << i << "," << c;
+      }
+    }
+  }
+  // Persons 1 and 0 confirmed; 2, 5 and 6 wait in that order; 2's retry is
+  // told its place.
+  EXPECT_EQ(run->Int(7, 1), 2);
+  EXPECT_EQ(run->Int(7, 2), 1);
+  EXPECT_EQ(run->Int(8, 2), 2);
+  EXPECT_EQ(run->Int(9, 2), 1);
+  EXPECT_EQ(run->Int(10, 2), 3);
+  EXPECT_EQ(run->String(10, 6), "/2/2/2") << "the sites before the last booking";
+  for (const Twin& tw : twins) {
+    auto seats = (*conn)->Exec(
+        "SELECT ss.confirmed, ss.waitlisted, "
+        "(SELECT count(*) FROM bookings b WHERE b.session_id = ss.session_id AND b.status = 1), "
+        "(SELECT count(*) FROM bookings b WHERE b.session_id = ss.session_id AND b.status = 2) "
+        "FROM session_sites ss WHERE ss.session_id = $1::uuid",
+        {tw.session});
+    ASSERT_TRUE(seats.ok()) << seats.status();
+    EXPECT_EQ(seats->Int(0, 0), 2);
+    EXPECT_EQ(seats->Int(0, 1), 3);
+    EXPECT_EQ(seats->Int(0, 2), 2);
+    EXPECT_EQ(seats->Int(0, 3), 3);
+  }
+  // A run whose every request already booked takes no lock and changes nothing.
+  auto again = (*conn)->Exec(
+      "SELECT o_outcome, o_booking_participant, os_id IS NULL FROM book_site($1::uuid, '', "
+      "$2::uuid[], $3::text[])",
+      {twins[0].session, absl::StrCat("{", twins[0].people[1], ",", twins[0].people[0], "}"),
+       absl::StrCat("{", key(0, "b"), ",", key(0, "a"), "}")});
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_EQ(again->rows(), 2);
+  EXPECT_EQ(again->String(0, 0), "prior");
+  EXPECT_EQ(again->String(0, 1), twins[0].people[1]);
+  EXPECT_EQ(again->String(1, 1), twins[0].people[0]);
+  EXPECT_EQ(again->String(1, 2), "t");
 }
 
 TEST_F(Scheduling, ABookingEventCarriesTheSessionJustAfterIt) {

@@ -16,13 +16,14 @@ constexpr int kMaxRetries = 8;  // serialization failures and deadlocks, per bat
 
 GroupCommitter::GroupCommitter(Pool& pool, const std::string& name, Schedule schedule,
                                int max_batch, int max_pending, LockFirst lock_first,
-                               absl::Duration lock_wait)
+                               absl::Duration lock_wait, Combine combine)
     : pool_(pool),
       schedule_(std::move(schedule)),
       max_batch_(max_batch),
       max_pending_(max_pending),
       lock_first_(std::move(lock_first)),
-      lock_wait_(lock_wait) {
+      lock_wait_(lock_wait),
+      combine_(std::move(combine)) {
   static auto& lock_waits =
       prometheus::BuildCounter()
           .Name("connecting_group_commit_lock_waits_total")
@@ -48,6 +49,11 @@ GroupCommitter::~GroupCommitter() {
 }
 
 bool GroupCommitter::IsPatient(const std::string& key) { return absl::EndsWith(key, Patient("")); }
+
+bool GroupCommitter::Combinable(const Item& a, const Item& b) {
+  return !a.alone && !b.alone && !a.work.args.empty() && !b.work.args.empty() &&
+         a.work.lock_order == b.work.lock_order;
+}
 
 void GroupCommitter::Submit(const std::string& key, absl::Time deadline, Work work, Done done) {
   auto* item = new Item{std::move(work), deadline, std::move(done), absl::OkStatus()};
@@ -224,22 +230,37 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline, boo
       if (!keys.empty()) first.push_back(lock_first_(keys));
     }
     const size_t lead = first.size();
-    for (Item* it : batch) first.push_back(it->work.first);
+    // The items' first statements: a run that may be combined shares one.
+    std::vector<size_t> begins;  // each statement's first item
+    for (size_t i = 0; i < batch.size();) {
+      size_t end = i + 1;
+      while (combine_ && end < batch.size() && Combinable(*batch[i], *batch[end])) ++end;
+      begins.push_back(i);
+      if (end - i == 1) {
+        first.push_back(batch[i]->work.first);
+      } else {
+        std::vector<const Work*> run;
+        for (size_t j = i; j < end; ++j) run.push_back(&batch[j]->work);
+        first.push_back(combine_(run));
+      }
+      i = end;
+    }
+    begins.push_back(batch.size());
     std::vector<absl::StatusOr<Result>> rows = c.Pipeline(first, answer);
     absl::Status shared;  // an error of the transaction rather than of one item
     for (size_t i = 0; i < lead && shared.ok(); ++i) shared = rows[i].status();
-    int raised = -1;  // the item whose statement raised
+    int raised = -1;  // the statement that raised
     int locked = -1;  // the item that waited too long for a row lock
-    for (size_t i = 0; shared.ok() && i < batch.size(); ++i) {
-      const absl::Status& s = rows[lead + i].status();
+    for (size_t k = 0; shared.ok() && k + 1 < begins.size(); ++k) {
+      const absl::Status& s = rows[lead + k].status();
       if (s.ok()) continue;
       if (!patient && IsLockNotAvailable(s)) {
-        locked = static_cast<int>(i);
+        locked = static_cast<int>(begins[k]);
       } else if (IsRetryable(s) || absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) ||
                  absl::IsResourceExhausted(s)) {
         shared = s;
       } else {
-        raised = static_cast<int>(i);
+        raised = static_cast<int>(k);
       }
       break;  // the rest were skipped
     }
@@ -255,8 +276,13 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline, boo
     }
     if (raised >= 0) {
       rollback();
-      batch[raised]->result = rows[lead + raised].status();
-      batch.erase(batch.begin() + raised);
+      const size_t from = begins[raised], to = begins[raised + 1];
+      if (to - from > 1) {  // one of them raised: again, each alone
+        for (size_t i = from; i < to; ++i) batch[i]->alone = true;
+        continue;
+      }
+      batch[from]->result = rows[lead + raised].status();
+      batch.erase(batch.begin() + static_cast<std::ptrdiff_t>(from));
       continue;  // again without it
     }
     if (!shared.ok()) {
@@ -286,8 +312,10 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline, boo
     std::vector<Statement> second;
     std::vector<bool> going(batch.size(), false);
     int undo = -1;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      absl::StatusOr<std::vector<Statement>> more = batch[i]->work.then(*rows[lead + i]);
+    for (size_t k = 0, i = 0; i < batch.size(); ++i) {
+      if (i == begins[k + 1]) ++k;
+      absl::StatusOr<std::vector<Statement>> more =
+          batch[i]->work.then(*rows[lead + k], static_cast<int>(i - begins[k]));
       if (!more.ok()) {
         batch[i]->result = more.status();
         if (absl::IsInternal(more.status())) {

@@ -12,6 +12,9 @@
 // round trips to PostgreSQL (pipelined):
 //   1. BEGIN, then every item's `first` statement;
 //   2. what each item's `then` returns (given its `first` rows), then COMMIT.
+// Items that lock the same row may share one `first` statement instead (the
+// committer's Combine): e.g. the bookings of one session, which take its
+// lock and read its row once rather than once each.
 // `first` must report refusals as rows rather than raise errors, and write
 // nothing when it refuses: `then` turns such rows into the caller's error
 // without disturbing the others. A `first` that raises anyway, or a `then`
@@ -69,9 +72,13 @@ class GroupCommitter {
     // holds what an earlier item locked. Empty: none.
     std::string lock_first;
     Statement first;
+    // This item's values for the committer's Combine; empty: its `first`
+    // always runs alone.
+    std::vector<Param> args;
     // Runs on the batch's thread while the transaction is open; returns the
     // statements to commit with (e.g. outbox rows) or this caller's error.
-    std::function<absl::StatusOr<std::vector<Statement>>(const Result& first_rows)> then;
+    // `row`: this item's row of `first_rows` (0 unless combined).
+    std::function<absl::StatusOr<std::vector<Statement>>(const Result& first_rows, int row)> then;
   };
   // Runs a task on some other thread; false if it cannot (e.g. a full queue).
   using Schedule = std::function<bool(std::function<void()>)>;
@@ -79,6 +86,12 @@ class GroupCommitter {
   // The statement locking the rows named by a batch's `lock_first` keys
   // (sorted and distinct; lock them in that order), run after BEGIN.
   using LockFirst = std::function<Statement(const std::vector<std::string>& keys)>;
+  // The one statement doing the `first` of a run of items (two or more,
+  // adjacent in the batch's order, with the same `lock_order` and `args`
+  // given), from their `args`: its result has a row per item, in the run's
+  // order. Should it raise, the batch runs again with those items alone, so
+  // that the error is only the caller's whose `first` raises it.
+  using Combine = std::function<Statement(const std::vector<const Work*>& run)>;
 
   // Batches run on threads `schedule` provides (one per key at a time), so a
   // waiting caller holds no thread. `name` labels the metrics
@@ -87,10 +100,10 @@ class GroupCommitter {
   // many wait now, and connecting_group_commit_lock_waits_total, how many
   // callers left their batch to wait for a lock. At most `max_pending`
   // callers wait at once. `lock_wait`: infinite, every caller waits for its
-  // locks in its batch.
+  // locks in its batch. `combine`: none, every item's `first` runs alone.
   GroupCommitter(Pool& pool, const std::string& name, Schedule schedule, int max_batch = 64,
                  int max_pending = 4096, LockFirst lock_first = nullptr,
-                 absl::Duration lock_wait = absl::InfiniteDuration());
+                 absl::Duration lock_wait = absl::InfiniteDuration(), Combine combine = nullptr);
   // Waits for the batches still running (a batch's thread goes on touching
   // the committer after it answered its last caller); `schedule` must run
   // what it accepted, as Executor does even when shutting down.
@@ -111,6 +124,7 @@ class GroupCommitter {
     Done done;
     absl::Status result;
     bool waits_for_lock = false;  // set by RunBatch: to its key's patient queue
+    bool alone = false;           // set by RunBatch: its combined `first` raised
   };
   struct Queue {
     std::vector<Item*> pending;
@@ -122,6 +136,8 @@ class GroupCommitter {
   // The queue of `key`'s callers that wait for a lock as long as it takes.
   static std::string Patient(const std::string& key) { return key + "\x1f(waiting for a lock)"; }
   static bool IsPatient(const std::string& key);
+  // Whether `b`, just after `a` in a batch, shares its first statement.
+  static bool Combinable(const Item& a, const Item& b);
   // Queues `items` under `key`, and starts a Drain for it if none runs;
   // fails them if no thread can be had for it.
   void Enqueue(const std::string& key, std::vector<Item*> items);
@@ -141,6 +157,7 @@ class GroupCommitter {
   const int max_pending_;
   const LockFirst lock_first_;
   const absl::Duration lock_wait_;
+  const Combine combine_;
   prometheus::Counter* lock_waits_;
   prometheus::Histogram* batch_sizes_;
   prometheus::Gauge* waiting_;  // callers queued or in a running batch

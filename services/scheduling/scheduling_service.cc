@@ -145,7 +145,7 @@ absl::Status BookingKeyReused(const v1::Booking& prior, const std::string& parti
                             "REQUEST_ID_REUSED", {{"bookingId", prior.id()}});
 }
 
-// The status for book_session's outcome: OK for booked and for prior (a
+// The status for book_site's outcome: OK for booked and for prior (a
 // retry of the same request), else the refusal naming the rule (or the
 // field) that refused it.
 absl::Status BookingRefusal(const store::Booked& b, const std::string& session_id,
@@ -217,7 +217,7 @@ absl::Status BookingRefusal(const store::Booked& b, const std::string& session_i
         absl::AbortedError("a conflicting booking changed while this one was made; retry"),
         "CONCURRENT_CHANGE");
   }
-  return absl::InternalError(absl::StrCat("book_session: unknown outcome \"", o, "\""));
+  return absl::InternalError(absl::StrCat("book_site: unknown outcome \"", o, "\""));
 }
 
 absl::StatusOr<std::vector<std::string>> Token(const server::PageTokens& tokens,
@@ -281,7 +281,7 @@ SchedulingLogic::SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox,
       schedule_(schedule),
       // A batch takes the people it books before any seats (store.h).
       bookings_(pool, "bookings", std::move(schedule), /*max_batch=*/64, /*max_pending=*/4096,
-                store::ShareParticipants, booking_lock_wait) {
+                store::ShareParticipants, booking_lock_wait, store::BookRun) {
   HandedOn(HandOnBy::kChange);  // exported from the start, at 0
 }
 
@@ -987,10 +987,10 @@ absl::Status SchedulingLogic::EmitBooking(db::Conn& tx, const Call& call, const 
 }
 
 absl::StatusOr<std::vector<db::Statement>> SchedulingLogic::Booked(
-    const Call& call, const db::Result& rows, const std::string& session_id,
+    const Call& call, const db::Result& rows, int row, const std::string& session_id,
     const std::string& participant_id, const std::string& site, bool emit, v1::Booking* booking,
     bool* seat_owed) {
-  auto b = store::ReadBooked(rows);
+  auto b = store::ReadBooked(rows, row);
   if (!b.ok()) return b.status();
   if (absl::Status s = BookingRefusal(*b, session_id, participant_id, site); !s.ok()) return s;
   *booking = b->booking;
@@ -1018,7 +1018,7 @@ absl::StatusOr<v1::Booking> SchedulingLogic::BookInTx(db::Conn& c, const Call& c
   auto rows = c.Exec(book.sql, book.params);
   if (!rows.ok()) return rows.status();
   v1::Booking booking;
-  auto events = Booked(call, *rows, session_id, participant_id, site, emit, &booking);
+  auto events = Booked(call, *rows, 0, session_id, participant_id, site, emit, &booking);
   if (!events.ok()) return events.status();
   for (const db::Statement& st : *events) {
     if (auto r = c.Exec(st.sql, st.params); !r.ok()) return r.status();
@@ -1272,12 +1272,14 @@ void SchedulingLogic::BookSession(const Call& call, const v1::BookSessionRequest
   db::GroupCommitter::Work work;
   work.lock_order = SiteLockOrder(req.session_id(), req.site());
   work.lock_first = req.participant_id();  // before any seats (store::ShareParticipants)
-  work.first =
-      store::BookStatement(req.session_id(), req.participant_id(), req.site(), req.request_id());
+  // Combined with the bookings of the same site next to it in its batch
+  // (store::BookRun).
+  work.first = store::BookStatement(req.session_id(), req.participant_id(), req.site(),
+                                    req.request_id(), &work.args);
   // Set before COMMIT, read after it.
   auto seat_owed = std::make_shared<bool>(false);
-  work.then = [this, &call, &req, resp, seat_owed](const db::Result& rows) {
-    return Booked(call, rows, req.session_id(), req.participant_id(), req.site(), true, resp,
+  work.then = [this, &call, &req, resp, seat_owed](const db::Result& rows, int row) {
+    return Booked(call, rows, row, req.session_id(), req.participant_id(), req.site(), true, resp,
                   seat_owed.get());
   };
   std::string lane = absl::StrCat(
@@ -1388,7 +1390,7 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
     }
     // The person, then both sites' seats: a deactivation holds the leaver
     // and then wants their seats, so a move must not hold seats while it
-    // waits for the leaver (book_session reads them FOR SHARE).
+    // waits for the leaver (book_site reads them FOR SHARE).
     if (absl::Status st = store::GetParticipantShared(c, old->participant_id()).status();
         !st.ok()) {
       return st;

@@ -22,7 +22,7 @@ constexpr char kParticipantCols[] =
     "(extract(epoch FROM created_at) * 1000000)::bigint, "
     "(extract(epoch FROM updated_at) * 1000000)::bigint, version";
 
-// A session `s` that has not begun (as book_session has it, in the
+// A session `s` that has not begun (as book_site has it, in the
 // department's time zone). The date bound lets a walk in date order
 // (sessions_by_date) start at today, past the history.
 constexpr char kNotBegun[] =
@@ -99,19 +99,22 @@ v1::Session SessionAt(const db::Result& r, int i, int at) {
 
 v1::Session SessionRow(const db::Result& r, int i) { return SessionAt(r, i, 0); }
 
-v1::Booking BookingRow(const db::Result& r, int i) {
+// The booking in row i's columns from `at` on (kBookingCols, or book_site's).
+v1::Booking BookingAt(const db::Result& r, int i, int at) {
   v1::Booking b;
-  b.set_id(r.String(i, 0));
-  b.set_session_id(r.String(i, 1));
-  b.set_participant_id(r.String(i, 2));
-  b.set_site(r.String(i, 3));
-  b.set_status(static_cast<v1::BookingStatus>(r.Int(i, 4)));
-  b.set_waitlist_position(static_cast<int32_t>(r.Int(i, 5)));
-  *b.mutable_create_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, 6));
-  *b.mutable_update_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, 7));
-  b.set_etag(r.String(i, 8));
+  b.set_id(r.String(i, at));
+  b.set_session_id(r.String(i, at + 1));
+  b.set_participant_id(r.String(i, at + 2));
+  b.set_site(r.String(i, at + 3));
+  b.set_status(static_cast<v1::BookingStatus>(r.Int(i, at + 4)));
+  b.set_waitlist_position(static_cast<int32_t>(r.Int(i, at + 5)));
+  *b.mutable_create_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, at + 6));
+  *b.mutable_update_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(i, at + 7));
+  b.set_etag(r.String(i, at + 8));
   return b;
 }
+
+v1::Booking BookingRow(const db::Result& r, int i) { return BookingAt(r, i, 0); }
 
 std::string Text0(const db::Result& r, int i) { return r.String(i, 0); }
 
@@ -222,7 +225,7 @@ absl::StatusOr<std::optional<v1::Participant>> InsertParticipant(db::Conn& c,
 // change and they are never deleted, and the weaker lock does not hold up the
 // foreign-key checks of bookings being inserted meanwhile (which, under their
 // site's lock, then deadlocked with a cancellation waiting for that site).
-// It still excludes book_session's FOR SHARE read of the participant.
+// It still excludes book_site's FOR SHARE read of the participant.
 absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& id, bool lock) {
   return One<v1::Participant>(
       c.Exec(absl::StrCat("SELECT ", kParticipantCols, " FROM participants WHERE id = $1::uuid",
@@ -498,39 +501,67 @@ absl::Status LockSites(db::Conn& c, const std::string& session_id) {
 }
 
 db::Statement BookStatement(const std::string& session_id, const std::string& participant_id,
-                            const std::string& site, const std::string& request_id) {
+                            const std::string& site, const std::string& request_id,
+                            std::vector<db::Param>* args) {
+  std::vector<db::Param> params = {session_id, site, participant_id, db::NullIfEmpty(request_id)};
+  if (args != nullptr) *args = params;
   // The function returns the session's columns too (R__book_session.sql).
-  return {"SELECT * FROM book_session($1::uuid, $2::uuid, $3, $4)",
-          {session_id, participant_id, site, db::NullIfEmpty(request_id)}};
+  return {"SELECT * FROM book_site($1::uuid, $2, ARRAY[$3::uuid], ARRAY[$4::text])",
+          std::move(params)};
 }
 
-absl::StatusOr<Booked> ReadBooked(const db::Result& r) {
-  if (r.rows() != 1) {
-    return absl::InternalError(absl::StrCat("book_session returned ", r.rows(), " rows"));
+namespace {
+// An array literal of `values` (NULL for nullopt), each quoted: a request_id
+// may hold any printable character.
+std::string QuotedArray(const std::vector<const std::optional<std::string>*>& values) {
+  std::string out = "{";
+  for (const std::optional<std::string>* v : values) {
+    if (out.size() > 1) out += ',';
+    if (!v->has_value()) {
+      out += "NULL";
+      continue;
+    }
+    out += '"';
+    for (char ch : **v) {
+      if (ch == '"' || ch == '\\') out += '\\';
+      out += ch;
+    }
+    out += '"';
+  }
+  return out + "}";
+}
+}  // namespace
+
+db::Statement BookRun(const std::vector<const db::GroupCommitter::Work*>& run) {
+  // Every booking of the run has the session and site of the first (its
+  // lock_order says so).
+  std::vector<const std::optional<std::string>*> people, request_ids;
+  for (const db::GroupCommitter::Work* w : run) {
+    people.push_back(&w->args[2].value());
+    request_ids.push_back(&w->args[3].value());
+  }
+  return {
+      "SELECT * FROM book_site($1::uuid, $2, $3::uuid[], $4::text[])",
+      {run.front()->args[0], run.front()->args[1], QuotedArray(people), QuotedArray(request_ids)}};
+}
+
+absl::StatusOr<Booked> ReadBooked(const db::Result& r, int row) {
+  if (row >= r.rows()) {
+    return absl::InternalError(
+        absl::StrCat("book_site returned ", r.rows(), " rows; wanted row ", row));
   }
   constexpr int kSessionAt = 17;  // the session's columns follow the booking's
   Booked out;
-  out.outcome = r.String(0, 0);
-  out.detail = r.String(0, 1);
-  if (!r.IsNull(0, 2)) {
-    v1::Booking& b = out.booking;
-    b.set_id(r.String(0, 2));
-    b.set_session_id(r.String(0, 3));
-    b.set_participant_id(r.String(0, 4));
-    b.set_site(r.String(0, 5));
-    b.set_status(static_cast<v1::BookingStatus>(r.Int(0, 6)));
-    b.set_waitlist_position(static_cast<int32_t>(r.Int(0, 7)));
-    *b.mutable_create_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(0, 8));
-    *b.mutable_update_time() = TimeUtil::MicrosecondsToTimestamp(r.Int(0, 9));
-    b.set_etag(r.String(0, 10));
-  }
-  out.seats = {static_cast<int>(r.Int(0, 11)), static_cast<int>(r.Int(0, 12)),
-               static_cast<int>(r.Int(0, 13))};
-  out.participant_status = static_cast<int>(r.Int(0, 14));
-  out.partner_status = static_cast<int>(r.Int(0, 15));
-  out.session_status = static_cast<int>(r.Int(0, 16));
-  if (!r.IsNull(0, kSessionAt)) {
-    out.session = SessionAt(r, 0, kSessionAt);
+  out.outcome = r.String(row, 0);
+  out.detail = r.String(row, 1);
+  if (!r.IsNull(row, 2)) out.booking = BookingAt(r, row, 2);
+  out.seats = {static_cast<int>(r.Int(row, 11)), static_cast<int>(r.Int(row, 12)),
+               static_cast<int>(r.Int(row, 13))};
+  out.participant_status = static_cast<int>(r.Int(row, 14));
+  out.partner_status = static_cast<int>(r.Int(row, 15));
+  out.session_status = static_cast<int>(r.Int(row, 16));
+  if (!r.IsNull(row, kSessionAt)) {
+    out.session = SessionAt(r, row, kSessionAt);
     if (out.outcome == "booked") {
       out.session.set_status(static_cast<v1::SessionStatus>(out.session_status));
       for (v1::Site& st : *out.session.mutable_sites()) {
