@@ -14,7 +14,7 @@
 //   2. what each item's `then` returns (given its `first` rows), then COMMIT.
 // Items that lock the same row may share one `first` statement instead (the
 // committer's Combine): e.g. the bookings of one session, which take its
-// lock and read its row once rather than once each.
+// lock and write its seat counters once rather than once each.
 // `first` must report refusals as rows rather than raise errors, and write
 // nothing when it refuses: `then` turns such rows into the caller's error
 // without disturbing the others. A `first` that raises anyway, or a `then`
