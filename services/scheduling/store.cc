@@ -500,16 +500,6 @@ absl::Status LockSites(db::Conn& c, const std::string& session_id) {
       .status();
 }
 
-db::Statement BookStatement(const std::string& session_id, const std::string& participant_id,
-                            const std::string& site, const std::string& request_id,
-                            std::vector<db::Param>* args) {
-  std::vector<db::Param> params = {session_id, site, participant_id, db::NullIfEmpty(request_id)};
-  if (args != nullptr) *args = params;
-  // The function returns the session's columns too (R__book_session.sql).
-  return {"SELECT * FROM book_site($1::uuid, $2, ARRAY[$3::uuid], ARRAY[$4::text])",
-          std::move(params)};
-}
-
 namespace {
 // An array literal of `values` (NULL for nullopt), each quoted: a request_id
 // may hold any printable character.
@@ -530,19 +520,37 @@ std::string QuotedArray(const std::vector<const std::optional<std::string>*>& va
   }
   return out + "}";
 }
+
+// book_site for `bookings`, each as BookStatement's `args` (session, site,
+// participant, request_id), all of one session's site: the first's.
+db::Statement BookSite(const std::vector<const std::vector<db::Param>*>& bookings) {
+  std::vector<const std::optional<std::string>*> people, request_ids;
+  for (const std::vector<db::Param>* b : bookings) {
+    people.push_back(&(*b)[2].value());
+    request_ids.push_back(&(*b)[3].value());
+  }
+  // The function returns the session's columns too (R__book_session.sql).
+  const std::vector<db::Param>& first = *bookings.front();
+  return {"SELECT * FROM book_site($1::uuid, $2, $3::uuid[], $4::text[])",
+          {first[0], first[1], QuotedArray(people), QuotedArray(request_ids)}};
+}
 }  // namespace
+
+db::Statement BookStatement(const std::string& session_id, const std::string& participant_id,
+                            const std::string& site, const std::string& request_id,
+                            std::vector<db::Param>* args) {
+  std::vector<db::Param> booking = {session_id, site, participant_id, db::NullIfEmpty(request_id)};
+  db::Statement one = BookSite({&booking});
+  if (args != nullptr) *args = std::move(booking);
+  return one;
+}
 
 db::Statement BookRun(const std::vector<const db::GroupCommitter::Work*>& run) {
   // Every booking of the run has the session and site of the first (its
   // lock_order says so).
-  std::vector<const std::optional<std::string>*> people, request_ids;
-  for (const db::GroupCommitter::Work* w : run) {
-    people.push_back(&w->args[2].value());
-    request_ids.push_back(&w->args[3].value());
-  }
-  return {
-      "SELECT * FROM book_site($1::uuid, $2, $3::uuid[], $4::text[])",
-      {run.front()->args[0], run.front()->args[1], QuotedArray(people), QuotedArray(request_ids)}};
+  std::vector<const std::vector<db::Param>*> bookings;
+  for (const db::GroupCommitter::Work* w : run) bookings.push_back(&w->args);
+  return BookSite(bookings);
 }
 
 absl::StatusOr<Booked> ReadBooked(const db::Result& r, int row) {

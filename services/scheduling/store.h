@@ -125,9 +125,9 @@ db::Statement BookStatement(const std::string& session_id, const std::string& pa
                             const std::string& site, const std::string& request_id,
                             std::vector<db::Param>* args = nullptr);
 // The bookings of one session's site, in order, in one statement (a
-// db::GroupCommitter::Combine): the site's lock taken and the session read
-// once for them all. `run`: the bookings' `args` from BookStatement. A row
-// per booking, in order, each read by ReadBooked.
+// db::GroupCommitter::Combine): the site's lock taken and its counters
+// written once for them all. `run`: the bookings' `args` from BookStatement.
+// A row per booking, in order, each read by ReadBooked.
 db::Statement BookRun(const std::vector<const db::GroupCommitter::Work*>& run);
 struct Booked {
   // "booked", "prior" (request_id already booked) or a refusal; see the migration.

@@ -1,10 +1,10 @@
 -- book_site: bookings of one session's site, in order, every rule checked
 -- under the site's row lock, taken once for them all
--- (services/scheduling/store.cc sends it; BookStatement). The group committer
--- hands it each run of a batch's bookings of one site (libs/db/group_commit.h,
--- Combine): the site's lock is taken and its counters written once per run
--- rather than once per booking; a run of one costs what one booking did
--- before runs. A repeatable migration: this file is the one definition of the
+-- (services/scheduling/store.cc sends it; BookStatement, BookRun). The group
+-- committer hands it each run of a batch's bookings of one site
+-- (libs/db/group_commit.h, Combine): the site's lock is taken and its
+-- counters written once per run rather than once per booking; a run of one
+-- costs what one booking did before runs. A repeatable migration: this file is the one definition of the
 -- rules, re-applied whenever it changes (libs/db/migrations.h); 0003 and 0005
 -- are its history.
 -- Returns a row per booking, in the order given: the outcome ('booked',
