@@ -2310,25 +2310,31 @@ TEST_F(Scheduling, DepartmentEventsHaveCapacityPerSite) {
   EXPECT_NE(st.error_message().find("site"), std::string::npos);
 }
 
-TEST_F(Scheduling, ARunOfBookingsOfOneSiteGetsWhatEachWouldHaveGotOneByOne) {
-  // A batch's bookings of one site go to book_site as one run (the group
-  // committer's Combine, store::BookRun), under one take of the site's lock.
-  // The same requests sent to one session as a run and to its twin one at a
-  // time get the same outcomes, places in line and seats; the counters end
-  // alike and match the bookings.
+TEST_F(Scheduling, ABatchOfBookingsInOneCallGetsWhatEachWouldHaveGotOneByOne) {
+  // A batch's bookings go to book_sites in one call (the group committer's
+  // Combine, store::BookRun), in lock order: runs of one site's bookings,
+  // each run under one take of its site's lock. The same requests sent to
+  // one set of sessions in one call and to its twin set one at a time get
+  // the same outcomes, places in line and seats, rules across runs
+  // included (a person's frontline visit that date, a request_id used in
+  // an earlier run); the counters end alike and match the bookings.
   auto conn = db::Conn::Open(fx_->scheduling_db, "test");
   ASSERT_TRUE(conn.ok());
   struct Twin {
-    std::string session;
+    std::map<char, std::string> sessions;  // A, C: one date; B another; E an event
     std::vector<std::string> people;
   };
   std::vector<Twin> twins;
   for (int t = 0; t < 2; ++t) {
-    std::string date = DateIn(60 + t);
+    std::string date = DateIn(60 + 2 * t), other = DateIn(61 + 2 * t);
     Twin tw;
-    tw.session = NewSession(*fx_, *org_, 2, date).id();
-    for (int i = 0; i < 7; ++i) tw.people.push_back(Register(*fx_, absl::StrCat("RUN", t, i)).id());
-    // Person 3 holds a confirmed frontline visit that date; person 4 left.
+    tw.sessions['A'] = NewSession(*fx_, *org_, 2, date).id();
+    tw.sessions['C'] = NewSession(*fx_, *org_, 5, date).id();
+    tw.sessions['B'] = NewSession(*fx_, *org_, 1, other).id();
+    tw.sessions['E'] = NewEventSession(*fx_, *org_, other, {{"North", 1}, {"South", 2}}).id();
+    tw.sessions['X'] = "00000000-0000-4000-8000-00000000beef";  // no such session
+    for (int i = 0; i < 8; ++i) tw.people.push_back(Register(*fx_, absl::StrCat("RUN", t, i)).id());
+    // Person 3 holds a confirmed frontline visit on A's date; person 4 left.
     sv1::Booking elsewhere;
     ASSERT_TRUE(Book(*fx_, NewSession(*fx_, *org_, 5, date).id(), tw.people[3], &elsewhere).ok());
     sv1::DeactivateParticipantRequest leave;
@@ -2337,21 +2343,35 @@ TEST_F(Scheduling, ARunOfBookingsOfOneSiteGetsWhatEachWouldHaveGotOneByOne) {
     ASSERT_TRUE(fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), leave, &left).ok());
     twins.push_back(tw);
   }
-  // (person, request_id) in arrival order; person -1 is nobody registered.
-  const std::vector<std::pair<int, std::string>> requests = {{0, "a"}, {1, "b"}, {0, "c"}, {2, "b"},
-                                                             {3, ""},  {4, "e"}, {-1, ""}, {2, "f"},
-                                                             {5, ""},  {2, "f"}, {6, "g"}};
-  const std::vector<std::string> want = {"booked",
-                                         "booked",
-                                         "live_on_session",
-                                         "prior",
-                                         "frontline_on_date",
-                                         "participant_inactive",
-                                         "no_participant",
-                                         "booked",
-                                         "booked",
-                                         "prior",
-                                         "booked"};
+  struct Request {
+    char session;
+    std::string site;
+    int person;  // -1: nobody registered
+    std::string key;
+    std::string want;
+  };
+  const std::vector<Request> requests = {
+      {'A', "", 0, "a", "booked"},
+      {'A', "", 1, "b", "booked"},
+      {'A', "", 0, "c", "live_on_session"},
+      {'A', "", 2, "b", "prior"},
+      {'A', "", 3, "", "frontline_on_date"},
+      {'A', "", 4, "e", "participant_inactive"},
+      {'A', "", -1, "", "no_participant"},
+      {'A', "", 2, "f", "booked"},            // waits: A has two seats
+      {'C', "", 0, "", "frontline_on_date"},  // confirmed at A, in an earlier run
+      {'C', "", 2, "g", "booked"},            // only waiting at A
+      {'C', "", 5, "f", "prior"},             // the key booked at A
+      {'B', "", 5, "", "booked"},
+      {'B', "", 6, "", "booked"},  // waits
+      {'B', "North", 7, "", "site_not_allowed"},
+      {'E', "North", 5, "", "booked"},
+      {'E', "North", 6, "", "booked"},  // waits
+      {'E', "South", 7, "", "booked"},
+      {'E', "", 0, "", "site_required"},
+      {'X', "", 1, "", "no_session"},
+      {'A', "", 7, "h", "booked"},  // A again, apart from its run: waits second
+  };
   const std::string cols =
       "o_outcome, coalesce(o_booking_status, 0), coalesce(o_waitlist_position, -1), "
       "o_detail IS NULL, coalesce(o_confirmed, -1), coalesce(o_waitlisted, -1), "
@@ -2360,69 +2380,96 @@ TEST_F(Scheduling, ARunOfBookingsOfOneSiteGetsWhatEachWouldHaveGotOneByOne) {
     return i < 0 ? std::string("00000000-0000-4000-8000-00000000d00d") : tw.people[i];
   };
   auto key = [](int t, const std::string& k) { return k.empty() ? k : absl::StrCat("run", t, k); };
-  // Twin 0: one run.
-  std::vector<std::string> people, keys;
-  for (const auto& [who, k] : requests) {
-    people.push_back(person(twins[0], who));
-    keys.push_back(k.empty() ? "NULL" : absl::StrCat("\"", key(0, k), "\""));
+  auto quoted = [](const std::string& v) { return absl::StrCat("\"", v, "\""); };
+  // Twin 0: one call.
+  std::vector<std::string> sessions, sites, people, keys;
+  for (const Request& r : requests) {
+    sessions.push_back(twins[0].sessions[r.session]);
+    sites.push_back(quoted(r.site));
+    people.push_back(person(twins[0], r.person));
+    keys.push_back(r.key.empty() ? "NULL" : quoted(key(0, r.key)));
   }
-  auto run = (*conn)->Exec(
-      absl::StrCat("SELECT ", cols, " FROM book_site($1::uuid, '', $2::uuid[], $3::text[])"),
-      {twins[0].session, absl::StrCat("{", absl::StrJoin(people, ","), "}"),
-       absl::StrCat("{", absl::StrJoin(keys, ","), "}")});
-  ASSERT_TRUE(run.ok()) << run.status();
-  ASSERT_EQ(run->rows(), static_cast<int>(requests.size()));
+  auto array = [](const std::vector<std::string>& v) {
+    return absl::StrCat("{", absl::StrJoin(v, ","), "}");
+  };
+  const std::string call = " FROM book_sites($1::uuid[], $2::text[], $3::uuid[], $4::text[])";
+  auto batch = (*conn)->Exec(absl::StrCat("SELECT ", cols, call),
+                             {array(sessions), array(sites), array(people), array(keys)});
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  ASSERT_EQ(batch->rows(), static_cast<int>(requests.size()));
   // Twin 1: one at a time, each in a statement of its own.
   for (size_t i = 0; i < requests.size(); ++i) {
-    auto one = (*conn)->Exec(
-        absl::StrCat("SELECT ", cols,
-                     " FROM book_site($1::uuid, '', ARRAY[$2::uuid], ARRAY[$3::text])"),
-        {twins[1].session, person(twins[1], requests[i].first),
-         db::NullIfEmpty(key(1, requests[i].second))});
+    const Request& r = requests[i];
+    auto one =
+        (*conn)->Exec(absl::StrCat("SELECT ", cols,
+                                   " FROM book_sites(ARRAY[$1::uuid], ARRAY[$2], ARRAY[$3::uuid], "
+                                   "ARRAY[$4::text])"),
+                      {twins[1].sessions[r.session], r.site, person(twins[1], r.person),
+                       db::NullIfEmpty(key(1, r.key))});
     ASSERT_TRUE(one.ok()) << one.status();
     ASSERT_EQ(one->rows(), 1);
-    EXPECT_EQ(run->String(i, 0), want[i]) << "request " << i;
-    EXPECT_EQ(one->String(0, 0), want[i]) << "request " << i << " alone";
-    for (int c = 1; c <= 3; ++c) EXPECT_EQ(run->String(i, c), one->String(0, c)) << i << "," << c;
-    if (want[i] != "prior") {  // a retry alone is answered before the site's lock
+    EXPECT_EQ(batch->String(i, 0), r.want) << "request " << i;
+    EXPECT_EQ(one->String(0, 0), r.want) << "request " << i << " alone";
+    for (int c = 1; c <= 3; ++c) {
+      EXPECT_EQ(batch->String(i, c), one->String(0, c)) << i << "," << c;
+    }
+    if (r.want != "prior") {  // a retry alone is answered before the site's lock
       for (int c = 4; c <= 6; ++c) {
-        EXPECT_EQ(run->String(i, c), one->String(0, c)) << i << "," << c;
+        EXPECT_EQ(batch->String(i, c), one->String(0, c)) << i << "," << c;
       }
     }
   }
-  // Persons 1 and 0 confirmed; 2, 5 and 6 wait in that order; 2's retry is
-  // told its place.
-  EXPECT_EQ(run->Int(7, 1), 2);
-  EXPECT_EQ(run->Int(7, 2), 1);
-  EXPECT_EQ(run->Int(8, 2), 2);
-  EXPECT_EQ(run->Int(9, 2), 1);
-  EXPECT_EQ(run->Int(10, 2), 3);
-  EXPECT_EQ(run->String(10, 6), "/2/2/2") << "the sites before the last booking";
+  // Persons 0 and 1 confirmed at A, then 2 and 7 wait there in that order;
+  // the retry of 2's key is told 2's place.
+  EXPECT_EQ(batch->Int(7, 1), 2);
+  EXPECT_EQ(batch->Int(7, 2), 1);
+  EXPECT_EQ(batch->Int(19, 2), 2);
+  EXPECT_EQ(batch->Int(9, 1), 1) << "confirmed at C, as only waiting at A";
+  EXPECT_EQ(batch->Int(12, 2), 1);
+  EXPECT_EQ(batch->Int(15, 2), 1);
+  EXPECT_EQ(batch->String(16, 6), "North/1/1/1;South/2/0/0")
+      << "the event's sites before South's booking, North's run written";
+  EXPECT_EQ(batch->String(19, 6), "/2/2/1") << "A's sites before its last booking";
   for (const Twin& tw : twins) {
+    std::vector<std::string> ids;
+    for (const auto& [name, id] : tw.sessions) ids.push_back(id);
     auto seats = (*conn)->Exec(
-        "SELECT ss.confirmed, ss.waitlisted, "
-        "(SELECT count(*) FROM bookings b WHERE b.session_id = ss.session_id AND b.status = 1), "
-        "(SELECT count(*) FROM bookings b WHERE b.session_id = ss.session_id AND b.status = 2) "
-        "FROM session_sites ss WHERE ss.session_id = $1::uuid",
-        {tw.session});
+        "SELECT ss.site, ss.confirmed, ss.waitlisted, "
+        "(SELECT count(*) FROM bookings b WHERE b.session_id = ss.session_id "
+        " AND b.site = ss.site AND b.status = 1), "
+        "(SELECT count(*) FROM bookings b WHERE b.session_id = ss.session_id "
+        " AND b.site = ss.site AND b.status = 2) "
+        "FROM session_sites ss WHERE ss.session_id = ANY($1::uuid[]) "
+        "ORDER BY ss.session_id = $2::uuid DESC, ss.session_id = $3::uuid DESC, "
+        "ss.session_id = $4::uuid DESC, ss.ordinal",
+        {array(ids), tw.sessions.at('A'), tw.sessions.at('B'), tw.sessions.at('C')});
     ASSERT_TRUE(seats.ok()) << seats.status();
-    EXPECT_EQ(seats->Int(0, 0), 2);
-    EXPECT_EQ(seats->Int(0, 1), 3);
-    EXPECT_EQ(seats->Int(0, 2), 2);
-    EXPECT_EQ(seats->Int(0, 3), 3);
+    // A, B, C, then the event's North and South.
+    const std::vector<std::vector<int>> want = {{2, 2}, {1, 1}, {1, 0}, {1, 1}, {1, 0}};
+    ASSERT_EQ(seats->rows(), 5);
+    for (int i = 0; i < 5; ++i) {
+      EXPECT_EQ(seats->Int(i, 1), want[i][0]) << i << " confirmed";
+      EXPECT_EQ(seats->Int(i, 2), want[i][1]) << i << " waitlisted";
+      EXPECT_EQ(seats->Int(i, 3), seats->Int(i, 1)) << i << " confirmed rows";
+      EXPECT_EQ(seats->Int(i, 4), seats->Int(i, 2)) << i << " waitlisted rows";
+    }
   }
-  // A run whose every request already booked takes no lock and changes nothing.
+  // A call whose every request already booked takes no lock and changes nothing.
   auto again = (*conn)->Exec(
-      "SELECT o_outcome, o_booking_participant, os_id IS NULL FROM book_site($1::uuid, '', "
-      "$2::uuid[], $3::text[])",
-      {twins[0].session, absl::StrCat("{", twins[0].people[1], ",", twins[0].people[0], "}"),
-       absl::StrCat("{", key(0, "b"), ",", key(0, "a"), "}")});
+      absl::StrCat("SELECT o_outcome, o_booking_participant, os_id IS NULL", call),
+      {array({twins[0].sessions['A'], twins[0].sessions['A']}), "{\"\",\"\"}",
+       array({twins[0].people[1], twins[0].people[0]}), array({key(0, "b"), key(0, "a")})});
   ASSERT_TRUE(again.ok()) << again.status();
   ASSERT_EQ(again->rows(), 2);
   EXPECT_EQ(again->String(0, 0), "prior");
   EXPECT_EQ(again->String(0, 1), twins[0].people[1]);
   EXPECT_EQ(again->String(1, 1), twins[0].people[0]);
   EXPECT_EQ(again->String(1, 2), "t");
+  // Arrays of different lengths are an error, not a guess.
+  auto uneven = (*conn)->Exec(
+      absl::StrCat("SELECT o_outcome", call),
+      {array({twins[0].sessions['B']}), "{\"\",\"\"}", array({twins[0].people[7]}), "{NULL}"});
+  EXPECT_FALSE(uneven.ok());
 }
 
 TEST_F(Scheduling, ABookingEventCarriesTheSessionJustAfterIt) {

@@ -51,8 +51,7 @@ GroupCommitter::~GroupCommitter() {
 bool GroupCommitter::IsPatient(const std::string& key) { return absl::EndsWith(key, Patient("")); }
 
 bool GroupCommitter::Combinable(const Item& a, const Item& b) {
-  return !a.alone && !b.alone && !a.work.args.empty() && !b.work.args.empty() &&
-         a.work.lock_order == b.work.lock_order;
+  return !a.alone && !b.alone && !a.work.args.empty() && !b.work.args.empty();
 }
 
 void GroupCommitter::Submit(const std::string& key, absl::Time deadline, Work work, Done done) {
@@ -265,8 +264,16 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline, boo
       break;  // the rest were skipped
     }
     if (locked >= 0) {
-      // It, and whoever in the batch locks the same row, wait elsewhere.
       rollback();
+      const size_t from = static_cast<size_t>(locked);
+      const size_t to = *std::upper_bound(begins.begin(), begins.end(), from);
+      if (batch[from]->work.lock_order != batch[to - 1]->work.lock_order) {
+        // A combined statement of several rows: which one is held? Again,
+        // each alone, to find out.
+        for (size_t i = from; i < to; ++i) batch[i]->alone = true;
+        continue;
+      }
+      // It, and whoever in the batch locks the same row, wait elsewhere.
       const std::string row = batch[locked]->work.lock_order;
       for (Item* it : batch) it->waits_for_lock = it->work.lock_order == row;
       batch.erase(std::remove_if(batch.begin(), batch.end(),

@@ -12,9 +12,10 @@
 // round trips to PostgreSQL (pipelined):
 //   1. BEGIN, then every item's `first` statement;
 //   2. what each item's `then` returns (given its `first` rows), then COMMIT.
-// Items that lock the same row may share one `first` statement instead (the
-// committer's Combine): e.g. the bookings of one session, which take its
-// lock and write its seat counters once rather than once each.
+// Items may share one `first` statement instead (the committer's Combine):
+// e.g. a batch's bookings, one call of a database function that books them
+// in the batch's order, taking each session's lock and writing its seat
+// counters once for its bookings rather than once each.
 // `first` must report refusals as rows rather than raise errors, and write
 // nothing when it refuses: `then` turns such rows into the caller's error
 // without disturbing the others. A `first` that raises anyway, or a `then`
@@ -27,7 +28,9 @@
 // long transaction holds it: a large session being cancelled, or a client
 // that left one open) leaves its batch for a queue of its own per key,
 // whose batches wait for their locks as long as their deadlines allow; the
-// batch runs again without it. Callers behind it that lock the same row
+// batch runs again without it. (A combined `first` of callers locking
+// different rows that waits too long runs again with them alone, to find
+// whose row is held.) Callers behind it that lock the same row
 // (its `lock_order`) join it there, in order, while it waits; the rest of
 // the key's callers go on being committed meanwhile.
 //
@@ -87,10 +90,11 @@ class GroupCommitter {
   // (sorted and distinct; lock them in that order), run after BEGIN.
   using LockFirst = std::function<Statement(const std::vector<std::string>& keys)>;
   // The one statement doing the `first` of a run of items (two or more,
-  // adjacent in the batch's order, with the same `lock_order` and `args`
-  // given), from their `args`: its result has a row per item, in the run's
-  // order. Should it raise, the batch runs again with those items alone, so
-  // that the error is only the caller's whose `first` raises it.
+  // adjacent in the batch's order, `args` given), from their `args`, in
+  // that order (so it takes their rows' locks in `lock_order`): its result
+  // has a row per item, in the run's order. Should it raise, the batch runs
+  // again with those items alone, so that the error is only the caller's
+  // whose `first` raises it.
   using Combine = std::function<Statement(const std::vector<const Work*>& run)>;
 
   // Batches run on threads `schedule` provides (one per key at a time), so a
@@ -124,7 +128,7 @@ class GroupCommitter {
     Done done;
     absl::Status result;
     bool waits_for_lock = false;  // set by RunBatch: to its key's patient queue
-    bool alone = false;           // set by RunBatch: its combined `first` raised
+    bool alone = false;           // set by RunBatch: its combined `first` raised or waited too long
   };
   struct Queue {
     std::vector<Item*> pending;

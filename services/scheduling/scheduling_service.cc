@@ -145,7 +145,7 @@ absl::Status BookingKeyReused(const v1::Booking& prior, const std::string& parti
                             "REQUEST_ID_REUSED", {{"bookingId", prior.id()}});
 }
 
-// The status for book_site's outcome: OK for booked and for prior (a
+// The status for book_sites's outcome: OK for booked and for prior (a
 // retry of the same request), else the refusal naming the rule (or the
 // field) that refused it.
 absl::Status BookingRefusal(const store::Booked& b, const std::string& session_id,
@@ -217,7 +217,7 @@ absl::Status BookingRefusal(const store::Booked& b, const std::string& session_i
         absl::AbortedError("a conflicting booking changed while this one was made; retry"),
         "CONCURRENT_CHANGE");
   }
-  return absl::InternalError(absl::StrCat("book_site: unknown outcome \"", o, "\""));
+  return absl::InternalError(absl::StrCat("book_sites: unknown outcome \"", o, "\""));
 }
 
 absl::StatusOr<std::vector<std::string>> Token(const server::PageTokens& tokens,
@@ -1272,7 +1272,7 @@ void SchedulingLogic::BookSession(const Call& call, const v1::BookSessionRequest
   db::GroupCommitter::Work work;
   work.lock_order = SiteLockOrder(req.session_id(), req.site());
   work.lock_first = req.participant_id();  // before any seats (store::ShareParticipants)
-  // Combined with the bookings of the same site next to it in its batch
+  // Combined with the other bookings of its batch into one call
   // (store::BookRun).
   work.first = store::BookStatement(req.session_id(), req.participant_id(), req.site(),
                                     req.request_id(), &work.args);
@@ -1390,7 +1390,7 @@ absl::Status SchedulingLogic::RescheduleBooking(const Call& call,
     }
     // The person, then both sites' seats: a deactivation holds the leaver
     // and then wants their seats, so a move must not hold seats while it
-    // waits for the leaver (book_site reads them FOR SHARE).
+    // waits for the leaver (book_sites reads them FOR SHARE).
     if (absl::Status st = store::GetParticipantShared(c, old->participant_id()).status();
         !st.ok()) {
       return st;

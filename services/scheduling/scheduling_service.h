@@ -94,11 +94,11 @@ class SchedulingLogic {
   enum class HandOnBy { kChange, kBooking, kSweep };
 
  private:
-  // Reads row `row` of book_site's rows (store::BookStatement, BookRun): the
+  // Reads row `row` of book_sites's rows (store::BookStatement, BookRun): the
   // refusal as a status, or the booking into `booking` and, when `emit` and
   // it is new, the outbox row for booking.confirmed/waitlisted to write in
   // the same transaction. `seat_owed`, when given, is set when the new
-  // booking waits beside a free seat: book_site put it behind someone in
+  // booking waits beside a free seat: book_sites put it behind someone in
   // line owed that seat, to hand on once this commits (HandOnSoon).
   absl::StatusOr<std::vector<db::Statement>> Booked(const Call& call, const db::Result& rows,
                                                     int row, const std::string& session_id,

@@ -22,7 +22,7 @@ constexpr char kParticipantCols[] =
     "(extract(epoch FROM created_at) * 1000000)::bigint, "
     "(extract(epoch FROM updated_at) * 1000000)::bigint, version";
 
-// A session `s` that has not begun (as book_site has it, in the
+// A session `s` that has not begun (as book_sites has it, in the
 // department's time zone). The date bound lets a walk in date order
 // (sessions_by_date) start at today, past the history.
 constexpr char kNotBegun[] =
@@ -99,7 +99,7 @@ v1::Session SessionAt(const db::Result& r, int i, int at) {
 
 v1::Session SessionRow(const db::Result& r, int i) { return SessionAt(r, i, 0); }
 
-// The booking in row i's columns from `at` on (kBookingCols, or book_site's).
+// The booking in row i's columns from `at` on (kBookingCols, or book_sites's).
 v1::Booking BookingAt(const db::Result& r, int i, int at) {
   v1::Booking b;
   b.set_id(r.String(i, at));
@@ -225,7 +225,7 @@ absl::StatusOr<std::optional<v1::Participant>> InsertParticipant(db::Conn& c,
 // change and they are never deleted, and the weaker lock does not hold up the
 // foreign-key checks of bookings being inserted meanwhile (which, under their
 // site's lock, then deadlocked with a cancellation waiting for that site).
-// It still excludes book_site's FOR SHARE read of the participant.
+// It still excludes book_sites's FOR SHARE read of the participant.
 absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& id, bool lock) {
   return One<v1::Participant>(
       c.Exec(absl::StrCat("SELECT ", kParticipantCols, " FROM participants WHERE id = $1::uuid",
@@ -521,18 +521,20 @@ std::string QuotedArray(const std::vector<const std::optional<std::string>*>& va
   return out + "}";
 }
 
-// book_site for `bookings`, each as BookStatement's `args` (session, site,
-// participant, request_id), all of one session's site: the first's.
-db::Statement BookSite(const std::vector<const std::vector<db::Param>*>& bookings) {
-  std::vector<const std::optional<std::string>*> people, request_ids;
+// book_sites for `bookings`, each as BookStatement's `args` (session, site,
+// participant, request_id), in order.
+db::Statement BookSites(const std::vector<const std::vector<db::Param>*>& bookings) {
+  std::vector<const std::optional<std::string>*> sessions, sites, people, request_ids;
   for (const std::vector<db::Param>* b : bookings) {
+    sessions.push_back(&(*b)[0].value());
+    sites.push_back(&(*b)[1].value());
     people.push_back(&(*b)[2].value());
     request_ids.push_back(&(*b)[3].value());
   }
   // The function returns the session's columns too (R__book_session.sql).
-  const std::vector<db::Param>& first = *bookings.front();
-  return {"SELECT * FROM book_site($1::uuid, $2, $3::uuid[], $4::text[])",
-          {first[0], first[1], QuotedArray(people), QuotedArray(request_ids)}};
+  return {
+      "SELECT * FROM book_sites($1::uuid[], $2::text[], $3::uuid[], $4::text[])",
+      {QuotedArray(sessions), QuotedArray(sites), QuotedArray(people), QuotedArray(request_ids)}};
 }
 }  // namespace
 
@@ -540,23 +542,21 @@ db::Statement BookStatement(const std::string& session_id, const std::string& pa
                             const std::string& site, const std::string& request_id,
                             std::vector<db::Param>* args) {
   std::vector<db::Param> booking = {session_id, site, participant_id, db::NullIfEmpty(request_id)};
-  db::Statement one = BookSite({&booking});
+  db::Statement one = BookSites({&booking});
   if (args != nullptr) *args = std::move(booking);
   return one;
 }
 
 db::Statement BookRun(const std::vector<const db::GroupCommitter::Work*>& run) {
-  // Every booking of the run has the session and site of the first (its
-  // lock_order says so).
   std::vector<const std::vector<db::Param>*> bookings;
   for (const db::GroupCommitter::Work* w : run) bookings.push_back(&w->args);
-  return BookSite(bookings);
+  return BookSites(bookings);
 }
 
 absl::StatusOr<Booked> ReadBooked(const db::Result& r, int row) {
   if (row >= r.rows()) {
     return absl::InternalError(
-        absl::StrCat("book_site returned ", r.rows(), " rows; wanted row ", row));
+        absl::StrCat("book_sites returned ", r.rows(), " rows; wanted row ", row));
   }
   constexpr int kSessionAt = 17;  // the session's columns follow the booking's
   Booked out;

@@ -51,7 +51,7 @@ absl::StatusOr<std::optional<v1::Participant>> InsertParticipant(db::Conn& c,
 absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& id, bool lock);
 // Lock order: a writer that locks participants and sites takes the
 // participants first (in id order), as a deactivation does (the leaver, then
-// the seats of their bookings), before any site's seats; book_site reads
+// the seats of their bookings), before any site's seats; book_sites reads
 // its participant FOR SHARE, so a batch or a move takes that share first.
 // ShareParticipants: the statement locking those rows FOR SHARE (ids sorted).
 db::Statement ShareParticipants(const std::vector<std::string>& ids);
@@ -117,17 +117,18 @@ absl::Status LockSites(db::Conn& c, const std::string& session_id);
 absl::StatusOr<std::vector<std::string>> PendingSessionsArrangedBy(db::Conn& c,
                                                                    const std::string& participant);
 
-// A booking in one statement (the book_site function, migrations/R__book_session.sql):
+// A booking in one statement (the book_sites function, migrations/R__book_session.sql):
 // checks every rule under the site lock and writes the booking and the seat
 // counters, or nothing. Its one row is read by ReadBooked. `args`: the same
 // booking as BookRun takes it.
 db::Statement BookStatement(const std::string& session_id, const std::string& participant_id,
                             const std::string& site, const std::string& request_id,
                             std::vector<db::Param>* args = nullptr);
-// The bookings of one session's site, in order, in one statement (a
-// db::GroupCommitter::Combine): the site's lock taken and its counters
-// written once for them all. `run`: the bookings' `args` from BookStatement.
-// A row per booking, in order, each read by ReadBooked.
+// Bookings, in order, in one statement (a db::GroupCommitter::Combine: a
+// batch's bookings, in its lock order): each rule checked for each as if it
+// came alone, and the bookings of one site next to each other take its lock
+// and write its counters once. `run`: the bookings' `args` from
+// BookStatement. A row per booking, in order, each read by ReadBooked.
 db::Statement BookRun(const std::vector<const db::GroupCommitter::Work*>& run);
 struct Booked {
   // "booked", "prior" (request_id already booked) or a refusal; see the migration.
@@ -136,7 +137,7 @@ struct Booked {
   v1::Booking booking;  // booked or prior
   SiteSeats seats;      // the site after the booking
   int participant_status = 0, partner_status = 0, session_status = 0;
-  // The session as book_site read it, under the site's lock; the booked
+  // The session as book_sites read it, under the site's lock; the booked
   // site's counters are those after the booking. Empty when outcome is
   // no_session, and for a prior booking found before taking the lock.
   v1::Session session;

@@ -101,9 +101,9 @@ awk 'BEGIN { n = 0 } NR == FNR { tps[FNR - 1] = $1; next }
     n++ }' "$work/pgbench.txt" "$work/bookings.txt"
 # The floor: what the database alone does with the statements of a booking,
 # sent the way the service sent them (per lane, a batch in two round trips:
-# BEGIN, the people's share locks, book_site for each with a request_id
-# of its own, then the outbox rows + COMMIT; spread over the sessions, each
-# booking is a run of its own; the people locked are the next
+# BEGIN, the people's share locks, one book_sites for the batch's bookings,
+# each with a request_id of its own, then the outbox rows + COMMIT; spread
+# over the sessions, each booking is a run of its own; the people locked are the next
 # ones the shared sequence hands out, which other lanes may take meanwhile:
 # the same work), by pgbench with a client for each of the service's lanes
 # and batches of the size the service's averaged over its runs (metrics
@@ -138,9 +138,14 @@ floor_sessions=$(psql -d scheduling -tAc "SELECT count(*) FROM floor_sessions")
   echo "BEGIN ISOLATION LEVEL READ COMMITTED;"
   echo "SELECT set_config('statement_timeout', '10000', true);"
   echo "SELECT lock_participants(ARRAY(SELECT id FROM floor_participants WHERE n > (SELECT last_value FROM floor_next) AND n <= (SELECT last_value FROM floor_next) + $floor_batch));"
+  sessions=""; sites=""; people=""; keys=""
   for i in $(seq "$floor_batch"); do
-    echo "SELECT * FROM book_site((SELECT id FROM floor_sessions WHERE n = :s$i), '', ARRAY[(SELECT id FROM floor_participants WHERE n = (SELECT nextval('floor_next')))], ARRAY[gen_random_uuid()::text]);"
+    sessions="$sessions${sessions:+, }(SELECT id FROM floor_sessions WHERE n = :s$i)"
+    sites="$sites${sites:+, }''"
+    people="$people${people:+, }(SELECT id FROM floor_participants WHERE n = (SELECT nextval('floor_next')))"
+    keys="$keys${keys:+, }gen_random_uuid()::text"
   done
+  echo "SELECT * FROM book_sites(ARRAY[$sessions], ARRAY[$sites], ARRAY[$people], ARRAY[$keys]);"
   echo "\\endpipeline"
   echo "\\startpipeline"
   for i in $(seq "$floor_batch"); do
