@@ -14,7 +14,7 @@
 //   2. what each item's `then` returns (given its `first` rows), then COMMIT.
 // Items may share one `first` statement instead (the committer's Combine):
 // e.g. a batch's bookings, one call of a database function that books them
-// in the batch's order, taking each session's lock and writing its seat
+// in the batch's order, taking each site's lock and writing its seat
 // counters once for its bookings rather than once each.
 // `first` must report refusals as rows rather than raise errors, and write
 // nothing when it refuses: `then` turns such rows into the caller's error

@@ -145,7 +145,7 @@ absl::Status BookingKeyReused(const v1::Booking& prior, const std::string& parti
                             "REQUEST_ID_REUSED", {{"bookingId", prior.id()}});
 }
 
-// The status for book_sites's outcome: OK for booked and for prior (a
+// The status for book_sites' outcome: OK for booked and for prior (a
 // retry of the same request), else the refusal naming the rule (or the
 // field) that refused it.
 absl::Status BookingRefusal(const store::Booked& b, const std::string& session_id,

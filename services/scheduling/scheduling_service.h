@@ -94,7 +94,7 @@ class SchedulingLogic {
   enum class HandOnBy { kChange, kBooking, kSweep };
 
  private:
-  // Reads row `row` of book_sites's rows (store::BookStatement, BookRun): the
+  // Reads row `row` of book_sites' rows (store::BookStatement, BookRun): the
   // refusal as a status, or the booking into `booking` and, when `emit` and
   // it is new, the outbox row for booking.confirmed/waitlisted to write in
   // the same transaction. `seat_owed`, when given, is set when the new

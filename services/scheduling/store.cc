@@ -99,7 +99,7 @@ v1::Session SessionAt(const db::Result& r, int i, int at) {
 
 v1::Session SessionRow(const db::Result& r, int i) { return SessionAt(r, i, 0); }
 
-// The booking in row i's columns from `at` on (kBookingCols, or book_sites's).
+// The booking in row i's columns from `at` on (kBookingCols, or book_sites').
 v1::Booking BookingAt(const db::Result& r, int i, int at) {
   v1::Booking b;
   b.set_id(r.String(i, at));
@@ -225,7 +225,7 @@ absl::StatusOr<std::optional<v1::Participant>> InsertParticipant(db::Conn& c,
 // change and they are never deleted, and the weaker lock does not hold up the
 // foreign-key checks of bookings being inserted meanwhile (which, under their
 // site's lock, then deadlocked with a cancellation waiting for that site).
-// It still excludes book_sites's FOR SHARE read of the participant.
+// It still excludes book_sites' FOR SHARE read of the participant.
 absl::StatusOr<v1::Participant> GetParticipant(db::Conn& c, const std::string& id, bool lock) {
   return One<v1::Participant>(
       c.Exec(absl::StrCat("SELECT ", kParticipantCols, " FROM participants WHERE id = $1::uuid",
