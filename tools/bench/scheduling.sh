@@ -37,6 +37,16 @@ echo "== bookings (16 clients; every rule checked under the site lock, an outbox
 psql -d scheduling -qc "CREATE TABLE pgbench_single_row (id bigserial PRIMARY KEY, payload text NOT NULL)"
 echo "INSERT INTO pgbench_single_row (payload) VALUES ('booking-sized row');" >"$work/insert.sql"
 : >"$work/pgbench.txt"
+: >"$work/pgbench-cpu.txt"
+proc_ticks() {  # utime + stime of a process, with its reaped children (the postmaster's backends)
+  local t p; t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat")
+  for p in $(pgrep -P "$1"); do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done
+  echo "$t"
+}
+machine_ticks() {  # the machine's busy and total ticks, as scheduling_bench counts them
+  awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6; exit}' /proc/stat
+}
+pg_pid=$(head -1 "$work/pg/data/postmaster.pid")
 # BENCH_STATS: the WAL each run writes (records, full-page images, bytes).
 wal_reset() { [ -z "${BENCH_STATS:-}" ] || psql -d scheduling -qtAc "SELECT pg_stat_reset_shared('wal')" >/dev/null; }
 wal_per() {  # $1: what, $2: how many of them
@@ -48,12 +58,20 @@ wal_per() {  # $1: what, $2: how many of them
   echo "psql() { command psql -h 127.0.0.1 -p $pg_port -U postgres -v ON_ERROR_STOP=1 \"\$@\"; }"
   declare -f wal_reset wal_per
   echo "BENCH_STATS='${BENCH_STATS:-}'"
-  echo "[ -z \"\$BENCH_STATS\" ] || rows=\$(psql -d scheduling -tAc 'SELECT count(*) FROM pgbench_single_row')"
+  declare -f proc_ticks machine_ticks
+  echo "rows=\$(psql -d scheduling -tAc 'SELECT count(*) FROM pgbench_single_row')"
   echo "wal_reset"
+  echo "before=\"\$(proc_ticks $pg_pid) \$(machine_ticks)\""
   echo "tps=\$(command pgbench -h 127.0.0.1 -p $pg_port -U postgres -n -c 16 -j 2 -T $SECONDS_PER_RUN \\"
   echo "  -f '$work/insert.sql' scheduling 2>/dev/null | awk '/^tps/ {print int(\$3); exit}')"
   echo "[ -n \"\$tps\" ] || { echo 'pgbench gave no rate' >&2; exit 1; }"
+  echo "sleep 0.5  # the backends' exit: their time is the postmaster's once reaped"
+  echo "after=\"\$(proc_ticks $pg_pid) \$(machine_ticks)\""
   echo "echo \"\$tps\" >>'$work/pgbench.txt'"
+  # PostgreSQL's CPU per insert (pgbench's client not counted).
+  echo "awk -v hz=\$(getconf CLK_TCK) -v n=\$(( \$(psql -d scheduling -tAc 'SELECT count(*) FROM pgbench_single_row') - rows )) \\"
+  echo "  -v b=\"\$before\" -v a=\"\$after\" 'BEGIN { split(b, x, \" \"); split(a, y, \" \")"
+  echo "  if (n > 0 && y[3] > x[3]) printf \"%.0f us (machine %d%% busy)\\n\", (y[1] - x[1]) * 1e6 / hz / n, 100 * (y[2] - x[2]) / (y[3] - x[3]) }' >>'$work/pgbench-cpu.txt'"
   echo "[ -z \"\$BENCH_STATS\" ] ||"
   echo "  wal_per 'pgbench insert' \$(( \$(psql -d scheduling -tAc 'SELECT count(*) FROM pgbench_single_row') - rows )) >'$work/pgbench-wal.txt'"
 } >"$work/pgbench.sh"
@@ -82,6 +100,7 @@ batches=$(curl -s "http://127.0.0.1:$scheduling_metrics/metrics" | awk '
 
 echo "pgbench, single-row INSERT, 16 clients, same database, before the first booking run and after each: $(paste -sd' ' "$work/pgbench.txt" | sed 's/ / tps, /g') tps"
 pgbench_tps=$(tail -1 "$work/pgbench.txt")  # the floor below runs next to the last
+echo "  CPU per insert, PostgreSQL: $(paste -sd, "$work/pgbench-cpu.txt" | sed 's/,/, /g')"
 # Each of pgbench's inserts is a commit, so its rate follows the disk's
 # flush time; bookings share commits (batches), so it weighs less on them
 # and the share of pgbench below rises on a slow disk (11-19% on hosts
@@ -155,11 +174,22 @@ floor_sessions=$(psql -d scheduling -tAc "SELECT count(*) FROM floor_sessions")
   echo "\\endpipeline"
 } >"$work/floor.sql"
 wal_reset
+floor_before="$(proc_ticks "$pg_pid") $(machine_ticks)"
 floor_tps=$(command pgbench -h 127.0.0.1 -p "$pg_port" -U postgres -n -c "$floor_lanes" -j 2 -M prepared \
   -T "$SECONDS_PER_RUN" -f "$work/floor.sql" scheduling 2>/dev/null | awk '/^tps/ {print int($3); exit}')
+sleep 0.5  # its backends' exit: their time is the postmaster's once reaped
+floor_after="$(proc_ticks "$pg_pid") $(machine_ticks)"
 floor_outcomes=$(psql -d scheduling -tAc "SELECT string_agg(status || ':' || n, ' ') FROM (SELECT CASE status WHEN 1 THEN 'confirmed' ELSE 'waitlisted' END AS status, count(*) AS n FROM bookings b JOIN floor_participants f ON f.id = b.participant_id GROUP BY 1) x")
 echo "floor: the booking's statements alone (pgbench, $floor_lanes lane(s), batches of $floor_batch): $(( floor_tps * floor_batch )) bookings/s ($floor_outcomes)"
-wal_per "floor booking" "$(psql -d scheduling -tAc "SELECT count(*) FROM bookings b JOIN floor_participants f ON f.id = b.participant_id")"
+floor_booked=$(psql -d scheduling -tAc "SELECT count(*) FROM bookings b JOIN floor_participants f ON f.id = b.participant_id")
+# PostgreSQL's CPU per booking on the floor (its statements alone: no relay
+# publishing, pgbench's client not counted), beside the service's runs' above.
+awk -v hz="$(getconf CLK_TCK)" -v n="$floor_booked" -v b="$floor_before" -v a="$floor_after" 'BEGIN {
+  split(b, x, " "); split(a, y, " ")
+  if (n > 0 && y[3] > x[3])
+    printf "  CPU per booking, us: postgres %.0f (machine %d%% busy)\n", (y[1] - x[1]) * 1e6 / hz / n,
+      100 * (y[2] - x[2]) / (y[3] - x[3]) }'
+wal_per "floor booking" "$floor_booked"
 awk -v f="$(( floor_tps * floor_batch ))" -v tps="$pgbench_tps" 'BEGIN { printf "  %-36s %.0f%% of pgbench\n", "floor (database alone)", 100 * f / tps }'
 awk -v f="$(( floor_tps * floor_batch ))" 'NR > 1 && $NF ~ /^[0-9]+$/ {
   rate = $(NF-3); name = $0; sub(/ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9]+$/, "", name);
@@ -186,12 +216,7 @@ psql -d scheduling -qc "INSERT INTO outbox (subject, type, source, ce_subject, p
     FROM generate_series(1, 50000 - (SELECT count(*) FROM outbox))"
 backlog=$(psql -d scheduling -tAc "SELECT count(*) FROM outbox")
 if [ "$backlog" -gt 0 ]; then
-  proc_ticks() {  # utime + stime of a process, with its reaped children (the postmaster's backends)
-    local t p; t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat")
-    for p in $(pgrep -P "$1"); do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done
-    echo "$t"
-  }
-  pg_pid=$(head -1 "$work/pg/data/postmaster.pid"); nats_pid=$(cat "$work/nats/nats.pid")
+  nats_pid=$(cat "$work/nats/nats.pid")
   launch_service "$BUILD_DIR/services/scheduling/scheduling" scheduling "$work/scheduling-backlog.log" \
     "$scheduling_port" "$scheduling_metrics" warn
   backlog_pid=$!
