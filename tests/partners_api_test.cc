@@ -139,6 +139,65 @@ TEST_F(PartnersApi, RepeatedRequestIdCreatesOnceEvenConcurrently) {
   EXPECT_EQ(resp.organisations_size(), 1);
 }
 
+TEST_F(PartnersApi, ARequestIdReusedForADifferentOrganisationIsRefusedWhileItsRetriesAreNot) {
+  // A request_id names one request (AIP-155): its retries get the
+  // organisation it made, even after that organisation changed; another
+  // request under it is refused, not answered with the first organisation.
+  v1::CreateOrganisationRequest req;
+  *req.mutable_organisation() = SampleOrganisation("Digest Trust");
+  req.set_request_id("org-reuse-1");
+  v1::Organisation first, again;
+  ASSERT_TRUE(stub().CreateOrganisation(Ctx(admin()).get(), req, &first).ok());
+  ASSERT_TRUE(stub().CreateOrganisation(Ctx(admin()).get(), req, &again).ok());
+  EXPECT_EQ(again.id(), first.id());
+  // The same fields as sent again, before normalising (the name's spaces).
+  v1::CreateOrganisationRequest padded = req;
+  padded.mutable_organisation()->set_name("  Digest Trust ");
+  ASSERT_TRUE(stub().CreateOrganisation(Ctx(admin()).get(), padded, &again).ok());
+  EXPECT_EQ(again.id(), first.id());
+
+  v1::UpdateOrganisationRequest rename;
+  rename.mutable_organisation()->set_id(first.id());
+  rename.mutable_organisation()->set_etag(first.etag());
+  rename.mutable_organisation()->set_name("Digest Trust, renamed");
+  rename.mutable_update_mask()->add_paths("name");
+  v1::Organisation renamed;
+  ASSERT_TRUE(stub().UpdateOrganisation(Ctx(admin()).get(), rename, &renamed).ok());
+  ASSERT_TRUE(stub().CreateOrganisation(Ctx(admin()).get(), req, &again).ok());  // a late retry
+  EXPECT_EQ(again.id(), first.id());
+  EXPECT_EQ(again.name(), "Digest Trust, renamed");  // as it is now
+
+  for (auto change : std::vector<std::function<void(v1::Organisation&)>>{
+           [](v1::Organisation& o) { o.set_name("Another Trust Entirely"); },
+           [](v1::Organisation& o) { o.set_region(v1::REGION_SOUTH_WEST); },
+           [](v1::Organisation& o) { o.set_description("A different request"); }}) {
+    v1::CreateOrganisationRequest other = req;
+    change(*other.mutable_organisation());
+    grpc::Status s = stub().CreateOrganisation(Ctx(admin()).get(), other, &again);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS) << s.error_message();
+    EXPECT_EQ(DetailsOf(s).reason, "REQUEST_ID_REUSED");
+    EXPECT_EQ(s.error_message().find(first.id()), std::string::npos) << s.error_message();
+  }
+  v1::ListOrganisationsRequest list;
+  list.set_name_prefix("Another Trust");
+  v1::ListOrganisationsResponse found;
+  ASSERT_TRUE(stub().ListOrganisations(Ctx(admin()).get(), list, &found).ok());
+  EXPECT_EQ(found.organisations_size(), 0);
+
+  // One made before the digest was kept (or by an earlier release during a
+  // rolling update) has nothing to compare: answered with it, as then.
+  auto conn = db::Conn::Open(fx_->db_url, "test");
+  ASSERT_TRUE(conn.ok());
+  ASSERT_TRUE(
+      (*conn)
+          ->Exec("UPDATE organisations SET request_digest = NULL WHERE id = $1::uuid", {first.id()})
+          .ok());
+  v1::CreateOrganisationRequest other = req;
+  other.mutable_organisation()->set_name("Another Trust Entirely");
+  ASSERT_TRUE(stub().CreateOrganisation(Ctx(admin()).get(), other, &again).ok());
+  EXPECT_EQ(again.id(), first.id());
+}
+
 TEST_F(PartnersApi, ARequestIdReusedForAnotherOrganisationsContactIsRefused) {
   // A request_id names one request: sent again for another organisation's
   // contact (or offer), it is refused, not answered with the first contact
@@ -153,6 +212,11 @@ TEST_F(PartnersApi, ARequestIdReusedForAnotherOrganisationsContactIsRefused) {
   ASSERT_TRUE(stub().CreateContact(Ctx(admin()).get(), req, &first).ok());
   ASSERT_TRUE(stub().CreateContact(Ctx(admin()).get(), req, &again).ok());  // a retry
   EXPECT_EQ(again.id(), first.id());
+  // The same organisation, another person: another request.
+  v1::CreateContactRequest someone_else = req;
+  someone_else.mutable_contact()->set_email("lee@example.nhs.uk");
+  EXPECT_EQ(stub().CreateContact(Ctx(admin()).get(), someone_else, &again).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
 
   req.mutable_contact()->set_organisation_id(b.id());
   grpc::Status s = stub().CreateContact(Ctx(admin()).get(), req, &again);
@@ -177,6 +241,12 @@ TEST_F(PartnersApi, ARequestIdReusedForAnotherOrganisationsContactIsRefused) {
   offer.set_request_id("offer-reuse-1");
   v1::Offer made, other;
   ASSERT_TRUE(stub().CreateOffer(Ctx(admin()).get(), offer, &made).ok());
+  ASSERT_TRUE(stub().CreateOffer(Ctx(admin()).get(), offer, &other).ok());  // a retry
+  EXPECT_EQ(other.id(), made.id());
+  v1::CreateOfferRequest another_day = offer;
+  another_day.mutable_offer()->add_weekdays(v1::WEEKDAY_TUESDAY);
+  EXPECT_EQ(stub().CreateOffer(Ctx(admin()).get(), another_day, &other).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
   offer.mutable_offer()->set_organisation_id(b.id());
   s = stub().CreateOffer(Ctx(admin()).get(), offer, &other);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS) << s.error_message();

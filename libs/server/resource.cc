@@ -1,8 +1,14 @@
 #include "libs/server/resource.h"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <openssl/sha.h>
+
 #include <algorithm>
+#include <memory>
 #include <set>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_join.h"
 #include "libs/server/errors.h"
 
@@ -34,6 +40,25 @@ absl::Status StaleEtag(const char* what, const std::string& current) {
                         "etag: the ", what, " changed since you read it (current etag ", current,
                         "); read it again and reapply your change")),
                     "ETAG_MISMATCH", {{"etag", current}});
+}
+
+std::string RequestDigest(const google::protobuf::Message& m,
+                          const std::vector<std::string>& paths) {
+  google::protobuf::FieldMask mask;
+  for (const std::string& p : paths) mask.add_paths(p);
+  std::unique_ptr<google::protobuf::Message> only(m.New());
+  google::protobuf::util::FieldMaskUtil::MergeMessageTo(m, mask, {}, only.get());
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream out(&bytes);
+    google::protobuf::io::CodedOutputStream coded(&out);
+    coded.SetSerializationDeterministic(true);
+    only->SerializeToCodedStream(&coded);
+  }
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), digest);
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(digest), sizeof digest));
 }
 
 absl::Status RequestIdReused(absl::string_view what) {

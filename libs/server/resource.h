@@ -100,6 +100,17 @@ Event UpdatedEvent(T* (Event::*resource)(), const T& updated,
   return event;
 }
 
+// What a create request asked for: the SHA-256 of `m`'s fields named by
+// `paths` (top-level fields, as an update mask names them), serialized
+// deterministically, in hex. Stored with the resource a request_id made
+// (a `request_digest` column), so that a retry (the same fields, normalised
+// alike) is told from another request under the same key: AIP-155 asks
+// for an error then, not the first request's resource. Fields a resource
+// may change later are in it too; the digest is of the request, not of
+// the resource as it is now.
+std::string RequestDigest(const google::protobuf::Message& m,
+                          const std::vector<std::string>& paths);
+
 // ALREADY_EXISTS, reason REQUEST_ID_REUSED: `request_id` already made a
 // `what` ("participant", "session"…) that this request could not have made.
 // A key names one request; the caller gets an error, not another request's

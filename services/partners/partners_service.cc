@@ -119,6 +119,18 @@ std::string OrgName(const v1::Organisation& o) { return o.name(); }
 std::string ContactName(const v1::Contact& c) { return c.display_name(); }
 std::string OfferTitle(const v1::Offer& o) { return o.title(); }
 
+// What a create request for a contact or an offer asks for
+// (server::RequestDigest): its organisation and every field it sets.
+std::string DigestWithOrganisation(const google::protobuf::Message& m,
+                                   std::vector<std::string> paths) {
+  paths.push_back("organisation_id");
+  return server::RequestDigest(m, paths);
+}
+std::string ContactDigest(const v1::Contact& c) {
+  return DigestWithOrganisation(c, ContactMaskPaths());
+}
+std::string OfferDigest(const v1::Offer& o) { return DigestWithOrganisation(o, OfferMaskPaths()); }
+
 }  // namespace
 
 // ---------------------------------------------------------------- organisations
@@ -142,17 +154,24 @@ absl::Status PartnersLogic::CreateOrganisation(const Call& call,
       if (pages != nullptr) pages->Invalidate("");
     }
   } forget{pages_};
+  // What this request asks for, against what the request that made an
+  // earlier organisation under this request_id asked for (every field of an
+  // organisation may change since, so not against the organisation).
+  const std::string digest =
+      req.request_id().empty() ? "" : server::RequestDigest(org, OrganisationMaskPaths());
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    std::string prior_digest;
     auto created = server::CreateOnce(
         req.request_id(), "organisation",
-        [&] { return store::OrganisationByRequestId(c, req.request_id()); },
+        [&] { return store::OrganisationByRequestId(c, req.request_id(), &prior_digest); },
         [&]() -> absl::StatusOr<std::optional<v1::Organisation>> {
-          auto inserted = store::InsertOrganisation(c, org, req.request_id());
+          auto inserted = store::InsertOrganisation(c, org, req.request_id(), digest);
           if (!inserted.ok()) return OdsConflict(inserted.status(), org.ods_code());
           return inserted;
         },
-        // Every field of an organisation may change since: nothing to compare.
-        [](const v1::Organisation&) { return true; }, resp);
+        // (Made before migration 0006: no digest, nothing to compare.)
+        [&](const v1::Organisation&) { return prior_digest.empty() || prior_digest == digest; },
+        resp);
     if (!created.ok() || !*created) return created.status();
     ev::OrganisationCreated event;
     *event.mutable_organisation() = *resp;
@@ -371,18 +390,24 @@ absl::Status PartnersLogic::CreateContact(const Call& call, const v1::CreateCont
   if (!errors.empty()) return errors.ToStatus();
   if (absl::Status s = MayChange(call.principal, ct.organisation_id()); !s.ok()) return s;
 
+  const std::string digest = req.request_id().empty() ? "" : ContactDigest(ct);
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    std::string prior_digest;
     auto created = server::CreateOnce(
-        req.request_id(), "contact", [&] { return store::ContactByRequestId(c, req.request_id()); },
+        req.request_id(), "contact",
+        [&] { return store::ContactByRequestId(c, req.request_id(), &prior_digest); },
         [&]() -> absl::StatusOr<std::optional<v1::Contact>> {
           auto org = store::GetOrganisation(c, ct.organisation_id(), true);
           if (!org.ok()) return org.status();
           if (absl::Status s = NotArchived(*org); !s.ok()) return s;
-          auto inserted = store::InsertContact(c, ct, req.request_id());
+          auto inserted = store::InsertContact(c, ct, req.request_id(), digest);
           if (!inserted.ok()) return EmailConflict(inserted.status(), ct.email());
           return inserted;
         },
-        [&](const v1::Contact& prior) { return prior.organisation_id() == ct.organisation_id(); },
+        [&](const v1::Contact& prior) {
+          return prior.organisation_id() == ct.organisation_id() &&
+                 (prior_digest.empty() || prior_digest == digest);
+        },
         resp);
     if (!created.ok() || !*created) return created.status();
     ev::ContactCreated event;
@@ -500,9 +525,12 @@ absl::Status PartnersLogic::CreateOffer(const Call& call, const v1::CreateOfferR
   server::CheckRequestId(errors, "request_id", req.request_id());
   if (!errors.empty()) return errors.ToStatus();
   if (absl::Status s = MayChange(call.principal, offer.organisation_id()); !s.ok()) return s;
+  const std::string digest = req.request_id().empty() ? "" : OfferDigest(offer);
   return db::Transact(pool_, Tx(call), [&](db::Conn& c) -> absl::Status {
+    std::string prior_digest;
     auto created = server::CreateOnce(
-        req.request_id(), "offer", [&] { return store::OfferByRequestId(c, req.request_id()); },
+        req.request_id(), "offer",
+        [&] { return store::OfferByRequestId(c, req.request_id(), &prior_digest); },
         [&]() -> absl::StatusOr<std::optional<v1::Offer>> {
           auto org = store::GetOrganisation(c, offer.organisation_id(), true);
           if (!org.ok()) return org.status();
@@ -512,11 +540,14 @@ absl::Status PartnersLogic::CreateOffer(const Call& call, const v1::CreateOfferR
               !s.ok()) {
             return s;
           }
-          auto inserted = store::InsertOffer(c, offer, req.request_id());
+          auto inserted = store::InsertOffer(c, offer, req.request_id(), digest);
           if (!inserted.ok()) return HostRemoved(inserted.status(), offer.host_contact_id());
           return inserted;
         },
-        [&](const v1::Offer& prior) { return prior.organisation_id() == offer.organisation_id(); },
+        [&](const v1::Offer& prior) {
+          return prior.organisation_id() == offer.organisation_id() &&
+                 (prior_digest.empty() || prior_digest == digest);
+        },
         resp);
     if (!created.ok() || !*created) return created.status();
     ev::OfferCreated event;

@@ -99,22 +99,31 @@ using db::MaybeOne;
 using db::One;
 
 absl::StatusOr<std::optional<v1::Organisation>> OrganisationByRequestId(db::Conn& c,
-                                                                        const std::string& rid) {
+                                                                        const std::string& rid,
+                                                                        std::string* digest) {
   return MaybeOne<v1::Organisation>(
-      c.Exec(absl::StrCat("SELECT ", kOrgCols, " FROM organisations WHERE request_id = $1"), {rid}),
-      OrgRow);
+      c.Exec(absl::StrCat("SELECT ", kOrgCols,
+                          ", COALESCE(request_digest, '') FROM organisations "
+                          "WHERE request_id = $1"),
+             {rid}),
+      [digest](const db::Result& r, int i) {
+        *digest = r.String(i, PQnfields(r.raw_for_status()) - 1);
+        return OrgRow(r, i);
+      });
 }
 
 absl::StatusOr<std::optional<v1::Organisation>> InsertOrganisation(db::Conn& c,
                                                                    const v1::Organisation& o,
-                                                                   const std::string& rid) {
+                                                                   const std::string& rid,
+                                                                   const std::string& digest) {
   return MaybeOne<v1::Organisation>(
       c.Exec(absl::StrCat("INSERT INTO organisations (request_id, name, ods_code, sector, region, "
-                          "description) VALUES ($1, $2, $3, $4, $5, $6) "
+                          "description, request_digest) VALUES ($1, $2, $3, $4, $5, $6, $7) "
                           "ON CONFLICT (request_id) DO NOTHING RETURNING ",
                           kOrgCols),
              {db::NullIfEmpty(rid), o.name(), db::NullIfEmpty(o.ods_code()),
-              static_cast<int32_t>(o.sector()), static_cast<int32_t>(o.region()), o.description()}),
+              static_cast<int32_t>(o.sector()), static_cast<int32_t>(o.region()), o.description(),
+              db::NullIfEmpty(digest)}),
       OrgRow);
 }
 
@@ -193,21 +202,29 @@ absl::StatusOr<std::vector<v1::Organisation>> ListOrganisations(db::Conn& c,
   return All<v1::Organisation>(c.Exec(sql, params), OrgRow);
 }
 
-absl::StatusOr<std::optional<v1::Contact>> ContactByRequestId(db::Conn& c, const std::string& rid) {
-  return MaybeOne<v1::Contact>(
-      c.Exec(absl::StrCat("SELECT ", kContactCols, " FROM contacts WHERE request_id = $1"), {rid}),
-      ContactRow);
+absl::StatusOr<std::optional<v1::Contact>> ContactByRequestId(db::Conn& c, const std::string& rid,
+                                                              std::string* digest) {
+  return MaybeOne<v1::Contact>(c.Exec(absl::StrCat("SELECT ", kContactCols,
+                                                   ", COALESCE(request_digest, '') FROM contacts "
+                                                   "WHERE request_id = $1"),
+                                      {rid}),
+                               [digest](const db::Result& r, int i) {
+                                 *digest = r.String(i, PQnfields(r.raw_for_status()) - 1);
+                                 return ContactRow(r, i);
+                               });
 }
 
 absl::StatusOr<std::optional<v1::Contact>> InsertContact(db::Conn& c, const v1::Contact& ct,
-                                                         const std::string& rid) {
+                                                         const std::string& rid,
+                                                         const std::string& digest) {
   return MaybeOne<v1::Contact>(
       c.Exec(absl::StrCat("INSERT INTO contacts (request_id, organisation_id, display_name, "
-                          "email, phone, job_title) VALUES ($1, $2::uuid, $3, $4, $5, $6) "
+                          "email, phone, job_title, request_digest) "
+                          "VALUES ($1, $2::uuid, $3, $4, $5, $6, $7) "
                           "ON CONFLICT (request_id) DO NOTHING RETURNING ",
                           kContactCols),
              {db::NullIfEmpty(rid), ct.organisation_id(), ct.display_name(), ct.email(), ct.phone(),
-              ct.job_title()}),
+              ct.job_title(), db::NullIfEmpty(digest)}),
       ContactRow);
 }
 
@@ -261,25 +278,32 @@ absl::StatusOr<std::vector<v1::Contact>> ListContacts(db::Conn& c, const std::st
       ContactRow);
 }
 
-absl::StatusOr<std::optional<v1::Offer>> OfferByRequestId(db::Conn& c, const std::string& rid) {
-  return MaybeOne<v1::Offer>(
-      c.Exec(absl::StrCat("SELECT ", kOfferCols, " FROM offers WHERE request_id = $1"), {rid}),
-      OfferRow);
+absl::StatusOr<std::optional<v1::Offer>> OfferByRequestId(db::Conn& c, const std::string& rid,
+                                                          std::string* digest) {
+  return MaybeOne<v1::Offer>(c.Exec(absl::StrCat("SELECT ", kOfferCols,
+                                                 ", COALESCE(request_digest, '') FROM offers "
+                                                 "WHERE request_id = $1"),
+                                    {rid}),
+                             [digest](const db::Result& r, int i) {
+                               *digest = r.String(i, PQnfields(r.raw_for_status()) - 1);
+                               return OfferRow(r, i);
+                             });
 }
 
 absl::StatusOr<std::optional<v1::Offer>> InsertOffer(db::Conn& c, const v1::Offer& o,
-                                                     const std::string& rid) {
+                                                     const std::string& rid,
+                                                     const std::string& digest) {
   return MaybeOne<v1::Offer>(
       c.Exec(absl::StrCat(
                  "INSERT INTO offers (request_id, organisation_id, title, setting, description, "
-                 "capacity_per_day, weekdays, requirements, host_contact_id) VALUES ($1, "
-                 "$2::uuid, $3, $4, $5, $6, string_to_array($7, ',')::int[], "
-                 "string_to_array($8, E'\\x1f'), $9::uuid) "
+                 "capacity_per_day, weekdays, requirements, host_contact_id, request_digest) "
+                 "VALUES ($1, $2::uuid, $3, $4, $5, $6, string_to_array($7, ',')::int[], "
+                 "string_to_array($8, E'\\x1f'), $9::uuid, $10) "
                  "ON CONFLICT (request_id) DO NOTHING RETURNING ",
                  kOfferCols),
              {db::NullIfEmpty(rid), o.organisation_id(), o.title(),
               static_cast<int32_t>(o.setting()), o.description(), o.capacity_per_day(), Weekdays(o),
-              Requirements(o), db::NullIfEmpty(o.host_contact_id())}),
+              Requirements(o), db::NullIfEmpty(o.host_contact_id()), db::NullIfEmpty(digest)}),
       OfferRow);
 }
 

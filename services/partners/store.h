@@ -31,12 +31,16 @@ struct OrganisationFilter {
   std::string ods_code;
 };
 
+// The resource a request_id made, and in `digest` what its request asked
+// for (server::RequestDigest; empty for rows made before migration 0006).
 absl::StatusOr<std::optional<v1::Organisation>> OrganisationByRequestId(db::Conn& c,
-                                                                        const std::string& rid);
+                                                                        const std::string& rid,
+                                                                        std::string* digest);
 // nullopt when a row with the same request_id already exists (a concurrent retry).
 absl::StatusOr<std::optional<v1::Organisation>> InsertOrganisation(db::Conn& c,
                                                                    const v1::Organisation& o,
-                                                                   const std::string& rid);
+                                                                   const std::string& rid,
+                                                                   const std::string& digest);
 absl::StatusOr<v1::Organisation> GetOrganisation(db::Conn& c, const std::string& id,
                                                  bool for_update);
 // The organisation, read FOR SHARE: its status holds until the transaction
@@ -51,9 +55,11 @@ absl::StatusOr<std::vector<v1::Organisation>> ListOrganisations(db::Conn& c,
                                                                 const std::optional<After>& after,
                                                                 int limit);
 
-absl::StatusOr<std::optional<v1::Contact>> ContactByRequestId(db::Conn& c, const std::string& rid);
+absl::StatusOr<std::optional<v1::Contact>> ContactByRequestId(db::Conn& c, const std::string& rid,
+                                                              std::string* digest);
 absl::StatusOr<std::optional<v1::Contact>> InsertContact(db::Conn& c, const v1::Contact& ct,
-                                                         const std::string& rid);
+                                                         const std::string& rid,
+                                                         const std::string& digest);
 absl::StatusOr<v1::Contact> GetContact(db::Conn& c, const std::string& id, bool for_update);
 absl::StatusOr<v1::Contact> UpdateContact(db::Conn& c, const v1::Contact& ct);
 absl::Status DeleteContact(db::Conn& c, const std::string& id);
@@ -62,9 +68,11 @@ absl::StatusOr<std::vector<std::string>> OffersHostedBy(db::Conn& c, const std::
 absl::StatusOr<std::vector<v1::Contact>> ListContacts(db::Conn& c, const std::string& org_id,
                                                       const std::optional<After>& after, int limit);
 
-absl::StatusOr<std::optional<v1::Offer>> OfferByRequestId(db::Conn& c, const std::string& rid);
+absl::StatusOr<std::optional<v1::Offer>> OfferByRequestId(db::Conn& c, const std::string& rid,
+                                                          std::string* digest);
 absl::StatusOr<std::optional<v1::Offer>> InsertOffer(db::Conn& c, const v1::Offer& o,
-                                                     const std::string& rid);
+                                                     const std::string& rid,
+                                                     const std::string& digest);
 absl::StatusOr<v1::Offer> GetOffer(db::Conn& c, const std::string& id, bool for_update);
 absl::StatusOr<v1::Offer> UpdateOffer(db::Conn& c, const v1::Offer& o);
 absl::StatusOr<v1::Offer> SetOfferState(db::Conn& c, const std::string& id, v1::OfferState s);
