@@ -98,18 +98,29 @@ using db::All;
 using db::MaybeOne;
 using db::One;
 
+namespace {
+
+// The row a request_id made, with its request's digest (migration 0006; ""
+// for rows made before).
+template <class T, class RowFn>
+absl::StatusOr<std::optional<T>> ByRequestId(db::Conn& c, const char* cols, const char* table,
+                                             RowFn row, const std::string& rid,
+                                             std::string* digest) {
+  return MaybeOne<T>(c.Exec(absl::StrCat("SELECT ", cols, ", COALESCE(request_digest, '') FROM ",
+                                         table, " WHERE request_id = $1"),
+                            {rid}),
+                     [&](const db::Result& r, int i) {
+                       *digest = r.String(i, PQnfields(r.raw_for_status()) - 1);
+                       return row(r, i);
+                     });
+}
+
+}  // namespace
+
 absl::StatusOr<std::optional<v1::Organisation>> OrganisationByRequestId(db::Conn& c,
                                                                         const std::string& rid,
                                                                         std::string* digest) {
-  return MaybeOne<v1::Organisation>(
-      c.Exec(absl::StrCat("SELECT ", kOrgCols,
-                          ", COALESCE(request_digest, '') FROM organisations "
-                          "WHERE request_id = $1"),
-             {rid}),
-      [digest](const db::Result& r, int i) {
-        *digest = r.String(i, PQnfields(r.raw_for_status()) - 1);
-        return OrgRow(r, i);
-      });
+  return ByRequestId<v1::Organisation>(c, kOrgCols, "organisations", OrgRow, rid, digest);
 }
 
 absl::StatusOr<std::optional<v1::Organisation>> InsertOrganisation(db::Conn& c,
@@ -204,14 +215,7 @@ absl::StatusOr<std::vector<v1::Organisation>> ListOrganisations(db::Conn& c,
 
 absl::StatusOr<std::optional<v1::Contact>> ContactByRequestId(db::Conn& c, const std::string& rid,
                                                               std::string* digest) {
-  return MaybeOne<v1::Contact>(c.Exec(absl::StrCat("SELECT ", kContactCols,
-                                                   ", COALESCE(request_digest, '') FROM contacts "
-                                                   "WHERE request_id = $1"),
-                                      {rid}),
-                               [digest](const db::Result& r, int i) {
-                                 *digest = r.String(i, PQnfields(r.raw_for_status()) - 1);
-                                 return ContactRow(r, i);
-                               });
+  return ByRequestId<v1::Contact>(c, kContactCols, "contacts", ContactRow, rid, digest);
 }
 
 absl::StatusOr<std::optional<v1::Contact>> InsertContact(db::Conn& c, const v1::Contact& ct,
@@ -280,14 +284,7 @@ absl::StatusOr<std::vector<v1::Contact>> ListContacts(db::Conn& c, const std::st
 
 absl::StatusOr<std::optional<v1::Offer>> OfferByRequestId(db::Conn& c, const std::string& rid,
                                                           std::string* digest) {
-  return MaybeOne<v1::Offer>(c.Exec(absl::StrCat("SELECT ", kOfferCols,
-                                                 ", COALESCE(request_digest, '') FROM offers "
-                                                 "WHERE request_id = $1"),
-                                    {rid}),
-                             [digest](const db::Result& r, int i) {
-                               *digest = r.String(i, PQnfields(r.raw_for_status()) - 1);
-                               return OfferRow(r, i);
-                             });
+  return ByRequestId<v1::Offer>(c, kOfferCols, "offers", OfferRow, rid, digest);
 }
 
 absl::StatusOr<std::optional<v1::Offer>> InsertOffer(db::Conn& c, const v1::Offer& o,
