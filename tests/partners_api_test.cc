@@ -243,6 +243,19 @@ TEST_F(PartnersApi, ARequestIdReusedForAnotherOrganisationsContactIsRefused) {
   ASSERT_TRUE(stub().CreateOffer(Ctx(admin()).get(), offer, &made).ok());
   ASSERT_TRUE(stub().CreateOffer(Ctx(admin()).get(), offer, &other).ok());  // a retry
   EXPECT_EQ(other.id(), made.id());
+  {  // days named in another order: the same request
+    v1::CreateOfferRequest days = offer, reordered = offer;
+    days.set_request_id("offer-days-1");
+    days.mutable_offer()->add_weekdays(v1::WEEKDAY_FRIDAY);
+    reordered.set_request_id("offer-days-1");
+    reordered.mutable_offer()->clear_weekdays();
+    reordered.mutable_offer()->add_weekdays(v1::WEEKDAY_FRIDAY);
+    reordered.mutable_offer()->add_weekdays(v1::WEEKDAY_MONDAY);
+    v1::Offer first, retried;
+    ASSERT_TRUE(stub().CreateOffer(Ctx(admin()).get(), days, &first).ok());
+    ASSERT_TRUE(stub().CreateOffer(Ctx(admin()).get(), reordered, &retried).ok());
+    EXPECT_EQ(retried.id(), first.id());
+  }
   v1::CreateOfferRequest another_day = offer;
   another_day.mutable_offer()->add_weekdays(v1::WEEKDAY_TUESDAY);
   EXPECT_EQ(stub().CreateOffer(Ctx(admin()).get(), another_day, &other).error_code(),

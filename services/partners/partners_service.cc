@@ -1,5 +1,7 @@
 #include "services/partners/partners_service.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "connecting/events/v1/partners_events.pb.h"
@@ -129,7 +131,13 @@ std::string DigestWithOrganisation(const google::protobuf::Message& m,
 std::string ContactDigest(const v1::Contact& c) {
   return DigestWithOrganisation(c, ContactMaskPaths());
 }
-std::string OfferDigest(const v1::Offer& o) { return DigestWithOrganisation(o, OfferMaskPaths()); }
+// Its weekdays are a set: a retry naming them in another order is the same
+// request.
+std::string OfferDigest(const v1::Offer& o) {
+  v1::Offer sorted = o;
+  std::sort(sorted.mutable_weekdays()->begin(), sorted.mutable_weekdays()->end());
+  return DigestWithOrganisation(sorted, OfferMaskPaths());
+}
 
 }  // namespace
 
