@@ -110,6 +110,12 @@ Event UpdatedEvent(T* (Event::*resource)(), const T& updated,
 // the resource as it is now.
 std::string RequestDigest(const google::protobuf::Message& m,
                           const std::vector<std::string>& paths);
+// Whether a request whose digest is `digest` could have made the resource
+// stored with `stored`: the same digest, or none stored (made before the
+// digest was kept, or by a release that kept none): nothing to compare.
+inline bool SameRequest(absl::string_view stored, absl::string_view digest) {
+  return stored.empty() || stored == digest;
+}
 
 // ALREADY_EXISTS, reason REQUEST_ID_REUSED: `request_id` already made a
 // `what` ("participant", "session"…) that this request could not have made.

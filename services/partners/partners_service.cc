@@ -177,9 +177,7 @@ absl::Status PartnersLogic::CreateOrganisation(const Call& call,
           if (!inserted.ok()) return OdsConflict(inserted.status(), org.ods_code());
           return inserted;
         },
-        // (Made before migration 0006: no digest, nothing to compare.)
-        [&](const v1::Organisation&) { return prior_digest.empty() || prior_digest == digest; },
-        resp);
+        [&](const v1::Organisation&) { return server::SameRequest(prior_digest, digest); }, resp);
     if (!created.ok() || !*created) return created.status();
     ev::OrganisationCreated event;
     *event.mutable_organisation() = *resp;
@@ -414,7 +412,7 @@ absl::Status PartnersLogic::CreateContact(const Call& call, const v1::CreateCont
         },
         [&](const v1::Contact& prior) {
           return prior.organisation_id() == ct.organisation_id() &&
-                 (prior_digest.empty() || prior_digest == digest);
+                 server::SameRequest(prior_digest, digest);
         },
         resp);
     if (!created.ok() || !*created) return created.status();
@@ -554,7 +552,7 @@ absl::Status PartnersLogic::CreateOffer(const Call& call, const v1::CreateOfferR
         },
         [&](const v1::Offer& prior) {
           return prior.organisation_id() == offer.organisation_id() &&
-                 (prior_digest.empty() || prior_digest == digest);
+                 server::SameRequest(prior_digest, digest);
         },
         resp);
     if (!created.ok() || !*created) return created.status();
