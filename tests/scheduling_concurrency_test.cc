@@ -852,10 +852,13 @@ class SchedulingOneLane : public ::testing::Test {
     delete org_;
   }
   static std::future<grpc::Status> BookLater(const std::string& session, const std::string& who,
-                                             sv1::Booking* out) {
-    return std::async(std::launch::async,
-                      [session, who, out] { return Book(*fx_, session, who, out); });
+                                             sv1::Booking* out,
+                                             const std::string& request_id = "") {
+    return std::async(std::launch::async, [session, who, out, request_id] {
+      return Book(*fx_, session, who, out, request_id);
+    });
   }
+  static void PromotionBesideABatchBookingThatPersonElsewhere(bool retry_in_batch);
   // Until `n` callers wait for the lane (queued, or in its running batch).
   static bool UntilQueued(int n) {
     const std::string waiting = "connecting_group_commit_waiting{committer=\"bookings\"}";
@@ -992,26 +995,38 @@ TEST_F(SchedulingOneLane, DeactivationNeverDeadlocksWithABatchBookingTheLeaver) 
       << "the batch and the deactivation deadlocked";
 }
 
-TEST_F(SchedulingOneLane, APromotionNeverDeadlocksWithABatchConfirmingThatPersonElsewhere) {
-  // A seat frees on visit A while the first person waiting for it is being
-  // confirmed on visit B the same date, by a batch that next wants A's seats
-  // for someone else. The promotion waits for that batch (the one visit per
-  // date index), the batch for A's seats: the promotion must give up waiting
-  // soon and start again, letting the batch finish (its booking on A joins
-  // the line); then the first person has B, is skipped, and the seat goes
-  // down the line.
+// A seat frees on visit A while the first person waiting for it is being
+// booked on visit B the same date, by a batch that also wants A's seats for
+// someone else, and that waits for A's seats behind the cancellation. Either
+// way the promotion and the batch must not deadlock.
+//
+// `retry_in_batch`: the batch also carries a retried request, so that it
+// books one by one (book_sites' loop, R__book_session.sql), taking each
+// site's lock just before its bookings: it has confirmed the first person on
+// B when it waits for A. The promotion then waits for that batch (the one
+// visit per date index) and the batch for A's seats: the promotion must give
+// up waiting soon and start again, letting the batch finish (its booking on
+// A joins the line); then the first person has B, is skipped, and the seat
+// goes down the line. Without it the batch is booked in one statement, which
+// takes every site's lock before booking anyone: the promotion goes first,
+// the first person gets A's seat, and B is refused (one visit per date).
+void SchedulingOneLane::PromotionBesideABatchBookingThatPersonElsewhere(bool retry_in_batch) {
   SchedulingFixture& fx = *fx_;
-  std::string date = DateIn(86);
+  std::string date = DateIn(retry_in_batch ? 86 : 88);
   // One seat each, B before A in the lock order (the batch locks B, then A).
   sv1::Session b = NewSession(fx, *org_, 1, date), a = NewSession(fx, *org_, 1, date);
   if (a.id() < b.id()) std::swap(a, b);
-  sv1::Session c = NewSession(fx, *org_, 5, DateIn(87));
-  std::string holder = Register(fx, "PROM01").id(), first = Register(fx, "PROM02").id();
-  std::string other = Register(fx, "PROM03").id(), blocker = Register(fx, "PROM04").id();
-  sv1::Booking held, waiting;
+  sv1::Session c = NewSession(fx, *org_, 5, DateIn(retry_in_batch ? 87 : 89));
+  std::string tag = retry_in_batch ? "PROM0" : "PROM1";
+  std::string holder = Register(fx, tag + "1").id(), first = Register(fx, tag + "2").id();
+  std::string other = Register(fx, tag + "3").id(), blocker = Register(fx, tag + "4").id();
+  std::string retrier = Register(fx, tag + "5").id();
+  sv1::Booking held, waiting, retried;
   ASSERT_TRUE(Book(fx, a.id(), holder, &held).ok());
   ASSERT_TRUE(Book(fx, a.id(), first, &waiting).ok());
   ASSERT_EQ(waiting.status(), sv1::BOOKING_STATUS_WAITLISTED);
+  const std::string retry_key = "retry-" + tag;
+  if (retry_in_batch) ASSERT_TRUE(Book(fx, c.id(), retrier, &retried, retry_key).ok());
   int64_t deadlocks = DeadlocksIn(fx.scheduling_db);
 
   std::unique_ptr<db::Conn> on_a = HoldSeats(fx.scheduling_db, a.id());
@@ -1025,37 +1040,121 @@ TEST_F(SchedulingOneLane, APromotionNeverDeadlocksWithABatchConfirmingThatPerson
     return fx.stub->CancelBooking(Ctx(fx.admin).get(), req, &out);
   });
   ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 1));
-  // A batch waits for C; behind it, the first person on B and someone on A.
-  sv1::Booking blocker_out, first_on_b, other_on_a;
+  // A batch waits for C; behind it, the first person on B and someone on A
+  // (and the retry).
+  sv1::Booking blocker_out, first_on_b, other_on_a, retried_again;
   auto blocked = BookLater(c.id(), blocker, &blocker_out);
   ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 2));
   auto on_b_call = BookLater(b.id(), first, &first_on_b);
   auto on_a_call = BookLater(a.id(), other, &other_on_a);
-  ASSERT_TRUE(UntilQueued(3));
+  std::future<grpc::Status> retry_call;
+  if (retry_in_batch) retry_call = BookLater(c.id(), retrier, &retried_again, retry_key);
+  ASSERT_TRUE(UntilQueued(retry_in_batch ? 4 : 3));
   ASSERT_TRUE(on_c->ExecScript("COMMIT").ok());
   grpc::Status st = blocked.get();
   ASSERT_TRUE(st.ok()) << st.error_message();
-  // That batch confirmed the first person on B and now queues for A's seats.
+  // The next batch queues for A's seats, behind the cancellation.
   ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 2));
   ASSERT_TRUE(on_a->ExecScript("COMMIT").ok());
 
   st = cancel.get();
   EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
   st = on_b_call.get();
-  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
-  EXPECT_EQ(first_on_b.status(), sv1::BOOKING_STATUS_CONFIRMED);
-  st = on_a_call.get();
-  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  grpc::Status on_a_st = on_a_call.get();
+  EXPECT_TRUE(on_a_st.ok()) << on_a_st.error_code() << " " << on_a_st.error_message();
+  if (retry_in_batch) {
+    EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+    EXPECT_EQ(first_on_b.status(), sv1::BOOKING_STATUS_CONFIRMED);
+    grpc::Status again = retry_call.get();
+    EXPECT_TRUE(again.ok()) << again.error_message();
+    EXPECT_EQ(retried_again.id(), retried.id());
+  } else {
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+        << "promoted on A first, the person cannot hold B the same date: " << st.error_message();
+  }
   for (const sv1::Booking& x : SessionBookings(fx, a.id())) {
     if (x.id() == waiting.id()) {
-      EXPECT_EQ(x.status(), sv1::BOOKING_STATUS_WAITLISTED) << "has B that date: skipped";
+      EXPECT_EQ(x.status(),
+                retry_in_batch ? sv1::BOOKING_STATUS_WAITLISTED : sv1::BOOKING_STATUS_CONFIRMED)
+          << (retry_in_batch ? "has B that date: skipped" : "first in line for the seat");
     }
     if (x.id() == other_on_a.id()) {
-      EXPECT_EQ(x.status(), sv1::BOOKING_STATUS_CONFIRMED) << "the seat went down the line";
+      EXPECT_EQ(x.status(),
+                retry_in_batch ? sv1::BOOKING_STATUS_CONFIRMED : sv1::BOOKING_STATUS_WAITLISTED)
+          << (retry_in_batch ? "the seat went down the line" : "behind the one promoted");
     }
   }
   absl::SleepFor(absl::Milliseconds(1500));  // backends report their statistics within a second
   EXPECT_EQ(DeadlocksIn(fx.scheduling_db), deadlocks) << "the promotion and the batch deadlocked";
+}
+
+TEST_F(SchedulingOneLane, APromotionNeverDeadlocksWithABatchConfirmingThatPersonElsewhere) {
+  PromotionBesideABatchBookingThatPersonElsewhere(/*retry_in_batch=*/true);
+}
+
+TEST_F(SchedulingOneLane, APromotionNeverDeadlocksWithABatchBookedInOneStatement) {
+  PromotionBesideABatchBookingThatPersonElsewhere(/*retry_in_batch=*/false);
+}
+
+TEST_F(SchedulingOneLane, ABatchBookedInOneStatementDecidesAgainWhenAnotherWriterTookAPlace) {
+  // A batch booked in one statement (book_sites' set-based path) decides
+  // every booking from what is committed when it reads, then inserts. A
+  // writer that was not yet committed then (another replica, say) gives one
+  // of them the same person's visit that date: that insert finds the
+  // other's row only when it commits. The seat it had counted on must not
+  // be lost: the batch is decided again, the person refused, and the seat
+  // goes to the next in the batch instead of leaving them waiting beside it.
+  SchedulingFixture& fx = *fx_;
+  std::string date = DateIn(90);
+  sv1::Session one_seat = NewSession(fx, *org_, 1, date);
+  sv1::Session elsewhere = NewSession(fx, *org_, 5, date);
+  sv1::Session d = NewSession(fx, *org_, 5, DateIn(91));
+  std::string p = Register(fx, "RACE01").id(), q = Register(fx, "RACE02").id();
+  std::string blocker = Register(fx, "RACE03").id();
+
+  std::unique_ptr<db::Conn> on_d = HoldSeats(fx.scheduling_db, d.id());
+  ASSERT_TRUE(on_d);
+  sv1::Booking blocker_out, p_out, q_out;
+  auto blocked = BookLater(d.id(), blocker, &blocker_out);
+  ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 1));
+  auto p_call = BookLater(one_seat.id(), p, &p_out);
+  ASSERT_TRUE(UntilQueued(2));
+  auto q_call = BookLater(one_seat.id(), q, &q_out);  // after p, in the same batch
+  ASSERT_TRUE(UntilQueued(3));
+  // The other writer: p's visit elsewhere that date, not committed yet.
+  auto other = db::Conn::Open(fx.scheduling_db, "test");
+  ASSERT_TRUE(other.ok()) << other.status();
+  ASSERT_TRUE((*other)
+                  ->ExecScript(absl::StrCat(
+                      "BEGIN; INSERT INTO bookings (session_id, site, participant_id, status, "
+                      "session_date, kind) VALUES ('",
+                      elsewhere.id(), "', '', '", p, "', 1, '", date,
+                      "', 1); UPDATE session_sites SET confirmed = confirmed + 1 WHERE "
+                      "session_id = '",
+                      elsewhere.id(), "'"))
+                  .ok());
+  ASSERT_TRUE(on_d->ExecScript("COMMIT").ok());
+  grpc::Status st = blocked.get();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  // The batch of p and q has decided (p the seat, q the line) and waits to
+  // see whether p's visit elsewhere commits.
+  ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 1));
+  ASSERT_TRUE((*other)->ExecScript("COMMIT").ok());
+
+  st = p_call.get();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+      << "p holds a visit that date: " << st.error_message();
+  st = q_call.get();
+  ASSERT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  EXPECT_EQ(q_out.status(), sv1::BOOKING_STATUS_CONFIRMED) << "the seat p did not take";
+  auto seats = (*other)->Exec(
+      "SELECT confirmed, waitlisted, (SELECT count(*) FROM bookings b WHERE b.session_id = "
+      "ss.session_id AND b.status = 1) FROM session_sites ss WHERE ss.session_id = $1::uuid",
+      {one_seat.id()});
+  ASSERT_TRUE(seats.ok()) << seats.status();
+  EXPECT_EQ(seats->Int(0, 0), 1);
+  EXPECT_EQ(seats->Int(0, 1), 0);
+  EXPECT_EQ(seats->Int(0, 2), 1) << "the counters and the rows agree";
 }
 
 TEST_F(SchedulingConcurrency, DeactivationNeverDeadlocksWithTheLeaversReschedule) {

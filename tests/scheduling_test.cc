@@ -2472,6 +2472,145 @@ TEST_F(Scheduling, ABatchOfBookingsInOneCallGetsWhatEachWouldHaveGotOneByOne) {
   EXPECT_FALSE(uneven.ok());
 }
 
+TEST_F(Scheduling, ACommonBatchBookedInOneStatementGetsWhatEachWouldHaveGotOneByOne) {
+  // A common batch (new requests, distinct people, sessions that are not
+  // events, no site named, no free seat beside people waiting) is booked in
+  // one statement (book_sites' set-based path, R__book_session.sql) rather
+  // than one by one. The same requests sent in one call to one set of
+  // sessions, and to its twin set in one call that books them one by one
+  // (book_sites' loop, as connecting.book_one_by_one asks), get the same
+  // outcomes, places in line, seats and sites; the counters end alike and
+  // match the bookings.
+  auto conn = db::Conn::Open(fx_->scheduling_db, "test");
+  ASSERT_TRUE(conn.ok());
+  struct Twin {
+    std::map<char, std::string> sessions;
+    std::vector<std::string> people;
+  };
+  std::vector<Twin> twins;
+  for (int t = 0; t < 2; ++t) {
+    std::string date = DateIn(70 + 2 * t), other = DateIn(71 + 2 * t);
+    Twin tw;
+    // A: two seats; C: five, the same date; B: one seat, another date;
+    // F: one seat, taken, one waiting; D: cancelled.
+    tw.sessions['A'] = NewSession(*fx_, *org_, 2, date).id();
+    tw.sessions['C'] = NewSession(*fx_, *org_, 5, date).id();
+    tw.sessions['B'] = NewSession(*fx_, *org_, 1, other).id();
+    tw.sessions['F'] = NewSession(*fx_, *org_, 1, other).id();
+    tw.sessions['D'] = NewSession(*fx_, *org_, 3, other).id();
+    for (int i = 0; i < 12; ++i) {
+      tw.people.push_back(Register(*fx_, absl::StrCat("SET", t, i)).id());
+    }
+    sv1::Booking b;
+    // Person 3 holds a confirmed visit on A's date; person 4 left; person 7
+    // is booked on C already; F's seat is 10's, 11 waits for it.
+    ASSERT_TRUE(Book(*fx_, NewSession(*fx_, *org_, 5, date).id(), tw.people[3], &b).ok());
+    ASSERT_TRUE(Book(*fx_, tw.sessions['C'], tw.people[7], &b).ok());
+    ASSERT_TRUE(Book(*fx_, tw.sessions['F'], tw.people[10], &b).ok());
+    ASSERT_TRUE(Book(*fx_, tw.sessions['F'], tw.people[11], &b).ok());
+    sv1::DeactivateParticipantRequest leave;
+    leave.set_id(tw.people[4]);
+    sv1::Participant left;
+    ASSERT_TRUE(fx_->stub->DeactivateParticipant(Ctx(fx_->admin).get(), leave, &left).ok());
+    sv1::CancelSessionRequest cancel;
+    cancel.set_id(tw.sessions['D']);
+    cancel.set_reason("the host is away");
+    sv1::Session cancelled;
+    ASSERT_TRUE(fx_->stub->CancelSession(Ctx(fx_->admin).get(), cancel, &cancelled).ok());
+    twins.push_back(tw);
+  }
+  struct Request {
+    char session;
+    int person;  // -1: nobody registered; -2: a person of their own
+    std::string key;
+    std::string want;
+  };
+  const std::vector<Request> requests = {
+      {'A', 0, "a", "booked"},
+      {'A', 1, "b", "booked"},
+      {'A', 3, "", "frontline_on_date"},
+      {'A', 4, "c", "participant_inactive"},
+      {'A', -1, "", "no_participant"},
+      {'A', 2, "d", "booked"},  // waits: A has two seats
+      {'B', 5, "", "booked"},
+      {'B', 6, "e", "booked"},  // waits
+      {'C', 7, "", "live_on_session"},
+      {'C', 8, "f", "booked"},
+      {'D', 9, "", "not_scheduled"},
+      {'F', -2, "g", "booked"},  // waits behind 11
+  };
+  const std::string cols =
+      "o_outcome, coalesce(o_booking_status, 0), coalesce(o_waitlist_position, -1), "
+      "o_detail IS NULL, coalesce(o_confirmed, -1), coalesce(o_waitlisted, -1), "
+      "coalesce(replace(replace(os_sites, E'\\x1f', '/'), E'\\x1e', ';'), '-'), "
+      "coalesce(o_capacity, -1), o_participant_status, o_partner_status, o_session_status, "
+      "os_title, os_date, os_start, os_end, os_status";
+  std::vector<std::string> extra;  // person -2 of each twin
+  for (int t = 0; t < 2; ++t) extra.push_back(Register(*fx_, absl::StrCat("SETX", t)).id());
+  auto person = [&](int t, int i) {
+    if (i == -1) return std::string("00000000-0000-4000-8000-00000000d00d");
+    if (i == -2) return extra[t];
+    return twins[t].people[i];
+  };
+  auto key = [](int t, const std::string& k) { return k.empty() ? k : absl::StrCat("set", t, k); };
+  auto quoted = [](const std::string& v) { return absl::StrCat("\"", v, "\""); };
+  auto array = [](const std::vector<std::string>& v) {
+    return absl::StrCat("{", absl::StrJoin(v, ","), "}");
+  };
+  const std::string call = absl::StrCat(
+      "SELECT ", cols, " FROM book_sites($1::uuid[], $2::text[], $3::uuid[], $4::text[])");
+  std::vector<db::Result> results;
+  for (int t = 0; t < 2; ++t) {
+    std::vector<std::string> sessions, sites, people, keys;
+    for (const Request& r : requests) {
+      sessions.push_back(twins[t].sessions[r.session]);
+      sites.push_back(quoted(""));
+      people.push_back(person(t, r.person));
+      keys.push_back(r.key.empty() ? "NULL" : quoted(key(t, r.key)));
+    }
+    ASSERT_TRUE((*conn)
+                    ->ExecScript(t == 0 ? "RESET connecting.book_one_by_one"
+                                        : "SET connecting.book_one_by_one = on")
+                    .ok());
+    auto got = (*conn)->Exec(call, {array(sessions), array(sites), array(people), array(keys)});
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->rows(), static_cast<int>(requests.size()));
+    results.push_back(*std::move(got));
+  }
+  ASSERT_TRUE((*conn)->ExecScript("RESET connecting.book_one_by_one").ok());
+  const db::Result& batch = results[0];
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ(batch.String(i, 0), requests[i].want) << "request " << i;
+    EXPECT_EQ(results[1].String(i, 0), requests[i].want) << "request " << i << " one by one";
+    for (int c = 1; c <= 15; ++c) {  // every column of `cols` after the outcome
+      if (c == 12) continue;         // os_date: the twins' dates differ
+      EXPECT_EQ(batch.String(i, c), results[1].String(i, c)) << i << "," << c;
+    }
+  }
+  // 0 and 1 confirmed at A and 2 waits first; 6 first behind B's seat; the
+  // twelfth second behind F's; the sites as they stood before each booking.
+  EXPECT_EQ(batch.String(5, 1), "2");
+  EXPECT_EQ(batch.String(5, 2), "1");
+  EXPECT_EQ(batch.String(5, 6), "/2/2/0") << "A before its third booking";
+  EXPECT_EQ(batch.String(7, 2), "1");
+  EXPECT_EQ(batch.String(11, 2), "2");
+  EXPECT_EQ(batch.String(11, 6), "/1/1/1");
+  EXPECT_EQ(batch.String(2, 6), "/2/2/0") << "a refusal sees the run's seats so far";
+  for (const Twin& tw : twins) {
+    for (const auto& [name, id] : tw.sessions) {
+      auto seats = (*conn)->Exec(
+          "SELECT ss.confirmed, ss.waitlisted, "
+          "(SELECT count(*) FROM bookings b WHERE b.session_id = ss.session_id AND b.status = 1), "
+          "(SELECT count(*) FROM bookings b WHERE b.session_id = ss.session_id AND b.status = 2) "
+          "FROM session_sites ss WHERE ss.session_id = $1::uuid",
+          {id});
+      ASSERT_TRUE(seats.ok()) << seats.status();
+      EXPECT_EQ(seats->Int(0, 0), seats->Int(0, 2)) << name << " confirmed rows";
+      EXPECT_EQ(seats->Int(0, 1), seats->Int(0, 3)) << name << " waitlisted rows";
+    }
+  }
+}
+
 TEST_F(Scheduling, ABookingEventCarriesTheSessionJustAfterIt) {
   sv1::Session s = NewSession(*fx_, *org_, 2, DateIn(15));
   std::vector<std::string> ids;

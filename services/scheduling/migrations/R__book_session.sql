@@ -4,7 +4,12 @@
 -- bookings in the batch's lock order (libs/db/group_commit.h, Combine), so
 -- a batch costs one call rather than one per booking, and the bookings of
 -- one site next to each other (a run) take its lock and write its counters
--- once; a batch of one costs what one booking did before. A repeatable
+-- once; a batch of one costs what one booking did before. A common batch
+-- (new requests, distinct people, sessions that are not events, no free
+-- seat while people wait) is booked in one statement, with the same rules
+-- and results as the loop that books any other batch one by one (since
+-- 0020: a statement per booking costs an executor start each, and together
+-- they were most of a booking's database time). A repeatable
 -- migration: this file is the one definition of the rules, re-applied
 -- whenever it changes (libs/db/migrations.h); 0003 and 0005 are its
 -- history.
@@ -17,6 +22,21 @@
 DROP FUNCTION IF EXISTS book_session(uuid, uuid, text, text);
 DROP FUNCTION IF EXISTS book_site(uuid, text, uuid[], text[]);
 DROP FUNCTION IF EXISTS book_sites(uuid[], text[], uuid[], text[]);
+DROP FUNCTION IF EXISTS book_sites_raced();
+
+-- book_sites' set-based path raises this when a booking it decided on could
+-- not be inserted: a concurrent transaction, uncommitted when the decisions
+-- were read, took its request_id, its place on the session or its date.
+-- The counters and the later bookings' seats were decided with it, so the
+-- whole statement is undone; the batch runs again (a serialization failure:
+-- libs/db/group_commit.h), and then sees what the other committed.
+CREATE FUNCTION book_sites_raced() RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'book_sites: a booking met a concurrent one with the same key'
+    USING ERRCODE = 'serialization_failure';
+END;
+$$;
 
 CREATE FUNCTION book_sites(p_sessions uuid[], p_sites text[], p_participants uuid[], p_request_ids text[],
     OUT o_outcome text, OUT o_detail text,
@@ -30,11 +50,12 @@ CREATE FUNCTION book_sites(p_sessions uuid[], p_sites text[], p_participants uui
     OUT os_end text, OUT os_broadcast_link text, OUT os_arranged_by text, OUT os_status int,
     OUT os_created_us bigint, OUT os_updated_us bigint, OUT os_version bigint, OUT os_sites text)
 RETURNS SETOF record
-LANGUAGE plpgsql AS $$
--- Per booking, on the common path, three statements (the request_id's
--- lookup, the context, the insert), and a site's lock once per run of its
--- bookings, as each costs an executor start: this function is most of a
--- booking's database time.
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+-- The loop: per booking, three statements (the request_id's lookup, the
+-- context, the insert), and a site's lock once per run of its bookings, as
+-- each costs an executor start. The set-based path before it: two
+-- statements per batch. Generic plans (plan_cache_mode): planned once per
+-- connection, not for each batch's arrays.
 DECLARE
   n int := cardinality(p_participants);
   r0 int := 1;  -- the run: bookings r0 .. r1, of one session's site
@@ -56,6 +77,7 @@ DECLARE
   live_id text;
   frontline_id text;
   new_status int;
+  fast boolean;
 BEGIN
   IF n IS NULL OR n = 0 THEN
     RETURN;
@@ -65,6 +87,119 @@ BEGIN
     RAISE EXCEPTION 'book_sites: % sessions, % sites, % people, % request ids',
       cardinality(p_sessions), cardinality(p_sites), n, cardinality(p_request_ids);
   END IF;
+  -- The common batch in two statements instead of four or five per booking
+  -- (an executor start each, most of a booking's cost in the database): new
+  -- requests, distinct people, sites of sessions that are not events, and
+  -- none with a free seat while people wait (the rule of who is owed it).
+  -- The first statement checks that and, only then, locks the batch's sites
+  -- in the order given, as the loop below would; the second reads every
+  -- booking's context, decides, inserts and writes the counters at once.
+  -- Any other batch goes through the loop below, under the same locks; so
+  -- does every batch of a session that sets connecting.book_one_by_one to
+  -- on (the tests compare the two; an operator's way back to the loop).
+  SELECT CASE
+           WHEN current_setting('connecting.book_one_by_one', true) IS DISTINCT FROM 'on'
+            AND '' = ALL (p_sites)
+            AND NOT EXISTS (SELECT 1 FROM bookings x WHERE x.request_id = ANY (p_request_ids))
+            AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = ANY (p_sessions) AND s.kind = 2)
+            AND (SELECT count(DISTINCT x) FROM unnest(p_participants) x) = n
+            AND (SELECT count(DISTINCT x) = count(x) FROM unnest(p_request_ids) x)
+           THEN (SELECT count(*) FILTER (WHERE NOT (l.confirmed < l.capacity AND l.waitlisted > 0))
+                   FROM (SELECT ss.capacity, ss.confirmed, ss.waitlisted
+                           FROM unnest(p_sessions, p_sites) WITH ORDINALITY AS u(session_id, site, i)
+                           JOIN session_sites ss ON ss.session_id = u.session_id AND ss.site = u.site
+                          ORDER BY u.i
+                            FOR UPDATE OF ss) l) = n
+           ELSE false
+         END
+    INTO fast;
+  IF fast THEN
+    -- Per site, from its counters before the batch (c0, w0; never a free
+    -- seat while people wait, checked above) and k, the site's bookings so
+    -- far (this one included): a booking is confirmed while c0 + k fits,
+    -- and the counters after it are least(c0 + k, capacity) and w0 + the
+    -- overflow. A refusal (outcome not NULL) takes no seat.
+    RETURN QUERY
+    WITH ctx AS MATERIALIZED (
+      SELECT u.i, u.session_id, u.site, u.participant_id, u.request_id,
+             -- FOR SHARE, as below: a deactivation waits for this booking.
+             COALESCE((SELECT pp.status FROM participants pp
+                        WHERE pp.id = u.participant_id FOR SHARE), 0) AS p_status,
+             s.kind, s.status AS s_status, s.session_date,
+             (s.session_date + s.start_time) AT TIME ZONE 'Europe/London' <= now() AS began,
+             COALESCE((SELECT po.status FROM partner_organisations po
+                        WHERE po.id = s.organisation_id), 0) AS org_status,
+             (SELECT x.id::text FROM bookings x WHERE x.session_id = u.session_id
+                AND x.participant_id = u.participant_id AND x.status IN (1, 2)) AS live_id,
+             (SELECT x.id::text FROM bookings x WHERE s.kind = 1
+                AND x.participant_id = u.participant_id AND x.session_date = s.session_date
+                AND x.status = 1 AND x.kind = 1) AS frontline_id,
+             ss.capacity, ss.confirmed AS c0, ss.waitlisted AS w0,
+             s.id::text AS sid, s.title, s.organisation_id::text AS org,
+             COALESCE(s.offer_id::text, '') AS offer, COALESCE(s.host_contact_id::text, '') AS host,
+             to_char(s.session_date, 'YYYY-MM-DD') AS sdate, to_char(s.start_time, 'HH24:MI') AS sstart,
+             to_char(s.end_time, 'HH24:MI') AS send, s.broadcast_link,
+             COALESCE(s.arranged_by::text, '') AS arranged_by,
+             (extract(epoch FROM s.created_at) * 1000000)::bigint AS s_created,
+             (extract(epoch FROM s.updated_at) * 1000000)::bigint AS s_updated, s.version
+        FROM unnest(p_sessions, p_sites, p_participants, p_request_ids) WITH ORDINALITY
+               AS u(session_id, site, participant_id, request_id, i)
+        JOIN sessions s ON s.id = u.session_id
+        JOIN session_sites ss ON ss.session_id = u.session_id AND ss.site = u.site),
+    decided AS (
+      SELECT c.*, CASE WHEN c.p_status = 0 THEN 'no_participant'
+                       WHEN c.p_status <> 1 THEN 'participant_inactive'
+                       WHEN c.s_status <> 2 THEN 'not_scheduled'  -- SCHEDULED
+                       WHEN c.began THEN 'began'
+                       WHEN c.org_status <> 1 THEN 'partner_inactive'
+                       WHEN c.live_id IS NOT NULL THEN 'live_on_session'
+                       WHEN c.frontline_id IS NOT NULL THEN 'frontline_on_date'
+                  END AS outcome
+        FROM ctx c),
+    ranked AS MATERIALIZED (
+      SELECT d.*, count(*) FILTER (WHERE d.outcome IS NULL)
+                    OVER (PARTITION BY d.session_id, d.site ORDER BY d.i) AS k
+        FROM decided d),
+    ins AS (
+      -- In the order given, so that seq (the waitlist's order) follows it.
+      INSERT INTO bookings (request_id, session_id, site, participant_id, status, session_date,
+                            kind)
+        SELECT r.request_id, r.session_id, r.site, r.participant_id,
+               CASE WHEN r.c0 + r.k <= r.capacity THEN 1 ELSE 2 END, r.session_date, r.kind
+          FROM ranked r WHERE r.outcome IS NULL ORDER BY r.i
+        ON CONFLICT DO NOTHING
+        RETURNING *),
+    upd AS (
+      UPDATE session_sites ss SET confirmed = ss.confirmed + n.confirmed,
+                                  waitlisted = ss.waitlisted + n.waitlisted
+        FROM (SELECT nb.session_id, nb.site, count(*) FILTER (WHERE nb.status = 1) AS confirmed,
+                     count(*) FILTER (WHERE nb.status = 2) AS waitlisted
+                FROM ins nb GROUP BY nb.session_id, nb.site) n
+       WHERE ss.session_id = n.session_id AND ss.site = n.site)
+    SELECT CASE WHEN r.outcome IS NOT NULL THEN r.outcome
+                WHEN nb.id IS NOT NULL THEN 'booked'
+                ELSE book_sites_raced() END,
+           CASE r.outcome WHEN 'live_on_session' THEN r.live_id
+                          WHEN 'frontline_on_date' THEN r.frontline_id END,
+           nb.id::text, nb.session_id::text, nb.participant_id::text, nb.site, nb.status,
+           CASE WHEN nb.id IS NULL THEN NULL WHEN nb.status <> 2 THEN 0
+                ELSE r.w0 + greatest(0, r.c0 + r.k - r.capacity) END::bigint,
+           (extract(epoch FROM nb.created_at) * 1000000)::bigint,
+           (extract(epoch FROM nb.updated_at) * 1000000)::bigint, nb.version,
+           r.capacity, least(r.c0 + r.k, r.capacity)::int,
+           (r.w0 + greatest(0, r.c0 + r.k - r.capacity))::int,
+           r.p_status, r.org_status, r.s_status,
+           r.sid, r.kind, r.title, r.org, r.offer, r.host, r.sdate, r.sstart, r.send,
+           r.broadcast_link, r.arranged_by, r.s_status, r.s_created, r.s_updated, r.version,
+           -- The site before this booking: the counters after the ones before.
+           E'\x1f' || r.capacity || E'\x1f' ||
+             least(r.c0 + r.k - (r.outcome IS NULL)::int, r.capacity) || E'\x1f' ||
+             (r.w0 + greatest(0, r.c0 + r.k - (r.outcome IS NULL)::int - r.capacity))
+      FROM ranked r LEFT JOIN ins nb ON nb.participant_id = r.participant_id  -- distinct people
+     ORDER BY r.i;
+    RETURN;
+  END IF;
+
   -- A retry of a request that already booked gets that booking back, without
   -- waiting for any site's lock.
   FOR i IN 1 .. n LOOP
