@@ -50,7 +50,7 @@ CREATE FUNCTION book_sites(p_sessions uuid[], p_sites text[], p_participants uui
     OUT os_end text, OUT os_broadcast_link text, OUT os_arranged_by text, OUT os_status int,
     OUT os_created_us bigint, OUT os_updated_us bigint, OUT os_version bigint, OUT os_sites text)
 RETURNS SETOF record
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 -- The loop: per booking, three statements (the request_id's lookup, the
 -- context, the insert), and a site's lock once per run of its bookings, as
 -- each costs an executor start. The set-based path before it: two
