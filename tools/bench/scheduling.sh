@@ -68,12 +68,13 @@ wal_per() {  # $1: what, $2: how many of them
   echo "sleep 0.5  # the backends' exit: their time is the postmaster's once reaped"
   echo "after=\"\$(proc_ticks $pg_pid) \$(machine_ticks)\""
   echo "echo \"\$tps\" >>'$work/pgbench.txt'"
+  echo "inserted=\$(( \$(psql -d scheduling -tAc 'SELECT count(*) FROM pgbench_single_row') - rows ))"
   # PostgreSQL's CPU per insert (pgbench's client not counted).
-  echo "awk -v hz=\$(getconf CLK_TCK) -v n=\$(( \$(psql -d scheduling -tAc 'SELECT count(*) FROM pgbench_single_row') - rows )) \\"
+  echo "awk -v hz=\$(getconf CLK_TCK) -v n=\$inserted \\"
   echo "  -v b=\"\$before\" -v a=\"\$after\" 'BEGIN { split(b, x, \" \"); split(a, y, \" \")"
   echo "  if (n > 0 && y[3] > x[3]) printf \"%.0f us (machine %d%% busy)\\n\", (y[1] - x[1]) * 1e6 / hz / n, 100 * (y[2] - x[2]) / (y[3] - x[3]) }' >>'$work/pgbench-cpu.txt'"
   echo "[ -z \"\$BENCH_STATS\" ] ||"
-  echo "  wal_per 'pgbench insert' \$(( \$(psql -d scheduling -tAc 'SELECT count(*) FROM pgbench_single_row') - rows )) >'$work/pgbench-wal.txt'"
+  echo "  wal_per 'pgbench insert' \$inserted >'$work/pgbench-wal.txt'"
 } >"$work/pgbench.sh"
 # --cpu: CPU per booking of each process (the postmaster with its backends).
 cpu="postgres=$(head -1 "$work/pg/data/postmaster.pid"),scheduling=$scheduling_pid,partners=${pids[0]}"
