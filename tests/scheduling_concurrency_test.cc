@@ -1157,6 +1157,44 @@ TEST_F(SchedulingOneLane, ABatchBookedInOneStatementDecidesAgainWhenAnotherWrite
   EXPECT_EQ(seats->Int(0, 2), 1) << "the counters and the rows agree";
 }
 
+TEST_F(SchedulingOneLane, ABookingAloneInItsBatchDecidesAgainWhenAnotherWriterTookItsDate) {
+  // As above with a batch of one: its insert meets the other writer's row
+  // (a unique index's violation once that commits), and there is nobody
+  // else in the batch to run alone instead. The booking is decided again and
+  // refused under the rule, rather than answered with the index's error.
+  SchedulingFixture& fx = *fx_;
+  std::string date = DateIn(92);
+  sv1::Session here = NewSession(fx, *org_, 3, date);
+  sv1::Session elsewhere = NewSession(fx, *org_, 3, date);
+  std::string p = Register(fx, "RACE11").id();
+  auto other = db::Conn::Open(fx.scheduling_db, "test");
+  ASSERT_TRUE(other.ok()) << other.status();
+  ASSERT_TRUE((*other)
+                  ->ExecScript(absl::StrCat(
+                      "BEGIN; INSERT INTO bookings (session_id, site, participant_id, status, "
+                      "session_date, kind) VALUES ('",
+                      elsewhere.id(), "', '', '", p, "', 1, '", date,
+                      "', 1); UPDATE session_sites SET confirmed = confirmed + 1 WHERE "
+                      "session_id = '",
+                      elsewhere.id(), "'"))
+                  .ok());
+  sv1::Booking p_out;
+  auto p_call = BookLater(here.id(), p, &p_out);
+  ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 1));  // its insert waits for the other
+  ASSERT_TRUE((*other)->ExecScript("COMMIT").ok());
+  grpc::Status st = p_call.get();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+      << "p holds a visit that date: " << st.error_code() << " " << st.error_message();
+  auto seats = (*other)->Exec(
+      "SELECT confirmed, waitlisted, (SELECT count(*) FROM bookings b WHERE b.session_id = "
+      "ss.session_id) FROM session_sites ss WHERE ss.session_id = $1::uuid",
+      {here.id()});
+  ASSERT_TRUE(seats.ok()) << seats.status();
+  EXPECT_EQ(seats->Int(0, 0), 0);
+  EXPECT_EQ(seats->Int(0, 1), 0);
+  EXPECT_EQ(seats->Int(0, 2), 0) << "nothing booked here";
+}
+
 TEST_F(SchedulingConcurrency, DeactivationNeverDeadlocksWithTheLeaversReschedule) {
   // The leaver moves a booking from a to b as they are deactivated: the move
   // holds a's seats and waits for b's (held here); the deactivation holds the
