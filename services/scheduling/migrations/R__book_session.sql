@@ -99,34 +99,36 @@ BEGIN
   -- Any other batch goes through the loop below, under the same locks; so
   -- does every batch of a session that sets connecting.book_one_by_one to
   -- on (the tests compare the two; an operator's way back to the loop).
-  SELECT CASE
-           WHEN current_setting('connecting.book_one_by_one', true) IS DISTINCT FROM 'on'
-            AND '' = ALL (p_sites)
-            AND NOT EXISTS (SELECT 1 FROM bookings x WHERE x.request_id = ANY (p_request_ids))
-            AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = ANY (p_sessions) AND s.kind = 2)
-            AND (SELECT count(DISTINCT x) FROM unnest(p_participants) x) = n
-            AND (SELECT count(DISTINCT x) = count(x) FROM unnest(p_request_ids) x)
-           THEN (SELECT count(*) FILTER (WHERE NOT (l.confirmed < l.capacity AND l.waitlisted > 0))
-                   FROM (SELECT ss.capacity, ss.confirmed, ss.waitlisted
-                           FROM unnest(p_sessions, p_sites) WITH ORDINALITY AS u(session_id, site, i)
-                           JOIN session_sites ss ON ss.session_id = u.session_id AND ss.site = u.site
-                          ORDER BY u.i
-                            FOR UPDATE OF ss) l) = n
-           ELSE false
-         END
-    INTO fast;
-  IF fast THEN
-    -- Per site, from its counters before the batch (c0, w0; never a free
-    -- seat while people wait, checked above) and k, the site's bookings so
-    -- far (this one included): a booking is confirmed while c0 + k fits,
-    -- and the counters after it are least(c0 + k, capacity) and w0 + the
-    -- overflow. A refusal (outcome not NULL) takes no seat. The insert is a
-    -- plain one, in a block that turns a unique violation into
-    -- book_sites_raced(): ON CONFLICT DO NOTHING checked every unique index
-    -- of bookings (four) before each insert checked them again, about a
-    -- twentieth of the backend's time (perf, 2026-12-05), where the block
-    -- costs one subtransaction per batch.
-    BEGIN
+  BEGIN
+    SELECT CASE
+             WHEN current_setting('connecting.book_one_by_one', true) IS DISTINCT FROM 'on'
+              AND '' = ALL (p_sites)
+              AND NOT EXISTS (SELECT 1 FROM bookings x WHERE x.request_id = ANY (p_request_ids))
+              AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = ANY (p_sessions) AND s.kind = 2)
+              AND (SELECT count(DISTINCT x) FROM unnest(p_participants) x) = n
+              AND (SELECT count(DISTINCT x) = count(x) FROM unnest(p_request_ids) x)
+             THEN (SELECT count(*) FILTER (WHERE NOT (l.confirmed < l.capacity AND l.waitlisted > 0))
+                     FROM (SELECT ss.capacity, ss.confirmed, ss.waitlisted
+                             FROM unnest(p_sessions, p_sites) WITH ORDINALITY AS u(session_id, site, i)
+                             JOIN session_sites ss ON ss.session_id = u.session_id AND ss.site = u.site
+                            ORDER BY u.i
+                              FOR UPDATE OF ss) l) = n
+             ELSE false
+           END
+      INTO fast;
+    IF fast THEN
+      -- Per site, from its counters before the batch (c0, w0; never a free
+      -- seat while people wait, checked above) and k, the site's bookings so
+      -- far (this one included): a booking is confirmed while c0 + k fits,
+      -- and the counters after it are least(c0 + k, capacity) and w0 + the
+      -- overflow. A refusal (outcome not NULL) takes no seat. The insert is a
+      -- plain one, in a block that turns a unique violation into
+      -- book_sites_raced(): ON CONFLICT DO NOTHING checked every unique index
+      -- of bookings (four) before each insert checked them again, about a
+      -- twentieth of the backend's time (perf, 2026-12-05), where the block
+      -- costs one subtransaction per batch. The block begins before the
+      -- sites are locked: a row locked by the transaction and updated in a
+      -- subtransaction of it takes a multixact (each site, each batch).
       RETURN QUERY
       WITH ctx AS MATERIALIZED (
         SELECT u.i, u.session_id, u.site, u.participant_id, u.request_id,
@@ -202,9 +204,11 @@ BEGIN
                (r.w0 + greatest(0, r.c0 + r.k - (r.outcome IS NULL)::int - r.capacity))
         FROM ranked r LEFT JOIN ins nb ON nb.participant_id = r.participant_id  -- distinct people
        ORDER BY r.i;
-    EXCEPTION WHEN unique_violation THEN
-      PERFORM book_sites_raced();
-    END;
+    END IF;
+  EXCEPTION WHEN unique_violation THEN
+    PERFORM book_sites_raced();
+  END;
+  IF fast THEN
     RETURN;
   END IF;
 
