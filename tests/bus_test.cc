@@ -305,6 +305,68 @@ TEST_F(Bus, EveryCommitsEventGoesOutOnItsWakeNotAtTheNextPoll) {
   EXPECT_EQ(testing::ReadStream(nats_url_, stream_).size(), 240u);
 }
 
+// A batch of bookings writes its events in as few statements as it can
+// (MergeOutboxRows, a GroupCommitter's Merge): each event is still one row,
+// one message, in the order written, and what is not an outbox row stays
+// where it was among them.
+TEST_F(Bus, EventsMergedIntoOneInsertGoOutEachOnceInTheirOrder) {
+  bus::Outbox outbox(prefix_, "/connecting/demo");
+  std::vector<db::Statement> statements;
+  std::vector<std::string> ids;
+  auto event = [&](const std::string& id) {
+    events::v1::ContactRemoved e;
+    e.set_contact_id(id);
+    auto st = outbox.Prepare("contact.removed", id, e, "");
+    ASSERT_TRUE(st.ok()) << st.status();
+    statements.push_back(*std::move(st));
+    ids.push_back(id);
+  };
+  event("alone");
+  statements.push_back({"INSERT INTO effects (event_id, subject) VALUES ($1, 'between')", {"x"}});
+  for (int i = 0; i < 3; ++i) event(absl::StrCat("three-", i));
+  statements.push_back({"INSERT INTO effects (event_id, subject) VALUES ($1, 'between')", {"y"}});
+  for (int i = 0; i < 67; ++i) event(absl::StrCat("many-", i));  // past 64 rows a statement
+  const db::Statement single = statements[0];
+
+  bus::MergeOutboxRows(&statements);
+  // alone, between, three, between, 64 of the many, the last 3.
+  ASSERT_EQ(statements.size(), 6u);
+  EXPECT_EQ(statements[0].sql, single.sql) << "a row alone stays as Prepare made it";
+  EXPECT_EQ(statements[2].params.size(), 3u * 6);
+  EXPECT_EQ(statements[4].params.size(), 64u * 6);
+  EXPECT_EQ(statements[5].params.size(), 3u * 6);
+  ASSERT_TRUE(db::Transact(*pool_, [&](db::Conn& c) {
+                for (const db::Statement& st : statements) {
+                  if (auto r = c.Exec(st.sql, st.params); !r.ok()) return r.status();
+                }
+                return absl::OkStatus();
+              }).ok());
+  auto effects = [&] {
+    std::string out;
+    (void)db::WithConnection(*pool_, absl::Now() + absl::Seconds(10), [&](db::Conn& c) {
+      auto r = c.Exec("SELECT string_agg(event_id, ',' ORDER BY event_id) FROM effects", {});
+      if (r.ok()) out = r->String(0, 0);
+      return r.status();
+    });
+    return out;
+  };
+  EXPECT_EQ(effects(), "x,y") << "the statements between the rows ran";
+
+  auto relay = Relay();
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0));
+  relay->Stop(absl::Now());
+  auto stored = testing::ReadStream(nats_url_, stream_);
+  ASSERT_EQ(stored.size(), ids.size());
+  std::set<std::string> event_ids;
+  for (size_t i = 0; i < stored.size(); ++i) {
+    EXPECT_EQ(stored[i].subject, prefix_ + ".contact.removed");
+    EXPECT_EQ(stored[i].headers["ce-subject"], ids[i]) << "message " << i << " out of order";
+    EXPECT_EQ(stored[i].data, absl::StrCat("{\"contactId\":\"", ids[i], "\"}"));
+    event_ids.insert(stored[i].headers["ce-id"]);
+  }
+  EXPECT_EQ(event_ids.size(), ids.size()) << "each row its own event id";
+}
+
 // The linger is for a busy relay: an event after a quiet spell goes out at
 // once, and one that follows a publish within the linger waits for company.
 // (A linger of 3 s, so that the two cannot be mistaken for each other.)

@@ -72,6 +72,15 @@ db::MigrationSet Migrations() { return {"bus", SqlMigrations()}; }
 
 namespace {
 thread_local bool t_emitted = false;
+
+// One outbox row, as Prepare writes it; MergeOutboxRows recognises its rows by it.
+constexpr char kInsertRow[] =
+    "INSERT INTO outbox (subject, type, source, ce_subject, payload, traceparent) "
+    "VALUES ($1, $2, $3, $4, $5, $6)";
+constexpr size_t kRowParams = 6;
+// Rows per merged INSERT at most: a statement text per count, each
+// prepared once per connection (db::Conn keeps 256).
+constexpr size_t kMaxMergedRows = 64;
 }  // namespace
 
 bool Outbox::TakeEmitted() {
@@ -88,10 +97,40 @@ absl::StatusOr<db::Statement> Outbox::Prepare(absl::string_view subject_suffix,
   if (!json.ok()) return json.status();
   t_emitted = true;
   return db::Statement{
-      "INSERT INTO outbox (subject, type, source, ce_subject, payload, traceparent) "
-      "VALUES ($1, $2, $3, $4, $5, $6)",
+      kInsertRow,
       {absl::StrCat(prefix_, ".", subject_suffix), event.GetDescriptor()->full_name(), source_,
        ce_subject, *std::move(json), traceparent}};
+}
+
+void MergeOutboxRows(std::vector<db::Statement>* statements) {
+  std::vector<db::Statement>& in = *statements;
+  auto is_row = [](const db::Statement& st) {
+    return st.params.size() == kRowParams && st.sql == kInsertRow;
+  };
+  std::vector<db::Statement> out;
+  out.reserve(in.size());
+  for (size_t i = 0; i < in.size();) {
+    size_t end = i;
+    while (end < in.size() && end - i < kMaxMergedRows && is_row(in[end])) ++end;
+    if (end - i < 2) {
+      out.push_back(std::move(in[i]));
+      i = std::max(end, i + 1);
+      continue;
+    }
+    db::Statement merged;
+    merged.sql =
+        "INSERT INTO outbox (subject, type, source, ce_subject, payload, traceparent) VALUES ";
+    merged.params.reserve((end - i) * kRowParams);
+    for (size_t k = i; k < end; ++k) {
+      const size_t at = (k - i) * kRowParams;
+      absl::StrAppend(&merged.sql, k > i ? ", " : "", "($", at + 1, ", $", at + 2, ", $", at + 3,
+                      ", $", at + 4, ", $", at + 5, ", $", at + 6, ")");
+      for (db::Param& p : in[k].params) merged.params.push_back(std::move(p));
+    }
+    out.push_back(std::move(merged));
+    i = end;
+  }
+  in = std::move(out);
 }
 
 absl::Status Outbox::Emit(db::Conn& tx, absl::string_view subject_suffix,

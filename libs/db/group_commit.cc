@@ -16,14 +16,15 @@ constexpr int kMaxRetries = 8;  // serialization failures and deadlocks, per bat
 
 GroupCommitter::GroupCommitter(Pool& pool, const std::string& name, Schedule schedule,
                                int max_batch, int max_pending, LockFirst lock_first,
-                               absl::Duration lock_wait, Combine combine)
+                               absl::Duration lock_wait, Combine combine, Merge merge)
     : pool_(pool),
       schedule_(std::move(schedule)),
       max_batch_(max_batch),
       max_pending_(max_pending),
       lock_first_(std::move(lock_first)),
       lock_wait_(lock_wait),
-      combine_(std::move(combine)) {
+      combine_(std::move(combine)),
+      merge_(std::move(merge)) {
   static auto& lock_waits =
       prometheus::BuildCounter()
           .Name("connecting_group_commit_lock_waits_total")
@@ -339,6 +340,7 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline, boo
       batch.erase(batch.begin() + undo);
       continue;
     }
+    if (merge_) merge_(&second);
     second.push_back({"COMMIT", {}});
     std::vector<absl::StatusOr<Result>> done = c.Pipeline(second);
     absl::Status commit;

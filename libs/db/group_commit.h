@@ -96,6 +96,10 @@ class GroupCommitter {
   // again with those items alone, so that the error is only the caller's
   // whose `first` raises it.
   using Combine = std::function<Statement(const std::vector<const Work*>& run)>;
+  // Rewrites a batch's second round trip (every `then`'s statements, in the
+  // batch's order, before COMMIT) into fewer statements doing the same (e.g.
+  // bus::MergeOutboxRows): only their errors are read.
+  using Merge = std::function<void(std::vector<Statement>* statements)>;
 
   // Batches run on threads `schedule` provides (one per key at a time), so a
   // waiting caller holds no thread. `name` labels the metrics
@@ -105,9 +109,11 @@ class GroupCommitter {
   // callers left their batch to wait for a lock. At most `max_pending`
   // callers wait at once. `lock_wait`: infinite, every caller waits for its
   // locks in its batch. `combine`: none, every item's `first` runs alone.
+  // `merge`: none, the second round trip sends every `then`'s statements.
   GroupCommitter(Pool& pool, const std::string& name, Schedule schedule, int max_batch = 64,
                  int max_pending = 4096, LockFirst lock_first = nullptr,
-                 absl::Duration lock_wait = absl::InfiniteDuration(), Combine combine = nullptr);
+                 absl::Duration lock_wait = absl::InfiniteDuration(), Combine combine = nullptr,
+                 Merge merge = nullptr);
   // Waits for the batches still running (a batch's thread goes on touching
   // the committer after it answered its last caller); `schedule` must run
   // what it accepted, as Executor does even when shutting down.
@@ -162,6 +168,7 @@ class GroupCommitter {
   const LockFirst lock_first_;
   const absl::Duration lock_wait_;
   const Combine combine_;
+  const Merge merge_;
   prometheus::Counter* lock_waits_;
   prometheus::Histogram* batch_sizes_;
   prometheus::Gauge* waiting_;  // callers queued or in a running batch

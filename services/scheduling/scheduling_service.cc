@@ -279,9 +279,10 @@ SchedulingLogic::SchedulingLogic(db::Pool& pool, const bus::Outbox& outbox,
       tokens_(tokens),
       booking_lanes_(booking_lanes > 0 ? booking_lanes : 1),
       schedule_(schedule),
-      // A batch takes the people it books before any seats (store.h).
+      // A batch takes the people it books before any seats (store.h), books
+      // in one statement (store::BookRun), and writes its events in one.
       bookings_(pool, "bookings", std::move(schedule), /*max_batch=*/64, /*max_pending=*/4096,
-                store::ShareParticipants, booking_lock_wait, store::BookRun) {
+                store::ShareParticipants, booking_lock_wait, store::BookRun, bus::MergeOutboxRows) {
   HandedOn(HandOnBy::kChange);  // exported from the start, at 0
 }
 
