@@ -1026,7 +1026,9 @@ void SchedulingOneLane::PromotionBesideABatchBookingThatPersonElsewhere(bool ret
   ASSERT_TRUE(Book(fx, a.id(), first, &waiting).ok());
   ASSERT_EQ(waiting.status(), sv1::BOOKING_STATUS_WAITLISTED);
   const std::string retry_key = "retry-" + tag;
-  if (retry_in_batch) ASSERT_TRUE(Book(fx, c.id(), retrier, &retried, retry_key).ok());
+  if (retry_in_batch) {
+    ASSERT_TRUE(Book(fx, c.id(), retrier, &retried, retry_key).ok());
+  }
   int64_t deadlocks = DeadlocksIn(fx.scheduling_db);
 
   std::unique_ptr<db::Conn> on_a = HoldSeats(fx.scheduling_db, a.id());
@@ -1096,6 +1098,23 @@ TEST_F(SchedulingOneLane, APromotionNeverDeadlocksWithABatchBookedInOneStatement
   PromotionBesideABatchBookingThatPersonElsewhere(/*retry_in_batch=*/false);
 }
 
+// Another writer's confirmed visit for `participant` at `session` (a
+// frontline visit), inserted with its seat counted and not committed: the
+// returned connection holds it until COMMIT or ROLLBACK; null on failure.
+std::unique_ptr<db::Conn> UncommittedVisit(SchedulingFixture& fx, const sv1::Session& session,
+                                           const std::string& participant) {
+  auto c = db::Conn::Open(fx.scheduling_db, "test");
+  if (!c.ok()) return nullptr;
+  absl::Status s = (*c)->ExecScript(absl::StrCat(
+      "BEGIN; INSERT INTO bookings (session_id, site, participant_id, status, session_date, "
+      "kind) VALUES ('",
+      session.id(), "', '', '", participant, "', 1, '", session.date(),
+      "', 1); UPDATE session_sites SET confirmed = confirmed + 1 WHERE session_id = '",
+      session.id(), "'"));
+  if (!s.ok()) return nullptr;
+  return *std::move(c);
+}
+
 TEST_F(SchedulingOneLane, ABatchBookedInOneStatementDecidesAgainWhenAnotherWriterTookAPlace) {
   // A batch booked in one statement (book_sites' set-based path) decides
   // every booking from what is committed when it reads, then inserts. A
@@ -1122,24 +1141,15 @@ TEST_F(SchedulingOneLane, ABatchBookedInOneStatementDecidesAgainWhenAnotherWrite
   auto q_call = BookLater(one_seat.id(), q, &q_out);  // after p, in the same batch
   ASSERT_TRUE(UntilQueued(3));
   // The other writer: p's visit elsewhere that date, not committed yet.
-  auto other = db::Conn::Open(fx.scheduling_db, "test");
-  ASSERT_TRUE(other.ok()) << other.status();
-  ASSERT_TRUE((*other)
-                  ->ExecScript(absl::StrCat(
-                      "BEGIN; INSERT INTO bookings (session_id, site, participant_id, status, "
-                      "session_date, kind) VALUES ('",
-                      elsewhere.id(), "', '', '", p, "', 1, '", date,
-                      "', 1); UPDATE session_sites SET confirmed = confirmed + 1 WHERE "
-                      "session_id = '",
-                      elsewhere.id(), "'"))
-                  .ok());
+  std::unique_ptr<db::Conn> other = UncommittedVisit(fx, elsewhere, p);
+  ASSERT_TRUE(other);
   ASSERT_TRUE(on_d->ExecScript("COMMIT").ok());
   grpc::Status st = blocked.get();
   ASSERT_TRUE(st.ok()) << st.error_message();
   // The batch of p and q has decided (p the seat, q the line) and waits to
   // see whether p's visit elsewhere commits.
   ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 1));
-  ASSERT_TRUE((*other)->ExecScript("COMMIT").ok());
+  ASSERT_TRUE(other->ExecScript("COMMIT").ok());
 
   st = p_call.get();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
@@ -1147,7 +1157,7 @@ TEST_F(SchedulingOneLane, ABatchBookedInOneStatementDecidesAgainWhenAnotherWrite
   st = q_call.get();
   ASSERT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
   EXPECT_EQ(q_out.status(), sv1::BOOKING_STATUS_CONFIRMED) << "the seat p did not take";
-  auto seats = (*other)->Exec(
+  auto seats = other->Exec(
       "SELECT confirmed, waitlisted, (SELECT count(*) FROM bookings b WHERE b.session_id = "
       "ss.session_id AND b.status = 1) FROM session_sites ss WHERE ss.session_id = $1::uuid",
       {one_seat.id()});
@@ -1167,25 +1177,16 @@ TEST_F(SchedulingOneLane, ABookingAloneInItsBatchDecidesAgainWhenAnotherWriterTo
   sv1::Session here = NewSession(fx, *org_, 3, date);
   sv1::Session elsewhere = NewSession(fx, *org_, 3, date);
   std::string p = Register(fx, "RACE11").id();
-  auto other = db::Conn::Open(fx.scheduling_db, "test");
-  ASSERT_TRUE(other.ok()) << other.status();
-  ASSERT_TRUE((*other)
-                  ->ExecScript(absl::StrCat(
-                      "BEGIN; INSERT INTO bookings (session_id, site, participant_id, status, "
-                      "session_date, kind) VALUES ('",
-                      elsewhere.id(), "', '', '", p, "', 1, '", date,
-                      "', 1); UPDATE session_sites SET confirmed = confirmed + 1 WHERE "
-                      "session_id = '",
-                      elsewhere.id(), "'"))
-                  .ok());
+  std::unique_ptr<db::Conn> other = UncommittedVisit(fx, elsewhere, p);
+  ASSERT_TRUE(other);
   sv1::Booking p_out;
   auto p_call = BookLater(here.id(), p, &p_out);
   ASSERT_TRUE(UntilLockWaiters(fx.scheduling_db, 1));  // its insert waits for the other
-  ASSERT_TRUE((*other)->ExecScript("COMMIT").ok());
+  ASSERT_TRUE(other->ExecScript("COMMIT").ok());
   grpc::Status st = p_call.get();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
       << "p holds a visit that date: " << st.error_code() << " " << st.error_message();
-  auto seats = (*other)->Exec(
+  auto seats = other->Exec(
       "SELECT confirmed, waitlisted, (SELECT count(*) FROM bookings b WHERE b.session_id = "
       "ss.session_id) FROM session_sites ss WHERE ss.session_id = $1::uuid",
       {here.id()});
