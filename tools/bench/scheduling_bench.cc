@@ -352,6 +352,12 @@ int main(int argc, char** argv) {
   const int per_client = 1000 + static_cast<int>(300 * scenarios * seconds);
   std::vector<std::vector<std::string>> people(kClients);
   {
+    // Two letters of this run's own (staff numbers are unique, at most 12
+    // characters): a second run against the same stack registers people of
+    // its own rather than meeting the first run's numbers.
+    const int64_t now = absl::ToUnixSeconds(absl::Now());
+    const std::string run_tag = {static_cast<char>('A' + now % 26),
+                                 static_cast<char>('A' + now / 26 % 26)};
     std::vector<std::thread> ts;
     for (int t = 0; t < kClients; ++t) {
       ts.emplace_back([&, t] {
@@ -359,7 +365,7 @@ int main(int argc, char** argv) {
         for (int i = 0; i < per_client; ++i) {
           sv1::RegisterParticipantRequest req;
           sv1::Participant* p = req.mutable_participant();
-          p->set_staff_number(absl::StrCat("B", t, "X", i));
+          p->set_staff_number(absl::StrCat("B", run_tag, t, "X", i));
           p->set_display_name("Bench connector");
           p->set_email("bench@dept.example.gov.uk");
           p->set_grade(sv1::GRADE_POLICY);
