@@ -106,12 +106,21 @@ bool ClaimPort(int port) {
 
 }  // namespace
 
-bool PortOpen(int port) {
+int DialLoopback(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
   sockaddr_in addr = Loopback(port);
-  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-  close(fd);
-  return ok;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+bool PortOpen(int port) {
+  int fd = DialLoopback(port);
+  if (fd >= 0) close(fd);
+  return fd >= 0;
 }
 
 // A loopback port free to bind, below the kernel's ephemeral range: a port

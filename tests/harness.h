@@ -35,6 +35,8 @@ std::string RandomSuffix();
 // A loopback port free to bind and claimed for the whole test run: no other
 // test process of the run is handed it (tests/harness.cc).
 int FreePort();
+// A TCP connection to 127.0.0.1:port (its descriptor, to close), or -1.
+int DialLoopback(int port);
 bool PortOpen(int port);
 // A fresh, empty database on the shared server; returns its URL.
 std::string NewDatabase();
