@@ -9,8 +9,11 @@
 // a shell command runs before the first run and after each (its clients idle):
 // tools/bench/scheduling.sh runs pgbench there, so that each run is compared with the pgbench runs
 // just before and after it rather than with one taken a minute later on a host whose speed drifts.
+// --clients: how many book at once (16, as the figure is taken; more
+// make larger batches: 32 took 6,000 bookings/s where 16 took 4,800 here).
 //   scheduling_bench --scheduling HOST:PORT --partners HOST:PORT --token JWT [--seconds N]
 //                    [--cpu name=pid,name=pid...] [--nats URL] [--between COMMAND]
+//                    [--clients N]
 #include <dirent.h>
 #include <grpcpp/grpcpp.h>
 #include <nats/nats.h>
@@ -283,6 +286,7 @@ class Follower {
 int main(int argc, char** argv) {
   std::string sched, partners, nats_url, between;
   double seconds = 3;
+  int clients = 16;
   std::vector<std::pair<std::string, int>> watched;  // --cpu
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--scheduling")) sched = argv[i + 1];
@@ -291,6 +295,11 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--seconds")) seconds = std::atof(argv[i + 1]);
     if (!std::strcmp(argv[i], "--nats")) nats_url = argv[i + 1];
     if (!std::strcmp(argv[i], "--between")) between = argv[i + 1];
+    if (!std::strcmp(argv[i], "--clients") &&
+        (!absl::SimpleAtoi(argv[i + 1], &clients) || clients < 1 || clients > 1024)) {
+      std::fprintf(stderr, "--clients: a number from 1 to 1024\n");
+      return 2;
+    }
     if (!std::strcmp(argv[i], "--cpu")) {
       for (absl::string_view item : absl::StrSplit(argv[i + 1], ',', absl::SkipEmpty())) {
         std::pair<std::string, std::string> kv = absl::StrSplit(item, '=');
@@ -303,7 +312,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s --scheduling ADDR --partners ADDR --token JWT\n", argv[0]);
     return 2;
   }
-  const int kClients = 16;
+  const int kClients = clients;
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   for (int i = 0; i < 4; ++i) {
     grpc::ChannelArguments args;
