@@ -118,8 +118,9 @@ void MergeOutboxRows(std::vector<db::Statement>* statements) {
       continue;
     }
     db::Statement merged;
-    merged.sql =
-        "INSERT INTO outbox (subject, type, source, ce_subject, payload, traceparent) VALUES ";
+    // kInsertRow up to its one row of values, then a row per event.
+    const absl::string_view row(kInsertRow);
+    merged.sql = std::string(row.substr(0, row.rfind('(')));
     merged.params.reserve((end - i) * kRowParams);
     for (size_t k = i; k < end; ++k) {
       const size_t at = (k - i) * kRowParams;
