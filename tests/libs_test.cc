@@ -2487,6 +2487,85 @@ TEST_F(Database, GroupCommitWaitersHoldNoThreadAndItShedsBeyondItsBound) {
   EXPECT_TRUE(absl::IsResourceExhausted(refused)) << refused;
 }
 
+// A histogram's series, family{label="value"}: its count, its sum, and how
+// many of its observations were at most `at_most` (an upper bound of one
+// of its buckets). Count -1: no such series.
+struct HistogramReading {
+  double count = -1, sum = 0, at_most = 0;
+};
+HistogramReading HistogramValue(const std::string& family_name, const std::string& label,
+                                const std::string& value, double at_most) {
+  HistogramReading r;
+  for (const auto& family : metrics::Registry()->Collect()) {
+    if (family.name != family_name) continue;
+    for (const auto& m : family.metric) {
+      for (const auto& l : m.label) {
+        if (l.name != label || l.value != value) continue;
+        r.count = static_cast<double>(m.histogram.sample_count);
+        r.sum = m.histogram.sample_sum;
+        for (const auto& b : m.histogram.bucket) {
+          if (b.upper_bound == at_most) r.at_most = static_cast<double>(b.cumulative_count);
+        }
+      }
+    }
+  }
+  return r;
+}
+
+TEST_F(Database, GroupCommitReportsHowLongCallersQueuedAndHowLongItsTransactionsTook) {
+  // A slow first transaction (0.3 s), and nine callers who come while it
+  // runs: they are carried by the next one, having queued for most of it.
+  // What an operator reads to split a caller's time between the batches
+  // before it and its own.
+  server::Executor executor(2, 16);
+  db::GroupCommitter group(*pool_, "timed", [&executor](std::function<void()> task) {
+    return executor.TrySubmit(std::move(task));
+  });
+  auto work = [](const char* sql) {
+    db::GroupCommitter::Work w;
+    w.first = {sql, {}};
+    w.then = [](const db::Result&, int) -> absl::StatusOr<std::vector<db::Statement>> {
+      return std::vector<db::Statement>{};
+    };
+    return w;
+  };
+  std::atomic<int> heard{0}, ok{0};
+  absl::Notification all_heard;
+  auto done = [&](absl::Status s) {
+    if (s.ok()) ++ok;
+    if (++heard == 10) all_heard.Notify();
+  };
+  group.Submit("k", absl::Now() + absl::Seconds(20), work("SELECT pg_sleep(0.3)"), done);
+  // Once the first transaction sleeps, the rest come.
+  auto sleeping = [&] {
+    int64_t n = 0;
+    (void)db::WithConnection(*pool_, absl::Now() + absl::Seconds(5), [&n](db::Conn& c) {
+      auto r = c.Exec(
+          "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+          "AND state = 'active' AND query = 'SELECT pg_sleep(0.3)'");
+      if (r.ok()) n = r->Int(0, 0);
+      return r.status();
+    });
+    return n == 1;
+  };
+  ASSERT_TRUE(testing::WaitUntil(sleeping, absl::Seconds(5)));
+  for (int i = 0; i < 9; ++i) {
+    group.Submit("k", absl::Now() + absl::Seconds(20), work("SELECT 1"), done);
+  }
+  ASSERT_TRUE(all_heard.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_EQ(ok.load(), 10);
+
+  const HistogramReading queued =
+      HistogramValue("connecting_group_commit_queued_seconds", "committer", "timed", 0.1);
+  EXPECT_EQ(queued.count, 10) << "one observation per caller";
+  EXPECT_EQ(queued.at_most, 1) << "only the first caller was carried within 0.1 s";
+  const HistogramReading transactions =
+      HistogramValue("connecting_group_commit_transaction_seconds", "committer", "timed", 0.25);
+  EXPECT_EQ(transactions.count, 2) << "the slow transaction, then the nine together";
+  EXPECT_EQ(transactions.at_most, 1) << "the nine's, quickly";
+  EXPECT_GE(transactions.sum, 0.3);
+}
+
 // A loopback gRPC server with nothing but `health`, and a client of it.
 struct ServedHealth {
   std::unique_ptr<grpc::Server> server;

@@ -106,7 +106,11 @@ class GroupCommitter {
   // connecting_group_commit_batch_size{committer=name}, how many callers each
   // committed transaction carried, and connecting_group_commit_waiting, how
   // many wait now, and connecting_group_commit_lock_waits_total, how many
-  // callers left their batch to wait for a lock. At most `max_pending`
+  // callers left their batch to wait for a lock; and, of a caller's time,
+  // connecting_group_commit_queued_seconds, from Submit to the first round
+  // trip of the first transaction to carry it (the batches before it), and
+  // connecting_group_commit_transaction_seconds, a committed transaction's
+  // time from its first round trip to its COMMIT's answer (its tries all). At most `max_pending`
   // callers wait at once. `lock_wait`: infinite, every caller waits for its
   // locks in its batch. `combine`: none, every item's `first` runs alone.
   // `merge`: none, the second round trip sends every `then`'s statements.
@@ -133,6 +137,8 @@ class GroupCommitter {
     absl::Time deadline;
     Done done;
     absl::Status result;
+    absl::Time submitted;  // for connecting_group_commit_queued_seconds
+    bool carried = false;  // set by RunBatch: a transaction carried it (queued time observed)
     bool waits_for_lock = false;  // set by RunBatch: to its key's patient queue
     bool alone = false;           // set by RunBatch: its combined `first` raised or waited too long
   };
@@ -171,6 +177,8 @@ class GroupCommitter {
   const Merge merge_;
   prometheus::Counter* lock_waits_;
   prometheus::Histogram* batch_sizes_;
+  prometheus::Histogram* queued_;
+  prometheus::Histogram* transactions_;
   prometheus::Gauge* waiting_;  // callers queued or in a running batch
   absl::Mutex mu_;
   // A key is present while a Drain for it is scheduled or running.

@@ -98,6 +98,15 @@ batches=$(curl -s "http://127.0.0.1:$scheduling_metrics/metrics" | awk '
   /^connecting_group_commit_batch_size_count\{committer="bookings"/ {n = $NF}
   END { if (n > 0) printf "%d %.1f", n, sum / n }')
 [ -z "$batches" ] || echo "  (all three scenarios: ${batches% *} transactions, ${batches#* } bookings each on average)"
+# Where a booking's time went, on average over the three scenarios: queued
+# behind the batches before its own, then its own transaction (the rest of
+# its latency is gRPC's, both ways, and the answer's wait for the lane).
+curl -s "http://127.0.0.1:$scheduling_metrics/metrics" | awk '
+  /^connecting_group_commit_queued_seconds_sum\{committer="bookings"/ {qs = $NF}
+  /^connecting_group_commit_queued_seconds_count\{committer="bookings"/ {qn = $NF}
+  /^connecting_group_commit_transaction_seconds_sum\{committer="bookings"/ {ts = $NF}
+  /^connecting_group_commit_transaction_seconds_count\{committer="bookings"/ {tn = $NF}
+  END { if (qn > 0 && tn > 0) printf "  (a booking queued %.2f ms behind the batches before its own on average; a transaction took %.2f ms)\n", 1000 * qs / qn, 1000 * ts / tn }'
 
 echo "pgbench, single-row INSERT, 16 clients, same database, before the first booking run and after each: $(paste -sd' ' "$work/pgbench.txt" | sed 's/ / tps, /g') tps"
 pgbench_tps=$(tail -1 "$work/pgbench.txt")  # the floor below runs next to the last
