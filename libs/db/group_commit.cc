@@ -227,20 +227,24 @@ void GroupCommitter::RunBatch(std::vector<Item*> batch, absl::Time deadline, boo
       if (c.healthy()) (void)c.ExecScript("ROLLBACK");
     };
 
-    // Round trip 1: BEGIN, the statement timeout, the rows to lock first,
+    // Round trip 1: BEGIN, the transaction's settings (the statement
+    // timeout, the lock wait) in one statement, the rows to lock first,
     // every item's first statement.
     std::vector<Statement> first = {{"BEGIN ISOLATION LEVEL READ COMMITTED", {}}};
     absl::StatusOr<std::optional<int64_t>> timeout = StatementTimeout(deadline);
     if (!timeout.ok()) return fail(timeout.status());
-    if (*timeout) {
-      first.push_back(
-          {"SELECT set_config('statement_timeout', $1, true)", {absl::StrCat(**timeout)}});
-    }
+    Statement settings;
+    auto set = [&settings](absl::string_view name, std::string value) {
+      absl::StrAppend(&settings.sql, settings.sql.empty() ? "SELECT " : ", ", "set_config('", name,
+                      "', $", settings.params.size() + 1, ", true)");
+      settings.params.emplace_back(std::move(value));
+    };
+    if (*timeout) set("statement_timeout", absl::StrCat(**timeout));
     if (!patient && lock_wait_ < absl::InfiniteDuration()) {
-      first.push_back(
-          {"SELECT set_config('lock_timeout', $1, true)",
-           {absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(lock_wait_)))}});
+      set("lock_timeout",
+          absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(lock_wait_))));
     }
+    if (!settings.sql.empty()) first.push_back(std::move(settings));
     if (lock_first_) {
       std::vector<std::string> keys;
       for (const Item* it : batch) {

@@ -171,7 +171,7 @@ floor_sessions=$(psql -d scheduling -tAc "SELECT count(*) FROM floor_sessions")
   done
   echo "\\startpipeline"
   echo "BEGIN ISOLATION LEVEL READ COMMITTED;"
-  echo "SELECT set_config('statement_timeout', '10000', true);"
+  echo "SELECT set_config('statement_timeout', '10000', true), set_config('lock_timeout', '100', true);"
   echo "SELECT lock_participants(ARRAY(SELECT id FROM floor_participants WHERE n > (SELECT last_value FROM floor_next) AND n <= (SELECT last_value FROM floor_next) + $floor_batch));"
   sessions=""; sites=""; people=""; keys=""
   for i in $(seq "$floor_batch"); do
