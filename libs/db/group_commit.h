@@ -110,10 +110,11 @@ class GroupCommitter {
   // connecting_group_commit_queued_seconds, from Submit to the first round
   // trip of the first transaction to carry it (the batches before it), and
   // connecting_group_commit_transaction_seconds, a committed transaction's
-  // time from its first round trip to its COMMIT's answer (its tries all). At most `max_pending`
-  // callers wait at once. `lock_wait`: infinite, every caller waits for its
-  // locks in its batch. `combine`: none, every item's `first` runs alone.
-  // `merge`: none, the second round trip sends every `then`'s statements.
+  // time from its first round trip to its COMMIT's answer (its tries all).
+  // At most `max_pending` callers wait at once. `lock_wait`: infinite,
+  // every caller waits for its locks in its batch. `combine`: none, every
+  // item's `first` runs alone. `merge`: none, the second round trip sends
+  // every `then`'s statements.
   GroupCommitter(Pool& pool, const std::string& name, Schedule schedule, int max_batch = 64,
                  int max_pending = 4096, LockFirst lock_first = nullptr,
                  absl::Duration lock_wait = absl::InfiniteDuration(), Combine combine = nullptr,
