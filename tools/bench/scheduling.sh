@@ -93,7 +93,9 @@ done
   --partners "127.0.0.1:$partners_port" --token "$admin" --seconds "$SECONDS_PER_RUN" \
   --cpu "$cpu" --nats "nats://127.0.0.1:$nats_port" --between "bash $work/pgbench.sh" |
   tee "$work/bookings.txt"
-batches=$(curl -s "http://127.0.0.1:$scheduling_metrics/metrics" | awk '
+# The service's metrics after the three scenarios, read once for both lines below.
+metrics=$(curl -s "http://127.0.0.1:$scheduling_metrics/metrics")
+batches=$(printf '%s\n' "$metrics" | awk '
   /^connecting_group_commit_batch_size_sum\{committer="bookings"/ {sum = $NF}
   /^connecting_group_commit_batch_size_count\{committer="bookings"/ {n = $NF}
   END { if (n > 0) printf "%d %.1f", n, sum / n }')
@@ -101,7 +103,7 @@ batches=$(curl -s "http://127.0.0.1:$scheduling_metrics/metrics" | awk '
 # Where a booking's time went, on average over the three scenarios: queued
 # behind the batches before its own, then its own transaction (the rest of
 # its latency is gRPC's, both ways, and the answer's wait for the lane).
-curl -s "http://127.0.0.1:$scheduling_metrics/metrics" | awk '
+printf '%s\n' "$metrics" | awk '
   /^connecting_group_commit_queued_seconds_sum\{committer="bookings"/ {qs = $NF}
   /^connecting_group_commit_queued_seconds_count\{committer="bookings"/ {qn = $NF}
   /^connecting_group_commit_transaction_seconds_sum\{committer="bookings"/ {ts = $NF}
