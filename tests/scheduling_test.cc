@@ -7,6 +7,7 @@
 #include <nats/nats.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <future>
 #include <map>
 #include <random>
@@ -2662,6 +2663,32 @@ TEST_F(Scheduling, RescheduleMovesTheBookingAndFreesTheSeat) {
     if (b.id() == m.id()) {
       EXPECT_EQ(b.status(), sv1::BOOKING_STATUS_CANCELLED);
     }
+  }
+}
+
+// Migration 0021: a booking's id is a UUID of version 7, its first 48 bits
+// the millisecond it was made, so that new bookings' index entries share the
+// index's last pages instead of landing anywhere in it.
+TEST_F(Scheduling, BookingIdsAreOrderedByTheTimeTheyWereMade) {
+  sv1::Session session = NewSession(*fx_, *org_, 5, DateIn(51));
+  std::vector<sv1::Booking> made(3);
+  for (size_t i = 0; i < made.size(); ++i) {
+    if (i > 0) absl::SleepFor(absl::Milliseconds(3));  // each in a later millisecond
+    std::string who = Register(*fx_, absl::StrCat("ORDER0", i)).id();
+    ASSERT_TRUE(Book(*fx_, session.id(), who, &made[i]).ok());
+  }
+  for (size_t i = 0; i < made.size(); ++i) {
+    const std::string& id = made[i].id();
+    ASSERT_EQ(id.size(), 36u) << id;
+    EXPECT_EQ(id[14], '7') << "version 7: " << id;
+    EXPECT_NE(std::string("89ab").find(id[19]), std::string::npos) << "RFC 9562 variant: " << id;
+    // The id's time is when the booking was made (its create_time, to the
+    // millisecond; both are read from the database server's clock).
+    int64_t id_ms = std::stoll(absl::StrCat(id.substr(0, 8), id.substr(9, 4)), nullptr, 16);
+    int64_t created_ms =
+        made[i].create_time().seconds() * 1000 + made[i].create_time().nanos() / 1000000;
+    EXPECT_LE(std::abs(id_ms - created_ms), 1000) << id;
+    if (i > 0) EXPECT_LT(made[i - 1].id(), id) << "made after it";
   }
 }
 
