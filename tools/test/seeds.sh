@@ -6,7 +6,11 @@
 # per seed, seeds FROM to TO. Against an already built tree (BUILD_DIR,
 # default build; build-asan after `make sanitize` runs them instrumented).
 #
-# Usage: tools/test/seeds.sh FROM TO [fuzz|workload]
+# With `crash`, instead: the same workload while the service is killed and
+# started again, or its database connections ended, at seeded moments
+# (SchedulingCrash.RandomConcurrentWorkloadThroughCrashesKeepsEveryRule).
+#
+# Usage: tools/test/seeds.sh FROM TO [fuzz|workload|crash]
 #   SEEDS_SECONDS (default 3600) bounds the whole run: the seeds not reached
 #   by then are named, not run. A failed seed's output is kept in
 #   /tmp/connecting-seed-<test>-<seed>.log. Exit code: 0 when every seed
@@ -21,8 +25,8 @@ from=${1:-}
 to=${2:-}
 only=${3:-}
 if ! [[ $from =~ ^[0-9]+$ && $to =~ ^[0-9]+$ ]] || ((from > to)) ||
-  [[ -n $only && $only != fuzz && $only != workload ]]; then
-  echo "usage: $0 FROM TO [fuzz|workload]   (seeds FROM to TO, whole numbers)" >&2
+  [[ -n $only && $only != fuzz && $only != workload && $only != crash ]]; then
+  echo "usage: $0 FROM TO [fuzz|workload|crash]   (seeds FROM to TO, whole numbers)" >&2
   exit 2
 fi
 for bin in rpc_fuzz_test scheduling_concurrency_test; do
@@ -56,6 +60,12 @@ for ((seed = from; seed <= to; seed++)); do
     echo "out of time (SEEDS_SECONDS): seeds $seed to $to not run"
     out_of_time=1
     break
+  fi
+  if [ "$only" = crash ]; then
+    run crash "$seed" "$BUILD_DIR/tests/scheduling_concurrency_test" \
+      --gtest_filter='SchedulingCrash.RandomConcurrentWorkloadThroughCrashesKeepsEveryRule'
+    ran=$((ran + 1))
+    continue
   fi
   [ "$only" = workload ] || run fuzz "$seed" "$BUILD_DIR/tests/rpc_fuzz_test"
   [ "$only" = fuzz ] || run workload "$seed" "$BUILD_DIR/tests/scheduling_concurrency_test" \
