@@ -1587,6 +1587,8 @@ void RandomConcurrentWorkloadKeepsEveryRule(SchedulingFixture& fx, const std::st
         absl::SleepFor(absl::Milliseconds(1));
       }
       if (clients_done.load() == kClients) break;
+      // Up to 30 ms on: not always just as a call was answered.
+      absl::SleepFor(absl::Microseconds(rng() % 30000));
       if (rng() % 3 == 0) {
         int64_t dropped = DropConnections(fx.scheduling_db);
         std::printf("at operation %d: the database ended %lld connections\n", ops.load(),
