@@ -418,6 +418,59 @@ TEST(PartnersHealth, SigtermDrainsAndExitsZero) {
   EXPECT_EQ(ReadStream(fx.nats_url, fx.stream).size(), 1u);
 }
 
+TEST(PartnersHealth, SigtermWithADelayServesOnWhileNotServingThenExitsZero) {
+  // SHUTDOWN_DELAY: NOT_SERVING at once, calls still answered for the delay
+  // (while load balancers take the replica out), then the usual drain.
+  PartnersFixture fx(std::map<std::string, std::string>{{"SHUTDOWN_DELAY", "5s"}});
+  v1::CreateOrganisationRequest req;
+  *req.mutable_organisation() = SampleOrganisation("Lame Duck Trust");
+  v1::Organisation org;
+  ASSERT_TRUE(fx.stub->CreateOrganisation(Ctx(fx.admin).get(), req, &org).ok());
+  const absl::Time sent = absl::Now();
+  fx.service->process()->Signal(SIGTERM);
+  EXPECT_TRUE(WaitUntil([&] { return fx.service->Health() == 2; }, absl::Seconds(1)))
+      << "not NOT_SERVING within a second of SIGTERM";
+  v1::GetOrganisationRequest get;
+  get.set_id(org.id());
+  v1::Organisation got;
+  grpc::Status st = fx.stub->GetOrganisation(Ctx(fx.admin).get(), get, &got);
+  EXPECT_TRUE(st.ok()) << "a call during the delay: " << st.error_code() << " "
+                       << st.error_message();
+  EXPECT_EQ(got.name(), "Lame Duck Trust");
+  *req.mutable_organisation() = SampleOrganisation("Written During The Delay");
+  v1::Organisation written;
+  st = fx.stub->CreateOrganisation(Ctx(fx.admin).get(), req, &written);
+  EXPECT_TRUE(st.ok()) << "a write during the delay: " << st.error_message();
+  EXPECT_LT(absl::Now() - sent, absl::Seconds(4)) << "the checks above took the delay";
+  EXPECT_LT(fx.service->process()->Wait(absl::ZeroDuration()), 0) << "exited before its delay";
+  fx.stub.reset();
+  fx.service->DropChannel();  // an idle client would hold the drain up (above)
+  EXPECT_EQ(fx.service->process()->Wait(absl::Seconds(15)), 0);
+  EXPECT_GE(absl::Now() - sent, absl::Seconds(5)) << "stopped before SHUTDOWN_DELAY";
+  EXPECT_EQ(LogLinesWith(fx.service->process()->log_path(),
+                         {"\"msg\":\"serving on while clients move to other replicas\""})
+                .size(),
+            1u);
+  // Both changes made, the second during the delay, were published before exit.
+  EXPECT_EQ(ReadStream(fx.nats_url, fx.stream).size(), 2u);
+}
+
+TEST(PartnersHealth, ASecondSigtermCutsTheDelayShort) {
+  PartnersFixture fx(std::map<std::string, std::string>{{"SHUTDOWN_DELAY", "5m"}});
+  fx.stub.reset();
+  fx.service->process()->Signal(SIGTERM);
+  EXPECT_TRUE(WaitUntil([&] { return fx.service->Health() == 2; }, absl::Seconds(2)));
+  fx.service->DropChannel();
+  const absl::Time second = absl::Now();
+  fx.service->process()->Signal(SIGTERM);
+  EXPECT_EQ(fx.service->process()->Wait(absl::Seconds(15)), 0);
+  EXPECT_LT(absl::Now() - second, absl::Seconds(10));
+  EXPECT_EQ(
+      LogLinesWith(fx.service->process()->log_path(), {"\"msg\":\"a second signal: stopping now\""})
+          .size(),
+      1u);
+}
+
 TEST(PartnersHealth, AHealthWatchHearsNotServingAndEndsWhenTheServiceStops) {
   // A client-side health checker keeps Health/Watch open: on SIGTERM it hears
   // NOT_SERVING, its stream ends, and the service still exits 0.

@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -132,6 +133,8 @@ absl::StatusOr<ServiceConfig> LoadConfig(const ServiceDefinition& def, bool mini
   }
   c.shutdown_grace =
       env.Duration("SHUTDOWN_GRACE", absl::Seconds(20), absl::ZeroDuration(), absl::Minutes(10));
+  c.shutdown_delay =
+      env.Duration("SHUTDOWN_DELAY", absl::ZeroDuration(), absl::ZeroDuration(), absl::Minutes(5));
   c.migrate_on_start = env.Bool("MIGRATE_ON_START", true);
   c.outbox_relay = env.Bool("OUTBOX_RELAY", true);
   c.outbox_linger = env.Duration("OUTBOX_LINGER", bus::RelayOptions().linger, absl::ZeroDuration(),
@@ -688,6 +691,27 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
   log::Info("shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
   health.Stop();
   for (auto* h : health_services) h->Shutdown();  // everything NOT_SERVING from here
+  if (cfg->shutdown_delay > absl::ZeroDuration()) {
+    // Still serving: a call that arrives once the server has stopped taking
+    // calls, before its client has heard so (GOAWAY), is ended CANCELLED by
+    // gRPC without having run (grpc/grpc#41785). Meanwhile the replica's
+    // endpoint goes, and clients that balance calls (a mesh, round_robin
+    // over health checks) send their calls elsewhere.
+    log::Info("serving on while clients move to other replicas",
+              {{"shutdown_delay", absl::FormatDuration(cfg->shutdown_delay)}});
+    const absl::Time until = absl::Now() + cfg->shutdown_delay;
+    for (absl::Duration left = cfg->shutdown_delay; left > absl::ZeroDuration();
+         left = until - absl::Now()) {
+      timespec wait = absl::ToTimespec(left);
+      siginfo_t second;
+      if (sigtimedwait(&signals, &second, &wait) > 0) {
+        log::Info("a second signal: stopping now",
+                  {{"signal", second.si_signo == SIGTERM ? "SIGTERM" : "SIGINT"}});
+        break;
+      }
+      if (errno != EINTR) break;  // EAGAIN: the delay is over
+    }
+  }
   // Stop accepting, let in-flight RPCs finish until the grace deadline, then cancel them.
   server->Shutdown(absl::ToChronoTime(absl::Now() + cfg->shutdown_grace));
   log::Debug("shutdown: gRPC server stopped");

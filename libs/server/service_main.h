@@ -77,6 +77,10 @@ struct ServiceConfig {
   // clients spread over new replicas; 0: never.
   absl::Duration max_connection_age = absl::Minutes(5);
   absl::Duration shutdown_grace = absl::Seconds(20);
+  // After SIGTERM: NOT_SERVING at once, but calls still served this long,
+  // while load balancers and endpoints take the replica out, before the
+  // server stops taking calls (a second signal cuts it short).
+  absl::Duration shutdown_delay = absl::ZeroDuration();
   bool migrate_on_start = true;
   absl::Duration migration_lock_timeout = absl::Seconds(1);  // db::MigrateOptions
   absl::Duration migration_lock_wait = absl::Minutes(10);
