@@ -6,9 +6,9 @@
 # per seed, seeds FROM to TO. Against an already built tree (BUILD_DIR,
 # default build; build-asan after `make sanitize` runs them instrumented).
 #
-# With `crash`, instead: the same workload while the service is killed and
-# started again, or its database connections ended, at seeded moments
-# (SchedulingCrash.RandomConcurrentWorkloadThroughCrashesKeepsEveryRule).
+# With `crash`, instead: the same workload while the service is killed or
+# stopped and started again, or its database connections ended, at seeded
+# moments (SchedulingCrash.RandomConcurrentWorkloadThroughCrashesKeepsEveryRule).
 #
 # Usage: tools/test/seeds.sh FROM TO [fuzz|workload|crash]
 #   SEEDS_SECONDS (default 3600) bounds the whole run: the seeds not reached
