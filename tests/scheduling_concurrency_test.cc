@@ -1419,9 +1419,10 @@ void RandomConcurrentWorkloadKeepsEveryRule(SchedulingFixture& fx, const std::st
   // With `crashes`, three times at seeded moments the service is killed
   // (SIGKILL) or stopped (SIGTERM, as a rolling update does: it must exit
   // 0) and started again, or the database ends its connections (a
-  // failover); a call caught in any of them fails UNAVAILABLE and its client
-  // sends it again until it is answered otherwise, as a client would (a
-  // booking under the same request_id). A seat a killed process left free
+  // failover); a call caught in any of them fails (UNAVAILABLE, or
+  // CANCELLED at a stop: below) and its client sends it again until it is
+  // answered otherwise, as a client would (a booking under the same
+  // request_id). A seat a killed process left free
   // for someone waiting is the sweep's to hand on (the fixture runs it
   // every second).
   const uint32_t seed = TestSeed(77);  // 77 in CI
@@ -1449,17 +1450,17 @@ void RandomConcurrentWorkloadKeepsEveryRule(SchedulingFixture& fx, const std::st
   // these clients never cause: gRPC (1.51) ends a call that arrives as the
   // server stops taking calls, before its client has heard so, with
   // CANCELLED, unrun (grpc/grpc#41785; README, Error details).
+  auto caught = [](const grpc::Status& st) {
+    return st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+           st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+           st.error_code() == grpc::StatusCode::CANCELLED;
+  };
   std::atomic<int> sent_again{0};
-  auto again = [crashes, &sent_again](const std::function<grpc::Status()>& call) {
+  auto again = [crashes, &caught, &sent_again](const std::function<grpc::Status()>& call) {
     const absl::Time until = absl::Now() + absl::Seconds(30);
     for (;;) {
       grpc::Status st = call();
-      if (!crashes || absl::Now() > until ||
-          (st.error_code() != grpc::StatusCode::UNAVAILABLE &&
-           st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED &&
-           st.error_code() != grpc::StatusCode::CANCELLED)) {
-        return st;
-      }
+      if (!crashes || absl::Now() > until || !caught(st)) return st;
       ++sent_again;
       absl::SleepFor(absl::Milliseconds(50));
     }
@@ -1543,9 +1544,7 @@ void RandomConcurrentWorkloadKeepsEveryRule(SchedulingFixture& fx, const std::st
     auto once = [&](const std::function<grpc::Status()>& call) {
       return again([&] {
         grpc::Status st = call();
-        retried = retried || st.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                  st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
-                  st.error_code() == grpc::StatusCode::CANCELLED;
+        retried = retried || caught(st);
         return st;
       });
     };

@@ -688,7 +688,8 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
 
   int sig = 0;
   sigwait(&signals, &sig);
-  log::Info("shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  auto name = [](int signal) { return signal == SIGTERM ? "SIGTERM" : "SIGINT"; };
+  log::Info("shutting down", {{"signal", name(sig)}});
   health.Stop();
   for (auto* h : health_services) h->Shutdown();  // everything NOT_SERVING from here
   if (cfg->shutdown_delay > absl::ZeroDuration()) {
@@ -705,8 +706,7 @@ int ServiceMain(int argc, char** argv, const ServiceDefinition& def) {
       timespec wait = absl::ToTimespec(left);
       siginfo_t second;
       if (sigtimedwait(&signals, &second, &wait) > 0) {
-        log::Info("a second signal: stopping now",
-                  {{"signal", second.si_signo == SIGTERM ? "SIGTERM" : "SIGINT"}});
+        log::Info("a second signal: stopping now", {{"signal", name(second.si_signo)}});
         break;
       }
       if (errno != EINTR) break;  // EAGAIN: the delay is over
