@@ -823,6 +823,56 @@ TEST_F(Database, RenewEndingLeasedConnectionsEndsTheirWaitsAtOnce) {
   }
 }
 
+TEST_F(Database, RenewKeepingTheNewServerLeavesItsConnectionsAlone) {
+  // After a restart or a failover the health monitor renews the pool,
+  // ending the connections to the server gone; those the new server took
+  // meanwhile (the calls of the half second before it looked) stay, idle
+  // or leased, or a transaction on one would be ended mid-way, at its
+  // COMMIT answering "outcome unknown". Every pool connection knows its
+  // server: when its postmaster started.
+  db::Pool pool(url_, 3, "libs-test-renew-keep");
+  auto pid = [](db::Pool::Lease& l) {
+    auto r = l->Exec("SELECT pg_backend_pid()::text");
+    return r.ok() ? r->String(0, 0) : std::string("?");
+  };
+  std::optional<db::Pool::Lease> in_use;
+  std::string idle_pid, server;
+  {
+    auto idle = pool.Acquire(absl::InfiniteFuture());
+    ASSERT_TRUE(idle.ok()) << idle.status();
+    auto used = pool.Acquire(absl::InfiniteFuture());
+    ASSERT_TRUE(used.ok()) << used.status();
+    in_use.emplace(*std::move(used));
+    idle_pid = pid(*idle);
+    server = (*idle)->server();
+  }
+  auto start = (*in_use)->Exec("SELECT pg_postmaster_start_time()::text");
+  ASSERT_TRUE(start.ok()) << start.status();
+  EXPECT_EQ((*in_use)->server(), start->String(0, 0));
+  EXPECT_EQ(server, start->String(0, 0));
+  ASSERT_TRUE((*in_use)->Exec("BEGIN").ok());
+
+  EXPECT_EQ(pool.Renew(/*end_leased=*/true, server), 0) << "a connection to the server kept ended";
+  EXPECT_TRUE((*in_use)->Exec("SELECT 1").ok()) << "its transaction was ended";
+  ASSERT_TRUE((*in_use)->Exec("COMMIT").ok());
+  const std::string in_use_pid = pid(*in_use);
+  in_use.reset();  // back to idle, not closed: the renewal kept its server
+  {
+    auto a = pool.Acquire(absl::Now() + absl::Seconds(5));
+    auto b = pool.Acquire(absl::Now() + absl::Seconds(5));
+    ASSERT_TRUE(a.ok() && b.ok());
+    std::set<std::string> pids{pid(*a), pid(*b)};
+    EXPECT_EQ(pids, (std::set<std::string>{idle_pid, in_use_pid}))
+        << "kept connections were closed";
+  }
+
+  // A renewal for another server ends them.
+  auto leased = pool.Acquire(absl::Now() + absl::Seconds(5));
+  ASSERT_TRUE(leased.ok());
+  EXPECT_EQ(pool.Renew(/*end_leased=*/true, "another server"), 1);
+  EXPECT_FALSE((*leased)->Exec("SELECT 1").ok()) << "a connection to the server gone went on";
+}
+
 TEST_F(Database, UnreachableDatabaseIsUnavailable) {
   db::Pool nowhere("postgresql://postgres@127.0.0.1:1/none?connect_timeout=1", 1, "t");
   absl::Status s = db::Transact(nowhere, [](db::Conn&) { return absl::OkStatus(); });

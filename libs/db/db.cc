@@ -465,6 +465,16 @@ absl::StatusOr<bool> Conn::PingTakesWrites(absl::Duration timeout) {
 
 absl::Status Conn::Ping(absl::Duration timeout) { return PingTakesWrites(timeout).status(); }
 
+absl::Status Conn::LearnServer() {
+  absl::StatusOr<Result> r = Exec("SELECT pg_postmaster_start_time()::text");
+  if (!r.ok()) return r.status();
+  if (r->rows() != 1 || r->IsNull(0, 0)) {
+    return absl::InternalError("pg_postmaster_start_time() gave no time");
+  }
+  server_ = r->String(0, 0);
+  return absl::OkStatus();
+}
+
 std::vector<absl::StatusOr<Result>> Conn::Pipeline(const std::vector<Statement>& statements,
                                                    const std::function<void()>& while_waiting) {
   PGconn* c = conn_.get();
@@ -655,12 +665,16 @@ absl::StatusOr<Pool::Lease> Pool::Acquire(absl::Time deadline, bool fresh,
   absl::StatusOr<std::unique_ptr<Conn>> c =
       Conn::Open(url_, application_name_,
                  std::clamp(deadline - absl::Now(), absl::Seconds(2), Conn::kConnectTimeout));
+  if (c.ok()) {
+    (*c)->set_answer_deadline(answers_until);
+    // Closed here, outside the lock, if the server went meanwhile.
+    if (absl::Status learned = (*c)->LearnServer(); !learned.ok()) c = learned;
+  }
   if (!c.ok()) {
     absl::MutexLock lock(&mu_);
     --open_or_leased_;
     return c.status();
   }
-  (*c)->set_answer_deadline(answers_until);
   return Leased(*std::move(c), generation);
 }
 
@@ -677,10 +691,10 @@ void Pool::Release(std::unique_ptr<Conn> conn, uint64_t generation) {
       leased_.erase(it);
     }
     // A connection left inside a transaction (a caller bug or a lost COMMIT),
-    // broken, or made before Renew is dropped rather than handed to the next
-    // caller.
+    // broken, or made before Renew (unless it reached the server that Renew
+    // kept) is dropped rather than handed to the next caller.
     if (conn->healthy() && PQtransactionStatus(conn->raw()) == PQTRANS_IDLE &&
-        generation == generation_) {
+        (generation == generation_ || (!keep_server_.empty() && conn->server() == keep_server_))) {
       idle_.push_back(std::move(conn));
       return;
     }
@@ -689,18 +703,27 @@ void Pool::Release(std::unique_ptr<Conn> conn, uint64_t generation) {
   conn.reset();  // closed outside the lock
 }
 
-int Pool::Renew(bool end_leased) {
+int Pool::Renew(bool end_leased, const std::string& keep_server) {
   std::vector<std::unique_ptr<Conn>> old;
   int ended = 0;
+  auto kept = [&keep_server](const Conn& c) {
+    return !keep_server.empty() && c.server() == keep_server;
+  };
   {
     absl::MutexLock lock(&mu_);
     ++generation_;
-    old.swap(idle_);
+    keep_server_ = keep_server;
+    std::vector<std::unique_ptr<Conn>> idle;
+    for (auto& c : idle_) (kept(*c) ? idle : old).push_back(std::move(c));
+    idle_.swap(idle);
     open_or_leased_ -= static_cast<int>(old.size());
     // Under the lock: a lease cannot end, and its Conn go, meanwhile.
     if (end_leased) {
-      for (Conn* c : leased_) c->Interrupt();
-      ended = static_cast<int>(leased_.size());
+      for (Conn* c : leased_) {
+        if (kept(*c)) continue;
+        c->Interrupt();
+        ++ended;
+      }
     }
   }
   return ended;

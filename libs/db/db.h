@@ -179,6 +179,14 @@ class Conn {
   // it, so that a caller gets a fresh connection rather than a failure at
   // its first statement.
   bool UsableAfterIdle();
+  // Asks which server this connection reached: when its postmaster started
+  // (pg_postmaster_start_time()), which server() then returns ("" before).
+  // Not its address: one server can be reached at several, and a restarted
+  // or newly promoted one at the same. Pool::Acquire asks it of every
+  // connection it opens, so that Renew can tell those reaching the server
+  // that took over from those reaching the one gone.
+  absl::Status LearnServer();
+  const std::string& server() const { return server_; }
   // Statements prepared on this connection now (at most about kMaxPrepared).
   size_t prepared_count() const { return prepared_.size(); }
   PGconn* raw() { return conn_.get(); }
@@ -233,6 +241,7 @@ class Conn {
   uint64_t uses_ = 0;
   int next_prepared_ = 0;
   bool broken_ = false;  // a pipeline failed half-way: the protocol state is unknown
+  std::string server_;   // LearnServer
   // A duplicate of libpq's socket, for Interrupt: libpq closes its own when
   // the connection fails, and that number may then be another socket's;
   // this one stays this socket's until the Conn goes.
@@ -310,7 +319,11 @@ class Pool {
   // also interrupted now (Conn::Interrupt), for when the server they lead to
   // is known to be gone: their callers fail at once instead of waiting out
   // their deadlines for answers that will not come. Returns how many were.
-  int Renew(bool end_leased = false);
+  // With `keep_server` (a Conn::server()), the connections that reached
+  // that server stay, idle, leased or returned: after a restart or a
+  // failover, those the new server already took (a transaction on one,
+  // ended at its COMMIT, would answer its caller "outcome unknown").
+  int Renew(bool end_leased = false, const std::string& keep_server = "");
 
  private:
   void Release(std::unique_ptr<Conn> conn, uint64_t generation);
@@ -325,6 +338,7 @@ class Pool {
   std::vector<Conn*> leased_ ABSL_GUARDED_BY(mu_);
   int open_or_leased_ ABSL_GUARDED_BY(mu_) = 0;  // connections counted against size_
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // raised by Renew
+  std::string keep_server_ ABSL_GUARDED_BY(mu_);  // the last Renew's
 };
 
 enum class Isolation { kReadCommitted, kRepeatableRead, kSerializable };

@@ -330,12 +330,11 @@ class HealthMonitor {
   // failover, a restart), and the pool's connections to it with it.
   void NoteServer() {
     conn_->set_answer_deadline(absl::Now() + absl::Seconds(2));
-    absl::StatusOr<db::Result> r = conn_->Exec("SELECT pg_postmaster_start_time()::text");
+    const absl::Status learned = conn_->LearnServer();
     conn_->set_answer_deadline(absl::InfiniteFuture());
-    if (!r.ok() || r->rows() != 1) return;  // the ping that follows says why
-    std::string now = r->String(0, 0);
-    if (!server_.empty() && now != server_) server_changed_ = true;
-    server_ = std::move(now);
+    if (!learned.ok()) return;  // the ping that follows says why
+    if (!server_.empty() && conn_->server() != server_) server_changed_ = true;
+    server_ = conn_->server();
   }
   void Run() {
     int last = -1;
@@ -352,9 +351,12 @@ class HealthMonitor {
       if (db_up && server_changed_) {
         // The connections in use wait for answers from a server that is
         // gone, perhaps without a word (its host or address moved): each
-        // would hold its caller until the call's deadline. They end now.
+        // would hold its caller until the call's deadline. They end now;
+        // not those the new server took since it came (half a second of
+        // calls, up to this look), whose transactions would otherwise be
+        // ended, some at their COMMIT ("outcome unknown").
         server_changed_ = false;
-        const int ended = pool_->Renew(/*end_leased=*/true);
+        const int ended = pool_->Renew(/*end_leased=*/true, server_);
         log::Warn(
             "database server changed (a failover or a restart): connections to the one before "
             "closed; calls waiting on them run once more on the new one, or answer UNAVAILABLE "
