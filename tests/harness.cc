@@ -1,11 +1,13 @@
 #include "tests/harness.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 #include <nats/nats.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -18,6 +20,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -244,8 +247,9 @@ void RemoveStreamAfterSuite(const std::string& stream) {
   Made().streams.push_back(stream);
 }
 
-std::string NewDatabase() {
-  std::string admin = RequiredEnv("CONNECTING_TEST_PG");
+std::string NewDatabase(const std::string& admin_url) {
+  const bool shared = admin_url.empty();
+  std::string admin = shared ? RequiredEnv("CONNECTING_TEST_PG") : admin_url;
   std::string name = "t_" + RandomSuffix();
   auto conn = db::Conn::Open(admin, "test-harness");
   if (!conn.ok()) {
@@ -254,7 +258,7 @@ std::string NewDatabase() {
   }
   absl::Status s = (*conn)->ExecScript("CREATE DATABASE " + name);
   EXPECT_TRUE(s.ok()) << s;
-  if (s.ok()) {
+  if (s.ok() && shared) {  // a private server's go with it
     std::lock_guard<std::mutex> l(Made().mu);
     Made().databases.push_back(name);
   }
@@ -292,8 +296,22 @@ std::string WithPort(const std::string& url, int port) {
 }
 
 Process::Process(std::string path, std::vector<std::string> args,
-                 std::map<std::string, std::string> env, std::string log_path)
+                 std::map<std::string, std::string> env, std::string log_path,
+                 const std::string& user)
     : log_path_(std::move(log_path)) {
+  // Looked up before fork: a child of a threaded process may only make
+  // async-signal-safe calls.
+  uid_t uid = 0;
+  gid_t gid = 0;
+  if (!user.empty()) {
+    const passwd* pw = getpwnam(user.c_str());
+    if (pw == nullptr) {
+      ADD_FAILURE() << "no user " << user << " to run " << path << " as";
+      return;
+    }
+    uid = pw->pw_uid;
+    gid = pw->pw_gid;
+  }
   std::map<std::string, std::string> merged;
   for (char** e = environ; *e != nullptr; ++e) {
     std::string kv(*e);
@@ -311,7 +329,11 @@ Process::Process(std::string path, std::vector<std::string> args,
   argv.push_back(nullptr);
   pid_ = fork();
   if (pid_ == 0) {
-    // Die with the test process, even if it is killed before its destructors run.
+    if (!user.empty() && (setgroups(0, nullptr) != 0 || setgid(gid) != 0 || setuid(uid) != 0)) {
+      _exit(126);
+    }
+    // Die with the test process, even if it is killed before its destructors
+    // run (set after the user changed, which clears it).
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     int fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd >= 0) {
@@ -479,6 +501,65 @@ void StallingProxy::Run() {
   }
   for (const Pair& p : pairs) close_pair(p);
   for (const Pair& p : abandoned) close_pair(p);
+}
+
+PostgresServer::PostgresServer() : port_(FreePort()) {
+  dir_ = absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/pg-", RandomSuffix());
+  mkdir(dir_.c_str(), 0755);
+  if (getuid() == 0) {
+    user_ = "postgres";
+    const passwd* pw = getpwnam(user_.c_str());
+    if (pw == nullptr || chown(dir_.c_str(), pw->pw_uid, pw->pw_gid) != 0) {
+      ADD_FAILURE() << "cannot give " << dir_ << " to the postgres user";
+      return;
+    }
+  }
+  Process initdb(RequiredEnv("CONNECTING_TEST_PG_BINDIR") + "/initdb",
+                 {"-D", dir_ + "/data", "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                  "--no-locale", "--no-sync"},
+                 {}, dir_ + "/initdb.log", user_);
+  const int code = initdb.Wait(absl::Seconds(120));
+  if (code != 0) {
+    ADD_FAILURE() << "initdb exited " << code << ": " << LogTail(dir_ + "/initdb.log", 20);
+    return;
+  }
+  Start();
+}
+
+PostgresServer::~PostgresServer() {
+  if (proc_ != nullptr) {
+    proc_->Signal(SIGQUIT);
+    if (proc_->Wait(absl::Seconds(20)) < 0) proc_->Signal(SIGKILL);
+    proc_.reset();
+  }
+  std::error_code ignored;  // the run's directory goes at its end anyway
+  std::filesystem::remove_all(dir_, ignored);
+}
+
+void PostgresServer::Start() {
+  proc_ = std::make_unique<Process>(
+      RequiredEnv("CONNECTING_TEST_PG_BINDIR") + "/postgres",
+      std::vector<std::string>{"-D", dir_ + "/data", "-p", std::to_string(port_), "-k", dir_, "-c",
+                               "listen_addresses=127.0.0.1", "-c", "max_connections=100", "-c",
+                               "fsync=off", "-c", "synchronous_commit=on"},
+      std::map<std::string, std::string>{}, dir_ + "/postgres.log", user_);
+  const bool up = WaitUntil(
+      [&] {
+        return proc_->Wait(absl::ZeroDuration()) < 0 && db::Conn::Open(admin_url(), "test").ok();
+      },
+      absl::Seconds(60), absl::Milliseconds(50));
+  if (!up) ADD_FAILURE() << "PostgreSQL did not start: " << LogTail(dir_ + "/postgres.log", 20);
+}
+
+void PostgresServer::Crash() {
+  if (proc_ == nullptr) return;
+  proc_->Signal(SIGQUIT);
+  EXPECT_GE(proc_->Wait(absl::Seconds(20)), 0) << "PostgreSQL still running after SIGQUIT";
+  proc_.reset();
+}
+
+std::string PostgresServer::admin_url() const {
+  return absl::StrCat("postgresql://postgres@127.0.0.1:", port_, "/postgres");
 }
 
 NatsServer::NatsServer() : port_(FreePort()) {
@@ -924,11 +1005,13 @@ PartnersFixture::PartnersFixture(std::map<std::string, std::string> extra_env) {
 }
 
 SchedulingFixture::SchedulingFixture(std::map<std::string, std::string> extra_env,
-                                     const std::string& own_nats_url) {
+                                     const std::string& own_nats_url,
+                                     const PostgresServer* own_pg) {
   nats_url = own_nats_url.empty() ? RequiredEnv("CONNECTING_TEST_NATS") : own_nats_url;
   suffix = RandomSuffix();
-  partners_db = NewDatabase();
-  scheduling_db = NewDatabase();
+  const std::string pg = own_pg != nullptr ? own_pg->admin_url() : "";
+  partners_db = NewDatabase(pg);
+  scheduling_db = NewDatabase(pg);
   std::string partners_prefix = "t" + suffix + ".connecting.partners";
   partners = std::make_unique<ServiceProcess>(ServiceProcess::Options{
       PARTNERS_BIN, partners_db, nats_url, "PARTNERS_" + suffix, partners_prefix, {}});

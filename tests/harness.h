@@ -38,8 +38,9 @@ int FreePort();
 // A TCP connection to 127.0.0.1:port (its descriptor, to close), or -1.
 int DialLoopback(int port);
 bool PortOpen(int port);
-// A fresh, empty database on the shared server; returns its URL.
-std::string NewDatabase();
+// A fresh, empty database on the shared server (or on the one whose
+// administrative URL is `admin_url`, e.g. a PostgresServer's); returns its URL.
+std::string NewDatabase(const std::string& admin_url = "");
 // What a test makes on the shared servers goes when its test suite ends
 // (after TearDownTestSuite), so that a long run (tools/test/seeds.sh: two
 // databases, some 24 MB, a seed) does not fill the disk. NewDatabase's
@@ -70,8 +71,10 @@ bool ReplaceFile(const std::string& path, const std::string& text);
 // A child process with its own environment; killed (SIGKILL) on destruction.
 class Process {
  public:
+  // `user`: run as that user (the test runs as root; e.g. "postgres"); "":
+  // as the test's own.
   Process(std::string path, std::vector<std::string> args, std::map<std::string, std::string> env,
-          std::string log_path);
+          std::string log_path, const std::string& user = "");
   ~Process();
   pid_t pid() const { return pid_; }
   void Signal(int sig);
@@ -110,6 +113,34 @@ class NatsServer {
  private:
   int port_;
   std::string dir_;
+  std::unique_ptr<Process> proc_;
+};
+
+// A private PostgreSQL server, for a test that crashes it: initialised in a
+// fresh directory under CONNECTING_TEST_TMP and started on a loopback port
+// of its own, as the `postgres` user when the test runs as root (initdb
+// refuses root). Every commit is written to the operating system before it
+// is answered (synchronous_commit on, unlike the shared server's), so a
+// crashed server loses nothing it answered; fsync is off, as the crash is a
+// process's, not the machine's.
+class PostgresServer {
+ public:
+  PostgresServer();
+  ~PostgresServer();  // stopped at once, its directory removed
+  // Starts it and waits until it takes connections (after Crash, once it has
+  // recovered from its WAL).
+  void Start();
+  // An immediate shutdown (SIGQUIT to the postmaster): every backend ends at
+  // once, mid-transaction or mid-commit, nothing is checkpointed, and the
+  // next Start recovers from the WAL, as after a crash.
+  void Crash();
+  // postgresql://postgres@127.0.0.1:PORT/postgres
+  std::string admin_url() const;
+
+ private:
+  int port_;
+  std::string dir_;
+  std::string user_;  // "postgres" when the test runs as root
   std::unique_ptr<Process> proc_;
 };
 
@@ -331,9 +362,11 @@ struct PartnersFixture {
 // Partners and scheduling wired together on the shared servers: scheduling
 // consumes the partners stream of this fixture.
 struct SchedulingFixture {
-  // On the shared NATS, or the one at `own_nats_url`.
+  // On the shared NATS, or the one at `own_nats_url`; on the shared
+  // PostgreSQL, or `own_pg`.
   explicit SchedulingFixture(std::map<std::string, std::string> extra_env = {},
-                             const std::string& own_nats_url = "");
+                             const std::string& own_nats_url = "",
+                             const PostgresServer* own_pg = nullptr);
   // Creates an ACTIVE organisation in partners and waits until scheduling's
   // projection has it.
   std::string CreatePartner(const std::string& name);

@@ -2688,7 +2688,9 @@ TEST_F(Scheduling, BookingIdsAreOrderedByTheTimeTheyWereMade) {
     int64_t created_ms =
         made[i].create_time().seconds() * 1000 + made[i].create_time().nanos() / 1000000;
     EXPECT_LE(std::abs(id_ms - created_ms), 1000) << id;
-    if (i > 0) EXPECT_LT(made[i - 1].id(), id) << "made after it";
+    if (i > 0) {
+      EXPECT_LT(made[i - 1].id(), id) << "made after it";
+    }
   }
 }
 
