@@ -590,6 +590,13 @@ void NatsServer::Stop() {
   proc_.reset();
 }
 
+void NatsServer::Kill() {
+  if (proc_ == nullptr) return;
+  proc_->Signal(SIGKILL);
+  proc_->Wait(absl::Seconds(10));
+  proc_.reset();
+}
+
 std::string NatsServer::url() const { return absl::StrCat("nats://127.0.0.1:", port_); }
 
 ServiceProcess::ServiceProcess(Options o)
@@ -764,8 +771,10 @@ std::string DatabaseName(const std::string& db_url) { return db_url.substr(db_ur
 
 // A connection to the shared server's maintenance database, for looking at
 // and acting on a test's database from outside.
-std::unique_ptr<db::Conn> Admin() {
-  auto admin = db::Conn::Open(RequiredEnv("CONNECTING_TEST_PG"), "test-harness");
+// An administrative connection to the server holding the database at
+// `db_url` (the shared one, or a test's own PostgresServer).
+std::unique_ptr<db::Conn> Admin(const std::string& db_url) {
+  auto admin = db::Conn::Open(db_url.substr(0, db_url.rfind('/') + 1) + "postgres", "test-harness");
   EXPECT_TRUE(admin.ok()) << admin.status();
   return admin.ok() ? *std::move(admin) : nullptr;
 }
@@ -781,7 +790,7 @@ constexpr char kLockWaiters[] =
     "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'";
 
 void AllowConnections(const std::string& db_url, bool allow) {
-  std::unique_ptr<db::Conn> admin = Admin();
+  std::unique_ptr<db::Conn> admin = Admin(db_url);
   ASSERT_NE(admin, nullptr);
   absl::Status s = admin->ExecScript(absl::StrCat("ALTER DATABASE ", DatabaseName(db_url),
                                                   " ALLOW_CONNECTIONS ", allow ? "true" : "false"));
@@ -793,13 +802,13 @@ void AllowConnections(const std::string& db_url, bool allow) {
 }  // namespace
 
 namespace {
-// Runs `change` on the test server while `service` is stopped.
-absl::Status WhileStopped(ServiceProcess& service,
+// Runs `change` on the server of `db_url` while `service` is stopped.
+absl::Status WhileStopped(ServiceProcess& service, const std::string& db_url,
                           const std::function<absl::Status(db::Conn& admin)>& change) {
   if (int code = service.Terminate(); code != 0) {
     return absl::InternalError(absl::StrCat("the service exited ", code, " on SIGTERM"));
   }
-  std::unique_ptr<db::Conn> admin = Admin();
+  std::unique_ptr<db::Conn> admin = Admin(db_url);
   absl::Status s = admin == nullptr ? absl::UnavailableError("no connection to the test server")
                                     : change(*admin);
   service.Start();
@@ -809,14 +818,14 @@ absl::Status WhileStopped(ServiceProcess& service,
 
 absl::Status BackUpDatabase(ServiceProcess& service, const std::string& db_url) {
   std::string name = DatabaseName(db_url);
-  return WhileStopped(service, [&](db::Conn& admin) {
+  return WhileStopped(service, db_url, [&](db::Conn& admin) {
     return admin.ExecScript(absl::StrCat("CREATE DATABASE ", name, "_backup TEMPLATE ", name));
   });
 }
 
 absl::Status RestoreDatabase(ServiceProcess& service, const std::string& db_url) {
   std::string name = DatabaseName(db_url);
-  return WhileStopped(service, [&](db::Conn& admin) {
+  return WhileStopped(service, db_url, [&](db::Conn& admin) {
     // One statement at a time: none of them runs inside a transaction block.
     for (const std::string& sql :
          {absl::StrCat("DROP DATABASE ", name, " WITH (FORCE)"),
@@ -829,7 +838,7 @@ absl::Status RestoreDatabase(ServiceProcess& service, const std::string& db_url)
 }
 
 int64_t DropConnections(const std::string& db_url) {
-  std::unique_ptr<db::Conn> admin = Admin();
+  std::unique_ptr<db::Conn> admin = Admin(db_url);
   return AdminCount(admin.get(),
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                     "WHERE datname = $1 AND application_name <> 'test'",
@@ -837,12 +846,12 @@ int64_t DropConnections(const std::string& db_url) {
 }
 
 bool WaitsForALock(const std::string& db_url) {
-  std::unique_ptr<db::Conn> admin = Admin();
+  std::unique_ptr<db::Conn> admin = Admin(db_url);
   return AdminCount(admin.get(), kLockWaiters, db_url) > 0;
 }
 
 bool UntilLockWaiters(const std::string& db_url, int64_t n) {
-  std::unique_ptr<db::Conn> admin = Admin();
+  std::unique_ptr<db::Conn> admin = Admin(db_url);
   for (int i = 0; i < 250; ++i) {
     if (AdminCount(admin.get(), kLockWaiters, db_url) >= n) return true;
     absl::SleepFor(absl::Milliseconds(20));
@@ -851,14 +860,14 @@ bool UntilLockWaiters(const std::string& db_url, int64_t n) {
 }
 
 void UntilWaitingOrDone(const std::string& db_url, const std::function<bool()>& finished) {
-  std::unique_ptr<db::Conn> admin = Admin();
+  std::unique_ptr<db::Conn> admin = Admin(db_url);
   for (int i = 0; i < 150 && !finished(); ++i) {
     if (AdminCount(admin.get(), kLockWaiters, db_url) > 0) return;
   }
 }
 
 int64_t DeadlocksIn(const std::string& db_url) {
-  std::unique_ptr<db::Conn> admin = Admin();
+  std::unique_ptr<db::Conn> admin = Admin(db_url);
   return AdminCount(admin.get(), "SELECT deadlocks FROM pg_stat_database WHERE datname = $1",
                     db_url);
 }

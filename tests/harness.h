@@ -108,6 +108,8 @@ class NatsServer {
   ~NatsServer();
   void Start();
   void Stop();
+  // SIGKILL: what it stored stays, as after a crash; Start brings it back.
+  void Kill();
   std::string url() const;
 
  private:

@@ -1400,6 +1400,24 @@ class BookingStorm {
       EXPECT_EQ(it->second, 1) << "booking " << id << " published twice";
     }
   }
+  // Every client retries every request after `what`: each succeeds, a
+  // request acknowledged before gets the same booking back, and the
+  // session holds one booking per person, one event each.
+  void RetryEveryRequest(const std::vector<Told>& before, const std::string& what) {
+    std::atomic<int> acked{0};
+    for (auto& t : Book(&acked)) t.join();
+    for (int i = 0; i < kPeople; ++i) {
+      ASSERT_TRUE(told[i].ok) << "request " << i << " failed after " << what << ": "
+                              << told[i].error;
+      if (before[i].ok) {
+        EXPECT_EQ(told[i].id, before[i].id) << "a retry booked twice";
+        EXPECT_EQ(told[i].status, before[i].status);
+      }
+    }
+    EXPECT_EQ(Scalar("SELECT count(*) FROM bookings WHERE session_id = $1::uuid"), kPeople);
+    ExpectConsistent("after the retries");
+    ExpectOneEventPerBooking();
+  }
   void Restart() {
     ServiceProcess::Options o = fx.scheduling->options();
     fx.scheduling = std::make_unique<ServiceProcess>(o);
@@ -1418,8 +1436,15 @@ class BookingStorm {
   std::atomic<int> next_{0};
 };
 
+// The servers a crashing workload may crash besides the service: its
+// fixture's own PostgreSQL and NATS.
+struct CrashableServers {
+  PostgresServer* pg = nullptr;
+  NatsServer* nats = nullptr;
+};
+
 void RandomConcurrentWorkloadKeepsEveryRule(SchedulingFixture& fx, const std::string& org,
-                                            bool crashes = false) {
+                                            bool crashes = false, CrashableServers servers = {}) {
   // Six clients book, cancel, reschedule, retry and change capacities at
   // random (seeded) over
   // four frontline visits on two dates and a two-site department event, while
@@ -1429,7 +1454,9 @@ void RandomConcurrentWorkloadKeepsEveryRule(SchedulingFixture& fx, const std::st
   // With `crashes`, three times at seeded moments the service is killed
   // (SIGKILL) or stopped (SIGTERM, as a rolling update does: it must exit
   // 0) and started again, or the database ends its connections (a
-  // failover); a call caught in any of them fails (UNAVAILABLE, or
+  // failover), or, given `servers`, PostgreSQL crashes (an immediate
+  // shutdown) or nats-server is killed, and each comes back a moment
+  // later; a call caught in any of them fails (UNAVAILABLE, or
   // CANCELLED at a stop: below) and its client sends it again until it is
   // answered otherwise, as a client would (a booking under the same
   // request_id). A seat a killed process left free
@@ -1604,8 +1631,18 @@ void RandomConcurrentWorkloadKeepsEveryRule(SchedulingFixture& fx, const std::st
       if (clients_done.load() == kClients) break;
       // Up to 30 ms on: not always just as a call was answered.
       absl::SleepFor(absl::Microseconds(rng() % 30000));
-      const unsigned kind = rng() % 4;
-      if (kind == 0) {
+      const unsigned kind = rng() % (servers.pg != nullptr && servers.nats != nullptr ? 6 : 4);
+      if (kind == 4) {
+        servers.pg->Crash();
+        std::printf("at operation %d: PostgreSQL crashed\n", ops.load());
+        absl::SleepFor(absl::Milliseconds(rng() % 300));
+        servers.pg->Start();  // recovering from its WAL first
+      } else if (kind == 5) {
+        servers.nats->Kill();
+        std::printf("at operation %d: nats-server killed\n", ops.load());
+        absl::SleepFor(absl::Milliseconds(rng() % 300));
+        servers.nats->Start();
+      } else if (kind == 0) {
         int64_t dropped = DropConnections(fx.scheduling_db);
         std::printf("at operation %d: the database ended %lld connections\n", ops.load(),
                     static_cast<long long>(dropped));
@@ -1732,13 +1769,19 @@ TEST_F(SchedulingOneLane, RandomConcurrentWorkloadKeepsEveryRule) {
 }
 
 // The random workload through crashes: the service killed or stopped and
-// started again, or its database connections ended, three times at seeded moments
-// (CONNECTING_TEST_SEED; tools/test/seeds.sh FROM TO crash). One lane, as
-// the service runs by default; bookings that wait for a lock wait apart.
+// started again, its database connections ended, PostgreSQL crashed or
+// nats-server killed (on servers of the test's own), three times at seeded
+// moments (CONNECTING_TEST_SEED; tools/test/seeds.sh FROM TO crash). One
+// lane, as the service runs by default; bookings that wait for a lock wait
+// apart.
 TEST(SchedulingCrash, RandomConcurrentWorkloadThroughCrashesKeepsEveryRule) {
+  PostgresServer pg;
+  NatsServer nats;
   SchedulingFixture fx(std::map<std::string, std::string>{{"SEAT_SWEEP_INTERVAL", "1s"},
-                                                          {"BOOKING_LOCK_WAIT", "1ms"}});
-  RandomConcurrentWorkloadKeepsEveryRule(fx, fx.CreatePartner("Crash Trust"), /*crashes=*/true);
+                                                          {"BOOKING_LOCK_WAIT", "1ms"}},
+                       nats.url(), &pg);
+  RandomConcurrentWorkloadKeepsEveryRule(fx, fx.CreatePartner("Crash Trust"), /*crashes=*/true,
+                                         CrashableServers{&pg, &nats});
 }
 
 // SIGKILL in the middle of concurrent, group-committed bookings, then a
@@ -1792,18 +1835,7 @@ TEST(SchedulingCrash, DatabaseDropsItsConnectionsMidBookingsLosesNothingAcknowle
   storm.ExpectConsistent("after the drop");
   storm.ExpectStoredAsTold(before);
 
-  for (auto& t : storm.Book(&acked)) t.join();  // every client retries every request
-  for (int i = 0; i < BookingStorm::kPeople; ++i) {
-    ASSERT_TRUE(storm.told[i].ok) << "request " << i << " failed after the drop";
-    if (before[i].ok) {
-      EXPECT_EQ(storm.told[i].id, before[i].id) << "a retry booked twice";
-      EXPECT_EQ(storm.told[i].status, before[i].status);
-    }
-  }
-  EXPECT_EQ(storm.Scalar("SELECT count(*) FROM bookings WHERE session_id = $1::uuid"),
-            BookingStorm::kPeople);
-  storm.ExpectConsistent("after the retries");
-  storm.ExpectOneEventPerBooking();
+  storm.RetryEveryRequest(before, "the drop");
   EXPECT_TRUE(storm.fx.scheduling->WaitForHealth(1, absl::Seconds(10))) << "not SERVING again";
 }
 
@@ -1839,19 +1871,7 @@ TEST(SchedulingCrash, DatabaseServerCrashMidBookingsLosesNothingAcknowledged) {
   storm.ExpectConsistent("after the crash");
   storm.ExpectStoredAsTold(before);
 
-  for (auto& t : storm.Book(&acked)) t.join();  // every client retries every request
-  for (int i = 0; i < BookingStorm::kPeople; ++i) {
-    ASSERT_TRUE(storm.told[i].ok) << "request " << i
-                                  << " failed after the crash: " << storm.told[i].error;
-    if (before[i].ok) {
-      EXPECT_EQ(storm.told[i].id, before[i].id) << "a retry booked twice";
-      EXPECT_EQ(storm.told[i].status, before[i].status);
-    }
-  }
-  EXPECT_EQ(storm.Scalar("SELECT count(*) FROM bookings WHERE session_id = $1::uuid"),
-            BookingStorm::kPeople);
-  storm.ExpectConsistent("after the retries");
-  storm.ExpectOneEventPerBooking();
+  storm.RetryEveryRequest(before, "the crash");
 
   // The same processes, serving, with no restore reported.
   EXPECT_EQ(storm.fx.scheduling->process()->pid(), scheduling_pid);

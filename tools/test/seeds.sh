@@ -7,7 +7,8 @@
 # default build; build-asan after `make sanitize` runs them instrumented).
 #
 # With `crash`, instead: the same workload while the service is killed or
-# stopped and started again, or its database connections ended, at seeded
+# stopped and started again, its database connections ended, PostgreSQL
+# crashed or nats-server killed (servers of the test's own), at seeded
 # moments (SchedulingCrash.RandomConcurrentWorkloadThroughCrashesKeepsEveryRule).
 #
 # Usage: tools/test/seeds.sh FROM TO [fuzz|workload|crash]
