@@ -1847,12 +1847,43 @@ TEST(SchedulingCrash, DatabaseDropsItsConnectionsMidBookingsLosesNothingAcknowle
 // request books each person exactly once with one event each; no restore
 // is reported (a crash loses no committed change, so neither the relay's
 // numbering nor a consumer's inbox runs back); and partner events flow into
-// scheduling's projection again.
+// scheduling's projection again: partners made while it crashed, each
+// sent again until answered (the same request_id), all reach it, none
+// dead-lettered.
 TEST(SchedulingCrash, DatabaseServerCrashMidBookingsLosesNothingAcknowledged) {
   PostgresServer pg;
   BookingStorm storm(&pg);
   const pid_t scheduling_pid = storm.fx.scheduling->process()->pid();
   const pid_t partners_pid = storm.fx.partners->process()->pid();
+  // Partners made through the crash: their events, published by partners'
+  // relay, are applied by scheduling's consumer with its inbox.
+  constexpr int kPartners = 30;
+  std::vector<std::string> partner_ids(kPartners);
+  std::atomic<int> partners_sent_again{0};
+  std::thread partners_made([&] {
+    for (int i = 0; i < kPartners; ++i) {
+      connecting::partners::v1::CreateOrganisationRequest req;
+      *req.mutable_organisation() = SampleOrganisation(absl::StrCat("Through the Crash ", i));
+      req.set_request_id(absl::StrCat("through-the-crash-", i));
+      const absl::Time until = absl::Now() + absl::Seconds(30);
+      for (;;) {
+        connecting::partners::v1::Organisation org;
+        grpc::Status st =
+            storm.fx.partners_stub->CreateOrganisation(Ctx(storm.fx.admin).get(), req, &org);
+        if (st.ok()) {
+          partner_ids[i] = org.id();
+          break;
+        }
+        if (st.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() > until) {
+          ADD_FAILURE() << "partner " << i << ": " << st.error_code() << " " << st.error_message();
+          break;
+        }
+        ++partners_sent_again;
+        absl::SleepFor(absl::Milliseconds(50));
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  });
   std::atomic<int> acked{0};
   std::vector<std::thread> threads = storm.Book(&acked);
   for (int i = 0; i < 2000 && acked.load() < 40; ++i) absl::SleepFor(absl::Milliseconds(5));
@@ -1862,12 +1893,15 @@ TEST(SchedulingCrash, DatabaseServerCrashMidBookingsLosesNothingAcknowledged) {
   absl::SleepFor(absl::Milliseconds(300));  // down a while: connections are refused
   pg.Start();
   for (auto& t : threads) t.join();
+  partners_made.join();
   storm.Reconnect();
   std::vector<BookingStorm::Told> before = storm.told;
   int answered = 0;
   for (const auto& t : before) answered += t.ok;
-  std::printf("PostgreSQL crashed with %d bookings acknowledged and recovered; %d of %d\n",
-              at_crash, answered, BookingStorm::kPeople);
+  std::printf(
+      "PostgreSQL crashed with %d bookings acknowledged and recovered; %d of %d; partners' "
+      "creations sent again: %d\n",
+      at_crash, answered, BookingStorm::kPeople, partners_sent_again.load());
   storm.ExpectConsistent("after the crash");
   storm.ExpectStoredAsTold(before);
 
@@ -1881,6 +1915,12 @@ TEST(SchedulingCrash, DatabaseServerCrashMidBookingsLosesNothingAcknowledged) {
   EXPECT_TRUE(storm.fx.scheduling->WaitForHealth(1, absl::Seconds(10))) << "not SERVING again";
   std::string after_crash = storm.fx.CreatePartner("After the Crash Trust");
   EXPECT_FALSE(after_crash.empty());
+  for (int i = 0; i < kPartners; ++i) {
+    EXPECT_TRUE(storm.fx.WaitForPartnerStatus(partner_ids[i], 1, absl::Seconds(5)))
+        << "partner " << i << " (" << partner_ids[i] << ") never reached scheduling";
+  }
+  EXPECT_EQ(storm.Scalar("SELECT count(*) FROM dead_letters WHERE $1::text IS NOT NULL"), 0)
+      << "an event dead-lettered";
   for (ServiceProcess* service : {storm.fx.scheduling.get(), storm.fx.partners.get()}) {
     EXPECT_EQ(MetricValue(service->metrics_port(), "connecting_outbox_database_behind_stream"),
               std::optional<double>(0));
