@@ -240,6 +240,11 @@ const bool kRemovesLeftovers = [] {
   ::testing::UnitTest::GetInstance()->listeners().Append(new RemoveLeftoversAtSuiteEnd);
   return true;
 }();
+
+// The URL of database `name` on the server of the postgresql:// URL `url`.
+std::string WithDatabase(const std::string& url, const std::string& name) {
+  return url.substr(0, url.rfind('/') + 1) + name;
+}
 }  // namespace
 
 void RemoveStreamAfterSuite(const std::string& stream) {
@@ -262,8 +267,7 @@ std::string NewDatabase(const std::string& admin_url) {
     std::lock_guard<std::mutex> l(Made().mu);
     Made().databases.push_back(name);
   }
-  size_t slash = admin.rfind('/');
-  return admin.substr(0, slash + 1) + name;
+  return WithDatabase(admin, name);
 }
 
 namespace {
@@ -527,11 +531,7 @@ PostgresServer::PostgresServer() : port_(FreePort()) {
 }
 
 PostgresServer::~PostgresServer() {
-  if (proc_ != nullptr) {
-    proc_->Signal(SIGQUIT);
-    if (proc_->Wait(absl::Seconds(20)) < 0) proc_->Signal(SIGKILL);
-    proc_.reset();
-  }
+  Crash();  // nothing to keep (a postmaster that outlives it is killed with its Process)
   std::error_code ignored;  // the run's directory goes at its end anyway
   std::filesystem::remove_all(dir_, ignored);
 }
@@ -769,12 +769,11 @@ namespace {
 // The name of the database at `db_url`, as pg_stat_activity and ALTER DATABASE know it.
 std::string DatabaseName(const std::string& db_url) { return db_url.substr(db_url.rfind('/') + 1); }
 
-// A connection to the shared server's maintenance database, for looking at
-// and acting on a test's database from outside.
-// An administrative connection to the server holding the database at
-// `db_url` (the shared one, or a test's own PostgresServer).
+// A connection to the maintenance database of the server holding the
+// database at `db_url` (the shared one, or a test's own PostgresServer), for
+// looking at and acting on that database from outside.
 std::unique_ptr<db::Conn> Admin(const std::string& db_url) {
-  auto admin = db::Conn::Open(db_url.substr(0, db_url.rfind('/') + 1) + "postgres", "test-harness");
+  auto admin = db::Conn::Open(WithDatabase(db_url, "postgres"), "test-harness");
   EXPECT_TRUE(admin.ok()) << admin.status();
   return admin.ok() ? *std::move(admin) : nullptr;
 }

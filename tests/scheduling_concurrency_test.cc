@@ -1436,6 +1436,21 @@ class BookingStorm {
   std::atomic<int> next_{0};
 };
 
+// Sends `call` again while `caught` says a crash caught it, every 50 ms for
+// at most 30 s (the servers come back within a few), as a client would;
+// counts each repeat in `sent_again`.
+grpc::Status SendUntilAnswered(const std::function<grpc::Status()>& call,
+                               const std::function<bool(const grpc::Status&)>& caught,
+                               std::atomic<int>* sent_again) {
+  const absl::Time until = absl::Now() + absl::Seconds(30);
+  for (;;) {
+    grpc::Status st = call();
+    if (absl::Now() > until || !caught(st)) return st;
+    ++*sent_again;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+}
+
 // The servers a crashing workload may crash besides the service: its
 // fixture's own PostgreSQL and NATS.
 struct CrashableServers {
@@ -1482,8 +1497,8 @@ void RandomConcurrentWorkloadKeepsEveryRule(SchedulingFixture& fx, const std::st
   auto after_op = [&] {
     if (++ops == kClients * kOpsPerClient / 2) midway();
   };
-  // A call caught in a crash, sent again until answered otherwise (for at
-  // most 30 s: the service restarts within a few). CANCELLED too, which
+  // A call caught in a crash, sent again until answered otherwise
+  // (SendUntilAnswered). CANCELLED too, which
   // these clients never cause: gRPC (1.51) ends a call that arrives as the
   // server stops taking calls, before its client has heard so, with
   // CANCELLED, unrun (grpc/grpc#41785; README, Error details).
@@ -1494,13 +1509,7 @@ void RandomConcurrentWorkloadKeepsEveryRule(SchedulingFixture& fx, const std::st
   };
   std::atomic<int> sent_again{0};
   auto again = [crashes, &caught, &sent_again](const std::function<grpc::Status()>& call) {
-    const absl::Time until = absl::Now() + absl::Seconds(30);
-    for (;;) {
-      grpc::Status st = call();
-      if (!crashes || absl::Now() > until || !caught(st)) return st;
-      ++sent_again;
-      absl::SleepFor(absl::Milliseconds(50));
-    }
+    return crashes ? SendUntilAnswered(call, caught, &sent_again) : call();
   };
   auto client = [&](int c) {
     std::mt19937 rng(seed * 100 + c);
@@ -1631,17 +1640,22 @@ void RandomConcurrentWorkloadKeepsEveryRule(SchedulingFixture& fx, const std::st
       if (clients_done.load() == kClients) break;
       // Up to 30 ms on: not always just as a call was answered.
       absl::SleepFor(absl::Microseconds(rng() % 30000));
+      // Down for up to 0.3 s, then started again.
+      auto down_a_while = [&](const char* what, const std::function<void()>& down,
+                              const std::function<void()>& up) {
+        down();
+        std::printf("at operation %d: %s\n", ops.load(), what);
+        absl::SleepFor(absl::Milliseconds(rng() % 300));
+        up();
+      };
       const unsigned kind = rng() % (servers.pg != nullptr && servers.nats != nullptr ? 6 : 4);
       if (kind == 4) {
-        servers.pg->Crash();
-        std::printf("at operation %d: PostgreSQL crashed\n", ops.load());
-        absl::SleepFor(absl::Milliseconds(rng() % 300));
-        servers.pg->Start();  // recovering from its WAL first
+        // Started again, it recovers from its WAL first.
+        down_a_while(
+            "PostgreSQL crashed", [&] { servers.pg->Crash(); }, [&] { servers.pg->Start(); });
       } else if (kind == 5) {
-        servers.nats->Kill();
-        std::printf("at operation %d: nats-server killed\n", ops.load());
-        absl::SleepFor(absl::Milliseconds(rng() % 300));
-        servers.nats->Start();
+        down_a_while(
+            "nats-server killed", [&] { servers.nats->Kill(); }, [&] { servers.nats->Start(); });
       } else if (kind == 0) {
         int64_t dropped = DropConnections(fx.scheduling_db);
         std::printf("at operation %d: the database ended %lld connections\n", ops.load(),
@@ -1652,10 +1666,8 @@ void RandomConcurrentWorkloadKeepsEveryRule(SchedulingFixture& fx, const std::st
         EXPECT_EQ(fx.scheduling->Terminate(), 0) << "SIGTERM mid-workload";
         fx.scheduling->Start();
       } else {
-        fx.scheduling->Kill();
-        std::printf("at operation %d: the service killed\n", ops.load());
-        absl::SleepFor(absl::Milliseconds(rng() % 300));
-        fx.scheduling->Start();
+        down_a_while(
+            "the service killed", [&] { fx.scheduling->Kill(); }, [&] { fx.scheduling->Start(); });
       }
       ++crashed;
     }
@@ -1865,21 +1877,17 @@ TEST(SchedulingCrash, DatabaseServerCrashMidBookingsLosesNothingAcknowledged) {
       connecting::partners::v1::CreateOrganisationRequest req;
       *req.mutable_organisation() = SampleOrganisation(absl::StrCat("Through the Crash ", i));
       req.set_request_id(absl::StrCat("through-the-crash-", i));
-      const absl::Time until = absl::Now() + absl::Seconds(30);
-      for (;;) {
-        connecting::partners::v1::Organisation org;
-        grpc::Status st =
-            storm.fx.partners_stub->CreateOrganisation(Ctx(storm.fx.admin).get(), req, &org);
-        if (st.ok()) {
-          partner_ids[i] = org.id();
-          break;
-        }
-        if (st.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() > until) {
-          ADD_FAILURE() << "partner " << i << ": " << st.error_code() << " " << st.error_message();
-          break;
-        }
-        ++partners_sent_again;
-        absl::SleepFor(absl::Milliseconds(50));
+      connecting::partners::v1::Organisation org;
+      grpc::Status st = SendUntilAnswered(
+          [&] {
+            return storm.fx.partners_stub->CreateOrganisation(Ctx(storm.fx.admin).get(), req, &org);
+          },
+          [](const grpc::Status& s) { return s.error_code() == grpc::StatusCode::UNAVAILABLE; },
+          &partners_sent_again);
+      if (st.ok()) {
+        partner_ids[i] = org.id();
+      } else {
+        ADD_FAILURE() << "partner " << i << ": " << st.error_code() << " " << st.error_message();
       }
       absl::SleepFor(absl::Milliseconds(20));
     }
