@@ -744,6 +744,57 @@ TEST_F(Bus, ConsumerMakesItsDurableAgainIfItIsDeleted) {
   EXPECT_EQ(Count("SELECT count(DISTINCT event_id) FROM effects"), 3);
 }
 
+TEST_F(Bus, ConnectionClosedForRefusedCredentialsIsReplacedAndRelayAndConsumerCarryOn) {
+  // A NATS server in operator mode takes the credentials; restarted with an
+  // operator that does not know them (as if the account were revoked while
+  // it was down), it refuses them, and the client library closes the
+  // connection for good. The connection is replaced, again and again; once
+  // the server takes the credentials back, the relay and the consumer,
+  // whose JetStream context and subscription belonged to the closed
+  // connection, make them again on the new one: every event emitted before,
+  // during and after is applied once.
+  const std::string tmp = testing::RequiredEnv("CONNECTING_TEST_TMP");
+  const std::string ours = absl::StrCat(tmp, "/bus-ours-", suffix_);
+  const std::string other = absl::StrCat(tmp, "/bus-other-", suffix_);
+  const int port = testing::FreePort();
+  const std::vector<std::string> our_server = testing::NatsOperator(ours, port);
+  const std::vector<std::string> other_server = testing::NatsOperator(other, port);
+  ASSERT_FALSE(our_server.empty() || other_server.empty());
+  auto server = testing::StartNats(our_server, ours, port);
+  bus::NatsSecurity creds;
+  creds.creds_file = ours + "/service.creds";
+  auto n = bus::Nats::Connect(absl::StrCat("nats://127.0.0.1:", port), "bus-test", creds);
+  ASSERT_TRUE(n.ok()) << n.status();
+  nats_ = *std::move(n);
+  auto relay = Relay();
+  bus::Consumer c(Opts(), pool_.get(), nats_.get(), &Bus::RecordEffect);
+  c.Start();
+  Emit(5);
+  ASSERT_TRUE(WaitFor("SELECT count(*) FROM effects", 5));
+  EXPECT_EQ(nats_->generation(), 0u);
+
+  server.reset();  // killed: the library reconnects, and is refused
+  server = testing::StartNats(other_server, other, port);
+  ASSERT_TRUE(testing::WaitUntil([&] { return nats_->generation() >= 2; }, absl::Seconds(20)))
+      << "the closed connection was not replaced (twice)";
+  Emit(5);  // kept in the outbox meanwhile
+  EXPECT_FALSE(WaitFor("SELECT count(*) FROM outbox", 0, absl::Milliseconds(500)));
+
+  server.reset();
+  server = testing::StartNats(our_server, ours, port);  // its JetStream store as it was
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM outbox", 0, absl::Seconds(30)))
+      << "the relay did not publish on the new connection";
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects", 10, absl::Seconds(30)))
+      << "the consumer did not fetch on the new connection";
+  Emit(5);
+  EXPECT_TRUE(WaitFor("SELECT count(*) FROM effects", 15));
+  EXPECT_TRUE(nats_->connected());
+  c.Stop();
+  relay->Stop(absl::Now());
+  EXPECT_EQ(Count("SELECT count(DISTINCT event_id) FROM effects"), 15);
+  EXPECT_EQ(Count("SELECT count(*) FROM effects"), 15) << "an event applied twice";
+}
+
 TEST_F(Bus, ConsumerPrunesItsInboxAndReplaysStillApplyNothingTwice) {
   // Once acknowledged, events need no inbox row: the mark (the durable's ack
   // floor, recorded) stands for them. A replay from the start applies none

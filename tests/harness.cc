@@ -570,17 +570,32 @@ NatsServer::NatsServer() : port_(FreePort()) {
 
 NatsServer::~NatsServer() { Stop(); }
 
-void NatsServer::Start() {
-  proc_ = std::make_unique<Process>(
-      "/usr/bin/env",
-      std::vector<std::string>{"nats-server", "-js", "-a", "127.0.0.1", "-p", std::to_string(port_),
-                               "-sd", dir_ + "/js"},
-      std::map<std::string, std::string>{}, dir_ + "/nats.log");
-  for (int i = 0; i < 400; ++i) {
-    if (PortOpen(port_)) return;
-    absl::SleepFor(absl::Milliseconds(25));
+std::unique_ptr<Process> StartNats(std::vector<std::string> args, const std::string& dir,
+                                   int port) {
+  args.insert(args.begin(), "nats-server");
+  auto nats = std::make_unique<Process>("/usr/bin/env", args, std::map<std::string, std::string>{},
+                                        dir + "/nats.log");
+  for (int i = 0; i < 400 && !PortOpen(port); ++i) absl::SleepFor(absl::Milliseconds(25));
+  EXPECT_TRUE(PortOpen(port)) << "nats-server did not start on port " << port << ":\n"
+                              << ReadFile(dir + "/nats.log");
+  return nats;
+}
+
+std::vector<std::string> NatsOperator(const std::string& dir, int port) {
+  // The keys and JWTs take a while to make (seconds on a loaded machine);
+  // the port given here on the command line wins over the file's.
+  const std::string make = absl::StrCat("mkdir -p '", dir, "' && node '", SOURCE_DIR,
+                                        "/tools/test/nats-operator.js' '", dir, "' 4222");
+  if (std::system(make.c_str()) != 0) {
+    ADD_FAILURE() << "could not make a NATS operator in " << dir;
+    return {};
   }
-  ADD_FAILURE() << "nats-server did not start on port " << port_;
+  return {"-c", dir + "/nats.conf", "-a", "127.0.0.1", "-p", std::to_string(port)};
+}
+
+void NatsServer::Start() {
+  proc_ = StartNats({"-js", "-a", "127.0.0.1", "-p", std::to_string(port_), "-sd", dir_ + "/js"},
+                    dir_, port_);
 }
 
 void NatsServer::Stop() {

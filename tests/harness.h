@@ -102,6 +102,16 @@ OneShot RunOnce(const std::string& binary, const std::vector<std::string>& args,
                 absl::Duration timeout = absl::Seconds(30));
 
 // A private nats-server with JetStream; Stop/Start keep its port and storage.
+// nats-server with `args` (its address and `port` among them), logging to
+// DIR/nats.log, once it listens on `port`.
+std::unique_ptr<Process> StartNats(std::vector<std::string> args, const std::string& dir, int port);
+// A NATS operator of the test's own (tools/test/nats-operator.js): writes
+// DIR/nats.conf, a server in operator mode with JetStream storing in DIR/js,
+// and DIR/service.creds, the credentials of a user of its account. Returns
+// the arguments for StartNats that run that server on 127.0.0.1:`port`;
+// empty (with a failure added) if they could not be made.
+std::vector<std::string> NatsOperator(const std::string& dir, int port);
+
 class NatsServer {
  public:
   NatsServer();

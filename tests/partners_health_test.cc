@@ -605,17 +605,6 @@ void ServesAndPublishesThrough(const std::string& nats_url,
   EXPECT_TRUE(WaitForOutboxDrained(url)) << "the event was not published";
 }
 
-// nats-server with `args`, logging to DIR/nats.log, once it listens on `port`.
-std::unique_ptr<Process> StartNats(std::vector<std::string> args, const std::string& dir,
-                                   int port) {
-  args.insert(args.begin(), "nats-server");
-  auto nats = std::make_unique<Process>("/usr/bin/env", args, std::map<std::string, std::string>{},
-                                        dir + "/nats.log");
-  for (int i = 0; i < 200 && !PortOpen(port); ++i) absl::SleepFor(absl::Milliseconds(25));
-  EXPECT_TRUE(PortOpen(port)) << ReadFile(dir + "/nats.log");
-  return nats;
-}
-
 TEST(PartnersHealth, PublishesOverTlsToANatsServerThatVerifiesItsClients) {
   // NATS with TLS that requires a client certificate (mutual TLS), all
   // signed by a CA of the test's own: the service connects with
@@ -654,17 +643,13 @@ TEST(PartnersHealth, ConnectsToANatsServerInOperatorModeWithItsCredentials) {
   // NATS_CREDS_FILE, makes its stream and publishes.
   const std::string dir =
       absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/operator-", RandomSuffix());
-  // The keys and JWTs take a while to make (seconds on a loaded machine):
-  // the port is chosen after, and given on the command line (which wins
-  // over the file's), so that no other test's server takes it meanwhile.
-  ASSERT_EQ(Shell(absl::StrCat("mkdir -p ", dir, " && node ", SOURCE_DIR,
-                               "/tools/test/nats-operator.js ", dir, " 4222")),
-            0);
   const int port = FreePort();
+  std::vector<std::string> args = NatsOperator(dir, port);
+  ASSERT_FALSE(args.empty());
   // -D: an authentication failure is logged with its reason; -V: each
   // client's CONNECT, with the JWT it presents.
-  auto nats = StartNats(
-      {"-c", dir + "/nats.conf", "-a", "127.0.0.1", "-p", std::to_string(port), "-DV"}, dir, port);
+  args.push_back("-DV");
+  auto nats = StartNats(args, dir, port);
   ServesAndPublishesThrough(absl::StrCat("nats://127.0.0.1:", port),
                             {{"NATS_CREDS_FILE", dir + "/service.creds"}});
   // A client without them, refused: not the service, and not counted below.
@@ -681,11 +666,14 @@ TEST(PartnersHealth, ConnectsToANatsServerInOperatorModeWithItsCredentials) {
     close(fd);
     ASSERT_NE(got.find("Authorization Violation"), std::string::npos) << got;
   }
-  // A refusal counts if the client presented the service's credentials,
-  // whoever else may knock on this port. One run in about twenty
-  // (2026-12-04) saw the service lose its connection and its reconnect
-  // refused, cause unknown, its log gone with the run: should it recur, the
-  // whole log below gives each connection's closing reason.
+  // The service's credentials were taken: a connection that presented
+  // them, and was not refused, whoever else knocked on this port. (About one
+  // run in 400 here, the client library sends its first CONNECT with the
+  // JWT but without the signature of the server's nonce, and the server
+  // refuses it, "Signature missing"; the library then closes the
+  // connection for good, and the service opens a new one a second later:
+  // NatsCredentialsRefusedAtFirst… below. Such a refusal is printed, not
+  // failed.)
   std::string creds = ReadFile(dir + "/service.creds");
   const size_t jwt_at = creds.find("eyJ");
   ASSERT_NE(jwt_at, std::string::npos) << creds;
@@ -702,17 +690,83 @@ TEST(PartnersHealth, ConnectsToANatsServerInOperatorModeWithItsCredentials) {
     if (absl::StrContains(line, "CONNECT") && absl::StrContains(line, jwt))
       ours.insert(cid_of(line));
   }
-  EXPECT_FALSE(ours.empty()) << "no client presented the service's JWT:\n" << log;
-  std::string refusals;
+  std::set<std::string> refused;
   for (absl::string_view line : absl::StrSplit(log, '\n')) {
     if (absl::StrContains(line, "authentication error") && ours.count(cid_of(line)) > 0) {
-      absl::StrAppend(&refusals, line, "\n");
+      refused.insert(cid_of(line));
     }
   }
-  EXPECT_EQ(refusals, "") << "the server refused the service:\n"
-                          << refusals << "\nthe log:\n"
-                          << log;
+  EXPECT_LT(refused.size(), ours.size()) << "the server never took the service's credentials:\n"
+                                         << log;
+  if (!refused.empty()) {
+    std::printf("refused first (%zu of %zu connections), then taken:\n%s\n", refused.size(),
+                ours.size(), log.c_str());
+  }
   EXPECT_TRUE(absl::StrContains(log, "\"stranger\" - authentication error")) << log;
+}
+
+TEST(PartnersHealth, NatsCredentialsRefusedAtFirstAreTriedAgainUntilTheServerTakesThem) {
+  // The client library gives up for good on a connection whose credentials
+  // the server refuses (here, a server of another operator: as if the
+  // server had not yet learnt of the service's account). The service opens
+  // a new connection, again and again, and once the server at that address
+  // takes its credentials it serves and publishes what waited in its
+  // outbox, without a restart.
+  const std::string tmp = RequiredEnv("CONNECTING_TEST_TMP");
+  const std::string suffix = RandomSuffix();
+  const std::string other = absl::StrCat(tmp, "/operator-other-", suffix);
+  const std::string ours = absl::StrCat(tmp, "/operator-ours-", suffix);
+  const int port = FreePort();
+  const std::vector<std::string> other_server = NatsOperator(other, port);
+  const std::vector<std::string> our_server = NatsOperator(ours, port);
+  ASSERT_FALSE(other_server.empty() || our_server.empty());
+  auto refusing = StartNats(other_server, other, port);
+  const std::string url = NewDatabase();
+  ServiceProcess svc({PARTNERS_BIN,
+                      url,
+                      absl::StrCat("nats://127.0.0.1:", port),
+                      "PARTNERS_" + suffix,
+                      "t" + suffix + ".connecting.partners",
+                      {{"NATS_CREDS_FILE", ours + "/service.creds"}}});
+  svc.Launch();
+  auto given_up = [&] {
+    return LogLinesWith(
+        svc.process()->log_path(),
+        {"\"level\":\"warn\"", "\"msg\":\"nats connection closed by the client library"});
+  };
+  auto refusals = [&] {
+    const std::string log = ReadFile(other + "/nats.log");
+    int n = 0;
+    for (size_t at = log.find("authentication error"); at != std::string::npos;
+         at = log.find("authentication error", at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  ASSERT_TRUE(WaitUntil([&] { return refusals() >= 3; }, absl::Seconds(15)))
+      << "the service did not try again after its connection was refused:\n"
+      << LogTail(svc.process()->log_path(), 20);
+  EXPECT_FALSE(given_up().empty()) << LogTail(svc.process()->log_path(), 20);
+  EXPECT_EQ(svc.Health(), 2) << "SERVING without NATS";
+  // Meanwhile a change is stored, its event kept in the outbox.
+  auto stub = v1::PartnersService::NewStub(svc.channel());
+  v1::CreateOrganisationRequest req;
+  *req.mutable_organisation() = SampleOrganisation("Refused at First Trust");
+  v1::Organisation created;
+  grpc::Status st = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &created);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_FALSE(WaitForOutboxDrained(url, absl::Seconds(1))) << "published through a refusal?";
+
+  // The server at the address now takes the service's credentials.
+  refusing.reset();  // killed and reaped: the port is free
+  auto taking = StartNats(our_server, ours, port);
+  // Its next try is at most 8 s away (1, 2, 4, 8 s, … up to 30 s).
+  EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(20)))
+      << "not SERVING once the server took its credentials:\n"
+      << LogTail(svc.process()->log_path(), 20);
+  EXPECT_TRUE(WaitForOutboxDrained(url)) << "the event that waited was not published";
+  EXPECT_FALSE(LogLinesWith(svc.process()->log_path(), {"\"msg\":\"nats connected\""}).empty());
+  EXPECT_EQ(svc.process()->Wait(absl::ZeroDuration()), -1) << "the service exited";
 }
 
 TEST(PartnersHealth, ANatsServerRefusingItsSubjectsIsNamedInTheLogAndLosesNoEvent) {

@@ -677,14 +677,22 @@ void Consumer::Process(absl::Span<natsMsg* const> in_hand) {
 
 void Consumer::Run() {
   NatsPtr<jsCtx> js;
+  uint64_t js_generation = 0;  // of the connection `js` and `sub` were made from
   NatsPtr<natsSubscription> sub;
   absl::Time next_check = absl::InfinitePast();  // lag, and whether the durable exists
   absl::Time next_prune = absl::Now() + options_.prune_every;
   std::string last_error;
   while (!stopping_.load()) {
+    if (js != nullptr && nats_->generation() != js_generation) {
+      // Made from a connection the library closed, since replaced.
+      if (sub != nullptr) (void)natsSubscription_Unsubscribe(sub.get());
+      sub.reset();
+      js.reset();
+    }
     if (sub == nullptr) {
       absl::Status s;
       if (js == nullptr) {
+        js_generation = nats_->generation();
         auto j = nats_->JetStream();
         if (j.ok()) js = *std::move(j);
         s = j.status();

@@ -1,5 +1,6 @@
 #include "libs/bus/nats.h"
 
+#include <algorithm>
 #include <map>
 #include <utility>
 
@@ -170,28 +171,97 @@ absl::StatusOr<std::unique_ptr<Nats>> Nats::Connect(const std::string& url,
     return absl::InvalidArgumentError(absl::StrCat(
         "NATS_CREDS_FILE: cannot use ", security.creds_file, ": ", nats_GetLastError(nullptr)));
   }
-  natsConnection* raw = nullptr;
-  s = natsConnection_Connect(&raw, opts.get());
-  if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
-    return FromNats(s, absl::StrCat("nats connect to ", WithoutSecrets(url)));
+  std::unique_ptr<Nats> nats(new Nats(std::move(opts), WithoutSecrets(url)));
+  absl::StatusOr<std::shared_ptr<natsConnection>> first = nats->Open();
+  if (!first.ok()) return first.status();
+  {
+    absl::MutexLock lock(&nats->conn_mu_);
+    nats->conn_ = *std::move(first);
   }
-  if (s == NATS_OK) log::Info("nats connected", {{"url", WithoutSecrets(url)}});
-  return std::unique_ptr<Nats>(new Nats(NatsPtr<natsConnection>(raw)));
+  nats->watcher_ = std::thread([n = nats.get()] { n->Watch(); });
+  return nats;
+}
+
+Nats::Nats(NatsPtr<natsOptions> opts, std::string url)
+    : opts_(std::move(opts)), url_(std::move(url)) {}
+
+absl::StatusOr<std::shared_ptr<natsConnection>> Nats::Open() const {
+  natsConnection* raw = nullptr;
+  natsStatus s = natsConnection_Connect(&raw, opts_.get());
+  if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
+    return FromNats(s, absl::StrCat("nats connect to ", url_));
+  }
+  if (s == NATS_OK) log::Info("nats connected", {{"url", url_}});
+  // Closed and freed once its last user lets it go (a JetStream context or
+  // a subscription made from it holds a reference of the library's own).
+  return std::shared_ptr<natsConnection>(raw, [](natsConnection* c) {
+    {
+      Ended& ended = Ended::Get();
+      absl::MutexLock lock(&ended.mu);
+      ended.why.erase(c);
+    }
+    natsConnection_Destroy(c);
+  });
 }
 
 Nats::~Nats() {
-  Ended& ended = Ended::Get();
-  absl::MutexLock lock(&ended.mu);
-  ended.why.erase(conn_.get());
+  {
+    absl::MutexLock lock(&conn_mu_);
+    closing_ = true;
+  }
+  if (watcher_.joinable()) watcher_.join();
+}
+
+std::shared_ptr<natsConnection> Nats::Current() const {
+  absl::MutexLock lock(&conn_mu_);
+  return conn_;
+}
+
+uint64_t Nats::generation() const {
+  absl::MutexLock lock(&conn_mu_);
+  return generation_;
+}
+
+void Nats::Watch() {
+  constexpr absl::Duration kFirstWait = absl::Seconds(1);
+  constexpr absl::Duration kLongestWait = absl::Seconds(30);
+  absl::Duration wait = kFirstWait;
+  absl::MutexLock lock(&conn_mu_);
+  auto closing = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(conn_mu_) { return closing_; };
+  while (!closing_) {
+    conn_mu_.AwaitWithTimeout(absl::Condition(&closing), absl::Milliseconds(250));
+    if (closing_) break;
+    const natsConnStatus status = natsConnection_Status(conn_.get());
+    if (status == NATS_CONN_STATUS_CONNECTED) wait = kFirstWait;
+    if (status != NATS_CONN_STATUS_CLOSED) continue;
+    // Closed, and not by Close: the library gave up on it.
+    log::Warn(
+        "nats connection closed by the client library; opening a new one",
+        {{"error", LastErrorText(conn_.get())}, {"url", url_}, {"in", absl::FormatDuration(wait)}});
+    conn_mu_.AwaitWithTimeout(absl::Condition(&closing), wait);
+    if (closing_) break;
+    wait = std::min(wait * 2, kLongestWait);
+    conn_mu_.Unlock();  // connecting may take its timeout
+    absl::StatusOr<std::shared_ptr<natsConnection>> next = Open();
+    conn_mu_.Lock();
+    if (!next.ok()) {
+      log::Warn("nats: cannot open a new connection", {{"error", log::Text(next.status())}});
+      continue;
+    }
+    if (closing_) break;  // the new one goes with `next`
+    conn_ = *std::move(next);
+    ++generation_;
+  }
 }
 
 bool Nats::connected() const {
-  return natsConnection_Status(conn_.get()) == NATS_CONN_STATUS_CONNECTED;
+  return natsConnection_Status(Current().get()) == NATS_CONN_STATUS_CONNECTED;
 }
 
 std::string Nats::Why() const {
+  const std::shared_ptr<natsConnection> conn = Current();
   std::string why;
-  switch (natsConnection_Status(conn_.get())) {
+  switch (natsConnection_Status(conn.get())) {
     case NATS_CONN_STATUS_CONNECTED:
       return "";
     case NATS_CONN_STATUS_CONNECTING:
@@ -206,12 +276,12 @@ std::string Nats::Why() const {
     default:
       why = "disconnected";
   }
-  if (std::string last = LastErrorText(conn_.get()); !last.empty()) {
+  if (std::string last = LastErrorText(conn.get()); !last.empty()) {
     absl::StrAppend(&why, ": ", last);
   } else {
     Ended& ended = Ended::Get();
     absl::MutexLock lock(&ended.mu);
-    if (auto it = ended.why.find(conn_.get()); it != ended.why.end()) {
+    if (auto it = ended.why.find(conn.get()); it != ended.why.end()) {
       absl::StrAppend(&why, " since ",
                       absl::FormatTime("%H:%M:%SZ", it->second.second, absl::UTCTimeZone()), ": ",
                       it->second.first);
@@ -222,7 +292,7 @@ std::string Nats::Why() const {
 
 absl::StatusOr<NatsPtr<jsCtx>> Nats::JetStream(jsOptions* options) const {
   jsCtx* js = nullptr;
-  if (natsStatus s = natsConnection_JetStream(&js, conn_.get(), options); s != NATS_OK) {
+  if (natsStatus s = natsConnection_JetStream(&js, Current().get(), options); s != NATS_OK) {
     return FromNats(s, "jetstream context");
   }
   return NatsPtr<jsCtx>(js);
@@ -284,11 +354,17 @@ absl::Status Nats::EnsureStream(const StreamSpec& spec) const {
 }
 
 void Nats::Close(absl::Duration timeout) {
-  if (conn_ == nullptr) return;
-  if (connected()) {
-    (void)natsConnection_FlushTimeout(conn_.get(), absl::ToInt64Milliseconds(timeout));
+  std::shared_ptr<natsConnection> conn;
+  {
+    absl::MutexLock lock(&conn_mu_);
+    closing_ = true;
+    conn = conn_;
   }
-  natsConnection_Close(conn_.get());
+  if (conn == nullptr) return;
+  if (natsConnection_Status(conn.get()) == NATS_CONN_STATUS_CONNECTED) {
+    (void)natsConnection_FlushTimeout(conn.get(), absl::ToInt64Milliseconds(timeout));
+  }
+  natsConnection_Close(conn.get());
 }
 
 }  // namespace connecting::bus

@@ -2,8 +2,15 @@
 // its consumers.
 //
 // The connection retries forever, also at start-up, so a service starts while
-// NATS is down and reports NOT_SERVING until it connects. natsStatus becomes
-// absl::Status here: timeouts and lost connections are UNAVAILABLE.
+// NATS is down and reports NOT_SERVING until it connects. The client library
+// itself gives up on a connection whose credentials the server refuses (twice
+// in a row, or once on its first connection) and closes it for good; a
+// closed connection is then replaced by a new one, 1 s later and then twice
+// as long each time up to 30 s, so that a refusal that passes (an account
+// the server learns of later, credentials rotated under it, a glitch of the
+// library's signature) does not leave the service without NATS until it is
+// restarted. natsStatus becomes absl::Status here: timeouts and lost
+// connections are UNAVAILABLE.
 #ifndef CONNECTING_LIBS_BUS_NATS_H_
 #define CONNECTING_LIBS_BUS_NATS_H_
 
@@ -12,6 +19,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -85,19 +93,36 @@ class Nats {
   // attempts), what ended the connection and when ("reconnecting since
   // 14:02:07Z: Connection Closed"), for the log.
   std::string Why() const;
-  natsConnection* connection() const { return conn_.get(); }
+  // Which connection is in use: raised each time a closed one is replaced.
+  // A JetStream context or subscription made before (JetStream) belongs to
+  // the closed one: its owner makes it again when this number changes (read
+  // it before calling JetStream).
+  uint64_t generation() const;
   // A fresh JetStream context with the given options (each component owns one).
   absl::StatusOr<NatsPtr<jsCtx>> JetStream(jsOptions* options = nullptr) const;
   // Creates the stream if it does not exist. An existing stream is left as the
   // operator configured it (replicas, limits), only checked to exist; a
   // retention other than spec.max_age is logged as a warning (once per stream).
   absl::Status EnsureStream(const StreamSpec& spec) const;
-  // Flushes and closes the connection (bounded by `timeout`).
+  // Flushes and closes the connection (bounded by `timeout`); it is not
+  // replaced after.
   void Close(absl::Duration timeout);
 
  private:
-  explicit Nats(NatsPtr<natsConnection> c) : conn_(std::move(c)) {}
-  NatsPtr<natsConnection> conn_;
+  Nats(NatsPtr<natsOptions> opts, std::string url);
+  // Opens a connection with opts_ (retried by the library in the background).
+  absl::StatusOr<std::shared_ptr<natsConnection>> Open() const;
+  std::shared_ptr<natsConnection> Current() const;
+  // Replaces the connection whenever the library has closed it (watcher_).
+  void Watch();
+
+  const NatsPtr<natsOptions> opts_;
+  const std::string url_;  // as it may be logged
+  mutable absl::Mutex conn_mu_;
+  std::shared_ptr<natsConnection> conn_ ABSL_GUARDED_BY(conn_mu_);
+  uint64_t generation_ ABSL_GUARDED_BY(conn_mu_) = 0;
+  bool closing_ ABSL_GUARDED_BY(conn_mu_) = false;  // Close or the destructor: no replacing
+  std::thread watcher_;
   mutable absl::Mutex mu_;
   // Streams whose retention was compared once already (the warning is logged once).
   mutable std::set<std::string> retention_checked_ ABSL_GUARDED_BY(mu_);

@@ -493,6 +493,7 @@ absl::StatusOr<OutboxRelay::Backlog> OutboxRelay::ReadBacklog(db::Conn& conn) {
 void OutboxRelay::Run() {
   std::unique_ptr<db::Conn> conn;
   NatsPtr<jsCtx> js;
+  uint64_t js_generation = 0;  // of the connection `js` was made from
   bool stream_ready = false;
   absl::Time next_housekeeping = absl::InfinitePast();
   absl::Time next_restore_check = absl::InfinitePast();
@@ -541,7 +542,12 @@ void OutboxRelay::Run() {
       }
       next_housekeeping = absl::Now() + std::max(absl::Seconds(2), 20 * (absl::Now() - began));
     }
+    if (js != nullptr && nats_->generation() != js_generation) {
+      js.reset();  // made from a connection the library closed, since replaced
+      stream_ready = false;
+    }
     if (js == nullptr) {
+      js_generation = nats_->generation();
       jsOptions jo;
       jsOptions_Init(&jo);
       jo.PublishAsync.AckHandler = &OutboxRelay::OnAck;
