@@ -668,7 +668,7 @@ TEST(PartnersHealth, ConnectsToANatsServerInOperatorModeWithItsCredentials) {
   }
   // The service's credentials were taken: a connection that presented
   // them, and was not refused, whoever else knocked on this port. (About one
-  // run in 400 here, the client library sends its first CONNECT with the
+  // run in 500 here, the client library sends its first CONNECT with the
   // JWT but without the signature of the server's nonce, and the server
   // refuses it, "Signature missing"; the library then closes the
   // connection for good, and the service opens a new one a second later:
