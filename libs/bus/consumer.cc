@@ -692,8 +692,7 @@ void Consumer::Run() {
     if (sub == nullptr) {
       absl::Status s;
       if (js == nullptr) {
-        js_generation = nats_->generation();
-        auto j = nats_->JetStream();
+        auto j = nats_->JetStream(nullptr, &js_generation);
         if (j.ok()) js = *std::move(j);
         s = j.status();
       }

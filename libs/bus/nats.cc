@@ -290,9 +290,15 @@ std::string Nats::Why() const {
   return why;
 }
 
-absl::StatusOr<NatsPtr<jsCtx>> Nats::JetStream(jsOptions* options) const {
+absl::StatusOr<NatsPtr<jsCtx>> Nats::JetStream(jsOptions* options, uint64_t* generation) const {
+  std::shared_ptr<natsConnection> conn;
+  {
+    absl::MutexLock lock(&conn_mu_);
+    conn = conn_;
+    if (generation != nullptr) *generation = generation_;
+  }
   jsCtx* js = nullptr;
-  if (natsStatus s = natsConnection_JetStream(&js, Current().get(), options); s != NATS_OK) {
+  if (natsStatus s = natsConnection_JetStream(&js, conn.get(), options); s != NATS_OK) {
     return FromNats(s, "jetstream context");
   }
   return NatsPtr<jsCtx>(js);

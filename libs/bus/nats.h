@@ -94,12 +94,14 @@ class Nats {
   // 14:02:07Z: Connection Closed"), for the log.
   std::string Why() const;
   // Which connection is in use: raised each time a closed one is replaced.
-  // A JetStream context or subscription made before (JetStream) belongs to
-  // the closed one: its owner makes it again when this number changes (read
-  // it before calling JetStream).
+  // A JetStream context or subscription made before belongs to the closed
+  // one: its owner makes it again when this number changes.
   uint64_t generation() const;
-  // A fresh JetStream context with the given options (each component owns one).
-  absl::StatusOr<NatsPtr<jsCtx>> JetStream(jsOptions* options = nullptr) const;
+  // A fresh JetStream context with the given options (each component owns
+  // one); `generation`, if given, is set to that of the connection it was
+  // made from.
+  absl::StatusOr<NatsPtr<jsCtx>> JetStream(jsOptions* options = nullptr,
+                                           uint64_t* generation = nullptr) const;
   // Creates the stream if it does not exist. An existing stream is left as the
   // operator configured it (replicas, limits), only checked to exist; a
   // retention other than spec.max_age is logged as a warning (once per stream).

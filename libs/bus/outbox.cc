@@ -547,13 +547,12 @@ void OutboxRelay::Run() {
       stream_ready = false;
     }
     if (js == nullptr) {
-      js_generation = nats_->generation();
       jsOptions jo;
       jsOptions_Init(&jo);
       jo.PublishAsync.AckHandler = &OutboxRelay::OnAck;
       jo.PublishAsync.AckHandlerClosure = this;
       jo.PublishAsync.MaxPending = options_.batch_size * 2;
-      auto j = nats_->JetStream(&jo);
+      auto j = nats_->JetStream(&jo, &js_generation);
       if (!j.ok()) {
         report(j.status());
         if (flushing) break;
