@@ -29,6 +29,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -551,11 +552,47 @@ void PostgresServer::Start() {
   if (!up) ADD_FAILURE() << "PostgreSQL did not start: " << LogTail(dir_ + "/postgres.log", 20);
 }
 
-void PostgresServer::Crash() {
+void PostgresServer::Crash() { Shutdown(SIGQUIT, "SIGQUIT"); }
+
+void PostgresServer::Stop() { Shutdown(SIGINT, "a fast shutdown"); }
+
+void PostgresServer::Shutdown(int sig, const char* how) {
   if (proc_ == nullptr) return;
-  proc_->Signal(SIGQUIT);
-  EXPECT_GE(proc_->Wait(absl::Seconds(20)), 0) << "PostgreSQL still running after SIGQUIT";
+  Resume();  // a stopped process would hold the signal until continued
+  proc_->Signal(sig);
+  EXPECT_GE(proc_->Wait(absl::Seconds(20)), 0) << "PostgreSQL still running after " << how;
   proc_.reset();
+}
+
+void PostgresServer::Pause() {
+  ASSERT_NE(proc_, nullptr) << "PostgreSQL is not running";
+  SignalAll(SIGSTOP);
+  paused_ = true;
+}
+
+void PostgresServer::Resume() {
+  if (!paused_) return;
+  SignalAll(SIGCONT);
+  paused_ = false;
+}
+
+void PostgresServer::SignalAll(int sig) {
+  // The postmaster's children: the backends, the checkpointer, the WAL
+  // writer and the rest, each with the postmaster as its parent.
+  const std::string parent = std::to_string(proc_->pid());
+  std::vector<pid_t> pids = {proc_->pid()};
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || !absl::ascii_isdigit(name[0])) continue;
+    for (absl::string_view line :
+         absl::StrSplit(ReadFile(entry.path().string() + "/status"), '\n')) {
+      if (absl::ConsumePrefix(&line, "PPid:") && absl::StripAsciiWhitespace(line) == parent) {
+        pids.push_back(std::stoi(name));
+      }
+    }
+  }
+  for (pid_t pid : pids) kill(pid, sig);
 }
 
 std::string PostgresServer::admin_url() const {

@@ -128,13 +128,13 @@ class NatsServer {
   std::unique_ptr<Process> proc_;
 };
 
-// A private PostgreSQL server, for a test that crashes it: initialised in a
-// fresh directory under CONNECTING_TEST_TMP and started on a loopback port
-// of its own, as the `postgres` user when the test runs as root (initdb
-// refuses root). Every commit is written to the operating system before it
-// is answered (synchronous_commit on, unlike the shared server's), so a
-// crashed server loses nothing it answered; fsync is off, as the crash is a
-// process's, not the machine's.
+// A private PostgreSQL server, for a test that crashes, stops or pauses it:
+// initialised in a fresh directory under CONNECTING_TEST_TMP and started on
+// a loopback port of its own, as the `postgres` user when the test runs as
+// root (initdb refuses root). Every commit is written to the operating
+// system before it is answered (synchronous_commit on, unlike the shared
+// server's), so a crashed server loses nothing it answered; fsync is off, as
+// the crash is a process's, not the machine's.
 class PostgresServer {
  public:
   PostgresServer();
@@ -146,14 +146,27 @@ class PostgresServer {
   // once, mid-transaction or mid-commit, nothing is checkpointed, and the
   // next Start recovers from the WAL, as after a crash.
   void Crash();
+  // A clean stop (SIGINT, PostgreSQL's fast shutdown: open transactions
+  // rolled back, every client's connection ended, a checkpoint written).
+  void Stop();
+  // Every process of the server stopped (SIGSTOP to the postmaster and its
+  // children): connections stay open and nothing answers, as a server that
+  // hangs or whose host vanished; Resume lets them carry on.
+  void Pause();
+  void Resume();
+  int port() const { return port_; }
   // postgresql://postgres@127.0.0.1:PORT/postgres
   std::string admin_url() const;
 
  private:
+  void Shutdown(int sig, const char* how);
+  void SignalAll(int sig);
+
   int port_;
   std::string dir_;
   std::string user_;  // "postgres" when the test runs as root
   std::unique_ptr<Process> proc_;
+  bool paused_ = false;
 };
 
 // A TCP relay on 127.0.0.1 to a server on 127.0.0.1:`target_port`, which a

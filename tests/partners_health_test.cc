@@ -15,7 +15,6 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "libs/db/db.h"
@@ -28,8 +27,7 @@ namespace {
 namespace v1 = ::connecting::partners::v1;
 
 int Shell(const std::string& script) {
-  std::string cmd = absl::StrCat("bash -c '. ", SOURCE_DIR, "/tools/dev/lib.sh && ", script, "'");
-  return std::system(cmd.c_str());
+  return std::system(absl::StrCat("bash -c '", script, "'").c_str());
 }
 
 // Partners on the database at `db_url`, with a stream of its own on the
@@ -45,32 +43,13 @@ ServiceProcess::Options PartnersOn(const std::string& db_url,
           std::move(extra_env)};
 }
 
-// A PostgreSQL of the test's own, so stopping or pausing it disturbs no other
-// test; stopped when it goes.
-struct PrivatePostgres {
-  PrivatePostgres()
-      : dir(absl::StrCat(RequiredEnv("CONNECTING_TEST_TMP"), "/pg-", RandomSuffix())),
-        port(FreePort()) {}
-  ~PrivatePostgres() { Stop(); }
-  int Start() const { return Shell(absl::StrCat("start_postgres ", dir, " ", port, " fast")); }
-  int Stop() const { return Shell(absl::StrCat("stop_postgres ", dir)); }
-  std::string url() const {
-    return absl::StrCat("postgresql://postgres@127.0.0.1:", port, "/postgres");
-  }
-  // Partners on this database, with a stream of its own on the shared NATS.
-  ServiceProcess::Options Partners() const { return PartnersOn(url()); }
-  const std::string dir;
-  const int port;
-};
-
 TEST(PartnersHealth, NotServingWhilePostgresIsDownServingWhenBack) {
-  PrivatePostgres pg;
-  ASSERT_EQ(pg.Start(), 0);
-  ServiceProcess svc(pg.Partners());
+  PostgresServer pg;  // of the test's own, so stopping it disturbs no other test
+  ServiceProcess svc(PartnersOn(pg.admin_url()));
   svc.Start();
   EXPECT_EQ(svc.Health(), 1);
 
-  ASSERT_EQ(pg.Stop(), 0);
+  pg.Stop();
   EXPECT_TRUE(svc.WaitForHealth(2, absl::Seconds(10)));
   EXPECT_EQ(svc.Health("liveness"), 1) << "liveness must not depend on the database";
   auto stub = v1::PartnersService::NewStub(svc.channel());
@@ -88,7 +67,7 @@ TEST(PartnersHealth, NotServingWhilePostgresIsDownServingWhenBack) {
   // In plain words: where the database is, and what libpq said, stay in
   // the server's log.
   EXPECT_EQ(s.error_message(), "the service's database is unavailable; retry with backoff");
-  EXPECT_FALSE(absl::StrContains(s.error_message() + s.error_details(), std::to_string(pg.port)));
+  EXPECT_FALSE(absl::StrContains(s.error_message() + s.error_details(), std::to_string(pg.port())));
   EXPECT_EQ(DetailsOf(s).reason, "DEPENDENCY_UNAVAILABLE");
   // The log, at warn, says what the client was not told: the health
   // monitor's view (libpq's words, with the database's port once it
@@ -96,7 +75,7 @@ TEST(PartnersHealth, NotServingWhilePostgresIsDownServingWhenBack) {
   // at once under its traceparent, the next ones within 10 s counted
   // into one later line rather than a line each.
   for (int i = 0; i < 3; ++i) EXPECT_EQ(outage_call().error_code(), grpc::StatusCode::UNAVAILABLE);
-  const std::string port = absl::StrCat("port ", pg.port);
+  const std::string port = absl::StrCat("port ", pg.port());
   auto warnings = [&](absl::string_view msg) {
     return LogLinesWith(svc.process()->log_path(),
                         {"\"level\":\"warn\"", absl::StrCat("\"msg\":\"", msg, "\"")});
@@ -127,7 +106,7 @@ TEST(PartnersHealth, NotServingWhilePostgresIsDownServingWhenBack) {
               absl::StrContains(unavailable[0], "server closed the connection"))
       << unavailable[0];
 
-  ASSERT_EQ(pg.Start(), 0);
+  pg.Start();
   EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(15)));
   s = stub->CreateOrganisation(Ctx(Token(server::Role::kAdmin)).get(), req, &out);
   EXPECT_TRUE(s.ok()) << s.error_message();
@@ -171,24 +150,15 @@ TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAg
   // connections stay open and a query waits for an answer that does not
   // come. Every process of a private PostgreSQL is stopped (SIGSTOP) and the
   // service must say NOT_SERVING all the same, then SERVING once it answers.
-  PrivatePostgres pg;
-  ASSERT_EQ(pg.Start(), 0);
-  ServiceProcess svc(pg.Partners());
+  // Whatever the test's outcome, that PostgreSQL is let go on before it is
+  // stopped.
+  PostgresServer pg;
+  ServiceProcess svc(PartnersOn(pg.admin_url()));
   svc.Start();
   ASSERT_EQ(svc.Health(), 1);
-  // The postmaster (first line of postmaster.pid) and its children.
-  const std::string postgres = absl::StrCat(
-      "pm=$(head -1 ", pg.dir, "/data/postmaster.pid); ",
-      "kids=$(grep -l \"^PPid:[[:space:]]*$pm$\" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3); ",
-      "kill -SIG $pm $kids");
-  auto signal_postgres = [&](const std::string& sig) {
-    return Shell(absl::StrReplaceAll(postgres, {{"SIG", sig}}));
-  };
-  // Whatever the test's outcome, that PostgreSQL runs again (and can stop).
-  absl::Cleanup resume = [&] { signal_postgres("CONT"); };
   auto stub = v1::PartnersService::NewStub(svc.channel());
   ASSERT_TRUE(CreateWithin(*stub, "Hung Database Trust", absl::Seconds(10)).ok());
-  ASSERT_EQ(signal_postgres("STOP"), 0);
+  pg.Pause();
   EXPECT_TRUE(svc.WaitForHealth(2, absl::Seconds(15)))
       << "still " << svc.Health() << " with PostgreSQL not answering";
   EXPECT_EQ(svc.Health("liveness"), 1);
@@ -218,7 +188,7 @@ TEST(PartnersHealth, NotServingWhilePostgresStopsAnsweringServingWhenItAnswersAg
                 .size(),
             1u)
       << LogTail(svc.process()->log_path(), 20);
-  ASSERT_EQ(signal_postgres("CONT"), 0);
+  pg.Resume();
   EXPECT_TRUE(svc.WaitForHealth(1, absl::Seconds(20)));
   s = CreateWithin(*stub, "Unanswered Trust", absl::Seconds(10));
   EXPECT_TRUE(s.ok()) << s.error_message();
@@ -268,11 +238,10 @@ TEST(PartnersHealth, AfterAFailoverToAnotherServerCallsWaitingOnTheOldOneRunOnTh
   // them had sent its COMMIT, each runs once more on the new server and
   // succeeds; so does the next write.
   const std::string db_url = NewDatabase();
-  PrivatePostgres next;  // the new server, with a database of the same name
-  ASSERT_EQ(next.Start(), 0);
-  const std::string next_url = WithPort(db_url, next.port);
+  PostgresServer next;  // the new server, with a database of the same name
+  const std::string next_url = WithPort(db_url, next.port());
   {
-    auto admin = db::Conn::Open(next.url(), "test");
+    auto admin = db::Conn::Open(next.admin_url(), "test");
     ASSERT_TRUE(admin.ok()) << admin.status();
     const std::string name = db_url.substr(db_url.rfind('/') + 1);
     ASSERT_TRUE((*admin)->ExecScript(absl::StrCat("CREATE DATABASE ", name)).ok());
@@ -304,7 +273,7 @@ TEST(PartnersHealth, AfterAFailoverToAnotherServerCallsWaitingOnTheOldOneRunOnTh
   absl::SleepFor(absl::Milliseconds(500));
   ASSERT_EQ(LogLinesWith(svc.process()->log_path(), {"\"msg\":\"database server changed"}).size(),
             0u);
-  proxy.Retarget(next.port);
+  proxy.Retarget(next.port());
   proxy.Abandon();
   proxy.Resume();
   for (auto& w : waiting) {
@@ -341,14 +310,13 @@ TEST(PartnersHealth, ADatabaseTakingNoWritesKeepsReadsSaysSoAndIsWrittenAtOnceWh
   // answer UNAVAILABLE, and the operator sees it in the log and a metric.
   // Once it takes writes again, the first write succeeds: no connection
   // made meanwhile (read-only for its life) is handed to it.
-  PrivatePostgres pg;
-  ASSERT_EQ(pg.Start(), 0);
-  ServiceProcess svc(pg.Partners());
+  PostgresServer pg;
+  ServiceProcess svc(PartnersOn(pg.admin_url()));
   svc.Start();
   ASSERT_EQ(svc.Health(), 1);
   auto read_only = [&] { return MetricValue(svc.metrics_port(), "connecting_database_read_only"); };
   EXPECT_EQ(read_only(), 0.0);
-  auto admin = db::Conn::Open(pg.url(), "test");
+  auto admin = db::Conn::Open(pg.admin_url(), "test");
   ASSERT_TRUE(admin.ok()) << admin.status();
   // On: every connection but this one ended, so that all are made anew
   // read-only. Off: those stay read-only for their life, as connections
