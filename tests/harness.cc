@@ -577,10 +577,12 @@ void PostgresServer::Resume() {
 }
 
 void PostgresServer::SignalAll(int sig) {
-  // The postmaster's children: the backends, the checkpointer, the WAL
+  // The postmaster first, so that (stopped) it starts no backend while its
+  // children are looked for; then the backends, the checkpointer, the WAL
   // writer and the rest, each with the postmaster as its parent.
+  proc_->Signal(sig);
   const std::string parent = std::to_string(proc_->pid());
-  std::vector<pid_t> pids = {proc_->pid()};
+  std::vector<pid_t> pids;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
     const std::string name = entry.path().filename().string();
