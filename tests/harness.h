@@ -101,7 +101,6 @@ OneShot RunOnce(const std::string& binary, const std::vector<std::string>& args,
                 std::map<std::string, std::string> env, const std::string& name,
                 absl::Duration timeout = absl::Seconds(30));
 
-// A private nats-server with JetStream; Stop/Start keep its port and storage.
 // nats-server with `args` (its address and `port` among them), logging to
 // DIR/nats.log, once it listens on `port`.
 std::unique_ptr<Process> StartNats(std::vector<std::string> args, const std::string& dir, int port);
@@ -112,6 +111,7 @@ std::unique_ptr<Process> StartNats(std::vector<std::string> args, const std::str
 // empty (with a failure added) if they could not be made.
 std::vector<std::string> NatsOperator(const std::string& dir, int port);
 
+// A private nats-server with JetStream; Stop/Start keep its port and storage.
 class NatsServer {
  public:
   NatsServer();

@@ -703,13 +703,7 @@ TEST(PartnersHealth, NatsCredentialsRefusedAtFirstAreTriedAgainUntilTheServerTak
         {"\"level\":\"warn\"", "\"msg\":\"nats connection closed by the client library"});
   };
   auto refusals = [&] {
-    const std::string log = ReadFile(other + "/nats.log");
-    int n = 0;
-    for (size_t at = log.find("authentication error"); at != std::string::npos;
-         at = log.find("authentication error", at + 1)) {
-      ++n;
-    }
-    return n;
+    return LogLinesWith(other + "/nats.log", {"authentication error"}).size();
   };
   ASSERT_TRUE(WaitUntil([&] { return refusals() >= 3; }, absl::Seconds(15)))
       << "the service did not try again after its connection was refused:\n"
